@@ -1,0 +1,45 @@
+# Everything installs itself: on a fresh machine with only python3, `make test` is enough.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: all test test-slow lint typecheck pytest demo bench clean
+
+all: test
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check midvary tests benchmarks
+	$(BIN)/ruff format --check midvary tests benchmarks
+
+typecheck: $(STAMP)
+	$(BIN)/mypy midvary tests/typing_check.py
+
+pytest: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+## The README's test command: lint, strict typing, then the suite with warnings as errors.
+test: lint typecheck pytest
+
+## Large reliability campaigns (not part of `make test`).
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+## The main job, offline, against the in-process fake provider.
+demo: $(STAMP)
+	$(BIN)/midvary demo
+
+## Benchmarks report figures; they are never tests.
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache midvary-demo

@@ -1,0 +1,237 @@
+"""Every error midvary raises, in one tree.
+
+::
+
+    MidvaryError
+    ├── APIError                      the provider answered with an error code (.code, .message)
+    │   ├── BadRequestError           400  bad parameters                       final
+    │   ├── AuthenticationError       401  missing or invalid API key           final
+    │   ├── InsufficientCreditsError  402  out of credits                       final
+    │   ├── NotFoundError             404  (and 422 "recordInfo is null")       final*
+    │   ├── ValidationError           422  validation failed                    final
+    │   ├── RateLimitError            429  rate limited                         transient
+    │   ├── ServiceUnavailableError   455  maintenance                          transient
+    │   ├── ServerError               500  server error                         transient
+    │   ├── GenerationFailedError     501  generation failed                    final
+    │   └── FeatureDisabledError      505  feature disabled                     final
+    ├── TransportError                the network failed (the aiohttp error is chained)
+    │   └── SubmitUncertainError      a submission may have been accepted (and billed)
+    ├── ProtocolError                 an answer that is not a valid envelope (HTML, empty, ...)
+    ├── TaskFailedError               the task ended in CREATE_FAILED or GENERATE_FAILED
+    ├── TaskTimeoutError              a wait's deadline passed (also a TimeoutError)
+    └── SessionClosedError            the session was used after it closed (also a RuntimeError)
+
+    * a record that is not visible yet right after submission is tolerated for a grace period.
+
+An envelope code that is not in the table becomes a plain :class:`APIError`. Local validation
+of arguments raises :class:`ValueError` or :class:`TypeError` before any request is sent.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from ._models import TaskRecord, VaryRequest
+
+
+class MidvaryError(Exception):
+    """Root of every error midvary raises on purpose."""
+
+
+class APIError(MidvaryError):
+    """The provider answered with an error envelope or an error HTTP status.
+
+    Attributes:
+        code: The envelope's ``code`` (or the HTTP status when the body had none).
+        message: The envelope's ``msg``, or a description of the answer.
+        http_status: The HTTP status of the answer, or ``None`` when not known.
+        retry_after: Seconds the provider asked us to wait (``Retry-After``), or ``None``
+            when it did not say.
+    """
+
+    code_for_class: ClassVar[int | None] = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: int,
+        http_status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.http_status = http_status
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        status = "" if self.http_status in (None, self.code) else f", HTTP {self.http_status}"
+        return f"{self.message} (code {self.code}{status})"
+
+
+class BadRequestError(APIError):
+    """400: the provider rejected the request's parameters."""
+
+    code_for_class = 400
+
+
+class AuthenticationError(APIError):
+    """401: the API key is missing or invalid."""
+
+    code_for_class = 401
+
+
+class InsufficientCreditsError(APIError):
+    """402: the account is out of credits."""
+
+    code_for_class = 402
+
+
+class NotFoundError(APIError):
+    """404 (or 422 "recordInfo is null"): no such task is visible to this account."""
+
+    code_for_class = 404
+
+
+class ValidationError(APIError):
+    """422: the provider's validation failed."""
+
+    code_for_class = 422
+
+
+class RateLimitError(APIError):
+    """429: rate limited. Transient: retried with backoff where that is safe."""
+
+    code_for_class = 429
+
+
+class ServiceUnavailableError(APIError):
+    """455: the service is under maintenance. Transient."""
+
+    code_for_class = 455
+
+
+class ServerError(APIError):
+    """500: the provider failed. Transient for reads; uncertain for submissions."""
+
+    code_for_class = 500
+
+
+class GenerationFailedError(APIError):
+    """501: generation failed."""
+
+    code_for_class = 501
+
+
+class FeatureDisabledError(APIError):
+    """505: the feature is disabled for this account."""
+
+    code_for_class = 505
+
+
+#: The one table from envelope code to exception class. Unknown codes map to APIError.
+ERROR_CLASSES: dict[int, type[APIError]] = {
+    cls.code_for_class: cls
+    for cls in (
+        BadRequestError,
+        AuthenticationError,
+        InsufficientCreditsError,
+        NotFoundError,
+        ValidationError,
+        RateLimitError,
+        ServiceUnavailableError,
+        ServerError,
+        GenerationFailedError,
+        FeatureDisabledError,
+    )
+    if cls.code_for_class is not None
+}
+
+
+class TransportError(MidvaryError):
+    """The request failed on the network; the aiohttp error is chained as ``__cause__``.
+
+    Attributes:
+        sent: ``False`` only when the request certainly never reached the provider (the
+            connection could not be opened); ``True`` when it may have.
+    """
+
+    def __init__(self, message: str, *, sent: bool) -> None:
+        super().__init__(message)
+        self.sent = sent
+
+
+class SubmitUncertainError(TransportError):
+    """A submission was sent but its answer was lost: the task may exist and may be billed.
+
+    midvary never re-sends such a submission. Look the task up in the provider's dashboard
+    (or submit again yourself if you accept a possible second charge).
+
+    Attributes:
+        request: The :class:`~midvary.VaryRequest` whose fate is unknown.
+    """
+
+    def __init__(self, request: VaryRequest, reason: str) -> None:
+        super().__init__(
+            f"submission of {request.describe()} may have been accepted and billed, "
+            f"but its answer was lost ({reason}); it was not re-sent",
+            sent=True,
+        )
+        self.request = request
+        self.reason = reason
+
+
+class ProtocolError(MidvaryError):
+    """The answer was not a valid envelope: HTML, empty, not JSON, or missing fields.
+
+    Attributes:
+        http_status: The HTTP status of the answer, or ``None`` when not known.
+    """
+
+    def __init__(self, message: str, *, http_status: int | None = None) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+
+
+class TaskFailedError(MidvaryError):
+    """The task ended without images (CREATE_FAILED or GENERATE_FAILED).
+
+    Attributes:
+        record: The final :class:`~midvary.TaskRecord`.
+        task_id: The failed task's id.
+    """
+
+    def __init__(self, record: TaskRecord) -> None:
+        detail = record.error_message or "no reason given"
+        code = f", error code {record.error_code}" if record.error_code is not None else ""
+        super().__init__(
+            f"task {record.task_id} ended {record.status.name}: {detail}{code}",
+        )
+        self.record = record
+        self.task_id = record.task_id
+
+
+class TaskTimeoutError(MidvaryError, TimeoutError):
+    """A wait's deadline passed before the task was final. The handle stays usable.
+
+    Attributes:
+        task_id: The task that was not final yet.
+        timeout: The deadline that passed, in seconds.
+        record: The last record seen, or ``None`` when no poll succeeded.
+    """
+
+    def __init__(self, task_id: str, timeout: float, record: TaskRecord | None) -> None:
+        state = record.status.name if record is not None else "not seen yet"
+        super().__init__(
+            f"task {task_id} was not final after {timeout:g} s (last state: {state}); "
+            "it may still finish: await its handle again or re-attach it with session.task()",
+        )
+        self.task_id = task_id
+        self.timeout = timeout
+        self.record = record
+
+
+class SessionClosedError(MidvaryError, RuntimeError):
+    """The session was used after it was closed; a closed session cannot be reopened."""

@@ -1,0 +1,149 @@
+"""Public data models: frozen, keyword-only attrs classes, structured only by the converter."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import attrs
+import yarl
+
+IMAGE_INDEXES = range(4)
+
+
+class TaskStatus(enum.Enum):
+    """A task's state, from the provider's ``successFlag``.
+
+    ``UNKNOWN`` stands for any value the provider does not document; it is treated as not
+    final, so polling goes on.
+    """
+
+    GENERATING = 0
+    SUCCESS = 1
+    CREATE_FAILED = 2
+    GENERATE_FAILED = 3
+    UNKNOWN = -1
+
+    @property
+    def is_final(self) -> bool:
+        """Whether the task will not change any more."""
+        return self in (TaskStatus.SUCCESS, TaskStatus.CREATE_FAILED, TaskStatus.GENERATE_FAILED)
+
+    @property
+    def is_failure(self) -> bool:
+        """Whether the task ended without images."""
+        return self in (TaskStatus.CREATE_FAILED, TaskStatus.GENERATE_FAILED)
+
+
+@attrs.frozen(kw_only=True)
+class TaskRecord:
+    """One snapshot of a task, as ``record-info`` reported it.
+
+    Attributes:
+        task_id: The task's id.
+        task_type: The provider's open task type string, or ``None`` when it sent none.
+        status: The task's :class:`TaskStatus`.
+        image_urls: The result image URLs (empty until SUCCESS). They expire after a day or
+            more: download what you need to keep.
+        params: The decoded ``paramJson`` echo of the request (empty when absent).
+        created_at: When the task was created (timezone-aware), or ``None`` if not reported.
+        completed_at: When the task finished (timezone-aware), or ``None`` while running.
+        error_code: The provider's error code for a failed task, or ``None``.
+        error_message: The provider's error message for a failed task, or ``None``.
+    """
+
+    task_id: str
+    task_type: str | None = None
+    status: TaskStatus
+    image_urls: tuple[str, ...] = ()
+    params: Mapping[str, Any] = attrs.field(factory=dict)
+    created_at: datetime | None = None
+    completed_at: datetime | None = None
+    error_code: int | None = None
+    error_message: str | None = None
+
+    @property
+    def is_final(self) -> bool:
+        """Whether the task will not change any more."""
+        return self.status.is_final
+
+
+def _check_task_id(_inst: object, attribute: attrs.Attribute[str], value: object) -> None:
+    check_task_id(value, name=attribute.name)
+
+
+def check_task_id(value: object, *, name: str = "task_id") -> str:
+    """Return ``value`` if it is a usable task id, else raise ``TypeError``/``ValueError``."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str (a Midjourney task id), not {type(value).__name__}")
+    if not value or any(ch.isspace() for ch in value):
+        raise ValueError(
+            f"{name} must be a non-empty task id without whitespace, got {value!r}",
+        )
+    return value
+
+
+def _check_image_index(_inst: object, _attribute: attrs.Attribute[int], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(
+            f"image_index must be an int from 0 to 3, not {type(value).__name__} {value!r}",
+        )
+    if value not in IMAGE_INDEXES:
+        raise ValueError(
+            f"image_index must be 0, 1, 2 or 3 (0-based: which of the parent's 4 images), "
+            f"got {value}",
+        )
+
+
+def _check_water_mark(_inst: object, _attribute: attrs.Attribute[str | None], value: object) -> None:
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"water_mark must be a str or None, not {type(value).__name__}")
+
+
+def check_http_url(value: object, *, name: str) -> str:
+    """Return ``value`` if it is an absolute http(s) URL, else raise ``TypeError``/``ValueError``."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str URL, not {type(value).__name__}")
+    try:
+        url = yarl.URL(value)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{name} must be an absolute http(s) URL, got {value!r}") from exc
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(
+            f"{name} must be an absolute http:// or https:// URL with a host, got {value!r}",
+        )
+    return value
+
+
+def _check_callback_url(_inst: object, attribute: attrs.Attribute[str | None], value: object) -> None:
+    if value is not None:
+        check_http_url(value, name=attribute.name)
+
+
+@attrs.frozen(kw_only=True)
+class VaryRequest:
+    """One vary job: make variations of one image of an earlier generation task.
+
+    Validated on construction; an invalid request raises ``TypeError`` or ``ValueError``
+    and is never sent.
+
+    Attributes:
+        task_id: The id of the earlier Midjourney generation task (the parent).
+        image_index: Which of the parent's 4 images, 0-based: 0, 1, 2 or 3.
+        water_mark: Watermark text, or ``None`` for none.
+        callback_url: Absolute http(s) URL the provider POSTs the result to, or ``None``.
+        id: Your own label for this job (echoed in outcomes, never sent), or ``None``.
+    """
+
+    task_id: str = attrs.field(validator=_check_task_id)
+    image_index: int = attrs.field(validator=_check_image_index)
+    water_mark: str | None = attrs.field(default=None, validator=_check_water_mark)
+    callback_url: str | None = attrs.field(default=None, validator=_check_callback_url)
+    id: str | None = None
+
+    def describe(self) -> str:
+        """A short human description, e.g. ``vary(abc123, image 2)``."""
+        label = f" [{self.id}]" if self.id is not None else ""
+        return f"vary({self.task_id}, image {self.image_index}){label}"
