@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import enum
 import random
-from typing import Final, Literal, TypeAlias
+from typing import Any, Final, Literal, TypeAlias
 
 import attrs
 
@@ -39,9 +39,9 @@ def _non_negative(_inst: object, attribute: attrs.Attribute[float], value: float
         raise ValueError(f"{attribute.name} must be >= 0 seconds, got {value!r}")
 
 
-def _optional_positive(_inst: object, attribute: attrs.Attribute[float | None], value: float | None) -> None:
+def _optional_positive(_inst: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
     if value is not None:
-        _positive(_inst, attribute, value)  # type: ignore[arg-type]
+        _positive(_inst, attribute, value)
 
 
 def _factor(_inst: object, attribute: attrs.Attribute[float], value: float) -> None:
@@ -70,6 +70,7 @@ class PollPolicy:
         timeout: Overall deadline of a wait, in seconds; ``None`` means no deadline.
         not_found_grace: Seconds after a handle is created during which "not found"
             answers mean "not visible yet" rather than an error (>= 0).
+
     """
 
     initial_delay: float = attrs.field(default=2.0, validator=_positive)
@@ -101,6 +102,7 @@ class RetryPolicy:
         wait_max: Cap on the wait between two attempts, in seconds (> 0).
         wait_jitter: Up to this many random seconds added to each wait (>= 0).
         max_retry_after: Cap, in seconds, on a ``Retry-After`` the provider asks for (> 0).
+
     """
 
     attempts: int = attrs.field(default=6)

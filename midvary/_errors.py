@@ -48,6 +48,7 @@ class APIError(MidvaryError):
         http_status: The HTTP status of the answer, or ``None`` when not known.
         retry_after: Seconds the provider asked us to wait (``Retry-After``), or ``None``
             when it did not say.
+
     """
 
     code_for_class: ClassVar[int | None] = None
@@ -156,6 +157,7 @@ class TransportError(MidvaryError):
     Attributes:
         sent: ``False`` only when the request certainly never reached the provider (the
             connection could not be opened); ``True`` when it may have.
+
     """
 
     def __init__(self, message: str, *, sent: bool) -> None:
@@ -171,6 +173,7 @@ class SubmitUncertainError(TransportError):
 
     Attributes:
         request: The :class:`~midvary.VaryRequest` whose fate is unknown.
+
     """
 
     def __init__(self, request: VaryRequest, reason: str) -> None:
@@ -188,6 +191,7 @@ class ProtocolError(MidvaryError):
 
     Attributes:
         http_status: The HTTP status of the answer, or ``None`` when not known.
+
     """
 
     def __init__(self, message: str, *, http_status: int | None = None) -> None:
@@ -201,6 +205,7 @@ class TaskFailedError(MidvaryError):
     Attributes:
         record: The final :class:`~midvary.TaskRecord`.
         task_id: The failed task's id.
+
     """
 
     def __init__(self, record: TaskRecord) -> None:
@@ -220,6 +225,7 @@ class TaskTimeoutError(MidvaryError, TimeoutError):
         task_id: The task that was not final yet.
         timeout: The deadline that passed, in seconds.
         record: The last record seen, or ``None`` when no poll succeeded.
+
     """
 
     def __init__(self, task_id: str, timeout: float, record: TaskRecord | None) -> None:

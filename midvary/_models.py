@@ -52,6 +52,7 @@ class TaskRecord:
         completed_at: When the task finished (timezone-aware), or ``None`` while running.
         error_code: The provider's error code for a failed task, or ``None``.
         error_message: The provider's error message for a failed task, or ``None``.
+
     """
 
     task_id: str
@@ -97,13 +98,15 @@ def _check_image_index(_inst: object, _attribute: attrs.Attribute[int], value: o
         )
 
 
-def _check_water_mark(_inst: object, _attribute: attrs.Attribute[str | None], value: object) -> None:
+def _check_water_mark(
+    _inst: object, _attribute: attrs.Attribute[str | None], value: object
+) -> None:
     if value is not None and not isinstance(value, str):
         raise TypeError(f"water_mark must be a str or None, not {type(value).__name__}")
 
 
 def check_http_url(value: object, *, name: str) -> str:
-    """Return ``value`` if it is an absolute http(s) URL, else raise ``TypeError``/``ValueError``."""
+    """Return ``value`` if it is an absolute http(s) URL; raise TypeError/ValueError if not."""
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a str URL, not {type(value).__name__}")
     try:
@@ -117,7 +120,9 @@ def check_http_url(value: object, *, name: str) -> str:
     return value
 
 
-def _check_callback_url(_inst: object, attribute: attrs.Attribute[str | None], value: object) -> None:
+def _check_callback_url(
+    _inst: object, attribute: attrs.Attribute[str | None], value: object
+) -> None:
     if value is not None:
         check_http_url(value, name=attribute.name)
 
@@ -135,6 +140,7 @@ class VaryRequest:
         water_mark: Watermark text, or ``None`` for none.
         callback_url: Absolute http(s) URL the provider POSTs the result to, or ``None``.
         id: Your own label for this job (echoed in outcomes, never sent), or ``None``.
+
     """
 
     task_id: str = attrs.field(validator=_check_task_id)

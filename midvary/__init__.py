@@ -1,0 +1,67 @@
+"""midvary: an asyncio client for the Midjourney Vary API (kie.ai, midapi.ai).
+
+Submit a vary task, await its handle, get a :class:`TaskRecord`::
+
+    async with midvary.Session() as session:
+        handle = await session.vary("parent-task-id", 0)
+        record = await handle
+        print(record.image_urls)
+"""
+
+from ._config import USE_DEFAULT, PollPolicy, RetryPolicy
+from ._errors import (
+    APIError,
+    AuthenticationError,
+    BadRequestError,
+    FeatureDisabledError,
+    GenerationFailedError,
+    InsufficientCreditsError,
+    MidvaryError,
+    NotFoundError,
+    ProtocolError,
+    RateLimitError,
+    ServerError,
+    ServiceUnavailableError,
+    SessionClosedError,
+    SubmitUncertainError,
+    TaskFailedError,
+    TaskTimeoutError,
+    TransportError,
+    ValidationError,
+)
+from ._handle import TaskHandle
+from ._models import TaskRecord, TaskStatus, VaryRequest
+from ._session import Session
+from ._version import VERSION
+
+__version__ = VERSION
+
+__all__ = [
+    "USE_DEFAULT",
+    "APIError",
+    "AuthenticationError",
+    "BadRequestError",
+    "FeatureDisabledError",
+    "GenerationFailedError",
+    "InsufficientCreditsError",
+    "MidvaryError",
+    "NotFoundError",
+    "PollPolicy",
+    "ProtocolError",
+    "RateLimitError",
+    "RetryPolicy",
+    "ServerError",
+    "ServiceUnavailableError",
+    "Session",
+    "SessionClosedError",
+    "SubmitUncertainError",
+    "TaskFailedError",
+    "TaskHandle",
+    "TaskRecord",
+    "TaskStatus",
+    "TaskTimeoutError",
+    "TransportError",
+    "ValidationError",
+    "VaryRequest",
+    "__version__",
+]

@@ -1,0 +1,202 @@
+"""The one converter that owns the wire format.
+
+Everything that knows a camelCase name, a time format or a JSON-in-a-string field lives here.
+Models are structured only at this boundary; a body that cannot be structured becomes a
+:class:`~midvary.ProtocolError`, never a ``KeyError``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import cattrs
+from cattrs.gen import make_dict_structure_fn, override
+
+from ._errors import ProtocolError
+from ._models import TaskRecord, TaskStatus, VaryRequest
+
+logger = logging.getLogger(__name__)
+
+converter = cattrs.Converter(forbid_extra_keys=False)
+
+# Epoch values above this are milliseconds (the sibling APIs), below it seconds. 1e11 s is
+# the year 5138, 1e11 ms is 1973: no real task time is ambiguous.
+_EPOCH_MS_THRESHOLD = 100_000_000_000
+
+
+def _json_maybe_string(value: Any, field: str) -> Any:
+    # paramJson always, and resultInfoJson sometimes, arrive as JSON encoded in a string.
+    if isinstance(value, str):
+        if not value.strip():
+            return None
+        try:
+            return json.loads(value)
+        except ValueError as exc:
+            raise ProtocolError(f"{field} is not valid JSON: {value[:80]!r}") from exc
+    return value
+
+
+def _structure_time(value: Any, _type: Any) -> datetime | None:
+    # The MJ docs show ISO-8601 strings; the provider's sibling APIs send epoch milliseconds.
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise ProtocolError(f"a time field is a boolean: {value!r}")
+    if isinstance(value, int | float):
+        seconds = value / 1000 if abs(value) >= _EPOCH_MS_THRESHOLD else value
+        return datetime.fromtimestamp(seconds, tz=UTC)
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lstrip("-").isdigit():
+            return _structure_time(int(text), _type)
+        try:
+            parsed = datetime.fromisoformat(text.replace("Z", "+00:00").replace(" ", "T", 1))
+        except ValueError as exc:
+            raise ProtocolError(f"unreadable time {value!r}") from exc
+        # A time without an offset is taken as UTC, the provider's own zone.
+        return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+    raise ProtocolError(f"a time field has type {type(value).__name__}: {value!r}")
+
+
+def _structure_status(value: Any, _type: Any) -> TaskStatus:
+    # Undocumented successFlag values are kept as UNKNOWN (not final) rather than failing.
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ProtocolError(f"successFlag is not an integer: {value!r}")
+    try:
+        return TaskStatus(value)
+    except ValueError:
+        logger.warning("undocumented successFlag %r; treating the task as not final", value)
+        return TaskStatus.UNKNOWN
+
+
+def _structure_params(value: Any, _type: Any) -> Mapping[str, Any]:
+    # paramJson is only an echo of the request: a malformed one must not hide a result.
+    try:
+        decoded = _json_maybe_string(value, "paramJson")
+    except ProtocolError:
+        logger.warning("paramJson is not valid JSON; params left empty")
+        return {}
+    return decoded if isinstance(decoded, dict) else {}
+
+
+def _structure_urls(value: Any, _type: Any) -> tuple[str, ...]:
+    # resultInfoJson: {"resultUrls": [{"resultUrl": "..."}]}, as an object or a JSON string.
+    info = _json_maybe_string(value, "resultInfoJson")
+    if info is None:
+        return ()
+    if not isinstance(info, dict):
+        raise ProtocolError(f"resultInfoJson is not an object: {info!r:.80}")
+    items = info.get("resultUrls") or []
+    if not isinstance(items, list):
+        raise ProtocolError("resultInfoJson.resultUrls is not a list")
+    urls: list[str] = []
+    for item in items:
+        url = item.get("resultUrl") if isinstance(item, dict) else item
+        if not isinstance(url, str) or not url:
+            raise ProtocolError(f"resultInfoJson holds an unusable URL entry: {item!r:.80}")
+        urls.append(url)
+    return tuple(urls)
+
+
+def _structure_optional_int(value: Any, _type: Any) -> int | None:
+    # errorCode has been seen as a number and as a numeric string.
+    if value is None or value == "":
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    raise ProtocolError(f"errorCode is not an integer: {value!r}")
+
+
+def _structure_optional_str(value: Any, _type: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return str(value)
+
+
+_structure_record = make_dict_structure_fn(
+    TaskRecord,
+    converter,
+    task_id=override(rename="taskId"),
+    task_type=override(rename="taskType", struct_hook=_structure_optional_str),
+    status=override(rename="successFlag", struct_hook=_structure_status),
+    image_urls=override(rename="resultInfoJson", struct_hook=_structure_urls),
+    params=override(rename="paramJson", struct_hook=_structure_params),
+    created_at=override(rename="createTime", struct_hook=_structure_time),
+    completed_at=override(rename="completeTime", struct_hook=_structure_time),
+    error_code=override(rename="errorCode", struct_hook=_structure_optional_int),
+    error_message=override(rename="errorMessage", struct_hook=_structure_optional_str),
+)
+converter.register_structure_hook(TaskRecord, _structure_record)
+
+
+def _first_protocol_error(exc: BaseException) -> ProtocolError | None:
+    if isinstance(exc, ProtocolError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _first_protocol_error(inner)
+            if found is not None:
+                return found
+    return None
+
+
+def structure_record(data: object) -> TaskRecord:
+    """Build a :class:`TaskRecord` from a ``record-info`` ``data`` object.
+
+    Raises:
+        ProtocolError: ``data`` is not a record (wrong types, missing ``taskId`` or
+            ``successFlag``, unreadable times or result URLs).
+
+    """
+    if not isinstance(data, dict):
+        raise ProtocolError(f"record-info data is not an object: {data!r:.80}")
+    missing = [key for key in ("taskId", "successFlag") if data.get(key) is None]
+    if missing:
+        raise ProtocolError(f"record-info data lacks {', '.join(missing)}")
+    if not isinstance(data["taskId"], str) or not data["taskId"]:
+        raise ProtocolError(f"record-info taskId is not a string: {data['taskId']!r:.80}")
+    try:
+        return converter.structure(data, TaskRecord)
+    except (cattrs.BaseValidationError, ValueError, TypeError) as exc:
+        inner = _first_protocol_error(exc)
+        if inner is not None:
+            raise inner from exc
+        raise ProtocolError(f"record-info data is malformed: {exc}") from exc
+
+
+def structure_task_id(data: object) -> str:
+    """Return the new task's id from a submission's ``data`` object.
+
+    Raises:
+        ProtocolError: ``data`` holds no usable ``taskId``.
+
+    """
+    task_id = data.get("taskId") if isinstance(data, dict) else None
+    if not isinstance(task_id, str) or not task_id.strip():
+        raise ProtocolError(f"the submission answer holds no taskId: {data!r:.80}")
+    return task_id
+
+
+def vary_body(request: VaryRequest, *, index_base: int = 0) -> dict[str, Any]:
+    """The JSON body of ``POST generateVary`` for ``request``.
+
+    ``index_base`` is added to the 0-based ``image_index`` (1 for accounts whose provider
+    proves to be 1-based). Optional fields that are ``None`` are left out.
+    """
+    body: dict[str, Any] = {
+        "taskId": request.task_id,
+        "imageIndex": request.image_index + index_base,
+    }
+    if request.water_mark is not None:
+        body["waterMark"] = request.water_mark
+    if request.callback_url is not None:
+        body["callBackUrl"] = request.callback_url
+    return body

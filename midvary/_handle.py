@@ -1,0 +1,199 @@
+"""TaskHandle: an awaitable reference to one provider task."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any
+
+from ._config import USE_DEFAULT, PollPolicy, UseDefault
+from ._errors import NotFoundError, TaskFailedError, TaskTimeoutError
+from ._models import TaskRecord, TaskStatus
+from ._retry import poll_retrying
+
+if TYPE_CHECKING:
+    from ._models import VaryRequest
+    from ._session import Session
+
+logger = logging.getLogger(__name__)
+
+
+class TaskHandle:
+    """An awaitable reference to one task; ``await handle`` returns its final record.
+
+    Create one with :meth:`Session.vary` (a new task) or :meth:`Session.task` (an existing
+    task id, no I/O). A handle holds no background task: polling happens inside whichever
+    coroutine awaits it, so cancelling that coroutine stops the polling at once.
+
+    Attributes:
+        task_id: The task's id.
+        request: The :class:`VaryRequest` that created the task, or ``None`` for a handle
+            re-attached with :meth:`Session.task`.
+
+    """
+
+    __slots__ = (
+        "_created",
+        "_final",
+        "_last",
+        "_poll_at_once",
+        "_session",
+        "_sleepers",
+        "request",
+        "task_id",
+    )
+
+    def __init__(
+        self,
+        session: Session,
+        task_id: str,
+        *,
+        request: VaryRequest | None = None,
+        submitted: bool = False,
+    ) -> None:
+        self._session = session
+        self.task_id = task_id
+        self.request = request
+        self._created = time.monotonic()
+        # A task we just submitted cannot be done yet; a re-attached one may long be.
+        self._poll_at_once = not submitted
+        self._last: TaskRecord | None = None
+        self._final: TaskRecord | None = None
+        self._sleepers: set[asyncio.Future[None]] = set()
+
+    def __repr__(self) -> str:
+        state = self._last.status.name if self._last is not None else "unseen"
+        return f"<TaskHandle task_id={self.task_id!r} state={state}>"
+
+    @property
+    def record(self) -> TaskRecord | None:
+        """The last record seen by this handle, or ``None`` if none was fetched yet."""
+        return self._last
+
+    def done(self) -> bool:
+        """Whether a final record has been seen (awaiting then needs no request)."""
+        return self._final is not None
+
+    def __await__(self) -> Generator[Any, None, TaskRecord]:
+        return self.wait().__await__()
+
+    async def refresh(self) -> TaskRecord:
+        """Fetch the task's record once (one GET), in whatever state it is.
+
+        A failed task is returned, not raised. Errors of the request itself (not found,
+        transport, ...) are raised.
+        """
+        return self._seen(await self._session.get_task(self.task_id))
+
+    async def wait(
+        self,
+        timeout: float | UseDefault | None = USE_DEFAULT,
+        *,
+        poll: PollPolicy | None = None,
+    ) -> TaskRecord:
+        """Poll until the task is final and return its record.
+
+        Args:
+            timeout: Deadline for this wait in seconds; ``None`` means no deadline; by
+                default the poll policy's ``timeout``.
+            poll: The :class:`PollPolicy` for this wait; ``None`` means the session's.
+
+        Returns:
+            The final record of a task that succeeded.
+
+        Raises:
+            TaskFailedError: The task ended CREATE_FAILED or GENERATE_FAILED.
+            TaskTimeoutError: ``timeout`` passed first. The handle stays usable.
+            NotFoundError: The task stayed invisible beyond the policy's grace period.
+            APIError: A final error (401, 402, ...) answered a poll.
+            SessionClosedError: The session closed while waiting.
+
+        """
+        if self._final is not None:
+            return _outcome(self._final)
+        policy = poll if poll is not None else self._session.poll
+        limit = policy.timeout if timeout is USE_DEFAULT else timeout
+        if limit is not None and limit <= 0:
+            raise ValueError(f"timeout must be > 0 seconds or None, got {limit!r}")
+        self._session._check_open()
+        try:
+            async with asyncio.timeout(limit) as deadline:
+                record = await self._poll(policy)
+        except TimeoutError:
+            if deadline.expired():
+                raise TaskTimeoutError(self.task_id, limit or 0.0, self._last) from None
+            raise
+        return _outcome(record)
+
+    async def _poll(self, policy: PollPolicy) -> TaskRecord:
+        session = self._session
+        retrying = poll_retrying(
+            session.retry,
+            sleep=self._sleep,
+            delay=lambda n: policy.delay(n, session._rng),
+            keep_polling=_keep_polling,
+            what=f"poll of task {self.task_id}",
+        )
+        with session._waiting(self):
+            if not self._poll_at_once:
+                await self._sleep(self._created + policy.initial_delay - time.monotonic())
+            record: TaskRecord = await retrying(self._poll_once, policy)
+        return record
+
+    async def _poll_once(self, policy: PollPolicy) -> TaskRecord | None:
+        try:
+            record = await self._session._fetch_record(self.task_id)
+        except NotFoundError:
+            if time.monotonic() - self._created < policy.not_found_grace:
+                logger.debug("task %s not visible yet", self.task_id)
+                return None
+            raise
+        if record.status is TaskStatus.UNKNOWN:
+            logger.warning("task %s reports an undocumented state; polling on", self.task_id)
+        return self._seen(record)
+
+    def _seen(self, record: TaskRecord) -> TaskRecord:
+        self._last = record
+        if record.is_final:
+            self._final = record
+        return record
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep ``seconds``, or less if :meth:`_wake` or the session's close interrupts."""
+        if seconds <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        sleeper: asyncio.Future[None] = loop.create_future()
+        timer = loop.call_later(seconds, _resolve, sleeper)
+        self._sleepers.add(sleeper)
+        try:
+            await sleeper
+        finally:
+            timer.cancel()
+            self._sleepers.discard(sleeper)
+
+    def _wake(self, error: BaseException | None = None) -> None:
+        """End every current sleep of this handle: poll now, or raise ``error`` if given."""
+        for sleeper in tuple(self._sleepers):
+            if not sleeper.done():
+                if error is None:
+                    sleeper.set_result(None)
+                else:
+                    sleeper.set_exception(error)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _keep_polling(record: TaskRecord | None) -> bool:
+    return record is None or not record.is_final
+
+
+def _outcome(record: TaskRecord) -> TaskRecord:
+    if record.status.is_failure:
+        raise TaskFailedError(record)
+    return record

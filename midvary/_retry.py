@@ -1,0 +1,156 @@
+"""The one retry module: what is retried, and how long to wait. Tenacity lives only here.
+
+=================================  ==========  ==========
+failure                            poll (GET)  submission
+=================================  ==========  ==========
+429 rate limited                   retried     retried
+455 maintenance                    retried     retried
+500 server error                   retried     uncertain
+connection could not be opened     retried     retried
+answer lost after sending          retried     uncertain
+HTML / empty / malformed answer    retried     uncertain
+400 401 402 404 422 501 505        final       final
+=================================  ==========  ==========
+
+"Uncertain" submissions raise :class:`~midvary.SubmitUncertainError` and are never re-sent:
+the provider has no idempotency key, so a second POST could start a second billed task.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import tenacity
+from tenacity.wait import wait_base
+
+from ._config import RetryPolicy
+from ._errors import (
+    ProtocolError,
+    RateLimitError,
+    ServerError,
+    ServiceUnavailableError,
+    TransportError,
+)
+
+logger = logging.getLogger(__name__)
+
+Sleep = Callable[[float], Awaitable[None]]
+BeforeSleep = Callable[[BaseException, float], None]
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a read (a poll, a download) that failed with ``exc`` may be retried."""
+    return isinstance(
+        exc,
+        RateLimitError | ServiceUnavailableError | ServerError | TransportError | ProtocolError,
+    )
+
+
+def is_unaccepted(exc: BaseException) -> bool:
+    """Whether a submission that failed with ``exc`` was certainly not accepted (safe to resend)."""
+    if isinstance(exc, RateLimitError | ServiceUnavailableError):
+        return True
+    return isinstance(exc, TransportError) and not exc.sent
+
+
+def retry_after(exc: BaseException | None) -> float | None:
+    """The seconds a failed answer asked us to wait (``Retry-After``), or ``None``."""
+    value = getattr(exc, "retry_after", None)
+    return value if isinstance(value, int | float) else None
+
+
+class _HonourRetryAfter(wait_base):
+    """Wait at least what the provider asked for, capped; otherwise the fallback backoff."""
+
+    def __init__(self, fallback: Callable[[tenacity.RetryCallState], float], cap: float) -> None:
+        self._fallback = fallback
+        self._cap = cap
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+        wait = self._fallback(retry_state)
+        outcome = retry_state.outcome
+        asked = retry_after(outcome.exception()) if outcome is not None and outcome.failed else None
+        if asked is not None:
+            wait = max(wait, min(max(asked, 0.0), self._cap))
+        return wait
+
+
+def _before_sleep(what: str, hook: BeforeSleep | None) -> Callable[[tenacity.RetryCallState], None]:
+    def before_sleep(state: tenacity.RetryCallState) -> None:
+        outcome = state.outcome
+        exc = outcome.exception() if outcome is not None and outcome.failed else None
+        wait = state.upcoming_sleep
+        if exc is not None:
+            logger.info(
+                "%s failed (%s: %s); attempt %d, retrying in %.2f s",
+                what,
+                type(exc).__name__,
+                exc,
+                state.attempt_number,
+                wait,
+            )
+            if hook is not None:
+                hook(exc, wait)
+
+    return before_sleep
+
+
+def submit_retrying(
+    policy: RetryPolicy, *, sleep: Sleep | None = None, on_retry: BeforeSleep | None = None
+) -> tenacity.AsyncRetrying:
+    """Retrying for one submission: only failures that certainly were not accepted.
+
+    ``on_retry(exc, wait_seconds)`` is called before each wait (the fan-out uses it to slow
+    its rate limiter down after a 429).
+    """
+    kwargs: dict[str, Any] = {"sleep": sleep} if sleep is not None else {}
+    return tenacity.AsyncRetrying(
+        retry=tenacity.retry_if_exception(is_unaccepted),
+        wait=_HonourRetryAfter(backoff(policy), policy.max_retry_after),
+        stop=tenacity.stop_after_attempt(policy.attempts),
+        before_sleep=_before_sleep("submission", on_retry),
+        reraise=True,
+        **kwargs,
+    )
+
+
+def read_retrying(policy: RetryPolicy, *, what: str) -> tenacity.AsyncRetrying:
+    """Retrying for an idempotent read outside polling (a result download)."""
+    return tenacity.AsyncRetrying(
+        retry=tenacity.retry_if_exception(is_transient),
+        wait=_HonourRetryAfter(backoff(policy), policy.max_retry_after),
+        stop=tenacity.stop_after_attempt(policy.attempts),
+        before_sleep=_before_sleep(what, None),
+        reraise=True,
+    )
+
+
+def backoff(policy: RetryPolicy) -> wait_base:
+    """Capped exponential backoff with jitter for ``policy``."""
+    exponential = tenacity.wait_exponential(multiplier=policy.wait_initial, max=policy.wait_max)
+    return exponential + tenacity.wait_random(0, policy.wait_jitter)
+
+
+def poll_retrying(
+    retry: RetryPolicy,
+    *,
+    sleep: Sleep,
+    delay: Callable[[int], float],
+    keep_polling: Callable[[Any], bool],
+    what: str,
+) -> tenacity.AsyncRetrying:
+    """Retrying for a poll loop: again while ``keep_polling(result)`` or on a transient error.
+
+    ``delay(n)`` is the wait, in seconds, before poll ``n`` (1-based). No stop condition: the
+    caller bounds the loop with its deadline, which also cuts a request in flight.
+    """
+    return tenacity.AsyncRetrying(
+        retry=tenacity.retry_if_result(keep_polling) | tenacity.retry_if_exception(is_transient),
+        wait=_HonourRetryAfter(lambda s: delay(s.attempt_number + 1), retry.max_retry_after),
+        stop=tenacity.stop_never,
+        sleep=sleep,
+        before_sleep=_before_sleep(what, None),
+        reraise=True,
+    )

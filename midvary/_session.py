@@ -1,0 +1,310 @@
+"""Session: the one object that talks to the provider."""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+import os
+import random
+from collections.abc import Iterator
+from typing import Final
+
+import aiohttp
+import yarl
+
+from ._config import PollPolicy, RetryPolicy
+from ._converter import structure_record, structure_task_id, vary_body
+from ._errors import (
+    NotFoundError,
+    ProtocolError,
+    ServerError,
+    SessionClosedError,
+    SubmitUncertainError,
+    TransportError,
+    ValidationError,
+)
+from ._handle import TaskHandle
+from ._models import TaskRecord, VaryRequest, check_http_url, check_task_id
+from ._retry import submit_retrying
+from ._transport import Transport
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL: Final = "https://api.kie.ai"
+VARY_PATH: Final = "/api/v1/mj/generateVary"
+RECORD_PATH: Final = "/api/v1/mj/record-info"
+_KEY_VARIABLES: Final = ("MIDVARY_API_KEY", "KIE_API_KEY")
+
+
+class _State(enum.Enum):
+    UNOPENED = "unopened"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+def _resolve_api_key(api_key: str | None) -> str:
+    if api_key is None:
+        for name in _KEY_VARIABLES:
+            value = os.environ.get(name, "").strip()
+            if value:
+                return value
+        raise ValueError(
+            "no API key: pass Session(api_key=...) or set MIDVARY_API_KEY (or KIE_API_KEY)",
+        )
+    if not isinstance(api_key, str):
+        raise TypeError(f"api_key must be a str, not {type(api_key).__name__}")
+    if not api_key.strip() or any(ch.isspace() for ch in api_key.strip()):
+        # Never echo the value: it is a secret even when it is malformed.
+        raise ValueError("api_key must be a non-empty string without whitespace")
+    return api_key.strip()
+
+
+def _resolve_base_url(base_url: str | None) -> yarl.URL:
+    if base_url is None:
+        base_url = os.environ.get("MIDVARY_BASE_URL", "").strip() or DEFAULT_BASE_URL
+    check_http_url(base_url, name="base_url")
+    url = yarl.URL(base_url)
+    if url.query_string or url.fragment:
+        raise ValueError(f"base_url must not have a query or fragment, got {base_url!r}")
+    return url.with_path(url.path.rstrip("/"))
+
+
+class Session:
+    """An async session with the Midjourney Vary API.
+
+    Use it as an async context manager (or call :meth:`aclose` yourself)::
+
+        async with midvary.Session() as session:
+            handle = await session.vary("parent-task-id", 0)
+            record = await handle
+
+    Args:
+        api_key: The API key; ``None`` reads ``MIDVARY_API_KEY``, then ``KIE_API_KEY``.
+            Missing everywhere is a ``ValueError`` here, before any request.
+        base_url: The API's base URL; ``None`` reads ``MIDVARY_BASE_URL``, else
+            ``https://api.kie.ai`` (``https://api.midapi.ai`` serves the same API). The key
+            is sent to this host only.
+        poll: Default :class:`PollPolicy` of every wait; ``None`` means ``PollPolicy()``.
+        retry: :class:`RetryPolicy` for submissions that certainly were not accepted (and
+            for downloads); ``None`` means ``RetryPolicy()``.
+        request_timeout: Seconds one HTTP request may take in all (> 0).
+        connect_timeout: Seconds opening a connection may take (> 0).
+        index_base: Added to the 0-based ``image_index`` on the wire: 0 (the documented
+            schema, default) or 1 for an account whose provider proves to be 1-based. The
+            public ``image_index`` stays 0..3 either way.
+        http_session: An ``aiohttp.ClientSession`` to use; the session never closes one it
+            was given. ``None`` means it creates (and closes) its own.
+        seed: Seed for the jitter's random numbers, for reproducible tests; ``None`` means
+            unseeded.
+
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        *,
+        poll: PollPolicy | None = None,
+        retry: RetryPolicy | None = None,
+        request_timeout: float = 30.0,
+        connect_timeout: float = 10.0,
+        index_base: int = 0,
+        http_session: aiohttp.ClientSession | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self._api_key = _resolve_api_key(api_key)
+        self._base_url = _resolve_base_url(base_url)
+        if poll is not None and not isinstance(poll, PollPolicy):
+            raise TypeError(f"poll must be a midvary.PollPolicy, not {type(poll).__name__}")
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise TypeError(f"retry must be a midvary.RetryPolicy, not {type(retry).__name__}")
+        for name, value in (
+            ("request_timeout", request_timeout),
+            ("connect_timeout", connect_timeout),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise ValueError(f"{name} must be a number of seconds > 0, got {value!r}")
+        if index_base not in (0, 1) or isinstance(index_base, bool):
+            raise ValueError(f"index_base must be 0 (documented schema) or 1, got {index_base!r}")
+        if http_session is not None and not isinstance(http_session, aiohttp.ClientSession):
+            raise TypeError("http_session must be an aiohttp.ClientSession or None")
+        self.poll = poll if poll is not None else PollPolicy()
+        self.retry = retry if retry is not None else RetryPolicy()
+        self._timeout = aiohttp.ClientTimeout(total=request_timeout, connect=connect_timeout)
+        self._index_base = index_base
+        self._http = http_session
+        self._owns_http = http_session is None
+        self._transport: Transport | None = None
+        self._state = _State.UNOPENED
+        self._rng = random.Random(seed)
+        self._waiters: set[TaskHandle] = set()
+
+    def __repr__(self) -> str:
+        return f"<midvary.Session base_url={str(self._base_url)!r} state={self._state.value}>"
+
+    @property
+    def base_url(self) -> str:
+        """The API's base URL, without a trailing slash."""
+        return str(self._base_url)
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`aclose` has run; a closed session cannot be reopened."""
+        return self._state is _State.CLOSED
+
+    async def __aenter__(self) -> Session:
+        self._open()
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.aclose()
+
+    def _open(self) -> Transport:
+        if self._state is _State.CLOSED:
+            raise SessionClosedError(
+                "this Session is closed and cannot be reopened; create a new one"
+            )
+        if self._transport is None:
+            if self._http is None:
+                self._http = aiohttp.ClientSession()
+            self._transport = Transport(
+                self._http, base_url=self._base_url, api_key=self._api_key, timeout=self._timeout
+            )
+            self._state = _State.OPEN
+        return self._transport
+
+    def _check_open(self) -> None:
+        if self._state is _State.CLOSED:
+            raise SessionClosedError("this Session is closed; create a new one")
+
+    async def aclose(self) -> None:
+        """Close the session: end pending waits and close the HTTP session it created.
+
+        Waits still in progress raise :class:`SessionClosedError`. An ``http_session`` that
+        was passed in is left open. Closing twice is harmless.
+        """
+        if self._state is _State.CLOSED:
+            return
+        self._state = _State.CLOSED
+        closed = SessionClosedError("the Session was closed while waiting for this task")
+        for handle in tuple(self._waiters):
+            handle._wake(closed)
+        if self._owns_http and self._http is not None:
+            await self._http.close()
+
+    @contextlib.contextmanager
+    def _waiting(self, handle: TaskHandle) -> Iterator[None]:
+        self._waiters.add(handle)
+        try:
+            yield
+        finally:
+            self._waiters.discard(handle)
+
+    async def vary(
+        self,
+        task_id: str,
+        image_index: int,
+        *,
+        water_mark: str | None = None,
+        callback_url: str | None = None,
+    ) -> TaskHandle:
+        """Submit one vary task and return its handle (without waiting for the result).
+
+        Args:
+            task_id: The id of the earlier generation task whose image to vary.
+            image_index: Which of its 4 images, 0-based: 0, 1, 2 or 3.
+            water_mark: Watermark text; ``None`` for none.
+            callback_url: Absolute http(s) URL the provider POSTs the result to; ``None``
+                for none (polling finds the result either way).
+
+        Returns:
+            A :class:`TaskHandle`; ``await`` it for the final record.
+
+        Raises:
+            TypeError, ValueError: An argument is invalid; nothing was sent.
+            SubmitUncertainError: The answer was lost after sending; the task may exist and
+                be billed. It is never re-sent automatically.
+            APIError: The provider refused the submission (after retrying 429 and 455).
+
+        """
+        request = VaryRequest(
+            task_id=task_id,
+            image_index=image_index,
+            water_mark=water_mark,
+            callback_url=callback_url,
+        )
+        return await self.submit(request)
+
+    async def submit(self, request: VaryRequest) -> TaskHandle:
+        """Submit one :class:`VaryRequest` and return its handle; see :meth:`vary`."""
+        if not isinstance(request, VaryRequest):
+            raise TypeError(f"request must be a midvary.VaryRequest, not {type(request).__name__}")
+        transport = self._open()
+        body = vary_body(request, index_base=self._index_base)
+
+        async def attempt() -> str:
+            self._check_open()
+            try:
+                data = await transport.call("POST", VARY_PATH, json_body=body)
+                return structure_task_id(data)
+            except ServerError as exc:
+                raise SubmitUncertainError(request, f"the provider answered {exc}") from exc
+            except ProtocolError as exc:
+                raise SubmitUncertainError(request, str(exc)) from exc
+            except TransportError as exc:
+                if exc.sent:
+                    raise SubmitUncertainError(request, str(exc)) from exc
+                raise
+
+        task_id: str = await submit_retrying(self.retry)(attempt)
+        logger.info("submitted %s as task %s", request.describe(), task_id)
+        return TaskHandle(self, task_id, request=request, submitted=True)
+
+    def task(self, task_id: str) -> TaskHandle:
+        """Re-attach a :class:`TaskHandle` to an existing task id. No I/O.
+
+        Raises:
+            TypeError, ValueError: ``task_id`` is not a usable id.
+
+        """
+        self._check_open()
+        return TaskHandle(self, check_task_id(task_id))
+
+    async def get_task(self, task_id: str) -> TaskRecord:
+        """Fetch a task's record once (one GET), in whatever state it is.
+
+        Raises:
+            NotFoundError: No such task is visible (yet).
+            APIError, TransportError, ProtocolError: The request failed.
+
+        """
+        return await self._fetch_record(check_task_id(task_id))
+
+    async def _fetch_record(self, task_id: str) -> TaskRecord:
+        transport = self._open()
+        try:
+            data = await transport.call("GET", RECORD_PATH, params={"taskId": task_id})
+        except ValidationError as exc:
+            # The provider's way of saying "no such record (yet)": 422 "recordInfo is null".
+            if "recordinfo is null" in exc.message.lower():
+                raise NotFoundError(
+                    f"task {task_id} not found ({exc.message})",
+                    code=exc.code,
+                    http_status=exc.http_status,
+                ) from exc
+            raise
+        except NotFoundError as exc:
+            raise NotFoundError(
+                f"task {task_id} not found ({exc.message})",
+                code=exc.code,
+                http_status=exc.http_status,
+            ) from exc
+        if data is None:
+            raise NotFoundError(f"task {task_id} not found (empty record)", code=404)
+        record = structure_record(data)
+        if record.task_id != task_id:
+            raise ProtocolError(
+                f"asked for task {task_id}, the provider answered with {record.task_id}"
+            )
+        return record

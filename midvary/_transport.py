@@ -1,0 +1,185 @@
+"""One HTTP exchange with the provider, and the one place aiohttp errors are translated.
+
+A response is a success only when the HTTP status is 2xx AND the envelope's ``code`` is 200.
+Everything else becomes a typed midvary error: an :class:`~midvary.APIError` subclass from
+the envelope code (or the HTTP status when the body carries none), a
+:class:`~midvary.ProtocolError` for bodies that are not an envelope, or a
+:class:`~midvary.TransportError` that says whether the request may have been sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import logging
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import yarl
+
+from ._errors import ERROR_CLASSES, APIError, ProtocolError, TransportError
+from ._version import USER_AGENT
+
+logger = logging.getLogger(__name__)
+
+_SNIPPET = 120
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP date), or ``None``."""
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def error_for(
+    code: int, message: str, *, http_status: int | None, retry_after: float | None = None
+) -> APIError:
+    """The :class:`APIError` subclass for envelope ``code`` (plain ``APIError`` if unknown)."""
+    cls = ERROR_CLASSES.get(code, APIError)
+    return cls(message, code=code, http_status=http_status, retry_after=retry_after)
+
+
+def _describe_body(raw: bytes) -> str:
+    text = raw.decode("utf-8", errors="replace").strip()
+    if not text:
+        return "an empty body"
+    if text[:1] == "<":
+        return "an HTML page"
+    return f"a body that is not a JSON envelope: {text[:_SNIPPET]!r}"
+
+
+class Transport:
+    """Sends requests to the API's base URL with the key; never anywhere else."""
+
+    def __init__(
+        self,
+        http: aiohttp.ClientSession,
+        *,
+        base_url: yarl.URL,
+        api_key: str,
+        timeout: aiohttp.ClientTimeout,
+    ) -> None:
+        self._http = http
+        self._base_url = base_url
+        self._headers = {
+            "Authorization": f"Bearer {api_key}",
+            "User-Agent": USER_AGENT,
+            "Accept": "application/json",
+        }
+        self._api_key = api_key
+        self._timeout = timeout
+
+    def __repr__(self) -> str:
+        return f"<Transport base_url={str(self._base_url)!r}>"
+
+    def _redact(self, text: str) -> str:
+        # A body may echo what we sent; the key must never reach a message or a log line.
+        return text.replace(self._api_key, "***") if self._api_key in text else text
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Mapping[str, Any] | None = None,
+        params: Mapping[str, str] | None = None,
+    ) -> Any:
+        """Send one request and return the envelope's ``data``.
+
+        Raises:
+            APIError: The provider answered with an error code.
+            ProtocolError: The answer was not a valid envelope.
+            TransportError: The network failed; ``sent`` says whether it may have arrived.
+
+        """
+        url = self._base_url / path.lstrip("/")
+        started = time.monotonic()
+        try:
+            async with self._http.request(
+                method,
+                url,
+                json=json_body,
+                params=params,
+                headers=self._headers,
+                timeout=self._timeout,
+                # A redirect could carry the key to another host: never follow one.
+                allow_redirects=False,
+            ) as response:
+                raw = await response.read()
+                status = response.status
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            raise TransportError(
+                f"{method} {path}: could not connect ({type(exc).__name__}: {exc})", sent=False
+            ) from exc
+        except (TimeoutError, asyncio.TimeoutError) as exc:  # noqa: UP041 - aiohttp raises either
+            raise TransportError(
+                f"{method} {path}: no answer within {self._timeout.total} s", sent=True
+            ) from exc
+        except (aiohttp.ClientError, OSError) as exc:  # OSError: a reset aiohttp did not wrap
+            raise TransportError(
+                f"{method} {path}: connection failed after sending "
+                f"({type(exc).__name__}: {self._redact(str(exc))})",
+                sent=True,
+            ) from exc
+        logger.debug(
+            "%s %s -> HTTP %d (%d bytes, %.3f s)",
+            method,
+            path,
+            status,
+            len(raw),
+            time.monotonic() - started,
+        )
+        return self._unwrap(raw, status, retry_after, f"{method} {path}")
+
+    def _unwrap(self, raw: bytes, status: int, retry_after: float | None, what: str) -> Any:
+        envelope: Any = None
+        try:
+            envelope = json.loads(raw) if raw.strip() else None
+        except ValueError:
+            envelope = None
+        ok_status = 200 <= status < 300
+        if not isinstance(envelope, dict) or "code" not in envelope:
+            if not ok_status and status in ERROR_CLASSES:
+                # e.g. a bare 429 from the CDN: the status is the only signal there is.
+                raise error_for(
+                    status,
+                    f"{what}: HTTP {status} with {self._redact(_describe_body(raw))}",
+                    http_status=status,
+                    retry_after=retry_after,
+                )
+            raise ProtocolError(
+                f"{what}: HTTP {status} with {self._redact(_describe_body(raw))}",
+                http_status=status,
+            )
+        code = envelope.get("code")
+        if isinstance(code, str) and code.strip().isdigit():
+            code = int(code)
+        if isinstance(code, bool) or not isinstance(code, int):
+            raise ProtocolError(
+                f"{what}: envelope code is not an integer: {code!r:.40}", http_status=status
+            )
+        if ok_status and code == 200:
+            return envelope.get("data")
+        if code == 200:
+            # The envelope claims success but the HTTP status does not: trust the status.
+            code = status
+        msg = envelope.get("msg")
+        message = self._redact(msg) if isinstance(msg, str) and msg else f"{what} failed"
+        raise error_for(code, message, http_status=status, retry_after=retry_after)

@@ -1,0 +1,101 @@
+"""Session configuration, ownership of the HTTP session, lifecycle and secrets."""
+
+from __future__ import annotations
+
+import logging
+
+import aiohttp
+import pytest
+
+import midvary
+
+from .conftest import FAST_POLL, FAST_RETRY
+from .mockapi import BASE, KEY, VARY_URL, MockAPI, record, record_url
+
+
+def test_key_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """api_key=None reads MIDVARY_API_KEY, falling back to KIE_API_KEY."""
+    monkeypatch.delenv("MIDVARY_API_KEY", raising=False)
+    monkeypatch.setenv("KIE_API_KEY", "kie-key")
+    assert midvary.Session()._api_key == "kie-key"
+    monkeypatch.setenv("MIDVARY_API_KEY", "midvary-key")
+    assert midvary.Session()._api_key == "midvary-key"
+
+
+def test_missing_key_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No key anywhere fails at construction and names both variables."""
+    monkeypatch.delenv("MIDVARY_API_KEY", raising=False)
+    monkeypatch.delenv("KIE_API_KEY", raising=False)
+    with pytest.raises(ValueError, match="MIDVARY_API_KEY") as info:
+        midvary.Session()
+    assert "KIE_API_KEY" in str(info.value)
+
+
+def test_base_url_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """base_url=None reads MIDVARY_BASE_URL, else the kie.ai default; trailing slash dropped."""
+    monkeypatch.delenv("MIDVARY_BASE_URL", raising=False)
+    assert midvary.Session(api_key="k").base_url == "https://api.kie.ai"
+    monkeypatch.setenv("MIDVARY_BASE_URL", "https://api.midapi.ai/")
+    assert midvary.Session(api_key="k").base_url == "https://api.midapi.ai"
+
+
+async def test_injected_http_session_is_used_and_not_closed(api: MockAPI) -> None:
+    """A borrowed aiohttp session is used for requests and left open on close."""
+    api.envelope("GET", record_url("t1"), data=record(flag=1))
+    async with aiohttp.ClientSession() as http:
+        async with midvary.Session(api_key=KEY, base_url=BASE, http_session=http) as session:
+            await session.get_task("t1")
+        assert not http.closed
+        assert session.closed
+    assert len(api.calls("GET", record_url("t1"))) == 1
+
+
+async def test_closed_session_cannot_reopen(api: MockAPI) -> None:
+    """Entering a closed session again raises SessionClosedError."""
+    session = midvary.Session(api_key=KEY, base_url=BASE)
+    async with session:
+        pass
+    with pytest.raises(midvary.SessionClosedError, match="cannot be reopened"):
+        async with session:
+            pass
+    await session.aclose()  # closing twice is harmless
+
+
+async def test_session_works_without_context_manager(api: MockAPI) -> None:
+    """A session used without `async with` opens lazily and closes with aclose()."""
+    api.envelope("GET", record_url("t1"), data=record(flag=1))
+    session = midvary.Session(api_key=KEY, base_url=BASE)
+    try:
+        assert (await session.get_task("t1")).status is midvary.TaskStatus.SUCCESS
+    finally:
+        await session.aclose()
+
+
+async def test_key_never_appears_in_reprs_messages_or_logs(
+    api: MockAPI, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The key is absent from reprs, str() and messages of errors, and DEBUG logs."""
+    caplog.set_level(logging.DEBUG, logger="midvary")
+    api.envelope("POST", VARY_URL, 401, msg=f"invalid key {KEY}")  # a body that echoes the key
+    api.add(VARY_URL, "POST", status=502, body=f"<html>{KEY}</html>")
+    api.envelope("POST", VARY_URL, data={"taskId": "t1"})
+    api.envelope("GET", record_url("t1"), data=record(flag=3))
+    seen: list[str] = []
+    async with midvary.Session(
+        api_key=KEY, base_url=BASE, poll=FAST_POLL, retry=FAST_RETRY
+    ) as session:
+        seen += [repr(session), str(session)]
+        for _ in range(2):
+            with pytest.raises(midvary.MidvaryError) as info:
+                await session.vary("parent-1", 0)
+            seen += [str(info.value), repr(info.value), str(info.value.__cause__)]
+        handle = await session.vary("parent-1", 0)
+        with pytest.raises(midvary.TaskFailedError) as failed:
+            await handle
+        seen += [repr(handle), str(failed.value), repr(failed.value.record)]
+        seen.append(repr(session._transport))
+    seen += [r.getMessage() for r in caplog.records]
+    assert caplog.records, "DEBUG logging produced no lines to check"
+    for text in seen:
+        assert KEY not in text
+        assert "RECOGNISABLE" not in text

@@ -1,0 +1,117 @@
+"""The converter: both time formats, JSON-in-a-string fields, tolerance, strictness."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+import midvary
+from midvary._converter import structure_record
+
+from .mockapi import record
+
+
+def test_iso_and_epoch_ms_times_parse_to_aware_datetimes() -> None:
+    """ISO strings (Z, offset, naive, space) and epoch milliseconds all parse as UTC-aware."""
+    expected = datetime(2026, 11, 21, 10, 0, 0, tzinfo=UTC)
+    for value in (
+        "2026-11-21T10:00:00Z",
+        "2026-11-21T10:00:00.000Z",
+        "2026-11-21T11:00:00+01:00",
+        "2026-11-21T10:00:00",
+        "2026-11-21 10:00:00",
+        int(expected.timestamp() * 1000),
+        str(int(expected.timestamp() * 1000)),
+        int(expected.timestamp()),
+    ):
+        parsed = structure_record(record(createTime=value)).created_at
+        assert parsed == expected, value
+        assert parsed is not None
+        assert parsed.tzinfo is not None
+
+
+def test_missing_complete_time_is_none() -> None:
+    """A null or empty completeTime means None, not an error."""
+    assert structure_record(record(completeTime=None)).completed_at is None
+    assert structure_record(record(completeTime="")).completed_at is None
+
+
+def test_result_info_as_string_parses() -> None:
+    """ResultInfoJson sent as a JSON string yields the same URLs as the object form."""
+    as_object = structure_record(record(flag=1))
+    as_string = structure_record(
+        record(
+            flag=1,
+            resultInfoJson=json.dumps(
+                {"resultUrls": [{"resultUrl": u} for u in as_object.image_urls]}
+            ),
+        )
+    )
+    assert as_string.image_urls == as_object.image_urls
+    assert len(as_string.image_urls) == 4
+
+
+def test_param_json_is_decoded() -> None:
+    """ParamJson (a JSON string) becomes a mapping."""
+    assert structure_record(record()).params == {"taskId": "parent", "imageIndex": 0}
+
+
+def test_malformed_param_json_does_not_hide_a_result() -> None:
+    """A broken paramJson echo leaves params empty instead of failing the record."""
+    result = structure_record(record(flag=1, paramJson="{not json"))
+    assert result.params == {}
+    assert result.status is midvary.TaskStatus.SUCCESS
+
+
+def test_unknown_fields_are_tolerated() -> None:
+    """Keys the provider adds later do not break structuring."""
+    assert structure_record(record(brandNew={"x": 1})).task_id == "t1"
+
+
+def test_undocumented_success_flag_is_unknown_not_final() -> None:
+    """A successFlag outside 0..3 becomes UNKNOWN, which is not final."""
+    result = structure_record(record(flag=7))
+    assert result.status is midvary.TaskStatus.UNKNOWN
+    assert not result.is_final
+
+
+def test_failure_fields() -> None:
+    """ErrorCode and errorMessage come through; a numeric string code is an int."""
+    result = structure_record(record(flag=3, errorCode="501"))
+    assert result.error_code == 501
+    assert result.error_message == "generation failed"
+    assert result.status.is_failure
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        None,
+        [],
+        "text",
+        {"successFlag": 1},
+        {"taskId": "t1"},
+        {"taskId": 5, "successFlag": 1},
+        record(successFlag="yes"),
+        record(successFlag=True),
+        record(createTime="yesterday"),
+        record(createTime=[1]),
+        record(flag=1, resultInfoJson="{broken"),
+        record(flag=1, resultInfoJson={"resultUrls": "nope"}),
+        record(flag=1, resultInfoJson={"resultUrls": [{"resultUrl": 3}]}),
+        record(errorCode="E1"),
+    ],
+)
+def test_malformed_records_are_protocol_errors(data: object) -> None:
+    """Wrong types or missing essentials raise ProtocolError, never KeyError/TypeError."""
+    with pytest.raises(midvary.ProtocolError):
+        structure_record(data)
+
+
+def test_records_are_frozen() -> None:
+    """A TaskRecord cannot be mutated in place."""
+    result = structure_record(record())
+    with pytest.raises(AttributeError):
+        result.task_id = "x"  # type: ignore[misc]
