@@ -1,0 +1,1 @@
+"""Benchmarks for midvary: run with `make bench`; they report figures and are never tests."""
