@@ -31,3 +31,5 @@ async def session(api: MockAPI) -> AsyncIterator[midvary.Session]:
         api_key=KEY, base_url=BASE, poll=FAST_POLL, retry=FAST_RETRY, seed=1
     ) as s:
         yield s
+
+pytest_plugins = ["midvary.testing.pytest_plugin"]
