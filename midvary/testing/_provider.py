@@ -303,6 +303,14 @@ class FakeProvider:
         """Callback deliveries scheduled (for tasks not finished yet, or retries) or in flight."""
         return self._callbacks.pending if self._callbacks is not None else 0
 
+    async def settle_callbacks(self) -> None:
+        """Wait until every callback due by now was delivered or failed (and was recorded).
+
+        Deliveries due later (tasks still running, retries after a delay) are not waited for.
+        """
+        if self._callbacks is not None:
+            await self._callbacks.settle()
+
     def task(self, task_id: str) -> TaskSnapshot:
         """The task ``task_id`` as it stands now.
 
