@@ -73,11 +73,18 @@ class FakeProvider:
       succeeded;
     - 429, always as HTTP 429, beyond ``submit_limit``;
     - 402 when ``credits`` are used up;
-    - otherwise 200 with ``data.taskId``.
+    - otherwise 200 with ``data.taskId`` (unknown extra body fields are ignored), unless
+      ``drop_submit_answer_rate`` loses the answer of the task it just created.
 
     ``record-info`` answers 400 without a ``taskId`` query parameter, and "not found"
     (``not_found_style``) for an unknown or still invisible task. Parents the fake did not
-    create are shown as finished ``mj_txt2img`` tasks with 4 images.
+    create are shown as finished ``mj_txt2img`` tasks with 4 images. A task submitted with
+    a ``callBackUrl`` is POSTed there when it finishes (see the ``callback_*`` settings).
+
+    For a fake in another process, the API origin also serves control endpoints, without
+    auth, faults or figures: ``GET /_fake/stats`` (the figures as JSON),
+    ``POST /_fake/settings`` (a JSON object of settings to change) and
+    ``POST /_fake/maintenance`` (``{"on": true}`` or ``{"on": false}``).
 
     Use it as an async context manager, or call :meth:`start` and :meth:`close`::
 
