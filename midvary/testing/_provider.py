@@ -34,7 +34,6 @@ from ._wire import (
     parse_vary_body,
     record_data,
     result_urls,
-    settings_changes,
 )
 
 SUBMIT_PATH = "/api/v1/mj/generateVary"
@@ -552,9 +551,15 @@ class FakeProvider:
 
     async def _handle_settings(self, request: web.Request) -> web.Response:
         try:
-            changes = settings_changes(await request.json())
+            changes = await request.json()
+        except ValueError:
+            changes = None
+        if not isinstance(changes, dict):
+            error = "the body must be a JSON object of FakeSettings fields"
+            return web.json_response({"error": error}, status=400)
+        try:
             self.update(**changes)
-        except (ValueError, TypeError, Rejection) as exc:
+        except (ValueError, TypeError) as exc:
             return web.json_response({"error": str(exc)}, status=400)
         return web.json_response(settings_as_json(self._settings))
 
