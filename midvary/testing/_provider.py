@@ -435,7 +435,7 @@ class FakeProvider:
         except Rejection as rejection:
             return self._reject(rejection)
 
-        # No await since _admit's checks: the settings and the clock are the ones it saw.
+        # No await since _admit's checks ended, so what they checked still holds.
         settings = self._settings
         now = self._clock()
         task, duplicate = self._store.create(params, settings, now)
