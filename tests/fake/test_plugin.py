@@ -26,3 +26,14 @@ async def test_midvary_session_talks_to_fake_provider(
     assert len(record.image_urls) == 4
     assert all(url.startswith(fake_provider.results_base_url) for url in record.image_urls)
     assert fake_provider.stats.tasks_created == 1
+
+
+async def test_midvary_session_stays_fast_after_learning(
+    fake_provider: FakeProvider, midvary_session: midvary.Session
+) -> None:
+    """Many tasks in one session (enough for its poll schedule to learn) all succeed."""
+    handles = [await midvary_session.vary("parent-plugin", i % 4) for i in range(8)]
+    records = [await handle for handle in handles]
+    records.append(await (await midvary_session.vary("parent-plugin", 0)))
+    assert all(record.status is midvary.TaskStatus.SUCCESS for record in records)
+    assert fake_provider.stats.tasks_created == 9
