@@ -1,0 +1,37 @@
+"""A fake kie.ai Midjourney provider, to test code that uses midvary without the network.
+
+:class:`FakeProvider` serves the provider's contract over loopback, with knobs
+(:class:`FakeSettings`) for its awkward habits, failures and faults, and figures
+(:class:`FakeStats`) about what clients did to it::
+
+    from midvary.testing import FakeProvider, FakeSettings
+
+    async with FakeProvider(settings=FakeSettings(task_duration=(0.1, 0.5))) as fake:
+        ...  # point a client at fake.base_url with fake.api_key
+
+pytest users can enable the fixtures of :mod:`midvary.testing.pytest_plugin` instead.
+"""
+
+from ._clock import ManualClock
+from ._images import PNG_SIGNATURE
+from ._provider import FakeProvider
+from ._settings import FAULT_KINDS, Endpoint, FakeSettings, FaultKind, TimeFormat
+from ._state import SuccessFlag, TaskSnapshot
+from ._stats import CallbackFailure, FakeStats
+from ._wire import callback_signature
+
+__all__ = [
+    "FAULT_KINDS",
+    "PNG_SIGNATURE",
+    "CallbackFailure",
+    "Endpoint",
+    "FakeProvider",
+    "FakeSettings",
+    "FakeStats",
+    "FaultKind",
+    "ManualClock",
+    "SuccessFlag",
+    "TaskSnapshot",
+    "TimeFormat",
+    "callback_signature",
+]

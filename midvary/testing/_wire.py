@@ -1,0 +1,227 @@
+"""What the fake puts on the wire: envelopes, validation, records, callbacks and faults."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import yarl
+from aiohttp import web
+
+from ._settings import FaultKind
+from ._state import FAILURE_DETAILS, SuccessFlag, Task, TimeStyle, VaryParams
+
+#: The ``taskType`` of vary records (the real value is undocumented).
+VARY_TASK_TYPE: Final = "mj_vary"
+#: The ``taskType`` of parent records the fake did not create.
+PARENT_TASK_TYPE: Final = "mj_txt2img"
+#: The request fields ``paramJson`` echoes, in this order.
+ECHOED_FIELDS: Final = ("taskId", "imageIndex", "waterMark", "callBackUrl")
+
+_PROXY_502_PAGE: Final = (
+    "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+    "<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>cloudflare</center>\r\n"
+    "</body>\r\n</html>\r\n"
+)
+
+
+class Rejection(Exception):  # noqa: N818  # not an error of the fake: an answer it gives
+    """A request the provider refuses with an envelope ``code`` and ``msg``."""
+
+    def __init__(self, code: int, msg: str) -> None:
+        super().__init__(msg)
+        self.code = code
+        self.msg = msg
+
+
+def envelope(
+    code: int,
+    msg: str,
+    data: object = None,
+    *,
+    mirror: bool,
+    http_status: int | None = None,
+) -> web.Response:
+    """An envelope answer; its HTTP status is 200 unless mirrored or given."""
+    if http_status is None:
+        http_status = code if mirror else 200
+    return web.json_response({"code": code, "msg": msg, "data": data}, status=http_status)
+
+
+def parse_vary_body(body: object, *, index_base: int) -> VaryParams:
+    """Validate a ``generateVary`` body; raise :class:`Rejection` (code 400) when it is bad."""
+    if not isinstance(body, dict):
+        raise Rejection(400, "the request body must be a JSON object")
+    task_id = body.get("taskId")
+    if task_id is None:
+        raise Rejection(400, "taskId is required")
+    if not isinstance(task_id, str) or not task_id.strip():
+        raise Rejection(400, "taskId must be a non-empty string")
+    if "imageIndex" not in body or body["imageIndex"] is None:
+        raise Rejection(400, "imageIndex is required")
+    image_index = body["imageIndex"]
+    low, high = index_base, index_base + 3
+    if isinstance(image_index, bool) or not isinstance(image_index, int):
+        raise Rejection(400, f"imageIndex must be an integer from {low} to {high}")
+    if not low <= image_index <= high:
+        raise Rejection(400, f"imageIndex must be from {low} to {high}, got {image_index}")
+    water_mark = body.get("waterMark")
+    if water_mark is not None and not isinstance(water_mark, str):
+        raise Rejection(400, "waterMark must be a string")
+    callback_url = body.get("callBackUrl")
+    if callback_url is not None and not _is_http_url(callback_url):
+        raise Rejection(400, "callBackUrl must be an absolute http(s) URL")
+    echo = {field: body[field] for field in ECHOED_FIELDS if field in body}
+    return VaryParams(
+        parent_task_id=task_id,
+        image_index=image_index,
+        water_mark=water_mark,
+        callback_url=callback_url,
+        param_json=json.dumps(echo, separators=(",", ":")),
+    )
+
+
+def _is_http_url(value: object) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        url = yarl.URL(value)
+    except (TypeError, ValueError):
+        return False
+    return url.scheme in ("http", "https") and bool(url.host)
+
+
+def format_time(epoch: float, style: TimeStyle) -> str | int:
+    """``epoch`` (seconds) as the record's time style."""
+    if style == "epoch_ms":
+        return round(epoch * 1000)
+    text = datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")
+    return text.replace("+00:00", "Z") if style == "iso_z" else text
+
+
+def result_urls(results_base: str, task_id: str, count: int) -> list[str]:
+    """The result image URLs of a task (0-based file names, like the real CDN)."""
+    return [f"{results_base}/results/{task_id}_{n}.png" for n in range(count)]
+
+
+def _result_info(urls: list[str], *, as_string: bool) -> object:
+    info = {"resultUrls": [{"resultUrl": url} for url in urls]}
+    return json.dumps(info) if as_string else info
+
+
+def record_data(
+    task: Task,
+    now: float,
+    *,
+    wall: Callable[[float], float],
+    results_base: str,
+    result_info_as_string: bool,
+) -> dict[str, Any]:
+    """The ``data`` of a ``record-info`` answer for a task the fake created."""
+    flag = task.flag_at(now)
+    error_code, error_message = FAILURE_DETAILS.get(flag, (None, None))
+    final = flag is not SuccessFlag.GENERATING
+    return {
+        "taskId": task.task_id,
+        "taskType": VARY_TASK_TYPE,
+        "paramJson": task.params.param_json,
+        "createTime": format_time(wall(task.created_at), task.time_style),
+        "completeTime": format_time(wall(task.finished_at), task.time_style) if final else None,
+        "resultInfoJson": (
+            _result_info(
+                result_urls(results_base, task.task_id, task.image_count),
+                as_string=result_info_as_string,
+            )
+            if flag is SuccessFlag.SUCCESS
+            else None
+        ),
+        "successFlag": int(flag),
+        "errorCode": error_code,
+        "errorMessage": error_message,
+    }
+
+
+def parent_record_data(
+    task_id: str,
+    *,
+    epoch: float,
+    style: TimeStyle,
+    results_base: str,
+    result_info_as_string: bool,
+) -> dict[str, Any]:
+    """The ``data`` of a ``record-info`` answer for a parent the fake did not create."""
+    return {
+        "taskId": task_id,
+        "taskType": PARENT_TASK_TYPE,
+        "paramJson": json.dumps({"prompt": "a parent task of the fake provider"}),
+        "createTime": format_time(epoch, style),
+        "completeTime": format_time(epoch, style),
+        "resultInfoJson": _result_info(
+            result_urls(results_base, task_id, 4),
+            as_string=result_info_as_string,
+        ),
+        "successFlag": int(SuccessFlag.SUCCESS),
+        "errorCode": None,
+        "errorMessage": None,
+    }
+
+
+def callback_payload(task: Task, results_base: str) -> dict[str, Any]:
+    """The JSON a finished task's callback carries (kie's shape, not record-info's)."""
+    if task.outcome is SuccessFlag.SUCCESS:
+        code, msg = 200, "success"
+        urls = result_urls(results_base, task.task_id, task.image_count)
+    else:
+        code, msg = 500, FAILURE_DETAILS[task.outcome][1]
+        urls = []
+    return {
+        "code": code,
+        "msg": msg,
+        "data": {"taskId": task.task_id, "promptJson": task.params.param_json, "resultUrls": urls},
+    }
+
+
+def callback_signature(key: str, task_id: str, timestamp: str) -> str:
+    """Sign a callback like kie's ``X-Webhook-Signature`` does.
+
+    Returns:
+        ``base64(HMAC-SHA256(key, taskId + "." + timestamp))``; ``timestamp`` is the
+        ``X-Webhook-Timestamp`` header, Unix seconds as a string.
+    """
+    digest = hmac.new(key.encode(), f"{task_id}.{timestamp}".encode(), hashlib.sha256).digest()
+    return base64.b64encode(digest).decode("ascii")
+
+
+def close_connection(request: web.BaseRequest) -> web.Response:
+    """Close the connection without an answer; the returned response is never written."""
+    transport = request.transport
+    if transport is not None:
+        transport.close()
+    # aiohttp fails to write this to the closed transport and drops it quietly.
+    return web.Response()
+
+
+def fault_answer(kind: FaultKind, request: web.BaseRequest, *, mirror: bool) -> web.Response:
+    """The spoiled answer of one fault kind."""
+    if kind == "html_502":
+        return web.Response(status=502, text=_PROXY_502_PAGE, content_type="text/html")
+    if kind == "truncated_json":
+        whole = json.dumps({"code": 200, "msg": "success", "data": {"taskId": "fakevary"}})
+        return web.Response(text=whole[: len(whole) // 2], content_type="application/json")
+    if kind == "empty_body":
+        return web.Response(status=200, content_type="application/json")
+    if kind == "reset":
+        return close_connection(request)
+    return envelope(500, "Internal server error (fake provider fault)", mirror=mirror)
+
+
+def settings_changes(body: object) -> Mapping[str, Any]:
+    """Validate the body of ``POST /_fake/settings``: a JSON object of setting names."""
+    if not isinstance(body, dict) or not all(isinstance(key, str) for key in body):
+        raise Rejection(400, "the body must be a JSON object of FakeSettings fields")
+    return body
