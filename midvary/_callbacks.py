@@ -46,8 +46,11 @@ logger = logging.getLogger(__name__)
 DEFAULT_PATH: Final = "/midvary/callback"
 
 #: The slow polling of handles that wait on a callback: a safety net for a delivery that
-#: never arrives. Polls at about 60, 180, 300, ... s after submission; 900 s deadline.
-DEFAULT_SAFETY_POLL: Final = PollPolicy(initial_delay=60.0, factor=2.0, max_delay=120.0, jitter=5.0)
+#: never arrives. Plain backoff (no learned schedule, which would poll densely where tasks
+#: finish): polls at about 60, 180, 300, ... s after submission; 900 s deadline.
+DEFAULT_SAFETY_POLL: Final = PollPolicy(
+    initial_delay=60.0, factor=2.0, max_delay=120.0, jitter=5.0, target_delay=None
+)
 
 # Seconds a delivery that beat its submission's answer waits for that answer to be processed
 # (normally microseconds: the provider answered the POST before it ran the task). Well inside

@@ -40,7 +40,7 @@ class TaskHandle:
         "_final",
         "_last",
         "_on_final",
-        "_poll_at_once",
+        "_reattached",
         "_session",
         "_sleepers",
         "_woken",
@@ -62,7 +62,7 @@ class TaskHandle:
         self.request = request
         self._created = time.monotonic()
         # A task we just submitted cannot be done yet; a re-attached one may long be.
-        self._poll_at_once = not submitted
+        self._reattached = not submitted
         self._last: TaskRecord | None = None
         self._final: TaskRecord | None = None
         self._sleepers: set[asyncio.Future[None]] = set()
@@ -146,15 +146,25 @@ class TaskHandle:
         retrying = poll_retrying(
             session.retry,
             sleep=self._sleep,
-            delay=lambda n: policy.delay(n, session._rng),
+            delay=lambda n: self._delay(policy, n),
             keep_polling=_keep_polling,
             what=f"poll of task {self.task_id}",
         )
         with session._waiting(self):
-            if not self._poll_at_once:
-                await self._sleep(self._created + policy.initial_delay - time.monotonic())
+            await self._sleep(self._delay(policy, 1))
             record: TaskRecord = await retrying(self._poll_once, policy)
         return record
+
+    def _delay(self, policy: PollPolicy, attempt: int) -> float:
+        if self._reattached:
+            # Submitted elsewhere, at a time we do not know: nothing to learn the schedule from.
+            return policy.delay(attempt, rng=self._session._rng)
+        return policy.delay(
+            attempt,
+            elapsed=time.monotonic() - self._created,
+            known=self._session._durations.bounds(),
+            rng=self._session._rng,
+        )
 
     async def _poll_once(self, policy: PollPolicy) -> TaskRecord | None:
         try:
@@ -170,10 +180,12 @@ class TaskHandle:
 
     def _seen(self, record: TaskRecord) -> TaskRecord:
         self._last = record
-        if record.is_final:
-            first = self._final is None
+        if record.is_final and self._final is None:
             self._final = record
-            if first and self._on_final is not None:
+            if record.status is TaskStatus.SUCCESS:
+                submitted = None if self._reattached else self._created
+                self._session._durations.learn(record, submitted_at=submitted)
+            if self._on_final is not None:
                 self._on_final()
         return record
 

@@ -28,6 +28,7 @@ from ._errors import (
 )
 from ._handle import TaskHandle
 from ._models import TaskRecord, VaryRequest, check_http_url, check_task_id
+from ._polling import DurationStats
 from ._retry import submit_retrying
 from ._transport import Transport
 
@@ -148,6 +149,7 @@ class Session:
         self._transport: Transport | None = None
         self._state = _State.UNOPENED
         self._rng = random.Random(seed)
+        self._durations = DurationStats()
         self._waiters: set[TaskHandle] = set()
         self._callbacks = _check_receiver(callbacks)
 

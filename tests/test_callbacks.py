@@ -25,10 +25,10 @@ from .mockapi import BASE, KEY, VARY_URL, MockAPI, record, record_url
 
 #: A safety net so slow that a test relying on it would hit pytest's timeout instead.
 NEVER = midvary.PollPolicy(
-    initial_delay=3600.0, factor=1.0, max_delay=3600.0, jitter=0.0, timeout=None
+    initial_delay=3600.0, factor=1.0, max_delay=3600.0, jitter=0.0, timeout=None, target_delay=None
 )
 #: A safety net fast enough to be the thing a test relies on.
-QUICK = attrs.evolve(FAST_POLL, initial_delay=0.05, max_delay=0.05, timeout=10.0)
+QUICK = attrs.evolve(FAST_POLL, initial_delay=0.05, max_delay=0.05, timeout=10.0, target_delay=None)
 HMAC_KEY = "whk-test-secret"
 
 

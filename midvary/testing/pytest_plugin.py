@@ -66,6 +66,8 @@ async def midvary_session(fake_provider: FakeProvider) -> AsyncIterator[midvary.
             jitter=0.0,
             timeout=30.0,
             not_found_grace=5.0,
+            # Once durations are learned, aim at a detection delay fit for 0.2 s tasks.
+            target_delay=0.02,
         ),
         retry=midvary.RetryPolicy(wait_initial=0.01, wait_max=0.05, wait_jitter=0.0),
     ) as session:
