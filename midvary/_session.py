@@ -261,7 +261,9 @@ class Session:
         transport = self._open()
         receiver = self._callbacks
         # A token is registered before the POST goes out: the callback may beat the answer.
-        ticket = None if receiver is None or request.callback_url else receiver._issue(self)
+        ticket = None
+        if receiver is not None and request.callback_url is None:
+            ticket = receiver._issue(self)
         wire = request if ticket is None else attrs.evolve(request, callback_url=ticket.url)
         body = vary_body(wire, index_base=self._index_base)
 
