@@ -288,12 +288,11 @@ class Session:
                 ticket.drop()
             raise
         logger.info("submitted %s as task %s", request.describe(), task_id)
-        if ticket is None or receiver is None:
-            return TaskHandle(self, task_id, request=request, submitted=True)
-        handle = TaskHandle(
-            self, task_id, request=request, submitted=True, poll=receiver.safety_poll
-        )
-        ticket.bind(handle)
+        # A handle waiting on a callback polls slowly, as a safety net.
+        safety = None if ticket is None else ticket.receiver.safety_poll
+        handle = TaskHandle(self, task_id, request=request, submitted=True, poll=safety)
+        if ticket is not None:
+            ticket.bind(handle)
         return handle
 
     def task(self, task_id: str) -> TaskHandle:

@@ -507,6 +507,39 @@ async def test_delivery_waiting_for_a_failed_submission_gets_404(api: MockAPI) -
         assert await deliveries[0] == 404
 
 
+async def test_delivery_whose_submission_answer_is_slow_gets_503(
+    api: MockAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delivery still unmatched after the bind wait gets 503; the provider's retry works."""
+    # The real wait is 5 s; a private knob keeps this test fast.
+    monkeypatch.setattr("midvary._callbacks._BIND_WAIT", 0.01)
+    receiver = midvary.CallbackReceiver(public_url="https://cb.test/hook", safety_poll=NEVER)
+    statuses: list[int] = []
+    paths: list[str] = []
+    body = json.dumps(callback_body("t1")).encode()
+
+    async def provider(_url: yarl.URL, **kwargs: Any) -> None:
+        # The provider holds its answer until the callback it sent first was answered.
+        paths.append(yarl.URL(kwargs["json"]["callBackUrl"]).path)
+        statuses.append(await receiver.handle(body, {}, paths[0]))
+
+    async with midvary.Session(
+        api_key=KEY, base_url=BASE, retry=FAST_RETRY, callbacks=receiver
+    ) as session:
+        api.add(
+            VARY_URL,
+            "POST",
+            body=json.dumps({"code": 200, "msg": "success", "data": {"taskId": "t1"}}),
+            callback=provider,
+        )
+        handle = await session.vary("parent-1", 0)
+        assert statuses == [503]
+        assert await receiver.handle(body, {}, paths[0]) == 200  # the provider's retry
+        api.envelope("GET", record_url("t1"), data=record(flag=1))
+        assert (await handle).is_final
+    assert len(api.calls("GET", record_url("t1"))) == 1
+
+
 # -- the three ways to serve ---------------------------------------------------------------
 
 
