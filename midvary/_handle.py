@@ -132,28 +132,47 @@ class TaskHandle:
         if limit is not None and limit <= 0:
             raise ValueError(f"timeout must be > 0 seconds or None, got {limit!r}")
         self._session._check_open()
+        if limit is None:
+            return _outcome(await self._poll(policy))
         try:
             async with asyncio.timeout(limit) as deadline:
                 record = await self._poll(policy)
         except TimeoutError:
             if deadline.expired():
-                raise TaskTimeoutError(self.task_id, limit or 0.0, self._last) from None
+                raise TaskTimeoutError(self.task_id, limit, self._last) from None
             raise
         return _outcome(record)
 
     async def _poll(self, policy: PollPolicy) -> TaskRecord:
+        # Polling is a schedule, not a retry: this loop asks the policy when to poll next, and
+        # each poll is one tenacity call that retries the poll's transient failures. Between
+        # polls nothing but a timer is held, which keeps 10,000 waiting handles cheap.
         session = self._session
+        session._waiters.add(self)
+        try:
+            attempt = 1
+            await self._sleep(self._delay(policy, attempt))
+            while True:
+                record, attempts = await self._poll_retrying(policy, attempt)
+                if record is not None and record.is_final:
+                    return record
+                attempt += attempts
+                await self._sleep(self._delay(policy, attempt))
+        finally:
+            session._waiters.discard(self)
+
+    async def _poll_retrying(
+        self, policy: PollPolicy, attempt: int
+    ) -> tuple[TaskRecord | None, int]:
+        """One poll, retried through transient failures; the record and the attempts made."""
         retrying = poll_retrying(
-            session.retry,
+            self._session.retry,
             sleep=self._sleep,
-            delay=lambda n: self._delay(policy, n),
-            keep_polling=_keep_polling,
-            what=f"poll of task {self.task_id}",
+            delay=lambda retry: self._delay(policy, attempt + retry),
+            what=self.task_id,
         )
-        with session._waiting(self):
-            await self._sleep(self._delay(policy, 1))
-            record: TaskRecord = await retrying(self._poll_once, policy)
-        return record
+        record: TaskRecord | None = await retrying(self._poll_once, policy)
+        return record, retrying.statistics["attempt_number"]
 
     def _delay(self, policy: PollPolicy, attempt: int) -> float:
         if self._reattached:
@@ -230,10 +249,6 @@ class TaskHandle:
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
-
-
-def _keep_polling(record: TaskRecord | None) -> bool:
-    return record is None or not record.is_final
 
 
 def _outcome(record: TaskRecord) -> TaskRecord:
