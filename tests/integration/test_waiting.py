@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import aiohttp
 import pytest
 
 import midvary
@@ -164,3 +165,30 @@ async def test_closing_the_session_with_polls_in_flight(
     outcomes = await asyncio.gather(*waiters, return_exceptions=True)
 
     assert all(isinstance(outcome, midvary.SessionClosedError) for outcome in outcomes), outcomes
+
+
+async def test_closing_a_session_on_a_borrowed_http_session_with_polls_in_flight(
+    start_fake: StartFake, clock: ManualClock
+) -> None:
+    """With a borrowed aiohttp session, aclose() ends waits at once, not when polls answer."""
+    fake = await start_fake(clock=clock, invisible_for=0.0)
+    async with aiohttp.ClientSession() as http:
+        session = midvary.Session(
+            api_key=fake.api_key,
+            base_url=fake.base_url,
+            poll=midvary.PollPolicy(initial_delay=0.01, jitter=0.0, target_delay=None),
+            http_session=http,
+        )
+        async with session:
+            handles = [await session.vary("parent-borrowed", index) for index in range(2)]
+            answered = fake.stats.codes[200]
+            fake.update(latency=3.0)  # every poll from now on hangs on the wire
+            waiters = [asyncio.create_task(handle.wait()) for handle in handles]
+            await until(lambda: fake.stats.requests["record-info"] >= 2)
+
+        outcomes = await asyncio.gather(*waiters, return_exceptions=True)
+
+        assert all(isinstance(outcome, midvary.SessionClosedError) for outcome in outcomes)
+        # The waits ended before the provider answered the polls on the wire.
+        assert fake.stats.codes[200] == answered
+        assert not http.closed
