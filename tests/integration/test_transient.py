@@ -110,7 +110,7 @@ async def test_faulted_polls_are_retried_until_every_wait_completes(
     fake = await start_fake(
         seed=5, fault_rate=0.6, fault_kinds=[kind], fault_endpoints=["record-info"]
     )
-    session = await open_session(fake)
+    session = await open_session(fake, max_delay=0.04)
 
     handles = [await session.vary("parent-faulty-polls", index) for index in range(4)]
     records = await asyncio.gather(*handles)
