@@ -9,7 +9,7 @@ from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 from ._config import USE_DEFAULT, PollPolicy, UseDefault
-from ._errors import NotFoundError, TaskFailedError, TaskTimeoutError
+from ._errors import NotFoundError, SessionClosedError, TaskFailedError, TaskTimeoutError
 from ._models import TaskRecord, TaskStatus
 from ._retry import poll_retrying
 
@@ -36,6 +36,7 @@ class TaskHandle:
 
     __slots__ = (
         "_created",
+        "_deadlines",
         "_default_poll",
         "_final",
         "_last",
@@ -66,6 +67,9 @@ class TaskHandle:
         self._last: TaskRecord | None = None
         self._final: TaskRecord | None = None
         self._sleepers: set[asyncio.Future[None]] = set()
+        # The deadlines of the waits in progress: closing the session expires them, which
+        # also cuts a poll request in flight.
+        self._deadlines: set[asyncio.Timeout] = set()
         # The default policy of this handle's waits; None means the session's. A handle
         # waiting on a callback polls slowly, as a safety net (CallbackReceiver.safety_poll).
         self._default_poll = poll
@@ -132,13 +136,22 @@ class TaskHandle:
         if limit is not None and limit <= 0:
             raise ValueError(f"timeout must be > 0 seconds or None, got {limit!r}")
         self._session._check_open()
-        if limit is None:
-            return _outcome(await self._poll(policy))
         try:
             async with asyncio.timeout(limit) as deadline:
-                record = await self._poll(policy)
+                self._deadlines.add(deadline)
+                try:
+                    record = await self._poll(policy)
+                finally:
+                    self._deadlines.discard(deadline)
         except TimeoutError:
             if deadline.expired():
+                if self._session.closed:
+                    # aclose() expired the deadline to cut a request in flight (see _wake).
+                    raise SessionClosedError(
+                        "the Session was closed while waiting for this task"
+                    ) from None
+                if limit is None:  # pragma: no cover - a wait without deadline never expires
+                    raise
                 raise TaskTimeoutError(self.task_id, limit, self._last) from None
             raise
         return _outcome(record)
@@ -226,13 +239,21 @@ class TaskHandle:
             self._sleepers.discard(sleeper)
 
     def _wake(self, error: BaseException | None = None) -> None:
-        """End every current sleep of this handle: poll now, or raise ``error`` if given."""
+        """End every current sleep of this handle: poll now, or raise ``error`` if given.
+
+        With an ``error`` (the session closing), a poll request in flight is cut as well:
+        every wait's deadline expires now.
+        """
         for sleeper in tuple(self._sleepers):
             if not sleeper.done():
                 if error is None:
                     sleeper.set_result(None)
                 else:
                     sleeper.set_exception(error)
+        if error is not None:
+            for deadline in tuple(self._deadlines):
+                if not deadline.expired():
+                    deadline.reschedule(0)  # any time in the past: expires at once
 
     def _notify(self) -> None:
         """A callback says the task may be final: poll once now (or as soon as awaited)."""
