@@ -8,10 +8,12 @@ import time
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
+import tenacity
+
 from ._config import USE_DEFAULT, PollPolicy, UseDefault
 from ._errors import NotFoundError, SessionClosedError, TaskFailedError, TaskTimeoutError
 from ._models import TaskRecord, TaskStatus
-from ._retry import poll_retrying
+from ._retry import attempt_then_retry, is_transient, poll_retrying
 
 if TYPE_CHECKING:
     from ._models import VaryRequest
@@ -178,14 +180,22 @@ class TaskHandle:
         self, policy: PollPolicy, attempt: int
     ) -> tuple[TaskRecord | None, int]:
         """One poll, retried through transient failures; the record and the attempts made."""
-        retrying = poll_retrying(
-            self._session.retry,
-            sleep=self._sleep,
-            delay=lambda retry: self._delay(policy, attempt + retry),
-            what=self.task_id,
+        retrying: tenacity.AsyncRetrying | None = None
+
+        def make_retrying() -> tenacity.AsyncRetrying:
+            nonlocal retrying
+            retrying = poll_retrying(
+                self._session.retry,
+                sleep=self._sleep,
+                delay=lambda retry: self._delay(policy, attempt + retry),
+                what=self.task_id,
+            )
+            return retrying
+
+        record = await attempt_then_retry(
+            lambda: self._poll_once(policy), make_retrying, is_transient
         )
-        record: TaskRecord | None = await retrying(self._poll_once, policy)
-        return record, retrying.statistics["attempt_number"]
+        return record, 1 if retrying is None else retrying.statistics["attempt_number"]
 
     def _delay(self, policy: PollPolicy, attempt: int) -> float:
         if self._reattached:

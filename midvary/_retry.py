@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import tenacity
 from tenacity.wait import wait_base
@@ -36,6 +36,7 @@ from ._errors import (
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
 Sleep = Callable[[float], Awaitable[None]]
 BeforeSleep = Callable[[BaseException, float], None]
 
@@ -98,6 +99,36 @@ def _before_sleep(what: str, hook: BeforeSleep | None) -> Callable[[tenacity.Ret
                 hook(exc, wait)
 
     return before_sleep
+
+
+async def attempt_then_retry(
+    fn: Callable[[], Awaitable[T]],
+    retrying: Callable[[], tenacity.AsyncRetrying],
+    retryable: Callable[[BaseException], bool],
+) -> T:
+    """Run ``fn`` once; only if it fails with a ``retryable`` error, hand it to tenacity.
+
+    Tenacity's per-call set-up costs more CPU than parsing a poll's answer, and nearly every
+    call succeeds at once, so the first attempt runs bare. A retryable failure is replayed to
+    the ``retrying()`` object as its first attempt, so waits, ``Retry-After``, hooks and the
+    attempt budget count exactly as if tenacity had made every attempt. ``retryable`` must be
+    the ``retrying()`` object's own predicate.
+    """
+    try:
+        return await fn()
+    except Exception as exc:
+        if not retryable(exc):
+            raise
+        failure: BaseException | None = exc
+
+    async def replay_then_call() -> T:
+        nonlocal failure
+        if failure is not None:
+            first, failure = failure, None
+            raise first
+        return await fn()
+
+    return await retrying()(replay_then_call)
 
 
 def submit_retrying(
