@@ -13,6 +13,7 @@ from ._errors import (
     APIError,
     AuthenticationError,
     BadRequestError,
+    DownloadError,
     FeatureDisabledError,
     GenerationFailedError,
     InsufficientCreditsError,
@@ -29,6 +30,7 @@ from ._errors import (
     TransportError,
     ValidationError,
 )
+from ._fanout import FanOut, JobEvent, JobEventKind, UnfinishedJob, VaryOutcome
 from ._handle import TaskHandle
 from ._models import TaskRecord, TaskStatus, VaryRequest
 from ._session import Session
@@ -41,9 +43,13 @@ __all__ = [
     "APIError",
     "AuthenticationError",
     "BadRequestError",
+    "DownloadError",
+    "FanOut",
     "FeatureDisabledError",
     "GenerationFailedError",
     "InsufficientCreditsError",
+    "JobEvent",
+    "JobEventKind",
     "MidvaryError",
     "NotFoundError",
     "PollPolicy",
@@ -61,7 +67,9 @@ __all__ = [
     "TaskStatus",
     "TaskTimeoutError",
     "TransportError",
+    "UnfinishedJob",
     "ValidationError",
+    "VaryOutcome",
     "VaryRequest",
     "__version__",
 ]

@@ -27,6 +27,7 @@ from tenacity.wait import wait_base
 
 from ._config import RetryPolicy
 from ._errors import (
+    DownloadError,
     ProtocolError,
     RateLimitError,
     ServerError,
@@ -42,6 +43,8 @@ BeforeSleep = Callable[[BaseException, float], None]
 
 def is_transient(exc: BaseException) -> bool:
     """Whether a read (a poll, a download) that failed with ``exc`` may be retried."""
+    if isinstance(exc, DownloadError):
+        return exc.transient
     return isinstance(
         exc,
         RateLimitError | ServiceUnavailableError | ServerError | TransportError | ProtocolError,

@@ -1,0 +1,167 @@
+"""The client-side submission rate limiter: at most N submissions in any window of W seconds.
+
+Why not ``aiolimiter``: its ``AsyncLimiter`` is a leaky bucket that lets ``max_rate``
+acquisitions through at once and then refills continuously, so in the first window it
+admits up to about twice ``max_rate``; the provider's limit is a sliding window ("20 new
+requests per 10 seconds", beyond which HTTP 429, not queued), which that overshoots. It also
+has no public way to change its rate at run time (the rate is cached in a private slot), and
+a 429 must slow the limiter down. This module is the small sliding-window limiter that does
+both, in about a hundred lines.
+
+How it works:
+
+- A slot is taken before a POST and stamped with the time its answer arrived (or the POST
+  failed). The provider counts a submission when it accepts it, which is no later than the
+  moment its answer arrives, so "at most N stamps in the last W seconds, plus the POSTs in
+  flight" keeps the provider's own window within its limit whatever the network latency.
+- Waiters are served first come, first served.
+- :meth:`SubmitLimiter.slow_down` (called after a 429 that still came back, e.g. because
+  another program uses the same key) halves the allowance (not below 1 per window) and pauses
+  new submissions for the retry's wait. The allowance then grows back by 1 per quiet window
+  (additive increase, multiplicative decrease).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Final
+
+logger = logging.getLogger(__name__)
+
+#: The provider's documented limit: 20 submissions per 10 seconds.
+DEFAULT_SUBMIT_RATE: Final = (20, 10.0)
+
+#: Called with the seconds a submission is about to wait for the limiter.
+OnWait = Callable[[float], None]
+
+
+def check_submit_rate(value: object) -> tuple[int, float] | None:
+    """Validate a ``submit_rate`` setting: ``(count, window_seconds)`` or ``None``.
+
+    Raises:
+        TypeError, ValueError: ``value`` is not ``None`` nor a ``(count >= 1, seconds > 0)``
+            pair.
+
+    """
+    if value is None:
+        return None
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence) or len(value) != 2:
+        raise TypeError(
+            "submit_rate must be a (count, window_seconds) pair such as (20, 10.0), or None "
+            f"for no limit; got {value!r}"
+        )
+    count, window = value
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"submit_rate count must be an int >= 1, got {count!r}")
+    if isinstance(window, bool) or not isinstance(window, int | float) or not window > 0:
+        raise ValueError(f"submit_rate window must be a number of seconds > 0, got {window!r}")
+    return count, float(window)
+
+
+class SubmitLimiter:
+    """At most ``count`` submissions in any ``window`` seconds; ``None`` means no limit.
+
+    Args:
+        rate: ``(count, window_seconds)``, or ``None`` to let everything through at once.
+        clock: Monotonic seconds; ``None`` means the event loop's clock.
+
+    """
+
+    def __init__(
+        self, rate: tuple[int, float] | None, *, clock: Callable[[], float] | None = None
+    ) -> None:
+        self.rate = rate
+        self._clock = clock
+        self._allowance = rate[0] if rate is not None else 0
+        self._stamps: collections.deque[float] = collections.deque()
+        self._in_flight = 0
+        self._paused_until = 0.0
+        self._grown_at = 0.0
+        self._turn = asyncio.Lock()
+        self._changed = asyncio.Event()
+
+    def __repr__(self) -> str:
+        return (
+            f"<SubmitLimiter rate={self.rate!r} allowance={self._allowance} "
+            f"in_flight={self._in_flight}>"
+        )
+
+    @property
+    def allowance(self) -> int:
+        """Submissions currently allowed per window (the rate's count unless slowed down)."""
+        self._grow(self._now())
+        return self._allowance
+
+    def _now(self) -> float:
+        return self._clock() if self._clock is not None else asyncio.get_running_loop().time()
+
+    def _grow(self, now: float) -> None:
+        """Give back one submission per quiet window since the last slow-down."""
+        if self.rate is None or self._allowance >= self.rate[0]:
+            return
+        windows = int((now - self._grown_at) // self.rate[1])
+        if windows > 0:
+            self._allowance = min(self.rate[0], self._allowance + windows)
+            self._grown_at += windows * self.rate[1]
+
+    def _wait_needed(self, now: float) -> float | None:
+        """Seconds until a slot frees (0 when one is free); ``None``: until a POST ends."""
+        assert self.rate is not None  # noqa: S101 - only called when limited
+        window = self.rate[1]
+        while self._stamps and self._stamps[0] <= now - window:
+            self._stamps.popleft()
+        self._grow(now)
+        pause = self._paused_until - now
+        if len(self._stamps) + self._in_flight < self._allowance:
+            return max(pause, 0.0)
+        if len(self._stamps) + self._in_flight - self._allowance >= len(self._stamps):
+            return None  # every slot is taken by a POST in flight: wait for one to end
+        # The slot that frees first: the (excess + 1)-th oldest stamp leaves the window.
+        oldest = self._stamps[len(self._stamps) + self._in_flight - self._allowance]
+        return max(oldest + window - now, pause, 0.0)
+
+    @contextlib.asynccontextmanager
+    async def slot(self, on_wait: OnWait | None = None) -> AsyncIterator[None]:
+        """Hold one submission slot for the body (one POST); waits for a free one first.
+
+        ``on_wait(seconds)`` is called before each wait the limiter imposes (seconds is the
+        expected wait, or ``0.0`` when it waits for a POST in flight to end).
+        """
+        if self.rate is None:
+            yield
+            return
+        async with self._turn:
+            while (wait := self._wait_needed(self._now())) != 0.0:
+                if on_wait is not None:
+                    on_wait(wait or 0.0)
+                logger.debug("submission limiter: waiting %s s", wait)
+                self._changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await self._changed.wait()
+            self._in_flight += 1
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            self._stamps.append(self._now())
+            self._changed.set()
+
+    def slow_down(self, pause: float) -> None:
+        """React to a 429 that got through: halve the allowance and pause ``pause`` seconds."""
+        if self.rate is None:
+            return
+        now = self._now()
+        self._allowance = max(1, self._allowance // 2)
+        self._grown_at = now
+        self._paused_until = max(self._paused_until, now + max(pause, 0.0))
+        self._changed.set()
+        logger.info(
+            "rate limited by the provider: now at most %d submissions per %g s",
+            self._allowance,
+            self.rate[1],
+        )
