@@ -62,6 +62,19 @@ def check_submit_rate(value: object) -> tuple[int, float] | None:
     return count, float(window)
 
 
+class Slot:
+    """One submission's place in the window; see :meth:`SubmitLimiter.slot`."""
+
+    __slots__ = ("refunded",)
+
+    def __init__(self) -> None:
+        self.refunded = False
+
+    def refund(self) -> None:
+        """The POST was refused with 429: it does not count against the window."""
+        self.refunded = True
+
+
 class SubmitLimiter:
     """At most ``count`` submissions in any ``window`` seconds; ``None`` means no limit.
 
@@ -125,14 +138,17 @@ class SubmitLimiter:
         return max(oldest + window - now, pause, 0.0)
 
     @contextlib.asynccontextmanager
-    async def slot(self, on_wait: OnWait | None = None) -> AsyncIterator[None]:
+    async def slot(self, on_wait: OnWait | None = None) -> AsyncIterator[Slot]:
         """Hold one submission slot for the body (one POST); waits for a free one first.
 
         ``on_wait(seconds)`` is called before each wait the limiter imposes (seconds is the
-        expected wait, or ``0.0`` when it waits for a POST in flight to end).
+        expected wait, or ``0.0`` when it waits for a POST in flight to end). The slot is
+        stamped with the time the body ends, unless the body calls :meth:`Slot.refund`
+        (the provider refused the POST with 429, so it used none of the provider's budget).
         """
+        slot = Slot()
         if self.rate is None:
-            yield
+            yield slot
             return
         async with self._turn:
             while (wait := self._wait_needed(self._now())) != 0.0:
@@ -145,10 +161,11 @@ class SubmitLimiter:
                         await self._changed.wait()
             self._in_flight += 1
         try:
-            yield
+            yield slot
         finally:
             self._in_flight -= 1
-            self._stamps.append(self._now())
+            if not slot.refunded:
+                self._stamps.append(self._now())
             self._changed.set()
 
     def slow_down(self, pause: float) -> None:

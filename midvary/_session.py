@@ -279,16 +279,19 @@ class Session:
 
         async def attempt() -> str:
             self._check_open()
-            async with self._limiter.slot(hooks.waiting if hooks is not None else None):
-                if hooks is None:
-                    return await post()
-                hooks.before_post()
+            async with self._limiter.slot(hooks.waiting if hooks is not None else None) as slot:
+                if hooks is not None:
+                    hooks.before_post()
                 try:
                     task_id = await post()
-                except Exception:
-                    hooks.after_post()  # answered (or certainly lost): no longer in flight
+                except Exception as exc:
+                    if isinstance(exc, RateLimitError):
+                        slot.refund()  # a refused POST uses none of the provider's budget
+                    if hooks is not None:
+                        hooks.after_post()  # answered, or certainly lost: no longer in flight
                     raise
-                hooks.after_post()
+                if hooks is not None:
+                    hooks.after_post()
                 return task_id
 
         def on_retry(exc: BaseException, wait: float) -> None:
