@@ -53,6 +53,11 @@ def journal_states(path: Path) -> dict[str, str]:
         return dict(db.execute("SELECT key, state FROM jobs").fetchall())
 
 
+def is_png(path: Path) -> bool:
+    """Whether ``path`` holds a PNG image."""
+    return path.read_bytes().startswith(PNG_SIGNATURE)
+
+
 def assert_key_absent(key: str, capsys: pytest.CaptureFixture[str], *files: Path) -> None:
     """The API key is in no output and no file the CLI wrote."""
     out, err = capsys.readouterr()
@@ -74,7 +79,7 @@ async def test_bulk_runs_every_job_downloads_and_writes_results(
     assert sorted(r["line"] for r in results) == list(range(2, 8))
     assert all(r["status"] == "done" and r["error"] is None for r in results)
     assert all(len(r["files"]) == 4 and len(r["image_urls"]) == 4 for r in results)
-    assert all(Path(f).read_bytes().startswith(PNG_SIGNATURE) for r in results for f in r["files"])
+    assert all(is_png(Path(f)) for r in results for f in r["files"])
     assert {r["vary_task_id"] for r in results} == set(fake.tasks)
     assert set(journal_states(tmp_path / "jobs.csv.journal.sqlite").values()) == {"done"}
     out = capsys.readouterr().out
@@ -176,7 +181,7 @@ async def test_journal_of_another_jobs_file_is_refused(
 async def test_vary_waits_downloads_and_prints_json(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """vary PARENT INDEX --json --download prints the final record and writes the images."""
+    """The vary command with --json --download prints the final record and writes the images."""
     async with provider(monkeypatch) as fake:
         code = await cli("vary", "parent-1", "2", "--json", "--download", str(tmp_path))
         out = capsys.readouterr().out
