@@ -8,6 +8,7 @@ Submit a vary task, await its handle, get a :class:`TaskRecord`::
         print(record.image_urls)
 """
 
+from ._callbacks import DEFAULT_SAFETY_POLL, CallbackReceiver
 from ._config import USE_DEFAULT, PollPolicy, RetryPolicy
 from ._errors import (
     APIError,
@@ -21,6 +22,7 @@ from ._errors import (
     NotFoundError,
     ProtocolError,
     RateLimitError,
+    ReceiverClosedError,
     ServerError,
     ServiceUnavailableError,
     SessionClosedError,
@@ -39,10 +41,12 @@ from ._version import VERSION
 __version__ = VERSION
 
 __all__ = [
+    "DEFAULT_SAFETY_POLL",
     "USE_DEFAULT",
     "APIError",
     "AuthenticationError",
     "BadRequestError",
+    "CallbackReceiver",
     "DownloadError",
     "FanOut",
     "FeatureDisabledError",
@@ -55,6 +59,7 @@ __all__ = [
     "PollPolicy",
     "ProtocolError",
     "RateLimitError",
+    "ReceiverClosedError",
     "RetryPolicy",
     "ServerError",
     "ServiceUnavailableError",

@@ -41,6 +41,7 @@ from ._clikit import (
     record_json,
     say,
 )
+from .testing._serve import add_fake_server_command
 
 logger = logging.getLogger(__name__)
 
@@ -189,6 +190,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], N
     add_status_command,
     add_wait_command,
     add_bulk_command,
+    add_fake_server_command,
 ]
 
 

@@ -53,24 +53,34 @@ def _factor(_inst: object, attribute: attrs.Attribute[float], value: float) -> N
 class PollPolicy:
     """How a handle polls ``record-info`` while it waits; all times in seconds.
 
-    The delay before poll *n* (1-based) is ``min(max_delay, initial_delay * factor**(n-1))``
-    plus a random jitter of up to ``jitter`` seconds. The first poll of a freshly submitted
-    task comes ``initial_delay`` after submission; a re-attached handle polls at once.
+    Two schedules, chosen per poll:
 
-    The defaults suit vary tasks, which take tens of seconds: polls at about 2, 5, 9, 14,
-    20 s after submission, then every 8 s, giving up after 15 minutes (the provider's
-    advice is 10 to 15).
+    * **Learned** (the default once the session has seen a few tasks succeed): tasks rarely
+      finish before the shortest duration seen and seldom after the longest, so the handle
+      sleeps through the early part in one go, then polls every ``2 * target_delay``
+      seconds across the range of durations seen, so the median time from a task finishing
+      to the handle seeing it is about ``target_delay``. Past the longest duration seen it
+      backs off again, up to ``max_delay``.
+    * **Backoff** (nothing learned yet, ``target_delay=None``, or a re-attached handle whose
+      submission time is unknown): poll *n* comes ``min(max_delay, initial_delay *
+      factor**(n-1))`` after the previous one; the first ``initial_delay`` after submission
+      (a re-attached handle polls at once). With the defaults: about 2, 5, 9.5, 16, 24 s,
+      then every 8 s.
+
+    Each delay gets up to ``jitter`` random seconds so that many handles do not poll in
+    lockstep. The wait gives up after ``timeout`` (15 minutes by default; the provider
+    advises 10 to 15).
 
     Attributes:
         initial_delay: Seconds before the first poll of a new task (> 0).
         factor: Multiplier applied to the delay after each poll (>= 1).
-        max_delay: Cap on the delay between two polls, in seconds (> 0).
-        jitter: Up to this many random seconds added to each delay (>= 0), so that many
-            handles do not poll in lockstep.
+        max_delay: Cap on the backoff delay between two polls, in seconds (> 0).
+        jitter: Up to this many random seconds added to each delay (>= 0).
         timeout: Overall deadline of a wait, in seconds; ``None`` means no deadline.
         not_found_grace: Seconds after a handle is created during which "not found"
             answers mean "not visible yet" rather than an error (>= 0).
-
+        target_delay: The median detection delay to aim for, in seconds, once durations
+            are known (> 0); ``None`` turns learning off and always uses the backoff.
     """
 
     initial_delay: float = attrs.field(default=2.0, validator=_positive)
@@ -79,13 +89,53 @@ class PollPolicy:
     jitter: float = attrs.field(default=0.5, validator=_non_negative)
     timeout: float | None = attrs.field(default=900.0, validator=_optional_positive)
     not_found_grace: float = attrs.field(default=30.0, validator=_non_negative)
+    target_delay: float | None = attrs.field(default=3.0, validator=_optional_positive)
 
-    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
-        """Seconds to wait before poll number ``attempt`` (1-based), jitter included."""
-        base = min(self.max_delay, self.initial_delay * self.factor ** max(0, attempt - 1))
-        if self.jitter:
+    def delay(
+        self,
+        attempt: int,
+        *,
+        elapsed: float | None = None,
+        known: tuple[float, float] | None = None,
+        rng: random.Random | None = None,
+    ) -> float:
+        """Seconds to wait before poll number ``attempt`` (1-based), jitter included.
+
+        Args:
+            attempt: The number of the poll about to be made, from 1.
+            elapsed: Seconds since the task was submitted; ``None`` when unknown.
+            known: ``(shortest, longest)`` durations in seconds of tasks seen to succeed,
+                or ``None`` when too few were seen to learn from.
+            rng: Source of jitter; ``None`` means the ``random`` module.
+        """
+        if self.target_delay is not None and known is not None and elapsed is not None:
+            base = self._learned(elapsed, known, self.target_delay)
+        elif attempt <= 1:
+            base = 0.0 if elapsed is None else max(0.0, self.initial_delay - elapsed)
+        else:
+            base = min(self.max_delay, self.initial_delay * self.factor ** (attempt - 1))
+        if self.jitter and base > 0:
             base += (rng or random).uniform(0, self.jitter)
         return base
+
+    def _learned(self, elapsed: float, known: tuple[float, float], target: float) -> float:
+        step = 2 * target
+        shortest, longest = known
+        # Polling exactly at the shortest duration would find almost nothing done: the first
+        # poll comes half a step later, then one per step across the range seen.
+        first = shortest * _EARLY_MARGIN + step / 2
+        if elapsed < first:
+            return first - elapsed
+        last = longest * _LATE_MARGIN
+        if elapsed < last:
+            return step - (elapsed - first) % step
+        # Longer than any task seen: back off from the step, as the cold schedule would.
+        return min(max(self.max_delay, step), step + (elapsed - last) * (self.factor - 1))
+
+
+# A learned range is widened a little: samples never quite reach the true extremes.
+_EARLY_MARGIN = 0.95
+_LATE_MARGIN = 1.05
 
 
 @attrs.frozen(kw_only=True)

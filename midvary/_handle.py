@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 from ._config import USE_DEFAULT, PollPolicy, UseDefault
@@ -36,11 +36,14 @@ class TaskHandle:
 
     __slots__ = (
         "_created",
+        "_default_poll",
         "_final",
         "_last",
-        "_poll_at_once",
+        "_on_final",
+        "_reattached",
         "_session",
         "_sleepers",
+        "_woken",
         "request",
         "task_id",
     )
@@ -52,16 +55,24 @@ class TaskHandle:
         *,
         request: VaryRequest | None = None,
         submitted: bool = False,
+        poll: PollPolicy | None = None,
     ) -> None:
         self._session = session
         self.task_id = task_id
         self.request = request
         self._created = time.monotonic()
         # A task we just submitted cannot be done yet; a re-attached one may long be.
-        self._poll_at_once = not submitted
+        self._reattached = not submitted
         self._last: TaskRecord | None = None
         self._final: TaskRecord | None = None
         self._sleepers: set[asyncio.Future[None]] = set()
+        # The default policy of this handle's waits; None means the session's. A handle
+        # waiting on a callback polls slowly, as a safety net (CallbackReceiver.safety_poll).
+        self._default_poll = poll
+        # A callback came while no wait was sleeping: the next sleep ends at once.
+        self._woken = False
+        # Called once when a final record is first seen (the callback token's expiry).
+        self._on_final: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
         state = self._last.status.name if self._last is not None else "unseen"
@@ -98,7 +109,8 @@ class TaskHandle:
         Args:
             timeout: Deadline for this wait in seconds; ``None`` means no deadline; by
                 default the poll policy's ``timeout``.
-            poll: The :class:`PollPolicy` for this wait; ``None`` means the session's.
+            poll: The :class:`PollPolicy` for this wait; ``None`` means the session's, or
+                the receiver's ``safety_poll`` for a task submitted with a callback token.
 
         Returns:
             The final record of a task that succeeded.
@@ -113,7 +125,9 @@ class TaskHandle:
         """
         if self._final is not None:
             return _outcome(self._final)
-        policy = poll if poll is not None else self._session.poll
+        if poll is None:
+            poll = self._default_poll if self._default_poll is not None else self._session.poll
+        policy = poll
         limit = policy.timeout if timeout is USE_DEFAULT else timeout
         if limit is not None and limit <= 0:
             raise ValueError(f"timeout must be > 0 seconds or None, got {limit!r}")
@@ -132,15 +146,25 @@ class TaskHandle:
         retrying = poll_retrying(
             session.retry,
             sleep=self._sleep,
-            delay=lambda n: policy.delay(n, session._rng),
+            delay=lambda n: self._delay(policy, n),
             keep_polling=_keep_polling,
             what=f"poll of task {self.task_id}",
         )
         with session._waiting(self):
-            if not self._poll_at_once:
-                await self._sleep(self._created + policy.initial_delay - time.monotonic())
+            await self._sleep(self._delay(policy, 1))
             record: TaskRecord = await retrying(self._poll_once, policy)
         return record
+
+    def _delay(self, policy: PollPolicy, attempt: int) -> float:
+        if self._reattached:
+            # Submitted elsewhere, at a time we do not know: nothing to learn the schedule from.
+            return policy.delay(attempt, rng=self._session._rng)
+        return policy.delay(
+            attempt,
+            elapsed=time.monotonic() - self._created,
+            known=self._session._durations.bounds(),
+            rng=self._session._rng,
+        )
 
     async def _poll_once(self, policy: PollPolicy) -> TaskRecord | None:
         try:
@@ -156,12 +180,20 @@ class TaskHandle:
 
     def _seen(self, record: TaskRecord) -> TaskRecord:
         self._last = record
-        if record.is_final:
+        if record.is_final and self._final is None:
             self._final = record
+            if record.status is TaskStatus.SUCCESS:
+                submitted = None if self._reattached else self._created
+                self._session._durations.learn(record, submitted_at=submitted)
+            if self._on_final is not None:
+                self._on_final()
         return record
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep ``seconds``, or less if :meth:`_wake` or the session's close interrupts."""
+        if self._woken:
+            self._woken = False
+            return
         if seconds <= 0:
             return
         loop = asyncio.get_running_loop()
@@ -182,6 +214,17 @@ class TaskHandle:
                     sleeper.set_result(None)
                 else:
                     sleeper.set_exception(error)
+
+    def _notify(self) -> None:
+        """A callback says the task may be final: poll once now (or as soon as awaited)."""
+        if self._final is not None:
+            return
+        if self._sleepers:
+            self._wake()
+        else:
+            # Nobody sleeps: a poll is in flight or nobody awaits yet. Remember the news, so
+            # the next sleep (or the first wait's initial delay) is skipped.
+            self._woken = True
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

@@ -27,8 +27,10 @@ import asyncio
 import collections
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Final
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Final, Protocol
+
+from ._errors import RateLimitError
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +62,19 @@ def check_submit_rate(value: object) -> tuple[int, float] | None:
     if isinstance(window, bool) or not isinstance(window, int | float) or not window > 0:
         raise ValueError(f"submit_rate window must be a number of seconds > 0, got {window!r}")
     return count, float(window)
+
+
+class SubmitHooks(Protocol):
+    """What a submission reports to its caller (the fan-out) about its POSTs."""
+
+    def before_post(self) -> None:
+        """A POST is about to be sent (raise to stop it)."""
+
+    def after_post(self) -> None:
+        """The POST was answered, or failed in a way its error describes."""
+
+    def waiting(self, seconds: float, error: RateLimitError | None = None) -> None:
+        """The submission is about to wait ``seconds`` for the limiter or after a 429."""
 
 
 class Slot:
@@ -167,6 +182,27 @@ class SubmitLimiter:
             if not slot.refunded:
                 self._stamps.append(self._now())
             self._changed.set()
+
+    async def send(self, post: Callable[[], Awaitable[str]], hooks: SubmitHooks | None) -> str:
+        """Send one POST (``post()``) in a slot, reporting to ``hooks``; return its result.
+
+        A 429 refunds the slot. ``hooks.after_post`` is not called when the POST is
+        cancelled: its fate is then unknown, and the hooks' owner keeps it "in flight".
+        """
+        async with self.slot(hooks.waiting if hooks is not None else None) as slot:
+            if hooks is not None:
+                hooks.before_post()
+            try:
+                result = await post()
+            except Exception as exc:
+                if isinstance(exc, RateLimitError):
+                    slot.refund()  # a refused POST uses none of the provider's budget
+                if hooks is not None:
+                    hooks.after_post()  # answered, or certainly lost: no longer in flight
+                raise
+            if hooks is not None:
+                hooks.after_post()
+            return result
 
     def slow_down(self, pause: float) -> None:
         """React to a 429 that got through: halve the allowance and pause ``pause`` seconds."""

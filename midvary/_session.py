@@ -9,11 +9,13 @@ import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import aiohttp
+import attrs
 import yarl
 
+from ._callbacks import CallbackReceiver
 from ._config import USE_DEFAULT, PollPolicy, RetryPolicy, UseDefault
 from ._converter import structure_record, structure_task_id, vary_body
 from ._download import check_concurrency, check_directory, download_record
@@ -30,12 +32,10 @@ from ._errors import (
 from ._fanout import FanOut, OnEvent, Requests, VaryOutcome
 from ._handle import TaskHandle
 from ._models import TaskRecord, VaryRequest, check_http_url, check_task_id
-from ._ratelimit import DEFAULT_SUBMIT_RATE, SubmitLimiter, check_submit_rate
+from ._polling import DurationStats
+from ._ratelimit import DEFAULT_SUBMIT_RATE, SubmitHooks, SubmitLimiter, check_submit_rate
 from ._retry import submit_retrying
 from ._transport import Transport
-
-if TYPE_CHECKING:
-    from ._fanout import _SubmitHooks
 
 logger = logging.getLogger(__name__)
 
@@ -105,10 +105,17 @@ class Session:
             was given. ``None`` means it creates (and closes) its own.
         seed: Seed for the jitter's random numbers, for reproducible tests; ``None`` means
             unseeded.
+        callbacks: A :class:`CallbackReceiver`: each submission then gets its own callback
+            URL, and its handle is resolved by the callback or by a (slow, safety) poll,
+            whichever comes first. ``None`` means polling only. The session's tokens are
+            forgotten when it closes; the receiver itself is not stopped.
         submit_rate: ``(count, window_seconds)``: every submission of this session (fan-out
             or not) waits so that at most ``count`` are sent in any ``window_seconds``. The
             default is the provider's documented limit, 20 per 10 s; ``None`` turns the
             limiter off. A 429 that still comes back halves the allowance for a while.
+
+    Raises:
+        ReceiverClosedError: ``callbacks`` is a stopped receiver.
 
     """
 
@@ -124,6 +131,7 @@ class Session:
         index_base: int = 0,
         http_session: aiohttp.ClientSession | None = None,
         seed: int | None = None,
+        callbacks: CallbackReceiver | None = None,
         submit_rate: tuple[int, float] | None = DEFAULT_SUBMIT_RATE,
     ) -> None:
         self._api_key = _resolve_api_key(api_key)
@@ -153,7 +161,9 @@ class Session:
         self._transport: Transport | None = None
         self._state = _State.UNOPENED
         self._rng = random.Random(seed)
+        self._durations = DurationStats()
         self._waiters: set[TaskHandle] = set()
+        self._callbacks = _check_receiver(callbacks)
 
     def __repr__(self) -> str:
         return f"<midvary.Session base_url={str(self._base_url)!r} state={self._state.value}>"
@@ -208,6 +218,8 @@ class Session:
         closed = SessionClosedError("the Session was closed while waiting for this task")
         for handle in tuple(self._waiters):
             handle._wake(closed)
+        if self._callbacks is not None:
+            self._callbacks._forget(self)
         if self._owns_http and self._http is not None:
             await self._http.close()
 
@@ -234,13 +246,16 @@ class Session:
             image_index: Which of its 4 images, 0-based: 0, 1, 2 or 3.
             water_mark: Watermark text; ``None`` for none.
             callback_url: Absolute http(s) URL the provider POSTs the result to; ``None``
-                for none (polling finds the result either way).
+                for none (polling finds the result either way), or for the session's
+                :class:`CallbackReceiver` URL when it has one. An explicit URL wins over the
+                receiver: it is sent as is, and the handle polls at the session's pace.
 
         Returns:
             A :class:`TaskHandle`; ``await`` it for the final record.
 
         Raises:
             TypeError, ValueError: An argument is invalid; nothing was sent.
+            ReceiverClosedError: The session's callback receiver is stopped; nothing was sent.
             SubmitUncertainError: The answer was lost after sending; the task may exist and
                 be billed. It is never re-sent automatically.
             APIError: The provider refused the submission (after retrying 429 and 455).
@@ -258,11 +273,17 @@ class Session:
         """Submit one :class:`VaryRequest` and return its handle; see :meth:`vary`."""
         return await self._submit(request)
 
-    async def _submit(self, request: VaryRequest, hooks: _SubmitHooks | None = None) -> TaskHandle:
+    async def _submit(self, request: VaryRequest, hooks: SubmitHooks | None = None) -> TaskHandle:
         if not isinstance(request, VaryRequest):
             raise TypeError(f"request must be a midvary.VaryRequest, not {type(request).__name__}")
         transport = self._open()
-        body = vary_body(request, index_base=self._index_base)
+        receiver = self._callbacks
+        # A token is registered before the POST goes out: the callback may beat the answer.
+        ticket = None
+        if receiver is not None and request.callback_url is None:
+            ticket = receiver._issue(self)
+        wire = request if ticket is None else attrs.evolve(request, callback_url=ticket.url)
+        body = vary_body(wire, index_base=self._index_base)
 
         async def post() -> str:
             try:
@@ -279,20 +300,7 @@ class Session:
 
         async def attempt() -> str:
             self._check_open()
-            async with self._limiter.slot(hooks.waiting if hooks is not None else None) as slot:
-                if hooks is not None:
-                    hooks.before_post()
-                try:
-                    task_id = await post()
-                except Exception as exc:
-                    if isinstance(exc, RateLimitError):
-                        slot.refund()  # a refused POST uses none of the provider's budget
-                    if hooks is not None:
-                        hooks.after_post()  # answered, or certainly lost: no longer in flight
-                    raise
-                if hooks is not None:
-                    hooks.after_post()
-                return task_id
+            return await self._limiter.send(post, hooks)
 
         def on_retry(exc: BaseException, wait: float) -> None:
             if isinstance(exc, RateLimitError):
@@ -300,9 +308,19 @@ class Session:
                 if hooks is not None:
                     hooks.waiting(wait, exc)
 
-        task_id: str = await submit_retrying(self.retry, on_retry=on_retry)(attempt)
+        try:
+            task_id: str = await submit_retrying(self.retry, on_retry=on_retry)(attempt)
+        except BaseException:
+            if ticket is not None:
+                ticket.drop()
+            raise
         logger.info("submitted %s as task %s", request.describe(), task_id)
-        return TaskHandle(self, task_id, request=request, submitted=True)
+        # A handle waiting on a callback polls slowly, as a safety net.
+        safety = None if ticket is None else ticket.receiver.safety_poll
+        handle = TaskHandle(self, task_id, request=request, submitted=True, poll=safety)
+        if ticket is not None:
+            ticket.bind(handle)
+        return handle
 
     def vary_many(
         self,
@@ -481,3 +499,14 @@ class Session:
                 f"asked for task {task_id}, the provider answered with {record.task_id}"
             )
         return record
+
+
+def _check_receiver(callbacks: object) -> CallbackReceiver | None:
+    if callbacks is None:
+        return None
+    if not isinstance(callbacks, CallbackReceiver):
+        raise TypeError(
+            f"callbacks must be a midvary.CallbackReceiver or None, not {type(callbacks).__name__}"
+        )
+    callbacks._check_usable()
+    return callbacks

@@ -10,6 +10,9 @@ import midvary
 
 from .mockapi import BASE, KEY, MockAPI
 
+# The fake provider's fixtures (fake_provider, midvary_session, ...), as users enable them.
+pytest_plugins = ["midvary.testing.pytest_plugin"]
+
 #: Policies that keep unit tests fast: milliseconds instead of seconds, no jitter.
 FAST_POLL = midvary.PollPolicy(
     initial_delay=0.01, factor=1.5, max_delay=0.02, jitter=0.0, timeout=5.0, not_found_grace=1.0

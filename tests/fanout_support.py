@@ -6,10 +6,15 @@ import contextlib
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import attrs
+
 import midvary
 from midvary.testing import FakeProvider, FakeSettings
 
 from .conftest import FAST_POLL, FAST_RETRY
+
+#: FAST_POLL without the learned schedule, whose step (2 x target_delay) would be seconds.
+POLL = attrs.evolve(FAST_POLL, target_delay=None)
 
 #: Fake settings that keep tests fast: short tasks, nearly no invisibility, no submit limit.
 FAST_FAKE: dict[str, Any] = {
@@ -29,7 +34,7 @@ async def fake_session(
         session = midvary.Session(
             api_key=fake.api_key,
             base_url=fake.base_url,
-            poll=FAST_POLL,
+            poll=POLL,
             retry=FAST_RETRY,
             seed=seed,
             submit_rate=submit_rate,

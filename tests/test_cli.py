@@ -274,3 +274,9 @@ def test_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert main(["--api-key", "k", "bulk", str(tmp_path / "bad.csv")]) == 2
     assert "task_id and image_index" in capsys.readouterr().err
     assert main(["--version"]) == 0
+
+
+def test_commands_of_other_modules_are_registered(capsys: pytest.CaptureFixture[str]) -> None:
+    """The fake-server command, defined in midvary.testing, is one line in COMMANDS."""
+    assert main(["fake-server", "--help"]) == 0
+    assert "fake provider" in capsys.readouterr().out

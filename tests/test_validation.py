@@ -89,16 +89,6 @@ def test_policies_are_frozen_and_keyword_only() -> None:
         midvary.PollPolicy(1.0)  # type: ignore[misc]
 
 
-def test_default_poll_schedule_suits_tasks_of_tens_of_seconds() -> None:
-    """Default delays grow from 2 s to a cap of 8 s; the deadline is 15 minutes."""
-    policy = midvary.PollPolicy(jitter=0)
-    delays = [policy.delay(n) for n in range(1, 8)]
-    assert delays[0] == 2.0
-    assert delays == sorted(delays)
-    assert max(delays) == 8.0
-    assert policy.timeout == 900.0
-
-
 @pytest.mark.parametrize(
     ("kwargs", "error"),
     [

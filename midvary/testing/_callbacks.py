@@ -100,6 +100,17 @@ class CallbackScheduler:
         """Make the scheduler look at the clock again (after the clock jumped, say)."""
         self._wake.set()
 
+    async def settle(self) -> None:
+        """Wait until every delivery due by now has been answered or has failed."""
+        while self._runner is not None and not self._runner.done():
+            if self._heap and self._heap[0][0] <= self._clock():
+                self.wake()
+                await asyncio.sleep(0)  # let the scheduler hand them out
+            elif self._deliveries:
+                await asyncio.wait(set(self._deliveries))
+            else:
+                return
+
     def _push(self, due: float, task: Task, attempt: int) -> None:
         heapq.heappush(self._heap, (due, next(self._serial), task, attempt))
 

@@ -34,7 +34,6 @@ from ._wire import (
     parse_vary_body,
     record_data,
     result_urls,
-    settings_changes,
 )
 
 SUBMIT_PATH = "/api/v1/mj/generateVary"
@@ -73,11 +72,18 @@ class FakeProvider:
       succeeded;
     - 429, always as HTTP 429, beyond ``submit_limit``;
     - 402 when ``credits`` are used up;
-    - otherwise 200 with ``data.taskId``.
+    - otherwise 200 with ``data.taskId`` (unknown extra body fields are ignored), unless
+      ``drop_submit_answer_rate`` loses the answer of the task it just created.
 
     ``record-info`` answers 400 without a ``taskId`` query parameter, and "not found"
     (``not_found_style``) for an unknown or still invisible task. Parents the fake did not
-    create are shown as finished ``mj_txt2img`` tasks with 4 images.
+    create are shown as finished ``mj_txt2img`` tasks with 4 images. A task submitted with
+    a ``callBackUrl`` is POSTed there when it finishes (see the ``callback_*`` settings).
+
+    For a fake in another process, the API origin also serves control endpoints, without
+    auth, faults or figures: ``GET /_fake/stats`` (the figures as JSON),
+    ``POST /_fake/settings`` (a JSON object of settings to change) and
+    ``POST /_fake/maintenance`` (``{"on": true}`` or ``{"on": false}``).
 
     Use it as an async context manager, or call :meth:`start` and :meth:`close`::
 
@@ -303,6 +309,14 @@ class FakeProvider:
         """Callback deliveries scheduled (for tasks not finished yet, or retries) or in flight."""
         return self._callbacks.pending if self._callbacks is not None else 0
 
+    async def settle_callbacks(self) -> None:
+        """Wait until every callback due by now was delivered or failed (and was recorded).
+
+        Deliveries due later (tasks still running, retries after a delay) are not waited for.
+        """
+        if self._callbacks is not None:
+            await self._callbacks.settle()
+
     def task(self, task_id: str) -> TaskSnapshot:
         """The task ``task_id`` as it stands now.
 
@@ -387,6 +401,10 @@ class FakeProvider:
         if isinstance(latency, tuple):
             latency = self._rng.uniform(*latency)
         if latency > 0:
+            # The body arrives before the provider's slowness: a client that gives up while
+            # it waits has still handed over a submission the provider will carry out.
+            if request.can_read_body:
+                await request.read()
             await asyncio.sleep(latency)
         if (
             settings.fault_rate > 0
@@ -421,7 +439,7 @@ class FakeProvider:
         except Rejection as rejection:
             return self._reject(rejection)
 
-        # No await since _admit's checks: the settings and the clock are the ones it saw.
+        # No await since _admit's checks ended, so what they checked still holds.
         settings = self._settings
         now = self._clock()
         task, duplicate = self._store.create(params, settings, now)
@@ -537,9 +555,15 @@ class FakeProvider:
 
     async def _handle_settings(self, request: web.Request) -> web.Response:
         try:
-            changes = settings_changes(await request.json())
+            changes = await request.json()
+        except ValueError:
+            changes = None
+        if not isinstance(changes, dict):
+            error = "the body must be a JSON object of FakeSettings fields"
+            return web.json_response({"error": error}, status=400)
+        try:
             self.update(**changes)
-        except (ValueError, TypeError, Rejection) as exc:
+        except (ValueError, TypeError) as exc:
             return web.json_response({"error": str(exc)}, status=400)
         return web.json_response(settings_as_json(self._settings))
 

@@ -68,20 +68,20 @@ def _retry_delays(value: Iterable[float]) -> tuple[float, ...]:
     return delays
 
 
-def _fault_kinds(value: Iterable[str] | str) -> frozenset[FaultKind]:
-    kinds = frozenset((value,) if isinstance(value, str) else value)
-    unknown = kinds - FAULT_KINDS
+def _subset(value: Iterable[str] | str, known: frozenset[str], what: str) -> frozenset[str]:
+    names = frozenset((value,) if isinstance(value, str) else value)
+    unknown = names - known
     if unknown:
-        raise ValueError(f"unknown fault kinds {sorted(unknown)}; known: {sorted(FAULT_KINDS)}")
-    return cast("frozenset[FaultKind]", kinds)
+        raise ValueError(f"unknown {what} {sorted(unknown)}; known: {sorted(known)}")
+    return names
+
+
+def _fault_kinds(value: Iterable[str] | str) -> frozenset[FaultKind]:
+    return cast("frozenset[FaultKind]", _subset(value, FAULT_KINDS, "fault kinds"))
 
 
 def _endpoints(value: Iterable[str] | str) -> frozenset[Endpoint]:
-    endpoints = frozenset((value,) if isinstance(value, str) else value)
-    unknown = endpoints - ENDPOINTS
-    if unknown:
-        raise ValueError(f"unknown endpoints {sorted(unknown)}; known: {sorted(ENDPOINTS)}")
-    return cast("frozenset[Endpoint]", endpoints)
+    return cast("frozenset[Endpoint]", _subset(value, ENDPOINTS, "endpoints"))
 
 
 def _rate(_inst: object, attribute: attrs.Attribute[float], value: float) -> None:

@@ -6,7 +6,7 @@ import base64
 import hashlib
 import hmac
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -87,6 +87,8 @@ def parse_vary_body(body: object, *, index_base: int) -> VaryParams:
 
 
 def _is_http_url(value: object) -> bool:
+    # Deliberately not midvary's own check_http_url: the fake must judge requests on its
+    # own, so that a mistake in the client cannot make the fake agree with it.
     if not isinstance(value, str):
         return False
     try:
@@ -218,10 +220,3 @@ def fault_answer(kind: FaultKind, request: web.BaseRequest, *, mirror: bool) -> 
     if kind == "reset":
         return close_connection(request)
     return envelope(500, "Internal server error (fake provider fault)", mirror=mirror)
-
-
-def settings_changes(body: object) -> Mapping[str, Any]:
-    """Validate the body of ``POST /_fake/settings``: a JSON object of setting names."""
-    if not isinstance(body, dict) or not all(isinstance(key, str) for key in body):
-        raise Rejection(400, "the body must be a JSON object of FakeSettings fields")
-    return body

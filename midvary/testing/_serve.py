@@ -1,0 +1,179 @@
+"""``midvary fake-server``: the fake provider in the foreground, for demos and benchmarks.
+
+It prints ``key value`` lines (``base_url``, ``results_base_url``, ``api_key``,
+``stats_url``), then a ``ready`` line, serves until SIGINT or SIGTERM, prints a ``stats``
+line of JSON figures and exits 0. The key is a fake one, so printing it is fine.
+
+A process that drives it reads the figures from ``GET <base_url>/_fake/stats`` and changes
+knobs with ``POST <base_url>/_fake/settings`` (a JSON object of :class:`FakeSettings`
+fields) or ``POST <base_url>/_fake/maintenance`` (``{"on": true}``).
+
+Also runnable without the CLI: ``python -m midvary.testing._serve --port 8000``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from ._provider import FakeProvider
+from ._settings import ENDPOINTS, FAULT_KINDS, FakeSettings
+
+# Options named like the FakeSettings field they set, taken as parsed.
+_PLAIN_KNOBS = (
+    "invisible_for",
+    "failure_rate",
+    "create_failure_share",
+    "images_per_task",
+    "credits",
+    "fault_rate",
+    "fault_kinds",
+    "fault_endpoints",
+    "drop_submit_answer_rate",
+    "time_format",
+    "not_found_style",
+    "index_base",
+    "mirror_http_status",
+    "result_info_as_string",
+    "callback_hmac_key",
+)
+
+
+def add_fake_server_command(subparsers: argparse._SubParsersAction[Any]) -> None:
+    """Register the ``fake-server`` subcommand; its ``handler`` default is ``run_fake_server``."""
+    parser = subparsers.add_parser(
+        "fake-server",
+        help="serve the fake provider in the foreground (for demos and benchmarks)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    configure_parser(parser)
+    parser.set_defaults(handler=run_fake_server)
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Add the fake server's options to ``parser``; unset knobs keep their defaults."""
+    where = parser.add_argument_group("where")
+    where.add_argument("--host", default="127.0.0.1", help="interface to bind (127.0.0.1)")
+    where.add_argument("--port", type=int, default=0, help="API port; 0 picks a free one")
+    where.add_argument("--results-port", type=int, default=0, help="result CDN port; 0 = free")
+    where.add_argument("--api-key", help="the accepted key (default: a generated fake-... key)")
+    where.add_argument("--seed", type=int, default=0, help="seed of every random draw (0)")
+
+    knobs = parser.add_argument_group("knobs (seconds; see midvary.testing.FakeSettings)")
+    knobs.add_argument("--duration", nargs=2, type=float, metavar=("LO", "HI"))
+    knobs.add_argument("--invisible-for", type=float, metavar="SECONDS")
+    knobs.add_argument("--failure-rate", type=float, metavar="SHARE")
+    knobs.add_argument("--create-failure-share", type=float, metavar="SHARE")
+    knobs.add_argument("--images-per-task", type=int, choices=range(1, 5))
+    limit = knobs.add_mutually_exclusive_group()
+    limit.add_argument("--submit-limit", nargs=2, metavar=("N", "WINDOW"))
+    limit.add_argument("--no-submit-limit", action="store_true")
+    knobs.add_argument("--credits", type=int)
+    knobs.add_argument("--latency", nargs="+", type=float, metavar="SECONDS", help="S or LO HI")
+    knobs.add_argument("--fault-rate", type=float, metavar="SHARE")
+    knobs.add_argument("--fault-kinds", nargs="+", choices=sorted(FAULT_KINDS))
+    knobs.add_argument("--fault-endpoints", nargs="+", choices=sorted(ENDPOINTS))
+    knobs.add_argument("--drop-submit-answer-rate", type=float, metavar="SHARE")
+    knobs.add_argument("--time-format", choices=("iso", "epoch_ms", "mixed"))
+    knobs.add_argument("--not-found-style", choices=("422", "404"))
+    knobs.add_argument("--index-base", type=int, choices=(0, 1))
+    knobs.add_argument("--mirror-http-status", action="store_true", default=None)
+    knobs.add_argument("--result-info-as-string", action="store_true", default=None)
+    knobs.add_argument("--callback-hmac-key")
+
+
+def settings_from_args(args: argparse.Namespace) -> FakeSettings:
+    """The :class:`FakeSettings` the parsed options ask for.
+
+    Raises:
+        ValueError: An option's value is invalid (the message says which).
+    """
+    changes: dict[str, Any] = {
+        name: getattr(args, name) for name in _PLAIN_KNOBS if getattr(args, name) is not None
+    }
+    if args.duration is not None:
+        changes["task_duration"] = args.duration
+    if args.latency is not None:
+        if len(args.latency) not in (1, 2):
+            raise ValueError("--latency takes one number of seconds or a LO HI pair")
+        changes["latency"] = args.latency[0] if len(args.latency) == 1 else args.latency
+    if args.no_submit_limit:
+        changes["submit_limit"] = None
+    elif args.submit_limit is not None:
+        count, window = args.submit_limit
+        try:
+            changes["submit_limit"] = (int(count), float(window))
+        except ValueError:
+            raise ValueError("--submit-limit takes an int N and a WINDOW in seconds") from None
+    try:
+        return FakeSettings(**changes)
+    except TypeError as exc:
+        raise ValueError(str(exc)) from exc
+
+
+def run_fake_server(args: argparse.Namespace) -> int:
+    """Serve the fake provider until SIGINT or SIGTERM; return the exit status (0, or 2)."""
+    try:
+        settings = settings_from_args(args)
+    except ValueError as exc:
+        sys.stderr.write(f"fake-server: {exc}\n")
+        return 2
+    provider = FakeProvider(
+        settings=settings,
+        api_key=args.api_key,
+        seed=args.seed,
+        host=args.host,
+        port=args.port,
+        results_port=args.results_port,
+    )
+    asyncio.run(_serve(provider))
+    return 0
+
+
+async def _serve(provider: FakeProvider) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        async with provider:
+            _say(f"base_url {provider.base_url}")
+            _say(f"results_base_url {provider.results_base_url}")
+            _say(f"api_key {provider.api_key}")
+            _say(f"stats_url {provider.base_url}/_fake/stats")
+            _say("ready")
+            await stop.wait()
+            figures = provider.stats.as_dict()
+            # Per-task figures can be huge: the summary and the counters are enough here.
+            for per_task in ("polls", "detection_delays", "callback_failures"):
+                figures.pop(per_task)
+            _say(f"stats {json.dumps(figures, sort_keys=True)}")
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+
+
+def _say(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the fake server from ``python -m midvary.testing._serve [options]``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m midvary.testing._serve",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    configure_parser(parser)
+    return run_fake_server(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""pytest fixtures that run midvary against the fake provider (opt-in).
+
+Enable them in your top-level ``conftest.py``::
+
+    pytest_plugins = ["midvary.testing.pytest_plugin"]
+
+They need pytest-asyncio. Fixtures (all function-scoped):
+
+- ``fake_settings``: the :class:`~midvary.testing.FakeSettings` of ``fake_provider``: fast
+  tasks (0.05 to 0.2 s), 0.01 s of invisibility, no faults, no failures and no submit limit.
+  Override this fixture in a conftest to change the knobs for a directory of tests, or call
+  ``fake_provider.update(...)`` inside one test.
+- ``fake_provider``: a started :class:`~midvary.testing.FakeProvider`, closed afterwards.
+- ``midvary_session``: an open ``midvary.Session`` pointed at ``fake_provider`` with
+  polling and retry policies measured in milliseconds, closed afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+import pytest
+import pytest_asyncio
+
+from ._provider import FakeProvider
+from ._settings import FakeSettings
+
+if TYPE_CHECKING:
+    import midvary
+
+#: The settings ``fake_settings`` returns: quick, clean, unlimited.
+FAST_SETTINGS = FakeSettings(
+    task_duration=(0.05, 0.2),
+    invisible_for=0.01,
+    submit_limit=None,
+)
+
+
+@pytest.fixture
+def fake_settings() -> FakeSettings:
+    """The knobs of ``fake_provider``: fast tasks and nothing going wrong."""
+    return FAST_SETTINGS
+
+
+@pytest_asyncio.fixture
+async def fake_provider(fake_settings: FakeSettings) -> AsyncIterator[FakeProvider]:
+    """A started fake provider on loopback, closed after the test."""
+    async with FakeProvider(settings=fake_settings) as fake:
+        yield fake
+
+
+@pytest_asyncio.fixture
+async def midvary_session(fake_provider: FakeProvider) -> AsyncIterator[midvary.Session]:
+    """An open ``midvary.Session`` talking to ``fake_provider``, with fast policies."""
+    # Imported here so that importing the plugin never imports the client.
+    import midvary  # noqa: PLC0415
+
+    async with midvary.Session(
+        api_key=fake_provider.api_key,
+        base_url=fake_provider.base_url,
+        poll=midvary.PollPolicy(
+            initial_delay=0.02,
+            factor=1.5,
+            max_delay=0.1,
+            jitter=0.0,
+            timeout=30.0,
+            not_found_grace=5.0,
+            # Once durations are learned, aim at a detection delay fit for 0.2 s tasks.
+            target_delay=0.02,
+        ),
+        retry=midvary.RetryPolicy(wait_initial=0.01, wait_max=0.05, wait_jitter=0.0),
+    ) as session:
+        yield session
