@@ -522,6 +522,9 @@ async def _run(
                 items.append(job.request)
 
         progress = Progress(len(jobs_file.jobs), done=summary.done, failed=summary.failed)
+        progress.running.update(
+            n for n, item in enumerate(items) if isinstance(item, midvary.TaskHandle)
+        )
 
         def on_event(event: midvary.JobEvent) -> None:
             job = to_run[event.index]
@@ -538,7 +541,7 @@ async def _run(
             async with session.vary_many(
                 items,
                 concurrency=args.concurrency,
-                timeout=args.timeout,
+                timeout=args.timeout if args.timeout is not None else midvary.USE_DEFAULT,
                 on_event=on_event,
                 download=args.download,
             ) as outcomes:

@@ -65,7 +65,9 @@ async def _finish(
 ) -> int:
     """Wait for ``handle``, download if asked, print the outcome; return the exit code."""
     try:
-        record = await handle.wait(args.timeout if args.timeout is not None else None)
+        record = await handle.wait(
+            args.timeout if args.timeout is not None else midvary.USE_DEFAULT
+        )
     except midvary.TaskFailedError as exc:
         if args.json:
             say(json.dumps({**record_json(exc.record), "error": error_json(exc)}))

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import sqlite3
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -219,3 +220,31 @@ async def test_killed_during_a_post_reports_it_uncertain_until_told(tmp_path: Pa
         assert fake.stats.requests["submit"] == sent + 1
         # Only the job the user explicitly re-sent can be a duplicate.
         assert fake.stats.duplicate_submissions <= 1
+
+
+async def test_ctrl_c_stops_cleanly_and_the_rerun_resumes(tmp_path: Path) -> None:
+    """SIGINT exits 130 with a resume hint; the same command then finishes every job once."""
+    jobs = write_jobs(tmp_path)
+    journal = tmp_path / "jobs.csv.journal.sqlite"
+    results = tmp_path / "jobs.csv.results.jsonl"
+    async with provider(task_duration=(1.0, 1.5)) as fake:
+        process = await start(fake, jobs)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while not all(task for _k, _s, task in journal_rows(journal) or [("", "", None)]):
+            assert loop.time() < deadline, "timed out waiting for every job to be submitted"
+            await asyncio.sleep(0.01)
+        process.send_signal(signal.SIGINT)
+        out, err = await asyncio.wait_for(process.communicate(), timeout=30)
+        assert process.returncode == 130, out.decode() + err.decode()
+        assert "run the same command again to resume" in err.decode()
+        assert in_flight(journal) == set()
+        code, output = await finish(fake, jobs)
+        assert code == 0, output
+        assert (
+            summary_count(output, "re-attached by task id")
+            + summary_count(output, "skipped (finished earlier)")
+            == JOBS
+        )
+        assert fake.stats.requests["submit"] == JOBS
+        assert_resumed(fake, results, journal, set())
