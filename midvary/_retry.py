@@ -12,6 +12,9 @@ HTML / empty / malformed answer    retried     uncertain
 400 401 402 404 422 501 505        final       final
 =================================  ==========  ==========
 
+Result downloads (reads) retry like polls; an HTTP error of the result host
+(:class:`~midvary.DownloadError`) is retried only for 408, 425, 429 and 5xx.
+
 "Uncertain" submissions raise :class:`~midvary.SubmitUncertainError` and are never re-sent:
 the provider has no idempotency key, so a second POST could start a second billed task.
 """

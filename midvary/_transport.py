@@ -1,5 +1,9 @@
 """One HTTP exchange with the provider, and the one place aiohttp errors are translated.
 
+:func:`translated` turns aiohttp and socket errors into :class:`~midvary.TransportError` for
+both the API (:class:`Transport`, which alone holds the key) and result downloads
+(:func:`fetch`, which sends only a User-Agent to the result host).
+
 A response is a success only when the HTTP status is 2xx AND the envelope's ``code`` is 200.
 Everything else becomes a typed midvary error: an :class:`~midvary.APIError` subclass from
 the envelope code (or the HTTP status when the body carries none), a

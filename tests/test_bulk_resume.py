@@ -146,7 +146,7 @@ def assert_resumed(fake: FakeProvider, results: Path, journal: Path, uncertain: 
     assert fake.api_key.encode() not in journal.read_bytes()
 
 
-@pytest.mark.parametrize("k", [1, 4])
+@pytest.mark.parametrize("k", [1, pytest.param(4, marks=pytest.mark.slow)])
 async def test_killed_after_k_submissions_resumes_without_resubmitting(
     tmp_path: Path, k: int
 ) -> None:
