@@ -46,7 +46,7 @@ from ._clikit import (
     require_rich,
     say,
 )
-from ._journal import JobState, Journal, JournalMismatchError
+from ._journal import JobState, Journal, JournalBusyError, JournalMismatchError
 
 logger = logging.getLogger(__name__)
 
@@ -425,7 +425,9 @@ def _bulk(args: argparse.Namespace) -> int:
         say(f"bad row skipped: {message}", stream=sys.stderr)
     try:
         journal = Journal(journal_path)
-    except Exception as exc:  # sqlite3.Error, OSError: not a usable journal file
+    except JournalBusyError as exc:
+        raise UsageError(str(exc)) from None
+    except Exception as exc:  # sqlite3.Error, OSError, JournalMismatchError: not usable
         raise UsageError(f"cannot open journal {journal_path}: {exc}") from None
     try:
         try:

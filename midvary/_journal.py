@@ -20,12 +20,18 @@ The API key is never written here.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import sqlite3
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Final
+from typing import IO, Final
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no flock; concurrent runs are not detected
+    fcntl = None  # type: ignore[assignment]
 
 import attrs
 
@@ -63,11 +69,33 @@ class JournalMismatchError(Exception):
     """The journal belongs to another JOBS file."""
 
 
+class JournalBusyError(Exception):
+    """Another run is using the journal."""
+
+
 class Journal:
-    """One bulk run's journal file. Not thread-safe; use it from the event loop's thread."""
+    """One bulk run's journal file. Not thread-safe; use it from the event loop's thread.
+
+    While open, it holds an exclusive ``flock`` on ``<journal>.lock`` (where the platform has
+    one), so two runs of the same jobs at once cannot both submit them.
+
+    Raises:
+        JournalBusyError: Another run holds the journal.
+        JournalMismatchError: The file is some other SQLite database.
+        sqlite3.Error, OSError: The file cannot be used.
+
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._lock = _lock(path.with_name(path.name + ".lock"))
+        try:
+            self._open(path)
+        except BaseException:
+            self._lock.close()
+            raise
+
+    def _open(self, path: Path) -> None:
         self._db = sqlite3.connect(path, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         # FULL: every commit is fsynced before it returns, so the row precedes the POST.
@@ -96,8 +124,9 @@ class Journal:
                 raise JournalMismatchError(f"{path} is not a midvary bulk journal ({found!r})")
 
     def close(self) -> None:
-        """Close the database."""
+        """Close the database and release the lock."""
         self._db.close()
+        self._lock.close()
 
     def _transaction(self) -> sqlite3.Connection:
         # The connection as a context manager commits (or rolls back) a BEGIN ... block.
@@ -211,3 +240,18 @@ class Journal:
                 "SELECT key, result FROM jobs WHERE result IS NOT NULL"
             )
         }
+
+
+def _lock(path: Path) -> IO[bytes]:
+    """Open ``path`` and take an exclusive, non-blocking ``flock`` on it."""
+    file = path.open("ab")
+    if fcntl is not None:
+        try:
+            fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            with contextlib.suppress(OSError):
+                file.close()
+            raise JournalBusyError(
+                f"{path.name[: -len('.lock')]} is in use by another bulk run; wait for it to end"
+            ) from None
+    return file

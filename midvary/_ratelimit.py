@@ -156,8 +156,10 @@ class SubmitLimiter:
     async def slot(self, on_wait: OnWait | None = None) -> AsyncIterator[Slot]:
         """Hold one submission slot for the body (one POST); waits for a free one first.
 
-        ``on_wait(seconds)`` is called before each wait the limiter imposes (seconds is the
-        expected wait, or ``0.0`` when it waits for a POST in flight to end). The slot is
+        ``on_wait(seconds)`` is called before each wait the limiter imposes: when queued
+        behind other waiting submissions, and at the head of the queue before each wait
+        (seconds is the expected wait, at least; ``0.0`` when it waits for a POST in flight
+        to end). The slot is
         stamped with the time the body ends, unless the body calls :meth:`Slot.refund`
         (the provider refused the POST with 429, so it used none of the provider's budget).
         """
@@ -165,6 +167,9 @@ class SubmitLimiter:
         if self.rate is None:
             yield slot
             return
+        if on_wait is not None and self._turn.locked():
+            # Queued behind another submission that is waiting: at least its wait.
+            on_wait(self._wait_needed(self._now()) or 0.0)
         async with self._turn:
             while (wait := self._wait_needed(self._now())) != 0.0:
                 if on_wait is not None:

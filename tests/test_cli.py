@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from midvary._cli import main
+from midvary._journal import Journal
 from midvary.testing import PNG_SIGNATURE, FakeProvider, FakeSettings
 
 #: Short tasks, as the CLI polls with the default policy (first poll 2 s after submission).
@@ -280,3 +281,14 @@ def test_commands_of_other_modules_are_registered(capsys: pytest.CaptureFixture[
     """The fake-server command, defined in midvary.testing, is one line in COMMANDS."""
     assert main(["fake-server", "--help"]) == 0
     assert "fake provider" in capsys.readouterr().out
+
+
+def test_a_journal_in_use_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A second run on the same journal at once exits 2 instead of submitting the jobs too."""
+    jobs = write_csv(tmp_path / "jobs.csv", ["parent-1,0,,"])
+    journal = Journal(tmp_path / "jobs.csv.journal.sqlite")
+    try:
+        assert main(["--api-key", "k", "bulk", str(jobs)]) == 2
+        assert "in use by another bulk run" in capsys.readouterr().err
+    finally:
+        journal.close()
