@@ -111,6 +111,7 @@ class SubmitLimiter:
         self._grown_at = 0.0
         self._turn = asyncio.Lock()
         self._changed = asyncio.Event()
+        self._closed: BaseException | None = None
 
     def __repr__(self) -> str:
         return (
@@ -172,6 +173,8 @@ class SubmitLimiter:
             on_wait(self._wait_needed(self._now()) or 0.0)
         async with self._turn:
             while (wait := self._wait_needed(self._now())) != 0.0:
+                if self._closed is not None:
+                    raise self._closed
                 if on_wait is not None:
                     on_wait(wait or 0.0)
                 logger.debug("submission limiter: waiting %s s", wait)
@@ -179,6 +182,8 @@ class SubmitLimiter:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(wait):
                         await self._changed.wait()
+            if self._closed is not None:
+                raise self._closed
             self._in_flight += 1
         try:
             yield slot
@@ -209,12 +214,22 @@ class SubmitLimiter:
                 hooks.after_post()
             return result
 
+    def close(self, error: BaseException) -> None:
+        """Make every current and later wait for a slot raise ``error`` (the session closed)."""
+        self._closed = error
+        self._changed.set()
+
     def slow_down(self, pause: float) -> None:
-        """React to a 429 that got through: halve the allowance and pause ``pause`` seconds."""
+        """React to a 429 that got through: halve the allowance and pause ``pause`` seconds.
+
+        429s that arrive while a pause is in effect extend it without halving again.
+        """
         if self.rate is None:
             return
         now = self._now()
-        self._allowance = max(1, self._allowance // 2)
+        if now >= self._paused_until:
+            # One halving per burst: the 429s of POSTs sent together arrive together.
+            self._allowance = max(1, self._allowance // 2)
         self._grown_at = now
         self._paused_until = max(self._paused_until, now + max(pause, 0.0))
         self._changed.set()

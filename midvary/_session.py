@@ -215,6 +215,7 @@ class Session:
         for fanout in tuple(self._fanouts):
             await fanout.aclose()
         self._state = _State.CLOSED
+        self._limiter.close(SessionClosedError("the Session was closed before this was sent"))
         closed = SessionClosedError("the Session was closed while waiting for this task")
         for handle in tuple(self._waiters):
             handle._wake(closed)
@@ -286,6 +287,7 @@ class Session:
         body = vary_body(wire, index_base=self._index_base)
 
         async def post() -> str:
+            self._check_open()  # the limiter may have kept it waiting while the session closed
             try:
                 data = await transport.call("POST", VARY_PATH, json_body=body)
                 return structure_task_id(data)

@@ -66,9 +66,9 @@ def test_slow_down_halves_and_grows_back_one_per_window() -> None:
     limiter = SubmitLimiter((8, 10.0), clock=lambda: now[0])
     limiter.slow_down(0.5)
     assert limiter.allowance == 4
-    limiter.slow_down(0.5)
-    limiter.slow_down(0.5)
-    limiter.slow_down(0.5)
+    for _ in range(3):
+        now[0] += 0.5  # each 429 after the previous pause halves again
+        limiter.slow_down(0.5)
     assert limiter.allowance == 1
     now[0] += 10.0
     assert limiter.allowance == 2
@@ -105,3 +105,32 @@ async def test_no_limit_never_waits() -> None:
 def test_submit_rate_values(value: object, expected: object) -> None:
     """(count, seconds) pairs are normalised; None means no limit."""
     assert check_submit_rate(value) == expected
+
+
+def test_a_burst_of_429s_halves_once() -> None:
+    """429s arriving during the pause of an earlier one do not halve the allowance again."""
+    now = [0.0]
+    limiter = SubmitLimiter((20, 10.0), clock=lambda: now[0])
+    for _ in range(10):
+        limiter.slow_down(1.0)
+    assert limiter.allowance == 10
+    now[0] += 1.0
+    limiter.slow_down(1.0)
+    assert limiter.allowance == 5
+
+
+async def test_closing_ends_the_waits() -> None:
+    """A submission waiting for a slot raises the close error instead of waiting on."""
+    limiter = SubmitLimiter((1, 60.0))
+    async with limiter.slot():
+        pass
+
+    async def wait_for_slot() -> None:
+        async with limiter.slot():
+            pass
+
+    waiter = asyncio.create_task(wait_for_slot())
+    await asyncio.sleep(0)
+    limiter.close(RuntimeError("closed"))
+    with pytest.raises(RuntimeError, match="closed"):
+        await waiter
