@@ -92,6 +92,7 @@ async def run(mode: str, *, tasks: int, scale: float, seed: int) -> Figures:
                 poll=scaled(midvary.PollPolicy(), scale),
                 callbacks=receiver,
                 seed=seed,
+                submit_rate=None,  # the fake has no submit limit here: submit all at once
             ) as session:
                 handles = await asyncio.gather(
                     *(session.vary("parent-bench", n % 4) for n in range(tasks))

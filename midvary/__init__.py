@@ -14,6 +14,7 @@ from ._errors import (
     APIError,
     AuthenticationError,
     BadRequestError,
+    DownloadError,
     FeatureDisabledError,
     GenerationFailedError,
     InsufficientCreditsError,
@@ -31,6 +32,7 @@ from ._errors import (
     TransportError,
     ValidationError,
 )
+from ._fanout import FanOut, JobEvent, JobEventKind, UnfinishedJob, VaryOutcome
 from ._handle import TaskHandle
 from ._models import TaskRecord, TaskStatus, VaryRequest
 from ._session import Session
@@ -45,9 +47,13 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "CallbackReceiver",
+    "DownloadError",
+    "FanOut",
     "FeatureDisabledError",
     "GenerationFailedError",
     "InsufficientCreditsError",
+    "JobEvent",
+    "JobEventKind",
     "MidvaryError",
     "NotFoundError",
     "PollPolicy",
@@ -66,7 +72,9 @@ __all__ = [
     "TaskStatus",
     "TaskTimeoutError",
     "TransportError",
+    "UnfinishedJob",
     "ValidationError",
+    "VaryOutcome",
     "VaryRequest",
     "__version__",
 ]

@@ -17,6 +17,7 @@
     ├── TransportError                the network failed (the aiohttp error is chained)
     │   └── SubmitUncertainError      a submission may have been accepted (and billed)
     ├── ProtocolError                 an answer that is not a valid envelope (HTML, empty, ...)
+    ├── DownloadError                 the result host answered a download with an HTTP error
     ├── TaskFailedError               the task ended in CREATE_FAILED or GENERATE_FAILED
     ├── TaskTimeoutError              a wait's deadline passed (also a TimeoutError)
     ├── SessionClosedError            the session was used after it closed (also a RuntimeError)
@@ -199,6 +200,28 @@ class ProtocolError(MidvaryError):
     def __init__(self, message: str, *, http_status: int | None = None) -> None:
         super().__init__(message)
         self.http_status = http_status
+
+
+class DownloadError(MidvaryError):
+    """The result host answered a download with an HTTP error status.
+
+    Network failures of a download raise :class:`TransportError` instead. Result URLs live
+    on another host than the API; midvary never sends the API key there.
+
+    Attributes:
+        url: The URL that failed, without its query string (which may hold a signature).
+        http_status: The HTTP status of the answer.
+        retry_after: Seconds the host asked us to wait (``Retry-After``), or ``None``.
+        transient: Whether retrying may help (408, 425, 429 and 5xx statuses).
+
+    """
+
+    def __init__(self, url: str, http_status: int, *, retry_after: float | None = None) -> None:
+        super().__init__(f"download of {url} failed: HTTP {http_status}")
+        self.url = url
+        self.http_status = http_status
+        self.retry_after = retry_after
+        self.transient = http_status in (408, 425, 429) or http_status >= 500
 
 
 class TaskFailedError(MidvaryError):

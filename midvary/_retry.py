@@ -12,6 +12,9 @@ HTML / empty / malformed answer    retried     uncertain
 400 401 402 404 422 501 505        final       final
 =================================  ==========  ==========
 
+Result downloads (reads) retry like polls; an HTTP error of the result host
+(:class:`~midvary.DownloadError`) is retried only for 408, 425, 429 and 5xx.
+
 "Uncertain" submissions raise :class:`~midvary.SubmitUncertainError` and are never re-sent:
 the provider has no idempotency key, so a second POST could start a second billed task.
 """
@@ -27,6 +30,7 @@ from tenacity.wait import wait_base
 
 from ._config import RetryPolicy
 from ._errors import (
+    DownloadError,
     ProtocolError,
     RateLimitError,
     ServerError,
@@ -43,6 +47,8 @@ BeforeSleep = Callable[[BaseException, float], None]
 
 def is_transient(exc: BaseException) -> bool:
     """Whether a read (a poll, a download) that failed with ``exc`` may be retried."""
+    if isinstance(exc, DownloadError):
+        return exc.transient
     return isinstance(
         exc,
         RateLimitError | ServiceUnavailableError | ServerError | TransportError | ProtocolError,

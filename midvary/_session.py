@@ -8,6 +8,7 @@ import logging
 import os
 import random
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Final
 
 import aiohttp
@@ -15,20 +16,24 @@ import attrs
 import yarl
 
 from ._callbacks import CallbackReceiver
-from ._config import PollPolicy, RetryPolicy
+from ._config import USE_DEFAULT, PollPolicy, RetryPolicy, UseDefault
 from ._converter import structure_record, structure_task_id, vary_body
+from ._download import check_concurrency, check_directory, download_record
 from ._errors import (
     NotFoundError,
     ProtocolError,
+    RateLimitError,
     ServerError,
     SessionClosedError,
     SubmitUncertainError,
     TransportError,
     ValidationError,
 )
+from ._fanout import FanOut, OnEvent, Requests, VaryOutcome
 from ._handle import TaskHandle
 from ._models import TaskRecord, VaryRequest, check_http_url, check_task_id
 from ._polling import DurationStats
+from ._ratelimit import DEFAULT_SUBMIT_RATE, SubmitHooks, SubmitLimiter, check_submit_rate
 from ._retry import submit_retrying
 from ._transport import Transport
 
@@ -104,6 +109,10 @@ class Session:
             URL, and its handle is resolved by the callback or by a (slow, safety) poll,
             whichever comes first. ``None`` means polling only. The session's tokens are
             forgotten when it closes; the receiver itself is not stopped.
+        submit_rate: ``(count, window_seconds)``: every submission of this session (fan-out
+            or not) waits so that at most ``count`` are sent in any ``window_seconds``. The
+            default is the provider's documented limit, 20 per 10 s; ``None`` turns the
+            limiter off. A 429 that still comes back halves the allowance for a while.
 
     Raises:
         ReceiverClosedError: ``callbacks`` is a stopped receiver.
@@ -123,8 +132,11 @@ class Session:
         http_session: aiohttp.ClientSession | None = None,
         seed: int | None = None,
         callbacks: CallbackReceiver | None = None,
+        submit_rate: tuple[int, float] | None = DEFAULT_SUBMIT_RATE,
     ) -> None:
         self._api_key = _resolve_api_key(api_key)
+        self._limiter = SubmitLimiter(check_submit_rate(submit_rate))
+        self._fanouts: set[FanOut] = set()
         self._base_url = _resolve_base_url(base_url)
         if poll is not None and not isinstance(poll, PollPolicy):
             raise TypeError(f"poll must be a midvary.PollPolicy, not {type(poll).__name__}")
@@ -194,12 +206,16 @@ class Session:
     async def aclose(self) -> None:
         """Close the session: end pending waits and close the HTTP session it created.
 
-        Waits still in progress raise :class:`SessionClosedError`. An ``http_session`` that
-        was passed in is left open. Closing twice is harmless.
+        Fan-outs still running are cancelled first (see :meth:`FanOut.aclose`). Waits still
+        in progress raise :class:`SessionClosedError`. An ``http_session`` that was passed
+        in is left open. Closing twice is harmless.
         """
         if self._state is _State.CLOSED:
             return
+        for fanout in tuple(self._fanouts):
+            await fanout.aclose()
         self._state = _State.CLOSED
+        self._limiter.close(SessionClosedError("the Session was closed before this was sent"))
         closed = SessionClosedError("the Session was closed while waiting for this task")
         for handle in tuple(self._waiters):
             handle._wake(closed)
@@ -256,6 +272,9 @@ class Session:
 
     async def submit(self, request: VaryRequest) -> TaskHandle:
         """Submit one :class:`VaryRequest` and return its handle; see :meth:`vary`."""
+        return await self._submit(request)
+
+    async def _submit(self, request: VaryRequest, hooks: SubmitHooks | None = None) -> TaskHandle:
         if not isinstance(request, VaryRequest):
             raise TypeError(f"request must be a midvary.VaryRequest, not {type(request).__name__}")
         transport = self._open()
@@ -267,8 +286,8 @@ class Session:
         wire = request if ticket is None else attrs.evolve(request, callback_url=ticket.url)
         body = vary_body(wire, index_base=self._index_base)
 
-        async def attempt() -> str:
-            self._check_open()
+        async def post() -> str:
+            self._check_open()  # the limiter may have kept it waiting while the session closed
             try:
                 data = await transport.call("POST", VARY_PATH, json_body=body)
                 return structure_task_id(data)
@@ -281,8 +300,18 @@ class Session:
                     raise SubmitUncertainError(request, str(exc)) from exc
                 raise
 
+        async def attempt() -> str:
+            self._check_open()
+            return await self._limiter.send(post, hooks)
+
+        def on_retry(exc: BaseException, wait: float) -> None:
+            if isinstance(exc, RateLimitError):
+                self._limiter.slow_down(wait)
+                if hooks is not None:
+                    hooks.waiting(wait, exc)
+
         try:
-            task_id: str = await submit_retrying(self.retry)(attempt)
+            task_id: str = await submit_retrying(self.retry, on_retry=on_retry)(attempt)
         except BaseException:
             if ticket is not None:
                 ticket.drop()
@@ -294,6 +323,136 @@ class Session:
         if ticket is not None:
             ticket.bind(handle)
         return handle
+
+    def vary_many(
+        self,
+        requests: Requests,
+        *,
+        concurrency: int = 16,
+        timeout: float | UseDefault | None = USE_DEFAULT,
+        poll: PollPolicy | None = None,
+        on_event: OnEvent | None = None,
+        download: str | os.PathLike[str] | None = None,
+        download_concurrency: int = 4,
+    ) -> FanOut:
+        """Run many vary jobs; iterate the result for one :class:`VaryOutcome` per job.
+
+        Outcomes come in completion order; ``outcome.index`` is the job's input position::
+
+            async with session.vary_many(requests, concurrency=16) as outcomes:
+                async for outcome in outcomes:
+                    print(outcome.index, outcome.task_id, outcome.record or outcome.error)
+
+        Each job submits its request (through the session's ``submit_rate`` limiter), awaits
+        the task, and downloads its images if ``download`` is given. A job's failure is its
+        outcome (``outcome.error``); it never cancels or hides the others. Requests are
+        pulled from ``requests`` only as slots free up, so it may be a lazy (or async)
+        iterable of any length. An item that is a :class:`TaskHandle` (from
+        :meth:`task`) is awaited without submitting anything, to resume earlier jobs.
+
+        Cancelling the iteration (or leaving the ``async with`` block, or closing the
+        session) cancels the jobs in flight; :attr:`FanOut.unfinished` then lists those
+        whose outcome was not handed out, with their task ids.
+
+        Args:
+            requests: An iterable or async iterable of :class:`VaryRequest` (or
+                :class:`TaskHandle`). Any other item becomes that job's ``TypeError``.
+            concurrency: The most jobs in flight at once (>= 1): submitted or being
+                submitted and not final, or final with their outcome not yet taken.
+            timeout: Seconds each job may wait for its task after submission; ``None``
+                means no deadline; by default the poll policy's ``timeout``.
+            poll: The :class:`PollPolicy` of the waits; ``None`` means the session's.
+            on_event: Called synchronously with a :class:`JobEvent` at each step of each
+                job: ``SUBMITTING`` just before each POST is sent, ``SUBMITTED`` with the
+                task id, ``RATE_LIMITED`` before a wait, ``DONE``, ``FAILED``. An exception
+                it raises becomes that job's error (raised at ``SUBMITTING``, nothing is
+                sent); raised at ``DONE`` or ``FAILED``, it is logged.
+            download: A directory to download every succeeded job's images into (see
+                :meth:`download`); ``None`` means no download.
+            download_concurrency: The most images of one job downloaded at once (>= 1).
+
+        Raises:
+            TypeError, ValueError: An argument is invalid (before anything is sent).
+
+        """
+        self._check_open()
+        return FanOut(
+            self,
+            requests,
+            concurrency=concurrency,
+            timeout=timeout,
+            poll=poll,
+            on_event=on_event,
+            download=download,
+            download_concurrency=download_concurrency,
+        )
+
+    async def vary_all(
+        self,
+        requests: Requests,
+        *,
+        concurrency: int = 16,
+        timeout: float | UseDefault | None = USE_DEFAULT,
+        poll: PollPolicy | None = None,
+        on_event: OnEvent | None = None,
+        download: str | os.PathLike[str] | None = None,
+        download_concurrency: int = 4,
+    ) -> list[VaryOutcome]:
+        """Run every job like :meth:`vary_many` and return the outcomes in input order.
+
+        Takes the same arguments. The list holds one outcome per input item; cancelling
+        the call cancels the jobs in flight.
+        """
+        outcomes: list[VaryOutcome] = []
+        async with self.vary_many(
+            requests,
+            concurrency=concurrency,
+            timeout=timeout,
+            poll=poll,
+            on_event=on_event,
+            download=download,
+            download_concurrency=download_concurrency,
+        ) as fanout:
+            outcomes.extend([outcome async for outcome in fanout])
+        outcomes.sort(key=lambda outcome: outcome.index)
+        return outcomes
+
+    async def download(
+        self, record: TaskRecord, directory: str | os.PathLike[str], *, concurrency: int = 4
+    ) -> tuple[Path, ...]:
+        """Download a record's images to ``<directory>/<task_id>_<n>.<ext>``.
+
+        ``n`` is the image's 0-based position in ``record.image_urls``; ``ext`` comes from
+        the URL's path (``.png`` if it has none). Each file is streamed to a temporary file
+        beside it and renamed into place once complete, so a file that exists is complete
+        and is skipped. Transient failures (network, HTTP 408/425/429/5xx) are retried with
+        the session's :class:`RetryPolicy`. Only a User-Agent is sent to the result host,
+        never the API key. The directory is created if needed.
+
+        Args:
+            record: The task's record; a record without image URLs downloads nothing.
+            directory: Where to put the files.
+            concurrency: The most images downloaded at once (>= 1).
+
+        Returns:
+            The paths of all the record's images, in ``image_urls`` order, whether written
+            now or already there.
+
+        Raises:
+            TypeError, ValueError: An argument is invalid.
+            DownloadError: The result host answered an HTTP error (after retries).
+            TransportError: The network failed (after retries).
+
+        """
+        if not isinstance(record, TaskRecord):
+            raise TypeError(f"record must be a midvary.TaskRecord, not {type(record).__name__}")
+        path = check_directory(directory)
+        limit = check_concurrency(concurrency)
+        self._open()
+        assert self._http is not None  # noqa: S101 - _open() made it
+        return await download_record(
+            self._http, record, path, timeout=self._timeout, retry=self.retry, concurrency=limit
+        )
 
     def task(self, task_id: str) -> TaskHandle:
         """Re-attach a :class:`TaskHandle` to an existing task id. No I/O.

@@ -1,5 +1,9 @@
 """One HTTP exchange with the provider, and the one place aiohttp errors are translated.
 
+:func:`translated` turns aiohttp and socket errors into :class:`~midvary.TransportError` for
+both the API (:class:`Transport`, which alone holds the key) and result downloads
+(:func:`fetch`, which sends only a User-Agent to the result host).
+
 A response is a success only when the HTTP status is 2xx AND the envelope's ``code`` is 200.
 Everything else becomes a typed midvary error: an :class:`~midvary.APIError` subclass from
 the envelope code (or the HTTP status when the body carries none), a
@@ -10,18 +14,19 @@ the envelope code (or the HTTP status when the body carries none), a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 import yarl
 
-from ._errors import ERROR_CLASSES, APIError, ProtocolError, TransportError
+from ._errors import ERROR_CLASSES, APIError, DownloadError, ProtocolError, TransportError
 from ._version import USER_AGENT
 
 logger = logging.getLogger(__name__)
@@ -62,6 +67,84 @@ def _describe_body(raw: bytes) -> str:
     if text[:1] == "<":
         return "an HTML page"
     return f"a body that is not a JSON envelope: {text[:_SNIPPET]!r}"
+
+
+def _unchanged(text: str) -> str:
+    return text
+
+
+@contextlib.contextmanager
+def translated(
+    what: str, timeout: aiohttp.ClientTimeout, *, redact: Callable[[str], str] = _unchanged
+) -> Iterator[None]:
+    """Turn the aiohttp and socket errors raised in the block into :class:`TransportError`.
+
+    ``sent`` is ``False`` only when the connection could not be opened at all.
+    """
+    try:
+        yield
+    except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+        raise TransportError(
+            f"{what}: could not connect ({type(exc).__name__}: {exc})", sent=False
+        ) from exc
+    except (TimeoutError, asyncio.TimeoutError) as exc:  # noqa: UP041 - aiohttp raises either
+        raise TransportError(f"{what}: no answer within {timeout.total} s", sent=True) from exc
+    except (aiohttp.ClientError, OSError) as exc:  # OSError: a reset aiohttp did not wrap
+        raise TransportError(
+            f"{what}: connection failed after sending ({type(exc).__name__}: {redact(str(exc))})",
+            sent=True,
+        ) from exc
+
+
+def public_url(url: str | yarl.URL) -> str:
+    """``url`` without its query string and fragment (a signed URL's signature stays out)."""
+    return str(yarl.URL(url).with_query(None).with_fragment(None))
+
+
+async def fetch(
+    http: aiohttp.ClientSession,
+    url: str,
+    sink: Callable[[bytes], object],
+    *,
+    timeout: aiohttp.ClientTimeout,
+    chunk_size: int = 64 * 1024,
+) -> int:
+    """Stream a result file: GET ``url`` and pass each chunk of its body to ``sink``.
+
+    Result URLs live on another host than the API, so this sends only the User-Agent: never
+    the API key. Redirects are followed (there is no secret for them to carry). Errors that
+    ``sink`` raises (a full disk, say) propagate unchanged.
+
+    Returns:
+        The number of bytes received.
+
+    Raises:
+        DownloadError: The host answered with an HTTP error status.
+        TransportError: The network failed, or the body ended early.
+
+    """
+    what = f"GET {public_url(url)}"
+    with translated(what, timeout):
+        response = await http.get(
+            url, headers={"User-Agent": USER_AGENT}, timeout=timeout, allow_redirects=True
+        )
+    try:
+        if not 200 <= response.status < 300:
+            raise DownloadError(
+                public_url(url),
+                response.status,
+                retry_after=parse_retry_after(response.headers.get("Retry-After")),
+            )
+        size = 0
+        while True:
+            with translated(what, timeout):
+                chunk = await response.content.read(chunk_size)
+            if not chunk:
+                return size
+            size += len(chunk)
+            sink(chunk)
+    finally:
+        response.release()
 
 
 class Transport:
@@ -110,7 +193,7 @@ class Transport:
         """
         url = self._base_url / path.lstrip("/")
         started = time.monotonic()
-        try:
+        with translated(f"{method} {path}", self._timeout, redact=self._redact):
             async with self._http.request(
                 method,
                 url,
@@ -124,20 +207,6 @@ class Transport:
                 raw = await response.read()
                 status = response.status
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-            raise TransportError(
-                f"{method} {path}: could not connect ({type(exc).__name__}: {exc})", sent=False
-            ) from exc
-        except (TimeoutError, asyncio.TimeoutError) as exc:  # noqa: UP041 - aiohttp raises either
-            raise TransportError(
-                f"{method} {path}: no answer within {self._timeout.total} s", sent=True
-            ) from exc
-        except (aiohttp.ClientError, OSError) as exc:  # OSError: a reset aiohttp did not wrap
-            raise TransportError(
-                f"{method} {path}: connection failed after sending "
-                f"({type(exc).__name__}: {self._redact(str(exc))})",
-                sent=True,
-            ) from exc
         logger.debug(
             "%s %s -> HTTP %d (%d bytes, %.3f s)",
             method,

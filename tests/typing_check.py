@@ -49,3 +49,26 @@ async def with_callbacks(app: web.Application) -> int:
     except midvary.ReceiverClosedError as exc:
         return len(str(exc))
     return status
+
+
+async def fan_out(parents: list[str]) -> list[str]:
+    """Fan-out, events and downloads, as a user would write them."""
+    seen: list[midvary.JobEventKind] = []
+
+    def on_event(event: midvary.JobEvent) -> None:
+        seen.append(event.kind)
+
+    requests = (midvary.VaryRequest(task_id=p, image_index=i) for p in parents for i in range(4))
+    async with midvary.Session(api_key="k", submit_rate=(20, 10.0)) as session:
+        fanout: midvary.FanOut = session.vary_many(requests, concurrency=8, on_event=on_event)
+        async with fanout:
+            async for outcome in fanout:
+                if outcome.record is not None:
+                    paths = await session.download(outcome.record, "images")
+                    del paths
+                elif outcome.uncertain or isinstance(outcome.error, midvary.DownloadError):
+                    pass
+        left: tuple[midvary.UnfinishedJob, ...] = fanout.unfinished
+        del left
+        outcomes: list[midvary.VaryOutcome] = await session.vary_all([session.task("t")])
+        return [o.task_id or "" for o in outcomes]

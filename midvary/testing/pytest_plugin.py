@@ -70,5 +70,7 @@ async def midvary_session(fake_provider: FakeProvider) -> AsyncIterator[midvary.
             target_delay=0.02,
         ),
         retry=midvary.RetryPolicy(wait_initial=0.01, wait_max=0.05, wait_jitter=0.0),
+        # FAST_SETTINGS has no submit limit: neither has the client, so tests never wait.
+        submit_rate=None,
     ) as session:
         yield session

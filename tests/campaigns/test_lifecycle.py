@@ -23,7 +23,11 @@ async def test_close_with_many_pending_waits() -> None:
     """Closing a session under 50 pending waits ends each with SessionClosedError."""
     async with FakeProvider(settings=SLOW_TASKS) as fake:
         session = midvary.Session(
-            api_key=fake.api_key, base_url=fake.base_url, poll=FAST_POLL, retry=FAST_RETRY
+            api_key=fake.api_key,
+            base_url=fake.base_url,
+            poll=FAST_POLL,
+            retry=FAST_RETRY,
+            submit_rate=None,  # the fake has no submit limit either: 50 submissions at once
         )
         handles = [await session.vary("parent-1", n % 4) for n in range(50)]
         waits = [asyncio.create_task(h.wait(timeout=None)) for h in handles]

@@ -115,6 +115,7 @@ def open_session(stack: contextlib.AsyncExitStack) -> OpenSession:
             retry=retry,
             index_base=index_base,
             seed=7,
+            submit_rate=None,  # like the fake's default here: no submit limit
         )
         return await stack.enter_async_context(session)
 

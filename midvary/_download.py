@@ -1,0 +1,123 @@
+"""Result downloads: stream each image of a record to ``<directory>/<task_id>_<n>.<ext>``.
+
+Each file is written to a temporary file in the same directory, flushed to disk and renamed
+into place, so a file with its final name is always complete: a later download of the same
+record skips it. Transient failures (network, 429, 5xx) are retried by the one retry module;
+the API key is never sent to the result host (see :func:`midvary._transport.fetch`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import tempfile
+from pathlib import Path, PurePosixPath
+from typing import Final
+
+import aiohttp
+import yarl
+
+from ._config import RetryPolicy
+from ._models import TaskRecord
+from ._retry import read_retrying
+from ._transport import fetch, public_url
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_EXTENSION: Final = ".png"
+_EXTENSION = re.compile(r"\.[A-Za-z0-9]{1,8}")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def file_name(task_id: str, index: int, url: str) -> str:
+    """``<task_id>_<index>.<ext>``: the extension from the URL's path, ``.png`` if none.
+
+    Characters that could leave the directory or upset a file system are replaced by ``_``.
+    """
+    try:
+        suffix = PurePosixPath(yarl.URL(url).path).suffix
+    except (TypeError, ValueError):
+        suffix = ""
+    extension = suffix.lower() if _EXTENSION.fullmatch(suffix) else DEFAULT_EXTENSION
+    stem = _UNSAFE.sub("_", task_id).lstrip(".") or "task"
+    return f"{stem}_{index}{extension}"
+
+
+def check_directory(directory: object) -> Path:
+    """``directory`` as a :class:`Path`; raise ``TypeError`` if it is not path-like."""
+    if not isinstance(directory, str | os.PathLike):
+        raise TypeError(f"directory must be a str or os.PathLike, not {type(directory).__name__}")
+    path = Path(directory)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"directory {str(path)!r} exists and is not a directory")
+    return path
+
+
+def check_concurrency(value: object, *, name: str = "concurrency") -> int:
+    """``value`` if it is an int >= 1, else raise ``TypeError``/``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= 1, not {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value}")
+    return value
+
+
+async def download_record(
+    http: aiohttp.ClientSession,
+    record: TaskRecord,
+    directory: Path,
+    *,
+    timeout: aiohttp.ClientTimeout,
+    retry: RetryPolicy,
+    concurrency: int,
+) -> tuple[Path, ...]:
+    """Download every image of ``record`` into ``directory``; return their paths in order."""
+    if not record.image_urls:
+        return ()
+    await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
+    limit = asyncio.Semaphore(concurrency)
+
+    async def one(index: int, url: str) -> Path:
+        target = directory / file_name(record.task_id, index, url)
+        if target.is_file():
+            logger.debug("%s is already complete; not downloading it again", target)
+            return target
+        async with limit:
+            await read_retrying(retry, what=f"download of {public_url(url)}")(
+                _download_file, http, url, target, timeout
+            )
+        return target
+
+    # Every image gets its chance even when another one fails; the first error is raised.
+    results = await asyncio.gather(
+        *(one(n, url) for n, url in enumerate(record.image_urls)), return_exceptions=True
+    )
+    paths: list[Path] = []
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+        paths.append(result)
+    return tuple(paths)
+
+
+async def _download_file(
+    http: aiohttp.ClientSession, url: str, target: Path, timeout: aiohttp.ClientTimeout
+) -> None:
+    """One attempt: stream ``url`` to a temporary file, flush it to disk, rename it."""
+    fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    renamed = False
+    try:
+        with os.fdopen(fd, "wb") as file:
+            size = await fetch(http, url, file.write, timeout=timeout)
+            file.flush()
+            await asyncio.to_thread(os.fsync, file.fileno())
+        await asyncio.to_thread(os.replace, temporary, target)
+        renamed = True
+        logger.info("downloaded %s (%d bytes) to %s", public_url(url), size, target)
+    finally:
+        if not renamed:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
