@@ -34,7 +34,7 @@ from ._handle import TaskHandle
 from ._models import TaskRecord, VaryRequest, check_http_url, check_task_id
 from ._polling import DurationStats
 from ._ratelimit import DEFAULT_SUBMIT_RATE, SubmitHooks, SubmitLimiter, check_submit_rate
-from ._retry import submit_retrying
+from ._retry import attempt_then_retry, is_unaccepted, submit_retrying
 from ._transport import Transport
 
 logger = logging.getLogger(__name__)
@@ -311,7 +311,9 @@ class Session:
                     hooks.waiting(wait, exc)
 
         try:
-            task_id: str = await submit_retrying(self.retry, on_retry=on_retry)(attempt)
+            task_id: str = await attempt_then_retry(
+                attempt, lambda: submit_retrying(self.retry, on_retry=on_retry), is_unaccepted
+            )
         except BaseException:
             if ticket is not None:
                 ticket.drop()
