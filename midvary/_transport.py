@@ -167,6 +167,12 @@ class Transport:
         }
         self._api_key = api_key
         self._timeout = timeout
+        self._urls: dict[str, yarl.URL] = {}
+        # Requests beyond the connector's limit would only queue inside aiohttp, each one
+        # fully built: 10,000 handles polling at once would hold 10,000 of them. Waiting
+        # here first keeps that burst small (and happens before anything is sent).
+        limit = http.connector.limit if http.connector is not None else 0
+        self._slots = asyncio.Semaphore(limit) if limit else None
 
     def __repr__(self) -> str:
         return f"<Transport base_url={str(self._base_url)!r}>"
@@ -191,7 +197,22 @@ class Transport:
             TransportError: The network failed; ``sent`` says whether it may have arrived.
 
         """
-        url = self._base_url / path.lstrip("/")
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = self._base_url / path.lstrip("/")
+        if self._slots is None:
+            return await self._send(method, path, url, json_body, params)
+        async with self._slots:
+            return await self._send(method, path, url, json_body, params)
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        url: yarl.URL,
+        json_body: Mapping[str, Any] | None,
+        params: Mapping[str, str] | None,
+    ) -> Any:
         started = time.monotonic()
         with translated(f"{method} {path}", self._timeout, redact=self._redact):
             async with self._http.request(
