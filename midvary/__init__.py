@@ -8,6 +8,7 @@ Submit a vary task, await its handle, get a :class:`TaskRecord`::
         print(record.image_urls)
 """
 
+from ._callbacks import DEFAULT_SAFETY_POLL, CallbackReceiver
 from ._config import USE_DEFAULT, PollPolicy, RetryPolicy
 from ._errors import (
     APIError,
@@ -20,6 +21,7 @@ from ._errors import (
     NotFoundError,
     ProtocolError,
     RateLimitError,
+    ReceiverClosedError,
     ServerError,
     ServiceUnavailableError,
     SessionClosedError,
@@ -37,10 +39,12 @@ from ._version import VERSION
 __version__ = VERSION
 
 __all__ = [
+    "DEFAULT_SAFETY_POLL",
     "USE_DEFAULT",
     "APIError",
     "AuthenticationError",
     "BadRequestError",
+    "CallbackReceiver",
     "FeatureDisabledError",
     "GenerationFailedError",
     "InsufficientCreditsError",
@@ -49,6 +53,7 @@ __all__ = [
     "PollPolicy",
     "ProtocolError",
     "RateLimitError",
+    "ReceiverClosedError",
     "RetryPolicy",
     "ServerError",
     "ServiceUnavailableError",

@@ -17,7 +17,7 @@ import cattrs
 from cattrs.gen import make_dict_structure_fn, override
 
 from ._errors import ProtocolError
-from ._models import TaskRecord, TaskStatus, VaryRequest
+from ._models import CallbackNotice, TaskRecord, TaskStatus, VaryRequest
 
 logger = logging.getLogger(__name__)
 
@@ -75,12 +75,13 @@ def _structure_status(value: Any, _type: Any) -> TaskStatus:
         return TaskStatus.UNKNOWN
 
 
-def _structure_params(value: Any, _type: Any) -> Mapping[str, Any]:
-    # paramJson is only an echo of the request: a malformed one must not hide a result.
+def _structure_params(value: Any, _type: Any, field: str = "paramJson") -> Mapping[str, Any]:
+    # paramJson (and a callback's promptJson) is only an echo of the request: a malformed
+    # one must not hide a result.
     try:
-        decoded = _json_maybe_string(value, "paramJson")
+        decoded = _json_maybe_string(value, field)
     except ProtocolError:
-        logger.warning("paramJson is not valid JSON; params left empty")
+        logger.warning("%s is not valid JSON; params left empty", field)
         return {}
     return decoded if isinstance(decoded, dict) else {}
 
@@ -92,14 +93,20 @@ def _structure_urls(value: Any, _type: Any) -> tuple[str, ...]:
         return ()
     if not isinstance(info, dict):
         raise ProtocolError(f"resultInfoJson is not an object: {info!r:.80}")
-    items = info.get("resultUrls") or []
+    return _url_list(info.get("resultUrls"), "resultInfoJson.resultUrls")
+
+
+def _url_list(items: Any, field: str) -> tuple[str, ...]:
+    # Entries are {"resultUrl": "..."} objects in record-info, plain strings in callbacks.
+    if not items:
+        return ()
     if not isinstance(items, list):
-        raise ProtocolError("resultInfoJson.resultUrls is not a list")
+        raise ProtocolError(f"{field} is not a list")
     urls: list[str] = []
     for item in items:
         url = item.get("resultUrl") if isinstance(item, dict) else item
         if not isinstance(url, str) or not url:
-            raise ProtocolError(f"resultInfoJson holds an unusable URL entry: {item!r:.80}")
+            raise ProtocolError(f"{field} holds an unusable URL entry: {item!r:.80}")
         urls.append(url)
     return tuple(urls)
 
@@ -170,6 +177,63 @@ def structure_record(data: object) -> TaskRecord:
         if inner is not None:
             raise inner from exc
         raise ProtocolError(f"record-info data is malformed: {exc}") from exc
+
+
+# A callback's data: plain-string resultUrls and promptJson instead of record-info's
+# resultInfoJson and paramJson, and no successFlag (the envelope's code says 200 or 500).
+_structure_notice = make_dict_structure_fn(
+    CallbackNotice,
+    converter,
+    message=override(rename="msg", struct_hook=_structure_optional_str),
+    task_id=override(rename="taskId"),
+    image_urls=override(
+        rename="resultUrls",
+        struct_hook=lambda value, _type: _url_list(value, "the callback's resultUrls"),
+    ),
+    params=override(
+        rename="promptJson",
+        struct_hook=lambda value, _type: _structure_params(value, _type, "promptJson"),
+    ),
+)
+converter.register_structure_hook(CallbackNotice, _structure_notice)
+
+
+def structure_callback(raw: bytes) -> CallbackNotice:
+    """Build a :class:`CallbackNotice` from a callback delivery's raw JSON body.
+
+    The body is ``{"code": 200|500, "msg": str, "data": {"taskId": str, "promptJson": str,
+    "resultUrls": [str, ...]}}``; unknown keys are tolerated.
+
+    Raises:
+        ProtocolError: ``raw`` is not such a body (not JSON, not an object, no integer
+            ``code``, no ``data`` object, no string ``taskId``, unusable result URLs).
+
+    """
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"the callback body is not JSON: {raw[:80]!r}") from exc
+    if not isinstance(body, dict):
+        raise ProtocolError(f"the callback body is not an object: {body!r:.80}")
+    code = body.get("code")
+    if isinstance(code, str) and code.strip().isdigit():
+        code = int(code)
+    if isinstance(code, bool) or not isinstance(code, int):
+        raise ProtocolError(f"the callback's code is not an integer: {code!r:.40}")
+    data = body.get("data")
+    if not isinstance(data, dict):
+        raise ProtocolError(f"the callback's data is not an object: {data!r:.80}")
+    task_id = data.get("taskId")
+    if not isinstance(task_id, str) or not task_id:
+        raise ProtocolError(f"the callback's data holds no taskId: {task_id!r:.80}")
+    fields = {**data, "code": code, "msg": body.get("msg")}
+    try:
+        return converter.structure(fields, CallbackNotice)
+    except (cattrs.BaseValidationError, ValueError, TypeError) as exc:
+        inner = _first_protocol_error(exc)
+        if inner is not None:
+            raise inner from exc
+        raise ProtocolError(f"the callback's data is malformed: {exc}") from exc
 
 
 def structure_task_id(data: object) -> str:

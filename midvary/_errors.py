@@ -19,7 +19,9 @@
     ├── ProtocolError                 an answer that is not a valid envelope (HTML, empty, ...)
     ├── TaskFailedError               the task ended in CREATE_FAILED or GENERATE_FAILED
     ├── TaskTimeoutError              a wait's deadline passed (also a TimeoutError)
-    └── SessionClosedError            the session was used after it closed (also a RuntimeError)
+    ├── SessionClosedError            the session was used after it closed (also a RuntimeError)
+    └── ReceiverClosedError           a CallbackReceiver was used after it stopped (also a
+                                      RuntimeError)
 
     * a record that is not visible yet right after submission is tolerated for a grace period.
 
@@ -241,3 +243,11 @@ class TaskTimeoutError(MidvaryError, TimeoutError):
 
 class SessionClosedError(MidvaryError, RuntimeError):
     """The session was used after it was closed; a closed session cannot be reopened."""
+
+
+class ReceiverClosedError(MidvaryError, RuntimeError):
+    """A stopped :class:`~midvary.CallbackReceiver` was used; it cannot be restarted.
+
+    Raised when a session is created with, or submits through, a receiver whose
+    ``stop()`` has run. Create a new receiver instead.
+    """

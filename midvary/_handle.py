@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 from ._config import USE_DEFAULT, PollPolicy, UseDefault
-from ._errors import NotFoundError, TaskFailedError, TaskTimeoutError
+from ._errors import NotFoundError, SessionClosedError, TaskFailedError, TaskTimeoutError
 from ._models import TaskRecord, TaskStatus
 from ._retry import poll_retrying
 
@@ -36,11 +36,15 @@ class TaskHandle:
 
     __slots__ = (
         "_created",
+        "_deadlines",
+        "_default_poll",
         "_final",
         "_last",
+        "_on_final",
         "_reattached",
         "_session",
         "_sleepers",
+        "_woken",
         "request",
         "task_id",
     )
@@ -52,6 +56,7 @@ class TaskHandle:
         *,
         request: VaryRequest | None = None,
         submitted: bool = False,
+        poll: PollPolicy | None = None,
     ) -> None:
         self._session = session
         self.task_id = task_id
@@ -62,6 +67,16 @@ class TaskHandle:
         self._last: TaskRecord | None = None
         self._final: TaskRecord | None = None
         self._sleepers: set[asyncio.Future[None]] = set()
+        # The deadlines of the waits in progress: closing the session expires them, which
+        # also cuts a poll request in flight.
+        self._deadlines: set[asyncio.Timeout] = set()
+        # The default policy of this handle's waits; None means the session's. A handle
+        # waiting on a callback polls slowly, as a safety net (CallbackReceiver.safety_poll).
+        self._default_poll = poll
+        # A callback came while no wait was sleeping: the next sleep ends at once.
+        self._woken = False
+        # Called once when a final record is first seen (the callback token's expiry).
+        self._on_final: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
         state = self._last.status.name if self._last is not None else "unseen"
@@ -98,7 +113,8 @@ class TaskHandle:
         Args:
             timeout: Deadline for this wait in seconds; ``None`` means no deadline; by
                 default the poll policy's ``timeout``.
-            poll: The :class:`PollPolicy` for this wait; ``None`` means the session's.
+            poll: The :class:`PollPolicy` for this wait; ``None`` means the session's, or
+                the receiver's ``safety_poll`` for a task submitted with a callback token.
 
         Returns:
             The final record of a task that succeeded.
@@ -113,33 +129,63 @@ class TaskHandle:
         """
         if self._final is not None:
             return _outcome(self._final)
-        policy = poll if poll is not None else self._session.poll
+        if poll is None:
+            poll = self._default_poll if self._default_poll is not None else self._session.poll
+        policy = poll
         limit = policy.timeout if timeout is USE_DEFAULT else timeout
         if limit is not None and limit <= 0:
             raise ValueError(f"timeout must be > 0 seconds or None, got {limit!r}")
         self._session._check_open()
         try:
             async with asyncio.timeout(limit) as deadline:
-                record = await self._poll(policy)
+                self._deadlines.add(deadline)
+                try:
+                    record = await self._poll(policy)
+                finally:
+                    self._deadlines.discard(deadline)
         except TimeoutError:
             if deadline.expired():
-                raise TaskTimeoutError(self.task_id, limit or 0.0, self._last) from None
+                if self._session.closed:
+                    # aclose() expired the deadline to cut a request in flight (see _wake).
+                    raise SessionClosedError(
+                        "the Session was closed while waiting for this task"
+                    ) from None
+                if limit is None:  # pragma: no cover - a wait without deadline never expires
+                    raise
+                raise TaskTimeoutError(self.task_id, limit, self._last) from None
             raise
         return _outcome(record)
 
     async def _poll(self, policy: PollPolicy) -> TaskRecord:
+        # Polling is a schedule, not a retry: this loop asks the policy when to poll next, and
+        # each poll is one tenacity call that retries the poll's transient failures. Between
+        # polls nothing but a timer is held, which keeps 10,000 waiting handles cheap.
         session = self._session
+        session._waiters.add(self)
+        try:
+            attempt = 1
+            await self._sleep(self._delay(policy, attempt))
+            while True:
+                record, attempts = await self._poll_retrying(policy, attempt)
+                if record is not None and record.is_final:
+                    return record
+                attempt += attempts
+                await self._sleep(self._delay(policy, attempt))
+        finally:
+            session._waiters.discard(self)
+
+    async def _poll_retrying(
+        self, policy: PollPolicy, attempt: int
+    ) -> tuple[TaskRecord | None, int]:
+        """One poll, retried through transient failures; the record and the attempts made."""
         retrying = poll_retrying(
-            session.retry,
+            self._session.retry,
             sleep=self._sleep,
-            delay=lambda n: self._delay(policy, n),
-            keep_polling=_keep_polling,
-            what=f"poll of task {self.task_id}",
+            delay=lambda retry: self._delay(policy, attempt + retry),
+            what=self.task_id,
         )
-        with session._waiting(self):
-            await self._sleep(self._delay(policy, 1))
-            record: TaskRecord = await retrying(self._poll_once, policy)
-        return record
+        record: TaskRecord | None = await retrying(self._poll_once, policy)
+        return record, retrying.statistics["attempt_number"]
 
     def _delay(self, policy: PollPolicy, attempt: int) -> float:
         if self._reattached:
@@ -171,10 +217,15 @@ class TaskHandle:
             if record.status is TaskStatus.SUCCESS:
                 submitted = None if self._reattached else self._created
                 self._session._durations.learn(record, submitted_at=submitted)
+            if self._on_final is not None:
+                self._on_final()
         return record
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep ``seconds``, or less if :meth:`_wake` or the session's close interrupts."""
+        if self._woken:
+            self._woken = False
+            return
         if seconds <= 0:
             return
         loop = asyncio.get_running_loop()
@@ -188,22 +239,37 @@ class TaskHandle:
             self._sleepers.discard(sleeper)
 
     def _wake(self, error: BaseException | None = None) -> None:
-        """End every current sleep of this handle: poll now, or raise ``error`` if given."""
+        """End every current sleep of this handle: poll now, or raise ``error`` if given.
+
+        With an ``error`` (the session closing), a poll request in flight is cut as well:
+        every wait's deadline expires now.
+        """
         for sleeper in tuple(self._sleepers):
             if not sleeper.done():
                 if error is None:
                     sleeper.set_result(None)
                 else:
                     sleeper.set_exception(error)
+        if error is not None:
+            for deadline in tuple(self._deadlines):
+                if not deadline.expired():
+                    deadline.reschedule(0)  # any time in the past: expires at once
+
+    def _notify(self) -> None:
+        """A callback says the task may be final: poll once now (or as soon as awaited)."""
+        if self._final is not None:
+            return
+        if self._sleepers:
+            self._wake()
+        else:
+            # Nobody sleeps: a poll is in flight or nobody awaits yet. Remember the news, so
+            # the next sleep (or the first wait's initial delay) is skipped.
+            self._woken = True
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
-
-
-def _keep_polling(record: TaskRecord | None) -> bool:
-    return record is None or not record.is_final
 
 
 def _outcome(record: TaskRecord) -> TaskRecord:

@@ -153,3 +153,26 @@ class VaryRequest:
         """A short human description, e.g. ``vary(abc123, image 2)``."""
         label = f" [{self.id}]" if self.id is not None else ""
         return f"vary({self.task_id}, image {self.image_index}){label}"
+
+
+@attrs.frozen(kw_only=True)
+class CallbackNotice:
+    """What one callback delivery claims; internal, never trusted for results.
+
+    A callback's body is not signed (only its task id and timestamp are), so midvary uses
+    it to know *that* a task may be final and then confirms with one ``record-info`` GET.
+
+    Attributes:
+        code: The envelope's ``code``: 200 on success, 500 on failure.
+        message: The envelope's ``msg``, or ``None``.
+        task_id: The task the delivery says it is about.
+        image_urls: The claimed result URLs (empty on failure).
+        params: The decoded ``promptJson`` echo (empty when absent or malformed).
+
+    """
+
+    code: int
+    message: str | None = None
+    task_id: str
+    image_urls: tuple[str, ...] = ()
+    params: Mapping[str, Any] = attrs.field(factory=dict)

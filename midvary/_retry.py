@@ -48,6 +48,9 @@ def is_transient(exc: BaseException) -> bool:
     )
 
 
+_RETRY_TRANSIENT = tenacity.retry_if_exception(is_transient)
+
+
 def is_unaccepted(exc: BaseException) -> bool:
     """Whether a submission that failed with ``exc`` was certainly not accepted (safe to resend)."""
     if isinstance(exc, RateLimitError | ServiceUnavailableError):
@@ -119,7 +122,7 @@ def submit_retrying(
 def read_retrying(policy: RetryPolicy, *, what: str) -> tenacity.AsyncRetrying:
     """Retrying for an idempotent read outside polling (a result download)."""
     return tenacity.AsyncRetrying(
-        retry=tenacity.retry_if_exception(is_transient),
+        retry=_RETRY_TRANSIENT,
         wait=_HonourRetryAfter(backoff(policy), policy.max_retry_after),
         stop=tenacity.stop_after_attempt(policy.attempts),
         before_sleep=_before_sleep(what, None),
@@ -138,19 +141,21 @@ def poll_retrying(
     *,
     sleep: Sleep,
     delay: Callable[[int], float],
-    keep_polling: Callable[[Any], bool],
     what: str,
 ) -> tenacity.AsyncRetrying:
-    """Retrying for a poll loop: again while ``keep_polling(result)`` or on a transient error.
+    """Retrying for ONE poll of task ``what``: again on a transient error, never on a result.
 
-    ``delay(n)`` is the wait, in seconds, before poll ``n`` (1-based). No stop condition: the
-    caller bounds the loop with its deadline, which also cuts a request in flight.
+    Polling itself is a schedule kept by the handle, not a retry; this only carries one poll
+    through 429s, maintenance, 500s and broken answers. ``delay(n)`` is the wait, in seconds,
+    before retry ``n`` (the poll schedule's, so a failing poll keeps the schedule's pace);
+    ``Retry-After`` is honoured up to ``retry.max_retry_after``. No stop condition: the
+    caller's deadline bounds the loop, and also cuts a request in flight.
     """
     return tenacity.AsyncRetrying(
-        retry=tenacity.retry_if_result(keep_polling) | tenacity.retry_if_exception(is_transient),
-        wait=_HonourRetryAfter(lambda s: delay(s.attempt_number + 1), retry.max_retry_after),
+        retry=_RETRY_TRANSIENT,
+        wait=_HonourRetryAfter(lambda state: delay(state.attempt_number), retry.max_retry_after),
         stop=tenacity.stop_never,
         sleep=sleep,
-        before_sleep=_before_sleep(what, None),
+        before_sleep=_before_sleep(f"poll of task {what}", None),
         reraise=True,
     )

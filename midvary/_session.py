@@ -11,8 +11,10 @@ from collections.abc import Iterator
 from typing import Final
 
 import aiohttp
+import attrs
 import yarl
 
+from ._callbacks import CallbackReceiver
 from ._config import PollPolicy, RetryPolicy
 from ._converter import structure_record, structure_task_id, vary_body
 from ._errors import (
@@ -98,6 +100,13 @@ class Session:
             was given. ``None`` means it creates (and closes) its own.
         seed: Seed for the jitter's random numbers, for reproducible tests; ``None`` means
             unseeded.
+        callbacks: A :class:`CallbackReceiver`: each submission then gets its own callback
+            URL, and its handle is resolved by the callback or by a (slow, safety) poll,
+            whichever comes first. ``None`` means polling only. The session's tokens are
+            forgotten when it closes; the receiver itself is not stopped.
+
+    Raises:
+        ReceiverClosedError: ``callbacks`` is a stopped receiver.
 
     """
 
@@ -113,6 +122,7 @@ class Session:
         index_base: int = 0,
         http_session: aiohttp.ClientSession | None = None,
         seed: int | None = None,
+        callbacks: CallbackReceiver | None = None,
     ) -> None:
         self._api_key = _resolve_api_key(api_key)
         self._base_url = _resolve_base_url(base_url)
@@ -141,6 +151,7 @@ class Session:
         self._rng = random.Random(seed)
         self._durations = DurationStats()
         self._waiters: set[TaskHandle] = set()
+        self._callbacks = _check_receiver(callbacks)
 
     def __repr__(self) -> str:
         return f"<midvary.Session base_url={str(self._base_url)!r} state={self._state.value}>"
@@ -192,6 +203,8 @@ class Session:
         closed = SessionClosedError("the Session was closed while waiting for this task")
         for handle in tuple(self._waiters):
             handle._wake(closed)
+        if self._callbacks is not None:
+            self._callbacks._forget(self)
         if self._owns_http and self._http is not None:
             await self._http.close()
 
@@ -218,13 +231,16 @@ class Session:
             image_index: Which of its 4 images, 0-based: 0, 1, 2 or 3.
             water_mark: Watermark text; ``None`` for none.
             callback_url: Absolute http(s) URL the provider POSTs the result to; ``None``
-                for none (polling finds the result either way).
+                for none (polling finds the result either way), or for the session's
+                :class:`CallbackReceiver` URL when it has one. An explicit URL wins over the
+                receiver: it is sent as is, and the handle polls at the session's pace.
 
         Returns:
             A :class:`TaskHandle`; ``await`` it for the final record.
 
         Raises:
             TypeError, ValueError: An argument is invalid; nothing was sent.
+            ReceiverClosedError: The session's callback receiver is stopped; nothing was sent.
             SubmitUncertainError: The answer was lost after sending; the task may exist and
                 be billed. It is never re-sent automatically.
             APIError: The provider refused the submission (after retrying 429 and 455).
@@ -243,7 +259,13 @@ class Session:
         if not isinstance(request, VaryRequest):
             raise TypeError(f"request must be a midvary.VaryRequest, not {type(request).__name__}")
         transport = self._open()
-        body = vary_body(request, index_base=self._index_base)
+        receiver = self._callbacks
+        # A token is registered before the POST goes out: the callback may beat the answer.
+        ticket = None
+        if receiver is not None and request.callback_url is None:
+            ticket = receiver._issue(self)
+        wire = request if ticket is None else attrs.evolve(request, callback_url=ticket.url)
+        body = vary_body(wire, index_base=self._index_base)
 
         async def attempt() -> str:
             self._check_open()
@@ -259,9 +281,19 @@ class Session:
                     raise SubmitUncertainError(request, str(exc)) from exc
                 raise
 
-        task_id: str = await submit_retrying(self.retry)(attempt)
+        try:
+            task_id: str = await submit_retrying(self.retry)(attempt)
+        except BaseException:
+            if ticket is not None:
+                ticket.drop()
+            raise
         logger.info("submitted %s as task %s", request.describe(), task_id)
-        return TaskHandle(self, task_id, request=request, submitted=True)
+        # A handle waiting on a callback polls slowly, as a safety net.
+        safety = None if ticket is None else ticket.receiver.safety_poll
+        handle = TaskHandle(self, task_id, request=request, submitted=True, poll=safety)
+        if ticket is not None:
+            ticket.bind(handle)
+        return handle
 
     def task(self, task_id: str) -> TaskHandle:
         """Re-attach a :class:`TaskHandle` to an existing task id. No I/O.
@@ -310,3 +342,14 @@ class Session:
                 f"asked for task {task_id}, the provider answered with {record.task_id}"
             )
         return record
+
+
+def _check_receiver(callbacks: object) -> CallbackReceiver | None:
+    if callbacks is None:
+        return None
+    if not isinstance(callbacks, CallbackReceiver):
+        raise TypeError(
+            f"callbacks must be a midvary.CallbackReceiver or None, not {type(callbacks).__name__}"
+        )
+    callbacks._check_usable()
+    return callbacks

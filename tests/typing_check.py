@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import attrs
+from aiohttp import web
 
 import midvary
 
@@ -25,3 +26,26 @@ async def example() -> list[str]:
             del code
         del again, status
         return list(record.image_urls)
+
+
+async def with_callbacks(app: web.Application) -> int:
+    """Callbacks, served three ways, as a user would write them."""
+    receiver = midvary.CallbackReceiver(
+        public_url="https://my.host/midvary/callback",
+        hmac_key=None,
+        safety_poll=attrs.evolve(midvary.DEFAULT_SAFETY_POLL, timeout=600.0),
+    )
+    receiver.add_routes(app)
+    async with receiver:
+        await receiver.start("127.0.0.1", 0)
+        port: int | None = receiver.port
+        del port
+        status: int = await receiver.handle(b"{}", {"X-Webhook-Timestamp": "1"}, "/x/y")
+        async with midvary.Session(api_key="k", callbacks=receiver) as session:
+            record: midvary.TaskRecord = await (await session.vary("parent", 2))
+            del record
+    try:
+        midvary.Session(api_key="k", callbacks=receiver)
+    except midvary.ReceiverClosedError as exc:
+        return len(str(exc))
+    return status

@@ -401,6 +401,10 @@ class FakeProvider:
         if isinstance(latency, tuple):
             latency = self._rng.uniform(*latency)
         if latency > 0:
+            # The body arrives before the provider's slowness: a client that gives up while
+            # it waits has still handed over a submission the provider will carry out.
+            if request.can_read_body:
+                await request.read()
             await asyncio.sleep(latency)
         if (
             settings.fault_rate > 0

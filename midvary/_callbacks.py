@@ -1,0 +1,520 @@
+"""CallbackReceiver: the provider's callbacks wake the handles that wait for them.
+
+How a submission and its callback meet:
+
+1. Before the POST is sent, :meth:`Session.submit` takes a :class:`_Ticket` from the
+   receiver: a fresh unguessable token whose URL becomes the submission's ``callBackUrl``.
+2. When the answer names the task, the ticket is bound to the new handle (or dropped if the
+   submission failed). A delivery that arrives before that waits, briefly, for the binding.
+3. A delivery is checked in this order: unknown or expired token (404), signature when an
+   HMAC key is configured (401), body (400), the body's task id against the token's (400).
+   Only then is the handle woken; it confirms with ONE ``record-info`` GET and returns that
+   record, never what the body claims. The request handler does no I/O of its own.
+4. A ticket is forgotten when its session closes, when the receiver stops, ``duplicate_grace``
+   seconds after its first accepted delivery or after its handle saw the task final, and in
+   any case ``token_ttl`` seconds after it was issued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import enum
+import hashlib
+import hmac
+import logging
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Final
+
+import yarl
+from aiohttp import web
+
+from ._config import PollPolicy
+from ._converter import structure_callback
+from ._errors import ProtocolError, ReceiverClosedError
+from ._models import check_http_url
+
+if TYPE_CHECKING:
+    from ._handle import TaskHandle
+    from ._session import Session
+
+logger = logging.getLogger(__name__)
+
+#: The path prefix when the receiver derives its URL from the address it serves on.
+DEFAULT_PATH: Final = "/midvary/callback"
+
+#: The slow polling of handles that wait on a callback: a safety net for a delivery that
+#: never arrives. Plain backoff (no learned schedule, which would poll densely where tasks
+#: finish): polls at about 60, 180, 300, ... s after submission; 900 s deadline.
+DEFAULT_SAFETY_POLL: Final = PollPolicy(
+    initial_delay=60.0, factor=2.0, max_delay=120.0, jitter=5.0, target_delay=None
+)
+
+# Seconds a delivery that beat its submission's answer waits for that answer to be processed
+# (normally microseconds: the provider answered the POST before it ran the task). Well inside
+# the provider's 15 s; beyond it the delivery gets 503 and the provider retries it later.
+_BIND_WAIT: Final = 5.0
+# Callback bodies are a few hundred bytes; refuse anything absurd before parsing it.
+_MAX_BODY: Final = 64 * 1024
+# Seconds between two sweeps of expired tokens (sweeps run lazily, on issue and delivery).
+_SWEEP_EVERY: Final = 30.0
+_TOKEN_BYTES: Final = 32
+_TIMESTAMP_HEADER: Final = "x-webhook-timestamp"
+_SIGNATURE_HEADER: Final = "x-webhook-signature"
+_REASONS: Final = {
+    200: "ok",
+    400: "malformed callback",
+    401: "bad signature",
+    404: "unknown token",
+    413: "body too large",
+    503: "not ready, retry later",
+}
+
+
+def _short(token: str) -> str:
+    # Tokens are capabilities: logs show only enough to tell two apart.
+    return f"{token[:4]}..."
+
+
+def _seconds(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ValueError(f"{name} must be a number of seconds > 0, got {value!r}")
+    return float(value)
+
+
+class _State(enum.Enum):
+    READY = "ready"
+    SERVING = "serving"
+    STOPPED = "stopped"
+
+
+class _Ticket:
+    """One submission's token: its URL, and the handle it wakes once the task is known."""
+
+    __slots__ = ("bound", "expires_at", "handle", "receiver", "session", "settled", "token")
+
+    def __init__(
+        self, receiver: CallbackReceiver, session: Session, token: str, expires_at: float
+    ) -> None:
+        self.receiver = receiver
+        self.session = session
+        self.token = token
+        self.expires_at = expires_at
+        self.handle: TaskHandle | None = None
+        # Set when the ticket is bound to a handle or dropped: deliveries that arrived
+        # before the submission's answer wait for it.
+        self.bound = asyncio.Event()
+        # Whether the duplicate grace is running (a delivery was accepted or the task seen
+        # final): the expiry then moves closer.
+        self.settled = False
+
+    def __repr__(self) -> str:
+        task = self.handle.task_id if self.handle is not None else None
+        return f"<_Ticket token={_short(self.token)!r} task_id={task!r}>"
+
+    @property
+    def url(self) -> str:
+        """The ``callBackUrl`` to send with the submission."""
+        return f"{self.receiver._base_url()}/{self.token}"
+
+    def bind(self, handle: TaskHandle) -> None:
+        """The submission was accepted as ``handle``'s task: deliveries may wake it now."""
+        self.handle = handle
+        handle._on_final = self.settle
+        self.bound.set()
+
+    def settle(self) -> None:
+        """Start the duplicate grace: a delivery was accepted or the task was seen final."""
+        if not self.settled:
+            self.settled = True
+            self.expires_at = min(self.expires_at, self.receiver._clock() + self.receiver._grace)
+
+    def drop(self) -> None:
+        """Forget this token (the submission failed, or its session closed)."""
+        self.receiver._drop(self)
+
+
+class CallbackReceiver:
+    """Receives the provider's callbacks and wakes the handles that wait for them.
+
+    Give it to a :class:`Session` (``Session(callbacks=receiver)``) and each submission
+    gets its own unguessable callback URL, ``<public_url>/<token>``. A handle is then
+    resolved by its callback or by a poll, whichever comes first; a callback only wakes it,
+    and it returns the record of one confirming ``record-info`` GET, never the body's URLs.
+    Handles waiting on a callback still poll, slowly (``safety_poll``), in case a delivery
+    never arrives.
+
+    Serve it in one of three ways:
+
+    - standalone: ``await receiver.start(host, port)`` runs an aiohttp server
+      (``await receiver.stop()``, or ``async with receiver:``, stops it);
+    - mounted in your aiohttp app: ``receiver.add_routes(app)``;
+    - from any framework: ``status = await receiver.handle(body, headers, path)``.
+
+    One receiver can serve several sessions. A session's tokens are forgotten when it
+    closes, and every token when the receiver stops; later deliveries get 404. A stopped
+    receiver cannot be restarted or given to a new session (:class:`ReceiverClosedError`).
+
+    Args:
+        public_url: The absolute http(s) URL at which the provider reaches this receiver;
+            its path is the prefix of every callback path. ``None`` means: derive it, once
+            :meth:`start` has bound, as ``http://<host>:<port>/midvary/callback`` (for
+            local use and tests; not possible on a wildcard host such as ``0.0.0.0``).
+        hmac_key: kie.ai's ``webhookHmacKey``: deliveries must then carry a valid
+            ``X-Webhook-Signature``; ``None`` means deliveries are not signed (the token in
+            the path is then the only credential).
+        safety_poll: The :class:`PollPolicy` of handles waiting on a callback, deadline
+            (``timeout``) included; ``None`` means :data:`DEFAULT_SAFETY_POLL` (first poll
+            60 s after submission, then every 120 s, 900 s deadline). A ``poll=`` passed to
+            ``handle.wait`` still wins.
+        timestamp_tolerance: Seconds a signed delivery's ``X-Webhook-Timestamp`` may differ
+            from this machine's clock (> 0).
+        duplicate_grace: Seconds a token stays valid after its first accepted delivery or
+            after its handle saw the task final, so duplicates are answered 200 (> 0).
+        token_ttl: Seconds after which a token is forgotten in any case, so memory stays
+            bounded in a long-lived worker (> 0).
+        clock: The monotonic clock of those expiries, in seconds; ``None`` means
+            ``time.monotonic``. For tests.
+
+    """
+
+    def __init__(
+        self,
+        *,
+        public_url: str | None = None,
+        hmac_key: str | None = None,
+        safety_poll: PollPolicy | None = None,
+        timestamp_tolerance: float = 300.0,
+        duplicate_grace: float = 600.0,
+        token_ttl: float = 3600.0,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self._public_url: yarl.URL | None = None
+        self._path = DEFAULT_PATH
+        if public_url is not None:
+            check_http_url(public_url, name="public_url")
+            url = yarl.URL(public_url)
+            if url.query_string or url.fragment:
+                raise ValueError(
+                    f"public_url must not have a query or fragment, got {public_url!r}"
+                )
+            self._path = url.path.rstrip("/")
+            self._public_url = url.with_path(self._path)
+        if hmac_key is not None and (not isinstance(hmac_key, str) or not hmac_key):
+            # Never echo the value: it is a secret even when it is malformed.
+            raise ValueError("hmac_key must be a non-empty str (kie's webhookHmacKey) or None")
+        if safety_poll is not None and not isinstance(safety_poll, PollPolicy):
+            raise TypeError(
+                f"safety_poll must be a midvary.PollPolicy or None, "
+                f"not {type(safety_poll).__name__}"
+            )
+        if clock is not None and not callable(clock):
+            raise TypeError("clock must be a callable returning seconds, or None")
+        self._hmac_key = hmac_key.encode() if hmac_key is not None else None
+        self.safety_poll = safety_poll if safety_poll is not None else DEFAULT_SAFETY_POLL
+        self._tolerance = _seconds("timestamp_tolerance", timestamp_tolerance)
+        self._grace = _seconds("duplicate_grace", duplicate_grace)
+        self._ttl = _seconds("token_ttl", token_ttl)
+        self._clock = clock if clock is not None else time.monotonic
+        self._state = _State.READY
+        self._tickets: dict[str, _Ticket] = {}
+        self._by_session: dict[Session, set[str]] = {}
+        self._next_sweep = self._clock() + _SWEEP_EVERY
+        self._runner: web.AppRunner | None = None
+        self._port: int | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"<midvary.CallbackReceiver url={self.public_url!r} "
+            f"tokens={len(self._tickets)} state={self._state.value}>"
+        )
+
+    @property
+    def public_url(self) -> str | None:
+        """The URL prefix of callback URLs, or ``None`` until :meth:`start` derives it."""
+        return None if self._public_url is None else str(self._public_url)
+
+    @property
+    def path(self) -> str:
+        """The path prefix of callback paths (``public_url``'s path, no trailing slash)."""
+        return self._path
+
+    @property
+    def port(self) -> int | None:
+        """The port :meth:`start` bound (useful with port 0), or ``None`` when not serving."""
+        return self._port
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`stop` has run; a stopped receiver cannot be used again."""
+        return self._state is _State.STOPPED
+
+    @property
+    def active_tokens(self) -> int:
+        """How many tokens are live (issued, not yet expired, dropped or forgotten)."""
+        return len(self._tickets)
+
+    async def __aenter__(self) -> CallbackReceiver:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.stop()
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        """Serve callbacks standalone: run an aiohttp server on ``host:port``.
+
+        The server answers ``POST <path>/<token>`` only, logs no access lines (the path holds
+        the token), and accepts bodies up to 64 KiB.
+
+        Args:
+            host: The address to listen on.
+            port: The TCP port; 0 picks a free one (read it from :attr:`port`).
+
+        Raises:
+            ReceiverClosedError: The receiver was stopped.
+            RuntimeError: It is already serving.
+            TypeError, ValueError: ``host`` or ``port`` is invalid, or ``public_url`` is
+                ``None`` and ``host`` is a wildcard address it cannot be derived from.
+            OSError: The address could not be bound.
+
+        """
+        if self._state is _State.STOPPED:
+            raise ReceiverClosedError("this CallbackReceiver is stopped; create a new one")
+        if self._runner is not None:
+            raise RuntimeError("this CallbackReceiver is already serving")
+        if not isinstance(host, str) or not host:
+            raise TypeError(f"host must be a non-empty str, not {host!r}")
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+            raise ValueError(
+                f"port must be an int from 0 to 65535 (0: any free port), got {port!r}"
+            )
+        if self._public_url is None and host in ("0.0.0.0", "::"):  # noqa: S104
+            raise ValueError(
+                f"cannot derive a callback URL from the wildcard host {host!r}: "
+                "pass CallbackReceiver(public_url=...)"
+            )
+        app = web.Application(client_max_size=_MAX_BODY)
+        self.add_routes(app)
+        # No access log: each request line holds a token.
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self._port = int(runner.addresses[0][1])
+        self._state = _State.SERVING
+        if self._public_url is None:
+            self._public_url = yarl.URL.build(
+                scheme="http", host=host, port=self._port, path=self._path
+            )
+        logger.info("callback receiver serving on %s:%d%s", host, self._port, self._path)
+
+    async def stop(self) -> None:
+        """Stop serving (if :meth:`start` ran) and forget every token. Idempotent.
+
+        Later deliveries get 404 (or no answer once the server is gone). Handles still
+        waiting go on with their safety polls; new submissions through this receiver raise
+        :class:`ReceiverClosedError`.
+        """
+        if self._state is _State.STOPPED:
+            return
+        self._state = _State.STOPPED
+        for ticket in tuple(self._tickets.values()):
+            self._drop(ticket)
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+            logger.info("callback receiver stopped")
+
+    def add_routes(self, app: web.Application) -> None:
+        """Mount the receiver in your aiohttp ``app``: ``POST <path>/{token}``.
+
+        Your app's server must be reachable at ``public_url``. Beware of your own access
+        log: the request line holds the token (a per-task capability, not the API key).
+        """
+        if not isinstance(app, web.Application):
+            raise TypeError(f"app must be an aiohttp.web.Application, not {type(app).__name__}")
+        app.router.add_post(f"{self._path}/{{token}}", self._on_post)
+
+    async def _on_post(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        status = await self.handle(body, request.headers, request.path)
+        return web.Response(status=status, text=_REASONS.get(status, ""))
+
+    async def handle(self, body: bytes, headers: Mapping[str, str], path: str) -> int:
+        """Check one delivery and wake its handle; return the HTTP status to answer.
+
+        The framework-free core: call it from any web framework with the raw body, the
+        request headers and the request path, and answer with the status it returns. It
+        does no I/O; it waits (up to 5 s) only for a delivery that beat its own
+        submission's answer.
+
+        Args:
+            body: The raw request body.
+            headers: The request headers (names in any case).
+            path: The request path, ``<path>/<token>`` (a query string is ignored).
+
+        Returns:
+            200 (accepted, duplicates included), 404 (unknown, expired or forgotten token),
+            401 (missing, stale or wrong signature when ``hmac_key`` is set), 400
+            (malformed body, or a body about another task), 413 (body over 64 KiB), or 503
+            (the submission's answer is still being processed: retry later).
+
+        """
+        if not isinstance(body, bytes | bytearray | memoryview):
+            raise TypeError(f"body must be bytes, not {type(body).__name__}")
+        found = await self._bound_ticket(path)
+        if isinstance(found, int):
+            return found
+        ticket, handle = found
+        status = self._verify(handle.task_id, bytes(body), headers)
+        if status != 200:
+            return status
+        ticket.settle()
+        if handle.done():
+            logger.debug("duplicate callback for finished task %s", handle.task_id)
+        else:
+            logger.debug("callback for task %s: waking its handle", handle.task_id)
+            handle._notify()
+        return 200
+
+    async def _bound_ticket(self, path: str) -> tuple[_Ticket, TaskHandle] | int:
+        """The live ticket of ``path``'s token and its handle, or the status to answer."""
+        token = self._token_from(path)
+        ticket = self._lookup(token) if token is not None else None
+        if ticket is None:
+            logger.debug("callback to an unknown or expired token: 404")
+            return 404
+        if ticket.handle is None:
+            try:
+                async with asyncio.timeout(_BIND_WAIT):
+                    await ticket.bound.wait()
+            except TimeoutError:
+                logger.info("callback for %r came before its task id: 503", ticket)
+                return 503
+        handle = ticket.handle
+        if handle is None or self._tickets.get(ticket.token) is not ticket:
+            logger.debug("callback for %r, dropped meanwhile: 404", ticket)
+            return 404
+        return ticket, handle
+
+    def _verify(self, task_id: str, body: bytes, headers: Mapping[str, str]) -> int:
+        """Check signature, body and task id, in that order; the status to answer."""
+        if self._hmac_key is not None:
+            problem = self._signature_problem(task_id, headers)
+            if problem is not None:
+                logger.warning("callback for task %s rejected: %s", task_id, problem)
+                return 401
+        if len(body) > _MAX_BODY:
+            return 413
+        try:
+            notice = structure_callback(body)
+        except ProtocolError as exc:
+            logger.info("callback for task %s rejected: %s", task_id, exc)
+            return 400
+        if notice.task_id != task_id:
+            logger.warning(
+                "callback for task %s names another task (%.80r): rejected",
+                task_id,
+                notice.task_id,
+            )
+            return 400
+        return 200
+
+    def _token_from(self, path: str) -> str | None:
+        if not isinstance(path, str):
+            raise TypeError(f"path must be a str, not {type(path).__name__}")
+        path = path.split("?", 1)[0]
+        prefix = f"{self._path}/"
+        if not path.startswith(prefix):
+            return None
+        token = path[len(prefix) :]
+        return token or None
+
+    def _signature_problem(self, task_id: str, headers: Mapping[str, str]) -> str | None:
+        """Why the delivery's signature fails, or ``None`` when it is valid and fresh."""
+        assert self._hmac_key is not None  # noqa: S101  # only called when signing is on
+        lowered = {name.lower(): value for name, value in headers.items()}
+        stamp = lowered.get(_TIMESTAMP_HEADER, "").strip()
+        signature = lowered.get(_SIGNATURE_HEADER, "").strip()
+        if not stamp or not signature:
+            return "missing X-Webhook-Timestamp or X-Webhook-Signature"
+        if not (stamp.isascii() and stamp.isdigit()):
+            return "X-Webhook-Timestamp is not unix seconds"
+        if abs(time.time() - int(stamp)) > self._tolerance:
+            return f"X-Webhook-Timestamp is outside the {self._tolerance:g} s tolerance"
+        digest = hmac.new(self._hmac_key, f"{task_id}.{stamp}".encode(), hashlib.sha256)
+        expected = base64.b64encode(digest.digest())
+        if not hmac.compare_digest(expected, signature.encode()):
+            return "wrong X-Webhook-Signature"
+        return None
+
+    # Bookkeeping for Session: issue, drop, forget, expire.
+
+    def _check_usable(self) -> None:
+        if self._state is _State.STOPPED:
+            raise ReceiverClosedError("this CallbackReceiver is stopped; create a new one")
+
+    def _base_url(self) -> str:
+        if self._public_url is None:
+            raise ValueError(
+                "the CallbackReceiver has no public_url yet: pass one, or await "
+                "receiver.start() before submitting"
+            )
+        return str(self._public_url)
+
+    def _issue(self, session: Session) -> _Ticket:
+        """A fresh ticket for one submission of ``session``; call before sending it."""
+        self._check_usable()
+        self._base_url()
+        now = self._clock()
+        self._sweep(now)
+        token = secrets.token_urlsafe(_TOKEN_BYTES)
+        ticket = _Ticket(self, session, token, now + self._ttl)
+        self._tickets[token] = ticket
+        self._by_session.setdefault(session, set()).add(token)
+        return ticket
+
+    def _drop(self, ticket: _Ticket) -> None:
+        if self._tickets.get(ticket.token) is ticket:
+            del self._tickets[ticket.token]
+        tokens = self._by_session.get(ticket.session)
+        if tokens is not None:
+            tokens.discard(ticket.token)
+            if not tokens:
+                del self._by_session[ticket.session]
+        # Deliveries waiting for the binding see the ticket gone and answer 404.
+        ticket.bound.set()
+
+    def _forget(self, session: Session) -> None:
+        """Forget every token of ``session`` (it is closing)."""
+        for token in tuple(self._by_session.get(session, ())):
+            ticket = self._tickets.get(token)
+            if ticket is not None:
+                self._drop(ticket)
+        self._by_session.pop(session, None)
+
+    def _lookup(self, token: str) -> _Ticket | None:
+        ticket = self._tickets.get(token)
+        now = self._clock()
+        self._sweep(now)
+        if ticket is None:
+            return None
+        self._expire(ticket, now)
+        return ticket if self._tickets.get(token) is ticket else None
+
+    def _expire(self, ticket: _Ticket, now: float) -> None:
+        if ticket.expires_at <= now:
+            self._drop(ticket)
+
+    def _sweep(self, now: float) -> None:
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + min(_SWEEP_EVERY, self._grace)
+        for ticket in tuple(self._tickets.values()):
+            self._expire(ticket, now)
