@@ -155,18 +155,22 @@ async def run(*, profile: bool = True) -> Report:
     ours = median(r.cpu_per_task for r in rounds if r.client == "midvary")
     base_requests = median(r.requests / r.tasks for r in rounds if r.client == "baseline")
     our_requests = median(r.requests / r.tasks for r in rounds if r.client == "midvary")
-    # Each midvary round against the baseline round just before it: the machine is shared,
-    # and neighbours see the same load.
-    ratio = median(
+    ratio = ours / base
+    # Each midvary round against the baseline round just before it, to show the noise of a
+    # shared machine: neighbours see about the same load.
+    paired = sorted(
         ours_round.cpu_per_task / base_round.cpu_per_task
         for base_round, ours_round in zip(rounds[::2], rounds[1::2], strict=True)
     )
     report.say("")
     report.say(
-        f"median CPU per task: midvary {ours * 1000:.3f} ms, baseline {base * 1000:.3f} ms "
-        f"(ratio of medians {ours / base:.2f}); median of the {ROUNDS} paired ratios "
-        f"{ratio:.2f}. Requests per task: midvary {our_requests:.2f}, baseline "
-        f"{base_requests:.2f}, so CPU per request compares the same way."
+        f"median CPU per task: midvary {ours * 1000:.3f} ms, baseline {base * 1000:.3f} ms, "
+        f"ratio {ratio:.2f} (the {ROUNDS} paired rounds: median {median(paired):.2f}, "
+        f"range {paired[0]:.2f}-{paired[-1]:.2f}; lowest CPU per task of each client: "
+        f"{min(r.cpu_per_task for r in rounds if r.client == 'midvary') * 1000:.3f} vs "
+        f"{min(r.cpu_per_task for r in rounds if r.client == 'baseline') * 1000:.3f} ms). "
+        f"Requests per task: midvary {our_requests:.2f}, baseline {base_requests:.2f}, so CPU "
+        "per request compares the same way."
     )
     report.check(
         "CPU per task, midvary / baseline",
