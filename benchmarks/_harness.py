@@ -329,9 +329,14 @@ class Figures:
         delays = [s.delay for s in self.samples]
         return (
             f"| {self.name} | {len(self.samples)} | {mean(self.polls):.2f} | "
-            f"{max(self.polls)} | {median(delays):.2f} | {quantile(delays, 0.9):.2f} | "
-            f"{max(delays):.2f} | {median(self.fake_delays):.2f} |"
+            f"{max(self.polls)} | {_seconds(median(delays))} | "
+            f"{_seconds(quantile(delays, 0.9))} | {_seconds(max(delays))} | "
+            f"{_seconds(median(self.fake_delays))} |"
         )
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.2f}" if abs(value) >= 0.1 else f"{value:.3f}"
 
 
 #: The header of :meth:`Figures.row` tables.
