@@ -1,6 +1,6 @@
 """One HTTP exchange with the provider, and the one place aiohttp errors are translated.
 
-:func:`translated` turns aiohttp and socket errors into :class:`~midvary.TransportError` for
+:class:`Translated` turns aiohttp and socket errors into :class:`~midvary.TransportError` for
 both the API (:class:`Transport`, which alone holds the key) and result downloads
 (:func:`fetch`, which sends only a User-Agent to the result host).
 
@@ -14,13 +14,13 @@ the envelope code (or the HTTP status when the body carries none), a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import email.utils
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from types import TracebackType
 from typing import Any
 
 import aiohttp
@@ -73,27 +73,55 @@ def _unchanged(text: str) -> str:
     return text
 
 
-@contextlib.contextmanager
-def translated(
-    what: str, timeout: aiohttp.ClientTimeout, *, redact: Callable[[str], str] = _unchanged
-) -> Iterator[None]:
-    """Turn the aiohttp and socket errors raised in the block into :class:`TransportError`.
+class Translated:
+    """Turn the aiohttp and socket errors raised in a ``with`` block into :class:`TransportError`.
 
-    ``sent`` is ``False`` only when the connection could not be opened at all.
+    ``sent`` is ``False`` only when the connection could not be opened at all. ``what``
+    names the request in messages; ``redact`` cleans an error's text of secrets.
+
+    A class, not a ``@contextlib.contextmanager`` generator: it wraps every request, and a
+    generator's set-up and its ``StopIteration`` cost more CPU than the rest of the wrapper.
     """
-    try:
-        yield
-    except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-        raise TransportError(
-            f"{what}: could not connect ({type(exc).__name__}: {exc})", sent=False
-        ) from exc
-    except (TimeoutError, asyncio.TimeoutError) as exc:  # noqa: UP041 - aiohttp raises either
-        raise TransportError(f"{what}: no answer within {timeout.total} s", sent=True) from exc
-    except (aiohttp.ClientError, OSError) as exc:  # OSError: a reset aiohttp did not wrap
-        raise TransportError(
-            f"{what}: connection failed after sending ({type(exc).__name__}: {redact(str(exc))})",
-            sent=True,
-        ) from exc
+
+    __slots__ = ("_redact", "_timeout", "_what")
+
+    def __init__(
+        self,
+        what: str,
+        timeout: aiohttp.ClientTimeout,
+        *,
+        redact: Callable[[str], str] = _unchanged,
+    ) -> None:
+        self._what = what
+        self._timeout = timeout
+        self._redact = redact
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        _type: type[BaseException] | None,
+        exc: BaseException | None,
+        _traceback: TracebackType | None,
+    ) -> None:
+        if exc is None:
+            return
+        what = self._what
+        if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
+            raise TransportError(
+                f"{what}: could not connect ({type(exc).__name__}: {exc})", sent=False
+            ) from exc
+        if isinstance(exc, TimeoutError):  # asyncio.TimeoutError is TimeoutError since 3.11
+            raise TransportError(
+                f"{what}: no answer within {self._timeout.total} s", sent=True
+            ) from exc
+        if isinstance(exc, aiohttp.ClientError | OSError):  # OSError: a reset aiohttp did not wrap
+            raise TransportError(
+                f"{what}: connection failed after sending "
+                f"({type(exc).__name__}: {self._redact(str(exc))})",
+                sent=True,
+            ) from exc
 
 
 def public_url(url: str | yarl.URL) -> str:
@@ -124,7 +152,7 @@ async def fetch(
 
     """
     what = f"GET {public_url(url)}"
-    with translated(what, timeout):
+    with Translated(what, timeout):
         response = await http.get(
             url, headers={"User-Agent": USER_AGENT}, timeout=timeout, allow_redirects=True
         )
@@ -137,7 +165,7 @@ async def fetch(
             )
         size = 0
         while True:
-            with translated(what, timeout):
+            with Translated(what, timeout):
                 chunk = await response.content.read(chunk_size)
             if not chunk:
                 return size
@@ -214,7 +242,7 @@ class Transport:
         params: Mapping[str, str] | None,
     ) -> Any:
         started = time.monotonic()
-        with translated(f"{method} {path}", self._timeout, redact=self._redact):
+        with Translated(f"{method} {path}", self._timeout, redact=self._redact):
             async with self._http.request(
                 method,
                 url,
