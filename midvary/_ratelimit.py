@@ -199,6 +199,8 @@ class SubmitLimiter:
         A 429 refunds the slot. ``hooks.after_post`` is not called when the POST is
         cancelled: its fate is then unknown, and the hooks' owner keeps it "in flight".
         """
+        if self.rate is None and hooks is None:
+            return await post()  # no slot to take and nobody to tell
         async with self.slot(hooks.waiting if hooks is not None else None) as slot:
             if hooks is not None:
                 hooks.before_post()
