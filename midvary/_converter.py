@@ -42,24 +42,35 @@ def _json_maybe_string(value: Any, field: str) -> Any:
 
 def _structure_time(value: Any, _type: Any) -> datetime | None:
     # The MJ docs show ISO-8601 strings; the provider's sibling APIs send epoch milliseconds.
-    if value is None or value == "":
-        return None
-    if isinstance(value, bool):
-        raise ProtocolError(f"a time field is a boolean: {value!r}")
-    if isinstance(value, int | float):
-        seconds = value / 1000 if abs(value) >= _EPOCH_MS_THRESHOLD else value
-        return datetime.fromtimestamp(seconds, tz=UTC)
+    # Strings first: they are what record-info sends.
     if isinstance(value, str):
+        if not value:
+            return None
         text = value.strip()
         if text.lstrip("-").isdigit():
-            return _structure_time(int(text), _type)
+            return _from_epoch(int(text))
         try:
             parsed = datetime.fromisoformat(text.replace("Z", "+00:00").replace(" ", "T", 1))
         except ValueError as exc:
             raise ProtocolError(f"unreadable time {value!r}") from exc
         # A time without an offset is taken as UTC, the provider's own zone.
         return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ProtocolError(f"a time field is a boolean: {value!r}")
+    if isinstance(value, int | float):
+        return _from_epoch(value)
     raise ProtocolError(f"a time field has type {type(value).__name__}: {value!r}")
+
+
+def _from_epoch(value: float) -> datetime:
+    seconds = value / 1000 if abs(value) >= _EPOCH_MS_THRESHOLD else value
+    return datetime.fromtimestamp(seconds, tz=UTC)
+
+
+# successFlag -> TaskStatus; a dict lookup costs a fraction of TaskStatus(value).
+_STATUSES = {status.value: status for status in TaskStatus}
 
 
 def _structure_status(value: Any, _type: Any) -> TaskStatus:
@@ -68,11 +79,11 @@ def _structure_status(value: Any, _type: Any) -> TaskStatus:
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise ProtocolError(f"successFlag is not an integer: {value!r}")
-    try:
-        return TaskStatus(value)
-    except ValueError:
+    status = _STATUSES.get(value)
+    if status is None:
         logger.warning("undocumented successFlag %r; treating the task as not final", value)
         return TaskStatus.UNKNOWN
+    return status
 
 
 def _structure_params(value: Any, _type: Any, field: str = "paramJson") -> Mapping[str, Any]:
