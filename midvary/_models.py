@@ -32,12 +32,18 @@ class TaskStatus(enum.Enum):
     @property
     def is_final(self) -> bool:
         """Whether the task will not change any more."""
-        return self in (TaskStatus.SUCCESS, TaskStatus.CREATE_FAILED, TaskStatus.GENERATE_FAILED)
+        return self in _FINAL
 
     @property
     def is_failure(self) -> bool:
         """Whether the task ended without images."""
-        return self in (TaskStatus.CREATE_FAILED, TaskStatus.GENERATE_FAILED)
+        return self in _FAILURES
+
+
+# Built once: each TaskStatus.X inside a property goes through EnumType's attribute hook.
+# Tuples, not sets: membership tests identity first, where a set would call Enum.__hash__.
+_FAILURES = (TaskStatus.CREATE_FAILED, TaskStatus.GENERATE_FAILED)
+_FINAL = (TaskStatus.SUCCESS, *_FAILURES)
 
 
 @attrs.frozen(kw_only=True)
