@@ -318,7 +318,8 @@ class Session:
             if ticket is not None:
                 ticket.drop()
             raise
-        logger.info("submitted %s as task %s", request.describe(), task_id)
+        if logger.isEnabledFor(logging.INFO):  # describe() formats a string: only if it is kept
+            logger.info("submitted %s as task %s", request.describe(), task_id)
         # A handle waiting on a callback polls slowly, as a safety net.
         safety = None if ticket is None else ticket.receiver.safety_poll
         handle = TaskHandle(self, task_id, request=request, submitted=True, poll=safety)
