@@ -6,6 +6,7 @@ import collections
 import cProfile
 import pstats
 import tracemalloc
+from pathlib import Path
 from typing import Any
 
 # Checked in order: the first fragment found in a file's path names its library.
@@ -31,6 +32,18 @@ _LIBRARIES = (
 )
 
 Func = tuple[str, int, str]
+
+# This checkout's root, cut from the paths shown: "midvary/_handle.py", whatever the worktree.
+_ROOT = f"{Path(__file__).resolve().parents[1]}/"
+
+
+def short_path(filename: str) -> str:
+    """A source path as shown in tables: from its package (or the standard library) down."""
+    for marker in ("/site-packages/", "/lib/python3"):
+        if marker in filename:
+            filename = filename.rsplit(marker, 1)[-1]
+            return filename.split("/", 1)[-1] if marker == "/lib/python3" else filename
+    return filename.removeprefix(_ROOT)
 
 
 def library(filename: str) -> str:
@@ -73,8 +86,7 @@ def top_functions(
         lib = library(filename) if filename != "~" else "C"
         if libraries is not None and lib not in libraries:
             continue
-        short = filename.rsplit("/site-packages/", 1)[-1].rsplit("/wt-bench/", 1)[-1]
-        where = name if filename == "~" else f"{short}:{line}({name})"
+        where = name if filename == "~" else f"{short_path(filename)}:{line}({name})"
         rows.append((where, calls, own, cum))
     rows.sort(key=lambda row: row[2], reverse=True)
     return rows[:limit]
@@ -87,8 +99,9 @@ def tracemalloc_top(
     rows = []
     for diff in snapshot.compare_to(baseline, "lineno")[:limit]:
         frame = diff.traceback[0]
-        short = frame.filename.rsplit("/site-packages/", 1)[-1].rsplit("/lib/python3", 1)[-1]
-        rows.append((f"{short}:{frame.lineno}", diff.size_diff, diff.count_diff))
+        rows.append(
+            (f"{short_path(frame.filename)}:{frame.lineno}", diff.size_diff, diff.count_diff)
+        )
     return rows
 
 
