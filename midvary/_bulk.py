@@ -145,11 +145,22 @@ def _rows(path: Path, text: str) -> Iterator[tuple[int, Any]]:
             f"{path}: the CSV header must name task_id and image_index (found: {fields or 'none'})"
         )
     reader.fieldnames = fields
-    try:
-        for row in reader:
-            yield reader.line_num, row
-    except csv.Error as exc:
-        yield reader.line_num, f"unreadable CSV ({exc})"
+    rows = iter(reader)
+    failed_at = None
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            # The reader goes on with the next row (DictReader's own line_num is stale here);
+            # an error that does not move it on ends the file rather than loop.
+            if reader.reader.line_num == failed_at:
+                return
+            failed_at = reader.reader.line_num
+            yield failed_at, f"unreadable CSV ({exc})"
+            continue
+        yield reader.line_num, row
 
 
 def _request(row: object) -> midvary.VaryRequest:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import csv
 import json
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -12,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import midvary
+from midvary._bulk import read_jobs
 from midvary._converter import structure_record
 
 from ..conftest import FAST_POLL, FAST_RETRY
@@ -150,3 +153,19 @@ def test_random_answers_become_midvary_errors(body: bytes, status: int) -> None:
     submit_error, lookup_error = asyncio.run(answer(body, status))
     for error in (submit_error, lookup_error):
         assert error is None or isinstance(error, midvary.MidvaryError), repr(error)
+
+
+def test_an_unreadable_csv_row_does_not_hide_the_rows_after_it(tmp_path: Path) -> None:
+    """A CSV row the csv module refuses is reported at its own line; later rows still run."""
+    jobs = tmp_path / "jobs.csv"
+    huge = "x" * (csv.field_size_limit() + 1)
+    jobs.write_text(
+        "task_id,image_index,water_mark,id\n"
+        f'parent-a,0,,a\nparent-b,1,"{huge}",b\nparent-c,2,,c\nparent-d,3,,d\n'
+    )
+    read = read_jobs(jobs)
+    assert [job.key for job in read.jobs] == ["a", "c", "d"]
+    assert [job.line for job in read.jobs] == [2, 4, 5]
+    (bad,) = read.bad_rows
+    assert bad.startswith(f"{jobs}:3: ")
+    assert "field larger than field limit" in bad
