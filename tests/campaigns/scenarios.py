@@ -512,3 +512,118 @@ async def crash_resume(jobs: int, *, seed: int, kills: int, workdir: Path) -> Cr
             submit_posts_before_rerun=posts,
             submit_posts_after_rerun=fake.stats.requests["submit"],
         )
+
+
+# -- campaign 6: a fan-out cancelled mid-way -----------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class CancelRun:
+    """A cancelled fan-out's figures, with what the tests check beyond them."""
+
+    figures: Figures
+    unfinished: tuple[midvary.UnfinishedJob, ...]
+    handed_out: list[midvary.VaryOutcome]
+    announced: dict[int, str]
+
+
+async def cancelled_fan_out(jobs: int, *, seed: int, concurrency: int, after: int) -> CancelRun:
+    """``vary_many`` over ``jobs`` jobs, its consumer cancelled at the ``after``-th POST.
+
+    Tasks take 0.02 to 2 s and POSTs 0 to 20 ms, so the cancellation finds jobs handed out,
+    jobs awaiting their task, and POSTs in flight.
+    """
+    figures = Figures(campaign="6 fan-out cancelled mid-way", jobs=jobs)
+    settings = FakeSettings(
+        task_duration=(0.02, 2.0), invisible_for=0.0, submit_limit=None, latency=(0.0, 0.02)
+    )
+    enough = asyncio.Event()
+
+    posts = 0
+
+    def stop_after(event: midvary.JobEvent) -> None:
+        nonlocal posts
+        if event.kind is Kind.SUBMITTING:
+            posts += 1
+            if posts >= after:  # this POST is about to leave: the cancel may cut it
+                enough.set()
+
+    events = EventLog(then=stop_after)
+    handed_out: list[midvary.VaryOutcome] = []
+    async with fake_and_session(settings, seed=seed) as (fake, session):
+        fanout = session.vary_many(requests(jobs), concurrency=concurrency, on_event=events)
+
+        async def consume() -> None:
+            async for outcome in fanout:
+                handed_out.append(outcome)  # noqa: PERF401 - kept when cancelled
+
+        started = time.perf_counter()
+        consumer = asyncio.create_task(consume())
+        await enough.wait()
+        consumer.cancel()
+        await asyncio.gather(consumer, return_exceptions=True)
+        figures.wall = time.perf_counter() - started
+        unfinished = fanout.unfinished
+        await fake.close()  # POSTs cut in flight still create their tasks: let them finish
+    named = {o.task_id for o in handed_out} | {j.task_id for j in unfinished}
+    cut = sum(1 for job in unfinished if job.uncertain)
+    unnamed = [task for task_id, task in fake.tasks.items() if task_id not in named]
+    figures.succeeded = sum(o.ok for o in handed_out)
+    figures.failed = len(handed_out) - figures.succeeded
+    figures.uncertain = cut
+    # Lost: a billed task named nowhere, beyond the POSTs reported cut (uncertain).
+    figures.lost = max(0, len(unnamed) - cut)
+    figures.duplicates = fake.stats.duplicate_submissions
+    figures.tasks_created = fake.stats.tasks_created
+    figures.faults = fault_figures(fake)
+    return CancelRun(
+        figures=figures,
+        unfinished=unfinished,
+        handed_out=handed_out,
+        announced=dict(events.task_ids),
+    )
+
+
+# -- campaign 7: one slow POST in a batch ---------------------------------------------------
+
+
+async def slow_post_in_batch(
+    jobs: int, *, slow: int, timeout: float = 0.2
+) -> tuple[Figures, list[midvary.VaryOutcome]]:
+    """``jobs`` jobs; the POST of job ``slow`` is answered after 3 x ``timeout`` seconds.
+
+    The session sends one POST at a time (``submit_rate=(1, 0.001)``), so the latency set
+    just before a POST is sent applies to that POST alone (and to the polls meanwhile,
+    which time out and are retried).
+    """
+    figures = Figures(campaign="7 one slow POST in a batch", jobs=jobs)
+    settings = FakeSettings(task_duration=(0.05, 0.1), invisible_for=0.0, submit_limit=None)
+    work = requests(jobs)
+    async with FakeProvider(settings=settings, seed=slow) as fake:
+
+        def on_event(event: midvary.JobEvent) -> None:
+            if event.kind is Kind.SUBMITTING:
+                fake.update(latency=timeout * 3 if event.index == slow else 0.0)
+            elif event.kind is Kind.FAILED and event.index == slow:
+                fake.update(latency=0.0)
+
+        session = midvary.Session(
+            api_key=fake.api_key,
+            base_url=fake.base_url,
+            poll=POLL,
+            retry=PATIENT_RETRY,
+            request_timeout=timeout,
+            submit_rate=(1, 0.001),
+        )
+        with counting_retries() as retries:
+            async with session:
+                started = time.perf_counter()
+                outcomes = await session.vary_all(work, concurrency=6, on_event=on_event)
+                figures.wall = time.perf_counter() - started
+        # The slow POST's handler goes on after the client gave up: it creates its task.
+        async with asyncio.timeout(10):
+            while fake.stats.tasks_created < jobs:  # noqa: ASYNC110 - nothing signals it
+                await asyncio.sleep(0.005)
+        ordered = account(figures, fake, work, outcomes)
+    figures.poll_retries = retries.polls
+    return figures, ordered

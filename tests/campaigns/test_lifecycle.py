@@ -19,7 +19,7 @@ from midvary.testing import FakeProvider, FakeSettings
 
 from ..conditions import until
 from ..conftest import FAST_POLL, FAST_RETRY
-from .scenarios import POLL
+from .scenarios import POLL, cancelled_fan_out
 
 SLOW_TASKS = FakeSettings(task_duration=(60.0, 60.0), invisible_for=0.0, submit_limit=None)
 
@@ -301,3 +301,15 @@ async def test_vary_all_stopped_mid_way_raises_and_logs_every_task_id(
     # Tasks whose POST the stop cut in flight have no id yet: they are logged as uncertain.
     unseen = set(fake.tasks) - set(hook.task_ids)
     assert len(unseen) <= logged.count("unknown (uncertain)")
+
+
+async def test_cancelling_vary_many_mid_way_names_every_billed_task() -> None:
+    """200 jobs, cancelled at the 40th POST: every billed task is named or reported cut."""
+    run = await cancelled_fan_out(200, seed=6, concurrency=24, after=40)
+    figures = run.figures
+    assert (figures.lost, figures.duplicates) == (0, 0)
+    assert run.unfinished
+    assert len(run.handed_out) + len(run.unfinished) < figures.jobs  # stopped mid-way
+    named = {o.task_id for o in run.handed_out} | {j.task_id for j in run.unfinished}
+    assert set(run.announced.values()) <= named  # every SUBMITTED task id is kept
+    assert {j.index for j in run.unfinished}.isdisjoint(o.index for o in run.handed_out)
