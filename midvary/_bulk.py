@@ -130,7 +130,9 @@ def _rows(path: Path, text: str) -> Iterator[tuple[int, Any]]:
         path.suffix.lower() != ".csv" and stripped.startswith("{")
     )
     if jsonl:
-        for number, line in enumerate(text.splitlines(), start=1):
+        # Only "\n" ends a JSON line: str.splitlines() would also split at U+2028, U+0085
+        # and others, which json.dumps(ensure_ascii=False) leaves raw inside strings.
+        for number, line in enumerate(text.split("\n"), start=1):
             if not line.strip():
                 continue
             try:

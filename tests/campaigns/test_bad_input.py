@@ -169,3 +169,21 @@ def test_an_unreadable_csv_row_does_not_hide_the_rows_after_it(tmp_path: Path) -
     (bad,) = read.bad_rows
     assert bad.startswith(f"{jobs}:3: ")
     assert "field larger than field limit" in bad
+
+
+def test_jsonl_rows_split_only_at_newlines(tmp_path: Path) -> None:
+    """Valid JSON lines holding U+2028 or U+0085 in a string are single rows, at their lines."""
+    jobs = tmp_path / "jobs.jsonl"
+    rows = [
+        {"task_id": "parent-a", "image_index": 0, "water_mark": "a\u2028b"},
+        {"task_id": "parent-b", "image_index": 1, "water_mark": "x\x85y"},
+        {"task_id": "parent-c", "image_index": 2},
+    ]
+    jobs.write_text("".join(json.dumps(r, ensure_ascii=False) + "\r\n" for r in rows))
+    read = read_jobs(jobs)
+    assert read.bad_rows == ()
+    assert [(job.line, job.request.water_mark) for job in read.jobs] == [
+        (1, "a\u2028b"),
+        (2, "x\x85y"),
+        (3, None),
+    ]
