@@ -58,6 +58,8 @@ class Figures:
         succeeded: Jobs whose task succeeded.
         failed: Jobs that failed for a reason that is not uncertain (refused, task failed...).
         uncertain: Jobs reported uncertain (their submission may have been billed).
+        unfinished: Jobs a stopped fan-out abandoned, listed in ``FanOut.unfinished`` with
+            their task ids (the uncertain ones among them are counted in ``uncertain``).
         lost: Jobs without an outcome, plus billed tasks that no outcome accounts for.
         duplicates: Tasks the fake created twice for the same request.
         tasks_created: Tasks the fake created (each one billed).
@@ -75,6 +77,7 @@ class Figures:
     succeeded: int = 0
     failed: int = 0
     uncertain: int = 0
+    unfinished: int = 0
     lost: int = 0
     duplicates: int = 0
     tasks_created: int = 0
@@ -95,6 +98,7 @@ class Figures:
             "ok": self.succeeded,
             "failed": self.failed,
             "uncertain": self.uncertain,
+            "unfinished": self.unfinished,
             "lost": self.lost,
             "dup": self.duplicates,
             "billed": self.tasks_created,
@@ -571,6 +575,7 @@ async def cancelled_fan_out(jobs: int, *, seed: int, concurrency: int, after: in
     figures.succeeded = sum(o.ok for o in handed_out)
     figures.failed = len(handed_out) - figures.succeeded
     figures.uncertain = cut
+    figures.unfinished = len(unfinished) - cut
     # Lost: a billed task named nowhere, beyond the POSTs reported cut (uncertain).
     figures.lost = max(0, len(unnamed) - cut)
     figures.duplicates = fake.stats.duplicate_submissions
