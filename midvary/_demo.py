@@ -389,13 +389,15 @@ class _Tally:
 def _check_totals(observed: Observed, tally: _Tally) -> Iterator[str]:
     """Problems with the run as a whole, seen from the fake's side."""
     stats, jobs = observed.stats, observed.plan.jobs
-    if observed.timed_out:
-        pending = ", ".join(str(job.index) for job in observed.unfinished) or "none"
-        yield f"the run did not finish within {DEADLINE:g} s (jobs still in flight: {pending})"
-    elif len(observed.outcomes) != jobs:
-        yield f"{len(observed.outcomes)} outcomes for {jobs} jobs"
     if stats.duplicate_submissions:
         yield f"{stats.duplicate_submissions} duplicate submissions reached the fake"
+    if observed.timed_out:
+        # The totals below need every job to have ended.
+        pending = ", ".join(str(job.index) for job in observed.unfinished) or "none"
+        yield f"the run did not finish within {DEADLINE:g} s (jobs still in flight: {pending})"
+        return
+    if len(observed.outcomes) != jobs:
+        yield f"{len(observed.outcomes)} outcomes for {jobs} jobs"
     lost_answers = stats.faults_by_endpoint["submit"] + stats.dropped_submit_answers
     if tally.uncertain != lost_answers:
         yield (
@@ -514,7 +516,8 @@ def _demo(args: argparse.Namespace) -> int:
         _print_report(report)
     if not report.ok:
         say(
-            f"midvary demo: the library misbehaved ({len(report.problems)} problems):",
+            f"midvary demo: the library misbehaved ({len(report.problems)} "
+            f"problem{'s' if len(report.problems) > 1 else ''}):",
             stream=sys.stderr,
         )
         for problem in report.problems:

@@ -95,6 +95,18 @@ def test_demo_exits_1_and_names_jobs_that_ended_unexpectedly(
     assert "midvary demo: the library misbehaved" in stderr
 
 
+def test_demo_stops_at_its_deadline_and_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run cut by the demo's deadline exits 1 naming the jobs in flight, nothing left open."""
+    monkeypatch.setattr(_demo, "DEADLINE", 0.05)
+    code, summary, _stderr = run_json(tmp_path, capsys)
+    assert code == 1
+    assert summary["done"] < summary["jobs"]
+    assert any("did not finish within 0.05 s" in problem for problem in summary["problems"])
+    assert summary["duplicates"] == 0
+
+
 @pytest.mark.parametrize("option", [["--api-key", "k"], ["--base-url", "http://127.0.0.1:1"]])
 def test_demo_refuses_options_for_a_real_provider(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], option: list[str]
