@@ -410,6 +410,12 @@ def _check_totals(observed: Observed, tally: _Tally) -> Iterator[str]:
             f"the fake created {unclaimed} tasks no job knows of, but it dropped "
             f"{stats.dropped_submit_answers} submit answers"
         )
+    answered = stats.tasks_created - stats.dropped_submit_answers
+    if observed.events.submitted != answered:
+        yield (
+            f"the fan-out reported {observed.events.submitted} submissions accepted "
+            f"(SUBMITTED), but the fake accepted and answered {answered}"
+        )
     if observed.events.posts != stats.requests["submit"]:
         yield (
             f"the fan-out announced {observed.events.posts} POSTs (SUBMITTING), but the fake "
