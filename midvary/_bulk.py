@@ -24,9 +24,9 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
@@ -47,6 +47,9 @@ from ._clikit import (
     say,
 )
 from ._journal import JobState, Journal, JournalBusyError, JournalMismatchError
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +133,9 @@ def _rows(path: Path, text: str) -> Iterator[tuple[int, Any]]:
         path.suffix.lower() != ".csv" and stripped.startswith("{")
     )
     if jsonl:
-        for number, line in enumerate(text.splitlines(), start=1):
+        # Only "\n" ends a JSON line: str.splitlines() would also split at U+2028, U+0085
+        # and others, which json.dumps(ensure_ascii=False) leaves raw inside strings.
+        for number, line in enumerate(text.split("\n"), start=1):
             if not line.strip():
                 continue
             try:
@@ -145,11 +150,22 @@ def _rows(path: Path, text: str) -> Iterator[tuple[int, Any]]:
             f"{path}: the CSV header must name task_id and image_index (found: {fields or 'none'})"
         )
     reader.fieldnames = fields
-    try:
-        for row in reader:
-            yield reader.line_num, row
-    except csv.Error as exc:
-        yield reader.line_num, f"unreadable CSV ({exc})"
+    rows = iter(reader)
+    failed_at = None
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            # The reader goes on with the next row (DictReader's own line_num is stale here);
+            # an error that does not move it on ends the file rather than loop.
+            if reader.reader.line_num == failed_at:
+                return
+            failed_at = reader.reader.line_num
+            yield failed_at, f"unreadable CSV ({exc})"
+            continue
+        yield reader.line_num, row
 
 
 def _request(row: object) -> midvary.VaryRequest:
@@ -303,9 +319,12 @@ class UncertainAtResumeError(midvary.MidvaryError):
 
 
 class Progress:
-    """Counters fed by job events, drawn live by rich on a terminal, as plain lines if not."""
+    """Counters fed by job events, drawn live by rich on a terminal, as plain lines if not.
 
-    def __init__(self, total: int, *, done: int = 0, failed: int = 0) -> None:
+    ``label`` names the command in the bar and in the plain lines (``bulk``, ``demo``).
+    """
+
+    def __init__(self, total: int, *, done: int = 0, failed: int = 0, label: str = "bulk") -> None:
         from rich.console import Console  # noqa: PLC0415 - rich is optional
         from rich.progress import (  # noqa: PLC0415
             BarColumn,
@@ -316,15 +335,17 @@ class Progress:
         from rich.progress import Progress as RichProgress  # noqa: PLC0415
 
         self.console = Console(stderr=True)
+        self.label = label
         self.total = total
         self.submitted = 0
         self.running: set[int] = set()
         self.done = done
         self.failed = failed
+        self.uncertain = 0
         self.rate_limited = 0
         self._live = self.console.is_terminal
         self._bar = RichProgress(
-            TextColumn("[bold]bulk"),
+            TextColumn(f"[bold]{label}"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("{task.fields[counts]}"),
@@ -332,20 +353,23 @@ class Progress:
             console=self.console,
             disable=not self._live,
         )
-        self._task = self._bar.add_task("bulk", total=total, counts=self.counts())
+        self._task = self._bar.add_task(label, total=total, counts=self.counts())
         self._step = max(1, total // 10)
         self._next_line = self._step
+        self._printed = -1
 
     @property
     def finished(self) -> int:
         """Jobs finished, this run and earlier."""
-        return self.done + self.failed
+        return self.done + self.failed + self.uncertain
 
     def counts(self) -> str:
         """The counters as one line of text."""
         return (
             f"submitted {self.submitted} · running {len(self.running)} · done {self.done} · "
-            f"failed {self.failed} · rate-limited waits {self.rate_limited}"
+            f"failed {self.failed} · "
+            + (f"uncertain {self.uncertain} · " if self.uncertain else "")
+            + f"rate-limited waits {self.rate_limited}"
         )
 
     def __enter__(self) -> Progress:
@@ -356,8 +380,18 @@ class Progress:
     def __exit__(self, *_exc: object) -> None:
         self._refresh()
         self._bar.stop()
-        if not self._live:
-            self.console.print(f"bulk: {self.finished}/{self.total} finished; {self.counts()}")
+        if not self._live and self._printed != self.finished:
+            self._print_line()
+
+    def _print_line(self) -> None:
+        """One plain progress line, for logs (no terminal)."""
+        self._printed = self.finished
+        self.console.print(
+            f"{self.label}: {self.finished}/{self.total} finished; {self.counts()}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
 
     def _refresh(self) -> None:
         self._bar.update(self._task, completed=self.finished, counts=self.counts())
@@ -374,18 +408,21 @@ class Progress:
             self.running.discard(event.index)
         self._refresh()
 
-    def ended(self, ok: bool, message: str | None = None) -> None:
-        """Count one finished job; ``message`` describes a failure."""
+    def ended(self, ok: bool, message: str | None = None, *, uncertain: bool = False) -> None:
+        """Count one finished job; ``message`` describes a failure (or an uncertain job)."""
         if ok:
             self.done += 1
         else:
-            self.failed += 1
+            if uncertain:
+                self.uncertain += 1
+            else:
+                self.failed += 1
             if message is not None:
-                self.console.print(message, markup=False, highlight=False)
+                self.console.print(message, markup=False, highlight=False, soft_wrap=True)
         self._refresh()
         if not self._live and self.finished >= self._next_line:
             self._next_line += self._step
-            self.console.print(f"bulk: {self.finished}/{self.total} finished; {self.counts()}")
+            self._print_line()
 
 
 # -- the command -------------------------------------------------------------------------
@@ -596,7 +633,11 @@ def _record(
     else:
         summary.failed += 1
     summary.problems.append((job, status, message))
-    progress.ended(ok=False, message=f"line {job.line} ({job.key}) {status}: {message}")
+    progress.ended(
+        ok=False,
+        message=f"line {job.line} ({job.key}) {status}: {message}",
+        uncertain=state is JobState.UNCERTAIN,
+    )
 
 
 def _journaled_error(result: str | None) -> str:
@@ -607,15 +648,32 @@ def _journaled_error(result: str | None) -> str:
         return "failed in an earlier run"
 
 
+def summary_table(
+    title: str,
+    rows: Iterable[tuple[str, object]],
+    *,
+    columns: tuple[str, str] | None = ("jobs", "count"),
+) -> Table:
+    """A two-column rich table of ``(label, value)`` rows, values right-aligned.
+
+    ``columns`` are the headings; ``None`` means no heading row.
+    """
+    from rich.table import Table  # noqa: PLC0415 - rich is optional
+
+    table = Table(title=title, show_header=columns is not None)
+    table.add_column(columns[0] if columns else "", justify="left")
+    table.add_column(columns[1] if columns else "", justify="right")
+    for label, value in rows:
+        table.add_row(label, str(value))
+    return table
+
+
 def _print_summary(summary: Summary, out_path: Path, journal_path: Path) -> None:
     from rich.console import Console  # noqa: PLC0415 - rich is optional
     from rich.table import Table  # noqa: PLC0415
 
     console = Console()
-    table = Table(title="midvary bulk", show_header=True)
-    table.add_column("jobs", justify="left")
-    table.add_column("count", justify="right")
-    for label, value in (
+    rows = (
         ("total (valid rows)", summary.total),
         ("done", summary.done),
         ("failed", summary.failed),
@@ -625,9 +683,8 @@ def _print_summary(summary: Summary, out_path: Path, journal_path: Path) -> None
         ("re-submitted (were uncertain)", summary.resubmitted),
         ("bad rows skipped", summary.bad_rows),
         ("rate-limited waits", summary.rate_limited_waits),
-    ):
-        table.add_row(label, str(value))
-    console.print(table)
+    )
+    console.print(summary_table("midvary bulk", rows))
     if summary.problems:
         problems = Table(title="jobs that did not succeed", show_header=True)
         for column in ("line", "id", "status", "error"):

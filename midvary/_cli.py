@@ -41,6 +41,7 @@ from ._clikit import (
     record_json,
     say,
 )
+from ._demo import add_demo_command
 from .testing._serve import add_fake_server_command
 
 logger = logging.getLogger(__name__)
@@ -193,6 +194,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], N
     add_wait_command,
     add_bulk_command,
     add_fake_server_command,
+    add_demo_command,
 ]
 
 

@@ -267,6 +267,8 @@ class FanOut:
         self._exhausted = False
         self._source_error: Exception | None = None
         self._closed = False
+        # Every job's outcome was handed out (a fan-out closed early ends without this).
+        self._complete = False
         self._unfinished: tuple[UnfinishedJob, ...] = ()
 
     def __repr__(self) -> str:
@@ -317,6 +319,7 @@ class FanOut:
             self._slots.release()
             assert job.outcome is not None  # noqa: S101 - set before the job is ready
             return job.outcome
+        self._complete = True
         await self.aclose()
         error, self._source_error = self._source_error, None
         if error is not None:

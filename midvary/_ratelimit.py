@@ -31,6 +31,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Final, Protocol
 
 from ._errors import RateLimitError
+from ._retry import is_unaccepted
 
 logger = logging.getLogger(__name__)
 
@@ -196,7 +197,8 @@ class SubmitLimiter:
     async def send(self, post: Callable[[], Awaitable[str]], hooks: SubmitHooks | None) -> str:
         """Send one POST (``post()``) in a slot, reporting to ``hooks``; return its result.
 
-        A 429 refunds the slot. ``hooks.after_post`` is not called when the POST is
+        A POST that certainly was not accepted (429, 455, never sent) refunds its slot.
+        ``hooks.after_post`` is not called when the POST is
         cancelled: its fate is then unknown, and the hooks' owner keeps it "in flight".
         """
         if self.rate is None and hooks is None:
@@ -207,8 +209,10 @@ class SubmitLimiter:
             try:
                 result = await post()
             except Exception as exc:
-                if isinstance(exc, RateLimitError):
-                    slot.refund()  # a refused POST uses none of the provider's budget
+                if is_unaccepted(exc):
+                    # 429, 455 or never sent: the provider accepted nothing, so nothing of
+                    # its budget is used (an uncertain answer keeps its slot).
+                    slot.refund()
                 if hooks is not None:
                     hooks.after_post()  # answered, or certainly lost: no longer in flight
                 raise

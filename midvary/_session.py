@@ -404,7 +404,12 @@ class Session:
         """Run every job like :meth:`vary_many` and return the outcomes in input order.
 
         Takes the same arguments. The list holds one outcome per input item; cancelling
-        the call cancels the jobs in flight.
+        the call cancels the jobs in flight. When the call ends without its list (it is
+        cancelled, the input raises, or the session closes), the task ids of every job
+        submitted, finished or not, are logged as a warning: billed tasks are never lost.
+
+        Raises:
+            SessionClosedError: The session was closed before every job finished.
         """
         outcomes: list[VaryOutcome] = []
         async with self.vary_many(
@@ -416,7 +421,18 @@ class Session:
             download=download,
             download_concurrency=download_concurrency,
         ) as fanout:
-            outcomes.extend([outcome async for outcome in fanout])
+            try:
+                async for outcome in fanout:
+                    outcomes.append(outcome)  # noqa: PERF401 - kept if the loop raises
+            except BaseException:
+                _log_dropped(outcomes)
+                raise
+            if not fanout._complete:  # the session's close ended the loop, not the jobs
+                _log_dropped(outcomes)
+                raise SessionClosedError(
+                    "the Session was closed while vary_all was running; the task ids of its "
+                    "jobs are logged"
+                )
         outcomes.sort(key=lambda outcome: outcome.index)
         return outcomes
 
@@ -504,6 +520,17 @@ class Session:
                 f"asked for task {task_id}, the provider answered with {record.task_id}"
             )
         return record
+
+
+def _log_dropped(outcomes: list[VaryOutcome]) -> None:
+    """Log the task ids of finished jobs whose outcomes a failing ``vary_all`` drops."""
+    dropped = [o for o in outcomes if o.task_id is not None or o.uncertain]
+    if dropped:
+        logger.warning(
+            "vary_all ended early: %d finished jobs are not returned (task ids: %s)",
+            len(dropped),
+            ", ".join(o.task_id or "unknown (uncertain)" for o in dropped),
+        )
 
 
 def _check_receiver(callbacks: object) -> CallbackReceiver | None:

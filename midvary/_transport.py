@@ -25,6 +25,7 @@ from typing import Any
 
 import aiohttp
 import yarl
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from ._errors import ERROR_CLASSES, APIError, DownloadError, ProtocolError, TransportError
 from ._version import USER_AGENT
@@ -117,11 +118,30 @@ class Translated:
                 f"{what}: no answer within {self._timeout.total} s", sent=True
             ) from exc
         if isinstance(exc, aiohttp.ClientError | OSError):  # OSError: a reset aiohttp did not wrap
+            _hide_authorization(exc)
             raise TransportError(
                 f"{what}: connection failed after sending "
                 f"({type(exc).__name__}: {self._redact(str(exc))})",
                 sent=True,
             ) from exc
+
+
+def _hide_authorization(exc: BaseException) -> None:
+    """Mask the key in the request headers aiohttp keeps on its error (and shows in its repr).
+
+    A ``ClientResponseError`` (an answer aiohttp could not parse, say) carries the request's
+    headers; it stays chained as ``__cause__``, so it must not carry the key.
+    """
+    if (
+        isinstance(exc, aiohttp.ClientResponseError)
+        and "Authorization" in (info := exc.request_info).headers
+    ):
+        headers = CIMultiDict(info.headers)
+        headers["Authorization"] = "***"
+        exc.request_info = aiohttp.RequestInfo(
+            info.url, info.method, CIMultiDictProxy(headers), info.real_url
+        )
+        exc.args = tuple(exc.request_info if arg is info else arg for arg in exc.args)
 
 
 def public_url(url: str | yarl.URL) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import aiohttp
@@ -99,3 +100,29 @@ async def test_key_never_appears_in_reprs_messages_or_logs(
     for text in seen:
         assert KEY not in text
         assert "RECOGNISABLE" not in text
+
+
+async def test_key_is_not_in_the_aiohttp_error_chained_to_a_malformed_answer() -> None:
+    """An answer aiohttp cannot parse: its chained error's request_info does not hold the key."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 abc\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    base_url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        async with midvary.Session(api_key=KEY, base_url=base_url, retry=FAST_RETRY) as session:
+            with pytest.raises(midvary.TransportError) as info:
+                await session.get_task("t1")
+    finally:
+        server.close()
+        await server.wait_closed()
+    cause = info.value.__cause__
+    assert isinstance(cause, aiohttp.ClientResponseError)
+    assert cause.request_info.url.path == "/api/v1/mj/record-info"  # the rest is kept
+    assert KEY not in repr(cause)
+    assert KEY not in repr(cause.request_info.headers)
+    assert KEY not in repr(cause.args)

@@ -413,6 +413,7 @@ class FakeProvider:
         ):
             kind: FaultKind = self._rng.choice(sorted(settings.fault_kinds))
             self._stats.faults[kind] += 1
+            self._stats.faults_by_endpoint[endpoint] += 1
             return fault_answer(kind, request, mirror=settings.mirror_http_status)
         return None
 

@@ -41,6 +41,7 @@ class FakeStats:
             had been accepted before.
         rate_limited: HTTP 429 answers sent.
         faults: Faults injected, by kind.
+        faults_by_endpoint: Faults injected, by endpoint (``"submit"``, ``"record-info"``).
         dropped_submit_answers: Submissions accepted whose answer was then lost on purpose.
         polls: ``record-info`` requests per task id created by the fake (invisible and final
             answers included; faulted requests and those refused before the lookup not).
@@ -57,6 +58,7 @@ class FakeStats:
     duplicate_submissions: int = 0
     rate_limited: int = 0
     faults: collections.Counter[str] = attrs.field(factory=collections.Counter)
+    faults_by_endpoint: collections.Counter[str] = attrs.field(factory=collections.Counter)
     dropped_submit_answers: int = 0
     polls: dict[str, int] = attrs.field(factory=dict)
     detection_delays: dict[str, float] = attrs.field(factory=dict)

@@ -1,10 +1,14 @@
-"""Campaign 4: arbitrary arguments and arbitrary answers yield only documented errors."""
+"""Campaign 4: arbitrary arguments, answers, JOBS files, fan-out items: documented errors only."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import csv
+import io
 import json
+import tempfile
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -12,10 +16,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import midvary
+from midvary._bulk import read_jobs
 from midvary._converter import structure_record
+from midvary.testing import FakeProvider, FakeSettings
 
 from ..conftest import FAST_POLL, FAST_RETRY
 from ..mockapi import BASE, KEY, VARY_URL, MockAPI, record, record_url
+from .scenarios import POLL
 
 EXAMPLES = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -150,3 +157,175 @@ def test_random_answers_become_midvary_errors(body: bytes, status: int) -> None:
     submit_error, lookup_error = asyncio.run(answer(body, status))
     for error in (submit_error, lookup_error):
         assert error is None or isinstance(error, midvary.MidvaryError), repr(error)
+
+
+def test_an_unreadable_csv_row_does_not_hide_the_rows_after_it(tmp_path: Path) -> None:
+    """A CSV row the csv module refuses is reported at its own line; later rows still run."""
+    jobs = tmp_path / "jobs.csv"
+    huge = "x" * (csv.field_size_limit() + 1)
+    jobs.write_text(
+        "task_id,image_index,water_mark,id\n"
+        f'parent-a,0,,a\nparent-b,1,"{huge}",b\nparent-c,2,,c\nparent-d,3,,d\n'
+    )
+    read = read_jobs(jobs)
+    assert [job.key for job in read.jobs] == ["a", "c", "d"]
+    assert [job.line for job in read.jobs] == [2, 4, 5]
+    (bad,) = read.bad_rows
+    assert bad.startswith(f"{jobs}:3: ")
+    assert "field larger than field limit" in bad
+
+
+def test_jsonl_rows_split_only_at_newlines(tmp_path: Path) -> None:
+    """Valid JSON lines holding U+2028 or U+0085 in a string are single rows, at their lines."""
+    jobs = tmp_path / "jobs.jsonl"
+    rows = [
+        {"task_id": "parent-a", "image_index": 0, "water_mark": "a\u2028b"},
+        {"task_id": "parent-b", "image_index": 1, "water_mark": "x\x85y"},
+        {"task_id": "parent-c", "image_index": 2},
+    ]
+    jobs.write_text("".join(json.dumps(r, ensure_ascii=False) + "\r\n" for r in rows))
+    read = read_jobs(jobs)
+    assert read.bad_rows == ()
+    assert [(job.line, job.request.water_mark) for job in read.jobs] == [
+        (1, "a\u2028b"),
+        (2, "x\x85y"),
+        (3, None),
+    ]
+
+
+# -- JOBS files: every row is a job or a reported bad row, at its own line ------------------
+
+
+def _is_json(value: object) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+FIELDS = ("task_id", "image_index", "water_mark", "id")
+valid_rows = st.fixed_dictionaries(
+    {
+        "task_id": st.sampled_from(["parent-a", "parent-b", "parent-c"]),
+        "image_index": st.integers(0, 3) | st.sampled_from(["0", "3", " 2 "]),
+    },
+    optional={
+        "water_mark": st.text(max_size=8),
+        "id": st.text(min_size=1, max_size=6) | st.integers(),
+    },
+)
+bad_rows = st.dictionaries(
+    st.sampled_from([*FIELDS, "extra"]), json_values | anything.filter(_is_json), max_size=5
+)
+text_line = st.text(max_size=30).filter(lambda t: "\n" not in t)
+
+
+def jsonl_line(value: object, ascii_only: bool) -> str:
+    """One JSON line (raw unicode kept when ``ascii_only`` is false)."""
+    return json.dumps(value, ensure_ascii=ascii_only)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    lines=st.lists(
+        st.one_of(
+            st.builds(jsonl_line, valid_rows, st.booleans()),
+            st.builds(jsonl_line, bad_rows, st.booleans()),
+            st.builds(jsonl_line, json_values, st.booleans()),
+            text_line,
+        ),
+        max_size=12,
+    ),
+    crlf=st.booleans(),
+)
+def test_every_jsonl_line_is_a_job_or_a_bad_row(lines: list[str], crlf: bool) -> None:
+    """Any JSONL file: each non-blank line is exactly one job or one bad row, at its line."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "jobs.jsonl"
+        path.write_bytes(("\r\n" if crlf else "\n").join(lines).encode())
+        read = read_jobs(path)
+    reported = [int(bad.split(":")[1]) for bad in read.bad_rows]
+    expected = [n for n, line in enumerate(lines, start=1) if line.strip()]
+    assert sorted([job.line for job in read.jobs] + reported) == expected
+    assert len({job.key for job in read.jobs}) == len(read.jobs)
+    for job in read.jobs:
+        row = json.loads(lines[job.line - 1])
+        assert job.request.task_id == row["task_id"]
+        assert job.request.image_index == int(row["image_index"])
+
+
+cells = st.text(max_size=10) | st.sampled_from(["parent-a", "0", "3", " 1 ", "", "9", '"'])
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(records=st.lists(st.lists(cells, min_size=0, max_size=6), max_size=12))
+def test_every_csv_record_is_a_job_or_a_bad_row(records: list[list[str]]) -> None:
+    """Any CSV body (quotes, commas, newlines in cells): no record is dropped or doubled."""
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow(FIELDS)
+    writer.writerows(records)
+    text = buffer.getvalue()
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "jobs.csv"
+        path.write_bytes(text.encode())
+        read = read_jobs(path)
+    # An independent count: the csv module's own records, blank ones aside.
+    written = [row for row in csv.reader(io.StringIO(text, newline="")) if row][1:]
+    assert len(read.jobs) + len(read.bad_rows) == len(written)
+    for job in read.jobs:
+        assert job.request.task_id.strip()
+        assert 0 <= job.request.image_index <= 3
+
+
+# -- fan-out items: anything that is not a request fails alone, before any POST -----------
+
+
+junk_items = st.one_of(
+    st.none(),
+    st.integers(),
+    st.text(max_size=5),
+    st.builds(dict, task_id=st.just("parent-a"), image_index=st.just(0)),
+    st.tuples(st.just("parent-a"), st.just(0)),
+    st.binary(max_size=3),
+)
+
+
+async def fan_out(items: list[object]) -> tuple[list[midvary.VaryOutcome], int]:
+    """Run ``items`` through vary_all against a fake; the outcomes and the POSTs sent."""
+    settings_ = FakeSettings(task_duration=(0.0, 0.01), invisible_for=0.0, submit_limit=None)
+    async with FakeProvider(settings=settings_) as fake:
+        async with midvary.Session(
+            api_key=fake.api_key, base_url=fake.base_url, poll=POLL, submit_rate=None
+        ) as session:
+            outcomes = await session.vary_all(items, concurrency=4)  # type: ignore[arg-type]
+        return outcomes, fake.stats.requests["submit"]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    items=st.lists(
+        st.one_of(st.builds(lambda n: ("request", n), st.integers(0, 3)), junk_items),
+        max_size=8,
+    )
+)
+def test_fan_out_items_that_are_not_requests_fail_alone(items: list[object]) -> None:
+    """Each non-request item is its own TypeError outcome, sent nowhere; the requests succeed."""
+    jobs: list[object] = [
+        midvary.VaryRequest(task_id=f"parent-{position}", image_index=item[1])
+        if isinstance(item, tuple) and item[:1] == ("request",)
+        else item
+        for position, item in enumerate(items)
+    ]
+    outcomes, posts = asyncio.run(fan_out(jobs))
+    assert [o.index for o in outcomes] == list(range(len(jobs)))
+    for job, outcome in zip(jobs, outcomes, strict=True):
+        if isinstance(job, midvary.VaryRequest):
+            assert outcome.ok, outcome
+            assert outcome.request == job
+        else:
+            assert isinstance(outcome.error, TypeError), outcome
+            assert "VaryRequest" in str(outcome.error)
+            assert (outcome.request, outcome.task_id) == (None, None)
+    assert posts == sum(isinstance(job, midvary.VaryRequest) for job in jobs)

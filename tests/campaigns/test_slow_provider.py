@@ -12,6 +12,7 @@ from midvary.testing import FakeProvider, FakeSettings
 
 from ..conditions import until
 from ..conftest import FAST_POLL, FAST_RETRY
+from .scenarios import slow_post_in_batch
 
 SETTINGS = FakeSettings(task_duration=(0.05, 0.1), invisible_for=0.0, submit_limit=None)
 TIMEOUT = 0.2  # seconds per request; the slow provider takes longer
@@ -54,3 +55,16 @@ async def test_slow_polls_are_retried_until_the_provider_recovers() -> None:
         record = await waiter
         assert record.status is midvary.TaskStatus.SUCCESS
         assert fake.stats.tasks_created == 1
+
+
+async def test_a_slow_post_in_a_fan_out_makes_only_that_job_uncertain() -> None:
+    """One POST slower than the timeout in a batch: that job is uncertain, the rest succeed."""
+    figures, outcomes = await slow_post_in_batch(12, slow=5, timeout=TIMEOUT)
+    uncertain = outcomes[5]
+    assert isinstance(uncertain.error, midvary.SubmitUncertainError)
+    assert uncertain.error.request == uncertain.request
+    assert uncertain.task_id is None
+    assert all(o.ok for o in outcomes if o.index != 5), outcomes
+    # The slow POST was carried out: 12 tasks, each accounted for, none twice.
+    assert (figures.succeeded, figures.uncertain, figures.tasks_created) == (11, 1, 12)
+    assert (figures.lost, figures.duplicates) == (0, 0)

@@ -54,6 +54,7 @@ async def test_each_fault_on_submit_gives_its_bad_answer_and_creates_no_task(
     )
     await assert_fault(client, kind, "submit")
     assert fake.stats.faults == {kind: 1}
+    assert fake.stats.faults_by_endpoint == {"submit": 1}
     assert fake.stats.tasks_created == 0
     assert len(fake.tasks) == 0
     assert fake.credits_left == 5
@@ -74,6 +75,7 @@ async def test_each_fault_on_record_info_gives_its_bad_answer(
     # aiohttp itself re-sends an idempotent GET once after a reset, so allow two.
     assert 1 <= fake.stats.faults[kind] <= (2 if kind == "reset" else 1)
     assert fake.stats.requests["record-info"] == fake.stats.faults[kind]
+    assert fake.stats.faults_by_endpoint == {"record-info": fake.stats.faults[kind]}
 
 
 async def test_server_error_fault_is_mirrored_as_http_500(start_fake: StartFake) -> None:
