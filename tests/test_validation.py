@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 import midvary
@@ -50,6 +52,18 @@ async def test_invalid_task_ids_for_lookups(
     with pytest.raises((TypeError, ValueError)):
         await session.get_task(bad)  # type: ignore[arg-type]
     assert api.count() == 0
+
+
+# Every character str.isspace() accepts (tab, NBSP, ideographic space, \x1c ...), not just " ".
+_WHITESPACE = [chr(code) for code in range(sys.maxunicode + 1) if chr(code).isspace()]
+
+
+@pytest.mark.parametrize("space", _WHITESPACE, ids=lambda space: f"U+{ord(space):04X}")
+def test_task_ids_with_any_whitespace_are_refused(space: str) -> None:
+    """A task id holding any Unicode whitespace character is refused; without it, accepted."""
+    with pytest.raises(ValueError, match="without whitespace"):
+        midvary.VaryRequest(task_id=f"abc{space}def", image_index=0)
+    assert midvary.VaryRequest(task_id="abc-def", image_index=0).task_id == "abc-def"
 
 
 @pytest.mark.parametrize(
