@@ -152,9 +152,7 @@ class TaskHandle:
                     raise SessionClosedError(
                         "the Session was closed while waiting for this task"
                     ) from None
-                if limit is None:  # pragma: no cover - a wait without deadline never expires
-                    raise
-                raise TaskTimeoutError(self.task_id, limit, self._last) from None
+                raise TaskTimeoutError(self.task_id, limit or 0.0, self._last) from None
             raise
         return _outcome(record)
 

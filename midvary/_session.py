@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import logging
 import os
 import random
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
@@ -223,14 +221,6 @@ class Session:
             self._callbacks._forget(self)
         if self._owns_http and self._http is not None:
             await self._http.close()
-
-    @contextlib.contextmanager
-    def _waiting(self, handle: TaskHandle) -> Iterator[None]:
-        self._waiters.add(handle)
-        try:
-            yield
-        finally:
-            self._waiters.discard(handle)
 
     async def vary(
         self,
@@ -497,16 +487,11 @@ class Session:
         transport = self._open()
         try:
             data = await transport.call("GET", RECORD_PATH, params={"taskId": task_id})
-        except ValidationError as exc:
-            # The provider's way of saying "no such record (yet)": 422 "recordInfo is null".
-            if "recordinfo is null" in exc.message.lower():
-                raise NotFoundError(
-                    f"task {task_id} not found ({exc.message})",
-                    code=exc.code,
-                    http_status=exc.http_status,
-                ) from exc
-            raise
-        except NotFoundError as exc:
+        except (ValidationError, NotFoundError) as exc:
+            # 404, or the provider's other way of saying "no such record (yet)": 422
+            # "recordInfo is null". Either becomes a NotFoundError that names the task.
+            if isinstance(exc, ValidationError) and "recordinfo is null" not in exc.message.lower():
+                raise
             raise NotFoundError(
                 f"task {task_id} not found ({exc.message})",
                 code=exc.code,
