@@ -21,8 +21,6 @@ FAULT_KINDS: Final[frozenset[FaultKind]] = frozenset(
     ("html_502", "truncated_json", "empty_body", "reset", "server_error"),
 )
 ENDPOINTS: Final[frozenset[Endpoint]] = frozenset(("submit", "generate", "upscale", "record-info"))
-#: The endpoints that create tasks (they share ``submit_limit`` and ``credits``).
-SUBMIT_ENDPOINTS: Final[frozenset[Endpoint]] = frozenset(("submit", "generate", "upscale"))
 
 
 def _number(name: str, value: object) -> float:
