@@ -16,7 +16,7 @@ from ._clock import ManualClock
 from ._images import PNG_SIGNATURE
 from ._provider import FakeProvider
 from ._settings import FAULT_KINDS, Endpoint, FakeSettings, FaultKind, TimeFormat
-from ._state import SuccessFlag, TaskSnapshot
+from ._state import SubmitKind, SuccessFlag, TaskSnapshot
 from ._stats import CallbackFailure, FakeStats
 from ._wire import callback_signature
 
@@ -30,6 +30,7 @@ __all__ = [
     "FakeStats",
     "FaultKind",
     "ManualClock",
+    "SubmitKind",
     "SuccessFlag",
     "TaskSnapshot",
     "TimeFormat",

@@ -32,3 +32,18 @@ def png_bytes(index: int, size: int = 8) -> bytes:
             _chunk(b"IEND", b""),
         ),
     )
+
+
+#: How every fake ``.mp4`` starts: an ISO base media ``ftyp`` box of the ``isom`` brand.
+MP4_FTYP = struct.pack(">I", 24) + b"ftypisom" + struct.pack(">I", 0x200) + b"isommp41"
+
+
+@functools.cache
+def mp4_bytes(index: int) -> bytes:
+    """A tiny stand-in for a video result: an ``ftyp`` box and a ``free`` box naming ``index``.
+
+    Not a playable video (the fake makes no frames), but shaped like an MP4 file, so
+    a client can tell it from an image and save it as one.
+    """
+    payload = f"midvary fake video {index}".encode()
+    return MP4_FTYP + struct.pack(">I", 8 + len(payload)) + b"free" + payload

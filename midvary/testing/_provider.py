@@ -1,13 +1,8 @@
-"""The fake provider: the contract's two endpoints, a result CDN, and a task state machine."""
+"""The fake provider: the API's four endpoints, a result CDN, and a task state machine."""
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import enum
-import hmac
-import random
-import re
 import secrets
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -17,28 +12,16 @@ from typing import Any, Self
 import attrs
 import yarl
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
 
+from ._apps import Account, ProviderApps
 from ._callbacks import CallbackScheduler
 from ._clock import ManualClock
-from ._images import png_bytes
-from ._settings import Endpoint, FakeSettings, FaultKind, settings_as_json
-from ._state import SuccessFlag, Task, TaskSnapshot, TaskStore, VaryParams
+from ._control import control_routes
+from ._settings import FakeSettings
+from ._state import SuccessFlag, Task, TaskSnapshot, TaskStore
 from ._stats import FakeStats
-from ._wire import (
-    Rejection,
-    close_connection,
-    envelope,
-    fault_answer,
-    parent_record_data,
-    parse_vary_body,
-    record_data,
-    result_urls,
-)
+from ._wire import task_result_urls
 
-SUBMIT_PATH = "/api/v1/mj/generateVary"
-RECORD_INFO_PATH = "/api/v1/mj/record-info"
-_RESULT_NAME = re.compile(r"(?P<task_id>.+)_(?P<index>[0-9])\.png")
 # Seconds a closing provider lets in-flight requests finish (a `latency` sleep, say).
 _SHUTDOWN_GRACE = 0.5
 
@@ -52,28 +35,52 @@ class _Phase(enum.Enum):
 class FakeProvider:
     """An in-process stand-in for the kie.ai Midjourney API, served over loopback.
 
-    It answers ``POST /api/v1/mj/generateVary`` and ``GET /api/v1/mj/record-info`` as
-    ``CONTRACT.md`` describes, awkward parts included: errors inside HTTP 200, a new task
-    invisible for a while, ``paramJson`` as a JSON string, two time formats, and a result
-    CDN on a different origin (``results_base_url``) that must not receive the API key.
-    Knobs live in :class:`FakeSettings`; figures in :attr:`stats`.
+    It answers ``POST /api/v1/mj/generate``, ``POST /api/v1/mj/generateVary``,
+    ``POST /api/v1/mj/generateUpscale`` and ``GET /api/v1/mj/record-info`` as
+    ``docs/provider.md`` describes, awkward parts included: errors inside HTTP 200, a new
+    task invisible for a while, ``paramJson`` as a JSON string, two time formats, and a
+    result CDN on a different origin (``results_base_url``) that must not receive the API
+    key. Knobs live in :class:`FakeSettings`; figures in :attr:`stats`.
 
-    Answers, in the order the checks run (envelope codes; HTTP 200 unless noted, or the
-    code itself with ``mirror_http_status``):
+    Which ids are finished parents (what vary and upscale may name): any id starting with
+    the settings' ``parent_prefix`` (``"parent-"`` by default, so ``"parent-1"`` works),
+    ids given to :meth:`add_parent`, and the fake's own generate and vary tasks once they
+    succeeded. :attr:`sample_parent_id` gives one to paste; :meth:`is_parent` tells.
+
+    A submission's answers, in the order the checks run (envelope codes; HTTP 200 unless
+    noted, or the code itself with ``mirror_http_status``):
 
     - an injected fault (``fault_rate``), before anything else;
     - 455 during maintenance;
     - 401 for a missing or wrong ``Authorization: Bearer <key>``;
-    - 400 for a body that is not JSON, or any bad field: ``taskId`` missing or not a
-      non-empty string, ``imageIndex`` missing, not an int (``true`` is not an int) or out
-      of range, ``waterMark`` not a string, ``callBackUrl`` not an absolute http(s) URL
-      (``null`` counts as absent for the two optional fields);
-    - 422 when the parent task is unknown, or is a task of the fake that has not
-      succeeded;
-    - 429, always as HTTP 429, beyond ``submit_limit``;
+    - 400 for a body that is not JSON, or a field missing, of the wrong type or outside its
+      allowed values (``null`` counts as absent for optional fields; ``true`` is not an
+      int). Vary and upscale: ``taskId`` a non-empty string, ``imageIndex`` an int 0..3
+      (vary: from ``index_base``), ``waterMark`` a string, ``callBackUrl`` an absolute
+      http(s) URL. Generate: ``taskType`` one of ``mj_txt2img``, ``mj_img2img``,
+      ``mj_style_reference``, ``mj_omni_reference``, ``mj_video``, ``mj_video_hd``;
+      ``prompt`` 1 to 2000 characters; ``speed`` relaxed/fast/turbo; ``aspectRatio`` one
+      of 1:2, 9:16, 2:3, 3:4, 5:6, 6:5, 4:3, 3:2, 1:1, 16:9, 2:1; ``version`` one of "7",
+      "6.1", "6", "5.2", "5.1", "niji6"; ``variety`` 0..100 in steps of 5;
+      ``stylization`` 0..1000; ``weirdness`` 0..3000; ``ow`` 1..1000; ``fileUrls`` a list
+      of absolute http(s) URLs; ``videoBatchSize`` 1, 2 or 4; ``motion`` high/low;
+      ``enableTranslation`` a bool;
+    - 422 for a generate field its ``taskType`` does not allow: ``speed`` with video or
+      omni reference, ``ow`` without omni reference, ``videoBatchSize`` or ``motion``
+      without video, no ``fileUrls`` for an image-input type, not exactly one for video;
+    - 422 when a vary's or upscale's parent is unknown, still generating, failed, an
+      upscale or a video, or has no image at ``imageIndex``;
+    - 429, always as HTTP 429, beyond ``submit_limit`` (one budget for all three);
     - 402 when ``credits`` are used up;
     - otherwise 200 with ``data.taskId`` (unknown extra body fields are ignored), unless
       ``drop_submit_answer_rate`` loses the answer of the task it just created.
+
+    Records (``record-info``): ``taskType`` is the request's ``taskType`` for a generate,
+    ``"mj_vary"`` for a vary and ``"mj_upscale"`` for an upscale; ``paramJson`` echoes the
+    request's known fields as sent. A successful image generate or vary has
+    ``images_per_task`` images (4 by default), an upscale 1, a video generate
+    ``videoBatchSize`` ``.mp4`` files. Task ids are unique across fake instances, whatever
+    the seed.
 
     ``record-info`` answers 400 without a ``taskId`` query parameter, and "not found"
     (``not_found_style``) for an unknown or still invisible task. Parents the fake did not
@@ -118,23 +125,34 @@ class FakeProvider:
         self._settings = settings if settings is not None else FakeSettings()
         if not isinstance(self._settings, FakeSettings):
             raise TypeError(f"settings must be a FakeSettings, not {type(settings).__name__}")
-        self._api_key = api_key if api_key is not None else _new_key()
         self._seed = seed
         self._host = host
         self._ports = (port, results_port)
         self._clock = clock if clock is not None else time.monotonic
         self._wall_clock = wall_clock if wall_clock is not None else time.time
         self._store = TaskStore(seed=seed)
-        self._rng = random.Random(f"{seed}:faults")
         self._stats = FakeStats()
-        self._credits_left = self._settings.credits
-        self._recent_submissions: dict[str, collections.deque[float]] = {}
-        self._maintenance = False
-        self._result_headers: list[CIMultiDictProxy[str]] = []
+        self._account = Account(
+            api_key=api_key if api_key is not None else _new_key(),
+            credits_left=self._settings.credits,
+        )
+        self._callbacks: CallbackScheduler | None = None
+        self._apps = ProviderApps(
+            store=self._store,
+            stats=self._stats,
+            account=self._account,
+            seed=seed,
+            settings=lambda: self._settings,
+            clock=self._clock,
+            since_start=self.now,
+            wall=self._wall,
+            epoch=lambda: self._started_wall,
+            results_base=lambda: self.results_base_url,
+            callbacks=lambda: self._callbacks,
+        )
         self._phase = _Phase.NEW
         self._runners: list[web.AppRunner] = []
         self._urls: tuple[str, str] | None = None
-        self._callbacks: CallbackScheduler | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._started_at = 0.0
         self._started_wall = 0.0
@@ -176,8 +194,8 @@ class FakeProvider:
                 results_base=lambda: self.results_base_url,
                 stats=self._stats,
             )
-            api_url = await self._serve(self._api_app(), self._ports[0])
-            results_url = await self._serve(self._results_app(), self._ports[1])
+            api_url = await self._serve(self._apps.api_app(control_routes(self)), self._ports[0])
+            results_url = await self._serve(self._apps.results_app(), self._ports[1])
             self._urls = (api_url, results_url)
             self._callbacks.start()
             if isinstance(self._clock, ManualClock):
@@ -233,18 +251,18 @@ class FakeProvider:
     @property
     def api_key(self) -> str:
         """The one key the API accepts; set it to make every other key get 401."""
-        return self._api_key
+        return self._account.api_key
 
     @api_key.setter
     def api_key(self, value: str) -> None:
         if not isinstance(value, str) or not value:
             raise ValueError("api_key must be a non-empty str")
-        self._api_key = value
+        self._account.api_key = value
 
     def rotate_api_key(self) -> str:
         """Replace the accepted key with a new ``fake-...`` key and return it."""
-        self._api_key = _new_key()
-        return self._api_key
+        self._account.api_key = _new_key()
+        return self._account.api_key
 
     @property
     def seed(self) -> int:
@@ -264,7 +282,7 @@ class FakeProvider:
         if not isinstance(value, FakeSettings):
             raise TypeError(f"settings must be a FakeSettings, not {type(value).__name__}")
         if value.credits != self._settings.credits:
-            self._credits_left = value.credits
+            self._account.credits_left = value.credits
         self._settings = value
         if self._callbacks is not None:
             self._callbacks.wake()
@@ -275,20 +293,58 @@ class FakeProvider:
         return self._settings
 
     def set_maintenance(self, on: bool) -> None:
-        """Answer 455 on both endpoints from now on (``True``) or stop doing so (``False``).
+        """Answer 455 on every API endpoint from now on (``True``) or stop doing so (``False``).
 
         This switch adds to the ``maintenance`` windows of the settings.
         """
-        self._maintenance = on
+        self._account.maintenance = on
 
     @property
     def credits_left(self) -> int | None:
         """Credits left, or ``None`` when they are unlimited."""
-        return self._credits_left
+        return self._account.credits_left
 
-    def add_parent(self, task_id: str) -> None:
-        """Make ``task_id`` a finished parent task that vary submissions may name."""
+    def add_parent(self, task_id: str | None = None) -> str:
+        """Make ``task_id`` a finished parent task (of 4 images) that vary and upscale may name.
+
+        Args:
+            task_id: The id; ``None`` makes up a new one, unique across fakes.
+
+        Returns:
+            The parent's id.
+        """
+        if task_id is None:
+            task_id = self._store.new_parent_id()
+        elif not isinstance(task_id, str) or not task_id.strip():
+            raise ValueError(f"a parent id must be a non-empty str, not {task_id!r}")
         self._store.add_parent(task_id)
+        return task_id
+
+    def is_parent(self, task_id: str) -> bool:
+        """Whether a vary or upscale of image 0 of ``task_id`` would be accepted now.
+
+        That is an id with the ``parent_prefix``, one given to :meth:`add_parent`, or a
+        generate or vary task of the fake that succeeded (not one still generating or
+        failed, nor an upscale or a video).
+        """
+        return self._store.parent_refusal(task_id, 0, self._settings, self._clock()) is None
+
+    @property
+    def sample_parent_id(self) -> str:
+        """A task id this fake accepts as a finished parent right now, to paste into a vary.
+
+        ``parent_prefix + "1"`` (``"parent-1"`` by default); without a prefix, the first id
+        given to :meth:`add_parent`, else the fake's first successful generate or vary
+        task, else a new parent made with :meth:`add_parent`.
+        """
+        prefix = self._settings.parent_prefix
+        if prefix is not None:
+            return f"{prefix}1"
+        added = self._store.added_parents
+        if added:
+            return added[0]
+        finished = self._store.finished_parents(self._clock())
+        return finished[0] if finished else self.add_parent()
 
     def now(self) -> float:
         """Seconds of the provider's clock since it started (the time of ``maintenance``)."""
@@ -302,7 +358,7 @@ class FakeProvider:
     @property
     def result_request_headers(self) -> Sequence[Mapping[str, str]]:
         """The headers of every request the result CDN received, oldest first."""
-        return tuple(self._result_headers)
+        return tuple(self._apps.result_headers)
 
     @property
     def pending_callbacks(self) -> int:
@@ -333,17 +389,19 @@ class FakeProvider:
         """A read-only view of every task the fake created, by id, in creation order."""
         return _TasksView(self._store.tasks, self._snapshot)
 
+    def _wall(self, reading: float) -> float:
+        return self._started_wall + (reading - self._started_at)
+
     def _snapshot(self, task: Task) -> TaskSnapshot:
         flag = task.flag_at(self._clock())
-        urls = (
-            result_urls(self.results_base_url, task.task_id, task.image_count)
-            if flag is SuccessFlag.SUCCESS
-            else []
-        )
+        urls = task_result_urls(self.results_base_url, task) if flag is SuccessFlag.SUCCESS else []
         return TaskSnapshot(
             task_id=task.task_id,
+            kind=task.params.kind,
+            task_type=task.params.task_type,
             parent_task_id=task.params.parent_task_id,
             image_index=task.params.image_index,
+            param_json=task.params.param_json,
             water_mark=task.params.water_mark,
             callback_url=task.params.callback_url,
             created_at=task.created_at,
@@ -355,251 +413,6 @@ class FakeProvider:
             polls=self._stats.polls.get(task.task_id, 0),
             detection_delay=self._stats.detection_delays.get(task.task_id),
         )
-
-    # -- the API --------------------------------------------------------------------------
-
-    def _api_app(self) -> web.Application:
-        app = web.Application(middlewares=[_envelope_for_http_errors])
-        app.router.add_post(SUBMIT_PATH, self._handle_submit)
-        app.router.add_get(RECORD_INFO_PATH, self._handle_record_info)
-        app.router.add_get("/_fake/stats", self._handle_stats)
-        app.router.add_post("/_fake/settings", self._handle_settings)
-        app.router.add_post("/_fake/maintenance", self._handle_maintenance)
-        return app
-
-    def _wall(self, reading: float) -> float:
-        return self._started_wall + (reading - self._started_at)
-
-    def _answer(
-        self,
-        code: int,
-        msg: str,
-        data: object = None,
-        *,
-        http_status: int | None = None,
-    ) -> web.Response:
-        self._stats.codes[code] += 1
-        return envelope(
-            code,
-            msg,
-            data,
-            mirror=self._settings.mirror_http_status,
-            http_status=http_status,
-        )
-
-    def _reject(self, rejection: Rejection) -> web.Response:
-        if rejection.code == 429:
-            self._stats.rate_limited += 1
-            return self._answer(429, rejection.msg, http_status=429)
-        return self._answer(rejection.code, rejection.msg)
-
-    async def _before(self, endpoint: Endpoint, request: web.Request) -> web.Response | None:
-        """Count, delay and maybe spoil a request; a fault's answer ends the request."""
-        self._stats.requests[endpoint] += 1
-        settings = self._settings
-        latency = settings.latency
-        if isinstance(latency, tuple):
-            latency = self._rng.uniform(*latency)
-        if latency > 0:
-            # The body arrives before the provider's slowness: a client that gives up while
-            # it waits has still handed over a submission the provider will carry out.
-            if request.can_read_body:
-                await request.read()
-            await asyncio.sleep(latency)
-        if (
-            settings.fault_rate > 0
-            and endpoint in settings.fault_endpoints
-            and self._rng.random() < settings.fault_rate
-        ):
-            kind: FaultKind = self._rng.choice(sorted(settings.fault_kinds))
-            self._stats.faults[kind] += 1
-            self._stats.faults_by_endpoint[endpoint] += 1
-            return fault_answer(kind, request, mirror=settings.mirror_http_status)
-        return None
-
-    def _check_access(self, request: web.Request) -> None:
-        """Raise the 455 of maintenance, or the 401 of a missing or wrong key."""
-        if self._maintenance or self._settings.in_maintenance(self.now()):
-            raise Rejection(455, "The service is under maintenance, please try again later")
-        header = request.headers.get("Authorization")
-        if header is None:
-            raise Rejection(401, "Unauthorized: the Authorization: Bearer <key> header is missing")
-        scheme, _, key = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            key.strip().encode(),
-            self._api_key.encode(),
-        ):
-            raise Rejection(401, "Unauthorized: the API key is invalid")
-
-    async def _handle_submit(self, request: web.Request) -> web.Response:
-        spoiled = await self._before("submit", request)
-        if spoiled is not None:
-            return spoiled
-        try:
-            params = await self._admit(request)
-        except Rejection as rejection:
-            return self._reject(rejection)
-
-        # No await since _admit's checks ended, so what they checked still holds.
-        settings = self._settings
-        now = self._clock()
-        task, duplicate = self._store.create(params, settings, now)
-        self._stats.tasks_created += 1
-        self._stats.duplicate_submissions += duplicate
-        if self._credits_left is not None:
-            self._credits_left -= 1
-        if settings.submit_limit is not None:
-            self._recent_submissions.setdefault(self._api_key, collections.deque()).append(now)
-        if settings.callbacks and params.callback_url is not None and self._callbacks:
-            self._callbacks.schedule(task, settings.callback_duplicates)
-        if (
-            settings.drop_submit_answer_rate > 0
-            and self._rng.random() < settings.drop_submit_answer_rate
-        ):
-            self._stats.dropped_submit_answers += 1
-            return close_connection(request)
-        return self._answer(200, "success", {"taskId": task.task_id})
-
-    async def _admit(self, request: web.Request) -> VaryParams:
-        """Check a submission in the provider's order; raise the first refusal."""
-        self._check_access(request)
-        try:
-            body = await request.json()
-        except ValueError:
-            raise Rejection(400, "the request body is not valid JSON") from None
-        settings = self._settings
-        params = parse_vary_body(body, index_base=settings.index_base)
-        now = self._clock()
-        if not self._store.is_parent(params.parent_task_id, settings, now):
-            raise Rejection(
-                422,
-                f"taskId {params.parent_task_id!r} is not a finished task of this account",
-            )
-        self._check_submit_limit(self._api_key, now)
-        if self._credits_left is not None and self._credits_left <= 0:
-            raise Rejection(402, "Insufficient credits")
-        return params
-
-    def _check_submit_limit(self, api_key: str, now: float) -> None:
-        limit = self._settings.submit_limit
-        if limit is None:
-            return
-        count, window = limit
-        recent = self._recent_submissions.get(api_key)
-        if recent is None:
-            return
-        while recent and recent[0] <= now - window:
-            recent.popleft()
-        if len(recent) >= count:
-            raise Rejection(
-                429,
-                f"Too many requests: at most {count} submissions per {window:g} s",
-            )
-
-    async def _handle_record_info(self, request: web.Request) -> web.Response:
-        spoiled = await self._before("record-info", request)
-        if spoiled is not None:
-            return spoiled
-        try:
-            self._check_access(request)
-        except Rejection as rejection:
-            return self._reject(rejection)
-        task_id = request.query.get("taskId", "")
-        if not task_id.strip():
-            return self._answer(400, "taskId is required")
-        return self._record_answer(task_id)
-
-    def _record_answer(self, task_id: str) -> web.Response:
-        settings = self._settings
-        now = self._clock()
-        task = self._store.get(task_id)
-        if task is None:
-            if self._store.is_extra_parent(task_id, settings):
-                return self._answer(200, "success", self._parent_record(task_id))
-            return self._not_found()
-        self._stats.polls[task_id] = self._stats.polls.get(task_id, 0) + 1
-        if now < task.visible_at:
-            return self._not_found()
-        if now >= task.finished_at and task_id not in self._stats.detection_delays:
-            self._stats.detection_delays[task_id] = now - task.finished_at
-        data = record_data(
-            task,
-            now,
-            wall=self._wall,
-            results_base=self.results_base_url,
-            result_info_as_string=settings.result_info_as_string,
-        )
-        return self._answer(200, "success", data)
-
-    def _parent_record(self, task_id: str) -> dict[str, Any]:
-        settings = self._settings
-        return parent_record_data(
-            task_id,
-            epoch=self._started_wall,
-            style="epoch_ms" if settings.time_format == "epoch_ms" else "iso_z",
-            results_base=self.results_base_url,
-            result_info_as_string=settings.result_info_as_string,
-        )
-
-    def _not_found(self) -> web.Response:
-        if self._settings.not_found_style == "404":
-            return self._answer(404, "Task not found")
-        return self._answer(422, "recordInfo is null")
-
-    # -- control endpoints for a fake in another process (benchmarks) ---------------------
-
-    async def _handle_stats(self, _request: web.Request) -> web.Response:
-        figures = self._stats.as_dict()
-        figures["credits_left"] = self._credits_left
-        figures["elapsed"] = self.now()
-        return web.json_response(figures)
-
-    async def _handle_settings(self, request: web.Request) -> web.Response:
-        try:
-            changes = await request.json()
-        except ValueError:
-            changes = None
-        if not isinstance(changes, dict):
-            error = "the body must be a JSON object of FakeSettings fields"
-            return web.json_response({"error": error}, status=400)
-        try:
-            self.update(**changes)
-        except (ValueError, TypeError) as exc:
-            return web.json_response({"error": str(exc)}, status=400)
-        return web.json_response(settings_as_json(self._settings))
-
-    async def _handle_maintenance(self, request: web.Request) -> web.Response:
-        try:
-            body = await request.json()
-        except ValueError:
-            body = None
-        if not isinstance(body, dict) or not isinstance(body.get("on"), bool):
-            return web.json_response({"error": 'expected {"on": true|false}'}, status=400)
-        self.set_maintenance(body["on"])
-        return web.json_response({"on": body["on"]})
-
-    # -- the result CDN -------------------------------------------------------------------
-
-    def _results_app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_get("/results/{name}", self._handle_result)
-        return app
-
-    async def _handle_result(self, request: web.Request) -> web.Response:
-        self._stats.requests["results"] += 1
-        self._result_headers.append(CIMultiDictProxy(CIMultiDict(request.headers)))
-        match = _RESULT_NAME.fullmatch(request.match_info["name"])
-        if match is None:
-            raise web.HTTPNotFound
-        task_id, index = match["task_id"], int(match["index"])
-        task = self._store.get(task_id)
-        if task is not None:
-            exists = task.flag_at(self._clock()) is SuccessFlag.SUCCESS and index < task.image_count
-        else:
-            exists = self._store.is_extra_parent(task_id, self._settings) and index < 4
-        if not exists:
-            raise web.HTTPNotFound
-        return web.Response(body=png_bytes(index), content_type="image/png")
 
 
 class _TasksView(Mapping[str, TaskSnapshot]):
@@ -618,21 +431,6 @@ class _TasksView(Mapping[str, TaskSnapshot]):
 
     def __len__(self) -> int:
         return len(self._tasks)
-
-
-@web.middleware
-async def _envelope_for_http_errors(
-    request: web.Request,
-    handler: Callable[[web.Request], Any],
-) -> web.StreamResponse:
-    """Unknown paths and methods get an envelope too (with a real HTTP status)."""
-    try:
-        response: web.StreamResponse = await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return envelope(exc.status, exc.reason, mirror=True)
-    return response
 
 
 def _new_key() -> str:

@@ -1,7 +1,8 @@
 """``midvary fake-server``: the fake provider in the foreground, for demos and benchmarks.
 
 It prints ``key value`` lines (``base_url``, ``results_base_url``, ``api_key``,
-``stats_url``), then a ``ready`` line, serves until SIGINT or SIGTERM, prints a ``stats``
+``stats_url``, and ``parent_id``: a finished parent task id to vary or upscale), then a
+``ready`` line, serves until SIGINT or SIGTERM, prints a ``stats``
 line of JSON figures and exits 0. The key is a fake one, so printing it is fine.
 
 A process that drives it reads the figures from ``GET <base_url>/_fake/stats`` and changes
@@ -147,6 +148,7 @@ async def _serve(provider: FakeProvider) -> None:
             _say(f"results_base_url {provider.results_base_url}")
             _say(f"api_key {provider.api_key}")
             _say(f"stats_url {provider.base_url}/_fake/stats")
+            _say(f"parent_id {provider.sample_parent_id}")
             _say("ready")
             await stop.wait()
             figures = provider.stats.as_dict()

@@ -10,15 +10,17 @@ import attrs
 
 #: The ways an answer can be spoiled by ``fault_rate``.
 FaultKind: TypeAlias = Literal["html_502", "truncated_json", "empty_body", "reset", "server_error"]
-#: The two API endpoints, as named in ``fault_endpoints`` and in the figures.
-Endpoint: TypeAlias = Literal["submit", "record-info"]
+#: The API endpoints, as named in ``fault_endpoints`` and in the figures: ``"submit"`` is
+#: ``generateVary`` (its name from before the other two existed), ``"generate"`` and
+#: ``"upscale"`` are ``generate`` and ``generateUpscale``.
+Endpoint: TypeAlias = Literal["submit", "generate", "upscale", "record-info"]
 TimeFormat: TypeAlias = Literal["iso", "epoch_ms", "mixed"]
 NotFoundStyle: TypeAlias = Literal["422", "404"]
 
 FAULT_KINDS: Final[frozenset[FaultKind]] = frozenset(
     ("html_502", "truncated_json", "empty_body", "reset", "server_error"),
 )
-ENDPOINTS: Final[frozenset[Endpoint]] = frozenset(("submit", "record-info"))
+ENDPOINTS: Final[frozenset[Endpoint]] = frozenset(("submit", "generate", "upscale", "record-info"))
 
 
 def _number(name: str, value: object) -> float:
@@ -138,7 +140,7 @@ def _optional_str(_inst: object, attribute: attrs.Attribute[Any], value: object)
 class FakeSettings:
     """How the fake provider behaves; every time is in seconds of the provider's clock.
 
-    The defaults behave like the real provider (as ``CONTRACT.md`` describes it) with time
+    The defaults behave like the real provider (as ``docs/provider.md`` describes it) with time
     compressed: tasks take 1 to 3 s instead of tens of seconds, a new task is invisible for
     0.5 s, the submit limit is the real 20 per 10 s, and nothing fails. Change settings at
     runtime with ``provider.update(**changes)`` or ``provider.settings = attrs.evolve(...)``;
@@ -151,7 +153,9 @@ class FakeSettings:
         failure_rate: Share of accepted tasks that fail (0.0 to 1.0).
         create_failure_share: Share of the failing tasks that fail at creation
             (``successFlag`` 2); the rest fail at the end of generation (``successFlag`` 3).
-        images_per_task: Result images per successful task, 1 to 4 (Midjourney makes 4).
+        images_per_task: Result images per successful generate (image types) or vary task,
+            1 to 4 (Midjourney makes a grid of 4). An upscale always has 1 image, a video
+            generate its ``videoBatchSize`` videos (1 when not given).
         invisible_for: Seconds after creation during which ``record-info`` answers "not
             found" for the new task, as the real provider was seen to do (>= 0).
         not_found_style: How an unknown or invisible task is answered: ``"422"`` (code 422,
@@ -164,16 +168,21 @@ class FakeSettings:
         mirror_http_status: Send the envelope code as the HTTP status too. By default errors
             arrive inside HTTP 200, as the real provider does; rate limiting is HTTP 429
             either way.
-        index_base: ``0`` (the schema: ``imageIndex`` 0..3) or ``1`` (the prose: 1..4).
-        parent_prefix: Any task id starting with this is a finished parent task; ``None``
-            means only ids given to ``add_parent`` and tasks the fake finished successfully.
+        index_base: ``0`` (the schema: ``imageIndex`` 0..3) or ``1`` (the prose: 1..4) for
+            vary; upscale's ``imageIndex`` is 0..3 whatever this says.
+        parent_prefix: Any task id starting with this is a finished parent task (of 4
+            images) that vary and upscale may name; ``None`` means only ids given to
+            ``add_parent`` and generate or vary tasks the fake finished successfully.
         submit_limit: ``(count, window)``: at most ``count`` accepted submissions per
             sliding ``window`` seconds per API key, beyond which HTTP 429 (not queued);
-            ``None`` means no limit. Only accepted submissions use the budget.
-        credits: Credits at start; each accepted submission uses one, and at 0 submissions
-            get code 402. ``None`` means unlimited. Setting it at runtime sets the balance.
+            ``None`` means no limit. Only accepted submissions use the budget, which
+            generate, vary and upscale share (the provider's limit counts every new
+            generation request).
+        credits: Credits at start; each accepted submission (of any of the three
+            endpoints) uses one, and at 0 submissions get code 402. ``None`` means
+            unlimited. Setting it at runtime sets the balance.
         maintenance: ``(start, end)`` windows, in seconds since the provider started,
-            during which both endpoints answer code 455 (see also ``set_maintenance``).
+            during which every API endpoint answers code 455 (see also ``set_maintenance``).
         latency: Seconds added to every API request, or a ``(low, high)`` range to draw
             from (>= 0).
         fault_rate: Share of API answers spoiled by a fault (0.0 to 1.0). A fault on a
@@ -182,9 +191,11 @@ class FakeSettings:
             ``"truncated_json"`` (HTTP 200, cut-off JSON), ``"empty_body"`` (HTTP 200, no
             body), ``"reset"`` (the connection closes without an answer), ``"server_error"``
             (envelope code 500).
-        fault_endpoints: Which endpoints faults hit: ``"submit"``, ``"record-info"``.
-        drop_submit_answer_rate: Share of accepted submissions whose answer is lost: the
-            task is created (and billed) but the connection closes without an answer.
+        fault_endpoints: Which endpoints faults hit: ``"submit"`` (generateVary),
+            ``"generate"``, ``"upscale"``, ``"record-info"``.
+        drop_submit_answer_rate: Share of accepted submissions (of any of the three
+            endpoints) whose answer is lost: the task is created (and billed) but the
+            connection closes without an answer.
         callbacks: Whether a task submitted with a ``callBackUrl`` is POSTed there when it
             finishes (decided when the task is created).
         callback_hmac_key: Sign callbacks like kie.ai's ``webhookHmacKey``; ``None`` means

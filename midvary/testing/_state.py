@@ -10,11 +10,17 @@ from __future__ import annotations
 import enum
 import itertools
 import random
+import uuid
 from typing import Literal, TypeAlias
 
 import attrs
 
 from ._settings import FakeSettings
+
+#: The three submission endpoints: ``generate``, ``generateVary``, ``generateUpscale``.
+SubmitKind: TypeAlias = Literal["generate", "vary", "upscale"]
+#: What a task's result files are: images, or the videos of the ``mj_video*`` types.
+Media: TypeAlias = Literal["png", "mp4"]
 
 #: How one record spells its times: ISO-8601 with ``Z``, with ``+00:00``, or epoch ms.
 TimeStyle: TypeAlias = Literal["iso_z", "iso_offset", "epoch_ms"]
@@ -41,15 +47,38 @@ FAILURE_DETAILS: dict[SuccessFlag, tuple[int, str]] = {
 }
 
 
-@attrs.frozen(kw_only=True)
-class VaryParams:
-    """A submission that passed validation; ``image_index`` is the wire value."""
+# The id tag of each kind's tasks ("fakevary..." for vary, as before generate existed).
+_ID_TAGS: dict[SubmitKind, str] = {"generate": "gen", "vary": "vary", "upscale": "ups"}
 
-    parent_task_id: str
-    image_index: int
+
+@attrs.frozen(kw_only=True)
+class SubmitParams:
+    """A submission that passed validation.
+
+    Attributes:
+        kind: Which endpoint accepted it.
+        task_type: The ``taskType`` its record shows.
+        parent_task_id: The task varied or upscaled; ``None`` for a generate.
+        image_index: The ``imageIndex`` as sent on the wire; ``None`` for a generate.
+        water_mark: The ``waterMark`` sent, or ``None``.
+        callback_url: The ``callBackUrl`` sent, or ``None``.
+        param_json: The record's ``paramJson``: the request's known fields, JSON-encoded.
+        image_count: Result files when it succeeds; ``None`` means a grid of the settings'
+            ``images_per_task``.
+        media: What the result files are.
+        identity: What makes two submissions the same one (for the duplicate figure).
+    """
+
+    kind: SubmitKind
+    task_type: str
+    parent_task_id: str | None
+    image_index: int | None
     water_mark: str | None
     callback_url: str | None
     param_json: str
+    image_count: int | None = None
+    media: Media = "png"
+    identity: tuple[object, ...]
 
 
 @attrs.frozen(kw_only=True, slots=True)
@@ -57,7 +86,7 @@ class Task:
     """One task the fake created; times are readings of the provider's clock, in seconds."""
 
     task_id: str
-    params: VaryParams
+    params: SubmitParams
     created_at: float
     visible_at: float
     finished_at: float
@@ -76,10 +105,13 @@ class TaskStore:
     def __init__(self, *, seed: int) -> None:
         # A string seed is stable across processes (unlike hash-randomised objects).
         self._rng = random.Random(f"{seed}:tasks")
+        # Not from the seed: two fakes (even with one seed) must never hand out the same
+        # task id, or a download that skips existing files keeps another run's images.
+        self._instance = uuid.uuid4().hex[:8]
         self._serial = itertools.count(1)
         self._tasks: dict[str, Task] = {}
-        self._parents: set[str] = set()
-        self._accepted: set[tuple[str, int, str | None]] = set()
+        self._parents: dict[str, None] = {}  # insertion-ordered set
+        self._accepted: set[tuple[object, ...]] = set()
 
     @property
     def tasks(self) -> dict[str, Task]:
@@ -92,21 +124,69 @@ class TaskStore:
 
     def add_parent(self, task_id: str) -> None:
         """Make ``task_id`` a finished parent task."""
-        self._parents.add(task_id)
+        self._parents[task_id] = None
+
+    def new_parent_id(self) -> str:
+        """A parent id no one used yet (unique across fakes, like task ids)."""
+        return f"fakeparent{self._instance}{next(self._serial):06d}"
+
+    @property
+    def added_parents(self) -> tuple[str, ...]:
+        """The ids given to :meth:`add_parent`, oldest first."""
+        return tuple(self._parents)
 
     def is_extra_parent(self, task_id: str, settings: FakeSettings) -> bool:
         """Whether ``task_id`` is a parent the fake did not create (added or by prefix)."""
         prefix = settings.parent_prefix
         return task_id in self._parents or (prefix is not None and task_id.startswith(prefix))
 
-    def is_parent(self, task_id: str, settings: FakeSettings, now: float) -> bool:
-        """Whether a vary of ``task_id`` may be submitted at clock reading ``now``."""
-        task = self._tasks.get(task_id)
-        if task is not None:
-            return task.flag_at(now) is SuccessFlag.SUCCESS
-        return self.is_extra_parent(task_id, settings)
+    def parent_refusal(  # noqa: PLR0911  # one early answer per reason
+        self,
+        task_id: str,
+        image_index: int,
+        settings: FakeSettings,
+        now: float,
+    ) -> str | None:
+        """Why image ``image_index`` (0-based) of ``task_id`` cannot be varied or upscaled now.
 
-    def create(self, params: VaryParams, settings: FakeSettings, now: float) -> tuple[Task, bool]:
+        ``None`` means it can: ``task_id`` is a parent the fake did not create (added or by
+        prefix), or a generate or vary task of the fake that succeeded with that image.
+        """
+        task = self._tasks.get(task_id)
+        if task is None:
+            if self.is_extra_parent(task_id, settings):
+                return None
+            return f"taskId {task_id!r} is not a task of this account"
+        if task.params.kind == "upscale" or task.params.media != "png":
+            return (
+                f"taskId {task_id!r} is a {task.params.task_type} task: only the image grid "
+                "of a generate or vary task can be varied or upscaled"
+            )
+        flag = task.flag_at(now)
+        if flag is SuccessFlag.GENERATING:
+            return f"taskId {task_id!r} is not finished yet (successFlag 0)"
+        if flag is not SuccessFlag.SUCCESS:
+            return f"taskId {task_id!r} failed (successFlag {int(flag)}): it has no images"
+        if image_index >= task.image_count:
+            return f"taskId {task_id!r} has {task.image_count} images: no image {image_index}"
+        return None
+
+    def finished_parents(self, now: float) -> list[str]:
+        """Ids of the fake's own tasks that may be varied or upscaled now, oldest first."""
+        return [
+            task.task_id
+            for task in self._tasks.values()
+            if task.params.kind != "upscale"
+            and task.params.media == "png"
+            and task.flag_at(now) is SuccessFlag.SUCCESS
+        ]
+
+    def create(
+        self,
+        params: SubmitParams,
+        settings: FakeSettings,
+        now: float,
+    ) -> tuple[Task, bool]:
         """Create a task for an accepted submission; also says whether it is a duplicate."""
         rng = self._rng
         # Always the same number of draws per task, so a seed gives the same tasks whatever
@@ -132,20 +212,22 @@ class TaskStore:
         else:
             time_style = style
 
+        tag = _ID_TAGS[params.kind]
         task = Task(
-            task_id=f"fakevary{next(self._serial):06d}{bits:012x}",
+            task_id=f"fake{tag}{self._instance}{next(self._serial):06d}{bits:012x}",
             params=params,
             created_at=now,
             visible_at=now + settings.invisible_for,
             finished_at=now + duration,
             outcome=outcome,
             time_style=time_style,
-            image_count=settings.images_per_task,
+            image_count=(
+                settings.images_per_task if params.image_count is None else params.image_count
+            ),
         )
         self._tasks[task.task_id] = task
-        key = (params.parent_task_id, params.image_index, params.water_mark)
-        duplicate = key in self._accepted
-        self._accepted.add(key)
+        duplicate = params.identity in self._accepted
+        self._accepted.add(params.identity)
         return task, duplicate
 
 
@@ -158,8 +240,13 @@ class TaskSnapshot:
 
     Attributes:
         task_id: The task's id.
-        parent_task_id: The ``taskId`` the vary was submitted for.
-        image_index: The ``imageIndex`` as sent on the wire.
+        kind: The endpoint that created it: ``"generate"``, ``"vary"`` or ``"upscale"``.
+        task_type: The ``taskType`` its record shows (``"mj_vary"`` for a vary,
+            ``"mj_upscale"`` for an upscale, the request's ``taskType`` for a generate).
+        parent_task_id: The ``taskId`` the vary or upscale was submitted for; ``None`` for
+            a generate.
+        image_index: The ``imageIndex`` as sent on the wire; ``None`` for a generate.
+        param_json: The record's ``paramJson`` (the request's known fields, JSON-encoded).
         water_mark: The ``waterMark`` sent, or ``None``.
         callback_url: The ``callBackUrl`` sent, or ``None``.
         created_at: When the submission was accepted.
@@ -174,8 +261,11 @@ class TaskSnapshot:
     """
 
     task_id: str
-    parent_task_id: str
-    image_index: int
+    kind: SubmitKind
+    task_type: str
+    parent_task_id: str | None
+    image_index: int | None
+    param_json: str
     water_mark: str | None
     callback_url: str | None
     created_at: float

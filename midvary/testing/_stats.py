@@ -33,15 +33,20 @@ class FakeStats:
     Times are in seconds of the provider's clock.
 
     Attributes:
-        requests: Requests received per endpoint: ``"submit"``, ``"record-info"``,
-            ``"results"`` (image downloads); faulted ones included.
+        requests: Requests received per endpoint: ``"submit"`` (generateVary),
+            ``"generate"``, ``"upscale"``, ``"record-info"``, ``"results"`` (downloads);
+            faulted ones included.
         codes: Envelope codes answered (200 included); faults are counted in ``faults``.
-        tasks_created: Submissions accepted, dropped answers included.
-        duplicate_submissions: Accepted submissions whose parent, image index and watermark
-            had been accepted before.
+        tasks_created: Submissions accepted (of all three endpoints), dropped answers
+            included.
+        tasks_by_endpoint: Submissions accepted per endpoint (``"submit"``, ``"generate"``,
+            ``"upscale"``), dropped answers included.
+        duplicate_submissions: Accepted submissions the same as one accepted before: a
+            vary or upscale of the same parent, image index and watermark, or a generate
+            of the same fields (``callBackUrl`` aside).
         rate_limited: HTTP 429 answers sent.
         faults: Faults injected, by kind.
-        faults_by_endpoint: Faults injected, by endpoint (``"submit"``, ``"record-info"``).
+        faults_by_endpoint: Faults injected, by endpoint (as named in ``requests``).
         dropped_submit_answers: Submissions accepted whose answer was then lost on purpose.
         polls: ``record-info`` requests per task id created by the fake (invisible and final
             answers included; faulted requests and those refused before the lookup not).
@@ -55,6 +60,7 @@ class FakeStats:
     requests: collections.Counter[str] = attrs.field(factory=collections.Counter)
     codes: collections.Counter[int] = attrs.field(factory=collections.Counter)
     tasks_created: int = 0
+    tasks_by_endpoint: collections.Counter[str] = attrs.field(factory=collections.Counter)
     duplicate_submissions: int = 0
     rate_limited: int = 0
     faults: collections.Counter[str] = attrs.field(factory=collections.Counter)

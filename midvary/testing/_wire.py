@@ -10,18 +10,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Final
 
-import yarl
 from aiohttp import web
 
 from ._settings import FaultKind
-from ._state import FAILURE_DETAILS, SuccessFlag, Task, TimeStyle, VaryParams
+from ._state import FAILURE_DETAILS, Media, SuccessFlag, Task, TimeStyle
 
-#: The ``taskType`` of vary records (the real value is undocumented).
-VARY_TASK_TYPE: Final = "mj_vary"
 #: The ``taskType`` of parent records the fake did not create.
 PARENT_TASK_TYPE: Final = "mj_txt2img"
-#: The request fields ``paramJson`` echoes, in this order.
-ECHOED_FIELDS: Final = ("taskId", "imageIndex", "waterMark", "callBackUrl")
 
 _PROXY_502_PAGE: Final = (
     "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
@@ -53,51 +48,6 @@ def envelope(
     return web.json_response({"code": code, "msg": msg, "data": data}, status=http_status)
 
 
-def parse_vary_body(body: object, *, index_base: int) -> VaryParams:
-    """Validate a ``generateVary`` body; raise :class:`Rejection` (code 400) when it is bad."""
-    if not isinstance(body, dict):
-        raise Rejection(400, "the request body must be a JSON object")
-    task_id = body.get("taskId")
-    if task_id is None:
-        raise Rejection(400, "taskId is required")
-    if not isinstance(task_id, str) or not task_id.strip():
-        raise Rejection(400, "taskId must be a non-empty string")
-    if "imageIndex" not in body or body["imageIndex"] is None:
-        raise Rejection(400, "imageIndex is required")
-    image_index = body["imageIndex"]
-    low, high = index_base, index_base + 3
-    if isinstance(image_index, bool) or not isinstance(image_index, int):
-        raise Rejection(400, f"imageIndex must be an integer from {low} to {high}")
-    if not low <= image_index <= high:
-        raise Rejection(400, f"imageIndex must be from {low} to {high}, got {image_index}")
-    water_mark = body.get("waterMark")
-    if water_mark is not None and not isinstance(water_mark, str):
-        raise Rejection(400, "waterMark must be a string")
-    callback_url = body.get("callBackUrl")
-    if callback_url is not None and not _is_http_url(callback_url):
-        raise Rejection(400, "callBackUrl must be an absolute http(s) URL")
-    echo = {field: body[field] for field in ECHOED_FIELDS if field in body}
-    return VaryParams(
-        parent_task_id=task_id,
-        image_index=image_index,
-        water_mark=water_mark,
-        callback_url=callback_url,
-        param_json=json.dumps(echo, separators=(",", ":")),
-    )
-
-
-def _is_http_url(value: object) -> bool:
-    # Deliberately not midvary's own check_http_url: the fake must judge requests on its
-    # own, so that a mistake in the client cannot make the fake agree with it.
-    if not isinstance(value, str):
-        return False
-    try:
-        url = yarl.URL(value)
-    except (TypeError, ValueError):
-        return False
-    return url.scheme in ("http", "https") and bool(url.host)
-
-
 def format_time(epoch: float, style: TimeStyle) -> str | int:
     """``epoch`` (seconds) as the record's time style."""
     if style == "epoch_ms":
@@ -106,9 +56,14 @@ def format_time(epoch: float, style: TimeStyle) -> str | int:
     return text.replace("+00:00", "Z") if style == "iso_z" else text
 
 
-def result_urls(results_base: str, task_id: str, count: int) -> list[str]:
-    """The result image URLs of a task (0-based file names, like the real CDN)."""
-    return [f"{results_base}/results/{task_id}_{n}.png" for n in range(count)]
+def result_urls(results_base: str, task_id: str, count: int, media: Media = "png") -> list[str]:
+    """The result file URLs of a task (0-based file names, like the real CDN)."""
+    return [f"{results_base}/results/{task_id}_{n}.{media}" for n in range(count)]
+
+
+def task_result_urls(results_base: str, task: Task) -> list[str]:
+    """The result file URLs of one of the fake's tasks, once it succeeded."""
+    return result_urls(results_base, task.task_id, task.image_count, task.params.media)
 
 
 def _result_info(urls: list[str], *, as_string: bool) -> object:
@@ -130,13 +85,13 @@ def record_data(
     final = flag is not SuccessFlag.GENERATING
     return {
         "taskId": task.task_id,
-        "taskType": VARY_TASK_TYPE,
+        "taskType": task.params.task_type,
         "paramJson": task.params.param_json,
         "createTime": format_time(wall(task.created_at), task.time_style),
         "completeTime": format_time(wall(task.finished_at), task.time_style) if final else None,
         "resultInfoJson": (
             _result_info(
-                result_urls(results_base, task.task_id, task.image_count),
+                task_result_urls(results_base, task),
                 as_string=result_info_as_string,
             )
             if flag is SuccessFlag.SUCCESS
@@ -177,7 +132,7 @@ def callback_payload(task: Task, results_base: str) -> dict[str, Any]:
     """The JSON a finished task's callback carries (kie's shape, not record-info's)."""
     if task.outcome is SuccessFlag.SUCCESS:
         code, msg = 200, "success"
-        urls = result_urls(results_base, task.task_id, task.image_count)
+        urls = task_result_urls(results_base, task)
     else:
         code, msg = 500, FAILURE_DETAILS[task.outcome][1]
         urls = []

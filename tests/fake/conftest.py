@@ -13,7 +13,11 @@ import pytest
 from midvary.testing import FakeProvider, FakeSettings, ManualClock
 
 SUBMIT = "/api/v1/mj/generateVary"
+GENERATE = "/api/v1/mj/generate"
+UPSCALE = "/api/v1/mj/generateUpscale"
 RECORD = "/api/v1/mj/record-info"
+#: A generate body every rule accepts.
+GENERATE_BODY: dict[str, Any] = {"taskType": "mj_txt2img", "prompt": "a red fox in the snow"}
 
 #: Test defaults: realistic shapes, no submit limit, times that only a ManualClock moves.
 BASE_SETTINGS: dict[str, Any] = {
@@ -109,6 +113,28 @@ class Client:
         assert task_id
         return task_id
 
+    async def generate(
+        self, body: Any = None, *, key: object = _DEFAULT_KEY, envelope: bool = True, **fields: Any
+    ) -> Answer:
+        """POST generate with ``body``, or a valid txt2img body updated with ``fields``."""
+        payload = {**GENERATE_BODY, **fields} if body is None else body
+        return await self.request("POST", GENERATE, key=key, envelope=envelope, json=payload)
+
+    async def generate_ok(self, **fields: Any) -> str:
+        """Generate, assert it was accepted, and return the new task id."""
+        return _accepted(await self.generate(**fields))
+
+    async def upscale(
+        self, body: Any = None, *, key: object = _DEFAULT_KEY, envelope: bool = True, **fields: Any
+    ) -> Answer:
+        """POST generateUpscale with ``body``, or a valid body updated with ``fields``."""
+        payload = {"taskId": "parent-1", "imageIndex": 0, **fields} if body is None else body
+        return await self.request("POST", UPSCALE, key=key, envelope=envelope, json=payload)
+
+    async def upscale_ok(self, **fields: Any) -> str:
+        """Upscale, assert it was accepted, and return the new task id."""
+        return _accepted(await self.upscale(**fields))
+
     async def record(
         self, task_id: str, *, key: object = _DEFAULT_KEY, envelope: bool = True
     ) -> Answer:
@@ -116,6 +142,14 @@ class Client:
         return await self.request(
             "GET", RECORD, key=key, envelope=envelope, params={"taskId": task_id}
         )
+
+
+def _accepted(answer: Answer) -> str:
+    assert (answer.status, answer.code) == (200, 200), answer
+    task_id = answer.data["taskId"]
+    assert isinstance(task_id, str)
+    assert task_id
+    return task_id
 
 
 class StartFake(Protocol):

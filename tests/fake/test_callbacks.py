@@ -176,3 +176,38 @@ async def test_no_callbacks_when_switched_off(
     await fake.settle_callbacks()
     assert receiver.deliveries == []
     assert fake.stats.callbacks_sent == 0
+
+
+@pytest.mark.parametrize("endpoint", ["generate", "upscale"])
+async def test_new_endpoints_call_back_like_vary(
+    start_fake: StartFake, clock: ManualClock, receiver: Receiver, endpoint: str
+) -> None:
+    """A generate or upscale with a callBackUrl is POSTed, signed, with its own results."""
+    fake, client = await start_fake(callback_hmac_key="k")
+    if endpoint == "generate":
+        task_id = await client.generate_ok(callBackUrl=receiver.url, prompt="a fox")
+    else:
+        task_id = await client.upscale_ok(callBackUrl=receiver.url, imageIndex=2)
+    finish(clock, fake, task_id)
+    await fake.settle_callbacks()
+    ((headers, payload),) = receiver.deliveries
+    assert headers["X-Webhook-Signature"] == callback_signature(
+        "k", task_id, headers["X-Webhook-Timestamp"]
+    )
+    assert payload["code"] == 200
+    assert payload["data"]["taskId"] == task_id
+    assert payload["data"]["promptJson"] == fake.task(task_id).param_json
+    assert payload["data"]["resultUrls"] == list(fake.task(task_id).result_urls)
+    assert len(payload["data"]["resultUrls"]) == (4 if endpoint == "generate" else 1)
+
+
+async def test_failed_generate_calls_back_with_500(
+    start_fake: StartFake, clock: ManualClock, receiver: Receiver
+) -> None:
+    """A failed generate's callback is code 500 with no result URLs."""
+    fake, client = await start_fake(failure_rate=1.0)
+    task_id = await client.generate_ok(callBackUrl=receiver.url)
+    finish(clock, fake, task_id)
+    await fake.settle_callbacks()
+    ((_, payload),) = receiver.deliveries
+    assert (payload["code"], payload["data"]["resultUrls"]) == (500, [])

@@ -125,7 +125,7 @@ BAD_SETTINGS: list[dict[str, Any]] = [
     {"fault_rate": 2},
     {"fault_kinds": ["bogus"]},
     {"fault_kinds": [], "fault_rate": 0.5},
-    {"fault_endpoints": ["upscale"]},
+    {"fault_endpoints": ["generateVary"]},
     {"drop_submit_answer_rate": 1.1},
     {"callback_hmac_key": ""},
     {"callback_duplicates": 0},

@@ -71,7 +71,7 @@ def test_bad_values_are_value_errors(argv: tuple[str, ...]) -> None:
 
 
 async def test_server_process_serves_then_exits_0_on_sigterm() -> None:
-    """The process prints URLs, key and ready, serves the API, and exits 0 on SIGTERM."""
+    """The process prints URLs, key, a parent id and ready, serves, and exits 0 on SIGTERM."""
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "midvary.testing._serve", "--duration", "0.01", "0.02",
         "--invisible-for", "0", "--api-key", "fake-proc",
@@ -88,11 +88,12 @@ async def test_server_process_serves_then_exits_0_on_sigterm() -> None:
         assert info["api_key"] == "fake-proc"
         headers = {"Authorization": "Bearer fake-proc"}
         async with aiohttp.ClientSession(headers=headers) as http:
-            url = info["base_url"] + "/api/v1/mj/generateVary"
-            async with http.post(url, json={"taskId": "parent-1", "imageIndex": 0}) as response:
+            url = info["base_url"] + "/api/v1/mj/generateUpscale"
+            body = {"taskId": info["parent_id"], "imageIndex": 0}
+            async with http.post(url, json=body) as response:
                 assert (await response.json())["code"] == 200
             async with http.get(info["stats_url"]) as response:
-                assert (await response.json())["tasks_created"] == 1
+                assert (await response.json())["tasks_by_endpoint"] == {"upscale": 1}
         process.send_signal(signal.SIGTERM)
         async with asyncio.timeout(20):
             rest = (await process.stdout.read()).decode()

@@ -1,0 +1,351 @@
+"""The fake's two web applications: the API (submissions, record-info) and the result CDN."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import hmac
+import random
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from ._callbacks import CallbackScheduler
+from ._images import mp4_bytes, png_bytes
+from ._settings import Endpoint, FakeSettings, FaultKind
+from ._state import SubmitParams, SuccessFlag, TaskStore
+from ._stats import FakeStats
+from ._submit import parse_generate_body, parse_upscale_body, parse_vary_body
+from ._wire import (
+    Rejection,
+    close_connection,
+    envelope,
+    fault_answer,
+    parent_record_data,
+    record_data,
+)
+
+SUBMIT_PATH = "/api/v1/mj/generateVary"
+GENERATE_PATH = "/api/v1/mj/generate"
+UPSCALE_PATH = "/api/v1/mj/generateUpscale"
+RECORD_INFO_PATH = "/api/v1/mj/record-info"
+_RESULT_NAME = re.compile(r"(?P<task_id>.+)_(?P<index>[0-9])\.(?P<media>png|mp4)")
+
+
+@attrs.define(kw_only=True)
+class Account:
+    """The account state the API checks and uses up, shared with the provider's surface.
+
+    Attributes:
+        api_key: The one key the API accepts.
+        credits_left: Credits left; ``None`` means unlimited.
+        maintenance: The ``set_maintenance`` switch.
+        recent_submissions: Per key, clock readings of accepted submissions still in the
+            ``submit_limit`` window (one window for all three submission endpoints).
+    """
+
+    api_key: str
+    credits_left: int | None
+    maintenance: bool = False
+    recent_submissions: dict[str, collections.deque[float]] = attrs.field(factory=dict)
+
+
+class ProviderApps:
+    """The handlers of both servers, over the provider's store, figures and account."""
+
+    def __init__(
+        self,
+        *,
+        store: TaskStore,
+        stats: FakeStats,
+        account: Account,
+        seed: int,
+        settings: Callable[[], FakeSettings],
+        clock: Callable[[], float],
+        since_start: Callable[[], float],
+        wall: Callable[[float], float],
+        epoch: Callable[[], float],
+        results_base: Callable[[], str],
+        callbacks: Callable[[], CallbackScheduler | None],
+    ) -> None:
+        self._store = store
+        self._stats = stats
+        self._account = account
+        self._rng = random.Random(f"{seed}:faults")
+        self._settings = settings
+        self._clock = clock
+        self._since_start = since_start
+        self._wall = wall
+        self._epoch = epoch
+        self._results_base = results_base
+        self._callbacks = callbacks
+        #: The headers of every request the result CDN received, oldest first.
+        self.result_headers: list[CIMultiDictProxy[str]] = []
+
+    def api_app(self, extra_routes: Sequence[web.RouteDef] = ()) -> web.Application:
+        """The API: the three submission endpoints, record-info, and ``extra_routes``."""
+        app = web.Application(middlewares=[_envelope_for_http_errors])
+        app.router.add_post(SUBMIT_PATH, self._handle_vary)
+        app.router.add_post(GENERATE_PATH, self._handle_generate)
+        app.router.add_post(UPSCALE_PATH, self._handle_upscale)
+        app.router.add_get(RECORD_INFO_PATH, self._handle_record_info)
+        app.router.add_routes(extra_routes)
+        return app
+
+    def _answer(
+        self,
+        code: int,
+        msg: str,
+        data: object = None,
+        *,
+        http_status: int | None = None,
+    ) -> web.Response:
+        self._stats.codes[code] += 1
+        return envelope(
+            code,
+            msg,
+            data,
+            mirror=self._settings().mirror_http_status,
+            http_status=http_status,
+        )
+
+    def _reject(self, rejection: Rejection) -> web.Response:
+        if rejection.code == 429:
+            self._stats.rate_limited += 1
+            return self._answer(429, rejection.msg, http_status=429)
+        return self._answer(rejection.code, rejection.msg)
+
+    async def _before(self, endpoint: Endpoint, request: web.Request) -> web.Response | None:
+        """Count, delay and maybe spoil a request; a fault's answer ends the request."""
+        self._stats.requests[endpoint] += 1
+        settings = self._settings()
+        latency = settings.latency
+        if isinstance(latency, tuple):
+            latency = self._rng.uniform(*latency)
+        if latency > 0:
+            # The body arrives before the provider's slowness: a client that gives up while
+            # it waits has still handed over a submission the provider will carry out.
+            if request.can_read_body:
+                await request.read()
+            await asyncio.sleep(latency)
+        if (
+            settings.fault_rate > 0
+            and endpoint in settings.fault_endpoints
+            and self._rng.random() < settings.fault_rate
+        ):
+            kind: FaultKind = self._rng.choice(sorted(settings.fault_kinds))
+            self._stats.faults[kind] += 1
+            self._stats.faults_by_endpoint[endpoint] += 1
+            return fault_answer(kind, request, mirror=settings.mirror_http_status)
+        return None
+
+    def _check_access(self, request: web.Request) -> None:
+        """Raise the 455 of maintenance, or the 401 of a missing or wrong key."""
+        if self._account.maintenance or self._settings().in_maintenance(self._since_start()):
+            raise Rejection(455, "The service is under maintenance, please try again later")
+        header = request.headers.get("Authorization")
+        if header is None:
+            raise Rejection(401, "Unauthorized: the Authorization: Bearer <key> header is missing")
+        scheme, _, key = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            key.strip().encode(),
+            self._account.api_key.encode(),
+        ):
+            raise Rejection(401, "Unauthorized: the API key is invalid")
+
+    async def _handle_vary(self, request: web.Request) -> web.Response:
+        return await self._submission(
+            "submit",
+            request,
+            lambda body: parse_vary_body(body, index_base=self._settings().index_base),
+        )
+
+    async def _handle_generate(self, request: web.Request) -> web.Response:
+        return await self._submission("generate", request, parse_generate_body)
+
+    async def _handle_upscale(self, request: web.Request) -> web.Response:
+        return await self._submission("upscale", request, parse_upscale_body)
+
+    async def _submission(
+        self,
+        endpoint: Endpoint,
+        request: web.Request,
+        parse: Callable[[object], SubmitParams],
+    ) -> web.Response:
+        """One submission, whichever endpoint: the same checks, budget and answers."""
+        spoiled = await self._before(endpoint, request)
+        if spoiled is not None:
+            return spoiled
+        try:
+            params = await self._admit(request, parse)
+        except Rejection as rejection:
+            return self._reject(rejection)
+
+        # No await since _admit's checks ended, so what they checked still holds.
+        settings = self._settings()
+        now = self._clock()
+        task, duplicate = self._store.create(params, settings, now)
+        self._stats.tasks_created += 1
+        self._stats.tasks_by_endpoint[endpoint] += 1
+        self._stats.duplicate_submissions += duplicate
+        if self._account.credits_left is not None:
+            self._account.credits_left -= 1
+        if settings.submit_limit is not None:
+            recent = self._account.recent_submissions
+            recent.setdefault(self._account.api_key, collections.deque()).append(now)
+        callbacks = self._callbacks()
+        if settings.callbacks and params.callback_url is not None and callbacks is not None:
+            callbacks.schedule(task, settings.callback_duplicates)
+        if (
+            settings.drop_submit_answer_rate > 0
+            and self._rng.random() < settings.drop_submit_answer_rate
+        ):
+            self._stats.dropped_submit_answers += 1
+            return close_connection(request)
+        return self._answer(200, "success", {"taskId": task.task_id})
+
+    async def _admit(
+        self,
+        request: web.Request,
+        parse: Callable[[object], SubmitParams],
+    ) -> SubmitParams:
+        """Check a submission in the provider's order; raise the first refusal."""
+        self._check_access(request)
+        try:
+            body = await request.json()
+        except ValueError:
+            raise Rejection(400, "the request body is not valid JSON") from None
+        settings = self._settings()
+        params = parse(body)
+        now = self._clock()
+        if params.parent_task_id is not None and params.image_index is not None:
+            offset = settings.index_base if params.kind == "vary" else 0
+            refusal = self._store.parent_refusal(
+                params.parent_task_id,
+                params.image_index - offset,
+                settings,
+                now,
+            )
+            if refusal is not None:
+                raise Rejection(422, refusal)
+        self._check_submit_limit(self._account.api_key, now)
+        if self._account.credits_left is not None and self._account.credits_left <= 0:
+            raise Rejection(402, "Insufficient credits")
+        return params
+
+    def _check_submit_limit(self, api_key: str, now: float) -> None:
+        limit = self._settings().submit_limit
+        if limit is None:
+            return
+        count, window = limit
+        recent = self._account.recent_submissions.get(api_key)
+        if recent is None:
+            return
+        while recent and recent[0] <= now - window:
+            recent.popleft()
+        if len(recent) >= count:
+            raise Rejection(
+                429,
+                f"Too many requests: at most {count} submissions per {window:g} s",
+            )
+
+    async def _handle_record_info(self, request: web.Request) -> web.Response:
+        spoiled = await self._before("record-info", request)
+        if spoiled is not None:
+            return spoiled
+        try:
+            self._check_access(request)
+        except Rejection as rejection:
+            return self._reject(rejection)
+        task_id = request.query.get("taskId", "")
+        if not task_id.strip():
+            return self._answer(400, "taskId is required")
+        return self._record_answer(task_id)
+
+    def _record_answer(self, task_id: str) -> web.Response:
+        settings = self._settings()
+        now = self._clock()
+        task = self._store.get(task_id)
+        if task is None:
+            if self._store.is_extra_parent(task_id, settings):
+                return self._answer(200, "success", self._parent_record(task_id))
+            return self._not_found()
+        self._stats.polls[task_id] = self._stats.polls.get(task_id, 0) + 1
+        if now < task.visible_at:
+            return self._not_found()
+        if now >= task.finished_at and task_id not in self._stats.detection_delays:
+            self._stats.detection_delays[task_id] = now - task.finished_at
+        data = record_data(
+            task,
+            now,
+            wall=self._wall,
+            results_base=self._results_base(),
+            result_info_as_string=settings.result_info_as_string,
+        )
+        return self._answer(200, "success", data)
+
+    def _parent_record(self, task_id: str) -> dict[str, Any]:
+        settings = self._settings()
+        return parent_record_data(
+            task_id,
+            epoch=self._epoch(),
+            style="epoch_ms" if settings.time_format == "epoch_ms" else "iso_z",
+            results_base=self._results_base(),
+            result_info_as_string=settings.result_info_as_string,
+        )
+
+    def _not_found(self) -> web.Response:
+        if self._settings().not_found_style == "404":
+            return self._answer(404, "Task not found")
+        return self._answer(422, "recordInfo is null")
+
+    def results_app(self) -> web.Application:
+        """The result CDN: ``/results/<taskId>_<n>.png`` (or ``.mp4`` for videos)."""
+        app = web.Application()
+        app.router.add_get("/results/{name}", self._handle_result)
+        return app
+
+    async def _handle_result(self, request: web.Request) -> web.Response:
+        self._stats.requests["results"] += 1
+        self.result_headers.append(CIMultiDictProxy(CIMultiDict(request.headers)))
+        match = _RESULT_NAME.fullmatch(request.match_info["name"])
+        if match is None:
+            raise web.HTTPNotFound
+        task_id, index, media = match["task_id"], int(match["index"]), match["media"]
+        task = self._store.get(task_id)
+        if task is not None:
+            exists = (
+                task.flag_at(self._clock()) is SuccessFlag.SUCCESS
+                and index < task.image_count
+                and media == task.params.media
+            )
+        else:
+            exists = (
+                self._store.is_extra_parent(task_id, self._settings())
+                and index < 4
+                and media == "png"
+            )
+        if not exists:
+            raise web.HTTPNotFound
+        if media == "mp4":
+            return web.Response(body=mp4_bytes(index), content_type="video/mp4")
+        return web.Response(body=png_bytes(index), content_type="image/png")
+
+
+@web.middleware
+async def _envelope_for_http_errors(
+    request: web.Request,
+    handler: Callable[[web.Request], Any],
+) -> web.StreamResponse:
+    """Unknown paths and methods get an envelope too (with a real HTTP status)."""
+    try:
+        response: web.StreamResponse = await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return envelope(exc.status, exc.reason, mirror=True)
+    return response
