@@ -8,6 +8,8 @@ Submit a vary task, await its handle, get a :class:`TaskRecord`::
         print(record.image_urls)
 """
 
+from types import FunctionType as _FunctionType
+
 from ._callbacks import DEFAULT_SAFETY_POLL, CallbackReceiver
 from ._config import USE_DEFAULT, PollPolicy, RetryPolicy
 from ._errors import (
@@ -78,3 +80,11 @@ __all__ = [
     "VaryRequest",
     "__version__",
 ]
+
+# Public classes and functions say they are `midvary.X`, not `midvary._errors.X`, in reprs,
+# tracebacks and pickles (as httpx does); each one is importable from here under that name.
+for _name in __all__:
+    _value = globals()[_name]
+    if isinstance(_value, type | _FunctionType):
+        _value.__module__ = __name__
+del _name, _value, _FunctionType
