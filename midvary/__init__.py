@@ -16,6 +16,7 @@ from ._errors import (
     APIError,
     AuthenticationError,
     BadRequestError,
+    CallbackSignatureError,
     DownloadError,
     FeatureDisabledError,
     GenerationFailedError,
@@ -38,6 +39,7 @@ from ._fanout import FanOut, JobEvent, JobEventKind, UnfinishedJob, VaryOutcome
 from ._handle import TaskHandle
 from ._models import TaskRecord, TaskStatus, VaryRequest
 from ._session import Session
+from ._signature import verify_callback
 from ._version import VERSION
 
 __version__ = VERSION
@@ -49,6 +51,7 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "CallbackReceiver",
+    "CallbackSignatureError",
     "DownloadError",
     "FanOut",
     "FeatureDisabledError",
@@ -79,6 +82,7 @@ __all__ = [
     "VaryOutcome",
     "VaryRequest",
     "__version__",
+    "verify_callback",
 ]
 
 # Public classes and functions say they are `midvary.X`, not `midvary._errors.X`, in reprs,
