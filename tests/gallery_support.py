@@ -6,11 +6,12 @@ import json
 import struct
 import zlib
 from collections import Counter
+from collections.abc import Sequence
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
-import attrs
+from attrs import define, field
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -120,7 +121,7 @@ def result(
     return line
 
 
-def write_lines(path: Path, lines: list[dict[str, Any] | str]) -> Path:
+def write_lines(path: Path, lines: Sequence[dict[str, Any] | str]) -> Path:
     """Write results lines (objects as JSON, strings as they are) to ``path``."""
     path.write_text(
         "".join((item if isinstance(item, str) else json.dumps(item)) + "\n" for item in lines),
@@ -144,14 +145,14 @@ def done_job(
     return result(job_id, parent, index, "done", vary_task_id=task, image_urls=urls, files=files)
 
 
-@attrs.define(eq=False)
+@define(eq=False)
 class Element:
     """One parsed element: its tag, attributes, the classes of its ancestors, its text."""
 
     tag: str
     attrs: dict[str, str | None]
     ancestors: list[Element]
-    text: list[str] = attrs.field(factory=list)
+    text: list[str] = field(factory=list)
 
     @property
     def classes(self) -> set[str]:
