@@ -67,6 +67,7 @@ def test_public_values_still_pickle(value: object) -> None:
     back = pickle.loads(data)  # noqa: S301 - our own bytes
     assert type(back) is type(value)
     if isinstance(value, BaseException):
+        assert isinstance(back, BaseException)
         assert back.args == value.args
     else:
         assert back == value
