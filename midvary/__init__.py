@@ -8,12 +8,15 @@ Submit a vary task, await its handle, get a :class:`TaskRecord`::
         print(record.image_urls)
 """
 
+from types import FunctionType as _FunctionType
+
 from ._callbacks import DEFAULT_SAFETY_POLL, CallbackReceiver
 from ._config import USE_DEFAULT, PollPolicy, RetryPolicy
 from ._errors import (
     APIError,
     AuthenticationError,
     BadRequestError,
+    CallbackSignatureError,
     DownloadError,
     FeatureDisabledError,
     GenerationFailedError,
@@ -36,6 +39,7 @@ from ._fanout import FanOut, JobEvent, JobEventKind, UnfinishedJob, VaryOutcome
 from ._handle import TaskHandle
 from ._models import TaskRecord, TaskStatus, VaryRequest
 from ._session import Session
+from ._signature import verify_callback
 from ._version import VERSION
 
 __version__ = VERSION
@@ -47,6 +51,7 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "CallbackReceiver",
+    "CallbackSignatureError",
     "DownloadError",
     "FanOut",
     "FeatureDisabledError",
@@ -77,4 +82,13 @@ __all__ = [
     "VaryOutcome",
     "VaryRequest",
     "__version__",
+    "verify_callback",
 ]
+
+# Public classes and functions say they are `midvary.X`, not `midvary._errors.X`, in reprs,
+# tracebacks and pickles (as httpx does); each one is importable from here under that name.
+for _name in __all__:
+    _value = globals()[_name]
+    if isinstance(_value, type | _FunctionType):
+        _value.__module__ = __name__
+del _name, _value, _FunctionType

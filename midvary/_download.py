@@ -13,7 +13,7 @@ import contextlib
 import logging
 import os
 import re
-import tempfile
+import secrets
 from pathlib import Path, PurePosixPath
 from typing import Final
 
@@ -107,7 +107,7 @@ async def _download_file(
     http: aiohttp.ClientSession, url: str, target: Path, timeout: aiohttp.ClientTimeout
 ) -> None:
     """One attempt: stream ``url`` to a temporary file, flush it to disk, rename it."""
-    fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    fd, temporary = _create_temporary(target)
     renamed = False
     try:
         with os.fdopen(fd, "wb") as file:
@@ -121,3 +121,30 @@ async def _download_file(
         if not renamed:
             with contextlib.suppress(OSError):
                 os.unlink(temporary)
+
+
+# O_EXCL: never reuse a file that exists; O_NOFOLLOW: never write through a planted symlink.
+_CREATE_FLAGS: Final = (
+    os.O_WRONLY
+    | os.O_CREAT
+    | os.O_EXCL
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+    | getattr(os, "O_BINARY", 0)
+)
+
+
+def _create_temporary(target: Path) -> tuple[int, str]:
+    """Create ``.<name>.<random>.part`` beside ``target``; return its descriptor and path.
+
+    Unlike :func:`tempfile.mkstemp` (always ``0o600``), the file is created with mode
+    ``0o666`` so the process's umask (and a directory's default ACL) applies, as for any
+    normally written file: the image ends up ``-rw-r--r--`` under the usual umask 022.
+    """
+    for _ in range(100):
+        path = target.parent / f".{target.name}.{secrets.token_hex(6)}.part"
+        try:
+            return os.open(path, _CREATE_FLAGS, 0o666), str(path)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a temporary file beside {target}")

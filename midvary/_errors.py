@@ -21,8 +21,10 @@
     ├── TaskFailedError               the task ended in CREATE_FAILED or GENERATE_FAILED
     ├── TaskTimeoutError              a wait's deadline passed (also a TimeoutError)
     ├── SessionClosedError            the session was used after it closed (also a RuntimeError)
-    └── ReceiverClosedError           a CallbackReceiver was used after it stopped (also a
-                                      RuntimeError)
+    ├── ReceiverClosedError           a CallbackReceiver was used after it stopped (also a
+    │                                 RuntimeError)
+    └── CallbackSignatureError        verify_callback(): a delivery's signature is missing,
+                                      stale or wrong
 
     * a record that is not visible yet right after submission is tolerated for a grace period.
 
@@ -274,3 +276,19 @@ class ReceiverClosedError(MidvaryError, RuntimeError):
     Raised when a session is created with, or submits through, a receiver whose
     ``stop()`` has run. Create a new receiver instead.
     """
+
+
+class CallbackSignatureError(MidvaryError):
+    """A callback delivery's signature is missing, malformed, stale or wrong.
+
+    Raised by :func:`~midvary.verify_callback`. The message says what was wrong; it never
+    holds the HMAC key or the signature.
+
+    Attributes:
+        task_id: The task the delivery's body names.
+
+    """
+
+    def __init__(self, message: str, *, task_id: str) -> None:
+        super().__init__(message)
+        self.task_id = task_id

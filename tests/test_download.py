@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import stat
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -55,6 +57,23 @@ async def test_complete_files_are_skipped(tmp_path: Path) -> None:
         assert fake.stats.requests["results"] == sent + 1
     assert second == first
     assert all(p.is_file() for p in second)
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+async def test_downloaded_files_get_the_umask_permissions(
+    tmp_path: Path, umask: int, mode: int
+) -> None:
+    """A downloaded image gets 0o666 & ~umask, like any normally written file (not 0o600)."""
+    previous = os.umask(umask)
+    try:
+        async with fake_session() as (_fake, session):
+            (outcome,) = await session.vary_all(requests(1))
+            assert outcome.record is not None
+            paths = await session.download(outcome.record, tmp_path)
+    finally:
+        os.umask(previous)
+    assert [stat.S_IMODE(p.stat().st_mode) for p in paths] == [mode] * 4
+    assert leftovers(tmp_path) == []
 
 
 async def test_fanout_downloads_each_success(tmp_path: Path) -> None:

@@ -1,0 +1,237 @@
+"""The results gallery: structure, relative image paths, escaping, bad lines, and scale."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import pytest
+
+from midvary._gallery import (
+    GalleryJob,
+    GalleryResults,
+    parse_results,
+    read_results,
+    render_gallery,
+    write_gallery,
+)
+
+from .gallery_support import COLOURS, Tree, done_job, result, text, write_lines
+
+HOSTILE_MARK = '"><img src=x onerror="document.title=1"><script>alert(1)</script>'
+HOSTILE_ERROR = "</p><script>document.title='pwned'</script><a href=javascript:alert(1)>x</a>"
+# Every element the page may contain; an injected element would be outside this set.
+ALLOWED_TAGS = {
+    "html", "head", "meta", "title", "style", "body", "header", "h1", "h2", "p", "main",
+    "section", "div", "article", "span", "code", "dl", "dt", "dd", "strong", "figure", "a",
+    "img", "figcaption", "br", "ul", "li", "footer",
+}  # fmt: skip
+
+
+@pytest.fixture
+def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A bulk run's folder: images downloaded into images/, results.jsonl written there."""
+    monkeypatch.chdir(tmp_path)
+    first = done_job(tmp_path, "job-1", "parent-A", 2, COLOURS[:4])
+    first["water_mark"] = HOSTILE_MARK
+    write_lines(
+        tmp_path / "results.jsonl",
+        [
+            result("job-1", "parent-A", 2, "uncertain"),  # superseded by the later line
+            done_job(tmp_path, "job-2", "parent-B", 0, COLOURS[4:]),
+            first,
+            result(
+                "job-3",
+                "parent-A",
+                0,
+                "failed",
+                vary_task_id="vary-job-3",
+                error={"type": "TaskFailedError", "message": HOSTILE_ERROR},
+                record={
+                    "error_code": 501,
+                    "created_at": "2024-05-01T10:00:00+00:00",
+                    "completed_at": "2024-05-01T10:01:30+00:00",
+                },
+            ),
+            result("job-4", "parent-B", 3, "uncertain", error={"type": "X", "message": "lost"}),
+            "{not json",
+        ],
+    )
+    return tmp_path
+
+
+def test_jobs_are_grouped_by_parent_with_their_images(run: Path) -> None:
+    """One section per parent in order; each done job shows its 4 files, by relative paths."""
+    page = write_gallery(run / "results.jsonl", run / "site" / "index.html")
+    tree = Tree(page.read_text(encoding="utf-8"))
+    sections = tree.find("section", "parent")
+    assert [text(tree.inside(s, "code")[0]) for s in sections] == ["parent-A", "parent-B"]
+    jobs = [[text(tree.inside(a, "span")[1]) for a in tree.inside(s, "article")] for s in sections]
+    assert jobs == [["index 0", "index 2"], ["index 0", "index 3"]]
+    for article in tree.find("article", "ok"):
+        images = tree.inside(article, "img")
+        assert len(images) == 4
+        for image in images:
+            src = image.attrs["src"] or ""
+            assert image.attrs["loading"] == "lazy"
+            assert not urlsplit(src).scheme
+            assert not src.startswith("/")
+            assert src.startswith("../images/vary-job-")
+            assert (page.parent / unquote(src)).resolve().is_file()
+    assert len(tree.find("img")) == 8
+    badges = [text(b) for b in tree.find("span", "badge")]
+    assert badges == ["failed", "done", "done", "uncertain"]
+
+
+def test_hostile_values_stay_text(run: Path) -> None:
+    """Water marks and error messages with markup appear as text; no element is injected."""
+    page = write_gallery(run / "results.jsonl", run / "index.html").read_text(encoding="utf-8")
+    tree = Tree(page)
+    assert {e.tag for e in tree.elements} <= ALLOWED_TAGS
+    assert tree.find("script") == []
+    assert all(not name.startswith("on") for e in tree.elements for name in e.attrs)
+    assert all(e.attrs.get("src") != "x" for e in tree.find("img"))
+    assert all("javascript" not in (e.attrs.get("href") or "") for e in tree.find("a"))
+    words = text(tree.find("body")[0])
+    assert HOSTILE_MARK in words
+    assert "TaskFailedError (code 501): " + HOSTILE_ERROR in words
+    assert len(tree.find("title")) == 1
+    assert text(tree.find("title")[0]) == "midvary gallery: results.jsonl"
+
+
+def test_failed_and_uncertain_jobs_show_their_reason_and_timing(run: Path) -> None:
+    """A failed job shows its error, code and duration; an uncertain one its reason."""
+    tree = Tree(write_gallery(run / "results.jsonl").read_text(encoding="utf-8"))
+    (failed,) = tree.find("article", "bad")
+    (uncertain,) = tree.find("article", "warn")
+    assert "took 90.0 s" in text(failed)
+    assert "task vary-job-3" in text(failed)
+    assert "".join(tree.inside(uncertain, "p")[0].text) == "X: lost"
+    assert "task none" in text(uncertain)
+    assert tree.inside(failed, "img") == tree.inside(uncertain, "img") == []
+
+
+def test_bad_lines_are_listed_and_the_last_line_of_a_job_wins(run: Path) -> None:
+    """An unreadable line is listed with its number; a re-written job shows its last line."""
+    results = read_results(run / "results.jsonl")
+    assert [j.id for j in results.jobs] == ["job-1", "job-2", "job-3", "job-4"]
+    assert results.replaced == 1
+    assert [(b.number, b.reason.split(" (")[0]) for b in results.bad_lines] == [
+        (6, "not valid JSON")
+    ]
+    tree = Tree(write_gallery(run / "results.jsonl").read_text(encoding="utf-8"))
+    (listed,) = tree.find("section", "bad-lines")
+    assert "line 6: not valid JSON" in text(listed)
+    assert "5 jobs" not in text(tree.find("p", "summary")[0])
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        (b"[1, 2]", "not a JSON object but list"),
+        (b'{"id": "j"}', "the field 'task_id' is missing"),
+        (json.dumps(result("j", "p", 0, "done", image_index="2")).encode(), "'image_index' must"),
+        (json.dumps(result("j", "p", True, "done")).encode(), "'image_index' must be an integer"),
+        (json.dumps(result("", "p", 0, "done")).encode(), "the field 'id' is empty"),
+        (json.dumps(result("j", "p", 0, "done", files="a.png")).encode(), "'files' must be a"),
+        (json.dumps(result("j", "p", 0, "done", files=[1])).encode(), "list of strings"),
+        (json.dumps(result("j", "p", 0, "done", error="boom")).encode(), "'error' must be an"),
+        (json.dumps(result("j", "p", 0, "done", duration=-1)).encode(), "'duration' must"),
+        (b'{"id": "\xff"}', "not UTF-8"),
+    ],
+)
+def test_malformed_lines_become_bad_lines(line: bytes, reason: str) -> None:
+    """Each kind of malformed line is reported with its number and what is wrong."""
+    good = json.dumps(result("ok", "parent", 1, "done")).encode()
+    results = parse_results(good + b"\n" + line + b"\n")
+    assert [j.id for j in results.jobs] == ["ok"]
+    (bad,) = results.bad_lines
+    assert bad.number == 2
+    assert reason in bad.reason
+
+
+def test_optional_and_future_fields_are_shown(tmp_path: Path) -> None:
+    """action, prompt and timing fields are rendered (escaped) when present."""
+    line = result(
+        "j", "p", 1, "done", action="upscale", prompt="a <b>cat</b>", duration=12.25,
+        created_at="2024-05-01T10:00:00Z",
+    )  # fmt: skip
+    tree = Tree(render_gallery(parse_results(json.dumps(line)), base_dir=tmp_path))
+    (article,) = tree.find("article")
+    assert "action upscale" in text(article)
+    assert "took 12.2 s" in text(article)
+    assert "created 2024-05-01T10:00:00Z" in text(article)
+    assert text(tree.find("p", "prompt")[0]) == "a <b>cat</b>"
+    assert tree.find("b") == []
+
+
+def test_undownloaded_images_are_links_never_loaded(tmp_path: Path) -> None:
+    """Without files, each http(s) URL becomes a link (no <img>); other schemes stay text."""
+    line = result("j", "p", 0, "done", image_urls=["https://cdn.example/a.png", "javascript:x"])
+    tree = Tree(render_gallery(parse_results(json.dumps(line)), base_dir=tmp_path))
+    assert tree.find("img") == []
+    assert [a.attrs["href"] for a in tree.find("a")] == ["https://cdn.example/a.png"]
+    assert "image 2: javascript:x" in text(tree.find("article")[0])
+
+
+def test_files_are_found_beside_the_results_when_not_in_the_cwd(
+    run: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run from elsewhere, relative file entries resolve against the results file's folder."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("elsewhere"))
+    out = tmp_path_factory.mktemp("pages") / "g.html"
+    tree = Tree(write_gallery(run / "results.jsonl", out).read_text(encoding="utf-8"))
+    sources = [image.attrs["src"] or "" for image in tree.find("img")]
+    assert len(sources) == 8
+    assert all((out.parent / unquote(src)).resolve().is_file() for src in sources)
+    missing = render_gallery(read_results(run / "results.jsonl"), base_dir=out.parent)
+    assert Tree(missing).find("img") == []
+    assert missing.count("file missing") == 8
+
+
+def test_odd_file_names_are_encoded_paths(tmp_path: Path) -> None:
+    """A file named like a URL or with quotes is a percent-encoded relative path."""
+    name = 'javascript:alert(1)" x=".png'
+    (tmp_path / name).write_bytes(b"png")
+    line = result("j", "p", 0, "done", files=[str(tmp_path / name)])
+    tree = Tree(render_gallery(parse_results(json.dumps(line)), base_dir=tmp_path))
+    (image,) = tree.find("img")
+    assert set(image.attrs) == {"src", "alt", "loading", "decoding", "width", "height"}
+    src = image.attrs["src"] or ""
+    assert not urlsplit(src).scheme
+    assert unquote(src) == name
+
+
+def jobs(count: int, folder: Path) -> GalleryResults:
+    """``count`` done jobs, 4 per parent, each with 4 downloaded files in ``folder``."""
+    image = folder / "img.png"
+    image.write_bytes(b"png")
+    made: list[Any] = [
+        GalleryJob(
+            number=n + 1,
+            id=f"job-{n:06d}",
+            parent_task_id=f"parent-{n // 4:06d}",
+            image_index=n % 4,
+            status="done",
+            task_id=f"task-{n:06d}",
+            files=(str(image),) * 4,
+        )
+        for n in range(count)
+    ]
+    return GalleryResults(jobs=tuple(made))
+
+
+def test_five_thousand_jobs_make_one_linear_lazy_page(tmp_path: Path) -> None:
+    """5,000 jobs render to 20,000 lazy images; the page grows linearly with the jobs."""
+    sizes = {n: len(render_gallery(jobs(n, tmp_path), base_dir=tmp_path)) for n in (0, 500, 1000)}
+    page = render_gallery(jobs(5000, tmp_path), base_dir=tmp_path)
+    tree = Tree(page)
+    images = tree.find("img")
+    assert len(images) == 20_000
+    assert all(image.attrs["loading"] == "lazy" for image in images)
+    assert len(tree.find("section", "parent")) == 1250
+    per_job = (sizes[1000] - sizes[500]) / 500
+    assert per_job == pytest.approx((sizes[500] - sizes[0]) / 500, rel=0.01)
+    assert len(page) == pytest.approx(sizes[0] + 5000 * per_job, rel=0.01)

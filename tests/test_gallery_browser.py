@@ -1,0 +1,139 @@
+"""The gallery in a real headless browser: images load from relative paths, nothing runs.
+
+Needs Debian's ``chromium`` (or Chrome). Without one the tests skip, unless
+``MIDVARY_REQUIRE_BROWSER=1`` (set by ``.ci/run``, which installs chromium): then they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from midvary._gallery import write_gallery
+
+from .gallery_support import (
+    COLOURS,
+    Tree,
+    colour_counts,
+    decode_png,
+    done_job,
+    result,
+    text,
+    write_lines,
+)
+
+MAGENTA = (255, 0, 255)
+# Escaped, this is text; injected raw, it would cover the whole page in magenta.
+HOSTILE_MARK = (
+    '"><div id="pwned" style="position:fixed;inset:0;z-index:99;background:#ff00ff"></div>'
+)
+# Escaped, and blocked by the page's CSP anyway: would retitle the page and paint it magenta.
+HOSTILE_ERROR = (
+    "<script>document.title='pwned';document.body.style.background='#ff00ff'</script>"
+    "<img src=x onerror=\"document.title='pwned'\">"
+)
+TITLE = "gallery under test"
+
+
+def browser() -> str:
+    """The path of a chromium/chrome binary; skip (or fail when one is required) if none."""
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        path = shutil.which(name)
+        if path is not None:
+            return path
+    message = "no chromium/chrome binary on PATH (apt-get install chromium)"
+    if os.environ.get("MIDVARY_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"MIDVARY_REQUIRE_BROWSER=1 but {message}")
+    pytest.skip(f"browser test skipped: {message}")
+
+
+def chromium(page: Path, profile: Path, *arguments: str) -> subprocess.CompletedProcess[bytes]:
+    """Run headless chromium on ``page`` with ``arguments``; no network, a fresh profile."""
+    command = [
+        browser(),
+        "--headless",
+        "--no-sandbox",  # the CI runs as root, where chromium's sandbox cannot start
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+        f"--user-data-dir={profile}",
+        "--window-size=1200,900",
+        *arguments,
+        page.as_uri(),
+    ]
+    return subprocess.run(command, capture_output=True, timeout=60, check=True)  # noqa: S603
+
+
+def screenshot(page: Path, tmp: Path) -> bytes:
+    """A 1200x900 screenshot of ``page`` as PNG bytes."""
+    shot = tmp / f"{page.stem}.png"
+    chromium(page, tmp / f"profile-{page.stem}", f"--screenshot={shot}")
+    return shot.read_bytes()
+
+
+def close(counts: Counter[tuple[int, int, int]], colour: tuple[int, int, int]) -> int:
+    """Pixels within 3 of ``colour`` in each channel."""
+    return sum(
+        count
+        for pixel, count in counts.items()
+        if all(abs(a - b) <= 3 for a, b in zip(pixel, colour, strict=True))
+    )
+
+
+@pytest.fixture
+def gallery(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A run with 8 solid-colour images and hostile values; its page in a subfolder."""
+    monkeypatch.chdir(tmp_path)
+    first = done_job(tmp_path, "job-1", "parent-A", 0, COLOURS[:4])
+    first["water_mark"] = HOSTILE_MARK
+    lines = [
+        first,
+        done_job(tmp_path, "job-2", "parent-A", 1, COLOURS[4:]),
+        result(
+            "job-3",
+            "parent-B",
+            2,
+            "failed",
+            vary_task_id="vary-job-3",
+            error={"type": "TaskFailedError", "message": HOSTILE_ERROR},
+        ),
+    ]
+    write_lines(tmp_path / "results.jsonl", lines)
+    return write_gallery(tmp_path / "results.jsonl", tmp_path / "site" / "index.html", title=TITLE)
+
+
+def test_the_page_shows_every_image_and_runs_nothing(gallery: Path, tmp_path: Path) -> None:
+    """All 8 colours are painted (files load by relative path); no magenta, title unchanged."""
+    shot = screenshot(gallery, tmp_path)
+    width, height, _ = decode_png(shot)
+    assert (width, height) == (1200, 900)
+    counts = colour_counts(shot)
+    painted = {colour: close(counts, colour) for colour in COLOURS}
+    assert all(pixels >= 2000 for pixels in painted.values()), painted
+    assert close(counts, MAGENTA) == 0
+    dom = chromium(gallery, tmp_path / "profile-dom", "--dump-dom").stdout.decode()
+    tree = Tree(dom)
+    assert [text(title) for title in tree.find("title")] == [TITLE]
+    assert tree.find("script") == []
+    assert [e for e in tree.elements if e.attrs.get("id") == "pwned" or "onerror" in e.attrs] == []
+    assert len(tree.find("img")) == 8
+
+
+def test_the_detector_sees_an_injection(gallery: Path, tmp_path: Path) -> None:
+    """Control: the same page with the water mark pasted in unescaped turns magenta."""
+    page = gallery.read_text(encoding="utf-8")
+    escaped = page.index("&quot;&gt;&lt;div id=&quot;pwned&quot;")
+    end = page.index("&lt;/div&gt;", escaped) + len("&lt;/div&gt;")
+    raw = gallery.with_name("raw.html")
+    raw.write_text(page[:escaped] + HOSTILE_MARK + page[end:], encoding="utf-8")
+    counts = colour_counts(screenshot(raw, tmp_path))
+    assert close(counts, MAGENTA) > 100_000  # a block the size of the parent section
