@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from midvary import _demo
+from midvary._cli import demo as _demo
 from midvary._cli import main
 from midvary.testing import PNG_SIGNATURE
 

@@ -36,8 +36,7 @@ import attrs
 import midvary
 from midvary.testing import PNG_SIGNATURE, FakeProvider, FakeSettings, FakeStats, SuccessFlag
 
-from ._bulk import Progress, summary_table
-from ._clikit import (
+from ._kit import (
     EXIT_FAILED,
     EXIT_OK,
     UsageError,
@@ -46,6 +45,7 @@ from ._clikit import (
     require_rich,
     say,
 )
+from .bulk import Progress, summary_table
 
 logger = logging.getLogger(__name__)
 

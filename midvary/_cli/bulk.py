@@ -1,7 +1,7 @@
 """``midvary bulk JOBS``: run every vary job of a CSV or JSONL file, crash-safely.
 
 Flow: read and check the JOBS file (bad rows are reported with their line number and
-skipped), open the journal (:mod:`midvary._journal`), decide per job whether to skip it
+skipped), open the journal (:mod:`midvary._cli.journal`), decide per job whether to skip it
 (finished earlier), re-attach it (submitted earlier), report it uncertain (its POST was in
 flight when an earlier run stopped) or run it; then run the jobs through
 ``Session.vary_many`` with a live progress display, journaling each step before it matters,
@@ -32,7 +32,7 @@ import attrs
 
 import midvary
 
-from ._clikit import (
+from ._kit import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -46,7 +46,7 @@ from ._clikit import (
     require_rich,
     say,
 )
-from ._journal import JobState, Journal, JournalBusyError, JournalMismatchError
+from .journal import JobState, Journal, JournalBusyError, JournalMismatchError
 
 if TYPE_CHECKING:
     from rich.table import Table

@@ -25,8 +25,8 @@ from typing import Any
 
 import midvary
 
-from ._bulk import add_bulk_command
-from ._clikit import (
+from ..testing._serve import add_fake_server_command
+from ._kit import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -41,8 +41,8 @@ from ._clikit import (
     record_json,
     say,
 )
-from ._demo import add_demo_command
-from .testing._serve import add_fake_server_command
+from .bulk import add_bulk_command
+from .demo import add_demo_command
 
 logger = logging.getLogger(__name__)
 
