@@ -1,0 +1,157 @@
+"""``midvary vary``, ``status`` and ``wait``: one task at a time, through the public API."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import Any
+
+import midvary
+
+from ._kit import (
+    EXIT_FAILED,
+    EXIT_OK,
+    UsageError,
+    error_json,
+    open_session,
+    positive_float,
+    record_json,
+    say,
+)
+
+
+def show_record(record: midvary.TaskRecord) -> None:
+    """Print a record for people."""
+    say(f"task     {record.task_id}")
+    say(f"status   {record.status.name}")
+    if record.completed_at is not None:
+        say(f"finished {record.completed_at.isoformat()}")
+    if record.error_message or record.error_code is not None:
+        say(f"error    {record.error_message or ''} (code {record.error_code})")
+    for url in record.image_urls:
+        say(f"image    {url}")
+
+
+async def _finish(
+    session: midvary.Session,
+    handle: midvary.TaskHandle,
+    args: argparse.Namespace,
+) -> int:
+    """Wait for ``handle``, download if asked, print the outcome; return the exit code."""
+    try:
+        record = await handle.wait(
+            args.timeout if args.timeout is not None else midvary.USE_DEFAULT
+        )
+    except midvary.TaskFailedError as exc:
+        if args.json:
+            say(json.dumps({**record_json(exc.record), "error": error_json(exc)}))
+        else:
+            show_record(exc.record)
+            say(f"error: {exc}", stream=sys.stderr)
+        return EXIT_FAILED
+    except midvary.TaskTimeoutError as exc:
+        say(f"error: {exc}; run `midvary wait {exc.task_id}` later", stream=sys.stderr)
+        return EXIT_FAILED
+    paths: tuple[Any, ...] = ()
+    if args.download is not None:
+        paths = await session.download(record, args.download)
+    if args.json:
+        say(json.dumps({**record_json(record), "files": [str(p) for p in paths]}))
+    else:
+        show_record(record)
+        for path in paths:
+            say(f"file     {path}")
+    return EXIT_OK
+
+
+# -- vary, status, wait --------------------------------------------------------------------
+
+
+def vary_options(parser: argparse.ArgumentParser) -> None:
+    """``midvary vary PARENT_ID INDEX``: submit one vary task (and wait for it)."""
+    parser.set_defaults(handler=_vary)
+    parser.add_argument("parent_id", metavar="PARENT_ID", help="the earlier generation task")
+    parser.add_argument("index", metavar="INDEX", type=int, help="which image, 0-based: 0..3")
+    parser.add_argument("--water-mark", metavar="W", help="watermark text")
+    parser.add_argument("--callback-url", metavar="U", help="URL the provider POSTs the result to")
+    parser.add_argument("--no-wait", action="store_true", help="print the task id and exit")
+    _add_wait_options(parser)
+
+
+def _add_wait_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--timeout",
+        type=positive_float,
+        metavar="S",
+        help="seconds to wait for the task (default: 900)",
+    )
+    parser.add_argument("--download", metavar="DIR", help="download the images into DIR")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _vary(args: argparse.Namespace) -> int:
+    try:
+        request = midvary.VaryRequest(
+            task_id=args.parent_id,
+            image_index=args.index,
+            water_mark=args.water_mark,
+            callback_url=args.callback_url,
+        )
+    except (TypeError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+
+    async def run() -> int:
+        async with open_session(args) as session:
+            handle = await session.submit(request)
+            if args.no_wait:
+                say(json.dumps({"task_id": handle.task_id}) if args.json else handle.task_id)
+                return EXIT_OK
+            if not args.json:
+                say(f"submitted {handle.task_id}", stream=sys.stderr)
+            return await _finish(session, handle, args)
+
+    return asyncio.run(run())
+
+
+def status_options(parser: argparse.ArgumentParser) -> None:
+    """``midvary status TASK_ID``: show a task's record once."""
+    parser.set_defaults(handler=_status)
+    parser.add_argument("task_id", metavar="TASK_ID")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _status(args: argparse.Namespace) -> int:
+    async def run() -> int:
+        async with open_session(args) as session:
+            try:
+                record = await session.get_task(args.task_id)
+            except (TypeError, ValueError) as exc:
+                raise UsageError(str(exc)) from None
+        if args.json:
+            say(json.dumps(record_json(record)))
+        else:
+            show_record(record)
+        return EXIT_FAILED if record.status.is_failure else EXIT_OK
+
+    return asyncio.run(run())
+
+
+def wait_options(parser: argparse.ArgumentParser) -> None:
+    """``midvary wait TASK_ID``: wait for an existing task (and download its images)."""
+    parser.set_defaults(handler=_wait)
+    parser.add_argument("task_id", metavar="TASK_ID")
+    _add_wait_options(parser)
+
+
+def _wait(args: argparse.Namespace) -> int:
+    async def run() -> int:
+        async with open_session(args) as session:
+            try:
+                handle = session.task(args.task_id)
+            except (TypeError, ValueError) as exc:
+                raise UsageError(str(exc)) from None
+            return await _finish(session, handle, args)
+
+    return asyncio.run(run())
