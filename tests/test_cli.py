@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from midvary._cli import main
-from midvary._journal import Journal
+from midvary._cli.journal import Journal
 from midvary.testing import PNG_SIGNATURE, FakeProvider, FakeSettings
 
 #: Short tasks, as the CLI polls with the default policy (first poll 2 s after submission).

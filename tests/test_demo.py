@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from midvary import _demo
 from midvary._cli import main
+from midvary._cli.demo import run as demo_run
 from midvary.testing import PNG_SIGNATURE
 
 # The fake provider's generated keys look like this; none may be printed.
@@ -85,7 +85,7 @@ def test_demo_exits_1_and_names_jobs_that_ended_unexpectedly(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An outcome the fake did not inject (here a wait's deadline) makes the demo exit 1."""
-    monkeypatch.setattr(_demo, "JOB_TIMEOUT", 0.001)
+    monkeypatch.setattr(demo_run, "JOB_TIMEOUT", 0.001)
     code, summary, stderr = run_json(tmp_path, capsys, "--parents", "1")
     assert code == 1
     assert summary["ok"] is False
@@ -99,7 +99,7 @@ def test_demo_stops_at_its_deadline_and_says_so(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A run cut by the demo's deadline exits 1 naming the jobs in flight, nothing left open."""
-    monkeypatch.setattr(_demo, "DEADLINE", 0.05)
+    monkeypatch.setattr(demo_run, "DEADLINE", 0.05)
     code, summary, _stderr = run_json(tmp_path, capsys)
     assert code == 1
     assert summary["done"] < summary["jobs"]

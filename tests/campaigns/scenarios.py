@@ -26,6 +26,7 @@ from typing import Any, Literal
 import attrs
 
 import midvary
+from midvary._cli.tally import Ending, Tally
 from midvary.testing import FakeProvider, FakeSettings
 
 from ..test_bulk_resume import command, environment, journal_rows, result_lines
@@ -49,15 +50,16 @@ PATIENT_RETRY = midvary.RetryPolicy(
 
 
 @attrs.define(kw_only=True)
-class Figures:
+class Figures(Tally):
     """What one campaign run did; see the module docstring for ``lost``.
+
+    The :class:`~midvary._cli.tally.Tally` (the CLI's) counts the jobs that ended: ``done``,
+    ``failed`` (for a reason that is not uncertain) and ``uncertain`` (their submission may
+    have been billed).
 
     Attributes:
         campaign: The campaign's name and size.
         jobs: Jobs given to the client.
-        succeeded: Jobs whose task succeeded.
-        failed: Jobs that failed for a reason that is not uncertain (refused, task failed...).
-        uncertain: Jobs reported uncertain (their submission may have been billed).
         unfinished: Jobs a stopped fan-out abandoned, listed in ``FanOut.unfinished`` with
             their task ids (the uncertain ones among them are counted in ``uncertain``).
         lost: Jobs without an outcome, plus billed tasks that no outcome accounts for.
@@ -74,9 +76,6 @@ class Figures:
 
     campaign: str
     jobs: int
-    succeeded: int = 0
-    failed: int = 0
-    uncertain: int = 0
     unfinished: int = 0
     lost: int = 0
     duplicates: int = 0
@@ -95,7 +94,7 @@ class Figures:
         return {
             "campaign": self.campaign,
             "jobs": self.jobs,
-            "ok": self.succeeded,
+            "ok": self.done,
             "failed": self.failed,
             "uncertain": self.uncertain,
             "unfinished": self.unfinished,
@@ -215,9 +214,7 @@ def account(
         assert outcome.index not in by_index, f"two outcomes for job {outcome.index}"
         assert outcome.request == jobs[outcome.index], outcome
         by_index[outcome.index] = outcome
-    figures.succeeded = sum(o.ok for o in by_index.values())
-    figures.uncertain = sum(o.uncertain for o in by_index.values())
-    figures.failed = len(by_index) - figures.succeeded - figures.uncertain
+    figures.add_all(by_index.values())
     claimed_ids = {o.task_id for o in by_index.values() if o.task_id is not None}
     uncertain_keys = {key_of(o.request) for o in by_index.values() if o.uncertain and o.request}
     unaccounted = [
@@ -484,9 +481,8 @@ async def crash_resume(jobs: int, *, seed: int, kills: int, workdir: Path) -> Cr
         assert rerun_code is not None
         outputs += [output, rerun_output]
         last = {line["id"]: line for line in result_lines(results)}
-        figures.succeeded = sum(line["status"] == "done" for line in last.values())
-        figures.uncertain = sum(line["status"] == "uncertain" for line in last.values())
-        figures.failed = len(last) - figures.succeeded - figures.uncertain
+        for line in last.values():
+            figures.count(Ending(line["status"]))
         claimed = {line["vary_task_id"] for line in last.values()} - {None}
         uncertain = {
             (line["task_id"], line["image_index"], line["water_mark"])
@@ -572,9 +568,8 @@ async def cancelled_fan_out(jobs: int, *, seed: int, concurrency: int, after: in
     named = {o.task_id for o in handed_out} | {j.task_id for j in unfinished}
     cut = sum(1 for job in unfinished if job.uncertain)
     unnamed = [task for task_id, task in fake.tasks.items() if task_id not in named]
-    figures.succeeded = sum(o.ok for o in handed_out)
-    figures.failed = len(handed_out) - figures.succeeded
-    figures.uncertain = cut
+    figures.add_all(handed_out)
+    figures.count(Ending.UNCERTAIN, cut)
     figures.unfinished = len(unfinished) - cut
     # Lost: a billed task named nowhere, beyond the POSTs reported cut (uncertain).
     figures.lost = max(0, len(unnamed) - cut)

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import midvary
-from midvary._bulk import read_jobs
+from midvary._cli.jobs import read_jobs
 from midvary._converter import structure_record
 from midvary.testing import FakeProvider, FakeSettings
 

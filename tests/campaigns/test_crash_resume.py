@@ -15,7 +15,7 @@ def assert_resumed_cleanly(run: CrashRun) -> None:
     figures = run.figures
     assert figures.kills >= 1, figures
     assert (figures.lost, figures.duplicates, figures.failed) == (0, 0, 0), figures
-    assert figures.succeeded + figures.uncertain == figures.jobs
+    assert figures.done + figures.uncertain == figures.jobs
     assert run.exit_code == (1 if figures.uncertain else 0), run.output
     # Documented: a job has a second line only after --resubmit-uncertain, never used here.
     raw = run.results.read_bytes()

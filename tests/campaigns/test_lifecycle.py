@@ -126,8 +126,11 @@ async def test_handles_outlive_their_wait_timeout(n: int) -> None:
 
 FANOUT_SCRIPT = textwrap.dedent(
     """
-    import asyncio, gc, json, sys, midvary
+    import asyncio, gc, json, pathlib, sys, midvary
     from midvary.testing import FakeProvider, FakeSettings
+
+    # Where the midvary package really is: a checkout's folder name never counts.
+    PACKAGE = pathlib.Path(midvary.__file__).resolve().parent
 
     async def main(mode):
         settings = FakeSettings(task_duration=(0.05, 5.0), invisible_for=0.0, submit_limit=None)
@@ -172,8 +175,8 @@ FANOUT_SCRIPT = textwrap.dedent(
 
     def client_task(task):
         # The client's tasks: midvary's own code, not the fake provider's (still serving).
-        where = task.get_coro().cr_code.co_filename
-        return "/midvary/" in where and "/midvary/testing/" not in where
+        where = pathlib.Path(task.get_coro().cr_code.co_filename).resolve()
+        return where.is_relative_to(PACKAGE) and not where.is_relative_to(PACKAGE / "testing")
 
     asyncio.run(main(sys.argv[1]))
     gc.collect()

@@ -30,7 +30,7 @@ def assert_storm_accounted(run: StormRun) -> None:
         else:  # refused beyond the retry budget: certainly not accepted, nothing billed
             assert isinstance(outcome.error, midvary.RateLimitError), outcome
             assert tasks == []
-    assert figures.tasks_created == figures.succeeded + created_for_uncertain
+    assert figures.tasks_created == figures.done + created_for_uncertain
     # Nothing was re-sent after an answer that was not a refusal: each job's POSTs are its
     # 429s plus one, and the fake saw exactly the POSTs the jobs announced.
     for index, counts in run.events.counts.items():
@@ -49,7 +49,7 @@ async def test_submit_storm_100_jobs(session_rate: tuple[int, float] | None) -> 
     """100 jobs under a 429 storm with 5% lost and 5% faulted answers: all accounted for."""
     run = await submit_storm(100, seed=2, concurrency=32, session_rate=session_rate)
     assert_storm_accounted(run)
-    assert run.figures.succeeded + run.figures.uncertain == run.figures.jobs
+    assert run.figures.done + run.figures.uncertain == run.figures.jobs
     if session_rate is None:  # most submissions were refused for a while
         assert run.figures.faults["429"] > run.figures.jobs // 2
     else:  # the client's limiter halved itself: few 429s came back

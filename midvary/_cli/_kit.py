@@ -1,15 +1,20 @@
 """Building blocks shared by the ``midvary`` commands: options, errors, output helpers.
 
-A command module defines ``add_<name>_command(subparsers)``, which calls :func:`add_command`
-with a handler ``(args) -> exit code``; :data:`midvary._cli.COMMANDS` lists those functions.
+A command is one :class:`Command` line in :data:`midvary._cli.COMMANDS`: its name, its help
+line and the ``module:function`` that adds its options to its parser and sets its
+``handler`` (``(args) -> exit code``). :class:`LazySubParsers` imports that module only when
+the command is chosen, so ``midvary wait`` never loads bulk, rich or the fake provider.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-from collections.abc import Callable
-from typing import Any, Final, TextIO
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Final, TextIO
+
+import attrs
 
 import midvary
 
@@ -67,24 +72,67 @@ def add_common_options(parser: argparse.ArgumentParser, *, suppress: bool) -> No
     )
 
 
-def add_command(
-    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
-    name: str,
-    handler: Handler,
-    *,
-    help: str,
-    description: str | None = None,
-) -> argparse.ArgumentParser:
-    """Add a subcommand that accepts the common options and runs ``handler``."""
-    parser = subparsers.add_parser(
-        name,
-        help=help,
-        description=description or help,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_common_options(parser, suppress=True)
-    parser.set_defaults(handler=handler)
-    return parser
+@attrs.frozen
+class Command:
+    """One ``midvary`` subcommand, imported only when chosen.
+
+    Attributes:
+        name: The subcommand's name.
+        help: Its one-line help (and its description unless its options set a longer one).
+        options: ``"module:function"``; the function takes the command's parser, adds its
+            options and sets its ``handler`` default.
+        common: Whether it takes ``--api-key``, ``--base-url`` and ``-v`` after its name.
+    """
+
+    name: str
+    help: str
+    options: str
+    common: bool = True
+
+    def configure(self, parser: argparse.ArgumentParser) -> None:
+        """Import the command's module and add its options to ``parser``."""
+        module, _, function = self.options.partition(":")
+        getattr(importlib.import_module(module), function)(parser)
+
+
+if TYPE_CHECKING:
+    _SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
+else:  # not subscriptable at run time
+    _SubParsers = argparse._SubParsersAction
+
+
+class LazySubParsers(_SubParsers):
+    """Subcommands whose options (and modules) are loaded only when the command is chosen."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pending: dict[str, Command] = {}
+
+    def add_command(self, command: Command) -> None:
+        """Register ``command``: its name and help now, its options when it is chosen."""
+        parser = self.add_parser(
+            command.name,
+            help=command.help,
+            description=command.help,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        if command.common:
+            add_common_options(parser, suppress=True)
+        self._pending[command.name] = command
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        if values:
+            name = values[0]
+            command = self._pending.pop(name, None)
+            if command is not None:
+                command.configure(self._name_parser_map[name])
+        super().__call__(parser, namespace, values, option_string)
 
 
 def positive_float(text: str) -> float:

@@ -1,50 +1,25 @@
-"""The ``midvary`` command line: ``vary``, ``status``, ``wait`` and ``bulk``.
-
-It uses only midvary's public API. Each command is registered by one ``add_*_command``
-function in :data:`COMMANDS`; a new command (in its own module) is one more line there. A
-command's handler takes the parsed arguments and returns the exit code:
-
-- 0: everything succeeded;
-- 1: the provider or a task failed (for ``bulk``: some job did not succeed);
-- 2: a usage error (bad arguments, unreadable file, no API key, rich missing);
-- 130: interrupted (Ctrl-C); ``bulk`` resumes when run again.
-
-The API key comes from ``--api-key``, else ``MIDVARY_API_KEY``, else ``KIE_API_KEY``; it is
-never printed, logged or written to a file.
-"""
+"""``midvary vary``, ``status`` and ``wait``: one task at a time, through the public API."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
-import logging
 import sys
-from collections.abc import Callable, Sequence
 from typing import Any
 
 import midvary
 
-from ._bulk import add_bulk_command
-from ._clikit import (
+from ._kit import (
     EXIT_FAILED,
-    EXIT_INTERRUPTED,
     EXIT_OK,
-    EXIT_USAGE,
-    Handler,
     UsageError,
-    add_command,
-    add_common_options,
     error_json,
     open_session,
     positive_float,
     record_json,
     say,
 )
-from ._demo import add_demo_command
-from .testing._serve import add_fake_server_command
-
-logger = logging.getLogger(__name__)
 
 
 def show_record(record: midvary.TaskRecord) -> None:
@@ -94,14 +69,9 @@ async def _finish(
 # -- vary, status, wait --------------------------------------------------------------------
 
 
-def add_vary_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def vary_options(parser: argparse.ArgumentParser) -> None:
     """``midvary vary PARENT_ID INDEX``: submit one vary task (and wait for it)."""
-    parser = add_command(
-        subparsers,
-        "vary",
-        _vary,
-        help="submit one vary task and wait for its images",
-    )
+    parser.set_defaults(handler=_vary)
     parser.add_argument("parent_id", metavar="PARENT_ID", help="the earlier generation task")
     parser.add_argument("index", metavar="INDEX", type=int, help="which image, 0-based: 0..3")
     parser.add_argument("--water-mark", metavar="W", help="watermark text")
@@ -145,9 +115,9 @@ def _vary(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
-def add_status_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def status_options(parser: argparse.ArgumentParser) -> None:
     """``midvary status TASK_ID``: show a task's record once."""
-    parser = add_command(subparsers, "status", _status, help="show a task's current record")
+    parser.set_defaults(handler=_status)
     parser.add_argument("task_id", metavar="TASK_ID")
     parser.add_argument("--json", action="store_true", help="print JSON")
 
@@ -168,9 +138,9 @@ def _status(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
-def add_wait_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def wait_options(parser: argparse.ArgumentParser) -> None:
     """``midvary wait TASK_ID``: wait for an existing task (and download its images)."""
-    parser = add_command(subparsers, "wait", _wait, help="wait for an existing task")
+    parser.set_defaults(handler=_wait)
     parser.add_argument("task_id", metavar="TASK_ID")
     _add_wait_options(parser)
 
@@ -185,64 +155,3 @@ def _wait(args: argparse.Namespace) -> int:
             return await _finish(session, handle, args)
 
     return asyncio.run(run())
-
-
-#: The commands, in help order. Another command is one more ``add_*_command`` line here.
-COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
-    add_vary_command,
-    add_status_command,
-    add_wait_command,
-    add_bulk_command,
-    add_fake_server_command,
-    add_demo_command,
-]
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The ``midvary`` argument parser with every command of :data:`COMMANDS`."""
-    parser = argparse.ArgumentParser(
-        prog="midvary",
-        description="Client for the Midjourney Vary API (kie.ai / midapi.ai).",
-    )
-    parser.add_argument("--version", action="version", version=f"midvary {midvary.__version__}")
-    add_common_options(parser, suppress=False)
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in COMMANDS:
-        add(subparsers)
-    return parser
-
-
-def _configure_logging(verbosity: int) -> None:
-    level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger("midvary")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``midvary`` command line with ``argv`` (default: ``sys.argv[1:]``).
-
-    Returns:
-        The exit code: 0 success, 1 failure, 2 usage error, 130 interrupted.
-
-    """
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse exits 2 on bad usage, 0 on --help
-        return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
-    _configure_logging(args.verbose)
-    handler: Handler = args.handler
-    try:
-        return handler(args)
-    except UsageError as exc:
-        say(f"midvary {args.command}: error: {exc}", stream=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        say("interrupted", stream=sys.stderr)
-        return EXIT_INTERRUPTED
-    except midvary.MidvaryError as exc:
-        say(f"midvary {args.command}: {type(exc).__name__}: {exc}", stream=sys.stderr)
-        return EXIT_FAILED

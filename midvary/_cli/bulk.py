@@ -1,0 +1,285 @@
+"""``midvary bulk JOBS``: run every vary job of a CSV or JSONL file, crash-safely.
+
+Flow: read and check the JOBS file (bad rows are reported with their line number and
+skipped), open the journal (:mod:`midvary._cli.journal`), decide per job whether to skip it
+(finished earlier), re-attach it (submitted earlier), report it uncertain (its POST was in
+flight when an earlier run stopped) or run it; then run the jobs through
+``Session.vary_many`` with a live progress display, journaling each step before it matters,
+append one JSON line per finished job to the results file, and print a summary.
+
+Writes go journal first, results file second: if a run dies between the two, the next run
+appends the line the journal kept. A results file may thus hold a second line for a job
+only when an uncertain job was later re-submitted (``--resubmit-uncertain``): the last line
+of a job wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import midvary
+
+from ._kit import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    UsageError,
+    open_session,
+    positive_float,
+    positive_int,
+    require_rich,
+    say,
+)
+from .jobs import BulkJob, JobsFile, read_jobs
+from .journal import JobState, Journal, JournalBusyError, JournalMismatchError
+from .progress import Progress
+from .results import ResultsFile, UncertainAtResumeError, result_line
+from .summary import BulkSummary, print_summary
+from .tally import Ending, Tally
+
+logger = logging.getLogger(__name__)
+
+_HELP: Final = """\
+JOBS is a CSV file with a header row, or a JSONL file (one JSON object a line), with the
+columns task_id (the parent task) and image_index (0..3), and optionally water_mark and id.
+
+Re-running the same command resumes: finished jobs are skipped, submitted jobs are awaited
+by task id and never submitted again, and jobs whose submission was in flight when the run
+stopped are reported as uncertain (re-submitted only with --resubmit-uncertain).
+
+exit codes: 0 every job succeeded; 1 some job failed, is uncertain, or a row was bad;
+2 usage error; 130 interrupted (run again to resume).
+"""
+
+
+def options(parser: argparse.ArgumentParser) -> None:
+    """``midvary bulk JOBS``: run many jobs with progress, a journal and a results file."""
+    parser.description = "Run every vary job of a CSV or JSONL file (resumable).\n\n" + _HELP
+    parser.set_defaults(handler=_bulk)
+    parser.add_argument("jobs", metavar="JOBS", type=Path, help="the jobs file (.csv or .jsonl)")
+    parser.add_argument(
+        "--out", type=Path, metavar="PATH", help="results, one JSON line a job (JOBS.results.jsonl)"
+    )
+    parser.add_argument("--download", type=Path, metavar="DIR", help="download images into DIR")
+    parser.add_argument(
+        "--concurrency", type=positive_int, default=16, metavar="N", help="jobs in flight (16)"
+    )
+    parser.add_argument(
+        "--timeout", type=positive_float, metavar="S", help="seconds each job may wait (900)"
+    )
+    parser.add_argument(
+        "--submit-rate",
+        nargs=2,
+        metavar=("N", "WINDOW"),
+        default=("20", "10"),
+        help="at most N submissions per WINDOW seconds (20 10: the provider's limit)",
+    )
+    parser.add_argument(
+        "--journal", type=Path, metavar="PATH", help="the journal (JOBS.journal.sqlite)"
+    )
+    parser.add_argument(
+        "--resubmit-uncertain",
+        action="store_true",
+        help="submit again the jobs whose earlier submission may or may not have been accepted "
+        "(each may then be billed twice)",
+    )
+
+
+def _submit_rate(values: Sequence[str]) -> tuple[int, float]:
+    try:
+        return int(values[0]), positive_float(values[1])
+    except (ValueError, argparse.ArgumentTypeError) as exc:
+        raise UsageError(f"--submit-rate takes N WINDOW, e.g. 20 10 ({exc})") from None
+
+
+def _bulk(args: argparse.Namespace) -> int:
+    require_rich()
+    jobs_path: Path = args.jobs
+    out_path: Path = args.out or jobs_path.with_name(jobs_path.name + ".results.jsonl")
+    journal_path: Path = args.journal or jobs_path.with_name(jobs_path.name + ".journal.sqlite")
+    rate = _submit_rate(args.submit_rate)
+    jobs_file = read_jobs(jobs_path)
+    for message in jobs_file.bad_rows:
+        say(f"bad row skipped: {message}", stream=sys.stderr)
+    try:
+        journal = Journal(journal_path)
+    except JournalBusyError as exc:
+        raise UsageError(str(exc)) from None
+    except Exception as exc:  # sqlite3.Error, OSError, JournalMismatchError: not usable
+        raise UsageError(f"cannot open journal {journal_path}: {exc}") from None
+    try:
+        try:
+            view, warnings = journal.register(
+                jobs_path.name,
+                jobs_file.sha256,
+                ((job.key, job.line, job.content) for job in jobs_file.jobs),
+            )
+        except JournalMismatchError as exc:
+            raise UsageError(str(exc)) from None
+        for warning in warnings:
+            say(f"warning: {warning}", stream=sys.stderr)
+        results = ResultsFile(out_path)
+        try:
+            summary = BulkSummary(total=len(jobs_file.jobs), bad_rows=len(jobs_file.bad_rows))
+            repaired = results.ensure(dict(journal.results()))
+            if repaired:
+                logger.info("appended %d result lines the journal kept to %s", repaired, out_path)
+            try:
+                asyncio.run(
+                    _run(
+                        args,
+                        rate=rate,
+                        jobs_file=jobs_file,
+                        view=view,
+                        journal=journal,
+                        results=results,
+                        summary=summary,
+                    )
+                )
+            except KeyboardInterrupt:
+                say(
+                    "interrupted: the journal is up to date; run the same command again to "
+                    "resume (submitted jobs are awaited, never submitted twice)",
+                    stream=sys.stderr,
+                )
+                return EXIT_INTERRUPTED
+        finally:
+            results.close()
+    finally:
+        journal.close()
+    print_summary(summary, out_path, journal_path)
+    if summary.failed or summary.uncertain or summary.bad_rows:
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+async def _run(
+    args: argparse.Namespace,
+    *,
+    rate: tuple[int, float],
+    jobs_file: JobsFile,
+    view: dict[str, Any],
+    journal: Journal,
+    results: ResultsFile,
+    summary: BulkSummary,
+) -> None:
+    async with open_session(args, submit_rate=rate) as session:
+        to_run: list[BulkJob] = []
+        items: list[midvary.VaryRequest | midvary.TaskHandle] = []
+        for job in jobs_file.jobs:
+            known = view[job.key]
+            state: JobState = known.state
+            if state.finished:
+                summary.skipped += 1
+                if state is JobState.DONE:
+                    summary.count(Ending.DONE)
+                else:
+                    summary.count(Ending.FAILED)
+                    summary.problems.append((job, "failed", _journaled_error(known.result)))
+            elif state is JobState.SUBMITTED and known.task_id:
+                summary.reattached += 1
+                to_run.append(job)
+                items.append(session.task(known.task_id))
+            elif state in (JobState.SUBMITTING, JobState.UNCERTAIN):
+                if args.resubmit_uncertain:
+                    summary.resubmitted += 1
+                    to_run.append(job)
+                    items.append(job.request)
+                    continue
+                summary.count(Ending.UNCERTAIN)
+                message = (
+                    "its submission was in flight when an earlier run stopped: the task may "
+                    "exist and be billed; check the provider's dashboard, or run again with "
+                    "--resubmit-uncertain"
+                )
+                summary.problems.append((job, "uncertain", message))
+                if state is JobState.SUBMITTING:
+                    line = result_line(job, Ending.UNCERTAIN, error=UncertainAtResumeError(message))
+                    journal.finished(job.key, JobState.UNCERTAIN, None, line)
+                    results.write(job.key, line)
+            else:
+                to_run.append(job)
+                items.append(job.request)
+
+        earlier = Tally(done=summary.done, failed=summary.failed)  # as the bar always showed
+        progress = Progress(len(jobs_file.jobs), tally=earlier)
+        progress.running.update(
+            n for n, item in enumerate(items) if isinstance(item, midvary.TaskHandle)
+        )
+
+        def on_event(event: midvary.JobEvent) -> None:
+            job = to_run[event.index]
+            if event.kind is midvary.JobEventKind.SUBMITTING:
+                journal.submitting(job.key)  # durable before the POST is sent
+            elif event.kind is midvary.JobEventKind.SUBMITTED and event.task_id is not None:
+                journal.submitted(job.key, event.task_id)
+            elif event.kind is midvary.JobEventKind.RATE_LIMITED and event.error is not None:
+                # Refused with 429: certainly not accepted, so not uncertain if we die now.
+                journal.refused(job.key)
+            progress.event(event)
+
+        with progress:
+            async with session.vary_many(
+                items,
+                concurrency=args.concurrency,
+                timeout=args.timeout if args.timeout is not None else midvary.USE_DEFAULT,
+                on_event=on_event,
+                download=args.download,
+            ) as outcomes:
+                async for outcome in outcomes:
+                    _record(
+                        to_run[outcome.index],
+                        outcome,
+                        journal=journal,
+                        results=results,
+                        summary=summary,
+                        progress=progress,
+                    )
+        summary.rate_limited_waits = progress.rate_limited
+
+
+def _record(
+    job: BulkJob,
+    outcome: midvary.VaryOutcome,
+    *,
+    journal: Journal,
+    results: ResultsFile,
+    summary: BulkSummary,
+    progress: Progress,
+) -> None:
+    """Journal a finished job, append its result line, count it."""
+    ending = Ending.of(outcome)
+    state = JobState(ending.value)  # done, failed, uncertain: the same words
+    line = result_line(
+        job,
+        ending,
+        task_id=outcome.task_id,
+        record=outcome.record,
+        error=outcome.error,
+        paths=outcome.paths,
+    )
+    journal.finished(job.key, state, outcome.task_id, line)
+    results.write(job.key, line)
+    summary.count(ending)
+    if ending is Ending.DONE:
+        progress.ended(ending)
+        return
+    error = outcome.error
+    message = f"{type(error).__name__}: {error}"
+    summary.problems.append((job, ending.value, message))
+    progress.ended(ending, f"line {job.line} ({job.key}) {ending.value}: {message}")
+
+
+def _journaled_error(result: str | None) -> str:
+    try:
+        error = json.loads(result or "{}").get("error") or {}
+        return f"{error.get('type')}: {error.get('message')} (in an earlier run)"
+    except (ValueError, AttributeError):
+        return "failed in an earlier run"

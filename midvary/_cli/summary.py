@@ -1,0 +1,83 @@
+"""What a bulk run did, counted (:class:`BulkSummary`) and printed as rich tables."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import attrs
+
+from .jobs import BulkJob
+from .tally import Tally
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+
+@attrs.define(kw_only=True)
+class BulkSummary(Tally):
+    """What one bulk run did, for the table and the exit code.
+
+    The :class:`Tally` counts every job of the JOBS file by how it ended, in this run or an
+    earlier one.
+    """
+
+    total: int = 0
+    skipped: int = 0
+    reattached: int = 0
+    resubmitted: int = 0
+    bad_rows: int = 0
+    rate_limited_waits: int = 0
+    problems: list[tuple[BulkJob, str, str]] = attrs.field(factory=list)
+
+
+def summary_table(
+    title: str,
+    rows: Iterable[tuple[str, object]],
+    *,
+    columns: tuple[str, str] | None = ("jobs", "count"),
+) -> Table:
+    """A two-column rich table of ``(label, value)`` rows, values right-aligned.
+
+    ``columns`` are the headings; ``None`` means no heading row.
+    """
+    from rich.table import Table  # noqa: PLC0415 - rich is optional
+
+    table = Table(title=title, show_header=columns is not None)
+    table.add_column(columns[0] if columns else "", justify="left")
+    table.add_column(columns[1] if columns else "", justify="right")
+    for label, value in rows:
+        table.add_row(label, str(value))
+    return table
+
+
+def print_summary(summary: BulkSummary, out_path: Path, journal_path: Path) -> None:
+    """Print the bulk run's tables: its counts, then the jobs that did not succeed."""
+    from rich.console import Console  # noqa: PLC0415 - rich is optional
+    from rich.table import Table  # noqa: PLC0415
+
+    console = Console()
+    rows = (
+        ("total (valid rows)", summary.total),
+        ("done", summary.done),
+        ("failed", summary.failed),
+        ("uncertain", summary.uncertain),
+        ("skipped (finished earlier)", summary.skipped),
+        ("re-attached by task id", summary.reattached),
+        ("re-submitted (were uncertain)", summary.resubmitted),
+        ("bad rows skipped", summary.bad_rows),
+        ("rate-limited waits", summary.rate_limited_waits),
+    )
+    console.print(summary_table("midvary bulk", rows))
+    if summary.problems:
+        problems = Table(title="jobs that did not succeed", show_header=True)
+        for column in ("line", "id", "status", "error"):
+            problems.add_column(column)
+        for job, status, message in summary.problems[:20]:
+            problems.add_row(str(job.line), job.key, status, message)
+        console.print(problems)
+        if len(summary.problems) > 20:
+            console.print(f"... and {len(summary.problems) - 20} more (see {out_path})")
+    console.print(f"results: {out_path}", markup=False, highlight=False)
+    console.print(f"journal: {journal_path}", markup=False, highlight=False)

@@ -1,0 +1,78 @@
+"""One count of how jobs ended: done, failed or uncertain.
+
+Bulk's summary (:class:`midvary._cli.summary.BulkSummary`), the live progress
+(:class:`midvary._cli.progress.Progress`), the demo's check
+(:class:`midvary._cli.demo.assess.DemoTally`) and the test campaigns' figures extend or hold a
+:class:`Tally`, so the three words mean the same everywhere:
+
+- ``done``: the job's task succeeded (:attr:`midvary.VaryOutcome.ok`);
+- ``uncertain``: its submission may or may not have been accepted (and billed), and was not
+  re-sent (:attr:`midvary.VaryOutcome.uncertain`);
+- ``failed``: any other end (refused, the task failed, timed out...).
+
+The values of :class:`Ending` are the ``status`` words of the bulk results file.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+
+import attrs
+
+import midvary
+
+
+class Ending(enum.Enum):
+    """How one job ended; the value is the results file's ``status`` word."""
+
+    DONE = "done"
+    FAILED = "failed"
+    UNCERTAIN = "uncertain"
+
+    @classmethod
+    def of(cls, outcome: midvary.VaryOutcome) -> Ending:
+        """How ``outcome`` ended."""
+        if outcome.ok:
+            return cls.DONE
+        return cls.UNCERTAIN if outcome.uncertain else cls.FAILED
+
+
+@attrs.define(kw_only=True)
+class Tally:
+    """Jobs counted by how they ended.
+
+    Attributes:
+        done: Jobs whose task succeeded.
+        failed: Jobs that ended otherwise, not uncertain.
+        uncertain: Jobs whose submission may have been accepted, never re-sent.
+    """
+
+    done: int = 0
+    failed: int = 0
+    uncertain: int = 0
+
+    @property
+    def ended(self) -> int:
+        """Jobs counted, however they ended."""
+        return self.done + self.failed + self.uncertain
+
+    def count(self, ending: Ending, jobs: int = 1) -> None:
+        """Count ``jobs`` jobs (default 1) that ended as ``ending``."""
+        if ending is Ending.DONE:
+            self.done += jobs
+        elif ending is Ending.FAILED:
+            self.failed += jobs
+        else:
+            self.uncertain += jobs
+
+    def add(self, outcome: midvary.VaryOutcome) -> Ending:
+        """Count one outcome; return how it ended."""
+        ending = Ending.of(outcome)
+        self.count(ending)
+        return ending
+
+    def add_all(self, outcomes: Iterable[midvary.VaryOutcome]) -> None:
+        """Count every outcome of ``outcomes``."""
+        for outcome in outcomes:
+            self.add(outcome)
