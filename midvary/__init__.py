@@ -18,6 +18,7 @@ from ._errors import (
     FeatureDisabledError,
     GenerationFailedError,
     InsufficientCreditsError,
+    KeyConflictError,
     MidvaryError,
     NotFoundError,
     ProtocolError,
@@ -26,6 +27,7 @@ from ._errors import (
     ServerError,
     ServiceUnavailableError,
     SessionClosedError,
+    StoreError,
     SubmitUncertainError,
     TaskFailedError,
     TaskTimeoutError,
@@ -36,6 +38,7 @@ from ._fanout import FanOut, JobEvent, JobEventKind, UnfinishedJob, VaryOutcome
 from ._handle import TaskHandle
 from ._models import TaskRecord, TaskStatus, VaryRequest
 from ._session import Session
+from ._store import RedisStore, SQLiteStore, StoredJob, account_namespace
 from ._version import VERSION
 
 __version__ = VERSION
@@ -54,17 +57,22 @@ __all__ = [
     "InsufficientCreditsError",
     "JobEvent",
     "JobEventKind",
+    "KeyConflictError",
     "MidvaryError",
     "NotFoundError",
     "PollPolicy",
     "ProtocolError",
     "RateLimitError",
     "ReceiverClosedError",
+    "RedisStore",
     "RetryPolicy",
+    "SQLiteStore",
     "ServerError",
     "ServiceUnavailableError",
     "Session",
     "SessionClosedError",
+    "StoreError",
+    "StoredJob",
     "SubmitUncertainError",
     "TaskFailedError",
     "TaskHandle",
@@ -77,4 +85,5 @@ __all__ = [
     "VaryOutcome",
     "VaryRequest",
     "__version__",
+    "account_namespace",
 ]
