@@ -332,6 +332,7 @@ class StoreLimiter:
                 await self.store.end_slot(self.namespace, slot.slot_id, refunded=slot.refunded)
             except StoreError as exc:
                 logger.warning("could not end a submission slot in the store: %s", exc)
+            self._changed.set()  # wake this process's next waiter at once
 
     async def slow_down(self, pause: float) -> int:
         """A 429 got through: halve the shared allowance and pause everyone ``pause`` s."""

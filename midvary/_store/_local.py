@@ -91,7 +91,7 @@ class Window:
             excess = used - allowance
             if excess >= len(self.stamps):
                 # Every slot is a POST in flight: poll, at most until the first lease ends.
-                wait = min(max(window / count, 0.01), min(self.flight.values()) - now)
+                wait = min(max(min(window / count, 0.25), 0.01), min(self.flight.values()) - now)
             else:
                 wait = sorted(self.stamps.values())[excess] + window - now
             wait = max(wait, pause)

@@ -67,7 +67,7 @@ local function acquire(sid, count, window, lease)
     local excess = used - a
     if excess >= ns then
       local first = redis.call('ZRANGE', KEYS[5], 0, 0, 'WITHSCORES')
-      wait = math.min(math.max(window / count, 0.01), tonumber(first[2]) - now)
+      wait = math.min(math.max(math.min(window / count, 0.25), 0.01), tonumber(first[2]) - now)
     else
       local s = redis.call('ZRANGE', KEYS[4], excess, excess, 'WITHSCORES')
       wait = tonumber(s[2]) + window - now
