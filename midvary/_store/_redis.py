@@ -132,6 +132,8 @@ class RedisStore(Store):
         """Connect (from a URL) and check the server answers; idempotent."""
         import redis.asyncio  # noqa: PLC0415 - an optional dependency
         import redis.exceptions  # noqa: PLC0415
+        from redis.asyncio.retry import Retry  # noqa: PLC0415
+        from redis.backoff import ExponentialBackoff  # noqa: PLC0415
 
         if self._script is not None:
             return
@@ -142,6 +144,13 @@ class RedisStore(Store):
                     self._url,
                     socket_timeout=self._socket_timeout,
                     socket_connect_timeout=self._socket_timeout,
+                    # A connection the server closed (a restart) is retried on a new one,
+                    # briefly: every operation is idempotent for its holder and slot id.
+                    retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
+                    retry_on_error=[
+                        redis.exceptions.ConnectionError,
+                        redis.exceptions.TimeoutError,
+                    ],
                 )
             except ValueError:
                 raise StoreError(

