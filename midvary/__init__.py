@@ -84,6 +84,6 @@ __all__ = [
     "ValidationError",
     "VaryOutcome",
     "VaryRequest",
-    "__version__",
     "account_namespace",
+    "__version__",
 ]
