@@ -38,7 +38,7 @@ from ._fanout import FanOut, JobEvent, JobEventKind, UnfinishedJob, VaryOutcome
 from ._handle import TaskHandle
 from ._models import TaskRecord, TaskStatus, VaryRequest
 from ._session import Session
-from ._store import RedisStore, SQLiteStore, StoredJob, account_namespace
+from ._store import RedisStore, SQLiteStore, StoredJob
 from ._version import VERSION
 
 __version__ = VERSION
@@ -84,6 +84,5 @@ __all__ = [
     "ValidationError",
     "VaryOutcome",
     "VaryRequest",
-    "account_namespace",
     "__version__",
 ]

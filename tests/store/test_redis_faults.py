@@ -9,7 +9,14 @@ import pytest
 import redis.asyncio
 
 import midvary
-from midvary._store import ClaimState, RedisStore, SlotRequest, SQLiteStore, holding
+from midvary._store import (
+    ClaimState,
+    RedisStore,
+    SlotRequest,
+    SQLiteStore,
+    account_namespace,
+    holding,
+)
 
 from .redis_server import RedisServer, server_or_skip
 
@@ -107,7 +114,7 @@ async def test_borrowed_client_is_not_closed(redis_server: RedisServer) -> None:
 
 async def test_api_key_never_written(redis_server: RedisServer, tmp_path: Path) -> None:
     """Nothing of the API key is in any Redis key or value, nor in the SQLite file's bytes."""
-    ns = midvary.account_namespace(API_KEY)
+    ns = account_namespace(API_KEY)
     assert API_KEY[:12] not in ns
     path = tmp_path / "store.sqlite"
     async with RedisStore(redis_server.url) as rstore, SQLiteStore(path) as sstore:
