@@ -21,6 +21,7 @@ from ._errors import (
     FeatureDisabledError,
     GenerationFailedError,
     InsufficientCreditsError,
+    KeyConflictError,
     MidvaryError,
     NotFoundError,
     ProtocolError,
@@ -29,6 +30,7 @@ from ._errors import (
     ServerError,
     ServiceUnavailableError,
     SessionClosedError,
+    StoreError,
     SubmitUncertainError,
     TaskFailedError,
     TaskTimeoutError,
@@ -40,6 +42,7 @@ from ._handle import TaskHandle
 from ._models import TaskRecord, TaskStatus, VaryRequest
 from ._session import Session
 from ._signature import verify_callback
+from ._store import RedisStore, SQLiteStore, StoredJob
 from ._version import VERSION
 
 __version__ = VERSION
@@ -59,17 +62,22 @@ __all__ = [
     "InsufficientCreditsError",
     "JobEvent",
     "JobEventKind",
+    "KeyConflictError",
     "MidvaryError",
     "NotFoundError",
     "PollPolicy",
     "ProtocolError",
     "RateLimitError",
     "ReceiverClosedError",
+    "RedisStore",
     "RetryPolicy",
+    "SQLiteStore",
     "ServerError",
     "ServiceUnavailableError",
     "Session",
     "SessionClosedError",
+    "StoreError",
+    "StoredJob",
     "SubmitUncertainError",
     "TaskFailedError",
     "TaskHandle",

@@ -20,6 +20,8 @@
     ├── DownloadError                 the result host answered a download with an HTTP error
     ├── TaskFailedError               the task ended in CREATE_FAILED or GENERATE_FAILED
     ├── TaskTimeoutError              a wait's deadline passed (also a TimeoutError)
+    ├── StoreError                    the shared store is unreachable, lost its data, or is corrupt
+    ├── KeyConflictError              a key reused for a different request (also a ValueError)
     ├── SessionClosedError            the session was used after it closed (also a RuntimeError)
     ├── ReceiverClosedError           a CallbackReceiver was used after it stopped (also a
     │                                 RuntimeError)
@@ -292,3 +294,28 @@ class CallbackSignatureError(MidvaryError):
     def __init__(self, message: str, *, task_id: str) -> None:
         super().__init__(message)
         self.task_id = task_id
+
+
+class StoreError(MidvaryError):
+    """The shared store (SQLite, Redis) is unreachable, lost its data, or is corrupt.
+
+    A submission that meets it fails closed: nothing is sent whose claim is not recorded.
+    The underlying error (``sqlite3`` or ``redis``) is chained as ``__cause__``; no
+    password of a Redis URL appears in the message.
+    """
+
+
+class KeyConflictError(MidvaryError, ValueError):
+    """A submission key was reused for a different request; nothing was sent.
+
+    Attributes:
+        key: The key that is already bound to another request.
+
+    """
+
+    def __init__(self, key: str, stored: str) -> None:
+        super().__init__(
+            f"key {key!r} is already used for a different request ({stored}); use another "
+            "key, or store.forget(key) to allow the key to be reused"
+        )
+        self.key = key
