@@ -8,7 +8,7 @@ Submit a vary task, await its handle, get a :class:`TaskRecord`::
         print(record.image_urls)
 """
 
-from ._callbacks import DEFAULT_SAFETY_POLL, CallbackReceiver
+from ._callbacks import CallbackReceiver
 from ._config import USE_DEFAULT, PollPolicy, RetryPolicy
 from ._errors import (
     APIError,
@@ -35,6 +35,7 @@ from ._errors import (
 from ._fanout import FanOut, JobEvent, JobEventKind, UnfinishedJob, VaryOutcome
 from ._handle import TaskHandle
 from ._models import TaskRecord, TaskStatus, VaryRequest
+from ._polling import DEFAULT_SAFETY_POLL
 from ._session import Session
 from ._version import VERSION
 

@@ -2,10 +2,12 @@
 
 How a submission and its callback meet:
 
-1. Before the POST is sent, :meth:`Session.submit` takes a :class:`_Ticket` from the
-   receiver: a fresh unguessable token whose URL becomes the submission's ``callBackUrl``.
-2. When the answer names the task, the ticket is bound to the new handle (or dropped if the
-   submission failed). A delivery that arrives before that waits, briefly, for the binding.
+1. Before the POST is sent, the submitter takes a :class:`Ticket` from its session's
+   :class:`SessionTickets` (the session's named view of the receiver, from
+   :func:`tickets_for`): a fresh unguessable token whose URL becomes the ``callBackUrl``.
+2. When the answer names the task, the ticket is bound to the task id and the new handle's
+   :class:`~midvary._polling.Alarm` (or dropped if the submission failed). A delivery that
+   arrives before that waits, briefly, for the binding.
 3. A delivery is checked in this order: unknown or expired token (404), signature when an
    HMAC key is configured (401), body (400), the body's task id against the token's (400).
    Only then is the handle woken; it confirms with ONE ``record-info`` GET and returns that
@@ -34,23 +36,16 @@ from aiohttp import web
 from ._config import PollPolicy
 from ._converter import structure_callback
 from ._errors import ProtocolError, ReceiverClosedError
-from ._models import check_http_url
+from ._polling import DEFAULT_SAFETY_POLL
+from ._validate import base_url, callable_or_none, instance, positive_seconds
 
 if TYPE_CHECKING:
-    from ._handle import TaskHandle
-    from ._session import Session
+    from ._polling import Alarm
 
 logger = logging.getLogger(__name__)
 
 #: The path prefix when the receiver derives its URL from the address it serves on.
 DEFAULT_PATH: Final = "/midvary/callback"
-
-#: The slow polling of handles that wait on a callback: a safety net for a delivery that
-#: never arrives. Plain backoff (no learned schedule, which would poll densely where tasks
-#: finish): polls at about 60, 180, 300, ... s after submission; 900 s deadline.
-DEFAULT_SAFETY_POLL: Final = PollPolicy(
-    initial_delay=60.0, factor=2.0, max_delay=120.0, jitter=5.0, target_delay=None
-)
 
 # Seconds a delivery that beat its submission's answer waits for that answer to be processed
 # (normally microseconds: the provider answered the POST before it ran the task). Well inside
@@ -78,32 +73,36 @@ def _short(token: str) -> str:
     return f"{token[:4]}..."
 
 
-def _seconds(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ValueError(f"{name} must be a number of seconds > 0, got {value!r}")
-    return float(value)
-
-
 class _State(enum.Enum):
     READY = "ready"
     SERVING = "serving"
     STOPPED = "stopped"
 
 
-class _Ticket:
-    """One submission's token: its URL, and the handle it wakes once the task is known."""
+class Ticket:
+    """One submission's token: its URL, and the task and alarm it wakes once they are known."""
 
-    __slots__ = ("bound", "expires_at", "handle", "receiver", "session", "settled", "token")
+    __slots__ = (
+        "alarm",
+        "bound",
+        "expires_at",
+        "owner",
+        "receiver",
+        "settled",
+        "task_id",
+        "token",
+    )
 
     def __init__(
-        self, receiver: CallbackReceiver, session: Session, token: str, expires_at: float
+        self, receiver: CallbackReceiver, owner: SessionTickets, token: str, expires_at: float
     ) -> None:
         self.receiver = receiver
-        self.session = session
+        self.owner = owner
         self.token = token
         self.expires_at = expires_at
-        self.handle: TaskHandle | None = None
-        # Set when the ticket is bound to a handle or dropped: deliveries that arrived
+        self.task_id: str | None = None
+        self.alarm: Alarm | None = None
+        # Set when the ticket is bound to a task or dropped: deliveries that arrived
         # before the submission's answer wait for it.
         self.bound = asyncio.Event()
         # Whether the duplicate grace is running (a delivery was accepted or the task seen
@@ -111,18 +110,23 @@ class _Ticket:
         self.settled = False
 
     def __repr__(self) -> str:
-        task = self.handle.task_id if self.handle is not None else None
-        return f"<_Ticket token={_short(self.token)!r} task_id={task!r}>"
+        return f"<Ticket token={_short(self.token)!r} task_id={self.task_id!r}>"
 
     @property
     def url(self) -> str:
         """The ``callBackUrl`` to send with the submission."""
         return f"{self.receiver._base_url()}/{self.token}"
 
-    def bind(self, handle: TaskHandle) -> None:
-        """The submission was accepted as ``handle``'s task: deliveries may wake it now."""
-        self.handle = handle
-        handle._on_final = self.settle
+    @property
+    def safety_poll(self) -> PollPolicy:
+        """The poll policy of the handle waiting on this ticket (the receiver's)."""
+        return self.receiver.safety_poll
+
+    def bind(self, task_id: str, alarm: Alarm) -> None:
+        """The submission was accepted as ``task_id``: deliveries may ring ``alarm`` now."""
+        self.task_id = task_id
+        self.alarm = alarm
+        alarm.on_final = self.settle
         self.bound.set()
 
     def settle(self) -> None:
@@ -134,6 +138,44 @@ class _Ticket:
     def drop(self) -> None:
         """Forget this token (the submission failed, or its session closed)."""
         self.receiver._drop(self)
+
+
+class SessionTickets:
+    """One session's tokens at one receiver: all a session's submitter asks of it."""
+
+    __slots__ = ("_receiver",)
+
+    def __init__(self, receiver: CallbackReceiver) -> None:
+        self._receiver = receiver
+
+    def issue(self) -> Ticket:
+        """A fresh ticket for one submission; take it before sending the submission.
+
+        Raises:
+            ReceiverClosedError: The receiver was stopped.
+            ValueError: The receiver has no public URL yet.
+
+        """
+        return self._receiver._issue(self)
+
+    def forget(self) -> None:
+        """Forget every token of this session (it is closing)."""
+        self._receiver._forget(self)
+
+
+def tickets_for(callbacks: object) -> SessionTickets | None:
+    """A session's view of its ``callbacks`` receiver; ``None`` for no receiver.
+
+    Raises:
+        TypeError: ``callbacks`` is not a :class:`CallbackReceiver` nor ``None``.
+        ReceiverClosedError: The receiver was stopped.
+
+    """
+    receiver = instance(callbacks, CallbackReceiver, "callbacks", what="a midvary.CallbackReceiver")
+    if receiver is None:
+        return None
+    receiver._check_usable()
+    return SessionTickets(receiver)
 
 
 class CallbackReceiver:
@@ -194,33 +236,22 @@ class CallbackReceiver:
         self._public_url: yarl.URL | None = None
         self._path = DEFAULT_PATH
         if public_url is not None:
-            check_http_url(public_url, name="public_url")
-            url = yarl.URL(public_url)
-            if url.query_string or url.fragment:
-                raise ValueError(
-                    f"public_url must not have a query or fragment, got {public_url!r}"
-                )
-            self._path = url.path.rstrip("/")
-            self._public_url = url.with_path(self._path)
+            self._public_url = base_url(public_url, name="public_url")
+            self._path = self._public_url.path
         if hmac_key is not None and (not isinstance(hmac_key, str) or not hmac_key):
             # Never echo the value: it is a secret even when it is malformed.
             raise ValueError("hmac_key must be a non-empty str (kie's webhookHmacKey) or None")
-        if safety_poll is not None and not isinstance(safety_poll, PollPolicy):
-            raise TypeError(
-                f"safety_poll must be a midvary.PollPolicy or None, "
-                f"not {type(safety_poll).__name__}"
-            )
-        if clock is not None and not callable(clock):
-            raise TypeError("clock must be a callable returning seconds, or None")
+        instance(safety_poll, PollPolicy, "safety_poll", what="a midvary.PollPolicy")
+        callable_or_none(clock, "clock")
         self._hmac_key = hmac_key.encode() if hmac_key is not None else None
         self.safety_poll = safety_poll if safety_poll is not None else DEFAULT_SAFETY_POLL
-        self._tolerance = _seconds("timestamp_tolerance", timestamp_tolerance)
-        self._grace = _seconds("duplicate_grace", duplicate_grace)
-        self._ttl = _seconds("token_ttl", token_ttl)
+        self._tolerance = float(positive_seconds(timestamp_tolerance, "timestamp_tolerance"))
+        self._grace = float(positive_seconds(duplicate_grace, "duplicate_grace"))
+        self._ttl = float(positive_seconds(token_ttl, "token_ttl"))
         self._clock = clock if clock is not None else time.monotonic
         self._state = _State.READY
-        self._tickets: dict[str, _Ticket] = {}
-        self._by_session: dict[Session, set[str]] = {}
+        self._tickets: dict[str, Ticket] = {}
+        self._by_session: dict[SessionTickets, set[str]] = {}
         self._next_sweep = self._clock() + _SWEEP_EVERY
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
@@ -371,37 +402,37 @@ class CallbackReceiver:
         found = await self._bound_ticket(path)
         if isinstance(found, int):
             return found
-        ticket, handle = found
-        status = self._verify(handle.task_id, bytes(body), headers)
+        ticket, task_id, alarm = found
+        status = self._verify(task_id, bytes(body), headers)
         if status != 200:
             return status
         ticket.settle()
-        if handle.done():
-            logger.debug("duplicate callback for finished task %s", handle.task_id)
+        if alarm.final:
+            logger.debug("duplicate callback for finished task %s", task_id)
         else:
-            logger.debug("callback for task %s: waking its handle", handle.task_id)
-            handle._notify()
+            logger.debug("callback for task %s: waking its handle", task_id)
+            alarm.notify()
         return 200
 
-    async def _bound_ticket(self, path: str) -> tuple[_Ticket, TaskHandle] | int:
-        """The live ticket of ``path``'s token and its handle, or the status to answer."""
+    async def _bound_ticket(self, path: str) -> tuple[Ticket, str, Alarm] | int:
+        """The live ticket of ``path``'s token, its task and alarm, or the status to answer."""
         token = self._token_from(path)
         ticket = self._lookup(token) if token is not None else None
         if ticket is None:
             logger.debug("callback to an unknown or expired token: 404")
             return 404
-        if ticket.handle is None:
+        if ticket.alarm is None:
             try:
                 async with asyncio.timeout(_BIND_WAIT):
                     await ticket.bound.wait()
             except TimeoutError:
                 logger.info("callback for %r came before its task id: 503", ticket)
                 return 503
-        handle = ticket.handle
-        if handle is None or self._tickets.get(ticket.token) is not ticket:
+        task_id, alarm = ticket.task_id, ticket.alarm
+        if task_id is None or alarm is None or self._tickets.get(ticket.token) is not ticket:
             logger.debug("callback for %r, dropped meanwhile: 404", ticket)
             return 404
-        return ticket, handle
+        return ticket, task_id, alarm
 
     def _verify(self, task_id: str, body: bytes, headers: Mapping[str, str]) -> int:
         """Check signature, body and task id, in that order; the status to answer."""
@@ -454,7 +485,7 @@ class CallbackReceiver:
             return "wrong X-Webhook-Signature"
         return None
 
-    # Bookkeeping for Session: issue, drop, forget, expire.
+    # Bookkeeping for SessionTickets: issue, drop, forget, expire.
 
     def _check_usable(self) -> None:
         if self._state is _State.STOPPED:
@@ -468,38 +499,38 @@ class CallbackReceiver:
             )
         return str(self._public_url)
 
-    def _issue(self, session: Session) -> _Ticket:
-        """A fresh ticket for one submission of ``session``; call before sending it."""
+    def _issue(self, owner: SessionTickets) -> Ticket:
+        """A fresh ticket for one submission of ``owner``'s session; call before sending it."""
         self._check_usable()
         self._base_url()
         now = self._clock()
         self._sweep(now)
         token = secrets.token_urlsafe(_TOKEN_BYTES)
-        ticket = _Ticket(self, session, token, now + self._ttl)
+        ticket = Ticket(self, owner, token, now + self._ttl)
         self._tickets[token] = ticket
-        self._by_session.setdefault(session, set()).add(token)
+        self._by_session.setdefault(owner, set()).add(token)
         return ticket
 
-    def _drop(self, ticket: _Ticket) -> None:
+    def _drop(self, ticket: Ticket) -> None:
         if self._tickets.get(ticket.token) is ticket:
             del self._tickets[ticket.token]
-        tokens = self._by_session.get(ticket.session)
+        tokens = self._by_session.get(ticket.owner)
         if tokens is not None:
             tokens.discard(ticket.token)
             if not tokens:
-                del self._by_session[ticket.session]
+                del self._by_session[ticket.owner]
         # Deliveries waiting for the binding see the ticket gone and answer 404.
         ticket.bound.set()
 
-    def _forget(self, session: Session) -> None:
-        """Forget every token of ``session`` (it is closing)."""
-        for token in tuple(self._by_session.get(session, ())):
+    def _forget(self, owner: SessionTickets) -> None:
+        """Forget every token of ``owner``'s session (it is closing)."""
+        for token in tuple(self._by_session.get(owner, ())):
             ticket = self._tickets.get(token)
             if ticket is not None:
                 self._drop(ticket)
-        self._by_session.pop(session, None)
+        self._by_session.pop(owner, None)
 
-    def _lookup(self, token: str) -> _Ticket | None:
+    def _lookup(self, token: str) -> Ticket | None:
         ticket = self._tickets.get(token)
         now = self._clock()
         self._sweep(now)
@@ -508,7 +539,7 @@ class CallbackReceiver:
         self._expire(ticket, now)
         return ticket if self._tickets.get(token) is ticket else None
 
-    def _expire(self, ticket: _Ticket, now: float) -> None:
+    def _expire(self, ticket: Ticket, now: float) -> None:
         if ticket.expires_at <= now:
             self._drop(ticket)
 

@@ -11,7 +11,7 @@ import json
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import cattrs
 from cattrs.gen import make_dict_structure_fn, override
@@ -20,6 +20,8 @@ from ._errors import ProtocolError
 from ._models import CallbackNotice, TaskRecord, TaskStatus, VaryRequest
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 converter = cattrs.Converter(forbid_extra_keys=False)
 
@@ -166,6 +168,26 @@ def _first_protocol_error(exc: BaseException) -> ProtocolError | None:
     return None
 
 
+def _structure(data: Mapping[str, Any], cls: type[T], what: str) -> T:
+    """Structure ``data`` as ``cls``; any failure becomes the one :class:`ProtocolError`."""
+    try:
+        return converter.structure(data, cls)
+    except (cattrs.BaseValidationError, ValueError, TypeError) as exc:
+        inner = _first_protocol_error(exc)
+        if inner is not None:
+            raise inner from exc
+        raise ProtocolError(f"{what} is malformed: {exc}") from exc
+
+
+def envelope_code(value: object) -> int | None:
+    """An envelope's ``code`` as an int (also sent as a numeric string); ``None`` if not one."""
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value
+
+
 def structure_record(data: object) -> TaskRecord:
     """Build a :class:`TaskRecord` from a ``record-info`` ``data`` object.
 
@@ -181,13 +203,7 @@ def structure_record(data: object) -> TaskRecord:
         raise ProtocolError(f"record-info data lacks {', '.join(missing)}")
     if not isinstance(data["taskId"], str) or not data["taskId"]:
         raise ProtocolError(f"record-info taskId is not a string: {data['taskId']!r:.80}")
-    try:
-        return converter.structure(data, TaskRecord)
-    except (cattrs.BaseValidationError, ValueError, TypeError) as exc:
-        inner = _first_protocol_error(exc)
-        if inner is not None:
-            raise inner from exc
-        raise ProtocolError(f"record-info data is malformed: {exc}") from exc
+    return _structure(data, TaskRecord, "record-info data")
 
 
 # A callback's data: plain-string resultUrls and promptJson instead of record-info's
@@ -226,11 +242,9 @@ def structure_callback(raw: bytes) -> CallbackNotice:
         raise ProtocolError(f"the callback body is not JSON: {raw[:80]!r}") from exc
     if not isinstance(body, dict):
         raise ProtocolError(f"the callback body is not an object: {body!r:.80}")
-    code = body.get("code")
-    if isinstance(code, str) and code.strip().isdigit():
-        code = int(code)
-    if isinstance(code, bool) or not isinstance(code, int):
-        raise ProtocolError(f"the callback's code is not an integer: {code!r:.40}")
+    code = envelope_code(body.get("code"))
+    if code is None:
+        raise ProtocolError(f"the callback's code is not an integer: {body.get('code')!r:.40}")
     data = body.get("data")
     if not isinstance(data, dict):
         raise ProtocolError(f"the callback's data is not an object: {data!r:.80}")
@@ -238,13 +252,7 @@ def structure_callback(raw: bytes) -> CallbackNotice:
     if not isinstance(task_id, str) or not task_id:
         raise ProtocolError(f"the callback's data holds no taskId: {task_id!r:.80}")
     fields = {**data, "code": code, "msg": body.get("msg")}
-    try:
-        return converter.structure(fields, CallbackNotice)
-    except (cattrs.BaseValidationError, ValueError, TypeError) as exc:
-        inner = _first_protocol_error(exc)
-        if inner is not None:
-            raise inner from exc
-        raise ProtocolError(f"the callback's data is malformed: {exc}") from exc
+    return _structure(fields, CallbackNotice, "the callback's data")
 
 
 def structure_task_id(data: object) -> str:
@@ -260,11 +268,15 @@ def structure_task_id(data: object) -> str:
     return task_id
 
 
-def vary_body(request: VaryRequest, *, index_base: int = 0) -> dict[str, Any]:
+def vary_body(
+    request: VaryRequest, *, callback_url: str | None, index_base: int = 0
+) -> dict[str, Any]:
     """The JSON body of ``POST generateVary`` for ``request``.
 
-    ``index_base`` is added to the 0-based ``image_index`` (1 for accounts whose provider
-    proves to be 1-based). Optional fields that are ``None`` are left out.
+    ``callback_url`` is the URL to send as ``callBackUrl`` (the request's own, or a callback
+    receiver's ticket; ``None`` for none). ``index_base`` is added to the 0-based
+    ``image_index`` (1 for accounts whose provider proves to be 1-based). Optional fields
+    that are ``None`` are left out.
     """
     body: dict[str, Any] = {
         "taskId": request.task_id,
@@ -272,6 +284,6 @@ def vary_body(request: VaryRequest, *, index_base: int = 0) -> dict[str, Any]:
     }
     if request.water_mark is not None:
         body["waterMark"] = request.water_mark
-    if request.callback_url is not None:
-        body["callBackUrl"] = request.callback_url
+    if callback_url is not None:
+        body["callBackUrl"] = callback_url
     return body

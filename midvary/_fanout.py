@@ -35,13 +35,14 @@ from typing import TYPE_CHECKING, Any, Self
 import attrs
 
 from ._config import USE_DEFAULT, PollPolicy, UseDefault
-from ._download import check_concurrency, check_directory
-from ._errors import RateLimitError, SubmitUncertainError
+from ._errors import RateLimitError, SessionClosedError, SubmitUncertainError
 from ._handle import TaskHandle
 from ._models import TaskRecord, VaryRequest
+from ._validate import callable_or_none, count, directory, instance, optional_seconds
 
 if TYPE_CHECKING:
-    from ._session import Session
+    from ._core import SessionCore
+    from ._submit import Submitter
 
 logger = logging.getLogger(__name__)
 
@@ -158,6 +159,60 @@ class UnfinishedJob:
 
 OnEvent = Callable[[JobEvent], None]
 
+#: The default of ``concurrency`` (jobs in flight) and ``download_concurrency`` (images).
+DEFAULT_CONCURRENCY = 16
+DEFAULT_DOWNLOAD_CONCURRENCY = 4
+
+
+# attrs converters: each checks one option and names it in its error.
+def _concurrency(value: object) -> int:
+    return count(value, "concurrency")
+
+
+def _timeout(value: object) -> float | UseDefault | None:
+    return USE_DEFAULT if value is USE_DEFAULT else optional_seconds(value, "timeout")
+
+
+def _poll(value: object) -> PollPolicy | None:
+    return instance(value, PollPolicy, "poll", what="a midvary.PollPolicy")
+
+
+def _on_event(value: OnEvent | None) -> OnEvent | None:
+    return callable_or_none(value, "on_event")
+
+
+def _download(value: str | os.PathLike[str] | None) -> Path | None:
+    return None if value is None else directory(value, "download")
+
+
+def _download_concurrency(value: object) -> int:
+    return count(value, "download_concurrency")
+
+
+@attrs.frozen(kw_only=True)
+class FanOutOptions:
+    """How a fan-out runs its jobs, validated once; see :meth:`Session.vary_many`.
+
+    Attributes:
+        concurrency: The most jobs in flight at once (>= 1).
+        timeout: Seconds each job may wait for its task; ``None``: no deadline;
+            ``USE_DEFAULT``: the poll policy's.
+        poll: The :class:`PollPolicy` of the waits; ``None`` means the session's.
+        on_event: Called with each :class:`JobEvent`; ``None`` for none.
+        download: The directory to download succeeded jobs' images into; ``None``: none.
+        download_concurrency: The most images of one job downloaded at once (>= 1).
+
+    """
+
+    concurrency: int = attrs.field(default=DEFAULT_CONCURRENCY, converter=_concurrency)
+    timeout: float | UseDefault | None = attrs.field(default=USE_DEFAULT, converter=_timeout)
+    poll: PollPolicy | None = attrs.field(default=None, converter=_poll)
+    on_event: OnEvent | None = attrs.field(default=None, converter=_on_event)
+    download: Path | None = attrs.field(default=None, converter=_download)
+    download_concurrency: int = attrs.field(
+        default=DEFAULT_DOWNLOAD_CONCURRENCY, converter=_download_concurrency
+    )
+
 
 class _Job:
     """The mutable state of one job while its task runs."""
@@ -184,7 +239,7 @@ class _Job:
 
 
 class _SubmitHooks:
-    """What :meth:`Session._submit` reports about one job's submission attempts."""
+    """What the submitter reports about one job's submission attempts (a ``SubmitHooks``)."""
 
     __slots__ = ("_fanout", "_job")
 
@@ -219,7 +274,8 @@ def check_requests(requests: object) -> Requests:
 class FanOut:
     """An async iterator of :class:`VaryOutcome`, one per job, in completion order.
 
-    Made by :meth:`Session.vary_many`; see there for the arguments. Iterate it with
+    Made by :meth:`Session.vary_many` (its keyword arguments become one
+    :class:`FanOutOptions`); see there for what they mean. Iterate it with
     ``async for``; preferably inside ``async with`` (or :func:`contextlib.aclosing`), so that
     leaving the loop early cancels the jobs still in flight at once instead of when the
     session closes.
@@ -232,32 +288,16 @@ class FanOut:
 
     def __init__(
         self,
-        session: Session,
+        core: SessionCore,
+        submitter: Submitter,
         requests: Requests,
-        *,
-        concurrency: int,
-        timeout: float | UseDefault | None = USE_DEFAULT,
-        poll: PollPolicy | None = None,
-        on_event: OnEvent | None = None,
-        download: str | os.PathLike[str] | None = None,
-        download_concurrency: int = 4,
+        options: FanOutOptions,
     ) -> None:
-        self._session = session
+        self._core = core
+        self._submitter = submitter
         self._source = check_requests(requests)
-        self.concurrency = check_concurrency(concurrency)
-        if timeout is not USE_DEFAULT and timeout is not None and not _positive(timeout):
-            raise ValueError(f"timeout must be > 0 seconds or None, got {timeout!r}")
-        if poll is not None and not isinstance(poll, PollPolicy):
-            raise TypeError(f"poll must be a midvary.PollPolicy, not {type(poll).__name__}")
-        if on_event is not None and not callable(on_event):
-            raise TypeError(f"on_event must be callable, not {type(on_event).__name__}")
-        self._timeout = timeout
-        self._poll = poll
-        self._on_event = on_event
-        self._download = check_directory(download) if download is not None else None
-        self._download_concurrency = check_concurrency(
-            download_concurrency, name="download_concurrency"
-        )
+        self._options = options
+        self.concurrency = options.concurrency
         self._slots = asyncio.Semaphore(self.concurrency)
         self._driver: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[VaryOutcome]] = set()
@@ -346,7 +386,7 @@ class FanOut:
             return
         self._unfinished = self.unfinished
         self._closed = True
-        self._session._fanouts.discard(self)
+        self._core.fanouts.discard(self)
         tasks = [*self._tasks, *([self._driver] if self._driver is not None else [])]
         for task in tasks:
             task.cancel()
@@ -368,8 +408,8 @@ class FanOut:
 
     def _start(self) -> None:
         if self._driver is None:
-            self._session._check_open()
-            self._session._fanouts.add(self)
+            self._core.check_open()
+            self._core.fanouts.add(self)
             self._driver = asyncio.get_running_loop().create_task(self._drive())
 
     async def _drive(self) -> None:
@@ -404,16 +444,16 @@ class FanOut:
     # -- one job ----------------------------------------------------------------------------
 
     async def _run(self, job: _Job) -> VaryOutcome:
-        session = self._session
+        options = self._options
         record: TaskRecord | None = None
         paths: tuple[Path, ...] = ()
         error: Exception | None = None
         try:
             handle = await self._handle(job)
-            record = await handle.wait(self._timeout, poll=self._poll)
-            if self._download is not None:
-                paths = await session.download(
-                    record, self._download, concurrency=self._download_concurrency
+            record = await handle.wait(options.timeout, poll=options.poll)
+            if options.download is not None:
+                paths = await self._core.download(
+                    record, options.download, concurrency=options.download_concurrency
                 )
         except Exception as exc:  # one job's failure is that job's outcome
             job.posting = False
@@ -444,22 +484,58 @@ class FanOut:
                 f"item {job.index} of the requests must be a midvary.VaryRequest "
                 f"(or a TaskHandle), not {type(item).__name__}"
             )
-        handle = await self._session._submit(item, _SubmitHooks(self, job))
+        handle = await self._submitter.submit(item, _SubmitHooks(self, job))
         job.task_id = handle.task_id
         self._emit(JobEventKind.SUBMITTED, job)
         return handle
 
     def _emit(self, kind: JobEventKind, job: _Job, **fields: Any) -> None:
-        if self._on_event is not None:
-            self._on_event(
+        on_event = self._options.on_event
+        if on_event is not None:
+            on_event(
                 JobEvent(
                     kind=kind, index=job.index, request=job.request, task_id=job.task_id, **fields
                 )
             )
 
 
-def _positive(value: object) -> bool:
-    return not isinstance(value, bool) and isinstance(value, int | float) and value > 0
+async def collect_all(fanout: FanOut) -> list[VaryOutcome]:
+    """Every outcome of ``fanout`` in input order (what ``Session.vary_all`` returns).
+
+    When the call ends without its list (it is cancelled, the input raises, or the session
+    closes), the task ids of the finished jobs it drops are logged as a warning.
+
+    Raises:
+        SessionClosedError: The session closed before every job finished.
+
+    """
+    outcomes: list[VaryOutcome] = []
+    async with fanout:
+        try:
+            async for outcome in fanout:
+                outcomes.append(outcome)  # noqa: PERF401 - kept if the loop raises
+        except BaseException:
+            _log_dropped(outcomes)
+            raise
+        if not fanout._complete:  # the session's close ended the loop, not the jobs
+            _log_dropped(outcomes)
+            raise SessionClosedError(
+                "the Session was closed while vary_all was running; the task ids of its "
+                "jobs are logged"
+            )
+    outcomes.sort(key=lambda outcome: outcome.index)
+    return outcomes
+
+
+def _log_dropped(outcomes: list[VaryOutcome]) -> None:
+    """Log the task ids of finished jobs whose outcomes a failing ``vary_all`` drops."""
+    dropped = [o for o in outcomes if o.task_id is not None or o.uncertain]
+    if dropped:
+        logger.warning(
+            "vary_all ended early: %d finished jobs are not returned (task ids: %s)",
+            len(dropped),
+            ", ".join(o.task_id or "unknown (uncertain)" for o in dropped),
+        )
 
 
 async def _pull(source: Requests, slots: asyncio.Semaphore) -> AsyncGenerator[object, None]:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
+import attrs
 import pytest
 
 import midvary
 
-from .conftest import FAST_RETRY
-from .mockapi import BASE, KEY, VARY_URL, MockAPI
+from .conftest import FAST_POLL, FAST_RETRY
+from .mockapi import BASE, KEY, VARY_URL, MockAPI, record, record_url
 
 FINAL_CODES = {
     400: midvary.BadRequestError,
@@ -194,3 +195,73 @@ async def test_submit_after_close_is_a_clear_error(session: midvary.Session, api
     with pytest.raises(midvary.SessionClosedError):
         await session.vary("parent-1", 0)
     assert api.count() == 0
+
+
+class _StopError(Exception):
+    """Raised by an on_event hook to end a job at its first limiter wait."""
+
+
+def _limited_session() -> midvary.Session:
+    """A session that allows one submission a minute and never retries one."""
+    return midvary.Session(
+        api_key=KEY,
+        base_url=BASE,
+        poll=FAST_POLL,
+        retry=attrs.evolve(FAST_RETRY, attempts=1),
+        submit_rate=(1, 60.0),
+    )
+
+
+REFUSALS = {
+    "429": {"code": 429},
+    "455": {"code": 455},
+    "never-sent": None,
+}
+
+
+@pytest.mark.parametrize("refusal", list(REFUSALS), ids=list(REFUSALS))
+async def test_unaccepted_posts_give_their_limiter_slot_back(api: MockAPI, refusal: str) -> None:
+    """A POST certainly not accepted (429, 455, never sent) leaves the window's budget whole."""
+    answer = REFUSALS[refusal]
+    if answer is None:
+        key = aiohttp.client_reqrep.ConnectionKey("api.test", 443, True, True, None, None, None)
+        api.add(VARY_URL, "POST", exception=aiohttp.ClientConnectorError(key, OSError(111, "x")))
+    else:
+        api.envelope("POST", VARY_URL, code=answer["code"], msg="refused")
+    api.envelope("POST", VARY_URL, data={"taskId": "new-1"})
+    api.envelope("GET", record_url("new-1"), data=record("new-1", flag=1))
+    kinds: list[midvary.JobEventKind] = []
+    async with _limited_session() as session:
+        with pytest.raises(midvary.MidvaryError) as refused:
+            await session.vary("parent-1", 0)
+        assert not isinstance(refused.value, midvary.SubmitUncertainError)
+        (outcome,) = await session.vary_all(
+            [midvary.VaryRequest(task_id="parent-1", image_index=1)],
+            on_event=lambda event: kinds.append(event.kind),
+        )
+    assert outcome.ok
+    assert outcome.task_id == "new-1"
+    assert midvary.JobEventKind.RATE_LIMITED not in kinds
+
+
+async def test_uncertain_posts_keep_their_limiter_slot(api: MockAPI) -> None:
+    """A POST whose answer was lost may have been accepted: its slot stays counted."""
+    api.envelope("POST", VARY_URL, code=500, msg="boom")
+    waits: list[float | None] = []
+
+    def stop_at_first_wait(event: midvary.JobEvent) -> None:
+        if event.kind is midvary.JobEventKind.RATE_LIMITED:
+            waits.append(event.wait)
+            raise _StopError
+
+    async with _limited_session() as session:
+        with pytest.raises(midvary.SubmitUncertainError):
+            await session.vary("parent-1", 0)
+        (outcome,) = await session.vary_all(
+            [midvary.VaryRequest(task_id="parent-1", image_index=1)], on_event=stop_at_first_wait
+        )
+    assert isinstance(outcome.error, _StopError)
+    (wait, *_rest) = waits
+    assert wait is not None
+    assert wait > 30.0
+    assert len(api.calls("POST", VARY_URL)) == 1
