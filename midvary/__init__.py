@@ -32,8 +32,9 @@ from ._errors import (
     TransportError,
     ValidationError,
 )
-from ._fanout import FanOut, JobEvent, JobEventKind, UnfinishedJob, VaryOutcome
+from ._fanout import FanOut
 from ._handle import TaskHandle
+from ._jobs import JobEvent, JobEventKind, UnfinishedJob, VaryOutcome
 from ._models import TaskRecord, TaskStatus, VaryRequest
 from ._polling import DEFAULT_SAFETY_POLL
 from ._session import Session

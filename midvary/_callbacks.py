@@ -12,9 +12,10 @@ How a submission and its callback meet:
    HMAC key is configured (401), body (400), the body's task id against the token's (400).
    Only then is the handle woken; it confirms with ONE ``record-info`` GET and returns that
    record, never what the body claims. The request handler does no I/O of its own.
-4. A ticket is forgotten when its session closes, when the receiver stops, ``duplicate_grace``
-   seconds after its first accepted delivery or after its handle saw the task final, and in
-   any case ``token_ttl`` seconds after it was issued.
+4. A ticket is forgotten (by the receiver's :class:`~midvary._tickets.TicketBook`) when its
+   session closes, when the receiver stops, ``duplicate_grace`` seconds after its first
+   accepted delivery or after its handle saw the task final, and in any case ``token_ttl``
+   seconds after it was issued.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import enum
 import hashlib
 import hmac
 import logging
-import secrets
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Final
@@ -37,6 +37,7 @@ from ._config import PollPolicy
 from ._converter import structure_callback
 from ._errors import ProtocolError, ReceiverClosedError
 from ._polling import DEFAULT_SAFETY_POLL
+from ._tickets import Ticket, TicketBook
 from ._validate import base_url, callable_or_none, instance, positive_seconds
 
 if TYPE_CHECKING:
@@ -53,9 +54,6 @@ DEFAULT_PATH: Final = "/midvary/callback"
 _BIND_WAIT: Final = 5.0
 # Callback bodies are a few hundred bytes; refuse anything absurd before parsing it.
 _MAX_BODY: Final = 64 * 1024
-# Seconds between two sweeps of expired tokens (sweeps run lazily, on issue and delivery).
-_SWEEP_EVERY: Final = 30.0
-_TOKEN_BYTES: Final = 32
 _TIMESTAMP_HEADER: Final = "x-webhook-timestamp"
 _SIGNATURE_HEADER: Final = "x-webhook-signature"
 _REASONS: Final = {
@@ -68,76 +66,10 @@ _REASONS: Final = {
 }
 
 
-def _short(token: str) -> str:
-    # Tokens are capabilities: logs show only enough to tell two apart.
-    return f"{token[:4]}..."
-
-
 class _State(enum.Enum):
     READY = "ready"
     SERVING = "serving"
     STOPPED = "stopped"
-
-
-class Ticket:
-    """One submission's token: its URL, and the task and alarm it wakes once they are known."""
-
-    __slots__ = (
-        "alarm",
-        "bound",
-        "expires_at",
-        "owner",
-        "receiver",
-        "settled",
-        "task_id",
-        "token",
-    )
-
-    def __init__(
-        self, receiver: CallbackReceiver, owner: SessionTickets, token: str, expires_at: float
-    ) -> None:
-        self.receiver = receiver
-        self.owner = owner
-        self.token = token
-        self.expires_at = expires_at
-        self.task_id: str | None = None
-        self.alarm: Alarm | None = None
-        # Set when the ticket is bound to a task or dropped: deliveries that arrived
-        # before the submission's answer wait for it.
-        self.bound = asyncio.Event()
-        # Whether the duplicate grace is running (a delivery was accepted or the task seen
-        # final): the expiry then moves closer.
-        self.settled = False
-
-    def __repr__(self) -> str:
-        return f"<Ticket token={_short(self.token)!r} task_id={self.task_id!r}>"
-
-    @property
-    def url(self) -> str:
-        """The ``callBackUrl`` to send with the submission."""
-        return f"{self.receiver._base_url()}/{self.token}"
-
-    @property
-    def safety_poll(self) -> PollPolicy:
-        """The poll policy of the handle waiting on this ticket (the receiver's)."""
-        return self.receiver.safety_poll
-
-    def bind(self, task_id: str, alarm: Alarm) -> None:
-        """The submission was accepted as ``task_id``: deliveries may ring ``alarm`` now."""
-        self.task_id = task_id
-        self.alarm = alarm
-        alarm.on_final = self.settle
-        self.bound.set()
-
-    def settle(self) -> None:
-        """Start the duplicate grace: a delivery was accepted or the task was seen final."""
-        if not self.settled:
-            self.settled = True
-            self.expires_at = min(self.expires_at, self.receiver._clock() + self.receiver._grace)
-
-    def drop(self) -> None:
-        """Forget this token (the submission failed, or its session closed)."""
-        self.receiver._drop(self)
 
 
 class SessionTickets:
@@ -148,6 +80,11 @@ class SessionTickets:
     def __init__(self, receiver: CallbackReceiver) -> None:
         self._receiver = receiver
 
+    @property
+    def safety_poll(self) -> PollPolicy:
+        """The poll policy of handles waiting on a callback (the receiver's)."""
+        return self._receiver.safety_poll
+
     def issue(self) -> Ticket:
         """A fresh ticket for one submission; take it before sending the submission.
 
@@ -156,11 +93,12 @@ class SessionTickets:
             ValueError: The receiver has no public URL yet.
 
         """
-        return self._receiver._issue(self)
+        self._receiver._check_usable()
+        return self._receiver._book.issue(self)
 
     def forget(self) -> None:
         """Forget every token of this session (it is closing)."""
-        self._receiver._forget(self)
+        self._receiver._book.forget(self)
 
 
 def tickets_for(callbacks: object) -> SessionTickets | None:
@@ -246,20 +184,20 @@ class CallbackReceiver:
         self._hmac_key = hmac_key.encode() if hmac_key is not None else None
         self.safety_poll = safety_poll if safety_poll is not None else DEFAULT_SAFETY_POLL
         self._tolerance = float(positive_seconds(timestamp_tolerance, "timestamp_tolerance"))
-        self._grace = float(positive_seconds(duplicate_grace, "duplicate_grace"))
-        self._ttl = float(positive_seconds(token_ttl, "token_ttl"))
-        self._clock = clock if clock is not None else time.monotonic
+        self._book = TicketBook(
+            url_prefix=self._base_url,
+            clock=clock if clock is not None else time.monotonic,
+            grace=float(positive_seconds(duplicate_grace, "duplicate_grace")),
+            ttl=float(positive_seconds(token_ttl, "token_ttl")),
+        )
         self._state = _State.READY
-        self._tickets: dict[str, Ticket] = {}
-        self._by_session: dict[SessionTickets, set[str]] = {}
-        self._next_sweep = self._clock() + _SWEEP_EVERY
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
 
     def __repr__(self) -> str:
         return (
             f"<midvary.CallbackReceiver url={self.public_url!r} "
-            f"tokens={len(self._tickets)} state={self._state.value}>"
+            f"tokens={len(self._book)} state={self._state.value}>"
         )
 
     @property
@@ -285,7 +223,7 @@ class CallbackReceiver:
     @property
     def active_tokens(self) -> int:
         """How many tokens are live (issued, not yet expired, dropped or forgotten)."""
-        return len(self._tickets)
+        return len(self._book)
 
     async def __aenter__(self) -> CallbackReceiver:
         return self
@@ -355,8 +293,7 @@ class CallbackReceiver:
         if self._state is _State.STOPPED:
             return
         self._state = _State.STOPPED
-        for ticket in tuple(self._tickets.values()):
-            self._drop(ticket)
+        self._book.drop_all()
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
@@ -417,7 +354,7 @@ class CallbackReceiver:
     async def _bound_ticket(self, path: str) -> tuple[Ticket, str, Alarm] | int:
         """The live ticket of ``path``'s token, its task and alarm, or the status to answer."""
         token = self._token_from(path)
-        ticket = self._lookup(token) if token is not None else None
+        ticket = self._book.lookup(token) if token is not None else None
         if ticket is None:
             logger.debug("callback to an unknown or expired token: 404")
             return 404
@@ -429,7 +366,7 @@ class CallbackReceiver:
                 logger.info("callback for %r came before its task id: 503", ticket)
                 return 503
         task_id, alarm = ticket.task_id, ticket.alarm
-        if task_id is None or alarm is None or self._tickets.get(ticket.token) is not ticket:
+        if task_id is None or alarm is None or not ticket.live:
             logger.debug("callback for %r, dropped meanwhile: 404", ticket)
             return 404
         return ticket, task_id, alarm
@@ -485,8 +422,6 @@ class CallbackReceiver:
             return "wrong X-Webhook-Signature"
         return None
 
-    # Bookkeeping for SessionTickets: issue, drop, forget, expire.
-
     def _check_usable(self) -> None:
         if self._state is _State.STOPPED:
             raise ReceiverClosedError("this CallbackReceiver is stopped; create a new one")
@@ -498,54 +433,3 @@ class CallbackReceiver:
                 "receiver.start() before submitting"
             )
         return str(self._public_url)
-
-    def _issue(self, owner: SessionTickets) -> Ticket:
-        """A fresh ticket for one submission of ``owner``'s session; call before sending it."""
-        self._check_usable()
-        self._base_url()
-        now = self._clock()
-        self._sweep(now)
-        token = secrets.token_urlsafe(_TOKEN_BYTES)
-        ticket = Ticket(self, owner, token, now + self._ttl)
-        self._tickets[token] = ticket
-        self._by_session.setdefault(owner, set()).add(token)
-        return ticket
-
-    def _drop(self, ticket: Ticket) -> None:
-        if self._tickets.get(ticket.token) is ticket:
-            del self._tickets[ticket.token]
-        tokens = self._by_session.get(ticket.owner)
-        if tokens is not None:
-            tokens.discard(ticket.token)
-            if not tokens:
-                del self._by_session[ticket.owner]
-        # Deliveries waiting for the binding see the ticket gone and answer 404.
-        ticket.bound.set()
-
-    def _forget(self, owner: SessionTickets) -> None:
-        """Forget every token of ``owner``'s session (it is closing)."""
-        for token in tuple(self._by_session.get(owner, ())):
-            ticket = self._tickets.get(token)
-            if ticket is not None:
-                self._drop(ticket)
-        self._by_session.pop(owner, None)
-
-    def _lookup(self, token: str) -> Ticket | None:
-        ticket = self._tickets.get(token)
-        now = self._clock()
-        self._sweep(now)
-        if ticket is None:
-            return None
-        self._expire(ticket, now)
-        return ticket if self._tickets.get(token) is ticket else None
-
-    def _expire(self, ticket: Ticket, now: float) -> None:
-        if ticket.expires_at <= now:
-            self._drop(ticket)
-
-    def _sweep(self, now: float) -> None:
-        if now < self._next_sweep:
-            return
-        self._next_sweep = now + min(_SWEEP_EVERY, self._grace)
-        for ticket in tuple(self._tickets.values()):
-            self._expire(ticket, now)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Final
+from typing import Final, Generic, Self, TypeVar, overload
 
 import aiohttp
 import yarl
@@ -19,18 +19,15 @@ import yarl
 from ._callbacks import CallbackReceiver, tickets_for
 from ._config import USE_DEFAULT, PollPolicy, RetryPolicy, UseDefault
 from ._core import SessionCore
-from ._fanout import (
+from ._fanout import FanOut, Requests, check_requests, collect_all
+from ._handle import TaskHandle
+from ._jobs import (
     DEFAULT_CONCURRENCY,
     DEFAULT_DOWNLOAD_CONCURRENCY,
-    FanOut,
     FanOutOptions,
     OnEvent,
-    Requests,
     VaryOutcome,
-    check_requests,
-    collect_all,
 )
-from ._handle import TaskHandle
 from ._models import TaskRecord, VaryRequest
 from ._ratelimit import DEFAULT_SUBMIT_RATE, SubmitLimiter
 from ._submit import Submitter
@@ -56,6 +53,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL: Final = "https://api.kie.ai"
 _KEY_VARIABLES: Final = ("MIDVARY_API_KEY", "KIE_API_KEY")
+P = TypeVar("P", PollPolicy, RetryPolicy)
 
 
 def _resolve_api_key(api_key: str | None) -> str:
@@ -79,6 +77,34 @@ def _resolve_base_url(base_url: str | None) -> yarl.URL:
     if base_url is None:
         base_url = os.environ.get("MIDVARY_BASE_URL", "").strip() or DEFAULT_BASE_URL
     return check_base_url(base_url, name="base_url")
+
+
+class _CorePolicy(Generic[P]):
+    """A session attribute kept on its core, type-checked when assigned."""
+
+    def __init__(self, cls: type[P], doc: str) -> None:
+        self._cls: type[P] = cls
+        self.__doc__ = doc
+
+    def __set_name__(self, owner: type[Session], name: str) -> None:
+        self._name = name
+
+    @overload
+    def __get__(self, session: None, owner: type[Session]) -> Self: ...
+    @overload
+    def __get__(self, session: Session, owner: type[Session]) -> P: ...
+    def __get__(self, session: Session | None, owner: type[Session]) -> P | Self:
+        if session is None:
+            return self
+        value: P = getattr(session._core, self._name)
+        return value
+
+    def __set__(self, session: Session, value: P) -> None:
+        if not isinstance(value, self._cls):
+            raise TypeError(
+                f"{self._name} must be a midvary.{self._cls.__name__}, not {type(value).__name__}"
+            )
+        setattr(session._core, self._name, value)
 
 
 class Session:
@@ -167,30 +193,16 @@ class Session:
             tickets=tickets_for(callbacks),
         )
 
+    poll = _CorePolicy(
+        PollPolicy, "The default :class:`PollPolicy` of every wait (assign one to change it)."
+    )
+    retry = _CorePolicy(
+        RetryPolicy,
+        "The :class:`RetryPolicy` of submissions and downloads (assign one to change it).",
+    )
+
     def __repr__(self) -> str:
         return f"<midvary.Session base_url={self.base_url!r} state={self._core.state}>"
-
-    @property
-    def poll(self) -> PollPolicy:
-        """The default :class:`PollPolicy` of every wait (assign a new one to change it)."""
-        return self._core.poll
-
-    @poll.setter
-    def poll(self, policy: PollPolicy) -> None:
-        if not isinstance(policy, PollPolicy):
-            raise TypeError(f"poll must be a midvary.PollPolicy, not {type(policy).__name__}")
-        self._core.poll = policy
-
-    @property
-    def retry(self) -> RetryPolicy:
-        """The :class:`RetryPolicy` of submissions and downloads (assign one to change it)."""
-        return self._core.retry
-
-    @retry.setter
-    def retry(self, policy: RetryPolicy) -> None:
-        if not isinstance(policy, RetryPolicy):
-            raise TypeError(f"retry must be a midvary.RetryPolicy, not {type(policy).__name__}")
-        self._core.retry = policy
 
     @property
     def base_url(self) -> str:

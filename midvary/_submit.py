@@ -46,9 +46,10 @@ if TYPE_CHECKING:
 
     import tenacity
 
-    from ._callbacks import SessionTickets, Ticket
+    from ._callbacks import SessionTickets
     from ._core import SessionCore
     from ._ratelimit import OnWait, Slot
+    from ._tickets import Ticket
 
 logger = logging.getLogger(__name__)
 
@@ -229,7 +230,7 @@ class Submitter:
             task_id,
             request=request,
             submitted=True,
-            poll=ticket.safety_poll,
+            poll=self._tickets.safety_poll if self._tickets is not None else None,
             alarm=alarm,
         )
         ticket.bind(task_id, alarm)

@@ -26,33 +26,29 @@ def _is_number(value: object) -> bool:
     return not isinstance(value, bool) and isinstance(value, int | float)
 
 
+def _seconds(value: object, name: str, allowed: str, ok: Callable[[float], bool]) -> float:
+    if not _is_number(value):
+        raise TypeError(f"{name} must be a number of seconds {allowed}, not {value!r}")
+    if not ok(value):  # type: ignore[arg-type]  # a number, checked above
+        raise ValueError(f"{name} must be a number of seconds {allowed}, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
 def positive_seconds(value: object, name: str) -> float:
     """``value`` if it is a number of seconds > 0."""
-    if not _is_number(value):
-        raise TypeError(f"{name} must be a number of seconds > 0, not {value!r}")
-    if not value > 0:  # type: ignore[operator]  # a number, checked above
-        raise ValueError(f"{name} must be a number of seconds > 0, got {value!r}")
-    return value  # type: ignore[return-value]
+    return _seconds(value, name, "> 0", lambda seconds: seconds > 0)
 
 
 def non_negative_seconds(value: object, name: str) -> float:
     """``value`` if it is a number of seconds >= 0."""
-    if not _is_number(value):
-        raise TypeError(f"{name} must be a number of seconds >= 0, not {value!r}")
-    if not value >= 0:  # type: ignore[operator]  # a number, checked above
-        raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
-    return value  # type: ignore[return-value]
+    return _seconds(value, name, ">= 0", lambda seconds: seconds >= 0)
 
 
 def optional_seconds(value: object, name: str) -> float | None:
     """``value`` if it is ``None`` (no limit) or a number of seconds > 0."""
     if value is None:
         return None
-    if not _is_number(value):
-        raise TypeError(f"{name} must be a number of seconds > 0 or None, not {value!r}")
-    if not value > 0:  # type: ignore[operator]  # a number, checked above
-        raise ValueError(f"{name} must be > 0 seconds or None, got {value!r}")
-    return value  # type: ignore[return-value]
+    return _seconds(value, name, "> 0 or None", lambda seconds: seconds > 0)
 
 
 def factor(value: object, name: str) -> float:
