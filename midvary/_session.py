@@ -8,10 +8,12 @@ ends), the :class:`~midvary._submit.Submitter` (every submission) and
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Final, Generic, Self, TypeVar, overload
+from typing import Any, Concatenate, Final, Generic, ParamSpec, Self, TypeVar, overload
 
 import aiohttp
 import yarl
@@ -54,6 +56,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_BASE_URL: Final = "https://api.kie.ai"
 _KEY_VARIABLES: Final = ("MIDVARY_API_KEY", "KIE_API_KEY")
 P = TypeVar("P", PollPolicy, RetryPolicy)
+Keywords = ParamSpec("Keywords")
 
 
 def _resolve_api_key(api_key: str | None) -> str:
@@ -77,6 +80,30 @@ def _resolve_base_url(base_url: str | None) -> yarl.URL:
     if base_url is None:
         base_url = os.environ.get("MIDVARY_BASE_URL", "").strip() or DEFAULT_BASE_URL
     return check_base_url(base_url, name="base_url")
+
+
+def _takes_options_of(
+    fan_out: Callable[Concatenate[Session, Requests, Keywords], FanOut],
+) -> Callable[
+    [Callable[..., Awaitable[list[VaryOutcome]]]],
+    Callable[Concatenate[Session, Requests, Keywords], Awaitable[list[VaryOutcome]]],
+]:
+    """Give the decorated method ``fan_out``'s keyword arguments: one list, for both.
+
+    Type checkers see ``fan_out``'s parameters; ``inspect.signature`` (and ``help()``) shows
+    them too, with the decorated method's return type.
+    """
+
+    def decorate(
+        method: Callable[..., Awaitable[list[VaryOutcome]]],
+    ) -> Callable[Concatenate[Session, Requests, Keywords], Awaitable[list[VaryOutcome]]]:
+        signature = inspect.signature(fan_out)
+        method.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            return_annotation=inspect.signature(method).return_annotation
+        )
+        return method
+
+    return decorate
 
 
 class _CorePolicy(Generic[P]):
@@ -334,17 +361,8 @@ class Session:
         )
         return FanOut(self._core, self._submitter, check_requests(requests), options)
 
-    async def vary_all(
-        self,
-        requests: Requests,
-        *,
-        concurrency: int = DEFAULT_CONCURRENCY,
-        timeout: float | UseDefault | None = USE_DEFAULT,
-        poll: PollPolicy | None = None,
-        on_event: OnEvent | None = None,
-        download: str | os.PathLike[str] | None = None,
-        download_concurrency: int = DEFAULT_DOWNLOAD_CONCURRENCY,
-    ) -> list[VaryOutcome]:
+    @_takes_options_of(vary_many)
+    async def vary_all(self, requests: Requests, **options: Any) -> list[VaryOutcome]:
         """Run every job like :meth:`vary_many` and return the outcomes in input order.
 
         Takes the same arguments. The list holds one outcome per input item; cancelling
@@ -355,17 +373,7 @@ class Session:
         Raises:
             SessionClosedError: The session was closed before every job finished.
         """
-        return await collect_all(
-            self.vary_many(
-                requests,
-                concurrency=concurrency,
-                timeout=timeout,
-                poll=poll,
-                on_event=on_event,
-                download=download,
-                download_concurrency=download_concurrency,
-            )
-        )
+        return await collect_all(self.vary_many(requests, **options))
 
     async def download(
         self, record: TaskRecord, directory: str | os.PathLike[str], *, concurrency: int = 4
