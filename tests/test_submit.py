@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import attrs
 import pytest
 
 import midvary
+from midvary._submit import Submitter
 
 from .conftest import FAST_POLL, FAST_RETRY
 from .mockapi import BASE, KEY, VARY_URL, MockAPI, record, record_url
@@ -265,3 +269,63 @@ async def test_uncertain_posts_keep_their_limiter_slot(api: MockAPI) -> None:
     assert wait is not None
     assert wait > 30.0
     assert len(api.calls("POST", VARY_URL)) == 1
+
+
+class _ToyStore:
+    """A SubmitStore that records what the submitter tells it (the seam of a shared store)."""
+
+    def __init__(self, known: str | None = None) -> None:
+        self.known = known
+        self.log: list[str] = []
+
+    @contextlib.asynccontextmanager
+    async def claim(self, request: midvary.VaryRequest) -> AsyncIterator[_ToyStore]:
+        self.log.append(f"claim {request.task_id}/{request.image_index}")
+        try:
+            yield self
+        finally:
+            self.log.append("leave")
+
+    @property
+    def task_id(self) -> str | None:
+        return self.known
+
+    async def accepted(self, task_id: str) -> None:
+        self.log.append(f"accepted {task_id}")
+
+    async def refused(self, error: BaseException) -> None:
+        self.log.append(f"refused {type(error).__name__}")
+
+
+@pytest.mark.parametrize(
+    ("answer", "known", "log", "posts"),
+    [
+        ({"data": {"taskId": "new-1"}}, None, ["claim parent-1/0", "accepted new-1", "leave"], 1),
+        ({"code": 402}, None, ["claim parent-1/0", "refused InsufficientCreditsError", "leave"], 1),
+        ({"code": 500}, None, ["claim parent-1/0", "leave"], 1),
+        (None, "old-7", ["claim parent-1/0", "leave"], 0),
+    ],
+    ids=["accepted", "refused", "uncertain", "known-key"],
+)
+async def test_a_store_claims_before_the_post_and_hears_the_verdict(
+    session: midvary.Session,
+    api: MockAPI,
+    answer: dict[str, Any] | None,
+    known: str | None,
+    log: list[str],
+    posts: int,
+) -> None:
+    """The submitter claims the key first, then records the task id, or releases a refusal."""
+    if answer is not None:
+        api.envelope("POST", VARY_URL, **answer)
+    store = _ToyStore(known)
+    submitter = Submitter(session._core, limiter=None, tickets=None, store=store)
+    request = midvary.VaryRequest(task_id="parent-1", image_index=0)
+    try:
+        handle = await submitter.submit(request)
+    except midvary.MidvaryError:
+        pass
+    else:
+        assert handle.task_id == (known or "new-1")
+    assert store.log == log
+    assert len(api.calls("POST", VARY_URL)) == posts
