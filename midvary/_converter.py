@@ -7,9 +7,10 @@ Models are structured only at this boundary; a body that cannot be structured be
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -141,20 +142,30 @@ def _structure_optional_str(value: Any, _type: Any) -> str | None:
     return str(value)
 
 
-_structure_record = make_dict_structure_fn(
-    TaskRecord,
-    converter,
-    task_id=override(rename="taskId"),
-    task_type=override(rename="taskType", struct_hook=_structure_optional_str),
-    status=override(rename="successFlag", struct_hook=_structure_status),
-    image_urls=override(rename="resultInfoJson", struct_hook=_structure_urls),
-    params=override(rename="paramJson", struct_hook=_structure_params),
-    created_at=override(rename="createTime", struct_hook=_structure_time),
-    completed_at=override(rename="completeTime", struct_hook=_structure_time),
-    error_code=override(rename="errorCode", struct_hook=_structure_optional_int),
-    error_message=override(rename="errorMessage", struct_hook=_structure_optional_str),
-)
-converter.register_structure_hook(TaskRecord, _structure_record)
+def _record_structure_fn(*, detailed: bool) -> Callable[[Mapping[str, Any], Any], TaskRecord]:
+    return make_dict_structure_fn(
+        TaskRecord,
+        converter,
+        _cattrs_detailed_validation=detailed,
+        task_id=override(rename="taskId"),
+        task_type=override(rename="taskType", struct_hook=_structure_optional_str),
+        status=override(rename="successFlag", struct_hook=_structure_status),
+        image_urls=override(rename="resultInfoJson", struct_hook=_structure_urls),
+        params=override(rename="paramJson", struct_hook=_structure_params),
+        created_at=override(rename="createTime", struct_hook=_structure_time),
+        completed_at=override(rename="completeTime", struct_hook=_structure_time),
+        error_code=override(rename="errorCode", struct_hook=_structure_optional_int),
+        error_message=override(rename="errorMessage", struct_hook=_structure_optional_str),
+    )
+
+
+converter.register_structure_hook(TaskRecord, _record_structure_fn(detailed=True))
+# The hot path (every poll) structures without cattrs' detailed validation, which collects
+# every field's error into an exception group at a cost on every call; only a body that
+# fails is structured again, the detailed way, to say what was wrong.
+_FAST: dict[type[Any], Callable[[Mapping[str, Any], Any], Any]] = {
+    TaskRecord: _record_structure_fn(detailed=False),
+}
 
 
 def _first_protocol_error(exc: BaseException) -> ProtocolError | None:
@@ -170,6 +181,11 @@ def _first_protocol_error(exc: BaseException) -> ProtocolError | None:
 
 def _structure(data: Mapping[str, Any], cls: type[T], what: str) -> T:
     """Structure ``data`` as ``cls``; any failure becomes the one :class:`ProtocolError`."""
+    fast = _FAST.get(cls)
+    if fast is not None:
+        with contextlib.suppress(Exception):  # structured again below, for the detailed error
+            result: T = fast(data, cls)
+            return result
     try:
         return converter.structure(data, cls)
     except (cattrs.BaseValidationError, ValueError, TypeError) as exc:
