@@ -30,7 +30,9 @@
 
     * a record that is not visible yet right after submission is tolerated for a grace period.
 
-An envelope code that is not in the table becomes a plain :class:`APIError`. Local validation
+An envelope code that is not in the table becomes a plain :class:`APIError`; :func:`error_for`
+is the one place a code (and, for the one documented exception to the table, a message)
+becomes an error. Local validation
 of arguments raises :class:`ValueError` or :class:`TypeError` before any request is sent.
 """
 
@@ -156,6 +158,24 @@ ERROR_CLASSES: dict[int, type[APIError]] = {
     )
     if cls.code_for_class is not None
 }
+
+
+#: Codes whose class also depends on the message: the provider answers a ``record-info`` for
+#: a task it does not know (yet) with 422 "recordInfo is null" as well as with 404.
+_MESSAGE_RULES: tuple[tuple[int, str, type[APIError]], ...] = (
+    (422, "recordinfo is null", NotFoundError),
+)
+
+
+def error_for(
+    code: int, message: str, *, http_status: int | None, retry_after: float | None = None
+) -> APIError:
+    """The :class:`APIError` for envelope ``code`` and ``message`` (``APIError`` if unknown)."""
+    cls = ERROR_CLASSES.get(code, APIError)
+    for rule_code, words, rule_cls in _MESSAGE_RULES:
+        if code == rule_code and words in message.lower():
+            cls = rule_cls
+    return cls(message, code=code, http_status=http_status, retry_after=retry_after)
 
 
 class TransportError(MidvaryError):
