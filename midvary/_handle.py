@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Generator
+from collections.abc import Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 from ._config import USE_DEFAULT, PollPolicy, UseDefault
@@ -106,6 +106,7 @@ class TaskHandle:
         timeout: float | UseDefault | None = USE_DEFAULT,
         *,
         poll: PollPolicy | None = None,
+        on_retry: Callable[[BaseException, float], None] | None = None,
     ) -> TaskRecord:
         """Poll until the task is final and return its record.
 
@@ -114,6 +115,8 @@ class TaskHandle:
                 default the poll policy's ``timeout``.
             poll: The :class:`PollPolicy` for this wait; ``None`` means the session's, or
                 the receiver's ``safety_poll`` for a task submitted with a callback token.
+            on_retry: Called with ``(error, seconds)`` before each retry of a poll that
+                failed transiently (429, 455, 500, network, broken answer); ``None``: none.
 
         Returns:
             The final record of a task that succeeded.
@@ -139,7 +142,7 @@ class TaskHandle:
             async with asyncio.timeout(limit) as deadline:
                 alarm.add_deadline(deadline)
                 try:
-                    record = await self._poll(policy)
+                    record = await self._poll(policy, on_retry)
                 finally:
                     alarm.discard_deadline(deadline)
         except TimeoutError:
@@ -153,7 +156,9 @@ class TaskHandle:
             raise
         return _outcome(record)
 
-    async def _poll(self, policy: PollPolicy) -> TaskRecord:
+    async def _poll(
+        self, policy: PollPolicy, on_retry: Callable[[BaseException, float], None] | None
+    ) -> TaskRecord:
         # Polling is a schedule, not a retry: this loop asks the schedule when to poll next,
         # and each poll is one call that retries the poll's transient failures. Between
         # polls nothing but a timer is held, which keeps 10,000 waiting handles cheap.
@@ -164,7 +169,7 @@ class TaskHandle:
             attempt = 1
             await alarm.sleep(self._delay(policy, attempt))
             while True:
-                record, attempts = await self._poll_retrying(policy, attempt)
+                record, attempts = await self._poll_retrying(policy, attempt, on_retry)
                 if record is not None and record.is_final:
                     return record
                 attempt += attempts
@@ -173,7 +178,10 @@ class TaskHandle:
             waiting.discard(alarm)
 
     def _poll_retrying(
-        self, policy: PollPolicy, attempt: int
+        self,
+        policy: PollPolicy,
+        attempt: int,
+        on_retry: Callable[[BaseException, float], None] | None,
     ) -> Awaitable[tuple[TaskRecord | None, int]]:
         """One poll, retried through transient failures; the record and the attempts made."""
         return poll_retrying_once(
@@ -182,6 +190,7 @@ class TaskHandle:
             sleep=self._alarm.sleep,
             delay=lambda retry: self._delay(policy, attempt + retry),
             what=self.task_id,
+            on_retry=on_retry,
         )
 
     def _delay(self, policy: PollPolicy, attempt: int) -> float:

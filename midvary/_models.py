@@ -9,6 +9,7 @@ from typing import Any
 
 import attrs
 
+from ._validate import attrs_validator, submission_key
 from ._validate import http_url as check_http_url
 from ._validate import task_id as check_task_id
 
@@ -122,6 +123,10 @@ class VaryRequest:
         water_mark: Watermark text, or ``None`` for none.
         callback_url: Absolute http(s) URL the provider POSTs the result to, or ``None``.
         id: Your own label for this job (echoed in outcomes, never sent), or ``None``.
+        key: The submission key (never sent): with a key, the request is submitted at
+            most once per key, across every session and process sharing the session's
+            store (see ``Session(store=...)``). A non-empty str of at most 512 characters
+            without control characters; ``None`` means no deduplication.
 
     """
 
@@ -130,10 +135,13 @@ class VaryRequest:
     water_mark: str | None = attrs.field(default=None, validator=_check_water_mark)
     callback_url: str | None = attrs.field(default=None, validator=_check_callback_url)
     id: str | None = None
+    key: str | None = attrs.field(default=None, validator=attrs_validator(submission_key))
 
     def describe(self) -> str:
         """A short human description, e.g. ``vary(abc123, image 2)``."""
         label = f" [{self.id}]" if self.id is not None else ""
+        if self.key is not None:
+            label += f" key={self.key!r}"
         return f"vary({self.task_id}, image {self.image_index}){label}"
 
 

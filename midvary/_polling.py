@@ -233,18 +233,19 @@ async def poll_retrying_once(
     sleep: Callable[[float], Awaitable[None]],
     delay: Callable[[int], float],
     what: str,
+    on_retry: Callable[[BaseException, float], None] | None = None,
 ) -> tuple[T, int]:
     """One poll, retried through transient failures; its result and the attempts made.
 
     ``delay(n)`` is the wait in seconds before retry ``n`` (the schedule's, so a failing
     poll keeps the schedule's pace); ``sleep`` is the interruptible sleep. The caller's
-    deadline bounds the retries.
+    deadline bounds the retries. ``on_retry(exc, wait_seconds)`` is called before each retry.
     """
     retrying: tenacity.AsyncRetrying | None = None
 
     def make_retrying() -> tenacity.AsyncRetrying:
         nonlocal retrying
-        retrying = poll_retrying(retry, sleep=sleep, delay=delay, what=what)
+        retrying = poll_retrying(retry, sleep=sleep, delay=delay, what=what, on_retry=on_retry)
         return retrying
 
     result = await attempt_then_retry(poll, make_retrying, is_transient)

@@ -15,7 +15,7 @@ from ._base import (
     StoredJob,
     account_namespace,
 )
-from ._hold import Hold, StoreLimiter, StoreSlot, holding
+from ._hold import Hold, StoreClaims, StoreLimiter, StoreSlot, holding
 from ._memory import MemoryStore
 from ._redis import RedisStore
 from ._sqlite import SQLiteStore
@@ -30,6 +30,7 @@ __all__ = [
     "SQLiteStore",
     "SlotRequest",
     "Store",
+    "StoreClaims",
     "StoreLimiter",
     "StoreSlot",
     "StoredJob",

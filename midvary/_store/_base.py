@@ -42,6 +42,10 @@ from .._errors import KeyConflictError, StoreError
 
 #: How long a key is kept: 15 days, the provider's retention of tasks.
 DEFAULT_KEY_TTL: Final = 15 * 24 * 3600.0
+#: Seconds a claim lives without renewal (renewed every third of it while its submission
+#: runs): how long a key whose submitter died blocks the others before it is taken over
+#: (never sent) or called uncertain (it was sending).
+DEFAULT_CLAIM_LEASE: Final = 30.0
 
 #: A key's state as :meth:`Store.unfinished` reports it.
 KeyStateName = Literal["claimed", "sending", "submitted", "uncertain", "done"]
@@ -72,13 +76,6 @@ def check_namespace(namespace: object) -> str:
             f"characters (*?[]\\), got {namespace!r}"
         )
     return namespace
-
-
-def check_key(key: object) -> str:
-    """Validate a submission key: a non-empty string of at most 1024 characters."""
-    if not isinstance(key, str) or not key or len(key) > 1024:
-        raise ValueError(f"key must be a non-empty string of at most 1024 characters, got {key!r}")
-    return key
 
 
 def check_seconds(name: str, value: object) -> float:
@@ -227,6 +224,8 @@ class Store(abc.ABC):
     #: The namespace every session on this store uses, or ``None``: one per API key.
     namespace: str | None = None
     key_ttl: float = DEFAULT_KEY_TTL
+    #: Seconds a session's claim on a key lives without renewal (see DEFAULT_CLAIM_LEASE).
+    claim_lease: float = DEFAULT_CLAIM_LEASE
 
     def namespace_for(self, api_key: str) -> str:
         """The namespace a session with ``api_key`` uses: ``namespace=`` or the key's hash."""

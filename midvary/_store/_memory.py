@@ -8,7 +8,7 @@ from typing import TypeVar
 
 import attrs
 
-from ._base import DEFAULT_KEY_TTL, check_namespace, check_seconds, new_epoch
+from ._base import DEFAULT_CLAIM_LEASE, DEFAULT_KEY_TTL, check_namespace, check_seconds, new_epoch
 from ._local import KeyRecord, LocalStore, Tx, Window
 
 T = TypeVar("T")
@@ -61,13 +61,21 @@ class MemoryStore(LocalStore):
         namespace: The namespace every session on this store uses; ``None`` means one per
             API key.
         key_ttl: Seconds a key is kept (default 15 days).
+        claim_lease: Seconds a session's claim on a key lives without renewal (30).
 
     """
 
-    def __init__(self, *, namespace: str | None = None, key_ttl: float = DEFAULT_KEY_TTL) -> None:
+    def __init__(
+        self,
+        *,
+        namespace: str | None = None,
+        key_ttl: float = DEFAULT_KEY_TTL,
+        claim_lease: float = DEFAULT_CLAIM_LEASE,
+    ) -> None:
         super().__init__()
         self.namespace = check_namespace(namespace) if namespace is not None else None
         self.key_ttl = check_seconds("key_ttl", key_ttl)
+        self.claim_lease = check_seconds("claim_lease", claim_lease)
         self._keys: dict[tuple[str, str], KeyRecord] = {}
         self._windows: dict[str, Window] = {}
         self._epoch_marks: dict[str, str] = {}

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from .._errors import StoreError
 from ._base import (
+    DEFAULT_CLAIM_LEASE,
     DEFAULT_KEY_TTL,
     Claim,
     ClaimState,
@@ -71,6 +72,9 @@ class RedisStore(Store):
         namespace: The namespace every session on this store uses; ``None`` means one per
             API key (a keyed hash of it: the key itself is never written).
         key_ttl: Seconds a key is kept (default 15 days, the provider's retention).
+        claim_lease: Seconds a session's claim on a key lives without renewal (default 30;
+            renewed every third of it): how long a key whose submitter died blocks the
+            others before it is taken over (never sent) or called uncertain (sending).
         socket_timeout: Seconds to wait for the server on a connection made from a URL
             (connecting and each answer); ``None`` waits forever.
 
@@ -83,6 +87,7 @@ class RedisStore(Store):
         namespace: str | None = None,
         key_ttl: float = DEFAULT_KEY_TTL,
         socket_timeout: float | None = 10.0,
+        claim_lease: float = DEFAULT_CLAIM_LEASE,
     ) -> None:
         try:
             import redis.asyncio  # noqa: PLC0415 - an optional dependency
@@ -90,6 +95,7 @@ class RedisStore(Store):
             raise ImportError("RedisStore needs redis-py: pip install 'midvary[redis]'") from exc
         self.namespace = check_namespace(namespace) if namespace is not None else None
         self.key_ttl = check_seconds("key_ttl", key_ttl)
+        self.claim_lease = check_seconds("claim_lease", claim_lease)
         if socket_timeout is not None:
             check_seconds("socket_timeout", socket_timeout)
         self._secret: str | None = None
