@@ -1,4 +1,4 @@
-"""A queue worker as a user writes one, with the public API (`python -m tests.campaigns.keyed_worker`).
+"""A queue worker as a user writes one, with the public API only (run with `python -m`).
 
 Usage: ``keyed_worker STORE JOB...`` where STORE is a SQLite path or a ``redis://`` URL and
 each JOB is ``key=parent:index``. The provider's address and key come from
