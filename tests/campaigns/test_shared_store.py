@@ -42,6 +42,7 @@ class Worker:
     lines: list[dict[str, object]] = attrs.field(factory=list)
     reader: asyncio.Task[None] | None = None
     killed: bool = False
+    stderr: str = ""
 
     def key_of(self, job: str) -> str:
         """The key of a job ``key=parent:index``."""
@@ -80,14 +81,17 @@ class R8Figures:
 async def _start(where: str, jobs: list[str], env: dict[str, str]) -> Worker:
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "tests.campaigns.keyed_worker", where, *jobs,
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     worker = Worker(process=process, jobs=jobs)
 
     async def read() -> None:
         assert process.stdout is not None
+        assert process.stderr is not None
+        errors = asyncio.create_task(process.stderr.read())
         async for raw in process.stdout:
             worker.lines.append(json.loads(raw))
+        worker.stderr = (await errors).decode(errors="replace")
 
     worker.reader = asyncio.create_task(read())
     return worker
@@ -135,7 +139,7 @@ async def at_least_once(
         await asyncio.wait_for(worker.process.wait(), timeout=120)
         assert worker.reader is not None
         await worker.reader
-        assert worker.process.returncode == 0
+        assert worker.process.returncode == 0, worker.stderr[-3000:]
         ended.append(worker)
     outcomes: dict[object, dict[str, object]] = {}
     for worker in ended:
