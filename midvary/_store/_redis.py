@@ -76,7 +76,9 @@ class RedisStore(Store):
             renewed every third of it): how long a key whose submitter died blocks the
             others before it is taken over (never sent) or called uncertain (sending).
         socket_timeout: Seconds to wait for the server on a connection made from a URL
-            (connecting and each answer); ``None`` waits forever.
+            (connecting, each answer, and a free connection); ``None`` waits forever.
+        max_connections: The most connections a store made from a URL opens; more
+            operations at once wait for a free one.
 
     """
 
@@ -88,6 +90,7 @@ class RedisStore(Store):
         key_ttl: float = DEFAULT_KEY_TTL,
         socket_timeout: float | None = 10.0,
         claim_lease: float = DEFAULT_CLAIM_LEASE,
+        max_connections: int = 32,
     ) -> None:
         try:
             import redis.asyncio  # noqa: PLC0415 - an optional dependency
@@ -122,6 +125,11 @@ class RedisStore(Store):
                 f"{type(url_or_client).__name__}"
             )
         self._socket_timeout = socket_timeout
+        if isinstance(max_connections, bool) or not isinstance(max_connections, int):
+            raise TypeError(f"max_connections must be an int, not {max_connections!r}")
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be >= 1, got {max_connections}")
+        self._max_connections = max_connections
         self._script: Any = None
         self._epochs: dict[str, str] = {}
 
@@ -146,8 +154,12 @@ class RedisStore(Store):
         if self._client is None:
             assert self._url is not None  # noqa: S101 - set when no client was given
             try:
-                self._client = redis.asyncio.from_url(
+                # A blocking pool: submissions beyond max_connections wait for a free
+                # connection (redis-py's default pool raises "Too many connections").
+                pool = redis.asyncio.BlockingConnectionPool.from_url(
                     self._url,
+                    max_connections=self._max_connections,
+                    timeout=self._socket_timeout,
                     socket_timeout=self._socket_timeout,
                     socket_connect_timeout=self._socket_timeout,
                     # A connection the server closed (a restart) is retried on a new one,
@@ -158,6 +170,7 @@ class RedisStore(Store):
                         redis.exceptions.TimeoutError,
                     ],
                 )
+                self._client = redis.asyncio.Redis.from_pool(pool)
             except ValueError:
                 raise StoreError(
                     f"not a Redis URL: {self._where} (use redis://, rediss:// or unix://)"
