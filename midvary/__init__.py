@@ -1,4 +1,4 @@
-"""midvary: an asyncio client for the Midjourney Vary API (kie.ai, midapi.ai).
+"""midvary: an asyncio client for the Midjourney API (kie.ai, midapi.ai), built around Vary.
 
 Submit a vary task, await its handle, get a :class:`TaskRecord`::
 
@@ -40,7 +40,7 @@ from ._errors import (
 from ._fanout import FanOut
 from ._handle import TaskHandle
 from ._jobs import JobEvent, JobEventKind, UnfinishedJob, VaryOutcome
-from ._models import TaskRecord, TaskStatus, VaryRequest
+from ._models import GenerateRequest, TaskRecord, TaskStatus, UpscaleRequest, VaryRequest
 from ._polling import DEFAULT_SAFETY_POLL
 from ._session import Session
 from ._signature import verify_callback
@@ -60,6 +60,7 @@ __all__ = [
     "DownloadError",
     "FanOut",
     "FeatureDisabledError",
+    "GenerateRequest",
     "GenerationFailedError",
     "InsufficientCreditsError",
     "JobEvent",
@@ -88,6 +89,7 @@ __all__ = [
     "TaskTimeoutError",
     "TransportError",
     "UnfinishedJob",
+    "UpscaleRequest",
     "ValidationError",
     "VaryOutcome",
     "VaryRequest",

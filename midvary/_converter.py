@@ -12,13 +12,20 @@ import json
 import logging
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import cattrs
 from cattrs.gen import make_dict_structure_fn, override
 
 from ._errors import ProtocolError
-from ._models import CallbackNotice, TaskRecord, TaskStatus, VaryRequest
+from ._models import (
+    CallbackNotice,
+    GenerateRequest,
+    TaskRecord,
+    TaskStatus,
+    UpscaleRequest,
+    VaryRequest,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -298,6 +305,62 @@ def vary_body(
         "taskId": request.task_id,
         "imageIndex": request.image_index + index_base,
     }
+    if request.water_mark is not None:
+        body["waterMark"] = request.water_mark
+    if callback_url is not None:
+        body["callBackUrl"] = callback_url
+    return body
+
+
+# GenerateRequest field -> its camelCase wire name, in the provider's documented order.
+_GENERATE_NAMES: Final = (
+    ("task_type", "taskType"),
+    ("prompt", "prompt"),
+    ("speed", "speed"),
+    ("file_urls", "fileUrls"),
+    ("aspect_ratio", "aspectRatio"),
+    ("version", "version"),
+    ("variety", "variety"),
+    ("stylization", "stylization"),
+    ("weirdness", "weirdness"),
+    ("ow", "ow"),
+    ("water_mark", "waterMark"),
+    ("enable_translation", "enableTranslation"),
+    ("video_batch_size", "videoBatchSize"),
+    ("motion", "motion"),
+)
+
+
+def generate_body(
+    request: GenerateRequest, *, callback_url: str | None, index_base: int = 0
+) -> dict[str, Any]:
+    """The JSON body of ``POST generate`` for ``request``.
+
+    Only the fields that are set go on the wire (``None`` and an empty ``file_urls`` are
+    left out, so the provider's defaults apply); ``callback_url`` is sent as ``callBackUrl``
+    as in :func:`vary_body`. ``index_base`` is ignored (a generate has no image index).
+    """
+    del index_base
+    body: dict[str, Any] = {}
+    for field, name in _GENERATE_NAMES:
+        value = getattr(request, field)
+        if value is not None and value != ():
+            body[name] = list(value) if isinstance(value, tuple) else value
+    if callback_url is not None:
+        body["callBackUrl"] = callback_url
+    return body
+
+
+def upscale_body(
+    request: UpscaleRequest, *, callback_url: str | None, index_base: int = 0
+) -> dict[str, Any]:
+    """The JSON body of ``POST generateUpscale`` for ``request``.
+
+    ``imageIndex`` is the 0-based ``image_index`` as is: the upscale endpoint is 0..3 by its
+    schema and its prose, so ``index_base`` (a vary-only setting) is ignored.
+    """
+    del index_base
+    body: dict[str, Any] = {"taskId": request.task_id, "imageIndex": request.image_index}
     if request.water_mark is not None:
         body["waterMark"] = request.water_mark
     if callback_url is not None:

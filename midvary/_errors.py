@@ -41,7 +41,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
-    from ._models import TaskRecord, VaryRequest
+    from ._models import SubmitRequest, TaskRecord
 
 
 class MidvaryError(Exception):
@@ -199,11 +199,11 @@ class SubmitUncertainError(TransportError):
     (or submit again yourself if you accept a possible second charge).
 
     Attributes:
-        request: The :class:`~midvary.VaryRequest` whose fate is unknown.
+        request: The request (vary, generate or upscale) whose fate is unknown.
 
     """
 
-    def __init__(self, request: VaryRequest, reason: str) -> None:
+    def __init__(self, request: SubmitRequest, reason: str) -> None:
         super().__init__(
             f"submission of {request.describe()} may have been accepted and billed, "
             f"but its answer was lost ({reason}); it was not re-sent",

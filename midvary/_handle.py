@@ -21,7 +21,7 @@ from ._validate import optional_seconds
 
 if TYPE_CHECKING:
     from ._core import SessionCore
-    from ._models import VaryRequest
+    from ._models import SubmitRequest
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class TaskHandle:
         core: SessionCore,
         task_id: str,
         *,
-        request: VaryRequest | None = None,
+        request: SubmitRequest | None = None,
         submitted: bool = False,
         poll: PollPolicy | None = None,
         alarm: Alarm | None = None,
