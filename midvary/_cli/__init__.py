@@ -41,6 +41,11 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "vary", "submit one vary task and wait for its images", f"{__name__}.basic:vary_options"
     ),
+    Command(
+        "generate",
+        "generate a grid from a prompt, then vary or upscale its images",
+        f"{__name__}.generate:options",
+    ),
     Command("status", "show a task's current record", f"{__name__}.basic:status_options"),
     Command("wait", "wait for an existing task", f"{__name__}.basic:wait_options"),
     Command(
