@@ -37,6 +37,7 @@ from ._kit import (
     require_rich,
     say,
 )
+from .feed import Feed
 from .jobs import BulkJob, JobsFile, read_jobs
 from .journal import JobState, Journal, JournalBusyError, JournalMismatchError
 from .progress import Progress
@@ -49,6 +50,10 @@ logger = logging.getLogger(__name__)
 _HELP: Final = """\
 JOBS is a CSV file with a header row, or a JSONL file (one JSON object a line), with the
 columns task_id (the parent task) and image_index (0..3), and optionally water_mark and id.
+An action column chooses what a row does: vary (the default), upscale (same columns) or
+generate (a prompt column, optionally aspect_ratio, speed, version, task_type, and then:
+vary:all, upscale:0,2, ... joined by ';'). A generate row's children are submitted when it
+succeeds, each journaled like a row, so a resume never submits one twice.
 
 Re-running the same command resumes: finished jobs are skipped, submitted jobs are awaited
 by task id and never submitted again, and jobs whose submission was in flight when the run
@@ -171,51 +176,19 @@ async def _run(
     summary: BulkSummary,
 ) -> None:
     async with open_session(args, submit_rate=rate) as session:
-        to_run: list[BulkJob] = []
-        items: list[midvary.VaryRequest | midvary.TaskHandle] = []
+        feed = Feed()
         for job in jobs_file.jobs:
-            known = view[job.key]
-            state: JobState = known.state
-            if state.finished:
-                summary.skipped += 1
-                if state is JobState.DONE:
-                    summary.count(Ending.DONE)
-                else:
-                    summary.count(Ending.FAILED)
-                    summary.problems.append((job, "failed", _journaled_error(known.result)))
-            elif state is JobState.SUBMITTED and known.task_id:
-                summary.reattached += 1
-                to_run.append(job)
-                items.append(session.task(known.task_id))
-            elif state in (JobState.SUBMITTING, JobState.UNCERTAIN):
-                if args.resubmit_uncertain:
-                    summary.resubmitted += 1
-                    to_run.append(job)
-                    items.append(job.request)
-                    continue
-                summary.count(Ending.UNCERTAIN)
-                message = (
-                    "its submission was in flight when an earlier run stopped: the task may "
-                    "exist and be billed; check the provider's dashboard, or run again with "
-                    "--resubmit-uncertain"
-                )
-                summary.problems.append((job, "uncertain", message))
-                if state is JobState.SUBMITTING:
-                    line = result_line(job, Ending.UNCERTAIN, error=UncertainAtResumeError(message))
-                    journal.finished(job.key, JobState.UNCERTAIN, None, line)
-                    results.write(job.key, line)
-            else:
-                to_run.append(job)
-                items.append(job.request)
+            _place(job, view, feed, session, args, journal, results, summary)
+        feed.start()
 
         earlier = Tally(done=summary.done, failed=summary.failed)  # as the bar always showed
         progress = Progress(len(jobs_file.jobs), tally=earlier)
         progress.running.update(
-            n for n, item in enumerate(items) if isinstance(item, midvary.TaskHandle)
+            n for n, (_job, item) in enumerate(feed.queue) if isinstance(item, midvary.TaskHandle)
         )
 
         def on_event(event: midvary.JobEvent) -> None:
-            job = to_run[event.index]
+            job = feed.to_run[event.index]
             if event.kind is midvary.JobEventKind.SUBMITTING:
                 journal.submitting(job.key)  # durable before the POST is sent
             elif event.kind is midvary.JobEventKind.SUBMITTED and event.task_id is not None:
@@ -227,22 +200,74 @@ async def _run(
 
         with progress:
             async with session.vary_many(
-                items,
+                feed.items(),
                 concurrency=args.concurrency,
                 timeout=args.timeout if args.timeout is not None else midvary.USE_DEFAULT,
                 on_event=on_event,
                 download=args.download,
             ) as outcomes:
                 async for outcome in outcomes:
+                    job = feed.to_run[outcome.index]
                     _record(
-                        to_run[outcome.index],
+                        job,
                         outcome,
                         journal=journal,
                         results=results,
                         summary=summary,
                         progress=progress,
                     )
+                    feed.parent_ended(job, outcome)
+        for child in feed.orphans():
+            summary.count(Ending.FAILED)
+            message = f"not run: its parent {child.parent} has not succeeded"
+            summary.problems.append((child, "not run", message))
         summary.rate_limited_waits = progress.rate_limited
+
+
+def _place(  # noqa: PLR0917 - one step of _run, given its parts
+    job: BulkJob,
+    view: dict[str, Any],
+    feed: Feed,
+    session: midvary.Session,
+    args: argparse.Namespace,
+    journal: Journal,
+    results: ResultsFile,
+    summary: BulkSummary,
+) -> None:
+    """Decide what this run does with ``job`` from what the journal knows of it."""
+    known = view[job.key]
+    state: JobState = known.state
+    if state.finished:
+        summary.skipped += 1
+        if state is JobState.DONE:
+            summary.count(Ending.DONE)
+        else:
+            summary.count(Ending.FAILED)
+            summary.problems.append((job, "failed", _journaled_error(known.result)))
+    elif state is JobState.SUBMITTED and known.task_id:
+        summary.reattached += 1
+        feed.add(job, session.task(known.task_id))
+    elif state in (JobState.SUBMITTING, JobState.UNCERTAIN) and not args.resubmit_uncertain:
+        summary.count(Ending.UNCERTAIN)
+        message = (
+            "its submission was in flight when an earlier run stopped: the task may "
+            "exist and be billed; check the provider's dashboard, or run again with "
+            "--resubmit-uncertain"
+        )
+        summary.problems.append((job, "uncertain", message))
+        if state is JobState.SUBMITTING:
+            line = result_line(job, Ending.UNCERTAIN, error=UncertainAtResumeError(message))
+            journal.finished(job.key, JobState.UNCERTAIN, None, line)
+            results.write(job.key, line)
+    else:
+        if state in (JobState.SUBMITTING, JobState.UNCERTAIN):
+            summary.resubmitted += 1
+        if job.parent is None:
+            feed.add(job, job.request)
+        elif view[job.parent].state is JobState.DONE and view[job.parent].task_id:
+            feed.add(job, job.request_for(view[job.parent].task_id))
+        else:
+            feed.wait_for_parent(job)
 
 
 def _record(
@@ -264,6 +289,7 @@ def _record(
         record=outcome.record,
         error=outcome.error,
         paths=outcome.paths,
+        request=outcome.request,
     )
     journal.finished(job.key, state, outcome.task_id, line)
     results.write(job.key, line)

@@ -1,8 +1,15 @@
-"""The bulk command's JOBS file: read a CSV or JSONL file into checked vary jobs.
+"""The bulk command's JOBS file: read a CSV or JSONL file into checked jobs.
 
 Bad rows are reported with their line number and skipped; each valid row becomes a
 :class:`BulkJob` with a stable key (its own ``id``, else a hash of its content and its
 occurrence number among identical rows, see :mod:`midvary._cli.journal`).
+
+A row's ``action`` is ``vary`` (the default: ``task_id``, ``image_index``), ``upscale``
+(the same columns) or ``generate`` (``prompt`` and optionally ``aspect_ratio``, ``speed``,
+``version``, ``task_type``, ``water_mark``, ``then``). A generate row's ``then``
+(``vary:all``, ``upscale:0,2``, several joined by ``;``) adds its children: one
+:class:`BulkJob` each, right after it, keyed ``<parent key>/<action><index>``, whose request
+is made once the parent's task id is known.
 """
 
 from __future__ import annotations
@@ -13,23 +20,62 @@ import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import attrs
 
 import midvary
 
 from ._kit import UsageError
+from .chain import Step, child_request, parse_then
+
+Request = midvary.VaryRequest | midvary.GenerateRequest | midvary.UpscaleRequest
+ACTIONS: Final = ("vary", "generate", "upscale")
+#: The optional generate columns, passed to GenerateRequest as they are.
+GENERATE_COLUMNS: Final = ("task_type", "speed", "aspect_ratio", "version", "water_mark")
 
 
 @attrs.frozen(kw_only=True)
 class BulkJob:
-    """One valid row of the JOBS file."""
+    """One job: a valid row of the JOBS file, or a child its ``then`` column asks for.
+
+    Attributes:
+        key: The job's stable identity (a child's: its parent's key and its step).
+        line: The JOBS file line of the row (a child: its parent's).
+        content: A hash of what the job does (checked against the journal's).
+        request: What to submit; ``None`` for a child, made from its parent's task id.
+        then: A generate row's children, as steps.
+        parent: A child's parent key; ``None`` for a row.
+        step: A child's step; ``None`` for a row.
+
+    """
 
     key: str
     line: int
     content: str
-    request: midvary.VaryRequest
+    request: Request | None
+    then: tuple[Step, ...] = ()
+    parent: str | None = None
+    step: Step | None = None
+
+    def request_for(self, parent_task_id: str) -> midvary.VaryRequest | midvary.UpscaleRequest:
+        """A child's request, once its parent task ``parent_task_id`` succeeded."""
+        assert self.step is not None  # noqa: S101 - only children have a step
+        return child_request(parent_task_id, self.step, label=self.key)
+
+    def children(self) -> tuple[BulkJob, ...]:
+        """The jobs of this row's ``then`` column (none for other rows)."""
+        return tuple(
+            BulkJob(
+                key=f"{self.key}/{step.action}{step.image_index}",
+                line=self.line,
+                content=_hash([self.content, step.action, step.image_index]),
+                request=None,
+                parent=self.key,
+                step=step,
+            )
+            for step in self.then
+        )
 
 
 @attrs.frozen(kw_only=True)
@@ -60,9 +106,10 @@ def _rows(path: Path, text: str) -> Iterator[tuple[int, Any]]:
         return
     reader = csv.DictReader(io.StringIO(text, newline=""))
     fields = [name.strip().lower() for name in reader.fieldnames or ()]
-    if "task_id" not in fields or "image_index" not in fields:
+    if not ({"task_id", "image_index"} <= set(fields) or "prompt" in fields):
         raise UsageError(
-            f"{path}: the CSV header must name task_id and image_index (found: {fields or 'none'})"
+            f"{path}: the CSV header must name task_id and image_index, or prompt "
+            f"(found: {fields or 'none'})"
         )
     reader.fieldnames = fields
     rows = iter(reader)
@@ -83,9 +130,35 @@ def _rows(path: Path, text: str) -> Iterator[tuple[int, Any]]:
         yield reader.line_num, row
 
 
-def _request(row: object) -> midvary.VaryRequest:
+def _text(row: dict[str, Any], name: str) -> str | None:
+    value = row.get(name)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    return value.strip() if isinstance(value, str) else value
+
+
+def _request(row: object) -> tuple[Request, tuple[Step, ...]]:
     if not isinstance(row, dict):
         raise TypeError(f"expected an object with task_id and image_index, got {row!r:.60}")
+    action = (_text(row, "action") or "vary").lower()
+    if action not in ACTIONS:
+        raise ValueError(f"action must be one of {', '.join(ACTIONS)}, got {action!r}")
+    then = _text(row, "then")
+    if action != "generate":
+        if then is not None:
+            raise ValueError(f"then is only for generate rows, not {action}")
+        return _child_row(row, action), ()
+    job_id = row.get("id")
+    columns: dict[str, Any] = {name: _text(row, name) for name in GENERATE_COLUMNS}
+    request = midvary.GenerateRequest(
+        prompt=row.get("prompt") or "",
+        **{name: value for name, value in columns.items() if value is not None},
+        id=str(job_id).strip() if job_id not in (None, "") else None,
+    )
+    return request, parse_then(then) if isinstance(then, str) else ()
+
+
+def _child_row(row: dict[str, Any], action: str) -> midvary.VaryRequest | midvary.UpscaleRequest:
     task_id = row.get("task_id")
     if task_id is None or task_id == "":
         raise ValueError("task_id is missing")
@@ -97,7 +170,8 @@ def _request(row: object) -> midvary.VaryRequest:
     water_mark = row.get("water_mark") or None
     job_id = row.get("id")
     job_id = str(job_id).strip() if job_id not in (None, "") else None
-    return midvary.VaryRequest(
+    cls = midvary.UpscaleRequest if action == "upscale" else midvary.VaryRequest
+    return cls(
         task_id=task_id.strip() if isinstance(task_id, str) else task_id,
         image_index=index,
         water_mark=water_mark,
@@ -126,13 +200,11 @@ def read_jobs(path: Path) -> JobsFile:
             bad.append(f"{path}:{line}: {row}")
             continue
         try:
-            request = _request(row)
+            request, then = _request(row)
         except (TypeError, ValueError) as exc:
             bad.append(f"{path}:{line}: {exc}")
             continue
-        content = hashlib.sha256(
-            json.dumps([request.task_id, request.image_index, request.water_mark]).encode()
-        ).hexdigest()[:16]
+        content = _content(request)
         if request.id is not None:
             if request.id in ids:
                 bad.append(
@@ -145,5 +217,20 @@ def read_jobs(path: Path) -> JobsFile:
             # Identical rows are distinct jobs: number their occurrences.
             occurrences[content] = occurrences.get(content, 0) + 1
             key = f"{content}#{occurrences[content]}"
-        jobs.append(BulkJob(key=key, line=line, content=content, request=request))
+        job = BulkJob(key=key, line=line, content=content, request=request, then=then)
+        jobs.extend((job, *job.children()))
     return JobsFile(jobs=tuple(jobs), bad_rows=tuple(bad), sha256=hashlib.sha256(raw).hexdigest())
+
+
+def _hash(data: object) -> str:
+    return hashlib.sha256(json.dumps(data).encode()).hexdigest()[:16]
+
+
+def _content(request: Request) -> str:
+    """What a row does, hashed (a vary's hash is the one journals have always held)."""
+    if isinstance(request, midvary.VaryRequest):
+        return _hash([request.task_id, request.image_index, request.water_mark])
+    if isinstance(request, midvary.UpscaleRequest):
+        return _hash(["upscale", request.task_id, request.image_index, request.water_mark])
+    fields = {name: getattr(request, name) for name in ("prompt", *GENERATE_COLUMNS)}
+    return _hash(["generate", fields])
