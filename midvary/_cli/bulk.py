@@ -211,6 +211,7 @@ async def _run(
                     _record(
                         job,
                         outcome,
+                        request=outcome.request or feed.request_of(job),
                         journal=journal,
                         results=results,
                         summary=summary,
@@ -246,7 +247,7 @@ def _place(  # noqa: PLR0917 - one step of _run, given its parts
             summary.problems.append((job, "failed", _journaled_error(known.result)))
     elif state is JobState.SUBMITTED and known.task_id:
         summary.reattached += 1
-        feed.add(job, session.task(known.task_id))
+        feed.add(job, session.task(known.task_id), _request_of(job, view))
     elif state in (JobState.SUBMITTING, JobState.UNCERTAIN) and not args.resubmit_uncertain:
         summary.count(Ending.UNCERTAIN)
         message = (
@@ -256,24 +257,39 @@ def _place(  # noqa: PLR0917 - one step of _run, given its parts
         )
         summary.problems.append((job, "uncertain", message))
         if state is JobState.SUBMITTING:
-            line = result_line(job, Ending.UNCERTAIN, error=UncertainAtResumeError(message))
+            line = result_line(
+                job,
+                Ending.UNCERTAIN,
+                error=UncertainAtResumeError(message),
+                request=_request_of(job, view),
+            )
             journal.finished(job.key, JobState.UNCERTAIN, None, line)
             results.write(job.key, line)
     else:
         if state in (JobState.SUBMITTING, JobState.UNCERTAIN):
             summary.resubmitted += 1
-        if job.parent is None:
-            feed.add(job, job.request)
-        elif view[job.parent].state is JobState.DONE and view[job.parent].task_id:
-            feed.add(job, job.request_for(view[job.parent].task_id))
+        request = _request_of(job, view)
+        if request is not None:
+            feed.add(job, request)
         else:
             feed.wait_for_parent(job)
+
+
+def _request_of(job: BulkJob, view: dict[str, Any]) -> Any:
+    """A row's request, or a child's once its parent succeeded (in an earlier run)."""
+    if job.parent is None:
+        return job.request
+    parent = view[job.parent]
+    if parent.state is JobState.DONE and parent.task_id:
+        return job.request_for(parent.task_id)
+    return None
 
 
 def _record(
     job: BulkJob,
     outcome: midvary.VaryOutcome,
     *,
+    request: Any,
     journal: Journal,
     results: ResultsFile,
     summary: BulkSummary,
@@ -289,7 +305,7 @@ def _record(
         record=outcome.record,
         error=outcome.error,
         paths=outcome.paths,
-        request=outcome.request,
+        request=request,
     )
     journal.finished(job.key, state, outcome.task_id, line)
     results.write(job.key, line)

@@ -32,10 +32,20 @@ class Feed:
         self._running_parents: set[str] = set()
         self._orphans: list[BulkJob] = []
         self._wake = asyncio.Event()
+        self._requests: dict[str, Any] = {}
 
-    def add(self, job: BulkJob, item: Any) -> None:
-        """Queue ``job`` with its fan-out item (a request or a re-attached handle)."""
+    def add(self, job: BulkJob, item: Any, request: Any = None) -> None:
+        """Queue ``job`` with its fan-out item (a request or a re-attached handle).
+
+        ``request`` is what the job submitted, for a re-attached handle (which has none).
+        """
         self.queue.append((job, item))
+        if request is not None:
+            self._requests[job.key] = request
+
+    def request_of(self, job: BulkJob) -> Any:
+        """What ``job`` submitted, when it is known (else ``None``)."""
+        return self._requests.get(job.key, job.request)
 
     def wait_for_parent(self, job: BulkJob) -> None:
         """Hold child ``job`` until its parent's outcome."""
