@@ -10,7 +10,7 @@ Submit a vary task, await its handle, get a :class:`TaskRecord`::
 
 from types import FunctionType as _FunctionType
 
-from ._callbacks import DEFAULT_SAFETY_POLL, CallbackReceiver
+from ._callbacks import CallbackReceiver
 from ._config import USE_DEFAULT, PollPolicy, RetryPolicy
 from ._errors import (
     APIError,
@@ -21,6 +21,7 @@ from ._errors import (
     FeatureDisabledError,
     GenerationFailedError,
     InsufficientCreditsError,
+    KeyConflictError,
     MidvaryError,
     NotFoundError,
     ProtocolError,
@@ -29,17 +30,21 @@ from ._errors import (
     ServerError,
     ServiceUnavailableError,
     SessionClosedError,
+    StoreError,
     SubmitUncertainError,
     TaskFailedError,
     TaskTimeoutError,
     TransportError,
     ValidationError,
 )
-from ._fanout import FanOut, JobEvent, JobEventKind, UnfinishedJob, VaryOutcome
+from ._fanout import FanOut
 from ._handle import TaskHandle
+from ._jobs import JobEvent, JobEventKind, UnfinishedJob, VaryOutcome
 from ._models import TaskRecord, TaskStatus, VaryRequest
+from ._polling import DEFAULT_SAFETY_POLL
 from ._session import Session
 from ._signature import verify_callback
+from ._store import RedisStore, SQLiteStore, StoredJob
 from ._version import VERSION
 
 __version__ = VERSION
@@ -59,17 +64,22 @@ __all__ = [
     "InsufficientCreditsError",
     "JobEvent",
     "JobEventKind",
+    "KeyConflictError",
     "MidvaryError",
     "NotFoundError",
     "PollPolicy",
     "ProtocolError",
     "RateLimitError",
     "ReceiverClosedError",
+    "RedisStore",
     "RetryPolicy",
+    "SQLiteStore",
     "ServerError",
     "ServiceUnavailableError",
     "Session",
     "SessionClosedError",
+    "StoreError",
+    "StoredJob",
     "SubmitUncertainError",
     "TaskFailedError",
     "TaskHandle",

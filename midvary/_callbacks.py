@@ -2,17 +2,20 @@
 
 How a submission and its callback meet:
 
-1. Before the POST is sent, :meth:`Session.submit` takes a :class:`_Ticket` from the
-   receiver: a fresh unguessable token whose URL becomes the submission's ``callBackUrl``.
-2. When the answer names the task, the ticket is bound to the new handle (or dropped if the
-   submission failed). A delivery that arrives before that waits, briefly, for the binding.
+1. Before the POST is sent, the submitter takes a :class:`Ticket` from its session's
+   :class:`SessionTickets` (the session's named view of the receiver, from
+   :func:`tickets_for`): a fresh unguessable token whose URL becomes the ``callBackUrl``.
+2. When the answer names the task, the ticket is bound to the task id and the new handle's
+   :class:`~midvary._polling.Alarm` (or dropped if the submission failed). A delivery that
+   arrives before that waits, briefly, for the binding.
 3. A delivery is checked in this order: unknown or expired token (404), signature when an
    HMAC key is configured (401), body (400), the body's task id against the token's (400).
    Only then is the handle woken; it confirms with ONE ``record-info`` GET and returns that
    record, never what the body claims. The request handler does no I/O of its own.
-4. A ticket is forgotten when its session closes, when the receiver stops, ``duplicate_grace``
-   seconds after its first accepted delivery or after its handle saw the task final, and in
-   any case ``token_ttl`` seconds after it was issued.
+4. A ticket is forgotten (by the receiver's :class:`~midvary._tickets.TicketBook`) when its
+   session closes, when the receiver stops, ``duplicate_grace`` seconds after its first
+   accepted delivery or after its handle saw the task final, and in any case ``token_ttl``
+   seconds after it was issued.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ import enum
 import hashlib
 import hmac
 import logging
-import secrets
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Final
@@ -34,23 +36,17 @@ from aiohttp import web
 from ._config import PollPolicy
 from ._converter import structure_callback
 from ._errors import ProtocolError, ReceiverClosedError
-from ._models import check_http_url
+from ._polling import DEFAULT_SAFETY_POLL
+from ._tickets import Ticket, TicketBook
+from ._validate import base_url, callable_or_none, instance, positive_seconds
 
 if TYPE_CHECKING:
-    from ._handle import TaskHandle
-    from ._session import Session
+    from ._polling import Alarm
 
 logger = logging.getLogger(__name__)
 
 #: The path prefix when the receiver derives its URL from the address it serves on.
 DEFAULT_PATH: Final = "/midvary/callback"
-
-#: The slow polling of handles that wait on a callback: a safety net for a delivery that
-#: never arrives. Plain backoff (no learned schedule, which would poll densely where tasks
-#: finish): polls at about 60, 180, 300, ... s after submission; 900 s deadline.
-DEFAULT_SAFETY_POLL: Final = PollPolicy(
-    initial_delay=60.0, factor=2.0, max_delay=120.0, jitter=5.0, target_delay=None
-)
 
 # Seconds a delivery that beat its submission's answer waits for that answer to be processed
 # (normally microseconds: the provider answered the POST before it ran the task). Well inside
@@ -58,9 +54,6 @@ DEFAULT_SAFETY_POLL: Final = PollPolicy(
 _BIND_WAIT: Final = 5.0
 # Callback bodies are a few hundred bytes; refuse anything absurd before parsing it.
 _MAX_BODY: Final = 64 * 1024
-# Seconds between two sweeps of expired tokens (sweeps run lazily, on issue and delivery).
-_SWEEP_EVERY: Final = 30.0
-_TOKEN_BYTES: Final = 32
 _TIMESTAMP_HEADER: Final = "x-webhook-timestamp"
 _SIGNATURE_HEADER: Final = "x-webhook-signature"
 _REASONS: Final = {
@@ -73,67 +66,54 @@ _REASONS: Final = {
 }
 
 
-def _short(token: str) -> str:
-    # Tokens are capabilities: logs show only enough to tell two apart.
-    return f"{token[:4]}..."
-
-
-def _seconds(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ValueError(f"{name} must be a number of seconds > 0, got {value!r}")
-    return float(value)
-
-
 class _State(enum.Enum):
     READY = "ready"
     SERVING = "serving"
     STOPPED = "stopped"
 
 
-class _Ticket:
-    """One submission's token: its URL, and the handle it wakes once the task is known."""
+class SessionTickets:
+    """One session's tokens at one receiver: all a session's submitter asks of it."""
 
-    __slots__ = ("bound", "expires_at", "handle", "receiver", "session", "settled", "token")
+    __slots__ = ("_receiver",)
 
-    def __init__(
-        self, receiver: CallbackReceiver, session: Session, token: str, expires_at: float
-    ) -> None:
-        self.receiver = receiver
-        self.session = session
-        self.token = token
-        self.expires_at = expires_at
-        self.handle: TaskHandle | None = None
-        # Set when the ticket is bound to a handle or dropped: deliveries that arrived
-        # before the submission's answer wait for it.
-        self.bound = asyncio.Event()
-        # Whether the duplicate grace is running (a delivery was accepted or the task seen
-        # final): the expiry then moves closer.
-        self.settled = False
-
-    def __repr__(self) -> str:
-        task = self.handle.task_id if self.handle is not None else None
-        return f"<_Ticket token={_short(self.token)!r} task_id={task!r}>"
+    def __init__(self, receiver: CallbackReceiver) -> None:
+        self._receiver = receiver
 
     @property
-    def url(self) -> str:
-        """The ``callBackUrl`` to send with the submission."""
-        return f"{self.receiver._base_url()}/{self.token}"
+    def safety_poll(self) -> PollPolicy:
+        """The poll policy of handles waiting on a callback (the receiver's)."""
+        return self._receiver.safety_poll
 
-    def bind(self, handle: TaskHandle) -> None:
-        """The submission was accepted as ``handle``'s task: deliveries may wake it now."""
-        self.handle = handle
-        handle._on_final = self.settle
-        self.bound.set()
+    def issue(self) -> Ticket:
+        """A fresh ticket for one submission; take it before sending the submission.
 
-    def settle(self) -> None:
-        """Start the duplicate grace: a delivery was accepted or the task was seen final."""
-        if not self.settled:
-            self.settled = True
-            self.expires_at = min(self.expires_at, self.receiver._clock() + self.receiver._grace)
+        Raises:
+            ReceiverClosedError: The receiver was stopped.
+            ValueError: The receiver has no public URL yet.
 
-    def drop(self) -> None:
-        """Forget this token (the submission failed, or its session closed)."""
-        self.receiver._drop(self)
+        """
+        self._receiver._check_usable()
+        return self._receiver._book.issue(self)
+
+    def forget(self) -> None:
+        """Forget every token of this session (it is closing)."""
+        self._receiver._book.forget(self)
+
+
+def tickets_for(callbacks: object) -> SessionTickets | None:
+    """A session's view of its ``callbacks`` receiver; ``None`` for no receiver.
+
+    Raises:
+        TypeError: ``callbacks`` is not a :class:`CallbackReceiver` nor ``None``.
+        ReceiverClosedError: The receiver was stopped.
+
+    """
+    receiver = instance(callbacks, CallbackReceiver, "callbacks", what="a midvary.CallbackReceiver")
+    if receiver is None:
+        return None
+    receiver._check_usable()
+    return SessionTickets(receiver)
 
 
 class CallbackReceiver:
@@ -194,41 +174,30 @@ class CallbackReceiver:
         self._public_url: yarl.URL | None = None
         self._path = DEFAULT_PATH
         if public_url is not None:
-            check_http_url(public_url, name="public_url")
-            url = yarl.URL(public_url)
-            if url.query_string or url.fragment:
-                raise ValueError(
-                    f"public_url must not have a query or fragment, got {public_url!r}"
-                )
-            self._path = url.path.rstrip("/")
-            self._public_url = url.with_path(self._path)
+            self._public_url = base_url(public_url, name="public_url")
+            self._path = self._public_url.path
         if hmac_key is not None and (not isinstance(hmac_key, str) or not hmac_key):
             # Never echo the value: it is a secret even when it is malformed.
             raise ValueError("hmac_key must be a non-empty str (kie's webhookHmacKey) or None")
-        if safety_poll is not None and not isinstance(safety_poll, PollPolicy):
-            raise TypeError(
-                f"safety_poll must be a midvary.PollPolicy or None, "
-                f"not {type(safety_poll).__name__}"
-            )
-        if clock is not None and not callable(clock):
-            raise TypeError("clock must be a callable returning seconds, or None")
+        instance(safety_poll, PollPolicy, "safety_poll", what="a midvary.PollPolicy")
+        callable_or_none(clock, "clock")
         self._hmac_key = hmac_key.encode() if hmac_key is not None else None
         self.safety_poll = safety_poll if safety_poll is not None else DEFAULT_SAFETY_POLL
-        self._tolerance = _seconds("timestamp_tolerance", timestamp_tolerance)
-        self._grace = _seconds("duplicate_grace", duplicate_grace)
-        self._ttl = _seconds("token_ttl", token_ttl)
-        self._clock = clock if clock is not None else time.monotonic
+        self._tolerance = float(positive_seconds(timestamp_tolerance, "timestamp_tolerance"))
+        self._book = TicketBook(
+            url_prefix=self._base_url,
+            clock=clock if clock is not None else time.monotonic,
+            grace=float(positive_seconds(duplicate_grace, "duplicate_grace")),
+            ttl=float(positive_seconds(token_ttl, "token_ttl")),
+        )
         self._state = _State.READY
-        self._tickets: dict[str, _Ticket] = {}
-        self._by_session: dict[Session, set[str]] = {}
-        self._next_sweep = self._clock() + _SWEEP_EVERY
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
 
     def __repr__(self) -> str:
         return (
             f"<midvary.CallbackReceiver url={self.public_url!r} "
-            f"tokens={len(self._tickets)} state={self._state.value}>"
+            f"tokens={len(self._book)} state={self._state.value}>"
         )
 
     @property
@@ -254,7 +223,7 @@ class CallbackReceiver:
     @property
     def active_tokens(self) -> int:
         """How many tokens are live (issued, not yet expired, dropped or forgotten)."""
-        return len(self._tickets)
+        return len(self._book)
 
     async def __aenter__(self) -> CallbackReceiver:
         return self
@@ -324,8 +293,7 @@ class CallbackReceiver:
         if self._state is _State.STOPPED:
             return
         self._state = _State.STOPPED
-        for ticket in tuple(self._tickets.values()):
-            self._drop(ticket)
+        self._book.drop_all()
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
@@ -371,37 +339,37 @@ class CallbackReceiver:
         found = await self._bound_ticket(path)
         if isinstance(found, int):
             return found
-        ticket, handle = found
-        status = self._verify(handle.task_id, bytes(body), headers)
+        ticket, task_id, alarm = found
+        status = self._verify(task_id, bytes(body), headers)
         if status != 200:
             return status
         ticket.settle()
-        if handle.done():
-            logger.debug("duplicate callback for finished task %s", handle.task_id)
+        if alarm.final:
+            logger.debug("duplicate callback for finished task %s", task_id)
         else:
-            logger.debug("callback for task %s: waking its handle", handle.task_id)
-            handle._notify()
+            logger.debug("callback for task %s: waking its handle", task_id)
+            alarm.notify()
         return 200
 
-    async def _bound_ticket(self, path: str) -> tuple[_Ticket, TaskHandle] | int:
-        """The live ticket of ``path``'s token and its handle, or the status to answer."""
+    async def _bound_ticket(self, path: str) -> tuple[Ticket, str, Alarm] | int:
+        """The live ticket of ``path``'s token, its task and alarm, or the status to answer."""
         token = self._token_from(path)
-        ticket = self._lookup(token) if token is not None else None
+        ticket = self._book.lookup(token) if token is not None else None
         if ticket is None:
             logger.debug("callback to an unknown or expired token: 404")
             return 404
-        if ticket.handle is None:
+        if ticket.alarm is None:
             try:
                 async with asyncio.timeout(_BIND_WAIT):
                     await ticket.bound.wait()
             except TimeoutError:
                 logger.info("callback for %r came before its task id: 503", ticket)
                 return 503
-        handle = ticket.handle
-        if handle is None or self._tickets.get(ticket.token) is not ticket:
+        task_id, alarm = ticket.task_id, ticket.alarm
+        if task_id is None or alarm is None or not ticket.live:
             logger.debug("callback for %r, dropped meanwhile: 404", ticket)
             return 404
-        return ticket, handle
+        return ticket, task_id, alarm
 
     def _verify(self, task_id: str, body: bytes, headers: Mapping[str, str]) -> int:
         """Check signature, body and task id, in that order; the status to answer."""
@@ -454,8 +422,6 @@ class CallbackReceiver:
             return "wrong X-Webhook-Signature"
         return None
 
-    # Bookkeeping for Session: issue, drop, forget, expire.
-
     def _check_usable(self) -> None:
         if self._state is _State.STOPPED:
             raise ReceiverClosedError("this CallbackReceiver is stopped; create a new one")
@@ -467,54 +433,3 @@ class CallbackReceiver:
                 "receiver.start() before submitting"
             )
         return str(self._public_url)
-
-    def _issue(self, session: Session) -> _Ticket:
-        """A fresh ticket for one submission of ``session``; call before sending it."""
-        self._check_usable()
-        self._base_url()
-        now = self._clock()
-        self._sweep(now)
-        token = secrets.token_urlsafe(_TOKEN_BYTES)
-        ticket = _Ticket(self, session, token, now + self._ttl)
-        self._tickets[token] = ticket
-        self._by_session.setdefault(session, set()).add(token)
-        return ticket
-
-    def _drop(self, ticket: _Ticket) -> None:
-        if self._tickets.get(ticket.token) is ticket:
-            del self._tickets[ticket.token]
-        tokens = self._by_session.get(ticket.session)
-        if tokens is not None:
-            tokens.discard(ticket.token)
-            if not tokens:
-                del self._by_session[ticket.session]
-        # Deliveries waiting for the binding see the ticket gone and answer 404.
-        ticket.bound.set()
-
-    def _forget(self, session: Session) -> None:
-        """Forget every token of ``session`` (it is closing)."""
-        for token in tuple(self._by_session.get(session, ())):
-            ticket = self._tickets.get(token)
-            if ticket is not None:
-                self._drop(ticket)
-        self._by_session.pop(session, None)
-
-    def _lookup(self, token: str) -> _Ticket | None:
-        ticket = self._tickets.get(token)
-        now = self._clock()
-        self._sweep(now)
-        if ticket is None:
-            return None
-        self._expire(ticket, now)
-        return ticket if self._tickets.get(token) is ticket else None
-
-    def _expire(self, ticket: _Ticket, now: float) -> None:
-        if ticket.expires_at <= now:
-            self._drop(ticket)
-
-    def _sweep(self, now: float) -> None:
-        if now < self._next_sweep:
-            return
-        self._next_sweep = now + min(_SWEEP_EVERY, self._grace)
-        for ticket in tuple(self._tickets.values()):
-            self._expire(ticket, now)

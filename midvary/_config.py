@@ -7,9 +7,18 @@ from __future__ import annotations
 
 import enum
 import random
-from typing import Any, Final, Literal, TypeAlias
+from typing import Final, Literal, TypeAlias
 
 import attrs
+
+from ._validate import (
+    attrs_validator,
+    count,
+    factor,
+    non_negative_seconds,
+    optional_seconds,
+    positive_seconds,
+)
 
 
 class _UseDefault(enum.Enum):
@@ -25,28 +34,10 @@ USE_DEFAULT: Final = _UseDefault.USE_DEFAULT
 UseDefault: TypeAlias = Literal[_UseDefault.USE_DEFAULT]
 
 
-def _positive(_inst: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{attribute.name} must be a number of seconds, not {value!r}")
-    if not value > 0:
-        raise ValueError(f"{attribute.name} must be > 0 seconds, got {value!r}")
-
-
-def _non_negative(_inst: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{attribute.name} must be a number of seconds, not {value!r}")
-    if not value >= 0:
-        raise ValueError(f"{attribute.name} must be >= 0 seconds, got {value!r}")
-
-
-def _optional_positive(_inst: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
-    if value is not None:
-        _positive(_inst, attribute, value)
-
-
-def _factor(_inst: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 1:
-        raise ValueError(f"{attribute.name} must be a number >= 1, got {value!r}")
+_positive = attrs_validator(positive_seconds)
+_non_negative = attrs_validator(non_negative_seconds)
+_optional_positive = attrs_validator(optional_seconds)
+_factor = attrs_validator(factor)
 
 
 @attrs.frozen(kw_only=True)
@@ -101,6 +92,8 @@ class PollPolicy:
     ) -> float:
         """Seconds to wait before poll number ``attempt`` (1-based), jitter included.
 
+        The schedule itself lives in the polling module; this is its public spelling.
+
         Args:
             attempt: The number of the poll about to be made, from 1.
             elapsed: Seconds since the task was submitted; ``None`` when unknown.
@@ -108,34 +101,9 @@ class PollPolicy:
                 or ``None`` when too few were seen to learn from.
             rng: Source of jitter; ``None`` means the ``random`` module.
         """
-        if self.target_delay is not None and known is not None and elapsed is not None:
-            base = self._learned(elapsed, known, self.target_delay)
-        elif attempt <= 1:
-            base = 0.0 if elapsed is None else max(0.0, self.initial_delay - elapsed)
-        else:
-            base = min(self.max_delay, self.initial_delay * self.factor ** (attempt - 1))
-        if self.jitter and base > 0:
-            base += (rng or random).uniform(0, self.jitter)
-        return base
+        from ._polling import poll_delay  # noqa: PLC0415 - _polling imports this module
 
-    def _learned(self, elapsed: float, known: tuple[float, float], target: float) -> float:
-        step = 2 * target
-        shortest, longest = known
-        # Polling exactly at the shortest duration would find almost nothing done: the first
-        # poll comes half a step later, then one per step across the range seen.
-        first = shortest * _EARLY_MARGIN + step / 2
-        if elapsed < first:
-            return first - elapsed
-        last = longest * _LATE_MARGIN
-        if elapsed < last:
-            return step - (elapsed - first) % step
-        # Longer than any task seen: back off from the step, as the cold schedule would.
-        return min(max(self.max_delay, step), step + (elapsed - last) * (self.factor - 1))
-
-
-# A learned range is widened a little: samples never quite reach the true extremes.
-_EARLY_MARGIN = 0.95
-_LATE_MARGIN = 1.05
+        return poll_delay(self, attempt, elapsed=elapsed, known=known, rng=rng)
 
 
 @attrs.frozen(kw_only=True)
@@ -155,13 +123,8 @@ class RetryPolicy:
 
     """
 
-    attempts: int = attrs.field(default=6)
+    attempts: int = attrs.field(default=6, validator=attrs_validator(count))
     wait_initial: float = attrs.field(default=1.0, validator=_positive)
     wait_max: float = attrs.field(default=30.0, validator=_positive)
     wait_jitter: float = attrs.field(default=1.0, validator=_non_negative)
     max_retry_after: float = attrs.field(default=60.0, validator=_positive)
-
-    @attempts.validator
-    def _check_attempts(self, _attribute: attrs.Attribute[int], value: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"attempts must be an int >= 1, got {value!r}")

@@ -7,11 +7,12 @@ Models are structured only at this boundary; a body that cannot be structured be
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import cattrs
 from cattrs.gen import make_dict_structure_fn, override
@@ -20,6 +21,8 @@ from ._errors import ProtocolError
 from ._models import CallbackNotice, TaskRecord, TaskStatus, VaryRequest
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 converter = cattrs.Converter(forbid_extra_keys=False)
 
@@ -139,20 +142,30 @@ def _structure_optional_str(value: Any, _type: Any) -> str | None:
     return str(value)
 
 
-_structure_record = make_dict_structure_fn(
-    TaskRecord,
-    converter,
-    task_id=override(rename="taskId"),
-    task_type=override(rename="taskType", struct_hook=_structure_optional_str),
-    status=override(rename="successFlag", struct_hook=_structure_status),
-    image_urls=override(rename="resultInfoJson", struct_hook=_structure_urls),
-    params=override(rename="paramJson", struct_hook=_structure_params),
-    created_at=override(rename="createTime", struct_hook=_structure_time),
-    completed_at=override(rename="completeTime", struct_hook=_structure_time),
-    error_code=override(rename="errorCode", struct_hook=_structure_optional_int),
-    error_message=override(rename="errorMessage", struct_hook=_structure_optional_str),
-)
-converter.register_structure_hook(TaskRecord, _structure_record)
+def _record_structure_fn(*, detailed: bool) -> Callable[[Mapping[str, Any], Any], TaskRecord]:
+    return make_dict_structure_fn(
+        TaskRecord,
+        converter,
+        _cattrs_detailed_validation=detailed,
+        task_id=override(rename="taskId"),
+        task_type=override(rename="taskType", struct_hook=_structure_optional_str),
+        status=override(rename="successFlag", struct_hook=_structure_status),
+        image_urls=override(rename="resultInfoJson", struct_hook=_structure_urls),
+        params=override(rename="paramJson", struct_hook=_structure_params),
+        created_at=override(rename="createTime", struct_hook=_structure_time),
+        completed_at=override(rename="completeTime", struct_hook=_structure_time),
+        error_code=override(rename="errorCode", struct_hook=_structure_optional_int),
+        error_message=override(rename="errorMessage", struct_hook=_structure_optional_str),
+    )
+
+
+converter.register_structure_hook(TaskRecord, _record_structure_fn(detailed=True))
+# The hot path (every poll) structures without cattrs' detailed validation, which collects
+# every field's error into an exception group at a cost on every call; only a body that
+# fails is structured again, the detailed way, to say what was wrong.
+_FAST: dict[type[Any], Callable[[Mapping[str, Any], Any], Any]] = {
+    TaskRecord: _record_structure_fn(detailed=False),
+}
 
 
 def _first_protocol_error(exc: BaseException) -> ProtocolError | None:
@@ -164,6 +177,31 @@ def _first_protocol_error(exc: BaseException) -> ProtocolError | None:
             if found is not None:
                 return found
     return None
+
+
+def _structure(data: Mapping[str, Any], cls: type[T], what: str) -> T:
+    """Structure ``data`` as ``cls``; any failure becomes the one :class:`ProtocolError`."""
+    fast = _FAST.get(cls)
+    if fast is not None:
+        with contextlib.suppress(Exception):  # structured again below, for the detailed error
+            result: T = fast(data, cls)
+            return result
+    try:
+        return converter.structure(data, cls)
+    except (cattrs.BaseValidationError, ValueError, TypeError) as exc:
+        inner = _first_protocol_error(exc)
+        if inner is not None:
+            raise inner from exc
+        raise ProtocolError(f"{what} is malformed: {exc}") from exc
+
+
+def envelope_code(value: object) -> int | None:
+    """An envelope's ``code`` as an int (also sent as a numeric string); ``None`` if not one."""
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value
 
 
 def structure_record(data: object) -> TaskRecord:
@@ -181,13 +219,7 @@ def structure_record(data: object) -> TaskRecord:
         raise ProtocolError(f"record-info data lacks {', '.join(missing)}")
     if not isinstance(data["taskId"], str) or not data["taskId"]:
         raise ProtocolError(f"record-info taskId is not a string: {data['taskId']!r:.80}")
-    try:
-        return converter.structure(data, TaskRecord)
-    except (cattrs.BaseValidationError, ValueError, TypeError) as exc:
-        inner = _first_protocol_error(exc)
-        if inner is not None:
-            raise inner from exc
-        raise ProtocolError(f"record-info data is malformed: {exc}") from exc
+    return _structure(data, TaskRecord, "record-info data")
 
 
 # A callback's data: plain-string resultUrls and promptJson instead of record-info's
@@ -226,11 +258,9 @@ def structure_callback(raw: bytes) -> CallbackNotice:
         raise ProtocolError(f"the callback body is not JSON: {raw[:80]!r}") from exc
     if not isinstance(body, dict):
         raise ProtocolError(f"the callback body is not an object: {body!r:.80}")
-    code = body.get("code")
-    if isinstance(code, str) and code.strip().isdigit():
-        code = int(code)
-    if isinstance(code, bool) or not isinstance(code, int):
-        raise ProtocolError(f"the callback's code is not an integer: {code!r:.40}")
+    code = envelope_code(body.get("code"))
+    if code is None:
+        raise ProtocolError(f"the callback's code is not an integer: {body.get('code')!r:.40}")
     data = body.get("data")
     if not isinstance(data, dict):
         raise ProtocolError(f"the callback's data is not an object: {data!r:.80}")
@@ -238,13 +268,7 @@ def structure_callback(raw: bytes) -> CallbackNotice:
     if not isinstance(task_id, str) or not task_id:
         raise ProtocolError(f"the callback's data holds no taskId: {task_id!r:.80}")
     fields = {**data, "code": code, "msg": body.get("msg")}
-    try:
-        return converter.structure(fields, CallbackNotice)
-    except (cattrs.BaseValidationError, ValueError, TypeError) as exc:
-        inner = _first_protocol_error(exc)
-        if inner is not None:
-            raise inner from exc
-        raise ProtocolError(f"the callback's data is malformed: {exc}") from exc
+    return _structure(fields, CallbackNotice, "the callback's data")
 
 
 def structure_task_id(data: object) -> str:
@@ -260,11 +284,15 @@ def structure_task_id(data: object) -> str:
     return task_id
 
 
-def vary_body(request: VaryRequest, *, index_base: int = 0) -> dict[str, Any]:
+def vary_body(
+    request: VaryRequest, *, callback_url: str | None, index_base: int = 0
+) -> dict[str, Any]:
     """The JSON body of ``POST generateVary`` for ``request``.
 
-    ``index_base`` is added to the 0-based ``image_index`` (1 for accounts whose provider
-    proves to be 1-based). Optional fields that are ``None`` are left out.
+    ``callback_url`` is the URL to send as ``callBackUrl`` (the request's own, or a callback
+    receiver's ticket; ``None`` for none). ``index_base`` is added to the 0-based
+    ``image_index`` (1 for accounts whose provider proves to be 1-based). Optional fields
+    that are ``None`` are left out.
     """
     body: dict[str, Any] = {
         "taskId": request.task_id,
@@ -272,6 +300,6 @@ def vary_body(request: VaryRequest, *, index_base: int = 0) -> dict[str, Any]:
     }
     if request.water_mark is not None:
         body["waterMark"] = request.water_mark
-    if request.callback_url is not None:
-        body["callBackUrl"] = request.callback_url
+    if callback_url is not None:
+        body["callBackUrl"] = callback_url
     return body

@@ -46,25 +46,6 @@ def file_name(task_id: str, index: int, url: str) -> str:
     return f"{stem}_{index}{extension}"
 
 
-def check_directory(directory: object) -> Path:
-    """``directory`` as a :class:`Path`; raise ``TypeError`` if it is not path-like."""
-    if not isinstance(directory, str | os.PathLike):
-        raise TypeError(f"directory must be a str or os.PathLike, not {type(directory).__name__}")
-    path = Path(directory)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"directory {str(path)!r} exists and is not a directory")
-    return path
-
-
-def check_concurrency(value: object, *, name: str = "concurrency") -> int:
-    """``value`` if it is an int >= 1, else raise ``TypeError``/``ValueError``."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int >= 1, not {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value}")
-    return value
-
-
 async def download_record(
     http: aiohttp.ClientSession,
     record: TaskRecord,

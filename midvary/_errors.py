@@ -20,6 +20,8 @@
     ├── DownloadError                 the result host answered a download with an HTTP error
     ├── TaskFailedError               the task ended in CREATE_FAILED or GENERATE_FAILED
     ├── TaskTimeoutError              a wait's deadline passed (also a TimeoutError)
+    ├── StoreError                    the shared store is unreachable, lost its data, or is corrupt
+    ├── KeyConflictError              a key reused for a different request (also a ValueError)
     ├── SessionClosedError            the session was used after it closed (also a RuntimeError)
     ├── ReceiverClosedError           a CallbackReceiver was used after it stopped (also a
     │                                 RuntimeError)
@@ -28,7 +30,9 @@
 
     * a record that is not visible yet right after submission is tolerated for a grace period.
 
-An envelope code that is not in the table becomes a plain :class:`APIError`. Local validation
+An envelope code that is not in the table becomes a plain :class:`APIError`; :func:`error_for`
+is the one place a code (and, for the one documented exception to the table, a message)
+becomes an error. Local validation
 of arguments raises :class:`ValueError` or :class:`TypeError` before any request is sent.
 """
 
@@ -154,6 +158,24 @@ ERROR_CLASSES: dict[int, type[APIError]] = {
     )
     if cls.code_for_class is not None
 }
+
+
+#: Codes whose class also depends on the message: the provider answers a ``record-info`` for
+#: a task it does not know (yet) with 422 "recordInfo is null" as well as with 404.
+_MESSAGE_RULES: tuple[tuple[int, str, type[APIError]], ...] = (
+    (422, "recordinfo is null", NotFoundError),
+)
+
+
+def error_for(
+    code: int, message: str, *, http_status: int | None, retry_after: float | None = None
+) -> APIError:
+    """The :class:`APIError` for envelope ``code`` and ``message`` (``APIError`` if unknown)."""
+    cls = ERROR_CLASSES.get(code, APIError)
+    for rule_code, words, rule_cls in _MESSAGE_RULES:
+        if code == rule_code and words in message.lower():
+            cls = rule_cls
+    return cls(message, code=code, http_status=http_status, retry_after=retry_after)
 
 
 class TransportError(MidvaryError):
@@ -292,3 +314,28 @@ class CallbackSignatureError(MidvaryError):
     def __init__(self, message: str, *, task_id: str) -> None:
         super().__init__(message)
         self.task_id = task_id
+
+
+class StoreError(MidvaryError):
+    """The shared store (SQLite, Redis) is unreachable, lost its data, or is corrupt.
+
+    A submission that meets it fails closed: nothing is sent whose claim is not recorded.
+    The underlying error (``sqlite3`` or ``redis``) is chained as ``__cause__``; no
+    password of a Redis URL appears in the message.
+    """
+
+
+class KeyConflictError(MidvaryError, ValueError):
+    """A submission key was reused for a different request; nothing was sent.
+
+    Attributes:
+        key: The key that is already bound to another request.
+
+    """
+
+    def __init__(self, key: str, stored: str) -> None:
+        super().__init__(
+            f"key {key!r} is already used for a different request ({stored}); use another "
+            "key, or store.forget(key) to allow the key to be reused"
+        )
+        self.key = key

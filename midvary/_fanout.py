@@ -17,146 +17,30 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import enum
 import logging
-import os
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
     AsyncIterator,
-    Callable,
     Iterable,
     Iterator,
 )
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
-import attrs
-
-from ._config import USE_DEFAULT, PollPolicy, UseDefault
-from ._download import check_concurrency, check_directory
-from ._errors import RateLimitError, SubmitUncertainError
+from ._errors import RateLimitError, SessionClosedError
 from ._handle import TaskHandle
+from ._jobs import FanOutOptions, JobEvent, JobEventKind, UnfinishedJob, VaryOutcome
 from ._models import TaskRecord, VaryRequest
 
 if TYPE_CHECKING:
-    from ._session import Session
+    from ._core import SessionCore
+    from ._submit import Submitter
 
 logger = logging.getLogger(__name__)
 
 #: The requests a fan-out accepts: any iterable or async iterable of requests (or handles).
 Requests = Iterable[VaryRequest | TaskHandle] | AsyncIterable[VaryRequest | TaskHandle]
-
-
-class JobEventKind(enum.Enum):
-    """What happened to one job of a fan-out; see :class:`JobEvent`."""
-
-    #: A POST of the job's submission is about to be sent (once per attempt). The hook runs
-    #: before the request leaves: a journal written here is on disk before the provider
-    #: could have billed anything. If the hook raises, nothing is sent.
-    SUBMITTING = "submitting"
-    #: The provider accepted the submission; ``task_id`` is set.
-    SUBMITTED = "submitted"
-    #: The job is about to wait ``wait`` seconds: for the client's rate limiter (``error``
-    #: is ``None``), or after the provider answered 429 (``error`` is the
-    #: :class:`RateLimitError`; the limiter has slowed down).
-    RATE_LIMITED = "rate_limited"
-    #: The job succeeded; ``outcome`` holds the record (and the downloaded paths).
-    DONE = "done"
-    #: The job failed; ``outcome.error`` says why (``task_id`` is set if it was submitted).
-    FAILED = "failed"
-
-
-@attrs.frozen(kw_only=True)
-class VaryOutcome:
-    """The result of one job of a fan-out: exactly one of ``record`` and ``error`` is set.
-
-    Attributes:
-        index: The job's position in the input, 0-based.
-        request: The job's request; ``None`` when the input item was not a
-            :class:`VaryRequest` (then ``error`` is a ``TypeError``) or was a handle
-            re-attached with :meth:`Session.task`.
-        task_id: The provider's id of the job's task, or ``None`` when it was never
-            accepted (or its acceptance was lost: see ``uncertain``).
-        record: The final record of a task that succeeded, else ``None``.
-        error: Why the job failed, else ``None``: a ``TypeError`` or ``ValueError`` for a bad
-            item, :class:`SubmitUncertainError`, an :class:`APIError`,
-            :class:`TaskFailedError`, :class:`TaskTimeoutError`, a download error, or an
-            exception raised by your ``on_event`` hook.
-        paths: The downloaded files, in the order of ``record.image_urls`` (empty unless the
-            fan-out downloads).
-
-    """
-
-    index: int
-    request: VaryRequest | None
-    task_id: str | None = None
-    record: TaskRecord | None = None
-    error: Exception | None = None
-    paths: tuple[Path, ...] = ()
-
-    @property
-    def ok(self) -> bool:
-        """Whether the job succeeded (``record`` is set)."""
-        return self.error is None
-
-    @property
-    def uncertain(self) -> bool:
-        """Whether the submission's fate is unknown: it may exist and be billed.
-
-        Such a job is never re-submitted automatically.
-        """
-        return isinstance(self.error, SubmitUncertainError)
-
-
-@attrs.frozen(kw_only=True)
-class JobEvent:
-    """One step of one job, as delivered to a fan-out's ``on_event`` hook.
-
-    Attributes:
-        kind: What happened (:class:`JobEventKind`).
-        index: The job's position in the input, 0-based.
-        request: The job's request (``None`` as in :attr:`VaryOutcome.request`).
-        task_id: The task's id, once the submission was accepted.
-        wait: For ``RATE_LIMITED``: the seconds the job is about to wait (``0.0`` when it
-            waits for a submission in flight to end); else ``None``.
-        error: For ``RATE_LIMITED`` after a 429: the :class:`RateLimitError`; for
-            ``FAILED``: the job's error; else ``None``.
-        outcome: For ``DONE`` and ``FAILED``: the job's :class:`VaryOutcome`.
-
-    """
-
-    kind: JobEventKind
-    index: int
-    request: VaryRequest | None
-    task_id: str | None = None
-    wait: float | None = None
-    error: Exception | None = None
-    outcome: VaryOutcome | None = None
-
-
-@attrs.frozen(kw_only=True)
-class UnfinishedJob:
-    """A job whose outcome a cancelled or closed :class:`FanOut` did not hand out.
-
-    Attributes:
-        index: The job's position in the input, 0-based.
-        request: The job's request (``None`` as in :attr:`VaryOutcome.request`).
-        task_id: The task's id if the submission was accepted: re-attach it with
-            :meth:`Session.task`. ``None`` if it was not (or see ``uncertain``).
-        uncertain: ``True`` when a submission was sent and its answer never seen (it was
-            cut by the cancellation, or lost): the task may exist and be billed.
-
-    """
-
-    index: int
-    request: VaryRequest | None
-    task_id: str | None
-    uncertain: bool
-
-
-OnEvent = Callable[[JobEvent], None]
 
 
 class _Job:
@@ -184,7 +68,7 @@ class _Job:
 
 
 class _SubmitHooks:
-    """What :meth:`Session._submit` reports about one job's submission attempts."""
+    """What the submitter reports about one job's submission attempts (a ``SubmitHooks``)."""
 
     __slots__ = ("_fanout", "_job")
 
@@ -219,7 +103,8 @@ def check_requests(requests: object) -> Requests:
 class FanOut:
     """An async iterator of :class:`VaryOutcome`, one per job, in completion order.
 
-    Made by :meth:`Session.vary_many`; see there for the arguments. Iterate it with
+    Made by :meth:`Session.vary_many` (its keyword arguments become one
+    :class:`FanOutOptions`); see there for what they mean. Iterate it with
     ``async for``; preferably inside ``async with`` (or :func:`contextlib.aclosing`), so that
     leaving the loop early cancels the jobs still in flight at once instead of when the
     session closes.
@@ -232,32 +117,16 @@ class FanOut:
 
     def __init__(
         self,
-        session: Session,
+        core: SessionCore,
+        submitter: Submitter,
         requests: Requests,
-        *,
-        concurrency: int,
-        timeout: float | UseDefault | None = USE_DEFAULT,
-        poll: PollPolicy | None = None,
-        on_event: OnEvent | None = None,
-        download: str | os.PathLike[str] | None = None,
-        download_concurrency: int = 4,
+        options: FanOutOptions,
     ) -> None:
-        self._session = session
+        self._core = core
+        self._submitter = submitter
         self._source = check_requests(requests)
-        self.concurrency = check_concurrency(concurrency)
-        if timeout is not USE_DEFAULT and timeout is not None and not _positive(timeout):
-            raise ValueError(f"timeout must be > 0 seconds or None, got {timeout!r}")
-        if poll is not None and not isinstance(poll, PollPolicy):
-            raise TypeError(f"poll must be a midvary.PollPolicy, not {type(poll).__name__}")
-        if on_event is not None and not callable(on_event):
-            raise TypeError(f"on_event must be callable, not {type(on_event).__name__}")
-        self._timeout = timeout
-        self._poll = poll
-        self._on_event = on_event
-        self._download = check_directory(download) if download is not None else None
-        self._download_concurrency = check_concurrency(
-            download_concurrency, name="download_concurrency"
-        )
+        self._options = options
+        self.concurrency = options.concurrency
         self._slots = asyncio.Semaphore(self.concurrency)
         self._driver: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[VaryOutcome]] = set()
@@ -329,12 +198,7 @@ class FanOut:
     async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *_exc: object) -> None:
         await self.aclose()
 
     async def aclose(self) -> None:
@@ -346,7 +210,7 @@ class FanOut:
             return
         self._unfinished = self.unfinished
         self._closed = True
-        self._session._fanouts.discard(self)
+        self._core.fanouts.discard(self)
         tasks = [*self._tasks, *([self._driver] if self._driver is not None else [])]
         for task in tasks:
             task.cancel()
@@ -368,8 +232,8 @@ class FanOut:
 
     def _start(self) -> None:
         if self._driver is None:
-            self._session._check_open()
-            self._session._fanouts.add(self)
+            self._core.check_open()
+            self._core.fanouts.add(self)
             self._driver = asyncio.get_running_loop().create_task(self._drive())
 
     async def _drive(self) -> None:
@@ -404,16 +268,16 @@ class FanOut:
     # -- one job ----------------------------------------------------------------------------
 
     async def _run(self, job: _Job) -> VaryOutcome:
-        session = self._session
+        options = self._options
         record: TaskRecord | None = None
         paths: tuple[Path, ...] = ()
         error: Exception | None = None
         try:
             handle = await self._handle(job)
-            record = await handle.wait(self._timeout, poll=self._poll)
-            if self._download is not None:
-                paths = await session.download(
-                    record, self._download, concurrency=self._download_concurrency
+            record = await handle.wait(options.timeout, poll=options.poll)
+            if options.download is not None:
+                paths = await self._core.download(
+                    record, options.download, concurrency=options.download_concurrency
                 )
         except Exception as exc:  # one job's failure is that job's outcome
             job.posting = False
@@ -444,22 +308,58 @@ class FanOut:
                 f"item {job.index} of the requests must be a midvary.VaryRequest "
                 f"(or a TaskHandle), not {type(item).__name__}"
             )
-        handle = await self._session._submit(item, _SubmitHooks(self, job))
+        handle = await self._submitter.submit(item, _SubmitHooks(self, job))
         job.task_id = handle.task_id
         self._emit(JobEventKind.SUBMITTED, job)
         return handle
 
     def _emit(self, kind: JobEventKind, job: _Job, **fields: Any) -> None:
-        if self._on_event is not None:
-            self._on_event(
+        on_event = self._options.on_event
+        if on_event is not None:
+            on_event(
                 JobEvent(
                     kind=kind, index=job.index, request=job.request, task_id=job.task_id, **fields
                 )
             )
 
 
-def _positive(value: object) -> bool:
-    return not isinstance(value, bool) and isinstance(value, int | float) and value > 0
+async def collect_all(fanout: FanOut) -> list[VaryOutcome]:
+    """Every outcome of ``fanout`` in input order (what ``Session.vary_all`` returns).
+
+    When the call ends without its list (it is cancelled, the input raises, or the session
+    closes), the task ids of the finished jobs it drops are logged as a warning.
+
+    Raises:
+        SessionClosedError: The session closed before every job finished.
+
+    """
+    outcomes: list[VaryOutcome] = []
+    async with fanout:
+        try:
+            async for outcome in fanout:
+                outcomes.append(outcome)  # noqa: PERF401 - kept if the loop raises
+        except BaseException:
+            _log_dropped(outcomes)
+            raise
+        if not fanout._complete:  # the session's close ended the loop, not the jobs
+            _log_dropped(outcomes)
+            raise SessionClosedError(
+                "the Session was closed while vary_all was running; the task ids of its "
+                "jobs are logged"
+            )
+    outcomes.sort(key=lambda outcome: outcome.index)
+    return outcomes
+
+
+def _log_dropped(outcomes: list[VaryOutcome]) -> None:
+    """Log the task ids of finished jobs whose outcomes a failing ``vary_all`` drops."""
+    dropped = [o for o in outcomes if o.task_id is not None or o.uncertain]
+    if dropped:
+        logger.warning(
+            "vary_all ended early: %d finished jobs are not returned (task ids: %s)",
+            len(dropped),
+            ", ".join(o.task_id or "unknown (uncertain)" for o in dropped),
+        )
 
 
 async def _pull(source: Requests, slots: asyncio.Semaphore) -> AsyncGenerator[object, None]:

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import enum
-import re
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
 import attrs
-import yarl
+
+from ._validate import http_url as check_http_url
+from ._validate import task_id as check_task_id
 
 IMAGE_INDEXES = range(4)
-# The characters str.isspace() calls whitespace: re's \s matches exactly those, in one C call.
-_WHITESPACE = re.compile(r"\s")
 
 
 class TaskStatus(enum.Enum):
@@ -84,17 +83,6 @@ def _check_task_id(_inst: object, attribute: attrs.Attribute[str], value: object
     check_task_id(value, name=attribute.name)
 
 
-def check_task_id(value: object, *, name: str = "task_id") -> str:
-    """Return ``value`` if it is a usable task id, else raise ``TypeError``/``ValueError``."""
-    if not isinstance(value, str):
-        raise TypeError(f"{name} must be a str (a Midjourney task id), not {type(value).__name__}")
-    if not value or _WHITESPACE.search(value):
-        raise ValueError(
-            f"{name} must be a non-empty task id without whitespace, got {value!r}",
-        )
-    return value
-
-
 def _check_image_index(_inst: object, _attribute: attrs.Attribute[int], value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(
@@ -112,21 +100,6 @@ def _check_water_mark(
 ) -> None:
     if value is not None and not isinstance(value, str):
         raise TypeError(f"water_mark must be a str or None, not {type(value).__name__}")
-
-
-def check_http_url(value: object, *, name: str) -> str:
-    """Return ``value`` if it is an absolute http(s) URL; raise TypeError/ValueError if not."""
-    if not isinstance(value, str):
-        raise TypeError(f"{name} must be a str URL, not {type(value).__name__}")
-    try:
-        url = yarl.URL(value)
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"{name} must be an absolute http(s) URL, got {value!r}") from exc
-    if url.scheme not in ("http", "https") or not url.host:
-        raise ValueError(
-            f"{name} must be an absolute http:// or https:// URL with a host, got {value!r}",
-        )
-    return value
 
 
 def _check_callback_url(

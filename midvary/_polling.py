@@ -1,13 +1,45 @@
-"""What a session learns about task durations, to poll when tasks actually finish."""
+"""How often to poll: the schedule, what it learns, the safety policy, and one retried poll.
+
+This module owns every decision about *when* a handle asks ``record-info`` again:
+
+- :func:`poll_delay`, the schedule as a pure function of a :class:`PollPolicy` (which is pure
+  data), the poll's number, the time since submission and the durations learned;
+- :class:`DurationStats`, what a session learns about task durations;
+- :data:`DEFAULT_SAFETY_POLL`, the slow schedule of handles that wait on a callback;
+- :class:`Alarm`, the interruptible sleep between two polls (a callback or the session's
+  close ends it early);
+- :func:`poll_retrying_once`, one poll carried through transient failures at the schedule's
+  pace.
+
+The handle's wait loop (:meth:`TaskHandle.wait`) only strings these together.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import random
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Final, TypeVar
+
+from ._config import PollPolicy
+from ._retry import attempt_then_retry, is_transient, poll_retrying
 
 if TYPE_CHECKING:
+    import tenacity
+
+    from ._config import RetryPolicy
     from ._models import TaskRecord
+
+T = TypeVar("T")
+
+#: The slow polling of handles that wait on a callback: a safety net for a delivery that
+#: never arrives. Plain backoff (no learned schedule, which would poll densely where tasks
+#: finish): polls at about 60, 180, 300, ... s after submission; 900 s deadline.
+DEFAULT_SAFETY_POLL: Final = PollPolicy(
+    initial_delay=60.0, factor=2.0, max_delay=120.0, jitter=5.0, target_delay=None
+)
 
 #: Fewer successful tasks than this and the schedule stays the plain backoff.
 MIN_SAMPLES = 5
@@ -50,3 +82,170 @@ class DurationStats:
         if len(self._samples) < MIN_SAMPLES:
             return None
         return min(self._samples), max(self._samples)
+
+
+# A learned range is widened a little: samples never quite reach the true extremes.
+_EARLY_MARGIN = 0.95
+_LATE_MARGIN = 1.05
+
+
+def poll_delay(
+    policy: PollPolicy,
+    attempt: int,
+    *,
+    elapsed: float | None = None,
+    known: tuple[float, float] | None = None,
+    rng: random.Random | None = None,
+) -> float:
+    """Seconds to wait before poll number ``attempt`` (1-based), jitter included.
+
+    See :class:`PollPolicy` for the two schedules. ``elapsed`` is the seconds since the task
+    was submitted (``None`` when unknown: a re-attached handle); ``known`` the
+    ``(shortest, longest)`` durations learned (``None``: too few); ``rng`` the source of
+    jitter (``None``: the ``random`` module).
+    """
+    target = policy.target_delay
+    if target is not None and known is not None and elapsed is not None:
+        base = _learned(policy, elapsed, known, target)
+    elif attempt <= 1:
+        base = 0.0 if elapsed is None else max(0.0, policy.initial_delay - elapsed)
+    else:
+        base = min(policy.max_delay, policy.initial_delay * policy.factor ** (attempt - 1))
+    if policy.jitter and base > 0:
+        base += (rng or random).uniform(0, policy.jitter)
+    return base
+
+
+def _learned(
+    policy: PollPolicy, elapsed: float, known: tuple[float, float], target: float
+) -> float:
+    step = 2 * target
+    shortest, longest = known
+    # Polling exactly at the shortest duration would find almost nothing done: the first
+    # poll comes half a step later, then one per step across the range seen.
+    first = shortest * _EARLY_MARGIN + step / 2
+    if elapsed < first:
+        return first - elapsed
+    last = longest * _LATE_MARGIN
+    if elapsed < last:
+        return step - (elapsed - first) % step
+    # Longer than any task seen: back off from the step, as the cold schedule would.
+    return min(max(policy.max_delay, step), step + (elapsed - last) * (policy.factor - 1))
+
+
+class Alarm:
+    """The interruptible sleeps of one handle's waits, and the news that ends them.
+
+    A handle sleeps on its alarm between polls. Three parties may end a sleep early, each
+    through a named method: a callback (:meth:`notify`: poll now), the session's close
+    (:meth:`wake` with an error, which also expires every wait's deadline so that a poll
+    request in flight is cut), and the handle itself. :meth:`finished` records that the task
+    was seen final and runs ``on_final`` once (a callback ticket shortens its expiry).
+    """
+
+    __slots__ = ("_deadlines", "_sleepers", "_woken", "final", "on_final")
+
+    def __init__(self) -> None:
+        self._sleepers: set[asyncio.Future[None]] = set()
+        self._deadlines: set[asyncio.Timeout] = set()
+        # News came while nobody slept: the next sleep ends at once.
+        self._woken = False
+        #: Whether the task was seen final.
+        self.final = False
+        #: Called once, when the task is first seen final; ``None`` for nothing.
+        self.on_final: Callable[[], None] | None = None
+
+    @property
+    def sleeping(self) -> int:
+        """How many sleeps are in progress."""
+        return len(self._sleepers)
+
+    def finished(self) -> None:
+        """The task was seen final: run ``on_final`` once."""
+        if not self.final:
+            self.final = True
+            if self.on_final is not None:
+                self.on_final()
+
+    def add_deadline(self, deadline: asyncio.Timeout) -> None:
+        """A wait's deadline, to expire if the session closes; see :meth:`discard_deadline`."""
+        self._deadlines.add(deadline)
+
+    def discard_deadline(self, deadline: asyncio.Timeout) -> None:
+        """The wait of ``deadline`` ended."""
+        self._deadlines.discard(deadline)
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep ``seconds``, or less if :meth:`notify` or :meth:`wake` interrupts."""
+        if self._woken:
+            self._woken = False
+            return
+        if seconds <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        sleeper: asyncio.Future[None] = loop.create_future()
+        timer = loop.call_later(seconds, _resolve, sleeper)
+        self._sleepers.add(sleeper)
+        try:
+            await sleeper
+        finally:
+            timer.cancel()
+            self._sleepers.discard(sleeper)
+
+    def wake(self, error: BaseException | None = None) -> None:
+        """End every current sleep: poll now, or raise ``error`` if given.
+
+        With an ``error`` (the session closing), a poll request in flight is cut as well:
+        every wait's deadline expires now.
+        """
+        for sleeper in tuple(self._sleepers):
+            if not sleeper.done():
+                if error is None:
+                    sleeper.set_result(None)
+                else:
+                    sleeper.set_exception(error)
+        if error is not None:
+            for deadline in tuple(self._deadlines):
+                if not deadline.expired():
+                    deadline.reschedule(0)  # any time in the past: expires at once
+
+    def notify(self) -> None:
+        """A callback says the task may be final: poll once now (or as soon as awaited)."""
+        if self.final:
+            return
+        if self._sleepers:
+            self.wake()
+        else:
+            # Nobody sleeps: a poll is in flight or nobody awaits yet. Remember the news, so
+            # the next sleep (or the first wait's initial delay) is skipped.
+            self._woken = True
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def poll_retrying_once(
+    poll: Callable[[], Awaitable[T]],
+    retry: RetryPolicy,
+    *,
+    sleep: Callable[[float], Awaitable[None]],
+    delay: Callable[[int], float],
+    what: str,
+) -> tuple[T, int]:
+    """One poll, retried through transient failures; its result and the attempts made.
+
+    ``delay(n)`` is the wait in seconds before retry ``n`` (the schedule's, so a failing
+    poll keeps the schedule's pace); ``sleep`` is the interruptible sleep. The caller's
+    deadline bounds the retries.
+    """
+    retrying: tenacity.AsyncRetrying | None = None
+
+    def make_retrying() -> tenacity.AsyncRetrying:
+        nonlocal retrying
+        retrying = poll_retrying(retry, sleep=sleep, delay=delay, what=what)
+        return retrying
+
+    result = await attempt_then_retry(poll, make_retrying, is_transient)
+    return result, 1 if retrying is None else retrying.statistics["attempt_number"]

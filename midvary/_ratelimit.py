@@ -27,11 +27,8 @@ import asyncio
 import collections
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Final, Protocol
-
-from ._errors import RateLimitError
-from ._retry import is_unaccepted
+from collections.abc import AsyncIterator, Callable
+from typing import Final
 
 logger = logging.getLogger(__name__)
 
@@ -40,42 +37,6 @@ DEFAULT_SUBMIT_RATE: Final = (20, 10.0)
 
 #: Called with the seconds a submission is about to wait for the limiter.
 OnWait = Callable[[float], None]
-
-
-def check_submit_rate(value: object) -> tuple[int, float] | None:
-    """Validate a ``submit_rate`` setting: ``(count, window_seconds)`` or ``None``.
-
-    Raises:
-        TypeError, ValueError: ``value`` is not ``None`` nor a ``(count >= 1, seconds > 0)``
-            pair.
-
-    """
-    if value is None:
-        return None
-    if isinstance(value, str | bytes) or not isinstance(value, Sequence) or len(value) != 2:
-        raise TypeError(
-            "submit_rate must be a (count, window_seconds) pair such as (20, 10.0), or None "
-            f"for no limit; got {value!r}"
-        )
-    count, window = value
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise ValueError(f"submit_rate count must be an int >= 1, got {count!r}")
-    if isinstance(window, bool) or not isinstance(window, int | float) or not window > 0:
-        raise ValueError(f"submit_rate window must be a number of seconds > 0, got {window!r}")
-    return count, float(window)
-
-
-class SubmitHooks(Protocol):
-    """What a submission reports to its caller (the fan-out) about its POSTs."""
-
-    def before_post(self) -> None:
-        """A POST is about to be sent (raise to stop it)."""
-
-    def after_post(self) -> None:
-        """The POST was answered, or failed in a way its error describes."""
-
-    def waiting(self, seconds: float, error: RateLimitError | None = None) -> None:
-        """The submission is about to wait ``seconds`` for the limiter or after a 429."""
 
 
 class Slot:
@@ -193,32 +154,6 @@ class SubmitLimiter:
             if not slot.refunded:
                 self._stamps.append(self._now())
             self._changed.set()
-
-    async def send(self, post: Callable[[], Awaitable[str]], hooks: SubmitHooks | None) -> str:
-        """Send one POST (``post()``) in a slot, reporting to ``hooks``; return its result.
-
-        A POST that certainly was not accepted (429, 455, never sent) refunds its slot.
-        ``hooks.after_post`` is not called when the POST is
-        cancelled: its fate is then unknown, and the hooks' owner keeps it "in flight".
-        """
-        if self.rate is None and hooks is None:
-            return await post()  # no slot to take and nobody to tell
-        async with self.slot(hooks.waiting if hooks is not None else None) as slot:
-            if hooks is not None:
-                hooks.before_post()
-            try:
-                result = await post()
-            except Exception as exc:
-                if is_unaccepted(exc):
-                    # 429, 455 or never sent: the provider accepted nothing, so nothing of
-                    # its budget is used (an uncertain answer keeps its slot).
-                    slot.refund()
-                if hooks is not None:
-                    hooks.after_post()  # answered, or certainly lost: no longer in flight
-                raise
-            if hooks is not None:
-                hooks.after_post()
-            return result
 
     def close(self, error: BaseException) -> None:
         """Make every current and later wait for a slot raise ``error`` (the session closed)."""

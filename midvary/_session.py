@@ -1,52 +1,62 @@
-"""Session: the one object that talks to the provider."""
+"""Session: the public façade of one connection to the provider.
+
+The session validates its settings and hands the work to its parts: the
+:class:`~midvary._core.SessionCore` (state, transport, record fetches, the registries closing
+ends), the :class:`~midvary._submit.Submitter` (every submission) and
+:class:`~midvary.FanOut` (many jobs). See ``docs/architecture.md``.
+"""
 
 from __future__ import annotations
 
-import enum
+import inspect
 import logging
 import os
-import random
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Final
+from typing import Any, Concatenate, Final, Generic, ParamSpec, Self, TypeVar, overload
 
 import aiohttp
-import attrs
 import yarl
 
-from ._callbacks import CallbackReceiver
+from ._callbacks import CallbackReceiver, tickets_for
 from ._config import USE_DEFAULT, PollPolicy, RetryPolicy, UseDefault
-from ._converter import structure_record, structure_task_id, vary_body
-from ._download import check_concurrency, check_directory, download_record
-from ._errors import (
-    NotFoundError,
-    ProtocolError,
-    RateLimitError,
-    ServerError,
-    SessionClosedError,
-    SubmitUncertainError,
-    TransportError,
-    ValidationError,
-)
-from ._fanout import FanOut, OnEvent, Requests, VaryOutcome
+from ._core import SessionCore
+from ._fanout import FanOut, Requests, check_requests, collect_all
 from ._handle import TaskHandle
-from ._models import TaskRecord, VaryRequest, check_http_url, check_task_id
-from ._polling import DurationStats
-from ._ratelimit import DEFAULT_SUBMIT_RATE, SubmitHooks, SubmitLimiter, check_submit_rate
-from ._retry import attempt_then_retry, is_unaccepted, submit_retrying
-from ._transport import Transport
+from ._jobs import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_DOWNLOAD_CONCURRENCY,
+    FanOutOptions,
+    OnEvent,
+    VaryOutcome,
+)
+from ._models import TaskRecord, VaryRequest
+from ._ratelimit import DEFAULT_SUBMIT_RATE, SubmitLimiter
+from ._submit import Submitter
+from ._validate import (
+    base_url as check_base_url,
+)
+from ._validate import (
+    count,
+    instance,
+    positive_seconds,
+)
+from ._validate import (
+    directory as check_directory,
+)
+from ._validate import (
+    submit_rate as check_submit_rate,
+)
+from ._validate import (
+    task_id as check_task_id,
+)
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL: Final = "https://api.kie.ai"
-VARY_PATH: Final = "/api/v1/mj/generateVary"
-RECORD_PATH: Final = "/api/v1/mj/record-info"
 _KEY_VARIABLES: Final = ("MIDVARY_API_KEY", "KIE_API_KEY")
-
-
-class _State(enum.Enum):
-    UNOPENED = "unopened"
-    OPEN = "open"
-    CLOSED = "closed"
+P = TypeVar("P", PollPolicy, RetryPolicy)
+Keywords = ParamSpec("Keywords")
 
 
 def _resolve_api_key(api_key: str | None) -> str:
@@ -69,11 +79,59 @@ def _resolve_api_key(api_key: str | None) -> str:
 def _resolve_base_url(base_url: str | None) -> yarl.URL:
     if base_url is None:
         base_url = os.environ.get("MIDVARY_BASE_URL", "").strip() or DEFAULT_BASE_URL
-    check_http_url(base_url, name="base_url")
-    url = yarl.URL(base_url)
-    if url.query_string or url.fragment:
-        raise ValueError(f"base_url must not have a query or fragment, got {base_url!r}")
-    return url.with_path(url.path.rstrip("/"))
+    return check_base_url(base_url, name="base_url")
+
+
+def _takes_options_of(
+    fan_out: Callable[Concatenate[Session, Requests, Keywords], FanOut],
+) -> Callable[
+    [Callable[..., Awaitable[list[VaryOutcome]]]],
+    Callable[Concatenate[Session, Requests, Keywords], Awaitable[list[VaryOutcome]]],
+]:
+    """Give the decorated method ``fan_out``'s keyword arguments: one list, for both.
+
+    Type checkers see ``fan_out``'s parameters; ``inspect.signature`` (and ``help()``) shows
+    them too, with the decorated method's return type.
+    """
+
+    def decorate(
+        method: Callable[..., Awaitable[list[VaryOutcome]]],
+    ) -> Callable[Concatenate[Session, Requests, Keywords], Awaitable[list[VaryOutcome]]]:
+        signature = inspect.signature(fan_out)
+        method.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            return_annotation=inspect.signature(method).return_annotation
+        )
+        return method
+
+    return decorate
+
+
+class _CorePolicy(Generic[P]):
+    """A session attribute kept on its core, type-checked when assigned."""
+
+    def __init__(self, cls: type[P], doc: str) -> None:
+        self._cls: type[P] = cls
+        self.__doc__ = doc
+
+    def __set_name__(self, owner: type[Session], name: str) -> None:
+        self._name = name
+
+    @overload
+    def __get__(self, session: None, owner: type[Session]) -> Self: ...
+    @overload
+    def __get__(self, session: Session, owner: type[Session]) -> P: ...
+    def __get__(self, session: Session | None, owner: type[Session]) -> P | Self:
+        if session is None:
+            return self
+        value: P = getattr(session._core, self._name)
+        return value
+
+    def __set__(self, session: Session, value: P) -> None:
+        if not isinstance(value, self._cls):
+            raise TypeError(
+                f"{self._name} must be a midvary.{self._cls.__name__}, not {type(value).__name__}"
+            )
+        setattr(session._core, self._name, value)
 
 
 class Session:
@@ -132,74 +190,63 @@ class Session:
         callbacks: CallbackReceiver | None = None,
         submit_rate: tuple[int, float] | None = DEFAULT_SUBMIT_RATE,
     ) -> None:
-        self._api_key = _resolve_api_key(api_key)
-        self._limiter = SubmitLimiter(check_submit_rate(submit_rate))
-        self._fanouts: set[FanOut] = set()
-        self._base_url = _resolve_base_url(base_url)
-        if poll is not None and not isinstance(poll, PollPolicy):
-            raise TypeError(f"poll must be a midvary.PollPolicy, not {type(poll).__name__}")
-        if retry is not None and not isinstance(retry, RetryPolicy):
-            raise TypeError(f"retry must be a midvary.RetryPolicy, not {type(retry).__name__}")
-        for name, value in (
-            ("request_timeout", request_timeout),
-            ("connect_timeout", connect_timeout),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-                raise ValueError(f"{name} must be a number of seconds > 0, got {value!r}")
+        api_key = _resolve_api_key(api_key)
+        rate = check_submit_rate(submit_rate)
+        url = _resolve_base_url(base_url)
+        instance(poll, PollPolicy, "poll", what="a midvary.PollPolicy")
+        instance(retry, RetryPolicy, "retry", what="a midvary.RetryPolicy")
+        timeout = aiohttp.ClientTimeout(
+            total=positive_seconds(request_timeout, "request_timeout"),
+            connect=positive_seconds(connect_timeout, "connect_timeout"),
+        )
         if index_base not in (0, 1) or isinstance(index_base, bool):
             raise ValueError(f"index_base must be 0 (documented schema) or 1, got {index_base!r}")
-        if http_session is not None and not isinstance(http_session, aiohttp.ClientSession):
-            raise TypeError("http_session must be an aiohttp.ClientSession or None")
-        self.poll = poll if poll is not None else PollPolicy()
-        self.retry = retry if retry is not None else RetryPolicy()
-        self._timeout = aiohttp.ClientTimeout(total=request_timeout, connect=connect_timeout)
-        self._index_base = index_base
-        self._http = http_session
-        self._owns_http = http_session is None
-        self._transport: Transport | None = None
-        self._state = _State.UNOPENED
-        self._rng = random.Random(seed)
-        self._durations = DurationStats()
-        self._waiters: set[TaskHandle] = set()
-        self._callbacks = _check_receiver(callbacks)
+        instance(
+            http_session, aiohttp.ClientSession, "http_session", what="an aiohttp.ClientSession"
+        )
+        self._core = SessionCore(
+            base_url=url,
+            api_key=api_key,
+            timeout=timeout,
+            http=http_session,
+            poll=poll if poll is not None else PollPolicy(),
+            retry=retry if retry is not None else RetryPolicy(),
+            index_base=index_base,
+            seed=seed,
+        )
+        self._submitter = Submitter(
+            self._core,
+            limiter=SubmitLimiter(rate) if rate is not None else None,
+            tickets=tickets_for(callbacks),
+        )
+
+    poll = _CorePolicy(
+        PollPolicy, "The default :class:`PollPolicy` of every wait (assign one to change it)."
+    )
+    retry = _CorePolicy(
+        RetryPolicy,
+        "The :class:`RetryPolicy` of submissions and downloads (assign one to change it).",
+    )
 
     def __repr__(self) -> str:
-        return f"<midvary.Session base_url={str(self._base_url)!r} state={self._state.value}>"
+        return f"<midvary.Session base_url={self.base_url!r} state={self._core.state}>"
 
     @property
     def base_url(self) -> str:
         """The API's base URL, without a trailing slash."""
-        return str(self._base_url)
+        return str(self._core.base_url)
 
     @property
     def closed(self) -> bool:
         """Whether :meth:`aclose` has run; a closed session cannot be reopened."""
-        return self._state is _State.CLOSED
+        return self._core.closed
 
     async def __aenter__(self) -> Session:
-        self._open()
+        self._core.open()
         return self
 
     async def __aexit__(self, *_exc: object) -> None:
         await self.aclose()
-
-    def _open(self) -> Transport:
-        if self._state is _State.CLOSED:
-            raise SessionClosedError(
-                "this Session is closed and cannot be reopened; create a new one"
-            )
-        if self._transport is None:
-            if self._http is None:
-                self._http = aiohttp.ClientSession()
-            self._transport = Transport(
-                self._http, base_url=self._base_url, api_key=self._api_key, timeout=self._timeout
-            )
-            self._state = _State.OPEN
-        return self._transport
-
-    def _check_open(self) -> None:
-        if self._state is _State.CLOSED:
-            raise SessionClosedError("this Session is closed; create a new one")
 
     async def aclose(self) -> None:
         """Close the session: end pending waits and close the HTTP session it created.
@@ -208,19 +255,7 @@ class Session:
         in progress raise :class:`SessionClosedError`. An ``http_session`` that was passed
         in is left open. Closing twice is harmless.
         """
-        if self._state is _State.CLOSED:
-            return
-        for fanout in tuple(self._fanouts):
-            await fanout.aclose()
-        self._state = _State.CLOSED
-        self._limiter.close(SessionClosedError("the Session was closed before this was sent"))
-        closed = SessionClosedError("the Session was closed while waiting for this task")
-        for handle in tuple(self._waiters):
-            handle._wake(closed)
-        if self._callbacks is not None:
-            self._callbacks._forget(self)
-        if self._owns_http and self._http is not None:
-            await self._http.close()
+        await self._core.aclose(self._submitter.close)
 
     async def vary(
         self,
@@ -262,71 +297,18 @@ class Session:
 
     async def submit(self, request: VaryRequest) -> TaskHandle:
         """Submit one :class:`VaryRequest` and return its handle; see :meth:`vary`."""
-        return await self._submit(request)
-
-    async def _submit(self, request: VaryRequest, hooks: SubmitHooks | None = None) -> TaskHandle:
-        if not isinstance(request, VaryRequest):
-            raise TypeError(f"request must be a midvary.VaryRequest, not {type(request).__name__}")
-        transport = self._open()
-        receiver = self._callbacks
-        # A token is registered before the POST goes out: the callback may beat the answer.
-        ticket = None
-        if receiver is not None and request.callback_url is None:
-            ticket = receiver._issue(self)
-        wire = request if ticket is None else attrs.evolve(request, callback_url=ticket.url)
-        body = vary_body(wire, index_base=self._index_base)
-
-        async def post() -> str:
-            self._check_open()  # the limiter may have kept it waiting while the session closed
-            try:
-                data = await transport.call("POST", VARY_PATH, json_body=body)
-                return structure_task_id(data)
-            except ServerError as exc:
-                raise SubmitUncertainError(request, f"the provider answered {exc}") from exc
-            except ProtocolError as exc:
-                raise SubmitUncertainError(request, str(exc)) from exc
-            except TransportError as exc:
-                if exc.sent:
-                    raise SubmitUncertainError(request, str(exc)) from exc
-                raise
-
-        async def attempt() -> str:
-            self._check_open()
-            return await self._limiter.send(post, hooks)
-
-        def on_retry(exc: BaseException, wait: float) -> None:
-            if isinstance(exc, RateLimitError):
-                self._limiter.slow_down(wait)
-                if hooks is not None:
-                    hooks.waiting(wait, exc)
-
-        try:
-            task_id: str = await attempt_then_retry(
-                attempt, lambda: submit_retrying(self.retry, on_retry=on_retry), is_unaccepted
-            )
-        except BaseException:
-            if ticket is not None:
-                ticket.drop()
-            raise
-        if logger.isEnabledFor(logging.INFO):  # describe() formats a string: only if it is kept
-            logger.info("submitted %s as task %s", request.describe(), task_id)
-        # A handle waiting on a callback polls slowly, as a safety net.
-        safety = None if ticket is None else ticket.receiver.safety_poll
-        handle = TaskHandle(self, task_id, request=request, submitted=True, poll=safety)
-        if ticket is not None:
-            ticket.bind(handle)
-        return handle
+        return await self._submitter.submit(request)
 
     def vary_many(
         self,
         requests: Requests,
         *,
-        concurrency: int = 16,
+        concurrency: int = DEFAULT_CONCURRENCY,
         timeout: float | UseDefault | None = USE_DEFAULT,
         poll: PollPolicy | None = None,
         on_event: OnEvent | None = None,
         download: str | os.PathLike[str] | None = None,
-        download_concurrency: int = 4,
+        download_concurrency: int = DEFAULT_DOWNLOAD_CONCURRENCY,
     ) -> FanOut:
         """Run many vary jobs; iterate the result for one :class:`VaryOutcome` per job.
 
@@ -368,10 +350,8 @@ class Session:
             TypeError, ValueError: An argument is invalid (before anything is sent).
 
         """
-        self._check_open()
-        return FanOut(
-            self,
-            requests,
+        self._core.check_open()
+        options = FanOutOptions(
             concurrency=concurrency,
             timeout=timeout,
             poll=poll,
@@ -379,18 +359,10 @@ class Session:
             download=download,
             download_concurrency=download_concurrency,
         )
+        return FanOut(self._core, self._submitter, check_requests(requests), options)
 
-    async def vary_all(
-        self,
-        requests: Requests,
-        *,
-        concurrency: int = 16,
-        timeout: float | UseDefault | None = USE_DEFAULT,
-        poll: PollPolicy | None = None,
-        on_event: OnEvent | None = None,
-        download: str | os.PathLike[str] | None = None,
-        download_concurrency: int = 4,
-    ) -> list[VaryOutcome]:
+    @_takes_options_of(vary_many)
+    async def vary_all(self, requests: Requests, **options: Any) -> list[VaryOutcome]:
         """Run every job like :meth:`vary_many` and return the outcomes in input order.
 
         Takes the same arguments. The list holds one outcome per input item; cancelling
@@ -401,30 +373,7 @@ class Session:
         Raises:
             SessionClosedError: The session was closed before every job finished.
         """
-        outcomes: list[VaryOutcome] = []
-        async with self.vary_many(
-            requests,
-            concurrency=concurrency,
-            timeout=timeout,
-            poll=poll,
-            on_event=on_event,
-            download=download,
-            download_concurrency=download_concurrency,
-        ) as fanout:
-            try:
-                async for outcome in fanout:
-                    outcomes.append(outcome)  # noqa: PERF401 - kept if the loop raises
-            except BaseException:
-                _log_dropped(outcomes)
-                raise
-            if not fanout._complete:  # the session's close ended the loop, not the jobs
-                _log_dropped(outcomes)
-                raise SessionClosedError(
-                    "the Session was closed while vary_all was running; the task ids of its "
-                    "jobs are logged"
-                )
-        outcomes.sort(key=lambda outcome: outcome.index)
-        return outcomes
+        return await collect_all(self.vary_many(requests, **options))
 
     async def download(
         self, record: TaskRecord, directory: str | os.PathLike[str], *, concurrency: int = 4
@@ -456,11 +405,8 @@ class Session:
         if not isinstance(record, TaskRecord):
             raise TypeError(f"record must be a midvary.TaskRecord, not {type(record).__name__}")
         path = check_directory(directory)
-        limit = check_concurrency(concurrency)
-        self._open()
-        assert self._http is not None  # noqa: S101 - _open() made it
-        return await download_record(
-            self._http, record, path, timeout=self._timeout, retry=self.retry, concurrency=limit
+        return await self._core.download(
+            record, path, concurrency=count(concurrency, "concurrency")
         )
 
     def task(self, task_id: str) -> TaskHandle:
@@ -470,8 +416,8 @@ class Session:
             TypeError, ValueError: ``task_id`` is not a usable id.
 
         """
-        self._check_open()
-        return TaskHandle(self, check_task_id(task_id))
+        self._core.check_open()
+        return TaskHandle(self._core, check_task_id(task_id))
 
     async def get_task(self, task_id: str) -> TaskRecord:
         """Fetch a task's record once (one GET), in whatever state it is.
@@ -481,49 +427,4 @@ class Session:
             APIError, TransportError, ProtocolError: The request failed.
 
         """
-        return await self._fetch_record(check_task_id(task_id))
-
-    async def _fetch_record(self, task_id: str) -> TaskRecord:
-        transport = self._open()
-        try:
-            data = await transport.call("GET", RECORD_PATH, params={"taskId": task_id})
-        except (ValidationError, NotFoundError) as exc:
-            # 404, or the provider's other way of saying "no such record (yet)": 422
-            # "recordInfo is null". Either becomes a NotFoundError that names the task.
-            if isinstance(exc, ValidationError) and "recordinfo is null" not in exc.message.lower():
-                raise
-            raise NotFoundError(
-                f"task {task_id} not found ({exc.message})",
-                code=exc.code,
-                http_status=exc.http_status,
-            ) from exc
-        if data is None:
-            raise NotFoundError(f"task {task_id} not found (empty record)", code=404)
-        record = structure_record(data)
-        if record.task_id != task_id:
-            raise ProtocolError(
-                f"asked for task {task_id}, the provider answered with {record.task_id}"
-            )
-        return record
-
-
-def _log_dropped(outcomes: list[VaryOutcome]) -> None:
-    """Log the task ids of finished jobs whose outcomes a failing ``vary_all`` drops."""
-    dropped = [o for o in outcomes if o.task_id is not None or o.uncertain]
-    if dropped:
-        logger.warning(
-            "vary_all ended early: %d finished jobs are not returned (task ids: %s)",
-            len(dropped),
-            ", ".join(o.task_id or "unknown (uncertain)" for o in dropped),
-        )
-
-
-def _check_receiver(callbacks: object) -> CallbackReceiver | None:
-    if callbacks is None:
-        return None
-    if not isinstance(callbacks, CallbackReceiver):
-        raise TypeError(
-            f"callbacks must be a midvary.CallbackReceiver or None, not {type(callbacks).__name__}"
-        )
-    callbacks._check_usable()
-    return callbacks
+        return await self._core.fetch_record(check_task_id(task_id))

@@ -27,7 +27,8 @@ import aiohttp
 import yarl
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from ._errors import ERROR_CLASSES, APIError, DownloadError, ProtocolError, TransportError
+from ._converter import envelope_code
+from ._errors import ERROR_CLASSES, DownloadError, ProtocolError, TransportError, error_for
 from ._version import USER_AGENT
 
 logger = logging.getLogger(__name__)
@@ -51,14 +52,6 @@ def parse_retry_after(value: str | None) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
-
-
-def error_for(
-    code: int, message: str, *, http_status: int | None, retry_after: float | None = None
-) -> APIError:
-    """The :class:`APIError` subclass for envelope ``code`` (plain ``APIError`` if unknown)."""
-    cls = ERROR_CLASSES.get(code, APIError)
-    return cls(message, code=code, http_status=http_status, retry_after=retry_after)
 
 
 def _describe_body(raw: bytes) -> str:
@@ -306,12 +299,11 @@ class Transport:
                 f"{what}: HTTP {status} with {self._redact(_describe_body(raw))}",
                 http_status=status,
             )
-        code = envelope.get("code")
-        if isinstance(code, str) and code.strip().isdigit():
-            code = int(code)
-        if isinstance(code, bool) or not isinstance(code, int):
+        code = envelope_code(envelope.get("code"))
+        if code is None:
             raise ProtocolError(
-                f"{what}: envelope code is not an integer: {code!r:.40}", http_status=status
+                f"{what}: envelope code is not an integer: {envelope.get('code')!r:.40}",
+                http_status=status,
             )
         if ok_status and code == 200:
             return envelope.get("data")

@@ -7,17 +7,16 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 import midvary
+import midvary.testing
 
 from .mockapi import BASE, KEY, MockAPI
 
 # The fake provider's fixtures (fake_provider, midvary_session, ...), as users enable them.
 pytest_plugins = ["midvary.testing.pytest_plugin"]
 
-#: Policies that keep unit tests fast: milliseconds instead of seconds, no jitter.
-FAST_POLL = midvary.PollPolicy(
-    initial_delay=0.01, factor=1.5, max_delay=0.02, jitter=0.0, timeout=5.0, not_found_grace=1.0
-)
-FAST_RETRY = midvary.RetryPolicy(attempts=4, wait_initial=0.01, wait_max=0.02, wait_jitter=0.0)
+#: The fast test mode (milliseconds, no jitter), as users of midvary.testing get it.
+FAST_POLL = midvary.testing.FAST_POLL
+FAST_RETRY = midvary.testing.FAST_RETRY
 
 
 @pytest.fixture

@@ -673,7 +673,7 @@ async def test_receiver_without_url_needs_start(api: MockAPI) -> None:
         ({"safety_poll": {"initial_delay": 1}}, TypeError),
         ({"timestamp_tolerance": 0}, ValueError),
         ({"duplicate_grace": -1}, ValueError),
-        ({"token_ttl": True}, ValueError),
+        ({"token_ttl": True}, TypeError),
     ],
 )
 def test_bad_receiver_settings_are_refused(kwargs: dict[str, Any], error: type[Exception]) -> None:

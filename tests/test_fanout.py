@@ -134,7 +134,7 @@ async def test_429_slows_the_limiter_down() -> None:
     # The client believes in ten times the provider's real limit.
     async with fake_session(submit_limit=(4, 0.4), submit_rate=(40, 0.4)) as (fake, session):
         outcomes = await session.vary_all(requests(16), concurrency=16, on_event=events.append)
-        assert session._limiter.allowance < 40
+        assert session._submitter.limiter.allowance < 40
     assert all(o.ok for o in outcomes), [o.error for o in outcomes if o.error]
     told = [e for e in events if e.kind is Kind.RATE_LIMITED and e.error is not None]
     assert all(isinstance(e.error, midvary.RateLimitError) for e in told)

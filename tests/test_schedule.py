@@ -123,4 +123,4 @@ async def test_session_learns_durations_from_provider_times(
             ),
         )
         await (await session.vary("parent-1", 0)).wait(poll=FAST_POLL)
-    assert session._durations.bounds() == (20.0, 20.0 + MIN_SAMPLES - 1)
+    assert session._core.durations.bounds() == (20.0, 20.0 + MIN_SAMPLES - 1)

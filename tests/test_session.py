@@ -14,13 +14,19 @@ from .conftest import FAST_POLL, FAST_RETRY
 from .mockapi import BASE, KEY, VARY_URL, MockAPI, record, record_url
 
 
-def test_key_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_key_from_environment(monkeypatch: pytest.MonkeyPatch, api: MockAPI) -> None:
     """api_key=None reads MIDVARY_API_KEY, falling back to KIE_API_KEY."""
     monkeypatch.delenv("MIDVARY_API_KEY", raising=False)
     monkeypatch.setenv("KIE_API_KEY", "kie-key")
-    assert midvary.Session()._api_key == "kie-key"
-    monkeypatch.setenv("MIDVARY_API_KEY", "midvary-key")
-    assert midvary.Session()._api_key == "midvary-key"
+    sent: list[str] = []
+    for key in ("kie-key", "midvary-key"):
+        if key == "midvary-key":
+            monkeypatch.setenv("MIDVARY_API_KEY", key)
+        api.envelope("POST", VARY_URL, data={"taskId": "new-1"})
+        async with midvary.Session(base_url=BASE, retry=FAST_RETRY) as session:
+            await session.vary("parent-1", 0)
+        sent.append(api.calls("POST", VARY_URL)[-1].kwargs["headers"]["Authorization"])
+    assert sent == ["Bearer kie-key", "Bearer midvary-key"]
 
 
 def test_missing_key_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -94,7 +100,7 @@ async def test_key_never_appears_in_reprs_messages_or_logs(
         with pytest.raises(midvary.TaskFailedError) as failed:
             await handle
         seen += [repr(handle), str(failed.value), repr(failed.value.record)]
-        seen.append(repr(session._transport))
+        seen += [repr(session._core), repr(session._core.open())]
     seen += [r.getMessage() for r in caplog.records]
     assert caplog.records, "DEBUG logging produced no lines to check"
     for text in seen:

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
+import attrs
 import pytest
 
 import midvary
+from midvary._submit import Submitter
 
-from .conftest import FAST_RETRY
-from .mockapi import BASE, KEY, VARY_URL, MockAPI
+from .conftest import FAST_POLL, FAST_RETRY
+from .mockapi import BASE, KEY, VARY_URL, MockAPI, record, record_url
 
 FINAL_CODES = {
     400: midvary.BadRequestError,
@@ -194,3 +199,133 @@ async def test_submit_after_close_is_a_clear_error(session: midvary.Session, api
     with pytest.raises(midvary.SessionClosedError):
         await session.vary("parent-1", 0)
     assert api.count() == 0
+
+
+class _StopError(Exception):
+    """Raised by an on_event hook to end a job at its first limiter wait."""
+
+
+def _limited_session() -> midvary.Session:
+    """A session that allows one submission a minute and never retries one."""
+    return midvary.Session(
+        api_key=KEY,
+        base_url=BASE,
+        poll=FAST_POLL,
+        retry=attrs.evolve(FAST_RETRY, attempts=1),
+        submit_rate=(1, 60.0),
+    )
+
+
+REFUSALS = {
+    "429": {"code": 429},
+    "455": {"code": 455},
+    "never-sent": None,
+}
+
+
+@pytest.mark.parametrize("refusal", list(REFUSALS), ids=list(REFUSALS))
+async def test_unaccepted_posts_give_their_limiter_slot_back(api: MockAPI, refusal: str) -> None:
+    """A POST certainly not accepted (429, 455, never sent) leaves the window's budget whole."""
+    answer = REFUSALS[refusal]
+    if answer is None:
+        key = aiohttp.client_reqrep.ConnectionKey("api.test", 443, True, True, None, None, None)
+        api.add(VARY_URL, "POST", exception=aiohttp.ClientConnectorError(key, OSError(111, "x")))
+    else:
+        api.envelope("POST", VARY_URL, code=answer["code"], msg="refused")
+    api.envelope("POST", VARY_URL, data={"taskId": "new-1"})
+    api.envelope("GET", record_url("new-1"), data=record("new-1", flag=1))
+    kinds: list[midvary.JobEventKind] = []
+    async with _limited_session() as session:
+        with pytest.raises(midvary.MidvaryError) as refused:
+            await session.vary("parent-1", 0)
+        assert not isinstance(refused.value, midvary.SubmitUncertainError)
+        (outcome,) = await session.vary_all(
+            [midvary.VaryRequest(task_id="parent-1", image_index=1)],
+            on_event=lambda event: kinds.append(event.kind),
+        )
+    assert outcome.ok
+    assert outcome.task_id == "new-1"
+    assert midvary.JobEventKind.RATE_LIMITED not in kinds
+
+
+async def test_uncertain_posts_keep_their_limiter_slot(api: MockAPI) -> None:
+    """A POST whose answer was lost may have been accepted: its slot stays counted."""
+    api.envelope("POST", VARY_URL, code=500, msg="boom")
+    waits: list[float | None] = []
+
+    def stop_at_first_wait(event: midvary.JobEvent) -> None:
+        if event.kind is midvary.JobEventKind.RATE_LIMITED:
+            waits.append(event.wait)
+            raise _StopError
+
+    async with _limited_session() as session:
+        with pytest.raises(midvary.SubmitUncertainError):
+            await session.vary("parent-1", 0)
+        (outcome,) = await session.vary_all(
+            [midvary.VaryRequest(task_id="parent-1", image_index=1)], on_event=stop_at_first_wait
+        )
+    assert isinstance(outcome.error, _StopError)
+    (wait, *_rest) = waits
+    assert wait is not None
+    assert wait > 30.0
+    assert len(api.calls("POST", VARY_URL)) == 1
+
+
+class _ToyStore:
+    """A SubmitStore that records what the submitter tells it (the seam of a shared store)."""
+
+    def __init__(self, known: str | None = None) -> None:
+        self.known = known
+        self.log: list[str] = []
+
+    @contextlib.asynccontextmanager
+    async def claim(self, request: midvary.VaryRequest) -> AsyncIterator[_ToyStore]:
+        self.log.append(f"claim {request.task_id}/{request.image_index}")
+        try:
+            yield self
+        finally:
+            self.log.append("leave")
+
+    @property
+    def task_id(self) -> str | None:
+        return self.known
+
+    async def accepted(self, task_id: str) -> None:
+        self.log.append(f"accepted {task_id}")
+
+    async def refused(self, error: BaseException) -> None:
+        self.log.append(f"refused {type(error).__name__}")
+
+
+@pytest.mark.parametrize(
+    ("answer", "known", "log", "posts"),
+    [
+        ({"data": {"taskId": "new-1"}}, None, ["claim parent-1/0", "accepted new-1", "leave"], 1),
+        ({"code": 402}, None, ["claim parent-1/0", "refused InsufficientCreditsError", "leave"], 1),
+        ({"code": 500}, None, ["claim parent-1/0", "leave"], 1),
+        (None, "old-7", ["claim parent-1/0", "leave"], 0),
+    ],
+    ids=["accepted", "refused", "uncertain", "known-key"],
+)
+async def test_a_store_claims_before_the_post_and_hears_the_verdict(
+    session: midvary.Session,
+    api: MockAPI,
+    answer: dict[str, Any] | None,
+    known: str | None,
+    log: list[str],
+    posts: int,
+) -> None:
+    """The submitter claims the key first, then records the task id, or releases a refusal."""
+    if answer is not None:
+        api.envelope("POST", VARY_URL, **answer)
+    store = _ToyStore(known)
+    submitter = Submitter(session._core, limiter=None, tickets=None, store=store)
+    request = midvary.VaryRequest(task_id="parent-1", image_index=0)
+    try:
+        handle = await submitter.submit(request)
+    except midvary.MidvaryError:
+        pass
+    else:
+        assert handle.task_id == (known or "new-1")
+    assert store.log == log
+    assert len(api.calls("POST", VARY_URL)) == posts

@@ -10,9 +10,15 @@
         ...  # point a client at fake.base_url with fake.api_key
 
 pytest users can enable the fixtures of :mod:`midvary.testing.pytest_plugin` instead.
+
+The fast test mode is :data:`FAST_POLL` and :data:`FAST_RETRY`: policies in milliseconds for
+a session that talks to the fake (the plugin's ``midvary_session`` uses them)::
+
+    midvary.Session(..., poll=midvary.testing.FAST_POLL, retry=midvary.testing.FAST_RETRY)
 """
 
 from ._clock import ManualClock
+from ._fast import FAST_POLL, FAST_RETRY
 from ._images import PNG_SIGNATURE
 from ._provider import FakeProvider
 from ._settings import FAULT_KINDS, Endpoint, FakeSettings, FaultKind, TimeFormat
@@ -21,6 +27,8 @@ from ._stats import CallbackFailure, FakeStats
 from ._wire import callback_signature
 
 __all__ = [
+    "FAST_POLL",
+    "FAST_RETRY",
     "FAULT_KINDS",
     "PNG_SIGNATURE",
     "CallbackFailure",

@@ -11,8 +11,9 @@ They need pytest-asyncio. Fixtures (all function-scoped):
   Override this fixture in a conftest to change the knobs for a directory of tests, or call
   ``fake_provider.update(...)`` inside one test.
 - ``fake_provider``: a started :class:`~midvary.testing.FakeProvider`, closed afterwards.
-- ``midvary_session``: an open ``midvary.Session`` pointed at ``fake_provider`` with
-  polling and retry policies measured in milliseconds, closed afterwards.
+- ``midvary_session``: an open ``midvary.Session`` pointed at ``fake_provider`` with the
+  fast test mode (:data:`~midvary.testing.FAST_POLL`, :data:`~midvary.testing.FAST_RETRY`),
+  closed afterwards.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING
 import pytest
 import pytest_asyncio
 
+from ._fast import FAST_POLL, FAST_RETRY
 from ._provider import FakeProvider
 from ._settings import FakeSettings
 
@@ -59,17 +61,8 @@ async def midvary_session(fake_provider: FakeProvider) -> AsyncIterator[midvary.
     async with midvary.Session(
         api_key=fake_provider.api_key,
         base_url=fake_provider.base_url,
-        poll=midvary.PollPolicy(
-            initial_delay=0.02,
-            factor=1.5,
-            max_delay=0.1,
-            jitter=0.0,
-            timeout=30.0,
-            not_found_grace=5.0,
-            # Once durations are learned, aim at a detection delay fit for 0.2 s tasks.
-            target_delay=0.02,
-        ),
-        retry=midvary.RetryPolicy(wait_initial=0.01, wait_max=0.05, wait_jitter=0.0),
+        poll=FAST_POLL,
+        retry=FAST_RETRY,
         # FAST_SETTINGS has no submit limit: neither has the client, so tests never wait.
         submit_rate=None,
     ) as session:

@@ -26,6 +26,7 @@ from typing import Any, Literal
 import attrs
 
 import midvary
+import midvary.testing
 from midvary._cli.tally import Ending, Tally
 from midvary.testing import FakeProvider, FakeSettings
 
@@ -33,19 +34,11 @@ from ..test_bulk_resume import command, environment, journal_rows, result_lines
 
 Kind = midvary.JobEventKind
 
-#: Polling for campaigns: milliseconds, a small learned step, a generous deadline.
-POLL = midvary.PollPolicy(
-    initial_delay=0.02,
-    factor=1.5,
-    max_delay=0.1,
-    jitter=0.01,
-    timeout=60.0,
-    not_found_grace=5.0,
-    target_delay=0.02,
-)
+#: Polling for campaigns: the fast test mode with a little jitter and a generous deadline.
+POLL = attrs.evolve(midvary.testing.FAST_POLL, jitter=0.01, timeout=60.0)
 #: Retries for submissions: enough attempts to outlast a maintenance window or a 429 storm.
-PATIENT_RETRY = midvary.RetryPolicy(
-    attempts=60, wait_initial=0.01, wait_max=0.1, wait_jitter=0.02, max_retry_after=1.0
+PATIENT_RETRY = attrs.evolve(
+    midvary.testing.FAST_RETRY, attempts=60, wait_max=0.1, wait_jitter=0.02, max_retry_after=1.0
 )
 
 

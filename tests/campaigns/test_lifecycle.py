@@ -118,8 +118,8 @@ async def test_handles_outlive_their_wait_timeout(n: int) -> None:
         for h in handles:
             with pytest.raises(midvary.TaskTimeoutError):
                 await h.wait(timeout=0.05, poll=attrs.evolve(FAST_POLL, target_delay=None))
-            assert not h._sleepers
-        assert not session._waiters
+            assert not h._alarm.sleeping
+        assert not session._core.waiting
 
 
 # -- fan-outs: cancelled mid-way, or cut by the session's close ------------------------------

@@ -11,6 +11,7 @@ import attrs
 import pytest
 
 import midvary
+import midvary.testing
 from midvary.testing import FakeProvider, FakeSettings, ManualClock
 
 #: The fake's wall clock at start (Unix seconds), so that reported times can be predicted.
@@ -25,18 +26,9 @@ BASE_SETTINGS: dict[str, Any] = {
     "submit_limit": None,
 }
 
-#: Polling in milliseconds. target_delay is small too: once a session has seen 5 tasks
-#: succeed it polls every 2 * target_delay seconds.
-FAST_POLL = midvary.PollPolicy(
-    initial_delay=0.02,
-    factor=1.5,
-    max_delay=0.1,
-    jitter=0.0,
-    timeout=20.0,
-    not_found_grace=5.0,
-    target_delay=0.02,
-)
-FAST_RETRY = midvary.RetryPolicy(attempts=8, wait_initial=0.01, wait_max=0.05, wait_jitter=0.0)
+#: The fast test mode: polling and retries in milliseconds (see midvary.testing).
+FAST_POLL = midvary.testing.FAST_POLL
+FAST_RETRY = midvary.testing.FAST_RETRY
 
 
 class StartFake(Protocol):

@@ -1,0 +1,203 @@
+"""SessionCore: the state a session shares with its handles, fan-outs and submitter.
+
+:class:`~midvary.Session` is the public façade; this object is what the other modules are
+given instead of the session, so that none of them reaches into the session's privates. It
+holds the open/closed state and the transport, the defaults of waits and retries, the
+randomness of jitter, the durations learned, the registries of waits (their alarms) and
+fan-outs that closing must end, and the one ``record-info`` fetch.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Final, Protocol
+
+import aiohttp
+
+from ._converter import structure_record
+from ._download import download_record
+from ._errors import NotFoundError, ProtocolError, SessionClosedError
+from ._polling import DurationStats
+from ._transport import Transport
+
+if TYPE_CHECKING:
+    import yarl
+
+    from ._config import PollPolicy, RetryPolicy
+    from ._models import TaskRecord
+    from ._polling import Alarm
+
+RECORD_PATH: Final = "/api/v1/mj/record-info"
+
+
+class _State(enum.Enum):
+    UNOPENED = "unopened"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class Closable(Protocol):
+    """Something the session's close must end first (a running fan-out)."""
+
+    async def aclose(self) -> None:
+        """Stop and wait until stopped; idempotent."""
+
+
+class SessionCore:
+    """What handles, fan-outs and the submitter need of their session.
+
+    Attributes:
+        poll: The default :class:`PollPolicy` of waits.
+        retry: The :class:`RetryPolicy` of submissions, polls' retries and downloads.
+        index_base: Added to a vary's 0-based image index on the wire (0 or 1).
+        rng: The source of jitter.
+        durations: What the session learned about task durations.
+        waiting: The alarms of the waits in progress (closing wakes them with an error).
+        fanouts: The fan-outs running (closing ends them first).
+
+    """
+
+    __slots__ = (
+        "_api_key",
+        "_base_url",
+        "_http",
+        "_owns_http",
+        "_state",
+        "_transport",
+        "durations",
+        "fanouts",
+        "index_base",
+        "poll",
+        "retry",
+        "rng",
+        "timeout",
+        "waiting",
+    )
+
+    def __init__(
+        self,
+        *,
+        base_url: yarl.URL,
+        api_key: str,
+        timeout: aiohttp.ClientTimeout,
+        http: aiohttp.ClientSession | None,
+        poll: PollPolicy,
+        retry: RetryPolicy,
+        index_base: int,
+        seed: int | None,
+    ) -> None:
+        self._base_url = base_url
+        self._api_key = api_key
+        self.timeout = timeout
+        self._http = http
+        self._owns_http = http is None
+        self._transport: Transport | None = None
+        self._state = _State.UNOPENED
+        self.poll = poll
+        self.retry = retry
+        self.index_base = index_base
+        self.rng = random.Random(seed)
+        self.durations = DurationStats()
+        self.waiting: set[Alarm] = set()
+        self.fanouts: set[Closable] = set()
+
+    def __repr__(self) -> str:
+        return f"<SessionCore base_url={str(self._base_url)!r} state={self.state}>"
+
+    @property
+    def base_url(self) -> yarl.URL:
+        """The API's base URL, without a trailing slash."""
+        return self._base_url
+
+    @property
+    def state(self) -> str:
+        """``"unopened"``, ``"open"`` or ``"closed"``."""
+        return self._state.value
+
+    @property
+    def closed(self) -> bool:
+        """Whether the session closed; it cannot be reopened."""
+        return self._state is _State.CLOSED
+
+    def check_open(self) -> None:
+        """Raise :class:`SessionClosedError` if the session closed."""
+        if self._state is _State.CLOSED:
+            raise SessionClosedError("this Session is closed; create a new one")
+
+    def open(self) -> Transport:
+        """The transport, opened on first use (and the HTTP session, unless one was given)."""
+        if self._transport is not None and self._state is _State.OPEN:
+            return self._transport
+        if self._state is _State.CLOSED:
+            raise SessionClosedError(
+                "this Session is closed and cannot be reopened; create a new one"
+            )
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+        self._transport = Transport(
+            self._http, base_url=self._base_url, api_key=self._api_key, timeout=self.timeout
+        )
+        self._state = _State.OPEN
+        return self._transport
+
+    async def fetch_record(self, task_id: str) -> TaskRecord:
+        """One ``record-info`` GET: the task's record, in whatever state it is.
+
+        Raises:
+            NotFoundError: No such task is visible (yet); the message names the task.
+            APIError, TransportError, ProtocolError: The request failed.
+
+        """
+        transport = self.open()
+        try:
+            data = await transport.call("GET", RECORD_PATH, params={"taskId": task_id})
+        except NotFoundError as exc:
+            raise NotFoundError(
+                f"task {task_id} not found ({exc.message})",
+                code=exc.code,
+                http_status=exc.http_status,
+            ) from exc
+        if data is None:
+            raise NotFoundError(f"task {task_id} not found (empty record)", code=404)
+        record = structure_record(data)
+        if record.task_id != task_id:
+            raise ProtocolError(
+                f"asked for task {task_id}, the provider answered with {record.task_id}"
+            )
+        return record
+
+    async def download(
+        self, record: TaskRecord, directory: Path, *, concurrency: int
+    ) -> tuple[Path, ...]:
+        """Download ``record``'s images (arguments already checked); see ``Session.download``."""
+        self.open()
+        assert self._http is not None  # noqa: S101 - open() made it
+        return await download_record(
+            self._http,
+            record,
+            directory,
+            timeout=self.timeout,
+            retry=self.retry,
+            concurrency=concurrency,
+        )
+
+    async def aclose(self, closing: Callable[[], None]) -> None:
+        """Close: end the fan-outs, call ``closing()``, end the waits, close own HTTP session.
+
+        ``closing`` runs once the state is closed and before the waits are woken (the
+        submitter closes its limiter and forgets its callback tokens there). Idempotent.
+        """
+        if self._state is _State.CLOSED:
+            return
+        for fanout in tuple(self.fanouts):
+            await fanout.aclose()
+        self._state = _State.CLOSED
+        closing()
+        closed = SessionClosedError("the Session was closed while waiting for this task")
+        for alarm in tuple(self.waiting):
+            alarm.wake(closed)
+        if self._owns_http and self._http is not None:
+            await self._http.close()

@@ -1,0 +1,184 @@
+"""What a fan-out's jobs report: their events and outcomes, and the options of a fan-out.
+
+Public records (:class:`JobEventKind`, :class:`JobEvent`, :class:`VaryOutcome`,
+:class:`UnfinishedJob`) and :class:`FanOutOptions`, the one validated copy of the keyword
+arguments of ``Session.vary_many`` and ``Session.vary_all``.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import attrs
+
+from ._config import USE_DEFAULT, PollPolicy, UseDefault
+from ._errors import SubmitUncertainError
+from ._models import TaskRecord, VaryRequest
+from ._validate import callable_or_none, count, directory, instance, optional_seconds
+
+
+class JobEventKind(enum.Enum):
+    """What happened to one job of a fan-out; see :class:`JobEvent`."""
+
+    #: A POST of the job's submission is about to be sent (once per attempt). The hook runs
+    #: before the request leaves: a journal written here is on disk before the provider
+    #: could have billed anything. If the hook raises, nothing is sent.
+    SUBMITTING = "submitting"
+    #: The provider accepted the submission; ``task_id`` is set.
+    SUBMITTED = "submitted"
+    #: The job is about to wait ``wait`` seconds: for the client's rate limiter (``error``
+    #: is ``None``), or after the provider answered 429 (``error`` is the
+    #: :class:`RateLimitError`; the limiter has slowed down).
+    RATE_LIMITED = "rate_limited"
+    #: The job succeeded; ``outcome`` holds the record (and the downloaded paths).
+    DONE = "done"
+    #: The job failed; ``outcome.error`` says why (``task_id`` is set if it was submitted).
+    FAILED = "failed"
+
+
+@attrs.frozen(kw_only=True)
+class VaryOutcome:
+    """The result of one job of a fan-out: exactly one of ``record`` and ``error`` is set.
+
+    Attributes:
+        index: The job's position in the input, 0-based.
+        request: The job's request; ``None`` when the input item was not a
+            :class:`VaryRequest` (then ``error`` is a ``TypeError``) or was a handle
+            re-attached with :meth:`Session.task`.
+        task_id: The provider's id of the job's task, or ``None`` when it was never
+            accepted (or its acceptance was lost: see ``uncertain``).
+        record: The final record of a task that succeeded, else ``None``.
+        error: Why the job failed, else ``None``: a ``TypeError`` or ``ValueError`` for a bad
+            item, :class:`SubmitUncertainError`, an :class:`APIError`,
+            :class:`TaskFailedError`, :class:`TaskTimeoutError`, a download error, or an
+            exception raised by your ``on_event`` hook.
+        paths: The downloaded files, in the order of ``record.image_urls`` (empty unless the
+            fan-out downloads).
+
+    """
+
+    index: int
+    request: VaryRequest | None
+    task_id: str | None = None
+    record: TaskRecord | None = None
+    error: Exception | None = None
+    paths: tuple[Path, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """Whether the job succeeded (``record`` is set)."""
+        return self.error is None
+
+    @property
+    def uncertain(self) -> bool:
+        """Whether the submission's fate is unknown: it may exist and be billed.
+
+        Such a job is never re-submitted automatically.
+        """
+        return isinstance(self.error, SubmitUncertainError)
+
+
+@attrs.frozen(kw_only=True)
+class JobEvent:
+    """One step of one job, as delivered to a fan-out's ``on_event`` hook.
+
+    Attributes:
+        kind: What happened (:class:`JobEventKind`).
+        index: The job's position in the input, 0-based.
+        request: The job's request (``None`` as in :attr:`VaryOutcome.request`).
+        task_id: The task's id, once the submission was accepted.
+        wait: For ``RATE_LIMITED``: the seconds the job is about to wait (``0.0`` when it
+            waits for a submission in flight to end); else ``None``.
+        error: For ``RATE_LIMITED`` after a 429: the :class:`RateLimitError`; for
+            ``FAILED``: the job's error; else ``None``.
+        outcome: For ``DONE`` and ``FAILED``: the job's :class:`VaryOutcome`.
+
+    """
+
+    kind: JobEventKind
+    index: int
+    request: VaryRequest | None
+    task_id: str | None = None
+    wait: float | None = None
+    error: Exception | None = None
+    outcome: VaryOutcome | None = None
+
+
+@attrs.frozen(kw_only=True)
+class UnfinishedJob:
+    """A job whose outcome a cancelled or closed :class:`FanOut` did not hand out.
+
+    Attributes:
+        index: The job's position in the input, 0-based.
+        request: The job's request (``None`` as in :attr:`VaryOutcome.request`).
+        task_id: The task's id if the submission was accepted: re-attach it with
+            :meth:`Session.task`. ``None`` if it was not (or see ``uncertain``).
+        uncertain: ``True`` when a submission was sent and its answer never seen (it was
+            cut by the cancellation, or lost): the task may exist and be billed.
+
+    """
+
+    index: int
+    request: VaryRequest | None
+    task_id: str | None
+    uncertain: bool
+
+
+OnEvent = Callable[[JobEvent], None]
+
+#: The default of ``concurrency`` (jobs in flight) and ``download_concurrency`` (images).
+DEFAULT_CONCURRENCY = 16
+DEFAULT_DOWNLOAD_CONCURRENCY = 4
+
+
+# attrs converters: each checks one option and names it in its error.
+def _concurrency(value: object) -> int:
+    return count(value, "concurrency")
+
+
+def _timeout(value: object) -> float | UseDefault | None:
+    return USE_DEFAULT if value is USE_DEFAULT else optional_seconds(value, "timeout")
+
+
+def _poll(value: object) -> PollPolicy | None:
+    return instance(value, PollPolicy, "poll", what="a midvary.PollPolicy")
+
+
+def _on_event(value: OnEvent | None) -> OnEvent | None:
+    return callable_or_none(value, "on_event")
+
+
+def _download(value: str | os.PathLike[str] | None) -> Path | None:
+    return None if value is None else directory(value, "download")
+
+
+def _download_concurrency(value: object) -> int:
+    return count(value, "download_concurrency")
+
+
+@attrs.frozen(kw_only=True)
+class FanOutOptions:
+    """How a fan-out runs its jobs, validated once; see :meth:`Session.vary_many`.
+
+    Attributes:
+        concurrency: The most jobs in flight at once (>= 1).
+        timeout: Seconds each job may wait for its task; ``None``: no deadline;
+            ``USE_DEFAULT``: the poll policy's.
+        poll: The :class:`PollPolicy` of the waits; ``None`` means the session's.
+        on_event: Called with each :class:`JobEvent`; ``None`` for none.
+        download: The directory to download succeeded jobs' images into; ``None``: none.
+        download_concurrency: The most images of one job downloaded at once (>= 1).
+
+    """
+
+    concurrency: int = attrs.field(default=DEFAULT_CONCURRENCY, converter=_concurrency)
+    timeout: float | UseDefault | None = attrs.field(default=USE_DEFAULT, converter=_timeout)
+    poll: PollPolicy | None = attrs.field(default=None, converter=_poll)
+    on_event: OnEvent | None = attrs.field(default=None, converter=_on_event)
+    download: Path | None = attrs.field(default=None, converter=_download)
+    download_concurrency: int = attrs.field(
+        default=DEFAULT_DOWNLOAD_CONCURRENCY, converter=_download_concurrency
+    )

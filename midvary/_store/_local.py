@@ -1,0 +1,446 @@
+"""The store semantics in Python, once, for the in-memory and the SQLite stores.
+
+Each operation runs as one function over a :class:`Tx` (a transaction: the SQLite store runs
+it inside ``BEGIN IMMEDIATE`` in its worker thread; the in-memory store runs it at once on
+the event loop, where nothing interleaves). The Redis store implements the same semantics in
+Lua scripts; the shared contract tests hold the three to one behaviour.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import math
+from collections.abc import Callable
+from typing import Protocol, TypeVar
+
+import attrs
+
+from ._base import (
+    Claim,
+    ClaimState,
+    KeyStateName,
+    SlotRequest,
+    Store,
+    StoredJob,
+    conflict,
+    dump_request,
+    lost_claim,
+    lost_data_error,
+)
+
+T = TypeVar("T")
+
+
+@attrs.define(kw_only=True)
+class KeyRecord:
+    """One key's row."""
+
+    fingerprint: str
+    request: str
+    state: KeyStateName
+    holder: str
+    lease_until: float
+    task_id: str | None
+    expires_at: float
+
+
+@attrs.define(kw_only=True)
+class Window:
+    """One namespace's submission window: slots in flight, stamps, allowance, pause."""
+
+    allowance: int | None = None
+    grown_at: float = 0.0
+    paused_until: float = 0.0
+    stamps: dict[str, float] = attrs.field(factory=dict)
+    flight: dict[str, float] = attrs.field(factory=dict)  # slot id -> lease end
+
+    def tidy(self, now: float, count: int, window: float) -> int:
+        """Expire dead slots into stamps, drop old stamps, grow the allowance; return it."""
+        for slot_id, lease_until in list(self.flight.items()):
+            if lease_until < now:
+                # A dead process's POST may have been accepted up to its lease's end.
+                del self.flight[slot_id]
+                self.stamps[slot_id] = lease_until
+        for slot_id, stamp in list(self.stamps.items()):
+            if stamp <= now - window:
+                del self.stamps[slot_id]
+        allowance = count if self.allowance is None else min(self.allowance, count)
+        if allowance < count:
+            windows = math.floor((now - self.grown_at) / window)
+            if windows > 0:
+                allowance = min(count, allowance + windows)
+                self.grown_at += windows * window
+        self.allowance = allowance
+        return allowance
+
+    def acquire(self, now: float, rate: tuple[int, float], slot_id: str, lease_s: float) -> float:
+        """Take a slot (0.0) or return the seconds to wait."""
+        count, window = rate
+        allowance = self.tidy(now, count, window)
+        if slot_id in self.flight:
+            return 0.0
+        used = len(self.stamps) + len(self.flight)
+        pause = self.paused_until - now
+        if used < allowance and pause <= 0:
+            self.flight[slot_id] = now + lease_s
+            return 0.0
+        if used < allowance:
+            wait = pause
+        else:
+            excess = used - allowance
+            if excess >= len(self.stamps):
+                # Every slot is a POST in flight: poll, at most until the first lease ends.
+                wait = min(max(min(window / count, 0.25), 0.01), min(self.flight.values()) - now)
+            else:
+                wait = sorted(self.stamps.values())[excess] + window - now
+            wait = max(wait, pause)
+        return max(wait, 0.001)
+
+    def end(self, now: float, slot_id: str, *, refunded: bool) -> float | None:
+        """End a slot: a stamp at ``now``, or nothing when refunded."""
+        self.flight.pop(slot_id, None)
+        if refunded:
+            self.stamps.pop(slot_id, None)
+            return None
+        self.stamps[slot_id] = now
+        return now
+
+    def slow_down(self, now: float, rate: tuple[int, float], pause_s: float) -> int:
+        """Halve the allowance (once per pause) and pause."""
+        allowance = self.tidy(now, *rate)
+        if now >= self.paused_until:
+            allowance = self.allowance = max(1, allowance // 2)
+        self.grown_at = now
+        self.paused_until = max(self.paused_until, now + pause_s)
+        return allowance
+
+
+class Tx(Protocol):
+    """One transaction on a local store's data."""
+
+    now: float
+
+    def epoch(self, namespace: str, expected: str | None) -> str | None:
+        """The namespace's marker (created if absent and ``expected`` is None), or None."""
+
+    def get_key(self, namespace: str, key: str) -> KeyRecord | None:
+        """The key's record, or None."""
+
+    def put_key(self, namespace: str, key: str, record: KeyRecord) -> None:
+        """Write the key's record."""
+
+    def delete_key(self, namespace: str, key: str) -> bool:
+        """Delete the key's record; whether it existed."""
+
+    def keys(self, namespace: str | None) -> list[tuple[str, str, KeyRecord]]:
+        """Every (namespace, key, record), in one namespace or all."""
+
+    def get_window(self, namespace: str) -> Window:
+        """The namespace's window (a new one if absent)."""
+
+    def put_window(self, namespace: str, window: Window) -> None:
+        """Write the namespace's window."""
+
+
+class LocalStore(Store):
+    """The operations of :class:`~midvary._store.Store` over :meth:`_transact`."""
+
+    def __init__(self) -> None:
+        self._epochs: dict[str, str] = {}
+
+    @abc.abstractmethod
+    async def _transact(self, what: str, fn: Callable[[Tx], T]) -> T:
+        """Run ``fn`` in one transaction; errors of the backend become StoreError."""
+
+    def _live(self, tx: Tx, namespace: str) -> None:
+        """Check the namespace's marker: a store that lost its data raises StoreError."""
+        epoch = tx.epoch(namespace, self._epochs.get(namespace))
+        if epoch is None:
+            raise lost_data_error(namespace)
+        self._epochs[namespace] = epoch
+
+    def _record(self, tx: Tx, namespace: str, key: str) -> KeyRecord | None:
+        record = tx.get_key(namespace, key)
+        if record is not None and record.expires_at <= tx.now:
+            tx.delete_key(namespace, key)
+            return None
+        return record
+
+    def _take_slot(self, tx: Tx, namespace: str, slot: SlotRequest | None) -> float:
+        if slot is None or slot.rate is None:
+            return 0.0
+        window = tx.get_window(namespace)
+        wait = window.acquire(tx.now, slot.rate, slot.slot_id, slot.lease_s)
+        tx.put_window(namespace, window)
+        return wait
+
+    def _end_slot(self, tx: Tx, namespace: str, slot_id: str | None, *, refunded: bool) -> None:
+        if slot_id is not None:
+            window = tx.get_window(namespace)
+            window.end(tx.now, slot_id, refunded=refunded)
+            tx.put_window(namespace, window)
+
+    async def claim(
+        self,
+        namespace: str,
+        key: str,
+        *,
+        fingerprint: str,
+        request: object,
+        holder: str,
+        lease_s: float,
+        slot: SlotRequest | None = None,
+    ) -> Claim:
+        """See :meth:`Store.claim`."""
+        request_json = dump_request(request)
+
+        def run(tx: Tx) -> Claim:
+            self._live(tx, namespace)
+            now = tx.now
+            record = self._record(tx, namespace, key)
+            if record is None:
+                record = KeyRecord(
+                    fingerprint=fingerprint,
+                    request=request_json,
+                    state="claimed",
+                    holder=holder,
+                    lease_until=now + lease_s,
+                    task_id=None,
+                    expires_at=now + self.key_ttl,
+                )
+            elif record.fingerprint != fingerprint:
+                raise conflict(key, record.request)
+            elif record.state in ("submitted", "done"):
+                return Claim(state=ClaimState.KNOWN, task_id=record.task_id)
+            elif record.state == "uncertain":
+                return Claim(state=ClaimState.UNCERTAIN)
+            elif record.holder == holder:
+                record.lease_until = now + lease_s  # our own claim (a retried call)
+                if record.state == "sending":
+                    tx.put_key(namespace, key, record)
+                    return Claim(state=ClaimState.CLAIMED, slot_wait=0.0)
+            elif record.lease_until > now:
+                return Claim(state=ClaimState.BUSY, retry_after=record.lease_until - now)
+            elif record.state == "sending":
+                record.state = "uncertain"  # its sender died with the POST in flight
+                tx.put_key(namespace, key, record)
+                return Claim(state=ClaimState.UNCERTAIN)
+            else:  # claimed, and its holder died before sending: nothing was sent
+                record.holder = holder
+                record.lease_until = now + lease_s
+            wait = None
+            if slot is not None:
+                wait = self._take_slot(tx, namespace, slot)
+                if wait == 0.0:
+                    record.state = "sending"
+            tx.put_key(namespace, key, record)
+            return Claim(state=ClaimState.CLAIMED, slot_wait=wait)
+
+        return await self._transact(f"claim of key {key!r}", run)
+
+    async def mark_sending(
+        self, namespace: str, key: str, *, holder: str, lease_s: float, slot: SlotRequest | None
+    ) -> float:
+        """See :meth:`Store.mark_sending`."""
+
+        def run(tx: Tx) -> float:
+            self._live(tx, namespace)
+            record = self._held(tx, namespace, key, holder)
+            if record is None:
+                raise lost_claim(key)
+            record.lease_until = tx.now + lease_s
+            wait = self._take_slot(tx, namespace, slot)
+            if wait == 0.0:
+                record.state = "sending"
+            tx.put_key(namespace, key, record)
+            return wait
+
+        return await self._transact(f"marking key {key!r} sending", run)
+
+    def _held(self, tx: Tx, namespace: str, key: str, holder: str) -> KeyRecord | None:
+        record = self._record(tx, namespace, key)
+        if record is None or record.holder != holder:
+            return None
+        if record.state not in ("claimed", "sending"):
+            return None
+        return record
+
+    async def renew(self, namespace: str, key: str, *, holder: str, lease_s: float) -> bool:
+        """See :meth:`Store.renew`."""
+
+        def run(tx: Tx) -> bool:
+            self._live(tx, namespace)
+            record = self._held(tx, namespace, key, holder)
+            if record is None:
+                return False
+            record.lease_until = tx.now + lease_s
+            tx.put_key(namespace, key, record)
+            return True
+
+        return await self._transact(f"renewal of key {key!r}", run)
+
+    async def record_task(
+        self, namespace: str, key: str, *, holder: str, task_id: str, slot_id: str | None = None
+    ) -> bool:
+        """See :meth:`Store.record_task`."""
+
+        def run(tx: Tx) -> bool:
+            self._live(tx, namespace)
+            self._end_slot(tx, namespace, slot_id, refunded=False)
+            record = self._record(tx, namespace, key)
+            if record is None:
+                return False
+            if record.state in ("submitted", "done"):
+                return record.task_id == task_id
+            if record.holder != holder and record.state != "uncertain":
+                return False
+            record.state = "submitted"
+            record.task_id = task_id
+            record.expires_at = tx.now + self.key_ttl
+            tx.put_key(namespace, key, record)
+            return True
+
+        return await self._transact(f"recording the task of key {key!r}", run)
+
+    async def release(
+        self, namespace: str, key: str, *, holder: str, slot_id: str | None = None
+    ) -> bool:
+        """See :meth:`Store.release`."""
+
+        def run(tx: Tx) -> bool:
+            self._live(tx, namespace)
+            self._end_slot(tx, namespace, slot_id, refunded=True)
+            if self._held(tx, namespace, key, holder) is None:
+                return False
+            return tx.delete_key(namespace, key)
+
+        return await self._transact(f"release of key {key!r}", run)
+
+    async def unsend(
+        self, namespace: str, key: str, *, holder: str, slot_id: str | None = None
+    ) -> bool:
+        """See :meth:`Store.unsend`."""
+
+        def run(tx: Tx) -> bool:
+            self._live(tx, namespace)
+            self._end_slot(tx, namespace, slot_id, refunded=True)
+            record = self._held(tx, namespace, key, holder)
+            if record is None:
+                return False
+            record.state = "claimed"
+            tx.put_key(namespace, key, record)
+            return True
+
+        return await self._transact(f"marking key {key!r} claimed", run)
+
+    async def mark_uncertain(
+        self, namespace: str, key: str, *, holder: str, slot_id: str | None = None
+    ) -> bool:
+        """See :meth:`Store.mark_uncertain`."""
+
+        def run(tx: Tx) -> bool:
+            self._live(tx, namespace)
+            self._end_slot(tx, namespace, slot_id, refunded=False)
+            record = self._held(tx, namespace, key, holder)
+            if record is None:
+                return False
+            record.state = "uncertain"
+            tx.put_key(namespace, key, record)
+            return True
+
+        return await self._transact(f"marking key {key!r} uncertain", run)
+
+    async def mark_done(self, namespace: str, key: str, *, task_id: str) -> bool:
+        """See :meth:`Store.mark_done`."""
+
+        def run(tx: Tx) -> bool:
+            self._live(tx, namespace)
+            record = self._record(tx, namespace, key)
+            if record is None or record.task_id != task_id:
+                return False
+            record.state = "done"
+            tx.put_key(namespace, key, record)
+            return True
+
+        return await self._transact(f"marking key {key!r} done", run)
+
+    async def unfinished(self, *, namespace: str | None = None) -> list[StoredJob]:
+        """See :meth:`Store.unfinished`."""
+        namespace = namespace if namespace is not None else self.namespace
+
+        def run(tx: Tx) -> list[StoredJob]:
+            return [
+                job_of(ns, key, record)
+                for ns, key, record in tx.keys(namespace)
+                if record.state != "done" and record.expires_at > tx.now
+            ]
+
+        jobs = await self._transact("listing unfinished keys", run)
+        return sorted(jobs, key=lambda job: (job.namespace, job.key))
+
+    async def forget(self, key: str, *, namespace: str | None = None) -> bool:
+        """See :meth:`Store.forget`."""
+        namespace = namespace if namespace is not None else self.namespace
+
+        def run(tx: Tx) -> bool:
+            found = False
+            for ns, stored, _ in tx.keys(namespace):
+                if stored == key:
+                    found = tx.delete_key(ns, key) or found
+            return found
+
+        return await self._transact(f"forgetting key {key!r}", run)
+
+    async def acquire_slot(
+        self, namespace: str, *, rate: tuple[int, float], slot_id: str, lease_s: float
+    ) -> float:
+        """See :meth:`Store.acquire_slot`."""
+        slot = SlotRequest(slot_id=slot_id, rate=rate, lease_s=lease_s)
+        return await self._transact(
+            "taking a submission slot", lambda tx: self._take_slot(tx, namespace, slot)
+        )
+
+    async def end_slot(self, namespace: str, slot_id: str, *, refunded: bool) -> float | None:
+        """See :meth:`Store.end_slot`."""
+
+        def run(tx: Tx) -> float | None:
+            window = tx.get_window(namespace)
+            stamp = window.end(tx.now, slot_id, refunded=refunded)
+            tx.put_window(namespace, window)
+            return stamp
+
+        return await self._transact("ending a submission slot", run)
+
+    async def slow_down(self, namespace: str, *, rate: tuple[int, float], pause_s: float) -> int:
+        """See :meth:`Store.slow_down`."""
+
+        def run(tx: Tx) -> int:
+            window = tx.get_window(namespace)
+            allowance = window.slow_down(tx.now, rate, pause_s)
+            tx.put_window(namespace, window)
+            return allowance
+
+        return await self._transact("slowing the submission window down", run)
+
+    async def allowance(self, namespace: str, *, rate: tuple[int, float]) -> int:
+        """See :meth:`Store.allowance`."""
+
+        def run(tx: Tx) -> int:
+            window = tx.get_window(namespace)
+            allowance = window.tidy(tx.now, *rate)
+            tx.put_window(namespace, window)
+            return allowance
+
+        return await self._transact("reading the submission allowance", run)
+
+
+def job_of(namespace: str, key: str, record: KeyRecord) -> StoredJob:
+    """The public view of a key's record."""
+    return StoredJob(
+        key=key,
+        namespace=namespace,
+        request=json.loads(record.request),
+        task_id=record.task_id,
+        state=record.state,
+    )

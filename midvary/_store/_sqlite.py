@@ -1,0 +1,244 @@
+"""SQLiteStore: one file shared by several processes on one machine.
+
+Why stdlib ``sqlite3``: WAL mode lets readers and one writer work at once, and
+``BEGIN IMMEDIATE`` makes each operation one serialised read-modify-write across
+processes, which is all a claim needs. Every call runs in the store's one worker thread (the
+connection never leaves it), so the event loop never blocks on the file. The clock is the
+host's wall clock, which every process on the host shares.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from .._errors import StoreError
+from ._base import DEFAULT_KEY_TTL, check_namespace, check_seconds, new_epoch, store_error
+from ._local import KeyRecord, LocalStore, Tx, Window
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS midvary_keys (
+    ns TEXT NOT NULL, key TEXT NOT NULL, fingerprint TEXT NOT NULL, request TEXT NOT NULL,
+    state TEXT NOT NULL, holder TEXT NOT NULL, lease_until REAL NOT NULL, task_id TEXT,
+    expires_at REAL NOT NULL, PRIMARY KEY (ns, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS midvary_windows (ns TEXT PRIMARY KEY, state TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS midvary_epochs (ns TEXT PRIMARY KEY, epoch TEXT NOT NULL);
+"""
+
+_COLUMNS = "fingerprint, request, state, holder, lease_until, task_id, expires_at"
+
+
+class _SQLiteTx:
+    """One ``BEGIN IMMEDIATE`` transaction, in the worker thread."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.now = time.time()
+        self._conn = conn
+
+    def epoch(self, namespace: str, expected: str | None) -> str | None:
+        row = self._conn.execute(
+            "SELECT epoch FROM midvary_epochs WHERE ns = ?", (namespace,)
+        ).fetchone()
+        if row is None:
+            if expected is not None:
+                return None
+            epoch = new_epoch()
+            self._conn.execute("INSERT INTO midvary_epochs VALUES (?, ?)", (namespace, epoch))
+            return epoch
+        current = str(row[0])
+        return current if expected in (None, current) else None
+
+    def get_key(self, namespace: str, key: str) -> KeyRecord | None:
+        row = self._conn.execute(
+            f"SELECT {_COLUMNS} FROM midvary_keys WHERE ns = ? AND key = ?",  # noqa: S608
+            (namespace, key),
+        ).fetchone()
+        return _record(row) if row is not None else None
+
+    def put_key(self, namespace: str, key: str, record: KeyRecord) -> None:
+        self._conn.execute(
+            "INSERT OR REPLACE INTO midvary_keys VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                namespace,
+                key,
+                record.fingerprint,
+                record.request,
+                record.state,
+                record.holder,
+                record.lease_until,
+                record.task_id,
+                record.expires_at,
+            ),
+        )
+
+    def delete_key(self, namespace: str, key: str) -> bool:
+        cursor = self._conn.execute(
+            "DELETE FROM midvary_keys WHERE ns = ? AND key = ?", (namespace, key)
+        )
+        return cursor.rowcount > 0
+
+    def keys(self, namespace: str | None) -> list[tuple[str, str, KeyRecord]]:
+        rows = self._conn.execute(
+            f"SELECT ns, key, {_COLUMNS} FROM midvary_keys"  # noqa: S608
+            " WHERE ? IS NULL OR ns = ? ORDER BY ns, key",
+            (namespace, namespace),
+        ).fetchall()
+        return [(str(row[0]), str(row[1]), _record(row[2:])) for row in rows]
+
+    def get_window(self, namespace: str) -> Window:
+        row = self._conn.execute(
+            "SELECT state FROM midvary_windows WHERE ns = ?", (namespace,)
+        ).fetchone()
+        if row is None:
+            return Window()
+        data = json.loads(row[0])
+        return Window(
+            allowance=data["allowance"],
+            grown_at=data["grown_at"],
+            paused_until=data["paused_until"],
+            stamps=data["stamps"],
+            flight=data["flight"],
+        )
+
+    def put_window(self, namespace: str, window: Window) -> None:
+        state = json.dumps(
+            {
+                "allowance": window.allowance,
+                "grown_at": window.grown_at,
+                "paused_until": window.paused_until,
+                "stamps": window.stamps,
+                "flight": window.flight,
+            }
+        )
+        self._conn.execute(
+            "INSERT OR REPLACE INTO midvary_windows VALUES (?, ?)", (namespace, state)
+        )
+
+
+def _record(row: tuple[object, ...] | sqlite3.Row) -> KeyRecord:
+    fingerprint, request, state, holder, lease_until, task_id, expires_at = tuple(row)
+    if state not in ("claimed", "sending", "submitted", "uncertain", "done"):
+        raise StoreError(f"the SQLite store is corrupt: a key has the state {state!r}")
+    return KeyRecord(
+        fingerprint=str(fingerprint),
+        request=str(request),
+        state=state,
+        holder=str(holder),
+        lease_until=float(lease_until),
+        task_id=None if task_id is None else str(task_id),
+        expires_at=float(expires_at),
+    )
+
+
+class SQLiteStore(LocalStore):
+    """A store in one SQLite file, shared by every process on one machine.
+
+    Use it to resume a killed script, or to share keys and the account's submission limit
+    between a few worker processes on one host. For several machines use
+    :class:`RedisStore`.
+
+    Args:
+        path: The database file (created if missing). Keep it on a local disk: SQLite's
+            locking is not reliable over network file systems.
+        namespace: The namespace every session on this store uses; ``None`` means one per
+            API key (a keyed hash of it: the key itself is never written).
+        key_ttl: Seconds a key is kept (default 15 days, the provider's retention).
+        busy_timeout: Seconds an operation waits for another process's transaction before
+            it fails with :class:`~midvary.StoreError`.
+
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        namespace: str | None = None,
+        key_ttl: float = DEFAULT_KEY_TTL,
+        busy_timeout: float = 30.0,
+    ) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.namespace = check_namespace(namespace) if namespace is not None else None
+        self.key_ttl = check_seconds("key_ttl", key_ttl)
+        self._busy_timeout = check_seconds("busy_timeout", busy_timeout)
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        state = "open" if self._executor is not None else "closed"
+        return f"<SQLiteStore {str(self.path)!r} {state}>"
+
+    async def open(self) -> None:
+        """Open (and create) the database file; idempotent."""
+        async with self._lock:
+            if self._executor is not None:
+                return
+            executor = concurrent.futures.ThreadPoolExecutor(1, "midvary-sqlite")
+            try:
+                self._conn = await asyncio.get_running_loop().run_in_executor(
+                    executor, self._connect
+                )
+            except BaseException:
+                executor.shutdown(wait=True)
+                raise
+            self._executor = executor
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise store_error(f"cannot open the SQLite store {str(self.path)!r}", exc) from exc
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
+            conn.execute("DELETE FROM midvary_keys WHERE expires_at <= ?", (time.time(),))
+        except sqlite3.Error as exc:
+            conn.close()
+            raise store_error(f"cannot open the SQLite store {str(self.path)!r}", exc) from exc
+        return conn
+
+    async def close(self) -> None:
+        """Close the database file; idempotent."""
+        async with self._lock:
+            executor, conn = self._executor, self._conn
+            self._executor = self._conn = None
+            if executor is None or conn is None:
+                return
+            try:
+                await asyncio.get_running_loop().run_in_executor(executor, conn.close)
+            finally:
+                executor.shutdown(wait=True)
+
+    async def _transact(self, what: str, fn: Callable[[Tx], T]) -> T:
+        executor, conn = self._executor, self._conn
+        if executor is None or conn is None:
+            raise StoreError(f"{what}: the SQLite store is not open (use `async with store`)")
+
+        def run() -> T:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise store_error(f"{what} failed in {str(self.path)!r}", exc) from exc
+            try:
+                result = fn(_SQLiteTx(conn))
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise store_error(f"{what} failed in {str(self.path)!r}", exc) from exc
+                raise
+            return result
+
+        return await asyncio.get_running_loop().run_in_executor(executor, run)

@@ -1,0 +1,335 @@
+"""The submission pipeline: one :class:`Submitter` owns a submission from request to handle.
+
+One submission, in order:
+
+1. its kind (:data:`KINDS`: the endpoint and the body of each request class);
+2. a callback ticket from the session's receiver, if it has one and the request names no
+   ``callback_url`` (registered before the POST: the callback may beat the answer);
+3. the key claim of a :class:`SubmitStore`, if the session has one (a key that already names
+   a task returns a handle on it, with no POST);
+4. per attempt: a limiter slot, ``hooks.before_post``, the POST, ``hooks.after_post``;
+5. classification of each failure: **accepted** (a task id), **certainly refused** (an
+   :class:`APIError` that says so, 429/455 with the retry budget spent, a request never
+   sent, a hook that stopped it) or **uncertain** (:class:`SubmitUncertainError`: 500, a
+   broken answer, an answer lost after sending). Only 429, 455 and "never sent" are
+   retried (the one retry module decides); they also give their limiter slot back;
+6. on acceptance the store records the task id, the ticket is bound to the handle's alarm,
+   and the :class:`TaskHandle` is returned; on a certain refusal the store's claim is
+   released; an uncertain submission leaves the claim as it is and is never re-sent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeAlias
+
+import attrs
+
+from ._converter import structure_task_id, vary_body
+from ._errors import (
+    ProtocolError,
+    RateLimitError,
+    ServerError,
+    SessionClosedError,
+    SubmitUncertainError,
+    TransportError,
+)
+from ._handle import TaskHandle
+from ._models import VaryRequest
+from ._polling import Alarm
+from ._retry import attempt_then_retry, is_unaccepted, submit_retrying
+
+if TYPE_CHECKING:
+    from contextlib import AbstractAsyncContextManager
+
+    import tenacity
+
+    from ._callbacks import SessionTickets
+    from ._core import SessionCore
+    from ._ratelimit import OnWait, Slot
+    from ._tickets import Ticket
+
+logger = logging.getLogger(__name__)
+
+VARY_PATH: Final = "/api/v1/mj/generateVary"
+
+#: Every request class a session can submit (generate and upscale join it here).
+SubmitRequest: TypeAlias = VaryRequest
+
+
+@attrs.frozen(kw_only=True)
+class RequestKind:
+    """How one request class goes on the wire.
+
+    Attributes:
+        path: The endpoint the request is POSTed to.
+        body: ``body(request, callback_url=..., index_base=...)``: the JSON body, with the
+            callback URL to send (the request's own or a receiver ticket's; ``None``: none).
+
+    """
+
+    path: str
+    body: Callable[..., dict[str, Any]]
+
+
+#: Request class -> how it is sent. A new kind is a new row (and a body function in the
+#: converter); nothing else in the pipeline changes.
+KINDS: Final[dict[type[Any], RequestKind]] = {
+    VaryRequest: RequestKind(path=VARY_PATH, body=vary_body),
+}
+
+
+class SubmitHooks(Protocol):
+    """What a submission reports to its caller (the fan-out) about its POSTs."""
+
+    def before_post(self) -> None:
+        """A POST is about to be sent (raise to stop it)."""
+
+    def after_post(self) -> None:
+        """The POST was answered, or failed in a way its error describes."""
+
+    def waiting(self, seconds: float, error: RateLimitError | None = None) -> None:
+        """The submission is about to wait ``seconds`` for the limiter or after a 429."""
+
+
+class Limiter(Protocol):
+    """The submission slots: the in-process :class:`SubmitLimiter`, or a store's fleet one."""
+
+    def slot(self, on_wait: OnWait | None = None) -> AbstractAsyncContextManager[Slot]:
+        """Hold one submission slot for one POST, waiting for a free one first."""
+        ...
+
+    def slow_down(self, pause: float) -> None:
+        """A 429 got through: slow down, and pause ``pause`` seconds."""
+
+    def close(self, error: BaseException) -> None:
+        """Make every current and later wait for a slot raise ``error``."""
+
+
+class Claim(Protocol):
+    """One submission's hold on its key in a :class:`SubmitStore`.
+
+    Held (and kept alive by the store) while the submission runs; leaving it without
+    :meth:`accepted` or :meth:`refused` leaves the key uncertain: never re-sent.
+    """
+
+    @property
+    def task_id(self) -> str | None:
+        """The task the key already names (no POST is then sent), or ``None``."""
+        ...
+
+    async def accepted(self, task_id: str) -> None:
+        """The POST was accepted as ``task_id``: record key -> task id."""
+
+    async def refused(self, error: BaseException) -> None:
+        """The submission was certainly not accepted: release the key."""
+
+
+class SubmitStore(Protocol):
+    """Where a shared store plugs into submissions: claim, record, release."""
+
+    def claim(self, request: SubmitRequest) -> AbstractAsyncContextManager[Claim]:
+        """Claim ``request``'s key before anything is sent (waits for a live holder)."""
+        ...
+
+
+class Submitter:
+    """Submits requests for one session; see the module docstring for the steps.
+
+    Args:
+        core: The session's shared state (open/closed, transport, retry policy).
+        limiter: The submission slots; ``None`` means no limit.
+        tickets: The session's callback tickets; ``None`` means no receiver.
+        store: The key store; ``None`` means none (requests carry no key to claim).
+
+    """
+
+    __slots__ = ("_core", "_limiter", "_store", "_tickets")
+
+    def __init__(
+        self,
+        core: SessionCore,
+        *,
+        limiter: Limiter | None,
+        tickets: SessionTickets | None,
+        store: SubmitStore | None = None,
+    ) -> None:
+        self._core = core
+        self._limiter = limiter
+        self._tickets = tickets
+        self._store = store
+
+    @property
+    def limiter(self) -> Limiter | None:
+        """The submission slots, or ``None`` when submissions are not limited."""
+        return self._limiter
+
+    def close(self) -> None:
+        """The session closed: waits for a slot end, and its callback tokens are forgotten."""
+        if self._limiter is not None:
+            self._limiter.close(SessionClosedError("the Session was closed before this was sent"))
+        if self._tickets is not None:
+            self._tickets.forget()
+
+    async def submit(self, request: SubmitRequest, hooks: SubmitHooks | None = None) -> TaskHandle:
+        """Submit ``request`` and return the handle of its task.
+
+        Raises:
+            TypeError: ``request`` is not a request class; nothing was sent.
+            SubmitUncertainError: The answer was lost after sending; never re-sent.
+            APIError, TransportError: The submission was certainly refused.
+
+        """
+        kind = KINDS.get(type(request))
+        if kind is None:
+            raise TypeError(f"request must be a midvary.VaryRequest, not {type(request).__name__}")
+        self._core.open()
+        if self._store is None:
+            return await self._submit(kind, request, hooks, None)
+        async with self._store.claim(request) as claim:
+            if claim.task_id is not None:
+                logger.info("%s was submitted before as task %s", request.describe(), claim.task_id)
+                return TaskHandle(self._core, claim.task_id, request=request)
+            return await self._submit(kind, request, hooks, claim)
+
+    async def _submit(
+        self,
+        kind: RequestKind,
+        request: SubmitRequest,
+        hooks: SubmitHooks | None,
+        claim: Claim | None,
+    ) -> TaskHandle:
+        tickets = self._tickets
+        ticket = tickets.issue() if tickets is not None and request.callback_url is None else None
+        callback_url = request.callback_url if ticket is None else ticket.url
+        body = kind.body(request, callback_url=callback_url, index_base=self._core.index_base)
+        attempt = _Attempt(self._core, self._limiter, kind.path, body, request, hooks)
+        try:
+            task_id: str = await attempt_then_retry(attempt, attempt.retrying, is_unaccepted)
+        except BaseException as exc:
+            if ticket is not None:
+                ticket.drop()
+            if claim is not None and not attempt.maybe_accepted(exc):
+                await claim.refused(exc)
+            raise
+        if claim is not None:
+            await claim.accepted(task_id)
+        if logger.isEnabledFor(logging.INFO):  # describe() formats a string: only if it is kept
+            logger.info("submitted %s as task %s", request.describe(), task_id)
+        return self._handle(task_id, request, ticket)
+
+    def _handle(self, task_id: str, request: SubmitRequest, ticket: Ticket | None) -> TaskHandle:
+        if ticket is None:
+            return TaskHandle(self._core, task_id, request=request, submitted=True)
+        # A handle waiting on a callback polls slowly, as a safety net.
+        alarm = Alarm()
+        handle = TaskHandle(
+            self._core,
+            task_id,
+            request=request,
+            submitted=True,
+            poll=self._tickets.safety_poll if self._tickets is not None else None,
+            alarm=alarm,
+        )
+        ticket.bind(task_id, alarm)
+        return handle
+
+
+class _Attempt:
+    """One submission's attempts: each takes a slot, tells the hooks, POSTs and classifies."""
+
+    __slots__ = ("_body", "_core", "_hooks", "_limiter", "_path", "_request", "in_flight")
+
+    def __init__(  # noqa: PLR0917 - internal, built in one place
+        self,
+        core: SessionCore,
+        limiter: Limiter | None,
+        path: str,
+        body: dict[str, Any],
+        request: SubmitRequest,
+        hooks: SubmitHooks | None,
+    ) -> None:
+        self._core = core
+        self._limiter = limiter
+        self._path = path
+        self._body = body
+        self._request = request
+        self._hooks = hooks
+        # A POST was sent and its fate is not known yet (a cancellation now is uncertain).
+        self.in_flight = False
+
+    def maybe_accepted(self, exc: BaseException) -> bool:
+        """Whether the submission that ended with ``exc`` may have been accepted."""
+        return isinstance(exc, SubmitUncertainError) or self.in_flight
+
+    def retrying(self) -> tenacity.AsyncRetrying:
+        """The retrying of this submission (tenacity's, built only after a failure)."""
+        return submit_retrying(self._core.retry, on_retry=self._on_retry)
+
+    def _on_retry(self, exc: BaseException, wait: float) -> None:
+        if isinstance(exc, RateLimitError):
+            if self._limiter is not None:
+                self._limiter.slow_down(wait)
+            if self._hooks is not None:
+                self._hooks.waiting(wait, exc)
+
+    async def __call__(self) -> str:
+        self._core.check_open()
+        hooks = self._hooks
+        if self._limiter is None and hooks is None:
+            return await self._post()  # no slot to take and nobody to tell
+        slot_of = self._limiter.slot if self._limiter is not None else _no_slot
+        async with slot_of(hooks.waiting if hooks is not None else None) as slot:
+            if hooks is not None:
+                hooks.before_post()
+            try:
+                task_id = await self._post()
+            except Exception as exc:
+                if is_unaccepted(exc) and slot is not None:
+                    # 429, 455 or never sent: the provider accepted nothing, so nothing of
+                    # its budget is used (an uncertain answer keeps its slot).
+                    slot.refund()
+                if hooks is not None:
+                    hooks.after_post()  # answered, or certainly lost: no longer in flight
+                raise
+            if hooks is not None:
+                hooks.after_post()
+            return task_id
+
+    async def _post(self) -> str:
+        self._core.check_open()  # the limiter may have kept it waiting while the session closed
+        request = self._request
+        transport = self._core.open()
+        self.in_flight = True
+        try:
+            data = await transport.call("POST", self._path, json_body=self._body)
+            task_id = structure_task_id(data)
+        except Exception as exc:
+            reason = uncertainty(exc)
+            if reason is not None:
+                raise SubmitUncertainError(request, reason) from exc
+            self.in_flight = False  # certainly refused
+            raise
+        self.in_flight = False
+        return task_id
+
+
+def uncertainty(exc: BaseException) -> str | None:
+    """Why a POST that failed with ``exc`` may have been accepted; ``None`` if it was not.
+
+    A 500, an answer that is not a valid envelope, or a connection lost after sending: the
+    task may exist and be billed. Anything else is an answer that refused it (or a request
+    that never left).
+    """
+    if isinstance(exc, ServerError):
+        return f"the provider answered {exc}"
+    if isinstance(exc, ProtocolError) or (isinstance(exc, TransportError) and exc.sent):
+        return str(exc)
+    return None
+
+
+@contextlib.asynccontextmanager
+async def _no_slot(_on_wait: OnWait | None = None) -> Any:
+    yield None

@@ -1,0 +1,165 @@
+"""Callback tickets: one unguessable token per submission, and the book that expires them.
+
+A :class:`Ticket` is issued before its submission's POST (its URL is the ``callBackUrl``),
+bound to the task id and the handle's :class:`~midvary._polling.Alarm` once the answer
+names the task, and forgotten by the :class:`TicketBook` when its session closes, when the
+receiver stops, ``grace`` seconds after it settled (a delivery accepted, or the task seen
+final), and in any case ``ttl`` seconds after it was issued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from ._polling import Alarm
+
+# Seconds between two sweeps of expired tokens (sweeps run lazily, on issue and delivery).
+_SWEEP_EVERY: Final = 30.0
+_TOKEN_BYTES: Final = 32
+
+
+def short(token: str) -> str:
+    """Enough of a token to tell two apart in a log line (tokens are capabilities)."""
+    return f"{token[:4]}..."
+
+
+class Ticket:
+    """One submission's token: its URL, and the task and alarm it wakes once they are known."""
+
+    __slots__ = ("alarm", "book", "bound", "expires_at", "owner", "settled", "task_id", "token")
+
+    def __init__(self, book: TicketBook, owner: Hashable, token: str, expires_at: float) -> None:
+        self.book = book
+        self.owner = owner
+        self.token = token
+        self.expires_at = expires_at
+        self.task_id: str | None = None
+        self.alarm: Alarm | None = None
+        # Set when the ticket is bound to a task or dropped: deliveries that arrived
+        # before the submission's answer wait for it.
+        self.bound = asyncio.Event()
+        # Whether the duplicate grace is running (a delivery was accepted or the task seen
+        # final): the expiry then moves closer.
+        self.settled = False
+
+    def __repr__(self) -> str:
+        return f"<Ticket token={short(self.token)!r} task_id={self.task_id!r}>"
+
+    @property
+    def url(self) -> str:
+        """The ``callBackUrl`` to send with the submission."""
+        return f"{self.book.url_prefix()}/{self.token}"
+
+    def bind(self, task_id: str, alarm: Alarm) -> None:
+        """The submission was accepted as ``task_id``: deliveries may ring ``alarm`` now."""
+        self.task_id = task_id
+        self.alarm = alarm
+        alarm.on_final = self.settle
+        self.bound.set()
+
+    def settle(self) -> None:
+        """Start the duplicate grace: a delivery was accepted or the task was seen final."""
+        if not self.settled:
+            self.settled = True
+            self.expires_at = min(self.expires_at, self.book.clock() + self.book.grace)
+
+    def drop(self) -> None:
+        """Forget this token (the submission failed, or its session closed)."""
+        self.book.drop(self)
+
+    @property
+    def live(self) -> bool:
+        """Whether the book still holds this ticket."""
+        return self.book.get(self.token) is self
+
+
+class TicketBook:
+    """The live tickets of one receiver, by token and by owner (a session's view of it).
+
+    Args:
+        url_prefix: Returns the URL prefix of callback URLs (raises if there is none yet).
+        clock: The monotonic clock of expiries, in seconds.
+        grace: Seconds a settled ticket stays valid.
+        ttl: Seconds after which any ticket is forgotten.
+
+    """
+
+    __slots__ = ("_by_owner", "_next_sweep", "_tickets", "clock", "grace", "ttl", "url_prefix")
+
+    def __init__(
+        self, *, url_prefix: Callable[[], str], clock: Callable[[], float], grace: float, ttl: float
+    ) -> None:
+        self.url_prefix = url_prefix
+        self.clock = clock
+        self.grace = grace
+        self.ttl = ttl
+        self._tickets: dict[str, Ticket] = {}
+        self._by_owner: dict[Hashable, set[str]] = {}
+        self._next_sweep = clock() + _SWEEP_EVERY
+
+    def __len__(self) -> int:
+        return len(self._tickets)
+
+    def issue(self, owner: Hashable) -> Ticket:
+        """A fresh ticket for one submission of ``owner``."""
+        self.url_prefix()  # no URL, no ticket: fail before anything is sent
+        now = self.clock()
+        self._sweep(now)
+        token = secrets.token_urlsafe(_TOKEN_BYTES)
+        ticket = Ticket(self, owner, token, now + self.ttl)
+        self._tickets[token] = ticket
+        self._by_owner.setdefault(owner, set()).add(token)
+        return ticket
+
+    def get(self, token: str) -> Ticket | None:
+        """The ticket of ``token``, expired or not, or ``None``."""
+        return self._tickets.get(token)
+
+    def lookup(self, token: str) -> Ticket | None:
+        """The live ticket of ``token`` (expiring what is due first), or ``None``."""
+        ticket = self._tickets.get(token)
+        now = self.clock()
+        self._sweep(now)
+        if ticket is None:
+            return None
+        self._expire(ticket, now)
+        return ticket if ticket.live else None
+
+    def drop(self, ticket: Ticket) -> None:
+        """Forget ``ticket``; deliveries waiting for its binding see it gone."""
+        if self._tickets.get(ticket.token) is ticket:
+            del self._tickets[ticket.token]
+        tokens = self._by_owner.get(ticket.owner)
+        if tokens is not None:
+            tokens.discard(ticket.token)
+            if not tokens:
+                del self._by_owner[ticket.owner]
+        ticket.bound.set()
+
+    def forget(self, owner: Hashable) -> None:
+        """Forget every ticket of ``owner`` (its session is closing)."""
+        for token in tuple(self._by_owner.get(owner, ())):
+            ticket = self._tickets.get(token)
+            if ticket is not None:
+                self.drop(ticket)
+        self._by_owner.pop(owner, None)
+
+    def drop_all(self) -> None:
+        """Forget every ticket (the receiver stops)."""
+        for ticket in tuple(self._tickets.values()):
+            self.drop(ticket)
+
+    def _expire(self, ticket: Ticket, now: float) -> None:
+        if ticket.expires_at <= now:
+            self.drop(ticket)
+
+    def _sweep(self, now: float) -> None:
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + min(_SWEEP_EVERY, self.grace)
+        for ticket in tuple(self._tickets.values()):
+            self._expire(ticket, now)

@@ -1,0 +1,152 @@
+"""The one home of argument checkers: a wrong type is a TypeError, a wrong value a ValueError.
+
+Every checker returns the value it accepted (normalised where that helps), names the argument
+in its message and says what is allowed. They raise before any request is sent. The
+``attrs_*`` adapters turn a checker into an attrs field validator that names the field.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import attrs
+import yarl
+
+T = TypeVar("T")
+
+# The characters str.isspace() calls whitespace: re's \s matches exactly those, in one C call.
+_WHITESPACE = re.compile(r"\s")
+
+
+def _is_number(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float)
+
+
+def _seconds(value: object, name: str, allowed: str, ok: Callable[[float], bool]) -> float:
+    if not _is_number(value):
+        raise TypeError(f"{name} must be a number of seconds {allowed}, not {value!r}")
+    if not ok(value):  # type: ignore[arg-type]  # a number, checked above
+        raise ValueError(f"{name} must be a number of seconds {allowed}, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def positive_seconds(value: object, name: str) -> float:
+    """``value`` if it is a number of seconds > 0."""
+    return _seconds(value, name, "> 0", lambda seconds: seconds > 0)
+
+
+def non_negative_seconds(value: object, name: str) -> float:
+    """``value`` if it is a number of seconds >= 0."""
+    return _seconds(value, name, ">= 0", lambda seconds: seconds >= 0)
+
+
+def optional_seconds(value: object, name: str) -> float | None:
+    """``value`` if it is ``None`` (no limit) or a number of seconds > 0."""
+    if value is None:
+        return None
+    return _seconds(value, name, "> 0 or None", lambda seconds: seconds > 0)
+
+
+def factor(value: object, name: str) -> float:
+    """``value`` if it is a number >= 1."""
+    if not _is_number(value) or value < 1:  # type: ignore[operator]  # a number, checked first
+        raise ValueError(f"{name} must be a number >= 1, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def count(value: object, name: str) -> int:
+    """``value`` if it is an int >= 1."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= 1, not {type(value).__name__} {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value}")
+    return value
+
+
+def instance(value: object, cls: type[T], name: str, *, what: str) -> T | None:
+    """``value`` if it is ``None`` or an instance of ``cls`` (``what`` names the class)."""
+    if value is not None and not isinstance(value, cls):
+        raise TypeError(f"{name} must be {what} or None, not {type(value).__name__}")
+    return value
+
+
+def callable_or_none(value: T, name: str) -> T:
+    """``value`` if it is ``None`` or callable."""
+    if value is not None and not callable(value):
+        raise TypeError(f"{name} must be callable or None, not {type(value).__name__}")
+    return value
+
+
+def directory(value: object, name: str = "directory") -> Path:
+    """``value`` as a :class:`Path` that is a directory or does not exist yet."""
+    if not isinstance(value, str | os.PathLike):
+        raise TypeError(f"{name} must be a str or os.PathLike, not {type(value).__name__}")
+    path = Path(value)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{name} {str(path)!r} exists and is not a directory")
+    return path
+
+
+def task_id(value: object, *, name: str = "task_id") -> str:
+    """``value`` if it is a usable task id: a non-empty str without whitespace."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str (a Midjourney task id), not {type(value).__name__}")
+    if not value or _WHITESPACE.search(value):
+        raise ValueError(
+            f"{name} must be a non-empty task id without whitespace, got {value!r}",
+        )
+    return value
+
+
+def http_url(value: object, *, name: str) -> str:
+    """``value`` if it is an absolute http(s) URL with a host."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str URL, not {type(value).__name__}")
+    try:
+        url = yarl.URL(value)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{name} must be an absolute http(s) URL, got {value!r}") from exc
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(
+            f"{name} must be an absolute http:// or https:// URL with a host, got {value!r}",
+        )
+    return value
+
+
+def base_url(value: str, *, name: str) -> yarl.URL:
+    """``value`` as a URL prefix: absolute http(s), no query or fragment, no trailing slash."""
+    http_url(value, name=name)
+    url = yarl.URL(value)
+    if url.query_string or url.fragment:
+        raise ValueError(f"{name} must not have a query or fragment, got {value!r}")
+    return url.with_path(url.path.rstrip("/"))
+
+
+def submit_rate(value: object) -> tuple[int, float] | None:
+    """A ``submit_rate`` setting: ``(count >= 1, window_seconds > 0)`` or ``None``."""
+    if value is None:
+        return None
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence) or len(value) != 2:
+        raise TypeError(
+            "submit_rate must be a (count, window_seconds) pair such as (20, 10.0), or None "
+            f"for no limit; got {value!r}"
+        )
+    number, window = value
+    if isinstance(number, bool) or not isinstance(number, int) or number < 1:
+        raise ValueError(f"submit_rate count must be an int >= 1, got {number!r}")
+    if not _is_number(window) or not window > 0:
+        raise ValueError(f"submit_rate window must be a number of seconds > 0, got {window!r}")
+    return number, float(window)
+
+
+def attrs_validator(check: Callable[[Any, str], object]) -> Callable[..., None]:
+    """An attrs field validator that runs ``check(value, field_name)``."""
+
+    def validate(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        check(value, attribute.name)
+
+    return validate
