@@ -20,7 +20,7 @@ import aiohttp
 from ._converter import structure_record
 from ._download import download_record
 from ._errors import NotFoundError, ProtocolError, SessionClosedError
-from ._polling import DurationStats
+from ._polling import DurationStats, PollHealth
 from ._transport import Transport
 
 if TYPE_CHECKING:
@@ -55,6 +55,7 @@ class SessionCore:
         index_base: Added to a vary's 0-based image index on the wire (0 or 1).
         rng: The source of jitter.
         durations: What the session learned about task durations.
+        health: Whether the session's polls keep failing (warned about once).
         waiting: The alarms of the waits in progress (closing wakes them with an error).
         fanouts: The fan-outs running (closing ends them first).
 
@@ -69,6 +70,7 @@ class SessionCore:
         "_transport",
         "durations",
         "fanouts",
+        "health",
         "index_base",
         "poll",
         "retry",
@@ -101,6 +103,7 @@ class SessionCore:
         self.index_base = index_base
         self.rng = random.Random(seed)
         self.durations = DurationStats()
+        self.health = PollHealth()
         self.waiting: set[Alarm] = set()
         self.fanouts: set[Closable] = set()
 

@@ -19,6 +19,7 @@ from ._kit import (
     positive_float,
     record_json,
     say,
+    timeout_message,
 )
 
 
@@ -52,7 +53,7 @@ async def _finish(
             say(f"error: {exc}", stream=sys.stderr)
         return EXIT_FAILED
     except midvary.TaskTimeoutError as exc:
-        say(f"error: {exc}; run `midvary wait {exc.task_id}` later", stream=sys.stderr)
+        say(timeout_message(exc), stream=sys.stderr)
         return EXIT_FAILED
     paths: tuple[Any, ...] = ()
     if args.download is not None:
@@ -92,6 +93,9 @@ def _add_wait_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _vary(args: argparse.Namespace) -> int:
+    if args.no_wait and (args.download is not None or args.timeout is not None):
+        given = "--download" if args.download is not None else "--timeout"
+        raise UsageError(f"--no-wait does not wait, so {given} has no effect: drop one of them")
     try:
         request = midvary.VaryRequest(
             task_id=args.parent_id,
