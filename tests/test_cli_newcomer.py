@@ -178,7 +178,7 @@ def test_a_missing_key_names_the_option_and_variables_and_leaves_no_journal(
 def test_a_timeout_says_how_to_reattach_and_that_the_provider_was_unreachable(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """wait against a refused port: the timeout names `midvary wait ID` and the outage."""
+    """`midvary wait` against a refused port: the timeout names `midvary wait ID` and the outage."""
     base = f"http://127.0.0.1:{closed_port()}"
     code = main(["--api-key", "k", "--base-url", base, "wait", "abc", "--timeout", "2.5"])
     assert code == 1
@@ -204,7 +204,7 @@ async def test_a_base_url_with_a_path_says_what_a_base_url_is(
 def test_no_wait_with_download_or_timeout_is_a_usage_error(
     capsys: pytest.CaptureFixture[str], extra: tuple[str, str]
 ) -> None:
-    """vary --no-wait with --download or --timeout exits 2 before any request."""
+    """A `vary --no-wait` with --download or --timeout exits 2 before any request."""
     assert main(["--api-key", "k", "vary", "parent-a", "0", "--no-wait", *extra]) == 2
     assert f"--no-wait does not wait, so {extra[0]}" in capsys.readouterr().err
 
@@ -212,7 +212,7 @@ def test_no_wait_with_download_or_timeout_is_a_usage_error(
 async def test_submit_rate_none_turns_the_client_limit_off(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """bulk --submit-rate none is accepted and runs the jobs."""
+    """`bulk --submit-rate none` is accepted and runs the jobs."""
     jobs = write_csv(tmp_path / "jobs.csv", ["parent-a,0,,"])
     async with provider(monkeypatch):
         assert await cli("bulk", str(jobs), "--submit-rate", "none") == 0
@@ -225,9 +225,9 @@ async def test_submit_rate_none_turns_the_client_limit_off(
 async def test_bulk_gallery_writes_the_page_beside_the_results(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """bulk --gallery: RESULTS.html next to the results, with the downloaded images."""
+    """With `bulk --gallery`: RESULTS.html next to the results, with the downloaded images."""
     monkeypatch.chdir(tmp_path)
-    jobs = write_csv(tmp_path / "jobs.csv", ["parent-a,0,<b>wm</b>,", "parent-a,1,,"])
+    write_csv(tmp_path / "jobs.csv", ["parent-a,0,<b>wm</b>,", "parent-a,1,,"])
     async with provider(monkeypatch):
         code = await cli("bulk", "jobs.csv", "--download", "img", "--gallery")
     assert code == 0
@@ -242,7 +242,7 @@ async def test_bulk_gallery_writes_the_page_beside_the_results(
 def test_gallery_command_writes_the_page_and_warns_about_bad_lines(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """midvary gallery RESULTS --out: writes the page, says where, warns about a bad line."""
+    """`midvary gallery RESULTS` --out: writes the page, says where, warns about a bad line."""
     results = tmp_path / "r.jsonl"
     line = {"id": "j1", "task_id": "parent-a", "image_index": 0, "status": "done",
             "vary_task_id": "t1", "image_urls": [], "files": [], "error": None}  # fmt: skip

@@ -10,9 +10,10 @@ provider's limit (``submit_rate``) runs 24 vary jobs (6 parents x 4 images) with
 At the end it checks that the library behaved and prints a summary:
 
 - every job ended done (its images downloaded as ``<task_id>_<n>.png``; a results file and
-  a gallery page of them, ``results.jsonl`` and ``index.html``, are written beside them), failed because the
-  fake made its task fail (:class:`TaskFailedError`), or uncertain because the fake spoiled
-  or dropped its submission's answer (:class:`SubmitUncertainError`, never re-sent);
+  a gallery page of them, ``results.jsonl`` and ``index.html``, are written beside them),
+  failed because the fake made its task fail (:class:`TaskFailedError`), or uncertain
+  because the fake spoiled or dropped its submission's answer
+  (:class:`SubmitUncertainError`, never re-sent);
 - the fake received no duplicate submission, exactly the POSTs the fan-out announced
   (``JobEventKind.SUBMITTING``), and created no task that no job accounts for except those
   whose answer it dropped.
