@@ -9,6 +9,7 @@ fan-outs that closing must end, and the one ``record-info`` fetch.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import random
 from collections.abc import Callable
@@ -19,7 +20,7 @@ import aiohttp
 
 from ._converter import structure_record
 from ._download import download_record
-from ._errors import NotFoundError, ProtocolError, SessionClosedError
+from ._errors import EventLoopError, NotFoundError, ProtocolError, SessionClosedError
 from ._polling import DurationStats, PollHealth
 from ._transport import Transport
 
@@ -65,6 +66,7 @@ class SessionCore:
         "_api_key",
         "_base_url",
         "_http",
+        "_loop",
         "_owns_http",
         "_state",
         "_transport",
@@ -98,6 +100,8 @@ class SessionCore:
         self._owns_http = http is None
         self._transport: Transport | None = None
         self._state = _State.UNOPENED
+        # The event loop the session first ran in: its connections belong to it.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.poll = poll
         self.retry = retry
         self.index_base = index_base
@@ -130,8 +134,28 @@ class SessionCore:
         if self._state is _State.CLOSED:
             raise SessionClosedError("this Session is closed; create a new one")
 
+    def check_loop(self) -> None:
+        """Raise :class:`EventLoopError` if the running loop is not the session's first one."""
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif self._loop is not loop:
+            raise EventLoopError(
+                "this Session was first used in another event loop (an earlier "
+                "asyncio.run()?); a Session belongs to one event loop: create, use and close "
+                "it inside one asyncio.run(), e.g. with `async with midvary.Session() as "
+                "session:`, and make a new one for another loop"
+            )
+
     def open(self) -> Transport:
-        """The transport, opened on first use (and the HTTP session, unless one was given)."""
+        """The transport, opened on first use (and the HTTP session, unless one was given).
+
+        Raises:
+            SessionClosedError: The session is closed.
+            EventLoopError: Called from another event loop than the session's first one.
+
+        """
+        self.check_loop()
         if self._transport is not None and self._state is _State.OPEN:
             return self._transport
         if self._state is _State.CLOSED:
@@ -195,6 +219,7 @@ class SessionCore:
         """
         if self._state is _State.CLOSED:
             return
+        self.check_loop()
         for fanout in tuple(self.fanouts):
             await fanout.aclose()
         self._state = _State.CLOSED

@@ -23,6 +23,8 @@
     ├── StoreError                    the shared store is unreachable, lost its data, or is corrupt
     ├── KeyConflictError              a key reused for a different request (also a ValueError)
     ├── SessionClosedError            the session was used after it closed (also a RuntimeError)
+    ├── EventLoopError                a session used from a second event loop (also a
+    │                                 RuntimeError)
     ├── ReceiverClosedError           a CallbackReceiver was used after it stopped (also a
     │                                 RuntimeError)
     └── CallbackSignatureError        verify_callback(): a delivery's signature is missing,
@@ -325,6 +327,15 @@ class TaskTimeoutError(MidvaryError, TimeoutError):
 
 class SessionClosedError(MidvaryError, RuntimeError):
     """The session was used after it was closed; a closed session cannot be reopened."""
+
+
+class EventLoopError(MidvaryError, RuntimeError):
+    """A session was used from another event loop than the one it first ran in.
+
+    A :class:`~midvary.Session` (its connections, its waits) belongs to one event loop:
+    create it, use it and close it inside one ``asyncio.run()``, typically with
+    ``async with``. Create a new session for another loop.
+    """
 
 
 class ReceiverClosedError(MidvaryError, RuntimeError):
