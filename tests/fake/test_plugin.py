@@ -53,7 +53,7 @@ async def test_midvary_env_lets_code_build_its_own_session(midvary_env: FakeProv
 
 
 def test_the_testing_extra_has_what_the_plugin_needs() -> None:
-    """pyproject's testing extra names pytest and pytest-asyncio."""
+    """The testing extra in pyproject.toml names pytest and pytest-asyncio."""
     pyproject = tomllib.loads(
         (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text(encoding="utf-8")
     )
