@@ -12,6 +12,7 @@ from types import FunctionType as _FunctionType
 
 from ._callbacks import CallbackReceiver
 from ._config import USE_DEFAULT, PollPolicy, RetryPolicy
+from ._converter import to_json_dict
 from ._errors import (
     APIError,
     AuthenticationError,
@@ -94,6 +95,7 @@ __all__ = [
     "VaryOutcome",
     "VaryRequest",
     "__version__",
+    "to_json_dict",
     "verify_callback",
 ]
 

@@ -214,25 +214,3 @@ def timeout_message(error: midvary.TaskTimeoutError) -> str:
         f"error: {error.reason}; it may still finish: re-attach it with "
         f"`midvary wait {error.task_id}`"
     )
-
-
-# -- output ------------------------------------------------------------------------------
-
-
-def record_json(record: midvary.TaskRecord) -> dict[str, Any]:
-    """A record as JSON-ready data."""
-    return {
-        "task_id": record.task_id,
-        "status": record.status.name,
-        "task_type": record.task_type,
-        "image_urls": list(record.image_urls),
-        "created_at": record.created_at.isoformat() if record.created_at else None,
-        "completed_at": record.completed_at.isoformat() if record.completed_at else None,
-        "error_code": record.error_code,
-        "error_message": record.error_message,
-    }
-
-
-def error_json(error: BaseException) -> dict[str, Any]:
-    """An error as JSON-ready data: its class name and message."""
-    return {"type": type(error).__name__, "message": str(error)}

@@ -14,10 +14,8 @@ from ._kit import (
     EXIT_FAILED,
     EXIT_OK,
     UsageError,
-    error_json,
     open_session,
     positive_float,
-    record_json,
     say,
     timeout_message,
 )
@@ -47,7 +45,9 @@ async def _finish(
         )
     except midvary.TaskFailedError as exc:
         if args.json:
-            say(json.dumps({**record_json(exc.record), "error": error_json(exc)}))
+            say(
+                json.dumps({**midvary.to_json_dict(exc.record), "error": midvary.to_json_dict(exc)})
+            )
         else:
             show_record(exc.record)
             say(f"error: {exc}", stream=sys.stderr)
@@ -59,7 +59,7 @@ async def _finish(
     if args.download is not None:
         paths = await session.download(record, args.download)
     if args.json:
-        say(json.dumps({**record_json(record), "files": [str(p) for p in paths]}))
+        say(json.dumps({**midvary.to_json_dict(record), "files": [str(p) for p in paths]}))
     else:
         show_record(record)
         for path in paths:
@@ -134,7 +134,7 @@ def _status(args: argparse.Namespace) -> int:
             except (TypeError, ValueError) as exc:
                 raise UsageError(str(exc)) from None
         if args.json:
-            say(json.dumps(record_json(record)))
+            say(json.dumps(midvary.to_json_dict(record)))
         else:
             show_record(record)
         return EXIT_FAILED if record.status.is_failure else EXIT_OK
