@@ -394,11 +394,14 @@ def _error_json(error: BaseException) -> dict[str, Any]:
 
 def _outcome_json(outcome: VaryOutcome) -> dict[str, Any]:
     request = outcome.request
+    # A vary or upscale names the parent image it was made from; a generate has a prompt.
+    child = request if isinstance(request, VaryRequest | UpscaleRequest) else None
     return {
         "index": outcome.index,
         "id": request.id if request is not None else None,
-        "parent_task_id": request.task_id if request is not None else None,
-        "image_index": request.image_index if request is not None else None,
+        "parent_task_id": child.task_id if child is not None else None,
+        "image_index": child.image_index if child is not None else None,
+        "prompt": request.prompt if isinstance(request, GenerateRequest) else None,
         "task_id": outcome.task_id,
         "ok": outcome.ok,
         "uncertain": outcome.uncertain,
@@ -419,7 +422,7 @@ def to_json_dict(obj: TaskRecord | VaryOutcome | BaseException) -> dict[str, Any
         obj: A :class:`TaskRecord` (``task_id``, ``status`` name, ``task_type``,
             ``parent_task_id``, ``image_index``, ``image_urls``, ISO-8601 ``created_at`` /
             ``completed_at`` or ``None``, ``error_code``, ``error_message``); a
-            :class:`VaryOutcome` (its request's ids, ``task_id``, ``ok``, ``uncertain``,
+            :class:`VaryOutcome` (its request's ids or ``prompt``, ``task_id``, ``ok``, ``uncertain``,
             ``record``, ``error``, ``files``); or an exception (``type``, ``message``).
 
     Raises:
