@@ -298,3 +298,22 @@ async def test_keyed_and_keyless_submissions_share_the_store_window(
     assert all(o.ok for outcomes in results for o in outcomes)
     assert fake_provider.stats.tasks_created == 10
     assert fake_provider.stats.rate_limited == 0
+
+
+async def test_every_request_kind_takes_a_key(
+    fake_provider: FakeProvider, store: midvary.SQLiteStore | None
+) -> None:
+    """Generate and upscale keys work with no extra code; a kind is part of the request."""
+    async with session_for(fake_provider, store) as session:
+        first = await session.generate("a red fox", key="gen-1")
+        again = await session.submit(midvary.GenerateRequest(prompt="a red fox"), key="gen-1")
+        assert again.task_id == first.task_id
+        parent = (await first).task_id
+        up = await session.upscale(parent, 1, key="up-1")
+        assert (await session.upscale(parent, 1, key="up-1")).task_id == up.task_id
+        with pytest.raises(midvary.KeyConflictError):
+            await session.vary(parent, 1, key="up-1")  # same fields, another endpoint
+    stats = fake_provider.stats
+    assert stats.tasks_by_endpoint["generate"] == 1
+    assert stats.tasks_by_endpoint["upscale"] == 1
+    assert stats.requests["submit"] == 0
