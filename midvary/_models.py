@@ -149,7 +149,7 @@ class VaryRequest:
         id: Your own label for this job (echoed in outcomes, never sent), or ``None``.
         key: The submission key (never sent): with a key, the request is submitted at
             most once per key, across every session and process sharing the session's
-            store (see ``Session(store=...)``). A non-empty str of at most 512 characters
+            store (see ``Session(store=...)``). A non-empty str of at most 1024 characters
             without control characters; ``None`` means no deduplication.
 
     """

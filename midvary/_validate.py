@@ -103,7 +103,7 @@ def task_id(value: object, *, name: str = "task_id") -> str:
 
 
 #: The longest submission key accepted, in characters.
-MAX_KEY_LENGTH = 512
+MAX_KEY_LENGTH = 1024
 # C0 and C1 control characters and DEL: a key is written to logs and stores as is.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -121,7 +121,7 @@ def submission_key(value: object, name: str = "key") -> str | None:
     if not value or len(value) > MAX_KEY_LENGTH or _CONTROL.search(value):
         shown = value if len(value) <= 80 else value[:80] + "..."
         raise ValueError(
-            f"{name} must be a non-empty string of at most {MAX_KEY_LENGTH} characters "
+            f"{name} must be a non-empty str of at most {MAX_KEY_LENGTH} characters "
             f"without control characters, got {shown!r}"
         )
     return value
