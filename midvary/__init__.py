@@ -12,12 +12,14 @@ from types import FunctionType as _FunctionType
 
 from ._callbacks import CallbackReceiver
 from ._config import USE_DEFAULT, PollPolicy, RetryPolicy
+from ._converter import to_json_dict
 from ._errors import (
     APIError,
     AuthenticationError,
     BadRequestError,
     CallbackSignatureError,
     DownloadError,
+    EventLoopError,
     FeatureDisabledError,
     GenerationFailedError,
     InsufficientCreditsError,
@@ -58,6 +60,7 @@ __all__ = [
     "CallbackReceiver",
     "CallbackSignatureError",
     "DownloadError",
+    "EventLoopError",
     "FanOut",
     "FeatureDisabledError",
     "GenerateRequest",
@@ -94,6 +97,7 @@ __all__ = [
     "VaryOutcome",
     "VaryRequest",
     "__version__",
+    "to_json_dict",
     "verify_callback",
 ]
 

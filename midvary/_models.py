@@ -79,6 +79,30 @@ class TaskRecord:
         """Whether the task will not change any more."""
         return self.status.is_final
 
+    @property
+    def parent_task_id(self) -> str | None:
+        """The task a vary or upscale was made from (``paramJson``'s ``taskId``), else ``None``.
+
+        ``None`` for a generate (its ``paramJson`` names no parent), whatever the
+        ``taskType``.
+        """
+        value = self.params.get("taskId")
+        return value if isinstance(value, str) and value and value != self.task_id else None
+
+    @property
+    def image_index(self) -> int | None:
+        """Which image of the parent a vary or upscale was made from, else ``None``.
+
+        ``paramJson``'s ``imageIndex`` as sent: 0-based (0..3), or 1-based with
+        ``Session(index_base=1)``. ``None`` when the record names no parent.
+        """
+        if self.parent_task_id is None:
+            return None
+        value = self.params.get("imageIndex")
+        if isinstance(value, str) and value.strip().isdigit():
+            return int(value)
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
 
 def _check_task_id(_inst: object, attribute: attrs.Attribute[str], value: object) -> None:
     check_task_id(value, name=attribute.name)

@@ -33,6 +33,7 @@ from ._kit import (
     LazySubParsers,
     UsageError,
     add_common_options,
+    explain,
     say,
 )
 
@@ -52,6 +53,11 @@ COMMANDS: tuple[Command, ...] = (
         "bulk",
         "run every vary job of a CSV or JSONL file (resumable)",
         f"{__name__}.bulk:options",
+    ),
+    Command(
+        "gallery",
+        "write one static HTML page of a bulk results file's images",
+        f"{__name__}.gallery:options",
     ),
     Command(
         "fake-server",
@@ -116,5 +122,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         say("interrupted", stream=sys.stderr)
         return EXIT_INTERRUPTED
     except midvary.MidvaryError as exc:
-        say(f"midvary {args.command}: {type(exc).__name__}: {exc}", stream=sys.stderr)
+        say(explain(args.command, exc, args), stream=sys.stderr)
         return EXIT_FAILED

@@ -20,10 +20,8 @@ from ._kit import (
     EXIT_FAILED,
     EXIT_OK,
     UsageError,
-    error_json,
     open_session,
     positive_float,
-    record_json,
     say,
 )
 from .chain import Step, action_of, child_request, parse_indexes, steps_for
@@ -140,7 +138,11 @@ def _on_event(event: midvary.JobEvent) -> None:
 
 def _failed_grid(args: argparse.Namespace, exc: midvary.TaskFailedError) -> int:
     if args.json:
-        say(json.dumps({"grid": {**record_json(exc.record), "error": error_json(exc)}}))
+        say(
+            json.dumps(
+                {"grid": {**midvary.to_json_dict(exc.record), "error": midvary.to_json_dict(exc)}}
+            )
+        )
     else:
         say(f"error: the grid failed: {exc}", stream=sys.stderr)
     return EXIT_FAILED
@@ -155,7 +157,7 @@ def _child_json(outcome: midvary.VaryOutcome) -> dict[str, Any]:
         "status": "done" if outcome.ok else "failed",
         "image_urls": list(outcome.record.image_urls) if outcome.record else [],
         "files": [str(path) for path in outcome.paths],
-        "error": error_json(outcome.error) if outcome.error is not None else None,
+        "error": midvary.to_json_dict(outcome.error) if outcome.error is not None else None,
     }
 
 
@@ -167,7 +169,7 @@ def _report(
 ) -> None:
     children = [_child_json(outcome) for outcome in outcomes]
     if args.json:
-        grid_json = {**record_json(grid), "files": [str(path) for path in files]}
+        grid_json = {**midvary.to_json_dict(grid), "files": [str(path) for path in files]}
         say(json.dumps({"grid": grid_json, "children": children}))
         return
     say(f"grid     {grid.task_id}")

@@ -15,7 +15,6 @@ from typing import Any
 
 import midvary
 
-from ._kit import error_json, record_json
 from .chain import action_of
 from .jobs import BulkJob
 from .tally import Ending
@@ -100,14 +99,14 @@ def result_line(
         "vary_task_id": task_id,
         "image_urls": list(record.image_urls) if record is not None else [],
         "files": [str(path) for path in paths],
-        "error": error_json(error) if error is not None else None,
+        "error": midvary.to_json_dict(error) if error is not None else None,
     }
     if isinstance(sent, midvary.GenerateRequest):
         data["prompt"] = sent.prompt
     if job.parent is not None:
         data["parent"] = job.parent
     if isinstance(error, midvary.TaskFailedError):
-        data["record"] = record_json(error.record)
+        data["record"] = midvary.to_json_dict(error.record)
     return json.dumps(data, ensure_ascii=False)
 
 

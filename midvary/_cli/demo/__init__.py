@@ -12,7 +12,8 @@ prompts and, as each grid succeeds, varies its 4 images and upscales one, all in
 At the end it checks that the library behaved and prints a summary, per kind of job:
 
 - every job ended done (its images downloaded as ``<task_id>_<n>.png``: 4 for a grid or a
-  vary, 1 for an upscale), failed because the fake made its task fail
+  vary, 1 for an upscale; a results file and a gallery page of them, ``results.jsonl`` and
+  ``index.html``, are written beside them), failed because the fake made its task fail
   (:class:`TaskFailedError`), or uncertain because the fake spoiled or dropped its
   submission's answer (:class:`SubmitUncertainError`, never re-sent); the children of a grid
   that did not succeed are not run, and only those;
@@ -39,7 +40,7 @@ from ..progress import Progress
 from ..summary import summary_table
 from .assess import DemoReport, assess
 from .plan import DemoPlan
-from .run import run_demo
+from .run import run_demo, write_demo_gallery
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -120,6 +121,7 @@ def _demo(args: argparse.Namespace) -> int:
     observed = asyncio.run(run_demo(plan, out=out, seed=args.seed, progress=progress))
     report = assess(observed)
     report.figures["seed"] = args.seed
+    report.figures["gallery"] = str(write_demo_gallery(observed))
     if args.json:
         say(json.dumps({**report.figures, "ok": report.ok, "problems": list(report.problems)}))
     else:
@@ -208,6 +210,7 @@ def _print_report(report: DemoReport) -> None:
     console = Console()
     console.print(summary_table(f"midvary demo (seed {f['seed']})", rows, columns=None))
     console.print(_kinds_table(kinds))
+    console.print(f"gallery: {f['gallery']}", markup=False, highlight=False, soft_wrap=True)
     if report.ok:
         console.print(
             "ok: every job ended done, failed by the provider, or uncertain because the "

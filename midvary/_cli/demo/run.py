@@ -22,8 +22,10 @@ from midvary.testing import FakeProvider, FakeSettings, FakeStats, TaskSnapshot
 
 from ..chain import action_of
 from ..feed import Feed
+from ..gallery import make_gallery
 from ..jobs import BulkJob
 from ..progress import Progress
+from ..results import result_line
 from ..tally import Ending
 from .plan import DemoPlan
 
@@ -174,3 +176,32 @@ def _show(progress: Progress, job: BulkJob, outcome: midvary.VaryOutcome) -> Non
     progress.ended(
         ending, f"{describe(job, outcome)} {ending.value}: {type(error).__name__}: {error}"
     )
+
+
+def write_demo_gallery(observed: Observed) -> Path:
+    """Write ``results.jsonl`` (as ``bulk`` would) and its gallery ``index.html`` into ``out``.
+
+    Each line is the one ``bulk`` would write for the same job: a grid's has its prompt, a
+    child's its ``parent`` (the grid's job key), so the page shows each grid with its
+    children.
+
+    Returns:
+        The gallery page's path.
+
+    """
+    lines = [
+        result_line(
+            observed.job_of(outcome),
+            Ending.of(outcome),
+            task_id=outcome.task_id,
+            record=outcome.record,
+            error=outcome.error,
+            paths=outcome.paths,
+            request=outcome.request,
+        )
+        for outcome in observed.outcomes
+    ]
+    observed.out.mkdir(parents=True, exist_ok=True)
+    results = observed.out / "results.jsonl"
+    results.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+    return make_gallery(results, observed.out / "index.html", announce=False)
