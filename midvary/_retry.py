@@ -115,26 +115,38 @@ async def attempt_then_retry(
     """Run ``fn`` once; only if it fails with a ``retryable`` error, hand it to tenacity.
 
     Tenacity's per-call set-up costs more CPU than parsing a poll's answer, and nearly every
-    call succeeds at once, so the first attempt runs bare. A retryable failure is replayed to
-    the ``retrying()`` object as its first attempt, so waits, ``Retry-After``, hooks and the
-    attempt budget count exactly as if tenacity had made every attempt. ``retryable`` must be
-    the ``retrying()`` object's own predicate.
+    call succeeds at once, so the first attempt runs bare (a hot caller may make it inline
+    and call :func:`retry_failed` itself). ``retryable`` must be the ``retrying()`` object's
+    own predicate.
     """
     try:
         return await fn()
     except Exception as exc:
         if not retryable(exc):
             raise
-        failure: BaseException | None = exc
+        failure = exc
+    return await retry_failed(fn, retrying(), failure)
+
+
+async def retry_failed(
+    fn: Callable[[], Awaitable[T]], retrying: tenacity.AsyncRetrying, failure: BaseException
+) -> T:
+    """Carry on with ``retrying`` a call of ``fn`` whose first attempt failed with ``failure``.
+
+    The failure is replayed to ``retrying`` as its first attempt, so waits, ``Retry-After``,
+    hooks and the attempt budget count exactly as if tenacity had made every attempt.
+    ``failure`` must be one that ``retrying`` retries.
+    """
+    first: BaseException | None = failure
 
     async def replay_then_call() -> T:
-        nonlocal failure
-        if failure is not None:
-            first, failure = failure, None
-            raise first
+        nonlocal first
+        if first is not None:
+            replayed, first = first, None
+            raise replayed
         return await fn()
 
-    return await retrying()(replay_then_call)
+    return await retrying(replay_then_call)
 
 
 def submit_retrying(
