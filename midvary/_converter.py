@@ -7,7 +7,6 @@ Models are structured only at this boundary; a body that cannot be structured be
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from collections.abc import Callable, Mapping
@@ -183,8 +182,11 @@ def _structure(data: Mapping[str, Any], cls: type[T], what: str) -> T:
     """Structure ``data`` as ``cls``; any failure becomes the one :class:`ProtocolError`."""
     fast = _FAST.get(cls)
     if fast is not None:
-        with contextlib.suppress(Exception):  # structured again below, for the detailed error
+        try:  # not contextlib.suppress: this runs on every poll, and a try costs nothing
             result: T = fast(data, cls)
+        except Exception:  # noqa: S110 - structured again below, for the detailed error
+            pass
+        else:
             return result
     try:
         return converter.structure(data, cls)
