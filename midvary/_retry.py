@@ -107,35 +107,16 @@ def _before_sleep(what: str, hook: BeforeSleep | None) -> Callable[[tenacity.Ret
     return before_sleep
 
 
-async def attempt_then_retry(
-    fn: Callable[[], Awaitable[T]],
-    retrying: Callable[[], tenacity.AsyncRetrying],
-    retryable: Callable[[BaseException], bool],
-) -> T:
-    """Run ``fn`` once; only if it fails with a ``retryable`` error, hand it to tenacity.
-
-    Tenacity's per-call set-up costs more CPU than parsing a poll's answer, and nearly every
-    call succeeds at once, so the first attempt runs bare (a hot caller may make it inline
-    and call :func:`retry_failed` itself). ``retryable`` must be the ``retrying()`` object's
-    own predicate.
-    """
-    try:
-        return await fn()
-    except Exception as exc:
-        if not retryable(exc):
-            raise
-        failure = exc
-    return await retry_failed(fn, retrying(), failure)
-
-
 async def retry_failed(
     fn: Callable[[], Awaitable[T]], retrying: tenacity.AsyncRetrying, failure: BaseException
 ) -> T:
     """Carry on with ``retrying`` a call of ``fn`` whose first attempt failed with ``failure``.
 
-    The failure is replayed to ``retrying`` as its first attempt, so waits, ``Retry-After``,
-    hooks and the attempt budget count exactly as if tenacity had made every attempt.
-    ``failure`` must be one that ``retrying`` retries.
+    Tenacity's per-call set-up costs more CPU than parsing a poll's answer, and nearly every
+    call succeeds at once, so callers make the first attempt bare and come here only with a
+    failure that ``retrying``'s own predicate retries. The failure is replayed to
+    ``retrying`` as its first attempt, so waits, ``Retry-After``, hooks and the attempt
+    budget count exactly as if tenacity had made every attempt.
     """
     first: BaseException | None = failure
 
