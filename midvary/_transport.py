@@ -34,6 +34,7 @@ from ._version import USER_AGENT
 logger = logging.getLogger(__name__)
 
 _SNIPPET = 120
+_DECODER = json.JSONDecoder()
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -304,12 +305,20 @@ class Transport:
                 time.monotonic() - started,
             )
         if status == 200 and raw[:1] == b"{":
-            # The common answer: try it first, without the general checks' detours.
+            # The common answer: try it first, without the general checks' detours (and
+            # without json.loads' own: encoding detection, whitespace matching).
             try:
-                envelope = json.loads(raw)
-            except ValueError:
-                envelope = None
-            if type(envelope) is dict and type(code := envelope.get("code")) is int and code == 200:
+                text = raw.decode()
+                envelope, end = _DECODER.raw_decode(text)
+                whole = end == len(text)
+            except ValueError:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+                whole = False
+            if (
+                whole
+                and type(envelope) is dict
+                and type(code := envelope.get("code")) is int
+                and code == 200
+            ):
                 return envelope.get("data")
         return self._unwrap(raw, status, headers, f"{method} {path}")
 
