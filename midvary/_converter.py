@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+_DECODER = json.JSONDecoder()
+
 converter = cattrs.Converter(forbid_extra_keys=False)
 
 # Epoch values above this are milliseconds (the sibling APIs), below it seconds. 1e11 s is
@@ -33,6 +35,14 @@ _EPOCH_MS_THRESHOLD = 100_000_000_000
 def _json_maybe_string(value: Any, field: str) -> Any:
     # paramJson always, and resultInfoJson sometimes, arrive as JSON encoded in a string.
     if isinstance(value, str):
+        if value[:1] == "{":  # the usual object: decoded without json.loads' detours
+            try:
+                decoded, end = _DECODER.raw_decode(value)
+            except ValueError:
+                pass  # json.loads below says what is wrong
+            else:
+                if end == len(value):
+                    return decoded
         if not value.strip():
             return None
         try:
