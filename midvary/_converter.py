@@ -434,8 +434,9 @@ def to_json_dict(obj: TaskRecord | VaryOutcome | BaseException) -> dict[str, Any
         obj: A :class:`TaskRecord` (``task_id``, ``status`` name, ``task_type``,
             ``parent_task_id``, ``image_index``, ``image_urls``, ISO-8601 ``created_at`` /
             ``completed_at`` or ``None``, ``error_code``, ``error_message``); a
-            :class:`VaryOutcome` (its request's ids or ``prompt``, ``task_id``, ``ok``, ``uncertain``,
-            ``record``, ``error``, ``files``); or an exception (``type``, ``message``).
+            :class:`VaryOutcome` (its request's ids or ``prompt``, ``task_id``, ``ok``,
+            ``uncertain``, ``record``, ``error``, ``files``); or an exception (``type``,
+            ``message``).
 
     Raises:
         TypeError: ``obj`` is none of these.
