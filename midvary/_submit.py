@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeGuard
 
 import attrs
@@ -39,7 +39,7 @@ from ._errors import (
 from ._handle import TaskHandle
 from ._models import GenerateRequest, SubmitRequest, UpscaleRequest, VaryRequest
 from ._polling import Alarm
-from ._retry import attempt_then_retry, is_unaccepted, submit_retrying
+from ._retry import is_unaccepted, retry_failed, submit_retrying
 
 if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
@@ -216,7 +216,12 @@ class Submitter:
         body = kind.body(request, callback_url=callback_url, index_base=self._core.index_base)
         attempt = _Attempt(self._core, self._limiter, kind.path, body, request, hooks)
         try:
-            task_id: str = await attempt_then_retry(attempt, attempt.retrying, is_unaccepted)
+            try:  # the first attempt bare: tenacity is set up only after a retryable failure
+                task_id: str = await attempt()
+            except Exception as exc:
+                if not is_unaccepted(exc):
+                    raise
+                task_id = await retry_failed(attempt, attempt.retrying(), exc)
         except BaseException as exc:
             if ticket is not None:
                 ticket.drop()
@@ -284,11 +289,14 @@ class _Attempt:
             if self._hooks is not None:
                 self._hooks.waiting(wait, exc)
 
-    async def __call__(self) -> str:
+    def __call__(self) -> Awaitable[str]:
+        if self._limiter is None and self._hooks is None:
+            return self._post()  # no slot to take and nobody to tell: no coroutine of its own
+        return self._limited()
+
+    async def _limited(self) -> str:
         self._core.check_open()
         hooks = self._hooks
-        if self._limiter is None and hooks is None:
-            return await self._post()  # no slot to take and nobody to tell
         slot_of = self._limiter.slot if self._limiter is not None else _no_slot
         async with slot_of(hooks.waiting if hooks is not None else None) as slot:
             if hooks is not None:
