@@ -7,7 +7,6 @@ Models are structured only at this boundary; a body that cannot be structured be
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from collections.abc import Callable, Mapping
@@ -32,6 +31,8 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+_DECODER = json.JSONDecoder()
+
 converter = cattrs.Converter(forbid_extra_keys=False)
 
 # Epoch values above this are milliseconds (the sibling APIs), below it seconds. 1e11 s is
@@ -42,6 +43,14 @@ _EPOCH_MS_THRESHOLD = 100_000_000_000
 def _json_maybe_string(value: Any, field: str) -> Any:
     # paramJson always, and resultInfoJson sometimes, arrive as JSON encoded in a string.
     if isinstance(value, str):
+        if value[:1] == "{":  # the usual object: decoded without json.loads' detours
+            try:
+                decoded, end = _DECODER.raw_decode(value)
+            except ValueError:
+                pass  # json.loads below says what is wrong
+            else:
+                if end == len(value):
+                    return decoded
         if not value.strip():
             return None
         try:
@@ -191,8 +200,11 @@ def _structure(data: Mapping[str, Any], cls: type[T], what: str) -> T:
     """Structure ``data`` as ``cls``; any failure becomes the one :class:`ProtocolError`."""
     fast = _FAST.get(cls)
     if fast is not None:
-        with contextlib.suppress(Exception):  # structured again below, for the detailed error
+        try:  # not contextlib.suppress: this runs on every poll, and a try costs nothing
             result: T = fast(data, cls)
+        except Exception:  # noqa: S110 - structured again below, for the detailed error
+            pass
+        else:
             return result
     try:
         return converter.structure(data, cls)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from ._config import USE_DEFAULT, PollPolicy, UseDefault
 from ._errors import NotFoundError, SessionClosedError, TaskFailedError, TaskTimeoutError
 from ._models import TaskRecord, TaskStatus
-from ._polling import Alarm, poll_delay, poll_retrying_once
+from ._polling import Alarm, poll_delay, retry_poll
 from ._retry import is_transient
 from ._validate import optional_seconds
 
@@ -183,7 +183,13 @@ class TaskHandle:
             attempt = 1
             await alarm.sleep(self._delay(policy, attempt))
             while True:
-                record, attempts = await self._poll_retrying(policy, attempt, on_retry)
+                try:
+                    record = await self._poll_once(policy)  # the first attempt, bare
+                    attempts = 1
+                except Exception as exc:
+                    if not is_transient(exc):
+                        raise
+                    record, attempts = await self._poll_retrying(policy, attempt, exc, on_retry)
                 if record is not None and record.is_final:
                     return record
                 attempt += attempts
@@ -195,11 +201,13 @@ class TaskHandle:
         self,
         policy: PollPolicy,
         attempt: int,
+        failure: BaseException,
         on_retry: Callable[[BaseException, float], None] | None,
     ) -> Awaitable[tuple[TaskRecord | None, int]]:
-        """One poll, retried through transient failures; the record and the attempts made."""
-        return poll_retrying_once(
+        """A poll that failed with ``failure``, retried; the record and the attempts made."""
+        return retry_poll(
             lambda: self._poll_once(policy),
+            failure,
             self._core.retry,
             sleep=self._alarm.sleep,
             delay=lambda retry: self._delay(policy, attempt + retry),

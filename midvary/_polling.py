@@ -8,7 +8,7 @@ This module owns every decision about *when* a handle asks ``record-info`` again
 - :data:`DEFAULT_SAFETY_POLL`, the slow schedule of handles that wait on a callback;
 - :class:`Alarm`, the interruptible sleep between two polls (a callback or the session's
   close ends it early);
-- :func:`poll_retrying_once`, one poll carried through transient failures at the schedule's
+- :func:`retry_poll`, a failed poll carried through transient failures at the schedule's
   pace;
 - :class:`PollHealth`, whether a session's polls keep failing: one warning when they have
   failed for ``PollPolicy.warn_failing_after`` seconds, one when they succeed again.
@@ -27,11 +27,9 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final, TypeVar
 
 from ._config import PollPolicy
-from ._retry import attempt_then_retry, is_transient, poll_retrying
+from ._retry import poll_retrying, retry_failed
 
 if TYPE_CHECKING:
-    import tenacity
-
     from ._config import RetryPolicy
     from ._models import TaskRecord
 
@@ -231,8 +229,9 @@ def _resolve(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-async def poll_retrying_once(
+async def retry_poll(
     poll: Callable[[], Awaitable[T]],
+    failure: BaseException,
     retry: RetryPolicy,
     *,
     sleep: Callable[[float], Awaitable[None]],
@@ -240,21 +239,19 @@ async def poll_retrying_once(
     what: str,
     on_retry: Callable[[BaseException, float], None] | None = None,
 ) -> tuple[T, int]:
-    """One poll, retried through transient failures; its result and the attempts made.
+    """Carry a poll whose first attempt failed with ``failure`` through transient failures.
 
-    ``delay(n)`` is the wait in seconds before retry ``n`` (the schedule's, so a failing
-    poll keeps the schedule's pace); ``sleep`` is the interruptible sleep. The caller's
-    deadline bounds the retries. ``on_retry(exc, wait_seconds)`` is called before each retry.
+    Returns its result and the attempts made (the first, failed one included). The caller
+    makes the first attempt itself (nearly every poll succeeds at once, and each layer of
+    coroutines costs CPU on every request) and comes here only with a failure
+    :func:`is_transient` accepts. ``delay(n)`` is the wait in seconds before retry ``n`` (the
+    schedule's, so a failing poll keeps the schedule's pace); ``sleep`` is the
+    interruptible sleep. The caller's deadline bounds the retries. ``on_retry(exc,
+    wait_seconds)`` is called before each retry.
     """
-    retrying: tenacity.AsyncRetrying | None = None
-
-    def make_retrying() -> tenacity.AsyncRetrying:
-        nonlocal retrying
-        retrying = poll_retrying(retry, sleep=sleep, delay=delay, what=what, on_retry=on_retry)
-        return retrying
-
-    result = await attempt_then_retry(poll, make_retrying, is_transient)
-    return result, 1 if retrying is None else retrying.statistics["attempt_number"]
+    retrying = poll_retrying(retry, sleep=sleep, delay=delay, what=what, on_retry=on_retry)
+    result = await retry_failed(poll, retrying, failure)
+    return result, retrying.statistics["attempt_number"]
 
 
 class PollHealth:

@@ -124,34 +124,27 @@ def _before_sleep_async(
     return before_sleep
 
 
-async def attempt_then_retry(
-    fn: Callable[[], Awaitable[T]],
-    retrying: Callable[[], tenacity.AsyncRetrying],
-    retryable: Callable[[BaseException], bool],
+async def retry_failed(
+    fn: Callable[[], Awaitable[T]], retrying: tenacity.AsyncRetrying, failure: BaseException
 ) -> T:
-    """Run ``fn`` once; only if it fails with a ``retryable`` error, hand it to tenacity.
+    """Carry on with ``retrying`` a call of ``fn`` whose first attempt failed with ``failure``.
 
     Tenacity's per-call set-up costs more CPU than parsing a poll's answer, and nearly every
-    call succeeds at once, so the first attempt runs bare. A retryable failure is replayed to
-    the ``retrying()`` object as its first attempt, so waits, ``Retry-After``, hooks and the
-    attempt budget count exactly as if tenacity had made every attempt. ``retryable`` must be
-    the ``retrying()`` object's own predicate.
+    call succeeds at once, so callers make the first attempt bare and come here only with a
+    failure that ``retrying``'s own predicate retries. The failure is replayed to
+    ``retrying`` as its first attempt, so waits, ``Retry-After``, hooks and the attempt
+    budget count exactly as if tenacity had made every attempt.
     """
-    try:
-        return await fn()
-    except Exception as exc:
-        if not retryable(exc):
-            raise
-        failure: BaseException | None = exc
+    first: BaseException | None = failure
 
     async def replay_then_call() -> T:
-        nonlocal failure
-        if failure is not None:
-            first, failure = failure, None
-            raise first
+        nonlocal first
+        if first is not None:
+            replayed, first = first, None
+            raise replayed
         return await fn()
 
-    return await retrying()(replay_then_call)
+    return await retrying(replay_then_call)
 
 
 def submit_retrying(

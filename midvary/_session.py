@@ -298,7 +298,7 @@ class Session:
             callback_url=callback_url,
             key=key,
         )
-        return await self._submitter.submit(request)
+        return await self._submitter.submit(request)  # as submit() does, one coroutine fewer
 
     async def generate(
         self,

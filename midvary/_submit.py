@@ -32,7 +32,7 @@ import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeGuard
 
 import attrs
@@ -50,7 +50,7 @@ from ._errors import (
 from ._handle import TaskHandle
 from ._models import GenerateRequest, SubmitRequest, UpscaleRequest, VaryRequest
 from ._polling import Alarm
-from ._retry import attempt_then_retry, is_unaccepted, submit_retrying
+from ._retry import is_unaccepted, retry_failed, submit_retrying
 
 if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
@@ -297,7 +297,12 @@ class Submitter:
         body = kind.body(request, callback_url=callback_url, index_base=self._core.index_base)
         attempt = _Attempt(self._core, self._limiter, kind.path, body, request, hooks, claim)
         try:
-            task_id: str = await attempt_then_retry(attempt, attempt.retrying, is_unaccepted)
+            try:  # the first attempt bare: tenacity is set up only after a retryable failure
+                task_id: str = await attempt()
+            except Exception as exc:
+                if not is_unaccepted(exc):
+                    raise
+                task_id = await retry_failed(attempt, attempt.retrying(), exc)
         except BaseException as exc:
             if ticket is not None:
                 ticket.drop()
@@ -416,12 +421,15 @@ class _Attempt:
         if hooks is not None:
             hooks.retrying(exc, wait)
 
-    async def __call__(self) -> str:
+    def __call__(self) -> Awaitable[str]:
+        if self._slots is None and self._hooks is None and self._claim is None:
+            return self._post()  # no slot to take and nobody to tell: no coroutine of its own
+        return self._limited()
+
+    async def _limited(self) -> str:
         self._core.check_open()
         hooks = self._hooks
         claim = self._claim
-        if self._slots is None and hooks is None and claim is None:
-            return await self._post()  # no slot to take and nobody to tell
         slot_of = self._slots.slot if self._slots is not None else _no_slot
         on_wait = hooks.waiting if hooks is not None else None
         async with slot_of(on_wait) as slot:

@@ -1,6 +1,6 @@
 """One HTTP exchange with the provider, and the one place aiohttp errors are translated.
 
-:class:`Translated` turns aiohttp and socket errors into :class:`~midvary.TransportError` for
+:func:`translate` turns aiohttp and socket errors into :class:`~midvary.TransportError` for
 both the API (:class:`Transport`, which alone holds the key) and result downloads
 (:func:`fetch`, which sends only a User-Agent to the result host).
 
@@ -14,13 +14,13 @@ the envelope code (or the HTTP status when the body carries none), a
 from __future__ import annotations
 
 import asyncio
+import collections
 import email.utils
 import json
 import logging
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from types import TracebackType
 from typing import Any
 
 import aiohttp
@@ -34,6 +34,7 @@ from ._version import USER_AGENT
 logger = logging.getLogger(__name__)
 
 _SNIPPET = 120
+_DECODER = json.JSONDecoder()
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -67,56 +68,37 @@ def _unchanged(text: str) -> str:
     return text
 
 
-class Translated:
-    """Turn the aiohttp and socket errors raised in a ``with`` block into :class:`TransportError`.
+def translate(
+    exc: BaseException,
+    what: str,
+    timeout: aiohttp.ClientTimeout,
+    redact: Callable[[str], str] = _unchanged,
+) -> BaseException:
+    """The error to raise for ``exc``, raised while sending ``what``.
 
-    ``sent`` is ``False`` only when the connection could not be opened at all. ``what``
-    names the request in messages; ``redact`` cleans an error's text of secrets.
-
-    A class, not a ``@contextlib.contextmanager`` generator: it wraps every request, and a
-    generator's set-up and its ``StopIteration`` cost more CPU than the rest of the wrapper.
+    aiohttp and socket errors become :class:`TransportError`; anything else is returned
+    unchanged. ``sent`` is ``False`` only when the connection could not be opened at all. ``what``
+    names the request in messages; ``redact`` cleans an error's text of secrets. The caller
+    raises the result ``from exc`` (a plain ``try``/``except`` costs nothing on success,
+    unlike a context manager around every request).
     """
+    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
+        return TransportError(
+            f"{what}: could not connect ({type(exc).__name__}: {exc})", sent=False
+        )
+    if isinstance(exc, TimeoutError):  # asyncio.TimeoutError is TimeoutError since 3.11
+        return TransportError(f"{what}: no answer within {timeout.total} s", sent=True)
+    if isinstance(exc, aiohttp.ClientError | OSError):  # OSError: a reset aiohttp did not wrap
+        _hide_authorization(exc)
+        return TransportError(
+            f"{what}: connection failed after sending ({type(exc).__name__}: {redact(str(exc))})",
+            sent=True,
+        )
+    return exc
 
-    __slots__ = ("_redact", "_timeout", "_what")
 
-    def __init__(
-        self,
-        what: str,
-        timeout: aiohttp.ClientTimeout,
-        *,
-        redact: Callable[[str], str] = _unchanged,
-    ) -> None:
-        self._what = what
-        self._timeout = timeout
-        self._redact = redact
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self,
-        _type: type[BaseException] | None,
-        exc: BaseException | None,
-        _traceback: TracebackType | None,
-    ) -> None:
-        if exc is None:
-            return
-        what = self._what
-        if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
-            raise TransportError(
-                f"{what}: could not connect ({type(exc).__name__}: {exc})", sent=False
-            ) from exc
-        if isinstance(exc, TimeoutError):  # asyncio.TimeoutError is TimeoutError since 3.11
-            raise TransportError(
-                f"{what}: no answer within {self._timeout.total} s", sent=True
-            ) from exc
-        if isinstance(exc, aiohttp.ClientError | OSError):  # OSError: a reset aiohttp did not wrap
-            _hide_authorization(exc)
-            raise TransportError(
-                f"{what}: connection failed after sending "
-                f"({type(exc).__name__}: {self._redact(str(exc))})",
-                sent=True,
-            ) from exc
+#: The errors :func:`translate` turns into :class:`TransportError`.
+_TRANSLATED = (aiohttp.ClientError, OSError)  # TimeoutError is an OSError
 
 
 def _hide_authorization(exc: BaseException) -> None:
@@ -165,10 +147,12 @@ async def fetch(
 
     """
     what = f"GET {public_url(url)}"
-    with Translated(what, timeout):
+    try:
         response = await http.get(
             url, headers={"User-Agent": USER_AGENT}, timeout=timeout, allow_redirects=True
         )
+    except _TRANSLATED as exc:
+        raise translate(exc, what, timeout) from exc
     try:
         if not 200 <= response.status < 300:
             raise DownloadError(
@@ -178,14 +162,55 @@ async def fetch(
             )
         size = 0
         while True:
-            with Translated(what, timeout):
+            try:
                 chunk = await response.content.read(chunk_size)
+            except _TRANSLATED as exc:
+                raise translate(exc, what, timeout) from exc
             if not chunk:
                 return size
             size += len(chunk)
             sink(chunk)
     finally:
         response.release()
+
+
+class _Gate:
+    """A bound on the requests in flight, first come first served: a cheaper semaphore.
+
+    ``asyncio.Semaphore`` costs three coroutines per request; here a free place is taken
+    with no coroutine at all (``free -= 1`` when ``free > 0`` and nobody waits) and only a
+    full gate makes the request wait, in :meth:`enter`. A place given up is handed straight
+    to the first waiter, so nobody overtakes the queue.
+    """
+
+    __slots__ = ("free", "waiters")
+
+    def __init__(self, limit: int) -> None:
+        self.free = limit
+        self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    async def enter(self) -> None:
+        """Wait for a place (the caller found none free)."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self.leave()  # handed a place, then cancelled before it could be used
+            elif waiter in self.waiters:  # leave() may have dropped it already
+                self.waiters.remove(waiter)
+            raise
+
+    def leave(self) -> None:
+        """Give a place up: to the first waiter still waiting, or back to the free ones."""
+        waiters = self.waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.free += 1
 
 
 class Transport:
@@ -213,7 +238,7 @@ class Transport:
         # fully built: 10,000 handles polling at once would hold 10,000 of them. Waiting
         # here first keeps that burst small (and happens before anything is sent).
         limit = http.connector.limit if http.connector is not None else 0
-        self._slots = asyncio.Semaphore(limit) if limit else None
+        self._gate = _Gate(limit) if limit else None
 
     def __repr__(self) -> str:
         return f"<Transport base_url={str(self._base_url)!r}>"
@@ -238,24 +263,20 @@ class Transport:
             TransportError: The network failed; ``sent`` says whether it may have arrived.
 
         """
+        # Every request goes through here: one coroutine, no context manager of our own
+        # (each would cost more CPU than the envelope's checks).
         url = self._urls.get(path)
         if url is None:
             url = self._urls[path] = self._base_url / path.lstrip("/")
-        if self._slots is None:
-            return await self._send(method, path, url, json_body, params)
-        async with self._slots:
-            return await self._send(method, path, url, json_body, params)
-
-    async def _send(
-        self,
-        method: str,
-        path: str,
-        url: yarl.URL,
-        json_body: Mapping[str, Any] | None,
-        params: Mapping[str, str] | None,
-    ) -> Any:
-        started = time.monotonic()
-        with Translated(f"{method} {path}", self._timeout, redact=self._redact):
+        gate = self._gate
+        if gate is not None:
+            if gate.free > 0 and not gate.waiters:
+                gate.free -= 1
+            else:
+                await gate.enter()
+        debug = logger.isEnabledFor(logging.DEBUG)
+        started = time.monotonic() if debug else 0.0
+        try:
             async with self._http.request(
                 method,
                 url,
@@ -268,18 +289,41 @@ class Transport:
             ) as response:
                 raw = await response.read()
                 status = response.status
-                retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        logger.debug(
-            "%s %s -> HTTP %d (%d bytes, %.3f s)",
-            method,
-            path,
-            status,
-            len(raw),
-            time.monotonic() - started,
-        )
-        return self._unwrap(raw, status, retry_after, f"{method} {path}")
+                headers = response.headers
+        except _TRANSLATED as exc:
+            raise translate(exc, f"{method} {path}", self._timeout, self._redact) from exc
+        finally:
+            if gate is not None:
+                gate.leave()
+        if debug:
+            logger.debug(
+                "%s %s -> HTTP %d (%d bytes, %.3f s)",
+                method,
+                path,
+                status,
+                len(raw),
+                time.monotonic() - started,
+            )
+        if status == 200 and raw[:1] == b"{":
+            # The common answer: try it first, without the general checks' detours (and
+            # without json.loads' own: encoding detection, whitespace matching).
+            try:
+                text = raw.decode()
+                envelope, end = _DECODER.raw_decode(text)
+                whole = end == len(text)
+            except ValueError:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+                whole = False
+            if (
+                whole
+                and type(envelope) is dict
+                and type(code := envelope.get("code")) is int
+                and code == 200
+            ):
+                return envelope.get("data")
+        return self._unwrap(raw, status, headers, f"{method} {path}")
 
-    def _unwrap(self, raw: bytes, status: int, retry_after: float | None, what: str) -> Any:
+    def _unwrap(self, raw: bytes, status: int, headers: Mapping[str, str], what: str) -> Any:
+        retry_after = parse_retry_after(headers.get("Retry-After"))
         envelope: Any = None
         try:
             envelope = json.loads(raw) if raw.strip() else None

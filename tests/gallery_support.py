@@ -99,8 +99,8 @@ def colour_counts(png: bytes) -> Counter[tuple[int, int, int]]:
 
 def result(
     job_id: str,
-    parent: str,
-    index: int,
+    parent: str | None,
+    index: int | None,
     status: str,
     **fields: Any,
 ) -> dict[str, Any]:

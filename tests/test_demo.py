@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
 from midvary._cli import main
+from midvary._cli.demo import FAST_SCALE
 from midvary._cli.demo import run as demo_run
+from midvary._cli.demo.assess import assess
+from midvary._cli.demo.plan import DemoPlan
+from midvary._cli.demo.run import Observed, run_demo
+from midvary._cli.progress import Progress
 from midvary.testing import PNG_SIGNATURE
 
 # The fake provider's generated keys look like this; none may be printed.
 FAKE_KEY = re.compile(r"fake-[0-9a-f]{24}")
-IMAGE_NAME = re.compile(r"(?P<task_id>fakevary[0-9a-f]+)_(?P<n>[0-3])\.png")
+IMAGE_NAME = re.compile(r"(?P<task_id>fake(?:gen|vary|ups)[0-9a-f]+)_(?P<n>[0-3])\.png")
+#: The fake's task ids carry their kind.
+TAGS = {"generate": "fakegen", "vary": "fakevary", "upscale": "fakeups"}
 
 
 def run_json(out: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> tuple[int, Any, str]:
@@ -29,39 +39,47 @@ def run_json(out: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> tupl
 def test_demo_succeeds_counts_every_job_and_writes_png_files(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The fast demo exits 0: no duplicates or 429s, failures reported, every image a PNG."""
+    """The fast demo exits 0: every kind counted, failures reported, every image a PNG."""
     out = tmp_path / "images"
     code, summary, stderr = run_json(out, capsys)
 
     assert code == 0, summary["problems"]
     assert summary["ok"] is True
     assert summary["problems"] == []
-    assert summary["jobs"] == 24
-    assert summary["done"] + summary["failed"] + summary["uncertain"] == 24
+    assert summary["prompts"] == 6
+    assert summary["jobs"] == 36
+    kinds = summary["kinds"]
+    assert {kind: counts["jobs"] for kind, counts in kinds.items()} == {
+        "generate": 6,
+        "vary": 24,
+        "upscale": 6,
+    }
+    for counts in kinds.values():
+        ended = counts["done"] + counts["failed"] + counts["uncertain"] + counts["not_run"]
+        assert ended == counts["jobs"]
+    for total in ("done", "uncertain", "not_run", "tasks_billed"):
+        assert summary[total] == sum(counts[total] for counts in kinds.values())
+    assert kinds["generate"]["not_run"] == 0
+    # Each grid that did not succeed leaves exactly its 4 varies and 1 upscale not run.
+    grids_lost = kinds["generate"]["failed"] + kinds["generate"]["uncertain"]
+    assert summary["not_run"] == 5 * grids_lost
+    assert kinds["vary"]["not_run"] == 4 * grids_lost
+    assert summary["done"] + summary["failed"] + summary["uncertain"] + summary["not_run"] == 36
     assert summary["unexpected"] == 0
     # The fake makes about 15% of tasks fail: they are outcomes, not a crash of the batch.
     assert summary["failed"] >= 1
     assert summary["failed"] == summary["failed_create"] + summary["failed_generate"]
     assert summary["uncertain"] == summary["uncertain_billed"] + summary["uncertain_not_created"]
     assert summary["duplicates"] == 0
-    assert summary["http_429"] == 0  # the session was told the provider's limit
-    assert (
-        summary["tasks_billed"]
-        == summary["done"] + summary["failed"] + (summary["uncertain_billed"])
+    assert summary["http_429"] == 0  # the session was told the limit all three kinds share
+    assert summary["tasks_billed"] == (
+        summary["done"] + summary["failed"] + summary["uncertain_billed"]
     )
     assert summary["polls_per_task_mean"] >= 1
 
     files = sorted(path for path in out.iterdir() if path.suffix == ".png")
-    assert len(files) == summary["files_written"] == 4 * summary["done"]
-    # The gallery page beside them shows every job, its images by relative path.
-    assert sorted(path.name for path in out.iterdir() if path.suffix != ".png") == [
-        "index.html",
-        "results.jsonl",
-    ]
-    assert summary["gallery"] == str(out / "index.html")
-    page = (out / "index.html").read_text()
-    assert page.count('loading="lazy"') == summary["files_written"]
-    assert all(f'src="{path.name}"' in page for path in files)
+    images = 4 * (kinds["generate"]["done"] + kinds["vary"]["done"]) + kinds["upscale"]["done"]
+    assert len(files) == summary["files_written"] == images
     tasks: dict[str, set[int]] = {}
     for path in files:
         match = IMAGE_NAME.fullmatch(path.name)
@@ -69,23 +87,79 @@ def test_demo_succeeds_counts_every_job_and_writes_png_files(
         tasks.setdefault(match["task_id"], set()).add(int(match["n"]))
         assert path.read_bytes().startswith(PNG_SIGNATURE)
     assert len(tasks) == summary["done"]
-    assert all(indexes == {0, 1, 2, 3} for indexes in tasks.values())
+    by_kind = {kind: sum(tag in task for task in tasks) for kind, tag in TAGS.items()}
+    assert by_kind == {kind: counts["done"] for kind, counts in kinds.items()}
+    for task, indexes in tasks.items():
+        assert indexes == ({0} if TAGS["upscale"] in task else {0, 1, 2, 3})
+
+    # The gallery page beside them shows the workflow: each prompt's grid with its children.
+    assert sorted(path.name for path in out.iterdir() if path.suffix != ".png") == [
+        "index.html",
+        "results.jsonl",
+    ]
+    assert summary["gallery"] == str(out / "index.html")
+    page = (out / "index.html").read_text()
+    assert "could not be read" not in page  # every kind's line is a gallery line
+    assert page.count('<section class="parent grid"') == 6
+    assert page.count('loading="lazy"') == summary["files_written"]
+    assert all(f'src="{path.name}"' in page for path in files)
 
     # Not a terminal: progress is plain lines, failed jobs are named as they end.
-    assert "demo: 24/24 finished" in stderr
+    assert "demo: 36/36 finished" in stderr
     assert "TaskFailedError" in stderr
+
+
+def assess_tampered(tmp_path: Path, tamper: Callable[[Observed], Observed]) -> tuple[str, ...]:
+    """Run a small fast demo; return its problems once ``tamper`` has changed what it saw."""
+    plan = DemoPlan(scale=FAST_SCALE, prompts=2)
+    observed = asyncio.run(
+        run_demo(plan, out=tmp_path, seed=7, progress=Progress(plan.jobs, label="demo"))
+    )
+    assert assess(observed).ok, assess(observed).problems
+    return assess(tamper(observed)).problems
+
+
+def test_demo_check_catches_a_task_of_the_wrong_kind(tmp_path: Path) -> None:
+    """A vary job whose task the fake made as an upscale is a problem, per job and per kind."""
+
+    def tamper(observed: Observed) -> Observed:
+        task_id = next(o.task_id for o in observed.outcomes if o.ok and "vary" in str(o.task_id))
+        assert task_id is not None
+        tasks = dict(observed.fake_tasks)
+        tasks[task_id] = attrs.evolve(tasks[task_id], kind="upscale")
+        observed.stats.tasks_by_endpoint["submit"] -= 1
+        observed.stats.tasks_by_endpoint["upscale"] += 1
+        return attrs.evolve(observed, fake_tasks=tasks)
+
+    problems = assess_tampered(tmp_path, tamper)
+    assert any("a upscale at the fake" in problem for problem in problems)
+    assert any(problem.startswith("the fake created") for problem in problems)
+
+
+def test_demo_check_catches_a_child_not_run_without_cause(tmp_path: Path) -> None:
+    """A child said not run though its grid succeeded (and it ran) is a problem."""
+
+    def tamper(observed: Observed) -> Observed:
+        child = next(job for job in observed.jobs if job.parent is not None)
+        return attrs.evolve(observed, not_run=(*observed.not_run, child))
+
+    problems = assess_tampered(tmp_path, tamper)
+    assert any(problem.startswith("not run: prompt-") for problem in problems)
 
 
 def test_demo_prints_a_summary_table_for_people(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Without --json the demo prints its figures as a table and says the run was ok."""
-    code = main(["demo", "--out", str(tmp_path), "--fast", "--parents", "2", "--seed", "3"])
+    code = main(["demo", "--out", str(tmp_path), "--fast", "--prompts", "2", "--seed", "3"])
     stdout, stderr = capsys.readouterr()
     assert code == 0, stderr
     assert "midvary demo (seed 3)" in stdout
-    for row in ("duplicate submissions", "polls per task", "HTTP 429", "wall time"):
+    for row in ("duplicate submissions", "polls per task", "HTTP 429", "wall time", "not run"):
         assert row in stdout
+    by_kind = stdout[stdout.index("by kind") :]
+    for row in ("generated", "varied", "upscaled", "tasks billed"):
+        assert row in by_kind
     assert "ok: every job ended done" in stdout
     assert not FAKE_KEY.search(stdout + stderr)
 
@@ -95,10 +169,11 @@ def test_demo_exits_1_and_names_jobs_that_ended_unexpectedly(
 ) -> None:
     """An outcome the fake did not inject (here a wait's deadline) makes the demo exit 1."""
     monkeypatch.setattr(demo_run, "JOB_TIMEOUT", 0.001)
-    code, summary, stderr = run_json(tmp_path, capsys, "--parents", "1")
+    code, summary, stderr = run_json(tmp_path, capsys, "--prompts", "2")
     assert code == 1
     assert summary["ok"] is False
     assert summary["done"] == 0
+    assert summary["not_run"] == 10  # no grid came: no child ran
     assert summary["unexpected"] >= 1
     assert any("TaskTimeoutError" in problem for problem in summary["problems"])
     assert "midvary demo: the library misbehaved" in stderr

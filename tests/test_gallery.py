@@ -26,8 +26,14 @@ HOSTILE_ERROR = "</p><script>document.title='pwned'</script><a href=javascript:a
 ALLOWED_TAGS = {
     "html", "head", "meta", "title", "style", "body", "header", "h1", "h2", "p", "main",
     "section", "div", "article", "span", "code", "dl", "dt", "dd", "strong", "figure", "a",
-    "img", "figcaption", "br", "ul", "li", "footer",
+    "img", "figcaption", "br", "ul", "li", "footer", "q",
 }  # fmt: skip
+HOSTILE_PROMPT = '</q></h2><img src=x onerror="document.title=1"><script>alert(1)</script>'
+
+
+def generate_line(job_id: str, status: str, **fields: Any) -> dict[str, Any]:
+    """A generate job's results line as bulk writes it: no parent task nor image, a prompt."""
+    return result(job_id, None, None, status, action="generate", prompt="a fox", **fields)
 
 
 @pytest.fixture
@@ -140,6 +146,9 @@ def test_bad_lines_are_listed_and_the_last_line_of_a_job_wins(run: Path) -> None
         (json.dumps(result("j", "p", 0, "done", error="boom")).encode(), "'error' must be an"),
         (json.dumps(result("j", "p", 0, "done", duration=-1)).encode(), "'duration' must"),
         (b'{"id": "\xff"}', "not UTF-8"),
+        (json.dumps(result("j", None, None, "done", action="generate")).encode(), "'prompt'"),
+        (json.dumps(result("j", None, None, "done", action="vary")).encode(), "'task_id' is"),
+        (json.dumps(generate_line("j", "done", image_index="1")).encode(), "'image_index' must"),
     ],
 )
 def test_malformed_lines_become_bad_lines(line: bytes, reason: str) -> None:
@@ -235,3 +244,67 @@ def test_five_thousand_jobs_make_one_linear_lazy_page(tmp_path: Path) -> None:
     per_job = (sizes[1000] - sizes[500]) / 500
     assert per_job == pytest.approx((sizes[500] - sizes[0]) / 500, rel=0.01)
     assert len(page) == pytest.approx(sizes[0] + 5000 * per_job, rel=0.01)
+
+
+def test_generate_jobs_head_their_group_with_prompt_grid_and_children(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A grid's group: its prompt, its grid, then its varies by index and its upscale."""
+    monkeypatch.chdir(tmp_path)
+    grid = done_job(tmp_path, "p1", "unused", 0, COLOURS[:4])
+    grid.update(action="generate", prompt="a red fox", task_id=None, image_index=None)
+    grid_task = grid["vary_task_id"]
+    child = {"action": "vary", "parent": "p1"}
+    write_lines(
+        tmp_path / "results.jsonl",
+        [
+            result("plain", "parent-X", 1, "done"),
+            grid,
+            result("p1/upscale0", grid_task, 0, "done", action="upscale") | {"parent": "p1"},
+            result("p1/vary2", grid_task, 2, "failed") | child,
+            done_job(tmp_path, "p1-vary0", grid_task, 0, COLOURS[4:]) | child,
+            result("by-task", grid_task, 3, "done"),  # no parent key: joins by the grid's task
+            generate_line(
+                "p2", "uncertain", error={"type": "SubmitUncertainError", "message": "lost"}
+            ),
+            result("orphan", "fakegen-elsewhere", 1, "done") | {"parent": "gone"},
+        ],
+    )
+    results = read_results(tmp_path / "results.jsonl")
+    assert results.bad_lines == ()
+    tree = Tree(write_gallery(tmp_path / "results.jsonl").read_text(encoding="utf-8"))
+    sections = tree.find("section", "parent")
+    headings = [text(tree.inside(s, "h2")[0]) for s in sections]
+    assert headings == [
+        "parent parent-X 1 job",
+        "prompt a red fox its grid and 4 children",
+        "prompt a fox its grid, no children",
+        "parent fakegen-elsewhere 1 job",
+    ]
+    assert [s.classes for s in sections] == [
+        {"parent"}, {"parent", "grid"}, {"parent", "grid"}, {"parent"}
+    ]  # fmt: skip
+    cards = [text(tree.inside(a, "span")[1]) for a in tree.inside(sections[1], "article")]
+    assert cards == ["grid", "index 0", "index 2", "index 3", "upscale of image 0"]
+    first = tree.inside(sections[1], "article")[0]
+    assert len(tree.inside(first, "img")) == 4
+    assert "task " + grid_task in text(first)
+    assert tree.find("p", "prompt") == []  # a grid's prompt is its heading, not repeated
+    (uncertain,) = tree.inside(sections[2], "article")
+    assert "".join(tree.inside(uncertain, "p")[0].text) == "SubmitUncertainError: lost"
+    assert text(tree.find("p", "summary")[0]).startswith("8 jobs · 2 prompts · 2 parents")
+
+
+def test_hostile_prompt_stays_text(tmp_path: Path) -> None:
+    """A prompt with markup is shown as text in its group's heading; nothing is injected."""
+    page = render_gallery(
+        parse_results(json.dumps(generate_line("g", "done") | {"prompt": HOSTILE_PROMPT})),
+        base_dir=tmp_path,
+    )
+    tree = Tree(page)
+    assert {e.tag for e in tree.elements} <= ALLOWED_TAGS
+    assert tree.find("script") == []
+    assert tree.find("img") == []
+    assert all(not name.startswith("on") for e in tree.elements for name in e.attrs)
+    (quote,) = tree.find("q")
+    assert text(quote) == " ".join(HOSTILE_PROMPT.split())

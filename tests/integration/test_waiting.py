@@ -192,3 +192,28 @@ async def test_closing_a_session_on_a_borrowed_http_session_with_polls_in_flight
         # The waits ended before the provider answered the polls on the wire.
         assert fake.stats.codes[200] == answered
         assert not http.closed
+
+
+async def test_requests_cancelled_while_queued_for_a_connection_free_their_places(
+    start_fake: StartFake,
+) -> None:
+    """Polls cancelled in the transport's queue (connector limit 1) leave no place taken."""
+    fake = await start_fake(invisible_for=0.0)
+    connector = aiohttp.TCPConnector(limit=1)
+    async with (
+        aiohttp.ClientSession(connector=connector) as http,
+        midvary.Session(api_key=fake.api_key, base_url=fake.base_url, http_session=http) as session,
+    ):
+        handle = await session.vary("parent-queued", 0)
+        fake.update(latency=60.0)  # the one connection hangs; later requests queue
+        stuck = [asyncio.create_task(handle.refresh()) for _ in range(4)]
+        await until(lambda: fake.stats.requests["record-info"] >= 1)
+        for task in stuck:
+            task.cancel()
+        await asyncio.gather(*stuck, return_exceptions=True)
+        fake.update(latency=0.0)
+        # Every place came back: two polls in a row pass the gate of one place.
+        for _ in range(2):
+            record = await asyncio.wait_for(handle.refresh(), timeout=30.0)
+            assert record.task_id == handle.task_id
+        assert fake.stats.requests["record-info"] == 3

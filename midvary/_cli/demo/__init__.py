@@ -2,21 +2,25 @@
 
 It starts :class:`midvary.testing.FakeProvider` with realistic but fast habits (tasks of
 1-3 s, some failing at creation (``successFlag`` 2) or generation (3), a submit limit of 8
-per 2 s, a 2 s maintenance window, a few spoiled answers, a few lost submit answers), then
-does what a user would do, through the public API only: a :class:`midvary.Session` told the
-provider's limit (``submit_rate``) runs 24 vary jobs (6 parents x 4 images) with
-``Session.vary_many(..., download=DIR)``, with the live progress of ``midvary bulk``.
+per 2 s shared by generate, vary and upscale, a 2 s maintenance window, a few spoiled
+answers, a few lost submit answers), then does what a user would do, through the public API
+only: a :class:`midvary.Session` told the provider's limit (``submit_rate``) generates 6
+prompts and, as each grid succeeds, varies its 4 images and upscales one, all in one
+``Session.vary_many(..., download=DIR)`` fed the way ``midvary bulk`` feeds a generate row's
+``then`` children (36 jobs), with the live progress of ``midvary bulk``.
 
-At the end it checks that the library behaved and prints a summary:
+At the end it checks that the library behaved and prints a summary, per kind of job:
 
-- every job ended done (its images downloaded as ``<task_id>_<n>.png``; a results file and
-  a gallery page of them, ``results.jsonl`` and ``index.html``, are written beside them),
-  failed because the fake made its task fail (:class:`TaskFailedError`), or uncertain
-  because the fake spoiled or dropped its submission's answer
-  (:class:`SubmitUncertainError`, never re-sent);
+- every job ended done (its images downloaded as ``<task_id>_<n>.png``: 4 for a grid or a
+  vary, 1 for an upscale; a results file and a gallery page of them, ``results.jsonl`` and
+  ``index.html``, are written beside them), failed because the fake made its task fail
+  (:class:`TaskFailedError`), or uncertain because the fake spoiled or dropped its
+  submission's answer (:class:`SubmitUncertainError`, never re-sent); the children of a grid
+  that did not succeed are not run, and only those;
+- every vary and upscale named its own grid's task, and reached the fake as that kind;
 - the fake received no duplicate submission, exactly the POSTs the fan-out announced
-  (``JobEventKind.SUBMITTING``), and created no task that no job accounts for except those
-  whose answer it dropped.
+  (``JobEventKind.SUBMITTING``), and created no task (of any kind) that no job of that kind
+  accounts for except those whose answer it lost.
 
 Exit code 0 when every check holds, 1 (with the reasons) otherwise, 2 for a usage error.
 """
@@ -29,7 +33,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from .._kit import EXIT_FAILED, EXIT_OK, UsageError, positive_int, require_rich, say
 from ..progress import Progress
@@ -37,6 +41,9 @@ from ..summary import summary_table
 from .assess import DemoReport, assess
 from .plan import DemoPlan
 from .run import run_demo, write_demo_gallery
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 #: The seed of every random draw of the fake provider and of the client's jitter.
 DEFAULT_SEED: Final = 7
@@ -47,13 +54,15 @@ FAST_SCALE: Final = 0.1
 
 _HELP: Final = """\
 Start a fake provider in this process (tasks of 1-3 s, some failing, a submit limit of 8 per
-2 s, a maintenance window, a few spoiled and lost answers), vary 24 images through
-Session.vary_many with live progress, download the results, check that the library behaved,
-and print a summary. Nothing leaves 127.0.0.1. Takes about 15 s.
+2 s, a maintenance window, a few spoiled and lost answers), generate 6 prompts and, as each
+grid is ready, vary its 4 images and upscale one, all through one Session.vary_many with
+live progress; download the results, check that the library behaved, and print a summary.
+Nothing leaves 127.0.0.1. Takes about 20 s.
 
 exit codes: 0 the library behaved (every job done, failed by the provider, or uncertain
-because the provider lost its answer; nothing submitted twice; every result downloaded);
-1 it did not (the reasons are printed); 2 usage error.
+because the provider lost its answer; the children of a failed grid not run; nothing
+submitted twice; every result downloaded); 1 it did not (the reasons are printed); 2 usage
+error.
 """
 
 
@@ -76,11 +85,11 @@ def options(parser: argparse.ArgumentParser) -> None:
         help=f"seed of the fake provider's draws and the client's jitter ({DEFAULT_SEED})",
     )
     parser.add_argument(
-        "--parents",
+        "--prompts",
         type=positive_int,
         default=6,
         metavar="N",
-        help="parent tasks to vary, 4 images each (6)",
+        help="prompts to generate; each grid gets 4 varies and 1 upscale (6)",
     )
     parser.add_argument(
         "--fast",
@@ -99,12 +108,12 @@ def _demo(args: argparse.Namespace) -> int:
     out: Path = args.out
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a directory")
-    plan = DemoPlan(scale=FAST_SCALE if args.fast else 1.0, parents=args.parents)
+    plan = DemoPlan(scale=FAST_SCALE if args.fast else 1.0, prompts=args.prompts)
     progress = Progress(plan.jobs, label="demo")
     header = [
-        f"midvary demo: {plan.jobs} vary jobs ({plan.parents} parent"
-        f"{'s' if plan.parents > 1 else ''} x 4 images) against a "
-        f"fake provider in this process, seed {args.seed}",
+        f"midvary demo: {plan.prompts} prompt{'s' if plan.prompts > 1 else ''} generated, "
+        f"each grid's 4 images varied and 1 upscaled ({plan.jobs} jobs), against a fake "
+        f"provider in this process, seed {args.seed}",
         *(line.replace("DIR", str(out)) for line in plan.describe()),
     ]
     for line in header:
@@ -136,6 +145,24 @@ def _files(written: int, downloaded: int) -> str:
     return f"{written} ({earlier} complete from an earlier run: not downloaded again)"
 
 
+#: The per-kind table's rows: its label and the kind, in the workflow's order.
+_KIND_ROWS: Final = (("generated", "generate"), ("varied", "vary"), ("upscaled", "upscale"))
+_KIND_COLUMNS: Final = ("jobs", "done", "failed", "uncertain", "not_run", "tasks_billed")
+
+
+def _kinds_table(kinds: dict[str, dict[str, int]]) -> Table:
+    """The jobs of each kind: how many, how they ended, the tasks the provider billed."""
+    from rich.table import Table  # noqa: PLC0415 - rich is optional
+
+    table = Table(title="by kind")
+    table.add_column("")
+    for column in _KIND_COLUMNS:
+        table.add_column(column.replace("_", " "), justify="right")
+    for label, kind in _KIND_ROWS:
+        table.add_row(label, *(str(kinds[kind][column]) for column in _KIND_COLUMNS))
+    return table
+
+
 def _print_report(report: DemoReport) -> None:
     from rich.console import Console  # noqa: PLC0415 - rich is optional
 
@@ -145,8 +172,10 @@ def _print_report(report: DemoReport) -> None:
         if f["polls_per_task_mean"] is not None
         else "-"
     )
+    kinds = f["kinds"]
+    mix = " + ".join(f"{counts['jobs']} {kind}" for kind, counts in kinds.items())
     rows: Sequence[tuple[str, object]] = (
-        ("jobs", f"{f['jobs']}"),
+        ("jobs", f"{f['jobs']} ({mix})"),
         ("done (images downloaded)", f["done"]),
         (
             "failed by the provider (flag 2 / 3)",
@@ -157,6 +186,7 @@ def _print_report(report: DemoReport) -> None:
             f"{f['uncertain']} ({f['uncertain_billed']} billed, "
             f"{f['uncertain_not_created']} never created)",
         ),
+        ("not run: their grid did not succeed", f["not_run"]),
         *((("other errors (see below)", f["unexpected"]),) if f["unexpected"] else ()),
         (
             "rate-limited waits (client limiter)",
@@ -179,12 +209,14 @@ def _print_report(report: DemoReport) -> None:
     )
     console = Console()
     console.print(summary_table(f"midvary demo (seed {f['seed']})", rows, columns=None))
+    console.print(_kinds_table(kinds))
     console.print(f"gallery: {f['gallery']}", markup=False, highlight=False, soft_wrap=True)
     if report.ok:
         console.print(
             "ok: every job ended done, failed by the provider, or uncertain because the "
-            "provider lost its answer (never re-sent); nothing was submitted twice; every "
-            "result was downloaded.",
+            "provider lost its answer (never re-sent); only the children of grids that did "
+            "not succeed were not run; nothing was submitted twice; every result was "
+            "downloaded.",
             markup=False,
             highlight=False,
             soft_wrap=True,

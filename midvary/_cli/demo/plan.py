@@ -7,14 +7,30 @@ It configures the fake only through the public :mod:`midvary.testing` API
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TypeVar
+from typing import Final, TypeVar
 
 import attrs
 
 import midvary
 from midvary.testing import FakeSettings
 
+from ..chain import IMAGE_INDEXES, Step, steps_for
+from ..jobs import BulkJob
+
 _Policy = TypeVar("_Policy", midvary.PollPolicy, midvary.RetryPolicy)
+
+#: The demo's prompts, used in turn (a second round gets a "take 2" suffix: the fake
+#: counts the same prompt twice as a duplicate submission).
+PROMPTS: Final = (
+    "a red fox in the snow",
+    "a lighthouse at dusk, oil painting",
+    "a bowl of ramen, studio photo",
+    "an old tram in Lisbon, watercolour",
+    "a paper crane on a desk, macro",
+    "a glass greenhouse full of ferns",
+)
+#: Children per grid: its 4 images varied, one upscaled.
+CHILDREN_PER_GRID: Final = len(IMAGE_INDEXES) + 1
 
 
 @attrs.frozen(kw_only=True)
@@ -24,22 +40,27 @@ class DemoPlan:
     Attributes:
         scale: Multiplies every time, in the fake and in the client's policies (1.0, or
             :data:`midvary._cli.demo.FAST_SCALE` with ``--fast``).
-        parents: Parent tasks; each gets its 4 images varied.
+        prompts: Prompts generated; each grid, once done, gets its 4 images varied and one
+            upscaled (image ``n % 4`` of the ``n``-th prompt, counting from 0).
         concurrency: Jobs in flight at once (the ``vary_many`` default).
         submit_limit: Submissions per window the fake accepts, and the client is told.
         submit_window: The window of ``submit_limit``, in seconds before scaling.
     """
 
     scale: float = 1.0
-    parents: int = 6
+    prompts: int = 6
     concurrency: int = 16
     submit_limit: int = 8
     submit_window: float = 2.0
 
     @property
     def jobs(self) -> int:
-        """How many vary jobs: 4 per parent."""
-        return self.parents * 4
+        """How many jobs in all: per prompt, 1 generate, 4 vary, 1 upscale."""
+        return self.prompts * (1 + CHILDREN_PER_GRID)
+
+    def kind_counts(self) -> dict[str, int]:
+        """How many jobs of each kind (``generate``, ``vary``, ``upscale``)."""
+        return {"generate": self.prompts, "vary": 4 * self.prompts, "upscale": self.prompts}
 
     @property
     def submit_rate(self) -> tuple[int, float]:
@@ -57,7 +78,7 @@ class DemoPlan:
             submit_limit=self.submit_rate,
             maintenance=((3.0 * s, 5.0 * s),),
             fault_rate=0.04,
-            fault_endpoints=("submit", "record-info"),
+            fault_endpoints=("generate", "submit", "upscale", "record-info"),
             drop_submit_answer_rate=0.05,
             time_format="mixed",
         )
@@ -76,13 +97,29 @@ class DemoPlan:
         """``policy`` with each field named in ``times`` (seconds) multiplied by the scale."""
         return attrs.evolve(policy, **{name: getattr(policy, name) * self.scale for name in times})
 
-    def requests(self) -> list[midvary.VaryRequest]:
-        """The jobs: each image 0..3 of each parent task."""
-        return [
-            midvary.VaryRequest(task_id=f"parent-demo-{parent}", image_index=index)
-            for parent in range(1, self.parents + 1)
-            for index in range(4)
-        ]
+    def jobs_to_run(self) -> list[BulkJob]:
+        """The jobs, as ``midvary bulk`` holds a JOBS file's generate rows and their ``then``.
+
+        Per prompt: a generate job keyed ``prompt-N`` (N from 1), then its children keyed
+        ``prompt-N/vary0`` .. ``prompt-N/vary3`` and ``prompt-N/upscaleI``, whose requests
+        are made from the grid's task id once it succeeds.
+        """
+        jobs: list[BulkJob] = []
+        for n in range(self.prompts):
+            text = PROMPTS[n % len(PROMPTS)]
+            if n >= len(PROMPTS):
+                text += f", take {n // len(PROMPTS) + 1}"
+            key = f"prompt-{n + 1}"
+            then = (*steps_for("vary", IMAGE_INDEXES), Step("upscale", n % len(IMAGE_INDEXES)))
+            grid = BulkJob(
+                key=key,
+                line=n + 1,
+                content=key,
+                request=midvary.GenerateRequest(prompt=text, id=key),
+                then=then,
+            )
+            jobs.extend((grid, *grid.children()))
+        return jobs
 
     def describe(self) -> Iterator[str]:
         """What the demo is about to do, for people."""
@@ -97,6 +134,7 @@ class DemoPlan:
             f"{fake.drop_submit_answer_rate:.0%} of submit answers lost"
         )
         yield (
-            f"client: Session(submit_rate=({count}, {window:g})) -> vary_many({self.jobs} "
-            f"requests, concurrency={self.concurrency}, download=DIR)"
+            f"client: Session(submit_rate=({count}, {window:g})) -> vary_many(an async input: "
+            f"{self.prompts} GenerateRequests, then as each grid succeeds its 4 VaryRequests "
+            f"and 1 UpscaleRequest; concurrency={self.concurrency}, download=DIR)"
         )

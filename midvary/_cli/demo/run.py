@@ -1,4 +1,8 @@
-"""Running the demo: start the fake provider, run every job through ``vary_many``, observe.
+"""Running the demo: start the fake provider, run the workflow through ``vary_many``, observe.
+
+The fan-out's input is bulk's :class:`~midvary._cli.feed.Feed`: the generate jobs at once,
+then each grid's children (4 varies, 1 upscale) as soon as the grid succeeds, in the same
+fan-out, through the same limiter.
 
 What the run saw is returned as an :class:`Observed`, for :func:`midvary._cli.demo.assess.assess`
 to check; nothing here judges it.
@@ -14,8 +18,10 @@ from typing import Final
 import attrs
 
 import midvary
-from midvary.testing import FakeProvider, FakeSettings, FakeStats, SuccessFlag
+from midvary.testing import FakeProvider, FakeSettings, FakeStats, TaskSnapshot
 
+from ..chain import action_of
+from ..feed import Feed
 from ..gallery import make_gallery
 from ..jobs import BulkJob
 from ..progress import Progress
@@ -47,18 +53,24 @@ class Observed:
     plan: DemoPlan
     settings: FakeSettings
     outcomes: tuple[midvary.VaryOutcome, ...]
+    jobs: tuple[BulkJob, ...]
+    not_run: tuple[BulkJob, ...]
     events: EventCounts
     stats: FakeStats
-    fake_outcomes: dict[str, SuccessFlag]
+    fake_tasks: dict[str, TaskSnapshot]
     out: Path
     wall: float
     deadline: float
     unfinished: tuple[midvary.UnfinishedJob, ...] = ()
     timed_out: bool = False
 
+    def job_of(self, outcome: midvary.VaryOutcome) -> BulkJob:
+        """The job ``outcome`` is the end of (``jobs`` is in the fan-out's input order)."""
+        return self.jobs[outcome.index]
+
 
 async def run_demo(plan: DemoPlan, *, out: Path, seed: int, progress: Progress) -> Observed:
-    """Start the fake provider, run every job through ``Session.vary_many``, and observe.
+    """Start the fake provider, run the workflow through ``Session.vary_many``, and observe.
 
     Args:
         plan: The fake's habits and the client's settings.
@@ -88,6 +100,13 @@ async def run_demo(plan: DemoPlan, *, out: Path, seed: int, progress: Progress) 
         progress.event(event)
 
     outcomes: list[midvary.VaryOutcome] = []
+    feed = Feed()
+    for job in plan.jobs_to_run():
+        if job.request is not None:
+            feed.add(job, job.request)
+        else:
+            feed.wait_for_parent(job)
+    feed.start()
     timed_out = False
     deadline = DEADLINE
     settings = plan.fake_settings()
@@ -101,7 +120,7 @@ async def run_demo(plan: DemoPlan, *, out: Path, seed: int, progress: Progress) 
             seed=seed,
         ) as session:
             fanout = session.vary_many(
-                plan.requests(),
+                feed.items(),
                 concurrency=plan.concurrency,
                 timeout=JOB_TIMEOUT,
                 on_event=on_event,
@@ -112,18 +131,27 @@ async def run_demo(plan: DemoPlan, *, out: Path, seed: int, progress: Progress) 
                     async with asyncio.timeout(deadline), fanout:
                         async for outcome in fanout:
                             outcomes.append(outcome)
-                            _show(progress, outcome)
+                            job = feed.to_run[outcome.index]
+                            _show(progress, job, outcome)
+                            feed.parent_ended(job, outcome)
+                            if job.then and not outcome.ok:
+                                for child in job.children():
+                                    progress.ended(
+                                        Ending.FAILED, f"{child.key} not run: its grid failed"
+                                    )
                 except TimeoutError:
                     timed_out = True
         wall = time.monotonic() - started
-        fake_outcomes = {task_id: task.outcome for task_id, task in fake.tasks.items()}
+        fake_tasks = dict(fake.tasks)
     return Observed(
         plan=plan,
         settings=settings,
         outcomes=tuple(sorted(outcomes, key=lambda outcome: outcome.index)),
+        jobs=tuple(feed.to_run),
+        not_run=tuple(feed.orphans()),
         events=events,
         stats=fake.stats,
-        fake_outcomes=fake_outcomes,
+        fake_tasks=fake_tasks,
         out=out,
         wall=wall,
         deadline=deadline,
@@ -132,49 +160,47 @@ async def run_demo(plan: DemoPlan, *, out: Path, seed: int, progress: Progress) 
     )
 
 
-def describe(outcome: midvary.VaryOutcome) -> str:
-    """``job N`` and what the job asked for, for people."""
+def describe(job: BulkJob, outcome: midvary.VaryOutcome) -> str:
+    """What the job asked for and its key, e.g. ``vary(fakegen..., image 2) [prompt-1/vary2]``."""
     request = outcome.request
-    return f"job {outcome.index} {request.describe() if request is not None else ''}".rstrip()
+    return request.describe() if request is not None else f"{action_of(job.request)} [{job.key}]"
 
 
-def _show(progress: Progress, outcome: midvary.VaryOutcome) -> None:
+def _show(progress: Progress, job: BulkJob, outcome: midvary.VaryOutcome) -> None:
     """Count one outcome; describe a failed or uncertain one as it comes."""
     ending = Ending.of(outcome)
     if ending is Ending.DONE:
         progress.ended(ending)
         return
     error = outcome.error
-    progress.ended(ending, f"{describe(outcome)} {ending.value}: {type(error).__name__}: {error}")
+    progress.ended(
+        ending, f"{describe(job, outcome)} {ending.value}: {type(error).__name__}: {error}"
+    )
 
 
 def write_demo_gallery(observed: Observed) -> Path:
     """Write ``results.jsonl`` (as ``bulk`` would) and its gallery ``index.html`` into ``out``.
 
+    Each line is the one ``bulk`` would write for the same job: a grid's has its prompt, a
+    child's its ``parent`` (the grid's job key), so the page shows each grid with its
+    children.
+
     Returns:
         The gallery page's path.
 
     """
-    lines = []
-    for outcome in observed.outcomes:
-        if outcome.request is None:
-            continue
-        job = BulkJob(
-            key=f"job-{outcome.index + 1}",
-            line=outcome.index + 1,
-            content="",
+    lines = [
+        result_line(
+            observed.job_of(outcome),
+            Ending.of(outcome),
+            task_id=outcome.task_id,
+            record=outcome.record,
+            error=outcome.error,
+            paths=outcome.paths,
             request=outcome.request,
         )
-        lines.append(
-            result_line(
-                job,
-                Ending.of(outcome),
-                task_id=outcome.task_id,
-                record=outcome.record,
-                error=outcome.error,
-                paths=outcome.paths,
-            )
-        )
+        for outcome in observed.outcomes
+    ]
     observed.out.mkdir(parents=True, exist_ok=True)
     results = observed.out / "results.jsonl"
     results.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")

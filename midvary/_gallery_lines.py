@@ -1,0 +1,254 @@
+"""The lines of a bulk results file, read for the gallery (:mod:`midvary._gallery`).
+
+:func:`parse_results` reads the lines ``midvary bulk`` (and ``midvary demo``) write: one JSON
+object a line. A vary or upscale line names its parent task (``task_id``) and image
+(``image_index``); a generate line has neither but its ``prompt``; a child of a generate
+row names it (``parent``). A line that cannot be read (not JSON, a required field missing
+or of the wrong type, not UTF-8) becomes a :class:`BadLine` with its number and the reason.
+When a job has several lines (a re-submitted uncertain job), the last one wins, as for
+``bulk`` itself.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+
+
+@attrs.frozen(kw_only=True)
+class GalleryJob:
+    """One job of a results file, as the gallery shows it.
+
+    Attributes:
+        number: The line of the results file it came from (1-based).
+        id: The job's id (``id``).
+        parent_task_id: The parent task that was varied or upscaled (``task_id``); ``None``
+            for a generate job.
+        image_index: The parent's image that was varied or upscaled (``image_index``);
+            ``None`` for a generate job.
+        status: ``done``, ``failed``, ``uncertain`` (``status``; other values are kept).
+        task_id: The vary task's id (``vary_task_id``), or ``None`` if it never got one.
+        water_mark: The requested water mark, or ``None``.
+        image_urls: The result URLs (``image_urls``).
+        files: The downloaded files (``files``), as written: relative to where bulk ran,
+            or absolute.
+        error_type: The error's class name (``error.type``), or ``None``.
+        error_message: The error's message (``error.message``), or ``None``.
+        error_code: The provider's error code (``record.error_code``), or ``None``.
+        jobs_line: The line of the JOBS file (``line``), or ``None``.
+        action: ``vary``, ``generate``, ``upscale``... (``action``), or ``None``.
+        prompt: The prompt (``prompt``), or ``None``; a generate job always has one.
+        parent: The id of the generate job a child was made from (``parent``), or ``None``.
+        created_at: When the task was created (``created_at``, else ``record.created_at``).
+        completed_at: When it completed (``completed_at``, else ``record.completed_at``).
+        duration: Seconds it took (``duration``, else completed minus created), or ``None``.
+
+    """
+
+    number: int
+    id: str
+    parent_task_id: str | None
+    image_index: int | None
+    status: str
+    task_id: str | None = None
+    water_mark: str | None = None
+    image_urls: tuple[str, ...] = ()
+    files: tuple[str, ...] = ()
+    error_type: str | None = None
+    error_message: str | None = None
+    error_code: int | None = None
+    jobs_line: int | None = None
+    action: str | None = None
+    prompt: str | None = None
+    parent: str | None = None
+    created_at: str | None = None
+    completed_at: str | None = None
+    duration: float | None = None
+
+
+@attrs.frozen(kw_only=True)
+class BadLine:
+    """A line of the results file that could not be read: its number and why."""
+
+    number: int
+    reason: str
+
+
+@attrs.frozen(kw_only=True)
+class GalleryResults:
+    """A results file read: its jobs (last line of each job id), and its unreadable lines.
+
+    Attributes:
+        jobs: One entry per job id (its last line), in the order of their first line.
+        bad_lines: The lines that could not be read.
+        replaced: How many lines were superseded by a later line of the same job.
+
+    """
+
+    jobs: tuple[GalleryJob, ...]
+    bad_lines: tuple[BadLine, ...] = ()
+    replaced: int = 0
+
+
+class _BadLineError(ValueError):
+    """A line's content is not a result line; the message says why."""
+
+
+def parse_results(data: bytes | str) -> GalleryResults:
+    """Read the lines of a results file; unreadable lines become :class:`BadLine` entries.
+
+    Args:
+        data: The whole file's content; only a line feed ends a line.
+
+    Returns:
+        The jobs and the bad lines.
+
+    """
+    raw = data.encode() if isinstance(data, str) else data
+    jobs: dict[str, GalleryJob] = {}
+    bad: list[BadLine] = []
+    replaced = 0
+    for number, line in enumerate(raw.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            job = _job(number, line)
+        except _BadLineError as exc:
+            bad.append(BadLine(number=number, reason=str(exc)))
+            continue
+        if job.id in jobs:
+            replaced += 1
+        jobs[job.id] = job  # the last line wins; the job keeps its first line's place
+    return GalleryResults(jobs=tuple(jobs.values()), bad_lines=tuple(bad), replaced=replaced)
+
+
+def read_results(path: Path) -> GalleryResults:
+    """Read a results file (``midvary bulk``'s ``--out``), as :func:`parse_results` does.
+
+    Raises:
+        OSError: The file cannot be read (``FileNotFoundError`` if it does not exist).
+
+    """
+    return parse_results(Path(path).read_bytes())
+
+
+# -- reading one line ------------------------------------------------------------------------
+
+
+def _job(number: int, line: bytes) -> GalleryJob:
+    """The job of one line, or :class:`_BadLineError` saying what is wrong with it."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _BadLineError(f"not UTF-8 (byte {exc.start + 1} of the line)") from None
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise _BadLineError(f"not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise _BadLineError(f"not a JSON object but {type(data).__name__}")
+    record = _field(data, "record", dict, required=False) or {}
+    error = _field(data, "error", dict, required=False) or {}
+    action = _text(data, "action")
+    # A generate job has no parent task nor image: its prompt is what it is about.
+    generate = action == "generate"
+    return GalleryJob(
+        number=number,
+        id=_required(data, "id"),
+        parent_task_id=_text(data, "task_id") if generate else _required(data, "task_id"),
+        image_index=_field(data, "image_index", int, required=not generate),
+        status=_required(data, "status"),
+        task_id=_text(data, "vary_task_id"),
+        water_mark=_field(data, "water_mark", str, required=False),
+        image_urls=_strings(data, "image_urls"),
+        files=_strings(data, "files"),
+        error_type=_text(error, "error.type", key="type"),
+        error_message=_field(error, "error.message", str, required=False, key="message"),
+        error_code=_integer(record, "record.error_code", key="error_code"),
+        jobs_line=_integer(data, "line"),
+        action=action,
+        prompt=_field(data, "prompt", str, required=generate),
+        parent=_text(data, "parent"),
+        created_at=_text(data, "created_at")
+        or _text(record, "record.created_at", key="created_at"),
+        completed_at=_text(data, "completed_at")
+        or _text(record, "record.completed_at", key="completed_at"),
+        duration=_duration(data, record),
+    )
+
+
+def _field(
+    data: Mapping[str, Any], name: str, kind: type, *, required: bool, key: str | None = None
+) -> Any:
+    """``data[key or name]`` if it is a ``kind``; ``None`` when absent or null and optional."""
+    value = data.get(key or name)
+    if value is None:
+        if required:
+            raise _BadLineError(f"the field {name!r} is missing")
+        return None
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise _BadLineError(
+            f"the field {name!r} must be {_KINDS[kind]}, not {type(value).__name__}"
+        )
+    return value
+
+
+_KINDS: Final[dict[type, str]] = {
+    str: "a string",
+    int: "an integer",
+    dict: "an object",
+    list: "a list of strings",
+}
+
+
+def _text(data: Mapping[str, Any], name: str, *, key: str | None = None) -> str | None:
+    """An optional string field; empty means ``None``."""
+    return _field(data, name, str, required=False, key=key) or None
+
+
+def _required(data: Mapping[str, Any], name: str) -> str:
+    """A required, non-blank string field."""
+    value: str = _field(data, name, str, required=True)
+    if not value.strip():
+        raise _BadLineError(f"the field {name!r} is empty")
+    return value
+
+
+def _integer(data: Mapping[str, Any], name: str, *, key: str | None = None) -> int | None:
+    """An optional integer field."""
+    value: int | None = _field(data, name, int, required=False, key=key)
+    return value
+
+
+def _strings(data: Mapping[str, Any], name: str) -> tuple[str, ...]:
+    values = _field(data, name, list, required=False) or []
+    if not all(isinstance(value, str) for value in values):
+        raise _BadLineError(f"the field {name!r} must be a list of strings")
+    return tuple(values)
+
+
+def _duration(data: Mapping[str, Any], record: Mapping[str, Any]) -> float | None:
+    """Seconds from ``duration``, else from the created and completed times (if both)."""
+    value = data.get("duration")
+    if value is not None:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not (math.isfinite(value) and value >= 0)
+        ):
+            raise _BadLineError("the field 'duration' must be a number of seconds >= 0")
+        return float(value)
+    created = data.get("created_at") or record.get("created_at")
+    completed = data.get("completed_at") or record.get("completed_at")
+    try:
+        start, end = datetime.fromisoformat(str(created)), datetime.fromisoformat(str(completed))
+        seconds = (end - start).total_seconds()
+    except (TypeError, ValueError):  # absent, not ISO 8601, or one naive and one aware
+        return None
+    return seconds if seconds >= 0 else None
