@@ -13,6 +13,7 @@ from ._base import (
     SlotRequest,
     Store,
     StoredJob,
+    TokenRecord,
     account_namespace,
 )
 from ._hold import Hold, StoreLimiter, StoreSlot, holding
@@ -33,6 +34,7 @@ __all__ = [
     "StoreLimiter",
     "StoreSlot",
     "StoredJob",
+    "TokenRecord",
     "account_namespace",
     "holding",
 ]
