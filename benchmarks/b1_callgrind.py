@@ -1,0 +1,124 @@
+"""B1 in instructions: callgrind counts per task of each client, stable on a loaded machine.
+
+Wall-clock CPU ratios move with whatever else runs on the machine; instruction counts do not.
+This runs each client under ``valgrind --tool=callgrind`` twice, for ``SMALL`` and ``LARGE``
+tasks (the same B1 workload: tasks finished at creation, 64 in flight, one poll), and takes
+the difference, so interpreter start-up, imports and warm-up cancel out::
+
+    python -m benchmarks.b1_callgrind            # about 5 minutes
+
+The fake provider runs in its own process, outside valgrind. Each client runs in a child
+``python -m benchmarks.b1_callgrind --client ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import aiohttp
+
+import midvary
+
+from ._harness import PARENT, BaselineClient, fake_server, fixed, run_concurrently, session_options
+from .b1_overhead import CONCURRENCY, INTERVAL, _policy
+
+SMALL = 200
+LARGE = 1_200
+CLIENTS = ("baseline", "midvary")
+
+
+async def _midvary(base_url: str, api_key: str, tasks: int) -> None:
+    options = session_options(poll=_policy(), submit_rate=None)
+    async with midvary.Session(api_key=api_key, base_url=base_url, **options) as session:
+
+        async def job(number: int) -> None:
+            await (await session.vary(PARENT, number % 4))
+
+        await run_concurrently(tasks, CONCURRENCY, job)
+
+
+async def _baseline(base_url: str, api_key: str, tasks: int) -> None:
+    timeout = aiohttp.ClientTimeout(total=30.0, connect=10.0)
+    async with aiohttp.ClientSession(timeout=timeout) as http:
+        client = BaselineClient(http, base_url, api_key)
+
+        async def job(number: int) -> None:
+            task_id = await client.submit(PARENT, number % 4)
+            assert task_id is not None
+            await client.wait(task_id, fixed(INTERVAL))
+
+        await run_concurrently(tasks, CONCURRENCY, job)
+
+
+def _instructions(out_file: Path) -> int:
+    for line in out_file.read_text().splitlines():
+        if line.startswith(("summary:", "totals:")):
+            return int(line.split()[1])
+    raise RuntimeError(f"no totals in {out_file}")
+
+
+def _measure(client: str, tasks: int, base_url: str, api_key: str, workdir: Path) -> int:
+    out_file = workdir / f"callgrind.{client}.{tasks}"
+    command = [
+        "valgrind",
+        "--tool=callgrind",
+        f"--callgrind-out-file={out_file}",
+        sys.executable,
+        "-m",
+        "benchmarks.b1_callgrind",
+        "--client",
+        client,
+        "--tasks",
+        str(tasks),
+        "--base-url",
+        base_url,
+        "--api-key",
+        api_key,
+    ]
+    subprocess.run(command, check=True, capture_output=True)  # noqa: S603 - our own interpreter
+    return _instructions(out_file)
+
+
+async def _main() -> None:
+    if shutil.which("valgrind") is None:
+        raise SystemExit("valgrind is not installed (apt-get install valgrind)")
+    args = ("--duration", "0", "0", "--invisible-for", "0", "--no-submit-limit")
+    per_task: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as workdir:
+        async with fake_server(*args) as fake:
+            for client in CLIENTS:
+                counts = [
+                    await asyncio.to_thread(
+                        _measure, client, tasks, fake.base_url, fake.api_key, Path(workdir)
+                    )
+                    for tasks in (SMALL, LARGE)
+                ]
+                per_task[client] = (counts[1] - counts[0]) / (LARGE - SMALL)
+                print(f"{client}: {per_task[client] / 1000:.0f} k instructions per task")
+    ratio = per_task["midvary"] / per_task["baseline"]
+    print(f"midvary / baseline: {ratio:.3f}")
+
+
+def main() -> None:
+    """Measure both clients (no arguments), or run one client's tasks (``--client``)."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--client", choices=CLIENTS)
+    parser.add_argument("--tasks", type=int, default=SMALL)
+    parser.add_argument("--base-url")
+    parser.add_argument("--api-key")
+    args = parser.parse_args()
+    if args.client is None:
+        asyncio.run(_main())
+        return
+    run = _midvary if args.client == "midvary" else _baseline
+    asyncio.run(run(args.base_url, args.api_key, args.tasks))
+
+
+if __name__ == "__main__":
+    main()
