@@ -28,6 +28,8 @@ The environment, read by :meth:`WorkerConfig.from_env` when a worker starts:
                            ``none``: no limit)
 ``MIDVARY_DOWNLOAD_DIR``   download every succeeded job's images there (default: none)
 ``MIDVARY_CONCURRENCY``    jobs one worker runs at once (arq's ``max_jobs``, default 10)
+``MIDVARY_CLAIM_LEASE``    seconds a dead worker's claim on a key holds it (the store's
+                           default, 30, when unset)
 ``MIDVARY_CALLBACK_URL``   the public URL of the callback load balancer: each worker then
                            serves a :class:`CallbackReceiver` on ``MIDVARY_CALLBACK_LISTEN``
                            (``host:port``, default ``0.0.0.0:8080``), replicas of one
@@ -116,6 +118,16 @@ def _concurrency(text: str) -> int:
     return int(text)
 
 
+def _seconds(name: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise ValueError(f"{name} must be a number of seconds > 0, got {text!r}")
+    return value
+
+
 def _listen(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -136,6 +148,9 @@ class WorkerConfig:
         callback_url: The public callback URL (a load balancer in front of every worker's
             receiver); ``None`` means the workers poll.
         callback_listen: ``(host, port)`` each worker's receiver serves on.
+        claim_lease: Seconds a claim on a key lives without renewal (how long the re-run of
+            a dead worker's job waits before it calls the key uncertain); ``None`` means
+            the store's default. Keep arq's ``job_timeout`` above it plus a task's wait.
 
     """
 
@@ -144,6 +159,7 @@ class WorkerConfig:
     download: Path | None = None
     callback_url: str | None = None
     callback_listen: tuple[str, int] = _listen(_DEFAULT_LISTEN)
+    claim_lease: float | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> WorkerConfig:
@@ -163,12 +179,14 @@ class WorkerConfig:
 
         rate = get("MIDVARY_SUBMIT_RATE")
         download = get("MIDVARY_DOWNLOAD_DIR")
+        lease = get("MIDVARY_CLAIM_LEASE")
         return cls(
             store_url=get("MIDVARY_STORE_URL") or get("MIDVARY_REDIS_URL") or DEFAULT_REDIS_URL,
             submit_rate=_rate(rate) if rate is not None else DEFAULT_SUBMIT_RATE,
             download=Path(download) if download is not None else None,
             callback_url=get("MIDVARY_CALLBACK_URL"),
             callback_listen=_listen(get("MIDVARY_CALLBACK_LISTEN") or _DEFAULT_LISTEN),
+            claim_lease=_seconds("MIDVARY_CLAIM_LEASE", lease) if lease is not None else None,
         )
 
 
@@ -191,7 +209,8 @@ async def startup(ctx: dict[str, Any]) -> None:
 
     """
     config = WorkerConfig.from_env()
-    store = RedisStore(config.store_url)
+    lease = {} if config.claim_lease is None else {"claim_lease": config.claim_lease}
+    store = RedisStore(config.store_url, **lease)
     await store.open()
     receiver: CallbackReceiver | None = None
     try:

@@ -211,6 +211,7 @@ async def arq_campaign(
             "MIDVARY_REDIS_URL": redis_url,
             "MIDVARY_SUBMIT_RATE": submit_rate,
             "MIDVARY_CONCURRENCY": str(max_jobs),
+            "MIDVARY_CLAIM_LEASE": "2",
             "PYTHONUNBUFFERED": "1",
         }
         fleet = [ArqWorker(f"w{i}", env, workdir, settings) for i in range(workers)]

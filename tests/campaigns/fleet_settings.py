@@ -3,7 +3,8 @@
 A subclass of :class:`midvary.arq.WorkerSettings` changing what arq users change (which
 is itself under test: arq reads only the class's own ``__dict__``): a short
 ``job_timeout``, so the jobs of a SIGKILLed worker are re-delivered within seconds (arq
-waits ``job_timeout + 10`` s), and a quick queue poll. Its startup makes the session's
+waits ``job_timeout + 10`` s; the campaign sets ``MIDVARY_CLAIM_LEASE=2`` to match), and a
+quick queue poll. Its startup makes the session's
 polls fast for the fake provider's 0.5-1.5 s tasks.
 """
 
@@ -29,6 +30,6 @@ class ArqSettings(WorkerSettings):
     """Short job timeout and quick queue polls; everything else inherited."""
 
     on_startup = fast_startup
-    job_timeout = 5.0
+    job_timeout = 6.0
     poll_delay = 0.05
     max_tries = 10
