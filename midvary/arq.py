@@ -109,7 +109,10 @@ def _rate(text: str) -> tuple[int, float] | None:
         raise ValueError(
             f"MIDVARY_SUBMIT_RATE must be COUNT/SECONDS such as 20/10 (or none), got {text!r}"
         )
-    return check_submit_rate(parsed)
+    try:
+        return check_submit_rate(parsed)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"MIDVARY_SUBMIT_RATE={text!r}: {exc}") from None
 
 
 def _concurrency(text: str) -> int:
