@@ -33,3 +33,9 @@ class ArqSettings(WorkerSettings):
     job_timeout = 6.0
     poll_delay = 0.05
     max_tries = 10
+
+
+class BenchSettings(ArqSettings):
+    """For benchmark B8: jobs may wait long for the shared limit, so a long job timeout."""
+
+    job_timeout = 300.0
