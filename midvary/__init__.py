@@ -1,4 +1,4 @@
-"""midvary: an asyncio client for the Midjourney Vary API (kie.ai, midapi.ai).
+"""midvary: an asyncio client for the Midjourney API (kie.ai, midapi.ai), built around Vary.
 
 Submit a vary task, await its handle, get a :class:`TaskRecord`::
 
@@ -12,12 +12,14 @@ from types import FunctionType as _FunctionType
 
 from ._callbacks import CallbackReceiver
 from ._config import USE_DEFAULT, PollPolicy, RetryPolicy
+from ._converter import to_json_dict
 from ._errors import (
     APIError,
     AuthenticationError,
     BadRequestError,
     CallbackSignatureError,
     DownloadError,
+    EventLoopError,
     FeatureDisabledError,
     GenerationFailedError,
     InsufficientCreditsError,
@@ -40,7 +42,7 @@ from ._errors import (
 from ._fanout import FanOut
 from ._handle import TaskHandle
 from ._jobs import JobEvent, JobEventKind, UnfinishedJob, VaryOutcome
-from ._models import TaskRecord, TaskStatus, VaryRequest
+from ._models import GenerateRequest, TaskRecord, TaskStatus, UpscaleRequest, VaryRequest
 from ._polling import DEFAULT_SAFETY_POLL
 from ._session import Session
 from ._signature import verify_callback
@@ -58,8 +60,10 @@ __all__ = [
     "CallbackReceiver",
     "CallbackSignatureError",
     "DownloadError",
+    "EventLoopError",
     "FanOut",
     "FeatureDisabledError",
+    "GenerateRequest",
     "GenerationFailedError",
     "InsufficientCreditsError",
     "JobEvent",
@@ -88,10 +92,12 @@ __all__ = [
     "TaskTimeoutError",
     "TransportError",
     "UnfinishedJob",
+    "UpscaleRequest",
     "ValidationError",
     "VaryOutcome",
     "VaryRequest",
     "__version__",
+    "to_json_dict",
     "verify_callback",
 ]
 

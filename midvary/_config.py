@@ -72,6 +72,9 @@ class PollPolicy:
             answers mean "not visible yet" rather than an error (>= 0).
         target_delay: The median detection delay to aim for, in seconds, once durations
             are known (> 0); ``None`` turns learning off and always uses the backoff.
+        warn_failing_after: Once every poll of the session has failed for this many
+            seconds (the provider unreachable, or answering 5xx, 455 or 429), log one
+            warning, and another when a poll succeeds again (> 0); ``None`` means never.
     """
 
     initial_delay: float = attrs.field(default=2.0, validator=_positive)
@@ -81,6 +84,7 @@ class PollPolicy:
     timeout: float | None = attrs.field(default=900.0, validator=_optional_positive)
     not_found_grace: float = attrs.field(default=30.0, validator=_non_negative)
     target_delay: float | None = attrs.field(default=3.0, validator=_optional_positive)
+    warn_failing_after: float | None = attrs.field(default=10.0, validator=_optional_positive)
 
     def delay(
         self,

@@ -12,13 +12,21 @@ import json
 import logging
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import cattrs
 from cattrs.gen import make_dict_structure_fn, override
 
 from ._errors import ProtocolError
-from ._models import CallbackNotice, TaskRecord, TaskStatus, VaryRequest
+from ._jobs import VaryOutcome
+from ._models import (
+    CallbackNotice,
+    GenerateRequest,
+    TaskRecord,
+    TaskStatus,
+    UpscaleRequest,
+    VaryRequest,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -303,3 +311,129 @@ def vary_body(
     if callback_url is not None:
         body["callBackUrl"] = callback_url
     return body
+
+
+# GenerateRequest field -> its camelCase wire name, in the provider's documented order.
+_GENERATE_NAMES: Final = (
+    ("task_type", "taskType"),
+    ("prompt", "prompt"),
+    ("speed", "speed"),
+    ("file_urls", "fileUrls"),
+    ("aspect_ratio", "aspectRatio"),
+    ("version", "version"),
+    ("variety", "variety"),
+    ("stylization", "stylization"),
+    ("weirdness", "weirdness"),
+    ("ow", "ow"),
+    ("water_mark", "waterMark"),
+    ("enable_translation", "enableTranslation"),
+    ("video_batch_size", "videoBatchSize"),
+    ("motion", "motion"),
+)
+
+
+def generate_body(
+    request: GenerateRequest, *, callback_url: str | None, index_base: int = 0
+) -> dict[str, Any]:
+    """The JSON body of ``POST generate`` for ``request``.
+
+    Only the fields that are set go on the wire (``None`` and an empty ``file_urls`` are
+    left out, so the provider's defaults apply); ``callback_url`` is sent as ``callBackUrl``
+    as in :func:`vary_body`. ``index_base`` is ignored (a generate has no image index).
+    """
+    del index_base
+    body: dict[str, Any] = {}
+    for field, name in _GENERATE_NAMES:
+        value = getattr(request, field)
+        if value is not None and value != ():
+            body[name] = list(value) if isinstance(value, tuple) else value
+    if callback_url is not None:
+        body["callBackUrl"] = callback_url
+    return body
+
+
+def upscale_body(
+    request: UpscaleRequest, *, callback_url: str | None, index_base: int = 0
+) -> dict[str, Any]:
+    """The JSON body of ``POST generateUpscale`` for ``request``.
+
+    ``imageIndex`` is the 0-based ``image_index`` as is: the upscale endpoint is 0..3 by its
+    schema and its prose, so ``index_base`` (a vary-only setting) is ignored.
+    """
+    del index_base
+    body: dict[str, Any] = {"taskId": request.task_id, "imageIndex": request.image_index}
+    if request.water_mark is not None:
+        body["waterMark"] = request.water_mark
+    if callback_url is not None:
+        body["callBackUrl"] = callback_url
+    return body
+
+
+# -- to JSON ---------------------------------------------------------------------------------
+
+
+def _record_json(record: TaskRecord) -> dict[str, Any]:
+    # snake_case names, the status's name and ISO-8601 times: what people and jq read.
+    return {
+        "task_id": record.task_id,
+        "status": record.status.name,
+        "task_type": record.task_type,
+        "parent_task_id": record.parent_task_id,
+        "image_index": record.image_index,
+        "image_urls": list(record.image_urls),
+        "created_at": record.created_at.isoformat() if record.created_at else None,
+        "completed_at": record.completed_at.isoformat() if record.completed_at else None,
+        "error_code": record.error_code,
+        "error_message": record.error_message,
+    }
+
+
+def _error_json(error: BaseException) -> dict[str, Any]:
+    return {"type": type(error).__name__, "message": str(error)}
+
+
+def _outcome_json(outcome: VaryOutcome) -> dict[str, Any]:
+    request = outcome.request
+    # A vary or upscale names the parent image it was made from; a generate has a prompt.
+    child = request if isinstance(request, VaryRequest | UpscaleRequest) else None
+    return {
+        "index": outcome.index,
+        "id": request.id if request is not None else None,
+        "parent_task_id": child.task_id if child is not None else None,
+        "image_index": child.image_index if child is not None else None,
+        "prompt": request.prompt if isinstance(request, GenerateRequest) else None,
+        "task_id": outcome.task_id,
+        "ok": outcome.ok,
+        "uncertain": outcome.uncertain,
+        "record": _record_json(outcome.record) if outcome.record is not None else None,
+        "error": _error_json(outcome.error) if outcome.error is not None else None,
+        "files": [str(path) for path in outcome.paths],
+    }
+
+
+converter.register_unstructure_hook(TaskRecord, _record_json)
+converter.register_unstructure_hook(VaryOutcome, _outcome_json)
+
+
+def to_json_dict(obj: TaskRecord | VaryOutcome | BaseException) -> dict[str, Any]:
+    """``obj`` as JSON-ready data (``json.dumps`` takes it as is).
+
+    Args:
+        obj: A :class:`TaskRecord` (``task_id``, ``status`` name, ``task_type``,
+            ``parent_task_id``, ``image_index``, ``image_urls``, ISO-8601 ``created_at`` /
+            ``completed_at`` or ``None``, ``error_code``, ``error_message``); a
+            :class:`VaryOutcome` (its request's ids or ``prompt``, ``task_id``, ``ok``, ``uncertain``,
+            ``record``, ``error``, ``files``); or an exception (``type``, ``message``).
+
+    Raises:
+        TypeError: ``obj`` is none of these.
+
+    """
+    if isinstance(obj, BaseException):
+        return _error_json(obj)
+    if not isinstance(obj, TaskRecord | VaryOutcome):
+        raise TypeError(
+            f"to_json_dict takes a TaskRecord, VaryOutcome or exception, not {obj!r:.60}"
+        )
+    data: dict[str, Any] = converter.unstructure(obj)
+    return data

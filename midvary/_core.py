@@ -9,6 +9,7 @@ fan-outs that closing must end, and the one ``record-info`` fetch.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import random
 from collections.abc import Callable
@@ -19,8 +20,8 @@ import aiohttp
 
 from ._converter import structure_record
 from ._download import download_record
-from ._errors import NotFoundError, ProtocolError, SessionClosedError
-from ._polling import DurationStats
+from ._errors import EventLoopError, NotFoundError, ProtocolError, SessionClosedError
+from ._polling import DurationStats, PollHealth
 from ._transport import Transport
 
 if TYPE_CHECKING:
@@ -55,6 +56,7 @@ class SessionCore:
         index_base: Added to a vary's 0-based image index on the wire (0 or 1).
         rng: The source of jitter.
         durations: What the session learned about task durations.
+        health: Whether the session's polls keep failing (warned about once).
         waiting: The alarms of the waits in progress (closing wakes them with an error).
         fanouts: The fan-outs running (closing ends them first).
 
@@ -64,11 +66,13 @@ class SessionCore:
         "_api_key",
         "_base_url",
         "_http",
+        "_loop",
         "_owns_http",
         "_state",
         "_transport",
         "durations",
         "fanouts",
+        "health",
         "index_base",
         "poll",
         "retry",
@@ -96,11 +100,14 @@ class SessionCore:
         self._owns_http = http is None
         self._transport: Transport | None = None
         self._state = _State.UNOPENED
+        # The event loop the session first ran in: its connections belong to it.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.poll = poll
         self.retry = retry
         self.index_base = index_base
         self.rng = random.Random(seed)
         self.durations = DurationStats()
+        self.health = PollHealth()
         self.waiting: set[Alarm] = set()
         self.fanouts: set[Closable] = set()
 
@@ -127,8 +134,28 @@ class SessionCore:
         if self._state is _State.CLOSED:
             raise SessionClosedError("this Session is closed; create a new one")
 
+    def check_loop(self) -> None:
+        """Raise :class:`EventLoopError` if the running loop is not the session's first one."""
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif self._loop is not loop:
+            raise EventLoopError(
+                "this Session was first used in another event loop (an earlier "
+                "asyncio.run()?); a Session belongs to one event loop: create, use and close "
+                "it inside one asyncio.run(), e.g. with `async with midvary.Session() as "
+                "session:`, and make a new one for another loop"
+            )
+
     def open(self) -> Transport:
-        """The transport, opened on first use (and the HTTP session, unless one was given)."""
+        """The transport, opened on first use (and the HTTP session, unless one was given).
+
+        Raises:
+            SessionClosedError: The session is closed.
+            EventLoopError: Called from another event loop than the session's first one.
+
+        """
+        self.check_loop()
         if self._transport is not None and self._state is _State.OPEN:
             return self._transport
         if self._state is _State.CLOSED:
@@ -192,6 +219,7 @@ class SessionCore:
         """
         if self._state is _State.CLOSED:
             return
+        self.check_loop()
         for fanout in tuple(self.fanouts):
             await fanout.aclose()
         self._state = _State.CLOSED

@@ -23,6 +23,8 @@
     ├── StoreError                    the shared store is unreachable, lost its data, or is corrupt
     ├── KeyConflictError              a key reused for a different request (also a ValueError)
     ├── SessionClosedError            the session was used after it closed (also a RuntimeError)
+    ├── EventLoopError                a session used from a second event loop (also a
+    │                                 RuntimeError)
     ├── ReceiverClosedError           a CallbackReceiver was used after it stopped (also a
     │                                 RuntimeError)
     └── CallbackSignatureError        verify_callback(): a delivery's signature is missing,
@@ -41,7 +43,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
-    from ._models import TaskRecord, VaryRequest
+    from ._models import SubmitRequest, TaskRecord
 
 
 class MidvaryError(Exception):
@@ -199,11 +201,11 @@ class SubmitUncertainError(TransportError):
     (or submit again yourself if you accept a possible second charge).
 
     Attributes:
-        request: The :class:`~midvary.VaryRequest` whose fate is unknown.
+        request: The request (vary, generate or upscale) whose fate is unknown.
 
     """
 
-    def __init__(self, request: VaryRequest, reason: str) -> None:
+    def __init__(self, request: SubmitRequest, reason: str) -> None:
         super().__init__(
             f"submission of {request.describe()} may have been accepted and billed, "
             f"but its answer was lost ({reason}); it was not re-sent",
@@ -270,26 +272,70 @@ class TaskFailedError(MidvaryError):
 class TaskTimeoutError(MidvaryError, TimeoutError):
     """A wait's deadline passed before the task was final. The handle stays usable.
 
+    When every poll of the last ``failing_for`` seconds failed (the provider unreachable,
+    or answering 5xx, 455 or 429), the message says so and the last poll error is
+    ``last_error``, also chained as the cause.
+
     Attributes:
         task_id: The task that was not final yet.
         timeout: The deadline that passed, in seconds.
         record: The last record seen, or ``None`` when no poll succeeded.
+        last_error: The error of the last poll when it failed, else ``None``.
+        failing_for: Seconds since the polls began failing without a success since, or
+            ``None`` when the last poll succeeded.
 
     """
 
-    def __init__(self, task_id: str, timeout: float, record: TaskRecord | None) -> None:
-        state = record.status.name if record is not None else "not seen yet"
-        super().__init__(
-            f"task {task_id} was not final after {timeout:g} s (last state: {state}); "
-            "it may still finish: await its handle again or re-attach it with session.task()",
-        )
+    def __init__(
+        self,
+        task_id: str,
+        timeout: float,
+        record: TaskRecord | None,
+        *,
+        last_error: BaseException | None = None,
+        failing_for: float | None = None,
+    ) -> None:
         self.task_id = task_id
         self.timeout = timeout
         self.record = record
+        self.last_error = last_error
+        self.failing_for = failing_for
+        super().__init__(
+            f"{self.reason}; it may still finish: await its handle again or re-attach it "
+            "with session.task()",
+        )
+
+    @property
+    def reason(self) -> str:
+        """What happened, without the advice: the deadline, the last state, failing polls."""
+        state = self.record.status.name if self.record is not None else "not seen yet"
+        text = f"task {self.task_id} was not final after {self.timeout:g} s (last state: {state})"
+        error = self.last_error
+        if error is None or self.failing_for is None:
+            return text
+        if isinstance(error, TransportError):
+            what = "the provider was unreachable"
+        elif isinstance(error, APIError):
+            what = f"the provider answered {error.code}"
+        else:
+            what = "the provider's answers were unreadable"
+        return (
+            f"{text}: {what} for the last {self.failing_for:.0f} s "
+            f"(last poll: {type(error).__name__}: {error})"
+        )
 
 
 class SessionClosedError(MidvaryError, RuntimeError):
     """The session was used after it was closed; a closed session cannot be reopened."""
+
+
+class EventLoopError(MidvaryError, RuntimeError):
+    """A session was used from another event loop than the one it first ran in.
+
+    A :class:`~midvary.Session` (its connections, its waits) belongs to one event loop:
+    create it, use it and close it inside one ``asyncio.run()``, typically with
+    ``async with``. Create a new session for another loop.
+    """
 
 
 class ReceiverClosedError(MidvaryError, RuntimeError):

@@ -1,4 +1,4 @@
-"""Fan-out: run many vary jobs with bounded concurrency, one outcome per job.
+"""Fan-out: run many jobs (vary, generate, upscale) with bounded concurrency, one outcome each.
 
 A :class:`FanOut` pulls requests from its input only as slots free up (the input may be a
 lazy iterable or an async iterable of any length), runs each job in its own task (submit
@@ -17,21 +17,25 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import inspect
 import logging
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
     AsyncIterator,
+    Awaitable,
+    Callable,
     Iterable,
     Iterator,
 )
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Self, TypeVar
 
 from ._errors import RateLimitError, SessionClosedError
 from ._handle import TaskHandle
 from ._jobs import FanOutOptions, JobEvent, JobEventKind, UnfinishedJob, VaryOutcome
-from ._models import TaskRecord, VaryRequest
+from ._models import SubmitRequest, TaskRecord
+from ._submit import REQUEST_CLASSES, is_request
 
 if TYPE_CHECKING:
     from ._core import SessionCore
@@ -39,8 +43,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+Owner = TypeVar("Owner")
+Keywords = ParamSpec("Keywords")
+
 #: The requests a fan-out accepts: any iterable or async iterable of requests (or handles).
-Requests = Iterable[VaryRequest | TaskHandle] | AsyncIterable[VaryRequest | TaskHandle]
+Requests = Iterable[SubmitRequest | TaskHandle] | AsyncIterable[SubmitRequest | TaskHandle]
 
 
 class _Job:
@@ -51,7 +58,7 @@ class _Job:
     def __init__(self, index: int, item: object) -> None:
         self.index = index
         self.item = item
-        self.request: VaryRequest | None = item if isinstance(item, VaryRequest) else None
+        self.request: SubmitRequest | None = item if is_request(item) else None
         self.task_id: str | None = None
         self.posting = False
         self.outcome: VaryOutcome | None = None
@@ -90,11 +97,13 @@ class _SubmitHooks:
 
 def check_requests(requests: object) -> Requests:
     """``requests`` if it is an iterable or async iterable of jobs, else raise ``TypeError``."""
-    if isinstance(requests, str | bytes | VaryRequest | TaskHandle) or not (
-        isinstance(requests, Iterable | AsyncIterable)
+    if (
+        isinstance(requests, str | bytes | TaskHandle)
+        or is_request(requests)
+        or not (isinstance(requests, Iterable | AsyncIterable))
     ):
         raise TypeError(
-            "requests must be an iterable or async iterable of midvary.VaryRequest, "
+            f"requests must be an iterable or async iterable of requests ({REQUEST_CLASSES}), "
             f"not {type(requests).__name__}"
         )
     return requests
@@ -303,9 +312,9 @@ class FanOut:
         if isinstance(item, TaskHandle):
             job.request, job.task_id = item.request, item.task_id
             return item
-        if not isinstance(item, VaryRequest):
+        if not is_request(item):
             raise TypeError(
-                f"item {job.index} of the requests must be a midvary.VaryRequest "
+                f"item {job.index} of the requests must be {REQUEST_CLASSES} "
                 f"(or a TaskHandle), not {type(item).__name__}"
             )
         handle = await self._submitter.submit(item, _SubmitHooks(self, job))
@@ -385,3 +394,27 @@ async def _pull(source: Requests, slots: asyncio.Semaphore) -> AsyncGenerator[ob
                 slots.release()
                 return
             yield item
+
+
+def takes_options_of(
+    fan_out: Callable[Concatenate[Owner, Requests, Keywords], FanOut],
+) -> Callable[
+    [Callable[..., Awaitable[list[VaryOutcome]]]],
+    Callable[Concatenate[Owner, Requests, Keywords], Awaitable[list[VaryOutcome]]],
+]:
+    """Give the decorated method ``fan_out``'s keyword arguments: one list, for both.
+
+    Type checkers see ``fan_out``'s parameters; ``inspect.signature`` (and ``help()``) shows
+    them too, with the decorated method's return type.
+    """
+
+    def decorate(
+        method: Callable[..., Awaitable[list[VaryOutcome]]],
+    ) -> Callable[Concatenate[Owner, Requests, Keywords], Awaitable[list[VaryOutcome]]]:
+        signature = inspect.signature(fan_out)
+        method.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            return_annotation=inspect.signature(method).return_annotation
+        )
+        return method
+
+    return decorate

@@ -17,11 +17,12 @@ from ._config import USE_DEFAULT, PollPolicy, UseDefault
 from ._errors import NotFoundError, SessionClosedError, TaskFailedError, TaskTimeoutError
 from ._models import TaskRecord, TaskStatus
 from ._polling import Alarm, poll_delay, poll_retrying_once
+from ._retry import is_transient
 from ._validate import optional_seconds
 
 if TYPE_CHECKING:
     from ._core import SessionCore
-    from ._models import VaryRequest
+    from ._models import SubmitRequest
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +46,10 @@ class TaskHandle:
         "_core",
         "_created",
         "_default_poll",
+        "_failing_since",
         "_final",
         "_last",
+        "_last_error",
         "_reattached",
         "request",
         "task_id",
@@ -57,7 +60,7 @@ class TaskHandle:
         core: SessionCore,
         task_id: str,
         *,
-        request: VaryRequest | None = None,
+        request: SubmitRequest | None = None,
         submitted: bool = False,
         poll: PollPolicy | None = None,
         alarm: Alarm | None = None,
@@ -70,6 +73,9 @@ class TaskHandle:
         self._reattached = not submitted
         self._last: TaskRecord | None = None
         self._final: TaskRecord | None = None
+        # The current spell of failing polls: when it began, and its last error.
+        self._failing_since: float | None = None
+        self._last_error: BaseException | None = None
         # The default policy of this handle's waits; None means the session's. A handle
         # waiting on a callback polls slowly, as a safety net (CallbackReceiver.safety_poll).
         self._default_poll = poll
@@ -149,7 +155,15 @@ class TaskHandle:
                     raise SessionClosedError(
                         "the Session was closed while waiting for this task"
                     ) from None
-                raise TaskTimeoutError(self.task_id, limit or 0.0, self._last) from None
+                since = self._failing_since
+                error = self._last_error
+                raise TaskTimeoutError(
+                    self.task_id,
+                    limit or 0.0,
+                    self._last,
+                    last_error=error,
+                    failing_for=None if since is None else time.monotonic() - since,
+                ) from error
             raise
         return _outcome(record)
 
@@ -201,13 +215,29 @@ class TaskHandle:
         try:
             record = await self._core.fetch_record(self.task_id)
         except NotFoundError:
+            self._answered()
             if time.monotonic() - self._created < policy.not_found_grace:
                 logger.debug("task %s not visible yet", self.task_id)
                 return None
             raise
+        except Exception as exc:
+            if is_transient(exc):
+                now = time.monotonic()
+                if self._failing_since is None:
+                    self._failing_since = now
+                self._last_error = exc
+                self._core.health.failed(exc, now, policy.warn_failing_after)
+            raise
+        self._answered()
         if record.status is TaskStatus.UNKNOWN:
             logger.warning("task %s reports an undocumented state; polling on", self.task_id)
         return self._seen(record)
+
+    def _answered(self) -> None:
+        """A poll got an answer: any spell of failing polls is over."""
+        self._failing_since = None
+        self._last_error = None
+        self._core.health.succeeded(time.monotonic())
 
     def _seen(self, record: TaskRecord) -> TaskRecord:
         self._last = record

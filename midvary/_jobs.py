@@ -16,7 +16,7 @@ import attrs
 
 from ._config import USE_DEFAULT, PollPolicy, UseDefault
 from ._errors import SubmitUncertainError
-from ._models import TaskRecord, VaryRequest
+from ._models import SubmitRequest, TaskRecord
 from ._validate import callable_or_none, count, directory, instance, optional_seconds
 
 
@@ -46,7 +46,8 @@ class VaryOutcome:
     Attributes:
         index: The job's position in the input, 0-based.
         request: The job's request; ``None`` when the input item was not a
-            :class:`VaryRequest` (then ``error`` is a ``TypeError``) or was a handle
+            request (:class:`VaryRequest`, :class:`GenerateRequest` or
+            :class:`UpscaleRequest`; then ``error`` is a ``TypeError``) or was a handle
             re-attached with :meth:`Session.task`.
         task_id: The provider's id of the job's task, or ``None`` when it was never
             accepted (or its acceptance was lost: see ``uncertain``).
@@ -61,7 +62,7 @@ class VaryOutcome:
     """
 
     index: int
-    request: VaryRequest | None
+    request: SubmitRequest | None
     task_id: str | None = None
     record: TaskRecord | None = None
     error: Exception | None = None
@@ -100,7 +101,7 @@ class JobEvent:
 
     kind: JobEventKind
     index: int
-    request: VaryRequest | None
+    request: SubmitRequest | None
     task_id: str | None = None
     wait: float | None = None
     error: Exception | None = None
@@ -122,7 +123,7 @@ class UnfinishedJob:
     """
 
     index: int
-    request: VaryRequest | None
+    request: SubmitRequest | None
     task_id: str | None
     uncertain: bool
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Final, TypeAlias
 
 import attrs
 
+from . import _validate as check
 from ._validate import http_url as check_http_url
 from ._validate import task_id as check_task_id
 
@@ -78,6 +79,30 @@ class TaskRecord:
         """Whether the task will not change any more."""
         return self.status.is_final
 
+    @property
+    def parent_task_id(self) -> str | None:
+        """The task a vary or upscale was made from (``paramJson``'s ``taskId``), else ``None``.
+
+        ``None`` for a generate (its ``paramJson`` names no parent), whatever the
+        ``taskType``.
+        """
+        value = self.params.get("taskId")
+        return value if isinstance(value, str) and value and value != self.task_id else None
+
+    @property
+    def image_index(self) -> int | None:
+        """Which image of the parent a vary or upscale was made from, else ``None``.
+
+        ``paramJson``'s ``imageIndex`` as sent: 0-based (0..3), or 1-based with
+        ``Session(index_base=1)``. ``None`` when the record names no parent.
+        """
+        if self.parent_task_id is None:
+            return None
+        value = self.params.get("imageIndex")
+        if isinstance(value, str) and value.strip().isdigit():
+            return int(value)
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
 
 def _check_task_id(_inst: object, attribute: attrs.Attribute[str], value: object) -> None:
     check_task_id(value, name=attribute.name)
@@ -133,8 +158,191 @@ class VaryRequest:
 
     def describe(self) -> str:
         """A short human description, e.g. ``vary(abc123, image 2)``."""
-        label = f" [{self.id}]" if self.id is not None else ""
-        return f"vary({self.task_id}, image {self.image_index}){label}"
+        return f"vary({self.task_id}, image {self.image_index}){_label(self.id)}"
+
+
+def _label(job_id: str | None) -> str:
+    return f" [{job_id}]" if job_id is not None else ""
+
+
+def _checked(
+    checker: Callable[..., object], *args: Any, **kwargs: Any
+) -> Callable[[object, attrs.Attribute[Any], object], None]:
+    """An attrs validator running ``checker(value, field_name, *args, **kwargs)``."""
+
+    def validate(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        checker(value, attribute.name, *args, **kwargs)
+
+    return validate
+
+
+# The generate endpoint's documented values (docs/provider.md, issue 13).
+TASK_TYPES: Final = (
+    "mj_txt2img",
+    "mj_img2img",
+    "mj_style_reference",
+    "mj_omni_reference",
+    "mj_video",
+    "mj_video_hd",
+)
+VIDEO_TASK_TYPES: Final = ("mj_video", "mj_video_hd")
+#: The task types that start from images: ``file_urls`` is required (exactly one for video).
+IMAGE_INPUT_TASK_TYPES: Final = ("mj_img2img", "mj_style_reference", "mj_omni_reference",
+                                 *VIDEO_TASK_TYPES)  # fmt: skip
+#: The task types that take a ``speed``.
+SPEED_TASK_TYPES: Final = ("mj_txt2img", "mj_img2img", "mj_style_reference")
+SPEEDS: Final = ("relaxed", "fast", "turbo")
+ASPECT_RATIOS: Final = (
+    "1:2", "9:16", "2:3", "3:4", "5:6", "6:5", "4:3", "3:2", "1:1", "16:9", "2:1",
+)  # fmt: skip
+VERSIONS: Final = ("7", "6.1", "6", "5.2", "5.1", "niji6")
+VIDEO_BATCH_SIZES: Final = (1, 2, 4)
+MOTIONS: Final = ("high", "low")
+PROMPT_MAX_CHARS: Final = 2000
+
+
+def _file_urls(value: Sequence[str] | None) -> tuple[str, ...]:
+    return check.http_urls(value, "file_urls")
+
+
+def _check_task_type(_inst: object, _attribute: attrs.Attribute[str], value: object) -> None:
+    if value is None:
+        raise TypeError(f"task_type must be one of {', '.join(TASK_TYPES)}, not None")
+    check.choice(value, "task_type", TASK_TYPES)
+
+
+@attrs.frozen(kw_only=True)
+class GenerateRequest:
+    """One generate job: a new Midjourney task from a prompt (and, for some types, images).
+
+    Validated on construction with the provider's documented rules; an invalid request
+    raises ``TypeError`` or ``ValueError`` and is never sent. ``None`` always means "not
+    sent": the provider's default applies.
+
+    Attributes:
+        prompt: The prompt, 1 to 2000 characters.
+        task_type: ``"mj_txt2img"`` (default), ``"mj_img2img"``, ``"mj_style_reference"``,
+            ``"mj_omni_reference"``, ``"mj_video"`` or ``"mj_video_hd"``.
+        speed: ``"relaxed"``, ``"fast"`` or ``"turbo"``; not for the video and omni types.
+        aspect_ratio: One of 1:2, 9:16, 2:3, 3:4, 5:6, 6:5, 4:3, 3:2, 1:1, 16:9, 2:1.
+        version: The model version: ``"7"``, ``"6.1"``, ``"6"``, ``"5.2"``, ``"5.1"`` or
+            ``"niji6"``.
+        file_urls: Absolute http(s) URLs of input images: required for the image-input
+            types (img2img, style and omni reference, video), exactly one for video.
+        stylization: 0 to 1000.
+        weirdness: 0 to 3000.
+        variety: 0 to 100, in steps of 5.
+        ow: The omni weight, 1 to 1000; only with ``"mj_omni_reference"``.
+        water_mark: Watermark text.
+        enable_translation: Whether the provider translates a non-English prompt.
+        video_batch_size: 1, 2 or 4 videos; only for the video types.
+        motion: ``"high"`` or ``"low"``; only for the video types.
+        callback_url: Absolute http(s) URL the provider POSTs the result to.
+        key: Your own submission key (1 to 1024 characters): with a session store, a key
+            that already names a task returns a handle on it and sends nothing.
+        id: Your own label for this job (echoed in outcomes, never sent).
+
+    """
+
+    prompt: str = attrs.field(validator=_checked(check.prompt, max_chars=PROMPT_MAX_CHARS))
+    task_type: str = attrs.field(default="mj_txt2img", validator=_check_task_type)
+    speed: str | None = attrs.field(default=None, validator=_checked(check.choice, SPEEDS))
+    aspect_ratio: str | None = attrs.field(
+        default=None, validator=_checked(check.choice, ASPECT_RATIOS)
+    )
+    version: str | None = attrs.field(default=None, validator=_checked(check.choice, VERSIONS))
+    file_urls: tuple[str, ...] = attrs.field(default=(), converter=_file_urls)
+    stylization: int | None = attrs.field(
+        default=None, validator=_checked(check.int_range, 0, 1000)
+    )
+    weirdness: int | None = attrs.field(default=None, validator=_checked(check.int_range, 0, 3000))
+    variety: int | None = attrs.field(
+        default=None, validator=_checked(check.int_range, 0, 100, step=5)
+    )
+    ow: int | None = attrs.field(default=None, validator=_checked(check.int_range, 1, 1000))
+    water_mark: str | None = attrs.field(default=None, validator=_checked(check.optional_str))
+    enable_translation: bool | None = attrs.field(
+        default=None, validator=_checked(check.optional_bool)
+    )
+    video_batch_size: int | None = attrs.field(
+        default=None, validator=_checked(check.choice, VIDEO_BATCH_SIZES)
+    )
+    motion: str | None = attrs.field(default=None, validator=_checked(check.choice, MOTIONS))
+    callback_url: str | None = attrs.field(default=None, validator=_check_callback_url)
+    key: str | None = attrs.field(default=None, validator=_checked(check.submission_key))
+    id: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        """The rules that depend on ``task_type`` (ValueError)."""
+        task_type = self.task_type
+        video = task_type in VIDEO_TASK_TYPES
+        if self.speed is not None and task_type not in SPEED_TASK_TYPES:
+            raise ValueError(
+                f"speed is not allowed with task_type {task_type!r}: only with "
+                f"{', '.join(SPEED_TASK_TYPES)} (leave it None)"
+            )
+        if self.ow is not None and task_type != "mj_omni_reference":
+            raise ValueError(
+                f"ow (omni weight) is only allowed with task_type 'mj_omni_reference', "
+                f"not {task_type!r}"
+            )
+        for name in ("video_batch_size", "motion"):
+            if getattr(self, name) is not None and not video:
+                raise ValueError(
+                    f"{name} is only allowed with task_type 'mj_video' or 'mj_video_hd', "
+                    f"not {task_type!r}"
+                )
+        if task_type in IMAGE_INPUT_TASK_TYPES and not self.file_urls:
+            raise ValueError(
+                f"file_urls is required with task_type {task_type!r}: give the input image URLs"
+            )
+        if video and len(self.file_urls) != 1:
+            raise ValueError(
+                f"file_urls must hold exactly one image URL with task_type {task_type!r}, "
+                f"got {len(self.file_urls)}"
+            )
+
+    def describe(self) -> str:
+        """A short human description, e.g. ``generate('a red fox in the snow')``."""
+        shown = (
+            self.prompt if len(self.prompt) <= 40 else self.prompt[:39] + "\N{HORIZONTAL ELLIPSIS}"
+        )
+        kind = "" if self.task_type == "mj_txt2img" else f", {self.task_type}"
+        return f"generate({shown!r}{kind}){_label(self.id)}"
+
+
+@attrs.frozen(kw_only=True)
+class UpscaleRequest:
+    """One upscale job: one image of an earlier generation task, upscaled.
+
+    Validated on construction; an invalid request raises ``TypeError`` or ``ValueError``
+    and is never sent.
+
+    Attributes:
+        task_id: The id of the earlier Midjourney generation task (the parent).
+        image_index: Which of the parent's 4 images, 0-based: 0, 1, 2 or 3 (sent as is:
+            ``Session(index_base=...)`` applies to vary only).
+        water_mark: Watermark text, or ``None`` for none.
+        callback_url: Absolute http(s) URL the provider POSTs the result to, or ``None``.
+        key: Your own submission key (see :class:`GenerateRequest`), or ``None``.
+        id: Your own label for this job (echoed in outcomes, never sent), or ``None``.
+
+    """
+
+    task_id: str = attrs.field(validator=_check_task_id)
+    image_index: int = attrs.field(validator=_check_image_index)
+    water_mark: str | None = attrs.field(default=None, validator=_check_water_mark)
+    callback_url: str | None = attrs.field(default=None, validator=_check_callback_url)
+    key: str | None = attrs.field(default=None, validator=_checked(check.submission_key))
+    id: str | None = None
+
+    def describe(self) -> str:
+        """A short human description, e.g. ``upscale(abc123, image 2)``."""
+        return f"upscale({self.task_id}, image {self.image_index}){_label(self.id)}"
+
+
+#: Every request class a session can submit (each one is a row of ``_submit.KINDS``).
+SubmitRequest: TypeAlias = VaryRequest | GenerateRequest | UpscaleRequest
 
 
 @attrs.frozen(kw_only=True)

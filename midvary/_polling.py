@@ -9,7 +9,9 @@ This module owns every decision about *when* a handle asks ``record-info`` again
 - :class:`Alarm`, the interruptible sleep between two polls (a callback or the session's
   close ends it early);
 - :func:`poll_retrying_once`, one poll carried through transient failures at the schedule's
-  pace.
+  pace;
+- :class:`PollHealth`, whether a session's polls keep failing: one warning when they have
+  failed for ``PollPolicy.warn_failing_after`` seconds, one when they succeed again.
 
 The handle's wait loop (:meth:`TaskHandle.wait`) only strings these together.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -33,6 +36,8 @@ if TYPE_CHECKING:
     from ._models import TaskRecord
 
 T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
 
 #: The slow polling of handles that wait on a callback: a safety net for a delivery that
 #: never arrives. Plain backoff (no learned schedule, which would poll densely where tasks
@@ -249,3 +254,38 @@ async def poll_retrying_once(
 
     result = await attempt_then_retry(poll, make_retrying, is_transient)
     return result, 1 if retrying is None else retrying.statistics["attempt_number"]
+
+
+class PollHealth:
+    """Whether a session's polls keep failing, said once in a warning (and once when over).
+
+    Each handle reports each poll's end; any success ends a failing spell. Times are
+    ``time.monotonic()`` readings, in seconds.
+    """
+
+    __slots__ = ("_since", "_warned")
+
+    def __init__(self) -> None:
+        self._since: float | None = None
+        self._warned = False
+
+    def failed(self, error: BaseException, now: float, warn_after: float | None) -> None:
+        """A poll failed with a transient ``error``; warn once the spell is long enough."""
+        if self._since is None:
+            self._since = now
+        if not self._warned and warn_after is not None and now - self._since >= warn_after:
+            self._warned = True
+            logger.warning(
+                "every poll has failed for %.0f s (last: %s: %s); still polling until each "
+                "wait's deadline",
+                now - self._since,
+                type(error).__name__,
+                error,
+            )
+
+    def succeeded(self, now: float) -> None:
+        """A poll got an answer: the failing spell, if any, is over."""
+        if self._warned and self._since is not None:
+            logger.warning("polls succeed again, after %.0f s of failures", now - self._since)
+        self._since = None
+        self._warned = False

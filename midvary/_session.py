@@ -8,12 +8,11 @@ ends), the :class:`~midvary._submit.Submitter` (every submission) and
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Concatenate, Final, Generic, ParamSpec, Self, TypeVar, overload
+from typing import Any, Final, Generic, Self, TypeVar, overload
 
 import aiohttp
 import yarl
@@ -21,7 +20,7 @@ import yarl
 from ._callbacks import CallbackReceiver, tickets_for
 from ._config import USE_DEFAULT, PollPolicy, RetryPolicy, UseDefault
 from ._core import SessionCore
-from ._fanout import FanOut, Requests, check_requests, collect_all
+from ._fanout import FanOut, Requests, check_requests, collect_all, takes_options_of
 from ._handle import TaskHandle
 from ._jobs import (
     DEFAULT_CONCURRENCY,
@@ -30,7 +29,7 @@ from ._jobs import (
     OnEvent,
     VaryOutcome,
 )
-from ._models import TaskRecord, VaryRequest
+from ._models import GenerateRequest, SubmitRequest, TaskRecord, UpscaleRequest, VaryRequest
 from ._ratelimit import DEFAULT_SUBMIT_RATE, SubmitLimiter
 from ._submit import Submitter
 from ._validate import (
@@ -56,7 +55,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_BASE_URL: Final = "https://api.kie.ai"
 _KEY_VARIABLES: Final = ("MIDVARY_API_KEY", "KIE_API_KEY")
 P = TypeVar("P", PollPolicy, RetryPolicy)
-Keywords = ParamSpec("Keywords")
 
 
 def _resolve_api_key(api_key: str | None) -> str:
@@ -80,30 +78,6 @@ def _resolve_base_url(base_url: str | None) -> yarl.URL:
     if base_url is None:
         base_url = os.environ.get("MIDVARY_BASE_URL", "").strip() or DEFAULT_BASE_URL
     return check_base_url(base_url, name="base_url")
-
-
-def _takes_options_of(
-    fan_out: Callable[Concatenate[Session, Requests, Keywords], FanOut],
-) -> Callable[
-    [Callable[..., Awaitable[list[VaryOutcome]]]],
-    Callable[Concatenate[Session, Requests, Keywords], Awaitable[list[VaryOutcome]]],
-]:
-    """Give the decorated method ``fan_out``'s keyword arguments: one list, for both.
-
-    Type checkers see ``fan_out``'s parameters; ``inspect.signature`` (and ``help()``) shows
-    them too, with the decorated method's return type.
-    """
-
-    def decorate(
-        method: Callable[..., Awaitable[list[VaryOutcome]]],
-    ) -> Callable[Concatenate[Session, Requests, Keywords], Awaitable[list[VaryOutcome]]]:
-        signature = inspect.signature(fan_out)
-        method.__signature__ = signature.replace(  # type: ignore[attr-defined]
-            return_annotation=inspect.signature(method).return_annotation
-        )
-        return method
-
-    return decorate
 
 
 class _CorePolicy(Generic[P]):
@@ -135,7 +109,7 @@ class _CorePolicy(Generic[P]):
 
 
 class Session:
-    """An async session with the Midjourney Vary API.
+    """An async session with the Midjourney API: generate, vary and upscale.
 
     Use it as an async context manager (or call :meth:`aclose` yourself)::
 
@@ -295,8 +269,98 @@ class Session:
         )
         return await self.submit(request)
 
-    async def submit(self, request: VaryRequest) -> TaskHandle:
-        """Submit one :class:`VaryRequest` and return its handle; see :meth:`vary`."""
+    async def generate(
+        self,
+        prompt: str,
+        *,
+        task_type: str = "mj_txt2img",
+        speed: str | None = None,
+        aspect_ratio: str | None = None,
+        version: str | None = None,
+        file_urls: Sequence[str] | None = None,
+        stylization: int | None = None,
+        weirdness: int | None = None,
+        variety: int | None = None,
+        ow: int | None = None,
+        water_mark: str | None = None,
+        enable_translation: bool | None = None,
+        video_batch_size: int | None = None,
+        motion: str | None = None,
+        callback_url: str | None = None,
+        key: str | None = None,
+    ) -> TaskHandle:
+        """Submit one generate task (a grid of 4 images, or videos) and return its handle.
+
+        Each argument is the :class:`GenerateRequest` attribute of the same name, which
+        lists the allowed values; ``None`` means "not sent" (the provider's default).
+        ``callback_url`` works as in :meth:`vary`. The finished record's ``task_id`` is the
+        parent to pass to :meth:`vary` and :meth:`upscale`.
+
+        Raises:
+            TypeError, ValueError: An argument is invalid; nothing was sent.
+            SubmitUncertainError, APIError: As for :meth:`vary`.
+
+        """
+        request = GenerateRequest(
+            prompt=prompt,
+            task_type=task_type,
+            speed=speed,
+            aspect_ratio=aspect_ratio,
+            version=version,
+            file_urls=file_urls,
+            stylization=stylization,
+            weirdness=weirdness,
+            variety=variety,
+            ow=ow,
+            water_mark=water_mark,
+            enable_translation=enable_translation,
+            video_batch_size=video_batch_size,
+            motion=motion,
+            callback_url=callback_url,
+            key=key,
+        )
+        return await self.submit(request)
+
+    async def upscale(
+        self,
+        task_id: str,
+        image_index: int,
+        *,
+        water_mark: str | None = None,
+        callback_url: str | None = None,
+        key: str | None = None,
+    ) -> TaskHandle:
+        """Submit one upscale of image ``image_index`` (0..3) of task ``task_id``.
+
+        The index is 0-based and sent as is (``index_base`` applies to vary only). The
+        other arguments are as in :meth:`vary`; ``key`` as in :class:`UpscaleRequest`.
+
+        Raises:
+            TypeError, ValueError: An argument is invalid; nothing was sent.
+            SubmitUncertainError, APIError: As for :meth:`vary` (a parent that is unknown or
+                not finished is refused by the provider, typically as a ValidationError).
+
+        """
+        request = UpscaleRequest(
+            task_id=task_id,
+            image_index=image_index,
+            water_mark=water_mark,
+            callback_url=callback_url,
+            key=key,
+        )
+        return await self.submit(request)
+
+    async def submit(self, request: SubmitRequest) -> TaskHandle:
+        """Submit one request and return its handle; see :meth:`vary`.
+
+        Args:
+            request: A :class:`VaryRequest`, :class:`GenerateRequest` or
+                :class:`UpscaleRequest`.
+
+        Raises:
+            TypeError: ``request`` is none of those; nothing was sent.
+
+        """
         return await self._submitter.submit(request)
 
     def vary_many(
@@ -310,7 +374,7 @@ class Session:
         download: str | os.PathLike[str] | None = None,
         download_concurrency: int = DEFAULT_DOWNLOAD_CONCURRENCY,
     ) -> FanOut:
-        """Run many vary jobs; iterate the result for one :class:`VaryOutcome` per job.
+        """Run many jobs of any kind; iterate the result for one :class:`VaryOutcome` each.
 
         Outcomes come in completion order; ``outcome.index`` is the job's input position::
 
@@ -330,7 +394,8 @@ class Session:
         whose outcome was not handed out, with their task ids.
 
         Args:
-            requests: An iterable or async iterable of :class:`VaryRequest` (or
+            requests: An iterable or async iterable of :class:`VaryRequest`,
+                :class:`GenerateRequest` and :class:`UpscaleRequest` in any mix (or
                 :class:`TaskHandle`). Any other item becomes that job's ``TypeError``.
             concurrency: The most jobs in flight at once (>= 1): submitted or being
                 submitted and not final, or final with their outcome not yet taken.
@@ -361,7 +426,7 @@ class Session:
         )
         return FanOut(self._core, self._submitter, check_requests(requests), options)
 
-    @_takes_options_of(vary_many)
+    @takes_options_of(vary_many)
     async def vary_all(self, requests: Requests, **options: Any) -> list[VaryOutcome]:
         """Run every job like :meth:`vary_many` and return the outcomes in input order.
 

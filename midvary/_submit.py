@@ -23,11 +23,11 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeGuard
 
 import attrs
 
-from ._converter import structure_task_id, vary_body
+from ._converter import generate_body, structure_task_id, upscale_body, vary_body
 from ._errors import (
     ProtocolError,
     RateLimitError,
@@ -37,7 +37,7 @@ from ._errors import (
     TransportError,
 )
 from ._handle import TaskHandle
-from ._models import VaryRequest
+from ._models import GenerateRequest, SubmitRequest, UpscaleRequest, VaryRequest
 from ._polling import Alarm
 from ._retry import attempt_then_retry, is_unaccepted, submit_retrying
 
@@ -54,9 +54,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 VARY_PATH: Final = "/api/v1/mj/generateVary"
-
-#: Every request class a session can submit (generate and upscale join it here).
-SubmitRequest: TypeAlias = VaryRequest
+GENERATE_PATH: Final = "/api/v1/mj/generate"
+UPSCALE_PATH: Final = "/api/v1/mj/generateUpscale"
 
 
 @attrs.frozen(kw_only=True)
@@ -78,7 +77,17 @@ class RequestKind:
 #: converter); nothing else in the pipeline changes.
 KINDS: Final[dict[type[Any], RequestKind]] = {
     VaryRequest: RequestKind(path=VARY_PATH, body=vary_body),
+    GenerateRequest: RequestKind(path=GENERATE_PATH, body=generate_body),
+    UpscaleRequest: RequestKind(path=UPSCALE_PATH, body=upscale_body),
 }
+
+#: What a wrong request type is told it may be.
+REQUEST_CLASSES: Final = "a midvary.VaryRequest, GenerateRequest or UpscaleRequest"
+
+
+def is_request(item: object) -> TypeGuard[SubmitRequest]:
+    """Whether ``item`` is a request a :class:`Submitter` can send (a row of :data:`KINDS`)."""
+    return type(item) in KINDS
 
 
 class SubmitHooks(Protocol):
@@ -184,7 +193,7 @@ class Submitter:
         """
         kind = KINDS.get(type(request))
         if kind is None:
-            raise TypeError(f"request must be a midvary.VaryRequest, not {type(request).__name__}")
+            raise TypeError(f"request must be {REQUEST_CLASSES}, not {type(request).__name__}")
         self._core.open()
         if self._store is None:
             return await self._submit(kind, request, hooks, None)

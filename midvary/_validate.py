@@ -150,3 +150,87 @@ def attrs_validator(check: Callable[[Any, str], object]) -> Callable[..., None]:
         check(value, attribute.name)
 
     return validate
+
+
+# -- request fields (VaryRequest, GenerateRequest, UpscaleRequest) -----------------------------
+
+#: The longest submission key a store accepts (characters).
+KEY_MAX_CHARS = 1024
+
+
+def submission_key(value: object, name: str = "key") -> str | None:
+    """``value`` if it is ``None`` (no key) or a non-empty str of at most 1024 characters."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(
+            f"{name} must be a str (your own submission key) or None, not {type(value).__name__}"
+        )
+    if not value or len(value) > KEY_MAX_CHARS:
+        raise ValueError(
+            f"{name} must be a non-empty str of at most {KEY_MAX_CHARS} characters, "
+            f"got {len(value)} characters"
+        )
+    return value
+
+
+def optional_str(value: object, name: str) -> str | None:
+    """``value`` if it is ``None`` or a str."""
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"{name} must be a str or None, not {type(value).__name__}")
+    return value
+
+
+def optional_bool(value: object, name: str) -> bool | None:
+    """``value`` if it is ``None`` (the provider's default) or a bool."""
+    if value is not None and not isinstance(value, bool):
+        raise TypeError(f"{name} must be True, False or None, not {type(value).__name__}")
+    return value
+
+
+def choice(value: object, name: str, allowed: Sequence[object]) -> Any:
+    """``value`` if it is ``None`` or one of ``allowed`` (compared with its own type)."""
+    if value is None:
+        return None
+    listed = ", ".join(repr(item) for item in allowed)
+    kinds = {type(item) for item in allowed}
+    if type(value) not in kinds:
+        raise TypeError(f"{name} must be one of {listed} or None, not {type(value).__name__}")
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {listed} or None, got {value!r}")
+    return value
+
+
+def int_range(value: object, name: str, low: int, high: int, *, step: int = 1) -> int | None:
+    """``value`` if it is ``None`` or an int from ``low`` to ``high`` (in steps of ``step``)."""
+    if value is None:
+        return None
+    steps = f" in steps of {step}" if step > 1 else ""
+    allowed = f"an int from {low} to {high}{steps}, or None"
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be {allowed}, not {type(value).__name__} {value!r}")
+    if not low <= value <= high or value % step:
+        raise ValueError(f"{name} must be {allowed}, got {value}")
+    return value
+
+
+def http_urls(value: object, name: str) -> tuple[str, ...]:
+    """``value`` as a tuple of absolute http(s) URLs (``None`` means none)."""
+    if value is None:
+        return ()
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+        raise TypeError(
+            f"{name} must be a list of absolute http(s) URLs, not {type(value).__name__}"
+        )
+    return tuple(http_url(item, name=f"{name}[{number}]") for number, item in enumerate(value))
+
+
+def prompt(value: object, name: str = "prompt", *, max_chars: int = 2000) -> str:
+    """``value`` if it is a str of 1 to ``max_chars`` characters, not only whitespace."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str of 1 to {max_chars} characters, not {value!r}")
+    if not value.strip() or len(value) > max_chars:
+        raise ValueError(
+            f"{name} must have 1 to {max_chars} characters (not only whitespace), got {len(value)}"
+        )
+    return value

@@ -120,7 +120,7 @@ async def test_bad_rows_are_reported_and_skipped(
                 "{not json",
                 json.dumps({"task_id": "parent-b", "image_index": 9}),
                 "",
-                json.dumps({"task_id": "parent-c", "image_index": "2", "water_mark": "x"}),
+                json.dumps({"task_id": "parent-c", "image_index": 2, "water_mark": "x"}),
                 json.dumps({"image_index": 1}),
                 json.dumps({"task_id": "parent-d", "image_index": 1, "id": "a"}),
                 json.dumps(["a", 1]),

@@ -51,8 +51,17 @@ def test_demo_succeeds_counts_every_job_and_writes_png_files(
     )
     assert summary["polls_per_task_mean"] >= 1
 
-    files = sorted(out.iterdir())
+    files = sorted(path for path in out.iterdir() if path.suffix == ".png")
     assert len(files) == summary["files_written"] == 4 * summary["done"]
+    # The gallery page beside them shows every job, its images by relative path.
+    assert sorted(path.name for path in out.iterdir() if path.suffix != ".png") == [
+        "index.html",
+        "results.jsonl",
+    ]
+    assert summary["gallery"] == str(out / "index.html")
+    page = (out / "index.html").read_text()
+    assert page.count('loading="lazy"') == summary["files_written"]
+    assert all(f'src="{path.name}"' in page for path in files)
     tasks: dict[str, set[int]] = {}
     for path in files:
         match = IMAGE_NAME.fullmatch(path.name)

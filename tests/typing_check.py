@@ -72,3 +72,19 @@ async def fan_out(parents: list[str]) -> list[str]:
         del left
         outcomes: list[midvary.VaryOutcome] = await session.vary_all([session.task("t")])
         return [o.task_id or "" for o in outcomes]
+
+
+async def workflow(prompts: list[str]) -> int:
+    """The workflow (generate, vary, upscale, a mixed fan-out) as a user writes it."""
+    async with midvary.Session(api_key="k") as session:
+        grid: midvary.TaskRecord = await (await session.generate("a fox", aspect_ratio="3:2"))
+        varied = [await (await session.vary(grid.task_id, i)) for i in range(4)]
+        big: midvary.TaskRecord = await (await session.upscale(grid.task_id, 2, key="k1"))
+        jobs: list[midvary.GenerateRequest | midvary.VaryRequest | midvary.UpscaleRequest] = [
+            midvary.GenerateRequest(prompt=p, speed="fast") for p in prompts
+        ]
+        jobs.append(midvary.UpscaleRequest(task_id=grid.task_id, image_index=0))
+        outcomes = await session.vary_all(jobs)
+        handle = await session.submit(midvary.GenerateRequest(prompt="p", key="k2"))
+        del handle, big
+        return len(varied) + len(outcomes)

@@ -33,6 +33,7 @@ from ._kit import (
     LazySubParsers,
     UsageError,
     add_common_options,
+    explain,
     say,
 )
 
@@ -41,12 +42,22 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "vary", "submit one vary task and wait for its images", f"{__name__}.basic:vary_options"
     ),
+    Command(
+        "generate",
+        "generate a grid from a prompt, then vary or upscale its images",
+        f"{__name__}.generate:options",
+    ),
     Command("status", "show a task's current record", f"{__name__}.basic:status_options"),
     Command("wait", "wait for an existing task", f"{__name__}.basic:wait_options"),
     Command(
         "bulk",
         "run every vary job of a CSV or JSONL file (resumable)",
         f"{__name__}.bulk:options",
+    ),
+    Command(
+        "gallery",
+        "write one static HTML page of a bulk results file's images",
+        f"{__name__}.gallery:options",
     ),
     Command(
         "fake-server",
@@ -111,5 +122,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         say("interrupted", stream=sys.stderr)
         return EXIT_INTERRUPTED
     except midvary.MidvaryError as exc:
-        say(f"midvary {args.command}: {type(exc).__name__}: {exc}", stream=sys.stderr)
+        say(explain(args.command, exc, args), stream=sys.stderr)
         return EXIT_FAILED

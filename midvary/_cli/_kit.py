@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final, TextIO
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -157,6 +159,30 @@ def positive_int(text: str) -> int:
     return value
 
 
+#: What ``--base-url`` means, for messages.
+BASE_URL_HINT: Final = (
+    "--base-url (or MIDVARY_BASE_URL) is the API's root, scheme and host only, such as "
+    "https://api.kie.ai or https://api.midapi.ai, without a path"
+)
+
+
+def require_api_key(args: argparse.Namespace) -> None:
+    """Raise :class:`UsageError`, in the CLI's words, if no API key is given anywhere."""
+    if args.api_key is None and not any(
+        os.environ.get(name, "").strip() for name in ("MIDVARY_API_KEY", "KIE_API_KEY")
+    ):
+        raise UsageError("no API key: pass --api-key KEY, or set MIDVARY_API_KEY (or KIE_API_KEY)")
+
+
+def base_url_path(args: argparse.Namespace) -> str | None:
+    """The path of the base URL in use (``--base-url``, else MIDVARY_BASE_URL), or ``None``."""
+    url = args.base_url or os.environ.get("MIDVARY_BASE_URL", "").strip()
+    if not url:
+        return None
+    path = urlsplit(url).path.rstrip("/")
+    return path or None
+
+
 def open_session(args: argparse.Namespace, **options: Any) -> midvary.Session:
     """A :class:`midvary.Session` from the common options.
 
@@ -164,29 +190,27 @@ def open_session(args: argparse.Namespace, **options: Any) -> midvary.Session:
         UsageError: No API key, or a bad base URL.
 
     """
+    require_api_key(args)
     try:
         return midvary.Session(api_key=args.api_key, base_url=args.base_url, **options)
     except (TypeError, ValueError) as exc:
         raise UsageError(str(exc)) from None
 
 
-# -- output ------------------------------------------------------------------------------
+def explain(command: str, error: midvary.MidvaryError, args: argparse.Namespace) -> str:
+    """The CLI's one-line message for a library error: in the CLI's words where they differ."""
+    if isinstance(error, midvary.TaskTimeoutError):
+        return timeout_message(error)
+    message = f"midvary {command}: {type(error).__name__}: {error}"
+    path = base_url_path(args)
+    if path is not None and getattr(error, "http_status", None) == 404:
+        message += f" (the base URL has the path {path!r}: {BASE_URL_HINT})"
+    return message
 
 
-def record_json(record: midvary.TaskRecord) -> dict[str, Any]:
-    """A record as JSON-ready data."""
-    return {
-        "task_id": record.task_id,
-        "status": record.status.name,
-        "task_type": record.task_type,
-        "image_urls": list(record.image_urls),
-        "created_at": record.created_at.isoformat() if record.created_at else None,
-        "completed_at": record.completed_at.isoformat() if record.completed_at else None,
-        "error_code": record.error_code,
-        "error_message": record.error_message,
-    }
-
-
-def error_json(error: BaseException) -> dict[str, Any]:
-    """An error as JSON-ready data: its class name and message."""
-    return {"type": type(error).__name__, "message": str(error)}
+def timeout_message(error: midvary.TaskTimeoutError) -> str:
+    """A wait's timeout, with the command that re-attaches the task."""
+    return (
+        f"error: {error.reason}; it may still finish: re-attach it with "
+        f"`midvary wait {error.task_id}`"
+    )

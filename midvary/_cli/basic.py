@@ -14,11 +14,10 @@ from ._kit import (
     EXIT_FAILED,
     EXIT_OK,
     UsageError,
-    error_json,
     open_session,
     positive_float,
-    record_json,
     say,
+    timeout_message,
 )
 
 
@@ -46,19 +45,21 @@ async def _finish(
         )
     except midvary.TaskFailedError as exc:
         if args.json:
-            say(json.dumps({**record_json(exc.record), "error": error_json(exc)}))
+            say(
+                json.dumps({**midvary.to_json_dict(exc.record), "error": midvary.to_json_dict(exc)})
+            )
         else:
             show_record(exc.record)
             say(f"error: {exc}", stream=sys.stderr)
         return EXIT_FAILED
     except midvary.TaskTimeoutError as exc:
-        say(f"error: {exc}; run `midvary wait {exc.task_id}` later", stream=sys.stderr)
+        say(timeout_message(exc), stream=sys.stderr)
         return EXIT_FAILED
     paths: tuple[Any, ...] = ()
     if args.download is not None:
         paths = await session.download(record, args.download)
     if args.json:
-        say(json.dumps({**record_json(record), "files": [str(p) for p in paths]}))
+        say(json.dumps({**midvary.to_json_dict(record), "files": [str(p) for p in paths]}))
     else:
         show_record(record)
         for path in paths:
@@ -92,6 +93,9 @@ def _add_wait_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _vary(args: argparse.Namespace) -> int:
+    if args.no_wait and (args.download is not None or args.timeout is not None):
+        given = "--download" if args.download is not None else "--timeout"
+        raise UsageError(f"--no-wait does not wait, so {given} has no effect: drop one of them")
     try:
         request = midvary.VaryRequest(
             task_id=args.parent_id,
@@ -130,7 +134,7 @@ def _status(args: argparse.Namespace) -> int:
             except (TypeError, ValueError) as exc:
                 raise UsageError(str(exc)) from None
         if args.json:
-            say(json.dumps(record_json(record)))
+            say(json.dumps(midvary.to_json_dict(record)))
         else:
             show_record(record)
         return EXIT_FAILED if record.status.is_failure else EXIT_OK

@@ -14,6 +14,6 @@ def options(parser: argparse.ArgumentParser) -> None:
     """Add the fake server's options to ``parser`` and set its handler."""
     from midvary.testing import _serve  # noqa: PLC0415 - the fake provider, only when chosen
 
-    parser.description = _serve.__doc__
+    parser.description = _serve.HELP
     _serve.configure_parser(parser)
     parser.set_defaults(handler=_serve.run_fake_server)

@@ -1,8 +1,21 @@
-"""The bulk command's JOBS file: read a CSV or JSONL file into checked vary jobs.
+"""The bulk command's JOBS file: read a CSV or JSONL file into checked jobs.
 
-Bad rows are reported with their line number and skipped; each valid row becomes a
+Bad rows (a byte that is not UTF-8 included) are reported with their line number and
+skipped; a column or JSON key other than :data:`COLUMNS` refuses the whole file (a typo such
+as ``watermark`` would otherwise be dropped from every job); a row that repeats an earlier
+one is run and warned about with both line numbers. Each valid row becomes a
 :class:`BulkJob` with a stable key (its own ``id``, else a hash of its content and its
 occurrence number among identical rows, see :mod:`midvary._cli.journal`).
+
+A row's ``action`` is ``vary`` (the default: ``task_id``, ``image_index``), ``upscale``
+(the same columns) or ``generate`` (``prompt`` and optionally ``aspect_ratio``, ``speed``,
+``version``, ``task_type``, ``water_mark``, ``then``). A generate row's ``then``
+(``vary:all``, ``upscale:0,2``, several joined by ``;``) adds its children: one
+:class:`BulkJob` each, right after it, keyed ``<parent key>/<action><index>``, whose request
+is made once the parent's task id is known.
+
+``image_index`` is a whole number 0..3: in a CSV file, digits (``2``); in JSONL, a JSON
+integer (``2``), never a string (``"2"``) or a float (``2.0``).
 """
 
 from __future__ import annotations
@@ -11,25 +24,80 @@ import csv
 import hashlib
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import attrs
 
 import midvary
 
 from ._kit import UsageError
+from .chain import Step, child_request, parse_then
+
+Request = midvary.VaryRequest | midvary.GenerateRequest | midvary.UpscaleRequest
+ACTIONS: Final = ("vary", "generate", "upscale")
+#: The optional generate columns, passed to GenerateRequest as they are.
+GENERATE_COLUMNS: Final = ("task_type", "speed", "aspect_ratio", "version", "water_mark")
+
+#: The columns (CSV) or keys (JSONL) a JOBS row may have: a vary or upscale row needs
+#: task_id and image_index, a generate row a prompt.
+COLUMNS: Final = (
+    "task_id",
+    "image_index",
+    "water_mark",
+    "id",
+    "action",
+    "then",
+    "prompt",
+    "task_type",
+    "speed",
+    "aspect_ratio",
+    "version",
+)
 
 
 @attrs.frozen(kw_only=True)
 class BulkJob:
-    """One valid row of the JOBS file."""
+    """One job: a valid row of the JOBS file, or a child its ``then`` column asks for.
+
+    Attributes:
+        key: The job's stable identity (a child's: its parent's key and its step).
+        line: The JOBS file line of the row (a child: its parent's).
+        content: A hash of what the job does (checked against the journal's).
+        request: What to submit; ``None`` for a child, made from its parent's task id.
+        then: A generate row's children, as steps.
+        parent: A child's parent key; ``None`` for a row.
+        step: A child's step; ``None`` for a row.
+
+    """
 
     key: str
     line: int
     content: str
-    request: midvary.VaryRequest
+    request: Request | None
+    then: tuple[Step, ...] = ()
+    parent: str | None = None
+    step: Step | None = None
+
+    def request_for(self, parent_task_id: str) -> midvary.VaryRequest | midvary.UpscaleRequest:
+        """A child's request, once its parent task ``parent_task_id`` succeeded."""
+        assert self.step is not None  # noqa: S101 - only children have a step
+        return child_request(parent_task_id, self.step, label=self.key)
+
+    def children(self) -> tuple[BulkJob, ...]:
+        """The jobs of this row's ``then`` column (none for other rows)."""
+        return tuple(
+            BulkJob(
+                key=f"{self.key}/{step.action}{step.image_index}",
+                line=self.line,
+                content=_hash([self.content, step.action, step.image_index]),
+                request=None,
+                parent=self.key,
+                step=step,
+            )
+            for step in self.then
+        )
 
 
 @attrs.frozen(kw_only=True)
@@ -39,30 +107,80 @@ class JobsFile:
     jobs: tuple[BulkJob, ...]
     bad_rows: tuple[str, ...]
     sha256: str
+    warnings: tuple[str, ...] = ()
+
+
+def _not_utf8(text: str) -> str | None:
+    """Why ``text`` (decoded with ``surrogateescape``) is not UTF-8, or ``None`` if it is."""
+    for char in text:
+        if "\udc80" <= char <= "\udcff":
+            return (
+                f"byte 0x{ord(char) - 0xDC00:02x} is not UTF-8 (save the file as UTF-8; "
+                "the other rows run)"
+            )
+    return None
+
+
+def _unknown(names: Iterable[str]) -> list[str]:
+    return [name for name in names if name not in COLUMNS]
+
+
+def _allowed() -> str:
+    return f"the allowed names are {', '.join(COLUMNS)}"
+
+
+def _is_jsonl(path: Path, text: str) -> bool:
+    """Whether the JOBS file is JSONL (by its suffix, else by its first character)."""
+    suffix = path.suffix.lower()
+    return suffix in (".jsonl", ".ndjson", ".json") or (
+        suffix != ".csv" and text.lstrip().startswith("{")
+    )
 
 
 def _rows(path: Path, text: str) -> Iterator[tuple[int, Any]]:
     """``(line number, row)`` pairs; a row is a dict, or an error message."""
-    stripped = text.lstrip()
-    jsonl = path.suffix.lower() in (".jsonl", ".ndjson", ".json") or (
-        path.suffix.lower() != ".csv" and stripped.startswith("{")
-    )
-    if jsonl:
-        # Only "\n" ends a JSON line: str.splitlines() would also split at U+2028, U+0085
-        # and others, which json.dumps(ensure_ascii=False) leaves raw inside strings.
-        for number, line in enumerate(text.split("\n"), start=1):
-            if not line.strip():
-                continue
-            try:
-                yield number, json.loads(line)
-            except ValueError as exc:
-                yield number, f"not valid JSON ({exc})"
-        return
+    return _jsonl_rows(path, text) if _is_jsonl(path, text) else _csv_rows(path, text)
+
+
+def _jsonl_rows(path: Path, text: str) -> Iterator[tuple[int, Any]]:
+    """The rows of a JSONL file; raise :class:`UsageError` at the first unknown key."""
+    # Only "\n" ends a JSON line: str.splitlines() would also split at U+2028, U+0085
+    # and others, which json.dumps(ensure_ascii=False) leaves raw inside strings.
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        problem = _not_utf8(line)
+        if problem is not None:
+            yield number, problem
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            yield number, f"not valid JSON ({exc})"
+            continue
+        unknown = _unknown(row) if isinstance(row, dict) else []
+        if unknown:
+            raise UsageError(
+                f"{path}:{number}: unknown key {unknown[0]!r}; {_allowed()} (no job was run)"
+            )
+        yield number, row
+
+
+def _csv_rows(path: Path, text: str) -> Iterator[tuple[int, Any]]:
+    """The rows of a CSV file; raise :class:`UsageError` for a bad header."""
     reader = csv.DictReader(io.StringIO(text, newline=""))
     fields = [name.strip().lower() for name in reader.fieldnames or ()]
-    if "task_id" not in fields or "image_index" not in fields:
+    if not ({"task_id", "image_index"} <= set(fields) or "prompt" in fields):
         raise UsageError(
-            f"{path}: the CSV header must name task_id and image_index (found: {fields or 'none'})"
+            f"{path}: the CSV header must name task_id and image_index, or prompt "
+            f"(found: {fields or 'none'})"
+        )
+    if _not_utf8(",".join(fields)) is not None:
+        raise UsageError(f"{path}: the header is not UTF-8; save the file as UTF-8")
+    unknown = _unknown(fields)
+    if unknown:
+        raise UsageError(
+            f"{path}: unknown column {unknown[0]!r} in the header; {_allowed()} (no job was run)"
         )
     reader.fieldnames = fields
     rows = iter(reader)
@@ -80,24 +198,72 @@ def _rows(path: Path, text: str) -> Iterator[tuple[int, Any]]:
             failed_at = reader.reader.line_num
             yield failed_at, f"unreadable CSV ({exc})"
             continue
-        yield reader.line_num, row
+        values = [value for value in row.values() if isinstance(value, str)]
+        problem = _not_utf8("".join(values))
+        yield reader.line_num, row if problem is None else problem
 
 
-def _request(row: object) -> midvary.VaryRequest:
+def _text(row: dict[str, Any], name: str) -> str | None:
+    value = row.get(name)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    return value.strip() if isinstance(value, str) else value
+
+
+def _image_index(value: object, *, jsonl: bool) -> Any:
+    """The row's ``image_index``, as :class:`midvary.VaryRequest` takes it.
+
+    Raises:
+        ValueError: It is missing, or a JSONL string (``"2"``) or float (``2.0``).
+    """
+    if value is None or value == "":
+        raise ValueError("image_index is missing")
+    if jsonl:
+        if isinstance(value, str | float):
+            raise ValueError(
+                f"image_index must be a JSON integer 0..3 such as 2, not {value!r} "
+                f"(a {'string' if isinstance(value, str) else 'float'})"
+            )
+        return value
+    text = str(value).strip()
+    if not text.lstrip("-").isdigit():
+        raise ValueError(f"image_index must be a whole number 0..3 such as 2, not {text!r}")
+    return int(text)
+
+
+def _request(row: object, *, jsonl: bool) -> tuple[Request, tuple[Step, ...]]:
     if not isinstance(row, dict):
         raise TypeError(f"expected an object with task_id and image_index, got {row!r:.60}")
+    action = (_text(row, "action") or "vary").lower()
+    if action not in ACTIONS:
+        raise ValueError(f"action must be one of {', '.join(ACTIONS)}, got {action!r}")
+    then = _text(row, "then")
+    if action != "generate":
+        if then is not None:
+            raise ValueError(f"then is only for generate rows, not {action}")
+        return _child_row(row, action, jsonl=jsonl), ()
+    job_id = row.get("id")
+    columns: dict[str, Any] = {name: _text(row, name) for name in GENERATE_COLUMNS}
+    request = midvary.GenerateRequest(
+        prompt=row.get("prompt") or "",
+        **{name: value for name, value in columns.items() if value is not None},
+        id=str(job_id).strip() if job_id not in (None, "") else None,
+    )
+    return request, parse_then(then) if isinstance(then, str) else ()
+
+
+def _child_row(
+    row: dict[str, Any], action: str, *, jsonl: bool
+) -> midvary.VaryRequest | midvary.UpscaleRequest:
     task_id = row.get("task_id")
     if task_id is None or task_id == "":
         raise ValueError("task_id is missing")
-    index = row.get("image_index")
-    if isinstance(index, str) and index.strip().lstrip("-").isdigit():
-        index = int(index)
-    if index is None or index == "":
-        raise ValueError("image_index is missing")
+    index = _image_index(row.get("image_index"), jsonl=jsonl)
     water_mark = row.get("water_mark") or None
     job_id = row.get("id")
     job_id = str(job_id).strip() if job_id not in (None, "") else None
-    return midvary.VaryRequest(
+    cls = midvary.UpscaleRequest if action == "upscale" else midvary.VaryRequest
+    return cls(
         task_id=task_id.strip() if isinstance(task_id, str) else task_id,
         image_index=index,
         water_mark=water_mark,
@@ -114,25 +280,28 @@ def read_jobs(path: Path) -> JobsFile:
     """
     try:
         raw = path.read_bytes()
-        text = raw.decode("utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc}") from None
+    # A byte that is not UTF-8 spoils its own row only: it is kept as a lone surrogate here
+    # and that row is reported by its line number.
+    text = raw.decode("utf-8-sig", errors="surrogateescape")
     jobs: list[BulkJob] = []
     bad: list[str] = []
+    warnings: list[str] = []
     ids: dict[str, int] = {}
     occurrences: dict[str, int] = {}
+    first_line: dict[str, int] = {}
+    jsonl = _is_jsonl(path, text)
     for line, row in _rows(path, text):
         if isinstance(row, str):
             bad.append(f"{path}:{line}: {row}")
             continue
         try:
-            request = _request(row)
+            request, then = _request(row, jsonl=jsonl)
         except (TypeError, ValueError) as exc:
             bad.append(f"{path}:{line}: {exc}")
             continue
-        content = hashlib.sha256(
-            json.dumps([request.task_id, request.image_index, request.water_mark]).encode()
-        ).hexdigest()[:16]
+        content = _content(request)
         if request.id is not None:
             if request.id in ids:
                 bad.append(
@@ -145,5 +314,32 @@ def read_jobs(path: Path) -> JobsFile:
             # Identical rows are distinct jobs: number their occurrences.
             occurrences[content] = occurrences.get(content, 0) + 1
             key = f"{content}#{occurrences[content]}"
-        jobs.append(BulkJob(key=key, line=line, content=content, request=request))
-    return JobsFile(jobs=tuple(jobs), bad_rows=tuple(bad), sha256=hashlib.sha256(raw).hexdigest())
+        if content in first_line:
+            warnings.append(
+                f"{path}:{line} repeats line {first_line[content]} ({request.describe()}): both "
+                "run and each is billed (variations are random, so this may be what you want)"
+            )
+        else:
+            first_line[content] = line
+        job = BulkJob(key=key, line=line, content=content, request=request, then=then)
+        jobs.extend((job, *job.children()))
+    return JobsFile(
+        jobs=tuple(jobs),
+        bad_rows=tuple(bad),
+        sha256=hashlib.sha256(raw).hexdigest(),
+        warnings=tuple(warnings),
+    )
+
+
+def _hash(data: object) -> str:
+    return hashlib.sha256(json.dumps(data).encode()).hexdigest()[:16]
+
+
+def _content(request: Request) -> str:
+    """What a row does, hashed (a vary's hash is the one journals have always held)."""
+    if isinstance(request, midvary.VaryRequest):
+        return _hash([request.task_id, request.image_index, request.water_mark])
+    if isinstance(request, midvary.UpscaleRequest):
+        return _hash(["upscale", request.task_id, request.image_index, request.water_mark])
+    fields = {name: getattr(request, name) for name in ("prompt", *GENERATE_COLUMNS)}
+    return _hash(["generate", fields])

@@ -15,7 +15,7 @@ from typing import Any
 
 import midvary
 
-from ._kit import error_json, record_json
+from .chain import action_of
 from .jobs import BulkJob
 from .tally import Ending
 
@@ -77,22 +77,36 @@ def result_line(
     record: midvary.TaskRecord | None = None,
     error: BaseException | None = None,
     paths: Sequence[Path] = (),
+    request: object = None,
 ) -> str:
-    """The JSON line of one finished job; its ``status`` is ``ending``'s word."""
+    """The JSON line of one finished job; its ``status`` is ``ending``'s word.
+
+    ``request`` is what was submitted (a child's is made at run time); ``None``: the job's.
+    ``task_id`` is the parent task for vary and upscale (``None`` for generate);
+    ``vary_task_id`` is the job's own task, whatever its action.
+    """
+    sent = request if request is not None else job.request
     data: dict[str, Any] = {
         "id": job.key,
         "line": job.line,
-        "task_id": job.request.task_id,
-        "image_index": job.request.image_index,
-        "water_mark": job.request.water_mark,
+        "action": action_of(sent)
+        if sent is not None
+        else (job.step.action if job.step else "vary"),
+        "task_id": getattr(sent, "task_id", None),
+        "image_index": getattr(sent, "image_index", None),
+        "water_mark": getattr(sent, "water_mark", None),
         "status": ending.value,
         "vary_task_id": task_id,
         "image_urls": list(record.image_urls) if record is not None else [],
         "files": [str(path) for path in paths],
-        "error": error_json(error) if error is not None else None,
+        "error": midvary.to_json_dict(error) if error is not None else None,
     }
+    if isinstance(sent, midvary.GenerateRequest):
+        data["prompt"] = sent.prompt
+    if job.parent is not None:
+        data["parent"] = job.parent
     if isinstance(error, midvary.TaskFailedError):
-        data["record"] = record_json(error.record)
+        data["record"] = midvary.to_json_dict(error.record)
     return json.dumps(data, ensure_ascii=False)
 
 

@@ -27,6 +27,7 @@ class BulkSummary(Tally):
     skipped: int = 0
     reattached: int = 0
     resubmitted: int = 0
+    retried: int = 0
     bad_rows: int = 0
     rate_limited_waits: int = 0
     problems: list[tuple[BulkJob, str, str]] = attrs.field(factory=list)
@@ -66,6 +67,7 @@ def print_summary(summary: BulkSummary, out_path: Path, journal_path: Path) -> N
         ("skipped (finished earlier)", summary.skipped),
         ("re-attached by task id", summary.reattached),
         ("re-submitted (were uncertain)", summary.resubmitted),
+        *((("re-submitted (task failed earlier)", summary.retried),) if summary.retried else ()),
         ("bad rows skipped", summary.bad_rows),
         ("rate-limited waits", summary.rate_limited_waits),
     )

@@ -1,9 +1,11 @@
 """``midvary fake-server``: the fake provider in the foreground, for demos and benchmarks.
 
 It prints ``key value`` lines (``base_url``, ``results_base_url``, ``api_key``,
-``stats_url``, and ``parent_id``: a finished parent task id to vary or upscale), then a
-``ready`` line, serves until SIGINT or SIGTERM, prints a ``stats``
-line of JSON figures and exits 0. The key is a fake one, so printing it is fine.
+``stats_url``, and ``parent_id``: a finished parent task id to vary or upscale), the two
+``export MIDVARY_BASE_URL=...`` / ``export MIDVARY_API_KEY=...`` lines to paste into another
+shell, then a ``ready`` line, serves until SIGINT or SIGTERM, prints a ``stats`` line of JSON
+figures and exits 0. The key is a fake one, so printing it is fine. A port in use or a host
+that cannot be bound is one line on stderr and exit status 2.
 
 A process that drives it reads the figures from ``GET <base_url>/_fake/stats`` and changes
 knobs with ``POST <base_url>/_fake/settings`` (a JSON object of :class:`FakeSettings`
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shlex
 import signal
 import sys
 from collections.abc import Sequence
@@ -24,6 +27,21 @@ from typing import Any
 
 from ._provider import FakeProvider
 from ._settings import ENDPOINTS, FAULT_KINDS, FakeSettings
+
+#: The ``--help`` text (plain, unlike the module docstring, which is for Sphinx and pydoc).
+HELP = """\
+Serve the fake provider in the foreground, for demos, benchmarks and trying the README.
+
+It prints "key value" lines (base_url, results_base_url, api_key, stats_url, and parent_id:
+a finished parent task id to vary or upscale), two "export MIDVARY_BASE_URL=..." and
+"export MIDVARY_API_KEY=..." lines to paste into another shell, then "ready"; it serves
+until Ctrl-C (SIGINT) or SIGTERM, prints a "stats" line of JSON figures and exits 0. The key
+is a fake one. Exit status 2: a bad option, or the host or port cannot be bound.
+
+A program that drives it reads figures from GET <base_url>/_fake/stats and changes knobs with
+POST <base_url>/_fake/settings (a JSON object of FakeSettings fields) or
+POST <base_url>/_fake/maintenance ({"on": true}).
+"""
 
 # Options named like the FakeSettings field they set, taken as parsed.
 _PLAIN_KNOBS = (
@@ -50,7 +68,7 @@ def add_fake_server_command(subparsers: argparse._SubParsersAction[Any]) -> None
     parser = subparsers.add_parser(
         "fake-server",
         help="serve the fake provider in the foreground (for demos and benchmarks)",
-        description=__doc__,
+        description=HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     configure_parser(parser)
@@ -133,22 +151,42 @@ def run_fake_server(args: argparse.Namespace) -> int:
         port=args.port,
         results_port=args.results_port,
     )
-    asyncio.run(_serve(provider))
+    try:
+        where = f"{args.host} port {args.port}" + (
+            f", results port {args.results_port}" if args.results_port else ""
+        )
+        asyncio.run(_serve(provider, where=where))
+    except _CannotBindError as exc:
+        sys.stderr.write(f"fake-server: {exc}\n")
+        return 2
     return 0
 
 
-async def _serve(provider: FakeProvider) -> None:
+class _CannotBindError(Exception):
+    """The fake could not listen on the asked host and port."""
+
+
+async def _serve(provider: FakeProvider, *, where: str) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     try:
-        async with provider:
+        try:
+            await provider.start()
+        except OSError as exc:  # port in use, unknown host, no permission
+            raise _CannotBindError(
+                f"cannot listen on {where}: {exc.strerror or exc} "
+                "(--port 0 picks a free port; --host takes a local address such as 127.0.0.1)"
+            ) from None
+        try:
             _say(f"base_url {provider.base_url}")
             _say(f"results_base_url {provider.results_base_url}")
             _say(f"api_key {provider.api_key}")
             _say(f"stats_url {provider.base_url}/_fake/stats")
             _say(f"parent_id {provider.sample_parent_id}")
+            _say(f"export MIDVARY_BASE_URL={shlex.quote(provider.base_url)}")
+            _say(f"export MIDVARY_API_KEY={shlex.quote(provider.api_key)}")
             _say("ready")
             await stop.wait()
             figures = provider.stats.as_dict()
@@ -156,6 +194,8 @@ async def _serve(provider: FakeProvider) -> None:
             for per_task in ("polls", "detection_delays", "callback_failures"):
                 figures.pop(per_task)
             _say(f"stats {json.dumps(figures, sort_keys=True)}")
+        finally:
+            await provider.close()
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
@@ -170,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the fake server from ``python -m midvary.testing._serve [options]``."""
     parser = argparse.ArgumentParser(
         prog="python -m midvary.testing._serve",
-        description=__doc__,
+        description=HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     configure_parser(parser)

@@ -14,6 +14,9 @@ They need pytest-asyncio. Fixtures (all function-scoped):
 - ``midvary_session``: an open ``midvary.Session`` pointed at ``fake_provider`` with the
   fast test mode (:data:`~midvary.testing.FAST_POLL`, :data:`~midvary.testing.FAST_RETRY`),
   closed afterwards.
+- ``midvary_env``: sets ``MIDVARY_API_KEY`` and ``MIDVARY_BASE_URL`` to ``fake_provider``'s
+  (and removes ``KIE_API_KEY``) for code that builds its own ``Session()``; returns the
+  provider. Undone after the test.
 """
 
 from __future__ import annotations
@@ -67,3 +70,7 @@ async def midvary_session(fake_provider: FakeProvider) -> AsyncIterator[midvary.
         submit_rate=None,
     ) as session:
         yield session
+
+
+# For code under test that builds its own Session from the environment.
+from ._env_fixture import midvary_env  # noqa: E402, F401 - a fixture, registered by import

@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import midvary
+from midvary._cli._kit import UsageError
 from midvary._cli.jobs import read_jobs
 from midvary._converter import structure_record
 from midvary.testing import FakeProvider, FakeSettings
@@ -208,17 +210,27 @@ FIELDS = ("task_id", "image_index", "water_mark", "id")
 valid_rows = st.fixed_dictionaries(
     {
         "task_id": st.sampled_from(["parent-a", "parent-b", "parent-c"]),
-        "image_index": st.integers(0, 3) | st.sampled_from(["0", "3", " 2 "]),
+        "image_index": st.integers(0, 3),  # in JSONL a JSON integer only (not "2", not 2.0)
     },
     optional={
         "water_mark": st.text(max_size=8),
         "id": st.text(min_size=1, max_size=6) | st.integers(),
     },
 )
+# Only known keys: an unknown one refuses the whole file (see test_jobs_file.py).
 bad_rows = st.dictionaries(
-    st.sampled_from([*FIELDS, "extra"]), json_values | anything.filter(_is_json), max_size=5
+    st.sampled_from(FIELDS), json_values | anything.filter(_is_json), max_size=5
 )
 text_line = st.text(max_size=30).filter(lambda t: "\n" not in t)
+
+
+def _unknown_keys(line: str) -> bool:
+    """Whether ``line`` is a JSON object with a key that is not a JOBS column."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(row, dict) and any(key not in FIELDS for key in row)
 
 
 def jsonl_line(value: object, ascii_only: bool) -> str:
@@ -244,6 +256,10 @@ def test_every_jsonl_line_is_a_job_or_a_bad_row(lines: list[str], crlf: bool) ->
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "jobs.jsonl"
         path.write_bytes(("\r\n" if crlf else "\n").join(lines).encode())
+        if any(_unknown_keys(line) for line in lines):
+            with pytest.raises(UsageError, match="unknown key"):
+                read_jobs(path)
+            return
         read = read_jobs(path)
     reported = [int(bad.split(":")[1]) for bad in read.bad_rows]
     expected = [n for n, line in enumerate(lines, start=1) if line.strip()]

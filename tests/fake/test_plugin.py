@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
+import tomllib
+from pathlib import Path
+
 import midvary
-from midvary.testing import FakeProvider, FakeSettings
+from midvary.testing import FAST_POLL, FakeProvider, FakeSettings
 from midvary.testing.pytest_plugin import FAST_SETTINGS
 
 
@@ -37,3 +41,21 @@ async def test_midvary_session_stays_fast_after_learning(
     records.append(await (await midvary_session.vary("parent-plugin", 0)))
     assert all(record.status is midvary.TaskStatus.SUCCESS for record in records)
     assert fake_provider.stats.tasks_created == 9
+
+
+async def test_midvary_env_lets_code_build_its_own_session(midvary_env: FakeProvider) -> None:
+    """With midvary_env, a bare Session() reaches the fake and its vary succeeds."""
+    async with midvary.Session(poll=FAST_POLL) as session:  # key and URL from the environment
+        record = await session.vary("parent-1", 0)
+        assert session.base_url == midvary_env.base_url
+        assert (await record.wait()).status is midvary.TaskStatus.SUCCESS
+    assert midvary_env.stats.tasks_created == 1
+
+
+def test_the_testing_extra_has_what_the_plugin_needs() -> None:
+    """The testing extra in pyproject.toml names pytest and pytest-asyncio."""
+    pyproject = tomllib.loads(
+        (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text(encoding="utf-8")
+    )
+    testing = pyproject["project"]["optional-dependencies"]["testing"]
+    assert {re.split(r"[<>=]", spec)[0] for spec in testing} == {"pytest", "pytest-asyncio"}

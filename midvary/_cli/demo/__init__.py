@@ -9,9 +9,11 @@ provider's limit (``submit_rate``) runs 24 vary jobs (6 parents x 4 images) with
 
 At the end it checks that the library behaved and prints a summary:
 
-- every job ended done (its images downloaded as ``<task_id>_<n>.png``), failed because the
-  fake made its task fail (:class:`TaskFailedError`), or uncertain because the fake spoiled
-  or dropped its submission's answer (:class:`SubmitUncertainError`, never re-sent);
+- every job ended done (its images downloaded as ``<task_id>_<n>.png``; a results file and
+  a gallery page of them, ``results.jsonl`` and ``index.html``, are written beside them),
+  failed because the fake made its task fail (:class:`TaskFailedError`), or uncertain
+  because the fake spoiled or dropped its submission's answer
+  (:class:`SubmitUncertainError`, never re-sent);
 - the fake received no duplicate submission, exactly the POSTs the fan-out announced
   (``JobEventKind.SUBMITTING``), and created no task that no job accounts for except those
   whose answer it dropped.
@@ -34,7 +36,7 @@ from ..progress import Progress
 from ..summary import summary_table
 from .assess import DemoReport, assess
 from .plan import DemoPlan
-from .run import run_demo
+from .run import run_demo, write_demo_gallery
 
 #: The seed of every random draw of the fake provider and of the client's jitter.
 DEFAULT_SEED: Final = 7
@@ -110,6 +112,7 @@ def _demo(args: argparse.Namespace) -> int:
     observed = asyncio.run(run_demo(plan, out=out, seed=args.seed, progress=progress))
     report = assess(observed)
     report.figures["seed"] = args.seed
+    report.figures["gallery"] = str(write_demo_gallery(observed))
     if args.json:
         say(json.dumps({**report.figures, "ok": report.ok, "problems": list(report.problems)}))
     else:
@@ -176,6 +179,7 @@ def _print_report(report: DemoReport) -> None:
     )
     console = Console()
     console.print(summary_table(f"midvary demo (seed {f['seed']})", rows, columns=None))
+    console.print(f"gallery: {f['gallery']}", markup=False, highlight=False, soft_wrap=True)
     if report.ok:
         console.print(
             "ok: every job ended done, failed by the provider, or uncertain because the "

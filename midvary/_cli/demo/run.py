@@ -16,7 +16,10 @@ import attrs
 import midvary
 from midvary.testing import FakeProvider, FakeSettings, FakeStats, SuccessFlag
 
+from ..gallery import make_gallery
+from ..jobs import BulkJob
 from ..progress import Progress
+from ..results import result_line
 from ..tally import Ending
 from .plan import DemoPlan
 
@@ -143,3 +146,36 @@ def _show(progress: Progress, outcome: midvary.VaryOutcome) -> None:
         return
     error = outcome.error
     progress.ended(ending, f"{describe(outcome)} {ending.value}: {type(error).__name__}: {error}")
+
+
+def write_demo_gallery(observed: Observed) -> Path:
+    """Write ``results.jsonl`` (as ``bulk`` would) and its gallery ``index.html`` into ``out``.
+
+    Returns:
+        The gallery page's path.
+
+    """
+    lines = []
+    for outcome in observed.outcomes:
+        if outcome.request is None:
+            continue
+        job = BulkJob(
+            key=f"job-{outcome.index + 1}",
+            line=outcome.index + 1,
+            content="",
+            request=outcome.request,
+        )
+        lines.append(
+            result_line(
+                job,
+                Ending.of(outcome),
+                task_id=outcome.task_id,
+                record=outcome.record,
+                error=outcome.error,
+                paths=outcome.paths,
+            )
+        )
+    observed.out.mkdir(parents=True, exist_ok=True)
+    results = observed.out / "results.jsonl"
+    results.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+    return make_gallery(results, observed.out / "index.html", announce=False)
