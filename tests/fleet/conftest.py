@@ -1,7 +1,16 @@
-"""Fixtures of the fleet tests: the store tests' real Redis server."""
+"""Fixtures of the fleet tests: the store tests' namespace and real Redis server.
+
+The Redis fixtures move to tests/conftest.py with issue 11's wiring; until then they are
+imported from tests/store/conftest.py.
+"""
 
 from __future__ import annotations
 
-from tests.store.conftest import namespace, redis_session_server
+import contextlib
 
-__all__ = ["namespace", "redis_session_server"]
+from tests.store.conftest import namespace
+
+with contextlib.suppress(ImportError):  # before the wire11 merge only
+    from tests.store.conftest import redis_session_server  # type: ignore[attr-defined,unused-ignore]
+
+__all__ = ["namespace"]
