@@ -11,6 +11,8 @@ import contextlib
 from tests.store.conftest import namespace
 
 with contextlib.suppress(ImportError):  # before the wire11 merge only
-    from tests.store.conftest import redis_session_server  # type: ignore[attr-defined,unused-ignore]
+    from tests.store.conftest import (  # type: ignore[attr-defined,unused-ignore]  # noqa: F401
+        redis_session_server,
+    )
 
 __all__ = ["namespace"]

@@ -4,7 +4,8 @@ It serves a :class:`midvary.CallbackReceiver` whose public URL is the *other* re
 every callback for its tasks lands on the peer), with a shared :class:`midvary.RedisStore`,
 and obeys commands on stdin, one per line, answering JSON lines on stdout:
 
-- first it prints ``{"port": N}`` and reads the peer's port;
+- first it prints ``{"port": N}``, reads the peer's port, and prints ``{"ready": true}``
+  once its receiver serves;
 - ``submit N``: submit N vary tasks, print ``{"submitted": [task ids]}`` and wait for them
   in the background;
 - ``results``: print ``{"results": [{"task_id", "status", "image_urls"}]}`` once every
@@ -58,6 +59,7 @@ async def main(base_url: str, api_key: str, parent: str, redis_url: str, ns: str
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.SockSite(runner, sock).start()
+        say({"ready": True})
         waits: list[asyncio.Task[midvary.TaskRecord]] = []
         try:
             async with (

@@ -78,6 +78,7 @@ async def start_pair(redis_session_server: RedisServer, namespace: str) -> Async
         a.port, b.port = (await a.read())["port"], (await b.read())["port"]
         await a.send(b.port)
         await b.send(a.port)
+        assert await a.read() == await b.read() == {"ready": True}
         return a, b
 
     yield start
