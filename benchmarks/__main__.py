@@ -16,11 +16,19 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from . import b1_overhead, b2_scale, b3_poll_economy, b4_rate_limit, b6_fleet, b7_store_cost
+from . import (
+    b1_overhead,
+    b2_scale,
+    b3_poll_economy,
+    b4_rate_limit,
+    b6_fleet,
+    b7_store_cost,
+    b8_arq_workers,
+)
 from ._harness import Report, machine
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
-NAMES = ("B1", "B2", "B3", "B4", "B5", "B6", "B7")
+NAMES = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8")
 
 
 async def _run(names: set[str], *, profile: bool, workdir: Path) -> list[Report]:
@@ -50,6 +58,9 @@ async def _run(names: set[str], *, profile: bool, workdir: Path) -> list[Report]
         start("B3", "poll economy, with B5 callbacks alongside (about 150 s)")
         b3, b5 = await b3_poll_economy.run()
         reports += [report for report in (b3, b5) if report.name in names]
+    if "B8" in names:
+        start("B8", "arq workers, K = 1, 2, 4, 8, then campaign R10 (about 120 s)")
+        reports.append(await b8_arq_workers.run())
     return sorted(reports, key=lambda report: report.name)
 
 

@@ -292,7 +292,9 @@ class Submitter:
         claim: Claim | None,
     ) -> TaskHandle:
         tickets = self._tickets
-        ticket = tickets.issue() if tickets is not None and request.callback_url is None else None
+        ticket = (
+            await tickets.issue() if tickets is not None and request.callback_url is None else None
+        )
         callback_url = request.callback_url if ticket is None else ticket.url
         body = kind.body(request, callback_url=callback_url, index_base=self._core.index_base)
         attempt = _Attempt(self._core, self._limiter, kind.path, body, request, hooks, claim)

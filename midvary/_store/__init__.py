@@ -13,6 +13,7 @@ from ._base import (
     SlotRequest,
     Store,
     StoredJob,
+    TokenRecord,
     account_namespace,
 )
 from ._hold import Hold, StoreClaims, StoreLimiter, StoreSlot, holding
@@ -34,6 +35,7 @@ __all__ = [
     "StoreLimiter",
     "StoreSlot",
     "StoredJob",
+    "TokenRecord",
     "account_namespace",
     "holding",
 ]

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import urllib.parse
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from .._errors import StoreError
 from ._base import (
@@ -22,6 +23,7 @@ from ._base import (
     SlotRequest,
     Store,
     StoredJob,
+    TokenRecord,
     check_namespace,
     check_seconds,
     conflict,
@@ -31,6 +33,7 @@ from ._base import (
     new_epoch,
 )
 from ._lua import SCRIPT
+from ._redis_tokens import RedisTokens
 
 if TYPE_CHECKING:
     import redis.asyncio
@@ -82,6 +85,8 @@ class RedisStore(Store):
 
     """
 
+    shares_callbacks: ClassVar[bool] = True
+
     def __init__(
         self,
         url_or_client: str | redis.asyncio.Redis,
@@ -132,6 +137,7 @@ class RedisStore(Store):
         self._max_connections = max_connections
         self._script: Any = None
         self._epochs: dict[str, str] = {}
+        self._tokens = RedisTokens(self._open_client, self._error)
 
     def __repr__(self) -> str:
         return f"<RedisStore {self._where}>"
@@ -156,7 +162,8 @@ class RedisStore(Store):
             try:
                 # A blocking pool: submissions beyond max_connections wait for a free
                 # connection (redis-py's default pool raises "Too many connections").
-                pool = redis.asyncio.BlockingConnectionPool.from_url(
+                # (Untyped in redis-py 5, which arq pins; typed from 6 on.)
+                pool = redis.asyncio.BlockingConnectionPool.from_url(  # type: ignore[no-untyped-call,unused-ignore]
                     self._url,
                     max_connections=self._max_connections,
                     timeout=self._socket_timeout,
@@ -190,6 +197,11 @@ class RedisStore(Store):
         if self._owned and self._client is not None:
             client, self._client = self._client, None
             await client.aclose()
+
+    def _open_client(self, what: str) -> redis.asyncio.Redis:
+        if self._client is None or self._script is None:
+            raise StoreError(f"{what}: the Redis store is not open (use `async with store`)")
+        return self._client
 
     def _keys(self, namespace: str, key: str = "") -> list[str]:
         base = f"{_PREFIX}{namespace}}}:"
@@ -435,6 +447,32 @@ class RedisStore(Store):
             "reading the submission allowance", "allowance", namespace, slot=slot
         )
         return int(value)
+
+    # --- callback tokens and wake-ups (``_redis_tokens``) --------------------------------
+
+    async def add_token(self, scope: str, token_id: str, *, ttl_s: float) -> None:
+        """See :meth:`Store.add_token`."""
+        await self._tokens.add(scope, token_id, ttl_s)
+
+    async def bind_token(self, scope: str, token_id: str, *, task_id: str) -> bool:
+        """See :meth:`Store.bind_token`."""
+        return await self._tokens.bind(scope, token_id, task_id)
+
+    async def get_token(self, scope: str, token_id: str) -> TokenRecord | None:
+        """See :meth:`Store.get_token`."""
+        return await self._tokens.get(scope, token_id)
+
+    async def settle_token(self, scope: str, token_id: str, *, grace_s: float) -> None:
+        """See :meth:`Store.settle_token`."""
+        await self._tokens.settle(scope, token_id, grace_s)
+
+    async def publish_wake(self, scope: str, token: str) -> None:
+        """See :meth:`Store.publish_wake`."""
+        await self._tokens.publish(scope, token)
+
+    def wakes(self, scope: str) -> AbstractAsyncContextManager[AsyncIterator[str]]:
+        """See :meth:`Store.wakes`."""
+        return self._tokens.wakes(scope)
 
 
 def _state(value: str) -> KeyStateName:
