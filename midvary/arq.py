@@ -74,6 +74,7 @@ from ._errors import (
 from ._ratelimit import DEFAULT_SUBMIT_RATE
 from ._session import Session
 from ._store import RedisStore
+from ._store._base import DEFAULT_CLAIM_LEASE
 from ._validate import submit_rate as check_submit_rate
 
 __all__ = [
@@ -212,8 +213,8 @@ async def startup(ctx: dict[str, Any]) -> None:
 
     """
     config = WorkerConfig.from_env()
-    lease = {} if config.claim_lease is None else {"claim_lease": config.claim_lease}
-    store = RedisStore(config.store_url, **lease)
+    lease = DEFAULT_CLAIM_LEASE if config.claim_lease is None else config.claim_lease
+    store = RedisStore(config.store_url, claim_lease=lease)
     await store.open()
     receiver: CallbackReceiver | None = None
     try:
