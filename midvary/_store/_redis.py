@@ -11,7 +11,7 @@ import json
 import urllib.parse
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING, Any, ClassVar, cast
+from typing import TYPE_CHECKING, ClassVar, cast
 
 from .._errors import StoreError
 from ._base import (
@@ -33,6 +33,7 @@ from ._base import (
     new_epoch,
 )
 from ._lua import SCRIPT
+from ._redis_pipe import ScriptPipe
 from ._redis_tokens import RedisTokens
 
 if TYPE_CHECKING:
@@ -135,7 +136,7 @@ class RedisStore(Store):
         if max_connections < 1:
             raise ValueError(f"max_connections must be >= 1, got {max_connections}")
         self._max_connections = max_connections
-        self._script: Any = None
+        self._script: ScriptPipe | None = None
         self._epochs: dict[str, str] = {}
         self._tokens = RedisTokens(self._open_client, self._error)
 
@@ -184,16 +185,20 @@ class RedisStore(Store):
                 ) from None
         try:
             await self._client.ping()
+            await self._client.script_load(SCRIPT)
         except (redis.exceptions.RedisError, OSError) as exc:
             if self._owned:
                 client, self._client = self._client, None
                 await client.aclose()
             raise self._error("connecting to the store", exc) from exc
-        self._script = self._client.register_script(SCRIPT)
+        # The script's calls go on a connection of their own, pipelined (``_redis_pipe``).
+        self._script = ScriptPipe(self._client, SCRIPT, keys=5)
 
     async def close(self) -> None:
-        """Close the connections it made from a URL; a borrowed client stays open."""
-        self._script = None
+        """Close the connections it made (and the script's); a borrowed client stays open."""
+        script, self._script = self._script, None
+        if script is not None:
+            await script.close()
         if self._owned and self._client is not None:
             client, self._client = self._client, None
             await client.aclose()
@@ -228,22 +233,29 @@ class RedisStore(Store):
             raise StoreError(f"{what}: the Redis store is not open (use `async with store`)")
         count, window = slot.rate if slot is not None and slot.rate is not None else ("", "")
         slot_id = slot.slot_id if slot is not None else slot_id
-        args: list[str | int | float] = [
+        epoch = self._epochs.get(namespace, "")
+        base = f"{_PREFIX}{namespace}}}:"
+        parts = [
+            f"{base}epoch",
+            f"{base}k:{key}",
+            f"{base}win",
+            f"{base}stamps",
+            f"{base}flight",
             op,
-            self._epochs.get(namespace, ""),
-            new_epoch(),
+            epoch,
+            "" if epoch else new_epoch(),  # the fresh marker, used only when none is known
             holder,
-            lease_s,
-            int(self.key_ttl * 1000),
+            str(lease_s),
+            str(int(self.key_ttl * 1000)),
             slot_id or "",
-            count,
-            window,
-            slot.lease_s if slot is not None else 0.0,
+            str(count),
+            str(window),
+            str(slot.lease_s) if slot is not None else "0.0",
             *extra,
             "1" if refunded else "",
         ]
         try:
-            reply = await self._script(keys=self._keys(namespace, key), args=args)
+            reply = await self._script.call([part.encode() for part in parts])
         except (redis.exceptions.RedisError, OSError) as exc:
             raise self._error(what, exc) from exc
         status, epoch, value = (_text(part) for part in reply)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
@@ -147,3 +148,44 @@ async def test_api_key_never_written(redis_server: RedisServer, tmp_path: Path) 
     assert not any(f.encode() in files for f in fragments)
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT count(*) FROM midvary_keys").fetchone() == (1,)
+
+
+async def test_concurrent_calls_get_their_own_answers(redis_server: RedisServer) -> None:
+    """Calls made together (one write on the pipelined connection) each get their own reply."""
+    async with RedisStore(redis_server.url) as store:
+        keys = [f"k{n}" for n in range(50)]
+        states = await asyncio.gather(*(claim(store, key, holder=key) for key in keys))
+        assert set(states) == {ClaimState.CLAIMED}
+        done = await asyncio.gather(
+            *(store.record_task("ns", key, holder=key, task_id=f"t-{key}") for key in keys)
+        )
+        assert all(done)
+        found = await asyncio.gather(
+            *(
+                store.claim("ns", key, fingerprint="fp", request=REQ, holder="x", lease_s=30.0)
+                for key in keys
+            )
+        )
+        assert [f.task_id for f in found] == [f"t-{key}" for key in keys]
+
+
+async def test_cancelled_call_leaves_the_others_intact(redis_server: RedisServer) -> None:
+    """A caller cancelled while its call is in flight does not shift the others' answers."""
+    async with RedisStore(redis_server.url) as store:
+        first = asyncio.ensure_future(claim(store, "a", holder="a"))
+        second = asyncio.ensure_future(claim(store, "b", holder="b"))
+        await asyncio.sleep(0)
+        first.cancel()
+        assert await second is ClaimState.CLAIMED
+        assert await store.record_task("ns", "b", holder="b", task_id="t-b")
+        assert await claim(store, "b") is ClaimState.KNOWN
+
+
+async def test_script_forgotten_by_the_server_is_loaded_again(redis_server: RedisServer) -> None:
+    """SCRIPT FLUSH (as after a restart) costs a reload, not an error."""
+    async with RedisStore(redis_server.url) as store:
+        assert await claim(store, "k") is ClaimState.CLAIMED
+        client = redis.asyncio.Redis(port=redis_server.port)
+        await client.script_flush()
+        await client.aclose()
+        assert await claim(store, "k2") is ClaimState.CLAIMED
