@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeGuard
@@ -51,6 +50,7 @@ from ._handle import TaskHandle
 from ._models import GenerateRequest, SubmitRequest, UpscaleRequest, VaryRequest
 from ._polling import Alarm
 from ._retry import is_unaccepted, retry_failed, submit_retrying
+from ._store._base import RequestJSON, dump_request
 
 if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
@@ -101,17 +101,18 @@ def is_request(item: object) -> TypeGuard[SubmitRequest]:
     return type(item) in KINDS
 
 
-def identity(kind: RequestKind, request: SubmitRequest) -> tuple[str, dict[str, Any]]:
+def identity(kind: RequestKind, request: SubmitRequest) -> tuple[str, RequestJSON]:
     """What a key is bound to: ``(fingerprint, stored request)`` of ``request``.
 
     Both come from the request's wire body without its callback URL (and with the
     documented 0-based image index), so two requests are "the same" for a key exactly when
     they would make the same task: the endpoint and every field sent. The stored request
-    is ``{"path": <endpoint>, "body": <that body>}``; the fingerprint is its SHA-256.
+    is ``{"path": <endpoint>, "body": <that body>}``, as its canonical JSON (dumped once,
+    here: the store writes it as it is); the fingerprint is that JSON's SHA-256.
     """
     stored = {"path": kind.path, "body": kind.body(request, callback_url=None, index_base=0)}
-    text = json.dumps(stored, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:32], stored
+    text = dump_request(stored)
+    return hashlib.sha256(text.encode()).hexdigest()[:32], RequestJSON(text)
 
 
 class SubmitHooks(Protocol):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -284,7 +285,12 @@ class _ToyStore:
     async def claim(
         self, key: str, *, fingerprint: str, request: object
     ) -> AsyncIterator[_ToyStore]:
-        assert request == {"path": VARY_PATH, "body": {"taskId": "parent-1", "imageIndex": 0}}
+        # The stored request comes as its canonical JSON text (dumped once, by identity()).
+        assert isinstance(request, str)
+        assert json.loads(request) == {
+            "path": VARY_PATH,
+            "body": {"taskId": "parent-1", "imageIndex": 0},
+        }
         assert len(fingerprint) == 32
         self.log.append(f"claim {key}")
         try:

@@ -99,8 +99,19 @@ def check_seconds(name: str, value: object) -> float:
     return float(value)
 
 
+class RequestJSON(str):
+    """A request already in :func:`dump_request`'s canonical JSON (not dumped again)."""
+
+    __slots__ = ()
+
+
 def dump_request(request: object) -> str:
-    """The canonical JSON of a request (a JSON-able dict, built by the caller's converter)."""
+    """The canonical JSON of a request (a JSON-able dict, built by the caller's converter).
+
+    A :class:`RequestJSON` is that JSON already, and is returned as a plain string.
+    """
+    if type(request) is RequestJSON:
+        return str.__str__(request)
     try:
         return json.dumps(request, sort_keys=True, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:

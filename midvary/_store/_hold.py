@@ -1,9 +1,11 @@
 """What a submission uses a store through: a held claim, and the store-backed limiter.
 
 :func:`holding` claims a key (waiting out a live holder), keeps the claim alive with a
-renewal task while its body runs, and settles it on exit if the body did not: a claim that
-never sent is released, one that was sending is marked uncertain. The renewal task is
-cancelled and awaited on exit: nothing outlives the ``async with``. :class:`Hold` is the
+renewal task while its body runs (started by a loop timer once the claim has lived a third
+of its lease, so a quick submission makes none), and settles it on exit if the body did
+not: a claim that never sent is released, one that was sending is marked uncertain. The
+timer is cancelled and the renewal task cancelled and awaited on exit: nothing outlives the
+``async with``. :class:`Hold` is the
 submission pipeline's ``_submit.Claim``; :class:`StoreClaims` its ``_submit.SubmitStore``.
 
 :class:`StoreLimiter` has the shape of the in-process ``SubmitLimiter`` (``slot()``,
@@ -14,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import os
 import uuid
 from collections.abc import AsyncIterator, Callable
 
@@ -25,6 +29,22 @@ logger = logging.getLogger("midvary._store")
 
 #: Called with the seconds a submission is about to wait for the shared window.
 OnWait = Callable[[float], None]
+
+_ids = itertools.count()
+_process = uuid.uuid4().hex
+
+
+def _new_process() -> None:
+    global _process  # noqa: PLW0603 - a forked child must not repeat its parent's ids
+    _process = uuid.uuid4().hex
+
+
+os.register_at_fork(after_in_child=_new_process)
+
+
+def new_id() -> str:
+    """A holder or slot id unique across processes (a random id per process, a counter)."""
+    return f"{_process}{next(_ids):x}"
 
 
 class Hold:
@@ -60,6 +80,7 @@ class Hold:
         self._lease_s = lease_s
         self._rate = rate
         self._slot_lease_s = slot_lease_s
+        self._renewal: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"<Hold key={self.key!r} {self.claim.state.name} sending={self.sending}>"
@@ -81,7 +102,7 @@ class Hold:
 
     def new_slot(self) -> SlotRequest:
         """A fresh slot request for the next POST (also remembered as ``slot_id``)."""
-        self.slot_id = uuid.uuid4().hex
+        self.slot_id = new_id()
         return SlotRequest(slot_id=self.slot_id, rate=self._rate, lease_s=self._slot_lease_s)
 
     async def before_post(self, on_wait: OnWait | None = None) -> None:
@@ -170,10 +191,22 @@ class Hold:
             # that was sending becomes uncertain, which is what we would have written.
             logger.warning("could not settle key %r in the store: %s", self.key, exc)
 
+    def _start_renewing(self) -> None:
+        """The claim outlived a third of its lease: renew it from now on (a task)."""
+        self._renewal = asyncio.get_running_loop().create_task(
+            self._renew_forever(), name=f"midvary-renew-{self.key}"
+        )
+
+    async def _stop_renewing(self) -> None:
+        renewal, self._renewal = self._renewal, None
+        if renewal is not None:
+            renewal.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewal
+
     async def _renew_forever(self) -> None:
         interval = self._lease_s / 3
         while True:
-            await asyncio.sleep(interval)
             try:
                 if not await self.store.renew(
                     self.namespace, self.key, holder=self.holder, lease_s=self._lease_s
@@ -182,6 +215,7 @@ class Hold:
                     return
             except StoreError as exc:
                 logger.warning("could not renew the claim on key %r: %s", self.key, exc)
+            await asyncio.sleep(interval)
 
 
 class StoreClaims:
@@ -262,7 +296,7 @@ async def holding(
         store,
         namespace,
         key,
-        holder=uuid.uuid4().hex,
+        holder=new_id(),
         lease_s=lease_s,
         rate=rate,
         slot_lease_s=slot_lease_s,
@@ -295,13 +329,14 @@ async def holding(
     hold.sending = hold.claim.sending
     if not hold.sending and hold.claim.slot_wait is None:
         hold.slot_id = None
-    renewal = asyncio.create_task(hold._renew_forever(), name=f"midvary-renew-{key}")
+    # The renewal starts only if the claim outlives a third of its lease: a loop timer
+    # until then, so a submission answered sooner (the happy path) makes no task at all.
+    timer = asyncio.get_running_loop().call_later(lease_s / 3, hold._start_renewing)
     try:
         yield hold
     finally:
-        renewal.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await renewal
+        timer.cancel()
+        await hold._stop_renewing()
         await hold._settle_on_exit()
 
 
@@ -362,7 +397,7 @@ class StoreLimiter:
             StoreError: The store failed before the slot was taken (nothing to send).
 
         """
-        slot = StoreSlot(uuid.uuid4().hex)
+        slot = StoreSlot(new_id())
         async with self._turn:
             while True:
                 if self._closed is not None:

@@ -45,6 +45,8 @@ async def test_renewal_keeps_a_slow_claim(backend: Backend, namespace: str) -> N
         assert claim.state is ClaimState.BUSY
         assert not h.lost
         await h.refused()
+    # The renewal started once the claim outlived a third of its lease; the exit ended it.
+    assert {t for t in asyncio.all_tasks() if t.get_name().startswith("midvary-renew")} == set()
     assert (
         await store.claim(namespace, "k", fingerprint="fp", request=REQ, holder="x", lease_s=30)
     ).state is ClaimState.CLAIMED
