@@ -81,8 +81,9 @@ class RedisStore(Store):
             others before it is taken over (never sent) or called uncertain (sending).
         socket_timeout: Seconds to wait for the server on a connection made from a URL
             (connecting, each answer, and a free connection); ``None`` waits forever.
-        max_connections: The most connections a store made from a URL opens; more
-            operations at once wait for a free one.
+        max_connections: The most connections a store made from a URL opens for its
+            other commands (more at once wait for a free one); the claims' script calls
+            share one more connection of their own, pipelined.
 
     """
 
