@@ -8,18 +8,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from . import b1_overhead, b2_scale, b3_poll_economy, b4_rate_limit
+from . import (
+    b1_overhead,
+    b2_scale,
+    b3_poll_economy,
+    b4_rate_limit,
+    b6_fleet,
+    b7_store_cost,
+    b8_arq_workers,
+)
 from ._harness import Report, machine
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
-NAMES = ("B1", "B2", "B3", "B4", "B5")
+NAMES = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8")
 
 
 async def _run(names: set[str], *, profile: bool, workdir: Path) -> list[Report]:
@@ -37,11 +46,41 @@ async def _run(names: set[str], *, profile: bool, workdir: Path) -> list[Report]
     if "B4" in names:
         start("B4", "rate limit (about 50 s)")
         reports.append(await b4_rate_limit.run())
+    if names & {"B6", "B7"}:
+        with redis_server(workdir) as redis_url:
+            if "B6" in names:
+                start("B6", "K processes, one store (about 200 s)")
+                reports.append(await b6_fleet.run(redis_url))
+            if "B7" in names:
+                start("B7", "store cost (about 40 s)")
+                reports.append(await b7_store_cost.run(redis_url))
     if names & {"B3", "B5"}:
         start("B3", "poll economy, with B5 callbacks alongside (about 150 s)")
         b3, b5 = await b3_poll_economy.run()
         reports += [report for report in (b3, b5) if report.name in names]
+    if "B8" in names:
+        start("B8", "arq workers, K = 1, 2, 4, 8, then campaign R10 (about 120 s)")
+        reports.append(await b8_arq_workers.run())
     return sorted(reports, key=lambda report: report.name)
+
+
+@contextlib.contextmanager
+def redis_server(workdir: Path) -> Iterator[str | None]:
+    """A real Redis server (with AOF) in ``workdir`` for B6/B7; ``None`` when none is found."""
+    from tests.store.redis_server import RedisServer, find_server  # noqa: PLC0415
+
+    binary = find_server()
+    if binary is None:
+        yield None
+        return
+    directory = workdir / "redis"
+    directory.mkdir()
+    server = RedisServer(binary, directory)
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
 
 
 def _verdict(ok: bool | None) -> str:

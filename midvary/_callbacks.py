@@ -16,6 +16,9 @@ How a submission and its callback meet:
    session closes, when the receiver stops, ``duplicate_grace`` seconds after its first
    accepted delivery or after its handle saw the task final, and in any case ``token_ttl``
    seconds after it was issued.
+5. With ``store=``, tokens are also recorded in the shared store and a delivery for another
+   replica's token is checked against the store's record and passed on to that replica
+   (:mod:`midvary._relay`).
 """
 
 from __future__ import annotations
@@ -34,7 +37,9 @@ from ._config import PollPolicy
 from ._converter import structure_callback
 from ._errors import ProtocolError, ReceiverClosedError
 from ._polling import DEFAULT_SAFETY_POLL
+from ._relay import CallbackRelay
 from ._signature import signature_problem
+from ._store import Store
 from ._tickets import Ticket, TicketBook
 from ._validate import base_url, callable_or_none, instance, positive_seconds
 
@@ -81,16 +86,27 @@ class SessionTickets:
         """The poll policy of handles waiting on a callback (the receiver's)."""
         return self._receiver.safety_poll
 
-    def issue(self) -> Ticket:
+    async def issue(self) -> Ticket:
         """A fresh ticket for one submission; take it before sending the submission.
+
+        With a store, the token is recorded there first (other replicas then recognise it).
 
         Raises:
             ReceiverClosedError: The receiver was stopped.
             ValueError: The receiver has no public URL yet.
+            StoreError: The receiver's store failed (nothing may be sent).
 
         """
-        self._receiver._check_usable()
-        return self._receiver._book.issue(self)
+        receiver = self._receiver
+        receiver._check_usable()
+        ticket = receiver._book.issue(self)
+        if receiver._relay is not None:
+            try:
+                await receiver._relay.register(ticket)
+            except BaseException:
+                ticket.drop()
+                raise
+        return ticket
 
     def forget(self) -> None:
         """Forget every token of this session (it is closing)."""
@@ -153,6 +169,16 @@ class CallbackReceiver:
             bounded in a long-lived worker (> 0).
         clock: The monotonic clock of those expiries, in seconds; ``None`` means
             ``time.monotonic``. For tests.
+        store: A shared store (a :class:`RedisStore`; a :class:`MemoryStore` within one
+            process) for a receiver that is one of several replicas behind a load
+            balancer: it then recognises every replica's tokens and passes their
+            deliveries on, through the store, to the process whose handle waits. The
+            receiver uses it (open) and never closes it; its ``namespace=`` (if any)
+            scopes the tokens. ``None`` means this receiver knows its own tokens only.
+
+    Raises:
+        TypeError: ``store`` cannot share callbacks (a :class:`SQLiteStore` has no channel
+            to wake another process).
 
     """
 
@@ -166,6 +192,7 @@ class CallbackReceiver:
         duplicate_grace: float = 600.0,
         token_ttl: float = 3600.0,
         clock: Callable[[], float] | None = None,
+        store: Store | None = None,
     ) -> None:
         self._public_url: yarl.URL | None = None
         self._path = DEFAULT_PATH
@@ -180,12 +207,28 @@ class CallbackReceiver:
         self._hmac_key = hmac_key.encode() if hmac_key is not None else None
         self.safety_poll = safety_poll if safety_poll is not None else DEFAULT_SAFETY_POLL
         self._tolerance = float(positive_seconds(timestamp_tolerance, "timestamp_tolerance"))
+        if store is not None and not isinstance(store, Store):
+            raise TypeError(
+                f"store must be a midvary.RedisStore or None, not {type(store).__name__}"
+            )
+        if store is not None and not store.shares_callbacks:
+            raise TypeError(
+                f"CallbackReceiver(store=...) needs a store that wakes other processes: a "
+                f"RedisStore (or a MemoryStore, within one process), not {type(store).__name__}"
+            )
         self._book = TicketBook(
             url_prefix=self._base_url,
             clock=clock if clock is not None else time.monotonic,
             grace=float(positive_seconds(duplicate_grace, "duplicate_grace")),
             ttl=float(positive_seconds(token_ttl, "token_ttl")),
         )
+        self._relay = (
+            None
+            if store is None
+            else CallbackRelay(store, self._book, ttl=self._book.ttl, grace=self._book.grace)
+        )
+        if self._relay is not None:
+            self._book.on_bind = self._relay.bound
         self._state = _State.READY
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
@@ -294,6 +337,8 @@ class CallbackReceiver:
         if runner is not None:
             await runner.cleanup()
             logger.info("callback receiver stopped")
+        if self._relay is not None:
+            await self._relay.close()
 
     def add_routes(self, app: web.Application) -> None:
         """Mount the receiver in your aiohttp ``app``: ``POST <path>/{token}``.
@@ -315,8 +360,9 @@ class CallbackReceiver:
 
         The framework-free core: call it from any web framework with the raw body, the
         request headers and the request path, and answer with the status it returns. It
-        does no I/O; it waits (up to 5 s) only for a delivery that beat its own
-        submission's answer.
+        does no I/O for its own tokens; it waits (up to 5 s) only for a delivery that beat
+        its own submission's answer. With a ``store``, a delivery for another replica's
+        token is checked against the store's record and passed on through the store.
 
         Args:
             body: The raw request body.
@@ -332,7 +378,11 @@ class CallbackReceiver:
         """
         if not isinstance(body, bytes | bytearray | memoryview):
             raise TypeError(f"body must be bytes, not {type(body).__name__}")
-        found = await self._bound_ticket(path)
+        token = self._token_from(path)
+        ticket = self._book.lookup(token) if token is not None else None
+        if ticket is None and token is not None and self._relay is not None:
+            return await self._handle_remote(self._relay, token, bytes(body), headers)
+        found = await self._bound_ticket(ticket)
         if isinstance(found, int):
             return found
         ticket, task_id, alarm = found
@@ -347,10 +397,21 @@ class CallbackReceiver:
             alarm.notify()
         return 200
 
-    async def _bound_ticket(self, path: str) -> tuple[Ticket, str, Alarm] | int:
-        """The live ticket of ``path``'s token, its task and alarm, or the status to answer."""
-        token = self._token_from(path)
-        ticket = self._book.lookup(token) if token is not None else None
+    async def _handle_remote(
+        self, relay: CallbackRelay, token: str, body: bytes, headers: Mapping[str, str]
+    ) -> int:
+        """A delivery for a token this receiver did not issue: check it, pass it on."""
+        task_id = await relay.task_of(token, bind_wait=_BIND_WAIT)
+        if isinstance(task_id, int):
+            return task_id
+        status = self._verify(task_id, body, headers)
+        if status != 200:
+            return status
+        logger.debug("callback for task %s: passing it on through the store", task_id)
+        return await relay.forward(token)
+
+    async def _bound_ticket(self, ticket: Ticket | None) -> tuple[Ticket, str, Alarm] | int:
+        """The live ``ticket``'s task and alarm (once bound), or the status to answer."""
         if ticket is None:
             logger.debug("callback to an unknown or expired token: 404")
             return 404

@@ -53,7 +53,7 @@ Requests = Iterable[SubmitRequest | TaskHandle] | AsyncIterable[SubmitRequest | 
 class _Job:
     """The mutable state of one job while its task runs."""
 
-    __slots__ = ("index", "item", "outcome", "posting", "request", "task_id")
+    __slots__ = ("index", "item", "outcome", "posting", "reattached", "request", "task_id")
 
     def __init__(self, index: int, item: object) -> None:
         self.index = index
@@ -61,6 +61,7 @@ class _Job:
         self.request: SubmitRequest | None = item if is_request(item) else None
         self.task_id: str | None = None
         self.posting = False
+        self.reattached = False
         self.outcome: VaryOutcome | None = None
 
     def unfinished(self) -> UnfinishedJob:
@@ -93,6 +94,12 @@ class _SubmitHooks:
 
     def waiting(self, seconds: float, error: RateLimitError | None = None) -> None:
         self._fanout._emit(JobEventKind.RATE_LIMITED, self._job, wait=seconds, error=error)
+
+    def retrying(self, error: BaseException, seconds: float) -> None:
+        self._fanout._retrying(self._job, error, seconds)
+
+    def reattached(self) -> None:
+        self._job.reattached = True
 
 
 def check_requests(requests: object) -> Requests:
@@ -283,7 +290,13 @@ class FanOut:
         error: Exception | None = None
         try:
             handle = await self._handle(job)
-            record = await handle.wait(options.timeout, poll=options.poll)
+            on_retry = None
+            if options.on_event is not None:
+
+                def on_retry(error: BaseException, seconds: float) -> None:
+                    self._retrying(job, error, seconds)
+
+            record = await handle.wait(options.timeout, poll=options.poll, on_retry=on_retry)
             if options.download is not None:
                 paths = await self._core.download(
                     record, options.download, concurrency=options.download_concurrency
@@ -319,8 +332,17 @@ class FanOut:
             )
         handle = await self._submitter.submit(item, _SubmitHooks(self, job))
         job.task_id = handle.task_id
-        self._emit(JobEventKind.SUBMITTED, job)
+        self._emit(JobEventKind.SUBMITTED, job, reattached=job.reattached)
         return handle
+
+    def _retrying(self, job: _Job, error: BaseException, seconds: float) -> None:
+        # JobEvent.error is an Exception; a retried failure always is one.
+        self._emit(
+            JobEventKind.RETRYING,
+            job,
+            wait=seconds,
+            error=error if isinstance(error, Exception) else None,
+        )
 
     def _emit(self, kind: JobEventKind, job: _Job, **fields: Any) -> None:
         on_event = self._options.on_event

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Generator
+from collections.abc import Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 from ._config import USE_DEFAULT, PollPolicy, UseDefault
@@ -112,6 +112,7 @@ class TaskHandle:
         timeout: float | UseDefault | None = USE_DEFAULT,
         *,
         poll: PollPolicy | None = None,
+        on_retry: Callable[[BaseException, float], None] | None = None,
     ) -> TaskRecord:
         """Poll until the task is final and return its record.
 
@@ -120,6 +121,8 @@ class TaskHandle:
                 default the poll policy's ``timeout``.
             poll: The :class:`PollPolicy` for this wait; ``None`` means the session's, or
                 the receiver's ``safety_poll`` for a task submitted with a callback token.
+            on_retry: Called with ``(error, seconds)`` before each retry of a poll that
+                failed transiently (429, 455, 500, network, broken answer); ``None``: none.
 
         Returns:
             The final record of a task that succeeded.
@@ -151,7 +154,7 @@ class TaskHandle:
         alarm = self._alarm
         alarm.add_wait(task)
         try:
-            record = await self._poll(policy)
+            record = await self._poll(policy, on_retry)
         except asyncio.CancelledError as exc:
             reason = exc.args[0] if exc.args else None
             if (reason is DEADLINE or reason is CLOSED) and task.uncancel() <= cancelling:
@@ -175,7 +178,9 @@ class TaskHandle:
                 timer.cancel()
         return _outcome(record)
 
-    async def _poll(self, policy: PollPolicy) -> TaskRecord:
+    async def _poll(
+        self, policy: PollPolicy, on_retry: Callable[[BaseException, float], None] | None
+    ) -> TaskRecord:
         # Polling is a schedule, not a retry: this loop asks the schedule when to poll next,
         # and each poll is one call that retries the poll's transient failures. Between
         # polls nothing but a timer is held, which keeps 10,000 waiting handles cheap.
@@ -192,7 +197,7 @@ class TaskHandle:
                 except Exception as exc:
                     if not is_transient(exc):
                         raise
-                    record, attempts = await self._poll_retrying(policy, attempt, exc)
+                    record, attempts = await self._poll_retrying(policy, attempt, exc, on_retry)
                 if record is not None and record.is_final:
                     return record
                 attempt += attempts
@@ -201,7 +206,11 @@ class TaskHandle:
             waiting.discard(alarm)
 
     def _poll_retrying(
-        self, policy: PollPolicy, attempt: int, failure: BaseException
+        self,
+        policy: PollPolicy,
+        attempt: int,
+        failure: BaseException,
+        on_retry: Callable[[BaseException, float], None] | None,
     ) -> Awaitable[tuple[TaskRecord | None, int]]:
         """A poll that failed with ``failure``, retried; the record and the attempts made."""
         return retry_poll(
@@ -211,6 +220,7 @@ class TaskHandle:
             sleep=self._alarm.sleep,
             delay=lambda retry: self._delay(policy, attempt + retry),
             what=self.task_id,
+            on_retry=on_retry,
         )
 
     def _delay(self, policy: PollPolicy, attempt: int) -> float:

@@ -27,12 +27,19 @@ class JobEventKind(enum.Enum):
     #: before the request leaves: a journal written here is on disk before the provider
     #: could have billed anything. If the hook raises, nothing is sent.
     SUBMITTING = "submitting"
-    #: The provider accepted the submission; ``task_id`` is set.
+    #: The provider accepted the submission; ``task_id`` is set. With ``reattached=True``
+    #: nothing was sent: the request's key already named this task (submitted earlier, by
+    #: this or another process sharing the store), and the job waits for it.
     SUBMITTED = "submitted"
     #: The job is about to wait ``wait`` seconds: for the client's rate limiter (``error``
     #: is ``None``), or after the provider answered 429 (``error`` is the
     #: :class:`RateLimitError`; the limiter has slowed down).
     RATE_LIMITED = "rate_limited"
+    #: A failed step is retried after ``wait`` seconds; ``error`` says why. For the
+    #: submission: a POST certainly not accepted (429, 455, never sent; a 429 also sends
+    #: ``RATE_LIMITED``); ``task_id`` is ``None``. For the wait: a poll that failed
+    #: transiently (429, 455, 500, network, broken answer); ``task_id`` is set.
+    RETRYING = "retrying"
     #: The job succeeded; ``outcome`` holds the record (and the downloaded paths).
     DONE = "done"
     #: The job failed; ``outcome.error`` says why (``task_id`` is set if it was submitted).
@@ -91,11 +98,13 @@ class JobEvent:
         index: The job's position in the input, 0-based.
         request: The job's request (``None`` as in :attr:`VaryOutcome.request`).
         task_id: The task's id, once the submission was accepted.
-        wait: For ``RATE_LIMITED``: the seconds the job is about to wait (``0.0`` when it
-            waits for a submission in flight to end); else ``None``.
+        wait: For ``RATE_LIMITED`` and ``RETRYING``: the seconds the job is about to wait
+            (``0.0`` when it waits for a submission in flight to end); else ``None``.
         error: For ``RATE_LIMITED`` after a 429: the :class:`RateLimitError`; for
-            ``FAILED``: the job's error; else ``None``.
+            ``RETRYING``: the failure retried; for ``FAILED``: the job's error; else ``None``.
         outcome: For ``DONE`` and ``FAILED``: the job's :class:`VaryOutcome`.
+        reattached: For ``SUBMITTED``: ``True`` when nothing was sent because the
+            request's key already named the task; else ``False``.
 
     """
 
@@ -106,6 +115,7 @@ class JobEvent:
     wait: float | None = None
     error: Exception | None = None
     outcome: VaryOutcome | None = None
+    reattached: bool = False
 
 
 @attrs.frozen(kw_only=True)

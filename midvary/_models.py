@@ -147,6 +147,10 @@ class VaryRequest:
         water_mark: Watermark text, or ``None`` for none.
         callback_url: Absolute http(s) URL the provider POSTs the result to, or ``None``.
         id: Your own label for this job (echoed in outcomes, never sent), or ``None``.
+        key: The submission key (never sent): with a key, the request is submitted at
+            most once per key, across every session and process sharing the session's
+            store (see ``Session(store=...)``). A non-empty str of at most 1024 characters
+            without control characters; ``None`` means no deduplication.
 
     """
 
@@ -155,14 +159,18 @@ class VaryRequest:
     water_mark: str | None = attrs.field(default=None, validator=_check_water_mark)
     callback_url: str | None = attrs.field(default=None, validator=_check_callback_url)
     id: str | None = None
+    key: str | None = attrs.field(
+        default=None, validator=check.attrs_validator(check.submission_key)
+    )
 
     def describe(self) -> str:
         """A short human description, e.g. ``vary(abc123, image 2)``."""
-        return f"vary({self.task_id}, image {self.image_index}){_label(self.id)}"
+        return f"vary({self.task_id}, image {self.image_index}){_label(self.id, self.key)}"
 
 
-def _label(job_id: str | None) -> str:
-    return f" [{job_id}]" if job_id is not None else ""
+def _label(job_id: str | None, key: str | None = None) -> str:
+    label = f" [{job_id}]" if job_id is not None else ""
+    return label if key is None else f"{label} key={key!r}"
 
 
 def _checked(
@@ -238,8 +246,8 @@ class GenerateRequest:
         video_batch_size: 1, 2 or 4 videos; only for the video types.
         motion: ``"high"`` or ``"low"``; only for the video types.
         callback_url: Absolute http(s) URL the provider POSTs the result to.
-        key: Your own submission key (1 to 1024 characters): with a session store, a key
-            that already names a task returns a handle on it and sends nothing.
+        key: Your own submission key (see :class:`VaryRequest`): a key that already
+            names a task returns a handle on it and sends nothing.
         id: Your own label for this job (echoed in outcomes, never sent).
 
     """
@@ -308,7 +316,7 @@ class GenerateRequest:
             self.prompt if len(self.prompt) <= 40 else self.prompt[:39] + "\N{HORIZONTAL ELLIPSIS}"
         )
         kind = "" if self.task_type == "mj_txt2img" else f", {self.task_type}"
-        return f"generate({shown!r}{kind}){_label(self.id)}"
+        return f"generate({shown!r}{kind}){_label(self.id, self.key)}"
 
 
 @attrs.frozen(kw_only=True)
@@ -338,7 +346,7 @@ class UpscaleRequest:
 
     def describe(self) -> str:
         """A short human description, e.g. ``upscale(abc123, image 2)``."""
-        return f"upscale({self.task_id}, image {self.image_index}){_label(self.id)}"
+        return f"upscale({self.task_id}, image {self.image_index}){_label(self.id, self.key)}"
 
 
 #: Every request class a session can submit (each one is a row of ``_submit.KINDS``).

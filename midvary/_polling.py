@@ -245,6 +245,7 @@ async def retry_poll(
     sleep: Callable[[float], Awaitable[None]],
     delay: Callable[[int], float],
     what: str,
+    on_retry: Callable[[BaseException, float], None] | None = None,
 ) -> tuple[T, int]:
     """Carry a poll whose first attempt failed with ``failure`` through transient failures.
 
@@ -253,9 +254,10 @@ async def retry_poll(
     coroutines costs CPU on every request) and comes here only with a failure
     :func:`is_transient` accepts. ``delay(n)`` is the wait in seconds before retry ``n`` (the
     schedule's, so a failing poll keeps the schedule's pace); ``sleep`` is the
-    interruptible sleep. The caller's deadline bounds the retries.
+    interruptible sleep. The caller's deadline bounds the retries. ``on_retry(exc,
+    wait_seconds)`` is called before each retry.
     """
-    retrying = poll_retrying(retry, sleep=sleep, delay=delay, what=what)
+    retrying = poll_retrying(retry, sleep=sleep, delay=delay, what=what, on_retry=on_retry)
     result = await retry_failed(poll, retrying, failure)
     return result, retrying.statistics["attempt_number"]
 

@@ -160,13 +160,15 @@ class SubmitLimiter:
         self._closed = error
         self._changed.set()
 
-    def slow_down(self, pause: float) -> None:
+    async def slow_down(self, pause: float) -> int:
         """React to a 429 that got through: halve the allowance and pause ``pause`` seconds.
 
         429s that arrive while a pause is in effect extend it without halving again.
+        Returns the new allowance (submissions per window). A coroutine, like a store's
+        shared limiter (:class:`~midvary._store.StoreLimiter`), though nothing here waits.
         """
         if self.rate is None:
-            return
+            return 0
         now = self._now()
         if now >= self._paused_until:
             # One halving per burst: the 429s of POSTs sent together arrive together.
@@ -179,3 +181,4 @@ class SubmitLimiter:
             self._allowance,
             self.rate[1],
         )
+        return self._allowance

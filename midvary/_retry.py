@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 Sleep = Callable[[float], Awaitable[None]]
 BeforeSleep = Callable[[BaseException, float], None]
+AsyncBeforeSleep = Callable[[BaseException, float], Awaitable[None]]
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -87,22 +88,38 @@ class _HonourRetryAfter(wait_base):
         return wait
 
 
+def _failure(what: str, state: tenacity.RetryCallState) -> BaseException | None:
+    """The failure tenacity is about to retry (logged), or ``None``."""
+    outcome = state.outcome
+    exc = outcome.exception() if outcome is not None and outcome.failed else None
+    if exc is not None:
+        logger.info(
+            "%s failed (%s: %s); attempt %d, retrying in %.2f s",
+            what,
+            type(exc).__name__,
+            exc,
+            state.attempt_number,
+            state.upcoming_sleep,
+        )
+    return exc
+
+
 def _before_sleep(what: str, hook: BeforeSleep | None) -> Callable[[tenacity.RetryCallState], None]:
     def before_sleep(state: tenacity.RetryCallState) -> None:
-        outcome = state.outcome
-        exc = outcome.exception() if outcome is not None and outcome.failed else None
-        wait = state.upcoming_sleep
-        if exc is not None:
-            logger.info(
-                "%s failed (%s: %s); attempt %d, retrying in %.2f s",
-                what,
-                type(exc).__name__,
-                exc,
-                state.attempt_number,
-                wait,
-            )
-            if hook is not None:
-                hook(exc, wait)
+        exc = _failure(what, state)
+        if exc is not None and hook is not None:
+            hook(exc, state.upcoming_sleep)
+
+    return before_sleep
+
+
+def _before_sleep_async(
+    what: str, hook: AsyncBeforeSleep | None
+) -> Callable[[tenacity.RetryCallState], Awaitable[None]]:
+    async def before_sleep(state: tenacity.RetryCallState) -> None:
+        exc = _failure(what, state)
+        if exc is not None and hook is not None:
+            await hook(exc, state.upcoming_sleep)
 
     return before_sleep
 
@@ -131,19 +148,20 @@ async def retry_failed(
 
 
 def submit_retrying(
-    policy: RetryPolicy, *, sleep: Sleep | None = None, on_retry: BeforeSleep | None = None
+    policy: RetryPolicy, *, sleep: Sleep | None = None, on_retry: AsyncBeforeSleep | None = None
 ) -> tenacity.AsyncRetrying:
     """Retrying for one submission: only failures that certainly were not accepted.
 
-    ``on_retry(exc, wait_seconds)`` is called before each wait (the fan-out uses it to slow
-    its rate limiter down after a 429).
+    ``await on_retry(exc, wait_seconds)`` runs before each wait (the submitter puts its key
+    claim back to claimed there, slows its limiter down after a 429 and tells its hooks);
+    an exception it raises ends the submission with that exception.
     """
     kwargs: dict[str, Any] = {"sleep": sleep} if sleep is not None else {}
     return tenacity.AsyncRetrying(
         retry=tenacity.retry_if_exception(is_unaccepted),
         wait=_HonourRetryAfter(backoff(policy), policy.max_retry_after),
         stop=tenacity.stop_after_attempt(policy.attempts),
-        before_sleep=_before_sleep("submission", on_retry),
+        before_sleep=_before_sleep_async("submission", on_retry),
         reraise=True,
         **kwargs,
     )
@@ -172,6 +190,7 @@ def poll_retrying(
     sleep: Sleep,
     delay: Callable[[int], float],
     what: str,
+    on_retry: BeforeSleep | None = None,
 ) -> tenacity.AsyncRetrying:
     """Retrying for ONE poll of task ``what``: again on a transient error, never on a result.
 
@@ -179,13 +198,14 @@ def poll_retrying(
     through 429s, maintenance, 500s and broken answers. ``delay(n)`` is the wait, in seconds,
     before retry ``n`` (the poll schedule's, so a failing poll keeps the schedule's pace);
     ``Retry-After`` is honoured up to ``retry.max_retry_after``. No stop condition: the
-    caller's deadline bounds the loop, and also cuts a request in flight.
+    caller's deadline bounds the loop, and also cuts a request in flight. ``on_retry(exc,
+    wait_seconds)`` is called before each wait.
     """
     return tenacity.AsyncRetrying(
         retry=_RETRY_TRANSIENT,
         wait=_HonourRetryAfter(lambda state: delay(state.attempt_number), retry.max_retry_after),
         stop=tenacity.stop_never,
         sleep=sleep,
-        before_sleep=_before_sleep(f"poll of task {what}", None),
+        before_sleep=_before_sleep(f"poll of task {what}", on_retry),
         reraise=True,
     )

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Final, Generic, Self, TypeVar, overload
 
 import aiohttp
+import attrs
 import yarl
 
 from ._callbacks import CallbackReceiver, tickets_for
@@ -31,7 +32,8 @@ from ._jobs import (
 )
 from ._models import GenerateRequest, SubmitRequest, TaskRecord, UpscaleRequest, VaryRequest
 from ._ratelimit import DEFAULT_SUBMIT_RATE, SubmitLimiter
-from ._submit import Submitter
+from ._store import MemoryStore, Store, StoreClaims, StoreLimiter
+from ._submit import Limiter, Submitter
 from ._validate import (
     base_url as check_base_url,
 )
@@ -143,6 +145,14 @@ class Session:
             or not) waits so that at most ``count`` are sent in any ``window_seconds``. The
             default is the provider's documented limit, 20 per 10 s; ``None`` turns the
             limiter off. A 429 that still comes back halves the allowance for a while.
+            With a ``store``, the limit holds for every session sharing the store and the
+            account, in every process and on every machine (the store's clock, the slow-down
+            shared).
+        store: A :class:`SQLiteStore` or :class:`RedisStore` (opened by you: ``async with
+            store``; the session never closes it). Requests with a ``key`` are then
+            submitted at most once per key across every session and process sharing it,
+            and ``submit_rate`` is one limit for them all. ``None`` means keys deduplicate
+            within this session only (an in-memory store) and the limit is this session's.
 
     Raises:
         ReceiverClosedError: ``callbacks`` is a stopped receiver.
@@ -163,6 +173,7 @@ class Session:
         seed: int | None = None,
         callbacks: CallbackReceiver | None = None,
         submit_rate: tuple[int, float] | None = DEFAULT_SUBMIT_RATE,
+        store: Store | None = None,
     ) -> None:
         api_key = _resolve_api_key(api_key)
         rate = check_submit_rate(submit_rate)
@@ -178,6 +189,11 @@ class Session:
         instance(
             http_session, aiohttp.ClientSession, "http_session", what="an aiohttp.ClientSession"
         )
+        if store is not None and (not isinstance(store, Store) or isinstance(store, MemoryStore)):
+            raise TypeError(
+                "store must be a midvary.SQLiteStore or midvary.RedisStore (or None), not "
+                f"{type(store).__name__}"
+            )
         self._core = SessionCore(
             base_url=url,
             api_key=api_key,
@@ -188,10 +204,16 @@ class Session:
             index_base=index_base,
             seed=seed,
         )
+        limiter: Limiter | None
+        if store is None:
+            limiter = SubmitLimiter(rate) if rate is not None else None
+            claims = StoreClaims(MemoryStore(), "session", rate=None)
+        else:
+            namespace = store.namespace_for(api_key)
+            limiter = StoreLimiter(store, namespace, rate) if rate is not None else None
+            claims = StoreClaims(store, namespace, rate=rate)
         self._submitter = Submitter(
-            self._core,
-            limiter=SubmitLimiter(rate) if rate is not None else None,
-            tickets=tickets_for(callbacks),
+            self._core, limiter=limiter, tickets=tickets_for(callbacks), store=claims
         )
 
     poll = _CorePolicy(
@@ -238,6 +260,7 @@ class Session:
         *,
         water_mark: str | None = None,
         callback_url: str | None = None,
+        key: str | None = None,
     ) -> TaskHandle:
         """Submit one vary task and return its handle (without waiting for the result).
 
@@ -249,15 +272,22 @@ class Session:
                 for none (polling finds the result either way), or for the session's
                 :class:`CallbackReceiver` URL when it has one. An explicit URL wins over the
                 receiver: it is sent as is, and the handle polls at the session's pace.
+            key: The submission key (e.g. ``"order-42/0"``): the request is sent at most
+                once per key across everything sharing the session's store. A key that
+                already names a task returns a handle on it with no POST; a key being
+                submitted elsewhere is waited for. ``None`` means no key.
 
         Returns:
             A :class:`TaskHandle`; ``await`` it for the final record.
 
         Raises:
             TypeError, ValueError: An argument is invalid; nothing was sent.
+            KeyConflictError: ``key`` is bound to a different request; nothing was sent.
+            StoreError: The store failed before the POST; nothing was sent.
             ReceiverClosedError: The session's callback receiver is stopped; nothing was sent.
             SubmitUncertainError: The answer was lost after sending; the task may exist and
-                be billed. It is never re-sent automatically.
+                be billed. It is never re-sent automatically; for a key, also when an
+                earlier submission of it was: ``store.forget(key)`` allows a re-send.
             APIError: The provider refused the submission (after retrying 429 and 455).
 
         """
@@ -266,6 +296,7 @@ class Session:
             image_index=image_index,
             water_mark=water_mark,
             callback_url=callback_url,
+            key=key,
         )
         return await self._submitter.submit(request)  # as submit() does, one coroutine fewer
 
@@ -350,17 +381,29 @@ class Session:
         )
         return await self.submit(request)
 
-    async def submit(self, request: SubmitRequest) -> TaskHandle:
+    async def submit(self, request: SubmitRequest, *, key: str | None = None) -> TaskHandle:
         """Submit one request and return its handle; see :meth:`vary`.
 
         Args:
             request: A :class:`VaryRequest`, :class:`GenerateRequest` or
                 :class:`UpscaleRequest`.
+            key: Its submission key, if the request carries none (``request.key``);
+                ``None`` means the request's own.
 
         Raises:
             TypeError: ``request`` is none of those; nothing was sent.
+            ValueError: ``key`` differs from the request's own key.
 
         """
+        if key is not None:
+            if not attrs.has(type(request)) or not hasattr(request, "key"):
+                raise TypeError(
+                    "request must be a midvary.VaryRequest, GenerateRequest or UpscaleRequest, "
+                    f"not {type(request).__name__}"
+                )
+            if request.key not in (None, key):
+                raise ValueError(f"key={key!r} differs from the request's own key {request.key!r}")
+            request = attrs.evolve(request, key=key)
         return await self._submitter.submit(request)
 
     def vary_many(
@@ -404,7 +447,9 @@ class Session:
             poll: The :class:`PollPolicy` of the waits; ``None`` means the session's.
             on_event: Called synchronously with a :class:`JobEvent` at each step of each
                 job: ``SUBMITTING`` just before each POST is sent, ``SUBMITTED`` with the
-                task id, ``RATE_LIMITED`` before a wait, ``DONE``, ``FAILED``. An exception
+                task id (``reattached=True`` when the request's key already named a task:
+                nothing was sent), ``RATE_LIMITED`` before a wait, ``RETRYING`` before
+                each retry of a submission or a poll, ``DONE``, ``FAILED``. An exception
                 it raises becomes that job's error (raised at ``SUBMITTING``, nothing is
                 sent); raised at ``DONE`` or ``FAILED``, it is logged.
             download: A directory to download every succeeded job's images into (see

@@ -3,24 +3,34 @@
 One submission, in order:
 
 1. its kind (:data:`KINDS`: the endpoint and the body of each request class);
-2. a callback ticket from the session's receiver, if it has one and the request names no
+2. for a request with a ``key``, the key's claim in the :class:`SubmitStore`
+   (:func:`identity` fingerprints the request's wire body): a key that already names a
+   task returns a handle on it, with no POST; a key whose earlier POST is uncertain raises
+   :class:`SubmitUncertainError` naming it (never re-sent); a key held by a live submitter
+   is waited for; a key used for another request raises :class:`KeyConflictError`;
+3. a callback ticket from the session's receiver, if it has one and the request names no
    ``callback_url`` (registered before the POST: the callback may beat the answer);
-3. the key claim of a :class:`SubmitStore`, if the session has one (a key that already names
-   a task returns a handle on it, with no POST);
-4. per attempt: a limiter slot, ``hooks.before_post``, the POST, ``hooks.after_post``;
+4. per attempt: a limiter slot (the claim's own, taken in the store with it, when the
+   store limits), ``claim.before_post`` (the key is marked sending: nothing is sent whose
+   claim is not recorded), ``hooks.before_post``, the POST, ``hooks.after_post``;
 5. classification of each failure: **accepted** (a task id), **certainly refused** (an
    :class:`APIError` that says so, 429/455 with the retry budget spent, a request never
-   sent, a hook that stopped it) or **uncertain** (:class:`SubmitUncertainError`: 500, a
-   broken answer, an answer lost after sending). Only 429, 455 and "never sent" are
-   retried (the one retry module decides); they also give their limiter slot back;
-6. on acceptance the store records the task id, the ticket is bound to the handle's alarm,
-   and the :class:`TaskHandle` is returned; on a certain refusal the store's claim is
-   released; an uncertain submission leaves the claim as it is and is never re-sent.
+   sent, a hook or a store that stopped it) or **uncertain** (:class:`SubmitUncertainError`:
+   500, a broken answer, an answer lost after sending). Only 429, 455 and "never sent" are
+   retried (the one retry module decides); they give their slot back, and before each
+   wait ``claim.retrying`` puts the key back to claimed and ``hooks.retrying`` is told;
+6. on acceptance the store records key -> task id (before the handle is returned; if that
+   write fails the task id is logged at WARNING with its key and the handle is returned
+   anyway: the key then turns uncertain, never sent twice), the ticket is bound to the
+   handle's alarm, and the :class:`TaskHandle` is returned; on a certain refusal the claim
+   is released; an uncertain submission marks the key uncertain.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeGuard
@@ -33,6 +43,7 @@ from ._errors import (
     RateLimitError,
     ServerError,
     SessionClosedError,
+    StoreError,
     SubmitUncertainError,
     TransportError,
 )
@@ -48,7 +59,7 @@ if TYPE_CHECKING:
 
     from ._callbacks import SessionTickets
     from ._core import SessionCore
-    from ._ratelimit import OnWait, Slot
+    from ._ratelimit import OnWait
     from ._tickets import Ticket
 
 logger = logging.getLogger(__name__)
@@ -74,7 +85,7 @@ class RequestKind:
 
 
 #: Request class -> how it is sent. A new kind is a new row (and a body function in the
-#: converter); nothing else in the pipeline changes.
+#: converter); nothing else in the pipeline changes (its ``key=`` included).
 KINDS: Final[dict[type[Any], RequestKind]] = {
     VaryRequest: RequestKind(path=VARY_PATH, body=vary_body),
     GenerateRequest: RequestKind(path=GENERATE_PATH, body=generate_body),
@@ -90,6 +101,19 @@ def is_request(item: object) -> TypeGuard[SubmitRequest]:
     return type(item) in KINDS
 
 
+def identity(kind: RequestKind, request: SubmitRequest) -> tuple[str, dict[str, Any]]:
+    """What a key is bound to: ``(fingerprint, stored request)`` of ``request``.
+
+    Both come from the request's wire body without its callback URL (and with the
+    documented 0-based image index), so two requests are "the same" for a key exactly when
+    they would make the same task: the endpoint and every field sent. The stored request
+    is ``{"path": <endpoint>, "body": <that body>}``; the fingerprint is its SHA-256.
+    """
+    stored = {"path": kind.path, "body": kind.body(request, callback_url=None, index_base=0)}
+    text = json.dumps(stored, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:32], stored
+
+
 class SubmitHooks(Protocol):
     """What a submission reports to its caller (the fan-out) about its POSTs."""
 
@@ -102,6 +126,19 @@ class SubmitHooks(Protocol):
     def waiting(self, seconds: float, error: RateLimitError | None = None) -> None:
         """The submission is about to wait ``seconds`` for the limiter or after a 429."""
 
+    def retrying(self, error: BaseException, seconds: float) -> None:
+        """A POST certainly refused (429, 455, never sent) is retried after ``seconds``."""
+
+    def reattached(self) -> None:
+        """The request's key already named a task: its handle is returned, nothing sent."""
+
+
+class Slot(Protocol):
+    """One POST's place in a limiter's window (``_ratelimit.Slot``, ``_store.StoreSlot``)."""
+
+    def refund(self) -> None:
+        """The POST was certainly not accepted: it does not count against the window."""
+
 
 class Limiter(Protocol):
     """The submission slots: the in-process :class:`SubmitLimiter`, or a store's fleet one."""
@@ -110,18 +147,19 @@ class Limiter(Protocol):
         """Hold one submission slot for one POST, waiting for a free one first."""
         ...
 
-    def slow_down(self, pause: float) -> None:
-        """A 429 got through: slow down, and pause ``pause`` seconds."""
+    async def slow_down(self, pause: float) -> int:
+        """A 429 got through: slow down, and pause ``pause`` seconds; the new allowance."""
+        ...
 
     def close(self, error: BaseException) -> None:
         """Make every current and later wait for a slot raise ``error``."""
 
 
 class Claim(Protocol):
-    """One submission's hold on its key in a :class:`SubmitStore`.
+    """One submission's hold on its key in a :class:`SubmitStore` (``_store.Hold``).
 
-    Held (and kept alive by the store) while the submission runs; leaving it without
-    :meth:`accepted` or :meth:`refused` leaves the key uncertain: never re-sent.
+    Held (and kept alive by the store) while the submission runs; leaving it unsettled
+    leaves a key that was sending uncertain (never re-sent) and releases one never sent.
     """
 
     @property
@@ -129,18 +167,46 @@ class Claim(Protocol):
         """The task the key already names (no POST is then sent), or ``None``."""
         ...
 
-    async def accepted(self, task_id: str) -> None:
-        """The POST was accepted as ``task_id``: record key -> task id."""
+    @property
+    def known_uncertain(self) -> bool:
+        """Whether the key was sent before and its answer lost (it is never re-sent)."""
+        ...
 
-    async def refused(self, error: BaseException) -> None:
+    @property
+    def takes_slot(self) -> bool:
+        """Whether :meth:`before_post` also takes the account's limiter slot."""
+        ...
+
+    async def before_post(self, on_wait: OnWait | None = None) -> None:
+        """Mark the key sending (with its slot when :attr:`takes_slot`); raise to stop."""
+
+    async def retrying(self) -> None:
+        """A 429/455/never-sent POST is retried: back to claimed, its slot refunded."""
+
+    async def accepted(self, task_id: str) -> bool:
+        """The POST was accepted as ``task_id``: record key -> task id (``False``: not taken)."""
+        ...
+
+    async def refused(self) -> None:
         """The submission was certainly not accepted: release the key."""
+
+    async def uncertain(self) -> None:
+        """The answer was lost after sending: the key becomes uncertain."""
 
 
 class SubmitStore(Protocol):
-    """Where a shared store plugs into submissions: claim, record, release."""
+    """Where a store plugs into submissions (``_store.StoreClaims``)."""
 
-    def claim(self, request: SubmitRequest) -> AbstractAsyncContextManager[Claim]:
-        """Claim ``request``'s key before anything is sent (waits for a live holder)."""
+    def claim(
+        self, key: str, *, fingerprint: str, request: object
+    ) -> AbstractAsyncContextManager[Claim]:
+        """Claim ``key`` for ``request`` before anything is sent (waits for a live holder).
+
+        Raises:
+            StoreError: The store failed: nothing may be sent.
+            KeyConflictError: ``key`` is bound to another request.
+
+        """
         ...
 
 
@@ -151,7 +217,7 @@ class Submitter:
         core: The session's shared state (open/closed, transport, retry policy).
         limiter: The submission slots; ``None`` means no limit.
         tickets: The session's callback tickets; ``None`` means no receiver.
-        store: The key store; ``None`` means none (requests carry no key to claim).
+        store: The key store of requests with a ``key``; ``None`` means keys are refused.
 
     """
 
@@ -187,7 +253,10 @@ class Submitter:
 
         Raises:
             TypeError: ``request`` is not a request class; nothing was sent.
-            SubmitUncertainError: The answer was lost after sending; never re-sent.
+            KeyConflictError: Its key is bound to another request; nothing was sent.
+            StoreError: The key's store failed before the POST; nothing was sent.
+            SubmitUncertainError: The answer was lost after sending (now or, for a key,
+                earlier); never re-sent.
             APIError, TransportError: The submission was certainly refused.
 
         """
@@ -195,12 +264,24 @@ class Submitter:
         if kind is None:
             raise TypeError(f"request must be {REQUEST_CLASSES}, not {type(request).__name__}")
         self._core.open()
-        if self._store is None:
+        key = request.key
+        if key is None:
             return await self._submit(kind, request, hooks, None)
-        async with self._store.claim(request) as claim:
+        if self._store is None:
+            raise ValueError(f"{request.describe()} has a key, but this session has no store")
+        fingerprint, stored = identity(kind, request)
+        async with self._store.claim(key, fingerprint=fingerprint, request=stored) as claim:
             if claim.task_id is not None:
                 logger.info("%s was submitted before as task %s", request.describe(), claim.task_id)
+                if hooks is not None:
+                    hooks.reattached()
                 return TaskHandle(self._core, claim.task_id, request=request)
+            if claim.known_uncertain:
+                raise SubmitUncertainError(
+                    request,
+                    f"key {key!r} was sent before and its answer was lost; "
+                    "store.forget(key) allows a re-send",
+                )
             return await self._submit(kind, request, hooks, claim)
 
     async def _submit(
@@ -211,10 +292,12 @@ class Submitter:
         claim: Claim | None,
     ) -> TaskHandle:
         tickets = self._tickets
-        ticket = tickets.issue() if tickets is not None and request.callback_url is None else None
+        ticket = (
+            await tickets.issue() if tickets is not None and request.callback_url is None else None
+        )
         callback_url = request.callback_url if ticket is None else ticket.url
         body = kind.body(request, callback_url=callback_url, index_base=self._core.index_base)
-        attempt = _Attempt(self._core, self._limiter, kind.path, body, request, hooks)
+        attempt = _Attempt(self._core, self._limiter, kind.path, body, request, hooks, claim)
         try:
             try:  # the first attempt bare: tenacity is set up only after a retryable failure
                 task_id: str = await attempt()
@@ -225,11 +308,11 @@ class Submitter:
         except BaseException as exc:
             if ticket is not None:
                 ticket.drop()
-            if claim is not None and not attempt.maybe_accepted(exc):
-                await claim.refused(exc)
+            if claim is not None:
+                await _settle(claim, request, uncertain=attempt.maybe_accepted(exc))
             raise
         if claim is not None:
-            await claim.accepted(task_id)
+            await _record(claim, request, task_id)
         if logger.isEnabledFor(logging.INFO):  # describe() formats a string: only if it is kept
             logger.info("submitted %s as task %s", request.describe(), task_id)
         return self._handle(task_id, request, ticket)
@@ -251,10 +334,48 @@ class Submitter:
         return handle
 
 
+async def _record(claim: Claim, request: SubmitRequest, task_id: str) -> None:
+    """Record key -> task id; a failure is logged with both, never raised (it is billed)."""
+    try:
+        recorded = await claim.accepted(task_id)
+        problem = "" if recorded else "the key was forgotten or taken over meanwhile"
+    except StoreError as exc:
+        problem = str(exc)
+    if problem:
+        logger.warning(
+            "submitted %s as task %s, but the store did not record it (%s); the key will be "
+            "uncertain there: never sent again",
+            request.describe(),
+            task_id,
+            problem,
+        )
+
+
+async def _settle(claim: Claim, request: SubmitRequest, *, uncertain: bool) -> None:
+    """Settle the claim of a submission that failed (best effort: the lease ends anyway)."""
+    try:
+        if uncertain:
+            await claim.uncertain()
+        else:
+            await claim.refused()
+    except StoreError as exc:
+        logger.warning("could not settle the key of %s in the store: %s", request.describe(), exc)
+
+
 class _Attempt:
     """One submission's attempts: each takes a slot, tells the hooks, POSTs and classifies."""
 
-    __slots__ = ("_body", "_core", "_hooks", "_limiter", "_path", "_request", "in_flight")
+    __slots__ = (
+        "_body",
+        "_claim",
+        "_core",
+        "_hooks",
+        "_limiter",
+        "_path",
+        "_request",
+        "_slots",
+        "in_flight",
+    )
 
     def __init__(  # noqa: PLR0917 - internal, built in one place
         self,
@@ -264,13 +385,18 @@ class _Attempt:
         body: dict[str, Any],
         request: SubmitRequest,
         hooks: SubmitHooks | None,
+        claim: Claim | None,
     ) -> None:
         self._core = core
-        self._limiter = limiter
+        self._limiter = limiter  # slowed down after a 429
+        # A claim that takes its slot with it (in the store's window, which the session's
+        # store limiter also uses) replaces the limiter's slot.
+        self._slots = None if claim is not None and claim.takes_slot else limiter
         self._path = path
         self._body = body
         self._request = request
         self._hooks = hooks
+        self._claim = claim
         # A POST was sent and its fate is not known yet (a cancellation now is uncertain).
         self.in_flight = False
 
@@ -282,23 +408,35 @@ class _Attempt:
         """The retrying of this submission (tenacity's, built only after a failure)."""
         return submit_retrying(self._core.retry, on_retry=self._on_retry)
 
-    def _on_retry(self, exc: BaseException, wait: float) -> None:
+    async def _on_retry(self, exc: BaseException, wait: float) -> None:
+        if self._claim is not None:
+            await self._claim.retrying()  # a StoreError here ends the submission, unsent
+        hooks = self._hooks
         if isinstance(exc, RateLimitError):
             if self._limiter is not None:
-                self._limiter.slow_down(wait)
-            if self._hooks is not None:
-                self._hooks.waiting(wait, exc)
+                try:
+                    await self._limiter.slow_down(wait)
+                except StoreError as error:  # the next claim or slot fails closed anyway
+                    logger.warning("could not slow the shared limiter down: %s", error)
+            if hooks is not None:
+                hooks.waiting(wait, exc)
+        if hooks is not None:
+            hooks.retrying(exc, wait)
 
     def __call__(self) -> Awaitable[str]:
-        if self._limiter is None and self._hooks is None:
+        if self._slots is None and self._hooks is None and self._claim is None:
             return self._post()  # no slot to take and nobody to tell: no coroutine of its own
         return self._limited()
 
     async def _limited(self) -> str:
         self._core.check_open()
         hooks = self._hooks
-        slot_of = self._limiter.slot if self._limiter is not None else _no_slot
-        async with slot_of(hooks.waiting if hooks is not None else None) as slot:
+        claim = self._claim
+        slot_of = self._slots.slot if self._slots is not None else _no_slot
+        on_wait = hooks.waiting if hooks is not None else None
+        async with slot_of(on_wait) as slot:
+            if claim is not None:
+                await claim.before_post(on_wait)
             if hooks is not None:
                 hooks.before_post()
             try:

@@ -60,6 +60,8 @@ class Ticket:
         self.alarm = alarm
         alarm.on_final = self.settle
         self.bound.set()
+        if self.book.on_bind is not None:
+            self.book.on_bind(self)
 
     def settle(self) -> None:
         """Start the duplicate grace: a delivery was accepted or the task was seen final."""
@@ -88,7 +90,16 @@ class TicketBook:
 
     """
 
-    __slots__ = ("_by_owner", "_next_sweep", "_tickets", "clock", "grace", "ttl", "url_prefix")
+    __slots__ = (
+        "_by_owner",
+        "_next_sweep",
+        "_tickets",
+        "clock",
+        "grace",
+        "on_bind",
+        "ttl",
+        "url_prefix",
+    )
 
     def __init__(
         self, *, url_prefix: Callable[[], str], clock: Callable[[], float], grace: float, ttl: float
@@ -100,6 +111,8 @@ class TicketBook:
         self._tickets: dict[str, Ticket] = {}
         self._by_owner: dict[Hashable, set[str]] = {}
         self._next_sweep = clock() + _SWEEP_EVERY
+        #: Called with each ticket once it is bound (a shared store records the binding).
+        self.on_bind: Callable[[Ticket], None] | None = None
 
     def __len__(self) -> int:
         return len(self._tickets)

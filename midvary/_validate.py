@@ -102,6 +102,31 @@ def task_id(value: object, *, name: str = "task_id") -> str:
     return value
 
 
+#: The longest submission key accepted, in characters.
+MAX_KEY_LENGTH = 1024
+# C0 and C1 control characters and DEL: a key is written to logs and stores as is.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def submission_key(value: object, name: str = "key") -> str | None:
+    """``value`` if it is ``None`` or a usable submission key.
+
+    A key is a non-empty str of at most :data:`MAX_KEY_LENGTH` characters without control
+    characters (for example ``"order-42/0"``).
+    """
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str or None, not {type(value).__name__}")
+    if not value or len(value) > MAX_KEY_LENGTH or _CONTROL.search(value):
+        shown = value if len(value) <= 80 else value[:80] + "..."
+        raise ValueError(
+            f"{name} must be a non-empty str of at most {MAX_KEY_LENGTH} characters "
+            f"without control characters, got {shown!r}"
+        )
+    return value
+
+
 def http_url(value: object, *, name: str) -> str:
     """``value`` if it is an absolute http(s) URL with a host."""
     if not isinstance(value, str):
@@ -153,25 +178,6 @@ def attrs_validator(check: Callable[[Any, str], object]) -> Callable[..., None]:
 
 
 # -- request fields (VaryRequest, GenerateRequest, UpscaleRequest) -----------------------------
-
-#: The longest submission key a store accepts (characters).
-KEY_MAX_CHARS = 1024
-
-
-def submission_key(value: object, name: str = "key") -> str | None:
-    """``value`` if it is ``None`` (no key) or a non-empty str of at most 1024 characters."""
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise TypeError(
-            f"{name} must be a str (your own submission key) or None, not {type(value).__name__}"
-        )
-    if not value or len(value) > KEY_MAX_CHARS:
-        raise ValueError(
-            f"{name} must be a non-empty str of at most {KEY_MAX_CHARS} characters, "
-            f"got {len(value)} characters"
-        )
-    return value
 
 
 def optional_str(value: object, name: str) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -10,6 +11,7 @@ import midvary
 import midvary.testing
 
 from .mockapi import BASE, KEY, MockAPI
+from .store.redis_server import RedisServer, server_or_skip
 
 # The fake provider's fixtures (fake_provider, midvary_session, ...), as users enable them.
 pytest_plugins = ["midvary.testing.pytest_plugin"]
@@ -33,3 +35,21 @@ async def session(api: MockAPI) -> AsyncIterator[midvary.Session]:
         api_key=KEY, base_url=BASE, poll=FAST_POLL, retry=FAST_RETRY, seed=1
     ) as s:
         yield s
+
+
+@pytest.fixture(scope="session")
+def redis_session_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One real Redis server for the whole session (tests use their own namespaces)."""
+    server = RedisServer(server_or_skip(), tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real Redis server of this test's own, with persistence, for stopping and restarting."""
+    server = RedisServer(server_or_skip(), tmp_path)
+    server.start()
+    yield server
+    server.stop()

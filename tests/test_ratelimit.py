@@ -61,15 +61,15 @@ async def test_refunded_slots_do_not_count() -> None:
         pass
 
 
-def test_slow_down_halves_and_grows_back_one_per_window() -> None:
+async def test_slow_down_halves_and_grows_back_one_per_window() -> None:
     """A 429 halves the allowance (not below 1); each quiet window gives one back."""
     now = [100.0]
     limiter = SubmitLimiter((8, 10.0), clock=lambda: now[0])
-    limiter.slow_down(0.5)
+    await limiter.slow_down(0.5)
     assert limiter.allowance == 4
     for _ in range(3):
         now[0] += 0.5  # each 429 after the previous pause halves again
-        limiter.slow_down(0.5)
+        await limiter.slow_down(0.5)
     assert limiter.allowance == 1
     now[0] += 10.0
     assert limiter.allowance == 2
@@ -83,7 +83,7 @@ async def test_slow_down_pauses_new_submissions() -> None:
     """After a 429, no new slot is given before the pause has passed."""
     limiter = SubmitLimiter((10, 1.0))
     loop = asyncio.get_running_loop()
-    limiter.slow_down(0.1)
+    await limiter.slow_down(0.1)
     started = loop.time()
     async with limiter.slot():
         waited = loop.time() - started
@@ -93,7 +93,7 @@ async def test_slow_down_pauses_new_submissions() -> None:
 async def test_no_limit_never_waits() -> None:
     """A rate of None lets every submission through."""
     limiter = SubmitLimiter(None)
-    limiter.slow_down(100.0)
+    await limiter.slow_down(100.0)
     async with asyncio.timeout(1.0):
         for _ in range(100):
             async with limiter.slot():
@@ -108,15 +108,15 @@ def test_submit_rate_values(value: object, expected: object) -> None:
     assert check_submit_rate(value) == expected
 
 
-def test_a_burst_of_429s_halves_once() -> None:
+async def test_a_burst_of_429s_halves_once() -> None:
     """429s arriving during the pause of an earlier one do not halve the allowance again."""
     now = [0.0]
     limiter = SubmitLimiter((20, 10.0), clock=lambda: now[0])
     for _ in range(10):
-        limiter.slow_down(1.0)
+        await limiter.slow_down(1.0)
     assert limiter.allowance == 10
     now[0] += 1.0
-    limiter.slow_down(1.0)
+    await limiter.slow_down(1.0)
     assert limiter.allowance == 5
 
 

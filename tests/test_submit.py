@@ -12,7 +12,7 @@ import attrs
 import pytest
 
 import midvary
-from midvary._submit import Submitter
+from midvary._submit import VARY_PATH, Submitter
 
 from .conftest import FAST_POLL, FAST_RETRY
 from .mockapi import BASE, KEY, VARY_URL, MockAPI, record, record_url
@@ -277,10 +277,16 @@ class _ToyStore:
     def __init__(self, known: str | None = None) -> None:
         self.known = known
         self.log: list[str] = []
+        self.known_uncertain = False
+        self.takes_slot = False
 
     @contextlib.asynccontextmanager
-    async def claim(self, request: midvary.VaryRequest) -> AsyncIterator[_ToyStore]:
-        self.log.append(f"claim {request.task_id}/{request.image_index}")
+    async def claim(
+        self, key: str, *, fingerprint: str, request: object
+    ) -> AsyncIterator[_ToyStore]:
+        assert request == {"path": VARY_PATH, "body": {"taskId": "parent-1", "imageIndex": 0}}
+        assert len(fingerprint) == 32
+        self.log.append(f"claim {key}")
         try:
             yield self
         finally:
@@ -290,20 +296,30 @@ class _ToyStore:
     def task_id(self) -> str | None:
         return self.known
 
-    async def accepted(self, task_id: str) -> None:
-        self.log.append(f"accepted {task_id}")
+    async def before_post(self, on_wait: object = None) -> None:
+        self.log.append("sending")
 
-    async def refused(self, error: BaseException) -> None:
-        self.log.append(f"refused {type(error).__name__}")
+    async def retrying(self) -> None:
+        self.log.append("retrying")
+
+    async def accepted(self, task_id: str) -> bool:
+        self.log.append(f"accepted {task_id}")
+        return True
+
+    async def refused(self) -> None:
+        self.log.append("refused")
+
+    async def uncertain(self) -> None:
+        self.log.append("uncertain")
 
 
 @pytest.mark.parametrize(
     ("answer", "known", "log", "posts"),
     [
-        ({"data": {"taskId": "new-1"}}, None, ["claim parent-1/0", "accepted new-1", "leave"], 1),
-        ({"code": 402}, None, ["claim parent-1/0", "refused InsufficientCreditsError", "leave"], 1),
-        ({"code": 500}, None, ["claim parent-1/0", "leave"], 1),
-        (None, "old-7", ["claim parent-1/0", "leave"], 0),
+        ({"data": {"taskId": "new-1"}}, None, ["claim k", "sending", "accepted new-1", "leave"], 1),
+        ({"code": 402}, None, ["claim k", "sending", "refused", "leave"], 1),
+        ({"code": 500}, None, ["claim k", "sending", "uncertain", "leave"], 1),
+        (None, "old-7", ["claim k", "leave"], 0),
     ],
     ids=["accepted", "refused", "uncertain", "known-key"],
 )
@@ -320,7 +336,7 @@ async def test_a_store_claims_before_the_post_and_hears_the_verdict(
         api.envelope("POST", VARY_URL, **answer)
     store = _ToyStore(known)
     submitter = Submitter(session._core, limiter=None, tickets=None, store=store)
-    request = midvary.VaryRequest(task_id="parent-1", image_index=0)
+    request = midvary.VaryRequest(task_id="parent-1", image_index=0, key="k")
     try:
         handle = await submitter.submit(request)
     except midvary.MidvaryError:

@@ -13,9 +13,10 @@ from ._base import (
     SlotRequest,
     Store,
     StoredJob,
+    TokenRecord,
     account_namespace,
 )
-from ._hold import Hold, StoreLimiter, StoreSlot, holding
+from ._hold import Hold, StoreClaims, StoreLimiter, StoreSlot, holding
 from ._memory import MemoryStore
 from ._redis import RedisStore
 from ._sqlite import SQLiteStore
@@ -30,9 +31,11 @@ __all__ = [
     "SQLiteStore",
     "SlotRequest",
     "Store",
+    "StoreClaims",
     "StoreLimiter",
     "StoreSlot",
     "StoredJob",
+    "TokenRecord",
     "account_namespace",
     "holding",
 ]

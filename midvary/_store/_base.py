@@ -20,21 +20,30 @@ A store keeps two things per *namespace* (one account, see :func:`account_namesp
 Every time a store uses is its own clock (the Redis server's ``TIME``; the host's wall clock
 for SQLite, whose processes share one host), so the hosts' clock skew does not matter.
 
+- **Callback tokens** (a :class:`~midvary.CallbackReceiver` given ``store=``): each token
+  (by its hash: the store never holds a usable token) and the task it was bound to, with an
+  expiry, and a channel of *wake-ups*: a replica that accepted a delivery publishes the token,
+  and the process whose handle waits on it polls once. Tokens live in their own *scope* (not
+  an account namespace: a receiver knows no API key). :class:`RedisStore` shares them across
+  machines, :class:`MemoryStore` within one process; :class:`SQLiteStore` has no channel
+  between processes and refuses them (``shares_callbacks`` is false).
+
 Backends live in private modules (``_memory``, ``_sqlite``, ``_redis``) and pass one
-contract test suite. Later features (issue 12: a callback token registry, cross-process
-wake-ups, the bulk journal) get their own key prefixes in the same namespaces.
+contract test suite.
 """
 
 from __future__ import annotations
 
 import abc
+import contextlib
 import enum
 import hashlib
 import hmac
 import json
 import math
 import secrets
-from typing import Any, Final, Literal, Self
+from collections.abc import AsyncIterator
+from typing import Any, ClassVar, Final, Literal, Self
 
 import attrs
 
@@ -42,6 +51,10 @@ from .._errors import KeyConflictError, StoreError
 
 #: How long a key is kept: 15 days, the provider's retention of tasks.
 DEFAULT_KEY_TTL: Final = 15 * 24 * 3600.0
+#: Seconds a claim lives without renewal (renewed every third of it while its submission
+#: runs): how long a key whose submitter died blocks the others before it is taken over
+#: (never sent) or called uncertain (it was sending).
+DEFAULT_CLAIM_LEASE: Final = 30.0
 
 #: A key's state as :meth:`Store.unfinished` reports it.
 KeyStateName = Literal["claimed", "sending", "submitted", "uncertain", "done"]
@@ -72,13 +85,6 @@ def check_namespace(namespace: object) -> str:
             f"characters (*?[]\\), got {namespace!r}"
         )
     return namespace
-
-
-def check_key(key: object) -> str:
-    """Validate a submission key: a non-empty string of at most 1024 characters."""
-    if not isinstance(key, str) or not key or len(key) > 1024:
-        raise ValueError(f"key must be a non-empty string of at most 1024 characters, got {key!r}")
-    return key
 
 
 def check_seconds(name: str, value: object) -> float:
@@ -181,6 +187,19 @@ class StoredJob:
     state: KeyStateName
 
 
+@attrs.frozen(kw_only=True)
+class TokenRecord:
+    """A callback token as a store holds it (see :meth:`Store.get_token`).
+
+    Attributes:
+        task_id: The task the token was bound to, or ``None`` while its submission has not
+            been answered yet.
+
+    """
+
+    task_id: str | None
+
+
 def store_error(what: str, exc: BaseException) -> StoreError:
     """A StoreError for a failed operation, naming the cause's type and message."""
     detail = str(exc) or type(exc).__name__
@@ -227,6 +246,11 @@ class Store(abc.ABC):
     #: The namespace every session on this store uses, or ``None``: one per API key.
     namespace: str | None = None
     key_ttl: float = DEFAULT_KEY_TTL
+    #: Seconds a session's claim on a key lives without renewal (see DEFAULT_CLAIM_LEASE).
+    claim_lease: float = DEFAULT_CLAIM_LEASE
+    #: Whether the store keeps callback tokens and carries wake-ups (the ``*_token``
+    #: methods and :meth:`wakes`): across machines for Redis, within one process for memory.
+    shares_callbacks: ClassVar[bool] = False
 
     def namespace_for(self, api_key: str) -> str:
         """The namespace a session with ``api_key`` uses: ``namespace=`` or the key's hash."""
@@ -388,3 +412,45 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def allowance(self, namespace: str, *, rate: tuple[int, float]) -> int:
         """Submissions currently allowed per window (``rate``'s count unless slowed down)."""
+
+    # --- callback tokens and wake-ups (only when ``shares_callbacks``) -------------------
+
+    def _no_callbacks(self) -> NotImplementedError:
+        return NotImplementedError(
+            f"{type(self).__name__} cannot share callback tokens between processes (it has no "
+            "channel to wake another process): use a RedisStore, or a MemoryStore in one process"
+        )
+
+    async def add_token(self, scope: str, token_id: str, *, ttl_s: float) -> None:
+        """Record a new, unbound token (by its hash ``token_id``) for ``ttl_s`` seconds.
+
+        Raises:
+            NotImplementedError: The store does not share callbacks (``shares_callbacks``).
+
+        """
+        raise self._no_callbacks()
+
+    async def bind_token(self, scope: str, token_id: str, *, task_id: str) -> bool:
+        """Bind a recorded token to its task, keeping its expiry; ``False`` if it is gone."""
+        raise self._no_callbacks()
+
+    async def get_token(self, scope: str, token_id: str) -> TokenRecord | None:
+        """The token's record, or ``None`` when it is unknown or expired."""
+        raise self._no_callbacks()
+
+    async def settle_token(self, scope: str, token_id: str, *, grace_s: float) -> None:
+        """A delivery was accepted: the token expires within ``grace_s`` seconds (or sooner)."""
+        raise self._no_callbacks()
+
+    async def publish_wake(self, scope: str, token: str) -> None:
+        """Tell every process listening on ``scope`` that ``token``'s task may be final."""
+        raise self._no_callbacks()
+
+    def wakes(self, scope: str) -> contextlib.AbstractAsyncContextManager[AsyncIterator[str]]:
+        """Listen to ``scope``'s wake-ups: entering subscribes (done once it returns).
+
+        Iterate what it yields for each published token. A connection lost while listening
+        raises :class:`~midvary.StoreError` from the iteration; wake-ups meanwhile are lost
+        (the handles' safety polls find those tasks).
+        """
+        raise self._no_callbacks()

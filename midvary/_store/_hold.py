@@ -3,7 +3,8 @@
 :func:`holding` claims a key (waiting out a live holder), keeps the claim alive with a
 renewal task while its body runs, and settles it on exit if the body did not: a claim that
 never sent is released, one that was sending is marked uncertain. The renewal task is
-cancelled and awaited on exit: nothing outlives the ``async with``.
+cancelled and awaited on exit: nothing outlives the ``async with``. :class:`Hold` is the
+submission pipeline's ``_submit.Claim``; :class:`StoreClaims` its ``_submit.SubmitStore``.
 
 :class:`StoreLimiter` has the shape of the in-process ``SubmitLimiter`` (``slot()``,
 ``slow_down()``, ``close()``), backed by a store's shared window.
@@ -18,7 +19,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 
 from .._errors import StoreError
-from ._base import Claim, ClaimState, SlotRequest, Store, check_seconds
+from ._base import Claim, ClaimState, SlotRequest, Store, check_seconds, lost_claim
 
 logger = logging.getLogger("midvary._store")
 
@@ -63,13 +64,28 @@ class Hold:
     def __repr__(self) -> str:
         return f"<Hold key={self.key!r} {self.claim.state.name} sending={self.sending}>"
 
+    @property
+    def task_id(self) -> str | None:
+        """The task the key already names (KNOWN: nothing is sent), else ``None``."""
+        return self.claim.task_id if self.claim.state is ClaimState.KNOWN else None
+
+    @property
+    def known_uncertain(self) -> bool:
+        """Whether the key was sent before and its answer lost: it is never re-sent."""
+        return self.claim.state is ClaimState.UNCERTAIN
+
+    @property
+    def takes_slot(self) -> bool:
+        """Whether :meth:`before_post` takes the account's slot in the store's window."""
+        return self._rate is not None
+
     def new_slot(self) -> SlotRequest:
         """A fresh slot request for the next POST (also remembered as ``slot_id``)."""
         self.slot_id = uuid.uuid4().hex
         return SlotRequest(slot_id=self.slot_id, rate=self._rate, lease_s=self._slot_lease_s)
 
-    async def ready(self, on_wait: OnWait | None = None) -> None:
-        """Return once the key is marked sending with a slot: the caller POSTs then.
+    async def before_post(self, on_wait: OnWait | None = None) -> None:
+        """Return once the key is marked sending (with a slot of ``rate``): POST then.
 
         ``on_wait(seconds)`` is called before each wait for the shared window.
 
@@ -78,6 +94,8 @@ class Hold:
 
         """
         self._check_claimed()
+        if self.lost:
+            raise lost_claim(self.key)
         if self.sending:
             return
         while True:
@@ -164,6 +182,42 @@ class Hold:
                     return
             except StoreError as exc:
                 logger.warning("could not renew the claim on key %r: %s", self.key, exc)
+
+
+class StoreClaims:
+    """A session's door to the keys of a store (the pipeline's ``_submit.SubmitStore``).
+
+    Args:
+        store: The store (opened and closed by its owner, never here).
+        namespace: The account's namespace (``store.namespace_for(api_key)``).
+        rate: The account's ``(count, window_seconds)``: each keyed POST takes its slot of
+            the store's shared window with its claim; ``None`` means the store does not
+            limit (the session's own limiter, if any, does).
+
+    Claims live ``store.claim_lease`` seconds without renewal.
+    """
+
+    def __init__(self, store: Store, namespace: str, *, rate: tuple[int, float] | None) -> None:
+        self.store = store
+        self.namespace = namespace
+        self.rate = rate
+
+    def __repr__(self) -> str:
+        return f"<StoreClaims store={self.store!r} rate={self.rate!r}>"
+
+    def claim(
+        self, key: str, *, fingerprint: str, request: object
+    ) -> contextlib.AbstractAsyncContextManager[Hold]:
+        """Hold ``key`` for one submission; see :func:`holding`."""
+        return holding(
+            self.store,
+            self.namespace,
+            key,
+            fingerprint=fingerprint,
+            request=request,
+            lease_s=self.store.claim_lease,
+            rate=self.rate,
+        )
 
 
 @contextlib.asynccontextmanager
@@ -335,7 +389,10 @@ class StoreLimiter:
             self._changed.set()  # wake this process's next waiter at once
 
     async def slow_down(self, pause: float) -> int:
-        """A 429 got through: halve the shared allowance and pause everyone ``pause`` s."""
+        """A 429 got through: halve the shared allowance and pause everyone ``pause`` s.
+
+        Returns the new allowance (submissions per window, shared by every process).
+        """
         allowance = await self.store.slow_down(
             self.namespace, rate=self.rate, pause_s=max(pause, 0.0)
         )

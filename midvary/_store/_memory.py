@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import AsyncIterator, Callable
+from typing import ClassVar, TypeVar
 
 import attrs
 
-from ._base import DEFAULT_KEY_TTL, check_namespace, check_seconds, new_epoch
+from ._base import (
+    DEFAULT_CLAIM_LEASE,
+    DEFAULT_KEY_TTL,
+    TokenRecord,
+    check_namespace,
+    check_seconds,
+    new_epoch,
+)
 from ._local import KeyRecord, LocalStore, Tx, Window
 
 T = TypeVar("T")
@@ -57,20 +66,35 @@ class _MemoryTx:
 class MemoryStore(LocalStore):
     """A store in this process's memory: what ``key=`` uses without a shared store.
 
+    It also shares callback tokens between the receivers of this one process.
+
     Args:
         namespace: The namespace every session on this store uses; ``None`` means one per
             API key.
         key_ttl: Seconds a key is kept (default 15 days).
+        claim_lease: Seconds a session's claim on a key lives without renewal (30).
 
     """
 
-    def __init__(self, *, namespace: str | None = None, key_ttl: float = DEFAULT_KEY_TTL) -> None:
+    def __init__(
+        self,
+        *,
+        namespace: str | None = None,
+        key_ttl: float = DEFAULT_KEY_TTL,
+        claim_lease: float = DEFAULT_CLAIM_LEASE,
+    ) -> None:
         super().__init__()
         self.namespace = check_namespace(namespace) if namespace is not None else None
         self.key_ttl = check_seconds("key_ttl", key_ttl)
+        self.claim_lease = check_seconds("claim_lease", claim_lease)
         self._keys: dict[tuple[str, str], KeyRecord] = {}
         self._windows: dict[str, Window] = {}
         self._epoch_marks: dict[str, str] = {}
+        # (scope, token id) -> (task id or "" while unbound, expiry on the monotonic clock)
+        self._tokens: dict[tuple[str, str], tuple[str, float]] = {}
+        self._listeners: dict[str, set[asyncio.Queue[str]]] = {}
+
+    shares_callbacks: ClassVar[bool] = True
 
     def __repr__(self) -> str:
         return f"<MemoryStore keys={len(self._keys)}>"
@@ -90,3 +114,63 @@ class MemoryStore(LocalStore):
         self._keys.clear()
         self._windows.clear()
         self._epoch_marks.clear()
+        self._tokens.clear()
+
+    # --- callback tokens, within this process --------------------------------------------
+
+    def _token(self, scope: str, token_id: str) -> tuple[str, float] | None:
+        found = self._tokens.get((scope, token_id))
+        if found is not None and found[1] <= time.monotonic():
+            del self._tokens[scope, token_id]
+            return None
+        return found
+
+    async def add_token(self, scope: str, token_id: str, *, ttl_s: float) -> None:
+        """See :meth:`Store.add_token`."""
+        now = time.monotonic()
+        for name, (_, expires) in tuple(self._tokens.items()):  # bounded by the live tokens
+            if expires <= now:
+                del self._tokens[name]
+        self._tokens[scope, token_id] = ("", now + ttl_s)
+
+    async def bind_token(self, scope: str, token_id: str, *, task_id: str) -> bool:
+        """See :meth:`Store.bind_token`."""
+        found = self._token(scope, token_id)
+        if found is None:
+            return False
+        self._tokens[scope, token_id] = (task_id, found[1])
+        return True
+
+    async def get_token(self, scope: str, token_id: str) -> TokenRecord | None:
+        """See :meth:`Store.get_token`."""
+        found = self._token(scope, token_id)
+        return None if found is None else TokenRecord(task_id=found[0] or None)
+
+    async def settle_token(self, scope: str, token_id: str, *, grace_s: float) -> None:
+        """See :meth:`Store.settle_token`."""
+        found = self._token(scope, token_id)
+        if found is not None:
+            self._tokens[scope, token_id] = (found[0], min(found[1], time.monotonic() + grace_s))
+
+    async def publish_wake(self, scope: str, token: str) -> None:
+        """See :meth:`Store.publish_wake`."""
+        for queue in self._listeners.get(scope, ()):
+            queue.put_nowait(token)
+
+    @contextlib.asynccontextmanager
+    async def wakes(self, scope: str) -> AsyncIterator[AsyncIterator[str]]:
+        """See :meth:`Store.wakes`."""
+        queue: asyncio.Queue[str] = asyncio.Queue()
+        self._listeners.setdefault(scope, set()).add(queue)
+        try:
+            yield _drain(queue)
+        finally:
+            listeners = self._listeners.get(scope, set())
+            listeners.discard(queue)
+            if not listeners:
+                self._listeners.pop(scope, None)
+
+
+async def _drain(queue: asyncio.Queue[str]) -> AsyncIterator[str]:
+    while True:
+        yield await queue.get()

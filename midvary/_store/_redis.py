@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import urllib.parse
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from .._errors import StoreError
 from ._base import (
+    DEFAULT_CLAIM_LEASE,
     DEFAULT_KEY_TTL,
     Claim,
     ClaimState,
@@ -21,6 +23,7 @@ from ._base import (
     SlotRequest,
     Store,
     StoredJob,
+    TokenRecord,
     check_namespace,
     check_seconds,
     conflict,
@@ -30,6 +33,7 @@ from ._base import (
     new_epoch,
 )
 from ._lua import SCRIPT
+from ._redis_tokens import RedisTokens
 
 if TYPE_CHECKING:
     import redis.asyncio
@@ -71,10 +75,17 @@ class RedisStore(Store):
         namespace: The namespace every session on this store uses; ``None`` means one per
             API key (a keyed hash of it: the key itself is never written).
         key_ttl: Seconds a key is kept (default 15 days, the provider's retention).
+        claim_lease: Seconds a session's claim on a key lives without renewal (default 30;
+            renewed every third of it): how long a key whose submitter died blocks the
+            others before it is taken over (never sent) or called uncertain (sending).
         socket_timeout: Seconds to wait for the server on a connection made from a URL
-            (connecting and each answer); ``None`` waits forever.
+            (connecting, each answer, and a free connection); ``None`` waits forever.
+        max_connections: The most connections a store made from a URL opens; more
+            operations at once wait for a free one.
 
     """
+
+    shares_callbacks: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -83,6 +94,8 @@ class RedisStore(Store):
         namespace: str | None = None,
         key_ttl: float = DEFAULT_KEY_TTL,
         socket_timeout: float | None = 10.0,
+        claim_lease: float = DEFAULT_CLAIM_LEASE,
+        max_connections: int = 32,
     ) -> None:
         try:
             import redis.asyncio  # noqa: PLC0415 - an optional dependency
@@ -90,6 +103,7 @@ class RedisStore(Store):
             raise ImportError("RedisStore needs redis-py: pip install 'midvary[redis]'") from exc
         self.namespace = check_namespace(namespace) if namespace is not None else None
         self.key_ttl = check_seconds("key_ttl", key_ttl)
+        self.claim_lease = check_seconds("claim_lease", claim_lease)
         if socket_timeout is not None:
             check_seconds("socket_timeout", socket_timeout)
         self._secret: str | None = None
@@ -116,8 +130,14 @@ class RedisStore(Store):
                 f"{type(url_or_client).__name__}"
             )
         self._socket_timeout = socket_timeout
+        if isinstance(max_connections, bool) or not isinstance(max_connections, int):
+            raise TypeError(f"max_connections must be an int, not {max_connections!r}")
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be >= 1, got {max_connections}")
+        self._max_connections = max_connections
         self._script: Any = None
         self._epochs: dict[str, str] = {}
+        self._tokens = RedisTokens(self._open_client, self._error)
 
     def __repr__(self) -> str:
         return f"<RedisStore {self._where}>"
@@ -140,8 +160,13 @@ class RedisStore(Store):
         if self._client is None:
             assert self._url is not None  # noqa: S101 - set when no client was given
             try:
-                self._client = redis.asyncio.from_url(
+                # A blocking pool: submissions beyond max_connections wait for a free
+                # connection (redis-py's default pool raises "Too many connections").
+                # (Untyped in redis-py 5, which arq pins; typed from 6 on.)
+                pool = redis.asyncio.BlockingConnectionPool.from_url(  # type: ignore[no-untyped-call,unused-ignore]
                     self._url,
+                    max_connections=self._max_connections,
+                    timeout=self._socket_timeout,
                     socket_timeout=self._socket_timeout,
                     socket_connect_timeout=self._socket_timeout,
                     # A connection the server closed (a restart) is retried on a new one,
@@ -152,6 +177,7 @@ class RedisStore(Store):
                         redis.exceptions.TimeoutError,
                     ],
                 )
+                self._client = redis.asyncio.Redis.from_pool(pool)
             except ValueError:
                 raise StoreError(
                     f"not a Redis URL: {self._where} (use redis://, rediss:// or unix://)"
@@ -171,6 +197,11 @@ class RedisStore(Store):
         if self._owned and self._client is not None:
             client, self._client = self._client, None
             await client.aclose()
+
+    def _open_client(self, what: str) -> redis.asyncio.Redis:
+        if self._client is None or self._script is None:
+            raise StoreError(f"{what}: the Redis store is not open (use `async with store`)")
+        return self._client
 
     def _keys(self, namespace: str, key: str = "") -> list[str]:
         base = f"{_PREFIX}{namespace}}}:"
@@ -416,6 +447,32 @@ class RedisStore(Store):
             "reading the submission allowance", "allowance", namespace, slot=slot
         )
         return int(value)
+
+    # --- callback tokens and wake-ups (``_redis_tokens``) --------------------------------
+
+    async def add_token(self, scope: str, token_id: str, *, ttl_s: float) -> None:
+        """See :meth:`Store.add_token`."""
+        await self._tokens.add(scope, token_id, ttl_s)
+
+    async def bind_token(self, scope: str, token_id: str, *, task_id: str) -> bool:
+        """See :meth:`Store.bind_token`."""
+        return await self._tokens.bind(scope, token_id, task_id)
+
+    async def get_token(self, scope: str, token_id: str) -> TokenRecord | None:
+        """See :meth:`Store.get_token`."""
+        return await self._tokens.get(scope, token_id)
+
+    async def settle_token(self, scope: str, token_id: str, *, grace_s: float) -> None:
+        """See :meth:`Store.settle_token`."""
+        await self._tokens.settle(scope, token_id, grace_s)
+
+    async def publish_wake(self, scope: str, token: str) -> None:
+        """See :meth:`Store.publish_wake`."""
+        await self._tokens.publish(scope, token)
+
+    def wakes(self, scope: str) -> AbstractAsyncContextManager[AsyncIterator[str]]:
+        """See :meth:`Store.wakes`."""
+        return self._tokens.wakes(scope)
 
 
 def _state(value: str) -> KeyStateName:

@@ -20,7 +20,14 @@ from pathlib import Path
 from typing import TypeVar
 
 from .._errors import StoreError
-from ._base import DEFAULT_KEY_TTL, check_namespace, check_seconds, new_epoch, store_error
+from ._base import (
+    DEFAULT_CLAIM_LEASE,
+    DEFAULT_KEY_TTL,
+    check_namespace,
+    check_seconds,
+    new_epoch,
+    store_error,
+)
 from ._local import KeyRecord, LocalStore, Tx, Window
 
 T = TypeVar("T")
@@ -153,6 +160,9 @@ class SQLiteStore(LocalStore):
         namespace: The namespace every session on this store uses; ``None`` means one per
             API key (a keyed hash of it: the key itself is never written).
         key_ttl: Seconds a key is kept (default 15 days, the provider's retention).
+        claim_lease: Seconds a session's claim on a key lives without renewal (default 30;
+            renewed every third of it): how long a key whose submitter died blocks the
+            others before it is taken over (never sent) or called uncertain (sending).
         busy_timeout: Seconds an operation waits for another process's transaction before
             it fails with :class:`~midvary.StoreError`.
 
@@ -165,11 +175,13 @@ class SQLiteStore(LocalStore):
         namespace: str | None = None,
         key_ttl: float = DEFAULT_KEY_TTL,
         busy_timeout: float = 30.0,
+        claim_lease: float = DEFAULT_CLAIM_LEASE,
     ) -> None:
         super().__init__()
         self.path = Path(path)
         self.namespace = check_namespace(namespace) if namespace is not None else None
         self.key_ttl = check_seconds("key_ttl", key_ttl)
+        self.claim_lease = check_seconds("claim_lease", claim_lease)
         self._busy_timeout = check_seconds("busy_timeout", busy_timeout)
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -12,28 +12,9 @@ import redis.asyncio
 
 from midvary._store import MemoryStore, RedisStore, SQLiteStore, Store
 
-from .redis_server import RedisServer, server_or_skip
+from .redis_server import RedisServer
 
 BACKENDS = ["memory", "sqlite", "redis"]
-
-
-@pytest.fixture(scope="session")
-def redis_session_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """One real Redis server for the whole session (tests use their own namespaces)."""
-    binary = server_or_skip()
-    server = RedisServer(binary, tmp_path_factory.mktemp("redis"))
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    """A real Redis server of this test's own, with persistence, for stopping and restarting."""
-    server = RedisServer(server_or_skip(), tmp_path)
-    server.start()
-    yield server
-    server.stop()
 
 
 def _wipe_sqlite(path: Path) -> None:

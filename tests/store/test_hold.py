@@ -28,7 +28,7 @@ async def test_happy_path_is_claim_then_accepted(backend: Backend, namespace: st
     ) as hold:
         assert hold.claim.state is ClaimState.CLAIMED
         assert hold.sending
-        await hold.ready()  # already sending: no wait
+        await hold.before_post()  # already sending: no wait
         assert await hold.accepted("task-1")
     claim = await store.claim(namespace, "k", fingerprint="fp", request=REQ, holder="x", lease_s=30)
     assert claim.task_id == "task-1"
@@ -100,14 +100,14 @@ async def test_waits_for_a_live_holder(namespace: str) -> None:
 
 
 async def test_retrying_refunds_and_waits_for_a_new_slot(namespace: str) -> None:
-    """After a 429 (retrying), the slot is refunded and ready() takes a new one."""
+    """After a 429 (retrying), the slot is refunded and before_post() takes a new one."""
     store = MemoryStore()
     rate = (1, 30.0)
     async with holding(store, namespace, "k", fingerprint="fp", request=REQ, rate=rate) as hold:
         first_slot = hold.slot_id
         await hold.retrying()
         assert not hold.sending
-        await hold.ready()
+        await hold.before_post()
         assert hold.sending
         assert hold.slot_id not in (None, first_slot)
         await hold.accepted("t")

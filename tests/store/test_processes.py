@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
+
+from midvary.testing import FakeProvider
 
 from .redis_server import RedisServer
 
@@ -60,3 +64,58 @@ def test_window_holds_across_processes(where: str, namespace: str) -> None:
     assert len(stamps) == PROCESSES * per_process
     gaps = [stamps[i + count] - stamps[i] for i in range(len(stamps) - count)]
     assert min(gaps) >= window - 1e-6
+
+
+async def run_keyed_workers(
+    fake: FakeProvider, where: str, jobs: list[str], *, processes: int, env: dict[str, str]
+) -> list[list[dict[str, object]]]:
+    """Start ``processes`` keyed workers on the same jobs at once; their JSON lines."""
+    environment = {
+        **os.environ,
+        "MIDVARY_BASE_URL": fake.base_url,
+        "MIDVARY_API_KEY": fake.api_key,
+        **env,
+    }
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tests.campaigns.keyed_worker",
+            where,
+            *jobs,
+            cwd=ROOT,
+            env=environment,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(processes)
+    ]
+    lines = []
+    for proc in procs:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
+        assert proc.returncode == 0, err.decode()
+        lines.append([json.loads(line) for line in out.decode().splitlines()])
+    return lines
+
+
+async def test_four_processes_submit_forty_keys_once(
+    where: str, namespace: str, fake_provider: FakeProvider
+) -> None:
+    """4 worker processes given the same 40 keyed jobs: 40 tasks billed, no duplicate."""
+    jobs = [f"order-{i}=parent-{i // 4}:{i % 4}" for i in range(40)]
+    results = await run_keyed_workers(
+        fake_provider, where, jobs, processes=PROCESSES,
+        env={"MIDVARY_TEST_NAMESPACE": namespace},
+    )  # fmt: skip
+    stats = fake_provider.stats
+    assert stats.tasks_created == 40
+    assert stats.duplicate_submissions == 0
+    task_ids: dict[object, set[object]] = {}
+    for lines in results:
+        done = [line for line in lines if "done" in line]
+        assert len(done) == 40
+        assert all(line["error"] is None for line in done)
+        for line in done:
+            task_ids.setdefault(line["done"], set()).add(line["task_id"])
+    assert all(len(ids) == 1 for ids in task_ids.values())
+    assert len(task_ids) == 40

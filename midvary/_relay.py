@@ -1,0 +1,191 @@
+"""CallbackRelay: one receiver's tokens in a shared store, and wake-ups between replicas.
+
+Behind a load balancer, a provider's callback reaches whichever replica the balancer picks,
+rarely the one whose handle waits. With ``CallbackReceiver(store=...)``:
+
+1. Before its submission's POST, a token is recorded in the store (by its SHA-256: the
+   store never holds a usable token), unbound, for the receiver's ``token_ttl``; once the
+   answer names the task, the record is bound to the task id (in the background: the
+   handle is returned at once, and a delivery that comes meanwhile waits for the binding).
+2. A receiver that gets a delivery for a token it did not issue looks it up in the store,
+   checks it exactly as its own (signature, body, task id), shortens the record's expiry to
+   the duplicate grace, and publishes the token on the store's wake-up channel.
+3. Every receiver on the store listens to that channel (one background subscription per
+   receiver, started by its first submission, cancelled and awaited when it stops); the one
+   holding the token rings its handle's alarm, which then confirms with its one GET, as for
+   a local delivery. A forged or replayed delivery therefore still costs at most one GET in
+   the whole fleet, and none once the handle saw its task final.
+
+Deliveries to the receiver that issued the token take the local path (no store I/O).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from typing import TYPE_CHECKING, Final
+
+from ._errors import StoreError
+
+if TYPE_CHECKING:
+    from ._store import Store
+    from ._tickets import Ticket, TicketBook
+
+logger = logging.getLogger("midvary._callbacks")
+
+#: The scope of tokens when the store has no ``namespace=``.
+DEFAULT_SCOPE: Final = "callbacks"
+# Seconds between two looks at an unbound token's record (doubling up to the bind wait).
+_FIRST_LOOK: Final = 0.02
+# Seconds before a lost wake-up subscription is tried again (doubling up to the last).
+_RESUBSCRIBE: Final = (0.1, 30.0)
+
+
+def token_id(token: str) -> str:
+    """The name a token is stored under: its SHA-256, so a store dump holds no capability."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class CallbackRelay:
+    """A receiver's door to the store's token registry and wake-up channel.
+
+    Args:
+        store: The shared store (open while the receiver is used; never closed here).
+        book: The receiver's own tickets (a wake-up for one of them rings its alarm).
+        ttl: Seconds a recorded token lives (the receiver's ``token_ttl``).
+        grace: Seconds a token lives after an accepted delivery (``duplicate_grace``).
+
+    """
+
+    def __init__(self, store: Store, book: TicketBook, *, ttl: float, grace: float) -> None:
+        self._store = store
+        self._book = book
+        self._ttl = ttl
+        self._grace = grace
+        self.scope = store.namespace if store.namespace is not None else DEFAULT_SCOPE
+        self._listener: asyncio.Task[None] | None = None
+        self._subscribed: asyncio.Future[None] | None = None
+        self._writes: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    # --- the issuing side --------------------------------------------------------------
+
+    async def register(self, ticket: Ticket) -> None:
+        """Record ``ticket``'s token before its POST, listening to wake-ups first.
+
+        Raises:
+            StoreError: The store failed; nothing may be sent with this ticket.
+
+        """
+        await self._listening()
+        await self._store.add_token(self.scope, token_id(ticket.token), ttl_s=self._ttl)
+
+    def bound(self, ticket: Ticket) -> None:
+        """``ticket`` was bound to its task: record that, in the background."""
+        if self._closed or ticket.task_id is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._bind(ticket.token, ticket.task_id))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def _bind(self, token: str, task_id: str) -> None:
+        try:
+            if not await self._store.bind_token(self.scope, token_id(token), task_id=task_id):
+                logger.warning("callback token of task %s expired before it was bound", task_id)
+        except StoreError as exc:
+            # Other replicas cannot check deliveries for it (they answer 503 and the provider
+            # retries); the handle still resolves by its own safety polls.
+            logger.warning("could not bind the callback token of task %s: %s", task_id, exc)
+
+    async def _listening(self) -> None:
+        if self._closed:
+            raise StoreError("the callback receiver's wake-up listener is closed")
+        if self._listener is None or self._listener.done():
+            self._subscribed = asyncio.get_running_loop().create_future()
+            self._listener = asyncio.get_running_loop().create_task(self._listen())
+        assert self._subscribed is not None  # noqa: S101 - set with the listener
+        await asyncio.shield(self._subscribed)
+
+    async def _listen(self) -> None:
+        pause = _RESUBSCRIBE[0]
+        while True:
+            try:
+                async with self._store.wakes(self.scope) as stream:
+                    pause = _RESUBSCRIBE[0]
+                    if self._subscribed is not None and not self._subscribed.done():
+                        self._subscribed.set_result(None)
+                    async for token in stream:
+                        self._wake(token)
+            except StoreError as exc:
+                if self._subscribed is not None and not self._subscribed.done():
+                    self._subscribed.set_exception(exc)
+                    return  # the first subscription failed: the submission reports it
+                logger.warning("callback wake-ups lost (%s); listening again in %gs", exc, pause)
+            await asyncio.sleep(pause)
+            pause = min(_RESUBSCRIBE[1], pause * 2)
+
+    def _wake(self, token: str) -> None:
+        ticket = self._book.lookup(token)
+        if ticket is None or ticket.alarm is None:
+            return  # another replica's token, or one this receiver dropped meanwhile
+        ticket.settle()
+        if ticket.alarm.final:
+            logger.debug("duplicate callback (via the store) for finished task %s", ticket.task_id)
+        else:
+            logger.debug("callback (via the store) for task %s: waking its handle", ticket.task_id)
+            ticket.alarm.notify()
+
+    # --- the receiving side ------------------------------------------------------------
+
+    async def task_of(self, token: str, *, bind_wait: float) -> str | int:
+        """The task bound to another replica's ``token``, or the HTTP status to answer.
+
+        Waits up to ``bind_wait`` seconds for an unbound token's binding (503 after that),
+        404 for a token the store does not know, 503 when the store fails (the provider
+        retries later).
+        """
+        name = token_id(token)
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + bind_wait
+        pause = _FIRST_LOOK
+        while True:
+            try:
+                record = await self._store.get_token(self.scope, name)
+            except StoreError as exc:
+                logger.warning("callback token lookup failed (%s): 503", exc)
+                return 503
+            if record is None:
+                logger.debug("callback to a token unknown to the store too: 404")
+                return 404
+            if record.task_id is not None:
+                return record.task_id
+            left = give_up - loop.time()
+            if left <= 0:
+                logger.info("callback came before its task id (via the store): 503")
+                return 503
+            await asyncio.sleep(min(pause, left))
+            pause *= 2
+
+    async def forward(self, token: str) -> int:
+        """An accepted delivery for another replica's ``token``: wake its owner; the status."""
+        name = token_id(token)
+        try:
+            await self._store.settle_token(self.scope, name, grace_s=self._grace)
+            await self._store.publish_wake(self.scope, token)
+        except StoreError as exc:
+            logger.warning("could not pass a callback on (%s): 503", exc)
+            return 503
+        return 200
+
+    async def close(self) -> None:
+        """Stop listening and finish the pending bindings (cancelled and awaited)."""
+        self._closed = True
+        if self._writes:
+            await asyncio.gather(*tuple(self._writes), return_exceptions=True)
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.cancel()
+            await asyncio.gather(listener, return_exceptions=True)
+        if self._subscribed is not None and not self._subscribed.done():
+            self._subscribed.cancel()

@@ -1,0 +1,276 @@
+"""Real processes for the fleet campaigns: arq workers on one Redis, the fake provider apart.
+
+:func:`arq_campaign` runs campaign R10 (and benchmark B8 uses it without kills): a Redis
+server, the fake provider as ``python -m midvary fake-server``, K ``python -m arq`` worker
+processes on :class:`ArqSettings`, N ``vary`` jobs enqueued through arq, and optionally a
+worker SIGKILLed at seeded moments and restarted each time. It returns the figures: every
+job's result, the fake's billing (duplicate submissions), and which jobs were in flight on
+each killed worker (read from arq's own log lines).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import re
+import signal
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import attrs
+from arq import create_pool
+from arq.connections import RedisSettings
+from arq.jobs import Job
+
+ROOT = Path(__file__).resolve().parents[2]
+SETTINGS = "tests.campaigns.fleet_settings.ArqSettings"
+# arq's log lines: "  0.01s → <job id>:vary(...)" when a job starts, "←" when it ends.
+_STARTED = re.compile(r"→ (?P<job>\S+):vary\(")
+_ENDED = re.compile(r"[←↻!] (?P<job>\S+):vary\b")
+_READY = 30.0
+
+
+@attrs.define
+class FakeProcess:
+    """The fake provider in its own process (``python -m midvary fake-server``)."""
+
+    process: asyncio.subprocess.Process
+    values: dict[str, str]
+
+    @property
+    def base_url(self) -> str:
+        """The fake's API base URL."""
+        return self.values["base_url"]
+
+    @property
+    def api_key(self) -> str:
+        """The fake's (fake) API key."""
+        return self.values["api_key"]
+
+    async def stats(self) -> dict[str, Any]:
+        """The fake's figures (``GET /_fake/stats``)."""
+        async with aiohttp.ClientSession() as http, http.get(self.values["stats_url"]) as answer:
+            answer.raise_for_status()
+            figures: dict[str, Any] = await answer.json()
+            return figures
+
+
+@contextlib.asynccontextmanager
+async def fake_process(*args: str) -> AsyncIterator[FakeProcess]:
+    """Start the fake provider's process with ``args``; SIGTERM it on exit."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "midvary", "fake-server", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT,
+    )  # fmt: skip
+    try:
+        values: dict[str, str] = {}
+        assert process.stdout is not None
+        async with asyncio.timeout(_READY):
+            while (line := (await process.stdout.readline()).decode().strip()) != "ready":
+                if not line:
+                    raise RuntimeError("the fake server exited before it was ready")
+                name, _, value = line.partition(" ")
+                values[name] = value
+        yield FakeProcess(process, values)
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+        try:
+            async with asyncio.timeout(10):
+                await process.communicate()
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+
+class ArqWorker:
+    """One arq worker process slot: started, SIGKILLed, restarted; each life logs apart."""
+
+    def __init__(self, name: str, env: Mapping[str, str], workdir: Path, settings: str) -> None:
+        self.name = name
+        self.env = dict(env)
+        self.workdir = workdir
+        self.settings = settings
+        self.lives: list[Path] = []
+        self.killed: list[Path] = []  # the logs of the lives ended by SIGKILL
+        self._process: asyncio.subprocess.Process | None = None
+        self._log: Any = None
+
+    async def start(self) -> None:
+        """Start a new life of this worker."""
+        log = self.workdir / f"{self.name}-{len(self.lives)}.log"
+        self.lives.append(log)
+        self._log = log.open("wb")
+        self._process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "arq", self.settings,
+            stdout=self._log, stderr=self._log, cwd=ROOT, env=self.env,
+        )  # fmt: skip
+
+    def running_jobs(self) -> int:
+        """Jobs this life has started and not ended, from its log so far."""
+        return len(in_flight(self.lives[-1])) if self.lives else 0
+
+    async def kill(self) -> None:
+        """SIGKILL this life (nothing of it runs after this returns)."""
+        assert self._process is not None
+        self._process.kill()
+        await self._process.wait()
+        self._log.close()
+        self.killed.append(self.lives[-1])
+
+    async def stop(self) -> None:
+        """Stop this life gracefully (SIGTERM: arq cancels and re-queues its jobs)."""
+        process, self._process = self._process, None
+        if process is None or process.returncode is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            async with asyncio.timeout(20):
+                await process.wait()
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+        self._log.close()
+
+
+def in_flight(log: Path) -> set[str]:
+    """The job ids a worker's life started and did not end, from arq's log lines."""
+    text = log.read_text(errors="replace") if log.exists() else ""
+    started = {m["job"] for m in _STARTED.finditer(text)}
+    ended = Counter(m["job"] for m in _ENDED.finditer(text))
+    runs = Counter(m["job"] for m in _STARTED.finditer(text))
+    return {job for job in started if runs[job] > ended[job]}
+
+
+@attrs.frozen(kw_only=True)
+class ArqFigures:
+    """What one arq campaign saw.
+
+    Attributes:
+        jobs: Jobs enqueued.
+        results: Job id -> the job's result dict (jobs without a result are missing).
+        missing: Job ids whose ``job.result()`` raised, with the error.
+        kills: SIGKILLs done.
+        in_flight_at_kills: Job ids running on a worker when it was SIGKILLed.
+        tasks_created: Submissions the fake accepted.
+        duplicates: Accepted submissions that repeated an earlier one (billed twice).
+        rate_limited: HTTP 429 answers of the fake.
+        makespan: Seconds from the first enqueue to the last result.
+        workers: Worker processes.
+
+    """
+
+    jobs: int
+    results: dict[str, dict[str, Any]]
+    missing: dict[str, str]
+    kills: int
+    in_flight_at_kills: frozenset[str]
+    tasks_created: int
+    duplicates: int
+    rate_limited: int
+    makespan: float
+    workers: int
+
+    def states(self) -> Counter[str]:
+        """How many results per state."""
+        return Counter(result["state"] for result in self.results.values())
+
+    def uncertain(self) -> set[str]:
+        """The job ids whose result is uncertain."""
+        return {job for job, result in self.results.items() if result["state"] == "uncertain"}
+
+
+async def arq_campaign(
+    *,
+    jobs: int,
+    redis_url: str,
+    workdir: Path,
+    workers: int = 2,
+    kills: int = 0,
+    seed: int = 0,
+    fake_args: tuple[str, ...] = ("--duration", "0.5", "1.5", "--no-submit-limit"),
+    submit_rate: str = "none",
+    max_jobs: int = 10,
+    settings: str = SETTINGS,
+    prefix: str = "r10",
+) -> ArqFigures:
+    """Run ``jobs`` vary jobs on ``workers`` arq workers, SIGKILLing one ``kills`` times."""
+    rng = random.Random(seed)
+    async with fake_process("--invisible-for", "0", "--seed", str(seed), *fake_args) as fake:
+        env = os.environ | {
+            "MIDVARY_API_KEY": fake.api_key,
+            "MIDVARY_BASE_URL": fake.base_url,
+            "MIDVARY_REDIS_URL": redis_url,
+            "MIDVARY_SUBMIT_RATE": submit_rate,
+            "MIDVARY_CONCURRENCY": str(max_jobs),
+            "MIDVARY_CLAIM_LEASE": "2",
+            "PYTHONUNBUFFERED": "1",
+        }
+        fleet = [ArqWorker(f"w{i}", env, workdir, settings) for i in range(workers)]
+        pool = await create_pool(RedisSettings.from_dsn(redis_url))
+        try:
+            for worker in fleet:
+                await worker.start()
+            started = time.monotonic()
+            enqueued: list[Job] = []
+            for i in range(jobs):
+                key = f"{prefix}/{i}"
+                job = await pool.enqueue_job(
+                    "vary", f"parent-{prefix}-{i // 4}", i % 4, key=key, _job_id=key
+                )
+                assert job is not None, f"job {key} was enqueued before"
+                enqueued.append(job)
+            for _ in range(kills):
+                await asyncio.sleep(rng.uniform(0.3, 1.5))
+                victim = rng.choice(fleet)
+                # Kill mid-run, with jobs on it: its log is a file, not an event to wait on.
+                while victim.running_jobs() == 0:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+                await victim.kill()
+                await victim.start()
+            results, missing = await _collect(enqueued)
+            makespan = time.monotonic() - started
+        finally:
+            for worker in fleet:
+                await worker.stop()
+            await pool.aclose()
+        stats = await fake.stats()
+    return ArqFigures(
+        jobs=jobs,
+        results=results,
+        missing=missing,
+        kills=kills,
+        in_flight_at_kills=frozenset(
+            job for worker in fleet for log in worker.killed for job in in_flight(log)
+        ),
+        tasks_created=int(stats["tasks_created"]),
+        duplicates=int(stats["duplicate_submissions"]),
+        rate_limited=int(stats["rate_limited"]),
+        makespan=makespan,
+        workers=workers,
+    )
+
+
+async def _collect(jobs: list[Job]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    results: dict[str, dict[str, Any]] = {}
+    missing: dict[str, str] = {}
+
+    async def one(job: Job) -> None:
+        try:
+            result = await job.result(timeout=120, poll_delay=0.1)
+        except Exception as exc:
+            missing[job.job_id] = f"{type(exc).__name__}: {exc}"
+        else:
+            json.dumps(result)  # the result is JSON-able
+            results[job.job_id] = result
+
+    await asyncio.gather(*(one(job) for job in jobs))
+    return results, missing

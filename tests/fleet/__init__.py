@@ -1,0 +1,1 @@
+"""Real processes behind one store: callbacks across replicas, arq workers, bulk runs."""

@@ -1,0 +1,168 @@
+"""midvary.arq: settings arq can subclass, the environment, and each job outcome."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+from arq import Retry
+from arq.worker import create_worker, get_kwargs
+
+import midvary
+from midvary.arq import WorkerConfig, WorkerSettings, session_of, shutdown, startup, vary
+from midvary.testing import FakeProvider, FakeSettings
+
+from ..store.redis_server import RedisServer
+
+
+class Short(WorkerSettings):
+    """Changes only the job timeout, as arq users do."""
+
+    job_timeout = 7.0
+
+
+async def own_job(ctx: dict[str, Any]) -> str:
+    """A job of the user's own."""
+    return session_of(ctx).base_url
+
+
+class Own(Short):
+    """Changes the functions too (a grandchild of WorkerSettings)."""
+
+    functions = [own_job]  # noqa: RUF012 - arq's settings are plain class attributes
+
+
+def test_a_subclass_keeps_every_inherited_setting() -> None:
+    """Arq reads only the class's own __dict__: the subclass still has functions and hooks."""
+    kwargs = get_kwargs(Short)
+    assert kwargs["job_timeout"] == 7.0
+    assert kwargs["on_startup"] is startup
+    assert kwargs["on_shutdown"] is shutdown
+    assert [f.name for f in kwargs["functions"]] == ["vary"]
+    assert kwargs["redis_settings"] is WorkerSettings.redis_settings
+    own = get_kwargs(Own)
+    assert own["functions"] == [own_job]
+    assert own["job_timeout"] == 7.0
+    assert own["on_startup"] is startup
+
+
+async def test_arq_builds_a_worker_from_a_subclass() -> None:
+    """Arq's own create_worker takes the subclass: the vary job and the timeout are there."""
+    worker = create_worker(Short, burst=True)
+    try:
+        assert set(worker.functions) == {"vary"}
+        assert worker.job_timeout_s == 7.0
+        assert worker.on_startup is startup
+    finally:
+        await worker.close()
+
+
+def test_config_from_the_environment() -> None:
+    """MIDVARY_* variables become the config; the store is arq's Redis unless told otherwise."""
+    config = WorkerConfig.from_env({
+        "MIDVARY_REDIS_URL": "redis://:secret@h:6379/2",
+        "MIDVARY_SUBMIT_RATE": "20/2",
+        "MIDVARY_DOWNLOAD_DIR": "out",
+        "MIDVARY_CLAIM_LEASE": "5",
+    })  # fmt: skip
+    assert config.store_url == "redis://:secret@h:6379/2"
+    assert config.submit_rate == (20, 2.0)
+    assert config.download == Path("out")
+    assert config.claim_lease == 5.0
+    assert "secret" not in repr(config)
+    other = WorkerConfig.from_env(
+        {"MIDVARY_REDIS_URL": "redis://a", "MIDVARY_STORE_URL": "redis://b"}
+    )
+    assert other.store_url == "redis://b"
+    assert WorkerConfig.from_env({"MIDVARY_SUBMIT_RATE": "none"}).submit_rate is None
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("MIDVARY_SUBMIT_RATE", "20 per 10"),
+        ("MIDVARY_SUBMIT_RATE", "0/10"),
+        ("MIDVARY_CLAIM_LEASE", "-1"),
+        ("MIDVARY_CALLBACK_LISTEN", "8080"),
+    ],
+)
+def test_a_bad_variable_is_named(name: str, value: str) -> None:
+    """A malformed variable is a ValueError naming it."""
+    with pytest.raises(ValueError, match=name):
+        WorkerConfig.from_env({name: value})
+
+
+@pytest.fixture
+async def worker_ctx(
+    redis_session_server: RedisServer, monkeypatch: pytest.MonkeyPatch, namespace: str
+) -> AsyncIterator[tuple[dict[str, Any], FakeProvider]]:
+    """A started worker context (as arq's on_startup makes it) against an in-process fake."""
+    del namespace
+    fake = FakeProvider(
+        settings=FakeSettings(task_duration=(0.05, 0.1), invisible_for=0.0, submit_limit=None)
+    )
+    await fake.start()
+    monkeypatch.setenv("MIDVARY_API_KEY", fake.api_key)
+    monkeypatch.setenv("MIDVARY_BASE_URL", fake.base_url)
+    monkeypatch.setenv("MIDVARY_STORE_URL", redis_session_server.url)
+    monkeypatch.setenv("MIDVARY_SUBMIT_RATE", "none")
+    ctx: dict[str, Any] = {"job_try": 1}
+    await startup(ctx)
+    session_of(ctx).poll = midvary.testing.FAST_POLL
+    try:
+        yield ctx, fake
+    finally:
+        await shutdown(ctx)
+        await fake.close()
+
+
+async def test_vary_succeeds_and_a_rerun_reattaches(
+    worker_ctx: tuple[dict[str, Any], FakeProvider], namespace: str, tmp_path: Path
+) -> None:
+    """The job submits, waits and downloads; run again with its key, it bills nothing more."""
+    ctx, fake = worker_ctx
+    key = f"{namespace}/ok"
+    first = await vary(ctx, "parent-1", 0, key=key, download=str(tmp_path))
+    assert first["state"] == "succeeded"
+    assert first["image_urls"] == list(fake.task(first["task_id"]).result_urls)
+    assert first["paths"]
+    assert sorted(first["paths"]) == sorted(str(path) for path in tmp_path.iterdir())  # noqa: ASYNC240
+    again = await vary(ctx, "parent-1", 0, key=key, download=False)
+    assert again["task_id"] == first["task_id"]
+    assert again["paths"] == []
+    assert fake.stats.tasks_created == 1
+
+
+async def test_a_failed_task_and_a_lost_answer_complete_the_job(
+    worker_ctx: tuple[dict[str, Any], FakeProvider], namespace: str
+) -> None:
+    """A failed task is "failed" with its id; a lost POST answer is "uncertain", never re-sent."""
+    ctx, fake = worker_ctx
+    fake.settings = attrs.evolve(fake.settings, failure_rate=1.0)
+    failed = await vary(ctx, "parent-1", 1, key=f"{namespace}/failed")
+    assert failed["state"] == "failed"
+    assert failed["task_id"] is not None
+    assert "TaskFailedError" in failed["error"]
+    fake.settings = attrs.evolve(fake.settings, failure_rate=0.0, drop_submit_answer_rate=1.0)
+    lost = await vary(ctx, "parent-1", 2, key=f"{namespace}/lost")
+    assert lost["state"] == "uncertain"
+    assert lost["task_id"] is None
+    again = await vary(ctx, "parent-1", 2, key=f"{namespace}/lost")
+    assert again["state"] == "uncertain"
+    assert fake.stats.tasks_created == 2  # the failed task and the one lost answer
+
+
+async def test_a_store_outage_asks_arq_to_retry(
+    worker_ctx: tuple[dict[str, Any], FakeProvider], namespace: str
+) -> None:
+    """The store unreachable before the POST: arq.Retry with a delay, and nothing sent."""
+    ctx, fake = worker_ctx
+    store = ctx["midvary"].store
+    await store.close()
+    with pytest.raises(Retry) as caught:
+        await vary(ctx, "parent-1", 3, key=f"{namespace}/outage")
+    assert (caught.value.defer_score or 0) > 0
+    assert fake.stats.tasks_created == 0
