@@ -6,6 +6,11 @@ tasks (the same B1 workload: tasks finished at creation, 64 in flight, one poll)
 the difference, so interpreter start-up, imports and warm-up cancel out::
 
     python -m benchmarks.b1_callgrind            # about 5 minutes
+    PYTHONHASHSEED=0 python -m benchmarks.b1_callgrind --in-flight 1 --only midvary
+
+At 64 in flight the counts move by about 1 % between runs (how many answers one event-loop
+turn finds depends on the fake's speed); with one task in flight and ``PYTHONHASHSEED=0`` a
+run repeats to about 0.1 %, which is what measuring one change needs.
 
 The fake provider runs in its own process, outside valgrind. Each client runs in a child
 ``python -m benchmarks.b1_callgrind --client ...``.
@@ -33,17 +38,17 @@ LARGE = 1_200
 CLIENTS = ("baseline", "midvary")
 
 
-async def _midvary(base_url: str, api_key: str, tasks: int) -> None:
+async def _midvary(base_url: str, api_key: str, tasks: int, in_flight: int) -> None:
     options = session_options(poll=_policy(), submit_rate=None)
     async with midvary.Session(api_key=api_key, base_url=base_url, **options) as session:
 
         async def job(number: int) -> None:
             await (await session.vary(PARENT, number % 4))
 
-        await run_concurrently(tasks, CONCURRENCY, job)
+        await run_concurrently(tasks, in_flight, job)
 
 
-async def _baseline(base_url: str, api_key: str, tasks: int) -> None:
+async def _baseline(base_url: str, api_key: str, tasks: int, in_flight: int) -> None:
     timeout = aiohttp.ClientTimeout(total=30.0, connect=10.0)
     async with aiohttp.ClientSession(timeout=timeout) as http:
         client = BaselineClient(http, base_url, api_key)
@@ -53,7 +58,7 @@ async def _baseline(base_url: str, api_key: str, tasks: int) -> None:
             assert task_id is not None
             await client.wait(task_id, fixed(INTERVAL))
 
-        await run_concurrently(tasks, CONCURRENCY, job)
+        await run_concurrently(tasks, in_flight, job)
 
 
 def _instructions(out_file: Path) -> int:
@@ -63,7 +68,9 @@ def _instructions(out_file: Path) -> int:
     raise RuntimeError(f"no totals in {out_file}")
 
 
-def _measure(client: str, tasks: int, base_url: str, api_key: str, workdir: Path) -> int:
+def _measure(
+    client: str, tasks: int, base_url: str, api_key: str, workdir: Path, *, in_flight: int
+) -> int:
     out_file = workdir / f"callgrind.{client}.{tasks}"
     command = [
         "valgrind",
@@ -76,6 +83,8 @@ def _measure(client: str, tasks: int, base_url: str, api_key: str, workdir: Path
         client,
         "--tasks",
         str(tasks),
+        "--in-flight",
+        str(in_flight),
         "--base-url",
         base_url,
         "--api-key",
@@ -85,24 +94,31 @@ def _measure(client: str, tasks: int, base_url: str, api_key: str, workdir: Path
     return _instructions(out_file)
 
 
-async def _main() -> None:
+async def _main(in_flight: int, clients: tuple[str, ...]) -> None:
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (apt-get install valgrind)")
     args = ("--duration", "0", "0", "--invisible-for", "0", "--no-submit-limit")
     per_task: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as workdir:
         async with fake_server(*args) as fake:
-            for client in CLIENTS:
+            for client in clients:
                 counts = [
                     await asyncio.to_thread(
-                        _measure, client, tasks, fake.base_url, fake.api_key, Path(workdir)
+                        _measure,
+                        client,
+                        tasks,
+                        fake.base_url,
+                        fake.api_key,
+                        Path(workdir),
+                        in_flight=in_flight,
                     )
                     for tasks in (SMALL, LARGE)
                 ]
                 per_task[client] = (counts[1] - counts[0]) / (LARGE - SMALL)
-                print(f"{client}: {per_task[client] / 1000:.0f} k instructions per task")
-    ratio = per_task["midvary"] / per_task["baseline"]
-    print(f"midvary / baseline: {ratio:.3f}")
+                print(f"{client}: {per_task[client] / 1000:.1f} k instructions per task")
+    if len(per_task) == len(CLIENTS):
+        ratio = per_task["midvary"] / per_task["baseline"]
+        print(f"midvary / baseline: {ratio:.3f}")
 
 
 def main() -> None:
@@ -112,12 +128,14 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=SMALL)
     parser.add_argument("--base-url")
     parser.add_argument("--api-key")
+    parser.add_argument("--in-flight", type=int, default=CONCURRENCY, help="tasks at once")
+    parser.add_argument("--only", choices=CLIENTS, help="measure one client only")
     args = parser.parse_args()
     if args.client is None:
-        asyncio.run(_main())
+        asyncio.run(_main(args.in_flight, (args.only,) if args.only else CLIENTS))
         return
     run = _midvary if args.client == "midvary" else _baseline
-    asyncio.run(run(args.base_url, args.api_key, args.tasks))
+    asyncio.run(run(args.base_url, args.api_key, args.tasks, args.in_flight))
 
 
 if __name__ == "__main__":

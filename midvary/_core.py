@@ -155,9 +155,16 @@ class SessionCore:
             EventLoopError: Called from another event loop than the session's first one.
 
         """
+        transport = self._transport
+        # The common case without a call (this runs two or three times per task): open, in
+        # the loop it first ran in. Anything else goes through check_loop.
+        if (
+            transport is not None
+            and self._state is _State.OPEN
+            and self._loop is asyncio.get_running_loop()
+        ):
+            return transport
         self.check_loop()
-        if self._transport is not None and self._state is _State.OPEN:
-            return self._transport
         if self._state is _State.CLOSED:
             raise SessionClosedError(
                 "this Session is closed and cannot be reopened; create a new one"

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from ._config import USE_DEFAULT, PollPolicy, UseDefault
 from ._errors import NotFoundError, SessionClosedError, TaskFailedError, TaskTimeoutError
 from ._models import TaskRecord, TaskStatus
-from ._polling import Alarm, poll_delay, retry_poll
+from ._polling import CLOSED, DEADLINE, Alarm, poll_delay, retry_poll
 from ._retry import is_transient
 from ._validate import optional_seconds
 
@@ -143,18 +143,22 @@ class TaskHandle:
         policy = poll
         limit = policy.timeout if timeout is USE_DEFAULT else optional_seconds(timeout, "timeout")
         core.check_open()
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task(loop)
+        if task is None:
+            raise RuntimeError("TaskHandle.wait() must run inside an asyncio task")
+        # The deadline: one timer that cancels this task (DEADLINE); a close cancels it too
+        # (CLOSED, through the alarm), which cuts a request in flight.
+        cancelling = task.cancelling()
+        timer = None if limit is None else loop.call_at(loop.time() + limit, task.cancel, DEADLINE)
         alarm = self._alarm
+        alarm.add_wait(task)
         try:
-            async with asyncio.timeout(limit) as deadline:
-                alarm.add_deadline(deadline)
-                try:
-                    record = await self._poll(policy, on_retry)
-                finally:
-                    alarm.discard_deadline(deadline)
-        except TimeoutError:
-            if deadline.expired():
-                if core.closed:
-                    # The close expired the deadline to cut a request in flight (Alarm.wake).
+            record = await self._poll(policy, on_retry)
+        except asyncio.CancelledError as exc:
+            reason = exc.args[0] if exc.args else None
+            if (reason is DEADLINE or reason is CLOSED) and task.uncancel() <= cancelling:
+                if reason is CLOSED or core.closed:
                     raise SessionClosedError(
                         "the Session was closed while waiting for this task"
                     ) from None
@@ -168,6 +172,10 @@ class TaskHandle:
                     failing_for=None if since is None else time.monotonic() - since,
                 ) from error
             raise
+        finally:
+            alarm.discard_wait(task)
+            if timer is not None:
+                timer.cancel()
         return _outcome(record)
 
     async def _poll(

@@ -24,7 +24,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from ._config import PollPolicy
 from ._retry import poll_retrying, retry_failed
@@ -136,21 +136,30 @@ def _learned(
     return min(max(policy.max_delay, step), step + (elapsed - last) * (policy.factor - 1))
 
 
+#: Why midvary cancels the task running a wait (the message of its ``Task.cancel``): the
+#: wait's deadline passed (a ``loop.call_at`` timer, armed once per wait: lighter than
+#: ``asyncio.timeout``, and this runs for every task), or the session closed. The wait tells
+#: them from anyone else's cancellation by this message and ``Task.uncancel``'s count.
+DEADLINE: Final = "midvary: the wait's deadline passed"
+CLOSED: Final = "midvary: the Session closed"
+
+
 class Alarm:
     """The interruptible sleeps of one handle's waits, and the news that ends them.
 
     A handle sleeps on its alarm between polls. Three parties may end a sleep early, each
     through a named method: a callback (:meth:`notify`: poll now), the session's close
-    (:meth:`wake` with an error, which also expires every wait's deadline so that a poll
+    (:meth:`wake` with an error, which also cancels every wait's task so that a poll
     request in flight is cut), and the handle itself. :meth:`finished` records that the task
     was seen final and runs ``on_final`` once (a callback ticket shortens its expiry).
     """
 
-    __slots__ = ("_deadlines", "_sleepers", "_woken", "final", "on_final")
+    __slots__ = ("_sleepers", "_waits", "_woken", "final", "on_final")
 
     def __init__(self) -> None:
         self._sleepers: set[asyncio.Future[None]] = set()
-        self._deadlines: set[asyncio.Timeout] = set()
+        # The tasks running a wait of this alarm's handle: closing cancels them (CLOSED).
+        self._waits: set[asyncio.Task[Any]] = set()
         # News came while nobody slept: the next sleep ends at once.
         self._woken = False
         #: Whether the task was seen final.
@@ -170,13 +179,13 @@ class Alarm:
             if self.on_final is not None:
                 self.on_final()
 
-    def add_deadline(self, deadline: asyncio.Timeout) -> None:
-        """A wait's deadline, to expire if the session closes; see :meth:`discard_deadline`."""
-        self._deadlines.add(deadline)
+    def add_wait(self, task: asyncio.Task[Any]) -> None:
+        """``task`` runs a wait, to cancel (:data:`CLOSED`) if the session closes."""
+        self._waits.add(task)
 
-    def discard_deadline(self, deadline: asyncio.Timeout) -> None:
-        """The wait of ``deadline`` ended."""
-        self._deadlines.discard(deadline)
+    def discard_wait(self, task: asyncio.Task[Any]) -> None:
+        """The wait that ``task`` ran ended; see :meth:`add_wait`."""
+        self._waits.discard(task)
 
     async def sleep(self, seconds: float) -> None:
         """Sleep ``seconds``, or less if :meth:`notify` or :meth:`wake` interrupts."""
@@ -199,7 +208,7 @@ class Alarm:
         """End every current sleep: poll now, or raise ``error`` if given.
 
         With an ``error`` (the session closing), a poll request in flight is cut as well:
-        every wait's deadline expires now.
+        every task running a wait is cancelled with the reason :data:`CLOSED`.
         """
         for sleeper in tuple(self._sleepers):
             if not sleeper.done():
@@ -208,9 +217,8 @@ class Alarm:
                 else:
                     sleeper.set_exception(error)
         if error is not None:
-            for deadline in tuple(self._deadlines):
-                if not deadline.expired():
-                    deadline.reschedule(0)  # any time in the past: expires at once
+            for task in tuple(self._waits):
+                task.cancel(CLOSED)
 
     def notify(self) -> None:
         """A callback says the task may be final: poll once now (or as soon as awaited)."""

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
 import midvary
-from midvary._converter import structure_record
+from midvary._converter import common_record, converter, structure_record
+from midvary._models import TaskRecord
+from midvary.testing._state import SubmitParams, SuccessFlag, Task, TimeStyle
+from midvary.testing._wire import parent_record_data, record_data
 
 from .mockapi import record
 
@@ -115,3 +120,111 @@ def test_records_are_frozen() -> None:
     result = structure_record(record())
     with pytest.raises(AttributeError):
         result.task_id = "x"  # type: ignore[misc]
+
+
+def _fake_bodies(*, as_string: bool) -> list[dict[str, Any]]:
+    """The fake provider's record-info data: every outcome and time style."""
+    params = SubmitParams(
+        kind="vary",
+        task_type="mj_vary",
+        parent_task_id="parent",
+        image_index=2,
+        water_mark=None,
+        callback_url=None,
+        param_json=json.dumps({"taskId": "parent", "imageIndex": 2}),
+        identity=("vary", "parent", 2),
+    )
+    bodies = []
+    styles: tuple[TimeStyle, ...] = ("iso_z", "iso_offset", "epoch_ms")
+    for style in styles:
+        bodies.append(
+            parent_record_data(
+                "parent-x",
+                epoch=1.7e9,
+                style=style,
+                results_base="http://fake.test",
+                result_info_as_string=as_string,
+            )
+        )
+        for outcome, now in itertools.product(SuccessFlag, (5.0, 50.0)):
+            task = Task(
+                task_id=f"fakevary-{outcome.value}",
+                params=params,
+                created_at=1.0,
+                visible_at=1.0,
+                finished_at=30.0,
+                outcome=outcome,
+                time_style=style,
+                image_count=4,
+            )
+            bodies.append(
+                record_data(
+                    task,
+                    now,
+                    wall=lambda reading: 1.7e9 + reading,
+                    results_base="http://fake.test",
+                    result_info_as_string=as_string,
+                )
+            )
+    return bodies
+
+
+_WIRE_BODIES = [
+    *(record(flag=flag) for flag in (0, 1, 2, 3, 7, -1)),
+    record(createTime="2026-11-21T10:00:00Z"),
+    record(createTime="2026-11-21T11:00:00+01:00"),
+    record(createTime="2026-11-21 10:00:00"),
+    record(createTime=1763719200000),
+    record(createTime="1763719200000"),
+    record(createTime=1763719200),
+    record(completeTime=""),
+    record(flag=1, resultInfoJson='{"resultUrls": [{"resultUrl": "https://cdn.test/a.png"}]}'),
+    record(flag=1, resultInfoJson={"resultUrls": []}),
+    record(flag=1, resultInfoJson={}),
+    record(flag=1, paramJson="{not json"),
+    record(paramJson='{"a": 1} trailing'),
+    record(paramJson="[1, 2]"),
+    record(paramJson=""),
+    record(paramJson={"taskId": "parent"}),
+    record(paramJson=None),
+    record(brandNew={"x": 1}),
+    record(flag=3, errorCode="501"),
+    record(taskType=5),
+    record(errorMessage=404),
+    record(successFlag="1"),
+    {"taskId": "t1", "successFlag": 1},
+]
+
+
+@pytest.mark.parametrize(
+    "data", [*_fake_bodies(as_string=False), *_fake_bodies(as_string=True), *_WIRE_BODIES]
+)
+def test_the_common_shape_by_hand_equals_cattrs(data: dict[str, Any]) -> None:
+    """The hand-written path gives the record cattrs gives, or leaves the body to cattrs."""
+    expected = converter.structure(data, TaskRecord)
+    by_hand = common_record(data)
+    assert by_hand is None or by_hand == expected
+    assert structure_record(data) == expected
+
+
+def test_the_common_shape_takes_the_hand_written_path() -> None:
+    """The fake's bodies with resultInfoJson as an object (the documented form) go by hand."""
+    assert all(common_record(body) is not None for body in _fake_bodies(as_string=False))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        record(successFlag="yes"),
+        record(createTime="yesterday"),
+        record(flag=1, resultInfoJson={"resultUrls": [{"resultUrl": 3}]}),
+        record(flag=1, resultInfoJson={"resultUrls": [{"resultUrl": ""}]}),
+        record(errorCode="E1"),
+        record(errorCode=True),
+    ],
+)
+def test_unusual_bodies_are_left_to_cattrs(data: dict[str, Any]) -> None:
+    """A body the hand-written path cannot vouch for goes to cattrs, which says what is wrong."""
+    assert common_record(data) is None
+    with pytest.raises(midvary.ProtocolError):
+        structure_record(data)

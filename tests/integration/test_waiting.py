@@ -58,6 +58,43 @@ async def test_a_wait_deadline_raises_and_a_later_await_succeeds(
     assert (await handle).status is midvary.TaskStatus.SUCCESS
 
 
+async def test_a_wait_deadline_cuts_a_poll_on_the_wire(
+    start_fake: StartFake, open_session: OpenSession, clock: ManualClock
+) -> None:
+    """The deadline ends a wait whose poll hangs on the wire, without the task cancelled."""
+    fake = await start_fake(clock=clock, invisible_for=0.0)
+    session = await open_session(fake, target_delay=None)
+    handle = await session.vary("parent-hanging", 0)
+    answered = fake.stats.codes[200]
+    fake.update(latency=5.0)  # every poll from now on hangs on the wire
+
+    with pytest.raises(midvary.TaskTimeoutError) as info:
+        await handle.wait(timeout=0.2)
+
+    assert info.value.timeout == 0.2
+    assert fake.stats.codes[200] == answered  # ended before the provider answered
+    task = asyncio.current_task()
+    assert task is not None
+    assert task.cancelling() == 0  # the deadline's own cancellation was taken back
+
+
+async def test_a_foreign_cancellation_is_not_taken_for_the_deadline(
+    start_fake: StartFake, open_session: OpenSession, clock: ManualClock
+) -> None:
+    """An enclosing asyncio.timeout that fires first raises its TimeoutError, not ours."""
+    fake = await start_fake(clock=clock, invisible_for=0.0)
+    session = await open_session(fake, target_delay=None)
+    handle = await session.vary("parent-foreign", 0)
+
+    with pytest.raises(TimeoutError) as info:
+        async with asyncio.timeout(0.15):
+            await handle.wait(timeout=30.0)
+
+    assert not isinstance(info.value, midvary.TaskTimeoutError)
+    finish(clock, fake, handle.task_id)
+    assert (await handle).status is midvary.TaskStatus.SUCCESS
+
+
 async def test_the_poll_policy_timeout_is_the_default_deadline(
     start_fake: StartFake, open_session: OpenSession, clock: ManualClock
 ) -> None:
