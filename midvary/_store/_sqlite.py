@@ -207,18 +207,32 @@ class SQLiteStore(LocalStore):
             self._executor = executor
 
     def _connect(self) -> sqlite3.Connection:
-        try:
-            conn = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise store_error(f"cannot open the SQLite store {str(self.path)!r}", exc) from exc
+        # SQLite answers "database is locked" without waiting in a few cases the busy timeout
+        # does not cover (a WAL file being recovered after a process was killed, the switch
+        # to WAL mode): opening tries again until busy_timeout has passed.
+        deadline = time.monotonic() + self._busy_timeout
+        while True:
+            try:
+                return self._connect_once()
+            except sqlite3.OperationalError as exc:
+                if not _busy(exc) or time.monotonic() >= deadline:
+                    raise store_error(
+                        f"cannot open the SQLite store {str(self.path)!r}", exc
+                    ) from exc
+                time.sleep(0.05)
+            except sqlite3.Error as exc:
+                raise store_error(f"cannot open the SQLite store {str(self.path)!r}", exc) from exc
+
+    def _connect_once(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None)
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
             conn.execute("DELETE FROM midvary_keys WHERE expires_at <= ?", (time.time(),))
-        except sqlite3.Error as exc:
-            conn.close()
-            raise store_error(f"cannot open the SQLite store {str(self.path)!r}", exc) from exc
+        except BaseException:
+            conn.close()  # and with it any transaction the script left open
+            raise
         return conn
 
     async def close(self) -> None:
@@ -254,3 +268,9 @@ class SQLiteStore(LocalStore):
             return result
 
         return await asyncio.get_running_loop().run_in_executor(executor, run)
+
+
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    """Whether ``exc`` says another connection holds the database (worth trying again)."""
+    message = str(exc).lower()
+    return "locked" in message or "busy" in message
