@@ -20,14 +20,13 @@ from midvary.testing import FakeProvider
 
 from .store.redis_server import RedisServer, server_or_skip
 from .test_bulk_chain import PROMPTS, THEN
+from .test_bulk_resume import command as midvary_command
 from .test_bulk_resume import (
     environment,
     provider,
-    result_lines,
     start,
     summary_count,
 )
-from .test_bulk_resume import command as midvary_command
 
 PASSWORD = "s3cret-redis-pw"
 #: Fast enough that no test waits long for a stopped run's claims to lapse.
@@ -120,7 +119,7 @@ async def test_two_runs_split_the_work_and_a_third_submits_nothing(
 async def test_a_killed_run_leaves_its_jobs_to_a_later_run(
     tmp_path: Path, redis: RedisServer
 ) -> None:
-    """SIGKILL mid-run: a later run re-attaches its submitted jobs; a POST in flight is uncertain."""
+    """SIGKILL mid-run: a later run re-attaches its submitted jobs, its POST in flight uncertain."""
     count = 8
     jobs = write_jobs(tmp_path / "jobs.csv", count)
     # One submission a second, so the kill finds some jobs submitted and one POST hanging.
