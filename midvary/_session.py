@@ -12,15 +12,14 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Final, Generic, Self, TypeVar, overload
+from typing import Any
 
 import aiohttp
 import attrs
-import yarl
 
 from ._callbacks import CallbackReceiver, tickets_for
 from ._config import USE_DEFAULT, PollPolicy, RetryPolicy, UseDefault
-from ._core import SessionCore
+from ._core import CorePolicy, SessionCore
 from ._fanout import FanOut, Requests, check_requests, collect_all, takes_options_of
 from ._handle import TaskHandle
 from ._jobs import (
@@ -34,14 +33,7 @@ from ._models import GenerateRequest, SubmitRequest, TaskRecord, UpscaleRequest,
 from ._ratelimit import DEFAULT_SUBMIT_RATE, SubmitLimiter
 from ._store import MemoryStore, Store, StoreClaims, StoreLimiter
 from ._submit import Limiter, Submitter
-from ._validate import (
-    base_url as check_base_url,
-)
-from ._validate import (
-    count,
-    instance,
-    positive_seconds,
-)
+from ._validate import count, instance, positive_seconds, resolve_api_key, resolve_base_url
 from ._validate import (
     directory as check_directory,
 )
@@ -53,61 +45,6 @@ from ._validate import (
 )
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_BASE_URL: Final = "https://api.kie.ai"
-_KEY_VARIABLES: Final = ("MIDVARY_API_KEY", "KIE_API_KEY")
-P = TypeVar("P", PollPolicy, RetryPolicy)
-
-
-def _resolve_api_key(api_key: str | None) -> str:
-    if api_key is None:
-        for name in _KEY_VARIABLES:
-            value = os.environ.get(name, "").strip()
-            if value:
-                return value
-        raise ValueError(
-            "no API key: pass Session(api_key=...) or set MIDVARY_API_KEY (or KIE_API_KEY)",
-        )
-    if not isinstance(api_key, str):
-        raise TypeError(f"api_key must be a str, not {type(api_key).__name__}")
-    if not api_key.strip() or any(ch.isspace() for ch in api_key.strip()):
-        # Never echo the value: it is a secret even when it is malformed.
-        raise ValueError("api_key must be a non-empty string without whitespace")
-    return api_key.strip()
-
-
-def _resolve_base_url(base_url: str | None) -> yarl.URL:
-    if base_url is None:
-        base_url = os.environ.get("MIDVARY_BASE_URL", "").strip() or DEFAULT_BASE_URL
-    return check_base_url(base_url, name="base_url")
-
-
-class _CorePolicy(Generic[P]):
-    """A session attribute kept on its core, type-checked when assigned."""
-
-    def __init__(self, cls: type[P], doc: str) -> None:
-        self._cls: type[P] = cls
-        self.__doc__ = doc
-
-    def __set_name__(self, owner: type[Session], name: str) -> None:
-        self._name = name
-
-    @overload
-    def __get__(self, session: None, owner: type[Session]) -> Self: ...
-    @overload
-    def __get__(self, session: Session, owner: type[Session]) -> P: ...
-    def __get__(self, session: Session | None, owner: type[Session]) -> P | Self:
-        if session is None:
-            return self
-        value: P = getattr(session._core, self._name)
-        return value
-
-    def __set__(self, session: Session, value: P) -> None:
-        if not isinstance(value, self._cls):
-            raise TypeError(
-                f"{self._name} must be a midvary.{self._cls.__name__}, not {type(value).__name__}"
-            )
-        setattr(session._core, self._name, value)
 
 
 class Session:
@@ -175,9 +112,9 @@ class Session:
         submit_rate: tuple[int, float] | None = DEFAULT_SUBMIT_RATE,
         store: Store | None = None,
     ) -> None:
-        api_key = _resolve_api_key(api_key)
+        api_key = resolve_api_key(api_key)
         rate = check_submit_rate(submit_rate)
-        url = _resolve_base_url(base_url)
+        url = resolve_base_url(base_url)
         instance(poll, PollPolicy, "poll", what="a midvary.PollPolicy")
         instance(retry, RetryPolicy, "retry", what="a midvary.RetryPolicy")
         timeout = aiohttp.ClientTimeout(
@@ -216,10 +153,10 @@ class Session:
             self._core, limiter=limiter, tickets=tickets_for(callbacks), store=claims
         )
 
-    poll = _CorePolicy(
+    poll = CorePolicy(
         PollPolicy, "The default :class:`PollPolicy` of every wait (assign one to change it)."
     )
-    retry = _CorePolicy(
+    retry = CorePolicy(
         RetryPolicy,
         "The :class:`RetryPolicy` of submissions and downloads (assign one to change it).",
     )

@@ -11,7 +11,7 @@ import os
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import attrs
 import yarl
@@ -240,3 +240,32 @@ def prompt(value: object, name: str = "prompt", *, max_chars: int = 2000) -> str
             f"{name} must have 1 to {max_chars} characters (not only whitespace), got {len(value)}"
         )
     return value
+
+
+DEFAULT_BASE_URL: Final = "https://api.kie.ai"
+_KEY_VARIABLES: Final = ("MIDVARY_API_KEY", "KIE_API_KEY")
+
+
+def resolve_api_key(api_key: str | None) -> str:
+    """The API key: ``api_key``, else ``MIDVARY_API_KEY``, else ``KIE_API_KEY`` (never echoed)."""
+    if api_key is None:
+        for name in _KEY_VARIABLES:
+            value = os.environ.get(name, "").strip()
+            if value:
+                return value
+        raise ValueError(
+            "no API key: pass Session(api_key=...) or set MIDVARY_API_KEY (or KIE_API_KEY)",
+        )
+    if not isinstance(api_key, str):
+        raise TypeError(f"api_key must be a str, not {type(api_key).__name__}")
+    if not api_key.strip() or any(ch.isspace() for ch in api_key.strip()):
+        # Never echo the value: it is a secret even when it is malformed.
+        raise ValueError("api_key must be a non-empty string without whitespace")
+    return api_key.strip()
+
+
+def resolve_base_url(value: str | None) -> yarl.URL:
+    """The API's base URL: ``value``, else ``MIDVARY_BASE_URL``, else kie.ai's."""
+    if value is None:
+        value = os.environ.get("MIDVARY_BASE_URL", "").strip() or DEFAULT_BASE_URL
+    return base_url(value, name="base_url")

@@ -15,15 +15,13 @@ from .conftest import Backend
 SHORT = 0.05
 
 
-def shares(backend: Backend) -> None:
-    """Skip SQLite's run of a contract test (it has no wake-up channel)."""
-    if not backend.store.shares_callbacks:
-        pytest.skip("this store does not share callbacks (tested on its own below)")
+#: The stores that keep tokens and carry wake-ups; SQLite has no channel between processes.
+SHARING = pytest.mark.parametrize("backend", ["memory", "redis"], indirect=True)
 
 
+@SHARING
 async def test_a_token_is_unbound_then_bound(backend: Backend, namespace: str) -> None:
     """A recorded token reads unbound, then bound to its task; an unknown one reads None."""
-    shares(backend)
     store = backend.store
     await store.add_token(namespace, "t1", ttl_s=30.0)
     assert await store.get_token(namespace, "t1") == TokenRecord(task_id=None)
@@ -34,11 +32,11 @@ async def test_a_token_is_unbound_then_bound(backend: Backend, namespace: str) -
     assert await store.get_token(namespace, "unknown") is None
 
 
+@SHARING
 async def test_tokens_expire_and_settling_brings_the_end_closer(
     backend: Backend, namespace: str
 ) -> None:
     """A token lives its ttl; settling shortens (never lengthens) it."""
-    shares(backend)
     store = backend.store
     await store.add_token(namespace, "short", ttl_s=SHORT)
     await store.add_token(namespace, "settled", ttl_s=30.0)
@@ -52,11 +50,11 @@ async def test_tokens_expire_and_settling_brings_the_end_closer(
     assert await store.get_token(namespace, "kept") == TokenRecord(task_id=None)
 
 
+@SHARING
 async def test_a_wake_up_reaches_every_listener_of_its_scope(
     backend: Backend, namespace: str
 ) -> None:
     """Two listeners of a scope both get a published token, in order; another scope's not."""
-    shares(backend)
     store = backend.store
     # Another connection to the same store (a MemoryStore is only shared as itself).
     other = store if isinstance(store, MemoryStore) else backend.sibling()
@@ -73,10 +71,10 @@ async def test_a_wake_up_reaches_every_listener_of_its_scope(
             await other.close()
 
 
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 async def test_sqlite_refuses_callback_tokens(backend: Backend, namespace: str) -> None:
     """SQLite has no channel between processes: every token method says so."""
-    if backend.store.shares_callbacks:
-        pytest.skip("this store shares callbacks")
+    assert not backend.store.shares_callbacks
     with pytest.raises(NotImplementedError, match="RedisStore"):
         await backend.store.add_token(namespace, "t1", ttl_s=30.0)
     with pytest.raises(NotImplementedError, match="RedisStore"):
