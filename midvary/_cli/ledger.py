@@ -169,6 +169,7 @@ class StoreLedger:
                     logger.warning("could not renew the run claim of %s: %s", key, exc)
                     continue
                 if not kept:  # we stalled past the lease: another run may take the job
+                    self._held.discard(key)
                     logger.warning("lost the run claim of %s (its lease lapsed)", key)
 
     def _claim_key(self, key: str) -> str:
