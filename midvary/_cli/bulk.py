@@ -1,14 +1,16 @@
 """``midvary bulk JOBS``: run every vary job of a CSV or JSONL file, crash-safely.
 
 Flow: read and check the JOBS file (bad rows are reported with their line number and
-skipped), open the journal (:mod:`midvary._cli.journal`), decide per job whether to skip it
-(finished earlier), re-attach it (submitted earlier), report it uncertain (its POST was in
-flight when an earlier run stopped) or run it; then run the jobs through
-``Session.vary_many`` with a live progress display, journaling each step before it matters,
-append one JSON line per finished job to the results file, and print a summary.
+skipped), open the ledger (:mod:`.ledger`: the local journal, or with ``--store`` a store
+shared with other runs), then run the jobs through ``Session.vary_many`` with a live
+progress display, placing each job as the fan-out has room for it (:mod:`.placing`: skip it
+if finished earlier, re-attach it if submitted earlier, report it uncertain if its POST was
+in flight when an earlier run stopped, leave it to another run that holds it, or run it),
+keeping each step in the ledger before it matters, append one JSON line per finished job to
+the results file, and print a summary.
 
-Writes go journal first, results file second: if a run dies between the two, the next run
-appends the line the journal kept. A results file may thus hold a second line for a job
+Writes go ledger first, results file second: if a run dies between the two, the next run
+appends the line the ledger kept. A results file may thus hold a second line for a job
 only when an uncertain job was later re-submitted (``--resubmit-uncertain``): the last line
 of a job wins.
 """
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -39,12 +40,13 @@ from ._kit import (
     say,
 )
 from .feed import Feed
-from .jobs import BulkJob, JobsFile, read_jobs
-from .journal import JobState, Journal, JournalBusyError, JournalMismatchError
+from .jobs import JobsFile, read_jobs
+from .ledger import Ledger, open_ledger
+from .placing import Placer
 from .progress import Progress
-from .results import ResultsFile, UncertainAtResumeError, result_line
+from .results import ResultsFile
 from .summary import BulkSummary, print_summary
-from .tally import Ending, Tally
+from .tally import Ending
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +66,12 @@ Re-running the same command resumes: finished jobs are skipped, submitted jobs a
 by task id and never submitted again, and jobs whose submission was in flight when the run
 stopped are reported as uncertain (re-submitted only with --resubmit-uncertain). Jobs whose
 task failed at the provider are submitted again with --retry-failed.
+
+With --store redis://HOST:PORT/DB, runs of the same JOBS file on several machines share
+its jobs: each takes a job before running it (a claim in the store, renewed while it
+runs), leaves the jobs another live run holds to it, and takes over those of a stopped run
+once its claim lapses (--claim-lease). Its results file has the jobs it ran and those it
+found finished; a run after all others have ended submits nothing and writes every line.
 
 exit codes: 0 every job succeeded; 1 some job failed, is uncertain, or a row was bad;
 2 usage error; 130 interrupted (run again to resume).
@@ -96,6 +104,21 @@ def options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--journal", type=Path, metavar="PATH", help="the journal (JOBS.journal.sqlite)"
+    )
+    parser.add_argument(
+        "--store",
+        metavar="URL|PATH",
+        help="share the jobs with other runs of the same JOBS file through a store instead "
+        "of the local journal: redis://[:PASSWORD@]HOST:PORT/DB (several machines), or an "
+        "SQLite file (several processes on one machine); the password is never printed",
+    )
+    parser.add_argument(
+        "--claim-lease",
+        type=positive_float,
+        default=30.0,
+        metavar="S",
+        help="with --store: seconds a stopped run's jobs stay blocked before another run "
+        "takes them over (30)",
     )
     parser.add_argument(
         "--retry-failed",
@@ -148,7 +171,6 @@ def _bulk(args: argparse.Namespace) -> int:
     require_rich()
     jobs_path: Path = args.jobs
     out_path: Path = args.out or jobs_path.with_name(jobs_path.name + ".results.jsonl")
-    journal_path: Path = args.journal or jobs_path.with_name(jobs_path.name + ".journal.sqlite")
     rate = _submit_rate(args.submit_rate)
     require_api_key(args)  # before the journal: a run that cannot start leaves nothing
     jobs_file = read_jobs(jobs_path)
@@ -156,53 +178,28 @@ def _bulk(args: argparse.Namespace) -> int:
         say(f"bad row skipped: {message}", stream=sys.stderr)
     for message in jobs_file.warnings:
         say(f"warning: {message}", stream=sys.stderr)
+    summary = BulkSummary(total=len(jobs_file.jobs), bad_rows=len(jobs_file.bad_rows))
+    where: list[str] = []
     try:
-        journal = Journal(journal_path)
-    except JournalBusyError as exc:
-        raise UsageError(str(exc)) from None
-    except Exception as exc:  # sqlite3.Error, OSError, JournalMismatchError: not usable
-        raise UsageError(f"cannot open journal {journal_path}: {exc}") from None
-    try:
-        try:
-            view, warnings = journal.register(
-                jobs_path.name,
-                jobs_file.sha256,
-                ((job.key, job.line, job.content) for job in jobs_file.jobs),
+        asyncio.run(
+            _run(
+                args,
+                rate=rate,
+                jobs_path=jobs_path,
+                jobs_file=jobs_file,
+                out_path=out_path,
+                summary=summary,
+                where=where,
             )
-        except JournalMismatchError as exc:
-            raise UsageError(str(exc)) from None
-        for warning in warnings:
-            say(f"warning: {warning}", stream=sys.stderr)
-        results = ResultsFile(out_path)
-        try:
-            summary = BulkSummary(total=len(jobs_file.jobs), bad_rows=len(jobs_file.bad_rows))
-            repaired = results.ensure(dict(journal.results()))
-            if repaired:
-                logger.info("appended %d result lines the journal kept to %s", repaired, out_path)
-            try:
-                asyncio.run(
-                    _run(
-                        args,
-                        rate=rate,
-                        jobs_file=jobs_file,
-                        view=view,
-                        journal=journal,
-                        results=results,
-                        summary=summary,
-                    )
-                )
-            except KeyboardInterrupt:
-                say(
-                    "interrupted: the journal is up to date; run the same command again to "
-                    "resume (submitted jobs are awaited, never submitted twice)",
-                    stream=sys.stderr,
-                )
-                return EXIT_INTERRUPTED
-        finally:
-            results.close()
-    finally:
-        journal.close()
-    print_summary(summary, out_path, journal_path)
+        )
+    except KeyboardInterrupt:
+        say(
+            "interrupted: the journal is up to date; run the same command again to "
+            "resume (submitted jobs are awaited, never submitted twice)",
+            stream=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    print_summary(summary, out_path, where[0] if where else "")
     if args.gallery:
         from .gallery import make_gallery  # noqa: PLC0415 - only when asked
 
@@ -216,179 +213,75 @@ async def _run(
     args: argparse.Namespace,
     *,
     rate: tuple[int, float] | None,
+    jobs_path: Path,
     jobs_file: JobsFile,
-    view: dict[str, Any],
-    journal: Journal,
-    results: ResultsFile,
+    out_path: Path,
     summary: BulkSummary,
+    where: list[str],
 ) -> None:
-    async with open_session(args, submit_rate=rate) as session:
-        feed = Feed()
-        for job in jobs_file.jobs:
-            _place(job, view, feed, session, args, journal, results, summary)
-        feed.start()
-
-        earlier = Tally(done=summary.done, failed=summary.failed)  # as the bar always showed
-        progress = Progress(len(jobs_file.jobs), tally=earlier)
-        progress.running.update(
-            n for n, (_job, item) in enumerate(feed.queue) if isinstance(item, midvary.TaskHandle)
-        )
-
-        def on_event(event: midvary.JobEvent) -> None:
-            job = feed.to_run[event.index]
-            if event.kind is midvary.JobEventKind.SUBMITTING:
-                journal.submitting(job.key)  # durable before the POST is sent
-            elif event.kind is midvary.JobEventKind.SUBMITTED and event.task_id is not None:
-                journal.submitted(job.key, event.task_id)
-            elif event.kind is midvary.JobEventKind.RATE_LIMITED and event.error is not None:
-                # Refused with 429: certainly not accepted, so not uncertain if we die now.
-                journal.refused(job.key)
-            progress.event(event)
-
-        with progress:
-            async with session.vary_many(
-                feed.items(),
-                concurrency=args.concurrency,
-                timeout=args.timeout if args.timeout is not None else midvary.USE_DEFAULT,
-                on_event=on_event,
-                download=args.download,
-            ) as outcomes:
-                async for outcome in outcomes:
-                    job = feed.to_run[outcome.index]
-                    _record(
-                        job,
-                        outcome,
-                        request=outcome.request or feed.request_of(job),
-                        journal=journal,
-                        results=results,
-                        summary=summary,
-                        progress=progress,
-                    )
-                    feed.parent_ended(job, outcome)
-        for child in feed.orphans():
-            summary.count(Ending.FAILED)
-            message = f"not run: its parent {child.parent} has not succeeded"
-            summary.problems.append((child, "not run", message))
-        summary.rate_limited_waits = progress.rate_limited
+    """Open the ledger, the results file and the session; run every job through the feed."""
+    async with open_ledger(args, jobs_path, jobs_file) as (ledger, store):
+        where.append(ledger.where)
+        results = ResultsFile(out_path)
+        try:
+            async with open_session(args, submit_rate=rate, store=store) as session:
+                await _run_jobs(args, session, ledger, jobs_file, results, summary)
+        finally:
+            results.close()
 
 
-def _place(  # noqa: PLR0917 - one step of _run, given its parts
-    job: BulkJob,
-    view: dict[str, Any],
-    feed: Feed,
-    session: midvary.Session,
+async def _run_jobs(  # noqa: PLR0917 - one step of _run, given its parts
     args: argparse.Namespace,
-    journal: Journal,
+    session: midvary.Session,
+    ledger: Ledger,
+    jobs_file: JobsFile,
     results: ResultsFile,
     summary: BulkSummary,
 ) -> None:
-    """Decide what this run does with ``job`` from what the journal knows of it."""
-    known = view[job.key]
-    state: JobState = known.state
-    if args.retry_failed and state is JobState.FAILED and _task_failed(known.result):
-        summary.retried += 1
-        _submit(job, view, feed)
-    elif state.finished:
-        summary.skipped += 1
-        if state is JobState.DONE:
-            summary.count(Ending.DONE)
-        else:
-            summary.count(Ending.FAILED)
-            summary.problems.append((job, "failed", _journaled_error(known.result)))
-    elif state is JobState.SUBMITTED and known.task_id:
-        summary.reattached += 1
-        feed.add(job, session.task(known.task_id), _request_of(job, view))
-    elif state in (JobState.SUBMITTING, JobState.UNCERTAIN) and not args.resubmit_uncertain:
-        summary.count(Ending.UNCERTAIN)
-        if state is JobState.SUBMITTING:
-            why = "its submission was in flight when an earlier run stopped"
-        else:  # the earlier run ended it uncertain and kept why in its result line
-            why = _journaled_error(known.result)
-        message = (
-            f"{why}: the task may exist and be billed; check the provider's "
-            "dashboard, or run again with --resubmit-uncertain"
-        )
-        summary.problems.append((job, "uncertain", message))
-        if state is JobState.SUBMITTING:
-            line = result_line(
-                job,
-                Ending.UNCERTAIN,
-                error=UncertainAtResumeError(message),
-                request=_request_of(job, view),
-            )
-            journal.finished(job.key, JobState.UNCERTAIN, None, line)
-            results.write(job.key, line)
-    else:
-        if state in (JobState.SUBMITTING, JobState.UNCERTAIN):
-            summary.resubmitted += 1
-        _submit(job, view, feed)
-
-
-def _submit(job: BulkJob, view: dict[str, Any], feed: Feed) -> None:
-    """Submit ``job`` in this run: now, or once its parent succeeds."""
-    request = _request_of(job, view)
-    if request is not None:
-        feed.add(job, request)
-    else:
-        feed.wait_for_parent(job)
-
-
-def _request_of(job: BulkJob, view: dict[str, Any]) -> Any:
-    """A row's request, or a child's once its parent succeeded (in an earlier run)."""
-    if job.parent is None:
-        return job.request
-    parent = view[job.parent]
-    if parent.state is JobState.DONE and parent.task_id:
-        return job.request_for(parent.task_id)
-    return None
-
-
-def _record(
-    job: BulkJob,
-    outcome: midvary.VaryOutcome,
-    *,
-    request: Any,
-    journal: Journal,
-    results: ResultsFile,
-    summary: BulkSummary,
-    progress: Progress,
-) -> None:
-    """Journal a finished job, append its result line, count it."""
-    ending = Ending.of(outcome)
-    state = JobState(ending.value)  # done, failed, uncertain: the same words
-    line = result_line(
-        job,
-        ending,
-        task_id=outcome.task_id,
-        record=outcome.record,
-        error=outcome.error,
-        paths=outcome.paths,
-        request=request,
+    progress = Progress(len(jobs_file.jobs))
+    placer = Placer(
+        session=session,
+        args=args,
+        ledger=ledger,
+        results=results,
+        summary=summary,
+        progress=progress,
     )
-    journal.finished(job.key, state, outcome.task_id, line)
-    results.write(job.key, line)
-    summary.count(ending)
-    if ending is Ending.DONE:
-        progress.ended(ending)
-        return
-    error = outcome.error
-    message = f"{type(error).__name__}: {error}"
-    summary.problems.append((job, ending.value, message))
-    progress.ended(ending, f"line {job.line} ({job.key}) {ending.value}: {message}")
+    feed = Feed(
+        jobs_file.jobs,
+        place=placer.place,
+        retry_after=lambda: ledger.retry_after,
+        key_of=ledger.submission_key,
+    )
+    placer.feed = feed
 
+    def on_event(event: midvary.JobEvent) -> None:
+        job = feed.to_run[event.index]
+        if event.kind is midvary.JobEventKind.SUBMITTING:
+            ledger.submitting(job.key)  # durable before the POST is sent
+        elif event.kind is midvary.JobEventKind.SUBMITTED and event.task_id is not None:
+            if event.reattached:  # a keyed job another run had submitted
+                summary.reattached += 1
+            ledger.submitted(job.key, event.task_id)
+        elif event.kind is midvary.JobEventKind.RATE_LIMITED and event.error is not None:
+            # Refused with 429: certainly not accepted, so not uncertain if we die now.
+            ledger.refused(job.key)
+        progress.event(event)
 
-def _task_failed(result: str | None) -> bool:
-    """Whether a journaled result line says the job's task failed at the provider."""
-    try:
-        error = json.loads(result or "{}").get("error") or {}
-    except (ValueError, AttributeError):
-        return False
-    return isinstance(error, dict) and error.get("type") == "TaskFailedError"
-
-
-def _journaled_error(result: str | None) -> str:
-    try:
-        error = json.loads(result or "{}").get("error") or {}
-        return f"{error.get('type')}: {error.get('message')} (in an earlier run)"
-    except (ValueError, AttributeError):
-        return "failed in an earlier run"
+    with progress:
+        async with session.vary_many(
+            feed.items(),
+            concurrency=args.concurrency,
+            timeout=args.timeout if args.timeout is not None else midvary.USE_DEFAULT,
+            on_event=on_event,
+            download=args.download,
+        ) as outcomes:
+            async for outcome in outcomes:
+                job = feed.to_run[outcome.index]
+                await placer.record(job, outcome)
+                feed.ended(job, outcome)
+    for child in feed.orphans():
+        summary.count(Ending.FAILED)
+        message = f"not run: its parent {child.parent} has not succeeded"
+        summary.problems.append((child, "not run", message))
+    summary.rate_limited_waits = progress.rate_limited

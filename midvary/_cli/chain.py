@@ -78,11 +78,18 @@ def parse_then(text: str) -> tuple[Step, ...]:
 
 
 def child_request(
-    parent: str, step: Step, *, water_mark: str | None = None, label: str | None = None
+    parent: str,
+    step: Step,
+    *,
+    water_mark: str | None = None,
+    label: str | None = None,
+    key: str | None = None,
 ) -> midvary.VaryRequest | midvary.UpscaleRequest:
-    """The request of ``step`` for the finished task ``parent``."""
+    """The request of ``step`` for the finished task ``parent`` (``key``: its submission key)."""
     cls = midvary.VaryRequest if step.action == "vary" else midvary.UpscaleRequest
-    return cls(task_id=parent, image_index=step.image_index, water_mark=water_mark, id=label)
+    return cls(
+        task_id=parent, image_index=step.image_index, water_mark=water_mark, id=label, key=key
+    )
 
 
 def action_of(request: object) -> str:

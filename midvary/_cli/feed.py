@@ -1,14 +1,16 @@
-"""The bulk command's input: jobs handed to the fan-out as they become ready.
+"""The bulk command's input: jobs handed to the fan-out as they are taken and become ready.
 
-Rows run at once; a generate row's children (its ``then`` column) join when it succeeds,
-with requests made from its task id.
+Each job is *placed* (see :mod:`.placing`) when the fan-out asks for its next item, so a run
+takes a job only when it has room to run it: runs sharing a store split the work. A job
+another run holds is placed again later; a generate row's children (its ``then`` column)
+join when it succeeds, with requests made from its task id.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import midvary
@@ -19,20 +21,40 @@ from .jobs import BulkJob
 class Feed:
     """The jobs of one run, handed to the fan-out as they become ready.
 
-    A child waits for its parent (a generate row run in this run) to succeed; then its
-    request is made from the parent's task id and it joins the queue. The input ends when
-    the queue is empty and no parent of a waiting child is still running.
+    Args:
+        jobs: Every job of the JOBS file, in order (a child right after its parent).
+        place: Decides what this run does with a job (queue it, wait for its parent,
+            skip it); ``False`` means another run holds it: place it again later.
+        retry_after: Seconds to wait before placing again the jobs another run held.
+        key_of: The submission key of a job's request (``None``: no key).
+
+    The input ends when every job is placed, the queue is empty and no parent of a waiting
+    child is still running.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        jobs: Iterable[BulkJob],
+        *,
+        place: Callable[[BulkJob], Awaitable[bool]],
+        retry_after: Callable[[], float],
+        key_of: Callable[[BulkJob], str | None],
+    ) -> None:
         self.queue: collections.deque[tuple[BulkJob, Any]] = collections.deque()
         #: The jobs in the order the fan-out received them (its outcome index).
         self.to_run: list[BulkJob] = []
+        #: The keys of the jobs queued or running in this run.
+        self.running: set[str] = set()
+        self._pending = collections.deque(jobs)
+        self._deferred: list[BulkJob] = []
+        self._place = place
+        self._retry_after = retry_after
+        self._key_of = key_of
         self._waiting: dict[str, list[BulkJob]] = {}
-        self._running_parents: set[str] = set()
         self._orphans: list[BulkJob] = []
         self._wake = asyncio.Event()
         self._requests: dict[str, Any] = {}
+        self._succeeded: dict[str, str] = {}
 
     def add(self, job: BulkJob, item: Any, request: Any = None) -> None:
         """Queue ``job`` with its fan-out item (a request or a re-attached handle).
@@ -40,6 +62,7 @@ class Feed:
         ``request`` is what the job submitted, for a re-attached handle (which has none).
         """
         self.queue.append((job, item))
+        self.running.add(job.key)
         if request is not None:
             self._requests[job.key] = request
 
@@ -47,29 +70,37 @@ class Feed:
         """What ``job`` submitted, when it is known (else ``None``)."""
         return self._requests.get(job.key, job.request)
 
-    def wait_for_parent(self, job: BulkJob) -> None:
-        """Hold child ``job`` until its parent's outcome."""
-        assert job.parent is not None  # noqa: S101 - only children wait
-        self._waiting.setdefault(job.parent, []).append(job)
+    def child_request(self, job: BulkJob, parent_task_id: str) -> Any:
+        """A child's request, keyed, once its parent task ``parent_task_id`` succeeded."""
+        return job.request_for(parent_task_id, key=self._key_of(job))
 
-    def start(self) -> None:
-        """Every job is placed: children whose parent does not run now are orphans."""
-        queued = {job.key for job, _item in self.queue}
-        for parent in list(self._waiting):
-            if parent in queued:
-                self._running_parents.add(parent)
-            else:
-                self._orphans.extend(self._waiting.pop(parent))
+    def add_child(self, job: BulkJob, parent_task_id: str | None = None) -> None:
+        """Queue child ``job``: now if its parent's task is known, later if it runs here.
 
-    def parent_ended(self, job: BulkJob, outcome: midvary.VaryOutcome) -> None:
+        ``parent_task_id`` is the parent's task if it succeeded in an earlier run; one that
+        succeeded in this run is known here. A child whose parent neither succeeded nor runs
+        is an orphan (see :meth:`orphans`).
+        """
+        assert job.parent is not None  # noqa: S101 - only children have a parent
+        task_id = parent_task_id or self._succeeded.get(job.parent)
+        if task_id is not None:
+            self.add(job, self.child_request(job, task_id))
+        elif job.parent in self.running:
+            self._waiting.setdefault(job.parent, []).append(job)
+        else:
+            self._orphans.append(job)
+
+    def ended(self, job: BulkJob, outcome: midvary.VaryOutcome) -> None:
         """``job`` ended: queue its waiting children if it succeeded."""
+        self.running.discard(job.key)
+        if outcome.ok and outcome.task_id is not None:
+            self._succeeded[job.key] = outcome.task_id
         children = self._waiting.pop(job.key, None)
         if children is None:
             return
-        self._running_parents.discard(job.key)
         if outcome.ok and outcome.task_id is not None:
             for child in children:
-                self.add(child, child.request_for(outcome.task_id))
+                self.add(child, self.child_request(child, outcome.task_id))
         else:
             self._orphans.extend(children)
         self._wake.set()
@@ -79,13 +110,26 @@ class Feed:
         return [*self._orphans, *(c for cs in self._waiting.values() for c in cs)]
 
     async def items(self) -> AsyncIterator[Any]:
-        """The fan-out's input: queued items, then children as their parents succeed."""
+        """The fan-out's input: jobs as they are placed, children as their parents succeed."""
         while True:
             while self.queue:
                 job, item = self.queue.popleft()
                 self.to_run.append(job)
                 yield item
-            if not self._running_parents:
+            if self._pending:
+                job = self._pending.popleft()
+                if not await self._place(job):
+                    self._deferred.append(job)
+                continue
+            if not self._waiting and not self._deferred:
                 return
             self._wake.clear()
-            await self._wake.wait()
+            if self._deferred:  # held by other runs: look again after a while
+                try:
+                    async with asyncio.timeout(self._retry_after()):
+                        await self._wake.wait()
+                except TimeoutError:
+                    self._pending.extend(self._deferred)
+                    self._deferred.clear()
+            else:
+                await self._wake.wait()

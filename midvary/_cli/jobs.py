@@ -80,10 +80,15 @@ class BulkJob:
     parent: str | None = None
     step: Step | None = None
 
-    def request_for(self, parent_task_id: str) -> midvary.VaryRequest | midvary.UpscaleRequest:
-        """A child's request, once its parent task ``parent_task_id`` succeeded."""
+    def request_for(
+        self, parent_task_id: str, *, key: str | None = None
+    ) -> midvary.VaryRequest | midvary.UpscaleRequest:
+        """A child's request, once its parent task ``parent_task_id`` succeeded.
+
+        ``key`` is its submission key (``None``: none).
+        """
         assert self.step is not None  # noqa: S101 - only children have a step
-        return child_request(parent_task_id, self.step, label=self.key)
+        return child_request(parent_task_id, self.step, label=self.key, key=key)
 
     def children(self) -> tuple[BulkJob, ...]:
         """The jobs of this row's ``then`` column (none for other rows)."""

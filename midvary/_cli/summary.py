@@ -24,6 +24,8 @@ class BulkSummary(Tally):
     """
 
     total: int = 0
+    #: Jobs that ended in this run (submitted or re-attached here).
+    ran: int = 0
     skipped: int = 0
     reattached: int = 0
     resubmitted: int = 0
@@ -53,7 +55,7 @@ def summary_table(
     return table
 
 
-def print_summary(summary: BulkSummary, out_path: Path, journal_path: Path) -> None:
+def print_summary(summary: BulkSummary, out_path: Path, journal: str) -> None:
     """Print the bulk run's tables: its counts, then the jobs that did not succeed."""
     from rich.console import Console  # noqa: PLC0415 - rich is optional
     from rich.table import Table  # noqa: PLC0415
@@ -64,6 +66,7 @@ def print_summary(summary: BulkSummary, out_path: Path, journal_path: Path) -> N
         ("done", summary.done),
         ("failed", summary.failed),
         ("uncertain", summary.uncertain),
+        ("ended in this run", summary.ran),
         ("skipped (finished earlier)", summary.skipped),
         ("re-attached by task id", summary.reattached),
         ("re-submitted (were uncertain)", summary.resubmitted),
@@ -82,4 +85,4 @@ def print_summary(summary: BulkSummary, out_path: Path, journal_path: Path) -> N
         if len(summary.problems) > 20:
             console.print(f"... and {len(summary.problems) - 20} more (see {out_path})")
     console.print(f"results: {out_path}", markup=False, highlight=False)
-    console.print(f"journal: {journal_path}", markup=False, highlight=False)
+    console.print(f"journal: {journal}", markup=False, highlight=False)

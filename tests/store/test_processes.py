@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import midvary
 from midvary.testing import FakeProvider
 
 from .redis_server import RedisServer
@@ -119,3 +120,15 @@ async def test_four_processes_submit_forty_keys_once(
             task_ids.setdefault(line["done"], set()).add(line["task_id"])
     assert all(len(ids) == 1 for ids in task_ids.values())
     assert len(task_ids) == 40
+
+
+async def test_stores_opening_a_new_sqlite_file_at_once_all_open(tmp_path: Path) -> None:
+    """Two SQLiteStores creating the same new file at once both open (WAL switch waited for)."""
+    for attempt in range(40):
+        path = tmp_path / f"new-{attempt}.sqlite"
+        stores = [midvary.SQLiteStore(path, busy_timeout=10.0) for _ in range(2)]
+        try:
+            await asyncio.gather(*(store.open() for store in stores))
+        finally:
+            for store in stores:
+                await store.close()

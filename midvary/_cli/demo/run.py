@@ -100,13 +100,15 @@ async def run_demo(plan: DemoPlan, *, out: Path, seed: int, progress: Progress) 
         progress.event(event)
 
     outcomes: list[midvary.VaryOutcome] = []
-    feed = Feed()
-    for job in plan.jobs_to_run():
+
+    async def place(job: BulkJob) -> bool:
         if job.request is not None:
             feed.add(job, job.request)
         else:
-            feed.wait_for_parent(job)
-    feed.start()
+            feed.add_child(job)
+        return True
+
+    feed = Feed(plan.jobs_to_run(), place=place, retry_after=lambda: 1.0, key_of=lambda _: None)
     timed_out = False
     deadline = DEADLINE
     settings = plan.fake_settings()
@@ -133,7 +135,7 @@ async def run_demo(plan: DemoPlan, *, out: Path, seed: int, progress: Progress) 
                             outcomes.append(outcome)
                             job = feed.to_run[outcome.index]
                             _show(progress, job, outcome)
-                            feed.parent_ended(job, outcome)
+                            feed.ended(job, outcome)
                             if job.then and not outcome.ok:
                                 for child in job.children():
                                     progress.ended(

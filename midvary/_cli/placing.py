@@ -1,0 +1,197 @@
+"""What a bulk run does with each job, from what its :class:`~.ledger.Ledger` knows of it.
+
+A job is placed when the fan-out has room for it (:class:`~.feed.Feed`): skipped (finished
+earlier, here or by another run: its result line is written to this run's results file),
+re-attached (submitted earlier, by task id), reported uncertain (its POST was in flight when
+an earlier run stopped), or run; a child waits for its parent. A finished job is recorded in
+the ledger first, then in the results file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+import attrs
+
+import midvary
+
+from .feed import Feed
+from .jobs import BulkJob
+from .journal import JobState, JournaledJob
+from .ledger import Ledger
+from .progress import Progress
+from .results import ResultsFile, UncertainAtResumeError, result_line
+from .summary import BulkSummary
+from .tally import Ending
+
+
+@attrs.define(kw_only=True)
+class Placer:
+    """Places the jobs of one run and records them when they end."""
+
+    session: midvary.Session
+    args: argparse.Namespace
+    ledger: Ledger
+    results: ResultsFile
+    summary: BulkSummary
+    progress: Progress
+    feed: Feed | None = None
+    #: What this run knows of each job it placed (updated when one ends here).
+    known: dict[str, JournaledJob] = attrs.field(factory=dict)
+    _reopened: set[str] = attrs.field(factory=set)
+
+    async def place(self, job: BulkJob) -> bool:
+        """Decide what this run does with ``job``; ``False``: another run holds it for now."""
+        if job.parent is not None and job.parent not in self.known:
+            return False  # its parent is another run's: so are its children, for now
+        known = await self.ledger.take(job)
+        if known is None:
+            return False
+        self.known[job.key] = known
+        state = known.state
+        if (
+            self.args.retry_failed
+            and state is JobState.FAILED
+            and _task_failed(known.result)
+            and job.key not in self._reopened
+        ):
+            self._reopened.add(job.key)
+            if not await self.ledger.reopen(job):
+                del self.known[job.key]  # another run runs it again: look later
+                return False
+            self.summary.retried += 1
+            self._submit(job)
+        elif state.finished:
+            self._skip(job, known)
+        elif state is JobState.SUBMITTED and known.task_id:
+            self.summary.reattached += 1
+            self._feed.add(job, self.session.task(known.task_id), self._request_of(job))
+        elif state in (JobState.SUBMITTING, JobState.UNCERTAIN) and (
+            not self.args.resubmit_uncertain or job.key in self._reopened
+        ):
+            await self._uncertain(job, known)
+        else:
+            if state in (JobState.SUBMITTING, JobState.UNCERTAIN):
+                self._reopened.add(job.key)
+                if not await self.ledger.reopen(job):
+                    del self.known[job.key]
+                    return False
+                self.summary.resubmitted += 1
+            self._submit(job)
+        return True
+
+    @property
+    def _feed(self) -> Feed:
+        assert self.feed is not None  # noqa: S101 - set before the first job is placed
+        return self.feed
+
+    def _skip(self, job: BulkJob, known: JournaledJob) -> None:
+        """A job finished earlier (by this run's predecessors or by another run)."""
+        summary = self.summary
+        summary.skipped += 1
+        if known.result is not None:
+            self.results.ensure({job.key: known.result})
+        if known.state is JobState.DONE:
+            summary.count(Ending.DONE)
+            self.progress.ended(Ending.DONE)
+        else:
+            summary.count(Ending.FAILED)
+            summary.problems.append((job, "failed", _journaled_error(known.result)))
+            self.progress.ended(Ending.FAILED)
+
+    async def _uncertain(self, job: BulkJob, known: JournaledJob) -> None:
+        """A job whose submission may or may not have been accepted: reported, not sent."""
+        summary = self.summary
+        summary.count(Ending.UNCERTAIN)
+        self.progress.ended(Ending.UNCERTAIN)
+        if known.state is JobState.SUBMITTING:
+            why = "its submission was in flight when an earlier run stopped"
+        else:  # the earlier run ended it uncertain and kept why in its result line
+            why = _journaled_error(known.result)
+            if known.result is not None:
+                self.results.ensure({job.key: known.result})
+        message = (
+            f"{why}: the task may exist and be billed; check the provider's "
+            "dashboard, or run again with --resubmit-uncertain"
+        )
+        summary.problems.append((job, "uncertain", message))
+        if known.state is JobState.SUBMITTING:
+            line = result_line(
+                job,
+                Ending.UNCERTAIN,
+                error=UncertainAtResumeError(message),
+                request=self._request_of(job),
+            )
+            await self.ledger.finished(job.key, JobState.UNCERTAIN, None, line)
+            self.results.write(job.key, line)
+
+    def _submit(self, job: BulkJob) -> None:
+        """Submit ``job`` in this run: now, once its parent succeeds, or never (orphan)."""
+        if job.parent is None:
+            self._feed.add(job, self._request_of(job))
+        else:
+            self._feed.add_child(job, self._parent_task(job))
+
+    def _parent_task(self, job: BulkJob) -> str | None:
+        """A child's parent task, if the parent succeeded and does not run again here."""
+        parent = self.known.get(job.parent or "")
+        if parent is None or parent.state is not JobState.DONE or job.parent in self._feed.running:
+            return None
+        return parent.task_id
+
+    def _request_of(self, job: BulkJob) -> Any:
+        """A job's keyed request; a child's once its parent succeeded (else ``None``)."""
+        if job.parent is None:
+            assert job.request is not None  # noqa: S101 - a row has its request
+            key = self.ledger.submission_key(job)
+            return job.request if key is None else attrs.evolve(job.request, key=key)
+        task_id = self._parent_task(job)
+        return None if task_id is None else self._feed.child_request(job, task_id)
+
+    async def record(self, job: BulkJob, outcome: midvary.VaryOutcome) -> None:
+        """Record a job that ended in this run: the ledger, then its results line."""
+        summary = self.summary
+        ending = Ending.of(outcome)
+        state = JobState(ending.value)  # done, failed, uncertain: the same words
+        line = result_line(
+            job,
+            ending,
+            task_id=outcome.task_id,
+            record=outcome.record,
+            error=outcome.error,
+            paths=outcome.paths,
+            request=outcome.request or self._feed.request_of(job),
+        )
+        await self.ledger.finished(job.key, state, outcome.task_id, line)
+        self.known[job.key] = JournaledJob(
+            key=job.key, content=job.content, state=state, task_id=outcome.task_id, result=line
+        )
+        self.results.write(job.key, line)
+        summary.count(ending)
+        summary.ran += 1
+        if ending is Ending.DONE:
+            self.progress.ended(ending)
+            return
+        error = outcome.error
+        message = f"{type(error).__name__}: {error}"
+        summary.problems.append((job, ending.value, message))
+        self.progress.ended(ending, f"line {job.line} ({job.key}) {ending.value}: {message}")
+
+
+def _task_failed(result: str | None) -> bool:
+    """Whether a journaled result line says the job's task failed at the provider."""
+    try:
+        error = json.loads(result or "{}").get("error") or {}
+    except (ValueError, AttributeError):
+        return False
+    return isinstance(error, dict) and error.get("type") == "TaskFailedError"
+
+
+def _journaled_error(result: str | None) -> str:
+    try:
+        error = json.loads(result or "{}").get("error") or {}
+        return f"{error.get('type')}: {error.get('message')} (in an earlier run)"
+    except (ValueError, AttributeError):
+        return "failed in an earlier run"
