@@ -132,25 +132,6 @@ class _SQLiteTx:
         )
 
 
-def _wal(conn: sqlite3.Connection, busy_timeout: float) -> None:
-    """Switch the file to WAL, waiting (up to ``busy_timeout`` s) for another process's open.
-
-    Two processes opening a new file at once: the switch needs an exclusive lock, and
-    SQLite answers "database is locked" at once instead of waiting (its deadlock rule for a
-    connection that holds a shared lock), so the wait busy_timeout gives is done here.
-    """
-    deadline = time.monotonic() + busy_timeout
-    while True:
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() >= deadline:
-                raise
-            time.sleep(0.02)
-        else:
-            return
-
-
 def _record(row: tuple[object, ...] | sqlite3.Row) -> KeyRecord:
     fingerprint, request, state, holder, lease_until, task_id, expires_at = tuple(row)
     if state not in ("claimed", "sending", "submitted", "uncertain", "done"):
@@ -226,9 +207,10 @@ class SQLiteStore(LocalStore):
             self._executor = executor
 
     def _connect(self) -> sqlite3.Connection:
-        # SQLite answers "database is locked" without waiting in a few cases the busy timeout
-        # does not cover (a WAL file being recovered after a process was killed, the switch
-        # to WAL mode): opening tries again until busy_timeout has passed.
+        # SQLite answers "database is locked" at once, without the busy timeout's wait, in a
+        # few cases: two processes switching a new file to WAL together (its deadlock rule
+        # for a connection that holds a shared lock), a WAL file recovered after a kill.
+        # Opening (every step of which is idempotent) tries again until busy_timeout passed.
         deadline = time.monotonic() + self._busy_timeout
         while True:
             try:
@@ -245,7 +227,7 @@ class SQLiteStore(LocalStore):
     def _connect_once(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None)
         try:
-            _wal(conn, self._busy_timeout)
+            conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
             conn.execute("DELETE FROM midvary_keys WHERE expires_at <= ?", (time.time(),))
