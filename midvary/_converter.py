@@ -234,8 +234,8 @@ def structure_record(data: object) -> TaskRecord:
     """
     if not isinstance(data, dict):
         raise ProtocolError(f"record-info data is not an object: {data!r:.80}")
-    missing = [key for key in ("taskId", "successFlag") if data.get(key) is None]
-    if missing:
+    if data.get("taskId") is None or data.get("successFlag") is None:  # no list comp call
+        missing = [key for key in ("taskId", "successFlag") if data.get(key) is None]
         raise ProtocolError(f"record-info data lacks {', '.join(missing)}")
     if not isinstance(data["taskId"], str) or not data["taskId"]:
         raise ProtocolError(f"record-info taskId is not a string: {data['taskId']!r:.80}")

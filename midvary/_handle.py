@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._config import USE_DEFAULT, PollPolicy, UseDefault
 from ._errors import NotFoundError, SessionClosedError, TaskFailedError, TaskTimeoutError
-from ._models import TaskRecord, TaskStatus
+from ._models import FAILED_STATUSES, FINAL_STATUSES, TaskRecord, TaskStatus
 from ._polling import CLOSED, DEADLINE, Alarm, poll_delay, retry_poll
 from ._retry import is_transient
 from ._validate import optional_seconds
@@ -176,7 +176,9 @@ class TaskHandle:
             alarm.discard_wait(task)
             if timer is not None:
                 timer.cancel()
-        return _outcome(record)
+        if record.status in FAILED_STATUSES:  # _outcome(record), inline
+            raise TaskFailedError(record)
+        return record
 
     async def _poll(
         self, policy: PollPolicy, on_retry: Callable[[BaseException, float], None] | None
@@ -198,7 +200,7 @@ class TaskHandle:
                     if not is_transient(exc):
                         raise
                     record, attempts = await self._poll_retrying(policy, attempt, exc, on_retry)
-                if record is not None and record.is_final:
+                if record is not None and record.status in FINAL_STATUSES:
                     return record
                 attempt += attempts
                 await alarm.sleep(self._delay(policy, attempt))
@@ -228,12 +230,10 @@ class TaskHandle:
         if self._reattached:
             # Submitted elsewhere, at a time we do not know: nothing to learn the schedule from.
             return poll_delay(policy, attempt, rng=core.rng)
+        # The learned durations matter only to a policy with a target delay.
+        known = core.durations.bounds() if policy.target_delay is not None else None
         return poll_delay(
-            policy,
-            attempt,
-            elapsed=time.monotonic() - self._created,
-            known=core.durations.bounds(),
-            rng=core.rng,
+            policy, attempt, elapsed=time.monotonic() - self._created, known=known, rng=core.rng
         )
 
     async def _poll_once(self, policy: PollPolicy) -> TaskRecord | None:
@@ -253,7 +253,10 @@ class TaskHandle:
                 self._last_error = exc
                 self._core.health.failed(exc, now, policy.warn_failing_after)
             raise
-        self._answered()
+        # self._answered(), inline (one call per poll fewer).
+        self._failing_since = None
+        self._last_error = None
+        self._core.health.succeeded(time.monotonic())
         if record.status is TaskStatus.UNKNOWN:
             logger.warning("task %s reports an undocumented state; polling on", self.task_id)
         return self._seen(record)
@@ -266,7 +269,7 @@ class TaskHandle:
 
     def _seen(self, record: TaskRecord) -> TaskRecord:
         self._last = record
-        if record.is_final and self._final is None:
+        if record.status in FINAL_STATUSES and self._final is None:
             self._final = record
             if record.status is TaskStatus.SUCCESS:
                 submitted = None if self._reattached else self._created
@@ -276,6 +279,6 @@ class TaskHandle:
 
 
 def _outcome(record: TaskRecord) -> TaskRecord:
-    if record.status.is_failure:
+    if record.status in FAILED_STATUSES:
         raise TaskFailedError(record)
     return record

@@ -44,6 +44,10 @@ class TaskStatus(enum.Enum):
 # Tuples, not sets: membership tests identity first, where a set would call Enum.__hash__.
 _FAILURES = (TaskStatus.CREATE_FAILED, TaskStatus.GENERATE_FAILED)
 _FINAL = (TaskStatus.SUCCESS, *_FAILURES)
+#: The final states (``status in FINAL_STATUSES`` is ``record.is_final`` without two calls).
+FINAL_STATUSES: Final = _FINAL
+#: The failed final states (``status in FAILED_STATUSES`` is ``status.is_failure``).
+FAILED_STATUSES: Final = _FAILURES
 
 
 @attrs.frozen(kw_only=True)
@@ -108,7 +112,9 @@ def _check_task_id(_inst: object, attribute: attrs.Attribute[str], value: object
     check_task_id(value, name=attribute.name)
 
 
-def _check_image_index(_inst: object, _attribute: attrs.Attribute[int], value: object) -> None:
+def _check_image_index(
+    _inst: object, _attribute: attrs.Attribute[Any] | None, value: object
+) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(
             f"image_index must be an int from 0 to 3, not {type(value).__name__} {value!r}",
@@ -121,7 +127,7 @@ def _check_image_index(_inst: object, _attribute: attrs.Attribute[int], value: o
 
 
 def _check_water_mark(
-    _inst: object, _attribute: attrs.Attribute[str | None], value: object
+    _inst: object, _attribute: attrs.Attribute[Any] | None, value: object
 ) -> None:
     if value is not None and not isinstance(value, str):
         raise TypeError(f"water_mark must be a str or None, not {type(value).__name__}")
@@ -154,14 +160,29 @@ class VaryRequest:
 
     """
 
-    task_id: str = attrs.field(validator=_check_task_id)
-    image_index: int = attrs.field(validator=_check_image_index)
-    water_mark: str | None = attrs.field(default=None, validator=_check_water_mark)
-    callback_url: str | None = attrs.field(default=None, validator=_check_callback_url)
+    task_id: str
+    image_index: int
+    water_mark: str | None = None
+    callback_url: str | None = None
     id: str | None = None
-    key: str | None = attrs.field(
-        default=None, validator=check.attrs_validator(check.submission_key)
-    )
+    key: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        # One call checks every field (a request is built per job, on the hot path): the
+        # common valid values pass inline; anything else goes to the field's checker, which
+        # raises the detailed error (fields in declaration order, as attrs validators did).
+        task_id = self.task_id
+        if type(task_id) is not str or not task_id or check.WHITESPACE.search(task_id):
+            check_task_id(task_id, name="task_id")
+        index = self.image_index
+        if type(index) is not int or index not in IMAGE_INDEXES:
+            _check_image_index(self, None, index)
+        if self.water_mark is not None and type(self.water_mark) is not str:
+            _check_water_mark(self, None, self.water_mark)
+        if self.callback_url is not None:
+            check_http_url(self.callback_url, name="callback_url")
+        if self.key is not None:
+            check.submission_key(self.key)
 
     def describe(self) -> str:
         """A short human description, e.g. ``vary(abc123, image 2)``."""

@@ -316,6 +316,8 @@ class Submitter:
             await _record(claim, request, task_id)
         if logger.isEnabledFor(logging.INFO):  # describe() formats a string: only if it is kept
             logger.info("submitted %s as task %s", request.describe(), task_id)
+        if ticket is None:  # the common case, without the call
+            return TaskHandle(self._core, task_id, request=request, submitted=True)
         return self._handle(task_id, request, ticket)
 
     def _handle(self, task_id: str, request: SubmitRequest, ticket: Ticket | None) -> TaskHandle:
@@ -455,8 +457,9 @@ class _Attempt:
             return task_id
 
     async def _post(self) -> str:
-        self._core.check_open()  # the limiter may have kept it waiting while the session closed
         request = self._request
+        # open() raises SessionClosedError if the session closed (the limiter may have kept
+        # this waiting while it did).
         transport = self._core.open()
         self.in_flight = True
         try:

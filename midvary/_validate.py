@@ -19,7 +19,8 @@ import yarl
 T = TypeVar("T")
 
 # The characters str.isspace() calls whitespace: re's \s matches exactly those, in one C call.
-_WHITESPACE = re.compile(r"\s")
+#: Any whitespace character (a task id has none).
+WHITESPACE = re.compile(r"\s")
 
 
 def _is_number(value: object) -> bool:
@@ -95,7 +96,7 @@ def task_id(value: object, *, name: str = "task_id") -> str:
     """``value`` if it is a usable task id: a non-empty str without whitespace."""
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a str (a Midjourney task id), not {type(value).__name__}")
-    if not value or _WHITESPACE.search(value):
+    if not value or WHITESPACE.search(value):
         raise ValueError(
             f"{name} must be a non-empty task id without whitespace, got {value!r}",
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+import attrs
 import pytest
 
 import midvary
@@ -40,6 +41,26 @@ async def test_invalid_vary_arguments_send_nothing(
     with pytest.raises(error, match=words):
         await session.vary(*args, **kwargs)  # type: ignore[arg-type]
     assert api.count() == 0
+
+
+class _Index(int):
+    """An int subclass: not the fast path's exact int, still a valid image index."""
+
+
+class _Text(str):
+    """A str subclass: not the fast path's exact str, still valid text."""
+
+
+def test_vary_request_subclassed_values_go_through_the_full_checks() -> None:
+    """int/str subclasses are judged by the field checkers: valid ones kept, bad ones refused."""
+    request = midvary.VaryRequest(task_id=_Text("p1"), image_index=_Index(3), water_mark=_Text("w"))
+    assert (request.task_id, request.image_index, request.water_mark) == ("p1", 3, "w")
+    with pytest.raises(ValueError, match="0, 1, 2 or 3"):
+        midvary.VaryRequest(task_id="p1", image_index=_Index(4))
+    with pytest.raises(ValueError, match="without whitespace"):
+        midvary.VaryRequest(task_id=_Text("p 1"), image_index=0)
+    with pytest.raises(ValueError, match="http:// or https://"):
+        attrs.evolve(request, callback_url="ftp://x.test/cb")
 
 
 @pytest.mark.parametrize("bad", ["", " ", "a b", 5])
