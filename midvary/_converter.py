@@ -11,7 +11,7 @@ import json
 import logging
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any, Final, TypeVar
+from typing import Any, TypeVar
 
 import cattrs
 from cattrs.gen import make_dict_structure_fn, override
@@ -378,83 +378,6 @@ def structure_task_id(data: object) -> str:
     if not isinstance(task_id, str) or not task_id.strip():
         raise ProtocolError(f"the submission answer holds no taskId: {data!r:.80}")
     return task_id
-
-
-def vary_body(
-    request: VaryRequest, *, callback_url: str | None, index_base: int = 0
-) -> dict[str, Any]:
-    """The JSON body of ``POST generateVary`` for ``request``.
-
-    ``callback_url`` is the URL to send as ``callBackUrl`` (the request's own, or a callback
-    receiver's ticket; ``None`` for none). ``index_base`` is added to the 0-based
-    ``image_index`` (1 for accounts whose provider proves to be 1-based). Optional fields
-    that are ``None`` are left out.
-    """
-    body: dict[str, Any] = {
-        "taskId": request.task_id,
-        "imageIndex": request.image_index + index_base,
-    }
-    if request.water_mark is not None:
-        body["waterMark"] = request.water_mark
-    if callback_url is not None:
-        body["callBackUrl"] = callback_url
-    return body
-
-
-# GenerateRequest field -> its camelCase wire name, in the provider's documented order.
-_GENERATE_NAMES: Final = (
-    ("task_type", "taskType"),
-    ("prompt", "prompt"),
-    ("speed", "speed"),
-    ("file_urls", "fileUrls"),
-    ("aspect_ratio", "aspectRatio"),
-    ("version", "version"),
-    ("variety", "variety"),
-    ("stylization", "stylization"),
-    ("weirdness", "weirdness"),
-    ("ow", "ow"),
-    ("water_mark", "waterMark"),
-    ("enable_translation", "enableTranslation"),
-    ("video_batch_size", "videoBatchSize"),
-    ("motion", "motion"),
-)
-
-
-def generate_body(
-    request: GenerateRequest, *, callback_url: str | None, index_base: int = 0
-) -> dict[str, Any]:
-    """The JSON body of ``POST generate`` for ``request``.
-
-    Only the fields that are set go on the wire (``None`` and an empty ``file_urls`` are
-    left out, so the provider's defaults apply); ``callback_url`` is sent as ``callBackUrl``
-    as in :func:`vary_body`. ``index_base`` is ignored (a generate has no image index).
-    """
-    del index_base
-    body: dict[str, Any] = {}
-    for field, name in _GENERATE_NAMES:
-        value = getattr(request, field)
-        if value is not None and value != ():
-            body[name] = list(value) if isinstance(value, tuple) else value
-    if callback_url is not None:
-        body["callBackUrl"] = callback_url
-    return body
-
-
-def upscale_body(
-    request: UpscaleRequest, *, callback_url: str | None, index_base: int = 0
-) -> dict[str, Any]:
-    """The JSON body of ``POST generateUpscale`` for ``request``.
-
-    ``imageIndex`` is the 0-based ``image_index`` as is: the upscale endpoint is 0..3 by its
-    schema and its prose, so ``index_base`` (a vary-only setting) is ignored.
-    """
-    del index_base
-    body: dict[str, Any] = {"taskId": request.task_id, "imageIndex": request.image_index}
-    if request.water_mark is not None:
-        body["waterMark"] = request.water_mark
-    if callback_url is not None:
-        body["callBackUrl"] = callback_url
-    return body
 
 
 # -- to JSON ---------------------------------------------------------------------------------

@@ -36,7 +36,8 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, TypeGuard
 
 import attrs
 
-from ._converter import generate_body, structure_task_id, upscale_body, vary_body
+from ._bodies import generate_body, upscale_body, vary_body
+from ._converter import structure_task_id
 from ._errors import (
     ProtocolError,
     RateLimitError,
