@@ -71,7 +71,7 @@ def assert_key_absent(key: str, capsys: pytest.CaptureFixture[str], *files: Path
 async def test_bulk_runs_every_job_downloads_and_writes_results(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """bulk: every job done, one result line each, images downloaded, exit 0, key hidden."""
+    """bulk: every job done, one result line each with its times, images downloaded, exit 0."""
     jobs = write_csv(tmp_path / "jobs.csv", [f"parent-{n},{n % 4},wm{n}," for n in range(6)])
     async with provider(monkeypatch) as fake:
         code = await cli("bulk", str(jobs), "--download", str(tmp_path / "img"), "-v")
@@ -82,6 +82,8 @@ async def test_bulk_runs_every_job_downloads_and_writes_results(
     assert all(len(r["files"]) == 4 and len(r["image_urls"]) == 4 for r in results)
     assert all(is_png(Path(f)) for r in results for f in r["files"])
     assert {r["vary_task_id"] for r in results} == set(fake.tasks)
+    # When each task was created and finished, as the record said (the gallery's timing).
+    assert all(r["created_at"] and r["completed_at"] >= r["created_at"] for r in results)
     assert set(journal_states(tmp_path / "jobs.csv.journal.sqlite").values()) == {"done"}
     out = capsys.readouterr().out
     assert "midvary bulk" in out

@@ -106,7 +106,12 @@ def result_line(
     if job.parent is not None:
         data["parent"] = job.parent
     if isinstance(error, midvary.TaskFailedError):
-        data["record"] = midvary.to_json_dict(error.record)
+        record = error.record
+        data["record"] = midvary.to_json_dict(record)
+    if record is not None:
+        # When the task was created and finished (ISO-8601, or null): the gallery's timing.
+        times = midvary.to_json_dict(record)
+        data["created_at"], data["completed_at"] = times["created_at"], times["completed_at"]
     return json.dumps(data, ensure_ascii=False)
 
 
