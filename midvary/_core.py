@@ -22,7 +22,7 @@ from ._config import PollPolicy, RetryPolicy
 from ._converter import structure_record
 from ._download import download_record
 from ._errors import EventLoopError, NotFoundError, ProtocolError, SessionClosedError
-from ._polling import DurationStats, PollHealth
+from ._polling import Deadlines, DurationStats, PollHealth
 from ._transport import Transport
 
 if TYPE_CHECKING:
@@ -58,6 +58,7 @@ class SessionCore:
         durations: What the session learned about task durations.
         health: Whether the session's polls keep failing (warned about once).
         waiting: The alarms of the waits in progress (closing wakes them with an error).
+        deadlines: The deadlines of the waits in progress, on one loop timer.
         fanouts: The fan-outs running (closing ends them first).
 
     """
@@ -70,6 +71,7 @@ class SessionCore:
         "_owns_http",
         "_state",
         "_transport",
+        "deadlines",
         "durations",
         "fanouts",
         "health",
@@ -109,6 +111,7 @@ class SessionCore:
         self.durations = DurationStats()
         self.health = PollHealth()
         self.waiting: set[Alarm] = set()
+        self.deadlines = Deadlines()
         self.fanouts: set[Closable] = set()
 
     def __repr__(self) -> str:
@@ -234,6 +237,7 @@ class SessionCore:
         closed = SessionClosedError("the Session was closed while waiting for this task")
         for alarm in tuple(self.waiting):
             alarm.wake(closed)
+        self.deadlines.close()
         if self._owns_http and self._http is not None:
             await self._http.close()
 

@@ -147,10 +147,11 @@ class TaskHandle:
         task = asyncio.current_task(loop)
         if task is None:
             raise RuntimeError("TaskHandle.wait() must run inside an asyncio task")
-        # The deadline: one timer that cancels this task (DEADLINE); a close cancels it too
-        # (CLOSED, through the alarm), which cuts a request in flight.
+        # The deadline cancels this task (DEADLINE, from the session's one deadline timer); a
+        # close cancels it too (CLOSED, through the alarm), which cuts a request in flight.
         cancelling = task.cancelling()
-        timer = None if limit is None else loop.call_at(loop.time() + limit, task.cancel, DEADLINE)
+        deadlines = core.deadlines
+        deadline = None if limit is None else deadlines.add(loop, loop.time() + limit, task)
         alarm = self._alarm
         alarm.add_wait(task)
         try:
@@ -174,8 +175,8 @@ class TaskHandle:
             raise
         finally:
             alarm.discard_wait(task)
-            if timer is not None:
-                timer.cancel()
+            if deadline is not None:
+                deadlines.discard(deadline)
         if record.status in FAILED_STATUSES:  # _outcome(record), inline
             raise TaskFailedError(record)
         return record

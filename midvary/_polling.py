@@ -10,6 +10,7 @@ This module owns every decision about *when* a handle asks ``record-info`` again
   close ends it early);
 - :func:`retry_poll`, a failed poll carried through transient failures at the schedule's
   pace;
+- :class:`Deadlines`, the deadlines of a session's waits on one loop timer;
 - :class:`PollHealth`, whether a session's polls keep failing: one warning when they have
   failed for ``PollPolicy.warn_failing_after`` seconds, one when they succeed again.
 
@@ -20,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import heapq
+import itertools
 import logging
 import random
 import time
@@ -230,6 +233,83 @@ class Alarm:
             # Nobody sleeps: a poll is in flight or nobody awaits yet. Remember the news, so
             # the next sleep (or the first wait's initial delay) is skipped.
             self._woken = True
+
+
+class Deadlines:
+    """The deadlines of one session's waits, all on one event-loop timer.
+
+    A wait's deadline cancels the task running it (:data:`DEADLINE`). One ``loop.call_at``
+    timer per wait cost about a dozen Python calls per task (the handle, its cancel, and the
+    loop's timer heap compares handles in Python); here each wait costs one heap entry,
+    compared in C, and the loop holds one timer, armed for the earliest deadline. Times are
+    the loop's clock (``loop.time()``), in seconds.
+    """
+
+    __slots__ = ("_dead", "_entries", "_seq", "_timer", "_timer_at")
+
+    def __init__(self) -> None:
+        # [when, sequence, task or None once ended]; the sequence keeps tasks uncompared.
+        self._entries: list[list[Any]] = []
+        self._seq = itertools.count()
+        self._dead = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = float("inf")
+
+    def __len__(self) -> int:
+        return len(self._entries) - self._dead
+
+    def add(self, loop: asyncio.AbstractEventLoop, when: float, task: asyncio.Task[Any]) -> object:
+        """Cancel ``task`` with :data:`DEADLINE` at ``when``; the token is for :meth:`discard`."""
+        entry = [when, next(self._seq), task]
+        heapq.heappush(self._entries, entry)
+        if when < self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = when
+            self._timer = loop.call_at(when, self._expire, loop)
+        return entry
+
+    def discard(self, token: object) -> None:
+        """The wait of ``token`` (from :meth:`add`) ended: its deadline no longer applies."""
+        entry: list[Any] = token  # type: ignore[assignment]
+        if entry[2] is None:
+            return
+        entry[2] = None
+        self._dead += 1
+        entries = self._entries
+        while entries and entries[0][2] is None:  # ended waits at the head go at once
+            heapq.heappop(entries)
+            self._dead -= 1
+        if self._dead > 64 and 2 * self._dead > len(entries):  # and the rest now and then
+            self._entries = [item for item in entries if item[2] is not None]
+            heapq.heapify(self._entries)
+            self._dead = 0
+
+    def close(self) -> None:
+        """Forget every deadline and cancel the timer (the session closed)."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = None
+        self._timer_at = float("inf")
+        self._entries = []
+        self._dead = 0
+
+    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        self._timer_at = float("inf")
+        entries = self._entries
+        now = loop.time()
+        while entries and (entries[0][0] <= now or entries[0][2] is None):
+            entry = heapq.heappop(entries)
+            task = entry[2]
+            if task is None:
+                self._dead -= 1
+            else:
+                entry[2] = None
+                task.cancel(DEADLINE)
+        if entries:
+            self._timer_at = entries[0][0]
+            self._timer = loop.call_at(self._timer_at, self._expire, loop)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

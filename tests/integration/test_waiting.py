@@ -78,6 +78,29 @@ async def test_a_wait_deadline_cuts_a_poll_on_the_wire(
     assert task.cancelling() == 0  # the deadline's own cancellation was taken back
 
 
+
+async def test_a_shorter_deadline_after_a_longer_one_fires_at_its_own_time(
+    start_fake: StartFake, open_session: OpenSession, clock: ManualClock
+) -> None:
+    """The session's deadlines fire each at its time, in any order of arrival."""
+    fake = await start_fake(clock=clock, invisible_for=0.0)
+    session = await open_session(fake, target_delay=None)
+    slow = await session.vary("parent-long-deadline", 0)
+    fast = await session.vary("parent-short-deadline", 1)
+    long_wait = asyncio.create_task(slow.wait(timeout=60.0))
+    await until(lambda: polls(fake, slow.task_id) >= 1)
+
+    with pytest.raises(midvary.TaskTimeoutError) as info:
+        await fast.wait(timeout=0.15)
+
+    assert info.value.task_id == fast.task_id
+    assert not long_wait.done()  # its own deadline is far away
+    finish(clock, fake, slow.task_id)
+    assert (await long_wait).status is midvary.TaskStatus.SUCCESS
+    with pytest.raises(midvary.TaskTimeoutError):  # the timer re-armed after the first ended
+        await fast.wait(timeout=0.1)
+
+
 async def test_a_foreign_cancellation_is_not_taken_for_the_deadline(
     start_fake: StartFake, open_session: OpenSession, clock: ManualClock
 ) -> None:
