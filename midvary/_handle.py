@@ -153,7 +153,7 @@ class TaskHandle:
         deadlines = core.deadlines
         deadline = None if limit is None else deadlines.add(loop, loop.time() + limit, task)
         alarm = self._alarm
-        alarm.add_wait(task)
+        alarm.waits.add(task)
         try:
             record = await self._poll(policy, on_retry)
         except asyncio.CancelledError as exc:
@@ -174,7 +174,7 @@ class TaskHandle:
                 ) from error
             raise
         finally:
-            alarm.discard_wait(task)
+            alarm.waits.discard(task)
             if deadline is not None:
                 deadlines.discard(deadline)
         if record.status in FAILED_STATUSES:  # _outcome(record), inline
@@ -254,10 +254,13 @@ class TaskHandle:
                 self._last_error = exc
                 self._core.health.failed(exc, now, policy.warn_failing_after)
             raise
-        # self._answered(), inline (one call per poll fewer).
+        # self._answered(), inline (one call per poll fewer); the session's health needs
+        # news of a success only during a spell of failures.
         self._failing_since = None
         self._last_error = None
-        self._core.health.succeeded(time.monotonic())
+        health = self._core.health
+        if health.since is not None:
+            health.succeeded(time.monotonic())
         if record.status is TaskStatus.UNKNOWN:
             logger.warning("task %s reports an undocumented state; polling on", self.task_id)
         return self._seen(record)

@@ -79,9 +79,13 @@ class DurationStats:
         unknown) is used, which overstates the duration by the detection delay.
         """
         if record.created_at is not None and record.completed_at is not None:
-            self.add((record.completed_at - record.created_at).total_seconds())
+            seconds = (record.completed_at - record.created_at).total_seconds()
         elif submitted_at is not None:
-            self.add(time.monotonic() - submitted_at)
+            seconds = time.monotonic() - submitted_at
+        else:
+            return
+        if 0 < seconds <= _LONGEST_PLAUSIBLE:  # self.add(seconds), inline: once per task
+            self._samples.append(seconds)
 
     def bounds(self) -> tuple[float, float] | None:
         """``(shortest, longest)`` duration in seconds, or ``None`` if too few were seen."""
@@ -157,12 +161,13 @@ class Alarm:
     was seen final and runs ``on_final`` once (a callback ticket shortens its expiry).
     """
 
-    __slots__ = ("_sleepers", "_waits", "_woken", "final", "on_final")
+    __slots__ = ("_sleepers", "_woken", "final", "on_final", "waits")
 
     def __init__(self) -> None:
         self._sleepers: set[asyncio.Future[None]] = set()
-        # The tasks running a wait of this alarm's handle: closing cancels them (CLOSED).
-        self._waits: set[asyncio.Task[Any]] = set()
+        #: The tasks running a wait of this alarm's handle (each wait adds its task and
+        #: discards it when it ends): closing cancels them (:data:`CLOSED`).
+        self.waits: set[asyncio.Task[Any]] = set()
         # News came while nobody slept: the next sleep ends at once.
         self._woken = False
         #: Whether the task was seen final.
@@ -181,14 +186,6 @@ class Alarm:
             self.final = True
             if self.on_final is not None:
                 self.on_final()
-
-    def add_wait(self, task: asyncio.Task[Any]) -> None:
-        """``task`` runs a wait, to cancel (:data:`CLOSED`) if the session closes."""
-        self._waits.add(task)
-
-    def discard_wait(self, task: asyncio.Task[Any]) -> None:
-        """The wait that ``task`` ran ended; see :meth:`add_wait`."""
-        self._waits.discard(task)
 
     async def sleep(self, seconds: float) -> None:
         """Sleep ``seconds``, or less if :meth:`notify` or :meth:`wake` interrupts."""
@@ -220,7 +217,7 @@ class Alarm:
                 else:
                     sleeper.set_exception(error)
         if error is not None:
-            for task in tuple(self._waits):
+            for task in tuple(self.waits):
                 task.cancel(CLOSED)
 
     def notify(self) -> None:
@@ -349,29 +346,31 @@ class PollHealth:
     ``time.monotonic()`` readings, in seconds.
     """
 
-    __slots__ = ("_since", "_warned")
+    __slots__ = ("_warned", "since")
 
     def __init__(self) -> None:
-        self._since: float | None = None
+        #: When the current spell of failing polls began (a ``time.monotonic()`` reading);
+        #: ``None`` while polls succeed.
+        self.since: float | None = None
         self._warned = False
 
     def failed(self, error: BaseException, now: float, warn_after: float | None) -> None:
         """A poll failed with a transient ``error``; warn once the spell is long enough."""
-        if self._since is None:
-            self._since = now
-        if not self._warned and warn_after is not None and now - self._since >= warn_after:
+        if self.since is None:
+            self.since = now
+        if not self._warned and warn_after is not None and now - self.since >= warn_after:
             self._warned = True
             logger.warning(
                 "every poll has failed for %.0f s (last: %s: %s); still polling until each "
                 "wait's deadline",
-                now - self._since,
+                now - self.since,
                 type(error).__name__,
                 error,
             )
 
     def succeeded(self, now: float) -> None:
         """A poll got an answer: the failing spell, if any, is over."""
-        if self._warned and self._since is not None:
-            logger.warning("polls succeed again, after %.0f s of failures", now - self._since)
-        self._since = None
+        if self._warned and self.since is not None:
+            logger.warning("polls succeed again, after %.0f s of failures", now - self.since)
+        self.since = None
         self._warned = False
