@@ -288,6 +288,8 @@ class Deadlines:
             self._timer.cancel()
         self._timer = None
         self._timer_at = float("inf")
+        for entry in self._entries:  # the waits still running discard theirs: nothing to do
+            entry[2] = None
         self._entries = []
         self._dead = 0
 
