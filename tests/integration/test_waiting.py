@@ -78,7 +78,6 @@ async def test_a_wait_deadline_cuts_a_poll_on_the_wire(
     assert task.cancelling() == 0  # the deadline's own cancellation was taken back
 
 
-
 async def test_a_shorter_deadline_after_a_longer_one_fires_at_its_own_time(
     start_fake: StartFake, open_session: OpenSession, clock: ManualClock
 ) -> None:
