@@ -145,7 +145,11 @@ async def test_a_killed_run_leaves_its_jobs_to_a_later_run(
             assert loop.time() < deadline, "the first run never submitted two jobs"
             await asyncio.sleep(0.01)
         fake.update(latency=30.0)  # the next POST hangs
-        while "sending" not in (states := await submission_states()).values():
+        # In flight: marked sending in the store, and arrived at the fake, which holds it (a
+        # key is marked sending just before its POST leaves, so the mark alone comes first).
+        while "sending" not in (states := await submission_states()).values() or (
+            fake.stats.requests["submit"] <= fake.stats.tasks_created
+        ):
             assert loop.time() < deadline, f"no POST in flight: {states}"
             await asyncio.sleep(0.01)
         process.kill()
