@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import yarl
 
@@ -76,36 +76,30 @@ GENERATE_FIELDS: Final = (
 
 def parse_vary_body(body: object, *, index_base: int) -> SubmitParams:
     """Validate a ``generateVary`` body (``imageIndex`` from ``index_base``)."""
-    fields = _object(body)
-    task_id, image_index = _parent_and_index(fields, low=index_base)
-    water_mark, callback_url = _common(fields)
-    return SubmitParams(
-        kind="vary",
-        task_type=VARY_TASK_TYPE,
-        parent_task_id=task_id,
-        image_index=image_index,
-        water_mark=water_mark,
-        callback_url=callback_url,
-        param_json=_echo(fields, VARY_FIELDS),
-        identity=("vary", task_id, image_index, water_mark),
-    )
+    return _parse_child(body, "vary", low=index_base)
 
 
 def parse_upscale_body(body: object) -> SubmitParams:
     """Validate a ``generateUpscale`` body (``imageIndex`` 0..3, whatever ``index_base``)."""
+    return _parse_child(body, "upscale", low=0)
+
+
+def _parse_child(body: object, kind: Literal["vary", "upscale"], *, low: int) -> SubmitParams:
+    """A vary or upscale body: one image (``low``-based index) of a parent task."""
     fields = _object(body)
-    task_id, image_index = _parent_and_index(fields, low=0)
+    task_id, image_index = _parent_and_index(fields, low=low)
     water_mark, callback_url = _common(fields)
+    vary = kind == "vary"
     return SubmitParams(
-        kind="upscale",
-        task_type=UPSCALE_TASK_TYPE,
+        kind=kind,
+        task_type=VARY_TASK_TYPE if vary else UPSCALE_TASK_TYPE,
         parent_task_id=task_id,
         image_index=image_index,
         water_mark=water_mark,
         callback_url=callback_url,
-        param_json=_echo(fields, UPSCALE_FIELDS),
-        image_count=1,
-        identity=("upscale", task_id, image_index, water_mark),
+        param_json=_echo(fields, VARY_FIELDS if vary else UPSCALE_FIELDS),
+        image_count=None if vary else 1,  # a vary makes a grid, an upscale one image
+        identity=(kind, task_id, image_index, water_mark),
     )
 
 
