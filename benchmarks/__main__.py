@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from . import (
     b7_store_cost,
     b8_arq_workers,
 )
-from ._harness import Report, machine
+from ._harness import Report, machine, redis_server
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 NAMES = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8")
@@ -62,25 +61,6 @@ async def _run(names: set[str], *, profile: bool, workdir: Path) -> list[Report]
         start("B8", "arq workers, K = 1, 2, 4, 8, then campaign R10 (about 120 s)")
         reports.append(await b8_arq_workers.run())
     return sorted(reports, key=lambda report: report.name)
-
-
-@contextlib.contextmanager
-def redis_server(workdir: Path) -> Iterator[str | None]:
-    """A real Redis server (with AOF) in ``workdir`` for B6/B7; ``None`` when none is found."""
-    from tests.store.redis_server import RedisServer, find_server  # noqa: PLC0415
-
-    binary = find_server()
-    if binary is None:
-        yield None
-        return
-    directory = workdir / "redis"
-    directory.mkdir()
-    server = RedisServer(binary, directory)
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
 
 
 def _verdict(ok: bool | None) -> str:

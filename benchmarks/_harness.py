@@ -20,8 +20,9 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Final
 
 import aiohttp
@@ -408,3 +409,22 @@ def machine() -> dict[str, str]:
 def dumps(data: object) -> str:
     """Compact JSON for child-process answers."""
     return json.dumps(data, separators=(",", ":"))
+
+
+@contextlib.contextmanager
+def redis_server(workdir: Path) -> Iterator[str | None]:
+    """A real Redis server (with AOF) in ``workdir`` for B6/B7; ``None`` when none is found."""
+    from tests.store.redis_server import RedisServer, find_server  # noqa: PLC0415
+
+    binary = find_server()
+    if binary is None:
+        yield None
+        return
+    directory = workdir / "redis"
+    directory.mkdir()
+    server = RedisServer(binary, directory)
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()

@@ -61,7 +61,8 @@ async def _baseline(base_url: str, api_key: str, tasks: int, in_flight: int) -> 
         await run_concurrently(tasks, in_flight, job)
 
 
-def _instructions(out_file: Path) -> int:
+def instructions(out_file: Path) -> int:
+    """The total instructions of a callgrind output file."""
     for line in out_file.read_text().splitlines():
         if line.startswith(("summary:", "totals:")):
             return int(line.split()[1])
@@ -91,7 +92,7 @@ def _measure(
         api_key,
     ]
     subprocess.run(command, check=True, capture_output=True)  # noqa: S603 - our own interpreter
-    return _instructions(out_file)
+    return instructions(out_file)
 
 
 async def _main(in_flight: int, clients: tuple[str, ...]) -> None:

@@ -1,0 +1,151 @@
+"""B7 in instructions: callgrind counts per task with and without a RedisStore.
+
+B7's CPU ratio moves with whatever else runs on the machine; instruction counts do not.
+This runs the B7 workload (tasks final at creation, ``vary_all`` with 64 in flight, told a
+rate) under ``valgrind --tool=callgrind`` for ``SMALL`` and ``LARGE`` jobs, keyed with a
+``RedisStore`` and unkeyed without a store, and takes the difference, so interpreter
+start-up, imports and warm-up cancel out::
+
+    python -m benchmarks.b7_callgrind            # about 4 minutes
+    PYTHONHASHSEED=0 python -m benchmarks.b7_callgrind --in-flight 1
+
+The fake provider and the Redis server run in their own processes, outside valgrind. Each
+client runs in a child ``python -m benchmarks.b7_callgrind --client ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+import midvary
+
+from ._harness import PARENT, fake_server, redis_server
+from .b1_callgrind import instructions
+
+SMALL = 200
+LARGE = 1_200
+CLIENTS = ("plain", "redis")
+CONCURRENCY = 64
+
+
+async def _client(
+    base_url: str, api_key: str, redis_url: str | None, jobs: int, in_flight: int
+) -> None:
+    run = uuid.uuid4().hex[:8]
+    store = midvary.RedisStore(redis_url, namespace=f"b7cg-{run}") if redis_url else None
+    requests = [
+        midvary.VaryRequest(
+            task_id=PARENT, image_index=n % 4, key=f"b7/{run}/{n}" if store else None
+        )
+        for n in range(jobs)
+    ]
+    if store is not None:
+        await store.open()
+    try:
+        async with midvary.Session(
+            api_key=api_key,
+            base_url=base_url,
+            poll=midvary.PollPolicy(initial_delay=0.01, jitter=0.0, target_delay=None),
+            submit_rate=(100_000, 1.0),
+            store=store,
+        ) as session:
+            outcomes = await session.vary_all(requests, concurrency=in_flight)
+    finally:
+        if store is not None:
+            await store.close()
+    if not all(o.ok for o in outcomes):
+        raise SystemExit("B7: a job failed")
+
+
+def _measure(  # noqa: PLR0917 - one child's command line
+    client: str,
+    jobs: int,
+    base_url: str,
+    api_key: str,
+    redis_url: str,
+    workdir: Path,
+    *,
+    in_flight: int,
+) -> int:
+    out_file = workdir / f"callgrind.{client}.{jobs}"
+    command = [
+        "valgrind",
+        "--tool=callgrind",
+        f"--callgrind-out-file={out_file}",
+        sys.executable,
+        "-m",
+        "benchmarks.b7_callgrind",
+        "--client",
+        client,
+        "--jobs",
+        str(jobs),
+        "--in-flight",
+        str(in_flight),
+        "--base-url",
+        base_url,
+        "--api-key",
+        api_key,
+        "--redis-url",
+        redis_url,
+    ]
+    subprocess.run(command, check=True, capture_output=True)  # noqa: S603 - our own interpreter
+    return instructions(out_file)
+
+
+async def _main(in_flight: int, clients: tuple[str, ...]) -> None:
+    if shutil.which("valgrind") is None:
+        raise SystemExit("valgrind is not installed (apt-get install valgrind)")
+    args = ("--duration", "0", "0", "--invisible-for", "0", "--no-submit-limit")
+    per_task: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as workdir, redis_server(Path(workdir)) as redis_url:
+        if redis_url is None:
+            raise SystemExit("no Redis server found (redis-server, valkey-server)")
+        async with fake_server(*args) as fake:
+            for client in clients:
+                counts = [
+                    await asyncio.to_thread(
+                        _measure,
+                        client,
+                        jobs,
+                        fake.base_url,
+                        fake.api_key,
+                        redis_url,
+                        Path(workdir),
+                        in_flight=in_flight,
+                    )
+                    for jobs in (SMALL, LARGE)
+                ]
+                per_task[client] = (counts[1] - counts[0]) / (LARGE - SMALL)
+                print(f"{client}: {per_task[client] / 1000:.1f} k instructions per task")
+    if len(per_task) == len(CLIENTS):
+        ratio = per_task["redis"] / per_task["plain"]
+        print(f"RedisStore / none: {ratio:.3f}")
+
+
+def main() -> None:
+    """Measure both (no arguments), or run one client's jobs (``--client``)."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--client", choices=CLIENTS)
+    parser.add_argument("--jobs", type=int, default=SMALL)
+    parser.add_argument("--base-url")
+    parser.add_argument("--api-key")
+    parser.add_argument("--redis-url")
+    parser.add_argument("--in-flight", type=int, default=CONCURRENCY, help="jobs at once")
+    parser.add_argument("--only", choices=CLIENTS, help="measure one client only")
+    args = parser.parse_args()
+    if args.client is None:
+        asyncio.run(_main(args.in_flight, (args.only,) if args.only else CLIENTS))
+        return
+    redis_url = args.redis_url if args.client == "redis" else None
+    asyncio.run(_client(args.base_url, args.api_key, redis_url, args.jobs, args.in_flight))
+
+
+if __name__ == "__main__":
+    main()
