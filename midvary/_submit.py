@@ -28,7 +28,6 @@ One submission, in order:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable
@@ -321,18 +320,12 @@ class Submitter:
             return TaskHandle(self._core, task_id, request=request, submitted=True)
         return self._handle(task_id, request, ticket)
 
-    def _handle(self, task_id: str, request: SubmitRequest, ticket: Ticket | None) -> TaskHandle:
-        if ticket is None:
-            return TaskHandle(self._core, task_id, request=request, submitted=True)
+    def _handle(self, task_id: str, request: SubmitRequest, ticket: Ticket) -> TaskHandle:
         # A handle waiting on a callback polls slowly, as a safety net.
         alarm = Alarm()
+        poll = self._tickets.safety_poll if self._tickets is not None else None
         handle = TaskHandle(
-            self._core,
-            task_id,
-            request=request,
-            submitted=True,
-            poll=self._tickets.safety_poll if self._tickets is not None else None,
-            alarm=alarm,
+            self._core, task_id, request=request, submitted=True, poll=poll, alarm=alarm
         )
         ticket.bind(task_id, alarm)
         return handle
@@ -428,25 +421,42 @@ class _Attempt:
             hooks.retrying(exc, wait)
 
     def __call__(self) -> Awaitable[str]:
-        if self._slots is None and self._hooks is None and self._claim is None:
+        if self._slots is not None:
+            return self._limited(self._slots)
+        if self._hooks is None and self._claim is None:
             return self._post()  # no slot to take and nobody to tell: no coroutine of its own
-        return self._limited()
+        return self._unslotted()  # no slot, or the claim takes it: no context manager
 
-    async def _limited(self) -> str:
+    async def _unslotted(self) -> str:
+        """:meth:`_limited` without a limiter's slot (none, or the claim's: refunded by it)."""
         self._core.check_open()
         hooks = self._hooks
-        claim = self._claim
-        slot_of = self._slots.slot if self._slots is not None else _no_slot
+        if self._claim is not None:
+            await self._claim.before_post(hooks.waiting if hooks is not None else None)
+        if hooks is None:
+            return await self._post()
+        hooks.before_post()
+        try:
+            task_id = await self._post()
+        except Exception:
+            hooks.after_post()  # answered, or certainly lost: no longer in flight
+            raise
+        hooks.after_post()
+        return task_id
+
+    async def _limited(self, slots: Limiter) -> str:
+        self._core.check_open()
+        hooks = self._hooks
         on_wait = hooks.waiting if hooks is not None else None
-        async with slot_of(on_wait) as slot:
-            if claim is not None:
-                await claim.before_post(on_wait)
+        async with slots.slot(on_wait) as slot:
+            if self._claim is not None:
+                await self._claim.before_post(on_wait)
             if hooks is not None:
                 hooks.before_post()
             try:
                 task_id = await self._post()
             except Exception as exc:
-                if is_unaccepted(exc) and slot is not None:
+                if is_unaccepted(exc):
                     # 429, 455 or never sent: the provider accepted nothing, so nothing of
                     # its budget is used (an uncertain answer keeps its slot).
                     slot.refund()
@@ -488,8 +498,3 @@ def uncertainty(exc: BaseException) -> str | None:
     if isinstance(exc, ProtocolError) or (isinstance(exc, TransportError) and exc.sent):
         return str(exc)
     return None
-
-
-@contextlib.asynccontextmanager
-async def _no_slot(_on_wait: OnWait | None = None) -> Any:
-    yield None
