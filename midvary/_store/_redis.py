@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import urllib.parse
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING, ClassVar, cast
+from typing import TYPE_CHECKING, ClassVar, Final, cast
 
 from .._errors import StoreError
 from ._base import (
@@ -33,13 +33,27 @@ from ._base import (
     new_epoch,
 )
 from ._lua import SCRIPT
-from ._redis_pipe import ScriptPipe
+from ._redis_pipe import ScriptPipe, bulk
 from ._redis_tokens import RedisTokens
 
 if TYPE_CHECKING:
     import redis.asyncio
 
 _PREFIX = "midvary:{"
+_EMPTY: Final = bulk(b"")
+_REFUNDED: Final = bulk(b"1")
+#: ARGV 8-10 of a call without a slot: no count, no window, no slot lease.
+_NO_RATE: Final = _EMPTY + _EMPTY + bulk(b"0.0")
+#: ARGV 11-13 of a call that sends none of them.
+_NO_EXTRA: Final = _EMPTY * 3
+#: The script's operations (ARGV 1), packed.
+_OPS: Final = {
+    op: bulk(op.encode())
+    for op in (
+        "claim", "send", "renew", "task", "release", "unsend", "uncertain", "done",
+        "acquire", "end", "slow", "allowance",
+    )
+}  # fmt: skip
 _STATES: frozenset[str] = frozenset({"claimed", "sending", "submitted", "uncertain", "done"})
 
 
@@ -59,6 +73,40 @@ def redact_url(url: str) -> str:
 
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _extra(fingerprint: str = "", request: str = "", task_id: str = "") -> bytes:
+    """ARGV 11-13 packed: fingerprint (or pause, s), request JSON, task id."""
+    return b"".join(bulk(part.encode()) for part in (fingerprint, request, task_id))
+
+
+def _slot_rate(slot: SlotRequest) -> bytes:
+    """ARGV 8-10 packed: ``slot``'s count and window ('' = no limit), and its lease (s)."""
+    count, window = slot.rate if slot.rate is not None else ("", "")
+    return b"".join(bulk(str(part).encode()) for part in (count, window, slot.lease_s))
+
+
+class _Space:
+    """One namespace's constant parts of every script call, packed once (``_call``)."""
+
+    __slots__ = ("_markers", "after_key", "before_key", "epoch", "key_prefix")
+
+    def __init__(self, names: list[str]) -> None:
+        epoch, record, *window = names  # KEYS 1-5: marker, the key's hash, window, stamps, flight
+        self.before_key = bulk(epoch.encode())
+        self.key_prefix = record.encode()  # the key's hash is this, then the key
+        self.after_key = b"".join(bulk(name.encode()) for name in window)
+        self.epoch = b""  # the namespace's marker, once a call has seen it
+        self._markers = b""
+
+    def markers(self) -> bytes:
+        """ARGV 2-3 packed: the marker expected, and a fresh one if none is known yet."""
+        return self._markers or _EMPTY + bulk(new_epoch().encode())
+
+    def learn(self, epoch: bytes) -> None:
+        """A call saw the namespace's marker ``epoch``."""
+        self.epoch = epoch
+        self._markers = bulk(epoch) + _EMPTY
 
 
 class RedisStore(Store):
@@ -101,6 +149,7 @@ class RedisStore(Store):
     ) -> None:
         try:
             import redis.asyncio  # noqa: PLC0415 - an optional dependency
+            import redis.exceptions  # noqa: PLC0415
         except ImportError as exc:  # pragma: no cover - depends on the installation
             raise ImportError("RedisStore needs redis-py: pip install 'midvary[redis]'") from exc
         self.namespace = check_namespace(namespace) if namespace is not None else None
@@ -138,7 +187,11 @@ class RedisStore(Store):
             raise ValueError(f"max_connections must be >= 1, got {max_connections}")
         self._max_connections = max_connections
         self._script: ScriptPipe | None = None
-        self._epochs: dict[str, str] = {}
+        # The packed constant parts of the script's calls (``_call``).
+        self._spaces: dict[str, _Space] = {}
+        self._packed_times: dict[tuple[float, float], bytes] = {}
+        self._rates: dict[tuple[tuple[int, float] | None, float], bytes] = {}
+        self._failures: tuple[type[BaseException], ...] = (redis.exceptions.RedisError, OSError)
         self._tokens = RedisTokens(self._open_client, self._error)
 
     def __repr__(self) -> str:
@@ -193,7 +246,7 @@ class RedisStore(Store):
                 await client.aclose()
             raise self._error("connecting to the store", exc) from exc
         # The script's calls go on a connection of their own, pipelined (``_redis_pipe``).
-        self._script = ScriptPipe(self._client, SCRIPT, keys=5)
+        self._script = ScriptPipe(self._client, SCRIPT, keys=5, args=14)
 
     async def close(self) -> None:
         """Close the connections it made (and the script's); a borrowed client stays open."""
@@ -213,10 +266,26 @@ class RedisStore(Store):
         base = f"{_PREFIX}{namespace}}}:"
         return [base + "epoch", base + "k:" + key, base + "win", base + "stamps", base + "flight"]
 
+    def _space(self, namespace: str) -> _Space:
+        space = self._spaces.get(namespace)
+        if space is None:
+            space = self._spaces[namespace] = _Space(self._keys(namespace))
+        return space
+
+    def _times(self, lease_s: float) -> bytes:
+        """ARGV 5-6 packed: the claim's lease (s) and the key's ttl (ms)."""
+        packed = bulk(str(lease_s).encode()) + bulk(b"%d" % int(self.key_ttl * 1000))
+        self._packed_times[lease_s, self.key_ttl] = packed
+        return packed
+
+    def _rate(self, slot: SlotRequest) -> bytes:
+        packed = self._rates[slot.rate, slot.lease_s] = _slot_rate(slot)
+        return packed
+
     async def _call(
         self,
         what: str,
-        op: str,
+        op: bytes,
         namespace: str,
         key: str = "",
         *,
@@ -224,46 +293,46 @@ class RedisStore(Store):
         lease_s: float = 0.0,
         slot: SlotRequest | None = None,
         slot_id: str | None = None,
-        extra: Sequence[str] = ("", "", ""),
+        extra: bytes = _NO_EXTRA,
         refunded: bool = False,
-    ) -> tuple[str, str]:
-        """Run the script's ``op``; return (status, value) after checking the marker."""
-        import redis.exceptions  # noqa: PLC0415 - an optional dependency
+    ) -> tuple[bytes, bytes]:
+        """Run the script's ``op``; return (status, value) after checking the marker.
 
-        if self._script is None:
-            raise StoreError(f"{what}: the Redis store is not open (use `async with store`)")
-        count, window = slot.rate if slot is not None and slot.rate is not None else ("", "")
-        slot_id = slot.slot_id if slot is not None else slot_id
-        epoch = self._epochs.get(namespace, "")
-        base = f"{_PREFIX}{namespace}}}:"
-        parts = [
-            f"{base}epoch",
-            f"{base}k:{key}",
-            f"{base}win",
-            f"{base}stamps",
-            f"{base}flight",
+        ``what`` names the operation in an error (``{key!r}`` in it is the key); ``op`` is a
+        row of ``_OPS``; ``extra`` is ARGV 11-13 packed (:func:`_extra`).
+        """
+        script = self._script
+        if script is None:
+            raise StoreError(
+                f"{what.format(key=key)}: the Redis store is not open (use `async with store`)"
+            )
+        space = self._spaces.get(namespace) or self._space(namespace)
+        if slot is not None:
+            slot_id = slot.slot_id
+            rate = self._rates.get((slot.rate, slot.lease_s)) or self._rate(slot)
+        else:
+            rate = _NO_RATE
+        command = b"".join((
+            space.before_key,
+            bulk(space.key_prefix + key.encode()),
+            space.after_key,
             op,
-            epoch,
-            "" if epoch else new_epoch(),  # the fresh marker, used only when none is known
-            holder,
-            str(lease_s),
-            str(int(self.key_ttl * 1000)),
-            slot_id or "",
-            str(count),
-            str(window),
-            str(slot.lease_s) if slot is not None else "0.0",
-            *extra,
-            "1" if refunded else "",
-        ]
+            space.markers(),
+            bulk(holder.encode()),
+            self._packed_times.get((lease_s, self.key_ttl)) or self._times(lease_s),
+            bulk(slot_id.encode()) if slot_id else _EMPTY,
+            rate,
+            extra,
+            _REFUNDED if refunded else _EMPTY,
+        ))  # fmt: skip
         try:
-            reply = await self._script.call([part.encode() for part in parts])
-        except (redis.exceptions.RedisError, OSError) as exc:
-            raise self._error(what, exc) from exc
-        status, epoch, value = (_text(part) for part in reply)
-        if status == "lost" and value == "":
+            status, epoch, value = await script.call(command)
+        except self._failures as exc:
+            raise self._error(what.format(key=key), exc) from exc
+        if status == b"lost" and not value:
             raise lost_data_error(namespace)
-        if epoch:
-            self._epochs[namespace] = epoch
+        if epoch and epoch != space.epoch:
+            space.learn(epoch)
         return status, value
 
     async def claim(
@@ -280,89 +349,96 @@ class RedisStore(Store):
         """See :meth:`Store.claim`."""
         request_json = dump_request(request)
         status, value = await self._call(
-            f"claim of key {key!r}",
-            "claim",
+            "claim of key {key!r}",
+            _OPS["claim"],
             namespace,
             key,
             holder=holder,
             lease_s=lease_s,
             slot=slot,
-            extra=(fingerprint, request_json, ""),
+            extra=_extra(fingerprint, request_json),
         )
-        if status == "conflict":
-            raise conflict(key, value)
-        if status == "known":
-            return Claim(state=ClaimState.KNOWN, task_id=value or None)
-        if status == "busy":
+        if status == b"claimed":
+            return Claim(state=ClaimState.CLAIMED, slot_wait=float(value) if value else None)
+        if status == b"conflict":
+            raise conflict(key, value.decode())
+        if status == b"known":
+            return Claim(state=ClaimState.KNOWN, task_id=value.decode() or None)
+        if status == b"busy":
             return Claim(state=ClaimState.BUSY, retry_after=float(value))
-        if status == "uncertain":
+        if status == b"uncertain":
             return Claim(state=ClaimState.UNCERTAIN)
-        return Claim(state=ClaimState.CLAIMED, slot_wait=float(value) if value else None)
+        raise StoreError(f"the Redis store answered a claim with {status!r}")
 
     async def mark_sending(
         self, namespace: str, key: str, *, holder: str, lease_s: float, slot: SlotRequest | None
     ) -> float:
         """See :meth:`Store.mark_sending`."""
         status, value = await self._call(
-            f"marking key {key!r} sending", "send", namespace, key,
+            "marking key {key!r} sending", _OPS["send"], namespace, key,
             holder=holder, lease_s=lease_s, slot=slot,
         )  # fmt: skip
-        if status == "lost":
+        if status == b"lost":
             raise lost_claim(key)
         return float(value)
 
     async def renew(self, namespace: str, key: str, *, holder: str, lease_s: float) -> bool:
         """See :meth:`Store.renew`."""
         _, value = await self._call(
-            f"renewal of key {key!r}", "renew", namespace, key, holder=holder, lease_s=lease_s
+            "renewal of key {key!r}", _OPS["renew"], namespace, key, holder=holder, lease_s=lease_s
         )
-        return value == "1"
+        return value == b"1"
 
     async def record_task(
         self, namespace: str, key: str, *, holder: str, task_id: str, slot_id: str | None = None
     ) -> bool:
         """See :meth:`Store.record_task`."""
         _, value = await self._call(
-            f"recording the task of key {key!r}", "task", namespace, key,
-            holder=holder, slot_id=slot_id, extra=("", "", task_id),
+            "recording the task of key {key!r}", _OPS["task"], namespace, key,
+            holder=holder, slot_id=slot_id, extra=_extra(task_id=task_id),
         )  # fmt: skip
-        return value == "1"
+        return value == b"1"
 
     async def release(
         self, namespace: str, key: str, *, holder: str, slot_id: str | None = None
     ) -> bool:
         """See :meth:`Store.release`."""
         _, value = await self._call(
-            f"release of key {key!r}", "release", namespace, key, holder=holder, slot_id=slot_id
+            "release of key {key!r}",
+            _OPS["release"],
+            namespace,
+            key,
+            holder=holder,
+            slot_id=slot_id,
         )
-        return value == "1"
+        return value == b"1"
 
     async def unsend(
         self, namespace: str, key: str, *, holder: str, slot_id: str | None = None
     ) -> bool:
         """See :meth:`Store.unsend`."""
         _, value = await self._call(
-            f"marking key {key!r} claimed", "unsend", namespace, key,
+            "marking key {key!r} claimed", _OPS["unsend"], namespace, key,
             holder=holder, slot_id=slot_id,
         )  # fmt: skip
-        return value == "1"
+        return value == b"1"
 
     async def mark_uncertain(
         self, namespace: str, key: str, *, holder: str, slot_id: str | None = None
     ) -> bool:
         """See :meth:`Store.mark_uncertain`."""
         _, value = await self._call(
-            f"marking key {key!r} uncertain", "uncertain", namespace, key,
+            "marking key {key!r} uncertain", _OPS["uncertain"], namespace, key,
             holder=holder, slot_id=slot_id,
         )  # fmt: skip
-        return value == "1"
+        return value == b"1"
 
     async def mark_done(self, namespace: str, key: str, *, task_id: str) -> bool:
         """See :meth:`Store.mark_done`."""
         _, value = await self._call(
-            f"marking key {key!r} done", "done", namespace, key, extra=("", "", task_id)
+            "marking key {key!r} done", _OPS["done"], namespace, key, extra=_extra(task_id=task_id)
         )
-        return value == "1"
+        return value == b"1"
 
     async def _scan(self, what: str, pattern: str) -> list[str]:
         import redis.exceptions  # noqa: PLC0415 - an optional dependency
@@ -434,13 +510,15 @@ class RedisStore(Store):
     ) -> float:
         """See :meth:`Store.acquire_slot`."""
         slot = SlotRequest(slot_id=slot_id, rate=rate, lease_s=lease_s)
-        _, value = await self._call("taking a submission slot", "acquire", namespace, slot=slot)
+        _, value = await self._call(
+            "taking a submission slot", _OPS["acquire"], namespace, slot=slot
+        )
         return float(value)
 
     async def end_slot(self, namespace: str, slot_id: str, *, refunded: bool) -> float | None:
         """See :meth:`Store.end_slot`."""
         _, value = await self._call(
-            "ending a submission slot", "end", namespace, slot_id=slot_id, refunded=refunded
+            "ending a submission slot", _OPS["end"], namespace, slot_id=slot_id, refunded=refunded
         )
         return float(value) if value else None
 
@@ -448,8 +526,8 @@ class RedisStore(Store):
         """See :meth:`Store.slow_down`."""
         slot = SlotRequest(slot_id="", rate=rate)
         _, value = await self._call(
-            "slowing the submission window down", "slow", namespace, slot=slot,
-            extra=(str(pause_s), "", ""),
+            "slowing the submission window down", _OPS["slow"], namespace, slot=slot,
+            extra=_extra(str(pause_s)),
         )  # fmt: skip
         return int(value)
 
@@ -457,7 +535,7 @@ class RedisStore(Store):
         """See :meth:`Store.allowance`."""
         slot = SlotRequest(slot_id="", rate=rate)
         _, value = await self._call(
-            "reading the submission allowance", "allowance", namespace, slot=slot
+            "reading the submission allowance", _OPS["allowance"], namespace, slot=slot
         )
         return int(value)
 

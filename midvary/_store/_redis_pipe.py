@@ -28,15 +28,16 @@ if TYPE_CHECKING:
 
 #: Tries of one call on a failing connection (the first and two retries).
 _ATTEMPTS: Final = 3
-_CRLF: Final = b"\r\n"
+
+
+def bulk(part: bytes) -> bytes:
+    """One part of a Redis command, packed (a RESP bulk string)."""
+    return b"$%d\r\n%b\r\n" % (len(part), part)
 
 
 def pack(parts: Sequence[bytes]) -> bytes:
     """One Redis command (RESP array of bulk strings) from its encoded parts."""
-    out = [b"*%d\r\n" % len(parts)]
-    for part in parts:
-        out += (b"$%d\r\n" % len(part), part, _CRLF)
-    return b"".join(out)
+    return b"*%d\r\n%b" % (len(parts), b"".join(map(bulk, parts)))
 
 
 class ScriptPipe:
@@ -47,16 +48,24 @@ class ScriptPipe:
             the connection it made).
         script: The Lua source (sent again whenever the server answers ``NOSCRIPT``).
         keys: How many of each call's parts are keys.
+        args: How many are arguments (after the keys).
 
     """
 
-    def __init__(self, client: redis.asyncio.Redis, script: str, *, keys: int) -> None:
-        from redis.backoff import ExponentialBackoff  # noqa: PLC0415 - optional dependency
+    def __init__(self, client: redis.asyncio.Redis, script: str, *, keys: int, args: int) -> None:
+        import redis.exceptions  # noqa: PLC0415 - optional dependency
+        from redis.backoff import ExponentialBackoff  # noqa: PLC0415
 
+        self._errors = redis.exceptions
         self._client = client
+        #: Seconds a batch may take, from its write to its last answer (``None``: no limit).
+        self._timeout: float | None = client.connection_pool.connection_kwargs.get("socket_timeout")
         self._script = script.encode()
         sha = hashlib.sha1(self._script, usedforsecurity=False).hexdigest().encode()
-        self._head: Final = (b"EVALSHA", sha, b"%d" % keys)
+        # Every call is EVALSHA sha keys, then its parts: the packed command starts so.
+        self._head: Final = b"*%d\r\n" % (3 + keys + args) + b"".join(
+            map(bulk, (b"EVALSHA", sha, b"%d" % keys))
+        )
         self._backoff = ExponentialBackoff(cap=0.5, base=0.05)
         self._queue: list[bytes] = []  # packed commands not written yet
         self._futures: list[asyncio.Future[Any]] = []  # their answers, in order
@@ -65,26 +74,27 @@ class ScriptPipe:
         self._conn: AbstractConnection | None = None
         self._closed = False
 
-    async def call(self, parts: Sequence[bytes]) -> Any:
-        """Run the script with ``parts`` (keys then arguments, encoded); return its reply.
+    async def call(self, parts: bytes) -> Any:
+        """Run the script with ``parts`` (its keys then its arguments, each :func:`bulk`).
+
+        Returns the script's reply (bytes, or a list of them).
 
         Raises:
             redis.exceptions.RedisError, OSError: The server failed (after the retries).
 
         """
-        import redis.exceptions  # noqa: PLC0415 - optional dependency
-
-        command = pack((*self._head, *parts))
+        errors = self._errors
+        command = self._head + parts
         failures = 0
         while True:
             try:
                 return await self._send(command)
-            except redis.exceptions.NoScriptError:
+            except errors.NoScriptError:
                 failures += 1
                 if failures >= _ATTEMPTS:
                     raise
                 await self._send(pack((b"SCRIPT", b"LOAD", self._script)))
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+            except (errors.ConnectionError, errors.TimeoutError, OSError):
                 failures += 1
                 if failures >= _ATTEMPTS or self._closed:
                     raise
@@ -92,10 +102,8 @@ class ScriptPipe:
 
     def _send(self, command: bytes) -> asyncio.Future[Any]:
         """Queue ``command`` for the pump's next write; the future of its answer."""
-        import redis.exceptions  # noqa: PLC0415 - optional dependency
-
         if self._closed:
-            raise redis.exceptions.ConnectionError("the store's connection was closed")
+            raise self._errors.ConnectionError("the store's connection was closed")
         future = asyncio.get_running_loop().create_future()
         self._queue.append(command)
         self._futures.append(future)
@@ -121,18 +129,21 @@ class ScriptPipe:
                 done = 0
                 try:
                     conn = await self._connection()
-                    await conn.send_packed_command(b"".join(batch), check_health=False)
-                    for future in futures:
-                        try:
-                            reply: object = await conn.read_response()
-                        except redis.exceptions.ResponseError as exc:
-                            reply = exc  # this call's error; the connection is fine
-                        done += 1
-                        _settle(future, reply)
+                    async with asyncio.timeout(self._timeout):
+                        await conn.send_packed_command(b"".join(batch), check_health=False)
+                        for future in futures:
+                            try:
+                                reply: object = await conn.read_response()
+                            except redis.exceptions.ResponseError as exc:
+                                reply = exc  # this call's error; the connection is fine
+                            done += 1
+                            _settle(future, reply)
                 except Exception as exc:
                     # The connection is broken: what it carried fails (and is retried).
                     await self._drop()
-                    if not isinstance(exc, redis.exceptions.RedisError | OSError):
+                    if isinstance(exc, TimeoutError):
+                        exc = redis.exceptions.TimeoutError("the store did not answer in time")
+                    elif not isinstance(exc, redis.exceptions.RedisError | OSError):
                         exc = redis.exceptions.ConnectionError(f"{type(exc).__name__}: {exc}")
                     for future in futures[done:]:
                         _settle(future, exc)
@@ -145,9 +156,15 @@ class ScriptPipe:
 
     async def _connection(self) -> AbstractConnection:
         if self._conn is None:
-            conn = self._client.connection_pool.make_connection()  # type: ignore[no-untyped-call,unused-ignore]  # redis-py 5
+            # The pool's own kind of connection, with its host, TLS, password, database and
+            # timeouts, except that answers stay bytes and are not timed one by one: the
+            # pump times each batch (``_timeout``), with one timer instead of one per answer.
+            pool = self._client.connection_pool
+            options = {**pool.connection_kwargs, "decode_responses": False, "socket_timeout": None}
+            conn = pool.connection_class(**options)
             try:
-                await conn.connect()
+                async with asyncio.timeout(self._timeout):
+                    await conn.connect()  # type: ignore[no-untyped-call,unused-ignore]  # redis-py 5
             except BaseException:
                 await conn.disconnect()
                 raise
