@@ -121,11 +121,22 @@ class RedisServer:
             return False
         return reply.startswith((b"+PONG", b"-NOAUTH"))
 
+    def freeze(self) -> None:
+        """Stop the server's process (SIGSTOP): connections stay open, nothing answers."""
+        assert self._process is not None, "the server is not running"
+        self._process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """Let a frozen server go on (SIGCONT)."""
+        assert self._process is not None, "the server is not running"
+        self._process.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         """Stop the server with SIGTERM (it flushes its append-only file) and wait."""
         process, self._process = self._process, None
         if process is None:
             return
+        process.send_signal(signal.SIGCONT)  # if it was frozen
         process.send_signal(signal.SIGTERM)
         try:
             process.wait(timeout=20)

@@ -51,6 +51,20 @@ async def test_unreachable_then_back(redis_server: RedisServer) -> None:
         assert await claim(store, "k2") is ClaimState.CLAIMED
 
 
+async def test_a_server_that_stops_answering_times_out(redis_server: RedisServer) -> None:
+    """A frozen server (connected, silent) fails the call after socket_timeout, then recovers."""
+    async with RedisStore(redis_server.url, socket_timeout=0.3) as store:
+        assert await claim(store, "k") is ClaimState.CLAIMED  # the pipe's connection is up
+        redis_server.freeze()
+        try:
+            with pytest.raises(midvary.StoreError, match="claim of key 'k2'") as info:
+                await claim(store, "k2")
+        finally:
+            redis_server.thaw()
+        assert "did not answer in time" in str(info.value)
+        assert await claim(store, "k3") is ClaimState.CLAIMED
+
+
 async def test_restart_without_persistence_is_lost_data(redis_server: RedisServer) -> None:
     """A server restarted without its data makes this process's submissions stop."""
     async with RedisStore(redis_server.url) as store:
