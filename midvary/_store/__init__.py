@@ -16,7 +16,8 @@ from ._base import (
     TokenRecord,
     account_namespace,
 )
-from ._hold import Hold, StoreClaims, StoreLimiter, StoreSlot, holding
+from ._hold import Hold, Renewals, StoreClaims, holding
+from ._limiter import StoreLimiter, StoreSlot
 from ._memory import MemoryStore
 from ._redis import RedisStore
 from ._sqlite import SQLiteStore
@@ -28,6 +29,7 @@ __all__ = [
     "Hold",
     "MemoryStore",
     "RedisStore",
+    "Renewals",
     "SQLiteStore",
     "SlotRequest",
     "Store",

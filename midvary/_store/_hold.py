@@ -1,26 +1,25 @@
-"""What a submission uses a store through: a held claim, and the store-backed limiter.
+"""What a keyed submission uses a store through: a held claim, renewed while it lives.
 
 :func:`holding` claims a key (waiting out a live holder), keeps the claim alive with a
-renewal task while its body runs (started by a loop timer once the claim has lived a third
-of its lease, so a quick submission makes none), and settles it on exit if the body did
-not: a claim that never sent is released, one that was sending is marked uncertain. The
-timer is cancelled and the renewal task cancelled and awaited on exit: nothing outlives the
-``async with``. :class:`Hold` is the
-submission pipeline's ``_submit.Claim``; :class:`StoreClaims` its ``_submit.SubmitStore``.
-
-:class:`StoreLimiter` has the shape of the in-process ``SubmitLimiter`` (``slot()``,
-``slow_down()``, ``close()``), backed by a store's shared window.
+renewal task while its body runs (started once the claim has lived a third of its lease,
+by one loop timer for all the claims of a :class:`Renewals`, so a quick submission makes
+no task and no timer), and settles it on exit if the body did not: a claim that never sent
+is released, one that was sending is marked uncertain. The renewal task is cancelled and
+awaited on exit, and the timer cancelled once no claim is left: nothing outlives the
+``async with``. :class:`Hold` is the submission pipeline's ``_submit.Claim``;
+:class:`StoreClaims` its ``_submit.SubmitStore``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 from .._errors import StoreError
 from ._base import Claim, ClaimState, SlotRequest, Store, check_seconds, lost_claim
@@ -57,16 +56,41 @@ class Hold:
 
     """
 
+    __slots__ = (
+        "_busy_poll_s",
+        "_fingerprint",
+        "_lease_s",
+        "_rate",
+        "_renewal",
+        "_renewals",
+        "_request",
+        "_slot_lease_s",
+        "claim",
+        "ended",
+        "holder",
+        "key",
+        "lost",
+        "namespace",
+        "sending",
+        "settled",
+        "slot_id",
+        "store",
+    )
+
     def __init__(
         self,
         store: Store,
         namespace: str,
         key: str,
         *,
+        fingerprint: str,
+        request: object,
         holder: str,
         lease_s: float,
         rate: tuple[int, float] | None,
         slot_lease_s: float,
+        busy_poll_s: float | None,
+        renewals: Renewals,
     ) -> None:
         self.store = store
         self.namespace = namespace
@@ -77,10 +101,61 @@ class Hold:
         self.sending = False
         self.settled = False
         self.lost = False
+        self.ended = False  # the ``async with`` was left
+        self._fingerprint = fingerprint
+        self._request = request
         self._lease_s = lease_s
         self._rate = rate
         self._slot_lease_s = slot_lease_s
+        self._busy_poll_s = busy_poll_s
+        self._renewals = renewals
         self._renewal: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Hold:
+        """Claim the key, waiting out a live holder; see :func:`holding`."""
+        busy_poll_s = self._busy_poll_s
+        first = True
+        while True:
+            try:
+                self.claim = await self.store.claim(
+                    self.namespace,
+                    self.key,
+                    fingerprint=self._fingerprint,
+                    request=self._request,
+                    holder=self.holder,
+                    lease_s=self._lease_s,
+                    slot=self.new_slot(),
+                )
+            except StoreError as exc:
+                if first:
+                    raise
+                logger.warning(
+                    "waiting for key %r: the store failed (%s); polling on", self.key, exc
+                )
+                self.claim = Claim(state=ClaimState.BUSY, retry_after=busy_poll_s)
+            first = False
+            if self.claim.state is not ClaimState.BUSY or busy_poll_s is None:
+                break
+            await asyncio.sleep(min(self.claim.retry_after or busy_poll_s, busy_poll_s))
+        if self.claim.state is not ClaimState.CLAIMED:
+            self.slot_id = None
+            return self
+        self.sending = self.claim.sending
+        if not self.sending and self.claim.slot_wait is None:
+            self.slot_id = None
+        # Renewed only if the claim outlives a third of its lease (a quick submission, the
+        # happy path, makes no task at all).
+        self._renewals.add(self)
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        """Stop renewing the claim, and settle it if the body did not."""
+        self.ended = True
+        self._renewals.discard(self)
+        if self._renewal is not None:
+            await self._stop_renewing()
+        if self.claim.state is ClaimState.CLAIMED and not self.settled:
+            await self._settle_on_exit()
 
     def __repr__(self) -> str:
         return f"<Hold key={self.key!r} {self.claim.state.name} sending={self.sending}>"
@@ -179,8 +254,6 @@ class Hold:
         )
 
     async def _settle_on_exit(self) -> None:
-        if self.claim.state is not ClaimState.CLAIMED or self.settled:
-            return
         try:
             if self.sending:
                 await self.uncertain()
@@ -191,7 +264,7 @@ class Hold:
             # that was sending becomes uncertain, which is what we would have written.
             logger.warning("could not settle key %r in the store: %s", self.key, exc)
 
-    def _start_renewing(self) -> None:
+    def start_renewing(self) -> None:
         """The claim outlived a third of its lease: renew it from now on (a task)."""
         self._renewal = asyncio.get_running_loop().create_task(
             self._renew_forever(), name=f"midvary-renew-{self.key}"
@@ -235,27 +308,34 @@ class StoreClaims:
         self.store = store
         self.namespace = namespace
         self.rate = rate
+        self._renewals: dict[float, Renewals] = {}  # by lease (s): one queue per lease
 
     def __repr__(self) -> str:
         return f"<StoreClaims store={self.store!r} rate={self.rate!r}>"
 
-    def claim(
-        self, key: str, *, fingerprint: str, request: object
-    ) -> contextlib.AbstractAsyncContextManager[Hold]:
+    def claim(self, key: str, *, fingerprint: str, request: object) -> Hold:
         """Hold ``key`` for one submission; see :func:`holding`."""
+        lease_s = self.store.claim_lease
         return holding(
             self.store,
             self.namespace,
             key,
             fingerprint=fingerprint,
             request=request,
-            lease_s=self.store.claim_lease,
+            lease_s=lease_s,
             rate=self.rate,
+            renewals=self._renewals.get(lease_s) or self.renewals(lease_s),
         )
 
+    def renewals(self, lease_s: float) -> Renewals:
+        """The queue of this session's claims of ``lease_s`` seconds waiting to be renewed."""
+        renewals = self._renewals.get(lease_s)
+        if renewals is None:
+            renewals = self._renewals[lease_s] = Renewals(lease_s / 3)
+        return renewals
 
-@contextlib.asynccontextmanager
-async def holding(
+
+def holding(
     store: Store,
     namespace: str,
     key: str,
@@ -266,12 +346,14 @@ async def holding(
     rate: tuple[int, float] | None = None,
     slot_lease_s: float = 120.0,
     busy_poll_s: float | None = 0.5,
-) -> AsyncIterator[Hold]:
-    """Claim ``key`` and hold it for the body; see the module docstring.
+    renewals: Renewals | None = None,
+) -> Hold:
+    """The hold on ``key`` for one submission: ``async with`` it; see the module docstring.
 
-    The first claim also tries to take a slot of ``rate`` and mark the key sending, so a
-    submission on the happy path costs two store calls: this claim and
-    :meth:`Hold.accepted`.
+    Entering claims the key (waiting out a live holder); leaving stops its renewal and
+    settles it if the body did not. The first claim also tries to take a slot of ``rate``
+    and mark the key sending, so a submission on the happy path costs two store calls:
+    this claim and :meth:`Hold.accepted`.
 
     Args:
         store: The store.
@@ -285,160 +367,80 @@ async def holding(
         slot_lease_s: Seconds a slot counts as in flight if never ended (longer than a POST).
         busy_poll_s: Seconds between polls while another live submitter holds the key
             (store errors during those polls are retried); ``None`` yields BUSY at once.
+        renewals: Where the claim waits to be renewed (shared by claims of one lease on
+            one event loop); ``None`` means one of its own.
 
-    Raises:
+    Raises (on entering):
         StoreError: The first claim failed: nothing may be sent.
         KeyConflictError: The key is stored for another request.
 
     """
     check_seconds("lease_s", lease_s)
-    hold = Hold(
+    return Hold(
         store,
         namespace,
         key,
+        fingerprint=fingerprint,
+        request=request,
         holder=new_id(),
         lease_s=lease_s,
         rate=rate,
         slot_lease_s=slot_lease_s,
+        busy_poll_s=busy_poll_s,
+        renewals=renewals if renewals is not None else Renewals(lease_s / 3),
     )
-    first = True
-    while True:
-        try:
-            hold.claim = await store.claim(
-                namespace,
-                key,
-                fingerprint=fingerprint,
-                request=request,
-                holder=hold.holder,
-                lease_s=lease_s,
-                slot=hold.new_slot(),
-            )
-        except StoreError as exc:
-            if first:
-                raise
-            logger.warning("waiting for key %r: the store failed (%s); polling on", key, exc)
-            hold.claim = Claim(state=ClaimState.BUSY, retry_after=busy_poll_s)
-        first = False
-        if hold.claim.state is not ClaimState.BUSY or busy_poll_s is None:
-            break
-        await asyncio.sleep(min(hold.claim.retry_after or busy_poll_s, busy_poll_s))
-    if hold.claim.state is not ClaimState.CLAIMED:
-        hold.slot_id = None
-        yield hold
-        return
-    hold.sending = hold.claim.sending
-    if not hold.sending and hold.claim.slot_wait is None:
-        hold.slot_id = None
-    # The renewal starts only if the claim outlives a third of its lease: a loop timer
-    # until then, so a submission answered sooner (the happy path) makes no task at all.
-    timer = asyncio.get_running_loop().call_later(lease_s / 3, hold._start_renewing)
-    try:
-        yield hold
-    finally:
-        timer.cancel()
-        await hold._stop_renewing()
-        await hold._settle_on_exit()
 
 
-class StoreSlot:
-    """One POST's place in the shared window; see :meth:`StoreLimiter.slot`."""
+class Renewals:
+    """The live claims of one lease, each renewed once it outlives ``after`` seconds.
 
-    __slots__ = ("refunded", "slot_id")
-
-    def __init__(self, slot_id: str) -> None:
-        self.slot_id = slot_id
-        self.refunded = False
-
-    def refund(self) -> None:
-        """The POST was certainly not accepted: it does not count against the window."""
-        self.refunded = True
-
-
-class StoreLimiter:
-    """The account's submission window in a store, shaped like the in-process limiter.
-
-    Args:
-        store: The store holding the window.
-        namespace: The account's namespace.
-        rate: ``(count, window_seconds)``.
-        slot_lease_s: Seconds a slot counts as in flight if its process dies with it.
-
+    One event-loop timer serves them all, armed for the oldest claim still live: a
+    ``loop.call_later`` per claim cost a timer handle, its cancel and the loop's heap
+    compares (in Python) for every submission, though a quick one never renews. The claims
+    start in order, so they wait in a queue; a claim that ended leaves it lazily.
     """
 
-    def __init__(
-        self,
-        store: Store,
-        namespace: str,
-        rate: tuple[int, float],
-        *,
-        slot_lease_s: float = 120.0,
-    ) -> None:
-        self.store = store
-        self.namespace = namespace
-        self.rate = rate
-        self._slot_lease_s = check_seconds("slot_lease_s", slot_lease_s)
-        self._turn = asyncio.Lock()
-        self._closed: BaseException | None = None
-        self._changed = asyncio.Event()
+    __slots__ = ("_after", "_holds", "_timer")
 
-    def __repr__(self) -> str:
-        return f"<StoreLimiter rate={self.rate!r} store={self.store!r}>"
+    def __init__(self, after: float) -> None:
+        self._after = after
+        self._holds: collections.deque[tuple[float, Hold]] = collections.deque()
+        self._timer: asyncio.TimerHandle | None = None
 
-    @contextlib.asynccontextmanager
-    async def slot(self, on_wait: OnWait | None = None) -> AsyncIterator[StoreSlot]:
-        """Hold one slot of the shared window for the body (one POST).
+    def __len__(self) -> int:
+        return sum(not hold.ended for _, hold in self._holds)
 
-        Submissions of this process queue first come, first served; the store arbitrates
-        between processes. The slot is stamped when the body ends unless it called
-        :meth:`StoreSlot.refund`. Ending the slot is best effort: if the store fails then,
-        the slot's lease expires into a stamp, and the body's result is kept.
+    @property
+    def armed(self) -> bool:
+        """Whether the timer is set (for the oldest claim still queued)."""
+        return self._timer is not None
 
-        Raises:
-            StoreError: The store failed before the slot was taken (nothing to send).
+    def add(self, hold: Hold) -> None:
+        """Renew ``hold`` once it has lived ``after`` seconds (unless it ended by then)."""
+        loop = asyncio.get_running_loop()
+        holds = self._holds
+        while holds and holds[0][1].ended:
+            holds.popleft()
+        holds.append((loop.time() + self._after, hold))
+        if self._timer is None:
+            self._timer = loop.call_at(holds[0][0], self._due, loop)
 
-        """
-        slot = StoreSlot(new_id())
-        async with self._turn:
-            while True:
-                if self._closed is not None:
-                    raise self._closed
-                wait = await self.store.acquire_slot(
-                    self.namespace, rate=self.rate, slot_id=slot.slot_id,
-                    lease_s=self._slot_lease_s,
-                )  # fmt: skip
-                if wait == 0.0:
-                    break
-                if on_wait is not None:
-                    on_wait(wait)
-                self._changed.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(wait):
-                        await self._changed.wait()
-        try:
-            yield slot
-        finally:
-            try:
-                await self.store.end_slot(self.namespace, slot.slot_id, refunded=slot.refunded)
-            except StoreError as exc:
-                logger.warning("could not end a submission slot in the store: %s", exc)
-            self._changed.set()  # wake this process's next waiter at once
+    def discard(self, hold: Hold) -> None:
+        """``hold`` ended (its ``ended`` is set): the timer stops once no claim is left."""
+        holds = self._holds
+        while holds and holds[0][1].ended:
+            holds.popleft()
+        if not holds and self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
-    async def slow_down(self, pause: float) -> int:
-        """A 429 got through: halve the shared allowance and pause everyone ``pause`` s.
-
-        Returns the new allowance (submissions per window, shared by every process).
-        """
-        allowance = await self.store.slow_down(
-            self.namespace, rate=self.rate, pause_s=max(pause, 0.0)
-        )
-        logger.info(
-            "rate limited by the provider: now at most %d submissions per %g s (shared)",
-            allowance,
-            self.rate[1],
-        )
-        return allowance
-
-    def close(self, error: BaseException) -> None:
-        """Make every current and later wait for a slot raise ``error``."""
-        self._closed = error
-        self._changed.set()
+    def _due(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        now = loop.time()
+        holds = self._holds
+        while holds and (holds[0][1].ended or holds[0][0] <= now):
+            _, hold = holds.popleft()
+            if not hold.ended:
+                hold.start_renewing()
+        if holds:
+            self._timer = loop.call_at(holds[0][0], self._due, loop)

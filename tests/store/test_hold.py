@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 import midvary
-from midvary._store import ClaimState, MemoryStore, StoreLimiter, holding
+from midvary._store import ClaimState, MemoryStore, StoreClaims, StoreLimiter, holding
 
 from .conftest import Backend
 from .redis_server import REQUIRE_ENV, SERVER_ENV, server_or_skip
@@ -50,6 +50,38 @@ async def test_renewal_keeps_a_slow_claim(backend: Backend, namespace: str) -> N
     assert (
         await store.claim(namespace, "k", fingerprint="fp", request=REQ, holder="x", lease_s=30)
     ).state is ClaimState.CLAIMED
+
+
+async def test_claims_of_one_lease_share_one_renewal_timer(namespace: str) -> None:
+    """Quick claims end unrenewed; the one that outlives a third of its lease is renewed.
+
+    The timer is armed while a claim is queued and cancelled once none is left.
+    """
+    store = MemoryStore(claim_lease=0.3)
+    claims = StoreClaims(store, namespace, rate=None)
+    async with claims.claim("slow", fingerprint="fp", request=REQ) as slow:
+        for n in range(20):  # quick submissions, each over before its renewal is due
+            async with claims.claim(f"quick-{n}", fingerprint="fp", request=REQ) as quick:
+                await quick.refused()
+        queue = claims.renewals(0.3)
+        assert len(queue) == 1  # only the slow claim is left waiting
+        assert queue.armed
+        await asyncio.sleep(0.4)  # more than its lease: only a renewal keeps it
+        assert {t.get_name() for t in _renewals()} == {"midvary-renew-slow"}
+        assert await other_claim_of(store, namespace, "slow") is ClaimState.BUSY
+        await slow.refused()
+    assert _renewals() == set()
+    assert len(queue) == 0
+    assert not queue.armed
+
+
+def _renewals() -> set[asyncio.Task[None]]:
+    return {t for t in asyncio.all_tasks() if t.get_name().startswith("midvary-renew")}
+
+
+async def other_claim_of(store: MemoryStore, ns: str, key: str) -> ClaimState:
+    claim = await store.claim(ns, key, fingerprint="fp", request=REQ, holder="x", lease_s=30)
+    return claim.state
 
 
 async def test_exit_settles_the_claim(namespace: str) -> None:
