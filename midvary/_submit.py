@@ -50,7 +50,7 @@ from ._handle import TaskHandle
 from ._models import GenerateRequest, SubmitRequest, UpscaleRequest, VaryRequest
 from ._polling import Alarm
 from ._retry import is_unaccepted, retry_failed, submit_retrying
-from ._store._base import RequestJSON, dump_request
+from ._store._base import RequestJSON, canonical_json
 
 if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
@@ -111,7 +111,7 @@ def identity(kind: RequestKind, request: SubmitRequest) -> tuple[str, RequestJSO
     here: the store writes it as it is); the fingerprint is that JSON's SHA-256.
     """
     stored = {"path": kind.path, "body": kind.body(request, callback_url=None, index_base=0)}
-    text = dump_request(stored)
+    text = canonical_json(stored)
     return hashlib.sha256(text.encode()).hexdigest()[:32], RequestJSON(text)
 
 

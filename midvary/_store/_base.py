@@ -105,6 +105,20 @@ class RequestJSON(str):
     __slots__ = ()
 
 
+#: The canonical JSON of stored requests: sorted keys, no spaces, no NaN.
+_CANONICAL: Final = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def canonical_json(data: object) -> str:
+    """``data`` (JSON data) as canonical JSON: what keys compare and stores keep.
+
+    Raises:
+        TypeError, ValueError: ``data`` is not JSON data (or holds NaN or infinity).
+
+    """
+    return _CANONICAL.encode(data)
+
+
 def dump_request(request: object) -> str:
     """The canonical JSON of a request (a JSON-able dict, built by the caller's converter).
 
@@ -113,7 +127,7 @@ def dump_request(request: object) -> str:
     if type(request) is RequestJSON:
         return str.__str__(request)
     try:
-        return json.dumps(request, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        return _CANONICAL.encode(request)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"a stored request must be JSON-serialisable, got {request!r}") from exc
 

@@ -20,6 +20,7 @@ import logging
 import os
 import uuid
 from collections.abc import Callable
+from typing import Final
 
 from .._errors import StoreError
 from ._base import Claim, ClaimState, SlotRequest, Store, check_seconds, lost_claim
@@ -44,6 +45,15 @@ os.register_at_fork(after_in_child=_new_process)
 def new_id() -> str:
     """A holder or slot id unique across processes (a random id per process, a counter)."""
     return f"{_process}{next(_ids):x}"
+
+
+#: Seconds a POST's slot counts as in flight if its owner never ends it (> a POST's timeout).
+SLOT_LEASE: Final = 120.0
+#: Seconds between claims of a key a live submitter holds.
+BUSY_POLL: Final = 0.5
+
+#: A hold's claim before its first answer (claims are frozen: one serves every hold).
+_NOT_CLAIMED = Claim(state=ClaimState.BUSY)
 
 
 class Hold:
@@ -96,7 +106,7 @@ class Hold:
         self.namespace = namespace
         self.key = key
         self.holder = holder
-        self.claim = Claim(state=ClaimState.BUSY)
+        self.claim = _NOT_CLAIMED
         self.slot_id: str | None = None
         self.sending = False
         self.settled = False
@@ -315,24 +325,28 @@ class StoreClaims:
 
     def claim(self, key: str, *, fingerprint: str, request: object) -> Hold:
         """Hold ``key`` for one submission; see :func:`holding`."""
-        lease_s = self.store.claim_lease
-        return holding(
+        lease_s = self.store.claim_lease  # checked by the store
+        return Hold(
             self.store,
             self.namespace,
             key,
             fingerprint=fingerprint,
             request=request,
+            holder=new_id(),
             lease_s=lease_s,
             rate=self.rate,
-            renewals=self._renewals.get(lease_s) or self.renewals(lease_s),
+            slot_lease_s=SLOT_LEASE,
+            busy_poll_s=BUSY_POLL,
+            renewals=self.renewals(lease_s),
         )
 
     def renewals(self, lease_s: float) -> Renewals:
         """The queue of this session's claims of ``lease_s`` seconds waiting to be renewed."""
-        renewals = self._renewals.get(lease_s)
-        if renewals is None:
+        try:
+            return self._renewals[lease_s]
+        except KeyError:
             renewals = self._renewals[lease_s] = Renewals(lease_s / 3)
-        return renewals
+            return renewals
 
 
 def holding(
@@ -344,8 +358,8 @@ def holding(
     request: object,
     lease_s: float = 30.0,
     rate: tuple[int, float] | None = None,
-    slot_lease_s: float = 120.0,
-    busy_poll_s: float | None = 0.5,
+    slot_lease_s: float = SLOT_LEASE,
+    busy_poll_s: float | None = BUSY_POLL,
     renewals: Renewals | None = None,
 ) -> Hold:
     """The hold on ``key`` for one submission: ``async with`` it; see the module docstring.
@@ -407,7 +421,9 @@ class Renewals:
         self._holds: collections.deque[tuple[float, Hold]] = collections.deque()
         self._timer: asyncio.TimerHandle | None = None
 
-    def __len__(self) -> int:
+    @property
+    def waiting(self) -> int:
+        """How many live claims wait for their renewal to be due."""
         return sum(not hold.ended for _, hold in self._holds)
 
     @property

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 
 from .._errors import StoreError
 from ._base import Store, check_seconds
-from ._hold import OnWait, new_id
+from ._hold import SLOT_LEASE, OnWait, new_id
 
 logger = logging.getLogger("midvary._store")
 
@@ -50,7 +50,7 @@ class StoreLimiter:
         namespace: str,
         rate: tuple[int, float],
         *,
-        slot_lease_s: float = 120.0,
+        slot_lease_s: float = SLOT_LEASE,
     ) -> None:
         self.store = store
         self.namespace = namespace

@@ -46,6 +46,8 @@ _REFUNDED: Final = bulk(b"1")
 _NO_RATE: Final = _EMPTY + _EMPTY + bulk(b"0.0")
 #: ARGV 11-13 of a call that sends none of them.
 _NO_EXTRA: Final = _EMPTY * 3
+#: ARGV 11-12 of a call that sends neither.
+_NO_FINGERPRINT: Final = _EMPTY * 2
 #: The script's operations (ARGV 1), packed.
 _OPS: Final = {
     op: bulk(op.encode())
@@ -77,7 +79,7 @@ def _text(value: object) -> str:
 
 def _extra(fingerprint: str = "", request: str = "", task_id: str = "") -> bytes:
     """ARGV 11-13 packed: fingerprint (or pause, s), request JSON, task id."""
-    return b"".join(bulk(part.encode()) for part in (fingerprint, request, task_id))
+    return bulk(fingerprint.encode()) + bulk(request.encode()) + bulk(task_id.encode())
 
 
 def _slot_rate(slot: SlotRequest) -> bytes:
@@ -395,7 +397,7 @@ class RedisStore(Store):
         """See :meth:`Store.record_task`."""
         _, value = await self._call(
             "recording the task of key {key!r}", _OPS["task"], namespace, key,
-            holder=holder, slot_id=slot_id, extra=_extra(task_id=task_id),
+            holder=holder, slot_id=slot_id, extra=_NO_FINGERPRINT + bulk(task_id.encode()),
         )  # fmt: skip
         return value == b"1"
 

@@ -64,14 +64,14 @@ async def test_claims_of_one_lease_share_one_renewal_timer(namespace: str) -> No
             async with claims.claim(f"quick-{n}", fingerprint="fp", request=REQ) as quick:
                 await quick.refused()
         queue = claims.renewals(0.3)
-        assert len(queue) == 1  # only the slow claim is left waiting
+        assert queue.waiting == 1  # only the slow claim is left waiting
         assert queue.armed
         await asyncio.sleep(0.4)  # more than its lease: only a renewal keeps it
         assert {t.get_name() for t in _renewals()} == {"midvary-renew-slow"}
         assert await other_claim_of(store, namespace, "slow") is ClaimState.BUSY
         await slow.refused()
     assert _renewals() == set()
-    assert len(queue) == 0
+    assert queue.waiting == 0
     assert not queue.armed
 
 
