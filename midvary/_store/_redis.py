@@ -130,7 +130,9 @@ class RedisStore(Store):
             renewed every third of it): how long a key whose submitter died blocks the
             others before it is taken over (never sent) or called uncertain (sending).
         socket_timeout: Seconds to wait for the server on a connection made from a URL
-            (connecting, each answer, and a free connection); ``None`` waits forever.
+            (connecting, each answer, and a free connection; for the pipelined script
+            calls, each batch from its write to its last answer); ``None`` waits forever.
+            A borrowed client's own ``socket_timeout`` applies to it instead.
         max_connections: The most connections a store made from a URL opens for its
             other commands (more at once wait for a free one); the claims' script calls
             share one more connection of their own, pipelined.
