@@ -240,3 +240,27 @@ async def test_store_errors_never_show_the_password(tmp_path: Path) -> None:
         assert "cannot use the store" in output
         assert "127.0.0.1:1" in output
         assert fake.stats.requests["submit"] == 0
+
+
+async def test_a_job_id_too_long_for_the_store_keys_is_refused_before_anything_is_sent(
+    tmp_path: Path,
+) -> None:
+    """With --store a job id is prefixed with the JOBS hash: one too long stops the run at once.
+
+    The longest id that fits (1024 less ``bulk/<sha256>/``) runs.
+    """
+    longest = 1024 - len(f"bulk/{'0' * 64}/")
+    store = ("--store", str(tmp_path / "shared.sqlite"), *LEASE)
+    async with provider(submit_limit=None) as fake:
+        for size, expected in ((longest + 1, 2), (longest, 0)):
+            jobs = tmp_path / f"jobs-{size}.csv"
+            jobs.write_text(
+                f"task_id,image_index,water_mark,id\nparent-0,0,,short\nparent-1,1,,{'x' * size}\n"
+            )
+            code, output = await ended(await start(fake, jobs, *store))
+            assert code == expected, output
+            if expected:
+                assert f"jobs-{size}.csv:3: with --store a job's key is at most {longest}" in output
+                assert "no job was run" in output
+                assert fake.stats.requests["submit"] == 0
+        assert fake.stats.requests["submit"] == fake.stats.tasks_created == 2

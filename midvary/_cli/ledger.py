@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import midvary
 
+from .._validate import MAX_KEY_LENGTH
 from ._kit import UsageError, say
 from .journal import JobState, Journal, JournalBusyError, JournaledJob, JournalMismatchError
 
@@ -173,7 +174,12 @@ class StoreLedger:
                     logger.warning("lost the run claim of %s (its lease lapsed)", key)
 
     def _claim_key(self, key: str) -> str:
-        return f"bulk/{self._scope}/{key}"
+        return self.claim_key(self._scope, key)
+
+    @staticmethod
+    def claim_key(scope: str, key: str) -> str:
+        """The store key of the run claim of job ``key`` of the JOBS file ``scope``."""
+        return f"bulk/{scope}/{key}"
 
     def submission_key(self, job: BulkJob) -> str:
         """``<JOBS sha256>/<job key>``: the same job has the same key in every run."""
@@ -294,6 +300,7 @@ async def open_ledger(
         return
     if args.journal is not None:
         raise UsageError("--journal and --store exclude each other: the store is the journal")
+    _check_keys(jobs_path, jobs_file)
     store = _store(args.store, lease_s=args.claim_lease)
     try:
         await store.open()
@@ -307,6 +314,25 @@ async def open_ledger(
             yield ledger, store
     finally:
         await store.close()
+
+
+def _check_keys(jobs_path: Path, jobs_file: JobsFile) -> None:
+    """Every job's store keys fit the key limit (before the store opens, so nothing is sent).
+
+    Raises:
+        UsageError: A job's id (with a child's step) is too long once prefixed; names its line.
+
+    """
+    prefix = len(StoreLedger.claim_key(jobs_file.sha256, ""))  # the longer of its two keys
+    longest = MAX_KEY_LENGTH - prefix
+    for row in jobs_file.jobs:
+        for job in (row, *row.children()):
+            if len(job.key) > longest:
+                raise UsageError(
+                    f"{jobs_path}:{job.line}: with --store a job's key is at most {longest} "
+                    f"characters (its store keys add {prefix} for the JOBS file's hash), but "
+                    f"this one has {len(job.key)}: give it a shorter id (no job was run)"
+                )
 
 
 @contextlib.contextmanager
