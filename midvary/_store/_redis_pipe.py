@@ -4,9 +4,12 @@ Each call is one ``EVALSHA`` (one round trip for its caller), but the calls made
 turn of the event loop go out in one write, and their answers are read back in order from
 one buffer: redis-py's client would instead check a connection out of its pool, pack, send
 and parse each command on its own (about four times the client CPU per call). The
-connection is made by the client's own pool (``make_connection``: its host, TLS, password,
-database and timeouts) and owned by the pipe; one *pump* task writes the queued calls and
-reads their answers, and :meth:`ScriptPipe.close` cancels and awaits it.
+connection is the client's pool's own kind, made from its settings (host, TLS, password,
+database), owned by the pipe; its answers stay bytes, and instead of one timer per answer
+the pump gives each batch one deadline, the pool's ``socket_timeout``, from its write to its
+last answer. One *pump* task writes the queued calls and reads their answers, and
+:meth:`ScriptPipe.close` cancels and awaits it. A call is packed by its caller, with
+:func:`bulk` for each part, after the pipe's ``EVALSHA`` head.
 
 A connection that fails (or times out) fails every call it carried; each call is then sent
 again on a new connection, twice at most, after a short backoff (every store operation is
