@@ -325,18 +325,15 @@ class StoreClaims:
 
     def claim(self, key: str, *, fingerprint: str, request: object) -> Hold:
         """Hold ``key`` for one submission; see :func:`holding`."""
-        lease_s = self.store.claim_lease  # checked by the store
-        return Hold(
+        lease_s = self.store.claim_lease
+        return holding(
             self.store,
             self.namespace,
             key,
             fingerprint=fingerprint,
             request=request,
-            holder=new_id(),
             lease_s=lease_s,
             rate=self.rate,
-            slot_lease_s=SLOT_LEASE,
-            busy_poll_s=BUSY_POLL,
             renewals=self.renewals(lease_s),
         )
 
