@@ -56,6 +56,8 @@ _OPS: Final = {
         "acquire", "end", "slow", "allowance",
     )
 }  # fmt: skip
+#: The most packed leases or rates kept (a session uses one of each; more start over).
+_CACHED: Final = 64
 _STATES: frozenset[str] = frozenset({"claimed", "sending", "submitted", "uncertain", "done"})
 
 
@@ -277,12 +279,17 @@ class RedisStore(Store):
         return space
 
     def _times(self, lease_s: float) -> bytes:
-        """ARGV 5-6 packed: the claim's lease (s) and the key's ttl (ms)."""
+        """ARGV 5-6 packed: the claim's lease (s) and the key's ttl (ms), kept for next time."""
+        if len(self._packed_times) >= _CACHED:
+            self._packed_times.clear()
         packed = bulk(str(lease_s).encode()) + bulk(b"%d" % int(self.key_ttl * 1000))
         self._packed_times[lease_s, self.key_ttl] = packed
         return packed
 
     def _rate(self, slot: SlotRequest) -> bytes:
+        """ARGV 8-10 packed for ``slot`` (:func:`_slot_rate`), kept for next time."""
+        if len(self._rates) >= _CACHED:
+            self._rates.clear()
         packed = self._rates[slot.rate, slot.lease_s] = _slot_rate(slot)
         return packed
 
