@@ -22,7 +22,7 @@ import midvary
 
 from ._harness import PARENT, FakeServer, Report, cpu_seconds, fake_server
 
-JOBS = 400
+JOBS = 1000
 ROUNDS = 9
 TARGET_TRIPS = 2.0
 TARGET_CPU = 1.20
