@@ -20,9 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -30,11 +27,10 @@ import aiohttp
 
 import midvary
 
+from ._callgrind import SMALL, per_task, require_valgrind
 from ._harness import PARENT, BaselineClient, fake_server, fixed, run_concurrently, session_options
 from .b1_overhead import CONCURRENCY, INTERVAL, _policy
 
-SMALL = 200
-LARGE = 1_200
 CLIENTS = ("baseline", "midvary")
 
 
@@ -61,64 +57,22 @@ async def _baseline(base_url: str, api_key: str, tasks: int, in_flight: int) -> 
         await run_concurrently(tasks, in_flight, job)
 
 
-def instructions(out_file: Path) -> int:
-    """The total instructions of a callgrind output file."""
-    for line in out_file.read_text().splitlines():
-        if line.startswith(("summary:", "totals:")):
-            return int(line.split()[1])
-    raise RuntimeError(f"no totals in {out_file}")
-
-
-def _measure(
-    client: str, tasks: int, base_url: str, api_key: str, workdir: Path, *, in_flight: int
-) -> int:
-    out_file = workdir / f"callgrind.{client}.{tasks}"
-    command = [
-        "valgrind",
-        "--tool=callgrind",
-        f"--callgrind-out-file={out_file}",
-        sys.executable,
-        "-m",
-        "benchmarks.b1_callgrind",
-        "--client",
-        client,
-        "--tasks",
-        str(tasks),
-        "--in-flight",
-        str(in_flight),
-        "--base-url",
-        base_url,
-        "--api-key",
-        api_key,
-    ]
-    subprocess.run(command, check=True, capture_output=True)  # noqa: S603 - our own interpreter
-    return instructions(out_file)
-
-
 async def _main(in_flight: int, clients: tuple[str, ...]) -> None:
-    if shutil.which("valgrind") is None:
-        raise SystemExit("valgrind is not installed (apt-get install valgrind)")
+    require_valgrind()
     args = ("--duration", "0", "0", "--invisible-for", "0", "--no-submit-limit")
-    per_task: dict[str, float] = {}
+    per_client: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as workdir:
         async with fake_server(*args) as fake:
+            child = ("--in-flight", str(in_flight), "--base-url", fake.base_url)
             for client in clients:
-                counts = [
-                    await asyncio.to_thread(
-                        _measure,
-                        client,
-                        tasks,
-                        fake.base_url,
-                        fake.api_key,
-                        Path(workdir),
-                        in_flight=in_flight,
-                    )
-                    for tasks in (SMALL, LARGE)
-                ]
-                per_task[client] = (counts[1] - counts[0]) / (LARGE - SMALL)
-                print(f"{client}: {per_task[client] / 1000:.1f} k instructions per task")
-    if len(per_task) == len(CLIENTS):
-        ratio = per_task["midvary"] / per_task["baseline"]
+                per_client[client] = await per_task(
+                    "benchmarks.b1_callgrind",
+                    client,
+                    (*child, "--api-key", fake.api_key),
+                    Path(workdir),
+                )
+    if len(per_client) == len(CLIENTS):
+        ratio = per_client["midvary"] / per_client["baseline"]
         print(f"midvary / baseline: {ratio:.3f}")
 
 

@@ -17,20 +17,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
-import subprocess
-import sys
 import tempfile
 import uuid
 from pathlib import Path
 
 import midvary
 
+from ._callgrind import SMALL, per_task, require_valgrind
 from ._harness import PARENT, fake_server, redis_server
-from .b1_callgrind import instructions
 
-SMALL = 200
-LARGE = 1_200
 CLIENTS = ("plain", "redis")
 CONCURRENCY = 64
 
@@ -64,68 +59,24 @@ async def _client(
         raise SystemExit("B7: a job failed")
 
 
-def _measure(  # noqa: PLR0917 - one child's command line
-    client: str,
-    jobs: int,
-    base_url: str,
-    api_key: str,
-    redis_url: str,
-    workdir: Path,
-    *,
-    in_flight: int,
-) -> int:
-    out_file = workdir / f"callgrind.{client}.{jobs}"
-    command = [
-        "valgrind",
-        "--tool=callgrind",
-        f"--callgrind-out-file={out_file}",
-        sys.executable,
-        "-m",
-        "benchmarks.b7_callgrind",
-        "--client",
-        client,
-        "--jobs",
-        str(jobs),
-        "--in-flight",
-        str(in_flight),
-        "--base-url",
-        base_url,
-        "--api-key",
-        api_key,
-        "--redis-url",
-        redis_url,
-    ]
-    subprocess.run(command, check=True, capture_output=True)  # noqa: S603 - our own interpreter
-    return instructions(out_file)
-
-
 async def _main(in_flight: int, clients: tuple[str, ...]) -> None:
-    if shutil.which("valgrind") is None:
-        raise SystemExit("valgrind is not installed (apt-get install valgrind)")
+    require_valgrind()
     args = ("--duration", "0", "0", "--invisible-for", "0", "--no-submit-limit")
-    per_task: dict[str, float] = {}
+    per_client: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as workdir, redis_server(Path(workdir)) as redis_url:
         if redis_url is None:
             raise SystemExit("no Redis server found (redis-server, valkey-server)")
         async with fake_server(*args) as fake:
+            child = ("--in-flight", str(in_flight), "--base-url", fake.base_url)
             for client in clients:
-                counts = [
-                    await asyncio.to_thread(
-                        _measure,
-                        client,
-                        jobs,
-                        fake.base_url,
-                        fake.api_key,
-                        redis_url,
-                        Path(workdir),
-                        in_flight=in_flight,
-                    )
-                    for jobs in (SMALL, LARGE)
-                ]
-                per_task[client] = (counts[1] - counts[0]) / (LARGE - SMALL)
-                print(f"{client}: {per_task[client] / 1000:.1f} k instructions per task")
-    if len(per_task) == len(CLIENTS):
-        ratio = per_task["redis"] / per_task["plain"]
+                per_client[client] = await per_task(
+                    "benchmarks.b7_callgrind",
+                    client,
+                    (*child, "--api-key", fake.api_key, "--redis-url", redis_url),
+                    Path(workdir),
+                )
+    if len(per_client) == len(CLIENTS):
+        ratio = per_client["redis"] / per_client["plain"]
         print(f"RedisStore / none: {ratio:.3f}")
 
 
@@ -133,7 +84,7 @@ def main() -> None:
     """Measure both (no arguments), or run one client's jobs (``--client``)."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--client", choices=CLIENTS)
-    parser.add_argument("--jobs", type=int, default=SMALL)
+    parser.add_argument("--tasks", type=int, default=SMALL, help="jobs to run")
     parser.add_argument("--base-url")
     parser.add_argument("--api-key")
     parser.add_argument("--redis-url")
@@ -144,7 +95,7 @@ def main() -> None:
         asyncio.run(_main(args.in_flight, (args.only,) if args.only else CLIENTS))
         return
     redis_url = args.redis_url if args.client == "redis" else None
-    asyncio.run(_client(args.base_url, args.api_key, redis_url, args.jobs, args.in_flight))
+    asyncio.run(_client(args.base_url, args.api_key, redis_url, args.tasks, args.in_flight))
 
 
 if __name__ == "__main__":
