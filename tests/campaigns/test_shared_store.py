@@ -78,7 +78,10 @@ class R8Figures:
     failed: int
 
 
-async def _start(where: str, jobs: list[str], env: dict[str, str]) -> Worker:
+async def _start(
+    where: str, jobs: list[str], env: dict[str, str], progress: asyncio.Event
+) -> Worker:
+    """Start a worker on ``jobs``; ``progress`` is set at each line it prints and at its end."""
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "tests.campaigns.keyed_worker", where, *jobs,
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -91,16 +94,42 @@ async def _start(where: str, jobs: list[str], env: dict[str, str]) -> Worker:
         errors = asyncio.create_task(process.stderr.read())
         async for raw in process.stdout:
             worker.lines.append(json.loads(raw))
+            progress.set()
         worker.stderr = (await errors).decode(errors="replace")
+        progress.set()
 
     worker.reader = asyncio.create_task(read())
     return worker
 
 
+def _inspector(where: str, namespace: str) -> midvary.SQLiteStore | midvary.RedisStore:
+    """The runner's own view of the workers' store (the same as ``keyed_worker``'s)."""
+    if where.startswith("redis://"):
+        return midvary.RedisStore(where, namespace=namespace)
+    return midvary.SQLiteStore(where)
+
+
+async def _sending(store: midvary.SQLiteStore | midvary.RedisStore, victim: Worker) -> set[object]:
+    """The victim's keys the store holds as sending (read before anything takes them over)."""
+    keys: set[object] = {victim.key_of(job) for job in victim.jobs}
+    return keys & {job.key for job in await store.unfinished() if job.state == "sending"}
+
+
 async def at_least_once(
     fake: FakeProvider, where: str, *, jobs: int, kills: int, seed: int, namespace: str
 ) -> R8Figures:
-    """Run ``jobs`` keyed jobs on 2 workers, SIGKILL ``kills`` of them, re-deliver; figures."""
+    """Run ``jobs`` keyed jobs on 2 workers, SIGKILL ``kills`` of them, re-deliver; figures.
+
+    The kills come at seeded points of the run's progress (the k-th once that many POSTs
+    were started, all before three quarters of the jobs' first POSTs), so each lands while
+    the run still has jobs, and likely POSTs, in flight, however fast the machine is.
+
+    In flight at a kill: a key the victim had announced sending (its POST about to leave)
+    and not finished, or one the store holds as sending for it. The store marks a key
+    sending with its claim (one round trip fewer), a moment before the POST leaves and the
+    worker can say so: a kill in that moment leaves the key uncertain, though no POST may
+    have left, which is the safe side.
+    """
     rng = random.Random(seed)
     env = {
         **os.environ,
@@ -111,14 +140,35 @@ async def at_least_once(
     }
     all_jobs = [f"job-{i}=parent-{i // 4}:{i % 4}" for i in range(jobs)]
     half = len(all_jobs) // 2
-    live = [await _start(where, all_jobs[:half], env), await _start(where, all_jobs[half:], env)]
+    progress = asyncio.Event()
+    inspector = _inspector(where, namespace)
+    await inspector.open()
+    live = [
+        await _start(where, all_jobs[:half], env, progress),
+        await _start(where, all_jobs[half:], env, progress),
+    ]
     ended: list[Worker] = []
     at_risk: set[object] = set()
     killed = 0
     started = 2
-    while killed < kills:
-        await asyncio.sleep(rng.uniform(0.8, 1.8))
-        running = [w for w in live if w.process.returncode is None]
+    points = sorted(rng.sample(range(2, max(3, jobs * 3 // 4)), kills))
+
+    def sent() -> int:
+        return sum(1 for w in (*live, *ended) for line in w.lines if "sending" in line)
+
+    def victims() -> list[Worker]:  # running, with jobs not finished yet
+        return [
+            w
+            for w in live
+            if w.process.returncode is None
+            and any(w.key_of(j) not in w.finished_keys() for j in w.jobs)
+        ]
+
+    for point in points:
+        while sent() < point and victims():
+            progress.clear()
+            await progress.wait()
+        running = victims()
         if not running:
             break
         victim = rng.choice(running)
@@ -128,13 +178,14 @@ async def at_least_once(
         await victim.reader
         victim.killed = True
         killed += 1
-        at_risk |= victim.in_flight()
+        at_risk |= victim.in_flight() | await _sending(inspector, victim)
         live.remove(victim)
         ended.append(victim)
         left = [j for j in victim.jobs if victim.key_of(j) not in victim.finished_keys()]
         if left:  # the queue re-delivers the unfinished jobs, with the same keys
-            live.append(await _start(where, left, env))
+            live.append(await _start(where, left, env, progress))
             started += 1
+    await inspector.close()
     for worker in live:
         await asyncio.wait_for(worker.process.wait(), timeout=120)
         assert worker.reader is not None
