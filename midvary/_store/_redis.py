@@ -11,7 +11,7 @@ import json
 import urllib.parse
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING, ClassVar, Final, cast
+from typing import TYPE_CHECKING, ClassVar, cast
 
 from .._errors import StoreError
 from ._base import (
@@ -30,34 +30,15 @@ from ._base import (
     dump_request,
     lost_claim,
     lost_data_error,
-    new_epoch,
 )
 from ._lua import SCRIPT
+from ._redis_args import NO_EXTRA, NO_FINGERPRINT, OPS, PREFIX, Packer, extra, key_names
 from ._redis_pipe import ScriptPipe, bulk
 from ._redis_tokens import RedisTokens
 
 if TYPE_CHECKING:
     import redis.asyncio
 
-_PREFIX = "midvary:{"
-_EMPTY: Final = bulk(b"")
-_REFUNDED: Final = bulk(b"1")
-#: ARGV 8-10 of a call without a slot: no count, no window, no slot lease.
-_NO_RATE: Final = _EMPTY + _EMPTY + bulk(b"0.0")
-#: ARGV 11-13 of a call that sends none of them.
-_NO_EXTRA: Final = _EMPTY * 3
-#: ARGV 11-12 of a call that sends neither.
-_NO_FINGERPRINT: Final = _EMPTY * 2
-#: The script's operations (ARGV 1), packed.
-_OPS: Final = {
-    op: bulk(op.encode())
-    for op in (
-        "claim", "send", "renew", "task", "release", "unsend", "uncertain", "done",
-        "acquire", "end", "slow", "allowance",
-    )
-}  # fmt: skip
-#: The most packed leases or rates kept (a session uses one of each; more start over).
-_CACHED: Final = 64
 _STATES: frozenset[str] = frozenset({"claimed", "sending", "submitted", "uncertain", "done"})
 
 
@@ -77,40 +58,6 @@ def redact_url(url: str) -> str:
 
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _extra(fingerprint: str = "", request: str = "", task_id: str = "") -> bytes:
-    """ARGV 11-13 packed: fingerprint (or pause, s), request JSON, task id."""
-    return bulk(fingerprint.encode()) + bulk(request.encode()) + bulk(task_id.encode())
-
-
-def _slot_rate(slot: SlotRequest) -> bytes:
-    """ARGV 8-10 packed: ``slot``'s count and window ('' = no limit), and its lease (s)."""
-    count, window = slot.rate if slot.rate is not None else ("", "")
-    return b"".join(bulk(str(part).encode()) for part in (count, window, slot.lease_s))
-
-
-class _Space:
-    """One namespace's constant parts of every script call, packed once (``_call``)."""
-
-    __slots__ = ("_markers", "after_key", "before_key", "epoch", "key_prefix")
-
-    def __init__(self, names: list[str]) -> None:
-        epoch, record, *window = names  # KEYS 1-5: marker, the key's hash, window, stamps, flight
-        self.before_key = bulk(epoch.encode())
-        self.key_prefix = record.encode()  # the key's hash is this, then the key
-        self.after_key = b"".join(bulk(name.encode()) for name in window)
-        self.epoch = b""  # the namespace's marker, once a call has seen it
-        self._markers = b""
-
-    def markers(self) -> bytes:
-        """ARGV 2-3 packed: the marker expected, and a fresh one if none is known yet."""
-        return self._markers or _EMPTY + bulk(new_epoch().encode())
-
-    def learn(self, epoch: bytes) -> None:
-        """A call saw the namespace's marker ``epoch``."""
-        self.epoch = epoch
-        self._markers = bulk(epoch) + _EMPTY
 
 
 class RedisStore(Store):
@@ -193,10 +140,7 @@ class RedisStore(Store):
             raise ValueError(f"max_connections must be >= 1, got {max_connections}")
         self._max_connections = max_connections
         self._script: ScriptPipe | None = None
-        # The packed constant parts of the script's calls (``_call``).
-        self._spaces: dict[str, _Space] = {}
-        self._packed_times: dict[tuple[float, float], bytes] = {}
-        self._rates: dict[tuple[tuple[int, float] | None, float], bytes] = {}
+        self._packer = Packer()  # the script's calls, packed (``_redis_args``)
         self._failures: tuple[type[BaseException], ...] = (redis.exceptions.RedisError, OSError)
         self._tokens = RedisTokens(self._open_client, self._error)
 
@@ -268,31 +212,6 @@ class RedisStore(Store):
             raise StoreError(f"{what}: the Redis store is not open (use `async with store`)")
         return self._client
 
-    def _keys(self, namespace: str, key: str = "") -> list[str]:
-        base = f"{_PREFIX}{namespace}}}:"
-        return [base + "epoch", base + "k:" + key, base + "win", base + "stamps", base + "flight"]
-
-    def _space(self, namespace: str) -> _Space:
-        space = self._spaces.get(namespace)
-        if space is None:
-            space = self._spaces[namespace] = _Space(self._keys(namespace))
-        return space
-
-    def _times(self, lease_s: float) -> bytes:
-        """ARGV 5-6 packed: the claim's lease (s) and the key's ttl (ms), kept for next time."""
-        if len(self._packed_times) >= _CACHED:
-            self._packed_times.clear()
-        packed = bulk(str(lease_s).encode()) + bulk(b"%d" % int(self.key_ttl * 1000))
-        self._packed_times[lease_s, self.key_ttl] = packed
-        return packed
-
-    def _rate(self, slot: SlotRequest) -> bytes:
-        """ARGV 8-10 packed for ``slot`` (:func:`_slot_rate`), kept for next time."""
-        if len(self._rates) >= _CACHED:
-            self._rates.clear()
-        packed = self._rates[slot.rate, slot.lease_s] = _slot_rate(slot)
-        return packed
-
     async def _call(
         self,
         what: str,
@@ -304,38 +223,24 @@ class RedisStore(Store):
         lease_s: float = 0.0,
         slot: SlotRequest | None = None,
         slot_id: str | None = None,
-        extra: bytes = _NO_EXTRA,
+        extra: bytes = NO_EXTRA,
         refunded: bool = False,
     ) -> tuple[bytes, bytes]:
         """Run the script's ``op``; return (status, value) after checking the marker.
 
         ``what`` names the operation in an error (``{key!r}`` in it is the key); ``op`` is a
-        row of ``_OPS``; ``extra`` is ARGV 11-13 packed (:func:`_extra`).
+        row of ``OPS``; ``extra`` is ARGV 11-13 packed (``_redis_args.extra``).
         """
         script = self._script
         if script is None:
             raise StoreError(
                 f"{what.format(key=key)}: the Redis store is not open (use `async with store`)"
             )
-        space = self._spaces.get(namespace) or self._space(namespace)
-        if slot is not None:
-            slot_id = slot.slot_id
-            rate = self._rates.get((slot.rate, slot.lease_s)) or self._rate(slot)
-        else:
-            rate = _NO_RATE
-        command = b"".join((
-            space.before_key,
-            bulk(space.key_prefix + key.encode()),
-            space.after_key,
-            op,
-            space.markers(),
-            bulk(holder.encode()),
-            self._packed_times.get((lease_s, self.key_ttl)) or self._times(lease_s),
-            bulk(slot_id.encode()) if slot_id else _EMPTY,
-            rate,
-            extra,
-            _REFUNDED if refunded else _EMPTY,
-        ))  # fmt: skip
+        space = self._packer.space(namespace)
+        command = self._packer.command(
+            space, op, key, holder=holder, lease_s=lease_s, key_ttl=self.key_ttl,
+            slot=slot, slot_id=slot_id, extra=extra, refunded=refunded,
+        )  # fmt: skip
         try:
             status, epoch, value = await script.call(command)
         except self._failures as exc:
@@ -361,13 +266,13 @@ class RedisStore(Store):
         request_json = dump_request(request)
         status, value = await self._call(
             "claim of key {key!r}",
-            _OPS["claim"],
+            OPS["claim"],
             namespace,
             key,
             holder=holder,
             lease_s=lease_s,
             slot=slot,
-            extra=_extra(fingerprint, request_json),
+            extra=extra(fingerprint, request_json),
         )
         if status == b"claimed":
             return Claim(state=ClaimState.CLAIMED, slot_wait=float(value) if value else None)
@@ -386,7 +291,7 @@ class RedisStore(Store):
     ) -> float:
         """See :meth:`Store.mark_sending`."""
         status, value = await self._call(
-            "marking key {key!r} sending", _OPS["send"], namespace, key,
+            "marking key {key!r} sending", OPS["send"], namespace, key,
             holder=holder, lease_s=lease_s, slot=slot,
         )  # fmt: skip
         if status == b"lost":
@@ -396,7 +301,7 @@ class RedisStore(Store):
     async def renew(self, namespace: str, key: str, *, holder: str, lease_s: float) -> bool:
         """See :meth:`Store.renew`."""
         _, value = await self._call(
-            "renewal of key {key!r}", _OPS["renew"], namespace, key, holder=holder, lease_s=lease_s
+            "renewal of key {key!r}", OPS["renew"], namespace, key, holder=holder, lease_s=lease_s
         )
         return value == b"1"
 
@@ -405,8 +310,8 @@ class RedisStore(Store):
     ) -> bool:
         """See :meth:`Store.record_task`."""
         _, value = await self._call(
-            "recording the task of key {key!r}", _OPS["task"], namespace, key,
-            holder=holder, slot_id=slot_id, extra=_NO_FINGERPRINT + bulk(task_id.encode()),
+            "recording the task of key {key!r}", OPS["task"], namespace, key,
+            holder=holder, slot_id=slot_id, extra=NO_FINGERPRINT + bulk(task_id.encode()),
         )  # fmt: skip
         return value == b"1"
 
@@ -416,7 +321,7 @@ class RedisStore(Store):
         """See :meth:`Store.release`."""
         _, value = await self._call(
             "release of key {key!r}",
-            _OPS["release"],
+            OPS["release"],
             namespace,
             key,
             holder=holder,
@@ -429,7 +334,7 @@ class RedisStore(Store):
     ) -> bool:
         """See :meth:`Store.unsend`."""
         _, value = await self._call(
-            "marking key {key!r} claimed", _OPS["unsend"], namespace, key,
+            "marking key {key!r} claimed", OPS["unsend"], namespace, key,
             holder=holder, slot_id=slot_id,
         )  # fmt: skip
         return value == b"1"
@@ -439,7 +344,7 @@ class RedisStore(Store):
     ) -> bool:
         """See :meth:`Store.mark_uncertain`."""
         _, value = await self._call(
-            "marking key {key!r} uncertain", _OPS["uncertain"], namespace, key,
+            "marking key {key!r} uncertain", OPS["uncertain"], namespace, key,
             holder=holder, slot_id=slot_id,
         )  # fmt: skip
         return value == b"1"
@@ -447,7 +352,7 @@ class RedisStore(Store):
     async def mark_done(self, namespace: str, key: str, *, task_id: str) -> bool:
         """See :meth:`Store.mark_done`."""
         _, value = await self._call(
-            "marking key {key!r} done", _OPS["done"], namespace, key, extra=_extra(task_id=task_id)
+            "marking key {key!r} done", OPS["done"], namespace, key, extra=extra(task_id=task_id)
         )
         return value == b"1"
 
@@ -467,7 +372,7 @@ class RedisStore(Store):
 
         namespace = namespace if namespace is not None else self.namespace
         what = "listing unfinished keys"
-        names = await self._scan(what, f"{_PREFIX}{namespace or '*'}}}:k:*")
+        names = await self._scan(what, f"{PREFIX}{namespace or '*'}}}:k:*")
         assert self._client is not None  # noqa: S101 - _scan checked it
         try:
             async with self._client.pipeline(transaction=False) as pipe:
@@ -484,7 +389,7 @@ class RedisStore(Store):
                 continue  # expired or deleted between the scan and the read
             if state not in _STATES:
                 raise StoreError(f"the Redis store is corrupt: a key has the state {state!r}")
-            ns, _, key = name[len(_PREFIX) :].partition("}:k:")
+            ns, _, key = name[len(PREFIX) :].partition("}:k:")
             jobs.append(
                 StoredJob(
                     key=key,
@@ -505,13 +410,13 @@ class RedisStore(Store):
         if namespace is not None:
             namespaces = [namespace]
         else:
-            markers = await self._scan(what, f"{_PREFIX}*}}:epoch")
-            namespaces = [name[len(_PREFIX) : -len("}:epoch")] for name in markers]
+            markers = await self._scan(what, f"{PREFIX}*}}:epoch")
+            namespaces = [name[len(PREFIX) : -len("}:epoch")] for name in markers]
         assert self._client is not None  # noqa: S101 - open checked below
         if self._script is None:
             raise StoreError(f"{what}: the Redis store is not open (use `async with store`)")
         try:
-            names = [self._keys(ns, key)[1] for ns in namespaces]
+            names = [key_names(ns, key)[1] for ns in namespaces]
             return bool(names) and int(await self._client.delete(*names)) > 0
         except (redis.exceptions.RedisError, OSError) as exc:
             raise self._error(what, exc) from exc
@@ -522,14 +427,14 @@ class RedisStore(Store):
         """See :meth:`Store.acquire_slot`."""
         slot = SlotRequest(slot_id=slot_id, rate=rate, lease_s=lease_s)
         _, value = await self._call(
-            "taking a submission slot", _OPS["acquire"], namespace, slot=slot
+            "taking a submission slot", OPS["acquire"], namespace, slot=slot
         )
         return float(value)
 
     async def end_slot(self, namespace: str, slot_id: str, *, refunded: bool) -> float | None:
         """See :meth:`Store.end_slot`."""
         _, value = await self._call(
-            "ending a submission slot", _OPS["end"], namespace, slot_id=slot_id, refunded=refunded
+            "ending a submission slot", OPS["end"], namespace, slot_id=slot_id, refunded=refunded
         )
         return float(value) if value else None
 
@@ -537,8 +442,8 @@ class RedisStore(Store):
         """See :meth:`Store.slow_down`."""
         slot = SlotRequest(slot_id="", rate=rate)
         _, value = await self._call(
-            "slowing the submission window down", _OPS["slow"], namespace, slot=slot,
-            extra=_extra(str(pause_s)),
+            "slowing the submission window down", OPS["slow"], namespace, slot=slot,
+            extra=extra(str(pause_s)),
         )  # fmt: skip
         return int(value)
 
@@ -546,7 +451,7 @@ class RedisStore(Store):
         """See :meth:`Store.allowance`."""
         slot = SlotRequest(slot_id="", rate=rate)
         _, value = await self._call(
-            "reading the submission allowance", _OPS["allowance"], namespace, slot=slot
+            "reading the submission allowance", OPS["allowance"], namespace, slot=slot
         )
         return int(value)
 
