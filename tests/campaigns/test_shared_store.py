@@ -141,8 +141,6 @@ async def at_least_once(
     all_jobs = [f"job-{i}=parent-{i // 4}:{i % 4}" for i in range(jobs)]
     half = len(all_jobs) // 2
     progress = asyncio.Event()
-    inspector = _inspector(where, namespace)
-    await inspector.open()
     live = [
         await _start(where, all_jobs[:half], env, progress),
         await _start(where, all_jobs[half:], env, progress),
@@ -164,28 +162,28 @@ async def at_least_once(
             and any(w.key_of(j) not in w.finished_keys() for j in w.jobs)
         ]
 
-    for point in points:
-        while sent() < point and victims():
-            progress.clear()
-            await progress.wait()
-        running = victims()
-        if not running:
-            break
-        victim = rng.choice(running)
-        victim.process.send_signal(signal.SIGKILL)
-        await victim.process.wait()
-        assert victim.reader is not None
-        await victim.reader
-        victim.killed = True
-        killed += 1
-        at_risk |= victim.in_flight() | await _sending(inspector, victim)
-        live.remove(victim)
-        ended.append(victim)
-        left = [j for j in victim.jobs if victim.key_of(j) not in victim.finished_keys()]
-        if left:  # the queue re-delivers the unfinished jobs, with the same keys
-            live.append(await _start(where, left, env, progress))
-            started += 1
-    await inspector.close()
+    async with _inspector(where, namespace) as inspector:
+        for point in points:
+            while sent() < point and victims():
+                progress.clear()
+                await progress.wait()
+            running = victims()
+            if not running:
+                break
+            victim = rng.choice(running)
+            victim.process.send_signal(signal.SIGKILL)
+            await victim.process.wait()
+            assert victim.reader is not None
+            await victim.reader
+            victim.killed = True
+            killed += 1
+            at_risk |= victim.in_flight() | await _sending(inspector, victim)
+            live.remove(victim)
+            ended.append(victim)
+            left = [j for j in victim.jobs if victim.key_of(j) not in victim.finished_keys()]
+            if left:  # the queue re-delivers the unfinished jobs, with the same keys
+                live.append(await _start(where, left, env, progress))
+                started += 1
     for worker in live:
         await asyncio.wait_for(worker.process.wait(), timeout=120)
         assert worker.reader is not None
