@@ -8,6 +8,7 @@ imports and warm-up cancelled out.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import shutil
 import subprocess
@@ -17,6 +18,18 @@ from pathlib import Path
 
 SMALL = 200
 LARGE = 1_200
+
+
+def arguments(clients: Sequence[str], *, in_flight: int) -> argparse.ArgumentParser:
+    """The command line both ways: measure (no ``--client``), or be one measured child."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--client", choices=clients)
+    parser.add_argument("--tasks", type=int, default=SMALL, help="tasks (jobs) to run")
+    parser.add_argument("--base-url")
+    parser.add_argument("--api-key")
+    parser.add_argument("--in-flight", type=int, default=in_flight, help="tasks at once")
+    parser.add_argument("--only", choices=clients, help="measure one client only")
+    return parser
 
 
 def require_valgrind() -> None:

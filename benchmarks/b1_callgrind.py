@@ -18,7 +18,6 @@ The fake provider runs in its own process, outside valgrind. Each client runs in
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import tempfile
 from pathlib import Path
@@ -27,7 +26,7 @@ import aiohttp
 
 import midvary
 
-from ._callgrind import SMALL, per_task, require_valgrind
+from ._callgrind import arguments, per_task, require_valgrind
 from ._harness import PARENT, BaselineClient, fake_server, fixed, run_concurrently, session_options
 from .b1_overhead import CONCURRENCY, INTERVAL, _policy
 
@@ -78,13 +77,7 @@ async def _main(in_flight: int, clients: tuple[str, ...]) -> None:
 
 def main() -> None:
     """Measure both clients (no arguments), or run one client's tasks (``--client``)."""
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--client", choices=CLIENTS)
-    parser.add_argument("--tasks", type=int, default=SMALL)
-    parser.add_argument("--base-url")
-    parser.add_argument("--api-key")
-    parser.add_argument("--in-flight", type=int, default=CONCURRENCY, help="tasks at once")
-    parser.add_argument("--only", choices=CLIENTS, help="measure one client only")
+    parser = arguments(CLIENTS, in_flight=CONCURRENCY)
     args = parser.parse_args()
     if args.client is None:
         asyncio.run(_main(args.in_flight, (args.only,) if args.only else CLIENTS))

@@ -15,7 +15,6 @@ client runs in a child ``python -m benchmarks.b7_callgrind --client ...``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import tempfile
 import uuid
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import midvary
 
-from ._callgrind import SMALL, per_task, require_valgrind
+from ._callgrind import arguments, per_task, require_valgrind
 from ._harness import PARENT, fake_server, redis_server
 
 CLIENTS = ("plain", "redis")
@@ -82,14 +81,8 @@ async def _main(in_flight: int, clients: tuple[str, ...]) -> None:
 
 def main() -> None:
     """Measure both (no arguments), or run one client's jobs (``--client``)."""
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--client", choices=CLIENTS)
-    parser.add_argument("--tasks", type=int, default=SMALL, help="jobs to run")
-    parser.add_argument("--base-url")
-    parser.add_argument("--api-key")
+    parser = arguments(CLIENTS, in_flight=CONCURRENCY)
     parser.add_argument("--redis-url")
-    parser.add_argument("--in-flight", type=int, default=CONCURRENCY, help="jobs at once")
-    parser.add_argument("--only", choices=CLIENTS, help="measure one client only")
     args = parser.parse_args()
     if args.client is None:
         asyncio.run(_main(args.in_flight, (args.only,) if args.only else CLIENTS))
