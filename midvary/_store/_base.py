@@ -127,7 +127,7 @@ def dump_request(request: object) -> str:
     if type(request) is RequestJSON:
         return str.__str__(request)
     try:
-        return _CANONICAL.encode(request)
+        return canonical_json(request)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"a stored request must be JSON-serialisable, got {request!r}") from exc
 

@@ -118,8 +118,7 @@ class ScriptPipe:
         return future
 
     async def _run(self) -> None:
-        import redis.exceptions  # noqa: PLC0415 - optional dependency
-
+        errors = self._errors
         futures: list[asyncio.Future[Any]] = []
         try:
             while True:
@@ -137,7 +136,7 @@ class ScriptPipe:
                         for future in futures:
                             try:
                                 reply: object = await conn.read_response()
-                            except redis.exceptions.ResponseError as exc:
+                            except errors.ResponseError as exc:
                                 reply = exc  # this call's error; the connection is fine
                             done += 1
                             _settle(future, reply)
@@ -145,14 +144,14 @@ class ScriptPipe:
                     # The connection is broken: what it carried fails (and is retried).
                     await self._drop()
                     if isinstance(exc, TimeoutError):
-                        exc = redis.exceptions.TimeoutError("the store did not answer in time")
-                    elif not isinstance(exc, redis.exceptions.RedisError | OSError):
-                        exc = redis.exceptions.ConnectionError(f"{type(exc).__name__}: {exc}")
+                        exc = errors.TimeoutError("the store did not answer in time")
+                    elif not isinstance(exc, errors.RedisError | OSError):
+                        exc = errors.ConnectionError(f"{type(exc).__name__}: {exc}")
                     for future in futures[done:]:
                         _settle(future, exc)
                 futures = []
         finally:
-            error = redis.exceptions.ConnectionError("the store's connection was closed")
+            error = errors.ConnectionError("the store's connection was closed")
             for future in (*futures, *self._futures):
                 _settle(future, error)
             self._queue, self._futures = [], []
