@@ -161,7 +161,7 @@ class Hold:
     async def __aexit__(self, *_exc: object) -> None:
         """Stop renewing the claim, and settle it if the body did not."""
         self.ended = True
-        self._renewals.discard(self)
+        self._renewals.claim_ended()
         if self._renewal is not None:
             await self._stop_renewing()
         if self.claim.state is ClaimState.CLAIMED and not self.settled:
@@ -432,20 +432,22 @@ class Renewals:
         """Renew ``hold`` once it has lived ``after`` seconds (unless it ended by then)."""
         loop = asyncio.get_running_loop()
         holds = self._holds
-        while holds and holds[0][1].ended:
-            holds.popleft()
+        self._drop_ended()
         holds.append((loop.time() + self._after, hold))
         if self._timer is None:
             self._timer = loop.call_at(holds[0][0], self._due, loop)
 
-    def discard(self, hold: Hold) -> None:
-        """``hold`` ended (its ``ended`` is set): the timer stops once no claim is left."""
+    def claim_ended(self) -> None:
+        """A claim of the queue ended (its ``ended`` is set): no timer once none is left."""
+        self._drop_ended()
+        if not self._holds and self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _drop_ended(self) -> None:
         holds = self._holds
         while holds and holds[0][1].ended:
             holds.popleft()
-        if not holds and self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
 
     def _due(self, loop: asyncio.AbstractEventLoop) -> None:
         self._timer = None
