@@ -3,7 +3,7 @@
 A :class:`FanOut` pulls requests from its input only as slots free up (the input may be a
 lazy iterable or an async iterable of any length), runs each job in its own task (submit
 through the session's rate limiter, then await the handle, then optionally download), and
-hands out one :class:`VaryOutcome` per job in completion order. A job's failure is that
+hands out one :class:`JobOutcome` per job in completion order. A job's failure is that
 job's outcome; it never cancels the others.
 
 Ownership: the fan-out owns its job tasks. Cancelling the coroutine that iterates, calling
@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Self, TypeVar
 
 from ._errors import RateLimitError, SessionClosedError
 from ._handle import TaskHandle
-from ._jobs import FanOutOptions, JobEvent, JobEventKind, UnfinishedJob, VaryOutcome
+from ._jobs import FanOutOptions, JobEvent, JobEventKind, JobOutcome, UnfinishedJob
 from ._models import SubmitRequest, TaskRecord
 from ._submit import REQUEST_CLASSES, is_request
 
@@ -62,7 +62,7 @@ class _Job:
         self.task_id: str | None = None
         self.posting = False
         self.reattached = False
-        self.outcome: VaryOutcome | None = None
+        self.outcome: JobOutcome | None = None
 
     def unfinished(self) -> UnfinishedJob:
         if self.outcome is not None:
@@ -117,9 +117,9 @@ def check_requests(requests: object) -> Requests:
 
 
 class FanOut:
-    """An async iterator of :class:`VaryOutcome`, one per job, in completion order.
+    """An async iterator of :class:`JobOutcome`, one per job, in completion order.
 
-    Made by :meth:`Session.vary_many` (its keyword arguments become one
+    Made by :meth:`Session.submit_many` (its keyword arguments become one
     :class:`FanOutOptions`); see there for what they mean. Iterate it with
     ``async for``; preferably inside ``async with`` (or :func:`contextlib.aclosing`), so that
     leaving the loop early cancels the jobs still in flight at once instead of when the
@@ -145,7 +145,7 @@ class FanOut:
         self.concurrency = options.concurrency
         self._slots = asyncio.Semaphore(self.concurrency)
         self._driver: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[VaryOutcome]] = set()
+        self._tasks: set[asyncio.Task[JobOutcome]] = set()
         self._pending: dict[int, _Job] = {}
         self._ready: collections.deque[_Job] = collections.deque()
         self._wakeup = asyncio.Event()
@@ -177,7 +177,7 @@ class FanOut:
     def __aiter__(self) -> Self:
         return self
 
-    async def __anext__(self) -> VaryOutcome:
+    async def __anext__(self) -> JobOutcome:
         """The next outcome, in completion order.
 
         Raises:
@@ -270,7 +270,7 @@ class FanOut:
             self._exhausted = True
             self._wakeup.set()
 
-    def _job_ended(self, task: asyncio.Task[VaryOutcome]) -> None:
+    def _job_ended(self, task: asyncio.Task[JobOutcome]) -> None:
         self._tasks.discard(task)
         if task.cancelled():
             return
@@ -283,7 +283,7 @@ class FanOut:
 
     # -- one job ----------------------------------------------------------------------------
 
-    async def _run(self, job: _Job) -> VaryOutcome:
+    async def _run(self, job: _Job) -> JobOutcome:
         options = self._options
         record: TaskRecord | None = None
         paths: tuple[Path, ...] = ()
@@ -304,7 +304,7 @@ class FanOut:
         except Exception as exc:  # one job's failure is that job's outcome
             job.posting = False
             record, error = None, exc
-        job.outcome = VaryOutcome(
+        job.outcome = JobOutcome(
             index=job.index,
             request=job.request,
             task_id=job.task_id,
@@ -354,8 +354,8 @@ class FanOut:
             )
 
 
-async def collect_all(fanout: FanOut) -> list[VaryOutcome]:
-    """Every outcome of ``fanout`` in input order (what ``Session.vary_all`` returns).
+async def collect_all(fanout: FanOut) -> list[JobOutcome]:
+    """Every outcome of ``fanout`` in input order (what ``Session.submit_all`` returns).
 
     When the call ends without its list (it is cancelled, the input raises, or the session
     closes), the task ids of the finished jobs it drops are logged as a warning.
@@ -364,7 +364,7 @@ async def collect_all(fanout: FanOut) -> list[VaryOutcome]:
         SessionClosedError: The session closed before every job finished.
 
     """
-    outcomes: list[VaryOutcome] = []
+    outcomes: list[JobOutcome] = []
     async with fanout:
         try:
             async for outcome in fanout:
@@ -375,19 +375,19 @@ async def collect_all(fanout: FanOut) -> list[VaryOutcome]:
         if not fanout._complete:  # the session's close ended the loop, not the jobs
             _log_dropped(outcomes)
             raise SessionClosedError(
-                "the Session was closed while vary_all was running; the task ids of its "
+                "the Session was closed while submit_all was running; the task ids of its "
                 "jobs are logged"
             )
     outcomes.sort(key=lambda outcome: outcome.index)
     return outcomes
 
 
-def _log_dropped(outcomes: list[VaryOutcome]) -> None:
-    """Log the task ids of finished jobs whose outcomes a failing ``vary_all`` drops."""
+def _log_dropped(outcomes: list[JobOutcome]) -> None:
+    """Log the task ids of finished jobs whose outcomes a failing ``submit_all`` drops."""
     dropped = [o for o in outcomes if o.task_id is not None or o.uncertain]
     if dropped:
         logger.warning(
-            "vary_all ended early: %d finished jobs are not returned (task ids: %s)",
+            "submit_all ended early: %d finished jobs are not returned (task ids: %s)",
             len(dropped),
             ", ".join(o.task_id or "unknown (uncertain)" for o in dropped),
         )
@@ -421,8 +421,8 @@ async def _pull(source: Requests, slots: asyncio.Semaphore) -> AsyncGenerator[ob
 def takes_options_of(
     fan_out: Callable[Concatenate[Owner, Requests, Keywords], FanOut],
 ) -> Callable[
-    [Callable[..., Awaitable[list[VaryOutcome]]]],
-    Callable[Concatenate[Owner, Requests, Keywords], Awaitable[list[VaryOutcome]]],
+    [Callable[..., Awaitable[list[JobOutcome]]]],
+    Callable[Concatenate[Owner, Requests, Keywords], Awaitable[list[JobOutcome]]],
 ]:
     """Give the decorated method ``fan_out``'s keyword arguments: one list, for both.
 
@@ -431,8 +431,8 @@ def takes_options_of(
     """
 
     def decorate(
-        method: Callable[..., Awaitable[list[VaryOutcome]]],
-    ) -> Callable[Concatenate[Owner, Requests, Keywords], Awaitable[list[VaryOutcome]]]:
+        method: Callable[..., Awaitable[list[JobOutcome]]],
+    ) -> Callable[Concatenate[Owner, Requests, Keywords], Awaitable[list[JobOutcome]]]:
         signature = inspect.signature(fan_out)
         method.__signature__ = signature.replace(  # type: ignore[attr-defined]
             return_annotation=inspect.signature(method).return_annotation
