@@ -324,6 +324,7 @@ async def test_tokens_of_a_closed_session_are_forgotten(start_world: StartWorld)
         ("wrong-key", "wrong key"),
         ("other-task", "signed for another task"),
         ({"X-Webhook-Timestamp": "soon", "X-Webhook-Signature": "x"}, "not seconds"),
+        ({"X-Webhook-Timestamp": "9" * 5000, "X-Webhook-Signature": "x"}, "5,000 digits"),
     ],
 )
 async def test_bad_signatures_are_401_and_wake_nothing(
