@@ -93,7 +93,9 @@ async def start_world() -> AsyncIterator[StartWorld]:
     """Start a fake (manual clock, instant visibility) and a receiver; close both after."""
     opened: list[World] = []
 
-    async def start(*, hmac_key: str | None = None, **settings: Any) -> World:
+    async def start(
+        *, hmac_key: str | None = None, receiver: dict[str, Any] | None = None, **settings: Any
+    ) -> World:
         clock = ManualClock(1000.0)
         fake = FakeProvider(
             settings=FakeSettings(
@@ -103,10 +105,14 @@ async def start_world() -> AsyncIterator[StartWorld]:
             clock=clock,
         )
         await fake.start()
-        receiver = midvary.CallbackReceiver(hmac_key=hmac_key, safety_poll=NEVER)
-        world = World(fake, clock, receiver, aiohttp.ClientSession())
+        world = World(
+            fake,
+            clock,
+            midvary.CallbackReceiver(hmac_key=hmac_key, safety_poll=NEVER, **(receiver or {})),
+            aiohttp.ClientSession(),
+        )
         opened.append(world)
-        await receiver.start("127.0.0.1", 0)
+        await world.receiver.start("127.0.0.1", 0)
         return world
 
     yield start
@@ -746,43 +752,33 @@ async def test_a_replayed_token_wakes_its_handle_once_per_interval(
     start_world: StartWorld,
 ) -> None:
     """1,000 replays of a valid delivery while the task runs cost one record-info GET."""
-    world = await start_world(callbacks=False)
-    receiver = midvary.CallbackReceiver(safety_poll=NEVER, wake_interval=3600.0)
-    await receiver.start()
-    try:
-        async with world.session(callbacks=receiver) as session:
-            handle = await session.vary("parent-1", 0)
-            url = world.callback_url(handle.task_id)
-            waiter = asyncio.create_task(handle.wait())
-            body = json.dumps(callback_body(handle.task_id)).encode()
-            for _ in range(20):
-                statuses = await asyncio.gather(*(world.post(url, body) for _ in range(50)))
-                assert set(statuses) == {200}
-            await until(lambda: world.polls(handle.task_id) >= 1)
-            assert not waiter.done()  # the task runs on: the one GET saw it running
-            waiter.cancel()
-    finally:
-        await receiver.stop()
+    world = await start_world(callbacks=False, receiver={"wake_interval": 3600.0})
+    async with world.session() as session:
+        handle = await session.vary("parent-1", 0)
+        url = world.callback_url(handle.task_id)
+        waiter = asyncio.create_task(handle.wait())
+        body = json.dumps(callback_body(handle.task_id)).encode()
+        for _ in range(20):
+            statuses = await asyncio.gather(*(world.post(url, body) for _ in range(50)))
+            assert set(statuses) == {200}
+        await until(lambda: world.polls(handle.task_id) >= 1)
+        assert not waiter.done()  # the task runs on: the one GET saw it running
+        waiter.cancel()
     assert world.polls(handle.task_id) == 1
 
 
 async def test_a_callback_after_a_replay_is_late_not_lost(start_world: StartWorld) -> None:
     """A delivery within the wake interval of a replay still wakes the handle, once."""
-    world = await start_world(callbacks=False)
-    receiver = midvary.CallbackReceiver(safety_poll=NEVER, wake_interval=0.2)
-    await receiver.start()
-    try:
-        async with world.session(callbacks=receiver) as session:
-            handle = await session.vary("parent-1", 0)
-            url = world.callback_url(handle.task_id)
-            waiter = asyncio.create_task(handle.wait())
-            assert await world.post(url, callback_body(handle.task_id)) == 200  # a replay
-            await until(lambda: world.polls(handle.task_id) == 1)
-            world.finish(handle.task_id)
-            assert await world.post(url, callback_body(handle.task_id)) == 200  # the real one
-            assert (await waiter).status is midvary.TaskStatus.SUCCESS
-    finally:
-        await receiver.stop()
+    world = await start_world(callbacks=False, receiver={"wake_interval": 0.2})
+    async with world.session() as session:
+        handle = await session.vary("parent-1", 0)
+        url = world.callback_url(handle.task_id)
+        waiter = asyncio.create_task(handle.wait())
+        assert await world.post(url, callback_body(handle.task_id)) == 200  # a replay
+        await until(lambda: world.polls(handle.task_id) == 1)
+        world.finish(handle.task_id)
+        assert await world.post(url, callback_body(handle.task_id)) == 200  # the real one
+        assert (await waiter).status is midvary.TaskStatus.SUCCESS
     assert world.polls(handle.task_id) == 2
 
 
@@ -837,16 +833,17 @@ async def test_a_flood_of_slow_connections_does_not_stop_the_receiver(
 ) -> None:
     """300 slow clients against a cap of 20: a real delivery is answered; a few log lines."""
     caplog.set_level(logging.DEBUG, logger="midvary")
-    world = await start_world(callbacks=False)
-    receiver = midvary.CallbackReceiver(safety_poll=NEVER, max_connections=20, read_timeout=60.0)
-    await receiver.start()
+    world = await start_world(
+        callbacks=False, receiver={"max_connections": 20, "read_timeout": 60.0}
+    )
+    port = world.receiver.port
     slow: list[asyncio.StreamWriter] = []
     try:
-        async with world.session(callbacks=receiver) as session:
+        async with world.session() as session:
             handle = await session.vary("parent-1", 0)
             for _ in range(300):
-                _reader, writer = await asyncio.open_connection("127.0.0.1", receiver.port)
-                writer.write(f"POST {receiver.path}/x HTTP/1.1\r\nHost: x\r\n".encode())
+                _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(f"POST {world.receiver.path}/x HTTP/1.1\r\nHost: x\r\n".encode())
                 slow.append(writer)
             world.finish(handle.task_id)
             url = world.callback_url(handle.task_id)
@@ -855,7 +852,6 @@ async def test_a_flood_of_slow_connections_does_not_stop_the_receiver(
     finally:
         for writer in slow:
             writer.close()
-        await receiver.stop()
     warnings = [entry for entry in caplog.records if entry.levelno >= logging.WARNING]
     assert len(warnings) == 1
     assert "limit of 20 connections" in warnings[0].getMessage()
