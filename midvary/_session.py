@@ -346,6 +346,41 @@ class Session:
             request = attrs.evolve(request, key=key)
         return await self._submitter.submit(request)
 
+    async def run(
+        self,
+        request: SubmitRequest,
+        *,
+        timeout: float | UseDefault | None = USE_DEFAULT,
+    ) -> TaskRecord:
+        """Submit one request and wait for its task: the one-call form of :meth:`submit`.
+
+        ``await session.run(request)`` is ``await (await session.submit(request))``, for
+        code that wants the result and not the handle (``replicate.run``, fal's
+        ``subscribe``)::
+
+            grid = await session.run(midvary.GenerateRequest(prompt="a red fox"))
+
+        Args:
+            request: A :class:`VaryRequest`, :class:`GenerateRequest` or
+                :class:`UpscaleRequest` (its ``key``, if any, is honoured as by
+                :meth:`submit`).
+            timeout: Seconds to wait for the task once it is submitted; ``None`` means no
+                deadline; by default the poll policy's ``timeout``.
+
+        Returns:
+            The final record of the task, which succeeded.
+
+        Raises:
+            TaskFailedError: The task failed (the error carries its record).
+            TaskTimeoutError: ``timeout`` passed first; the error carries the task id, so
+                :meth:`task` re-attaches to it.
+            SubmitUncertainError: The submission's answer was lost; it is never re-sent.
+            TypeError: ``request`` is not a request; nothing was sent.
+
+        """
+        handle = await self.submit(request)
+        return await handle.wait(timeout)
+
     def vary_many(
         self,
         requests: Requests,
