@@ -456,6 +456,22 @@ class Session:
             record, path, concurrency=count(concurrency, "concurrency")
         )
 
+    async def credits(self) -> int:
+        """The account's remaining credits: one ``GET /api/v1/chat/credit``, not retried.
+
+        Cheap enough to call before and after a run (what it spent is the difference: the
+        provider reports no per-task cost) or to check that the account is usable again.
+
+        Raises:
+            AuthenticationError: The API key is wrong.
+            APIError: Another refusal (a :class:`ServiceUnavailableError` in maintenance).
+            TransportError, ProtocolError: The request failed, or its answer held no whole
+                number of credits.
+
+        """
+        self._core.check_open()
+        return await self._core.fetch_credits()
+
     def task(self, task_id: str) -> TaskHandle:
         """Re-attach a :class:`TaskHandle` to an existing task id. No I/O.
 
