@@ -40,16 +40,35 @@ converter = cattrs.Converter(forbid_extra_keys=False, detailed_validation=False)
 _EPOCH_MS_THRESHOLD = 100_000_000_000
 
 
+#: What the stdlib's JSON decoder raises on a body it cannot decode: malformed text or bytes
+#: (``ValueError``, which ``UnicodeDecodeError`` is) and nesting too deep for the
+#: interpreter's stack (``RecursionError``).
+_UNDECODABLE = (ValueError, RecursionError)
+
+
 def _json_maybe_string(value: Any, field: str) -> Any:
     # paramJson always, and resultInfoJson sometimes, arrive as JSON encoded in a string.
     if isinstance(value, str):
         if not value.strip():
             return None
-        try:
-            return json.loads(value)
-        except ValueError as exc:
-            raise ProtocolError(f"{field} is not valid JSON: {value[:80]!r}") from exc
+        return decode_json(value, f"{field} is not valid JSON")
     return value
+
+
+def decode_json(raw: str | bytes, problem: str) -> Any:
+    """Decode ``raw`` as JSON; any failure to decode it is a :class:`ProtocolError`.
+
+    Every JSON that comes from the provider (envelopes, the JSON inside records, callback
+    bodies) is decoded here, so a hostile body can only ever be a typed midvary error.
+
+    Raises:
+        ProtocolError: ``raw`` is not JSON; its message starts with ``problem``.
+
+    """
+    try:
+        return json.loads(raw)
+    except _UNDECODABLE as exc:
+        raise ProtocolError(f"{problem}: {raw[:80]!r}") from exc
 
 
 def _structure_time(value: Any, _type: Any) -> datetime | None:
@@ -237,10 +256,7 @@ def structure_callback(raw: bytes) -> CallbackNotice:
             ``code``, no ``data`` object, no string ``taskId``, unusable result URLs).
 
     """
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"the callback body is not JSON: {raw[:80]!r}") from exc
+    body = decode_json(raw, "the callback body is not JSON")
     if not isinstance(body, dict):
         raise ProtocolError(f"the callback body is not an object: {body!r:.80}")
     code = envelope_code(body.get("code"))
