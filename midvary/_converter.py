@@ -285,6 +285,20 @@ def structure_task_id(data: object) -> str:
     return task_id
 
 
+def structure_credits(data: object) -> int:
+    """Return the remaining credits from a ``chat/credit`` answer's ``data`` (an integer).
+
+    Raises:
+        ProtocolError: ``data`` is not a whole number (a float with no fraction is taken).
+
+    """
+    if isinstance(data, float) and data.is_integer():
+        data = int(data)
+    if isinstance(data, bool) or not isinstance(data, int):
+        raise ProtocolError(f"the credit answer holds no whole number of credits: {data!r:.80}")
+    return data
+
+
 # -- to JSON ---------------------------------------------------------------------------------
 
 
