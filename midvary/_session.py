@@ -33,6 +33,7 @@ from ._models import GenerateRequest, SubmitRequest, TaskRecord, UpscaleRequest,
 from ._ratelimit import DEFAULT_SUBMIT_RATE, SubmitLimiter
 from ._store import MemoryStore, Store, StoreClaims, StoreLimiter
 from ._submit import Limiter, Submitter
+from ._testmode import default_poll, default_retry
 from ._validate import count, instance, positive_seconds, resolve_api_key, resolve_base_url
 from ._validate import (
     directory as check_directory,
@@ -62,9 +63,11 @@ class Session:
         base_url: The API's base URL; ``None`` reads ``MIDVARY_BASE_URL``, else
             ``https://api.kie.ai`` (``https://api.midapi.ai`` serves the same API). The key
             is sent to this host only.
-        poll: Default :class:`PollPolicy` of every wait; ``None`` means ``PollPolicy()``.
+        poll: Default :class:`PollPolicy` of every wait; ``None`` means ``PollPolicy()``
+            (``midvary.testing.FAST_POLL`` in the test mode: ``MIDVARY_TESTING=1``).
         retry: :class:`RetryPolicy` for submissions that certainly were not accepted (and
-            for downloads); ``None`` means ``RetryPolicy()``.
+            for downloads); ``None`` means ``RetryPolicy()`` (``FAST_RETRY`` in the test
+            mode).
         request_timeout: Seconds one HTTP request may take in all (> 0).
         connect_timeout: Seconds opening a connection may take (> 0).
         index_base: Added to the 0-based ``image_index`` on the wire: 0 (the documented
@@ -136,8 +139,8 @@ class Session:
             api_key=api_key,
             timeout=timeout,
             http=http_session,
-            poll=poll if poll is not None else PollPolicy(),
-            retry=retry if retry is not None else RetryPolicy(),
+            poll=poll if poll is not None else default_poll(),
+            retry=retry if retry is not None else default_retry(),
             index_base=index_base,
             seed=seed,
         )
