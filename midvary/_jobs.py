@@ -24,7 +24,7 @@ class JobEventKind(enum.Enum):
     """What happened to one job of a fan-out; see :class:`JobEvent`."""
 
     #: A POST of the job's submission is about to be sent (once per attempt). The hook runs
-    #: before the request leaves: a journal written here is on disk before the provider
+    #: before the request leaves: a record written here is on disk before the provider
     #: could have billed anything. If the hook raises, nothing is sent.
     SUBMITTING = "submitting"
     #: The provider accepted the submission; ``task_id`` is set. With ``reattached=True``

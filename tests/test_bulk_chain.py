@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from midvary._cli.jobs import read_jobs
+
+from .bulk_support import job_rows, store_path
 from .test_bulk_resume import (
     finish,
     in_flight,
-    journal_rows,
     kill_when,
     provider,
     result_lines,
@@ -35,9 +37,9 @@ def write_chain(tmp_path: Path) -> Path:
     return jobs
 
 
-def children_submitted(journal: Path) -> bool:
+def children_submitted(store: Path) -> bool:
     """Some child (a key with a parent part) has a task id."""
-    return any("/" in key and task for key, _state, task in journal_rows(journal))
+    return any("/" in key and task for key, _state, task in job_rows(store))
 
 
 def a_child_done(results: Path) -> bool:
@@ -45,15 +47,15 @@ def a_child_done(results: Path) -> bool:
     return any("parent" in line for line in result_lines(results))
 
 
-def parents_submitted(journal: Path) -> bool:
+def parents_submitted(store: Path) -> bool:
     """Some generate row has a task id."""
-    return any("/" not in key and task for key, _state, task in journal_rows(journal))
+    return any("/" not in key and task for key, _state, task in job_rows(store))
 
 
 KILL_POINTS: dict[str, Callable[[Path, Path], bool]] = {
-    "a parent submitted": lambda journal, _results: parents_submitted(journal),
-    "a child submitted": lambda journal, _results: children_submitted(journal),
-    "a child done": lambda _journal, results: a_child_done(results),
+    "a parent submitted": lambda store, _results: parents_submitted(store),
+    "a child submitted": lambda store, _results: children_submitted(store),
+    "a child done": lambda _store, results: a_child_done(results),
 }
 
 
@@ -63,26 +65,23 @@ async def test_chained_bulk_killed_and_resumed_submits_nothing_twice(
 ) -> None:
     """SIGKILL at a point of the chain; the resume finishes every job, with 0 duplicates."""
     jobs = write_chain(tmp_path)
-    journal = tmp_path / "chain.csv.journal.sqlite"
+    store = store_path(jobs)
     results = tmp_path / "chain.csv.results.jsonl"
     condition = KILL_POINTS[point]
     async with provider(task_duration=(0.3, 0.8)) as fake:
         process = await start(fake, jobs)
-        await kill_when(process, lambda: condition(journal, results), point)
-        cut = in_flight(journal)
+        await kill_when(process, lambda: condition(store, results), point)
+        cut = in_flight(store)
         code, output = await finish(fake, jobs)
         assert fake.stats.duplicate_submissions == 0
         last = {line["id"]: line for line in result_lines(results)}
         # A cut POST is uncertain; the children of a cut generate cannot run.
-        not_run = {
-            key
-            for key in {k for k, _s, _t in journal_rows(journal)}
-            if key.split("/")[0] in cut and key not in cut
-        }
+        keys = {job.key for job in read_jobs(jobs).jobs}
+        assert len(keys) == JOBS
+        not_run = {key for key in keys if key.split("/")[0] in cut and key not in cut}
         assert code == (1 if cut else 0), output
         done = {key for key, line in last.items() if line["status"] == "done"}
-        assert done == {key for key, _s, _t in journal_rows(journal)} - cut - not_run
-        assert len(journal_rows(journal)) == JOBS
+        assert done == keys - cut - not_run
         assert fake.stats.tasks_created <= JOBS
         by_endpoint = fake.stats.tasks_by_endpoint
         if not cut:

@@ -1,7 +1,7 @@
 """Crash safety: a bulk run killed with SIGKILL at several points, then resumed.
 
 The CLI runs in a subprocess; the fake provider runs in the test process. Kill points are
-conditions read from the journal or the results file (a bounded wait, no blind sleep).
+conditions read from the store or the results file (a bounded wait, no blind sleep).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import signal
-import sqlite3
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -22,6 +21,8 @@ from typing import Any
 import pytest
 
 from midvary.testing import FakeProvider, FakeSettings
+
+from .bulk_support import job_rows, store_path
 
 JOBS = 10
 
@@ -77,17 +78,6 @@ async def finish(fake: FakeProvider, jobs: Path, *extra: str) -> tuple[int, str]
     return process.returncode, text
 
 
-def journal_rows(path: Path) -> list[tuple[str, str, str | None]]:
-    """``(key, state, task_id)`` of every job in the journal; empty if it is not there yet."""
-    if not path.exists():
-        return []
-    try:
-        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-            return list(db.execute("SELECT key, state, task_id FROM jobs"))
-    except sqlite3.Error:
-        return []
-
-
 def result_lines(path: Path) -> list[dict[str, Any]]:
     """The complete JSON lines of a results file."""
     if not path.exists():
@@ -128,12 +118,12 @@ def summary_count(output: str, label: str) -> int:
     return int(match[1])
 
 
-def in_flight(journal: Path) -> set[str]:
+def in_flight(store: Path) -> set[str]:
     """The jobs whose POST was in flight: the resume must report them, never re-send them."""
-    return {key for key, state, _task in journal_rows(journal) if state == "submitting"}
+    return {key for key, state, _task in job_rows(store) if state == "submitting"}
 
 
-def assert_resumed(fake: FakeProvider, results: Path, journal: Path, uncertain: set[str]) -> None:
+def assert_resumed(fake: FakeProvider, results: Path, store: Path, uncertain: set[str]) -> None:
     """Each job ended done, except those cut mid-POST (reported uncertain); none created twice."""
     last = {line["id"]: line for line in result_lines(results)}
     assert len(last) == JOBS
@@ -143,7 +133,7 @@ def assert_resumed(fake: FakeProvider, results: Path, journal: Path, uncertain: 
     assert fake.stats.duplicate_submissions == 0
     assert fake.stats.tasks_created <= JOBS
     assert fake.api_key.encode() not in results.read_bytes()
-    assert fake.api_key.encode() not in journal.read_bytes()
+    assert fake.api_key.encode() not in store.read_bytes()
 
 
 @pytest.mark.parametrize("k", [1, pytest.param(4, marks=pytest.mark.slow)])
@@ -152,21 +142,21 @@ async def test_killed_after_k_submissions_resumes_without_resubmitting(
 ) -> None:
     """SIGKILL once k jobs have task ids: the resume re-attaches them and submits the rest."""
     jobs = write_jobs(tmp_path)
-    journal = tmp_path / "jobs.csv.journal.sqlite"
+    store = store_path(jobs)
     results = tmp_path / "jobs.csv.results.jsonl"
     async with provider(task_duration=(1.0, 1.5)) as fake:
         process = await start(fake, jobs)
         await kill_when(
             process,
-            lambda: sum(1 for _key, _state, task in journal_rows(journal) if task) >= k,
+            lambda: sum(1 for _key, _state, task in job_rows(store) if task) >= k,
             f"{k} submitted jobs",
         )
-        reattach = sum(1 for _key, _state, task in journal_rows(journal) if task)
-        cut = in_flight(journal)
+        reattach = sum(1 for _key, _state, task in job_rows(store) if task)
+        cut = in_flight(store)
         code, output = await finish(fake, jobs)
         assert code == (1 if cut else 0), output
         assert summary_count(output, "re-attached by task id") == reattach
-        assert_resumed(fake, results, journal, cut)
+        assert_resumed(fake, results, store, cut)
 
 
 async def test_killed_after_results_were_written_resumes_without_duplicates(
@@ -174,43 +164,43 @@ async def test_killed_after_results_were_written_resumes_without_duplicates(
 ) -> None:
     """SIGKILL once 3 results are written: the resume skips them and writes each job once."""
     jobs = write_jobs(tmp_path)
-    journal = tmp_path / "jobs.csv.journal.sqlite"
+    store = store_path(jobs)
     results = tmp_path / "jobs.csv.results.jsonl"
 
     def three_results_and_no_post_in_flight() -> bool:
         # Every job submits at once (concurrency = JOBS), so this point comes after the
         # last POST: the kill cannot cut a submission (that case has its own test).
-        rows = journal_rows(journal)
+        rows = job_rows(store)
         return len(result_lines(results)) >= 3 and all(task for _k, _s, task in rows)
 
     async with provider(task_duration=(0.1, 2.5)) as fake:
         process = await start(fake, jobs)
         await kill_when(process, three_results_and_no_post_in_flight, "3 results")
-        finished = sum(1 for _key, state, _task in journal_rows(journal) if state == "done")
+        finished = sum(1 for _key, state, _task in job_rows(store) if state == "done")
         code, output = await finish(fake, jobs)
         assert code == 0, output
         assert fake.stats.requests["submit"] == JOBS
         ids = [line["id"] for line in result_lines(results)]
         assert len(ids) == len(set(ids)) == JOBS
         assert summary_count(output, "skipped (finished earlier)") == finished >= 3
-        assert_resumed(fake, results, journal, set())
+        assert_resumed(fake, results, store, set())
 
 
 async def test_killed_during_a_post_reports_it_uncertain_until_told(tmp_path: Path) -> None:
     """SIGKILL while a POST is unanswered: the job is uncertain, re-sent only on request."""
     jobs = write_jobs(tmp_path)
-    journal = tmp_path / "jobs.csv.journal.sqlite"
+    store = store_path(jobs)
     results = tmp_path / "jobs.csv.results.jsonl"
     async with provider(latency=3.0) as fake:
         process = await start(fake, jobs, "--concurrency", "1")
-        await kill_when(process, lambda: bool(in_flight(journal)), "a POST in flight")
-        cut = in_flight(journal)
+        await kill_when(process, lambda: bool(in_flight(store)), "a POST in flight")
+        cut = in_flight(store)
         assert len(cut) == 1
         fake.update(latency=0.0)
         code, output = await finish(fake, jobs)
         assert code == 1, output
         assert "uncertain" in output
-        assert_resumed(fake, results, journal, cut)
+        assert_resumed(fake, results, store, cut)
         sent = fake.stats.requests["submit"]
 
         code, output = await finish(fake, jobs, "--resubmit-uncertain")
@@ -225,20 +215,20 @@ async def test_killed_during_a_post_reports_it_uncertain_until_told(tmp_path: Pa
 async def test_ctrl_c_stops_cleanly_and_the_rerun_resumes(tmp_path: Path) -> None:
     """SIGINT exits 130 with a resume hint; the same command then finishes every job once."""
     jobs = write_jobs(tmp_path)
-    journal = tmp_path / "jobs.csv.journal.sqlite"
+    store = store_path(jobs)
     results = tmp_path / "jobs.csv.results.jsonl"
     async with provider(task_duration=(1.0, 1.5)) as fake:
         process = await start(fake, jobs)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 30
-        while not all(task for _k, _s, task in journal_rows(journal) or [("", "", None)]):
+        while not all(task for _k, _s, task in job_rows(store) or [("", "", None)]):
             assert loop.time() < deadline, "timed out waiting for every job to be submitted"
             await asyncio.sleep(0.01)
         process.send_signal(signal.SIGINT)
         out, err = await asyncio.wait_for(process.communicate(), timeout=30)
         assert process.returncode == 130, out.decode() + err.decode()
         assert "run the same command again to resume" in err.decode()
-        assert in_flight(journal) == set()
+        assert in_flight(store) == set()
         code, output = await finish(fake, jobs)
         assert code == 0, output
         assert (
@@ -247,4 +237,4 @@ async def test_ctrl_c_stops_cleanly_and_the_rerun_resumes(tmp_path: Path) -> Non
             == JOBS
         )
         assert fake.stats.requests["submit"] == JOBS
-        assert_resumed(fake, results, journal, set())
+        assert_resumed(fake, results, store, set())

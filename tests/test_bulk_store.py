@@ -260,7 +260,7 @@ async def test_a_job_id_too_long_for_the_store_keys_is_refused_before_anything_i
             code, output = await ended(await start(fake, jobs, *store))
             assert code == expected, output
             if expected:
-                assert f"jobs-{size}.csv:3: with --store a job's key is at most {longest}" in output
+                assert f"jobs-{size}.csv:3: a job's key is at most {longest}" in output
                 assert "no job was run" in output
                 assert fake.stats.requests["submit"] == 0
         assert fake.stats.requests["submit"] == fake.stats.tasks_created == 2

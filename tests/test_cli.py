@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
-import sqlite3
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,9 +13,11 @@ from typing import Any
 
 import pytest
 
+import midvary
 from midvary._cli import main
-from midvary._cli.journal import Journal
 from midvary.testing import PNG_SIGNATURE, FakeProvider, FakeSettings
+
+from .bulk_support import job_states, store_path, write_old_journal
 
 #: Short tasks, as the CLI polls with the default policy (first poll 2 s after submission).
 CLI_FAKE: dict[str, Any] = {"task_duration": (0.1, 0.5), "invisible_for": 0.1}
@@ -48,12 +50,6 @@ def read_results(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def journal_states(path: Path) -> dict[str, str]:
-    """Job key -> state, straight from the journal file."""
-    with contextlib.closing(sqlite3.connect(path)) as db:
-        return dict(db.execute("SELECT key, state FROM jobs").fetchall())
-
-
 def is_png(path: Path) -> bool:
     """Whether ``path`` holds a PNG image."""
     return path.read_bytes().startswith(PNG_SIGNATURE)
@@ -84,7 +80,7 @@ async def test_bulk_runs_every_job_downloads_and_writes_results(
     assert {r["task_id"] for r in results} == set(fake.tasks)
     # When each task was created and finished, as the record said (the gallery's timing).
     assert all(r["created_at"] and r["completed_at"] >= r["created_at"] for r in results)
-    assert set(journal_states(tmp_path / "jobs.csv.journal.sqlite").values()) == {"done"}
+    assert set(job_states(store_path(jobs)).values()) == {"done"}
     out = capsys.readouterr().out
     assert "midvary bulk" in out
     assert "\x1b[" not in out  # no terminal: plain, readable text
@@ -93,7 +89,7 @@ async def test_bulk_runs_every_job_downloads_and_writes_results(
         fake.api_key,
         capsys,
         tmp_path / "jobs.csv.results.jsonl",
-        tmp_path / "jobs.csv.journal.sqlite",
+        store_path(jobs),
     )
 
 
@@ -144,12 +140,12 @@ async def test_bad_rows_are_reported_and_skipped(
 async def test_failed_and_uncertain_jobs_are_reported_and_never_resent(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Lost submit answers are journaled uncertain; a re-run only resends them on request."""
+    """Lost submit answers are stored uncertain; a re-run only resends them on request."""
     jobs = write_csv(tmp_path / "jobs.csv", [f"parent-{n},1,," for n in range(8)])
     async with provider(monkeypatch, drop_submit_answer_rate=0.4) as fake:
         assert await cli("bulk", str(jobs)) == 1
         lost = fake.stats.dropped_submit_answers
-        states = journal_states(tmp_path / "jobs.csv.journal.sqlite")
+        states = job_states(store_path(jobs))
         assert list(states.values()).count("uncertain") == lost > 0
         assert await cli("bulk", str(jobs)) == 1  # reported again, not re-sent
         assert fake.stats.requests["submit"] == 8
@@ -163,22 +159,80 @@ async def test_failed_and_uncertain_jobs_are_reported_and_never_resent(
     assert len(results) == 8 + lost  # an uncertain line, then the done line of its re-run
 
 
-async def test_journal_of_another_jobs_file_is_refused(
+def old_line(key: str, line: int, parent: str, status: str, task: str | None) -> str:
+    """A results line as an earlier midvary wrote it: parent in task_id, task in vary_task_id."""
+    error = None if status == "done" else {"type": "SubmitUncertainError", "message": "lost"}
+    return json.dumps(
+        {"id": key, "line": line, "action": "vary", "task_id": parent, "image_index": 0,
+         "water_mark": None, "status": status, "vary_task_id": task, "image_urls": [],
+         "files": [], "error": error}
+    )  # fmt: skip
+
+
+async def test_a_journal_of_an_earlier_midvary_is_moved_and_nothing_it_knew_is_sent(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A journal whose ids name other jobs (or none of these) is a usage error."""
+    """Submitted, in-flight, uncertain and done jobs of an old journal: none is sent again."""
+    jobs = write_csv(tmp_path / "jobs.csv", [f"parent-{n},0,,job-{n}" for n in range(6)])
+    async with provider(monkeypatch) as fake:
+        parents = [fake.sample_parent_id] * 2
+        submitted = await fake_task(fake, parents[0])
+        done = await fake_task(fake, parents[1])
+        journal = write_old_journal(
+            jobs,
+            [
+                ("job-0", "submitted", submitted, None),
+                ("job-1", "submitting", None, None),
+                ("job-2", "uncertain", None, old_line("job-2", 4, "parent-2", "uncertain", None)),
+                ("job-3", "done", done, old_line("job-3", 5, "parent-3", "done", done)),
+            ],
+        )
+        before = fake.stats.requests["submit"]
+        assert await cli("bulk", str(jobs)) == 1  # two uncertain jobs
+        assert fake.stats.requests["submit"] == before + 2  # job-4 and job-5 only
+        err = capsys.readouterr().err
+        assert "moved the journal of an earlier midvary (6 jobs)" in err
+        assert not journal.exists()
+        assert journal.with_name(journal.name + ".migrated").exists()
+        states = job_states(store_path(jobs))
+        assert states == {
+            "job-0": "done", "job-1": "uncertain", "job-2": "uncertain", "job-3": "done",
+            "job-4": "done", "job-5": "done",
+        }  # fmt: skip
+        last = {r["id"]: r for r in read_results(tmp_path / "jobs.csv.results.jsonl")}
+        assert last["job-0"]["task_id"] == submitted  # re-attached by its task id
+        assert last["job-3"]["vary_task_id"] == done  # the journal's line, as it was
+        assert await cli("bulk", str(jobs)) == 1  # and again: still nothing re-sent
+        assert fake.stats.requests["submit"] == before + 2
+        assert await cli("bulk", str(jobs), "--resubmit-uncertain") == 0
+        assert fake.stats.requests["submit"] == before + 4
+
+
+async def fake_task(fake: FakeProvider, parent: str) -> str:
+    """A vary task the fake made (as an earlier run would have submitted it)."""
+    async with midvary.Session(api_key=fake.api_key, base_url=fake.base_url) as session:
+        return (await session.vary(parent, 0)).task_id
+
+
+async def test_a_journal_of_another_jobs_file_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An old journal whose ids name other jobs (or none of these) is a usage error."""
     first = write_csv(tmp_path / "a.csv", ["parent-1,0,,job-1"])
     other = write_csv(tmp_path / "b.csv", ["parent-2,0,,job-1"])
     unrelated = write_csv(tmp_path / "c.csv", ["parent-3,3,,"])
-    journal = str(tmp_path / "shared.sqlite")
+    journal = write_old_journal(
+        first, [("job-1", "done", "t1", old_line("job-1", 2, "parent-1", "done", "t1"))]
+    )
     async with provider(monkeypatch) as fake:
-        assert await cli("bulk", str(first), "--journal", journal) == 0
-        capsys.readouterr()
-        assert await cli("bulk", str(other), "--journal", journal) == 2
-        assert "another JOBS file" in capsys.readouterr().err
-        assert await cli("bulk", str(unrelated), "--journal", journal) == 2
-        assert "another JOBS file" in capsys.readouterr().err
-        assert fake.stats.requests["submit"] == 1
+        assert await cli("bulk", str(other), "--journal", str(journal)) == 2
+        assert "belongs to another JOBS file (ids job-1)" in capsys.readouterr().err
+        assert await cli("bulk", str(unrelated), "--journal", str(journal)) == 2
+        assert "belongs to another JOBS file" in capsys.readouterr().err
+        assert await cli("bulk", str(first), "--journal", str(tmp_path / "none.sqlite")) == 2
+        assert "no journal at" in capsys.readouterr().err
+        assert fake.stats.requests["submit"] == 0
+    assert journal.exists()
 
 
 async def test_vary_waits_downloads_and_prints_json(
@@ -285,12 +339,26 @@ def test_commands_of_other_modules_are_registered(capsys: pytest.CaptureFixture[
     assert "fake provider" in capsys.readouterr().out
 
 
-def test_a_journal_in_use_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """A second run on the same journal at once exits 2 instead of submitting the jobs too."""
+def test_a_journal_an_earlier_midvary_runs_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """While an earlier midvary's run holds its journal, bulk exits 2 and sends nothing."""
     jobs = write_csv(tmp_path / "jobs.csv", ["parent-1,0,,"])
-    journal = Journal(tmp_path / "jobs.csv.journal.sqlite")
-    try:
+    journal = write_old_journal(jobs, [])
+    with journal.with_name(journal.name + ".lock").open("ab") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         assert main(["--api-key", "k", "bulk", str(jobs)]) == 2
-        assert "in use by another bulk run" in capsys.readouterr().err
-    finally:
-        journal.close()
+    assert "in use by a bulk run of an earlier midvary" in capsys.readouterr().err
+    assert journal.exists()
+
+
+def test_a_store_in_use_by_another_run_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A second run on the same default store at once exits 2 instead of submitting too."""
+    jobs = write_csv(tmp_path / "jobs.csv", ["parent-1,0,,"])
+    with (tmp_path / "jobs.csv.store.sqlite.lock").open("ab") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert main(["--api-key", "k", "bulk", str(jobs)]) == 2
+    assert "in use by another bulk run of jobs.csv" in capsys.readouterr().err
+    assert not store_path(jobs).exists()

@@ -10,7 +10,8 @@ import pytest
 
 from midvary._cli import main
 
-from .test_cli import cli, journal_states, provider, read_results, write_csv
+from .bulk_support import job_states, store_path
+from .test_cli import cli, provider, read_results, write_csv
 
 
 def closed_port() -> int:
@@ -56,7 +57,7 @@ async def test_a_byte_that_is_not_utf8_spoils_only_its_row(
 def test_an_unknown_column_is_refused_with_the_allowed_names(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, content: str
 ) -> None:
-    """A misspelt column (watermark) exits 2 naming the allowed ones; nothing is journaled."""
+    """A misspelt column (watermark) exits 2 naming the allowed ones; nothing is stored."""
     jobs = tmp_path / name
     jobs.write_text(content)
     assert main(["--api-key", "k", "bulk", str(jobs)]) == 2
@@ -64,7 +65,7 @@ def test_an_unknown_column_is_refused_with_the_allowed_names(
     assert "unknown" in err
     assert "'watermark'" in err
     assert "task_id, image_index, water_mark, id" in err
-    assert not (tmp_path / f"{name}.journal.sqlite").exists()
+    assert not store_path(jobs).exists()
 
 
 async def test_a_repeated_row_runs_and_is_warned_about_with_both_lines(
@@ -127,10 +128,10 @@ async def test_retry_failed_resubmits_jobs_whose_task_failed_never_uncertain_one
 ) -> None:
     """--retry-failed submits failed tasks' jobs again (once each), never the uncertain one."""
     jobs = write_csv(tmp_path / "jobs.csv", ["parent-a,0,,", "parent-b,1,,"])
-    journal = tmp_path / "jobs.csv.journal.sqlite"
+    store = store_path(jobs)
     async with provider(monkeypatch, failure_rate=1.0) as fake:
         assert await cli("bulk", str(jobs)) == 1
-        assert set(journal_states(journal).values()) == {"failed"}
+        assert set(job_states(store).values()) == {"failed"}
         fake.update(failure_rate=0.0, drop_submit_answer_rate=1.0)
         # Without the flag, failed jobs are skipped: nothing is sent.
         assert await cli("bulk", str(jobs)) == 1
@@ -138,7 +139,7 @@ async def test_retry_failed_resubmits_jobs_whose_task_failed_never_uncertain_one
         # The first retry loses its answers: those jobs are uncertain now, and stay so.
         assert await cli("bulk", str(jobs), "--retry-failed") == 1
         assert fake.stats.requests["submit"] == 4
-        assert set(journal_states(journal).values()) == {"uncertain"}
+        assert set(job_states(store).values()) == {"uncertain"}
         fake.update(drop_submit_answer_rate=0.0)
         assert await cli("bulk", str(jobs), "--retry-failed") == 1
         assert fake.stats.requests["submit"] == 4
@@ -160,7 +161,7 @@ async def test_retry_failed_runs_failed_jobs_to_done(
 # -- messages in the CLI's words -----------------------------------------------------------
 
 
-def test_a_missing_key_names_the_option_and_variables_and_leaves_no_journal(
+def test_a_missing_key_names_the_option_and_variables_and_leaves_no_store(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """No key: exit 2 saying --api-key / MIDVARY_API_KEY / KIE_API_KEY; bulk writes nothing."""

@@ -13,12 +13,19 @@ import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Final, TextIO
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Final, TextIO
 from urllib.parse import urlsplit
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no flock; concurrent runs are not detected
+    fcntl = None  # type: ignore[assignment]
 
 import attrs
 
 import midvary
+from midvary._validate import resolve_api_key
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
@@ -166,12 +173,44 @@ BASE_URL_HINT: Final = (
 )
 
 
-def require_api_key(args: argparse.Namespace) -> None:
-    """Raise :class:`UsageError`, in the CLI's words, if no API key is given anywhere."""
-    if args.api_key is None and not any(
-        os.environ.get(name, "").strip() for name in ("MIDVARY_API_KEY", "KIE_API_KEY")
-    ):
-        raise UsageError("no API key: pass --api-key KEY, or set MIDVARY_API_KEY (or KIE_API_KEY)")
+def exclusive_lock(path: Path, busy: str) -> IO[bytes]:
+    """Open ``path`` and take an exclusive, non-blocking ``flock`` on it; close it to release.
+
+    The lock lives as long as the returned file (a killed process releases it). Blocking
+    (file open): call it off the event loop.
+
+    Raises:
+        UsageError: ``busy``: another process holds it.
+
+    """
+    file = path.open("ab")
+    if fcntl is not None:
+        try:
+            fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            file.close()
+            raise UsageError(busy) from None
+    return file
+
+
+def api_key(args: argparse.Namespace) -> str:
+    """The API key a session of these options uses (``--api-key``, else the environment).
+
+    The environment is read where :class:`midvary.Session` reads it
+    (``midvary._validate.resolve_api_key``, see ``docs/architecture.md``).
+
+    Raises:
+        UsageError: No key anywhere (in the CLI's words), or a malformed one (never echoed).
+
+    """
+    try:
+        return resolve_api_key(args.api_key)
+    except (TypeError, ValueError) as exc:
+        if args.api_key is None:
+            raise UsageError(
+                "no API key: pass --api-key KEY, or set MIDVARY_API_KEY (or KIE_API_KEY)"
+            ) from None
+        raise UsageError(str(exc).replace("Session(api_key=...)", "--api-key")) from None
 
 
 def base_url_path(args: argparse.Namespace) -> str | None:
@@ -190,7 +229,7 @@ def open_session(args: argparse.Namespace, **options: Any) -> midvary.Session:
         UsageError: No API key, or a bad base URL.
 
     """
-    require_api_key(args)
+    api_key(args)
     try:
         return midvary.Session(api_key=args.api_key, base_url=args.base_url, **options)
     except (TypeError, ValueError) as exc:

@@ -1,13 +1,14 @@
 """``midvary bulk JOBS``: run every vary job of a CSV or JSONL file, crash-safely.
 
 Flow: read and check the JOBS file (bad rows are reported with their line number and
-skipped), open the ledger (:mod:`.ledger`: the local journal, or with ``--store`` a store
-shared with other runs), then run the jobs through ``Session.submit_many`` with a live
-progress display, placing each job as the fan-out has room for it (:mod:`.placing`: skip it
-if finished earlier, re-attach it if submitted earlier, report it uncertain if its POST was
-in flight when an earlier run stopped, leave it to another run that holds it, or run it),
-keeping each step in the ledger before it matters, append one JSON line per finished job to
-the results file, and print a summary.
+skipped), open the ledger (:mod:`.ledger`: a store, ``JOBS.store.sqlite`` beside the JOBS
+file or the one ``--store`` names, shared with the other runs of the file), then run the
+jobs through ``Session.submit_many`` (keyed: the store records each submission's steps
+before its POST leaves) with a live progress display, placing each job as the fan-out has
+room for it (:mod:`.placing`: skip it if finished earlier, re-attach it if submitted
+earlier, report it uncertain if its POST was in flight when an earlier run stopped, leave it
+to another run that holds it, or run it), append one JSON line per finished job to the
+results file, and print a summary.
 
 Writes go ledger first, results file second: if a run dies between the two, the next run
 appends the line the ledger kept. A results file may thus hold a second line for a job
@@ -32,10 +33,10 @@ from ._kit import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     UsageError,
+    api_key,
     open_session,
     positive_float,
     positive_int,
-    require_api_key,
     require_rich,
     say,
 )
@@ -56,19 +57,22 @@ columns task_id (the parent task) and image_index (0..3), and optionally water_m
 An action column chooses what a row does: vary (the default), upscale (same columns) or
 generate (a prompt column, optionally aspect_ratio, speed, version, task_type, and then:
 vary:all, upscale:0,2, ... joined by ';'). A generate row's children are submitted when it
-succeeds, each journaled like a row, so a resume never submits one twice.
+succeeds, each kept in the store like a row, so a resume never submits one twice.
 
 Columns other than these are refused (exit 2). image_index is a whole number: digits in a
 CSV file, a JSON integer in JSONL (not "2", not 2.0). A row that repeats an earlier one runs
 too (each is billed) and is warned about.
 
-Re-running the same command resumes: finished jobs are skipped, submitted jobs are awaited
-by task id and never submitted again, and jobs whose submission was in flight when the run
-stopped are reported as uncertain (re-submitted only with --resubmit-uncertain). Jobs whose
-task failed at the provider are submitted again with --retry-failed.
+Every run keeps its jobs in a store: the SQLite file JOBS.store.sqlite beside the JOBS
+file (one run at a time), or the one --store names. Re-running the same command resumes:
+finished jobs are skipped, submitted jobs are awaited by task id and never submitted
+again, and jobs whose submission was in flight when the run stopped are reported as
+uncertain (re-submitted only with --resubmit-uncertain). Jobs whose task failed at the
+provider are submitted again with --retry-failed. A journal of an earlier midvary
+(JOBS.journal.sqlite) is moved into the store on the first run.
 
-With --store redis://HOST:PORT/DB, runs of the same JOBS file on several machines share
-its jobs: each takes a job before running it (a claim in the store, renewed while it
+With --store, runs of the same JOBS file share its jobs (redis://HOST:PORT/DB: on several
+machines): each takes a job before running it (a claim in the store, renewed while it
 runs), leaves the jobs another live run holds to it, and takes over those of a stopped run
 once its claim lapses (--claim-lease). Its results file has the jobs it ran and those it
 found finished; a run after all others have ended submits nothing and writes every line.
@@ -79,7 +83,7 @@ exit codes: 0 every job succeeded; 1 some job failed, is uncertain, or a row was
 
 
 def options(parser: argparse.ArgumentParser) -> None:
-    """``midvary bulk JOBS``: run many jobs with progress, a journal and a results file."""
+    """``midvary bulk JOBS``: run many jobs with progress, a store and a results file."""
     parser.description = "Run every vary job of a CSV or JSONL file (resumable).\n\n" + _HELP
     parser.set_defaults(handler=_bulk)
     parser.add_argument("jobs", metavar="JOBS", type=Path, help="the jobs file (.csv or .jsonl)")
@@ -103,13 +107,17 @@ def options(parser: argparse.ArgumentParser) -> None:
         "none: no client-side limit",
     )
     parser.add_argument(
-        "--journal", type=Path, metavar="PATH", help="the journal (JOBS.journal.sqlite)"
+        "--journal",
+        type=Path,
+        metavar="PATH",
+        help="the journal an earlier midvary kept (default JOBS.journal.sqlite, if there is "
+        "one): its jobs are moved into the store once, and it is renamed PATH.migrated",
     )
     parser.add_argument(
         "--store",
         metavar="URL|PATH",
-        help="share the jobs with other runs of the same JOBS file through a store instead "
-        "of the local journal: redis://[:PASSWORD@]HOST:PORT/DB (several machines), or an "
+        help="where the runs of this JOBS file keep their jobs (default: the SQLite file "
+        "JOBS.store.sqlite): redis://[:PASSWORD@]HOST:PORT/DB (several machines), or an "
         "SQLite file (several processes on one machine); the password is never printed",
     )
     parser.add_argument(
@@ -118,7 +126,7 @@ def options(parser: argparse.ArgumentParser) -> None:
         default=30.0,
         metavar="S",
         help="with --store: seconds a stopped run's jobs stay blocked before another run "
-        "takes them over (30)",
+        "takes them over (30; the default store is one run's at a time: nothing waits)",
     )
     parser.add_argument(
         "--retry-failed",
@@ -172,7 +180,7 @@ def _bulk(args: argparse.Namespace) -> int:
     jobs_path: Path = args.jobs
     out_path: Path = args.out or jobs_path.with_name(jobs_path.name + ".results.jsonl")
     rate = _submit_rate(args.submit_rate)
-    require_api_key(args)  # before the journal: a run that cannot start leaves nothing
+    api_key(args)  # before the store: a run that cannot start leaves nothing
     jobs_file = read_jobs(jobs_path)
     for message in jobs_file.bad_rows:
         say(f"bad row skipped: {message}", stream=sys.stderr)
@@ -194,7 +202,7 @@ def _bulk(args: argparse.Namespace) -> int:
         )
     except KeyboardInterrupt:
         say(
-            "interrupted: the journal is up to date; run the same command again to "
+            "interrupted: the store is up to date; run the same command again to "
             "resume (submitted jobs are awaited, never submitted twice)",
             stream=sys.stderr,
         )
@@ -256,16 +264,8 @@ async def _run_jobs(  # noqa: PLR0917 - one step of _run, given its parts
     placer.feed = feed
 
     def on_event(event: midvary.JobEvent) -> None:
-        job = feed.to_run[event.index]
-        if event.kind is midvary.JobEventKind.SUBMITTING:
-            ledger.submitting(job.key)  # durable before the POST is sent
-        elif event.kind is midvary.JobEventKind.SUBMITTED and event.task_id is not None:
-            if event.reattached:  # a keyed job another run had submitted
-                summary.reattached += 1
-            ledger.submitted(job.key, event.task_id)
-        elif event.kind is midvary.JobEventKind.RATE_LIMITED and event.error is not None:
-            # Refused with 429: certainly not accepted, so not uncertain if we die now.
-            ledger.refused(job.key)
+        if event.kind is midvary.JobEventKind.SUBMITTED and event.reattached:
+            summary.reattached += 1  # a keyed job an earlier or another run had submitted
         progress.event(event)
 
     with progress:

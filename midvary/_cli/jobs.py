@@ -5,7 +5,7 @@ skipped; a column or JSON key other than :data:`COLUMNS` refuses the whole file 
 as ``watermark`` would otherwise be dropped from every job); a row that repeats an earlier
 one is run and warned about with both line numbers. Each valid row becomes a
 :class:`BulkJob` with a stable key (its own ``id``, else a hash of its content and its
-occurrence number among identical rows, see :mod:`midvary._cli.journal`).
+occurrence number among identical rows): the key of its claims in the store.
 
 A row's ``action`` is ``vary`` (the default: ``task_id``, ``image_index``), ``upscale``
 (the same columns) or ``generate`` (``prompt`` and optionally ``aspect_ratio``, ``speed``,
@@ -64,7 +64,7 @@ class BulkJob:
     Attributes:
         key: The job's stable identity (a child's: its parent's key and its step).
         line: The JOBS file line of the row (a child: its parent's).
-        content: A hash of what the job does (checked against the journal's).
+        content: A hash of what the job does (the fingerprint of its claim in the store).
         request: What to submit; ``None`` for a child, made from its parent's task id.
         then: A generate row's children, as steps.
         parent: A child's parent key; ``None`` for a row.

@@ -1,22 +1,22 @@
-"""Where a bulk run keeps what it knows of each job: one interface, two implementations.
+"""Where a bulk run keeps what it knows of each job: a store, shared by every run of a JOBS file.
 
 :class:`Ledger` is what ``midvary bulk`` asks: may this run take a job, and what is known of
-it (:meth:`~Ledger.take`); the submission's steps (``submitting``, ``submitted``,
-``refused``); a finished job's result line (:meth:`~Ledger.finished`).
+it (:meth:`~Ledger.take`); a finished job's result line (:meth:`~Ledger.finished`).
 
-- :class:`LocalLedger` (the default): the local SQLite journal (:mod:`.journal`), one run at
-  a time (it holds the journal's lock), every step durable before the POST. Submissions
-  carry no key: the journal itself re-attaches by task id.
-- :class:`StoreLedger` (``--store``): a shared store (``RedisStore``: several machines;
-  ``SQLiteStore``: several processes on one machine) that many runs of the same JOBS file
-  share. Before running a job a run takes its *run claim* in the store (a claim on the key
-  ``bulk/<JOBS sha256>/<job key>``, renewed while the run lives); a job whose claim another
-  live run holds is left to it and looked at again later (taken over once that run's claim
-  lapses). A finished job's claim is recorded with its result line in place of a task id,
-  so any later run reads the line back instead of running the job. The submissions go
-  through ``Session(store=...)`` with ``key=<JOBS sha256>/<job key>``: a job taken over from
-  a dead run re-attaches to its task with no POST, or is reported uncertain if its POST was
-  in flight; the store, not this ledger, keeps those steps.
+The store is an ``SQLiteStore`` beside the JOBS file by default (``JOBS.store.sqlite``:
+several processes on one machine), or the one ``--store`` names (``RedisStore``: several
+machines; another ``SQLiteStore`` file). Before running a job a run takes its *run claim* in
+the store (a claim on the key ``bulk/<JOBS sha256>/<job key>``, renewed while the run
+lives); a job whose claim another live run holds is left to it and looked at again later
+(taken over once that run's claim lapses). A finished job's claim is recorded with its
+result line in place of a task id, so any later run reads the line back instead of running
+the job. The submissions go through ``Session(store=...)`` with
+``key=<JOBS sha256>/<job key>``: a job taken over from a dead run re-attaches to its task
+with no POST, or is reported uncertain if its POST was in flight; the store, not this
+ledger, keeps those steps (durable before the POST leaves).
+
+A journal written by an earlier midvary (``JOBS.journal.sqlite``) is moved into the store
+once by :mod:`.migrate`.
 """
 
 from __future__ import annotations
@@ -24,21 +24,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import enum
 import json
 import logging
-import os
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Final
+
+import attrs
 
 import midvary
 
 from .._gallery_lines import line_task_ids
+from .._submit import KINDS, identity
 from .._validate import MAX_KEY_LENGTH
-from ._kit import UsageError, say
-from .journal import JobState, Journal, JournalBusyError, JournaledJob, JournalMismatchError
+from ._kit import UsageError, api_key, exclusive_lock, say
+from .migrate import JournalRow, earlier_journal, lock_journal, read_journal, retire_journal
+from .results import UncertainAtResumeError, result_line
+from .tally import Ending
 
 if TYPE_CHECKING:
     from .jobs import BulkJob, JobsFile
@@ -47,81 +52,39 @@ Store = midvary.RedisStore | midvary.SQLiteStore
 
 logger = logging.getLogger(__name__)
 
-
-class Ledger(Protocol):
-    """What a bulk run keeps, and where: see the module docstring."""
-
-    #: Where the ledger lives, for the summary (a Redis URL without its password).
-    where: str
-    #: Seconds to wait before looking again at the jobs another live run holds.
-    retry_after: float
-
-    def submission_key(self, job: BulkJob) -> str | None:
-        """The ``key=`` of ``job``'s request, or ``None`` (no key: the local journal)."""
-
-    async def take(self, job: BulkJob) -> JournaledJob | None:
-        """Take ``job`` for this run; what is known of it, or ``None`` if another run has it."""
-
-    async def reopen(self, job: BulkJob) -> bool:
-        """Allow ``job`` (finished: failed or uncertain) to be submitted again.
-
-        Returns ``False`` when another run took it first.
-        """
-
-    def submitting(self, key: str) -> None:
-        """A POST for ``key`` is about to be sent (durable when this returns)."""
-
-    def submitted(self, key: str, task_id: str) -> None:
-        """The provider accepted ``key``'s submission as ``task_id``."""
-
-    def refused(self, key: str) -> None:
-        """``key``'s POST was refused (429) and will be retried: it is not in flight."""
-
-    async def finished(self, key: str, state: JobState, task_id: str | None, line: str) -> None:
-        """``key`` ended in ``state`` with its result ``line``."""
+#: The default store's file: ``JOBS.store.sqlite``, beside the JOBS file.
+STORE_SUFFIX: Final = ".store.sqlite"
 
 
-class LocalLedger:
-    """The local SQLite journal as a :class:`Ledger` (one run at a time: it holds the lock)."""
+class JobState(enum.Enum):
+    """What is known of a job (the words of the results file's ``status`` and more)."""
 
-    retry_after = 1.0
+    PENDING = "pending"
+    SUBMITTING = "submitting"
+    SUBMITTED = "submitted"
+    DONE = "done"
+    FAILED = "failed"
+    UNCERTAIN = "uncertain"
 
-    def __init__(self, journal: Journal, view: dict[str, JournaledJob]) -> None:
-        self.where = str(journal.path)
-        self._journal = journal
-        self._view = view
-
-    def submission_key(self, job: BulkJob) -> str | None:
-        """None: the journal re-attaches by task id itself."""
-        return None
-
-    async def take(self, job: BulkJob) -> JournaledJob | None:
-        """What the journal knew of ``job`` when the run started (no other run can run)."""
-        return self._view[job.key]
-
-    async def reopen(self, job: BulkJob) -> bool:
-        """Always allowed: no other run holds the journal."""
-        return True
-
-    def submitting(self, key: str) -> None:
-        """See :meth:`Ledger.submitting`."""
-        self._journal.submitting(key)
-
-    def submitted(self, key: str, task_id: str) -> None:
-        """See :meth:`Ledger.submitted`."""
-        self._journal.submitted(key, task_id)
-
-    def refused(self, key: str) -> None:
-        """See :meth:`Ledger.refused`."""
-        self._journal.refused(key)
-
-    async def finished(self, key: str, state: JobState, task_id: str | None, line: str) -> None:
-        """See :meth:`Ledger.finished`."""
-        self._journal.finished(key, state, task_id, line)
+    @property
+    def finished(self) -> bool:
+        """Whether the job has a result line (it is skipped by a resume)."""
+        return self in (JobState.DONE, JobState.FAILED)
 
 
-class StoreLedger:
-    """A shared store as a :class:`Ledger` for every run of one JOBS file (see the module).
+@attrs.frozen(kw_only=True)
+class KnownJob:
+    """What the ledger knows about one job."""
+
+    key: str
+    content: str
+    state: JobState
+    task_id: str | None
+    result: str | None
+
+
+class Ledger:
+    """A store as the ledger of every run of one JOBS file (see the module).
 
     Args:
         store: An open ``RedisStore`` or ``SQLiteStore`` (the caller closes it).
@@ -144,8 +107,10 @@ class StoreLedger:
         self._holder = uuid.uuid4().hex  # this run
         self._held: set[str] = set()
         self._renewer: asyncio.Task[None] | None = None
+        #: The jobs whose POST a stopped run may have sent (see :meth:`settle`).
+        self._cut: set[str] = set()
 
-    async def __aenter__(self) -> StoreLedger:
+    async def __aenter__(self) -> Ledger:
         self._renewer = asyncio.get_running_loop().create_task(self._renew())
         return self
 
@@ -186,7 +151,7 @@ class StoreLedger:
         """``<JOBS sha256>/<job key>``: the same job has the same key in every run."""
         return f"{self._scope}/{job.key}"
 
-    async def take(self, job: BulkJob) -> JournaledJob | None:
+    async def take(self, job: BulkJob) -> KnownJob | None:
         """Claim ``job`` for this run; its result line if a run finished it already."""
         key = self._claim_key(job.key)
         for _attempt in range(2):
@@ -201,6 +166,8 @@ class StoreLedger:
             state = claim.state.value  # the store's ClaimState: claimed, known, busy, uncertain
             if state == "claimed":
                 self._held.add(key)
+                if job.key in self._cut:
+                    return attrs.evolve(_pending(job), state=JobState.SUBMITTING)
                 return _pending(job)
             if state == "known" and claim.task_id:
                 return _from_line(job, claim.task_id)
@@ -216,20 +183,12 @@ class StoreLedger:
         """Drop ``job``'s result and its submission key, then take it again."""
         key = self._claim_key(job.key)
         await self._store.forget(key, namespace=self._namespace)
+        self._cut.discard(job.key)
         known = await self.take(job)
         if known is None or known.state is not JobState.PENDING:
             return False  # another run reopened it first
         await self._store.forget(self.submission_key(job), namespace=self._namespace)
         return True
-
-    def submitting(self, key: str) -> None:
-        """Nothing: the session's store marks the key sending before the POST."""
-
-    def submitted(self, key: str, task_id: str) -> None:
-        """Nothing: the session's store records the task id."""
-
-    def refused(self, key: str) -> None:
-        """Nothing: the session's store puts the key back."""
 
     async def finished(self, key: str, state: JobState, task_id: str | None, line: str) -> None:
         """Record ``line`` as the job's result, for every later run to read back."""
@@ -247,14 +206,146 @@ class StoreLedger:
                 key,
             )
 
+    async def settle(self) -> None:
+        """Settle what stopped runs left, when no other run can use the store (its lock).
 
-def _pending(job: BulkJob) -> JournaledJob:
-    return JournaledJob(
+        Every holder of a claim of this JOBS file is then a dead run: its run claims are
+        dropped, and so are its submission keys never marked sending (nothing was sent);
+        :meth:`take` says a job whose key was sending (its POST may have left) is
+        ``SUBMITTING``, which the run reports uncertain (and records as such) as it would
+        have had it lived. Nothing waits for a lease.
+        """
+        mine, runs = f"{self._scope}/", self._claim_key("")
+        left = await self._store.unfinished(namespace=self._namespace)
+        for stored in left:
+            if stored.key.startswith((runs, mine)) and stored.state == "claimed":
+                await self._store.forget(stored.key, namespace=self._namespace)
+            elif stored.key.startswith(mine) and stored.state == "sending":
+                self._cut.add(stored.key.removeprefix(mine))
+
+    async def adopt(self, job: BulkJob, row: JournalRow, parent_task: str | None) -> None:
+        """Record what an earlier midvary's journal knew of ``job`` (see :mod:`.migrate`).
+
+        A finished job (done, failed, uncertain: its result line) is recorded as this
+        ledger records one; a job whose POST was in flight when that run stopped, as
+        uncertain; a submitted job's task id under its submission key, where the session
+        finds it and re-attaches with no POST. ``parent_task`` is a child's parent task
+        (from the same journal), else ``None``. Recording what the store already knows
+        changes nothing, so a migration cut short is done again.
+
+        Raises:
+            UsageError: The store holds something else for the job (another run uses it).
+
+        """
+        if row.state == "submitted" and row.task_id is not None:
+            request = self._request_of(job, parent_task)
+            if request is not None:
+                await self._adopt_task(job, request, row.task_id)
+                return
+        if row.state in ("done", "failed", "uncertain") and row.result is not None:
+            await self._adopt_line(job, row.result)
+        elif row.state in ("submitting", "submitted", "uncertain"):
+            request = self._request_of(job, parent_task)
+            await self._adopt_line(
+                job, _uncertain_line(job, request, "a run of an earlier midvary stopped")
+            )
+
+    def _request_of(self, job: BulkJob, parent_task: str | None) -> Any:
+        """``job``'s keyed request as this run would send it; ``None``: not known."""
+        key = self.submission_key(job)
+        if job.request is not None:
+            return attrs.evolve(job.request, key=key)
+        return None if parent_task is None else job.request_for(parent_task, key=key)
+
+    async def _adopt_line(self, job: BulkJob, line: str) -> None:
+        key = self._claim_key(job.key)
+        claim = await self._store.claim(
+            self._namespace,
+            key,
+            fingerprint=job.content,
+            request={"bulk": self._scope, "job": job.key},
+            holder=self._holder,
+            lease_s=self._lease,
+        )
+        if claim.state.value == "known":
+            return
+        if claim.state.value != "claimed":
+            raise _in_use(job)
+        await self._store.record_task(self._namespace, key, holder=self._holder, task_id=line)
+        await self._store.mark_done(self._namespace, key, task_id=line)
+
+    async def _adopt_task(self, job: BulkJob, request: Any, task_id: str) -> None:
+        key = self.submission_key(job)
+        # The fingerprint the session's own claim of this key checks (see architecture.md).
+        fingerprint, stored = identity(KINDS[type(request)], request)
+        try:
+            claim = await self._store.claim(
+                self._namespace,
+                key,
+                fingerprint=fingerprint,
+                request=stored,
+                holder=self._holder,
+                lease_s=self._lease,
+            )
+        except midvary.KeyConflictError:
+            raise _in_use(job) from None
+        if claim.state.value == "known":
+            return
+        if claim.state.value != "claimed":
+            raise _in_use(job)
+        await self._store.record_task(self._namespace, key, holder=self._holder, task_id=task_id)
+
+
+def _uncertain_line(job: BulkJob, request: Any, when: str) -> str:
+    """The result line of a job whose POST was in flight when ``when``."""
+    error = UncertainAtResumeError(f"its submission was in flight when {when}")
+    return result_line(job, Ending.UNCERTAIN, error=error, request=request)
+
+
+def _in_use(job: BulkJob) -> UsageError:
+    return UsageError(
+        f"the store already holds job {job.key!r} in another state than the journal of an "
+        "earlier midvary says; another run may be using it: run again when it has ended"
+    )
+
+
+async def migrate_journal(path: Path, ledger: Ledger, jobs_file: JobsFile) -> None:
+    """Move the journal of an earlier midvary at ``path`` into ``ledger``'s store, once.
+
+    Every step off the event loop's thread; the file is renamed ``<path>.migrated`` once
+    every job it knew is in the store, and a line on stderr says so.
+
+    Raises:
+        UsageError: It cannot be read, belongs to another JOBS file, an earlier midvary runs
+            it, or the store disagrees (see :meth:`Ledger.adopt`).
+
+    """
+    jobs = {job.key: job for job in jobs_file.jobs}
+    contents = {key: job.content for key, job in jobs.items()}
+    lock = await asyncio.to_thread(lock_journal, path)
+    try:
+        rows = await asyncio.to_thread(read_journal, path, contents)
+        tasks = {row.key: row.task_id for row in rows if row.state == "done"}
+        for row in rows:
+            job = jobs[row.key]
+            await ledger.adopt(job, row, tasks.get(job.parent or ""))
+        kept = await asyncio.to_thread(retire_journal, path)
+    finally:
+        await asyncio.to_thread(lock.close)
+    say(
+        f"moved the journal of an earlier midvary ({len(rows)} jobs) into {ledger.where}; "
+        f"the old file is kept as {kept}",
+        stream=sys.stderr,
+    )
+
+
+def _pending(job: BulkJob) -> KnownJob:
+    return KnownJob(
         key=job.key, content=job.content, state=JobState.PENDING, task_id=None, result=None
     )
 
 
-def _from_line(job: BulkJob, line: str) -> JournaledJob:
+def _from_line(job: BulkJob, line: str) -> KnownJob:
     """What a result line recorded by some run says of ``job``."""
     try:
         data = json.loads(line)
@@ -264,7 +355,7 @@ def _from_line(job: BulkJob, line: str) -> JournaledJob:
         raise midvary.StoreError(
             f"the store holds an unreadable result for job {job.key!r}"
         ) from None
-    return JournaledJob(
+    return KnownJob(
         key=job.key,
         content=job.content,
         state=state,
@@ -276,45 +367,51 @@ def _from_line(job: BulkJob, line: str) -> JournaledJob:
 @contextlib.asynccontextmanager
 async def open_ledger(
     args: argparse.Namespace, jobs_path: Path, jobs_file: JobsFile
-) -> AsyncIterator[tuple[Ledger, Store | None]]:
-    """The run's ledger (``--store``, else the local journal) and the store to submit through.
+) -> AsyncIterator[tuple[Ledger, Store]]:
+    """The run's ledger and the store its session submits through.
+
+    The store is ``--store``, else an ``SQLiteStore`` beside the JOBS file
+    (``JOBS.store.sqlite``) that one run uses at a time (a lock file beside it), so what an
+    earlier run left there is settled at once (:meth:`Ledger.settle`) instead of after its
+    claims' lease. A journal of an earlier midvary (``--journal``, else
+    ``JOBS.journal.sqlite`` when no ``--store`` is given) is moved into the store first.
 
     Raises:
-        UsageError: The journal or the store cannot be used (the message names it, never a
-            Redis password).
+        UsageError: The store or the journal cannot be used, or another run uses the
+            default store (the message names it, never a Redis password).
 
     """
-    if args.store is None:
-        path: Path = args.journal or jobs_path.with_name(jobs_path.name + ".journal.sqlite")
-        with _local_journal(path) as journal:
-            try:
-                view, warnings = journal.register(
-                    jobs_path.name,
-                    jobs_file.sha256,
-                    ((job.key, job.line, job.content) for job in jobs_file.jobs),
-                )
-            except JournalMismatchError as exc:
-                raise UsageError(str(exc)) from None
-            for warning in warnings:
-                say(f"warning: {warning}", stream=sys.stderr)
-            yield LocalLedger(journal, view), None
-        return
-    if args.journal is not None:
-        raise UsageError("--journal and --store exclude each other: the store is the journal")
     _check_keys(jobs_path, jobs_file)
-    store = _store(args.store, lease_s=args.claim_lease)
-    try:
-        await store.open()
-    except midvary.StoreError as exc:
-        raise UsageError(f"cannot use the store: {exc}") from None
-    try:
-        namespace = store.namespace_for(_api_key(args))
-        async with StoreLedger(
-            store, namespace, jobs_file.sha256, lease_s=args.claim_lease
-        ) as ledger:
-            yield ledger, store
-    finally:
-        await store.close()
+    journal: Path | None = args.journal
+    lease = args.claim_lease
+    store: Store
+    async with contextlib.AsyncExitStack() as stack:
+        if args.store is None:
+            path = jobs_path.with_name(jobs_path.name + STORE_SUFFIX)
+            lock = await asyncio.to_thread(
+                exclusive_lock,
+                path.with_name(path.name + ".lock"),
+                f"{path} is in use by another bulk run of {jobs_path.name}; wait for it to end",
+            )
+            stack.push_async_callback(asyncio.to_thread, lock.close)
+            store = midvary.SQLiteStore(path, claim_lease=lease)
+            journal = journal or await asyncio.to_thread(earlier_journal, jobs_path)
+        else:
+            store = _store(args.store, lease_s=lease)
+        try:
+            await store.open()
+        except midvary.StoreError as exc:
+            raise UsageError(f"cannot use the store: {exc}") from None
+        stack.push_async_callback(store.close)
+        namespace = store.namespace_for(api_key(args))
+        ledger = await stack.enter_async_context(
+            Ledger(store, namespace, jobs_file.sha256, lease_s=lease)
+        )
+        if args.store is None:
+            await ledger.settle()
+        if journal is not None:
+            await migrate_journal(journal, ledger, jobs_file)
+        yield ledger, store
 
 
 def _check_keys(jobs_path: Path, jobs_file: JobsFile) -> None:
@@ -324,30 +421,15 @@ def _check_keys(jobs_path: Path, jobs_file: JobsFile) -> None:
         UsageError: A job's id (with a child's step) is too long once prefixed; names its line.
 
     """
-    prefix = len(StoreLedger.claim_key(jobs_file.sha256, ""))  # the longer of its two keys
+    prefix = len(Ledger.claim_key(jobs_file.sha256, ""))  # the longer of its two keys
     longest = MAX_KEY_LENGTH - prefix
-    for row in jobs_file.jobs:
-        for job in (row, *row.children()):
-            if len(job.key) > longest:
-                raise UsageError(
-                    f"{jobs_path}:{job.line}: with --store a job's key is at most {longest} "
-                    f"characters (its store keys add {prefix} for the JOBS file's hash), but "
-                    f"this one has {len(job.key)}: give it a shorter id (no job was run)"
-                )
-
-
-@contextlib.contextmanager
-def _local_journal(path: Path) -> Iterator[Journal]:
-    try:
-        journal = Journal(path)
-    except JournalBusyError as exc:
-        raise UsageError(str(exc)) from None
-    except Exception as exc:  # sqlite3.Error, OSError, JournalMismatchError: not usable
-        raise UsageError(f"cannot open journal {path}: {exc}") from None
-    try:
-        yield journal
-    finally:
-        journal.close()
+    for job in jobs_file.jobs:
+        if len(job.key) > longest:
+            raise UsageError(
+                f"{jobs_path}:{job.line}: a job's key is at most {longest} "
+                f"characters (its store keys add {prefix} for the JOBS file's hash), but "
+                f"this one has {len(job.key)}: give it a shorter id (no job was run)"
+            )
 
 
 def _store(where: str, *, lease_s: float) -> Store:
@@ -360,14 +442,3 @@ def _store(where: str, *, lease_s: float) -> Store:
         raise UsageError(
             "--store with a Redis URL needs redis-py: pip install 'midvary[redis]'"
         ) from None
-
-
-def _api_key(args: argparse.Namespace) -> str:
-    """The API key the session uses (as :class:`midvary.Session` resolves it)."""
-    if args.api_key is not None:
-        return str(args.api_key).strip()
-    for name in ("MIDVARY_API_KEY", "KIE_API_KEY"):
-        value = os.environ.get(name, "").strip()
-        if value:
-            return value
-    raise UsageError("no API key: pass --api-key KEY, or set MIDVARY_API_KEY (or KIE_API_KEY)")

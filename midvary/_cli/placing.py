@@ -19,8 +19,7 @@ import midvary
 
 from .feed import Feed
 from .jobs import BulkJob
-from .journal import JobState, JournaledJob
-from .ledger import Ledger
+from .ledger import JobState, KnownJob, Ledger
 from .progress import Progress
 from .results import ResultsFile, UncertainAtResumeError, result_line
 from .summary import BulkSummary
@@ -39,7 +38,7 @@ class Placer:
     progress: Progress
     feed: Feed | None = None
     #: What this run knows of each job it placed (updated when one ends here).
-    known: dict[str, JournaledJob] = attrs.field(factory=dict)
+    known: dict[str, KnownJob] = attrs.field(factory=dict)
     _reopened: set[str] = attrs.field(factory=set)
 
     async def place(self, job: BulkJob) -> bool:
@@ -87,7 +86,7 @@ class Placer:
         assert self.feed is not None  # noqa: S101 - set before the first job is placed
         return self.feed
 
-    def _skip(self, job: BulkJob, known: JournaledJob) -> None:
+    def _skip(self, job: BulkJob, known: KnownJob) -> None:
         """A job finished earlier (by this run's predecessors or by another run)."""
         summary = self.summary
         summary.skipped += 1
@@ -98,10 +97,10 @@ class Placer:
             self.progress.ended(Ending.DONE)
         else:
             summary.count(Ending.FAILED)
-            summary.problems.append((job, "failed", _journaled_error(known.result)))
+            summary.problems.append((job, "failed", _recorded_error(known.result)))
             self.progress.ended(Ending.FAILED)
 
-    async def _uncertain(self, job: BulkJob, known: JournaledJob) -> None:
+    async def _uncertain(self, job: BulkJob, known: KnownJob) -> None:
         """A job whose submission may or may not have been accepted: reported, not sent."""
         summary = self.summary
         summary.count(Ending.UNCERTAIN)
@@ -109,7 +108,7 @@ class Placer:
         if known.state is JobState.SUBMITTING:
             why = "its submission was in flight when an earlier run stopped"
         else:  # the earlier run ended it uncertain and kept why in its result line
-            why = _journaled_error(known.result)
+            why = _recorded_error(known.result)
             if known.result is not None:
                 self.results.ensure({job.key: known.result})
         message = (
@@ -145,8 +144,7 @@ class Placer:
         """A job's keyed request; a child's once its parent succeeded (else ``None``)."""
         if job.parent is None:
             assert job.request is not None  # noqa: S101 - a row has its request
-            key = self.ledger.submission_key(job)
-            return job.request if key is None else attrs.evolve(job.request, key=key)
+            return attrs.evolve(job.request, key=self.ledger.submission_key(job))
         task_id = self._parent_task(job)
         return None if task_id is None else self._feed.child_request(job, task_id)
 
@@ -165,7 +163,7 @@ class Placer:
             request=outcome.request or self._feed.request_of(job),
         )
         await self.ledger.finished(job.key, state, outcome.task_id, line)
-        self.known[job.key] = JournaledJob(
+        self.known[job.key] = KnownJob(
             key=job.key, content=job.content, state=state, task_id=outcome.task_id, result=line
         )
         self.results.write(job.key, line)
@@ -181,7 +179,7 @@ class Placer:
 
 
 def _task_failed(result: str | None) -> bool:
-    """Whether a journaled result line says the job's task failed at the provider."""
+    """Whether a recorded result line says the job's task failed at the provider."""
     try:
         error = json.loads(result or "{}").get("error") or {}
     except (ValueError, AttributeError):
@@ -189,7 +187,7 @@ def _task_failed(result: str | None) -> bool:
     return isinstance(error, dict) and error.get("type") == "TaskFailedError"
 
 
-def _journaled_error(result: str | None) -> str:
+def _recorded_error(result: str | None) -> str:
     try:
         error = json.loads(result or "{}").get("error") or {}
         return f"{error.get('type')}: {error.get('message')} (in an earlier run)"

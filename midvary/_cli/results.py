@@ -1,7 +1,7 @@
 """The bulk command's results file: one JSON line per finished job, append-only.
 
 A line cut by a crash is dropped when the file is opened again; :meth:`ResultsFile.ensure`
-appends the lines the journal kept but the file lacks. The last line of a job wins.
+appends the lines the store kept but the file lacks. The last line of a job wins.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class ResultsFile:
                 self._last[key] = line
 
     def ensure(self, results: dict[str, str]) -> int:
-        """Append every journaled result line this file lacks; return how many."""
+        """Append every result line the store kept that this file lacks; return how many."""
         missing = [line for key, line in results.items() if self._last.get(key) != line]
         for line in missing:
             self.write(json.loads(line)["id"], line)

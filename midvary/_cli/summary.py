@@ -55,7 +55,7 @@ def summary_table(
     return table
 
 
-def print_summary(summary: BulkSummary, out_path: Path, journal: str) -> None:
+def print_summary(summary: BulkSummary, out_path: Path, store: str) -> None:
     """Print the bulk run's tables: its counts, then the jobs that did not succeed."""
     from rich.console import Console  # noqa: PLC0415 - rich is optional
     from rich.table import Table  # noqa: PLC0415
@@ -85,4 +85,4 @@ def print_summary(summary: BulkSummary, out_path: Path, journal: str) -> None:
         if len(summary.problems) > 20:
             console.print(f"... and {len(summary.problems) - 20} more (see {out_path})")
     console.print(f"results: {out_path}", markup=False, highlight=False)
-    console.print(f"journal: {journal}", markup=False, highlight=False)
+    console.print(f"store: {store}", markup=False, highlight=False)

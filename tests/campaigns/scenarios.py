@@ -30,7 +30,8 @@ import midvary.testing
 from midvary._cli.tally import Ending, Tally
 from midvary.testing import FakeProvider, FakeSettings
 
-from ..test_bulk_resume import command, environment, journal_rows, result_lines
+from ..bulk_support import job_rows, store_path
+from ..test_bulk_resume import command, environment, result_lines
 
 Kind = midvary.JobEventKind
 
@@ -375,7 +376,7 @@ class CrashRun:
 
     figures: Figures
     results: Path
-    journal: Path
+    store: Path
     exit_code: int
     output: str
     rerun_exit_code: int
@@ -435,7 +436,7 @@ async def crash_resume(jobs: int, *, seed: int, kills: int, workdir: Path) -> Cr
     jobs_path = workdir / "jobs.csv"
     work = write_jobs(jobs_path, jobs)
     results = workdir / "jobs.csv.results.jsonl"
-    journal = workdir / "jobs.csv.journal.sqlite"
+    store = store_path(jobs_path)
     argv = ("bulk", str(jobs_path), "--concurrency", "8", "--submit-rate", "1000", "1", "-v")
     settings = FakeSettings(
         task_duration=(0.2, 1.0),
@@ -456,7 +457,7 @@ async def crash_resume(jobs: int, *, seed: int, kills: int, workdir: Path) -> Cr
         for _kill in range(kills):
             # At least one request per job to poll, two per job to submit: the kill comes
             # before this run's last request.
-            states = collections.Counter(state for _key, state, _task in journal_rows(journal))
+            states = collections.Counter(state for _key, state, _task in job_rows(store))
             requests_left = 2 * (jobs - states.total() + states["pending"]) + states["submitted"]
             if not requests_left:
                 break
@@ -497,7 +498,7 @@ async def crash_resume(jobs: int, *, seed: int, kills: int, workdir: Path) -> Cr
         return CrashRun(
             figures=figures,
             results=results,
-            journal=journal,
+            store=store,
             exit_code=code,
             output=output,
             rerun_exit_code=rerun_code,

@@ -69,7 +69,7 @@ class Evidence:
             todo += [current.__cause__, current.__context__]
 
     def files(self, root: Path) -> None:
-        """Keep the bytes of every file under ``root`` (journal, its WAL, results, images)."""
+        """Keep the bytes of every file under ``root`` (store, its WAL, results, images)."""
         for path in root.rglob("*"):
             if path.is_file():
                 self.texts.append(path.read_bytes().decode("latin-1"))
@@ -372,7 +372,7 @@ async def test_cli_paths_never_show_the_key(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """vary, status, wait, bulk (journal, results, downloads, resume) at -vv: no key."""
+    """vary, status, wait, bulk (store, results, downloads, resume) at -vv: no key."""
     monkeypatch.setenv("MIDVARY_API_KEY", KEY)
     monkeypatch.delenv("KIE_API_KEY", raising=False)
     monkeypatch.setenv("CI", "true")
