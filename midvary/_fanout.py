@@ -38,6 +38,7 @@ from collections.abc import (
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Self, TypeVar
 
+from . import _telemetry as telemetry
 from ._errors import (
     ACCOUNT_STOPPING,
     APIError,
@@ -196,6 +197,9 @@ class FanOut:
         self._not_sent: list[UnfinishedJob] = []
         # The driver is inside the caller's iterable (never cancelled there).
         self._pulling = False
+        # The span its jobs' spans hang under (started with the fan-out), and their count.
+        self._span = telemetry.FanOutSpan(None, None)
+        self._jobs = 0
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "running" if self._driver else "not started"
@@ -301,6 +305,7 @@ class FanOut:
         self._pending.clear()
         self._ready.clear()
         self._wakeup.set()
+        self._span.end(jobs=self._jobs, billable=self._billable, stopped_by=self._stop)
         abandoned = [job for job in self._unfinished if job.task_id or job.uncertain]
         if self._not_sent:
             why = "the account refused" if self._stop is not None else "max_tasks was reached"
@@ -318,6 +323,7 @@ class FanOut:
         if self._driver is None:
             self._core.check_open()
             self._core.fanouts.add(self)
+            self._span = telemetry.fan_out()
             self._driver = asyncio.get_running_loop().create_task(self._drive())
 
     async def _drive(self) -> None:
@@ -332,7 +338,10 @@ class FanOut:
                         self._not_sent.append(job.not_sent())
                         break
                     self._pending[job.index] = job
-                    task = asyncio.get_running_loop().create_task(self._run(job))
+                    self._jobs += 1
+                    task = asyncio.get_running_loop().create_task(
+                        self._run(job), context=self._span.task_context()
+                    )
                     self._tasks.add(task)
                     task.add_done_callback(self._job_ended)
         except Exception as exc:  # the caller's iterable failed: report it after the jobs
