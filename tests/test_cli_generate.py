@@ -45,6 +45,12 @@ async def test_generate_varies_and_upscales_the_chosen_images(
         (["--variety", "7"], "variety must be an int from 0 to 100 in steps of 5"),
         (["--task-type", "mj_video"], "file_urls is required"),
         (["--aspect-ratio", "4:5"], "aspect_ratio must be one of"),
+        # The values the options once listed themselves: GenerateRequest's words now.
+        (["--speed", "warp"], "speed must be one of 'relaxed', 'fast', 'turbo'"),
+        (["--task-type", "mj_sketch"], "task_type must be one of 'mj_txt2img', 'mj_img2img'"),
+        (["--video-batch-size", "3"], "video_batch_size must be one of"),
+        (["--motion", "fast"], "motion must be one of 'high', 'low'"),
+        (["--stylization", "5000"], "stylization must be an int from 0 to 1000"),
     ],
 )
 async def test_bad_options_exit_2_and_send_nothing(
