@@ -275,3 +275,41 @@ async def test_status_right_after_no_wait_says_not_visible_yet_and_wait_tolerate
         }
         assert await cli("wait", task_id) == 0
         assert "status   SUCCESS" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("jobs.csv", ""),
+        ("jobs.csv", "task_id,image_index\n"),
+        ("jobs.jsonl", ""),
+        ("jobs.jsonl", "\n"),
+    ],
+    ids=["empty-csv", "header-only-csv", "empty-jsonl", "blank-jsonl"],
+)
+def test_a_file_without_jobs_is_a_usage_error_that_creates_nothing(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    name: str,
+    content: str,
+) -> None:
+    """No rows: "no jobs in FILE", exit 2, and no journal, store or results file."""
+    monkeypatch.setenv("MIDVARY_API_KEY", "sk-unused")
+    jobs = tmp_path / name
+    jobs.write_text(content)
+    assert main(["bulk", str(jobs)]) == 2
+    assert f"no jobs in {jobs}" in capsys.readouterr().err
+    assert sorted(path.name for path in tmp_path.iterdir()) == [name]
+
+
+def test_gallery_of_a_jobs_file_names_the_results_file_it_meant(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`midvary gallery jobs.csv`: exit 2, no page, and the results file's name."""
+    jobs = write_csv(tmp_path / "jobs.csv", ["parent-1,0,,", "parent-1,1,,"])
+    assert main(["gallery", str(jobs)]) == 2
+    err = capsys.readouterr().err
+    assert "is not a results file" in err
+    assert f"{jobs}.results.jsonl" in err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["jobs.csv"]

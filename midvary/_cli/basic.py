@@ -133,7 +133,9 @@ def _status(args: argparse.Namespace) -> int:
                 record = await session.get_task(args.task_id)
             except (TypeError, ValueError) as exc:
                 raise UsageError(str(exc)) from None
-            except midvary.NotFoundError:
+            except midvary.NotFoundError as exc:
+                if exc.http_status == 404:  # the host has no such endpoint: a wrong base URL
+                    raise
                 # The provider shows a new task only after a moment (the library's waits
                 # tolerate it too): right after `vary --no-wait` this is the normal answer.
                 if args.json:
