@@ -27,7 +27,7 @@ import aiohttp
 import yarl
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from ._converter import decode_json, envelope_code
+from ._converter import decode_json, envelope_code, redact
 from ._errors import ERROR_CLASSES, DownloadError, ProtocolError, TransportError, error_for
 from ._version import USER_AGENT
 
@@ -244,7 +244,7 @@ class Transport:
 
     def _redact(self, text: str) -> str:
         # A body may echo what we sent; the key must never reach a message or a log line.
-        return text.replace(self._api_key, "***") if self._api_key in text else text
+        return redact(text, self._api_key)
 
     async def call(
         self,
