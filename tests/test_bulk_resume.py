@@ -47,7 +47,8 @@ async def provider(**settings: Any) -> AsyncIterator[FakeProvider]:
 
 def environment(fake: FakeProvider) -> dict[str, str]:
     """The child's environment: the key and URL in variables (not in argv), no terminal."""
-    env = {k: v for k, v in os.environ.items() if k not in ("KIE_API_KEY", "MIDVARY_API_KEY")}
+    unset = ("KIE_API_KEY", "MIDVARY_API_KEY", "MIDVARY_STORE_URL")
+    env = {k: v for k, v in os.environ.items() if k not in unset}
     env.update(MIDVARY_API_KEY=fake.api_key, MIDVARY_BASE_URL=fake.base_url, CI="true")
     return env
 
