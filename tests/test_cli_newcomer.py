@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import signal
 import socket
+import sys
 from pathlib import Path
 
 import pytest
 
 from midvary._cli import main
+from midvary.testing import FakeProvider, FakeSettings
 
 from .test_cli import cli, journal_states, provider, read_results, write_csv
 
@@ -313,3 +318,26 @@ def test_gallery_of_a_jobs_file_names_the_results_file_it_meant(
     assert "is not a results file" in err
     assert f"{jobs}.results.jsonl" in err
     assert sorted(path.name for path in tmp_path.iterdir()) == ["jobs.csv"]
+
+
+async def test_ctrl_c_while_waiting_names_the_task_and_how_to_reattach() -> None:
+    """SIGINT during `midvary vary`'s wait: exit 130, the task id and `midvary wait ID`."""
+    async with FakeProvider(settings=FakeSettings(task_duration=(30.0, 30.0)), seed=3) as fake:
+        env = {k: v for k, v in os.environ.items() if k not in ("KIE_API_KEY",)}
+        env.update(MIDVARY_API_KEY=fake.api_key, MIDVARY_BASE_URL=fake.base_url, CI="true")
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "midvary", "vary", fake.sample_parent_id, "0",
+            env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert process.stderr is not None
+        async with asyncio.timeout(30):
+            line = (await process.stderr.readline()).decode()
+        assert line.startswith("submitted "), line
+        task_id = line.split()[1]
+        process.send_signal(signal.SIGINT)
+        async with asyncio.timeout(30):
+            _out, err = await process.communicate()
+    assert process.returncode == 130
+    assert f"task {task_id} was submitted" in err.decode()
+    assert f"`midvary wait {task_id}`" in err.decode()
+    assert fake.api_key not in err.decode()
