@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import sys
@@ -341,3 +342,19 @@ async def test_ctrl_c_while_waiting_names_the_task_and_how_to_reattach() -> None
     assert f"task {task_id} was submitted" in err.decode()
     assert f"`midvary wait {task_id}`" in err.decode()
     assert fake.api_key not in err.decode()
+
+
+async def test_failures_are_listed_in_line_order_with_the_way_to_retry_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Failures are listed in the JOBS file's line order, with how to send them again."""
+    rows = [f"parent-{letter},{index},," for letter in "abc" for index in range(3)]
+    jobs = write_csv(tmp_path / "jobs.csv", rows)
+    async with provider(monkeypatch, failure_rate=1.0, task_duration=(0.01, 0.3)):
+        for _run in range(2):
+            assert await cli("bulk", str(jobs)) == 1
+            out = capsys.readouterr().out
+            table = out.split("jobs that did not succeed", 1)[1]
+            lines = [int(match) for match in re.findall(r"^\W*(\d+)\s*│", table, re.MULTILINE)]
+            assert lines == list(range(2, 2 + len(rows))), table
+            assert "the same command with --retry-failed" in out
