@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -71,8 +72,9 @@ uncertain (re-submitted only with --resubmit-uncertain). Jobs whose task failed 
 provider are submitted again with --retry-failed. A journal of an earlier midvary
 (JOBS.journal.sqlite) is moved into the store on the first run.
 
-With --store, runs of the same JOBS file share its jobs (redis://HOST:PORT/DB: on several
-machines): each takes a job before running it (a claim in the store, renewed while it
+With --store (or MIDVARY_STORE_URL set to it: a password in an argument shows in ps and in
+the shell's history), runs of the same JOBS file share its jobs (redis://HOST:PORT/DB: on
+several machines): each takes a job before running it (a claim in the store, renewed while it
 runs), leaves the jobs another live run holds to it, and takes over those of a stopped run
 once its claim lapses (--claim-lease). Its results file has the jobs it ran and those it
 found finished; a run after all others have ended submits nothing and writes every line.
@@ -80,6 +82,10 @@ found finished; a run after all others have ended submits nothing and writes eve
 exit codes: 0 every job succeeded; 1 some job failed, is uncertain, or a row was bad;
 2 usage error; 130 interrupted (run again to resume).
 """
+
+
+#: The environment variable ``--store`` defaults to (the arq worker's too).
+STORE_URL_VARIABLE: Final = "MIDVARY_STORE_URL"
 
 
 def options(parser: argparse.ArgumentParser) -> None:
@@ -116,9 +122,11 @@ def options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--store",
         metavar="URL|PATH",
-        help="where the runs of this JOBS file keep their jobs (default: the SQLite file "
-        "JOBS.store.sqlite): redis://[:PASSWORD@]HOST:PORT/DB (several machines), or an "
-        "SQLite file (several processes on one machine); the password is never printed",
+        help="where the runs of this JOBS file keep their jobs: redis://[:PASSWORD@]HOST:PORT/DB "
+        "(several machines), or an SQLite file (several processes on one machine); the "
+        "password is never printed. Default: $MIDVARY_STORE_URL (as the arq worker reads "
+        "it; prefer the variable for a URL with a password: ps and shell history show "
+        "arguments), else the SQLite file JOBS.store.sqlite",
     )
     parser.add_argument(
         "--claim-lease",
@@ -175,11 +183,39 @@ def _submit_rate(values: Sequence[str] | None) -> tuple[int, float] | None:
         raise UsageError(f"--submit-rate takes N WINDOW (e.g. 20 10) or none ({exc})") from None
 
 
+class _SaidByBulk(logging.Filter):
+    """Drops the fan-out's warning about the jobs it left unfinished.
+
+    bulk's ledger keeps those jobs and their task ids, and its own message on an interrupt
+    says what to do: the CLI says it once, in its own words.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            record.name == "midvary._fanout"
+            and isinstance(record.msg, str)
+            and record.msg.startswith("fan-out closed with")
+        )
+
+
 def _bulk(args: argparse.Namespace) -> int:
+    fanout_log = logging.getLogger("midvary._fanout")
+    quiet = _SaidByBulk()
+    fanout_log.addFilter(quiet)
+    try:
+        return _bulk_run(args)
+    finally:
+        fanout_log.removeFilter(quiet)
+
+
+def _bulk_run(args: argparse.Namespace) -> int:
     require_rich()
     jobs_path: Path = args.jobs
     out_path: Path = args.out or jobs_path.with_name(jobs_path.name + ".results.jsonl")
     rate = _submit_rate(args.submit_rate)
+    if args.store is None:
+        # A Redis URL with a password is safer in the environment than in argv (ps, history).
+        args.store = os.environ.get(STORE_URL_VARIABLE) or None
     api_key(args)  # before the store: a run that cannot start leaves nothing
     jobs_file = read_jobs(jobs_path)
     for message in jobs_file.bad_rows:
