@@ -15,7 +15,7 @@ import os
 import re
 import secrets
 from pathlib import Path, PurePosixPath
-from typing import Final
+from typing import BinaryIO, Final
 
 import aiohttp
 import yarl
@@ -63,7 +63,7 @@ async def download_record(
 
     async def one(index: int, url: str) -> Path:
         target = directory / file_name(record.task_id, index, url)
-        if target.is_file():
+        if await asyncio.to_thread(target.is_file):
             logger.debug("%s is already complete; not downloading it again", target)
             return target
         async with limit:
@@ -87,21 +87,36 @@ async def download_record(
 async def _download_file(
     http: aiohttp.ClientSession, url: str, target: Path, timeout: aiohttp.ClientTimeout
 ) -> None:
-    """One attempt: stream ``url`` to a temporary file, flush it to disk, rename it."""
-    fd, temporary = _create_temporary(target)
+    """One attempt: stream ``url`` to a temporary file, flush it to disk, rename it.
+
+    Every file operation runs in a worker thread: the event loop never waits for the disk.
+    """
+    fd, temporary = await asyncio.to_thread(_create_temporary, target)
     renamed = False
     try:
-        with os.fdopen(fd, "wb") as file:
-            size = await fetch(http, url, file.write, timeout=timeout)
-            file.flush()
-            await asyncio.to_thread(os.fsync, file.fileno())
+        file = await asyncio.to_thread(os.fdopen, fd, "wb")
+        try:
+
+            async def write(chunk: bytes) -> None:
+                await asyncio.to_thread(file.write, chunk)
+
+            size = await fetch(http, url, write, timeout=timeout)
+            await asyncio.to_thread(_flush, file)
+        finally:
+            await asyncio.to_thread(file.close)
         await asyncio.to_thread(os.replace, temporary, target)
         renamed = True
         logger.info("downloaded %s (%d bytes) to %s", public_url(url), size, target)
     finally:
         if not renamed:
             with contextlib.suppress(OSError):
-                os.unlink(temporary)
+                await asyncio.to_thread(os.unlink, temporary)
+
+
+def _flush(file: BinaryIO) -> None:
+    """Write ``file``'s buffer and have the disk keep it (before the rename names it)."""
+    file.flush()
+    os.fsync(file.fileno())
 
 
 # O_EXCL: never reuse a file that exists; O_NOFOLLOW: never write through a planted symlink.

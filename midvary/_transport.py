@@ -19,7 +19,7 @@ import contextlib
 import email.utils
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -135,12 +135,12 @@ def public_url(url: str | yarl.URL) -> str:
 async def fetch(
     http: aiohttp.ClientSession,
     url: str,
-    sink: Callable[[bytes], object],
+    sink: Callable[[bytes], Awaitable[object]],
     *,
     timeout: aiohttp.ClientTimeout,
     chunk_size: int = 64 * 1024,
 ) -> int:
-    """Stream a result file: GET ``url`` and pass each chunk of its body to ``sink``.
+    """Stream a result file: GET ``url`` and await ``sink`` with each chunk of its body.
 
     Result URLs live on another host than the API, so this sends only the User-Agent: never
     the API key. Redirects are followed (there is no secret for them to carry). Errors that
@@ -177,7 +177,7 @@ async def fetch(
             if not chunk:
                 return size
             size += len(chunk)
-            sink(chunk)
+            await sink(chunk)
     finally:
         response.release()
 

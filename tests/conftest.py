@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from blockbuster import BlockBuster, blockbuster_ctx
 
 import midvary
 import midvary.testing
@@ -24,6 +25,26 @@ midvary.testing.set_testing(True)
 #: The fast test mode (milliseconds, no jitter), as users of midvary.testing get it.
 FAST_POLL = midvary.testing.FAST_POLL
 FAST_RETRY = midvary.testing.FAST_RETRY
+
+
+@pytest.fixture(autouse=True)
+def no_blocking_calls() -> Iterator[BlockBuster]:
+    """Fail any test in which midvary's code blocks a running event loop.
+
+    aiohttp's own suite does the same: a blocking call (file or SQLite I/O, ``time.sleep``,
+    a blocking lock or socket call...) made from a ``midvary`` frame on a thread that runs
+    an event loop raises ``blockbuster.BlockingError``. That covers the library and the CLI
+    (whose in-process runs use their own loop in a worker thread); the fake provider
+    (``midvary.testing``) and the tests themselves are not scanned. Work that must block
+    runs in a worker thread (``asyncio.to_thread`` or a store's own thread), where no loop
+    runs.
+    """
+    with blockbuster_ctx("midvary", excluded_modules=["midvary.testing"]) as guard:
+        # The one allowed: checking a download= directory is one stat, made when the
+        # argument is validated so that a file there is a ValueError at the call, before
+        # anything starts (submit_many validates synchronously).
+        guard.functions["os.stat"].can_block_in("midvary/_validate.py", {"directory"})
+        yield guard
 
 
 @pytest.fixture

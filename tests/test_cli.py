@@ -178,7 +178,8 @@ async def test_a_journal_of_an_earlier_midvary_is_moved_and_nothing_it_knew_is_s
         parents = [fake.sample_parent_id] * 2
         submitted = await fake_task(fake, parents[0])
         done = await fake_task(fake, parents[1])
-        journal = write_old_journal(
+        journal = await asyncio.to_thread(
+            write_old_journal,
             jobs,
             [
                 ("job-0", "submitted", submitted, None),
@@ -221,9 +222,8 @@ async def test_a_journal_of_another_jobs_file_is_refused(
     first = write_csv(tmp_path / "a.csv", ["parent-1,0,,job-1"])
     other = write_csv(tmp_path / "b.csv", ["parent-2,0,,job-1"])
     unrelated = write_csv(tmp_path / "c.csv", ["parent-3,3,,"])
-    journal = write_old_journal(
-        first, [("job-1", "done", "t1", old_line("job-1", 2, "parent-1", "done", "t1"))]
-    )
+    line = old_line("job-1", 2, "parent-1", "done", "t1")
+    journal = await asyncio.to_thread(write_old_journal, first, [("job-1", "done", "t1", line)])
     async with provider(monkeypatch) as fake:
         assert await cli("bulk", str(other), "--journal", str(journal)) == 2
         assert "belongs to another JOBS file (ids job-1)" in capsys.readouterr().err

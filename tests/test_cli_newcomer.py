@@ -224,7 +224,7 @@ async def test_submit_rate_none_turns_the_client_limit_off(
     jobs = write_csv(tmp_path / "jobs.csv", ["parent-a,0,,"])
     async with provider(monkeypatch):
         assert await cli("bulk", str(jobs), "--submit-rate", "none") == 0
-    assert main(["--api-key", "k", "bulk", str(jobs), "--submit-rate", "5"]) == 2
+    assert await cli("--api-key", "k", "bulk", str(jobs), "--submit-rate", "5") == 2
 
 
 # -- the gallery ---------------------------------------------------------------------------

@@ -266,12 +266,11 @@ async def _run(
     """Open the ledger, the results file and the session; run every job through the feed."""
     async with open_ledger(args, jobs_path, jobs_file) as (ledger, store):
         where.append(ledger.where)
-        results = ResultsFile(out_path)
-        try:
-            async with open_session(args, submit_rate=rate, store=store) as session:
-                await _run_jobs(args, session, ledger, jobs_file, results, summary)
-        finally:
-            results.close()
+        async with (
+            ResultsFile(out_path) as results,
+            open_session(args, submit_rate=rate, store=store) as session,
+        ):
+            await _run_jobs(args, session, ledger, jobs_file, results, summary)
 
 
 async def _run_jobs(  # noqa: PLR0917 - one step of _run, given its parts

@@ -63,7 +63,7 @@ class Placer:
             self.summary.retried += 1
             self._submit(job)
         elif state.finished:
-            self._skip(job, known)
+            await self._skip(job, known)
         elif state is JobState.SUBMITTED and known.task_id:
             self.summary.reattached += 1
             self._feed.add(job, self.session.task(known.task_id), self._request_of(job))
@@ -86,12 +86,12 @@ class Placer:
         assert self.feed is not None  # noqa: S101 - set before the first job is placed
         return self.feed
 
-    def _skip(self, job: BulkJob, known: KnownJob) -> None:
+    async def _skip(self, job: BulkJob, known: KnownJob) -> None:
         """A job finished earlier (by this run's predecessors or by another run)."""
         summary = self.summary
         summary.skipped += 1
         if known.result is not None:
-            self.results.ensure({job.key: known.result})
+            await self.results.ensure({job.key: known.result})
         if known.state is JobState.DONE:
             summary.count(Ending.DONE)
             self.progress.ended(Ending.DONE)
@@ -110,7 +110,7 @@ class Placer:
         else:  # the earlier run ended it uncertain and kept why in its result line
             why = _recorded_error(known.result)
             if known.result is not None:
-                self.results.ensure({job.key: known.result})
+                await self.results.ensure({job.key: known.result})
         message = (
             f"{why}: the task may exist and be billed; check the provider's "
             "dashboard, or run again with --resubmit-uncertain"
@@ -124,7 +124,7 @@ class Placer:
                 request=self._request_of(job),
             )
             await self.ledger.finished(job.key, JobState.UNCERTAIN, None, line)
-            self.results.write(job.key, line)
+            await self.results.write(job.key, line)
 
     def _submit(self, job: BulkJob) -> None:
         """Submit ``job`` in this run: now, once its parent succeeds, or never (orphan)."""
@@ -166,7 +166,7 @@ class Placer:
         self.known[job.key] = KnownJob(
             key=job.key, content=job.content, state=state, task_id=outcome.task_id, result=line
         )
-        self.results.write(job.key, line)
+        await self.results.write(job.key, line)
         summary.count(ending)
         summary.ran += 1
         if ending is Ending.DONE:

@@ -6,12 +6,14 @@ appends the lines the store kept but the file lacks. The last line of a job wins
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO, TypeVar
 
 import midvary
 
@@ -21,16 +23,40 @@ from .tally import Ending
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 
 class ResultsFile:
-    """The append-only results file: one JSON line per finished job."""
+    """The append-only results file: one JSON line per finished job.
+
+    Use it as ``async with``. Its file work runs in one worker thread of its own, in the
+    order it was asked for: the event loop never waits for the disk.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._last: dict[str, str] = {}
-        if path.exists():
+        self._disk = concurrent.futures.ThreadPoolExecutor(1, "midvary-results")
+        self._file: TextIO | None = None
+
+    async def __aenter__(self) -> ResultsFile:
+        self._file = await self._run(self._open)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        try:
+            if self._file is not None:
+                await self._run(_close, self._file)
+        finally:
+            await asyncio.to_thread(self._disk.shutdown, wait=True)
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._disk, fn, *args)
+
+    def _open(self) -> TextIO:
+        if self.path.exists():
             self._repair()
-        self._file = path.open("a", encoding="utf-8")
+        return self.path.open("a", encoding="utf-8")
 
     def _repair(self) -> None:
         """Drop a line cut by a crash; remember each job's last line."""
@@ -49,24 +75,30 @@ class ResultsFile:
             if isinstance(key, str):
                 self._last[key] = line
 
-    def ensure(self, results: dict[str, str]) -> int:
+    async def ensure(self, results: dict[str, str]) -> int:
         """Append every result line the store kept that this file lacks; return how many."""
         missing = [line for key, line in results.items() if self._last.get(key) != line]
         for line in missing:
-            self.write(json.loads(line)["id"], line)
+            await self.write(json.loads(line)["id"], line)
         return len(missing)
 
-    def write(self, key: str, line: str) -> None:
+    async def write(self, key: str, line: str) -> None:
         """Append ``line`` (the result of job ``key``)."""
-        self._file.write(line + "\n")
-        self._file.flush()
+        assert self._file is not None  # noqa: S101 - opened by async with
         self._last[key] = line
+        await self._run(_append, self._file, line)
 
-    def close(self) -> None:
-        """Flush the file to disk and close it."""
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
+
+def _append(file: TextIO, line: str) -> None:
+    file.write(line + "\n")
+    file.flush()
+
+
+def _close(file: TextIO) -> None:
+    """Flush the file to disk and close it."""
+    file.flush()
+    os.fsync(file.fileno())
+    file.close()
 
 
 def result_line(

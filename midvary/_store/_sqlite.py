@@ -203,7 +203,7 @@ class SQLiteStore(LocalStore):
                     executor, self._connect
                 )
             except BaseException:
-                executor.shutdown(wait=True)
+                await _shut_down(executor)
                 raise
             self._executor = executor
 
@@ -247,7 +247,7 @@ class SQLiteStore(LocalStore):
             try:
                 await asyncio.get_running_loop().run_in_executor(executor, conn.close)
             finally:
-                executor.shutdown(wait=True)
+                await _shut_down(executor)
 
     async def _transact(self, what: str, fn: Callable[[Tx], T]) -> T:
         executor, conn = self._executor, self._conn
@@ -270,6 +270,11 @@ class SQLiteStore(LocalStore):
             return result
 
         return await asyncio.get_running_loop().run_in_executor(executor, run)
+
+
+async def _shut_down(executor: concurrent.futures.ThreadPoolExecutor) -> None:
+    """Stop the store's thread and wait for it to end (joining blocks: from another thread)."""
+    await asyncio.to_thread(executor.shutdown, wait=True)
 
 
 def _busy(exc: sqlite3.OperationalError) -> bool:
