@@ -176,7 +176,32 @@ def _submit_rate(values: Sequence[str] | None) -> tuple[int, float] | None:
         raise UsageError(f"--submit-rate takes N WINDOW (e.g. 20 10) or none ({exc})") from None
 
 
+class _SaidByBulk(logging.Filter):
+    """Drops the fan-out's warning about the jobs it left unfinished.
+
+    bulk's ledger keeps those jobs and their task ids, and its own message on an interrupt
+    says what to do: the CLI says it once, in its own words.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            record.name == "midvary._fanout"
+            and isinstance(record.msg, str)
+            and record.msg.startswith("fan-out closed with")
+        )
+
+
 def _bulk(args: argparse.Namespace) -> int:
+    fanout_log = logging.getLogger("midvary._fanout")
+    quiet = _SaidByBulk()
+    fanout_log.addFilter(quiet)
+    try:
+        return _bulk_run(args)
+    finally:
+        fanout_log.removeFilter(quiet)
+
+
+def _bulk_run(args: argparse.Namespace) -> int:
     require_rich()
     jobs_path: Path = args.jobs
     out_path: Path = args.out or jobs_path.with_name(jobs_path.name + ".results.jsonl")
