@@ -16,7 +16,7 @@ from ._base import (
     TokenRecord,
     account_namespace,
 )
-from ._hold import Hold, Renewals, StoreClaims, holding
+from ._hold import Hold, StoreClaims, holding
 from ._limiter import StoreLimiter, StoreSlot
 from ._memory import MemoryStore
 from ._redis import RedisStore
@@ -29,7 +29,6 @@ __all__ = [
     "Hold",
     "MemoryStore",
     "RedisStore",
-    "Renewals",
     "SQLiteStore",
     "SlotRequest",
     "Store",

@@ -21,6 +21,7 @@ from typing import TypeVar
 
 from .._errors import StoreError
 from .._ratelimit import Window
+from .._retry import retry_blocking
 from ._base import (
     DEFAULT_CLAIM_LEASE,
     DEFAULT_KEY_TTL,
@@ -211,19 +212,12 @@ class SQLiteStore(LocalStore):
         # SQLite answers "database is locked" at once, without the busy timeout's wait, in a
         # few cases: two processes switching a new file to WAL together (its deadlock rule
         # for a connection that holds a shared lock), a WAL file recovered after a kill.
-        # Opening (every step of which is idempotent) tries again until busy_timeout passed.
-        deadline = time.monotonic() + self._busy_timeout
-        while True:
-            try:
-                return self._connect_once()
-            except sqlite3.OperationalError as exc:
-                if not _busy(exc) or time.monotonic() >= deadline:
-                    raise store_error(
-                        f"cannot open the SQLite store {str(self.path)!r}", exc
-                    ) from exc
-                time.sleep(0.05)
-            except sqlite3.Error as exc:
-                raise store_error(f"cannot open the SQLite store {str(self.path)!r}", exc) from exc
+        # Opening (every step of which is idempotent) tries again until busy_timeout passed
+        # (``_retry.is_transient`` knows SQLite's "locked" and "busy").
+        try:
+            return retry_blocking(self._connect_once, within_s=self._busy_timeout)
+        except sqlite3.Error as exc:
+            raise store_error(f"cannot open the SQLite store {str(self.path)!r}", exc) from exc
 
     def _connect_once(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None)
@@ -271,8 +265,3 @@ class SQLiteStore(LocalStore):
 
         return await asyncio.get_running_loop().run_in_executor(executor, run)
 
-
-def _busy(exc: sqlite3.OperationalError) -> bool:
-    """Whether ``exc`` says another connection holds the database (worth trying again)."""
-    message = str(exc).lower()
-    return "locked" in message or "busy" in message
