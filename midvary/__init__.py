@@ -46,7 +46,7 @@ from ._models import GenerateRequest, TaskRecord, TaskStatus, UpscaleRequest, Va
 from ._polling import DEFAULT_SAFETY_POLL
 from ._session import Session
 from ._signature import verify_callback
-from ._store import RedisStore, SQLiteStore, StoredJob
+from ._store import RedisStore, SQLiteStore, Store, StoredJob
 from ._version import VERSION
 
 __version__ = VERSION
@@ -82,6 +82,7 @@ __all__ = [
     "ServiceUnavailableError",
     "Session",
     "SessionClosedError",
+    "Store",
     "StoreError",
     "StoredJob",
     "SubmitUncertainError",

@@ -17,7 +17,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 from .._errors import StoreError
 from .._ratelimit import Window
@@ -28,6 +28,7 @@ from ._base import (
     check_namespace,
     check_seconds,
     new_epoch,
+    no_callbacks,
     store_error,
 )
 from ._local import KeyRecord, LocalStore, Tx
@@ -243,6 +244,32 @@ class SQLiteStore(LocalStore):
             finally:
                 executor.shutdown(wait=True)
 
+    # --- no callback tokens: no channel wakes another process --------------------------
+
+    async def add_token(self, scope: str, token_id: str, *, ttl_s: float) -> NoReturn:
+        """Refused: see :meth:`no_callbacks`; use a RedisStore for callbacks across processes."""
+        no_callbacks(self)
+
+    async def bind_token(self, scope: str, token_id: str, *, task_id: str) -> NoReturn:
+        """Refused, as :meth:`add_token`."""
+        no_callbacks(self)
+
+    async def get_token(self, scope: str, token_id: str) -> NoReturn:
+        """Refused, as :meth:`add_token`."""
+        no_callbacks(self)
+
+    async def settle_token(self, scope: str, token_id: str, *, grace_s: float) -> NoReturn:
+        """Refused, as :meth:`add_token`."""
+        no_callbacks(self)
+
+    async def publish_wake(self, scope: str, token: str) -> NoReturn:
+        """Refused, as :meth:`add_token`."""
+        no_callbacks(self)
+
+    def wakes(self, scope: str) -> NoReturn:
+        """Refused, as :meth:`add_token`."""
+        no_callbacks(self)
+
     async def _transact(self, what: str, fn: Callable[[Tx], T]) -> T:
         executor, conn = self._executor, self._conn
         if executor is None or conn is None:
@@ -264,4 +291,3 @@ class SQLiteStore(LocalStore):
             return result
 
         return await asyncio.get_running_loop().run_in_executor(executor, run)
-
