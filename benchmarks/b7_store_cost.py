@@ -4,7 +4,7 @@ Round trips: the script calls (``EVALSHA``, ``EVAL``, ``SCRIPT``) the server cou
 (``INFO commandstats``, read by another client) for N keyed submissions (told a rate, so
 each also takes its slot of the shared window); each call is one round trip for its
 submission, which awaits its answer before the next.
-CPU: N jobs (tasks finished at creation) through ``vary_all``, keyed with a
+CPU: N jobs (tasks finished at creation) through ``submit_all``, keyed with a
 ``RedisStore`` vs unkeyed without a store, alternating rounds; user + system CPU of this
 process (the fake provider and the Redis server run in their own processes).
 """
@@ -70,7 +70,7 @@ async def _trips(fake: FakeServer, url: str) -> float:
             ) as session,
         ):
             before = await _script_calls(client)
-            outcomes = await session.vary_all(requests, concurrency=64)
+            outcomes = await session.submit_all(requests, concurrency=64)
             sent = await _script_calls(client) - before
     finally:
         await client.aclose()
@@ -101,7 +101,7 @@ async def _round(fake: FakeServer, url: str | None) -> float:
             store=store,
         ) as session:
             started = cpu_seconds()
-            outcomes = await session.vary_all(requests, concurrency=64)
+            outcomes = await session.submit_all(requests, concurrency=64)
             spent = cpu_seconds() - started
     finally:
         if store is not None:
