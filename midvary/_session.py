@@ -121,8 +121,9 @@ class Session:
             account, in every process and on every machine (the store's clock, the slow-down
             shared).
         store: A :class:`Store`: a :class:`SQLiteStore` or :class:`RedisStore` (opened by
-            you: ``async with store``; the session never closes it). Requests with a ``key`` are then
-            submitted at most once per key across every session and process sharing it,
+            you: ``async with store``; the session never closes it). Requests with a
+            ``key`` are then submitted at most once per key across every session and
+            process sharing it,
             and ``submit_rate`` is one limit for them all. ``None`` means keys deduplicate
             within this session only (an in-memory store) and the limit is this session's.
 
