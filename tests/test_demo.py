@@ -214,3 +214,10 @@ def test_make_demo_installs_only_what_the_demo_needs() -> None:
     assert installs, plan
     assert all('".[cli]"' in line for line in installs), installs
     assert "[dev]" not in plan
+
+
+def test_the_help_counts_the_jobs_the_demo_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    """`midvary --help` says how many jobs the demo runs: the plan's own count."""
+    assert main(["--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"upscale: {DemoPlan().jobs} jobs)" in out
