@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from midvary._cli import main
+from midvary._cli.jobs import read_jobs
 from midvary.testing import FakeProvider, FakeSettings
 
 from .test_cli import cli, journal_states, provider, read_results, write_csv
@@ -358,3 +359,12 @@ async def test_failures_are_listed_in_line_order_with_the_way_to_retry_them(
             lines = [int(match) for match in re.findall(r"^\W*(\d+)\s*│", table, re.MULTILINE)]
             assert lines == list(range(2, 2 + len(rows))), table
             assert "the same command with --retry-failed" in out
+
+
+def test_a_generate_column_on_a_vary_row_is_a_bad_row_named_by_its_line(tmp_path: Path) -> None:
+    """A prompt on a vary row would be sent nowhere: the row is refused, with its line."""
+    jobs = tmp_path / "jobs.csv"
+    jobs.write_text("task_id,image_index,prompt\nparent-1,0,a red fox\nparent-1,1,\n")
+    read = read_jobs(jobs)
+    assert [job.line for job in read.jobs] == [3]
+    assert read.bad_rows == (f"{jobs}:2: prompt is only for generate rows, not vary",)
