@@ -248,7 +248,7 @@ def _bulk_run(args: argparse.Namespace) -> int:
         from .gallery import make_gallery  # noqa: PLC0415 - only when asked
 
         make_gallery(out_path)
-    if summary.failed or summary.uncertain or summary.bad_rows:
+    if summary.failed or summary.uncertain or summary.not_run or summary.bad_rows:
         return EXIT_FAILED
     return EXIT_OK
 
@@ -316,7 +316,7 @@ async def _run_jobs(  # noqa: PLR0917 - one step of _run, given its parts
                 await placer.record(job, outcome)
                 feed.ended(job, outcome)
     for child in feed.orphans():
-        summary.count(Ending.FAILED)
+        summary.count(Ending.NOT_RUN)
         message = f"not run: its parent {child.parent} has not succeeded"
         summary.problems.append((child, "not run", message))
     summary.rate_limited_waits = progress.rate_limited

@@ -66,6 +66,7 @@ def print_summary(summary: BulkSummary, out_path: Path, store: str) -> None:
         ("done", summary.done),
         ("failed", summary.failed),
         ("uncertain", summary.uncertain),
+        *((("not run (parent did not succeed)", summary.not_run),) if summary.not_run else ()),
         ("ended in this run", summary.ran),
         ("skipped (finished earlier)", summary.skipped),
         ("re-attached by task id", summary.reattached),
