@@ -9,13 +9,12 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from midvary._gallery import (
+from midvary._cli.gallery import render_gallery, write_gallery
+from midvary._cli.results import (
     GalleryJob,
     GalleryResults,
     parse_results,
     read_results,
-    render_gallery,
-    write_gallery,
 )
 
 from .gallery_support import COLOURS, Tree, done_job, result, text, write_lines

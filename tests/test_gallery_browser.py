@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from midvary._gallery import write_gallery
+from midvary._cli.gallery import write_gallery
 
 from .gallery_support import (
     COLOURS,

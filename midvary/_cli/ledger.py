@@ -37,12 +37,11 @@ import attrs
 
 import midvary
 
-from .._gallery_lines import line_task_ids
 from .._submit import KINDS, identity
 from .._validate import MAX_KEY_LENGTH
 from ._kit import UsageError, api_key, exclusive_lock, say
 from .migrate import JournalRow, earlier_journal, lock_journal, read_journal, retire_journal
-from .results import UncertainAtResumeError, result_line
+from .results import UncertainAtResumeError, line_task_ids, result_line
 from .tally import Ending
 
 if TYPE_CHECKING:
