@@ -45,6 +45,8 @@ from .results import UncertainAtResumeError, line_task_ids, result_line
 from .tally import Ending
 
 if TYPE_CHECKING:
+    from midvary._store import Claim  # the type a store's claim() returns: annotations only
+
     from .jobs import BulkJob, JobsFile
 
 Store = midvary.RedisStore | midvary.SQLiteStore
@@ -150,18 +152,22 @@ class Ledger:
         """``<JOBS sha256>/<job key>``: the same job has the same key in every run."""
         return f"{self._scope}/{job.key}"
 
+    async def _claim_run(self, job: BulkJob) -> Claim:
+        """Claim ``job``'s run claim for this run (see the module)."""
+        return await self._store.claim(
+            self._namespace,
+            self._claim_key(job.key),
+            fingerprint=job.content,
+            request={"bulk": self._scope, "job": job.key},
+            holder=self._holder,
+            lease_s=self._lease,
+        )
+
     async def take(self, job: BulkJob) -> KnownJob | None:
         """Claim ``job`` for this run; its result line if a run finished it already."""
         key = self._claim_key(job.key)
         for _attempt in range(2):
-            claim = await self._store.claim(
-                self._namespace,
-                key,
-                fingerprint=job.content,
-                request={"bulk": self._scope, "job": job.key},
-                holder=self._holder,
-                lease_s=self._lease,
-            )
+            claim = await self._claim_run(job)
             state = claim.state.value  # the store's ClaimState: claimed, known, busy, uncertain
             if state == "claimed":
                 self._held.add(key)
@@ -258,14 +264,7 @@ class Ledger:
 
     async def _adopt_line(self, job: BulkJob, line: str) -> None:
         key = self._claim_key(job.key)
-        claim = await self._store.claim(
-            self._namespace,
-            key,
-            fingerprint=job.content,
-            request={"bulk": self._scope, "job": job.key},
-            holder=self._holder,
-            lease_s=self._lease,
-        )
+        claim = await self._claim_run(job)
         if claim.state.value == "known":
             return
         if claim.state.value != "claimed":
