@@ -19,6 +19,10 @@ How a submission and its callback meet:
 5. With ``store=``, tokens are also recorded in the shared store and a delivery for another
    replica's token is checked against the store's record and passed on to that replica
    (:mod:`midvary._relay`).
+6. A submission whose answer was lost keeps its ticket, marked lost (it is not bound: no
+   task id is known). A delivery to it is checked the same way, against the task id its
+   body names (the one the signature covers), and that claim is handed to the recovery
+   that waits for it (``_recovery``: one GET confirms it), and kept in the store if any.
 """
 
 from __future__ import annotations
@@ -86,10 +90,16 @@ class SessionTickets:
         """The poll policy of handles waiting on a callback (the receiver's)."""
         return self._receiver.safety_poll
 
-    async def issue(self) -> Ticket:
+    @property
+    def relay(self) -> CallbackRelay | None:
+        """The receiver's door to its shared store, or ``None`` when it has no store."""
+        return self._receiver._relay
+
+    async def issue(self, link: str | None = None) -> Ticket:
         """A fresh ticket for one submission; take it before sending the submission.
 
-        With a store, the token is recorded there first (other replicas then recognise it).
+        With a store, the token is recorded there first (other replicas then recognise it),
+        findable from ``link`` (the ``_relay.link_id`` of the submission's key) if given.
 
         Raises:
             ReceiverClosedError: The receiver was stopped.
@@ -102,7 +112,7 @@ class SessionTickets:
         ticket = receiver._book.issue(self)
         if receiver._relay is not None:
             try:
-                await receiver._relay.register(ticket)
+                await receiver._relay.register(ticket, link)
             except BaseException:
                 ticket.drop()
                 raise
@@ -385,6 +395,8 @@ class CallbackReceiver:
         found = await self._bound_ticket(ticket)
         if isinstance(found, int):
             return found
+        if isinstance(found, Ticket):
+            return await self._handle_lost(found, bytes(body), headers)
         ticket, task_id, alarm = found
         status = self._verify(task_id, bytes(body), headers)
         if status != 200:
@@ -404,14 +416,53 @@ class CallbackReceiver:
         task_id = await relay.task_of(token, bind_wait=_BIND_WAIT)
         if isinstance(task_id, int):
             return task_id
+        if task_id is None:
+            # Its answer is late, or lost: keep the task id the delivery names for whoever
+            # recovers the submission, and let the provider retry (the answer may come).
+            claimed = self._claimed_task(body, headers)
+            if isinstance(claimed, int):
+                return claimed
+            logger.info("callback to an unbound token (via the store): kept, 503")
+            status = await relay.report(token, claimed, wake=True)
+            return 503 if status == 200 else status
         status = self._verify(task_id, body, headers)
         if status != 200:
             return status
         logger.debug("callback for task %s: passing it on through the store", task_id)
         return await relay.forward(token)
 
-    async def _bound_ticket(self, ticket: Ticket | None) -> tuple[Ticket, str, Alarm] | int:
-        """The live ``ticket``'s task and alarm (once bound), or the status to answer."""
+    async def _handle_lost(self, ticket: Ticket, body: bytes, headers: Mapping[str, str]) -> int:
+        """A delivery to a ticket whose answer was lost: hand its task id to the recovery."""
+        claimed = self._claimed_task(body, headers)
+        if isinstance(claimed, int):
+            return claimed
+        if self._relay is not None:  # kept in the store first: a later run can use it too
+            status = await self._relay.report(ticket.token, claimed, wake=False)
+            if status != 200:
+                return status
+        logger.info("callback for a lost submission names task %s: confirming it", claimed)
+        ticket.report(claimed)
+        return 200
+
+    def _claimed_task(self, body: bytes, headers: Mapping[str, str]) -> str | int:
+        """The task a delivery to an unbound token names once checked, or the status."""
+        if len(body) > _MAX_BODY:
+            return 413
+        try:
+            notice = structure_callback(body)
+        except ProtocolError as exc:
+            logger.info("callback to an unbound token rejected: %s", exc)
+            return 400
+        status = self._verify(notice.task_id, body, headers)
+        return notice.task_id if status == 200 else status
+
+    async def _bound_ticket(
+        self, ticket: Ticket | None
+    ) -> tuple[Ticket, str, Alarm] | Ticket | int:
+        """The live ``ticket``'s task and alarm (once bound), or the status to answer.
+
+        A live ticket whose submission's answer was lost is returned alone.
+        """
         if ticket is None:
             logger.debug("callback to an unknown or expired token: 404")
             return 404
@@ -423,6 +474,8 @@ class CallbackReceiver:
                 logger.info("callback for %r came before its task id: 503", ticket)
                 return 503
         task_id, alarm = ticket.task_id, ticket.alarm
+        if ticket.lost and alarm is None and ticket.live:
+            return ticket
         if task_id is None or alarm is None or not ticket.live:
             logger.debug("callback for %r, dropped meanwhile: 404", ticket)
             return 404

@@ -31,7 +31,7 @@ from collections.abc import (
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Self, TypeVar
 
-from ._errors import RateLimitError, SessionClosedError
+from ._errors import RateLimitError, SessionClosedError, SubmitUncertainError
 from ._handle import TaskHandle
 from ._jobs import FanOutOptions, JobEvent, JobEventKind, UnfinishedJob, VaryOutcome
 from ._models import SubmitRequest, TaskRecord
@@ -53,7 +53,16 @@ Requests = Iterable[SubmitRequest | TaskHandle] | AsyncIterable[SubmitRequest | 
 class _Job:
     """The mutable state of one job while its task runs."""
 
-    __slots__ = ("index", "item", "outcome", "posting", "reattached", "request", "task_id")
+    __slots__ = (
+        "index",
+        "item",
+        "outcome",
+        "posting",
+        "reattached",
+        "recovering",
+        "request",
+        "task_id",
+    )
 
     def __init__(self, index: int, item: object) -> None:
         self.index = index
@@ -62,6 +71,9 @@ class _Job:
         self.task_id: str | None = None
         self.posting = False
         self.reattached = False
+        # Its answer was lost and it waits for the provider's callback (None: it does not;
+        # False: it was not recovered; True: it was).
+        self.recovering: bool | None = None
         self.outcome: VaryOutcome | None = None
 
     def unfinished(self) -> UnfinishedJob:
@@ -69,7 +81,8 @@ class _Job:
             uncertain = self.outcome.uncertain
             task_id = self.outcome.task_id
         else:
-            uncertain, task_id = self.posting and self.task_id is None, self.task_id
+            sent = self.posting or self.recovering is not None
+            uncertain, task_id = sent and self.task_id is None, self.task_id
         return UnfinishedJob(
             index=self.index, request=self.request, task_id=task_id, uncertain=uncertain
         )
@@ -100,6 +113,9 @@ class _SubmitHooks:
 
     def reattached(self) -> None:
         self._job.reattached = True
+
+    def recovered(self) -> None:
+        self._job.recovering = True
 
 
 def check_requests(requests: object) -> Requests:
@@ -311,6 +327,7 @@ class FanOut:
             record=record,
             error=error,
             paths=paths,
+            recovered=job.recovering is True,
         )
         kind = JobEventKind.DONE if error is None else JobEventKind.FAILED
         try:
@@ -330,7 +347,19 @@ class FanOut:
                 f"item {job.index} of the requests must be {REQUEST_CLASSES} "
                 f"(or a TaskHandle), not {type(item).__name__}"
             )
-        handle = await self._submitter.submit(item, _SubmitHooks(self, job))
+        try:
+            handle = await self._submitter.submit(item, _SubmitHooks(self, job))
+        except SubmitUncertainError as exc:
+            # Its answer was lost: with a receiver, wait for the provider's callback while
+            # its token lives (the outcome is the error if none confirms a task).
+            recovery = self._submitter.recovery(exc)
+            if recovery is None:
+                raise
+            job.recovering = False
+            recovered = await recovery.wait(None)
+            if recovered is None:
+                raise
+            job.recovering, handle = True, recovered
         job.task_id = handle.task_id
         self._emit(JobEventKind.SUBMITTED, job, reattached=job.reattached)
         return handle

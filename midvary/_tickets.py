@@ -5,6 +5,10 @@ bound to the task id and the handle's :class:`~midvary._polling.Alarm` once the 
 names the task, and forgotten by the :class:`TicketBook` when its session closes, when the
 receiver stops, ``grace`` seconds after it settled (a delivery accepted, or the task seen
 final), and in any case ``ttl`` seconds after it was issued.
+
+A ticket whose submission's answer was lost is kept, marked :meth:`~Ticket.lose`: the
+provider still calls back the task it may have created, and the task ids those deliveries
+name (:meth:`~Ticket.report`) are what a recovery confirms (``_recovery``).
 """
 
 from __future__ import annotations
@@ -30,7 +34,19 @@ def short(token: str) -> str:
 class Ticket:
     """One submission's token: its URL, and the task and alarm it wakes once they are known."""
 
-    __slots__ = ("alarm", "book", "bound", "expires_at", "owner", "settled", "task_id", "token")
+    __slots__ = (
+        "alarm",
+        "book",
+        "bound",
+        "expires_at",
+        "lost",
+        "news",
+        "owner",
+        "reports",
+        "settled",
+        "task_id",
+        "token",
+    )
 
     def __init__(self, book: TicketBook, owner: Hashable, token: str, expires_at: float) -> None:
         self.book = book
@@ -45,6 +61,12 @@ class Ticket:
         # Whether the duplicate grace is running (a delivery was accepted or the task seen
         # final): the expiry then moves closer.
         self.settled = False
+        # Whether the submission's answer was lost (kept for the provider's callback).
+        self.lost = False
+        # The task ids deliveries to a lost ticket named, in order (claims to confirm).
+        self.reports: list[str] = []
+        # Set at each report, wake-up through the store and drop: a recovery looks again.
+        self.news = asyncio.Event()
 
     def __repr__(self) -> str:
         return f"<Ticket token={short(self.token)!r} task_id={self.task_id!r}>"
@@ -58,10 +80,25 @@ class Ticket:
         """The submission was accepted as ``task_id``: deliveries may ring ``alarm`` now."""
         self.task_id = task_id
         self.alarm = alarm
+        self.lost = False  # recovered: later deliveries wake the handle as usual
         alarm.on_final = self.settle
         self.bound.set()
         if self.book.on_bind is not None:
             self.book.on_bind(self)
+
+    def lose(self) -> None:
+        """The submission's answer was lost: keep the ticket for the provider's callback.
+
+        Deliveries that wait for the binding go on at once, as deliveries to a lost ticket.
+        """
+        self.lost = True
+        self.bound.set()
+
+    def report(self, task_id: str | None) -> None:
+        """A checked delivery to this lost ticket named ``task_id`` (``None``: see the store)."""
+        if task_id is not None and task_id not in self.reports:
+            self.reports.append(task_id)
+        self.news.set()
 
     def settle(self) -> None:
         """Start the duplicate grace: a delivery was accepted or the task was seen final."""
@@ -152,6 +189,7 @@ class TicketBook:
             if not tokens:
                 del self._by_owner[ticket.owner]
         ticket.bound.set()
+        ticket.news.set()
 
     def forget(self, owner: Hashable) -> None:
         """Forget every ticket of ``owner`` (its session is closing)."""

@@ -337,6 +337,20 @@ class StoreClaims:
             renewals=self.renewals(lease_s),
         )
 
+    async def recovered(self, key: str, task_id: str) -> bool:
+        """A lost answer of ``key`` was recovered as ``task_id``: record key -> task id.
+
+        Accepted for an uncertain key whoever held it (the recovery holds no claim);
+        ``False`` when the key was forgotten meanwhile or names another task.
+
+        Raises:
+            StoreError: The store failed.
+
+        """
+        return await self.store.record_task(
+            self.namespace, key, holder=f"recovery-{new_id()}", task_id=task_id
+        )
+
     def renewals(self, lease_s: float) -> Renewals:
         """The queue of this session's claims of ``lease_s`` seconds waiting to be renewed."""
         try:
