@@ -103,15 +103,6 @@ async def test_without_a_receiver_nothing_is_recovered(start_world: StartWorld) 
             await session.recover(error)
 
 
-async def test_a_refused_submission_keeps_no_token(start_world: StartWorld) -> None:
-    """Only an uncertain submission keeps its ticket: a certain refusal drops it."""
-    world = await start_world(credits=0)
-    async with world.session() as session:
-        with pytest.raises(midvary.InsufficientCreditsError):
-            await session.vary("parent-1", 0)
-        assert world.receiver.active_tokens == 0
-
-
 async def test_closing_the_session_ends_a_recovery(start_world: StartWorld) -> None:
     """A recovery waiting for its callback ends with the session (its token forgotten)."""
     world = await start_world(drop_submit_answer_rate=1.0)
