@@ -19,19 +19,19 @@ from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, Self, TypeVar, 
 import aiohttp
 
 from ._config import PollPolicy, RetryPolicy
-from ._converter import structure_record
+from ._converter import structure_credits, structure_record
 from ._download import download_record
 from ._errors import EventLoopError, NotFoundError, ProtocolError, SessionClosedError
-from ._polling import Deadlines, DurationStats, PollHealth
+from ._polling import DurationStats, PollHealth
 from ._transport import Transport
 
 if TYPE_CHECKING:
     import yarl
 
     from ._models import TaskRecord
-    from ._polling import Alarm
 
 RECORD_PATH: Final = "/api/v1/mj/record-info"
+CREDIT_PATH: Final = "/api/v1/chat/credit"
 
 
 class _State(enum.Enum):
@@ -57,8 +57,7 @@ class SessionCore:
         rng: The source of jitter.
         durations: What the session learned about task durations.
         health: Whether the session's polls keep failing (warned about once).
-        waiting: The alarms of the waits in progress (closing wakes them with an error).
-        deadlines: The deadlines of the waits in progress, on one loop timer.
+        waiting: The timeouts of the waits in progress (closing expires them at once).
         fanouts: The fan-outs running (closing ends them first).
 
     """
@@ -71,7 +70,6 @@ class SessionCore:
         "_owns_http",
         "_state",
         "_transport",
-        "deadlines",
         "durations",
         "fanouts",
         "health",
@@ -110,8 +108,7 @@ class SessionCore:
         self.rng = random.Random(seed)
         self.durations = DurationStats()
         self.health = PollHealth()
-        self.waiting: set[Alarm] = set()
-        self.deadlines = Deadlines()
+        self.waiting: set[asyncio.Timeout] = set()
         self.fanouts: set[Closable] = set()
 
     def __repr__(self) -> str:
@@ -158,26 +155,18 @@ class SessionCore:
             EventLoopError: Called from another event loop than the session's first one.
 
         """
-        transport = self._transport
-        # The common case without a call (this runs two or three times per task): open, in
-        # the loop it first ran in. Anything else goes through check_loop.
-        if (
-            transport is not None
-            and self._state is _State.OPEN
-            and self._loop is asyncio.get_running_loop()
-        ):
-            return transport
         self.check_loop()
         if self._state is _State.CLOSED:
             raise SessionClosedError(
                 "this Session is closed and cannot be reopened; create a new one"
             )
-        if self._http is None:
-            self._http = aiohttp.ClientSession()
-        self._transport = Transport(
-            self._http, base_url=self._base_url, api_key=self._api_key, timeout=self.timeout
-        )
-        self._state = _State.OPEN
+        if self._transport is None:
+            if self._http is None:
+                self._http = aiohttp.ClientSession()
+            self._transport = Transport(
+                self._http, base_url=self._base_url, api_key=self._api_key, timeout=self.timeout
+            )
+            self._state = _State.OPEN
         return self._transport
 
     async def fetch_record(self, task_id: str) -> TaskRecord:
@@ -205,6 +194,16 @@ class SessionCore:
                 f"asked for task {task_id}, the provider answered with {record.task_id}"
             )
         return record
+
+    async def fetch_credits(self) -> int:
+        """One ``chat/credit`` GET: the account's remaining credits.
+
+        Raises:
+            AuthenticationError: The key is wrong (answered as code 401 inside HTTP 200).
+            APIError, TransportError, ProtocolError: The request failed.
+
+        """
+        return structure_credits(await self.open().call("GET", CREDIT_PATH))
 
     async def download(
         self, record: TaskRecord, directory: Path, *, concurrency: int
@@ -234,10 +233,10 @@ class SessionCore:
             await fanout.aclose()
         self._state = _State.CLOSED
         closing()
-        closed = SessionClosedError("the Session was closed while waiting for this task")
-        for alarm in tuple(self.waiting):
-            alarm.wake(closed)
-        self.deadlines.close()
+        now = asyncio.get_running_loop().time()
+        for scope in self.waiting:
+            if not scope.expired():  # one that expired on its own reports its deadline
+                scope.reschedule(now)
         if self._owns_http and self._http is not None:
             await self._http.close()
 

@@ -36,6 +36,7 @@ import logging
 from typing import TYPE_CHECKING, Final
 
 from ._errors import StoreError
+from ._retry import ask_until_answered, resubscribing
 
 if TYPE_CHECKING:
     from ._store import Store, TokenRecord
@@ -47,7 +48,8 @@ logger = logging.getLogger("midvary._callbacks")
 DEFAULT_SCOPE: Final = "callbacks"
 # Seconds between two looks at an unbound token's record (doubling up to the bind wait).
 _FIRST_LOOK: Final = 0.02
-# Seconds before a lost wake-up subscription is tried again (doubling up to the last).
+# Seconds between two failed wake-up subscriptions (doubling up to the last); one that held
+# and was lost is opened again at once.
 _RESUBSCRIBE: Final = (0.1, 30.0)
 
 
@@ -146,22 +148,29 @@ class CallbackRelay:
         await asyncio.shield(self._subscribed)
 
     async def _listen(self) -> None:
-        pause = _RESUBSCRIBE[0]
-        while True:
+        subscribed = self._subscribed
+        assert subscribed is not None  # noqa: S101 - set before the listener starts
+        retrying = resubscribing(
+            first=_RESUBSCRIBE[0],
+            longest=_RESUBSCRIBE[1],
+            # The first subscription is not retried: its failure is the submission's.
+            retry=lambda exc: isinstance(exc, StoreError) and subscribed.done(),
+        )
+        try:
+            while True:  # each pass opens subscriptions until one holds, and ends when lost
+                await retrying(self._listen_once, subscribed)
+        except StoreError as exc:
+            subscribed.set_exception(exc)
+
+    async def _listen_once(self, subscribed: asyncio.Future[None]) -> None:
+        async with self._store.wakes(self.scope) as stream:
+            if not subscribed.done():
+                subscribed.set_result(None)
             try:
-                async with self._store.wakes(self.scope) as stream:
-                    pause = _RESUBSCRIBE[0]
-                    if self._subscribed is not None and not self._subscribed.done():
-                        self._subscribed.set_result(None)
-                    async for token in stream:
-                        self._wake(token)
+                async for token in stream:
+                    self._wake(token)
             except StoreError as exc:
-                if self._subscribed is not None and not self._subscribed.done():
-                    self._subscribed.set_exception(exc)
-                    return  # the first subscription failed: the submission reports it
-                logger.warning("callback wake-ups lost (%s); listening again in %gs", exc, pause)
-            await asyncio.sleep(pause)
-            pause = min(_RESUBSCRIBE[1], pause * 2)
+                logger.warning("callback wake-ups lost (%s); listening again", exc)
 
     def _wake(self, token: str) -> None:
         ticket = self._book.lookup(token)
@@ -187,10 +196,8 @@ class CallbackRelay:
         does not know, 503 when the store fails (the provider retries later).
         """
         name = token_id(token)
-        loop = asyncio.get_running_loop()
-        give_up = loop.time() + bind_wait
-        pause = _FIRST_LOOK
-        while True:
+
+        async def look() -> str | int | None:
             try:
                 record = await self._store.get_token(self.scope, name)
             except StoreError as exc:
@@ -199,13 +206,13 @@ class CallbackRelay:
             if record is None:
                 logger.debug("callback to a token unknown to the store too: 404")
                 return 404
-            if record.task_id is not None:
-                return record.task_id
-            left = give_up - loop.time()
-            if left <= 0:
-                return None
-            await asyncio.sleep(min(pause, left))
-            pause *= 2
+            return record.task_id  # None: not bound yet, look again
+
+        # None after the wait: its answer is late or lost (see report).
+        answer: str | int | None = await ask_until_answered(
+            look, first=_FIRST_LOOK, within=bind_wait
+        )
+        return answer
 
     async def report(self, token: str, task_id: str, *, wake: bool) -> int:
         """A checked delivery to the unbound ``token`` named ``task_id``: keep that claim.

@@ -34,6 +34,7 @@ from ._models import GenerateRequest, SubmitRequest, TaskRecord, UpscaleRequest,
 from ._ratelimit import DEFAULT_SUBMIT_RATE, SubmitLimiter
 from ._store import MemoryStore, Store, StoreClaims, StoreLimiter
 from ._submit import Limiter, Submitter
+from ._testmode import default_poll, default_retry
 from ._validate import (
     count,
     instance,
@@ -70,9 +71,11 @@ class Session:
         base_url: The API's base URL; ``None`` reads ``MIDVARY_BASE_URL``, else
             ``https://api.kie.ai`` (``https://api.midapi.ai`` serves the same API). The key
             is sent to this host only.
-        poll: Default :class:`PollPolicy` of every wait; ``None`` means ``PollPolicy()``.
+        poll: Default :class:`PollPolicy` of every wait; ``None`` means ``PollPolicy()``
+            (``midvary.testing.FAST_POLL`` in the test mode: ``MIDVARY_TESTING=1``).
         retry: :class:`RetryPolicy` for submissions that certainly were not accepted (and
-            for downloads); ``None`` means ``RetryPolicy()``.
+            for downloads); ``None`` means ``RetryPolicy()`` (``FAST_RETRY`` in the test
+            mode).
         request_timeout: Seconds one HTTP request may take in all (> 0).
         connect_timeout: Seconds opening a connection may take (> 0).
         index_base: Added to the 0-based ``image_index`` on the wire: 0 (the documented
@@ -144,8 +147,8 @@ class Session:
             api_key=api_key,
             timeout=timeout,
             http=http_session,
-            poll=poll if poll is not None else PollPolicy(),
-            retry=retry if retry is not None else RetryPolicy(),
+            poll=poll if poll is not None else default_poll(),
+            retry=retry if retry is not None else default_retry(),
             index_base=index_base,
             seed=seed,
         )
@@ -352,6 +355,41 @@ class Session:
             request = attrs.evolve(request, key=key)
         return await self._submitter.submit(request)
 
+    async def run(
+        self,
+        request: SubmitRequest,
+        *,
+        timeout: float | UseDefault | None = USE_DEFAULT,
+    ) -> TaskRecord:
+        """Submit one request and wait for its task: the one-call form of :meth:`submit`.
+
+        ``await session.run(request)`` is ``await (await session.submit(request))``, for
+        code that wants the result and not the handle (``replicate.run``, fal's
+        ``subscribe``)::
+
+            grid = await session.run(midvary.GenerateRequest(prompt="a red fox"))
+
+        Args:
+            request: A :class:`VaryRequest`, :class:`GenerateRequest` or
+                :class:`UpscaleRequest` (its ``key``, if any, is honoured as by
+                :meth:`submit`).
+            timeout: Seconds to wait for the task once it is submitted; ``None`` means no
+                deadline; by default the poll policy's ``timeout``.
+
+        Returns:
+            The final record of the task, which succeeded.
+
+        Raises:
+            TaskFailedError: The task failed (the error carries its record).
+            TaskTimeoutError: ``timeout`` passed first; the error carries the task id, so
+                :meth:`task` re-attaches to it.
+            SubmitUncertainError: The submission's answer was lost; it is never re-sent.
+            TypeError: ``request`` is not a request; nothing was sent.
+
+        """
+        handle = await self.submit(request)
+        return await handle.wait(timeout)
+
     def vary_many(
         self,
         requests: Requests,
@@ -362,6 +400,7 @@ class Session:
         on_event: OnEvent | None = None,
         download: str | os.PathLike[str] | None = None,
         download_concurrency: int = DEFAULT_DOWNLOAD_CONCURRENCY,
+        max_tasks: int | None = None,
     ) -> FanOut:
         """Run many jobs of any kind; iterate the result for one :class:`VaryOutcome` each.
 
@@ -382,6 +421,13 @@ class Session:
         session) cancels the jobs in flight; :attr:`FanOut.unfinished` then lists those
         whose outcome was not handed out, with their task ids.
 
+        What stops the account stops the fan-out: after the first submission refused with
+        401 (:class:`AuthenticationError`), 402 (:class:`InsufficientCreditsError`) or 505
+        (:class:`FeatureDisabledError`), no further POST is sent; the jobs already sent
+        carry on, their outcomes are handed out, and then the iteration raises that error.
+        The jobs refused or held back have no outcome: :attr:`FanOut.unfinished` lists them
+        with ``not_sent=True`` (pending: nothing was billed for them).
+
         Args:
             requests: An iterable or async iterable of :class:`VaryRequest`,
                 :class:`GenerateRequest` and :class:`UpscaleRequest` in any mix (or
@@ -401,9 +447,16 @@ class Session:
             download: A directory to download every succeeded job's images into (see
                 :meth:`download`); ``None`` means no download.
             download_concurrency: The most images of one job downloaded at once (>= 1).
+            max_tasks: The most submissions that may be billed in this fan-out (>= 1):
+                accepted or uncertain ones count, certainly refused ones do not, and a job
+                re-attached by its key sends nothing. Jobs beyond it are not sent (listed
+                in :attr:`FanOut.unfinished` with ``not_sent=True``; :attr:`FanOut.capped`
+                is then true) and the input is not read further. ``None`` means no cap.
 
         Raises:
             TypeError, ValueError: An argument is invalid (before anything is sent).
+            AuthenticationError, InsufficientCreditsError, FeatureDisabledError: From the
+                iteration, after the outcomes of the jobs sent (see above).
 
         """
         self._core.check_open()
@@ -414,6 +467,7 @@ class Session:
             on_event=on_event,
             download=download,
             download_concurrency=download_concurrency,
+            max_tasks=max_tasks,
         )
         return FanOut(self._core, self._submitter, check_requests(requests), options)
 
@@ -426,8 +480,14 @@ class Session:
         cancelled, the input raises, or the session closes), the task ids of every job
         submitted, finished or not, are logged as a warning: billed tasks are never lost.
 
+        With ``max_tasks``, the jobs not sent have no outcome: the list holds those that
+        ran, in input order (their ``index`` says which).
+
         Raises:
             SessionClosedError: The session was closed before every job finished.
+            AuthenticationError, InsufficientCreditsError, FeatureDisabledError: The
+                account refused a submission: nothing more was sent, the jobs already sent
+                were awaited, and the task ids of those finished are logged.
         """
         return await collect_all(self.vary_many(requests, **options))
 
@@ -507,6 +567,21 @@ class Session:
         if handle is None:
             raise error
         return handle
+    async def credits(self) -> int:
+        """The account's remaining credits: one ``GET /api/v1/chat/credit``, not retried.
+
+        Cheap enough to call before and after a run (what it spent is the difference: the
+        provider reports no per-task cost) or to check that the account is usable again.
+
+        Raises:
+            AuthenticationError: The API key is wrong.
+            APIError: Another refusal (a :class:`ServiceUnavailableError` in maintenance).
+            TransportError, ProtocolError: The request failed, or its answer held no whole
+                number of credits.
+
+        """
+        self._core.check_open()
+        return await self._core.fetch_credits()
 
     def task(self, task_id: str) -> TaskHandle:
         """Re-attach a :class:`TaskHandle` to an existing task id. No I/O.

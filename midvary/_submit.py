@@ -592,7 +592,11 @@ class _Attempt:
             if self._claim is not None:
                 await self._claim.before_post(on_wait)
             if hooks is not None:
-                hooks.before_post()
+                try:
+                    hooks.before_post()
+                except Exception:
+                    slot.refund()  # held back by the caller: nothing was sent
+                    raise
             try:
                 task_id = await self._post()
             except Exception as exc:

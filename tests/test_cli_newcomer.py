@@ -254,3 +254,23 @@ def test_gallery_command_writes_the_page_and_warns_about_bad_lines(
     assert f"{results}:2:" in captured.err
     assert "parent-a" in out.read_text()
     assert main(["gallery", str(tmp_path / "missing.jsonl")]) == 2
+
+
+async def test_status_right_after_no_wait_says_not_visible_yet_and_wait_tolerates_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A task still invisible: `status` says so (exit 0, with the wait hint); `wait` waits."""
+    async with provider(monkeypatch, invisible_for=2.0) as fake:
+        assert await cli("vary", fake.sample_parent_id, "0", "--no-wait") == 0
+        task_id = capsys.readouterr().out.strip()
+        assert await cli("status", task_id) == 0
+        out, err = capsys.readouterr()
+        assert "submitted, not visible yet" in out
+        assert f"midvary wait {task_id}" in err
+        assert await cli("status", task_id, "--json") == 0
+        assert json.loads(capsys.readouterr().out) == {
+            "task_id": task_id,
+            "status": "NOT_VISIBLE_YET",
+        }
+        assert await cli("wait", task_id) == 0
+        assert "status   SUCCESS" in capsys.readouterr().out
