@@ -567,6 +567,7 @@ class Session:
         if handle is None:
             raise error
         return handle
+
     async def credits(self) -> int:
         """The account's remaining credits: one ``GET /api/v1/chat/credit``, not retried.
 
