@@ -17,7 +17,7 @@ import cattrs
 from cattrs.gen import make_dict_structure_fn, override
 
 from ._errors import ProtocolError
-from ._jobs import VaryOutcome
+from ._jobs import JobOutcome
 from ._models import (
     CallbackNotice,
     GenerateRequest,
@@ -322,7 +322,7 @@ def _error_json(error: BaseException) -> dict[str, Any]:
     return {"type": type(error).__name__, "message": str(error)}
 
 
-def _outcome_json(outcome: VaryOutcome) -> dict[str, Any]:
+def _outcome_json(outcome: JobOutcome) -> dict[str, Any]:
     request = outcome.request
     # A vary or upscale names the parent image it was made from; a generate has a prompt.
     child = request if isinstance(request, VaryRequest | UpscaleRequest) else None
@@ -342,17 +342,17 @@ def _outcome_json(outcome: VaryOutcome) -> dict[str, Any]:
 
 
 converter.register_unstructure_hook(TaskRecord, _record_json)
-converter.register_unstructure_hook(VaryOutcome, _outcome_json)
+converter.register_unstructure_hook(JobOutcome, _outcome_json)
 
 
-def to_json_dict(obj: TaskRecord | VaryOutcome | BaseException) -> dict[str, Any]:
+def to_json_dict(obj: TaskRecord | JobOutcome | BaseException) -> dict[str, Any]:
     """``obj`` as JSON-ready data (``json.dumps`` takes it as is).
 
     Args:
         obj: A :class:`TaskRecord` (``task_id``, ``status`` name, ``task_type``,
             ``parent_task_id``, ``image_index``, ``image_urls``, ISO-8601 ``created_at`` /
             ``completed_at`` or ``None``, ``error_code``, ``error_message``); a
-            :class:`VaryOutcome` (its request's ids or ``prompt``, ``task_id``, ``ok``,
+            :class:`JobOutcome` (its request's ids or ``prompt``, ``task_id``, ``ok``,
             ``uncertain``, ``record``, ``error``, ``files``); or an exception (``type``,
             ``message``).
 
@@ -362,9 +362,9 @@ def to_json_dict(obj: TaskRecord | VaryOutcome | BaseException) -> dict[str, Any
     """
     if isinstance(obj, BaseException):
         return _error_json(obj)
-    if not isinstance(obj, TaskRecord | VaryOutcome):
+    if not isinstance(obj, TaskRecord | JobOutcome):
         raise TypeError(
-            f"to_json_dict takes a TaskRecord, VaryOutcome or exception, not {obj!r:.60}"
+            f"to_json_dict takes a TaskRecord, JobOutcome or exception, not {obj!r:.60}"
         )
     data: dict[str, Any] = converter.unstructure(obj)
     return data

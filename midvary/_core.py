@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, Self, TypeVar, 
 
 import aiohttp
 
+from . import _telemetry as telemetry
 from ._config import PollPolicy, RetryPolicy
 from ._converter import structure_credits, structure_record
 from ._download import download_record
@@ -178,6 +179,7 @@ class SessionCore:
 
         """
         transport = self.open()
+        telemetry.polled()
         try:
             data = await transport.call("GET", RECORD_PATH, params={"taskId": task_id})
         except NotFoundError as exc:

@@ -149,7 +149,9 @@ class Recovery:
             if not alive or (left is not None and left <= 0):
                 return None
             wait = pause if left is None else min(pause, left)
-            if ticket is not None:
+            if claims:  # refuted (or unconfirmed): the next GET no sooner than the pause
+                await asyncio.sleep(wait)
+            elif ticket is not None:
                 try:
                     async with asyncio.timeout(wait):
                         await ticket.news.wait()

@@ -179,12 +179,12 @@ class CallbackRelay:
             return
         if ticket is None or ticket.alarm is None:
             return  # another replica's token, or one this receiver dropped meanwhile
-        ticket.settle()
-        if ticket.alarm.final:
-            logger.debug("duplicate callback (via the store) for finished task %s", ticket.task_id)
-        else:
+        if ticket.ring():
             logger.debug("callback (via the store) for task %s: waking its handle", ticket.task_id)
-            ticket.alarm.notify()
+        else:
+            logger.debug(
+                "callback (via the store) for task %s: final or woken lately", ticket.task_id
+            )
 
     # --- the receiving side ------------------------------------------------------------
 

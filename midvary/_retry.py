@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import tenacity
 from tenacity.wait import wait_base
@@ -269,3 +269,28 @@ async def ask_until_answered(
     )
     answer: T | None = await retrying(ask)
     return answer
+
+
+#: A Redis store's calls on a broken connection (a restart): tries after the first.
+STORE_RETRIES: Final = 2
+#: Their backoff: ``STORE_BACKOFF[0] * 2**n`` seconds, at most ``STORE_BACKOFF[1]``.
+STORE_BACKOFF: Final = (0.05, 0.5)
+
+
+def redis_retry() -> dict[str, Any]:
+    """The connection pool options that make redis-py retry a Redis store's calls.
+
+    The pool's ``Retry`` is the one retry policy of a :class:`~midvary.RedisStore` made from
+    a URL: a call whose connection broke or timed out is sent again on a new connection
+    (:data:`STORE_RETRIES` times, exponential backoff), which every store operation allows
+    (each is idempotent for its holder and slot id). redis-py is imported here, when asked.
+    """
+    import redis.exceptions  # noqa: PLC0415 - an optional dependency
+    from redis.asyncio.retry import Retry  # noqa: PLC0415
+    from redis.backoff import ExponentialBackoff  # noqa: PLC0415
+
+    base, cap = STORE_BACKOFF
+    return {
+        "retry": Retry(ExponentialBackoff(cap=cap, base=base), retries=STORE_RETRIES),
+        "retry_on_error": [redis.exceptions.ConnectionError, redis.exceptions.TimeoutError],
+    }

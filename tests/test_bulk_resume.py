@@ -139,7 +139,7 @@ def assert_resumed(fake: FakeProvider, results: Path, journal: Path, uncertain: 
     assert len(last) == JOBS
     assert {key for key, line in last.items() if line["status"] == "uncertain"} == uncertain
     assert {line["status"] for key, line in last.items() if key not in uncertain} == {"done"}
-    assert {line["vary_task_id"] for line in last.values()} - {None} <= set(fake.tasks)
+    assert {line["task_id"] for line in last.values()} - {None} <= set(fake.tasks)
     assert fake.stats.duplicate_submissions == 0
     assert fake.stats.tasks_created <= JOBS
     assert fake.api_key.encode() not in results.read_bytes()

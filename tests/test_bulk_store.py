@@ -103,7 +103,7 @@ async def test_two_runs_split_the_work_and_a_third_submits_nothing(
             assert {json.loads(line)["status"] for line in lines.values()} == {"done"}
         assert set(a) | set(b) == {f"job-{n}" for n in range(count)}
         # Each task belongs to the one job that submitted it, whichever run wrote the line.
-        tasks = {key: json.loads(line)["vary_task_id"] for key, line in (a | b).items()}
+        tasks = {key: json.loads(line)["task_id"] for key, line in (a | b).items()}
         assert len(set(tasks.values())) == count
         assert set(tasks.values()) == set(fake.tasks)
 
@@ -199,7 +199,7 @@ async def test_chained_rows_split_between_runs_with_children_keyed_from_the_pare
         for key, line in lines.items():
             if "parent" in line:  # a child: made from its parent's task
                 assert key.startswith(line["parent"] + "/")
-                assert line["task_id"] == lines[line["parent"]]["vary_task_id"]
+                assert line["parent_task_id"] == lines[line["parent"]]["task_id"]
 
         code, output = await run_bulk(fake, jobs, tmp_path / "c.jsonl", *store)
         assert code == 0, output

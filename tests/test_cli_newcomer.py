@@ -244,6 +244,7 @@ def test_gallery_command_writes_the_page_and_warns_about_bad_lines(
 ) -> None:
     """`midvary gallery RESULTS` --out: writes the page, says where, warns about a bad line."""
     results = tmp_path / "r.jsonl"
+    # A line in the format before issue 18 (the parent in task_id): still read.
     line = {"id": "j1", "task_id": "parent-a", "image_index": 0, "status": "done",
             "vary_task_id": "t1", "image_urls": [], "files": [], "error": None}  # fmt: skip
     results.write_text(json.dumps(line) + "\n{broken\n")

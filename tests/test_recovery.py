@@ -206,7 +206,7 @@ async def test_a_fan_out_waits_for_the_callbacks_of_lost_answers(live_fake: Fake
         ) as session,
     ):
         await receiver.start()
-        outcomes = await session.vary_all(requests)
+        outcomes = await session.submit_all(requests)
     assert all(outcome.ok for outcome in outcomes), [o.error for o in outcomes]
     recovered = [outcome for outcome in outcomes if outcome.recovered]
     assert len(recovered) == live_fake.stats.dropped_submit_answers > 0

@@ -2,7 +2,7 @@
 
 Flow: read and check the JOBS file (bad rows are reported with their line number and
 skipped), open the ledger (:mod:`.ledger`: the local journal, or with ``--store`` a store
-shared with other runs), then run the jobs through ``Session.vary_many`` with a live
+shared with other runs), then run the jobs through ``Session.submit_many`` with a live
 progress display, placing each job as the fan-out has room for it (:mod:`.placing`: skip it
 if finished earlier, re-attach it if submitted earlier, report it uncertain if its POST was
 in flight when an earlier run stopped, leave it to another run that holds it, or run it),
@@ -269,7 +269,7 @@ async def _run_jobs(  # noqa: PLR0917 - one step of _run, given its parts
         progress.event(event)
 
     with progress:
-        async with session.vary_many(
+        async with session.submit_many(
             feed.items(),
             concurrency=args.concurrency,
             timeout=args.timeout if args.timeout is not None else midvary.USE_DEFAULT,

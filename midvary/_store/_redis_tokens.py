@@ -39,7 +39,8 @@ return 1
 _LISTEN_BLOCK: Final = 5.0
 
 
-def _text(value: object) -> str:
+def text(value: object) -> str:
+    """A Redis reply as text (a client may decode its replies or not)."""
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
@@ -123,7 +124,7 @@ class RedisTokens:
         if value is None:
             return None
         return TokenRecord(
-            task_id=_text(value) or None, reported=None if reported is None else _text(reported)
+            task_id=text(value) or None, reported=None if reported is None else text(reported)
         )
 
     async def report(self, scope: str, token_id: str, task_id: str) -> bool:
@@ -150,7 +151,7 @@ class RedisTokens:
             value = await self._client(what).get(self._link_name(scope, link_id))
         except (redis.exceptions.RedisError, OSError) as exc:
             raise self._error(what, exc) from exc
-        return None if value is None else _text(value)
+        return None if value is None else text(value)
 
     async def settle(self, scope: str, token_id: str, grace_s: float) -> None:
         """See :meth:`Store.settle_token`."""
@@ -207,4 +208,4 @@ class RedisTokens:
             except (redis.exceptions.RedisError, OSError) as exc:
                 raise self._error(what, exc) from exc
             if message is not None and message.get("type") == "message":
-                yield _text(message["data"])
+                yield text(message["data"])

@@ -226,7 +226,7 @@ async def test_fan_out_with_every_kind_of_trouble_never_shows_the_key(
         fault_rate=0.3, drop_submit_answer_rate=0.1, failure_rate=0.2, submit_limit=(4, 0.05)
     ) as fake:
         async with session_for(fake, submit_rate=(8, 0.05)) as session:
-            fanout = session.vary_many(
+            fanout = session.submit_many(
                 [*requests(24), "not a request"],  # type: ignore[list-item]
                 concurrency=8,
                 on_event=hook,
@@ -242,7 +242,7 @@ async def test_fan_out_with_every_kind_of_trouble_never_shows_the_key(
             assert {o.uncertain for o in outcomes} == {True, False}
             assert any(isinstance(o.error, midvary.TaskFailedError) for o in outcomes)
             # A fan-out cut short by the session's close.
-            cut = session.vary_many(requests(8, prefix="parent-cut-"), concurrency=4)
+            cut = session.submit_many(requests(8, prefix="parent-cut-"), concurrency=4)
             first = await anext(cut)
             evidence.reprs(first)
         evidence.reprs(cut, *cut.unfinished)
