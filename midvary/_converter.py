@@ -11,8 +11,9 @@ import json
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
+import attrs
 import cattrs
 from cattrs.gen import make_dict_structure_fn, override
 
@@ -206,6 +207,44 @@ def envelope_code(value: object) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int):
         return None
     return value
+
+
+#: What a secret echoed by the provider becomes, in every text that comes back.
+REDACTED: Final = "***"
+
+
+def redact(text: str, secret: str) -> str:
+    """``text`` with every occurrence of ``secret`` (the API key) masked."""
+    return text.replace(secret, REDACTED) if secret in text else text
+
+
+def redact_record(record: TaskRecord, secret: str) -> TaskRecord:
+    """``record`` with ``secret`` masked in every text it holds (``record`` if none does).
+
+    A provider may echo what it was sent (the key included) in ``errorMessage``, ``taskType``
+    or ``paramJson``; a record's texts reach error messages, ``to_json_dict``, results files
+    and galleries, so the key is masked here, once, as in an envelope's ``msg``. The task id
+    is left as is: it names the task (and the key is never a valid one).
+    """
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, str):
+            return redact(value, secret)
+        if isinstance(value, Mapping):
+            return {clean(name): clean(item) for name, item in value.items()}
+        if isinstance(value, list | tuple):
+            return type(value)(clean(item) for item in value)
+        return value
+
+    try:
+        changes = {
+            name: cleaned
+            for name in ("task_type", "error_message", "image_urls", "params")
+            if (cleaned := clean(value := getattr(record, name))) != value
+        }
+    except RecursionError as exc:  # paramJson nested nearly as deep as the decoder allows
+        raise ProtocolError(f"record of task {record.task_id} is nested too deeply") from exc
+    return attrs.evolve(record, **changes) if changes else record
 
 
 def structure_record(data: object) -> TaskRecord:

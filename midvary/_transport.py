@@ -28,7 +28,7 @@ import yarl
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from . import _telemetry as telemetry
-from ._converter import decode_json, envelope_code
+from ._converter import decode_json, envelope_code, redact
 from ._errors import (
     ERROR_CLASSES,
     DownloadError,
@@ -253,7 +253,7 @@ class Transport:
 
     def _redact(self, text: str) -> str:
         # A body may echo what we sent; the key must never reach a message or a log line.
-        return text.replace(self._api_key, "***") if self._api_key in text else text
+        return redact(text, self._api_key)
 
     async def call(
         self,

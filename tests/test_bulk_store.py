@@ -221,17 +221,21 @@ async def test_a_local_store_path_shares_the_jobs_between_processes(tmp_path: Pa
         assert sum(ran) == count
 
 
-async def test_store_errors_never_show_the_password(tmp_path: Path) -> None:
-    """An unreachable store is a usage error naming the host, never the password."""
+@pytest.mark.parametrize("where", ["argv", "env"])
+async def test_store_errors_never_show_the_password(tmp_path: Path, where: str) -> None:
+    """An unreachable store (--store or MIDVARY_STORE_URL) is a usage error, no password."""
     jobs = write_jobs(tmp_path / "jobs.csv", 2)
+    url = f"redis://:{PASSWORD}@127.0.0.1:1/0"
     async with provider() as fake:
+        env = environment(fake)
+        if where == "env":
+            env["MIDVARY_STORE_URL"] = url
         process = await asyncio.create_subprocess_exec(
             *midvary_command(),
             "bulk",
             str(jobs),
-            "--store",
-            f"redis://:{PASSWORD}@127.0.0.1:1/0",
-            env=environment(fake),
+            *(("--store", url) if where == "argv" else ()),
+            env=env,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
