@@ -22,6 +22,7 @@ import attrs
 from ._callbacks import CallbackReceiver, tickets_for
 from ._config import USE_DEFAULT, PollPolicy, RetryPolicy, UseDefault
 from ._core import CorePolicy, SessionCore
+from ._download import DEFAULT_MAX_DOWNLOAD_BYTES
 from ._errors import SubmitUncertainError
 from ._fanout import FanOut, Requests, check_requests, collect_all, takes_options_of
 from ._handle import TaskHandle
@@ -134,6 +135,10 @@ class Session:
             process sharing it,
             and ``submit_rate`` is one limit for them all. ``None`` means keys deduplicate
             within this session only (an in-memory store) and the limit is this session's.
+        max_download_bytes: The largest result file a download accepts, in bytes (>= 1;
+            default 256 MiB); a larger one is a :class:`DownloadError` (a ``Content-Length``
+            over it is refused before a byte is read, a body that grows past it is cut
+            there). ``None`` means no limit.
 
     Raises:
         ReceiverClosedError: ``callbacks`` is a stopped receiver.
@@ -155,6 +160,7 @@ class Session:
         callbacks: CallbackReceiver | None = None,
         submit_rate: tuple[int, float] | None = DEFAULT_SUBMIT_RATE,
         store: Store | None = None,
+        max_download_bytes: int | None = DEFAULT_MAX_DOWNLOAD_BYTES,
     ) -> None:
         api_key = resolve_api_key(api_key)
         rate = check_submit_rate(submit_rate)
@@ -184,6 +190,11 @@ class Session:
             retry=retry if retry is not None else default_retry(),
             index_base=index_base,
             seed=seed,
+            max_download_bytes=(
+                None
+                if max_download_bytes is None
+                else count(max_download_bytes, "max_download_bytes")
+            ),
         )
         limiter: Limiter | None
         if store is None:
