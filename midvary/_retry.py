@@ -144,29 +144,6 @@ def _before_sleep_async(
     return before_sleep
 
 
-async def retry_failed(
-    fn: Callable[[], Awaitable[T]], retrying: tenacity.AsyncRetrying, failure: BaseException
-) -> T:
-    """Carry on with ``retrying`` a call of ``fn`` whose first attempt failed with ``failure``.
-
-    Tenacity's per-call set-up costs more CPU than parsing a poll's answer, and nearly every
-    call succeeds at once, so callers make the first attempt bare and come here only with a
-    failure that ``retrying``'s own predicate retries. The failure is replayed to
-    ``retrying`` as its first attempt, so waits, ``Retry-After``, hooks and the attempt
-    budget count exactly as if tenacity had made every attempt.
-    """
-    first: BaseException | None = failure
-
-    async def replay_then_call() -> T:
-        nonlocal first
-        if first is not None:
-            replayed, first = first, None
-            raise replayed
-        return await fn()
-
-    return await retrying(replay_then_call)
-
-
 def submit_retrying(
     policy: RetryPolicy, *, sleep: Sleep | None = None, on_retry: AsyncBeforeSleep | None = None
 ) -> tenacity.AsyncRetrying:
