@@ -43,6 +43,7 @@ demo: $(STAMP)
 
 ## Benchmarks report figures; they are never tests.
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
 	$(BIN)/python -m benchmarks
 
 clean:
