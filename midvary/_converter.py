@@ -11,13 +11,14 @@ import json
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
+import attrs
 import cattrs
 from cattrs.gen import make_dict_structure_fn, override
 
 from ._errors import ProtocolError
-from ._jobs import VaryOutcome
+from ._jobs import JobOutcome
 from ._models import (
     CallbackNotice,
     GenerateRequest,
@@ -208,6 +209,44 @@ def envelope_code(value: object) -> int | None:
     return value
 
 
+#: What a secret echoed by the provider becomes, in every text that comes back.
+REDACTED: Final = "***"
+
+
+def redact(text: str, secret: str) -> str:
+    """``text`` with every occurrence of ``secret`` (the API key) masked."""
+    return text.replace(secret, REDACTED) if secret in text else text
+
+
+def redact_record(record: TaskRecord, secret: str) -> TaskRecord:
+    """``record`` with ``secret`` masked in every text it holds (``record`` if none does).
+
+    A provider may echo what it was sent (the key included) in ``errorMessage``, ``taskType``
+    or ``paramJson``; a record's texts reach error messages, ``to_json_dict``, results files
+    and galleries, so the key is masked here, once, as in an envelope's ``msg``. The task id
+    is left as is: it names the task (and the key is never a valid one).
+    """
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, str):
+            return redact(value, secret)
+        if isinstance(value, Mapping):
+            return {clean(name): clean(item) for name, item in value.items()}
+        if isinstance(value, list | tuple):
+            return type(value)(clean(item) for item in value)
+        return value
+
+    try:
+        changes = {
+            name: cleaned
+            for name in ("task_type", "error_message", "image_urls", "params")
+            if (cleaned := clean(value := getattr(record, name))) != value
+        }
+    except RecursionError as exc:  # paramJson nested nearly as deep as the decoder allows
+        raise ProtocolError(f"record of task {record.task_id} is nested too deeply") from exc
+    return attrs.evolve(record, **changes) if changes else record
+
+
 def structure_record(data: object) -> TaskRecord:
     """Build a :class:`TaskRecord` from a ``record-info`` ``data`` object.
 
@@ -322,7 +361,7 @@ def _error_json(error: BaseException) -> dict[str, Any]:
     return {"type": type(error).__name__, "message": str(error)}
 
 
-def _outcome_json(outcome: VaryOutcome) -> dict[str, Any]:
+def _outcome_json(outcome: JobOutcome) -> dict[str, Any]:
     request = outcome.request
     # A vary or upscale names the parent image it was made from; a generate has a prompt.
     child = request if isinstance(request, VaryRequest | UpscaleRequest) else None
@@ -342,17 +381,17 @@ def _outcome_json(outcome: VaryOutcome) -> dict[str, Any]:
 
 
 converter.register_unstructure_hook(TaskRecord, _record_json)
-converter.register_unstructure_hook(VaryOutcome, _outcome_json)
+converter.register_unstructure_hook(JobOutcome, _outcome_json)
 
 
-def to_json_dict(obj: TaskRecord | VaryOutcome | BaseException) -> dict[str, Any]:
+def to_json_dict(obj: TaskRecord | JobOutcome | BaseException) -> dict[str, Any]:
     """``obj`` as JSON-ready data (``json.dumps`` takes it as is).
 
     Args:
         obj: A :class:`TaskRecord` (``task_id``, ``status`` name, ``task_type``,
             ``parent_task_id``, ``image_index``, ``image_urls``, ISO-8601 ``created_at`` /
             ``completed_at`` or ``None``, ``error_code``, ``error_message``); a
-            :class:`VaryOutcome` (its request's ids or ``prompt``, ``task_id``, ``ok``,
+            :class:`JobOutcome` (its request's ids or ``prompt``, ``task_id``, ``ok``,
             ``uncertain``, ``record``, ``error``, ``files``); or an exception (``type``,
             ``message``).
 
@@ -362,9 +401,9 @@ def to_json_dict(obj: TaskRecord | VaryOutcome | BaseException) -> dict[str, Any
     """
     if isinstance(obj, BaseException):
         return _error_json(obj)
-    if not isinstance(obj, TaskRecord | VaryOutcome):
+    if not isinstance(obj, TaskRecord | JobOutcome):
         raise TypeError(
-            f"to_json_dict takes a TaskRecord, VaryOutcome or exception, not {obj!r:.60}"
+            f"to_json_dict takes a TaskRecord, JobOutcome or exception, not {obj!r:.60}"
         )
     data: dict[str, Any] = converter.unstructure(obj)
     return data

@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, Self, TypeVar, 
 
 import aiohttp
 
+from . import _telemetry as telemetry
 from ._config import PollPolicy, RetryPolicy
-from ._converter import structure_credits, structure_record
+from ._converter import redact_record, structure_credits, structure_record
 from ._download import download_record
 from ._errors import EventLoopError, NotFoundError, ProtocolError, SessionClosedError
 from ._polling import DurationStats, PollHealth
@@ -178,6 +179,7 @@ class SessionCore:
 
         """
         transport = self.open()
+        telemetry.polled()
         try:
             data = await transport.call("GET", RECORD_PATH, params={"taskId": task_id})
         except NotFoundError as exc:
@@ -188,7 +190,7 @@ class SessionCore:
             ) from exc
         if data is None:
             raise NotFoundError(f"task {task_id} not found (empty record)", code=404)
-        record = structure_record(data)
+        record = redact_record(structure_record(data), self._api_key)
         if record.task_id != task_id:
             raise ProtocolError(
                 f"asked for task {task_id}, the provider answered with {record.task_id}"

@@ -13,11 +13,13 @@ import time
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
+from . import _telemetry as telemetry
 from ._config import USE_DEFAULT, PollPolicy, UseDefault
 from ._errors import NotFoundError, SessionClosedError, TaskFailedError, TaskTimeoutError
 from ._models import FAILED_STATUSES, FINAL_STATUSES, TaskRecord, TaskStatus
 from ._polling import Alarm
 from ._retry import is_transient, next_poll_after_failure
+from ._telemetry import request_kind
 from ._validate import optional_seconds
 
 if TYPE_CHECKING:
@@ -50,6 +52,7 @@ class TaskHandle:
         "_final",
         "_last",
         "_last_error",
+        "_polls",
         "_reattached",
         "request",
         "task_id",
@@ -82,6 +85,8 @@ class TaskHandle:
         # What ends this handle's sleeps early: a callback (its ticket holds the same alarm)
         # or the session's close (the session's registry of waits holds it while one runs).
         self._alarm = alarm if alarm is not None else Alarm()
+        # record-info GETs sent by this handle's waits (each wait's span tells its own).
+        self._polls = 0
 
     def __repr__(self) -> str:
         state = self._last.status.name if self._last is not None else "unseen"
@@ -146,6 +151,22 @@ class TaskHandle:
         # One timeout per wait: its deadline, and the session's close, which expires it
         # early (SessionCore.aclose) so that a poll request in flight is cut as well.
         scope = asyncio.timeout(limit)
+        with telemetry.wait(self.task_id, core.base_url) as span:
+            polls, notified = self._polls, self._alarm.notified
+            try:
+                return _outcome(await self._wait(scope, policy, on_retry, limit))
+            finally:
+                span.polls = self._polls - polls
+                span.callback = self._alarm.notified > notified
+
+    async def _wait(
+        self,
+        scope: asyncio.Timeout,
+        policy: PollPolicy,
+        on_retry: Callable[[BaseException, float], None] | None,
+        limit: float | None,
+    ) -> TaskRecord:
+        core = self._core
         try:
             async with scope:
                 core.waiting.add(scope)
@@ -168,7 +189,7 @@ class TaskHandle:
             ) from error
         finally:
             core.waiting.discard(scope)
-        return _outcome(record)
+        return record
 
     async def _poll(
         self, policy: PollPolicy, on_retry: Callable[[BaseException, float], None] | None
@@ -215,6 +236,7 @@ class TaskHandle:
         )
 
     async def _poll_once(self, policy: PollPolicy) -> TaskRecord | None:
+        self._polls += 1
         try:
             record = await self._core.fetch_record(self.task_id)
         except NotFoundError:
@@ -250,6 +272,7 @@ class TaskHandle:
                 submitted = None if self._reattached else self._created
                 self._core.durations.learn(record, submitted_at=submitted)
             self._alarm.finished()
+            telemetry.seen_final(record, None if self._reattached else request_kind(self.request))
         return record
 
 

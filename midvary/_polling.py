@@ -92,7 +92,7 @@ class Alarm:
     cuts a poll request in flight.
     """
 
-    __slots__ = ("_sleepers", "_woken", "final", "on_final")
+    __slots__ = ("_sleepers", "_woken", "final", "notified", "on_final")
 
     def __init__(self) -> None:
         self._sleepers: set[asyncio.Future[None]] = set()
@@ -100,6 +100,8 @@ class Alarm:
         self._woken = False
         #: Whether the task was seen final.
         self.final = False
+        #: How many times a callback said the task may be final.
+        self.notified = 0
         #: Called once, when the task is first seen final; ``None`` for nothing.
         self.on_final: Callable[[], None] | None = None
 
@@ -136,6 +138,7 @@ class Alarm:
         """A callback says the task may be final: poll once now (or as soon as awaited)."""
         if self.final:
             return
+        self.notified += 1
         if self._sleepers:
             for sleeper in self._sleepers:
                 _resolve(sleeper)

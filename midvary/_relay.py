@@ -30,7 +30,7 @@ from ._errors import StoreError
 from ._retry import ask_until_answered, resubscribing
 
 if TYPE_CHECKING:
-    from ._store import Store
+    from ._store import TokenStore
     from ._tickets import Ticket, TicketBook
 
 logger = logging.getLogger("midvary._callbacks")
@@ -60,7 +60,7 @@ class CallbackRelay:
 
     """
 
-    def __init__(self, store: Store, book: TicketBook, *, ttl: float, grace: float) -> None:
+    def __init__(self, store: TokenStore, book: TicketBook, *, ttl: float, grace: float) -> None:
         self._store = store
         self._book = book
         self._ttl = ttl
@@ -138,12 +138,12 @@ class CallbackRelay:
         ticket = self._book.lookup(token)
         if ticket is None or ticket.alarm is None:
             return  # another replica's token, or one this receiver dropped meanwhile
-        ticket.settle()
-        if ticket.alarm.final:
-            logger.debug("duplicate callback (via the store) for finished task %s", ticket.task_id)
-        else:
+        if ticket.ring():
             logger.debug("callback (via the store) for task %s: waking its handle", ticket.task_id)
-            ticket.alarm.notify()
+        else:
+            logger.debug(
+                "callback (via the store) for task %s: final or woken lately", ticket.task_id
+            )
 
     # --- the receiving side ------------------------------------------------------------
 

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import inspect
 import logging
+import sys
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, Final, TypeVar
 
 import tenacity
 from tenacity.wait import wait_base
@@ -73,7 +74,20 @@ def is_transient(exc: BaseException) -> bool:
         | StoreError
         | TaskTimeoutError
         | SessionClosedError,
-    )
+    ) or _store_busy(exc)
+
+
+def _store_busy(exc: BaseException) -> bool:
+    """Whether ``exc`` is SQLite saying another connection holds the database (try again).
+
+    SQLite is imported by the stores that use it, never here: an error of it exists only
+    if something imported it.
+    """
+    sqlite3 = sys.modules.get("sqlite3")
+    if sqlite3 is None or not isinstance(exc, sqlite3.OperationalError):
+        return False
+    message = str(exc).lower()
+    return "locked" in message or "busy" in message
 
 
 def is_unaccepted(exc: BaseException) -> bool:
@@ -236,3 +250,43 @@ async def ask_until_answered(
     )
     answer: T | None = await retrying(ask)
     return answer
+
+
+def retry_blocking(fn: Callable[[], T], *, within_s: float, wait_s: float = 0.05) -> T:
+    """Call ``fn`` again while it fails with a transient error, for at most ``within_s`` s.
+
+    For blocking calls in a worker thread (never on the event loop): tries every ``wait_s``
+    seconds; the last failure is raised.
+    """
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception(is_transient),
+        wait=tenacity.wait_fixed(wait_s),
+        stop=tenacity.stop_after_delay(within_s),
+        reraise=True,
+    )
+    return retrying(fn)
+
+
+#: A Redis store's calls on a broken connection (a restart): tries after the first.
+STORE_RETRIES: Final = 2
+#: Their backoff: ``STORE_BACKOFF[0] * 2**n`` seconds, at most ``STORE_BACKOFF[1]``.
+STORE_BACKOFF: Final = (0.05, 0.5)
+
+
+def redis_retry() -> dict[str, Any]:
+    """The connection pool options that make redis-py retry a Redis store's calls.
+
+    The pool's ``Retry`` is the one retry policy of a :class:`~midvary.RedisStore` made from
+    a URL: a call whose connection broke or timed out is sent again on a new connection
+    (:data:`STORE_RETRIES` times, exponential backoff), which every store operation allows
+    (each is idempotent for its holder and slot id). redis-py is imported here, when asked.
+    """
+    import redis.exceptions  # noqa: PLC0415 - an optional dependency
+    from redis.asyncio.retry import Retry  # noqa: PLC0415
+    from redis.backoff import ExponentialBackoff  # noqa: PLC0415
+
+    base, cap = STORE_BACKOFF
+    return {
+        "retry": Retry(ExponentialBackoff(cap=cap, base=base), retries=STORE_RETRIES),
+        "retry_on_error": [redis.exceptions.ConnectionError, redis.exceptions.TimeoutError],
+    }

@@ -8,11 +8,13 @@ ends), the :class:`~midvary._submit.Submitter` (every submission) and
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import aiohttp
 import attrs
@@ -26,8 +28,8 @@ from ._jobs import (
     DEFAULT_CONCURRENCY,
     DEFAULT_DOWNLOAD_CONCURRENCY,
     FanOutOptions,
+    JobOutcome,
     OnEvent,
-    VaryOutcome,
 )
 from ._models import GenerateRequest, SubmitRequest, TaskRecord, UpscaleRequest, VaryRequest
 from ._ratelimit import DEFAULT_SUBMIT_RATE, SubmitLimiter
@@ -46,6 +48,36 @@ from ._validate import (
 )
 
 logger = logging.getLogger(__name__)
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def warn_renamed(old: str, new: str) -> None:
+    """Warn (``DeprecationWarning``) that ``old`` is a deprecated alias of ``new``.
+
+    The message names the new name so a caller can fix the call from the warning alone.
+    ``stacklevel=3`` points at the caller of the alias, not at the alias itself.
+    """
+    warnings.warn(
+        f"{old} is deprecated, use {new} instead (same arguments and result)",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+
+
+def _renamed(new: Callable[_P, _R], old: str) -> Callable[_P, _R]:
+    """A deprecated method ``old`` that warns, then does exactly what ``new`` does."""
+
+    @functools.wraps(new)
+    def alias(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        warn_renamed(f"Session.{old}", f"Session.{new.__name__}")
+        return new(*args, **kwargs)
+
+    alias.__name__ = old
+    alias.__qualname__ = f"Session.{old}"
+    alias.__doc__ = f"Deprecated alias of :meth:`{new.__name__}` (it warns when called)."
+    return alias
 
 
 class Session:
@@ -88,9 +120,10 @@ class Session:
             With a ``store``, the limit holds for every session sharing the store and the
             account, in every process and on every machine (the store's clock, the slow-down
             shared).
-        store: A :class:`SQLiteStore` or :class:`RedisStore` (opened by you: ``async with
-            store``; the session never closes it). Requests with a ``key`` are then
-            submitted at most once per key across every session and process sharing it,
+        store: A :class:`Store`: a :class:`SQLiteStore` or :class:`RedisStore` (opened by
+            you: ``async with store``; the session never closes it). Requests with a
+            ``key`` are then submitted at most once per key across every session and
+            process sharing it,
             and ``submit_rate`` is one limit for them all. ``None`` means keys deduplicate
             within this session only (an in-memory store) and the limit is this session's.
 
@@ -129,7 +162,7 @@ class Session:
         instance(
             http_session, aiohttp.ClientSession, "http_session", what="an aiohttp.ClientSession"
         )
-        if store is not None and (not isinstance(store, Store) or isinstance(store, MemoryStore)):
+        if store is not None and (not isinstance(store, Store) or not store.cross_process):
             raise TypeError(
                 "store must be a midvary.SQLiteStore or midvary.RedisStore (or None), not "
                 f"{type(store).__name__}"
@@ -381,7 +414,7 @@ class Session:
         handle = await self.submit(request)
         return await handle.wait(timeout)
 
-    def vary_many(
+    def submit_many(
         self,
         requests: Requests,
         *,
@@ -393,11 +426,11 @@ class Session:
         download_concurrency: int = DEFAULT_DOWNLOAD_CONCURRENCY,
         max_tasks: int | None = None,
     ) -> FanOut:
-        """Run many jobs of any kind; iterate the result for one :class:`VaryOutcome` each.
+        """Run many jobs of any kind; iterate the result for one :class:`JobOutcome` each.
 
         Outcomes come in completion order; ``outcome.index`` is the job's input position::
 
-            async with session.vary_many(requests, concurrency=16) as outcomes:
+            async with session.submit_many(requests, concurrency=16) as outcomes:
                 async for outcome in outcomes:
                     print(outcome.index, outcome.task_id, outcome.record or outcome.error)
 
@@ -462,9 +495,9 @@ class Session:
         )
         return FanOut(self._core, self._submitter, check_requests(requests), options)
 
-    @takes_options_of(vary_many)
-    async def vary_all(self, requests: Requests, **options: Any) -> list[VaryOutcome]:
-        """Run every job like :meth:`vary_many` and return the outcomes in input order.
+    @takes_options_of(submit_many)
+    async def submit_all(self, requests: Requests, **options: Any) -> list[JobOutcome]:
+        """Run every job like :meth:`submit_many` and return the outcomes in input order.
 
         Takes the same arguments. The list holds one outcome per input item; cancelling
         the call cancels the jobs in flight. When the call ends without its list (it is
@@ -480,7 +513,12 @@ class Session:
                 account refused a submission: nothing more was sent, the jobs already sent
                 were awaited, and the task ids of those finished are logged.
         """
-        return await collect_all(self.vary_many(requests, **options))
+        return await collect_all(self.submit_many(requests, **options))
+
+    # The names before generate and upscale jobs joined vary's (issue 18); kept as warning
+    # aliases, as stamina keeps its renamed names, so existing callers keep working.
+    vary_many = _renamed(submit_many, "vary_many")
+    vary_all = _renamed(submit_all, "vary_all")
 
     async def download(
         self, record: TaskRecord, directory: str | os.PathLike[str], *, concurrency: int = 4
