@@ -75,6 +75,7 @@ class SessionCore:
         "fanouts",
         "health",
         "index_base",
+        "max_download_bytes",
         "poll",
         "retry",
         "rng",
@@ -93,6 +94,7 @@ class SessionCore:
         retry: RetryPolicy,
         index_base: int,
         seed: int | None,
+        max_download_bytes: int | None,
     ) -> None:
         self._base_url = base_url
         self._api_key = api_key
@@ -106,6 +108,7 @@ class SessionCore:
         self.poll = poll
         self.retry = retry
         self.index_base = index_base
+        self.max_download_bytes = max_download_bytes
         self.rng = random.Random(seed)
         self.durations = DurationStats()
         self.health = PollHealth()
@@ -220,6 +223,7 @@ class SessionCore:
             timeout=self.timeout,
             retry=self.retry,
             concurrency=concurrency,
+            max_bytes=self.max_download_bytes,
         )
 
     async def aclose(self, closing: Callable[[], None]) -> None:
