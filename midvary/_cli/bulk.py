@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import logging
 import os
+import sqlite3
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -238,6 +239,16 @@ def _bulk_run(args: argparse.Namespace) -> int:
             f"midvary bulk: error: cannot write {exc.filename or out_path}: "
             f"{exc.strerror or exc}; free the space or fix the folder and run the same "
             "command again to resume (submitted jobs are awaited, never submitted twice)",
+            stream=sys.stderr,
+        )
+        return EXIT_FAILED
+    except sqlite3.Error as exc:
+        # The journal itself could not be written (SQLite says "database or disk is full"):
+        # every POST was journaled before it left, so a re-run finds the jobs as they were.
+        say(
+            f"midvary bulk: error: cannot write the journal {where[0] if where else ''}: "
+            f"{exc}; free the space and run the same command again to resume (submitted jobs "
+            "are awaited, never submitted twice)",
             stream=sys.stderr,
         )
         return EXIT_FAILED
