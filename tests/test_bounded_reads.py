@@ -75,7 +75,8 @@ class Hostile:
             await response.write(b'{"code": 200, "data": {"pad": "')
             while self.record == "endless":
                 await response.write(CHUNK)
-            await request.wait_for_disconnection()
+            # Never finishes: the handler is cancelled when the client hangs up.
+            await asyncio.get_running_loop().create_future()
             return response
         return web.Response(body=envelope(success(task_id, self.urls)))
 
