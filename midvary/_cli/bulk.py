@@ -208,12 +208,15 @@ def _bulk_run(args: argparse.Namespace) -> int:
     jobs_path: Path = args.jobs
     out_path: Path = args.out or jobs_path.with_name(jobs_path.name + ".results.jsonl")
     rate = _submit_rate(args.submit_rate)
-    check_writable(out_path, args.download)
     if args.store is None and args.journal is None:
         # A Redis URL with a password is safer in the environment than in argv (ps, history).
         args.store = os.environ.get(STORE_URL_VARIABLE) or None
     require_api_key(args)  # before the journal: a run that cannot start leaves nothing
     jobs_file = read_jobs(jobs_path)
+    # Before the ledger and the first POST, after what else could stop the run (nothing
+    # created for a run that cannot start): a folder that cannot hold the images would let
+    # every billed job end in an error.
+    check_writable(out_path, args.download)
     for message in jobs_file.bad_rows:
         say(f"bad row skipped: {message}", stream=sys.stderr)
     for message in jobs_file.warnings:
