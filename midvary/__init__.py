@@ -43,6 +43,7 @@ from ._fanout import FanOut
 from ._handle import TaskHandle
 from ._jobs import JobEvent, JobEventKind, UnfinishedJob, VaryOutcome
 from ._models import GenerateRequest, TaskRecord, TaskStatus, UpscaleRequest, VaryRequest
+from ._outage import Outage
 from ._polling import DEFAULT_SAFETY_POLL
 from ._session import Session
 from ._signature import verify_callback
@@ -71,6 +72,7 @@ __all__ = [
     "KeyConflictError",
     "MidvaryError",
     "NotFoundError",
+    "Outage",
     "PollPolicy",
     "ProtocolError",
     "RateLimitError",

@@ -22,6 +22,7 @@ from ._config import PollPolicy, RetryPolicy
 from ._converter import structure_credits, structure_record
 from ._download import download_record
 from ._errors import EventLoopError, NotFoundError, ProtocolError, SessionClosedError
+from ._outage import OutageWatch
 from ._polling import Deadlines, DurationStats, PollHealth
 from ._transport import Transport
 
@@ -61,6 +62,7 @@ class SessionCore:
         waiting: The alarms of the waits in progress (closing wakes them with an error).
         deadlines: The deadlines of the waits in progress, on one loop timer.
         fanouts: The fan-outs running (closing ends them first).
+        outage: The outage (455, no connection) the session's requests are waiting out.
 
     """
 
@@ -77,6 +79,7 @@ class SessionCore:
         "fanouts",
         "health",
         "index_base",
+        "outage",
         "poll",
         "retry",
         "rng",
@@ -114,6 +117,7 @@ class SessionCore:
         self.waiting: set[Alarm] = set()
         self.deadlines = Deadlines()
         self.fanouts: set[Closable] = set()
+        self.outage = OutageWatch(lambda: self.retry)
 
     def __repr__(self) -> str:
         return f"<SessionCore base_url={str(self._base_url)!r} state={self.state}>"

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from ._config import USE_DEFAULT, PollPolicy, UseDefault
 from ._errors import NotFoundError, SessionClosedError, TaskFailedError, TaskTimeoutError
 from ._models import FAILED_STATUSES, FINAL_STATUSES, TaskRecord, TaskStatus
+from ._outage import is_outage
 from ._polling import CLOSED, DEADLINE, Alarm, poll_delay, retry_poll
 from ._retry import is_transient
 from ._validate import optional_seconds
@@ -252,24 +253,31 @@ class TaskHandle:
                 if self._failing_since is None:
                     self._failing_since = now
                 self._last_error = exc
-                self._core.health.failed(exc, now, policy.warn_failing_after)
+                if is_outage(exc):  # the outage's own lines say it, once per session
+                    self._core.outage.failed(exc, probe=False)
+                else:
+                    self._core.health.failed(exc, now, policy.warn_failing_after)
             raise
-        # self._answered(), inline (one call per poll fewer); the session's health needs
-        # news of a success only during a spell of failures.
+        # self._answered(), inline (one call per poll fewer); the session's health and
+        # outage need news of a success only during a spell of failures.
         self._failing_since = None
         self._last_error = None
-        health = self._core.health
+        core = self._core
+        health = core.health
         if health.since is not None:
             health.succeeded(time.monotonic())
+        if core.outage.active:
+            core.outage.answered()
         if record.status is TaskStatus.UNKNOWN:
             logger.warning("task %s reports an undocumented state; polling on", self.task_id)
         return self._seen(record)
 
     def _answered(self) -> None:
-        """A poll got an answer: any spell of failing polls is over."""
+        """A poll got an answer: any spell of failing polls (or outage) is over."""
         self._failing_since = None
         self._last_error = None
         self._core.health.succeeded(time.monotonic())
+        self._core.outage.answered()
 
     def _seen(self, record: TaskRecord) -> TaskRecord:
         self._last = record

@@ -49,6 +49,7 @@ from ._errors import (
 )
 from ._handle import TaskHandle
 from ._models import GenerateRequest, SubmitRequest, UpscaleRequest, VaryRequest
+from ._outage import is_outage
 from ._polling import Alarm
 from ._retry import is_unaccepted, retry_failed, submit_retrying
 from ._store._base import RequestJSON, canonical_json
@@ -402,6 +403,7 @@ class _Attempt:
         "_hooks",
         "_limiter",
         "_path",
+        "_probe",
         "_request",
         "_slots",
         "in_flight",
@@ -433,6 +435,8 @@ class _Attempt:
         self.in_flight = False
         # The task id of the accepted POST (set once, just before the attempt returns it).
         self.task_id: str | None = None
+        # This attempt is the session's outage probe (see _outage.OutageWatch.admit).
+        self._probe = False
 
     def maybe_accepted(self, exc: BaseException) -> bool:
         """Whether the submission that ended with ``exc`` may have been accepted.
@@ -443,9 +447,11 @@ class _Attempt:
 
     def retrying(self) -> tenacity.AsyncRetrying:
         """The retrying of this submission (tenacity's, built only after a failure)."""
-        return submit_retrying(self._core.retry, on_retry=self._on_retry)
+        return submit_retrying(self._core.retry, self._core.outage, on_retry=self._on_retry)
 
     async def _on_retry(self, exc: BaseException, wait: float) -> None:
+        if is_outage(exc):
+            wait = self._core.outage.next_in()  # the outage's schedule, not tenacity's
         if self._claim is not None:
             await self._claim.retrying()  # a StoreError here ends the submission, unsent
         hooks = self._hooks
@@ -461,6 +467,21 @@ class _Attempt:
             hooks.retrying(exc, wait)
 
     def __call__(self) -> Awaitable[str]:
+        if self._core.outage.active:
+            return self._admitted()
+        return self._attempt()
+
+    async def _admitted(self) -> str:
+        """An attempt during an outage: wait for its turn first (before any slot or claim)."""
+        outage = self._core.outage
+        self._probe = await outage.admit()
+        try:
+            return await self._attempt()
+        finally:
+            outage.release(self._probe)  # a probe that got no answer lets the next one go
+            self._probe = False
+
+    def _attempt(self) -> Awaitable[str]:
         if self._slots is not None:
             return self._limited(self._slots)
         if self._hooks is None and self._claim is None:
@@ -521,6 +542,12 @@ class _Attempt:
             data = await transport.call("POST", self._path, json_body=self._body)
             task_id = structure_task_id(data)
         except Exception as exc:
+            outage = self._core.outage
+            if is_outage(exc):
+                outage.failed(exc, probe=self._probe)
+                self._probe = False
+            elif outage.active:
+                outage.answered()  # any other answer: the provider is there again
             reason = uncertainty(exc)
             if reason is not None:
                 raise SubmitUncertainError(request, reason) from exc
@@ -529,6 +556,8 @@ class _Attempt:
         # A BaseException (a cancellation) leaves in_flight set: the submission is uncertain.
         self.in_flight = False
         self.task_id = task_id
+        if self._core.outage.active:
+            self._core.outage.answered()
         return task_id
 
 
