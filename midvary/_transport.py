@@ -27,8 +27,17 @@ import aiohttp
 import yarl
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from ._converter import decode_json, envelope_code
-from ._errors import ERROR_CLASSES, DownloadError, ProtocolError, TransportError, error_for
+from . import _telemetry as telemetry
+from ._converter import decode_json, envelope_code, redact
+from ._errors import (
+    ERROR_CLASSES,
+    DownloadError,
+    ProtocolError,
+    RateLimitError,
+    ServiceUnavailableError,
+    TransportError,
+    error_for,
+)
 from ._version import USER_AGENT
 
 logger = logging.getLogger(__name__)
@@ -244,7 +253,7 @@ class Transport:
 
     def _redact(self, text: str) -> str:
         # A body may echo what we sent; the key must never reach a message or a log line.
-        return text.replace(self._api_key, "***") if self._api_key in text else text
+        return redact(text, self._api_key)
 
     async def call(
         self,
@@ -303,7 +312,11 @@ class Transport:
                 len(raw),
                 time.monotonic() - started,
             )
-        return self._unwrap(raw, status, headers, f"{method} {path}")
+        try:
+            return self._unwrap(raw, status, headers, f"{method} {path}")
+        except (RateLimitError, ServiceUnavailableError) as exc:
+            telemetry.throttled(exc.code)
+            raise
 
     def _unwrap(self, raw: bytes, status: int, headers: Mapping[str, str], what: str) -> Any:
         retry_after = parse_retry_after(headers.get("Retry-After"))

@@ -352,7 +352,7 @@ class ProviderApps:
             raise web.HTTPNotFound
         if media == "mp4":
             return web.Response(body=mp4_bytes(index), content_type="video/mp4")
-        return web.Response(body=png_bytes(index), content_type="image/png")
+        return web.Response(body=png_bytes(task_id, index), content_type="image/png")
 
 
 @web.middleware

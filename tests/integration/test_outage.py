@@ -39,7 +39,7 @@ async def test_maintenance_pauses_every_submission_and_probes_one_at_a_time(
         jobs = [
             midvary.VaryRequest(task_id=f"parent-{n // 4}", image_index=n % 4) for n in range(20)
         ]
-        running = asyncio.ensure_future(session.vary_all(jobs, concurrency=20))
+        running = asyncio.ensure_future(session.submit_all(jobs, concurrency=20))
         await until(lambda: session.outage is not None)
         outage = session.outage
         assert outage is not None
@@ -69,7 +69,7 @@ async def test_one_probe_at_a_time_during_an_outage(
     session = await open_session(fake, retry=retry)
     fake.set_maintenance(True)
     jobs = [midvary.VaryRequest(task_id="parent-probe", image_index=n % 4) for n in range(12)]
-    running = asyncio.ensure_future(session.vary_all(jobs, concurrency=12))
+    running = asyncio.ensure_future(session.submit_all(jobs, concurrency=12))
     await until(lambda: fake.stats.codes[455] >= 12)  # the first wave: each job's first POST
     first_wave = fake.stats.codes[455]
     await asyncio.sleep(0.5)  # time for the probes to run: what is counted is how many
