@@ -34,7 +34,7 @@ from collections.abc import Callable, Mapping
 from typing import Final
 
 import yarl
-from aiohttp import StreamReader, web
+from aiohttp import web
 
 from ._config import PollPolicy
 from ._converter import structure_callback
@@ -43,8 +43,9 @@ from ._listener import Doorman, GuardedSite
 from ._polling import DEFAULT_SAFETY_POLL
 from ._relay import CallbackRelay
 from ._signature import signature_problem
-from ._store import Store
+from ._store import Store, TokenStore
 from ._tickets import Ticket, TicketBook
+from ._transport import read_at_most
 from ._validate import base_url, callable_or_none, count, instance, positive_seconds
 
 logger = logging.getLogger(__name__)
@@ -228,7 +229,7 @@ class CallbackReceiver:
             raise TypeError(
                 f"store must be a midvary.RedisStore or None, not {type(store).__name__}"
             )
-        if store is not None and not store.shares_callbacks:
+        if store is not None and not isinstance(store, TokenStore):
             raise TypeError(
                 f"CallbackReceiver(store=...) needs a store that wakes other processes: a "
                 f"RedisStore (or a MemoryStore, within one process), not {type(store).__name__}"
@@ -405,7 +406,7 @@ class CallbackReceiver:
             return refused
         try:
             async with asyncio.timeout(self._read_timeout):
-                body = await _read_at_most(request.content, _MAX_BODY)
+                body = await read_at_most(request.content, _MAX_BODY)
         except TimeoutError:
             logger.info(
                 "callback for task %s: body not sent within %g s", admitted[0], self._read_timeout
@@ -558,15 +559,3 @@ def _body_refused(headers: Mapping[str, str], length: int | None) -> int | None:
     if length is not None and length > _MAX_BODY:
         return 413
     return None
-
-
-async def _read_at_most(content: StreamReader, limit: int) -> bytes | None:
-    """The whole body if it is at most ``limit`` bytes, else ``None`` (read no further)."""
-    chunks: list[bytes] = []
-    size = 0
-    while chunk := await content.read(limit + 1 - size):
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > limit:
-            return None
-    return b"".join(chunks)

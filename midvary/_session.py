@@ -22,6 +22,7 @@ import attrs
 from ._callbacks import CallbackReceiver, tickets_for
 from ._config import USE_DEFAULT, PollPolicy, RetryPolicy, UseDefault
 from ._core import CorePolicy, SessionCore
+from ._download import DEFAULT_MAX_DOWNLOAD_BYTES
 from ._fanout import FanOut, Requests, check_requests, collect_all, takes_options_of
 from ._handle import TaskHandle
 from ._jobs import (
@@ -121,11 +122,16 @@ class Session:
             With a ``store``, the limit holds for every session sharing the store and the
             account, in every process and on every machine (the store's clock, the slow-down
             shared).
-        store: A :class:`SQLiteStore` or :class:`RedisStore` (opened by you: ``async with
-            store``; the session never closes it). Requests with a ``key`` are then
-            submitted at most once per key across every session and process sharing it,
+        store: A :class:`Store`: a :class:`SQLiteStore` or :class:`RedisStore` (opened by
+            you: ``async with store``; the session never closes it). Requests with a
+            ``key`` are then submitted at most once per key across every session and
+            process sharing it,
             and ``submit_rate`` is one limit for them all. ``None`` means keys deduplicate
             within this session only (an in-memory store) and the limit is this session's.
+        max_download_bytes: The largest result file a download accepts, in bytes (>= 1;
+            default 256 MiB); a larger one is a :class:`DownloadError` (a ``Content-Length``
+            over it is refused before a byte is read, a body that grows past it is cut
+            there). ``None`` means no limit.
 
     Raises:
         ReceiverClosedError: ``callbacks`` is a stopped receiver.
@@ -147,6 +153,7 @@ class Session:
         callbacks: CallbackReceiver | None = None,
         submit_rate: tuple[int, float] | None = DEFAULT_SUBMIT_RATE,
         store: Store | None = None,
+        max_download_bytes: int | None = DEFAULT_MAX_DOWNLOAD_BYTES,
     ) -> None:
         api_key = resolve_api_key(api_key)
         rate = check_submit_rate(submit_rate)
@@ -162,7 +169,7 @@ class Session:
         instance(
             http_session, aiohttp.ClientSession, "http_session", what="an aiohttp.ClientSession"
         )
-        if store is not None and (not isinstance(store, Store) or isinstance(store, MemoryStore)):
+        if store is not None and (not isinstance(store, Store) or not store.cross_process):
             raise TypeError(
                 "store must be a midvary.SQLiteStore or midvary.RedisStore (or None), not "
                 f"{type(store).__name__}"
@@ -176,6 +183,11 @@ class Session:
             retry=retry if retry is not None else default_retry(),
             index_base=index_base,
             seed=seed,
+            max_download_bytes=(
+                None
+                if max_download_bytes is None
+                else count(max_download_bytes, "max_download_bytes")
+            ),
         )
         limiter: Limiter | None
         if store is None:

@@ -260,6 +260,10 @@ def _request(row: object, *, jsonl: bool) -> tuple[Request, tuple[Step, ...]]:
 def _child_row(
     row: dict[str, Any], action: str, *, jsonl: bool
 ) -> midvary.VaryRequest | midvary.UpscaleRequest:
+    for name in ("prompt", *GENERATE_COLUMNS):
+        if name != "water_mark" and _text(row, name) is not None:
+            # Sent nowhere: a vary or upscale makes no use of it, so it is a mistake.
+            raise ValueError(f"{name} is only for generate rows, not {action}")
     task_id = row.get("task_id")
     if task_id is None or task_id == "":
         raise ValueError("task_id is missing")
