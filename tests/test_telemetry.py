@@ -246,8 +246,8 @@ async def main():
         api_key=fake.api_key, base_url=fake.base_url
     ) as session:
         record = await session.run(midvary.VaryRequest(task_id="parent-1", image_index=0))
-        job = midvary.VaryRequest(task_id="parent-1", image_index=1)
-        outcomes = await session.submit_all([job])
+        request = midvary.VaryRequest(task_id="parent-1", image_index=1)
+        outcomes = await session.submit_all([request])
         print(record.status, outcomes[0].ok)
 
 asyncio.run(main())

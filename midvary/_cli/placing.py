@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 from typing import Any
 
 import attrs
@@ -163,6 +164,9 @@ class Placer:
             await self.pend(job)
             return
         summary = self.summary
+        if outcome.task_id is not None and _not_saved(outcome.error):
+            self._unfinished(job, outcome.task_id, outcome.error)
+            return
         ending = Ending.of(outcome)
         state = JobState(ending.value)  # done, failed, uncertain: the same words
         line = result_line(
@@ -190,10 +194,40 @@ class Placer:
         self.progress.ended(ending, f"line {job.line} ({job.key}) {ending.value}: {message}")
 
     async def pend(self, job: BulkJob) -> None:
-        """``job`` was not sent, or certainly refused: pending in the ledger, counted so."""
+        """``job`` was not sent, or certainly refused: pending in the ledger (no result)."""
         await self.ledger.release(job.key)
-        self.summary.pending += 1
         self._feed.ended(job, None)
+
+    def _unfinished(self, job: BulkJob, task_id: str, error: BaseException | None) -> None:
+        """A billed task whose result could not be saved here: left submitted, not failed.
+
+        The ledger keeps the job submitted with its task id (no result, no results line),
+        so the next run re-attaches to the task (no POST) and downloads it again.
+        """
+        self.ledger.submitted(job.key, task_id)  # again, in case the first write failed
+        self.summary.count(Ending.UNFINISHED)
+        self.summary.ran += 1
+        message = (
+            f"task {task_id} made, its result not saved ({type(error).__name__}: {error}); "
+            "run the same command again to finish it"
+        )
+        self.summary.problems.append((job, Ending.UNFINISHED.value, message))
+        self.progress.ended(Ending.UNFINISHED, f"line {job.line} ({job.key}) unfinished: {message}")
+
+
+def _not_saved(error: BaseException | None) -> bool:
+    """Whether ``error``, after the task was made, is a failure to save its result here.
+
+    A local write (``OSError``: a full disk, a read-only folder; ``sqlite3.Error``: the
+    ledger) or a download (the result host's HTTP error, the network); not a download
+    midvary refused for good (a URL that is not http(s), a file over the size limit:
+    ``DownloadError.reason``), nor the submission's uncertainty.
+    """
+    if isinstance(error, midvary.DownloadError):
+        return error.reason is None
+    if isinstance(error, midvary.SubmitUncertainError):
+        return False
+    return isinstance(error, OSError | sqlite3.Error | midvary.TransportError)
 
 
 #: Errors that fail a job for good (``--retry-failed`` sends it again): the task failed at
