@@ -195,6 +195,14 @@ class Ledger:
         await self._store.forget(self.submission_key(job), namespace=self._namespace)
         return True
 
+    async def release(self, key: str) -> None:
+        """Let go of ``key``'s run claim at once: another run (or the next) may send it."""
+        claim_key = self._claim_key(key)
+        if claim_key in self._held:
+            self._held.discard(claim_key)
+            with contextlib.suppress(midvary.StoreError):
+                await self._store.release(self._namespace, claim_key, holder=self._holder)
+
     async def finished(self, key: str, state: JobState, task_id: str | None, line: str) -> None:
         """Record ``line`` as the job's result, for every later run to read back."""
         claim_key = self._claim_key(key)
