@@ -44,6 +44,11 @@ def no_blocking_calls() -> Iterator[BlockBuster]:
         # argument is validated so that a file there is a ValueError at the call, before
         # anything starts (submit_many validates synchronously).
         guard.functions["os.stat"].can_block_in("midvary/_validate.py", {"directory"})
+        # An import's own reads (its files, a package's metadata) happen once per process:
+        # midvary imports its optional dependencies (redis-py, rich) when first used, on
+        # purpose, so the first use may be on a loop.
+        for function in guard.functions.values():
+            function.can_block_in("<frozen importlib._bootstrap>", {"_find_and_load"})
         yield guard
 
 
