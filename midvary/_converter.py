@@ -98,7 +98,10 @@ def _structure_time(value: Any, _type: Any) -> datetime | None:
 
 def _from_epoch(value: float) -> datetime:
     seconds = value / 1000 if abs(value) >= _EPOCH_MS_THRESHOLD else value
-    return datetime.fromtimestamp(seconds, tz=UTC)
+    try:
+        return datetime.fromtimestamp(seconds, tz=UTC)
+    except (OverflowError, OSError, ValueError) as exc:  # beyond what the platform can date
+        raise ProtocolError(f"a time field is out of range: {value!r}") from exc
 
 
 # successFlag -> TaskStatus; an undocumented value is looked up as None (TaskStatus(value)

@@ -102,6 +102,8 @@ def test_failure_fields() -> None:
         record(successFlag=True),
         record(createTime="yesterday"),
         record(createTime=[1]),
+        record(createTime=10**30),  # epoch beyond what the platform can date
+        record(createTime=-(10**30)),
         record(flag=1, resultInfoJson="{broken"),
         record(flag=1, resultInfoJson={"resultUrls": "nope"}),
         record(flag=1, resultInfoJson={"resultUrls": [{"resultUrl": 3}]}),
