@@ -47,6 +47,7 @@ from ._polling import DEFAULT_SAFETY_POLL
 from ._session import Session
 from ._signature import verify_callback
 from ._store import RedisStore, SQLiteStore, StoredJob
+from ._sync import SyncSession, SyncTaskHandle
 from ._version import VERSION
 
 __version__ = VERSION
@@ -85,6 +86,8 @@ __all__ = [
     "StoreError",
     "StoredJob",
     "SubmitUncertainError",
+    "SyncSession",
+    "SyncTaskHandle",
     "TaskFailedError",
     "TaskHandle",
     "TaskRecord",
