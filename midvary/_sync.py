@@ -341,6 +341,28 @@ class SyncSession(_Blocking[Session]):
     def retry(self, policy: RetryPolicy) -> None:
         self._async.retry = policy
 
+    def run(
+        self,
+        function: Callable[Concatenate[Session, P], Awaitable[R]],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> R:
+        """Run ``await function(session, *args, **kwargs)`` on the session's loop; block.
+
+        ``session`` is the :class:`Session` underneath: this is how code of your own (an
+        async function) uses it from blocking code, e.g. ``sync.run(my_job, "order-42")``
+        with ``async def my_job(session, order): ...``. The function runs on the session's
+        loop thread; the handles it makes belong to that loop (return records, not handles).
+
+        Raises:
+            SessionClosedError: The session is closed.
+            EventLoopError: Called from the session's own loop thread (from a hook).
+
+        """
+        session = self._async
+        return self._loop.run(lambda: function(session, *args, **kwargs))
+
     def task(self, task_id: str) -> SyncTaskHandle:
         """Re-attach a :class:`SyncTaskHandle` to an existing task id. No I/O.
 

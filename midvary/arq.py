@@ -58,24 +58,16 @@ from arq.connections import RedisSettings
 from arq.worker import Worker, func
 
 from ._callbacks import CallbackReceiver
-from ._errors import (
-    APIError,
-    DownloadError,
-    KeyConflictError,
-    RateLimitError,
-    ServiceUnavailableError,
-    SessionClosedError,
-    StoreError,
-    SubmitUncertainError,
-    TaskFailedError,
-    TaskTimeoutError,
-    TransportError,
-)
-from ._ratelimit import DEFAULT_SUBMIT_RATE
 from ._session import Session
 from ._store import RedisStore
 from ._store._base import DEFAULT_CLAIM_LEASE
-from ._validate import submit_rate as check_submit_rate
+from ._workers import (
+    DEFAULT_REDIS_URL,
+    RetryLater,
+    WorkerConfig,
+    retry_delay,
+    run_job,
+)
 
 __all__ = [
     "DEFAULT_REDIS_URL",
@@ -89,109 +81,13 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_REDIS_URL: Final = "redis://localhost:6379/0"
-_DEFAULT_LISTEN: Final = "0.0.0.0:8080"  # the receiver, behind a load balancer
 _CTX_KEY: Final = "midvary"
-# Seconds arq defers a job after transient trouble (doubling per try, up to the last).
-_RETRY_DEFER: Final = (5.0, 300.0)
-
-State = Literal["succeeded", "failed", "uncertain"]
-
-
-def _rate(text: str) -> tuple[int, float] | None:
-    if text.lower() == "none":
-        return None
-    count, sep, window = text.partition("/")
-    try:
-        parsed = (int(count), float(window))
-    except ValueError:
-        parsed = None
-    if not sep or parsed is None:
-        raise ValueError(
-            f"MIDVARY_SUBMIT_RATE must be COUNT/SECONDS such as 20/10 (or none), got {text!r}"
-        )
-    try:
-        return check_submit_rate(parsed)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"MIDVARY_SUBMIT_RATE={text!r}: {exc}") from None
 
 
 def _concurrency(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise ValueError(f"MIDVARY_CONCURRENCY must be a whole number >= 1, got {text!r}")
     return int(text)
-
-
-def _seconds(name: str, text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 < value < float("inf"):
-        raise ValueError(f"{name} must be a number of seconds > 0, got {text!r}")
-    return value
-
-
-def _listen(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"MIDVARY_CALLBACK_LISTEN must be HOST:PORT, got {text!r}")
-    return host, int(port)
-
-
-@attrs.frozen(kw_only=True)
-class WorkerConfig:
-    """What one worker process runs with; :meth:`from_env` reads it from the environment.
-
-    Attributes:
-        store_url: The Redis URL of the worker's :class:`RedisStore` (its password never
-            appears in a repr or log line).
-        submit_rate: ``(count, window_seconds)`` of the account, shared by every worker;
-            ``None`` (``MIDVARY_SUBMIT_RATE=none``) means no limit.
-        download: The directory each succeeded job's images go to; ``None`` means none.
-        callback_url: The public callback URL (a load balancer in front of every worker's
-            receiver); ``None`` means the workers poll.
-        callback_listen: ``(host, port)`` each worker's receiver serves on.
-        claim_lease: Seconds a claim on a key lives without renewal (how long the re-run of
-            a dead worker's job waits before it calls the key uncertain); ``None`` means
-            the store's default. Keep arq's ``job_timeout`` above it plus a task's wait.
-
-    """
-
-    store_url: str = attrs.field(repr=False)
-    submit_rate: tuple[int, float] | None = DEFAULT_SUBMIT_RATE
-    download: Path | None = None
-    callback_url: str | None = None
-    callback_listen: tuple[str, int] = _listen(_DEFAULT_LISTEN)
-    claim_lease: float | None = None
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> WorkerConfig:
-        """The configuration the ``MIDVARY_*`` variables give (see the module docstring).
-
-        Args:
-            environ: The variables; ``None`` means ``os.environ``.
-
-        Raises:
-            ValueError: A variable's value is invalid (the message names it).
-
-        """
-        env = os.environ if environ is None else environ
-
-        def get(name: str) -> str | None:
-            return env.get(name, "").strip() or None
-
-        rate = get("MIDVARY_SUBMIT_RATE")
-        download = get("MIDVARY_DOWNLOAD_DIR")
-        lease = get("MIDVARY_CLAIM_LEASE")
-        return cls(
-            store_url=get("MIDVARY_STORE_URL") or get("MIDVARY_REDIS_URL") or DEFAULT_REDIS_URL,
-            submit_rate=_rate(rate) if rate is not None else DEFAULT_SUBMIT_RATE,
-            download=Path(download) if download is not None else None,
-            callback_url=get("MIDVARY_CALLBACK_URL"),
-            callback_listen=_listen(get("MIDVARY_CALLBACK_LISTEN") or _DEFAULT_LISTEN),
-            claim_lease=_seconds("MIDVARY_CLAIM_LEASE", lease) if lease is not None else None,
-        )
 
 
 @attrs.define
@@ -264,28 +160,8 @@ def session_of(ctx: Mapping[str, Any]) -> Session:
     return _worker(ctx).session
 
 
-def _result(
-    state: State,
-    *,
-    key: str,
-    task_id: str | None = None,
-    image_urls: tuple[str, ...] = (),
-    paths: tuple[Path, ...] = (),
-    error: BaseException | None = None,
-) -> dict[str, Any]:
-    return {
-        "state": state,
-        "key": key,
-        "task_id": task_id,
-        "image_urls": list(image_urls),
-        "paths": [str(path) for path in paths],
-        "error": None if error is None else f"{type(error).__name__}: {error}",
-    }
-
-
 def _retry(ctx: Mapping[str, Any], key: str, error: BaseException) -> Retry:
-    tries = int(ctx.get("job_try") or 1)
-    defer = min(_RETRY_DEFER[1], _RETRY_DEFER[0] * 2 ** (tries - 1))
+    defer = retry_delay(int(ctx.get("job_try") or 1))
     logger.warning("job %s: %s; arq runs it again in %gs", key, error, defer)
     return Retry(defer=defer)
 
@@ -325,35 +201,16 @@ async def vary(
 
     """
     worker = _worker(ctx)
-    session = worker.session
     target = worker.config.download if download is None else download
     try:
-        handle = await session.vary(task_id, image_index, water_mark=water_mark, key=key)
-    except SubmitUncertainError as exc:
-        return _result("uncertain", key=key, error=exc)
-    except (StoreError, RateLimitError, ServiceUnavailableError, SessionClosedError) as exc:
-        raise _retry(ctx, key, exc) from exc
-    except TransportError as exc:  # certainly not sent (an uncertain one is handled above)
-        raise _retry(ctx, key, exc) from exc
-    except (APIError, KeyConflictError, TypeError, ValueError) as exc:
-        return _result("failed", key=key, error=exc)
-    try:
-        record = await handle
-    except (TaskTimeoutError, TransportError, SessionClosedError) as exc:
-        raise _retry(ctx, key, exc) from exc
-    except (RateLimitError, ServiceUnavailableError) as exc:
-        raise _retry(ctx, key, exc) from exc
-    except (TaskFailedError, APIError) as exc:
-        return _result("failed", key=key, task_id=handle.task_id, error=exc)
-    paths: tuple[Path, ...] = ()
-    if target is not None and target is not False:
-        try:
-            paths = await session.download(record, Path(target))
-        except (DownloadError, TransportError) as exc:
-            raise _retry(ctx, key, exc) from exc
-    return _result(
-        "succeeded", key=key, task_id=record.task_id, image_urls=record.image_urls, paths=paths
-    )
+        return await run_job(
+            worker.session,
+            lambda session: session.vary(task_id, image_index, water_mark=water_mark, key=key),
+            key=key,
+            download=None if target is None or target is False else Path(target),
+        )
+    except RetryLater as later:
+        raise _retry(ctx, key, later.error) from later.error
 
 
 _WORKER_ARGS: Final = frozenset(inspect.signature(Worker).parameters)

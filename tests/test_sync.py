@@ -15,31 +15,10 @@ import pytest
 import midvary
 from midvary.testing import FAST_POLL, FAST_RETRY, FakeProvider, FakeSettings
 
+from .sync_support import FakeThread
+
 SETTINGS = FakeSettings(task_duration=(0.05, 0.15), invisible_for=0.0, submit_limit=None)
 THREAD = "midvary-sync-session"
-
-
-class FakeThread:
-    """The fake provider served from a thread of its own (as a real provider is elsewhere)."""
-
-    def __init__(self, settings: FakeSettings) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="fake-provider")
-        self.thread.start()
-
-        async def start() -> FakeProvider:
-            fake = FakeProvider(settings=settings)
-            await fake.start()
-            return fake
-
-        self.fake = asyncio.run_coroutine_threadsafe(start(), self.loop).result()
-
-    def close(self) -> None:
-        """Close the fake and join its thread."""
-        asyncio.run_coroutine_threadsafe(self.fake.close(), self.loop).result()
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join()
-        self.loop.close()
 
 
 @pytest.fixture
