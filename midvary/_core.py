@@ -18,20 +18,21 @@ from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, Self, TypeVar, 
 
 import aiohttp
 
+from . import _telemetry as telemetry
 from ._config import PollPolicy, RetryPolicy
-from ._converter import structure_record
+from ._converter import redact_record, structure_credits, structure_record
 from ._download import download_record
 from ._errors import EventLoopError, NotFoundError, ProtocolError, SessionClosedError
-from ._polling import Deadlines, DurationStats, PollHealth
+from ._polling import DurationStats, PollHealth
 from ._transport import Transport
 
 if TYPE_CHECKING:
     import yarl
 
     from ._models import TaskRecord
-    from ._polling import Alarm
 
 RECORD_PATH: Final = "/api/v1/mj/record-info"
+CREDIT_PATH: Final = "/api/v1/chat/credit"
 
 
 class _State(enum.Enum):
@@ -57,8 +58,7 @@ class SessionCore:
         rng: The source of jitter.
         durations: What the session learned about task durations.
         health: Whether the session's polls keep failing (warned about once).
-        waiting: The alarms of the waits in progress (closing wakes them with an error).
-        deadlines: The deadlines of the waits in progress, on one loop timer.
+        waiting: The timeouts of the waits in progress (closing expires them at once).
         fanouts: The fan-outs running (closing ends them first).
 
     """
@@ -71,11 +71,11 @@ class SessionCore:
         "_owns_http",
         "_state",
         "_transport",
-        "deadlines",
         "durations",
         "fanouts",
         "health",
         "index_base",
+        "max_download_bytes",
         "poll",
         "retry",
         "rng",
@@ -94,6 +94,7 @@ class SessionCore:
         retry: RetryPolicy,
         index_base: int,
         seed: int | None,
+        max_download_bytes: int | None,
     ) -> None:
         self._base_url = base_url
         self._api_key = api_key
@@ -107,11 +108,11 @@ class SessionCore:
         self.poll = poll
         self.retry = retry
         self.index_base = index_base
+        self.max_download_bytes = max_download_bytes
         self.rng = random.Random(seed)
         self.durations = DurationStats()
         self.health = PollHealth()
-        self.waiting: set[Alarm] = set()
-        self.deadlines = Deadlines()
+        self.waiting: set[asyncio.Timeout] = set()
         self.fanouts: set[Closable] = set()
 
     def __repr__(self) -> str:
@@ -158,26 +159,18 @@ class SessionCore:
             EventLoopError: Called from another event loop than the session's first one.
 
         """
-        transport = self._transport
-        # The common case without a call (this runs two or three times per task): open, in
-        # the loop it first ran in. Anything else goes through check_loop.
-        if (
-            transport is not None
-            and self._state is _State.OPEN
-            and self._loop is asyncio.get_running_loop()
-        ):
-            return transport
         self.check_loop()
         if self._state is _State.CLOSED:
             raise SessionClosedError(
                 "this Session is closed and cannot be reopened; create a new one"
             )
-        if self._http is None:
-            self._http = aiohttp.ClientSession()
-        self._transport = Transport(
-            self._http, base_url=self._base_url, api_key=self._api_key, timeout=self.timeout
-        )
-        self._state = _State.OPEN
+        if self._transport is None:
+            if self._http is None:
+                self._http = aiohttp.ClientSession()
+            self._transport = Transport(
+                self._http, base_url=self._base_url, api_key=self._api_key, timeout=self.timeout
+            )
+            self._state = _State.OPEN
         return self._transport
 
     async def fetch_record(self, task_id: str) -> TaskRecord:
@@ -189,6 +182,7 @@ class SessionCore:
 
         """
         transport = self.open()
+        telemetry.polled()
         try:
             data = await transport.call("GET", RECORD_PATH, params={"taskId": task_id})
         except NotFoundError as exc:
@@ -199,12 +193,22 @@ class SessionCore:
             ) from exc
         if data is None:
             raise NotFoundError(f"task {task_id} not found (empty record)", code=404)
-        record = structure_record(data)
+        record = redact_record(structure_record(data), self._api_key)
         if record.task_id != task_id:
             raise ProtocolError(
                 f"asked for task {task_id}, the provider answered with {record.task_id}"
             )
         return record
+
+    async def fetch_credits(self) -> int:
+        """One ``chat/credit`` GET: the account's remaining credits.
+
+        Raises:
+            AuthenticationError: The key is wrong (answered as code 401 inside HTTP 200).
+            APIError, TransportError, ProtocolError: The request failed.
+
+        """
+        return structure_credits(await self.open().call("GET", CREDIT_PATH))
 
     async def download(
         self, record: TaskRecord, directory: Path, *, concurrency: int
@@ -219,6 +223,7 @@ class SessionCore:
             timeout=self.timeout,
             retry=self.retry,
             concurrency=concurrency,
+            max_bytes=self.max_download_bytes,
         )
 
     async def aclose(self, closing: Callable[[], None]) -> None:
@@ -234,10 +239,10 @@ class SessionCore:
             await fanout.aclose()
         self._state = _State.CLOSED
         closing()
-        closed = SessionClosedError("the Session was closed while waiting for this task")
-        for alarm in tuple(self.waiting):
-            alarm.wake(closed)
-        self.deadlines.close()
+        now = asyncio.get_running_loop().time()
+        for scope in self.waiting:
+            if not scope.expired():  # one that expired on its own reports its deadline
+                scope.reschedule(now)
         if self._owns_http and self._http is not None:
             await self._http.close()
 

@@ -21,6 +21,7 @@ import aiohttp
 import yarl
 
 from ._config import RetryPolicy
+from ._errors import DownloadError
 from ._models import TaskRecord
 from ._retry import read_retrying
 from ._transport import fetch, public_url
@@ -28,6 +29,9 @@ from ._transport import fetch, public_url
 logger = logging.getLogger(__name__)
 
 DEFAULT_EXTENSION: Final = ".png"
+#: The largest result file a download accepts by default, in bytes: far above any image or
+#: video Midjourney makes, far below what fills a disk (a hostile 2 GiB ".png", say).
+DEFAULT_MAX_DOWNLOAD_BYTES: Final = 256 * 1024 * 1024
 _EXTENSION = re.compile(r"\.[A-Za-z0-9]{1,8}")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -54,10 +58,18 @@ async def download_record(
     timeout: aiohttp.ClientTimeout,
     retry: RetryPolicy,
     concurrency: int,
+    max_bytes: int | None,
 ) -> tuple[Path, ...]:
-    """Download every image of ``record`` into ``directory``; return their paths in order."""
+    """Download every image of ``record`` into ``directory``; return their paths in order.
+
+    ``max_bytes`` bounds each file (``None``: no bound). A URL that is not http(s) (a
+    ``file:``, ``ftp:`` or ``javascript:`` one from a hostile answer) is refused at once,
+    before anything is requested or written, and not retried.
+    """
     if not record.image_urls:
         return ()
+    for url in record.image_urls:
+        _check_scheme(url)
     await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
     limit = asyncio.Semaphore(concurrency)
 
@@ -68,7 +80,7 @@ async def download_record(
             return target
         async with limit:
             await read_retrying(retry, what=f"download of {public_url(url)}")(
-                _download_file, http, url, target, timeout
+                _download_file, http, url, target, timeout, max_bytes
             )
         return target
 
@@ -84,15 +96,33 @@ async def download_record(
     return tuple(paths)
 
 
+def _check_scheme(url: str) -> None:
+    """Refuse a result URL that is not an absolute http(s) URL with a host."""
+    try:
+        parsed = yarl.URL(url)
+        ok = parsed.scheme in ("http", "https") and bool(parsed.host)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        shown = url if len(url) <= 80 else url[:80] + "..."
+        raise DownloadError(
+            shown, None, reason="a result URL must be an absolute http:// or https:// URL"
+        )
+
+
 async def _download_file(
-    http: aiohttp.ClientSession, url: str, target: Path, timeout: aiohttp.ClientTimeout
+    http: aiohttp.ClientSession,
+    url: str,
+    target: Path,
+    timeout: aiohttp.ClientTimeout,
+    max_bytes: int | None,
 ) -> None:
     """One attempt: stream ``url`` to a temporary file, flush it to disk, rename it."""
     fd, temporary = _create_temporary(target)
     renamed = False
     try:
         with os.fdopen(fd, "wb") as file:
-            size = await fetch(http, url, file.write, timeout=timeout)
+            size = await fetch(http, url, file.write, timeout=timeout, max_bytes=max_bytes)
             file.flush()
             await asyncio.to_thread(os.fsync, file.fileno())
         await asyncio.to_thread(os.replace, temporary, target)

@@ -22,8 +22,9 @@ the provider has no idempotency key, so a second POST could start a second bille
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import tenacity
 from tenacity.wait import wait_base
@@ -35,6 +36,10 @@ from ._errors import (
     RateLimitError,
     ServerError,
     ServiceUnavailableError,
+    SessionClosedError,
+    StoreError,
+    SubmitUncertainError,
+    TaskTimeoutError,
     TransportError,
 )
 
@@ -47,13 +52,42 @@ AsyncBeforeSleep = Callable[[BaseException, float], Awaitable[None]]
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Whether a read (a poll, a download) that failed with ``exc`` may be retried."""
+    """Whether what failed with ``exc`` may succeed when tried again later.
+
+    The one answer to "transient?" for polls, downloads and the arq job: the provider's 429,
+    455 and 500, the network, a broken answer, a result host's 408/425/429/5xx, the store
+    unreachable, a wait's deadline, a session closing under a wait (the worker stopping).
+    Never a submission whose fate is unknown (:class:`SubmitUncertainError`): it is not
+    re-sent. Submissions themselves are retried only on :func:`is_unaccepted`.
+    """
+    if isinstance(exc, SubmitUncertainError):
+        return False
     if isinstance(exc, DownloadError):
         return exc.transient
     return isinstance(
         exc,
-        RateLimitError | ServiceUnavailableError | ServerError | TransportError | ProtocolError,
-    )
+        RateLimitError
+        | ServiceUnavailableError
+        | ServerError
+        | TransportError
+        | ProtocolError
+        | StoreError
+        | TaskTimeoutError
+        | SessionClosedError,
+    ) or _store_busy(exc)
+
+
+def _store_busy(exc: BaseException) -> bool:
+    """Whether ``exc`` is SQLite saying another connection holds the database (try again).
+
+    SQLite is imported by the stores that use it, never here: an error of it exists only
+    if something imported it.
+    """
+    sqlite3 = sys.modules.get("sqlite3")
+    if sqlite3 is None or not isinstance(exc, sqlite3.OperationalError):
+        return False
+    message = str(exc).lower()
+    return "locked" in message or "busy" in message
 
 
 _RETRY_TRANSIENT = tenacity.retry_if_exception(is_transient)
@@ -209,3 +243,83 @@ def poll_retrying(
         before_sleep=_before_sleep(f"poll of task {what}", on_retry),
         reraise=True,
     )
+
+
+def resubscribing(
+    *, first: float, longest: float, retry: Callable[[BaseException], bool]
+) -> tenacity.AsyncRetrying:
+    """Retrying for opening a long-lived subscription again after ``retry(exc)`` says so.
+
+    Waits ``first`` seconds before the second attempt, doubling up to ``longest``; never
+    stops (the caller cancels it). Each call starts its backoff afresh.
+    """
+    return tenacity.AsyncRetrying(
+        retry=tenacity.retry_if_exception(retry),
+        wait=tenacity.wait_exponential(multiplier=first, max=longest),
+        stop=tenacity.stop_never,
+        before_sleep=_before_sleep("subscription", None),
+        reraise=True,
+    )
+
+
+async def ask_until_answered(
+    ask: Callable[[], Awaitable[T | None]], *, first: float, within: float
+) -> T | None:
+    """Call ``ask`` until it answers something other than ``None``, for ``within`` seconds.
+
+    Waits ``first`` seconds after the first ``None``, doubling, never past the deadline;
+    ``None`` if the last call, at or after ``within`` seconds, still answered ``None``.
+    """
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        left = within - (state.seconds_since_start or 0.0)
+        return max(0.0, min(first * 2.0 ** (state.attempt_number - 1), left))
+
+    retrying = tenacity.AsyncRetrying(
+        retry=tenacity.retry_if_result(lambda answer: answer is None),
+        wait=wait,
+        stop=tenacity.stop_after_delay(within),
+        retry_error_callback=lambda _state: None,
+    )
+    answer: T | None = await retrying(ask)
+    return answer
+
+
+def retry_blocking(fn: Callable[[], T], *, within_s: float, wait_s: float = 0.05) -> T:
+    """Call ``fn`` again while it fails with a transient error, for at most ``within_s`` s.
+
+    For blocking calls in a worker thread (never on the event loop): tries every ``wait_s``
+    seconds; the last failure is raised.
+    """
+    retrying = tenacity.Retrying(
+        retry=_RETRY_TRANSIENT,
+        wait=tenacity.wait_fixed(wait_s),
+        stop=tenacity.stop_after_delay(within_s),
+        reraise=True,
+    )
+    return retrying(fn)
+
+
+#: A Redis store's calls on a broken connection (a restart): tries after the first.
+STORE_RETRIES: Final = 2
+#: Their backoff: ``STORE_BACKOFF[0] * 2**n`` seconds, at most ``STORE_BACKOFF[1]``.
+STORE_BACKOFF: Final = (0.05, 0.5)
+
+
+def redis_retry() -> dict[str, Any]:
+    """The connection pool options that make redis-py retry a Redis store's calls.
+
+    The pool's ``Retry`` is the one retry policy of a :class:`~midvary.RedisStore` made from
+    a URL: a call whose connection broke or timed out is sent again on a new connection
+    (:data:`STORE_RETRIES` times, exponential backoff), which every store operation allows
+    (each is idempotent for its holder and slot id). redis-py is imported here, when asked.
+    """
+    import redis.exceptions  # noqa: PLC0415 - an optional dependency
+    from redis.asyncio.retry import Retry  # noqa: PLC0415
+    from redis.backoff import ExponentialBackoff  # noqa: PLC0415
+
+    base, cap = STORE_BACKOFF
+    return {
+        "retry": Retry(ExponentialBackoff(cap=cap, base=base), retries=STORE_RETRIES),
+        "retry_on_error": [redis.exceptions.ConnectionError, redis.exceptions.TimeoutError],
+    }

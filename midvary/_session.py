@@ -8,11 +8,13 @@ ends), the :class:`~midvary._submit.Submitter` (every submission) and
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import aiohttp
 import attrs
@@ -20,19 +22,21 @@ import attrs
 from ._callbacks import CallbackReceiver, tickets_for
 from ._config import USE_DEFAULT, PollPolicy, RetryPolicy, UseDefault
 from ._core import CorePolicy, SessionCore
+from ._download import DEFAULT_MAX_DOWNLOAD_BYTES
 from ._fanout import FanOut, Requests, check_requests, collect_all, takes_options_of
 from ._handle import TaskHandle
 from ._jobs import (
     DEFAULT_CONCURRENCY,
     DEFAULT_DOWNLOAD_CONCURRENCY,
     FanOutOptions,
+    JobOutcome,
     OnEvent,
-    VaryOutcome,
 )
 from ._models import GenerateRequest, SubmitRequest, TaskRecord, UpscaleRequest, VaryRequest
 from ._ratelimit import DEFAULT_SUBMIT_RATE, SubmitLimiter
 from ._store import MemoryStore, Store, StoreClaims, StoreLimiter
 from ._submit import Limiter, Submitter
+from ._testmode import default_poll, default_retry
 from ._validate import count, instance, positive_seconds, resolve_api_key, resolve_base_url
 from ._validate import (
     directory as check_directory,
@@ -45,6 +49,36 @@ from ._validate import (
 )
 
 logger = logging.getLogger(__name__)
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def warn_renamed(old: str, new: str) -> None:
+    """Warn (``DeprecationWarning``) that ``old`` is a deprecated alias of ``new``.
+
+    The message names the new name so a caller can fix the call from the warning alone.
+    ``stacklevel=3`` points at the caller of the alias, not at the alias itself.
+    """
+    warnings.warn(
+        f"{old} is deprecated, use {new} instead (same arguments and result)",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+
+
+def _renamed(new: Callable[_P, _R], old: str) -> Callable[_P, _R]:
+    """A deprecated method ``old`` that warns, then does exactly what ``new`` does."""
+
+    @functools.wraps(new)
+    def alias(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        warn_renamed(f"Session.{old}", f"Session.{new.__name__}")
+        return new(*args, **kwargs)
+
+    alias.__name__ = old
+    alias.__qualname__ = f"Session.{old}"
+    alias.__doc__ = f"Deprecated alias of :meth:`{new.__name__}` (it warns when called)."
+    return alias
 
 
 class Session:
@@ -62,9 +96,11 @@ class Session:
         base_url: The API's base URL; ``None`` reads ``MIDVARY_BASE_URL``, else
             ``https://api.kie.ai`` (``https://api.midapi.ai`` serves the same API). The key
             is sent to this host only.
-        poll: Default :class:`PollPolicy` of every wait; ``None`` means ``PollPolicy()``.
+        poll: Default :class:`PollPolicy` of every wait; ``None`` means ``PollPolicy()``
+            (``midvary.testing.FAST_POLL`` in the test mode: ``MIDVARY_TESTING=1``).
         retry: :class:`RetryPolicy` for submissions that certainly were not accepted (and
-            for downloads); ``None`` means ``RetryPolicy()``.
+            for downloads); ``None`` means ``RetryPolicy()`` (``FAST_RETRY`` in the test
+            mode).
         request_timeout: Seconds one HTTP request may take in all (> 0).
         connect_timeout: Seconds opening a connection may take (> 0).
         index_base: Added to the 0-based ``image_index`` on the wire: 0 (the documented
@@ -85,11 +121,16 @@ class Session:
             With a ``store``, the limit holds for every session sharing the store and the
             account, in every process and on every machine (the store's clock, the slow-down
             shared).
-        store: A :class:`SQLiteStore` or :class:`RedisStore` (opened by you: ``async with
-            store``; the session never closes it). Requests with a ``key`` are then
-            submitted at most once per key across every session and process sharing it,
+        store: A :class:`Store`: a :class:`SQLiteStore` or :class:`RedisStore` (opened by
+            you: ``async with store``; the session never closes it). Requests with a
+            ``key`` are then submitted at most once per key across every session and
+            process sharing it,
             and ``submit_rate`` is one limit for them all. ``None`` means keys deduplicate
             within this session only (an in-memory store) and the limit is this session's.
+        max_download_bytes: The largest result file a download accepts, in bytes (>= 1;
+            default 256 MiB); a larger one is a :class:`DownloadError` (a ``Content-Length``
+            over it is refused before a byte is read, a body that grows past it is cut
+            there). ``None`` means no limit.
 
     Raises:
         ReceiverClosedError: ``callbacks`` is a stopped receiver.
@@ -111,6 +152,7 @@ class Session:
         callbacks: CallbackReceiver | None = None,
         submit_rate: tuple[int, float] | None = DEFAULT_SUBMIT_RATE,
         store: Store | None = None,
+        max_download_bytes: int | None = DEFAULT_MAX_DOWNLOAD_BYTES,
     ) -> None:
         api_key = resolve_api_key(api_key)
         rate = check_submit_rate(submit_rate)
@@ -126,7 +168,7 @@ class Session:
         instance(
             http_session, aiohttp.ClientSession, "http_session", what="an aiohttp.ClientSession"
         )
-        if store is not None and (not isinstance(store, Store) or isinstance(store, MemoryStore)):
+        if store is not None and (not isinstance(store, Store) or not store.cross_process):
             raise TypeError(
                 "store must be a midvary.SQLiteStore or midvary.RedisStore (or None), not "
                 f"{type(store).__name__}"
@@ -136,10 +178,15 @@ class Session:
             api_key=api_key,
             timeout=timeout,
             http=http_session,
-            poll=poll if poll is not None else PollPolicy(),
-            retry=retry if retry is not None else RetryPolicy(),
+            poll=poll if poll is not None else default_poll(),
+            retry=retry if retry is not None else default_retry(),
             index_base=index_base,
             seed=seed,
+            max_download_bytes=(
+                None
+                if max_download_bytes is None
+                else count(max_download_bytes, "max_download_bytes")
+            ),
         )
         limiter: Limiter | None
         if store is None:
@@ -343,7 +390,42 @@ class Session:
             request = attrs.evolve(request, key=key)
         return await self._submitter.submit(request)
 
-    def vary_many(
+    async def run(
+        self,
+        request: SubmitRequest,
+        *,
+        timeout: float | UseDefault | None = USE_DEFAULT,
+    ) -> TaskRecord:
+        """Submit one request and wait for its task: the one-call form of :meth:`submit`.
+
+        ``await session.run(request)`` is ``await (await session.submit(request))``, for
+        code that wants the result and not the handle (``replicate.run``, fal's
+        ``subscribe``)::
+
+            grid = await session.run(midvary.GenerateRequest(prompt="a red fox"))
+
+        Args:
+            request: A :class:`VaryRequest`, :class:`GenerateRequest` or
+                :class:`UpscaleRequest` (its ``key``, if any, is honoured as by
+                :meth:`submit`).
+            timeout: Seconds to wait for the task once it is submitted; ``None`` means no
+                deadline; by default the poll policy's ``timeout``.
+
+        Returns:
+            The final record of the task, which succeeded.
+
+        Raises:
+            TaskFailedError: The task failed (the error carries its record).
+            TaskTimeoutError: ``timeout`` passed first; the error carries the task id, so
+                :meth:`task` re-attaches to it.
+            SubmitUncertainError: The submission's answer was lost; it is never re-sent.
+            TypeError: ``request`` is not a request; nothing was sent.
+
+        """
+        handle = await self.submit(request)
+        return await handle.wait(timeout)
+
+    def submit_many(
         self,
         requests: Requests,
         *,
@@ -353,12 +435,13 @@ class Session:
         on_event: OnEvent | None = None,
         download: str | os.PathLike[str] | None = None,
         download_concurrency: int = DEFAULT_DOWNLOAD_CONCURRENCY,
+        max_tasks: int | None = None,
     ) -> FanOut:
-        """Run many jobs of any kind; iterate the result for one :class:`VaryOutcome` each.
+        """Run many jobs of any kind; iterate the result for one :class:`JobOutcome` each.
 
         Outcomes come in completion order; ``outcome.index`` is the job's input position::
 
-            async with session.vary_many(requests, concurrency=16) as outcomes:
+            async with session.submit_many(requests, concurrency=16) as outcomes:
                 async for outcome in outcomes:
                     print(outcome.index, outcome.task_id, outcome.record or outcome.error)
 
@@ -372,6 +455,13 @@ class Session:
         Cancelling the iteration (or leaving the ``async with`` block, or closing the
         session) cancels the jobs in flight; :attr:`FanOut.unfinished` then lists those
         whose outcome was not handed out, with their task ids.
+
+        What stops the account stops the fan-out: after the first submission refused with
+        401 (:class:`AuthenticationError`), 402 (:class:`InsufficientCreditsError`) or 505
+        (:class:`FeatureDisabledError`), no further POST is sent; the jobs already sent
+        carry on, their outcomes are handed out, and then the iteration raises that error.
+        The jobs refused or held back have no outcome: :attr:`FanOut.unfinished` lists them
+        with ``not_sent=True`` (pending: nothing was billed for them).
 
         Args:
             requests: An iterable or async iterable of :class:`VaryRequest`,
@@ -392,9 +482,16 @@ class Session:
             download: A directory to download every succeeded job's images into (see
                 :meth:`download`); ``None`` means no download.
             download_concurrency: The most images of one job downloaded at once (>= 1).
+            max_tasks: The most submissions that may be billed in this fan-out (>= 1):
+                accepted or uncertain ones count, certainly refused ones do not, and a job
+                re-attached by its key sends nothing. Jobs beyond it are not sent (listed
+                in :attr:`FanOut.unfinished` with ``not_sent=True``; :attr:`FanOut.capped`
+                is then true) and the input is not read further. ``None`` means no cap.
 
         Raises:
             TypeError, ValueError: An argument is invalid (before anything is sent).
+            AuthenticationError, InsufficientCreditsError, FeatureDisabledError: From the
+                iteration, after the outcomes of the jobs sent (see above).
 
         """
         self._core.check_open()
@@ -405,22 +502,34 @@ class Session:
             on_event=on_event,
             download=download,
             download_concurrency=download_concurrency,
+            max_tasks=max_tasks,
         )
         return FanOut(self._core, self._submitter, check_requests(requests), options)
 
-    @takes_options_of(vary_many)
-    async def vary_all(self, requests: Requests, **options: Any) -> list[VaryOutcome]:
-        """Run every job like :meth:`vary_many` and return the outcomes in input order.
+    @takes_options_of(submit_many)
+    async def submit_all(self, requests: Requests, **options: Any) -> list[JobOutcome]:
+        """Run every job like :meth:`submit_many` and return the outcomes in input order.
 
         Takes the same arguments. The list holds one outcome per input item; cancelling
         the call cancels the jobs in flight. When the call ends without its list (it is
         cancelled, the input raises, or the session closes), the task ids of every job
         submitted, finished or not, are logged as a warning: billed tasks are never lost.
 
+        With ``max_tasks``, the jobs not sent have no outcome: the list holds those that
+        ran, in input order (their ``index`` says which).
+
         Raises:
             SessionClosedError: The session was closed before every job finished.
+            AuthenticationError, InsufficientCreditsError, FeatureDisabledError: The
+                account refused a submission: nothing more was sent, the jobs already sent
+                were awaited, and the task ids of those finished are logged.
         """
-        return await collect_all(self.vary_many(requests, **options))
+        return await collect_all(self.submit_many(requests, **options))
+
+    # The names before generate and upscale jobs joined vary's (issue 18); kept as warning
+    # aliases, as stamina keeps its renamed names, so existing callers keep working.
+    vary_many = _renamed(submit_many, "vary_many")
+    vary_all = _renamed(submit_all, "vary_all")
 
     async def download(
         self, record: TaskRecord, directory: str | os.PathLike[str], *, concurrency: int = 4
@@ -455,6 +564,22 @@ class Session:
         return await self._core.download(
             record, path, concurrency=count(concurrency, "concurrency")
         )
+
+    async def credits(self) -> int:
+        """The account's remaining credits: one ``GET /api/v1/chat/credit``, not retried.
+
+        Cheap enough to call before and after a run (what it spent is the difference: the
+        provider reports no per-task cost) or to check that the account is usable again.
+
+        Raises:
+            AuthenticationError: The API key is wrong.
+            APIError: Another refusal (a :class:`ServiceUnavailableError` in maintenance).
+            TransportError, ProtocolError: The request failed, or its answer held no whole
+                number of credits.
+
+        """
+        self._core.check_open()
+        return await self._core.fetch_credits()
 
     def task(self, task_id: str) -> TaskHandle:
         """Re-attach a :class:`TaskHandle` to an existing task id. No I/O.

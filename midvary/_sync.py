@@ -341,7 +341,7 @@ class SyncSession(_Blocking[Session]):
     def retry(self, policy: RetryPolicy) -> None:
         self._async.retry = policy
 
-    def run(
+    def call(
         self,
         function: Callable[Concatenate[Session, P], Awaitable[R]],
         /,
@@ -351,7 +351,7 @@ class SyncSession(_Blocking[Session]):
         """Run ``await function(session, *args, **kwargs)`` on the session's loop; block.
 
         ``session`` is the :class:`Session` underneath: this is how code of your own (an
-        async function) uses it from blocking code, e.g. ``sync.run(my_job, "order-42")``
+        async function) uses it from blocking code, e.g. ``sync.call(my_job, "order-42")``
         with ``async def my_job(session, order): ...``. The function runs on the session's
         loop thread; the handles it makes belong to that loop (return records, not handles).
 
@@ -382,9 +382,11 @@ class SyncSession(_Blocking[Session]):
     generate = _handing(Session.generate)
     upscale = _handing(Session.upscale)
     submit = _handing(Session.submit)
+    run = _blocking(Session.run)
+    submit_all = _blocking(Session.submit_all)
     get_task = _blocking(Session.get_task)
     download = _blocking(Session.download)
-    vary_all = _blocking(Session.vary_all)
+    credits = _blocking(Session.credits)
 
 
 async def _nothing() -> None:

@@ -21,17 +21,12 @@ from ._errors import (
     APIError,
     DownloadError,
     KeyConflictError,
-    RateLimitError,
-    ServiceUnavailableError,
-    SessionClosedError,
-    StoreError,
     SubmitUncertainError,
     TaskFailedError,
-    TaskTimeoutError,
-    TransportError,
 )
 from ._handle import TaskHandle
 from ._ratelimit import DEFAULT_SUBMIT_RATE
+from ._retry import is_transient
 from ._session import Session
 from ._validate import submit_rate as check_submit_rate
 
@@ -40,6 +35,10 @@ DEFAULT_LISTEN: Final = "0.0.0.0:8080"  # the receiver, behind a load balancer
 #: Seconds a queue defers a job after transient trouble: the first, then doubling per try
 #: up to the last.
 RETRY_DEFER: Final = (5.0, 300.0)
+
+# What completes a job as "failed" when it is not transient: a refused or invalid request,
+# a failed task, a result the host will not serve. Anything else is a bug, raised to the queue.
+_FINAL: Final = (APIError, KeyConflictError, TaskFailedError, DownloadError, TypeError, ValueError)
 
 State = Literal["succeeded", "failed", "uncertain"]
 
@@ -173,6 +172,15 @@ def job_result(
     }
 
 
+def _settle(key: str, error: Exception, *, task_id: str | None = None) -> dict[str, Any]:
+    """The failed job's result; :class:`RetryLater` (raised) if ``error`` is transient."""
+    if is_transient(error):
+        raise RetryLater(error) from error
+    if isinstance(error, _FINAL):
+        return job_result("failed", key=key, task_id=task_id, error=error)
+    raise error
+
+
 async def run_job(
     session: Session,
     submit: Callable[[Session], Awaitable[TaskHandle]],
@@ -190,35 +198,26 @@ async def run_job(
         answer lost: never re-sent; ``store.forget(key)`` allows that) complete the job.
 
     Raises:
-        RetryLater: Transient trouble (the store unreachable, the provider in maintenance
-            or rate limiting past the retry budget, the network, a wait that timed out, the
-            session closing): run the job again later, which re-attaches by key.
+        RetryLater: Transient trouble (``_retry.is_transient``: the store unreachable, the
+            provider in maintenance or rate limiting past the retry budget, the network, a
+            wait that timed out, the session closing, a result host's 5xx): run the job
+            again later, which re-attaches by key.
+        Exception: Anything else that is neither transient nor a failure of the job (a bug).
 
     """
     try:
         handle = await submit(session)
     except SubmitUncertainError as exc:
         return job_result("uncertain", key=key, error=exc)
-    except (StoreError, RateLimitError, ServiceUnavailableError, SessionClosedError) as exc:
-        raise RetryLater(exc) from exc
-    except TransportError as exc:  # certainly not sent (an uncertain one is handled above)
-        raise RetryLater(exc) from exc
-    except (APIError, KeyConflictError, TypeError, ValueError) as exc:
-        return job_result("failed", key=key, error=exc)
+    except Exception as exc:
+        return _settle(key, exc)
     try:
         record = await handle
-    except (TaskTimeoutError, TransportError, SessionClosedError) as exc:
-        raise RetryLater(exc) from exc
-    except (RateLimitError, ServiceUnavailableError) as exc:
-        raise RetryLater(exc) from exc
-    except (TaskFailedError, APIError) as exc:
-        return job_result("failed", key=key, task_id=handle.task_id, error=exc)
-    paths: tuple[Path, ...] = ()
-    if download is not None:
-        try:
+        paths: tuple[Path, ...] = ()
+        if download is not None:
             paths = await session.download(record, download)
-        except (DownloadError, TransportError) as exc:
-            raise RetryLater(exc) from exc
+    except Exception as exc:
+        return _settle(key, exc, task_id=handle.task_id)
     return job_result(
         "succeeded", key=key, task_id=record.task_id, image_urls=record.image_urls, paths=paths
     )

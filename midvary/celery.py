@@ -165,7 +165,7 @@ def _run(
 ) -> dict[str, Any]:
     worker = _open()
     try:
-        return worker.session.run(
+        return worker.session.call(
             run_job, submit, key=key, download=_target(worker.config, download)
         )
     except RetryLater as later:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -198,3 +199,50 @@ def test_demo_refuses_options_for_a_real_provider(
     """--api-key and --base-url are a usage error: the demo only talks to its own fake."""
     assert main(["demo", "--out", str(tmp_path), *option]) == 2
     assert "fake provider" in capsys.readouterr().err
+
+
+def test_make_demo_installs_only_what_the_demo_needs() -> None:
+    """`make demo` installs midvary[cli] into a venv of its own, not the dev toolchain."""
+    root = Path(__file__).resolve().parent.parent
+    plan = subprocess.run(  # noqa: S603 - make from PATH with fixed arguments, as users run it
+        ["make", "-n", "-B", "-C", str(root), "demo"],  # noqa: S607
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout  # a dry run: prints the commands, runs none
+    installs = [line for line in plan.splitlines() if "pip install" in line]
+    assert installs, plan
+    assert all('".[cli]"' in line for line in installs), installs
+    assert "[dev]" not in plan
+
+
+def test_the_help_counts_the_jobs_the_demo_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    """`midvary --help` says how many jobs the demo runs: the plan's own count."""
+    assert main(["--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"upscale: {DemoPlan().jobs} jobs)" in out
+
+
+def test_progress_table_and_log_tell_the_same_tally(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One vocabulary: the progress line's counts are the summary's; a grid's children say why."""
+    code, summary, stderr = run_json(tmp_path, capsys, "--seed", "7")
+    assert code == 0, summary["problems"]
+    last = [line for line in stderr.splitlines() if line.startswith("demo: 36/36 finished")]
+    assert last, stderr
+    counts = dict(re.findall(r"(done|failed|uncertain|not run) (\d+)", last[-1]))
+    assert {word: int(n) for word, n in counts.items() if int(n)} == {
+        word: summary[key]
+        for word, key in (
+            ("done", "done"),
+            ("failed", "failed"),
+            ("uncertain", "uncertain"),
+            ("not run", "not_run"),
+        )
+        if summary[key]
+    }
+    # Each grid that did not succeed: its 5 children not run, saying how the grid ended.
+    grids = summary["kinds"]["generate"]
+    assert stderr.count("not run: its grid is uncertain") == 5 * grids["uncertain"]
+    assert stderr.count("not run: its grid failed") == 5 * grids["failed"]

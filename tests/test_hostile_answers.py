@@ -103,7 +103,7 @@ async def test_an_undecodable_answer_in_a_fan_out_is_uncertain_not_failed() -> N
         ) as session,
     ):
         requests = [midvary.VaryRequest(task_id="parent-1", image_index=i) for i in range(3)]
-        outcomes = [outcome async for outcome in session.vary_many(requests)]
+        outcomes = [outcome async for outcome in session.submit_many(requests)]
     assert [outcome.uncertain for outcome in outcomes] == [True, True, True]
     assert hostile.posts == 3
 
@@ -148,9 +148,11 @@ class FailingRead(aiohttp.ClientResponse):
 
     failure: type[BaseException] = RuntimeError
 
-    async def read(self) -> bytes:
-        """Fail as the class says."""
-        raise self.failure("injected while reading the answer")
+    async def start(self, connection: Any) -> aiohttp.ClientResponse:
+        """Start as usual; then every read of the body (whole or bounded) fails."""
+        response = await super().start(connection)
+        self.content.set_exception(self.failure("injected while reading the answer"))
+        return response
 
 
 async def submit_with_failing_read(

@@ -1,4 +1,4 @@
-"""``midvary vary``, ``status`` and ``wait``: one task at a time, through the public API."""
+"""``midvary vary``, ``status``, ``wait`` and ``credits``: one request at a time, public API."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import midvary
 
 from ._kit import (
     EXIT_FAILED,
+    EXIT_INTERRUPTED,
     EXIT_OK,
     UsageError,
     open_session,
@@ -106,9 +107,12 @@ def _vary(args: argparse.Namespace) -> int:
     except (TypeError, ValueError) as exc:
         raise UsageError(str(exc)) from None
 
+    submitted: list[str] = []
+
     async def run() -> int:
         async with open_session(args) as session:
             handle = await session.submit(request)
+            submitted.append(handle.task_id)
             if args.no_wait:
                 say(json.dumps({"task_id": handle.task_id}) if args.json else handle.task_id)
                 return EXIT_OK
@@ -116,11 +120,22 @@ def _vary(args: argparse.Namespace) -> int:
                 say(f"submitted {handle.task_id}", stream=sys.stderr)
             return await _finish(session, handle, args)
 
-    return asyncio.run(run())
+    try:
+        return asyncio.run(run())
+    except KeyboardInterrupt:
+        if not submitted:
+            raise  # nothing was submitted (or its answer never came): the plain message
+        (task_id,) = submitted
+        say(
+            f"interrupted: task {task_id} was submitted and may still finish; re-attach it "
+            f"with `midvary wait {task_id}`",
+            stream=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
 
 
 def status_options(parser: argparse.ArgumentParser) -> None:
-    """``midvary status TASK_ID``: show a task's record once."""
+    """``midvary status TASK_ID``: show a task's record once (or that it is not visible yet)."""
     parser.set_defaults(handler=_status)
     parser.add_argument("task_id", metavar="TASK_ID")
     parser.add_argument("--json", action="store_true", help="print JSON")
@@ -133,6 +148,22 @@ def _status(args: argparse.Namespace) -> int:
                 record = await session.get_task(args.task_id)
             except (TypeError, ValueError) as exc:
                 raise UsageError(str(exc)) from None
+            except midvary.NotFoundError as exc:
+                if exc.http_status == 404:  # the host has no such endpoint: a wrong base URL
+                    raise
+                # The provider shows a new task only after a moment (the library's waits
+                # tolerate it too): right after `vary --no-wait` this is the normal answer.
+                if args.json:
+                    say(json.dumps({"task_id": args.task_id, "status": "NOT_VISIBLE_YET"}))
+                else:
+                    say(f"task     {args.task_id}")
+                    say("status   submitted, not visible yet")
+                    say(
+                        "a new task shows up within seconds (an id the provider never made "
+                        f"stays unseen); `midvary wait {args.task_id}` waits for it",
+                        stream=sys.stderr,
+                    )
+                return EXIT_OK
         if args.json:
             say(json.dumps(midvary.to_json_dict(record)))
         else:
@@ -157,5 +188,21 @@ def _wait(args: argparse.Namespace) -> int:
             except (TypeError, ValueError) as exc:
                 raise UsageError(str(exc)) from None
             return await _finish(session, handle, args)
+
+    return asyncio.run(run())
+
+
+def credits_options(parser: argparse.ArgumentParser) -> None:
+    """``midvary credits``: show the account's remaining credits (one GET)."""
+    parser.set_defaults(handler=_credits)
+    parser.add_argument("--json", action="store_true", help='print {"credits": N}')
+
+
+def _credits(args: argparse.Namespace) -> int:
+    async def run() -> int:
+        async with open_session(args) as session:
+            left = await session.credits()
+        say(json.dumps({"credits": left}) if args.json else f"credits {left:,}")
+        return EXIT_OK
 
     return asyncio.run(run())

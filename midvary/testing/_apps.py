@@ -33,6 +33,10 @@ SUBMIT_PATH = "/api/v1/mj/generateVary"
 GENERATE_PATH = "/api/v1/mj/generate"
 UPSCALE_PATH = "/api/v1/mj/generateUpscale"
 RECORD_INFO_PATH = "/api/v1/mj/record-info"
+CREDIT_PATH = "/api/v1/chat/credit"
+#: What the credit endpoint reports for an account with unlimited credits (``credits=None``),
+#: less one per task created: a balance that is never refused yet still shows the spend.
+UNLIMITED_BALANCE = 1_000_000_000
 _RESULT_NAME = re.compile(r"(?P<task_id>.+)_(?P<index>[0-9])\.(?P<media>png|mp4)")
 
 
@@ -93,6 +97,7 @@ class ProviderApps:
         app.router.add_post(GENERATE_PATH, self._handle_generate)
         app.router.add_post(UPSCALE_PATH, self._handle_upscale)
         app.router.add_get(RECORD_INFO_PATH, self._handle_record_info)
+        app.router.add_get(CREDIT_PATH, self._handle_credit)
         app.router.add_routes(extra_routes)
         return app
 
@@ -266,6 +271,20 @@ class ProviderApps:
             return self._answer(400, "taskId is required")
         return self._record_answer(task_id)
 
+    async def _handle_credit(self, request: web.Request) -> web.Response:
+        """``GET /api/v1/chat/credit``: the remaining credits (a wrong key: 401 in HTTP 200)."""
+        spoiled = await self._before("credit", request)
+        if spoiled is not None:
+            return spoiled
+        try:
+            self._check_access(request)
+        except Rejection as rejection:
+            return self._reject(rejection)
+        left = self._account.credits_left
+        if left is None:
+            left = max(UNLIMITED_BALANCE - self._stats.tasks_created, 0)
+        return self._answer(200, "success", left)
+
     def _record_answer(self, task_id: str) -> web.Response:
         settings = self._settings()
         now = self._clock()
@@ -333,7 +352,7 @@ class ProviderApps:
             raise web.HTTPNotFound
         if media == "mp4":
             return web.Response(body=mp4_bytes(index), content_type="video/mp4")
-        return web.Response(body=png_bytes(index), content_type="image/png")
+        return web.Response(body=png_bytes(task_id, index), content_type="image/png")
 
 
 @web.middleware

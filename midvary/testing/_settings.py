@@ -12,15 +12,18 @@ import attrs
 FaultKind: TypeAlias = Literal["html_502", "truncated_json", "empty_body", "reset", "server_error"]
 #: The API endpoints, as named in ``fault_endpoints`` and in the figures: ``"submit"`` is
 #: ``generateVary`` (its name from before the other two existed), ``"generate"`` and
-#: ``"upscale"`` are ``generate`` and ``generateUpscale``.
-Endpoint: TypeAlias = Literal["submit", "generate", "upscale", "record-info"]
+#: ``"upscale"`` are ``generate`` and ``generateUpscale``; ``"credit"`` is
+#: ``GET /api/v1/chat/credit``.
+Endpoint: TypeAlias = Literal["submit", "generate", "upscale", "record-info", "credit"]
 TimeFormat: TypeAlias = Literal["iso", "epoch_ms", "mixed"]
 NotFoundStyle: TypeAlias = Literal["422", "404"]
 
 FAULT_KINDS: Final[frozenset[FaultKind]] = frozenset(
     ("html_502", "truncated_json", "empty_body", "reset", "server_error"),
 )
-ENDPOINTS: Final[frozenset[Endpoint]] = frozenset(("submit", "generate", "upscale", "record-info"))
+ENDPOINTS: Final[frozenset[Endpoint]] = frozenset(
+    ("submit", "generate", "upscale", "record-info", "credit")
+)
 
 
 def _number(name: str, value: object) -> float:
@@ -180,7 +183,8 @@ class FakeSettings:
             generation request).
         credits: Credits at start; each accepted submission (of any of the three
             endpoints) uses one, and at 0 submissions get code 402. ``None`` means
-            unlimited. Setting it at runtime sets the balance.
+            unlimited (``GET /api/v1/chat/credit`` then reports 1,000,000,000 less one per
+            task created). Setting it at runtime sets the balance (a top-up).
         maintenance: ``(start, end)`` windows, in seconds since the provider started,
             during which every API endpoint answers code 455 (see also ``set_maintenance``).
         latency: Seconds added to every API request, or a ``(low, high)`` range to draw
@@ -192,7 +196,7 @@ class FakeSettings:
             body), ``"reset"`` (the connection closes without an answer), ``"server_error"``
             (envelope code 500).
         fault_endpoints: Which endpoints faults hit: ``"submit"`` (generateVary),
-            ``"generate"``, ``"upscale"``, ``"record-info"``.
+            ``"generate"``, ``"upscale"``, ``"record-info"``, ``"credit"``.
         drop_submit_answer_rate: Share of accepted submissions (of any of the three
             endpoints) whose answer is lost: the task is created (and billed) but the
             connection closes without an answer.

@@ -34,8 +34,8 @@ class FakeStats:
 
     Attributes:
         requests: Requests received per endpoint: ``"submit"`` (generateVary),
-            ``"generate"``, ``"upscale"``, ``"record-info"``, ``"results"`` (downloads);
-            faulted ones included.
+            ``"generate"``, ``"upscale"``, ``"record-info"``, ``"credit"``, ``"results"``
+            (downloads); faulted ones included.
         codes: Envelope codes answered (200 included); faults are counted in ``faults``.
         tasks_created: Submissions accepted (of all three endpoints), dropped answers
             included.
