@@ -19,6 +19,7 @@ import concurrent.futures
 import contextlib
 import functools
 import inspect
+import os
 import threading
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar
@@ -45,6 +46,7 @@ class _LoopThread:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._closing = False
+        self._pid = os.getpid()
         ready: concurrent.futures.Future[None] = concurrent.futures.Future()
         # A daemon thread: a session its owner forgot to close must not keep the
         # interpreter from exiting (close() is what joins it).
@@ -101,6 +103,12 @@ class _LoopThread:
             raise
 
     def _check_thread(self) -> None:
+        if os.getpid() != self._pid:
+            # fork() copies no thread: this process has the loop but nothing running it.
+            raise EventLoopError(
+                f"this SyncSession was created in process {self._pid}, before a fork: its "
+                "loop thread does not exist here; create a SyncSession in each process"
+            )
         if threading.current_thread() is self._thread:
             raise EventLoopError(
                 "a SyncSession was called from its own event loop's thread (an on_event or "
@@ -111,10 +119,15 @@ class _LoopThread:
     def close(self, last: Callable[[], Awaitable[None]]) -> None:
         """Run ``last()`` on the loop, then stop the loop and join its thread (idempotent).
 
+        In a process forked from the one that made it, only marks it closed.
+
         Raises:
             EventLoopError: Called from the loop's own thread (it cannot join itself).
 
         """
+        if os.getpid() != self._pid:  # a forked copy: nothing of it runs here
+            self._closing = True
+            return
         self._check_thread()
         try:
             if not self._closing:

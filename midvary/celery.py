@@ -174,22 +174,29 @@ def _run(
         raise task.retry(exc=later.error, countdown=countdown) from later.error
 
 
-def _vary(
-    task: Task,
-    task_id: str,
-    image_index: int,
-    *,
-    key: str,
-    water_mark: str | None = None,
-    download: Download = None,
-) -> dict[str, Any]:
-    """Vary image ``image_index`` (0..3) of task ``task_id``; see :func:`register`."""
-    return _run(
-        task,
-        key,
-        download,
-        lambda s: s.vary(task_id, image_index, water_mark=water_mark, key=key),
-    )
+def _image_job(kind: Literal["vary", "upscale"]) -> Callable[..., dict[str, Any]]:
+    """The task body of a job on image ``image_index`` of a parent task (vary, upscale)."""
+
+    def job(
+        task: Task,
+        task_id: str,
+        image_index: int,
+        *,
+        key: str,
+        water_mark: str | None = None,
+        download: Download = None,
+    ) -> dict[str, Any]:
+        submit = getattr(Session, kind)
+        return _run(
+            task,
+            key,
+            download,
+            lambda s: submit(s, task_id, image_index, water_mark=water_mark, key=key),
+        )
+
+    job.__name__ = job.__qualname__ = kind
+    job.__doc__ = f"{kind.capitalize()} image ``image_index`` (0..3) of task ``task_id``."
+    return job
 
 
 def _generate(
@@ -197,24 +204,6 @@ def _generate(
 ) -> dict[str, Any]:
     """Generate from ``prompt`` (``options``: :meth:`Session.generate`'s); see :func:`register`."""
     return _run(task, key, download, lambda s: s.generate(prompt, key=key, **options))
-
-
-def _upscale(
-    task: Task,
-    task_id: str,
-    image_index: int,
-    *,
-    key: str,
-    water_mark: str | None = None,
-    download: Download = None,
-) -> dict[str, Any]:
-    """Upscale image ``image_index`` (0..3) of task ``task_id``; see :func:`register`."""
-    return _run(
-        task,
-        key,
-        download,
-        lambda s: s.upscale(task_id, image_index, water_mark=water_mark, key=key),
-    )
 
 
 @attrs.frozen
@@ -276,7 +265,7 @@ def register(
     signals.worker_process_shutdown.connect(_on_shutdown, weak=False, dispatch_uid=__name__)
     signals.worker_shutdown.connect(_on_shutdown, weak=False, dispatch_uid=__name__)
     return MidvaryTasks(
-        vary=app.task(name=f"{prefix}.vary", **options)(_vary),
+        vary=app.task(name=f"{prefix}.vary", **options)(_image_job("vary")),
         generate=app.task(name=f"{prefix}.generate", **options)(_generate),
-        upscale=app.task(name=f"{prefix}.upscale", **options)(_upscale),
+        upscale=app.task(name=f"{prefix}.upscale", **options)(_image_job("upscale")),
     )

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 import signal
 import threading
+import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -258,3 +260,24 @@ def test_every_session_method_has_a_blocking_twin() -> None:
     """A public method added to Session (extend, ...) fails this until SyncSession has it."""
     public = {name for name in vars(midvary.Session) if not name.startswith("_")}
     assert public - NOT_MIRRORED - set(dir(midvary.SyncSession)) == set()
+
+
+def test_a_forked_copy_refuses_to_run(fake: FakeProvider) -> None:
+    """In a child forked after it was made, a call is EventLoopError at once (no hang)."""
+    with open_session(fake) as session:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # 3.12: fork() with threads
+            pid = os.fork()
+        if pid == 0:  # the child: report through the exit code only
+            code = 1
+            try:
+                session.get_task("task-1")
+            except midvary.EventLoopError as exc:
+                code = 0 if "fork" in str(exc) else 3
+            except BaseException:
+                code = 2
+            session.close()  # harmless in the copy
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert session.get_task(grid(session)).status is midvary.TaskStatus.SUCCESS

@@ -30,7 +30,7 @@ import redis
 import redis.asyncio
 from celery import Celery
 
-from .fleet import ROOT, fake_process
+from .fleet import ROOT, Outcomes, fake_process
 
 APP = "tests.campaigns.celery_app"
 VISIBILITY = 3.0  # seconds: the broker's visibility timeout in the campaign
@@ -112,7 +112,7 @@ def in_flight(log: Path) -> set[str]:
 
 
 @attrs.frozen(kw_only=True)
-class CeleryFigures:
+class CeleryFigures(Outcomes):
     """What one Celery campaign saw.
 
     Attributes:
@@ -145,14 +145,6 @@ class CeleryFigures:
     tasks_created: int
     duplicates: int
     makespan: float
-
-    def states(self) -> Counter[str]:
-        """How many results per state."""
-        return Counter(result["state"] for result in self.results.values())
-
-    def uncertain(self) -> set[str]:
-        """The job ids whose result is uncertain."""
-        return {job for job, result in self.results.items() if result["state"] == "uncertain"}
 
 
 async def _lost(broker: str, killed_at: float) -> None:

@@ -150,8 +150,43 @@ def in_flight(log: Path) -> set[str]:
     return {job for job in started if runs[job] > ended[job]}
 
 
+class Outcomes:
+    """What every kill campaign's figures have: one result dict per job, and the billing."""
+
+    jobs: int
+    results: dict[str, dict[str, Any]]
+    missing: dict[str, str]
+    in_flight_at_kills: frozenset[str]
+    tasks_created: int
+    duplicates: int
+
+    def states(self) -> Counter[str]:
+        """How many results per state."""
+        return Counter(result["state"] for result in self.results.values())
+
+    def uncertain(self) -> set[str]:
+        """The job ids whose result is uncertain."""
+        return {job for job, result in self.results.items() if result["state"] == "uncertain"}
+
+
+def assert_billed_once(figures: Outcomes) -> None:
+    """Every job has a result, nothing billed twice, uncertain only for jobs hit by a kill."""
+    assert figures.missing == {}
+    assert len(figures.results) == figures.jobs
+    assert figures.duplicates == 0
+    assert set(figures.states()) <= {"succeeded", "uncertain"}, figures.states()
+    assert figures.uncertain() <= figures.in_flight_at_kills
+    succeeded = [r for r in figures.results.values() if r["state"] == "succeeded"]
+    task_ids = [r["task_id"] for r in succeeded]
+    assert all(task_ids)
+    assert len(set(task_ids)) == len(task_ids)
+    assert all(r["image_urls"] and r["error"] is None for r in succeeded)
+    # Each uncertain key billed at most once (its POST may or may not have been accepted).
+    assert len(succeeded) <= figures.tasks_created <= len(succeeded) + len(figures.uncertain())
+
+
 @attrs.frozen(kw_only=True)
-class ArqFigures:
+class ArqFigures(Outcomes):
     """What one arq campaign saw.
 
     Attributes:
@@ -178,14 +213,6 @@ class ArqFigures:
     rate_limited: int
     makespan: float
     workers: int
-
-    def states(self) -> Counter[str]:
-        """How many results per state."""
-        return Counter(result["state"] for result in self.results.values())
-
-    def uncertain(self) -> set[str]:
-        """The job ids whose result is uncertain."""
-        return {job for job, result in self.results.items() if result["state"] == "uncertain"}
 
 
 async def arq_campaign(
