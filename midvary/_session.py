@@ -23,6 +23,7 @@ from ._callbacks import CallbackReceiver, tickets_for
 from ._config import USE_DEFAULT, PollPolicy, RetryPolicy, UseDefault
 from ._core import CorePolicy, SessionCore
 from ._download import DEFAULT_MAX_DOWNLOAD_BYTES
+from ._errors import SubmitUncertainError
 from ._fanout import FanOut, Requests, check_requests, collect_all, takes_options_of
 from ._handle import TaskHandle
 from ._jobs import (
@@ -37,7 +38,14 @@ from ._ratelimit import DEFAULT_SUBMIT_RATE, SubmitLimiter
 from ._store import MemoryStore, Store, StoreClaims, StoreLimiter
 from ._submit import Limiter, Submitter
 from ._testmode import default_poll, default_retry
-from ._validate import count, instance, positive_seconds, resolve_api_key, resolve_base_url
+from ._validate import (
+    count,
+    instance,
+    optional_seconds,
+    positive_seconds,
+    resolve_api_key,
+    resolve_base_url,
+)
 from ._validate import (
     directory as check_directory,
 )
@@ -271,7 +279,8 @@ class Session:
             ReceiverClosedError: The session's callback receiver is stopped; nothing was sent.
             SubmitUncertainError: The answer was lost after sending; the task may exist and
                 be billed. It is never re-sent automatically; for a key, also when an
-                earlier submission of it was: ``store.forget(key)`` allows a re-send.
+                earlier submission of it was: ``store.forget(key)`` allows a re-send. With
+                a :class:`CallbackReceiver`, :meth:`recover` awaits the task by its callback.
             APIError: The provider refused the submission (after retrying 429 and 455).
 
         """
@@ -282,7 +291,7 @@ class Session:
             callback_url=callback_url,
             key=key,
         )
-        return await self._submitter.submit(request)  # as submit() does, one coroutine fewer
+        return await self.submit(request)
 
     async def generate(
         self,
@@ -564,6 +573,49 @@ class Session:
         return await self._core.download(
             record, path, concurrency=count(concurrency, "concurrency")
         )
+
+    async def recover(
+        self, error: SubmitUncertainError, *, timeout: float | None = None
+    ) -> TaskHandle:
+        """Wait for the task of a submission whose answer was lost, found by its callback.
+
+        The provider calls back every task it created. When this session has a
+        :class:`CallbackReceiver`, a submission that raised :class:`SubmitUncertainError`
+        keeps its callback token; a delivery to it names a task, which is confirmed with
+        one GET (its echoed request must be the submission's: parent task, image index and
+        the callback URL carrying the token) before its handle is returned. A keyed
+        submission's key then records the task id. Nothing is ever sent again. With a
+        receiver on a shared store, this works for an error raised because a key was found
+        uncertain, too (the provider's callback may reach any replica, or come before).
+
+        Args:
+            error: What a submission of this session raised.
+            timeout: Seconds to wait at most; ``None`` means while the token lives (the
+                receiver's ``token_ttl`` from the submission). Calling again after a
+                timeout goes on waiting.
+
+        Returns:
+            The handle of the recovered task; ``await`` it for the final record.
+
+        Raises:
+            TypeError: ``error`` is not a :class:`SubmitUncertainError`.
+            SubmitUncertainError: ``error`` itself, when no task was confirmed: the session
+                has no receiver (or the submission named its own ``callback_url``), the
+                token expired, or ``timeout`` passed. The task may still exist.
+            SessionClosedError: The session closed while waiting.
+
+        """
+        if not isinstance(error, SubmitUncertainError):
+            raise TypeError(
+                f"error must be a midvary.SubmitUncertainError, not {type(error).__name__}"
+            )
+        limit = optional_seconds(timeout, "timeout")
+        self._core.check_open()
+        recovery = self._submitter.recovery(error)
+        handle = None if recovery is None else await recovery.wait(limit)
+        if handle is None:
+            raise error
+        return handle
 
     async def credits(self) -> int:
         """The account's remaining credits: one ``GET /api/v1/chat/credit``, not retried.

@@ -395,6 +395,7 @@ class SyncSession(_Blocking[Session]):
     generate = _handing(Session.generate)
     upscale = _handing(Session.upscale)
     submit = _handing(Session.submit)
+    recover = _handing(Session.recover)
     run = _blocking(Session.run)
     submit_all = _blocking(Session.submit_all)
     get_task = _blocking(Session.get_task)

@@ -40,6 +40,11 @@ RETRY_DEFER: Final = (5.0, 300.0)
 # a failed task, a result the host will not serve. Anything else is a bug, raised to the queue.
 _FINAL: Final = (APIError, KeyConflictError, TaskFailedError, DownloadError, TypeError, ValueError)
 
+# Seconds a job whose answer was lost waits for the provider's callback (with a receiver):
+# a task's callback comes when it ends, and a failed delivery is retried after 1 and 5
+# minutes; within the job's timeout with the task's wait and downloads after it.
+RECOVER_WAIT: Final = 420.0
+
 State = Literal["succeeded", "failed", "uncertain"]
 
 
@@ -181,6 +186,20 @@ def _settle(key: str, error: Exception, *, task_id: str | None = None) -> dict[s
     raise error
 
 
+async def _submitted(
+    session: Session, submit: Callable[[Session], Awaitable[TaskHandle]]
+) -> TaskHandle:
+    """The handle of the job's task: submitted, re-attached by key, or recovered.
+
+    A submission whose answer was lost waits (with a receiver) for the provider's callback,
+    which names its task (the key then records it): see :meth:`Session.recover`.
+    """
+    try:
+        return await submit(session)
+    except SubmitUncertainError as exc:
+        return await session.recover(exc, timeout=RECOVER_WAIT)
+
+
 async def run_job(
     session: Session,
     submit: Callable[[Session], Awaitable[TaskHandle]],
@@ -196,6 +215,9 @@ async def run_job(
         ``paths`` (downloaded files) and ``error`` (``None``, or the error's type and text).
         A failed task, a refused or invalid request and an uncertain submission (sent, its
         answer lost: never re-sent; ``store.forget(key)`` allows that) complete the job.
+        With a callback receiver, a lost answer is first waited for (up to 7 minutes): the
+        provider's callback names the task, which the job then awaits (``"succeeded"``),
+        and the key records it, for any worker.
 
     Raises:
         RetryLater: Transient trouble (``_retry.is_transient``: the store unreachable, the
@@ -206,7 +228,7 @@ async def run_job(
 
     """
     try:
-        handle = await submit(session)
+        handle = await _submitted(session, submit)
     except SubmitUncertainError as exc:
         return job_result("uncertain", key=key, error=exc)
     except Exception as exc:

@@ -193,6 +193,9 @@ async def vary(
         ``paths`` (downloaded files) and ``error`` (``None``, or the error's type and text).
         A failed task, a refused or invalid request and an uncertain submission (sent, its
         answer lost: never re-sent; ``store.forget(key)`` allows that) complete the job.
+        With a callback receiver, a lost answer is first waited for (up to 7 minutes): the
+        provider's callback names the task, which the job then awaits (``"succeeded"``),
+        and the key records it, for any worker.
 
     Raises:
         arq.Retry: Transient trouble (the store unreachable, the provider in maintenance or

@@ -238,7 +238,7 @@ def test_a_store_is_opened_on_the_session_loop_and_closed(
 def test_signatures_follow_session() -> None:
     """Each blocking method takes the async method's parameters, and says it blocks."""
     names = ("vary", "generate", "upscale", "submit", "run", "get_task", "download", "submit_all")
-    for name in (*names, "credits"):
+    for name in (*names, "credits", "recover"):
         blocking = inspect.signature(getattr(midvary.SyncSession, name))
         coroutine = inspect.signature(getattr(midvary.Session, name))
         assert list(blocking.parameters) == list(coroutine.parameters), name
