@@ -31,6 +31,7 @@ from ._session import Session
 if TYPE_CHECKING:
     from ._config import PollPolicy, RetryPolicy
     from ._models import SubmitRequest, TaskRecord
+    from ._outage import Outage
     from ._store import Store
 
 P = ParamSpec("P")
@@ -330,6 +331,11 @@ class SyncSession(_Blocking[Session]):
     def base_url(self) -> str:
         """The API's base URL, without a trailing slash."""
         return self._async.base_url
+
+    @property
+    def outage(self) -> Outage | None:
+        """The outage the session is waiting out, or ``None``: see :attr:`Session.outage`."""
+        return self._async.outage
 
     @property
     def closed(self) -> bool:

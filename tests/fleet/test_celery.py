@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 
@@ -103,17 +104,24 @@ def test_a_failed_task_and_bad_input_complete_the_job(
 
 
 def test_transient_trouble_goes_through_celery_retry(
-    tasks: midvary.celery.MidvaryTasks, fake: FakeProvider, namespace: str
+    tasks: midvary.celery.MidvaryTasks,
+    fake: FakeProvider,
+    namespace: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Maintenance past the retry budget: Celery retries the job, then fails it; nothing billed."""
+    """Maintenance past the retry budget: Celery retries with a growing countdown, then fails."""
     fake.update(maintenance=((0.0, 1e6),))
-    result = tasks.vary.apply(("parent-1", 0), {"key": f"{namespace}/m"})
+    with caplog.at_level(logging.WARNING, logger="midvary.celery"):
+        result = tasks.vary.apply(("parent-1", 0), {"key": f"{namespace}/m"})
     assert result.failed()
     # Celery stores the error by its type's name and its text.
     assert isinstance(result.result, midvary.MidvaryError)
     assert "maintenance" in str(result.result)
-    # One run and max_retries=1 retry, each its session's full retry budget of 455s.
-    assert fake.stats.requests["submit"] == 2 * FAST_RETRY.attempts
+    # The run and its max_retries=1 retry each asked Celery to retry: 5 s, then 10 s.
+    countdowns = [
+        r.getMessage().rpartition(" in ")[2] for r in caplog.records if r.name == "midvary.celery"
+    ]
+    assert countdowns == ["5s", "10s"]
     assert fake.stats.tasks_created == 0
 
 
