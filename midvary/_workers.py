@@ -210,14 +210,10 @@ async def run_job(
     """Submit (``submit(session)``, with ``key``), await the task, optionally download.
 
     Returns:
-        A JSON-able dict: ``state`` (``"succeeded"``, ``"failed"`` or ``"uncertain"``),
-        ``key``, ``task_id`` (the task's id, ``None`` if none is known), ``image_urls``,
-        ``paths`` (downloaded files) and ``error`` (``None``, or the error's type and text).
-        A failed task, a refused or invalid request and an uncertain submission (sent, its
-        answer lost: never re-sent; ``store.forget(key)`` allows that) complete the job.
-        With a callback receiver, a lost answer is first waited for (up to 7 minutes): the
-        provider's callback names the task, which the job then awaits (``"succeeded"``),
-        and the key records it, for any worker.
+        The job's result dict (:func:`job_result`; the fields as :func:`midvary.arq.vary`
+        documents them): a failed task, a refused or invalid request and an uncertain
+        submission (never re-sent) complete the job; a lost answer is first recovered
+        through the session's callback receiver, if it has one (:data:`RECOVER_WAIT`).
 
     Raises:
         RetryLater: Transient trouble (``_retry.is_transient``: the store unreachable, the

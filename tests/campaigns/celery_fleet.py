@@ -12,12 +12,10 @@ what the workers' logs say was delivered.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import random
 import re
-import signal
 import sys
 import time
 from collections import Counter
@@ -30,7 +28,7 @@ import redis
 import redis.asyncio
 from celery import Celery
 
-from .fleet import ROOT, Outcomes, fake_process
+from .fleet import Outcomes, WorkerProcess, fake_process
 
 APP = "tests.campaigns.celery_app"
 VISIBILITY = 3.0  # seconds: the broker's visibility timeout in the campaign
@@ -44,63 +42,17 @@ def _url(base: str, db: int) -> str:
     return base.rsplit("/", 1)[0] + f"/{db}"
 
 
-class CeleryWorker:
-    """One Celery worker slot (a prefork pool): started, SIGKILLed, restarted; logs per life."""
-
-    def __init__(self, name: str, env: Mapping[str, str], workdir: Path, concurrency: int) -> None:
-        self.name = name
-        self.env = dict(env)
-        self.workdir = workdir
-        self.concurrency = concurrency
-        self.lives: list[Path] = []
-        self.killed: list[Path] = []
-        self._process: asyncio.subprocess.Process | None = None
-        self._log: Any = None
-
-    async def start(self) -> None:
-        """Start a new life of this worker, in a process group of its own."""
-        log = self.workdir / f"{self.name}-{len(self.lives)}.log"
-        self.lives.append(log)
-        self._log = log.open("wb")
-        self._process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "celery", "-A", APP, "worker",
-            "--loglevel", "INFO", "--pool", "prefork", "--concurrency", str(self.concurrency),
-            "--hostname", f"{self.name}-{len(self.lives)}@campaign",
-            "--without-gossip", "--without-mingle", "--without-heartbeat",
-            stdout=self._log, stderr=self._log, cwd=ROOT, env=self.env,
-            start_new_session=True,
-        )  # fmt: skip
-
-    def running_jobs(self) -> set[str]:
-        """Jobs this life received and did not end, from its log so far."""
-        return in_flight(self.lives[-1]) if self.lives else set()
-
-    async def kill(self) -> None:
-        """SIGKILL this life's whole process group (the pool's processes with it)."""
-        assert self._process is not None
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self._process.pid, signal.SIGKILL)
-        await self._process.wait()
-        self._log.close()
-        self.killed.append(self.lives[-1])
-        self._process = None
-
-    async def stop(self) -> None:
-        """Stop this life (SIGTERM: a warm shutdown), then SIGKILL whatever of it is left."""
-        process, self._process = self._process, None
-        if process is None:
-            return
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                async with asyncio.timeout(20):
-                    await process.wait()
-            except TimeoutError:
-                pass
-        with contextlib.suppress(ProcessLookupError):  # pool processes, if any outlived it
-            os.killpg(process.pid, signal.SIGKILL)
-        await process.wait()
-        self._log.close()
+def celery_worker(
+    name: str, env: Mapping[str, str], workdir: Path, concurrency: int
+) -> WorkerProcess:
+    """A Celery worker with a prefork pool of ``concurrency`` processes."""
+    command = (
+        sys.executable, "-m", "celery", "-A", APP, "worker",
+        "--loglevel", "INFO", "--pool", "prefork", "--concurrency", str(concurrency),
+        "--hostname", f"{name}@campaign",
+        "--without-gossip", "--without-mingle", "--without-heartbeat",
+    )  # fmt: skip
+    return WorkerProcess(name, env, workdir, command, in_flight)
 
 
 def in_flight(log: Path) -> set[str]:
@@ -243,7 +195,7 @@ async def celery_campaign(
             "MIDVARY_TEST_VISIBILITY": str(VISIBILITY),
             "PYTHONUNBUFFERED": "1",
         }
-        fleet = [CeleryWorker(f"w{i}", env, workdir, concurrency) for i in range(workers)]
+        fleet = [celery_worker(f"w{i}", env, workdir, concurrency) for i in range(workers)]
         client = Celery("campaign-client", broker=broker, backend=broker)
         in_flight_at_kills: set[str] = set()
         keys = [f"{prefix}/{i}" for i in range(jobs)]
