@@ -98,9 +98,11 @@ class _LoopThread:
                 raise SessionClosedError("the SyncSession was closed during this call") from None
             raise
         except BaseException:
-            # Ctrl-C (or an exception raised in this thread by a signal handler): the call
-            # on the loop is cancelled, as cancelling an awaited coroutine would.
-            future.cancel()
+            if not future.done():
+                # Interrupted while waiting (Ctrl-C, or another exception a signal handler
+                # raised in this thread): the call on the loop is cancelled, as cancelling
+                # an awaited coroutine would be.
+                future.cancel()
             raise
 
     def _check_thread(self) -> None:
