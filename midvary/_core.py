@@ -23,6 +23,7 @@ from ._config import USE_DEFAULT, PollPolicy, RetryPolicy, UseDefault
 from ._converter import redact_record, structure_credits, structure_record
 from ._download import download_record
 from ._errors import EventLoopError, NotFoundError, ProtocolError, SessionClosedError
+from ._outage import OutageWatch
 from ._polling import DurationStats, PollHealth
 from ._transport import Transport
 
@@ -60,6 +61,7 @@ class SessionCore:
         health: Whether the session's polls keep failing (warned about once).
         waiting: The timeouts of the waits in progress (closing expires them at once).
         fanouts: The fan-outs running (closing ends them first).
+        outage: The outage (455, no connection) the session's requests are waiting out.
 
     """
 
@@ -76,6 +78,7 @@ class SessionCore:
         "health",
         "index_base",
         "max_download_bytes",
+        "outage",
         "poll",
         "retry",
         "rng",
@@ -114,6 +117,7 @@ class SessionCore:
         self.health = PollHealth()
         self.waiting: set[asyncio.Timeout] = set()
         self.fanouts: set[Closable] = set()
+        self.outage = OutageWatch(lambda: self.retry)
 
     def __repr__(self) -> str:
         return f"<SessionCore base_url={str(self._base_url)!r} state={self.state}>"

@@ -34,6 +34,7 @@ from ._jobs import (
     OnEvent,
 )
 from ._models import GenerateRequest, SubmitRequest, TaskRecord, UpscaleRequest, VaryRequest
+from ._outage import Outage
 from ._ratelimit import DEFAULT_SUBMIT_RATE, SubmitLimiter
 from ._store import MemoryStore, Store, StoreClaims, StoreLimiter
 from ._submit import Limiter, Submitter
@@ -223,6 +224,18 @@ class Session:
     def base_url(self) -> str:
         """The API's base URL, without a trailing slash."""
         return str(self._core.base_url)
+
+    @property
+    def outage(self) -> Outage | None:
+        """The outage this session is waiting out, or ``None`` when there is none.
+
+        A 455 (maintenance) or a connection that cannot be opened, on a submission or a
+        poll, starts one: submissions pause (one at a time is let through to try, at a
+        growing interval) and give up with their error once it has lasted the retry
+        policy's ``outage_budget`` (30 minutes by default). Any other answer ends it. One
+        WARNING line is logged when it starts and one when it ends.
+        """
+        return self._core.outage.state()
 
     @property
     def closed(self) -> bool:
