@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, Self, TypeVar, 
 import aiohttp
 
 from . import _telemetry as telemetry
-from ._config import PollPolicy, RetryPolicy
+from ._config import USE_DEFAULT, PollPolicy, RetryPolicy, UseDefault
 from ._converter import redact_record, structure_credits, structure_record
 from ._download import download_record
 from ._errors import EventLoopError, NotFoundError, ProtocolError, SessionClosedError
@@ -215,7 +215,12 @@ class SessionCore:
         return structure_credits(await self.open().call("GET", CREDIT_PATH))
 
     async def download(
-        self, record: TaskRecord, directory: Path, *, concurrency: int
+        self,
+        record: TaskRecord,
+        directory: Path,
+        *,
+        concurrency: int,
+        max_bytes: int | UseDefault | None = USE_DEFAULT,
     ) -> tuple[Path, ...]:
         """Download ``record``'s images (arguments already checked); see ``Session.download``."""
         self.open()
@@ -227,7 +232,7 @@ class SessionCore:
             timeout=self.timeout,
             retry=self.retry,
             concurrency=concurrency,
-            max_bytes=self.max_download_bytes,
+            max_bytes=self.max_download_bytes if max_bytes is USE_DEFAULT else max_bytes,
         )
 
     async def aclose(self, closing: Callable[[], None]) -> None:

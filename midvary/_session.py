@@ -554,7 +554,12 @@ class Session:
     vary_all = _renamed(submit_all, "vary_all")
 
     async def download(
-        self, record: TaskRecord, directory: str | os.PathLike[str], *, concurrency: int = 4
+        self,
+        record: TaskRecord,
+        directory: str | os.PathLike[str],
+        *,
+        concurrency: int = 4,
+        max_bytes: int | UseDefault | None = USE_DEFAULT,
     ) -> tuple[Path, ...]:
         """Download a record's images to ``<directory>/<task_id>_<n>.<ext>``.
 
@@ -569,6 +574,8 @@ class Session:
             record: The task's record; a record without image URLs downloads nothing.
             directory: Where to put the files.
             concurrency: The most images downloaded at once (>= 1).
+            max_bytes: The largest file accepted, in bytes (>= 1); by default the session's
+                ``max_download_bytes``; ``None`` means no limit.
 
         Returns:
             The paths of all the record's images, in ``image_urls`` order, whether written
@@ -576,15 +583,18 @@ class Session:
 
         Raises:
             TypeError, ValueError: An argument is invalid.
-            DownloadError: The result host answered an HTTP error (after retries).
+            DownloadError: The result host answered an HTTP error (after retries), a file
+                was over ``max_bytes``, or a URL is not http(s) (``.reason`` says which).
             TransportError: The network failed (after retries).
 
         """
         if not isinstance(record, TaskRecord):
             raise TypeError(f"record must be a midvary.TaskRecord, not {type(record).__name__}")
         path = check_directory(directory)
+        if max_bytes is not None and max_bytes is not USE_DEFAULT:
+            max_bytes = count(max_bytes, "max_bytes")
         return await self._core.download(
-            record, path, concurrency=count(concurrency, "concurrency")
+            record, path, concurrency=count(concurrency, "concurrency"), max_bytes=max_bytes
         )
 
     async def recover(

@@ -335,6 +335,7 @@ class Submitter:
                     if handle is not None:
                         if hooks is not None:
                             hooks.recovered()
+                        span.accepted(handle.task_id, "recovered")
                         return handle
                     self._recoveries[error] = recovery
                 raise error
@@ -595,7 +596,12 @@ class _Attempt:
         """One attempt: a limiter slot, the claim marked sending, the hooks told, the POST."""
         self._core.check_open()
         hooks = self._hooks
-        on_wait = hooks.waiting if hooks is not None else None
+
+        def on_wait(seconds: float, error: RateLimitError | None = None) -> None:
+            telemetry.limiter_waited(seconds)
+            if hooks is not None:
+                hooks.waiting(seconds, error)
+
         slots = self._slots
         slotted: AbstractAsyncContextManager[Slot | None] = (
             slots.slot(on_wait) if slots is not None else contextlib.nullcontext()

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from midvary.testing import FakeProvider
+
 from .conditions import until
 from .test_bulk_resume import command, environment, provider
 from .test_cli import cli, write_csv
@@ -59,6 +61,24 @@ def _limit_file_size(size: int) -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
 
 
+async def bulk_run(fake: FakeProvider, jobs: Path, file_size: int | None) -> tuple[int, str, str]:
+    """``midvary bulk JOBS`` in a subprocess (its files capped at ``file_size`` bytes)."""
+    child = await asyncio.create_subprocess_exec(
+        *command(),
+        "bulk",
+        str(jobs),
+        "--submit-rate",
+        "none",
+        env=environment(fake),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        preexec_fn=None if file_size is None else lambda: _limit_file_size(file_size),
+    )
+    out, err = await asyncio.wait_for(child.communicate(), timeout=60)
+    assert child.returncode is not None
+    return child.returncode, out.decode(), err.decode()
+
+
 async def test_a_results_file_that_cannot_grow_is_one_line_and_a_resume(tmp_path: Path) -> None:
     """Results writes failing after accepted POSTs: one error line; the re-run finishes all."""
     jobs = write_csv(tmp_path / "jobs.csv", [f"parent-{n},{n % 4},,job-{n}" for n in range(4)])
@@ -67,36 +87,13 @@ async def test_a_results_file_that_cannot_grow_is_one_line_and_a_resume(tmp_path
     filler = json.dumps({"id": "filler", "pad": "x" * (limit - 100)})
     results.write_text(filler + "\n")
     async with provider(task_duration=(0.1, 0.3), submit_limit=None) as fake:
-        child = await asyncio.create_subprocess_exec(
-            *command(),
-            "bulk",
-            str(jobs),
-            "--submit-rate",
-            "none",
-            env=environment(fake),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            preexec_fn=lambda: _limit_file_size(limit),
-        )
-        out, err = await asyncio.wait_for(child.communicate(), timeout=60)
-        text = out.decode() + err.decode()
-        assert child.returncode == 1, text
-        assert "Traceback" not in text
-        assert f"midvary bulk: error: cannot write {results}" in err.decode()
-        accepted = fake.stats.tasks_created
-        assert accepted >= 1
-        again = await asyncio.create_subprocess_exec(
-            *command(),
-            "bulk",
-            str(jobs),
-            "--submit-rate",
-            "none",
-            env=environment(fake),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await asyncio.wait_for(again.communicate(), timeout=60)
-        assert again.returncode == 0, out.decode() + err.decode()
+        code, out, err = await bulk_run(fake, jobs, limit)
+        assert code == 1, out + err
+        assert "Traceback" not in out + err
+        assert f"midvary bulk: error: cannot write {results}" in err
+        assert fake.stats.tasks_created >= 1
+        code, out, err = await bulk_run(fake, jobs, None)
+        assert code == 0, out + err
         assert fake.stats.duplicate_submissions == 0
         assert fake.stats.tasks_created == 4
     lines = [json.loads(line) for line in results.read_text().splitlines()[1:]]
@@ -127,3 +124,14 @@ async def test_a_download_folder_lost_after_the_posts_leaves_the_jobs_to_finish(
     lines = [json.loads(line) for line in results.read_text().splitlines()]
     assert {line["id"]: line["status"] for line in lines} == {f"job-{n}": "done" for n in range(3)}
     assert all(len(line["files"]) == 4 for line in lines)
+
+
+async def test_a_run_that_cannot_start_creates_no_download_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No API key: exit 2 before the download folder check makes the folder."""
+    monkeypatch.delenv("MIDVARY_API_KEY", raising=False)
+    monkeypatch.delenv("KIE_API_KEY", raising=False)
+    jobs = write_csv(tmp_path / "jobs.csv", ["parent-1,0,,a"])
+    assert await cli("bulk", str(jobs), "--download", str(tmp_path / "images")) == 2
+    assert not (tmp_path / "images").exists()

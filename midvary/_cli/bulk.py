@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import logging
 import os
+import sqlite3
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -219,12 +220,15 @@ def _bulk_run(args: argparse.Namespace) -> int:
     jobs_path: Path = args.jobs
     out_path: Path = args.out or jobs_path.with_name(jobs_path.name + ".results.jsonl")
     rate = _submit_rate(args.submit_rate)
-    check_writable(out_path, args.download)
     if args.store is None and args.journal is None:
         # A Redis URL with a password is safer in the environment than in argv (ps, history).
         args.store = os.environ.get(STORE_URL_VARIABLE) or None
     require_api_key(args)  # before the journal: a run that cannot start leaves nothing
     jobs_file = read_jobs(jobs_path)
+    # Before the ledger and the first POST, after what else could stop the run (nothing
+    # created for a run that cannot start): a folder that cannot hold the images would let
+    # every billed job end in an error.
+    check_writable(out_path, args.download)
     for message in jobs_file.bad_rows:
         say(f"bad row skipped: {message}", stream=sys.stderr)
     for message in jobs_file.warnings:
@@ -250,6 +254,16 @@ def _bulk_run(args: argparse.Namespace) -> int:
             f"midvary bulk: error: cannot write {exc.filename or out_path}: "
             f"{exc.strerror or exc}; free the space or fix the folder and run the same "
             "command again to resume (submitted jobs are awaited, never submitted twice)",
+            stream=sys.stderr,
+        )
+        return EXIT_FAILED
+    except sqlite3.Error as exc:
+        # The journal itself could not be written (SQLite says "database or disk is full"):
+        # every POST was journaled before it left, so a re-run finds the jobs as they were.
+        say(
+            f"midvary bulk: error: cannot write the journal {where[0] if where else ''}: "
+            f"{exc}; free the space and run the same command again to resume (submitted jobs "
+            "are awaited, never submitted twice)",
             stream=sys.stderr,
         )
         return EXIT_FAILED
