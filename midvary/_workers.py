@@ -10,6 +10,9 @@ which each queue turns into its own retry (arq's ``Retry``, Celery's ``task.retr
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -18,9 +21,13 @@ from typing import Any, Final, Literal
 import attrs
 
 from ._errors import (
+    ACCOUNT_STOPPING,
     APIError,
+    AuthenticationError,
     DownloadError,
+    InsufficientCreditsError,
     KeyConflictError,
+    MidvaryError,
     SubmitUncertainError,
     TaskFailedError,
 )
@@ -29,6 +36,8 @@ from ._ratelimit import DEFAULT_SUBMIT_RATE
 from ._retry import is_transient
 from ._session import Session
 from ._validate import submit_rate as check_submit_rate
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_REDIS_URL: Final = "redis://localhost:6379/0"
 DEFAULT_LISTEN: Final = "0.0.0.0:8080"  # the receiver, behind a load balancer
@@ -138,6 +147,67 @@ class WorkerConfig:
         )
 
 
+class AccountGate:
+    """Holds a worker's submissions while the account refuses them (401, 402, 505).
+
+    One per worker process (its session), shared by its jobs; used on the session's loop.
+
+    The first refusal closes the gate (one WARNING line); one task checks the credits
+    (``session.credits()``, one cheap GET) at a growing interval, from the retry policy's
+    ``outage_probe`` doubling up to ``outage_probe_max``, and opens the gate once the
+    account answers with credits left (one WARNING line). Jobs wait at the gate instead of
+    failing: nothing was billed for them.
+    """
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+        self._open = asyncio.Event()
+        self._open.set()
+        self._checker: asyncio.Task[None] | None = None
+
+    async def wait_open(self) -> None:
+        """Return once submissions may be sent."""
+        await self._open.wait()
+
+    def refused(self, error: APIError) -> None:
+        """A submission was refused for the account: close the gate and start checking."""
+        if not self._open.is_set():
+            return
+        self._open.clear()
+        logger.warning(
+            "the account refused a submission (%s: %s): this worker's jobs wait, checking "
+            "the credits at a growing interval",
+            type(error).__name__,
+            error,
+        )
+        self._checker = asyncio.get_running_loop().create_task(self._check(error))
+
+    async def _check(self, error: APIError) -> None:
+        policy = self._session.retry
+        delay = policy.outage_probe
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                left = await self._session.credits()
+            except MidvaryError as exc:  # still refused, or not answering: look again later
+                logger.debug("credits check: %s: %s", type(exc).__name__, exc)
+            else:
+                if left > 0 or not isinstance(
+                    error, InsufficientCreditsError | AuthenticationError
+                ):
+                    break
+            delay = min(policy.outage_probe_max, delay * 2)
+        logger.warning("the account is usable again (%d credits): jobs resume", left)
+        self._open.set()
+
+    async def close(self) -> None:
+        """Stop checking (the worker shuts down)."""
+        if self._checker is not None:
+            self._checker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checker
+
+
 def retry_delay(tries: int) -> float:
     """Seconds to defer a job's run number ``tries + 1`` (``tries`` >= 1 runs so far)."""
     first, last = RETRY_DEFER
@@ -206,8 +276,13 @@ async def run_job(
     *,
     key: str,
     download: Path | None,
+    gate: AccountGate,
 ) -> dict[str, Any]:
     """Submit (``submit(session)``, with ``key``), await the task, optionally download.
+
+    A submission refused for the account (401, 402, 505) does not complete the job: it
+    waits at ``gate`` (the worker's jobs wait until a credits check finds the account
+    usable), then is sent again (nothing was billed for it).
 
     Returns:
         The job's result dict (:func:`job_result`; the fields as :func:`midvary.arq.vary`
@@ -223,12 +298,18 @@ async def run_job(
         Exception: Anything else that is neither transient nor a failure of the job (a bug).
 
     """
-    try:
-        handle = await _submitted(session, submit)
-    except SubmitUncertainError as exc:
-        return job_result("uncertain", key=key, error=exc)
-    except Exception as exc:
-        return _settle(key, exc)
+    while True:
+        await gate.wait_open()
+        try:
+            handle = await _submitted(session, submit)
+        except SubmitUncertainError as exc:
+            return job_result("uncertain", key=key, error=exc)
+        except ACCOUNT_STOPPING as exc:  # nothing billed: wait for the account, send again
+            gate.refused(exc)
+            continue
+        except Exception as exc:
+            return _settle(key, exc)
+        break
     try:
         record = await handle
         paths: tuple[Path, ...] = ()

@@ -63,6 +63,7 @@ from ._store import RedisStore
 from ._store._base import DEFAULT_CLAIM_LEASE
 from ._workers import (
     DEFAULT_REDIS_URL,
+    AccountGate,
     RetryLater,
     WorkerConfig,
     retry_delay,
@@ -98,6 +99,10 @@ class _Worker:
     store: RedisStore
     session: Session
     receiver: CallbackReceiver | None
+    gate: AccountGate = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.gate = AccountGate(self.session)
 
 
 async def startup(ctx: dict[str, Any]) -> None:
@@ -134,6 +139,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     if not isinstance(worker, _Worker):
         return
     try:
+        await worker.gate.close()
         await worker.session.aclose()
     finally:
         if worker.receiver is not None:
@@ -193,6 +199,9 @@ async def vary(
         ``paths`` (downloaded files) and ``error`` (``None``, or the error's type and text).
         A failed task, a refused or invalid request and an uncertain submission (sent, its
         answer lost: never re-sent; ``store.forget(key)`` allows that) complete the job.
+        A submission refused for the account (401, 402, 505) does not: the worker's jobs
+        wait until a credits check (at a growing interval) finds the account usable, then
+        send it (within arq's ``job_timeout``; past it arq runs the job again).
         With a callback receiver, a lost answer is first waited for (up to 7 minutes): the
         provider's callback names the task, which the job then awaits (``"succeeded"``),
         and the key records it, for any worker.
@@ -211,6 +220,7 @@ async def vary(
             lambda session: session.vary(task_id, image_index, water_mark=water_mark, key=key),
             key=key,
             download=None if target is None or target is False else Path(target),
+            gate=worker.gate,
         )
     except RetryLater as later:
         raise _retry(ctx, key, later.error) from later.error

@@ -39,7 +39,9 @@ or ``"uncertain"``), ``key``, ``task_id``, ``image_urls``, ``paths``, ``error``.
 trouble (the store or the network down, maintenance, rate limiting past the retry budget, a
 wait that timed out) is retried through Celery's own ``retry``, with a countdown of 5 s
 doubling per try up to 300 s, at most ``max_retries`` times (then the task fails with the
-midvary error).
+midvary error). A submission refused for the account (401, 402, 505) waits instead, as in
+the arq workers: the process's jobs hold until a credits check, at a growing interval,
+finds the account usable, then send it (nothing was billed for it).
 
 The environment is that of the arq workers (``WorkerConfig.from_env``), read when a worker
 process opens its session: ``MIDVARY_API_KEY``, ``MIDVARY_BASE_URL``,
@@ -66,7 +68,7 @@ from ._session import Session
 from ._store import RedisStore
 from ._store._base import DEFAULT_CLAIM_LEASE
 from ._sync import SyncSession
-from ._workers import RetryLater, WorkerConfig, retry_delay, run_job
+from ._workers import AccountGate, RetryLater, WorkerConfig, retry_delay, run_job
 
 __all__ = ["DEFAULT_MAX_RETRIES", "MidvaryTasks", "close_session", "register", "session"]
 
@@ -85,6 +87,7 @@ class _Worker:
     pid: int
     config: WorkerConfig
     session: SyncSession
+    gate: AccountGate
 
 
 _lock = threading.Lock()
@@ -117,12 +120,16 @@ def _open() -> _Worker:
         config = WorkerConfig.from_env()
         lease = DEFAULT_CLAIM_LEASE if config.claim_lease is None else config.claim_lease
         store = RedisStore(config.store_url, claim_lease=lease)
-        worker = _Worker(
-            os.getpid(), config, SyncSession(store=store, submit_rate=config.submit_rate)
-        )
+        session = SyncSession(store=store, submit_rate=config.submit_rate)
+        worker = _Worker(os.getpid(), config, session, session.call(_gate))
         _worker = worker
         logger.info("midvary worker process %d ready on %r", worker.pid, store)
         return worker
+
+
+async def _gate(session: Session) -> AccountGate:
+    """The process's account gate: its jobs wait there while the account refuses them."""
+    return AccountGate(session)
 
 
 def close_session() -> None:
@@ -134,7 +141,15 @@ def close_session() -> None:
     with _lock:
         worker, _worker = _worker, None
     if worker is not None and worker.pid == os.getpid():
-        worker.session.close()
+        gate = worker.gate
+
+        async def stop_checking(_: Session) -> None:
+            await gate.close()
+
+        try:
+            worker.session.call(stop_checking)
+        finally:
+            worker.session.close()
 
 
 def _on_process_init(**_: Any) -> None:
@@ -166,7 +181,11 @@ def _run(
     worker = _open()
     try:
         return worker.session.call(
-            run_job, submit, key=key, download=_target(worker.config, download)
+            run_job,
+            submit,
+            key=key,
+            download=_target(worker.config, download),
+            gate=worker.gate,
         )
     except RetryLater as later:
         countdown = retry_delay(task.request.retries + 1)
