@@ -42,7 +42,14 @@ from ._errors import (
 from ._fanout import FanOut
 from ._handle import TaskHandle
 from ._jobs import JobEvent, JobEventKind, UnfinishedJob, VaryOutcome
-from ._models import GenerateRequest, TaskRecord, TaskStatus, UpscaleRequest, VaryRequest
+from ._models import (
+    ExtendRequest,
+    GenerateRequest,
+    TaskRecord,
+    TaskStatus,
+    UpscaleRequest,
+    VaryRequest,
+)
 from ._polling import DEFAULT_SAFETY_POLL
 from ._session import Session
 from ._signature import verify_callback
@@ -61,6 +68,7 @@ __all__ = [
     "CallbackSignatureError",
     "DownloadError",
     "EventLoopError",
+    "ExtendRequest",
     "FanOut",
     "FeatureDisabledError",
     "GenerateRequest",

@@ -20,6 +20,7 @@ from ._errors import ProtocolError
 from ._jobs import VaryOutcome
 from ._models import (
     CallbackNotice,
+    ExtendRequest,
     GenerateRequest,
     TaskRecord,
     TaskStatus,
@@ -405,14 +406,18 @@ def _error_json(error: BaseException) -> dict[str, Any]:
 
 def _outcome_json(outcome: VaryOutcome) -> dict[str, Any]:
     request = outcome.request
-    # A vary or upscale names the parent image it was made from; a generate has a prompt.
+    # A vary or upscale names the parent image it was made from, an extend the parent
+    # video; a generate (and a manual extend) has a prompt.
     child = request if isinstance(request, VaryRequest | UpscaleRequest) else None
+    extend = request if isinstance(request, ExtendRequest) else None
+    parent = child or extend
     return {
         "index": outcome.index,
         "id": request.id if request is not None else None,
-        "parent_task_id": child.task_id if child is not None else None,
+        "parent_task_id": parent.task_id if parent is not None else None,
         "image_index": child.image_index if child is not None else None,
-        "prompt": request.prompt if isinstance(request, GenerateRequest) else None,
+        "video_index": extend.index if extend is not None else None,
+        "prompt": request.prompt if isinstance(request, GenerateRequest | ExtendRequest) else None,
         "task_id": outcome.task_id,
         "ok": outcome.ok,
         "uncertain": outcome.uncertain,

@@ -19,7 +19,12 @@ from ._images import mp4_bytes, png_bytes
 from ._settings import Endpoint, FakeSettings, FaultKind
 from ._state import SubmitParams, SuccessFlag, TaskStore
 from ._stats import FakeStats
-from ._submit import parse_generate_body, parse_upscale_body, parse_vary_body
+from ._submit import (
+    parse_extend_body,
+    parse_generate_body,
+    parse_upscale_body,
+    parse_vary_body,
+)
 from ._wire import (
     Rejection,
     close_connection,
@@ -32,6 +37,7 @@ from ._wire import (
 SUBMIT_PATH = "/api/v1/mj/generateVary"
 GENERATE_PATH = "/api/v1/mj/generate"
 UPSCALE_PATH = "/api/v1/mj/generateUpscale"
+EXTEND_PATH = "/api/v1/mj/generateVideoExtend"
 RECORD_INFO_PATH = "/api/v1/mj/record-info"
 _RESULT_NAME = re.compile(r"(?P<task_id>.+)_(?P<index>[0-9])\.(?P<media>png|mp4)")
 
@@ -45,7 +51,7 @@ class Account:
         credits_left: Credits left; ``None`` means unlimited.
         maintenance: The ``set_maintenance`` switch.
         recent_submissions: Per key, clock readings of accepted submissions still in the
-            ``submit_limit`` window (one window for all three submission endpoints).
+            ``submit_limit`` window (one window for all the submission endpoints).
     """
 
     api_key: str
@@ -87,11 +93,12 @@ class ProviderApps:
         self.result_headers: list[CIMultiDictProxy[str]] = []
 
     def api_app(self, extra_routes: Sequence[web.RouteDef] = ()) -> web.Application:
-        """The API: the three submission endpoints, record-info, and ``extra_routes``."""
+        """The API: the submission endpoints, record-info, and ``extra_routes``."""
         app = web.Application(middlewares=[_envelope_for_http_errors])
         app.router.add_post(SUBMIT_PATH, self._handle_vary)
         app.router.add_post(GENERATE_PATH, self._handle_generate)
         app.router.add_post(UPSCALE_PATH, self._handle_upscale)
+        app.router.add_post(EXTEND_PATH, self._handle_extend)
         app.router.add_get(RECORD_INFO_PATH, self._handle_record_info)
         app.router.add_routes(extra_routes)
         return app
@@ -170,6 +177,9 @@ class ProviderApps:
     async def _handle_upscale(self, request: web.Request) -> web.Response:
         return await self._submission("upscale", request, parse_upscale_body)
 
+    async def _handle_extend(self, request: web.Request) -> web.Response:
+        return await self._submission("extend", request, parse_extend_body)
+
     async def _submission(
         self,
         endpoint: Endpoint,
@@ -222,7 +232,15 @@ class ProviderApps:
         settings = self._settings()
         params = parse(body)
         now = self._clock()
-        if params.parent_task_id is not None and params.image_index is not None:
+        if params.kind == "extend":
+            assert params.parent_task_id is not None  # noqa: S101 - the parser requires it
+            assert params.image_index is not None  # noqa: S101
+            refusal = self._store.video_parent_refusal(
+                params.parent_task_id, params.image_index, now
+            )
+            if refusal is not None:
+                raise Rejection(422, refusal)
+        elif params.parent_task_id is not None and params.image_index is not None:
             offset = settings.index_base if params.kind == "vary" else 0
             refusal = self._store.parent_refusal(
                 params.parent_task_id,

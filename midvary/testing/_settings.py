@@ -12,15 +12,20 @@ import attrs
 FaultKind: TypeAlias = Literal["html_502", "truncated_json", "empty_body", "reset", "server_error"]
 #: The API endpoints, as named in ``fault_endpoints`` and in the figures: ``"submit"`` is
 #: ``generateVary`` (its name from before the other two existed), ``"generate"`` and
-#: ``"upscale"`` are ``generate`` and ``generateUpscale``.
-Endpoint: TypeAlias = Literal["submit", "generate", "upscale", "record-info"]
+#: ``"upscale"`` are ``generate`` and ``generateUpscale``, ``"extend"`` is
+#: ``generateVideoExtend`` and ``"download-url"`` is ``common/download-url``.
+Endpoint: TypeAlias = Literal[
+    "submit", "generate", "upscale", "extend", "record-info", "download-url"
+]
 TimeFormat: TypeAlias = Literal["iso", "epoch_ms", "mixed"]
 NotFoundStyle: TypeAlias = Literal["422", "404"]
 
 FAULT_KINDS: Final[frozenset[FaultKind]] = frozenset(
     ("html_502", "truncated_json", "empty_body", "reset", "server_error"),
 )
-ENDPOINTS: Final[frozenset[Endpoint]] = frozenset(("submit", "generate", "upscale", "record-info"))
+ENDPOINTS: Final[frozenset[Endpoint]] = frozenset(
+    ("submit", "generate", "upscale", "extend", "record-info", "download-url")
+)
 
 
 def _number(name: str, value: object) -> float:
@@ -192,7 +197,8 @@ class FakeSettings:
             body), ``"reset"`` (the connection closes without an answer), ``"server_error"``
             (envelope code 500).
         fault_endpoints: Which endpoints faults hit: ``"submit"`` (generateVary),
-            ``"generate"``, ``"upscale"``, ``"record-info"``.
+            ``"generate"``, ``"upscale"``, ``"extend"`` (generateVideoExtend),
+            ``"record-info"``, ``"download-url"``.
         drop_submit_answer_rate: Share of accepted submissions (of any of the three
             endpoints) whose answer is lost: the task is created (and billed) but the
             connection closes without an answer.
