@@ -36,8 +36,8 @@ class FakeProvider:
     """An in-process stand-in for the kie.ai Midjourney API, served over loopback.
 
     It answers ``POST /api/v1/mj/generate``, ``POST /api/v1/mj/generateVary``,
-    ``POST /api/v1/mj/generateUpscale``, ``POST /api/v1/mj/generateVideoExtend``,
-    ``GET /api/v1/mj/record-info`` and ``POST /api/v1/common/download-url`` as
+    ``POST /api/v1/mj/generateUpscale``, ``POST /api/v1/mj/generateVideoExtend``
+    and ``GET /api/v1/mj/record-info`` as
     ``docs/provider.md`` describes, awkward parts included: errors inside HTTP 200, a new
     task invisible for a while, ``paramJson`` as a JSON string, two time formats, and a
     result CDN on a different origin (``results_base_url``) that must not receive the API

@@ -13,10 +13,8 @@ FaultKind: TypeAlias = Literal["html_502", "truncated_json", "empty_body", "rese
 #: The API endpoints, as named in ``fault_endpoints`` and in the figures: ``"submit"`` is
 #: ``generateVary`` (its name from before the other two existed), ``"generate"`` and
 #: ``"upscale"`` are ``generate`` and ``generateUpscale``, ``"extend"`` is
-#: ``generateVideoExtend`` and ``"download-url"`` is ``common/download-url``.
-Endpoint: TypeAlias = Literal[
-    "submit", "generate", "upscale", "extend", "record-info", "download-url"
-]
+#: ``generateVideoExtend``.
+Endpoint: TypeAlias = Literal["submit", "generate", "upscale", "extend", "record-info"]
 TimeFormat: TypeAlias = Literal["iso", "epoch_ms", "mixed"]
 NotFoundStyle: TypeAlias = Literal["422", "404"]
 
@@ -24,7 +22,7 @@ FAULT_KINDS: Final[frozenset[FaultKind]] = frozenset(
     ("html_502", "truncated_json", "empty_body", "reset", "server_error"),
 )
 ENDPOINTS: Final[frozenset[Endpoint]] = frozenset(
-    ("submit", "generate", "upscale", "extend", "record-info", "download-url")
+    ("submit", "generate", "upscale", "extend", "record-info")
 )
 
 
@@ -198,7 +196,7 @@ class FakeSettings:
             (envelope code 500).
         fault_endpoints: Which endpoints faults hit: ``"submit"`` (generateVary),
             ``"generate"``, ``"upscale"``, ``"extend"`` (generateVideoExtend),
-            ``"record-info"``, ``"download-url"``.
+            ``"record-info"``.
         drop_submit_answer_rate: Share of accepted submissions (of any of the three
             endpoints) whose answer is lost: the task is created (and billed) but the
             connection closes without an answer.
