@@ -87,20 +87,60 @@ def _structure_time(value: Any, _type: Any) -> datetime | None:
 
 def _from_epoch(value: float) -> datetime:
     seconds = value / 1000 if abs(value) >= _EPOCH_MS_THRESHOLD else value
-    return datetime.fromtimestamp(seconds, tz=UTC)
+    try:
+        return datetime.fromtimestamp(seconds, tz=UTC)
+    except (OverflowError, OSError, ValueError) as exc:  # beyond the platform's or year 9999
+        raise ProtocolError(f"a time field is out of range: {value!r}") from exc
 
 
 # successFlag -> TaskStatus; a dict lookup costs a fraction of TaskStatus(value).
 _STATUSES = {status.value: status for status in TaskStatus}
 
+#: successFlag 4, documented on a sibling record-info page as "generation succeeded but the
+#: callback failed": the results exist, so a record of flag 4 with result URLs is a success
+#: (a wait would otherwise run to its deadline exactly when callbacks fail).
+CALLBACK_FAILED_FLAG = 4
+
+# successFlag as a word, as the provider's sibling APIs send it (upper-cased, "-" and " "
+# as "_"). A word not listed is UNKNOWN (not final, logged), never an error that loses a
+# result.
+_FLAG_WORDS: dict[str, int] = {
+    **dict.fromkeys(
+        ("PENDING", "GENERATING", "WAITING", "QUEUED", "QUEUING", "RUNNING", "PROCESSING",
+         "TEXT_SUCCESS", "FIRST_SUCCESS"),
+        TaskStatus.GENERATING.value,
+    ),
+    **dict.fromkeys(("SUCCESS", "SUCCEEDED", "COMPLETED", "DONE"), TaskStatus.SUCCESS.value),
+    **dict.fromkeys(("CREATE_TASK_FAILED", "CREATE_FAILED"), TaskStatus.CREATE_FAILED.value),
+    **dict.fromkeys(
+        ("GENERATE_FAILED", "GENERATE_AUDIO_FAILED", "GENERATE_VIDEO_FAILED", "FAILED",
+         "SENSITIVE_WORD_ERROR"),
+        TaskStatus.GENERATE_FAILED.value,
+    ),
+    "CALLBACK_EXCEPTION": CALLBACK_FAILED_FLAG,
+}  # fmt: skip
+
+
+def flag_number(value: Any) -> int | None:
+    """A ``successFlag`` as its number: an int, a numeric string or a known word.
+
+    ``None`` for any other str (an unknown word, logged by the caller's status). Raises
+    :class:`ProtocolError` for a value that is no flag at all (a bool, a list, ``null``...).
+    """
+    if type(value) is int:
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lstrip("-").isdigit():
+            return int(text)
+        return _FLAG_WORDS.get(text.upper().replace("-", "_").replace(" ", "_"))
+    raise ProtocolError(f"successFlag is not an integer or a status word: {value!r:.40}")
+
 
 def _structure_status(value: Any, _type: Any) -> TaskStatus:
     # Undocumented successFlag values are kept as UNKNOWN (not final) rather than failing.
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ProtocolError(f"successFlag is not an integer: {value!r}")
-    status = _STATUSES.get(value)
+    number = flag_number(value)
+    status = _STATUSES.get(number) if number is not None else None
     if status is None:
         logger.warning("undocumented successFlag %r; treating the task as not final", value)
         return TaskStatus.UNKNOWN
@@ -225,6 +265,18 @@ def envelope_code(value: object) -> int | None:
     return value
 
 
+def envelope_message(envelope: Mapping[str, Any]) -> str | None:
+    """An envelope's message: its ``msg``, or ``message`` (one sibling API's spelling).
+
+    ``None`` when neither is a non-empty string.
+    """
+    for name in ("msg", "message"):
+        value = envelope.get(name)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
 def structure_record(data: object) -> TaskRecord:
     """Build a :class:`TaskRecord` from a ``record-info`` ``data`` object.
 
@@ -240,10 +292,34 @@ def structure_record(data: object) -> TaskRecord:
         raise ProtocolError(f"record-info data lacks {', '.join(missing)}")
     if not isinstance(data["taskId"], str) or not data["taskId"]:
         raise ProtocolError(f"record-info taskId is not a string: {data['taskId']!r:.80}")
+    if type(data["successFlag"]) is not int or data["successFlag"] == CALLBACK_FAILED_FLAG:
+        data = _with_plain_flag(data)
     record = common_record(data)
     if record is not None:
         return record
     return _structure(data, TaskRecord, "record-info data")
+
+
+def _with_plain_flag(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with its ``successFlag`` as one of the documented numbers where it means one.
+
+    A string flag (``"1"``, ``"SUCCESS"``...) becomes its number; flag 4 ("generation
+    succeeded but the callback failed") becomes 1 when the record holds result URLs (without
+    them it stays 4: not final, so the wait goes on until they come). Anything else is left
+    for the status hook to judge.
+    """
+    try:
+        number = flag_number(data["successFlag"])
+    except ProtocolError:
+        return data
+    if number == CALLBACK_FAILED_FLAG:
+        try:
+            urls = _structure_urls(data.get("resultInfoJson"), None)
+        except ProtocolError:
+            urls = ()
+        if urls:
+            number = TaskStatus.SUCCESS.value
+    return data if number is None else {**data, "successFlag": number}
 
 
 def common_record(data: dict[str, Any]) -> TaskRecord | None:  # noqa: PLR0911, PLR0912 - one pass: a call per field is the cost it saves
@@ -364,7 +440,7 @@ def structure_callback(raw: bytes) -> CallbackNotice:
     task_id = data.get("taskId")
     if not isinstance(task_id, str) or not task_id:
         raise ProtocolError(f"the callback's data holds no taskId: {task_id!r:.80}")
-    fields = {**data, "code": code, "msg": body.get("msg")}
+    fields = {**data, "code": code, "msg": envelope_message(body)}
     return _structure(fields, CallbackNotice, "the callback's data")
 
 

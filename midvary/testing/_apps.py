@@ -17,7 +17,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from ._callbacks import CallbackScheduler
 from ._images import mp4_bytes, png_bytes
 from ._settings import Endpoint, FakeSettings, FaultKind
-from ._state import SubmitParams, SuccessFlag, TaskStore
+from ._state import SubmitParams, SuccessFlag, TaskStore, TimeStyle
 from ._stats import FakeStats
 from ._submit import (
     parse_extend_body,
@@ -39,6 +39,13 @@ GENERATE_PATH = "/api/v1/mj/generate"
 UPSCALE_PATH = "/api/v1/mj/generateUpscale"
 EXTEND_PATH = "/api/v1/mj/generateVideoExtend"
 RECORD_INFO_PATH = "/api/v1/mj/record-info"
+#: The time style of the parents the fake did not create, per ``time_format``.
+_PARENT_TIME_STYLES: dict[str, TimeStyle] = {
+    "iso": "iso_z",
+    "mixed": "iso_z",
+    "epoch_ms": "epoch_ms",
+    "plain": "plain",
+}
 _RESULT_NAME = re.compile(r"(?P<task_id>.+)_(?P<index>[0-9])\.(?P<media>png|mp4)")
 
 
@@ -112,12 +119,14 @@ class ProviderApps:
         http_status: int | None = None,
     ) -> web.Response:
         self._stats.codes[code] += 1
+        settings = self._settings()
         return envelope(
             code,
             msg,
             data,
-            mirror=self._settings().mirror_http_status,
+            mirror=settings.mirror_http_status,
             http_status=http_status,
+            message_key=settings.message_key,
         )
 
     def _reject(self, rejection: Rejection) -> web.Response:
@@ -130,6 +139,11 @@ class ProviderApps:
         """Count, delay and maybe spoil a request; a fault's answer ends the request."""
         self._stats.requests[endpoint] += 1
         settings = self._settings()
+        if endpoint in settings.unserved_endpoints:
+            # A host without this endpoint: its web server's bare answer, no envelope.
+            status = settings.unserved_status
+            text = "404 page not found" if status == 404 else "405 method not allowed"
+            return web.Response(status=status, text=text)
         latency = settings.latency
         if isinstance(latency, tuple):
             latency = self._rng.uniform(*latency)
@@ -303,6 +317,8 @@ class ProviderApps:
             wall=self._wall,
             results_base=self._results_base(),
             result_info_as_string=settings.result_info_as_string,
+            flag_format=settings.flag_format,
+            callback_failed_flag=settings.callback_failed_flag,
         )
         return self._answer(200, "success", data)
 
@@ -311,7 +327,7 @@ class ProviderApps:
         return parent_record_data(
             task_id,
             epoch=self._epoch(),
-            style="epoch_ms" if settings.time_format == "epoch_ms" else "iso_z",
+            style=_PARENT_TIME_STYLES[settings.time_format],
             results_base=self._results_base(),
             result_info_as_string=settings.result_info_as_string,
         )

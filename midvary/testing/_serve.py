@@ -99,7 +99,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     knobs.add_argument("--fault-kinds", nargs="+", choices=sorted(FAULT_KINDS))
     knobs.add_argument("--fault-endpoints", nargs="+", choices=sorted(ENDPOINTS))
     knobs.add_argument("--drop-submit-answer-rate", type=float, metavar="SHARE")
-    knobs.add_argument("--time-format", choices=("iso", "epoch_ms", "mixed"))
+    knobs.add_argument("--time-format", choices=("iso", "epoch_ms", "mixed", "plain"))
     knobs.add_argument("--not-found-style", choices=("422", "404"))
     knobs.add_argument("--index-base", type=int, choices=(0, 1))
     knobs.add_argument("--mirror-http-status", action="store_true", default=None)

@@ -23,8 +23,9 @@ SubmitKind: TypeAlias = Literal["generate", "vary", "upscale", "extend"]
 #: What a task's result files are: images, or the videos of the ``mj_video*`` types.
 Media: TypeAlias = Literal["png", "mp4"]
 
-#: How one record spells its times: ISO-8601 with ``Z``, with ``+00:00``, or epoch ms.
-TimeStyle: TypeAlias = Literal["iso_z", "iso_offset", "epoch_ms"]
+#: How one record spells its times: ISO-8601 with ``Z``, with ``+00:00``, epoch ms, or
+#: ``"YYYY-MM-DD HH:MM:SS"`` (UTC without a zone).
+TimeStyle: TypeAlias = Literal["iso_z", "iso_offset", "epoch_ms", "plain"]
 
 _STYLES: tuple[TimeStyle, ...] = ("iso_z", "iso_offset", "epoch_ms")
 
@@ -241,6 +242,8 @@ class TaskStore:
             time_style = "iso_z"
         elif settings.time_format == "epoch_ms":
             time_style = "epoch_ms"
+        elif settings.time_format == "plain":
+            time_style = "plain"
         else:
             time_style = style
 
