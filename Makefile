@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all test test-slow lint typecheck pytest demo bench clean
+.PHONY: all test test-slow lint typecheck pytest docs demo bench clean
 
 all: test
 
@@ -26,8 +26,12 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
-## The README's test command: lint, strict typing, then the suite with warnings as errors.
-test: lint typecheck pytest
+## The documentation site, built strictly (a broken link or reference fails); output in .site/.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+## The README's test command: lint, strict typing, the suite with warnings as errors, the docs.
+test: lint typecheck pytest docs
 
 ## Large reliability campaigns (not part of `make test`).
 test-slow: $(STAMP)
@@ -42,4 +46,4 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache midvary-demo
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .site midvary-demo

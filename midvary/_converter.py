@@ -41,24 +41,35 @@ converter = cattrs.Converter(forbid_extra_keys=False)
 _EPOCH_MS_THRESHOLD = 100_000_000_000
 
 
+#: What the stdlib's JSON decoder raises on a body it cannot decode: malformed text or bytes
+#: (``ValueError``, which ``UnicodeDecodeError`` is) and nesting too deep for the
+#: interpreter's stack (``RecursionError``).
+_UNDECODABLE = (ValueError, RecursionError)
+
+
 def _json_maybe_string(value: Any, field: str) -> Any:
     # paramJson always, and resultInfoJson sometimes, arrive as JSON encoded in a string.
     if isinstance(value, str):
-        if value[:1] == "{":  # the usual object: decoded without json.loads' detours
-            try:
-                decoded, end = _DECODER.raw_decode(value)
-            except ValueError:
-                pass  # json.loads below says what is wrong
-            else:
-                if end == len(value):
-                    return decoded
         if not value.strip():
             return None
-        try:
-            return json.loads(value)
-        except ValueError as exc:
-            raise ProtocolError(f"{field} is not valid JSON: {value[:80]!r}") from exc
+        return decode_json(value, f"{field} is not valid JSON")
     return value
+
+
+def decode_json(raw: str | bytes, problem: str) -> Any:
+    """Decode ``raw`` as JSON; any failure to decode it is a :class:`ProtocolError`.
+
+    Every JSON that comes from the provider (envelopes, the JSON inside records, callback
+    bodies) is decoded here, so a hostile body can only ever be a typed midvary error.
+
+    Raises:
+        ProtocolError: ``raw`` is not JSON; its message starts with ``problem``.
+
+    """
+    try:
+        return json.loads(raw)
+    except _UNDECODABLE as exc:
+        raise ProtocolError(f"{problem}: {raw[:80]!r}") from exc
 
 
 def _structure_time(value: Any, _type: Any) -> datetime | None:
@@ -352,7 +363,7 @@ def common_record(data: dict[str, Any]) -> TaskRecord | None:  # noqa: PLR0911, 
     elif type(raw) is str and raw[:1] == "{":
         try:
             params, end = _DECODER.raw_decode(raw)
-        except ValueError:
+        except _UNDECODABLE:
             return None
         if end != len(raw) or type(params) is not dict:
             return None
@@ -425,10 +436,7 @@ def structure_callback(raw: bytes) -> CallbackNotice:
             ``code``, no ``data`` object, no string ``taskId``, unusable result URLs).
 
     """
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"the callback body is not JSON: {raw[:80]!r}") from exc
+    body = decode_json(raw, "the callback body is not JSON")
     if not isinstance(body, dict):
         raise ProtocolError(f"the callback body is not an object: {body!r:.80}")
     code = envelope_code(body.get("code"))
@@ -455,6 +463,20 @@ def structure_task_id(data: object) -> str:
     if not isinstance(task_id, str) or not task_id.strip():
         raise ProtocolError(f"the submission answer holds no taskId: {data!r:.80}")
     return task_id
+
+
+def structure_credits(data: object) -> int:
+    """Return the remaining credits from a ``chat/credit`` answer's ``data`` (an integer).
+
+    Raises:
+        ProtocolError: ``data`` is not a whole number (a float with no fraction is taken).
+
+    """
+    if isinstance(data, float) and data.is_integer():
+        data = int(data)
+    if isinstance(data, bool) or not isinstance(data, int):
+        raise ProtocolError(f"the credit answer holds no whole number of credits: {data!r:.80}")
+    return data
 
 
 # -- to JSON ---------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, Self, TypeVar, 
 import aiohttp
 
 from ._config import PollPolicy, RetryPolicy
-from ._converter import structure_record
+from ._converter import structure_credits, structure_record
 from ._download import download_record
 from ._errors import EventLoopError, NotFoundError, ProtocolError, SessionClosedError
 from ._polling import Deadlines, DurationStats, PollHealth
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from ._polling import Alarm
 
 RECORD_PATH: Final = "/api/v1/mj/record-info"
+CREDIT_PATH: Final = "/api/v1/chat/credit"
 
 
 class _State(enum.Enum):
@@ -205,6 +206,16 @@ class SessionCore:
                 f"asked for task {task_id}, the provider answered with {record.task_id}"
             )
         return record
+
+    async def fetch_credits(self) -> int:
+        """One ``chat/credit`` GET: the account's remaining credits.
+
+        Raises:
+            AuthenticationError: The key is wrong (answered as code 401 inside HTTP 200).
+            APIError, TransportError, ProtocolError: The request failed.
+
+        """
+        return structure_credits(await self.open().call("GET", CREDIT_PATH))
 
     async def download(
         self, record: TaskRecord, directory: Path, *, concurrency: int

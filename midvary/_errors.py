@@ -177,6 +177,15 @@ class EndpointNotServedError(APIError):
         self.base_url = base_url
 
 
+#: The refusals that stop the account, not one request: a wrong key, no credits left, the
+#: feature disabled. A fan-out sends no further POST after one (see ``Session.vary_many``).
+ACCOUNT_STOPPING: tuple[type[APIError], ...] = (
+    AuthenticationError,
+    InsufficientCreditsError,
+    FeatureDisabledError,
+)
+
+
 #: The one table from envelope code to exception class. Unknown codes map to APIError.
 ERROR_CLASSES: dict[int, type[APIError]] = {
     cls.code_for_class: cls

@@ -6,6 +6,13 @@ through the session's rate limiter, then await the handle, then optionally downl
 hands out one :class:`VaryOutcome` per job in completion order. A job's failure is that
 job's outcome; it never cancels the others.
 
+Two things stop a fan-out from sending more, never from finishing what it sent: an
+account-wide refusal (401, 402, 505: ``ACCOUNT_STOPPING``), after which no further POST
+leaves and the iteration raises that error once the jobs in flight have ended, and
+``max_tasks``, the most submissions that may be billed (accepted or uncertain). A job
+stopped before its POST, or refused by the account, is *not sent*: it has no outcome and
+is listed in :attr:`FanOut.unfinished` with ``not_sent=True`` (pending, nothing billed).
+
 Ownership: the fan-out owns its job tasks. Cancelling the coroutine that iterates, calling
 :meth:`FanOut.aclose`, leaving its ``async with`` block, or closing the session cancels the
 jobs still in flight and awaits them; :attr:`FanOut.unfinished` then names every job whose
@@ -31,7 +38,13 @@ from collections.abc import (
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Self, TypeVar
 
-from ._errors import RateLimitError, SessionClosedError
+from ._errors import (
+    ACCOUNT_STOPPING,
+    APIError,
+    RateLimitError,
+    SessionClosedError,
+    SubmitUncertainError,
+)
 from ._handle import TaskHandle
 from ._jobs import FanOutOptions, JobEvent, JobEventKind, UnfinishedJob, VaryOutcome
 from ._models import SubmitRequest, TaskRecord
@@ -53,7 +66,16 @@ Requests = Iterable[SubmitRequest | TaskHandle] | AsyncIterable[SubmitRequest | 
 class _Job:
     """The mutable state of one job while its task runs."""
 
-    __slots__ = ("index", "item", "outcome", "posting", "reattached", "request", "task_id")
+    __slots__ = (
+        "billable",
+        "index",
+        "item",
+        "outcome",
+        "posting",
+        "reattached",
+        "request",
+        "task_id",
+    )
 
     def __init__(self, index: int, item: object) -> None:
         self.index = index
@@ -63,6 +85,13 @@ class _Job:
         self.posting = False
         self.reattached = False
         self.outcome: VaryOutcome | None = None
+        # A POST of this job was sent: it counts against max_tasks unless certainly refused.
+        self.billable = False
+
+    def not_sent(self) -> UnfinishedJob:
+        return UnfinishedJob(
+            index=self.index, request=self.request, task_id=None, uncertain=False, not_sent=True
+        )
 
     def unfinished(self) -> UnfinishedJob:
         if self.outcome is not None:
@@ -86,6 +115,7 @@ class _SubmitHooks:
 
     def before_post(self) -> None:
         # If the hook raises, nothing is sent: the job is not "posting" then.
+        self._fanout._may_post(self._job)
         self._fanout._emit(JobEventKind.SUBMITTING, self._job)
         self._job.posting = True
 
@@ -114,6 +144,10 @@ def check_requests(requests: object) -> Requests:
             f"not {type(requests).__name__}"
         )
     return requests
+
+
+class _NotSent(Exception):  # noqa: N818 - not an error: a job held back, never raised out
+    """A job's POST is held back: the account stopped the fan-out, or ``max_tasks`` is used."""
 
 
 class FanOut:
@@ -145,7 +179,7 @@ class FanOut:
         self.concurrency = options.concurrency
         self._slots = asyncio.Semaphore(self.concurrency)
         self._driver: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[VaryOutcome]] = set()
+        self._tasks: set[asyncio.Task[VaryOutcome | None]] = set()
         self._pending: dict[int, _Job] = {}
         self._ready: collections.deque[_Job] = collections.deque()
         self._wakeup = asyncio.Event()
@@ -155,6 +189,13 @@ class FanOut:
         # Every job's outcome was handed out (a fan-out closed early ends without this).
         self._complete = False
         self._unfinished: tuple[UnfinishedJob, ...] = ()
+        # The account-wide refusal that stopped the fan-out sending, or None.
+        self._stop: APIError | None = None
+        # Submissions that may be billed (sent, not certainly refused), for max_tasks.
+        self._billable = 0
+        self._not_sent: list[UnfinishedJob] = []
+        # The driver is inside the caller's iterable (never cancelled there).
+        self._pulling = False
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "running" if self._driver else "not started"
@@ -164,13 +205,32 @@ class FanOut:
     def unfinished(self) -> tuple[UnfinishedJob, ...]:
         """Jobs started and not handed out as outcomes, by input position.
 
-        While the fan-out runs: the jobs in flight now. After it was cancelled or closed
-        early: the jobs it abandoned, with the task ids of those that were submitted (and
-        ``uncertain`` set for a submission cut in flight). Empty after a full iteration.
+        While the fan-out runs: the jobs in flight now, and those not sent. After it was
+        cancelled or closed early: the jobs it abandoned, with the task ids of those that
+        were submitted (and ``uncertain`` set for a submission cut in flight). After a full
+        iteration: only the jobs not sent (``not_sent=True``: held back by ``max_tasks``
+        or by an account-wide refusal; pending, nothing billed), else empty.
         """
         if self._closed:
             return self._unfinished
-        return tuple(job.unfinished() for _i, job in sorted(self._pending.items()))
+        jobs = [job.unfinished() for job in self._pending.values()]
+        return tuple(sorted((*jobs, *self._not_sent), key=lambda job: job.index))
+
+    @property
+    def stopped_by(self) -> APIError | None:
+        """The account-wide refusal (401, 402, 505) that stopped this fan-out, or ``None``."""
+        return self._stop
+
+    @property
+    def billable(self) -> int:
+        """Submissions of this fan-out that may be billed: accepted or uncertain."""
+        return self._billable
+
+    @property
+    def capped(self) -> bool:
+        """Whether ``max_tasks`` was reached (later jobs were not sent)."""
+        cap = self._options.max_tasks
+        return cap is not None and self._billable >= cap
 
     # -- iteration --------------------------------------------------------------------------
 
@@ -182,6 +242,9 @@ class FanOut:
 
         Raises:
             StopAsyncIteration: Every job's outcome was handed out.
+            AuthenticationError, InsufficientCreditsError, FeatureDisabledError: The
+                account refused a submission: nothing more was sent, and this is raised
+                after the outcomes of the jobs already sent (see :attr:`unfinished`).
             Exception: Whatever the input iterable raised, after the outcomes of the jobs it
                 had already yielded.
 
@@ -209,6 +272,8 @@ class FanOut:
         error, self._source_error = self._source_error, None
         if error is not None:
             raise error
+        if self._stop is not None:
+            raise self._stop
         raise StopAsyncIteration
 
     async def __aenter__(self) -> Self:
@@ -237,6 +302,9 @@ class FanOut:
         self._ready.clear()
         self._wakeup.set()
         abandoned = [job for job in self._unfinished if job.task_id or job.uncertain]
+        if self._not_sent:
+            why = "the account refused" if self._stop is not None else "max_tasks was reached"
+            logger.info("fan-out did not send %d jobs: %s", len(self._not_sent), why)
         if abandoned:
             logger.warning(
                 "fan-out closed with %d submitted jobs unfinished (task ids: %s)",
@@ -254,11 +322,15 @@ class FanOut:
 
     async def _drive(self) -> None:
         try:
-            async with contextlib.aclosing(_pull(self._source, self._slots)) as items:
+            async with contextlib.aclosing(self._pull()) as items:
                 index = 0
                 async for item in items:
                     job = _Job(index, item)
                     index += 1
+                    if self._holding_back():
+                        self._slots.release()
+                        self._not_sent.append(job.not_sent())
+                        break
                     self._pending[job.index] = job
                     task = asyncio.get_running_loop().create_task(self._run(job))
                     self._tasks.add(task)
@@ -270,26 +342,103 @@ class FanOut:
             self._exhausted = True
             self._wakeup.set()
 
-    def _job_ended(self, task: asyncio.Task[VaryOutcome]) -> None:
+    async def _pull(self) -> AsyncGenerator[object, None]:
+        """Yield the items of the input, taking a slot before pulling each one."""
+        source, slots = self._source, self._slots
+        item: object
+        if isinstance(source, AsyncIterable):
+            iterator: AsyncIterator[object] = aiter(source)
+            while True:
+                await slots.acquire()
+                self._pulling = True  # the caller's code runs: never cancelled there
+                try:
+                    item = await anext(iterator)
+                except StopAsyncIteration:
+                    slots.release()
+                    return
+                finally:
+                    self._pulling = False
+                yield item
+        else:
+            sync_iterator: Iterator[object] = iter(source)
+            while True:
+                await slots.acquire()
+                try:
+                    item = next(sync_iterator)
+                except StopIteration:
+                    slots.release()
+                    return
+                yield item
+
+    def _job_ended(self, task: asyncio.Task[VaryOutcome | None]) -> None:
         self._tasks.discard(task)
         if task.cancelled():
             return
         if task.exception() is None:
             outcome = task.result()
-            job = self._pending.get(outcome.index)
-            if job is not None:
-                self._ready.append(job)
+            if outcome is not None:
+                job = self._pending.get(outcome.index)
+                if job is not None:
+                    self._ready.append(job)
         self._wakeup.set()
+
+    # -- what stops sending -----------------------------------------------------------------
+
+    def _holding_back(self) -> bool:
+        """Whether no further job may be sent: the account stopped it, or the cap is used."""
+        return self._stop is not None or self.capped
+
+    def _may_post(self, job: _Job) -> None:
+        """Raise :class:`_NotSent` if ``job`` may not POST now; else count it as billable."""
+        if self._stop is not None:
+            raise _NotSent("the account refused an earlier submission")
+        if not job.billable:
+            if self.capped:
+                raise _NotSent("max_tasks submissions were sent")
+            job.billable = True
+            self._billable += 1
+
+    def _stop_sending(self, error: APIError) -> None:
+        """The account refused a submission: send nothing more (jobs in flight carry on)."""
+        if self._stop is not None:
+            return
+        self._stop = error
+        logger.warning(
+            "the account refused a submission (%s: %s); this fan-out sends no further job",
+            type(error).__name__,
+            error,
+        )
+        driver = self._driver
+        if driver is not None and not self._pulling:
+            driver.cancel()  # it waits for a slot: nothing of the caller's is cut
+
+    def _held_back(self, job: _Job) -> None:
+        """``job`` was not sent (or refused for the account): pending, no outcome."""
+        del self._pending[job.index]
+        self._slots.release()
+        self._not_sent.append(job.not_sent())
 
     # -- one job ----------------------------------------------------------------------------
 
-    async def _run(self, job: _Job) -> VaryOutcome:
+    async def _run(self, job: _Job) -> VaryOutcome | None:
         options = self._options
         record: TaskRecord | None = None
         paths: tuple[Path, ...] = ()
         error: Exception | None = None
         try:
-            handle = await self._handle(job)
+            try:
+                handle = await self._handle(job)
+            except Exception as exc:
+                job.posting = False
+                if job.billable and not isinstance(exc, SubmitUncertainError):
+                    job.billable = False  # certainly refused: nothing billed
+                    self._billable -= 1
+                if isinstance(exc, ACCOUNT_STOPPING):
+                    self._stop_sending(exc)
+                if isinstance(exc, (_NotSent, *ACCOUNT_STOPPING)):
+                    self._held_back(job)
+                    return None
+                raise
             on_retry = None
             if options.on_event is not None:
 
@@ -391,31 +540,6 @@ def _log_dropped(outcomes: list[VaryOutcome]) -> None:
             len(dropped),
             ", ".join(o.task_id or "unknown (uncertain)" for o in dropped),
         )
-
-
-async def _pull(source: Requests, slots: asyncio.Semaphore) -> AsyncGenerator[object, None]:
-    """Yield the items of ``source``, taking a slot before pulling each one."""
-    item: object
-    if isinstance(source, AsyncIterable):
-        iterator: AsyncIterator[object] = aiter(source)
-        while True:
-            await slots.acquire()
-            try:
-                item = await anext(iterator)
-            except StopAsyncIteration:
-                slots.release()
-                return
-            yield item
-    else:
-        sync_iterator: Iterator[object] = iter(source)
-        while True:
-            await slots.acquire()
-            try:
-                item = next(sync_iterator)
-            except StopIteration:
-                slots.release()
-                return
-            yield item
 
 
 def takes_options_of(

@@ -120,7 +120,11 @@ class JobEvent:
 
 @attrs.frozen(kw_only=True)
 class UnfinishedJob:
-    """A job whose outcome a cancelled or closed :class:`FanOut` did not hand out.
+    """A job whose outcome a :class:`FanOut` did not hand out.
+
+    Either the fan-out was cancelled or closed early, or the job was never sent: its
+    ``max_tasks`` was reached, or the account stopped it (401, 402, 505; see
+    :meth:`Session.vary_many`). A job never sent is pending: nothing was billed for it.
 
     Attributes:
         index: The job's position in the input, 0-based.
@@ -129,6 +133,8 @@ class UnfinishedJob:
             :meth:`Session.task`. ``None`` if it was not (or see ``uncertain``).
         uncertain: ``True`` when a submission was sent and its answer never seen (it was
             cut by the cancellation, or lost): the task may exist and be billed.
+        not_sent: ``True`` when the job was certainly not accepted (never sent, or refused
+            by an account-wide error) and is left pending: run it again later.
 
     """
 
@@ -136,6 +142,7 @@ class UnfinishedJob:
     request: SubmitRequest | None
     task_id: str | None
     uncertain: bool
+    not_sent: bool = False
 
 
 OnEvent = Callable[[JobEvent], None]
@@ -170,6 +177,10 @@ def _download_concurrency(value: object) -> int:
     return count(value, "download_concurrency")
 
 
+def _max_tasks(value: object) -> int | None:
+    return None if value is None else count(value, "max_tasks")
+
+
 @attrs.frozen(kw_only=True)
 class FanOutOptions:
     """How a fan-out runs its jobs, validated once; see :meth:`Session.vary_many`.
@@ -182,6 +193,8 @@ class FanOutOptions:
         on_event: Called with each :class:`JobEvent`; ``None`` for none.
         download: The directory to download succeeded jobs' images into; ``None``: none.
         download_concurrency: The most images of one job downloaded at once (>= 1).
+        max_tasks: The most submissions of this fan-out that may be billed (accepted or
+            uncertain, >= 1); jobs beyond it are not sent. ``None`` means no cap.
 
     """
 
@@ -193,3 +206,4 @@ class FanOutOptions:
     download_concurrency: int = attrs.field(
         default=DEFAULT_DOWNLOAD_CONCURRENCY, converter=_download_concurrency
     )
+    max_tasks: int | None = attrs.field(default=None, converter=_max_tasks)

@@ -40,6 +40,7 @@ from ._models import (
 from ._ratelimit import DEFAULT_SUBMIT_RATE, SubmitLimiter
 from ._store import MemoryStore, Store, StoreClaims, StoreLimiter
 from ._submit import REQUEST_CLASSES, Limiter, Submitter
+from ._testmode import default_poll, default_retry
 from ._validate import count, instance, positive_seconds, resolve_api_key, resolve_base_url
 from ._validate import (
     directory as check_directory,
@@ -69,9 +70,11 @@ class Session:
         base_url: The API's base URL; ``None`` reads ``MIDVARY_BASE_URL``, else
             ``https://api.kie.ai`` (``https://api.midapi.ai`` serves the same API). The key
             is sent to this host only.
-        poll: Default :class:`PollPolicy` of every wait; ``None`` means ``PollPolicy()``.
+        poll: Default :class:`PollPolicy` of every wait; ``None`` means ``PollPolicy()``
+            (``midvary.testing.FAST_POLL`` in the test mode: ``MIDVARY_TESTING=1``).
         retry: :class:`RetryPolicy` for submissions that certainly were not accepted (and
-            for downloads); ``None`` means ``RetryPolicy()``.
+            for downloads); ``None`` means ``RetryPolicy()`` (``FAST_RETRY`` in the test
+            mode).
         request_timeout: Seconds one HTTP request may take in all (> 0).
         connect_timeout: Seconds opening a connection may take (> 0).
         index_base: Added to the 0-based ``image_index`` on the wire: 0 (the documented
@@ -143,8 +146,8 @@ class Session:
             api_key=api_key,
             timeout=timeout,
             http=http_session,
-            poll=poll if poll is not None else PollPolicy(),
-            retry=retry if retry is not None else RetryPolicy(),
+            poll=poll if poll is not None else default_poll(),
+            retry=retry if retry is not None else default_retry(),
             index_base=index_base,
             seed=seed,
         )
@@ -403,6 +406,7 @@ class Session:
         on_event: OnEvent | None = None,
         download: str | os.PathLike[str] | None = None,
         download_concurrency: int = DEFAULT_DOWNLOAD_CONCURRENCY,
+        max_tasks: int | None = None,
     ) -> FanOut:
         """Run many jobs of any kind; iterate the result for one :class:`VaryOutcome` each.
 
@@ -423,6 +427,13 @@ class Session:
         session) cancels the jobs in flight; :attr:`FanOut.unfinished` then lists those
         whose outcome was not handed out, with their task ids.
 
+        What stops the account stops the fan-out: after the first submission refused with
+        401 (:class:`AuthenticationError`), 402 (:class:`InsufficientCreditsError`) or 505
+        (:class:`FeatureDisabledError`), no further POST is sent; the jobs already sent
+        carry on, their outcomes are handed out, and then the iteration raises that error.
+        The jobs refused or held back have no outcome: :attr:`FanOut.unfinished` lists them
+        with ``not_sent=True`` (pending: nothing was billed for them).
+
         Args:
             requests: An iterable or async iterable of :class:`VaryRequest`,
                 :class:`GenerateRequest` and :class:`UpscaleRequest` in any mix (or
@@ -442,9 +453,16 @@ class Session:
             download: A directory to download every succeeded job's images into (see
                 :meth:`download`); ``None`` means no download.
             download_concurrency: The most images of one job downloaded at once (>= 1).
+            max_tasks: The most submissions that may be billed in this fan-out (>= 1):
+                accepted or uncertain ones count, certainly refused ones do not, and a job
+                re-attached by its key sends nothing. Jobs beyond it are not sent (listed
+                in :attr:`FanOut.unfinished` with ``not_sent=True``; :attr:`FanOut.capped`
+                is then true) and the input is not read further. ``None`` means no cap.
 
         Raises:
             TypeError, ValueError: An argument is invalid (before anything is sent).
+            AuthenticationError, InsufficientCreditsError, FeatureDisabledError: From the
+                iteration, after the outcomes of the jobs sent (see above).
 
         """
         self._core.check_open()
@@ -455,6 +473,7 @@ class Session:
             on_event=on_event,
             download=download,
             download_concurrency=download_concurrency,
+            max_tasks=max_tasks,
         )
         return FanOut(self._core, self._submitter, check_requests(requests), options)
 
@@ -467,8 +486,14 @@ class Session:
         cancelled, the input raises, or the session closes), the task ids of every job
         submitted, finished or not, are logged as a warning: billed tasks are never lost.
 
+        With ``max_tasks``, the jobs not sent have no outcome: the list holds those that
+        ran, in input order (their ``index`` says which).
+
         Raises:
             SessionClosedError: The session was closed before every job finished.
+            AuthenticationError, InsufficientCreditsError, FeatureDisabledError: The
+                account refused a submission: nothing more was sent, the jobs already sent
+                were awaited, and the task ids of those finished are logged.
         """
         return await collect_all(self.vary_many(requests, **options))
 
@@ -505,6 +530,22 @@ class Session:
         return await self._core.download(
             record, path, concurrency=count(concurrency, "concurrency")
         )
+
+    async def credits(self) -> int:
+        """The account's remaining credits: one ``GET /api/v1/chat/credit``, not retried.
+
+        Cheap enough to call before and after a run (what it spent is the difference: the
+        provider reports no per-task cost) or to check that the account is usable again.
+
+        Raises:
+            AuthenticationError: The API key is wrong.
+            APIError: Another refusal (a :class:`ServiceUnavailableError` in maintenance).
+            TransportError, ProtocolError: The request failed, or its answer held no whole
+                number of credits.
+
+        """
+        self._core.check_open()
+        return await self._core.fetch_credits()
 
     def task(self, task_id: str) -> TaskHandle:
         """Re-attach a :class:`TaskHandle` to an existing task id. No I/O.

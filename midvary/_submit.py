@@ -38,6 +38,7 @@ import attrs
 from ._bodies import extend_body, generate_body, upscale_body, vary_body
 from ._converter import structure_task_id
 from ._errors import (
+    APIError,
     ProtocolError,
     RateLimitError,
     ServerError,
@@ -317,7 +318,19 @@ class Submitter:
         except BaseException as exc:
             if ticket is not None:
                 ticket.drop()
-            if claim is not None:
+            accepted = attempt.task_id
+            if accepted is not None:
+                # Accepted, then something failed on our side: the task is billed, so its id
+                # is kept (in the key, and in the log) rather than dropped with the error.
+                logger.warning(
+                    "submitted %s as task %s, then failed (%s)",
+                    request.describe(),
+                    accepted,
+                    type(exc).__name__,
+                )
+                if claim is not None:
+                    await _record(claim, request, accepted)
+            elif claim is not None:
                 await _settle(claim, request, uncertain=attempt.maybe_accepted(exc))
             raise
         if claim is not None:
@@ -340,31 +353,51 @@ class Submitter:
 
 
 async def _record(claim: Claim, request: SubmitRequest, task_id: str) -> None:
-    """Record key -> task id; a failure is logged with both, never raised (it is billed)."""
+    """Record key -> task id; a failure is logged with both, never raised (it is billed).
+
+    A cancellation while recording is logged the same way, then goes on.
+    """
     try:
         recorded = await claim.accepted(task_id)
         problem = "" if recorded else "the key was forgotten or taken over meanwhile"
     except StoreError as exc:
         problem = str(exc)
+    except BaseException as exc:
+        _not_recorded(request, task_id, type(exc).__name__)
+        if not isinstance(exc, Exception):
+            raise
+        return
     if problem:
-        logger.warning(
-            "submitted %s as task %s, but the store did not record it (%s); the key will be "
-            "uncertain there: never sent again",
-            request.describe(),
-            task_id,
-            problem,
-        )
+        _not_recorded(request, task_id, problem)
+
+
+def _not_recorded(request: SubmitRequest, task_id: str, problem: str) -> None:
+    logger.warning(
+        "submitted %s as task %s, but the store did not record it (%s); the key will be "
+        "uncertain there: never sent again",
+        request.describe(),
+        task_id,
+        problem,
+    )
 
 
 async def _settle(claim: Claim, request: SubmitRequest, *, uncertain: bool) -> None:
-    """Settle the claim of a submission that failed (best effort: the lease ends anyway)."""
+    """Settle the claim of a submission that failed (best effort).
+
+    If settling fails, the claim is left as it is: a key marked sending then turns
+    uncertain when its lease ends (never sent again), one never sent is released.
+    """
     try:
         if uncertain:
             await claim.uncertain()
         else:
             await claim.refused()
-    except StoreError as exc:
-        logger.warning("could not settle the key of %s in the store: %s", request.describe(), exc)
+    except Exception as exc:  # best effort: the caller's own error is the one raised
+        logger.warning(
+            "could not settle the key of %s in the store (%s)",
+            request.describe(),
+            exc if isinstance(exc, StoreError) else type(exc).__name__,
+        )
 
 
 class _Attempt:
@@ -380,6 +413,7 @@ class _Attempt:
         "_request",
         "_slots",
         "in_flight",
+        "task_id",
     )
 
     def __init__(  # noqa: PLR0917 - internal, built in one place
@@ -402,11 +436,17 @@ class _Attempt:
         self._request = request
         self._hooks = hooks
         self._claim = claim
-        # A POST was sent and its fate is not known yet (a cancellation now is uncertain).
+        # A POST may have left and no answer has positively refused it: whatever stops the
+        # submission now (a cancellation, a bug, an answer we cannot read) leaves it uncertain.
         self.in_flight = False
+        # The task id of the accepted POST (set once, just before the attempt returns it).
+        self.task_id: str | None = None
 
     def maybe_accepted(self, exc: BaseException) -> bool:
-        """Whether the submission that ended with ``exc`` may have been accepted."""
+        """Whether the submission that ended with ``exc`` may have been accepted.
+
+        Only a POST that never left or an answer positively read as a refusal says no.
+        """
         return isinstance(exc, SubmitUncertainError) or self.in_flight
 
     def retrying(self) -> tenacity.AsyncRetrying:
@@ -460,7 +500,11 @@ class _Attempt:
             if self._claim is not None:
                 await self._claim.before_post(on_wait)
             if hooks is not None:
-                hooks.before_post()
+                try:
+                    hooks.before_post()
+                except Exception:
+                    slot.refund()  # held back by the caller: nothing was sent
+                    raise
             try:
                 task_id = await self._post()
             except Exception as exc:
@@ -490,19 +534,28 @@ class _Attempt:
                 raise SubmitUncertainError(request, reason) from exc
             self.in_flight = False  # certainly refused
             raise
+        # A BaseException (a cancellation) leaves in_flight set: the submission is uncertain.
         self.in_flight = False
+        self.task_id = task_id
         return task_id
 
 
 def uncertainty(exc: BaseException) -> str | None:
     """Why a POST that failed with ``exc`` may have been accepted; ``None`` if it was not.
 
-    A 500, an answer that is not a valid envelope, or a connection lost after sending: the
-    task may exist and be billed. Anything else is an answer that refused it (or a request
-    that never left).
+    ``None`` only for an answer positively read as a refusal (an envelope or HTTP status
+    that refuses, a 500 aside) or a request that never left. Anything else that goes wrong
+    once the request may have left (a 500, an answer that is not a valid envelope, a
+    connection lost, and any other exception: a ``RecursionError``, a ``MemoryError``, a bug)
+    may hide an accepted, billed task.
     """
     if isinstance(exc, ServerError):
         return f"the provider answered {exc}"
-    if isinstance(exc, ProtocolError) or (isinstance(exc, TransportError) and exc.sent):
+    if isinstance(exc, APIError):
+        return None
+    if isinstance(exc, TransportError):
+        return str(exc) if exc.sent else None
+    if isinstance(exc, ProtocolError):
         return str(exc)
-    return None
+    # Not a midvary error: its text may quote the answer, so only its type is told.
+    return f"the answer could not be read ({type(exc).__name__})"

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import email.utils
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -27,7 +27,7 @@ import aiohttp
 import yarl
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from ._converter import envelope_code, envelope_message
+from ._converter import decode_json, envelope_code, envelope_message
 from ._errors import (
     ERROR_CLASSES,
     DownloadError,
@@ -41,7 +41,6 @@ from ._version import USER_AGENT
 logger = logging.getLogger(__name__)
 
 _SNIPPET = 120
-_DECODER = json.JSONDecoder()
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -314,22 +313,6 @@ class Transport:
                 len(raw),
                 time.monotonic() - started,
             )
-        if status == 200 and raw[:1] == b"{":
-            # The common answer: try it first, without the general checks' detours (and
-            # without json.loads' own: encoding detection, whitespace matching).
-            try:
-                text = raw.decode()
-                envelope, end = _DECODER.raw_decode(text)
-                whole = end == len(text)
-            except ValueError:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-                whole = False
-            if (
-                whole
-                and type(envelope) is dict
-                and type(code := envelope.get("code")) is int
-                and code == 200
-            ):
-                return envelope.get("data")
         return self._unwrap(raw, status, headers, method, path)
 
     def _unwrap(
@@ -338,10 +321,9 @@ class Transport:
         what = f"{method} {path}"
         retry_after = parse_retry_after(headers.get("Retry-After"))
         envelope: Any = None
-        try:
-            envelope = json.loads(raw) if raw.strip() else None
-        except ValueError:
-            envelope = None
+        if raw.strip():
+            with contextlib.suppress(ProtocolError):  # not JSON: described below
+                envelope = decode_json(raw, what)
         ok_status = 200 <= status < 300
         if not isinstance(envelope, dict) or "code" not in envelope:
             if status in _NOT_SERVED and method == "POST":

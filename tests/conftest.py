@@ -16,6 +16,11 @@ from .store.redis_server import RedisServer, server_or_skip
 # The fake provider's fixtures (fake_provider, midvary_session, ...), as users enable them.
 pytest_plugins = ["midvary.testing.pytest_plugin"]
 
+# The test mode for the whole run, as users turn it on: every session built without
+# policies, in this process and in every process a test starts (the CLI, workers), polls and
+# retries in milliseconds. Tests of the production defaults turn it off for their block.
+midvary.testing.set_testing(True)
+
 #: The fast test mode (milliseconds, no jitter), as users of midvary.testing get it.
 FAST_POLL = midvary.testing.FAST_POLL
 FAST_RETRY = midvary.testing.FAST_RETRY

@@ -49,6 +49,7 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command("status", "show a task's current record", f"{__name__}.basic:status_options"),
     Command("wait", "wait for an existing task", f"{__name__}.basic:wait_options"),
+    Command("credits", "show the account's remaining credits", f"{__name__}.basic:credits_options"),
     Command(
         "bulk",
         "run every vary job of a CSV or JSONL file (resumable)",

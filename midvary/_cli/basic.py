@@ -1,4 +1,4 @@
-"""``midvary vary``, ``status`` and ``wait``: one task at a time, through the public API."""
+"""``midvary vary``, ``status``, ``wait`` and ``credits``: one request at a time, public API."""
 
 from __future__ import annotations
 
@@ -157,5 +157,21 @@ def _wait(args: argparse.Namespace) -> int:
             except (TypeError, ValueError) as exc:
                 raise UsageError(str(exc)) from None
             return await _finish(session, handle, args)
+
+    return asyncio.run(run())
+
+
+def credits_options(parser: argparse.ArgumentParser) -> None:
+    """``midvary credits``: show the account's remaining credits (one GET)."""
+    parser.set_defaults(handler=_credits)
+    parser.add_argument("--json", action="store_true", help='print {"credits": N}')
+
+
+def _credits(args: argparse.Namespace) -> int:
+    async def run() -> int:
+        async with open_session(args) as session:
+            left = await session.credits()
+        say(json.dumps({"credits": left}) if args.json else f"credits {left:,}")
+        return EXIT_OK
 
     return asyncio.run(run())

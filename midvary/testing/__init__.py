@@ -15,10 +15,16 @@ The fast test mode is :data:`FAST_POLL` and :data:`FAST_RETRY`: policies in mill
 a session that talks to the fake (the plugin's ``midvary_session`` uses them)::
 
     midvary.Session(..., poll=midvary.testing.FAST_POLL, retry=midvary.testing.FAST_RETRY)
+
+or, for every session built without policies in this process and the processes it starts
+(the CLI, workers), one switch, :func:`set_testing` (a context manager too), or the
+environment variable ``MIDVARY_TESTING=1``::
+
+    midvary.testing.set_testing(True)  # in conftest.py
 """
 
 from ._clock import ManualClock
-from ._fast import FAST_POLL, FAST_RETRY
+from ._fast import FAST_POLL, FAST_RETRY, TESTING_ENV, TestingMode, is_testing, set_testing
 from ._images import PNG_SIGNATURE
 from ._provider import FakeProvider
 from ._settings import FAULT_KINDS, Endpoint, FakeSettings, FaultKind, TimeFormat
@@ -31,6 +37,7 @@ __all__ = [
     "FAST_RETRY",
     "FAULT_KINDS",
     "PNG_SIGNATURE",
+    "TESTING_ENV",
     "CallbackFailure",
     "Endpoint",
     "FakeProvider",
@@ -41,6 +48,9 @@ __all__ = [
     "SubmitKind",
     "SuccessFlag",
     "TaskSnapshot",
+    "TestingMode",
     "TimeFormat",
     "callback_signature",
+    "is_testing",
+    "set_testing",
 ]

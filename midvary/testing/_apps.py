@@ -39,6 +39,10 @@ GENERATE_PATH = "/api/v1/mj/generate"
 UPSCALE_PATH = "/api/v1/mj/generateUpscale"
 EXTEND_PATH = "/api/v1/mj/generateVideoExtend"
 RECORD_INFO_PATH = "/api/v1/mj/record-info"
+CREDIT_PATH = "/api/v1/chat/credit"
+#: What the credit endpoint reports for an account with unlimited credits (``credits=None``),
+#: less one per task created: a balance that is never refused yet still shows the spend.
+UNLIMITED_BALANCE = 1_000_000_000
 #: The time style of the parents the fake did not create, per ``time_format``.
 _PARENT_TIME_STYLES: dict[str, TimeStyle] = {
     "iso": "iso_z",
@@ -107,6 +111,7 @@ class ProviderApps:
         app.router.add_post(UPSCALE_PATH, self._handle_upscale)
         app.router.add_post(EXTEND_PATH, self._handle_extend)
         app.router.add_get(RECORD_INFO_PATH, self._handle_record_info)
+        app.router.add_get(CREDIT_PATH, self._handle_credit)
         app.router.add_routes(extra_routes)
         return app
 
@@ -297,6 +302,20 @@ class ProviderApps:
         if not task_id.strip():
             return self._answer(400, "taskId is required")
         return self._record_answer(task_id)
+
+    async def _handle_credit(self, request: web.Request) -> web.Response:
+        """``GET /api/v1/chat/credit``: the remaining credits (a wrong key: 401 in HTTP 200)."""
+        spoiled = await self._before("credit", request)
+        if spoiled is not None:
+            return spoiled
+        try:
+            self._check_access(request)
+        except Rejection as rejection:
+            return self._reject(rejection)
+        left = self._account.credits_left
+        if left is None:
+            left = max(UNLIMITED_BALANCE - self._stats.tasks_created, 0)
+        return self._answer(200, "success", left)
 
     def _record_answer(self, task_id: str) -> web.Response:
         settings = self._settings()

@@ -36,8 +36,9 @@ class FakeProvider:
     """An in-process stand-in for the kie.ai Midjourney API, served over loopback.
 
     It answers ``POST /api/v1/mj/generate``, ``POST /api/v1/mj/generateVary``,
-    ``POST /api/v1/mj/generateUpscale``, ``POST /api/v1/mj/generateVideoExtend``
-    and ``GET /api/v1/mj/record-info`` as
+    ``POST /api/v1/mj/generateUpscale``, ``POST /api/v1/mj/generateVideoExtend``,
+    ``GET /api/v1/mj/record-info`` and ``GET /api/v1/chat/credit`` (the credits left:
+    ``credits``) as
     ``docs/provider.md`` describes, awkward parts included: errors inside HTTP 200, a new
     task invisible for a while, ``paramJson`` as a JSON string, two time formats, and a
     result CDN on a different origin (``results_base_url``) that must not receive the API
@@ -87,6 +88,9 @@ class FakeProvider:
     ``images_per_task`` images (4 by default), an upscale 1, a video generate
     ``videoBatchSize`` ``.mp4`` files. Task ids are unique across fake instances, whatever
     the seed.
+
+    ``chat/credit`` answers like ``record-info``'s access checks (455 in maintenance, 401
+    for a wrong key, inside HTTP 200) and otherwise the credits left as ``data``.
 
     ``record-info`` answers 400 without a ``taskId`` query parameter, and "not found"
     (``not_found_style``) for an unknown or still invisible task. Parents the fake did not

@@ -13,8 +13,8 @@ FaultKind: TypeAlias = Literal["html_502", "truncated_json", "empty_body", "rese
 #: The API endpoints, as named in ``fault_endpoints`` and in the figures: ``"submit"`` is
 #: ``generateVary`` (its name from before the other two existed), ``"generate"`` and
 #: ``"upscale"`` are ``generate`` and ``generateUpscale``, ``"extend"`` is
-#: ``generateVideoExtend``.
-Endpoint: TypeAlias = Literal["submit", "generate", "upscale", "extend", "record-info"]
+#: ``generateVideoExtend``; ``"credit"`` is ``GET /api/v1/chat/credit``.
+Endpoint: TypeAlias = Literal["submit", "generate", "upscale", "extend", "record-info", "credit"]
 TimeFormat: TypeAlias = Literal["iso", "epoch_ms", "mixed", "plain"]
 #: How ``successFlag`` is spelled: the documented int, a numeric string, or a status word.
 FlagFormat: TypeAlias = Literal["int", "str", "word"]
@@ -26,7 +26,7 @@ FAULT_KINDS: Final[frozenset[FaultKind]] = frozenset(
     ("html_502", "truncated_json", "empty_body", "reset", "server_error"),
 )
 ENDPOINTS: Final[frozenset[Endpoint]] = frozenset(
-    ("submit", "generate", "upscale", "extend", "record-info")
+    ("submit", "generate", "upscale", "extend", "record-info", "credit")
 )
 
 
@@ -201,7 +201,8 @@ class FakeSettings:
             generation request).
         credits: Credits at start; each accepted submission (of any of the three
             endpoints) uses one, and at 0 submissions get code 402. ``None`` means
-            unlimited. Setting it at runtime sets the balance.
+            unlimited (``GET /api/v1/chat/credit`` then reports 1,000,000,000 less one per
+            task created). Setting it at runtime sets the balance (a top-up).
         maintenance: ``(start, end)`` windows, in seconds since the provider started,
             during which every API endpoint answers code 455 (see also ``set_maintenance``).
         latency: Seconds added to every API request, or a ``(low, high)`` range to draw
@@ -214,7 +215,7 @@ class FakeSettings:
             (envelope code 500).
         fault_endpoints: Which endpoints faults hit: ``"submit"`` (generateVary),
             ``"generate"``, ``"upscale"``, ``"extend"`` (generateVideoExtend),
-            ``"record-info"``.
+            ``"record-info"``, ``"credit"``.
         drop_submit_answer_rate: Share of accepted submissions (of any of the three
             endpoints) whose answer is lost: the task is created (and billed) but the
             connection closes without an answer.

@@ -34,8 +34,8 @@ class FakeStats:
 
     Attributes:
         requests: Requests received per endpoint: ``"submit"`` (generateVary),
-            ``"generate"``, ``"upscale"``, ``"extend"``, ``"record-info"``, ``"results"``
-            (downloads); faulted ones included.
+            ``"generate"``, ``"upscale"``, ``"extend"``, ``"record-info"``, ``"credit"``,
+            ``"results"`` (downloads); faulted ones included.
         codes: Envelope codes answered (200 included); faults are counted in ``faults``.
         tasks_created: Submissions accepted (of every submission endpoint), dropped
             answers included.

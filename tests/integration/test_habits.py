@@ -43,7 +43,7 @@ async def test_string_flags_of_failures_and_running_tasks(
 async def test_plain_times_are_read_as_utc(
     start_fake: StartFake, open_session: OpenSession, clock: ManualClock
 ) -> None:
-    """createTime / completeTime as "YYYY-MM-DD HH:MM:SS" are UTC datetimes (whole seconds)."""
+    """Times as "YYYY-MM-DD HH:MM:SS" (createTime, completeTime) are UTC datetimes."""
     fake = await start_fake(clock=clock, time_format="plain")
     session = await open_session(fake)
     handle = await session.vary("parent-1", 0)
