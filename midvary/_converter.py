@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import cattrs
+import yarl
 from cattrs.gen import make_dict_structure_fn, override
 
 from ._errors import ProtocolError
@@ -477,6 +478,23 @@ def structure_credits(data: object) -> int:
     if isinstance(data, bool) or not isinstance(data, int):
         raise ProtocolError(f"the credit answer holds no whole number of credits: {data!r:.80}")
     return data
+
+
+def structure_download_url(data: object) -> str:
+    """Return the temporary URL from a ``common/download-url`` answer's ``data`` (a string).
+
+    Raises:
+        ProtocolError: ``data`` is not an absolute http(s) URL.
+
+    """
+    text = data.strip() if isinstance(data, str) else ""
+    try:
+        url = yarl.URL(text) if text else None
+    except (TypeError, ValueError):
+        url = None
+    if url is not None and url.scheme in ("http", "https") and url.host:
+        return text
+    raise ProtocolError(f"the download-url answer holds no http(s) URL: {data!r:.80}")
 
 
 # -- to JSON ---------------------------------------------------------------------------------

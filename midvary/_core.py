@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, Self, TypeVar, 
 import aiohttp
 
 from ._config import PollPolicy, RetryPolicy
-from ._converter import structure_credits, structure_record
+from ._converter import structure_credits, structure_download_url, structure_record
 from ._download import download_record
 from ._errors import EventLoopError, NotFoundError, ProtocolError, SessionClosedError
 from ._polling import Deadlines, DurationStats, PollHealth
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from ._polling import Alarm
 
 RECORD_PATH: Final = "/api/v1/mj/record-info"
+DOWNLOAD_URL_PATH: Final = "/api/v1/common/download-url"
 CREDIT_PATH: Final = "/api/v1/chat/credit"
 
 
@@ -230,7 +231,22 @@ class SessionCore:
             timeout=self.timeout,
             retry=self.retry,
             concurrency=concurrency,
+            fresh_url=self.fresh_download_url,
         )
+
+    async def fresh_download_url(self, url: str) -> str:
+        """One ``common/download-url`` POST: a temporary URL of result file ``url``.
+
+        The API's answer is valid 20 minutes. The request goes to the API host (with the
+        key); the URL it returns is fetched without it.
+
+        Raises:
+            APIError: The API refused (422: ``url`` is not one of its result files).
+            TransportError, ProtocolError: The request failed, or its answer held no URL.
+
+        """
+        data = await self.open().call("POST", DOWNLOAD_URL_PATH, json_body={"url": url})
+        return structure_download_url(data)
 
     async def aclose(self, closing: Callable[[], None]) -> None:
         """Close: end the fan-outs, call ``closing()``, end the waits, close own HTTP session.

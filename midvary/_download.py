@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import secrets
+from collections.abc import Awaitable, Callable
 from pathlib import Path, PurePosixPath
 from typing import Final
 
@@ -21,6 +22,7 @@ import aiohttp
 import yarl
 
 from ._config import RetryPolicy
+from ._errors import APIError, DownloadError
 from ._models import TaskRecord
 from ._retry import read_retrying
 from ._transport import fetch, public_url
@@ -28,6 +30,12 @@ from ._transport import fetch, public_url
 logger = logging.getLogger(__name__)
 
 DEFAULT_EXTENSION: Final = ".png"
+#: The statuses of a result URL that expired (the docs give from a day to 15 days) or that
+#: the result host refused to this client: the API's ``download-url`` endpoint then gives a
+#: temporary URL of the same file, fetched once.
+REFRESHABLE: Final = frozenset((401, 403, 404, 410))
+#: ``fresh_url(url)``: a temporary URL of the result file ``url`` (valid 20 minutes).
+FreshURL = Callable[[str], Awaitable[str]]
 _EXTENSION = re.compile(r"\.[A-Za-z0-9]{1,8}")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -54,8 +62,13 @@ async def download_record(
     timeout: aiohttp.ClientTimeout,
     retry: RetryPolicy,
     concurrency: int,
+    fresh_url: FreshURL | None = None,
 ) -> tuple[Path, ...]:
-    """Download every image of ``record`` into ``directory``; return their paths in order."""
+    """Download every image of ``record`` into ``directory``; return their paths in order.
+
+    A URL answered with a status of :data:`REFRESHABLE` is fetched once more through
+    ``fresh_url(url)`` (``None``: it is not, the :class:`DownloadError` is raised).
+    """
     if not record.image_urls:
         return ()
     await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
@@ -67,9 +80,14 @@ async def download_record(
             logger.debug("%s is already complete; not downloading it again", target)
             return target
         async with limit:
-            await read_retrying(retry, what=f"download of {public_url(url)}")(
-                _download_file, http, url, target, timeout
-            )
+            try:
+                await read_retrying(retry, what=f"download of {public_url(url)}")(
+                    _download_file, http, url, target, timeout
+                )
+            except DownloadError as refused:
+                if fresh_url is None or refused.http_status not in REFRESHABLE:
+                    raise
+                await _download_fresh(http, url, target, timeout, retry, fresh_url, refused)
         return target
 
     # Every image gets its chance even when another one fails; the first error is raised.
@@ -82,6 +100,31 @@ async def download_record(
             raise result
         paths.append(result)
     return tuple(paths)
+
+
+async def _download_fresh(  # noqa: PLR0917 - one call site, the caller's state
+    http: aiohttp.ClientSession,
+    url: str,
+    target: Path,
+    timeout: aiohttp.ClientTimeout,
+    retry: RetryPolicy,
+    fresh_url: FreshURL,
+    refused: DownloadError,
+) -> None:
+    """Ask the API for a temporary URL of ``url`` and fetch that once (retrying transients).
+
+    An API refusal to give one (a URL it does not know: 422) raises ``refused``, the
+    result host's answer, with the API's error as its cause.
+    """
+    shown = public_url(url)
+    logger.info("%s answered HTTP %d: asking for a fresh link", shown, refused.http_status)
+    try:
+        fresh: str = await read_retrying(retry, what=f"fresh link for {shown}")(fresh_url, url)
+    except APIError as exc:
+        raise refused from exc
+    await read_retrying(retry, what=f"download of {shown} through a fresh link")(
+        _download_file, http, fresh, target, timeout
+    )
 
 
 async def _download_file(

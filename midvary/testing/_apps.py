@@ -7,6 +7,7 @@ import collections
 import hmac
 import random
 import re
+import secrets
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -40,6 +41,9 @@ UPSCALE_PATH = "/api/v1/mj/generateUpscale"
 EXTEND_PATH = "/api/v1/mj/generateVideoExtend"
 RECORD_INFO_PATH = "/api/v1/mj/record-info"
 CREDIT_PATH = "/api/v1/chat/credit"
+DOWNLOAD_URL_PATH = "/api/v1/common/download-url"
+#: Seconds a temporary download link stays valid (the provider's 20 minutes).
+LINK_LIFETIME = 20 * 60.0
 #: What the credit endpoint reports for an account with unlimited credits (``credits=None``),
 #: less one per task created: a balance that is never refused yet still shows the spend.
 UNLIMITED_BALANCE = 1_000_000_000
@@ -102,6 +106,8 @@ class ProviderApps:
         self._callbacks = callbacks
         #: The headers of every request the result CDN received, oldest first.
         self.result_headers: list[CIMultiDictProxy[str]] = []
+        # Temporary download links handed out: token -> (file name, clock reading it ends).
+        self._links: dict[str, tuple[str, float]] = {}
 
     def api_app(self, extra_routes: Sequence[web.RouteDef] = ()) -> web.Application:
         """The API: the submission endpoints, record-info, and ``extra_routes``."""
@@ -112,6 +118,7 @@ class ProviderApps:
         app.router.add_post(EXTEND_PATH, self._handle_extend)
         app.router.add_get(RECORD_INFO_PATH, self._handle_record_info)
         app.router.add_get(CREDIT_PATH, self._handle_credit)
+        app.router.add_post(DOWNLOAD_URL_PATH, self._handle_download_url)
         app.router.add_routes(extra_routes)
         return app
 
@@ -317,6 +324,35 @@ class ProviderApps:
             left = max(UNLIMITED_BALANCE - self._stats.tasks_created, 0)
         return self._answer(200, "success", left)
 
+    async def _handle_download_url(self, request: web.Request) -> web.Response:
+        """``POST /api/v1/common/download-url``: a temporary link (20 min) to a result file."""
+        spoiled = await self._before("download-url", request)
+        if spoiled is not None:
+            return spoiled
+        try:
+            self._check_access(request)
+            name = await self._linked_file(request)
+        except Rejection as rejection:
+            return self._reject(rejection)
+        token = secrets.token_urlsafe(16)
+        self._links[token] = (name, self._clock() + LINK_LIFETIME)
+        return self._answer(200, "success", f"{self._results_base()}/results/{name}?token={token}")
+
+    async def _linked_file(self, request: web.Request) -> str:
+        """The result file name a download-url body's ``url`` names (or the refusal)."""
+        try:
+            body = await request.json()
+        except ValueError:
+            raise Rejection(400, "the request body is not valid JSON") from None
+        url = body.get("url") if isinstance(body, dict) else None
+        if not isinstance(url, str) or not url:
+            raise Rejection(400, "url is required")
+        prefix = f"{self._results_base()}/results/"
+        name = url.removeprefix(prefix).partition("?")[0]
+        if not url.startswith(prefix) or not self._result_exists(name):
+            raise Rejection(422, "url is not a result file of this account")
+        return name
+
     def _record_answer(self, task_id: str) -> web.Response:
         settings = self._settings()
         now = self._clock()
@@ -362,28 +398,40 @@ class ProviderApps:
         app.router.add_get("/results/{name}", self._handle_result)
         return app
 
-    async def _handle_result(self, request: web.Request) -> web.Response:
-        self._stats.requests["results"] += 1
-        self.result_headers.append(CIMultiDictProxy(CIMultiDict(request.headers)))
-        match = _RESULT_NAME.fullmatch(request.match_info["name"])
+    def _result_exists(self, name: str) -> bool:
+        """Whether ``name`` (``<taskId>_<n>.<media>``) is a result file the CDN serves now."""
+        match = _RESULT_NAME.fullmatch(name)
         if match is None:
-            raise web.HTTPNotFound
+            return False
         task_id, index, media = match["task_id"], int(match["index"]), match["media"]
         task = self._store.get(task_id)
         if task is not None:
-            exists = (
+            return (
                 task.flag_at(self._clock()) is SuccessFlag.SUCCESS
                 and index < task.image_count
                 and media == task.params.media
             )
-        else:
-            exists = (
-                self._store.is_extra_parent(task_id, self._settings())
-                and index < 4
-                and media == "png"
-            )
-        if not exists:
+        return (
+            self._store.is_extra_parent(task_id, self._settings()) and index < 4 and media == "png"
+        )
+
+    def _link_is_valid(self, name: str, token: str | None) -> bool:
+        link = self._links.get(token) if token is not None else None
+        return link is not None and link[0] == name and self._clock() < link[1]
+
+    async def _handle_result(self, request: web.Request) -> web.Response:
+        self._stats.requests["results"] += 1
+        self.result_headers.append(CIMultiDictProxy(CIMultiDict(request.headers)))
+        name = request.match_info["name"]
+        refusal = self._settings().refuse_direct_downloads
+        if refusal is not None and not self._link_is_valid(name, request.query.get("token")):
+            # An expired URL, or a client the host does not like: only a temporary link works.
+            return web.Response(status=refusal, text=f"{refusal} refused by the result host")
+        if not self._result_exists(name):
             raise web.HTTPNotFound
+        match = _RESULT_NAME.fullmatch(name)
+        assert match is not None  # noqa: S101 - _result_exists matched it
+        index, media = int(match["index"]), match["media"]
         if media == "mp4":
             return web.Response(body=mp4_bytes(index), content_type="video/mp4")
         return web.Response(body=png_bytes(index), content_type="image/png")

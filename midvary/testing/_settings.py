@@ -13,8 +13,11 @@ FaultKind: TypeAlias = Literal["html_502", "truncated_json", "empty_body", "rese
 #: The API endpoints, as named in ``fault_endpoints`` and in the figures: ``"submit"`` is
 #: ``generateVary`` (its name from before the other two existed), ``"generate"`` and
 #: ``"upscale"`` are ``generate`` and ``generateUpscale``, ``"extend"`` is
-#: ``generateVideoExtend``; ``"credit"`` is ``GET /api/v1/chat/credit``.
-Endpoint: TypeAlias = Literal["submit", "generate", "upscale", "extend", "record-info", "credit"]
+#: ``generateVideoExtend``; ``"credit"`` is ``GET /api/v1/chat/credit``; ``"download-url"``
+#: is ``POST /api/v1/common/download-url``.
+Endpoint: TypeAlias = Literal[
+    "submit", "generate", "upscale", "extend", "record-info", "credit", "download-url"
+]
 TimeFormat: TypeAlias = Literal["iso", "epoch_ms", "mixed", "plain"]
 #: How ``successFlag`` is spelled: the documented int, a numeric string, or a status word.
 FlagFormat: TypeAlias = Literal["int", "str", "word"]
@@ -26,7 +29,7 @@ FAULT_KINDS: Final[frozenset[FaultKind]] = frozenset(
     ("html_502", "truncated_json", "empty_body", "reset", "server_error"),
 )
 ENDPOINTS: Final[frozenset[Endpoint]] = frozenset(
-    ("submit", "generate", "upscale", "extend", "record-info", "credit")
+    ("submit", "generate", "upscale", "extend", "record-info", "credit", "download-url")
 )
 
 
@@ -184,6 +187,11 @@ class FakeSettings:
             ``unserved_status`` and no envelope (a host that stopped serving
             ``/api/v1/mj/*``); nothing is created.
         unserved_status: The bare HTTP status of ``unserved_endpoints``: 404 or 405.
+        refuse_direct_downloads: The result CDN answers every fetch of a result URL with
+            this HTTP status (401, 403, 404 or 410: an expired URL, or a client the host
+            refuses) unless it carries a valid temporary link's token from
+            ``POST /api/v1/common/download-url`` (valid 20 minutes of the provider's
+            clock); ``None`` serves result URLs directly.
         result_info_as_string: Send ``resultInfoJson`` as a JSON-encoded string instead of
             an object (both were seen).
         mirror_http_status: Send the envelope code as the HTTP status too. By default errors
@@ -215,7 +223,7 @@ class FakeSettings:
             (envelope code 500).
         fault_endpoints: Which endpoints faults hit: ``"submit"`` (generateVary),
             ``"generate"``, ``"upscale"``, ``"extend"`` (generateVideoExtend),
-            ``"record-info"``, ``"credit"``.
+            ``"record-info"``, ``"credit"``, ``"download-url"``.
         drop_submit_answer_rate: Share of accepted submissions (of any of the three
             endpoints) whose answer is lost: the task is created (and billed) but the
             connection closes without an answer.
@@ -247,6 +255,9 @@ class FakeSettings:
     message_key: MessageKey = attrs.field(default="msg", validator=_one_of("msg", "message"))
     unserved_endpoints: frozenset[Endpoint] = attrs.field(default=frozenset(), converter=_endpoints)
     unserved_status: int = attrs.field(default=404, validator=_one_of(404, 405))
+    refuse_direct_downloads: int | None = attrs.field(
+        default=None, validator=_one_of(None, 401, 403, 404, 410)
+    )
     result_info_as_string: bool = attrs.field(default=False, validator=_bool)
     mirror_http_status: bool = attrs.field(default=False, validator=_bool)
     index_base: Literal[0, 1] = attrs.field(default=0, validator=_one_of(0, 1))
