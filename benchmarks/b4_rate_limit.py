@@ -1,7 +1,7 @@
 """B4 rate limit: 200 jobs against a provider that allows 20 submissions per 2 s.
 
 The client is told the same limit (``Session(submit_rate=(20, 2.0))``) and runs every job
-at once (``vary_all(..., concurrency=200)``): the limiter, not the concurrency, paces it.
+at once (``submit_all(..., concurrency=200)``): the limiter, not the concurrency, paces it.
 The limit alone forces 18 s between the first and the last of 200 acceptances (ten
 windows of 20), the "limit-bound minimum"; the makespan measured is from the start to the
 200th acceptance. The hand-written baseline uses the obvious sliding window (20 send times
@@ -43,7 +43,7 @@ BASELINE_POLL = 1.0
 
 def available() -> bool:
     """Whether this midvary has the fan-out and the client-side submit limiter."""
-    return has_feature("vary_all") and "submit_rate" in session_options(submit_rate=None)
+    return has_feature("submit_all") and "submit_rate" in session_options(submit_rate=None)
 
 
 def minimum() -> float:
@@ -64,7 +64,7 @@ async def _midvary(fake: FakeServer) -> tuple[float, float]:
     requests = [midvary.VaryRequest(task_id=PARENT, image_index=n % 4) for n in range(JOBS)]
     async with midvary.Session(api_key=fake.api_key, base_url=fake.base_url, **options) as session:
         started = time.perf_counter()
-        outcomes = await session.vary_all(requests, concurrency=JOBS, on_event=on_event)
+        outcomes = await session.submit_all(requests, concurrency=JOBS, on_event=on_event)
         finished = time.perf_counter()
     failed = [outcome for outcome in outcomes if not outcome.ok]
     if failed:
@@ -113,7 +113,7 @@ async def run() -> Report:
     report = Report(name="B4", title="rate limit: 200 jobs, 20 per 2 s")
     if not available():
         report.available = False
-        report.say("not available yet: Session.vary_all / Session(submit_rate=...) not on main")
+        report.say("not available yet: Session.submit_all / Session(submit_rate=...) not on main")
         for figure, target in (
             ("makespan / limit-bound minimum", f"<= {TARGET_RATIO:g}x"),
             ("429s / submissions", f"<= {TARGET_429_SHARE:.0%}"),

@@ -50,7 +50,7 @@ async def main(where: str, first: int, count: int, start_at: float) -> None:
             await stack.enter_async_context(store)
         session = await stack.enter_async_context(midvary.Session(submit_rate=LIMIT, store=store))
         await asyncio.sleep(max(start_at - time.time(), 0.0))
-        outcomes = await session.vary_all(requests, concurrency=count, on_event=on_event)
+        outcomes = await session.submit_all(requests, concurrency=count, on_event=on_event)
     failed = [o for o in outcomes if not o.ok]
     if failed:
         raise SystemExit(f"{len(failed)} jobs failed, e.g. {failed[0].error!r}")

@@ -1,7 +1,7 @@
 """B7 in instructions: callgrind counts per task with and without a RedisStore.
 
 B7's CPU ratio moves with whatever else runs on the machine; instruction counts do not.
-This runs the B7 workload (tasks final at creation, ``vary_all`` with 64 in flight, told a
+This runs the B7 workload (tasks final at creation, ``submit_all`` with 64 in flight, told a
 rate) under ``valgrind --tool=callgrind`` for ``SMALL`` and ``LARGE`` jobs, keyed with a
 ``RedisStore`` and unkeyed without a store, and takes the difference, so interpreter
 start-up, imports and warm-up cancel out::
@@ -50,7 +50,7 @@ async def _client(
             submit_rate=(100_000, 1.0),
             store=store,
         ) as session:
-            outcomes = await session.vary_all(requests, concurrency=in_flight)
+            outcomes = await session.submit_all(requests, concurrency=in_flight)
     finally:
         if store is not None:
             await store.close()

@@ -3,9 +3,8 @@
 Round trips: the script calls (``EVALSHA``, ``EVAL``, ``SCRIPT``) the server counted
 (``INFO commandstats``, read by another client) for N keyed submissions (told a rate, so
 each also takes its slot of the shared window); each call is one round trip for its
-submission, which awaits its answer before the next (the store pipelines the calls of
-different submissions on one connection, so the network sees fewer).
-CPU: N jobs (tasks finished at creation) through ``vary_all``, keyed with a
+submission, which awaits its answer before the next.
+CPU: N jobs (tasks finished at creation) through ``submit_all``, keyed with a
 ``RedisStore`` vs unkeyed without a store, alternating rounds; user + system CPU of this
 process (the fake provider and the Redis server run in their own processes).
 """
@@ -26,18 +25,14 @@ JOBS = 1000
 ROUNDS = 9
 TARGET_TRIPS = 2.0
 TARGET_CPU = 1.20
-#: Where the extra CPU goes (measured with cProfile and callgrind; see the report).
+#: Where the extra CPU goes.
 NOTE = (
-    "The script's calls go on one dedicated connection, the calls of one event-loop turn in "
-    "one write (`_store/_redis_pipe.py`), each packed from its namespace's constant parts, "
-    "and their answers read as bytes under one deadline per batch (redis-py would check a "
-    "connection out of its pool, pack, send, parse and time each command on its own). A "
-    "claim is its own async context manager, makes no renewal task unless it outlives a "
-    "third of its lease (one timer per queue of claims, not one per claim), and its request "
-    "is dumped once; a keyed POST takes its slot with its claim and goes through a bare "
-    "attempt. What remains (about 0.04 ms/task): the two calls' own round trips through "
-    "the event loop (a future each, the pump's read of each answer through redis-py's "
-    "`read_response`), packing, the fingerprint (canonical JSON, SHA-256) and the hold."
+    "A keyed submission makes two script calls through redis-py (`register_script`, one "
+    "pooled connection each): the claim, which also takes the slot of the shared window and "
+    "marks the key sending, and the task id, recorded with the slot ended. A claim makes no "
+    "renewal task unless it outlives a third of its lease. What the keyed job adds: the two "
+    "calls (redis-py packs each command and parses its answer), the fingerprint (canonical "
+    "JSON, SHA-256) and the hold."
 )
 
 
@@ -75,7 +70,7 @@ async def _trips(fake: FakeServer, url: str) -> float:
             ) as session,
         ):
             before = await _script_calls(client)
-            outcomes = await session.vary_all(requests, concurrency=64)
+            outcomes = await session.submit_all(requests, concurrency=64)
             sent = await _script_calls(client) - before
     finally:
         await client.aclose()
@@ -106,7 +101,7 @@ async def _round(fake: FakeServer, url: str | None) -> float:
             store=store,
         ) as session:
             started = cpu_seconds()
-            outcomes = await session.vary_all(requests, concurrency=64)
+            outcomes = await session.submit_all(requests, concurrency=64)
             spent = cpu_seconds() - started
     finally:
         if store is not None:

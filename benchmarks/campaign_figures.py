@@ -33,7 +33,7 @@ async def run(*, quick: bool) -> list[Figures]:
     jobs = 1000 if big else 100
     concurrency = 64 if big else 32
     windows = [(1.0, 2.0), (4.0, 5.0)] if big else [(0.3, 0.5), (0.9, 1.1)]
-    for collect in ("vary_all", "vary_many"):
+    for collect in ("submit_all", "submit_many"):
         polls = await scenarios.faulted_polls(
             jobs,
             seed=11 if big else 1,

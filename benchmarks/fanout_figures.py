@@ -7,7 +7,7 @@ It reports figures; it asserts nothing.
    the client told the same limit (``submit_rate=(20, 2.0)``), at two concurrencies; then,
    for contrast, a client not told the limit (``submit_rate=None``). Tasks take 1 to 3 s
    (the fake's default), the session polls with the default policy.
-2. Memory: peak RSS of a client process that runs N jobs through ``vary_many`` (outcomes
+2. Memory: peak RSS of a client process that runs N jobs through ``submit_many`` (outcomes
    counted, not kept), with the requests given as a lazy generator and as a ready list.
    The fake provider runs in this (the parent) process, so its memory is not counted.
 """
@@ -53,7 +53,7 @@ async def throughput(*, concurrency: int, told: bool) -> dict[str, Any]:
             seed=1,
         ) as session:
             started = time.monotonic()
-            outcomes = await session.vary_all(
+            outcomes = await session.submit_all(
                 requests(JOBS), concurrency=concurrency, on_event=on_event
             )
             elapsed = time.monotonic() - started
@@ -86,7 +86,7 @@ async def child(count: int, source: str, base_url: str, api_key: str) -> dict[st
         baseline = _peak_rss_mib()
         started = time.monotonic()
         done = failed = 0
-        async with session.vary_many(items, concurrency=64) as outcomes:
+        async with session.submit_many(items, concurrency=64) as outcomes:
             async for outcome in outcomes:
                 done += outcome.ok
                 failed += not outcome.ok

@@ -9,6 +9,7 @@ Submit a vary task, await its handle, get a :class:`TaskRecord`::
 """
 
 from types import FunctionType as _FunctionType
+from typing import TYPE_CHECKING as _TYPE_CHECKING
 
 from ._callbacks import CallbackReceiver
 from ._config import USE_DEFAULT, PollPolicy, RetryPolicy
@@ -42,7 +43,7 @@ from ._errors import (
 )
 from ._fanout import FanOut
 from ._handle import TaskHandle
-from ._jobs import JobEvent, JobEventKind, UnfinishedJob, VaryOutcome
+from ._jobs import JobEvent, JobEventKind, JobOutcome, UnfinishedJob
 from ._models import (
     ExtendRequest,
     GenerateRequest,
@@ -53,6 +54,7 @@ from ._models import (
 )
 from ._polling import DEFAULT_SAFETY_POLL
 from ._session import Session
+from ._session import warn_renamed as _warn_renamed
 from ._signature import verify_callback
 from ._store import RedisStore, SQLiteStore, StoredJob
 from ._version import VERSION
@@ -78,6 +80,7 @@ __all__ = [
     "InsufficientCreditsError",
     "JobEvent",
     "JobEventKind",
+    "JobOutcome",
     "KeyConflictError",
     "MidvaryError",
     "NotFoundError",
@@ -104,7 +107,6 @@ __all__ = [
     "UnfinishedJob",
     "UpscaleRequest",
     "ValidationError",
-    "VaryOutcome",
     "VaryRequest",
     "__version__",
     "to_json_dict",
@@ -118,3 +120,18 @@ for _name in __all__:
     if isinstance(_value, type | _FunctionType):
         _value.__module__ = __name__
 del _name, _value, _FunctionType
+
+# Names renamed by issue 18, kept as aliases that warn (stamina's policy); not in __all__,
+# so `from midvary import *` neither warns nor spreads them.
+_RENAMED = {"VaryOutcome": "JobOutcome"}
+if _TYPE_CHECKING:  # type checkers see the alias (and stamina-style warnings at run time)
+    VaryOutcome = JobOutcome
+
+
+def __getattr__(name: str) -> object:
+    """The deprecated aliases: ``midvary.VaryOutcome`` is :class:`JobOutcome` (it warns)."""
+    new = _RENAMED.get(name)
+    if new is None:
+        raise AttributeError(f"module 'midvary' has no attribute {name!r}")
+    _warn_renamed(f"midvary.{name}", f"midvary.{new}")
+    return globals()[new]

@@ -9,9 +9,12 @@ How a submission and its callback meet:
    :class:`~midvary._polling.Alarm` (or dropped if the submission failed). A delivery that
    arrives before that waits, briefly, for the binding.
 3. A delivery is checked in this order: unknown or expired token (404), signature when an
-   HMAC key is configured (401), body (400), the body's task id against the token's (400).
+   HMAC key is configured (401), both before the body is read; then the body: compressed
+   (415), over 64 KiB (413), malformed (400), about another task than the token's (400).
    Only then is the handle woken; it confirms with ONE ``record-info`` GET and returns that
-   record, never what the body claims. The request handler does no I/O of its own.
+   record, never what the body claims. The request handler does no I/O of its own. A
+   token's deliveries wake its handle at most once per ``wake_interval`` (a leaked token
+   replayed a thousand times costs one or two GETs, not a thousand).
 4. A ticket is forgotten (by the receiver's :class:`~midvary._tickets.TicketBook`) when its
    session closes, when the receiver stops, ``duplicate_grace`` seconds after its first
    accepted delivery or after its handle saw the task final, and in any case ``token_ttl``
@@ -28,23 +31,21 @@ import enum
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import yarl
-from aiohttp import web
+from aiohttp import StreamReader, web
 
 from ._config import PollPolicy
 from ._converter import structure_callback
 from ._errors import ProtocolError, ReceiverClosedError
+from ._listener import Doorman, GuardedSite
 from ._polling import DEFAULT_SAFETY_POLL
 from ._relay import CallbackRelay
 from ._signature import signature_problem
 from ._store import Store
 from ._tickets import Ticket, TicketBook
-from ._validate import base_url, callable_or_none, instance, positive_seconds
-
-if TYPE_CHECKING:
-    from ._polling import Alarm
+from ._validate import base_url, callable_or_none, count, instance, positive_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -62,9 +63,12 @@ _REASONS: Final = {
     400: "malformed callback",
     401: "bad signature",
     404: "unknown token",
+    408: "body too slow",
     413: "body too large",
+    415: "compressed bodies are not accepted",
     503: "not ready, retry later",
 }
+_IDENTITY: Final = frozenset({"", "identity"})
 
 
 class _State(enum.Enum):
@@ -167,6 +171,16 @@ class CallbackReceiver:
             after its handle saw the task final, so duplicates are answered 200 (> 0).
         token_ttl: Seconds after which a token is forgotten in any case, so memory stays
             bounded in a long-lived worker (> 0).
+        wake_interval: Seconds between two wakes of one handle by deliveries to its token
+            (> 0): the first delivery wakes it at once (one ``record-info`` GET), later ones
+            within the interval fold into one wake at its end. Bounds what a leaked, replayed
+            token can cost; a genuine callback after a replay is late by at most this.
+        max_connections: The most connections the standalone server (:meth:`start`) keeps
+            open at once (>= 1; never more than half the process's open-file limit); at the
+            limit, the oldest connection with no request in progress is closed to make room.
+        read_timeout: Seconds a client of the standalone server has to send a request head
+            (from connecting, or from its previous answer), and again to send the body
+            (> 0); slower connections are closed.
         clock: The monotonic clock of those expiries, in seconds; ``None`` means
             ``time.monotonic``. For tests.
         store: A shared store (a :class:`RedisStore`; a :class:`MemoryStore` within one
@@ -191,6 +205,9 @@ class CallbackReceiver:
         timestamp_tolerance: float = 300.0,
         duplicate_grace: float = 600.0,
         token_ttl: float = 3600.0,
+        wake_interval: float = 10.0,
+        max_connections: int = 256,
+        read_timeout: float = 10.0,
         clock: Callable[[], float] | None = None,
         store: Store | None = None,
     ) -> None:
@@ -221,7 +238,11 @@ class CallbackReceiver:
             clock=clock if clock is not None else time.monotonic,
             grace=float(positive_seconds(duplicate_grace, "duplicate_grace")),
             ttl=float(positive_seconds(token_ttl, "token_ttl")),
+            wake_interval=float(positive_seconds(wake_interval, "wake_interval")),
         )
+        self._max_connections = count(max_connections, "max_connections")
+        self._read_timeout = float(positive_seconds(read_timeout, "read_timeout"))
+        self._doorman: Doorman | None = None
         self._relay = (
             None
             if store is None
@@ -274,7 +295,9 @@ class CallbackReceiver:
         """Serve callbacks standalone: run an aiohttp server on ``host:port``.
 
         The server answers ``POST <path>/<token>`` only, logs no access lines (the path holds
-        the token), and accepts bodies up to 64 KiB.
+        the token), accepts uncompressed bodies up to 64 KiB, closes connections that send
+        nothing within ``read_timeout`` and keeps at most ``max_connections`` open. On a
+        public address, put a reverse proxy (TLS, per-client limits) in front of it.
 
         Args:
             host: The address to listen on.
@@ -305,15 +328,24 @@ class CallbackReceiver:
             )
         app = web.Application(client_max_size=_MAX_BODY)
         self.add_routes(app)
-        # No access log: each request line holds a token.
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        doorman = Doorman(limit=self._max_connections, read_timeout=self._read_timeout)
+        # No access log: each request line holds a token. No decompression: a small gzip
+        # body can inflate to hundreds of MiB, and callbacks are small JSON.
+        runner = web.AppRunner(
+            app,
+            access_log=None,
+            handle_signals=False,
+            auto_decompress=False,
+            keepalive_timeout=self._read_timeout,
+        )
         await runner.setup()
         try:
-            await web.TCPSite(runner, host, port).start()
+            await GuardedSite(runner, host, port, doorman).start()
         except BaseException:
             await runner.cleanup()
             raise
         self._runner = runner
+        self._doorman = doorman
         self._port = int(runner.addresses[0][1])
         self._state = _State.SERVING
         if self._public_url is None:
@@ -337,6 +369,8 @@ class CallbackReceiver:
         if runner is not None:
             await runner.cleanup()
             logger.info("callback receiver stopped")
+        if self._doorman is not None:
+            self._doorman.close_all()
         if self._relay is not None:
             await self._relay.close()
 
@@ -351,9 +385,35 @@ class CallbackReceiver:
         app.router.add_post(f"{self._path}/{{token}}", self._on_post)
 
     async def _on_post(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        status = await self.handle(body, request.headers, request.path)
+        doorman = self._doorman
+        if doorman is not None:
+            doorman.busy(request.transport)
+        try:
+            status = await self._receive(request)
+        finally:
+            if doorman is not None:
+                doorman.idle(request.transport)
         return web.Response(status=status, text=_REASONS.get(status, ""))
+
+    async def _receive(self, request: web.Request) -> int:
+        """The status for one delivery: token and signature before a byte of the body."""
+        admitted = await self._admit(request.path, request.headers)
+        if isinstance(admitted, int):
+            return admitted
+        refused = _body_refused(request.headers, request.content_length)
+        if refused is not None:
+            return refused
+        try:
+            async with asyncio.timeout(self._read_timeout):
+                body = await _read_at_most(request.content, _MAX_BODY)
+        except TimeoutError:
+            logger.info(
+                "callback for task %s: body not sent within %g s", admitted[0], self._read_timeout
+            )
+            return 408
+        if body is None:
+            return 413
+        return await self._deliver(admitted, body)
 
     async def handle(self, body: bytes, headers: Mapping[str, str], path: str) -> int:
         """Check one delivery and wake its handle; return the HTTP status to answer.
@@ -365,76 +425,57 @@ class CallbackReceiver:
         token is checked against the store's record and passed on through the store.
 
         Args:
-            body: The raw request body.
+            body: The raw request body (as sent: a framework that inflates compressed
+                bodies should not be given them; callbacks are small JSON).
             headers: The request headers (names in any case).
             path: The request path, ``<path>/<token>`` (a query string is ignored).
 
         Returns:
             200 (accepted, duplicates included), 404 (unknown, expired or forgotten token),
-            401 (missing, stale or wrong signature when ``hmac_key`` is set), 400
-            (malformed body, or a body about another task), 413 (body over 64 KiB), or 503
-            (the submission's answer is still being processed: retry later).
+            401 (missing, stale or wrong signature when ``hmac_key`` is set), 415 (a
+            ``Content-Encoding`` other than identity), 413 (body over 64 KiB), 400
+            (malformed body, or a body about another task), or 503 (the submission's answer
+            is still being processed: retry later).
 
         """
         if not isinstance(body, bytes | bytearray | memoryview):
             raise TypeError(f"body must be bytes, not {type(body).__name__}")
+        admitted = await self._admit(path, headers)
+        if isinstance(admitted, int):
+            return admitted
+        refused = _body_refused(headers, len(body))
+        if refused is not None:
+            return refused
+        return await self._deliver(admitted, bytes(body))
+
+    async def _admit(self, path: str, headers: Mapping[str, str]) -> tuple[str, Ticket | str] | int:
+        """The delivery's task and its local ticket (or remote token), or the status.
+
+        Looks at the path and headers only: an unknown token or a bad signature costs no
+        body read.
+        """
         token = self._token_from(path)
         ticket = self._book.lookup(token) if token is not None else None
         if ticket is None and token is not None and self._relay is not None:
-            return await self._handle_remote(self._relay, token, bytes(body), headers)
-        found = await self._bound_ticket(ticket)
-        if isinstance(found, int):
-            return found
-        ticket, task_id, alarm = found
-        status = self._verify(task_id, bytes(body), headers)
-        if status != 200:
-            return status
-        ticket.settle()
-        if alarm.final:
-            logger.debug("duplicate callback for finished task %s", task_id)
+            task_id = await self._relay.task_of(token, bind_wait=_BIND_WAIT)
+            if isinstance(task_id, int):
+                return task_id
+            target: Ticket | str = token
         else:
-            logger.debug("callback for task %s: waking its handle", task_id)
-            alarm.notify()
-        return 200
-
-    async def _handle_remote(
-        self, relay: CallbackRelay, token: str, body: bytes, headers: Mapping[str, str]
-    ) -> int:
-        """A delivery for a token this receiver did not issue: check it, pass it on."""
-        task_id = await relay.task_of(token, bind_wait=_BIND_WAIT)
-        if isinstance(task_id, int):
-            return task_id
-        status = self._verify(task_id, body, headers)
-        if status != 200:
-            return status
-        logger.debug("callback for task %s: passing it on through the store", task_id)
-        return await relay.forward(token)
-
-    async def _bound_ticket(self, ticket: Ticket | None) -> tuple[Ticket, str, Alarm] | int:
-        """The live ``ticket``'s task and alarm (once bound), or the status to answer."""
-        if ticket is None:
-            logger.debug("callback to an unknown or expired token: 404")
-            return 404
-        if ticket.alarm is None:
-            try:
-                async with asyncio.timeout(_BIND_WAIT):
-                    await ticket.bound.wait()
-            except TimeoutError:
-                logger.info("callback for %r came before its task id: 503", ticket)
-                return 503
-        task_id, alarm = ticket.task_id, ticket.alarm
-        if task_id is None or alarm is None or not ticket.live:
-            logger.debug("callback for %r, dropped meanwhile: 404", ticket)
-            return 404
-        return ticket, task_id, alarm
-
-    def _verify(self, task_id: str, body: bytes, headers: Mapping[str, str]) -> int:
-        """Check signature, body and task id, in that order; the status to answer."""
+            found = await self._bound_ticket(ticket)
+            if isinstance(found, int):
+                return found
+            target, task_id = found
         if self._hmac_key is not None:
             problem = self._signature_problem(task_id, headers)
             if problem is not None:
                 logger.warning("callback for task %s rejected: %s", task_id, problem)
                 return 401
+        return task_id, target
+
+    async def _deliver(self, admitted: tuple[str, Ticket | str], body: bytes) -> int:
+        """Check an admitted delivery's body, then wake its handle (or its replica's)."""
+        task_id, target = admitted
         if len(body) > _MAX_BODY:
             return 413
         try:
@@ -449,7 +490,33 @@ class CallbackReceiver:
                 notice.task_id,
             )
             return 400
+        if isinstance(target, str):
+            logger.debug("callback for task %s: passing it on through the store", task_id)
+            assert self._relay is not None  # noqa: S101 - a remote token came from the relay
+            return await self._relay.forward(target)
+        if target.ring():
+            logger.debug("callback for task %s: waking its handle", task_id)
+        else:
+            logger.debug("callback for task %s: handle final or woken lately", task_id)
         return 200
+
+    async def _bound_ticket(self, ticket: Ticket | None) -> tuple[Ticket, str] | int:
+        """The live ``ticket`` and its task (once bound), or the status to answer."""
+        if ticket is None:
+            logger.debug("callback to an unknown or expired token: 404")
+            return 404
+        if ticket.alarm is None:
+            try:
+                async with asyncio.timeout(_BIND_WAIT):
+                    await ticket.bound.wait()
+            except TimeoutError:
+                logger.info("callback for %r came before its task id: 503", ticket)
+                return 503
+        task_id = ticket.task_id
+        if task_id is None or ticket.alarm is None or not ticket.live:
+            logger.debug("callback for %r, dropped meanwhile: 404", ticket)
+            return 404
+        return ticket, task_id
 
     def _token_from(self, path: str) -> str | None:
         if not isinstance(path, str):
@@ -479,3 +546,27 @@ class CallbackReceiver:
                 "receiver.start() before submitting"
             )
         return str(self._public_url)
+
+
+def _body_refused(headers: Mapping[str, str], length: int | None) -> int | None:
+    """415 for a compressed body, 413 for a declared length over 64 KiB, else ``None``."""
+    encoding = next(
+        (value for name, value in headers.items() if name.lower() == "content-encoding"), ""
+    )
+    if encoding.strip().lower() not in _IDENTITY:
+        return 415
+    if length is not None and length > _MAX_BODY:
+        return 413
+    return None
+
+
+async def _read_at_most(content: StreamReader, limit: int) -> bytes | None:
+    """The whole body if it is at most ``limit`` bytes, else ``None`` (read no further)."""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await content.read(limit + 1 - size):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return None
+    return b"".join(chunks)

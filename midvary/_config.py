@@ -39,6 +39,11 @@ _non_negative = attrs_validator(non_negative_seconds)
 _optional_positive = attrs_validator(optional_seconds)
 _factor = attrs_validator(factor)
 
+# A learned range of durations is widened a little: samples never quite reach the true
+# extremes.
+_EARLY_MARGIN: Final = 0.95
+_LATE_MARGIN: Final = 1.05
+
 
 @attrs.frozen(kw_only=True)
 class PollPolicy:
@@ -96,7 +101,7 @@ class PollPolicy:
     ) -> float:
         """Seconds to wait before poll number ``attempt`` (1-based), jitter included.
 
-        The schedule itself lives in the polling module; this is its public spelling.
+        The schedule is the one described above; it depends on nothing but its arguments.
 
         Args:
             attempt: The number of the poll about to be made, from 1.
@@ -105,9 +110,30 @@ class PollPolicy:
                 or ``None`` when too few were seen to learn from.
             rng: Source of jitter; ``None`` means the ``random`` module.
         """
-        from ._polling import poll_delay  # noqa: PLC0415 - _polling imports this module
+        target = self.target_delay
+        if target is not None and known is not None and elapsed is not None:
+            base = self._learned(elapsed, known, target)
+        elif attempt <= 1:
+            base = 0.0 if elapsed is None else max(0.0, self.initial_delay - elapsed)
+        else:
+            base = min(self.max_delay, self.initial_delay * self.factor ** (attempt - 1))
+        if self.jitter and base > 0:
+            base += (rng or random).uniform(0, self.jitter)
+        return base
 
-        return poll_delay(self, attempt, elapsed=elapsed, known=known, rng=rng)
+    def _learned(self, elapsed: float, known: tuple[float, float], target: float) -> float:
+        step = 2 * target
+        shortest, longest = known
+        # Polling exactly at the shortest duration would find almost nothing done: the first
+        # poll comes half a step later, then one per step across the range seen.
+        first = shortest * _EARLY_MARGIN + step / 2
+        if elapsed < first:
+            return first - elapsed
+        last = longest * _LATE_MARGIN
+        if elapsed < last:
+            return step - (elapsed - first) % step
+        # Longer than any task seen: back off from the step, as the cold schedule would.
+        return min(max(self.max_delay, step), step + (elapsed - last) * (self.factor - 1))
 
 
 @attrs.frozen(kw_only=True)

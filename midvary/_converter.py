@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
+import attrs
 import cattrs
 import yarl
 from cattrs.gen import make_dict_structure_fn, override
 
 from ._errors import ProtocolError
-from ._jobs import VaryOutcome
+from ._jobs import JobOutcome
 from ._models import (
     CallbackNotice,
     ExtendRequest,
@@ -33,9 +34,9 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_DECODER = json.JSONDecoder()
-
-converter = cattrs.Converter(forbid_extra_keys=False)
+# Without detailed validation: every hook below raises a ProtocolError that already says
+# what was wrong, so cattrs' collecting of each field's error adds nothing to a message.
+converter = cattrs.Converter(forbid_extra_keys=False, detailed_validation=False)
 
 # Epoch values above this are milliseconds (the sibling APIs), below it seconds. 1e11 s is
 # the year 5138, 1e11 ms is 1973: no real task time is ambiguous.
@@ -105,7 +106,8 @@ def _from_epoch(value: float) -> datetime:
         raise ProtocolError(f"a time field is out of range: {value!r}") from exc
 
 
-# successFlag -> TaskStatus; a dict lookup costs a fraction of TaskStatus(value).
+# successFlag -> TaskStatus; an undocumented value is looked up as None (TaskStatus(value)
+# would raise).
 _STATUSES = {status.value: status for status in TaskStatus}
 
 #: successFlag 4, documented on a sibling record-info page as "generation succeeded but the
@@ -212,11 +214,11 @@ def _structure_optional_str(value: Any, _type: Any) -> str | None:
     return str(value)
 
 
-def _record_structure_fn(*, detailed: bool) -> Callable[[Mapping[str, Any], Any], TaskRecord]:
-    return make_dict_structure_fn(
+converter.register_structure_hook(
+    TaskRecord,
+    make_dict_structure_fn(
         TaskRecord,
         converter,
-        _cattrs_detailed_validation=detailed,
         task_id=override(rename="taskId"),
         task_type=override(rename="taskType", struct_hook=_structure_optional_str),
         status=override(rename="successFlag", struct_hook=_structure_status),
@@ -226,46 +228,18 @@ def _record_structure_fn(*, detailed: bool) -> Callable[[Mapping[str, Any], Any]
         completed_at=override(rename="completeTime", struct_hook=_structure_time),
         error_code=override(rename="errorCode", struct_hook=_structure_optional_int),
         error_message=override(rename="errorMessage", struct_hook=_structure_optional_str),
-    )
-
-
-converter.register_structure_hook(TaskRecord, _record_structure_fn(detailed=True))
-# The hot path (every poll) structures without cattrs' detailed validation, which collects
-# every field's error into an exception group at a cost on every call; only a body that
-# fails is structured again, the detailed way, to say what was wrong.
-_FAST: dict[type[Any], Callable[[Mapping[str, Any], Any], Any]] = {
-    TaskRecord: _record_structure_fn(detailed=False),
-}
-
-
-def _first_protocol_error(exc: BaseException) -> ProtocolError | None:
-    if isinstance(exc, ProtocolError):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = _first_protocol_error(inner)
-            if found is not None:
-                return found
-    return None
+    ),
+)
 
 
 def _structure(data: Mapping[str, Any], cls: type[T], what: str) -> T:
     """Structure ``data`` as ``cls``; any failure becomes the one :class:`ProtocolError`."""
-    fast = _FAST.get(cls)
-    if fast is not None:
-        try:  # not contextlib.suppress: this runs on every poll, and a try costs nothing
-            result: T = fast(data, cls)
-        except Exception:  # noqa: S110 - structured again below, for the detailed error
-            pass
-        else:
-            return result
     try:
         return converter.structure(data, cls)
-    except (cattrs.BaseValidationError, ValueError, TypeError) as exc:
-        inner = _first_protocol_error(exc)
-        if inner is not None:
-            raise inner from exc
-        raise ProtocolError(f"{what} is malformed: {exc}") from exc
+    except ProtocolError:
+        raise
+    except (cattrs.BaseValidationError, LookupError, ValueError, TypeError) as exc:
+        raise ProtocolError(f"{what} is malformed: {type(exc).__name__}: {exc}") from exc
 
 
 def envelope_code(value: object) -> int | None:
@@ -289,6 +263,44 @@ def envelope_message(envelope: Mapping[str, Any]) -> str | None:
     return None
 
 
+#: What a secret echoed by the provider becomes, in every text that comes back.
+REDACTED: Final = "***"
+
+
+def redact(text: str, secret: str) -> str:
+    """``text`` with every occurrence of ``secret`` (the API key) masked."""
+    return text.replace(secret, REDACTED) if secret in text else text
+
+
+def redact_record(record: TaskRecord, secret: str) -> TaskRecord:
+    """``record`` with ``secret`` masked in every text it holds (``record`` if none does).
+
+    A provider may echo what it was sent (the key included) in ``errorMessage``, ``taskType``
+    or ``paramJson``; a record's texts reach error messages, ``to_json_dict``, results files
+    and galleries, so the key is masked here, once, as in an envelope's ``msg``. The task id
+    is left as is: it names the task (and the key is never a valid one).
+    """
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, str):
+            return redact(value, secret)
+        if isinstance(value, Mapping):
+            return {clean(name): clean(item) for name, item in value.items()}
+        if isinstance(value, list | tuple):
+            return type(value)(clean(item) for item in value)
+        return value
+
+    try:
+        changes = {
+            name: cleaned
+            for name in ("task_type", "error_message", "image_urls", "params")
+            if (cleaned := clean(value := getattr(record, name))) != value
+        }
+    except RecursionError as exc:  # paramJson nested nearly as deep as the decoder allows
+        raise ProtocolError(f"record of task {record.task_id} is nested too deeply") from exc
+    return attrs.evolve(record, **changes) if changes else record
+
+
 def structure_record(data: object) -> TaskRecord:
     """Build a :class:`TaskRecord` from a ``record-info`` ``data`` object.
 
@@ -299,112 +311,28 @@ def structure_record(data: object) -> TaskRecord:
     """
     if not isinstance(data, dict):
         raise ProtocolError(f"record-info data is not an object: {data!r:.80}")
-    if data.get("taskId") is None or data.get("successFlag") is None:  # no list comp call
-        missing = [key for key in ("taskId", "successFlag") if data.get(key) is None]
+    missing = [key for key in ("taskId", "successFlag") if data.get(key) is None]
+    if missing:
         raise ProtocolError(f"record-info data lacks {', '.join(missing)}")
     if not isinstance(data["taskId"], str) or not data["taskId"]:
         raise ProtocolError(f"record-info taskId is not a string: {data['taskId']!r:.80}")
-    if type(data["successFlag"]) is not int or data["successFlag"] == CALLBACK_FAILED_FLAG:
-        data = _with_plain_flag(data)
-    record = common_record(data)
-    if record is not None:
-        return record
-    return _structure(data, TaskRecord, "record-info data")
+    return _structure(_callback_failed_as_success(data), TaskRecord, "record-info data")
 
 
-def _with_plain_flag(data: dict[str, Any]) -> dict[str, Any]:
-    """``data`` with its ``successFlag`` as one of the documented numbers where it means one.
+def _callback_failed_as_success(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with flag 4 as 1 when the record holds result URLs; else ``data`` as is.
 
-    A string flag (``"1"``, ``"SUCCESS"``...) becomes its number; flag 4 ("generation
-    succeeded but the callback failed") becomes 1 when the record holds result URLs (without
-    them it stays 4: not final, so the wait goes on until they come). Anything else is left
-    for the status hook to judge.
+    Flag 4 is "generation succeeded but the callback failed": with its result URLs it is a
+    success; without them it stays 4 (UNKNOWN: not final, so the wait goes on until they
+    come). A flag or URLs that cannot be read are left for the structuring to judge.
     """
     try:
-        number = flag_number(data["successFlag"])
+        if flag_number(data["successFlag"]) != CALLBACK_FAILED_FLAG:
+            return data
+        urls = _structure_urls(data.get("resultInfoJson"), None)
     except ProtocolError:
         return data
-    if number == CALLBACK_FAILED_FLAG:
-        try:
-            urls = _structure_urls(data.get("resultInfoJson"), None)
-        except ProtocolError:
-            urls = ()
-        if urls:
-            number = TaskStatus.SUCCESS.value
-    return data if number is None else {**data, "successFlag": number}
-
-
-def common_record(data: dict[str, Any]) -> TaskRecord | None:  # noqa: PLR0911, PLR0912 - one pass: a call per field is the cost it saves
-    """The record of a ``data`` object of the common exact shape, or ``None`` for cattrs.
-
-    Every poll structures a record, and cattrs' generated function calls a hook per field:
-    this builds the shape record-info sends (a documented integer ``successFlag``, strings
-    or ``null``, ``paramJson`` a JSON object in a string, ``resultInfoJson`` an object of
-    ``{"resultUrl": str}`` entries, times as the hooks above read them) in one pass, and
-    answers ``None`` for anything else, which the cattrs hooks then structure (or reject)
-    with their messages. The two give equal records (tests/test_wire_format.py).
-    ``data["taskId"]`` must already be a non-empty string.
-    """
-    get = data.get
-    flag = get("successFlag")
-    status = _STATUSES.get(flag) if type(flag) is int else None
-    task_type = get("taskType")
-    code = get("errorCode")
-    message = get("errorMessage")
-    if (
-        status is None
-        or not (task_type is None or type(task_type) is str)
-        or not (code is None or type(code) is int)
-        or not (message is None or type(message) is str)
-    ):
-        return None
-    raw = get("paramJson")
-    if raw is None:
-        params: Any = {}
-    elif type(raw) is str and raw[:1] == "{":
-        try:
-            params, end = _DECODER.raw_decode(raw)
-        except _UNDECODABLE:
-            return None
-        if end != len(raw) or type(params) is not dict:
-            return None
-    else:
-        return None
-    info = get("resultInfoJson")
-    if info is None:
-        urls: tuple[str, ...] = ()
-    elif type(info) is dict:
-        items = info.get("resultUrls")
-        if not items:
-            urls = ()
-        elif type(items) is list:
-            found: list[str] = []
-            for item in items:
-                url = item.get("resultUrl") if type(item) is dict else None
-                if type(url) is not str or not url:
-                    return None
-                found.append(url)
-            urls = tuple(found)
-        else:
-            return None
-    else:
-        return None
-    try:
-        created = _structure_time(get("createTime"), None)
-        completed = _structure_time(get("completeTime"), None)
-    except ProtocolError:
-        return None
-    return TaskRecord(
-        task_id=data["taskId"],
-        task_type=task_type,
-        status=status,
-        image_urls=urls,
-        params=params,
-        created_at=created,
-        completed_at=completed,
-        error_code=code,
-        error_message=message,
-    )
+    return {**data, "successFlag": TaskStatus.SUCCESS.value} if urls else data
 
 
 # A callback's data: plain-string resultUrls and promptJson instead of record-info's
@@ -520,7 +448,7 @@ def _error_json(error: BaseException) -> dict[str, Any]:
     return {"type": type(error).__name__, "message": str(error)}
 
 
-def _outcome_json(outcome: VaryOutcome) -> dict[str, Any]:
+def _outcome_json(outcome: JobOutcome) -> dict[str, Any]:
     request = outcome.request
     # A vary or upscale names the parent image it was made from, an extend the parent
     # video; a generate (and a manual extend) has a prompt.
@@ -544,17 +472,17 @@ def _outcome_json(outcome: VaryOutcome) -> dict[str, Any]:
 
 
 converter.register_unstructure_hook(TaskRecord, _record_json)
-converter.register_unstructure_hook(VaryOutcome, _outcome_json)
+converter.register_unstructure_hook(JobOutcome, _outcome_json)
 
 
-def to_json_dict(obj: TaskRecord | VaryOutcome | BaseException) -> dict[str, Any]:
+def to_json_dict(obj: TaskRecord | JobOutcome | BaseException) -> dict[str, Any]:
     """``obj`` as JSON-ready data (``json.dumps`` takes it as is).
 
     Args:
         obj: A :class:`TaskRecord` (``task_id``, ``status`` name, ``task_type``,
             ``parent_task_id``, ``image_index``, ``image_urls``, ISO-8601 ``created_at`` /
             ``completed_at`` or ``None``, ``error_code``, ``error_message``); a
-            :class:`VaryOutcome` (its request's ids or ``prompt``, ``task_id``, ``ok``,
+            :class:`JobOutcome` (its request's ids or ``prompt``, ``task_id``, ``ok``,
             ``uncertain``, ``record``, ``error``, ``files``); or an exception (``type``,
             ``message``).
 
@@ -564,9 +492,9 @@ def to_json_dict(obj: TaskRecord | VaryOutcome | BaseException) -> dict[str, Any
     """
     if isinstance(obj, BaseException):
         return _error_json(obj)
-    if not isinstance(obj, TaskRecord | VaryOutcome):
+    if not isinstance(obj, TaskRecord | JobOutcome):
         raise TypeError(
-            f"to_json_dict takes a TaskRecord, VaryOutcome or exception, not {obj!r:.60}"
+            f"to_json_dict takes a TaskRecord, JobOutcome or exception, not {obj!r:.60}"
         )
     data: dict[str, Any] = converter.unstructure(obj)
     return data

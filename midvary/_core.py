@@ -18,18 +18,23 @@ from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, Self, TypeVar, 
 
 import aiohttp
 
+from . import _telemetry as telemetry
 from ._config import PollPolicy, RetryPolicy
-from ._converter import structure_credits, structure_download_url, structure_record
+from ._converter import (
+    redact_record,
+    structure_credits,
+    structure_download_url,
+    structure_record,
+)
 from ._download import download_record
 from ._errors import EventLoopError, NotFoundError, ProtocolError, SessionClosedError
-from ._polling import Deadlines, DurationStats, PollHealth
+from ._polling import DurationStats, PollHealth
 from ._transport import Transport
 
 if TYPE_CHECKING:
     import yarl
 
     from ._models import TaskRecord
-    from ._polling import Alarm
 
 RECORD_PATH: Final = "/api/v1/mj/record-info"
 DOWNLOAD_URL_PATH: Final = "/api/v1/common/download-url"
@@ -59,8 +64,7 @@ class SessionCore:
         rng: The source of jitter.
         durations: What the session learned about task durations.
         health: Whether the session's polls keep failing (warned about once).
-        waiting: The alarms of the waits in progress (closing wakes them with an error).
-        deadlines: The deadlines of the waits in progress, on one loop timer.
+        waiting: The timeouts of the waits in progress (closing expires them at once).
         fanouts: The fan-outs running (closing ends them first).
 
     """
@@ -73,7 +77,6 @@ class SessionCore:
         "_owns_http",
         "_state",
         "_transport",
-        "deadlines",
         "durations",
         "fanouts",
         "health",
@@ -112,8 +115,7 @@ class SessionCore:
         self.rng = random.Random(seed)
         self.durations = DurationStats()
         self.health = PollHealth()
-        self.waiting: set[Alarm] = set()
-        self.deadlines = Deadlines()
+        self.waiting: set[asyncio.Timeout] = set()
         self.fanouts: set[Closable] = set()
 
     def __repr__(self) -> str:
@@ -160,26 +162,18 @@ class SessionCore:
             EventLoopError: Called from another event loop than the session's first one.
 
         """
-        transport = self._transport
-        # The common case without a call (this runs two or three times per task): open, in
-        # the loop it first ran in. Anything else goes through check_loop.
-        if (
-            transport is not None
-            and self._state is _State.OPEN
-            and self._loop is asyncio.get_running_loop()
-        ):
-            return transport
         self.check_loop()
         if self._state is _State.CLOSED:
             raise SessionClosedError(
                 "this Session is closed and cannot be reopened; create a new one"
             )
-        if self._http is None:
-            self._http = aiohttp.ClientSession()
-        self._transport = Transport(
-            self._http, base_url=self._base_url, api_key=self._api_key, timeout=self.timeout
-        )
-        self._state = _State.OPEN
+        if self._transport is None:
+            if self._http is None:
+                self._http = aiohttp.ClientSession()
+            self._transport = Transport(
+                self._http, base_url=self._base_url, api_key=self._api_key, timeout=self.timeout
+            )
+            self._state = _State.OPEN
         return self._transport
 
     async def fetch_record(self, task_id: str) -> TaskRecord:
@@ -191,6 +185,7 @@ class SessionCore:
 
         """
         transport = self.open()
+        telemetry.polled()
         try:
             data = await transport.call("GET", RECORD_PATH, params={"taskId": task_id})
         except NotFoundError as exc:
@@ -201,7 +196,7 @@ class SessionCore:
             ) from exc
         if data is None:
             raise NotFoundError(f"task {task_id} not found (empty record)", code=404)
-        record = structure_record(data)
+        record = redact_record(structure_record(data), self._api_key)
         if record.task_id != task_id:
             raise ProtocolError(
                 f"asked for task {task_id}, the provider answered with {record.task_id}"
@@ -261,10 +256,10 @@ class SessionCore:
             await fanout.aclose()
         self._state = _State.CLOSED
         closing()
-        closed = SessionClosedError("the Session was closed while waiting for this task")
-        for alarm in tuple(self.waiting):
-            alarm.wake(closed)
-        self.deadlines.close()
+        now = asyncio.get_running_loop().time()
+        for scope in self.waiting:
+            if not scope.expired():  # one that expired on its own reports its deadline
+                scope.reschedule(now)
         if self._owns_http and self._http is not None:
             await self._http.close()
 

@@ -178,7 +178,7 @@ class EndpointNotServedError(APIError):
 
 
 #: The refusals that stop the account, not one request: a wrong key, no credits left, the
-#: feature disabled. A fan-out sends no further POST after one (see ``Session.vary_many``).
+#: feature disabled. A fan-out sends no further POST after one (see ``Session.submit_many``).
 ACCOUNT_STOPPING: tuple[type[APIError], ...] = (
     AuthenticationError,
     InsufficientCreditsError,

@@ -3,7 +3,7 @@
 A :class:`FanOut` pulls requests from its input only as slots free up (the input may be a
 lazy iterable or an async iterable of any length), runs each job in its own task (submit
 through the session's rate limiter, then await the handle, then optionally download), and
-hands out one :class:`VaryOutcome` per job in completion order. A job's failure is that
+hands out one :class:`JobOutcome` per job in completion order. A job's failure is that
 job's outcome; it never cancels the others.
 
 Two things stop a fan-out from sending more, never from finishing what it sent: an
@@ -38,6 +38,7 @@ from collections.abc import (
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Self, TypeVar
 
+from . import _telemetry as telemetry
 from ._errors import (
     ACCOUNT_STOPPING,
     APIError,
@@ -46,7 +47,7 @@ from ._errors import (
     SubmitUncertainError,
 )
 from ._handle import TaskHandle
-from ._jobs import FanOutOptions, JobEvent, JobEventKind, UnfinishedJob, VaryOutcome
+from ._jobs import FanOutOptions, JobEvent, JobEventKind, JobOutcome, UnfinishedJob
 from ._models import SubmitRequest, TaskRecord
 from ._submit import REQUEST_CLASSES, is_request
 
@@ -84,7 +85,7 @@ class _Job:
         self.task_id: str | None = None
         self.posting = False
         self.reattached = False
-        self.outcome: VaryOutcome | None = None
+        self.outcome: JobOutcome | None = None
         # A POST of this job was sent: it counts against max_tasks unless certainly refused.
         self.billable = False
 
@@ -151,9 +152,9 @@ class _NotSent(Exception):  # noqa: N818 - not an error: a job held back, never 
 
 
 class FanOut:
-    """An async iterator of :class:`VaryOutcome`, one per job, in completion order.
+    """An async iterator of :class:`JobOutcome`, one per job, in completion order.
 
-    Made by :meth:`Session.vary_many` (its keyword arguments become one
+    Made by :meth:`Session.submit_many` (its keyword arguments become one
     :class:`FanOutOptions`); see there for what they mean. Iterate it with
     ``async for``; preferably inside ``async with`` (or :func:`contextlib.aclosing`), so that
     leaving the loop early cancels the jobs still in flight at once instead of when the
@@ -179,7 +180,7 @@ class FanOut:
         self.concurrency = options.concurrency
         self._slots = asyncio.Semaphore(self.concurrency)
         self._driver: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[VaryOutcome | None]] = set()
+        self._tasks: set[asyncio.Task[JobOutcome | None]] = set()
         self._pending: dict[int, _Job] = {}
         self._ready: collections.deque[_Job] = collections.deque()
         self._wakeup = asyncio.Event()
@@ -196,6 +197,9 @@ class FanOut:
         self._not_sent: list[UnfinishedJob] = []
         # The driver is inside the caller's iterable (never cancelled there).
         self._pulling = False
+        # The span its jobs' spans hang under (started with the fan-out), and their count.
+        self._span = telemetry.FanOutSpan(None, None)
+        self._jobs = 0
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "running" if self._driver else "not started"
@@ -237,7 +241,7 @@ class FanOut:
     def __aiter__(self) -> Self:
         return self
 
-    async def __anext__(self) -> VaryOutcome:
+    async def __anext__(self) -> JobOutcome:
         """The next outcome, in completion order.
 
         Raises:
@@ -301,6 +305,7 @@ class FanOut:
         self._pending.clear()
         self._ready.clear()
         self._wakeup.set()
+        self._span.end(jobs=self._jobs, billable=self._billable, stopped_by=self._stop)
         abandoned = [job for job in self._unfinished if job.task_id or job.uncertain]
         if self._not_sent:
             why = "the account refused" if self._stop is not None else "max_tasks was reached"
@@ -318,6 +323,7 @@ class FanOut:
         if self._driver is None:
             self._core.check_open()
             self._core.fanouts.add(self)
+            self._span = telemetry.fan_out()
             self._driver = asyncio.get_running_loop().create_task(self._drive())
 
     async def _drive(self) -> None:
@@ -332,7 +338,10 @@ class FanOut:
                         self._not_sent.append(job.not_sent())
                         break
                     self._pending[job.index] = job
-                    task = asyncio.get_running_loop().create_task(self._run(job))
+                    self._jobs += 1
+                    task = asyncio.get_running_loop().create_task(
+                        self._run(job), context=self._span.task_context()
+                    )
                     self._tasks.add(task)
                     task.add_done_callback(self._job_ended)
         except Exception as exc:  # the caller's iterable failed: report it after the jobs
@@ -370,7 +379,7 @@ class FanOut:
                     return
                 yield item
 
-    def _job_ended(self, task: asyncio.Task[VaryOutcome | None]) -> None:
+    def _job_ended(self, task: asyncio.Task[JobOutcome | None]) -> None:
         self._tasks.discard(task)
         if task.cancelled():
             return
@@ -420,7 +429,7 @@ class FanOut:
 
     # -- one job ----------------------------------------------------------------------------
 
-    async def _run(self, job: _Job) -> VaryOutcome | None:
+    async def _run(self, job: _Job) -> JobOutcome | None:
         options = self._options
         record: TaskRecord | None = None
         paths: tuple[Path, ...] = ()
@@ -453,7 +462,7 @@ class FanOut:
         except Exception as exc:  # one job's failure is that job's outcome
             job.posting = False
             record, error = None, exc
-        job.outcome = VaryOutcome(
+        job.outcome = JobOutcome(
             index=job.index,
             request=job.request,
             task_id=job.task_id,
@@ -503,8 +512,8 @@ class FanOut:
             )
 
 
-async def collect_all(fanout: FanOut) -> list[VaryOutcome]:
-    """Every outcome of ``fanout`` in input order (what ``Session.vary_all`` returns).
+async def collect_all(fanout: FanOut) -> list[JobOutcome]:
+    """Every outcome of ``fanout`` in input order (what ``Session.submit_all`` returns).
 
     When the call ends without its list (it is cancelled, the input raises, or the session
     closes), the task ids of the finished jobs it drops are logged as a warning.
@@ -513,7 +522,7 @@ async def collect_all(fanout: FanOut) -> list[VaryOutcome]:
         SessionClosedError: The session closed before every job finished.
 
     """
-    outcomes: list[VaryOutcome] = []
+    outcomes: list[JobOutcome] = []
     async with fanout:
         try:
             async for outcome in fanout:
@@ -524,19 +533,19 @@ async def collect_all(fanout: FanOut) -> list[VaryOutcome]:
         if not fanout._complete:  # the session's close ended the loop, not the jobs
             _log_dropped(outcomes)
             raise SessionClosedError(
-                "the Session was closed while vary_all was running; the task ids of its "
+                "the Session was closed while submit_all was running; the task ids of its "
                 "jobs are logged"
             )
     outcomes.sort(key=lambda outcome: outcome.index)
     return outcomes
 
 
-def _log_dropped(outcomes: list[VaryOutcome]) -> None:
-    """Log the task ids of finished jobs whose outcomes a failing ``vary_all`` drops."""
+def _log_dropped(outcomes: list[JobOutcome]) -> None:
+    """Log the task ids of finished jobs whose outcomes a failing ``submit_all`` drops."""
     dropped = [o for o in outcomes if o.task_id is not None or o.uncertain]
     if dropped:
         logger.warning(
-            "vary_all ended early: %d finished jobs are not returned (task ids: %s)",
+            "submit_all ended early: %d finished jobs are not returned (task ids: %s)",
             len(dropped),
             ", ".join(o.task_id or "unknown (uncertain)" for o in dropped),
         )
@@ -545,8 +554,8 @@ def _log_dropped(outcomes: list[VaryOutcome]) -> None:
 def takes_options_of(
     fan_out: Callable[Concatenate[Owner, Requests, Keywords], FanOut],
 ) -> Callable[
-    [Callable[..., Awaitable[list[VaryOutcome]]]],
-    Callable[Concatenate[Owner, Requests, Keywords], Awaitable[list[VaryOutcome]]],
+    [Callable[..., Awaitable[list[JobOutcome]]]],
+    Callable[Concatenate[Owner, Requests, Keywords], Awaitable[list[JobOutcome]]],
 ]:
     """Give the decorated method ``fan_out``'s keyword arguments: one list, for both.
 
@@ -555,8 +564,8 @@ def takes_options_of(
     """
 
     def decorate(
-        method: Callable[..., Awaitable[list[VaryOutcome]]],
-    ) -> Callable[Concatenate[Owner, Requests, Keywords], Awaitable[list[VaryOutcome]]]:
+        method: Callable[..., Awaitable[list[JobOutcome]]],
+    ) -> Callable[Concatenate[Owner, Requests, Keywords], Awaitable[list[JobOutcome]]]:
         signature = inspect.signature(fan_out)
         method.__signature__ = signature.replace(  # type: ignore[attr-defined]
             return_annotation=inspect.signature(method).return_annotation

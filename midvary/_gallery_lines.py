@@ -1,12 +1,14 @@
 """The lines of a bulk results file, read for the gallery (:mod:`midvary._gallery`).
 
 :func:`parse_results` reads the lines ``midvary bulk`` (and ``midvary demo``) write: one JSON
-object a line. A vary or upscale line names its parent task (``task_id``) and image
-(``image_index``); a generate line has neither but its ``prompt``; a child of a generate
-row names it (``parent``). A line that cannot be read (not JSON, a required field missing
-or of the wrong type, not UTF-8) becomes a :class:`BadLine` with its number and the reason.
-When a job has several lines (a re-submitted uncertain job), the last one wins, as for
-``bulk`` itself.
+object a line. A line names the task the job made (``task_id``); a vary or upscale line
+names its parent task (``parent_task_id``) and image (``image_index``); a generate line has
+neither but its ``prompt``; a child of a generate row names it (``parent``). A line that
+cannot be read (not JSON, a required field missing or of the wrong type, not UTF-8)
+becomes a :class:`BadLine` with its number and the reason. When a job has several lines
+(a re-submitted uncertain job), the last one wins, as for ``bulk`` itself. Lines written
+before the rename of issue 18 (the job's task in ``vary_task_id``, the parent in
+``task_id``) read the same: see :func:`line_task_ids`.
 """
 
 from __future__ import annotations
@@ -28,12 +30,13 @@ class GalleryJob:
     Attributes:
         number: The line of the results file it came from (1-based).
         id: The job's id (``id``).
-        parent_task_id: The parent task that was varied or upscaled (``task_id``); ``None``
-            for a generate job.
+        parent_task_id: The parent task that was varied or upscaled (``parent_task_id``);
+            ``None`` for a generate job.
         image_index: The parent's image that was varied or upscaled (``image_index``);
             ``None`` for a generate job.
         status: ``done``, ``failed``, ``uncertain`` (``status``; other values are kept).
-        task_id: The vary task's id (``vary_task_id``), or ``None`` if it never got one.
+        task_id: The id of the task the job made (``task_id``), or ``None`` if it never
+            got one.
         water_mark: The requested water mark, or ``None``.
         image_urls: The result URLs (``image_urls``).
         files: The downloaded files (``files``), as written: relative to where bulk ran,
@@ -141,6 +144,19 @@ def read_results(path: Path) -> GalleryResults:
 # -- reading one line ------------------------------------------------------------------------
 
 
+def line_task_ids(data: Mapping[str, Any]) -> tuple[Any, Any]:
+    """A results line's (parent task id, task id made), in today's format or the old one.
+
+    Today a line says ``parent_task_id`` and ``task_id``. Before issue 18 it said ``task_id``
+    for the parent and ``vary_task_id`` for the task made; every such line has the
+    ``vary_task_id`` field (``null`` when the job got no task), which tells the formats
+    apart. The values are returned unchecked (the callers word their own errors).
+    """
+    if "vary_task_id" in data:
+        return data.get("task_id"), data.get("vary_task_id")
+    return data.get("parent_task_id"), data.get("task_id")
+
+
 def _job(number: int, line: bytes) -> GalleryJob:
     """The job of one line, or :class:`_BadLineError` saying what is wrong with it."""
     try:
@@ -158,13 +174,17 @@ def _job(number: int, line: bytes) -> GalleryJob:
     action = _text(data, "action")
     # A generate job has no parent task nor image: its prompt is what it is about.
     generate = action == "generate"
+    parent_task_id, task_id = line_task_ids(data)
+    ids = {"parent_task_id": parent_task_id, "task_id": task_id}
     return GalleryJob(
         number=number,
         id=_required(data, "id"),
-        parent_task_id=_text(data, "task_id") if generate else _required(data, "task_id"),
+        parent_task_id=_text(ids, "parent_task_id")
+        if generate
+        else _required(ids, "parent_task_id"),
         image_index=_field(data, "image_index", int, required=not generate),
         status=_required(data, "status"),
-        task_id=_text(data, "vary_task_id"),
+        task_id=_text(ids, "task_id"),
         water_mark=_field(data, "water_mark", str, required=False),
         image_urls=_strings(data, "image_urls"),
         files=_strings(data, "files"),

@@ -10,14 +10,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
+from . import _telemetry as telemetry
 from ._config import USE_DEFAULT, PollPolicy, UseDefault
 from ._errors import NotFoundError, SessionClosedError, TaskFailedError, TaskTimeoutError
 from ._models import FAILED_STATUSES, FINAL_STATUSES, TaskRecord, TaskStatus
-from ._polling import CLOSED, DEADLINE, Alarm, poll_delay, retry_poll
-from ._retry import is_transient
+from ._polling import Alarm
+from ._retry import is_transient, poll_retrying
+from ._telemetry import request_kind
 from ._validate import optional_seconds
 
 if TYPE_CHECKING:
@@ -50,6 +52,7 @@ class TaskHandle:
         "_final",
         "_last",
         "_last_error",
+        "_polls",
         "_reattached",
         "request",
         "task_id",
@@ -82,6 +85,8 @@ class TaskHandle:
         # What ends this handle's sleeps early: a callback (its ticket holds the same alarm)
         # or the session's close (the session's registry of waits holds it while one runs).
         self._alarm = alarm if alarm is not None else Alarm()
+        # record-info GETs sent by this handle's waits (each wait's span tells its own).
+        self._polls = 0
 
     def __repr__(self) -> str:
         state = self._last.status.name if self._last is not None else "unseen"
@@ -143,101 +148,87 @@ class TaskHandle:
         policy = poll
         limit = policy.timeout if timeout is USE_DEFAULT else optional_seconds(timeout, "timeout")
         core.check_open()
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task(loop)
-        if task is None:
-            raise RuntimeError("TaskHandle.wait() must run inside an asyncio task")
-        # The deadline cancels this task (DEADLINE, from the session's one deadline timer); a
-        # close cancels it too (CLOSED, through the alarm), which cuts a request in flight.
-        cancelling = task.cancelling()
-        deadlines = core.deadlines
-        deadline = None if limit is None else deadlines.add(loop, loop.time() + limit, task)
-        alarm = self._alarm
-        alarm.waits.add(task)
+        # One timeout per wait: its deadline, and the session's close, which expires it
+        # early (SessionCore.aclose) so that a poll request in flight is cut as well.
+        scope = asyncio.timeout(limit)
+        with telemetry.wait(self.task_id, core.base_url) as span:
+            polls, notified = self._polls, self._alarm.notified
+            try:
+                return _outcome(await self._wait(scope, policy, on_retry, limit))
+            finally:
+                span.polls = self._polls - polls
+                span.callback = self._alarm.notified > notified
+
+    async def _wait(
+        self,
+        scope: asyncio.Timeout,
+        policy: PollPolicy,
+        on_retry: Callable[[BaseException, float], None] | None,
+        limit: float | None,
+    ) -> TaskRecord:
+        core = self._core
         try:
-            record = await self._poll(policy, on_retry)
-        except asyncio.CancelledError as exc:
-            reason = exc.args[0] if exc.args else None
-            if (reason is DEADLINE or reason is CLOSED) and task.uncancel() <= cancelling:
-                if reason is CLOSED or core.closed:
-                    raise SessionClosedError(
-                        "the Session was closed while waiting for this task"
-                    ) from None
-                since = self._failing_since
-                error = self._last_error
-                raise TaskTimeoutError(
-                    self.task_id,
-                    limit or 0.0,
-                    self._last,
-                    last_error=error,
-                    failing_for=None if since is None else time.monotonic() - since,
-                ) from error
-            raise
+            async with scope:
+                core.waiting.add(scope)
+                record = await self._poll(policy, on_retry)
+        except TimeoutError:
+            if not scope.expired():
+                raise
+            if core.closed:
+                raise SessionClosedError(
+                    "the Session was closed while waiting for this task"
+                ) from None
+            since = self._failing_since
+            error = self._last_error
+            raise TaskTimeoutError(
+                self.task_id,
+                limit or 0.0,
+                self._last,
+                last_error=error,
+                failing_for=None if since is None else time.monotonic() - since,
+            ) from error
         finally:
-            alarm.waits.discard(task)
-            if deadline is not None:
-                deadlines.discard(deadline)
-        if record.status in FAILED_STATUSES:  # _outcome(record), inline
-            raise TaskFailedError(record)
+            core.waiting.discard(scope)
         return record
 
     async def _poll(
         self, policy: PollPolicy, on_retry: Callable[[BaseException, float], None] | None
     ) -> TaskRecord:
-        # Polling is a schedule, not a retry: this loop asks the schedule when to poll next,
-        # and each poll is one call that retries the poll's transient failures. Between
-        # polls nothing but a timer is held, which keeps 10,000 waiting handles cheap.
-        waiting = self._core.waiting
+        # Polling is a schedule, not a retry: this loop asks the policy when to poll next,
+        # and each poll is one call that the retry module carries through its transient
+        # failures, at the schedule's pace. Between polls nothing but a timer is held, which
+        # keeps 10,000 waiting handles cheap.
         alarm = self._alarm
-        waiting.add(alarm)
-        try:
-            attempt = 1
-            await alarm.sleep(self._delay(policy, attempt))
-            while True:
-                try:
-                    record = await self._poll_once(policy)  # the first attempt, bare
-                    attempts = 1
-                except Exception as exc:
-                    if not is_transient(exc):
-                        raise
-                    record, attempts = await self._poll_retrying(policy, attempt, exc, on_retry)
-                if record is not None and record.status in FINAL_STATUSES:
-                    return record
-                attempt += attempts
-                await alarm.sleep(self._delay(policy, attempt))
-        finally:
-            waiting.discard(alarm)
-
-    def _poll_retrying(
-        self,
-        policy: PollPolicy,
-        attempt: int,
-        failure: BaseException,
-        on_retry: Callable[[BaseException, float], None] | None,
-    ) -> Awaitable[tuple[TaskRecord | None, int]]:
-        """A poll that failed with ``failure``, retried; the record and the attempts made."""
-        return retry_poll(
-            lambda: self._poll_once(policy),
-            failure,
+        attempt = 1
+        retrying = poll_retrying(
             self._core.retry,
-            sleep=self._alarm.sleep,
+            sleep=alarm.sleep,
             delay=lambda retry: self._delay(policy, attempt + retry),
             what=self.task_id,
             on_retry=on_retry,
         )
+        await alarm.sleep(self._delay(policy, attempt))
+        while True:
+            record: TaskRecord | None = await retrying(self._poll_once, policy)
+            if record is not None and record.status in FINAL_STATUSES:
+                return record
+            attempt += retrying.statistics["attempt_number"]
+            await alarm.sleep(self._delay(policy, attempt))
 
     def _delay(self, policy: PollPolicy, attempt: int) -> float:
         core = self._core
         if self._reattached:
             # Submitted elsewhere, at a time we do not know: nothing to learn the schedule from.
-            return poll_delay(policy, attempt, rng=core.rng)
-        # The learned durations matter only to a policy with a target delay.
-        known = core.durations.bounds() if policy.target_delay is not None else None
-        return poll_delay(
-            policy, attempt, elapsed=time.monotonic() - self._created, known=known, rng=core.rng
+            return policy.delay(attempt, rng=core.rng)
+        return policy.delay(
+            attempt,
+            elapsed=time.monotonic() - self._created,
+            known=core.durations.bounds(),
+            rng=core.rng,
         )
 
     async def _poll_once(self, policy: PollPolicy) -> TaskRecord | None:
+        self._polls += 1
         try:
             record = await self._core.fetch_record(self.task_id)
         except NotFoundError:
@@ -254,13 +245,7 @@ class TaskHandle:
                 self._last_error = exc
                 self._core.health.failed(exc, now, policy.warn_failing_after)
             raise
-        # self._answered(), inline (one call per poll fewer); the session's health needs
-        # news of a success only during a spell of failures.
-        self._failing_since = None
-        self._last_error = None
-        health = self._core.health
-        if health.since is not None:
-            health.succeeded(time.monotonic())
+        self._answered()
         if record.status is TaskStatus.UNKNOWN:
             logger.warning("task %s reports an undocumented state; polling on", self.task_id)
         return self._seen(record)
@@ -279,6 +264,7 @@ class TaskHandle:
                 submitted = None if self._reattached else self._created
                 self._core.durations.learn(record, submitted_at=submitted)
             self._alarm.finished()
+            telemetry.seen_final(record, None if self._reattached else request_kind(self.request))
         return record
 
 

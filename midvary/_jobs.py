@@ -1,8 +1,8 @@
 """What a fan-out's jobs report: their events and outcomes, and the options of a fan-out.
 
-Public records (:class:`JobEventKind`, :class:`JobEvent`, :class:`VaryOutcome`,
+Public records (:class:`JobEventKind`, :class:`JobEvent`, :class:`JobOutcome`,
 :class:`UnfinishedJob`) and :class:`FanOutOptions`, the one validated copy of the keyword
-arguments of ``Session.vary_many`` and ``Session.vary_all``.
+arguments of ``Session.submit_many`` and ``Session.submit_all``.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class JobEventKind(enum.Enum):
 
 
 @attrs.frozen(kw_only=True)
-class VaryOutcome:
+class JobOutcome:
     """The result of one job of a fan-out: exactly one of ``record`` and ``error`` is set.
 
     Attributes:
@@ -96,13 +96,13 @@ class JobEvent:
     Attributes:
         kind: What happened (:class:`JobEventKind`).
         index: The job's position in the input, 0-based.
-        request: The job's request (``None`` as in :attr:`VaryOutcome.request`).
+        request: The job's request (``None`` as in :attr:`JobOutcome.request`).
         task_id: The task's id, once the submission was accepted.
         wait: For ``RATE_LIMITED`` and ``RETRYING``: the seconds the job is about to wait
             (``0.0`` when it waits for a submission in flight to end); else ``None``.
         error: For ``RATE_LIMITED`` after a 429: the :class:`RateLimitError`; for
             ``RETRYING``: the failure retried; for ``FAILED``: the job's error; else ``None``.
-        outcome: For ``DONE`` and ``FAILED``: the job's :class:`VaryOutcome`.
+        outcome: For ``DONE`` and ``FAILED``: the job's :class:`JobOutcome`.
         reattached: For ``SUBMITTED``: ``True`` when nothing was sent because the
             request's key already named the task; else ``False``.
 
@@ -114,7 +114,7 @@ class JobEvent:
     task_id: str | None = None
     wait: float | None = None
     error: Exception | None = None
-    outcome: VaryOutcome | None = None
+    outcome: JobOutcome | None = None
     reattached: bool = False
 
 
@@ -124,11 +124,11 @@ class UnfinishedJob:
 
     Either the fan-out was cancelled or closed early, or the job was never sent: its
     ``max_tasks`` was reached, or the account stopped it (401, 402, 505; see
-    :meth:`Session.vary_many`). A job never sent is pending: nothing was billed for it.
+    :meth:`Session.submit_many`). A job never sent is pending: nothing was billed for it.
 
     Attributes:
         index: The job's position in the input, 0-based.
-        request: The job's request (``None`` as in :attr:`VaryOutcome.request`).
+        request: The job's request (``None`` as in :attr:`JobOutcome.request`).
         task_id: The task's id if the submission was accepted: re-attach it with
             :meth:`Session.task`. ``None`` if it was not (or see ``uncertain``).
         uncertain: ``True`` when a submission was sent and its answer never seen (it was
@@ -183,7 +183,7 @@ def _max_tasks(value: object) -> int | None:
 
 @attrs.frozen(kw_only=True)
 class FanOutOptions:
-    """How a fan-out runs its jobs, validated once; see :meth:`Session.vary_many`.
+    """How a fan-out runs its jobs, validated once; see :meth:`Session.submit_many`.
 
     Attributes:
         concurrency: The most jobs in flight at once (>= 1).

@@ -29,6 +29,10 @@ class TaskStatus(enum.Enum):
     GENERATE_FAILED = 3
     UNKNOWN = -1
 
+    def __str__(self) -> str:
+        """The state as a person reads it: ``success``, ``generate failed``, ..."""
+        return self.name.lower().replace("_", " ")
+
     @property
     def is_final(self) -> bool:
         """Whether the task will not change any more."""

@@ -1,22 +1,25 @@
-"""The client-side submission rate limiter: at most N submissions in any window of W seconds.
+"""The submission window: at most N submissions in any window of W seconds, and its slow-down.
+
+:class:`Window` is the pure rule, kept once: the in-process :class:`SubmitLimiter` runs on it,
+the local stores (memory, SQLite) keep one per account and run it inside their transactions,
+and the Redis store's scripts (``_store/_lua.py``) are its twin in Lua, on the server's clock.
 
 Why not ``aiolimiter``: its ``AsyncLimiter`` is a leaky bucket that lets ``max_rate``
 acquisitions through at once and then refills continuously, so in the first window it
 admits up to about twice ``max_rate``; the provider's limit is a sliding window ("20 new
 requests per 10 seconds", beyond which HTTP 429, not queued), which that overshoots. It also
-has no public way to change its rate at run time (the rate is cached in a private slot), and
-a 429 must slow the limiter down. This module is the small sliding-window limiter that does
-both, in about a hundred lines.
+has no public way to change its rate at run time, and a 429 must slow the limiter down.
 
-How it works:
+The rule:
 
 - A slot is taken before a POST and stamped with the time its answer arrived (or the POST
   failed). The provider counts a submission when it accepts it, which is no later than the
   moment its answer arrives, so "at most N stamps in the last W seconds, plus the POSTs in
-  flight" keeps the provider's own window within its limit whatever the network latency.
-- Waiters are served first come, first served.
-- :meth:`SubmitLimiter.slow_down` (called after a 429 that still came back, e.g. because
-  another program uses the same key) halves the allowance (not below 1 per window) and pauses
+  flight" keeps the provider's own window within its limit whatever the network latency. A
+  slot in flight has a lease: a slot whose owner died becomes a stamp at its lease's end.
+- A refunded slot (the POST was certainly not accepted) leaves no stamp.
+- :meth:`Window.slow_down` (a 429 that still came back, e.g. because another program uses
+  the same key) halves the allowance (not below 1 per window, once per pause) and pauses
   new submissions for the retry's wait. The allowance then grows back by 1 per quiet window
   (additive increase, multiplicative decrease).
 """
@@ -24,11 +27,14 @@ How it works:
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
+import itertools
 import logging
+import math
 from collections.abc import AsyncIterator, Callable
 from typing import Final
+
+import attrs
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +43,116 @@ DEFAULT_SUBMIT_RATE: Final = (20, 10.0)
 
 #: Called with the seconds a submission is about to wait for the limiter.
 OnWait = Callable[[float], None]
+
+#: The shortest wait the window hands out (seconds): a wait of zero would spin.
+MIN_WAIT: Final = 0.001
+
+
+@attrs.define(kw_only=True)
+class Window:
+    """One account's submission window; every time is seconds on one clock.
+
+    Attributes:
+        allowance: Submissions allowed per window now (``None``: the rate's count).
+        grown_at: When the allowance last grew back (or was cut).
+        paused_until: No new slot before this time.
+        stamps: Slot id -> when its POST ended (kept for one window).
+        flight: Slot id -> when its lease ends (a POST in flight).
+
+    """
+
+    allowance: int | None = None
+    grown_at: float = 0.0
+    paused_until: float = 0.0
+    stamps: dict[str, float] = attrs.field(factory=dict)
+    flight: dict[str, float] = attrs.field(factory=dict)
+
+    def tidy(self, now: float, count: int, window: float) -> int:
+        """Expire dead slots into stamps, drop old stamps, grow the allowance; return it."""
+        for slot_id, lease_until in list(self.flight.items()):
+            if lease_until < now:
+                # A dead process's POST may have been accepted up to its lease's end.
+                del self.flight[slot_id]
+                self.stamps[slot_id] = lease_until
+        for slot_id, stamp in list(self.stamps.items()):
+            if stamp <= now - window:
+                del self.stamps[slot_id]
+        allowance = count if self.allowance is None else min(self.allowance, count)
+        if allowance < count:
+            windows = math.floor((now - self.grown_at) / window)
+            if windows > 0:
+                allowance = min(count, allowance + windows)
+                self.grown_at += windows * window
+        self.allowance = allowance
+        return allowance
+
+    def wait(self, now: float, rate: tuple[int, float]) -> float | None:
+        """Seconds until a slot may be free: ``0.0`` if one is free now.
+
+        Otherwise at least :data:`MIN_WAIT`, or ``None`` when every slot is a POST in flight
+        (free once one ends: the owner of those POSTs learns when they end, others poll,
+        see :meth:`poll_wait`).
+        """
+        count, window = rate
+        allowance = self.tidy(now, count, window)
+        used = len(self.stamps) + len(self.flight)
+        pause = self.paused_until - now
+        if used < allowance:
+            return 0.0 if pause <= 0 else max(pause, MIN_WAIT)
+        excess = used - allowance
+        if excess >= len(self.stamps):
+            return None
+        # The slot that frees first: the (excess + 1)-th oldest stamp leaves the window.
+        oldest = sorted(self.stamps.values())[excess]
+        return max(oldest + window - now, pause, MIN_WAIT)
+
+    def acquire(
+        self, now: float, rate: tuple[int, float], slot_id: str, lease_s: float
+    ) -> float | None:
+        """Take a slot for ``lease_s`` seconds if one is free (idempotent per ``slot_id``).
+
+        Returns ``0.0`` when taken, else what :meth:`wait` says.
+        """
+        self.tidy(now, *rate)
+        if slot_id in self.flight:
+            return 0.0
+        wait = self.wait(now, rate)
+        if wait == 0.0:
+            self.flight[slot_id] = now + lease_s
+        return wait
+
+    def poll_wait(self, now: float, rate: tuple[int, float]) -> float:
+        """Seconds to wait when :meth:`acquire` said ``None`` and the POSTs are another's.
+
+        A short poll (a tenth of a slot's spacing, within 10-250 ms), at most until the first
+        lease ends, and no sooner than the pause ends.
+        """
+        count, window = rate
+        first_end = min(self.flight.values(), default=now)
+        wait = min(max(min(window / count, 0.25), 0.01), first_end - now)
+        return max(wait, self.paused_until - now, MIN_WAIT)
+
+    def end(self, now: float, slot_id: str, *, refunded: bool) -> float | None:
+        """End a slot: a stamp at ``now`` (returned), or nothing when refunded (``None``)."""
+        self.flight.pop(slot_id, None)
+        if refunded:
+            self.stamps.pop(slot_id, None)
+            return None
+        self.stamps[slot_id] = now
+        return now
+
+    def slow_down(self, now: float, rate: tuple[int, float], pause_s: float) -> int:
+        """A 429 got through: halve the allowance (once per pause), pause ``pause_s`` seconds.
+
+        Returns the new allowance.
+        """
+        allowance = self.tidy(now, *rate)
+        if now >= self.paused_until:
+            # One halving per burst: the 429s of POSTs sent together arrive together.
+            allowance = self.allowance = max(1, allowance // 2)
+        self.grown_at = now
+        self.paused_until = max(self.paused_until, now + max(pause_s, 0.0))
+        return allowance
 
 
 class Slot:
@@ -53,7 +169,7 @@ class Slot:
 
 
 class SubmitLimiter:
-    """At most ``count`` submissions in any ``window`` seconds; ``None`` means no limit.
+    """At most ``count`` submissions in any ``window`` seconds, in this process.
 
     Args:
         rate: ``(count, window_seconds)``, or ``None`` to let everything through at once.
@@ -66,77 +182,60 @@ class SubmitLimiter:
     ) -> None:
         self.rate = rate
         self._clock = clock
-        self._allowance = rate[0] if rate is not None else 0
-        self._stamps: collections.deque[float] = collections.deque()
-        self._in_flight = 0
-        self._paused_until = 0.0
-        self._grown_at = 0.0
+        self._window = Window()
+        self._ids = itertools.count()
         self._turn = asyncio.Lock()
         self._changed = asyncio.Event()
         self._closed: BaseException | None = None
 
     def __repr__(self) -> str:
+        window = self._window
         return (
-            f"<SubmitLimiter rate={self.rate!r} allowance={self._allowance} "
-            f"in_flight={self._in_flight}>"
+            f"<SubmitLimiter rate={self.rate!r} allowance={window.allowance} "
+            f"in_flight={len(window.flight)}>"
         )
 
     @property
     def allowance(self) -> int:
         """Submissions currently allowed per window (the rate's count unless slowed down)."""
-        self._grow(self._now())
-        return self._allowance
+        if self.rate is None:
+            return 0
+        return self._window.tidy(self._now(), *self.rate)
 
     def _now(self) -> float:
         return self._clock() if self._clock is not None else asyncio.get_running_loop().time()
 
-    def _grow(self, now: float) -> None:
-        """Give back one submission per quiet window since the last slow-down."""
-        if self.rate is None or self._allowance >= self.rate[0]:
-            return
-        windows = int((now - self._grown_at) // self.rate[1])
-        if windows > 0:
-            self._allowance = min(self.rate[0], self._allowance + windows)
-            self._grown_at += windows * self.rate[1]
-
-    def _wait_needed(self, now: float) -> float | None:
-        """Seconds until a slot frees (0 when one is free); ``None``: until a POST ends."""
+    def _acquire(self, slot_id: str) -> float | None:
         assert self.rate is not None  # noqa: S101 - only called when limited
-        window = self.rate[1]
-        while self._stamps and self._stamps[0] <= now - window:
-            self._stamps.popleft()
-        self._grow(now)
-        pause = self._paused_until - now
-        if len(self._stamps) + self._in_flight < self._allowance:
-            return max(pause, 0.0)
-        if len(self._stamps) + self._in_flight - self._allowance >= len(self._stamps):
-            return None  # every slot is taken by a POST in flight: wait for one to end
-        # The slot that frees first: the (excess + 1)-th oldest stamp leaves the window.
-        oldest = self._stamps[len(self._stamps) + self._in_flight - self._allowance]
-        return max(oldest + window - now, pause, 0.0)
+        # This process's slots end only through ``slot()``: their lease never runs out.
+        return self._window.acquire(self._now(), self.rate, slot_id, math.inf)
 
     @contextlib.asynccontextmanager
     async def slot(self, on_wait: OnWait | None = None) -> AsyncIterator[Slot]:
         """Hold one submission slot for the body (one POST); waits for a free one first.
 
         ``on_wait(seconds)`` is called before each wait the limiter imposes: when queued
-        behind other waiting submissions, and at the head of the queue before each wait
-        (seconds is the expected wait, at least; ``0.0`` when it waits for a POST in flight
-        to end). The slot is
-        stamped with the time the body ends, unless the body calls :meth:`Slot.refund`
-        (the provider refused the POST with 429, so it used none of the provider's budget).
+        behind other waiting submissions, and at the head of the queue before each
+        wait (seconds is the expected wait, at least; ``0.0`` when it waits for a POST in
+        flight to end). The slot is stamped with the time the body ends, unless the body
+        calls :meth:`Slot.refund` (the provider refused the POST with 429, so it used none
+        of the provider's budget).
         """
         slot = Slot()
         if self.rate is None:
             yield slot
             return
+        slot_id = str(next(self._ids))
         if on_wait is not None and self._turn.locked():
             # Queued behind another submission that is waiting: at least its wait.
-            on_wait(self._wait_needed(self._now()) or 0.0)
+            on_wait(self._window.wait(self._now(), self.rate) or 0.0)
         async with self._turn:
-            while (wait := self._wait_needed(self._now())) != 0.0:
+            while True:
                 if self._closed is not None:
                     raise self._closed
+                wait = self._acquire(slot_id)
+                if wait == 0.0:
+                    break
                 if on_wait is not None:
                     on_wait(wait or 0.0)
                 logger.debug("submission limiter: waiting %s s", wait)
@@ -144,15 +243,10 @@ class SubmitLimiter:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(wait):
                         await self._changed.wait()
-            if self._closed is not None:
-                raise self._closed
-            self._in_flight += 1
         try:
             yield slot
         finally:
-            self._in_flight -= 1
-            if not slot.refunded:
-                self._stamps.append(self._now())
+            self._window.end(self._now(), slot_id, refunded=slot.refunded)
             self._changed.set()
 
     def close(self, error: BaseException) -> None:
@@ -165,20 +259,15 @@ class SubmitLimiter:
 
         429s that arrive while a pause is in effect extend it without halving again.
         Returns the new allowance (submissions per window). A coroutine, like a store's
-        shared limiter (:class:`~midvary._store.StoreLimiter`), though nothing here waits.
+        shared limiter, though nothing here waits.
         """
         if self.rate is None:
             return 0
-        now = self._now()
-        if now >= self._paused_until:
-            # One halving per burst: the 429s of POSTs sent together arrive together.
-            self._allowance = max(1, self._allowance // 2)
-        self._grown_at = now
-        self._paused_until = max(self._paused_until, now + max(pause, 0.0))
+        allowance = self._window.slow_down(self._now(), self.rate, pause)
         self._changed.set()
         logger.info(
             "rate limited by the provider: now at most %d submissions per %g s",
-            self._allowance,
+            allowance,
             self.rate[1],
         )
-        return self._allowance
+        return allowance

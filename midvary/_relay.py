@@ -27,6 +27,7 @@ import logging
 from typing import TYPE_CHECKING, Final
 
 from ._errors import StoreError
+from ._retry import ask_until_answered, resubscribing
 
 if TYPE_CHECKING:
     from ._store import Store
@@ -38,7 +39,8 @@ logger = logging.getLogger("midvary._callbacks")
 DEFAULT_SCOPE: Final = "callbacks"
 # Seconds between two looks at an unbound token's record (doubling up to the bind wait).
 _FIRST_LOOK: Final = 0.02
-# Seconds before a lost wake-up subscription is tried again (doubling up to the last).
+# Seconds between two failed wake-up subscriptions (doubling up to the last); one that held
+# and was lost is opened again at once.
 _RESUBSCRIBE: Final = (0.1, 30.0)
 
 
@@ -108,33 +110,40 @@ class CallbackRelay:
         await asyncio.shield(self._subscribed)
 
     async def _listen(self) -> None:
-        pause = _RESUBSCRIBE[0]
-        while True:
+        subscribed = self._subscribed
+        assert subscribed is not None  # noqa: S101 - set before the listener starts
+        retrying = resubscribing(
+            first=_RESUBSCRIBE[0],
+            longest=_RESUBSCRIBE[1],
+            # The first subscription is not retried: its failure is the submission's.
+            retry=lambda exc: isinstance(exc, StoreError) and subscribed.done(),
+        )
+        try:
+            while True:  # each pass opens subscriptions until one holds, and ends when lost
+                await retrying(self._listen_once, subscribed)
+        except StoreError as exc:
+            subscribed.set_exception(exc)
+
+    async def _listen_once(self, subscribed: asyncio.Future[None]) -> None:
+        async with self._store.wakes(self.scope) as stream:
+            if not subscribed.done():
+                subscribed.set_result(None)
             try:
-                async with self._store.wakes(self.scope) as stream:
-                    pause = _RESUBSCRIBE[0]
-                    if self._subscribed is not None and not self._subscribed.done():
-                        self._subscribed.set_result(None)
-                    async for token in stream:
-                        self._wake(token)
+                async for token in stream:
+                    self._wake(token)
             except StoreError as exc:
-                if self._subscribed is not None and not self._subscribed.done():
-                    self._subscribed.set_exception(exc)
-                    return  # the first subscription failed: the submission reports it
-                logger.warning("callback wake-ups lost (%s); listening again in %gs", exc, pause)
-            await asyncio.sleep(pause)
-            pause = min(_RESUBSCRIBE[1], pause * 2)
+                logger.warning("callback wake-ups lost (%s); listening again", exc)
 
     def _wake(self, token: str) -> None:
         ticket = self._book.lookup(token)
         if ticket is None or ticket.alarm is None:
             return  # another replica's token, or one this receiver dropped meanwhile
-        ticket.settle()
-        if ticket.alarm.final:
-            logger.debug("duplicate callback (via the store) for finished task %s", ticket.task_id)
-        else:
+        if ticket.ring():
             logger.debug("callback (via the store) for task %s: waking its handle", ticket.task_id)
-            ticket.alarm.notify()
+        else:
+            logger.debug(
+                "callback (via the store) for task %s: final or woken lately", ticket.task_id
+            )
 
     # --- the receiving side ------------------------------------------------------------
 
@@ -146,10 +155,8 @@ class CallbackRelay:
         retries later).
         """
         name = token_id(token)
-        loop = asyncio.get_running_loop()
-        give_up = loop.time() + bind_wait
-        pause = _FIRST_LOOK
-        while True:
+
+        async def look() -> str | int | None:
             try:
                 record = await self._store.get_token(self.scope, name)
             except StoreError as exc:
@@ -158,14 +165,15 @@ class CallbackRelay:
             if record is None:
                 logger.debug("callback to a token unknown to the store too: 404")
                 return 404
-            if record.task_id is not None:
-                return record.task_id
-            left = give_up - loop.time()
-            if left <= 0:
-                logger.info("callback came before its task id (via the store): 503")
-                return 503
-            await asyncio.sleep(min(pause, left))
-            pause *= 2
+            return record.task_id  # None: not bound yet, look again
+
+        answer: str | int | None = await ask_until_answered(
+            look, first=_FIRST_LOOK, within=bind_wait
+        )
+        if answer is None:
+            logger.info("callback came before its task id (via the store): 503")
+            return 503
+        return answer
 
     async def forward(self, token: str) -> int:
         """An accepted delivery for another replica's ``token``: wake its owner; the status."""

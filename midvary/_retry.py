@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import tenacity
 from tenacity.wait import wait_base
@@ -35,6 +35,10 @@ from ._errors import (
     RateLimitError,
     ServerError,
     ServiceUnavailableError,
+    SessionClosedError,
+    StoreError,
+    SubmitUncertainError,
+    TaskTimeoutError,
     TransportError,
 )
 
@@ -47,12 +51,28 @@ AsyncBeforeSleep = Callable[[BaseException, float], Awaitable[None]]
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Whether a read (a poll, a download) that failed with ``exc`` may be retried."""
+    """Whether what failed with ``exc`` may succeed when tried again later.
+
+    The one answer to "transient?" for polls, downloads and the arq job: the provider's 429,
+    455 and 500, the network, a broken answer, a result host's 408/425/429/5xx, the store
+    unreachable, a wait's deadline, a session closing under a wait (the worker stopping).
+    Never a submission whose fate is unknown (:class:`SubmitUncertainError`): it is not
+    re-sent. Submissions themselves are retried only on :func:`is_unaccepted`.
+    """
+    if isinstance(exc, SubmitUncertainError):
+        return False
     if isinstance(exc, DownloadError):
         return exc.transient
     return isinstance(
         exc,
-        RateLimitError | ServiceUnavailableError | ServerError | TransportError | ProtocolError,
+        RateLimitError
+        | ServiceUnavailableError
+        | ServerError
+        | TransportError
+        | ProtocolError
+        | StoreError
+        | TaskTimeoutError
+        | SessionClosedError,
     )
 
 
@@ -209,3 +229,68 @@ def poll_retrying(
         before_sleep=_before_sleep(f"poll of task {what}", on_retry),
         reraise=True,
     )
+
+
+def resubscribing(
+    *, first: float, longest: float, retry: Callable[[BaseException], bool]
+) -> tenacity.AsyncRetrying:
+    """Retrying for opening a long-lived subscription again after ``retry(exc)`` says so.
+
+    Waits ``first`` seconds before the second attempt, doubling up to ``longest``; never
+    stops (the caller cancels it). Each call starts its backoff afresh.
+    """
+    return tenacity.AsyncRetrying(
+        retry=tenacity.retry_if_exception(retry),
+        wait=tenacity.wait_exponential(multiplier=first, max=longest),
+        stop=tenacity.stop_never,
+        before_sleep=_before_sleep("subscription", None),
+        reraise=True,
+    )
+
+
+async def ask_until_answered(
+    ask: Callable[[], Awaitable[T | None]], *, first: float, within: float
+) -> T | None:
+    """Call ``ask`` until it answers something other than ``None``, for ``within`` seconds.
+
+    Waits ``first`` seconds after the first ``None``, doubling, never past the deadline;
+    ``None`` if the last call, at or after ``within`` seconds, still answered ``None``.
+    """
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        left = within - (state.seconds_since_start or 0.0)
+        return max(0.0, min(first * 2.0 ** (state.attempt_number - 1), left))
+
+    retrying = tenacity.AsyncRetrying(
+        retry=tenacity.retry_if_result(lambda answer: answer is None),
+        wait=wait,
+        stop=tenacity.stop_after_delay(within),
+        retry_error_callback=lambda _state: None,
+    )
+    answer: T | None = await retrying(ask)
+    return answer
+
+
+#: A Redis store's calls on a broken connection (a restart): tries after the first.
+STORE_RETRIES: Final = 2
+#: Their backoff: ``STORE_BACKOFF[0] * 2**n`` seconds, at most ``STORE_BACKOFF[1]``.
+STORE_BACKOFF: Final = (0.05, 0.5)
+
+
+def redis_retry() -> dict[str, Any]:
+    """The connection pool options that make redis-py retry a Redis store's calls.
+
+    The pool's ``Retry`` is the one retry policy of a :class:`~midvary.RedisStore` made from
+    a URL: a call whose connection broke or timed out is sent again on a new connection
+    (:data:`STORE_RETRIES` times, exponential backoff), which every store operation allows
+    (each is idempotent for its holder and slot id). redis-py is imported here, when asked.
+    """
+    import redis.exceptions  # noqa: PLC0415 - an optional dependency
+    from redis.asyncio.retry import Retry  # noqa: PLC0415
+    from redis.backoff import ExponentialBackoff  # noqa: PLC0415
+
+    base, cap = STORE_BACKOFF
+    return {
+        "retry": Retry(ExponentialBackoff(cap=cap, base=base), retries=STORE_RETRIES),
+        "retry_on_error": [redis.exceptions.ConnectionError, redis.exceptions.TimeoutError],
+    }

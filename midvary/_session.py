@@ -8,11 +8,13 @@ ends), the :class:`~midvary._submit.Submitter` (every submission) and
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import aiohttp
 import attrs
@@ -26,8 +28,8 @@ from ._jobs import (
     DEFAULT_CONCURRENCY,
     DEFAULT_DOWNLOAD_CONCURRENCY,
     FanOutOptions,
+    JobOutcome,
     OnEvent,
-    VaryOutcome,
 )
 from ._models import (
     ExtendRequest,
@@ -53,6 +55,36 @@ from ._validate import (
 )
 
 logger = logging.getLogger(__name__)
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def warn_renamed(old: str, new: str) -> None:
+    """Warn (``DeprecationWarning``) that ``old`` is a deprecated alias of ``new``.
+
+    The message names the new name so a caller can fix the call from the warning alone.
+    ``stacklevel=3`` points at the caller of the alias, not at the alias itself.
+    """
+    warnings.warn(
+        f"{old} is deprecated, use {new} instead (same arguments and result)",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+
+
+def _renamed(new: Callable[_P, _R], old: str) -> Callable[_P, _R]:
+    """A deprecated method ``old`` that warns, then does exactly what ``new`` does."""
+
+    @functools.wraps(new)
+    def alias(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        warn_renamed(f"Session.{old}", f"Session.{new.__name__}")
+        return new(*args, **kwargs)
+
+    alias.__name__ = old
+    alias.__qualname__ = f"Session.{old}"
+    alias.__doc__ = f"Deprecated alias of :meth:`{new.__name__}` (it warns when called)."
+    return alias
 
 
 class Session:
@@ -396,7 +428,42 @@ class Session:
             request = attrs.evolve(request, key=key)
         return await self._submitter.submit(request)
 
-    def vary_many(
+    async def run(
+        self,
+        request: SubmitRequest,
+        *,
+        timeout: float | UseDefault | None = USE_DEFAULT,
+    ) -> TaskRecord:
+        """Submit one request and wait for its task: the one-call form of :meth:`submit`.
+
+        ``await session.run(request)`` is ``await (await session.submit(request))``, for
+        code that wants the result and not the handle (``replicate.run``, fal's
+        ``subscribe``)::
+
+            grid = await session.run(midvary.GenerateRequest(prompt="a red fox"))
+
+        Args:
+            request: A :class:`VaryRequest`, :class:`GenerateRequest` or
+                :class:`UpscaleRequest` (its ``key``, if any, is honoured as by
+                :meth:`submit`).
+            timeout: Seconds to wait for the task once it is submitted; ``None`` means no
+                deadline; by default the poll policy's ``timeout``.
+
+        Returns:
+            The final record of the task, which succeeded.
+
+        Raises:
+            TaskFailedError: The task failed (the error carries its record).
+            TaskTimeoutError: ``timeout`` passed first; the error carries the task id, so
+                :meth:`task` re-attaches to it.
+            SubmitUncertainError: The submission's answer was lost; it is never re-sent.
+            TypeError: ``request`` is not a request; nothing was sent.
+
+        """
+        handle = await self.submit(request)
+        return await handle.wait(timeout)
+
+    def submit_many(
         self,
         requests: Requests,
         *,
@@ -408,11 +475,11 @@ class Session:
         download_concurrency: int = DEFAULT_DOWNLOAD_CONCURRENCY,
         max_tasks: int | None = None,
     ) -> FanOut:
-        """Run many jobs of any kind; iterate the result for one :class:`VaryOutcome` each.
+        """Run many jobs of any kind; iterate the result for one :class:`JobOutcome` each.
 
         Outcomes come in completion order; ``outcome.index`` is the job's input position::
 
-            async with session.vary_many(requests, concurrency=16) as outcomes:
+            async with session.submit_many(requests, concurrency=16) as outcomes:
                 async for outcome in outcomes:
                     print(outcome.index, outcome.task_id, outcome.record or outcome.error)
 
@@ -477,9 +544,9 @@ class Session:
         )
         return FanOut(self._core, self._submitter, check_requests(requests), options)
 
-    @takes_options_of(vary_many)
-    async def vary_all(self, requests: Requests, **options: Any) -> list[VaryOutcome]:
-        """Run every job like :meth:`vary_many` and return the outcomes in input order.
+    @takes_options_of(submit_many)
+    async def submit_all(self, requests: Requests, **options: Any) -> list[JobOutcome]:
+        """Run every job like :meth:`submit_many` and return the outcomes in input order.
 
         Takes the same arguments. The list holds one outcome per input item; cancelling
         the call cancels the jobs in flight. When the call ends without its list (it is
@@ -495,7 +562,12 @@ class Session:
                 account refused a submission: nothing more was sent, the jobs already sent
                 were awaited, and the task ids of those finished are logged.
         """
-        return await collect_all(self.vary_many(requests, **options))
+        return await collect_all(self.submit_many(requests, **options))
+
+    # The names before generate and upscale jobs joined vary's (issue 18); kept as warning
+    # aliases, as stamina keeps its renamed names, so existing callers keep working.
+    vary_many = _renamed(submit_many, "vary_many")
+    vary_all = _renamed(submit_all, "vary_all")
 
     async def download(
         self, record: TaskRecord, directory: str | os.PathLike[str], *, concurrency: int = 4

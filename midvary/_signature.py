@@ -26,6 +26,10 @@ DEFAULT_MAX_AGE: Final = 300.0
 
 _TIMESTAMP_HEADER: Final = "x-webhook-timestamp"
 _SIGNATURE_HEADER: Final = "x-webhook-signature"
+# Unix seconds have 10 digits until the year 2286; a longer "timestamp" is refused before
+# int() reads it (a 5,000-digit one would make int() raise ValueError, a 10^6-digit one cost
+# seconds of CPU).
+_MAX_STAMP_DIGITS: Final = 12
 
 
 def signature_problem(
@@ -54,7 +58,7 @@ def signature_problem(
     signature = lowered.get(_SIGNATURE_HEADER, "").strip()
     if not stamp or not signature:
         return "missing X-Webhook-Timestamp or X-Webhook-Signature"
-    if not (stamp.isascii() and stamp.isdigit()):
+    if len(stamp) > _MAX_STAMP_DIGITS or not (stamp.isascii() and stamp.isdigit()):
         return "X-Webhook-Timestamp is not unix seconds"
     if abs(now - int(stamp)) > max_age:
         return f"X-Webhook-Timestamp is outside the {max_age:g} s tolerance"

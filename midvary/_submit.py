@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, TypeGuard
 
 import attrs
 
+from . import _telemetry as telemetry
 from ._bodies import extend_body, generate_body, upscale_body, vary_body
 from ._converter import structure_task_id
 from ._errors import (
@@ -274,9 +275,20 @@ class Submitter:
         if kind is None:
             raise TypeError(f"request must be {REQUEST_CLASSES}, not {type(request).__name__}")
         self._core.open()
+        with telemetry.submission(request, self._core.base_url) as span:
+            return await self._claimed(kind, request, hooks, span)
+
+    async def _claimed(
+        self,
+        kind: RequestKind,
+        request: SubmitRequest,
+        hooks: SubmitHooks | None,
+        span: telemetry.Submission,
+    ) -> TaskHandle:
+        """Submit ``request``, claiming its key first if it has one."""
         key = request.key
         if key is None:
-            return await self._submit(kind, request, hooks, None)
+            return await self._submit(kind, request, hooks, None, span)
         if self._store is None:
             raise ValueError(f"{request.describe()} has a key, but this session has no store")
         fingerprint, stored = identity(kind, request)
@@ -285,6 +297,7 @@ class Submitter:
                 logger.info("%s was submitted before as task %s", request.describe(), claim.task_id)
                 if hooks is not None:
                     hooks.reattached()
+                span.accepted(claim.task_id, "reattached")
                 return TaskHandle(self._core, claim.task_id, request=request)
             if claim.known_uncertain:
                 raise SubmitUncertainError(
@@ -292,7 +305,7 @@ class Submitter:
                     f"key {key!r} was sent before and its answer was lost; "
                     "store.forget(key) allows a re-send",
                 )
-            return await self._submit(kind, request, hooks, claim)
+            return await self._submit(kind, request, hooks, claim, span)
 
     async def _submit(
         self,
@@ -300,6 +313,7 @@ class Submitter:
         request: SubmitRequest,
         hooks: SubmitHooks | None,
         claim: Claim | None,
+        span: telemetry.Submission,
     ) -> TaskHandle:
         tickets = self._tickets
         ticket = (
@@ -308,6 +322,7 @@ class Submitter:
         callback_url = request.callback_url if ticket is None else ticket.url
         body = kind.body(request, callback_url=callback_url, index_base=self._core.index_base)
         attempt = _Attempt(self._core, self._limiter, kind.path, body, request, hooks, claim)
+        attempt.span = span
         try:
             try:  # the first attempt bare: tenacity is set up only after a retryable failure
                 task_id: str = await attempt()
@@ -333,6 +348,7 @@ class Submitter:
             elif claim is not None:
                 await _settle(claim, request, uncertain=attempt.maybe_accepted(exc))
             raise
+        span.accepted(task_id)
         if claim is not None:
             await _record(claim, request, task_id)
         if logger.isEnabledFor(logging.INFO):  # describe() formats a string: only if it is kept
@@ -413,6 +429,7 @@ class _Attempt:
         "_request",
         "_slots",
         "in_flight",
+        "span",
         "task_id",
     )
 
@@ -441,6 +458,8 @@ class _Attempt:
         self.in_flight = False
         # The task id of the accepted POST (set once, just before the attempt returns it).
         self.task_id: str | None = None
+        # What the submission's span is told (each POST sent).
+        self.span = telemetry.Submission(None, "")
 
     def maybe_accepted(self, exc: BaseException) -> bool:
         """Whether the submission that ended with ``exc`` may have been accepted.
@@ -525,6 +544,7 @@ class _Attempt:
         # this waiting while it did).
         transport = self._core.open()
         self.in_flight = True
+        self.span.attempt()
         try:
             data = await transport.call("POST", self._path, json_body=self._body)
             task_id = structure_task_id(data)

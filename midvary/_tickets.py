@@ -5,6 +5,12 @@ bound to the task id and the handle's :class:`~midvary._polling.Alarm` once the 
 names the task, and forgotten by the :class:`TicketBook` when its session closes, when the
 receiver stops, ``grace`` seconds after it settled (a delivery accepted, or the task seen
 final), and in any case ``ttl`` seconds after it was issued.
+
+A token is a capability that can leak (a proxy's access log, say): whoever holds it can
+replay a valid delivery at will. :meth:`Ticket.ring` therefore wakes its handle (one
+``record-info`` GET) at most once per ``wake_interval`` seconds: the first delivery wakes it
+at once, the later ones within the interval fold into one wake at the interval's end (so a
+genuine callback that follows a replay is late by at most the interval, never lost).
 """
 
 from __future__ import annotations
@@ -30,7 +36,18 @@ def short(token: str) -> str:
 class Ticket:
     """One submission's token: its URL, and the task and alarm it wakes once they are known."""
 
-    __slots__ = ("alarm", "book", "bound", "expires_at", "owner", "settled", "task_id", "token")
+    __slots__ = (
+        "alarm",
+        "book",
+        "bound",
+        "expires_at",
+        "owner",
+        "settled",
+        "task_id",
+        "token",
+        "wake_later",
+        "woken_at",
+    )
 
     def __init__(self, book: TicketBook, owner: Hashable, token: str, expires_at: float) -> None:
         self.book = book
@@ -45,6 +62,10 @@ class Ticket:
         # Whether the duplicate grace is running (a delivery was accepted or the task seen
         # final): the expiry then moves closer.
         self.settled = False
+        # When a delivery last woke the handle (the book's clock), and the one wake the
+        # deliveries since then are folded into.
+        self.woken_at: float | None = None
+        self.wake_later: asyncio.TimerHandle | None = None
 
     def __repr__(self) -> str:
         return f"<Ticket token={short(self.token)!r} task_id={self.task_id!r}>"
@@ -69,6 +90,32 @@ class Ticket:
             self.settled = True
             self.expires_at = min(self.expires_at, self.book.clock() + self.book.grace)
 
+    def ring(self) -> bool:
+        """An accepted delivery: settle, and wake the handle at most once per interval.
+
+        Returns whether the handle is woken now (``False``: its task was seen final, or a
+        wake is folded into the one due at the end of the interval).
+        """
+        alarm = self.alarm
+        self.settle()
+        if alarm is None or alarm.final or self.wake_later is not None:
+            return False
+        now = self.book.clock()
+        if self.woken_at is None or now - self.woken_at >= self.book.wake_interval:
+            self.woken_at = now
+            alarm.notify()
+            return True
+        self.wake_later = asyncio.get_running_loop().call_later(
+            self.woken_at + self.book.wake_interval - now, self._wake_late
+        )
+        return False
+
+    def _wake_late(self) -> None:
+        self.wake_later = None
+        if self.alarm is not None and self.live:
+            self.woken_at = self.book.clock()
+            self.alarm.notify()
+
     def drop(self) -> None:
         """Forget this token (the submission failed, or its session closed)."""
         self.book.drop(self)
@@ -87,6 +134,7 @@ class TicketBook:
         clock: The monotonic clock of expiries, in seconds.
         grace: Seconds a settled ticket stays valid.
         ttl: Seconds after which any ticket is forgotten.
+        wake_interval: Seconds between two wakes of one ticket's handle by deliveries.
 
     """
 
@@ -99,15 +147,23 @@ class TicketBook:
         "on_bind",
         "ttl",
         "url_prefix",
+        "wake_interval",
     )
 
     def __init__(
-        self, *, url_prefix: Callable[[], str], clock: Callable[[], float], grace: float, ttl: float
+        self,
+        *,
+        url_prefix: Callable[[], str],
+        clock: Callable[[], float],
+        grace: float,
+        ttl: float,
+        wake_interval: float,
     ) -> None:
         self.url_prefix = url_prefix
         self.clock = clock
         self.grace = grace
         self.ttl = ttl
+        self.wake_interval = wake_interval
         self._tickets: dict[str, Ticket] = {}
         self._by_owner: dict[Hashable, set[str]] = {}
         self._next_sweep = clock() + _SWEEP_EVERY
@@ -151,6 +207,9 @@ class TicketBook:
             tokens.discard(ticket.token)
             if not tokens:
                 del self._by_owner[ticket.owner]
+        if ticket.wake_later is not None:
+            ticket.wake_later.cancel()
+            ticket.wake_later = None
         ticket.bound.set()
 
     def forget(self, owner: Hashable) -> None:

@@ -27,12 +27,15 @@ import aiohttp
 import yarl
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from ._converter import decode_json, envelope_code, envelope_message
+from . import _telemetry as telemetry
+from ._converter import decode_json, envelope_code, envelope_message, redact
 from ._errors import (
     ERROR_CLASSES,
     DownloadError,
     EndpointNotServedError,
     ProtocolError,
+    RateLimitError,
+    ServiceUnavailableError,
     TransportError,
     error_for,
 )
@@ -254,7 +257,7 @@ class Transport:
 
     def _redact(self, text: str) -> str:
         # A body may echo what we sent; the key must never reach a message or a log line.
-        return text.replace(self._api_key, "***") if self._api_key in text else text
+        return redact(text, self._api_key)
 
     async def call(
         self,
@@ -313,7 +316,11 @@ class Transport:
                 len(raw),
                 time.monotonic() - started,
             )
-        return self._unwrap(raw, status, headers, method, path)
+        try:
+            return self._unwrap(raw, status, headers, method, path)
+        except (RateLimitError, ServiceUnavailableError) as exc:
+            telemetry.throttled(exc.code)
+            raise
 
     def _unwrap(
         self, raw: bytes, status: int, headers: Mapping[str, str], method: str, path: str

@@ -62,16 +62,11 @@ from ._errors import (
     APIError,
     DownloadError,
     KeyConflictError,
-    RateLimitError,
-    ServiceUnavailableError,
-    SessionClosedError,
-    StoreError,
     SubmitUncertainError,
     TaskFailedError,
-    TaskTimeoutError,
-    TransportError,
 )
 from ._ratelimit import DEFAULT_SUBMIT_RATE
+from ._retry import is_transient
 from ._session import Session
 from ._store import RedisStore
 from ._store._base import DEFAULT_CLAIM_LEASE
@@ -94,6 +89,10 @@ _DEFAULT_LISTEN: Final = "0.0.0.0:8080"  # the receiver, behind a load balancer
 _CTX_KEY: Final = "midvary"
 # Seconds arq defers a job after transient trouble (doubling per try, up to the last).
 _RETRY_DEFER: Final = (5.0, 300.0)
+
+# What completes a job as "failed" when it is not transient: a refused or invalid request,
+# a failed task, a result the host will not serve. Anything else is a bug, raised to arq.
+_FINAL: Final = (APIError, KeyConflictError, TaskFailedError, DownloadError, TypeError, ValueError)
 
 State = Literal["succeeded", "failed", "uncertain"]
 
@@ -283,11 +282,18 @@ def _result(
     }
 
 
-def _retry(ctx: Mapping[str, Any], key: str, error: BaseException) -> Retry:
-    tries = int(ctx.get("job_try") or 1)
-    defer = min(_RETRY_DEFER[1], _RETRY_DEFER[0] * 2 ** (tries - 1))
-    logger.warning("job %s: %s; arq runs it again in %gs", key, error, defer)
-    return Retry(defer=defer)
+def _settle(
+    ctx: Mapping[str, Any], key: str, error: Exception, *, task_id: str | None = None
+) -> dict[str, Any]:
+    """The failed job's result; arq runs it again later (raised) if ``error`` is transient."""
+    if is_transient(error):
+        tries = int(ctx.get("job_try") or 1)
+        defer = min(_RETRY_DEFER[1], _RETRY_DEFER[0] * 2 ** (tries - 1))
+        logger.warning("job %s: %s; arq runs it again in %gs", key, error, defer)
+        raise Retry(defer=defer) from error
+    if isinstance(error, _FINAL):
+        return _result("failed", key=key, task_id=task_id, error=error)
+    raise error
 
 
 async def vary(
@@ -331,26 +337,15 @@ async def vary(
         handle = await session.vary(task_id, image_index, water_mark=water_mark, key=key)
     except SubmitUncertainError as exc:
         return _result("uncertain", key=key, error=exc)
-    except (StoreError, RateLimitError, ServiceUnavailableError, SessionClosedError) as exc:
-        raise _retry(ctx, key, exc) from exc
-    except TransportError as exc:  # certainly not sent (an uncertain one is handled above)
-        raise _retry(ctx, key, exc) from exc
-    except (APIError, KeyConflictError, TypeError, ValueError) as exc:
-        return _result("failed", key=key, error=exc)
+    except Exception as exc:
+        return _settle(ctx, key, exc)
     try:
         record = await handle
-    except (TaskTimeoutError, TransportError, SessionClosedError) as exc:
-        raise _retry(ctx, key, exc) from exc
-    except (RateLimitError, ServiceUnavailableError) as exc:
-        raise _retry(ctx, key, exc) from exc
-    except (TaskFailedError, APIError) as exc:
-        return _result("failed", key=key, task_id=handle.task_id, error=exc)
-    paths: tuple[Path, ...] = ()
-    if target is not None and target is not False:
-        try:
+        paths: tuple[Path, ...] = ()
+        if target is not None and target is not False:
             paths = await session.download(record, Path(target))
-        except (DownloadError, TransportError) as exc:
-            raise _retry(ctx, key, exc) from exc
+    except Exception as exc:
+        return _settle(ctx, key, exc, task_id=handle.task_id)
     return _result(
         "succeeded", key=key, task_id=record.task_id, image_urls=record.image_urls, paths=paths
     )

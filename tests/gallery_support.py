@@ -108,11 +108,11 @@ def result(
     line: dict[str, Any] = {
         "id": job_id,
         "line": 1,
-        "task_id": parent,
+        "parent_task_id": parent,
         "image_index": index,
         "water_mark": None,
         "status": status,
-        "vary_task_id": None,
+        "task_id": None,
         "image_urls": [],
         "files": [],
         "error": None,
@@ -142,7 +142,7 @@ def done_job(
         (run / name).write_bytes(solid_png(colour))
         files.append(name)
     urls = [f"https://cdn.example/{task}_{n}.png" for n in range(len(colours))]
-    return result(job_id, parent, index, "done", vary_task_id=task, image_urls=urls, files=files)
+    return result(job_id, parent, index, "done", task_id=task, image_urls=urls, files=files)
 
 
 @define(eq=False)

@@ -88,8 +88,8 @@ async def test_chained_bulk_killed_and_resumed_submits_nothing_twice(
         if not cut:
             assert dict(by_endpoint) == {"generate": 3, "submit": 12, "upscale": 3}
         children = [line for line in last.values() if "parent" in line]
-        grids = {line["id"]: line["vary_task_id"] for line in last.values() if "parent" not in line}
-        assert all(line["task_id"] == grids[line["parent"]] for line in children)
+        grids = {line["id"]: line["task_id"] for line in last.values() if "parent" not in line}
+        assert all(line["parent_task_id"] == grids[line["parent"]] for line in children)
         assert {line["action"] for line in last.values()} <= {"generate", "vary", "upscale"}
         assert {line["prompt"] for line in last.values() if line["action"] == "generate"} <= set(
             PROMPTS

@@ -47,7 +47,8 @@ async def provider(**settings: Any) -> AsyncIterator[FakeProvider]:
 
 def environment(fake: FakeProvider) -> dict[str, str]:
     """The child's environment: the key and URL in variables (not in argv), no terminal."""
-    env = {k: v for k, v in os.environ.items() if k not in ("KIE_API_KEY", "MIDVARY_API_KEY")}
+    unset = ("KIE_API_KEY", "MIDVARY_API_KEY", "MIDVARY_STORE_URL")
+    env = {k: v for k, v in os.environ.items() if k not in unset}
     env.update(MIDVARY_API_KEY=fake.api_key, MIDVARY_BASE_URL=fake.base_url, CI="true")
     return env
 
@@ -139,7 +140,7 @@ def assert_resumed(fake: FakeProvider, results: Path, journal: Path, uncertain: 
     assert len(last) == JOBS
     assert {key for key, line in last.items() if line["status"] == "uncertain"} == uncertain
     assert {line["status"] for key, line in last.items() if key not in uncertain} == {"done"}
-    assert {line["vary_task_id"] for line in last.values()} - {None} <= set(fake.tasks)
+    assert {line["task_id"] for line in last.values()} - {None} <= set(fake.tasks)
     assert fake.stats.duplicate_submissions == 0
     assert fake.stats.tasks_created <= JOBS
     assert fake.api_key.encode() not in results.read_bytes()

@@ -103,7 +103,7 @@ async def test_two_runs_split_the_work_and_a_third_submits_nothing(
             assert {json.loads(line)["status"] for line in lines.values()} == {"done"}
         assert set(a) | set(b) == {f"job-{n}" for n in range(count)}
         # Each task belongs to the one job that submitted it, whichever run wrote the line.
-        tasks = {key: json.loads(line)["vary_task_id"] for key, line in (a | b).items()}
+        tasks = {key: json.loads(line)["task_id"] for key, line in (a | b).items()}
         assert len(set(tasks.values())) == count
         assert set(tasks.values()) == set(fake.tasks)
 
@@ -199,7 +199,7 @@ async def test_chained_rows_split_between_runs_with_children_keyed_from_the_pare
         for key, line in lines.items():
             if "parent" in line:  # a child: made from its parent's task
                 assert key.startswith(line["parent"] + "/")
-                assert line["task_id"] == lines[line["parent"]]["vary_task_id"]
+                assert line["parent_task_id"] == lines[line["parent"]]["task_id"]
 
         code, output = await run_bulk(fake, jobs, tmp_path / "c.jsonl", *store)
         assert code == 0, output
@@ -221,17 +221,21 @@ async def test_a_local_store_path_shares_the_jobs_between_processes(tmp_path: Pa
         assert sum(ran) == count
 
 
-async def test_store_errors_never_show_the_password(tmp_path: Path) -> None:
-    """An unreachable store is a usage error naming the host, never the password."""
+@pytest.mark.parametrize("where", ["argv", "env"])
+async def test_store_errors_never_show_the_password(tmp_path: Path, where: str) -> None:
+    """An unreachable store (--store or MIDVARY_STORE_URL) is a usage error, no password."""
     jobs = write_jobs(tmp_path / "jobs.csv", 2)
+    url = f"redis://:{PASSWORD}@127.0.0.1:1/0"
     async with provider() as fake:
+        env = environment(fake)
+        if where == "env":
+            env["MIDVARY_STORE_URL"] = url
         process = await asyncio.create_subprocess_exec(
             *midvary_command(),
             "bulk",
             str(jobs),
-            "--store",
-            f"redis://:{PASSWORD}@127.0.0.1:1/0",
-            env=environment(fake),
+            *(("--store", url) if where == "argv" else ()),
+            env=env,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import logging
 import socket
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
@@ -91,7 +93,9 @@ async def start_world() -> AsyncIterator[StartWorld]:
     """Start a fake (manual clock, instant visibility) and a receiver; close both after."""
     opened: list[World] = []
 
-    async def start(*, hmac_key: str | None = None, **settings: Any) -> World:
+    async def start(
+        *, hmac_key: str | None = None, receiver: dict[str, Any] | None = None, **settings: Any
+    ) -> World:
         clock = ManualClock(1000.0)
         fake = FakeProvider(
             settings=FakeSettings(
@@ -101,10 +105,14 @@ async def start_world() -> AsyncIterator[StartWorld]:
             clock=clock,
         )
         await fake.start()
-        receiver = midvary.CallbackReceiver(hmac_key=hmac_key, safety_poll=NEVER)
-        world = World(fake, clock, receiver, aiohttp.ClientSession())
+        world = World(
+            fake,
+            clock,
+            midvary.CallbackReceiver(hmac_key=hmac_key, safety_poll=NEVER, **(receiver or {})),
+            aiohttp.ClientSession(),
+        )
         opened.append(world)
-        await receiver.start("127.0.0.1", 0)
+        await world.receiver.start("127.0.0.1", 0)
         return world
 
     yield start
@@ -324,6 +332,7 @@ async def test_tokens_of_a_closed_session_are_forgotten(start_world: StartWorld)
         ("wrong-key", "wrong key"),
         ("other-task", "signed for another task"),
         ({"X-Webhook-Timestamp": "soon", "X-Webhook-Signature": "x"}, "not seconds"),
+        ({"X-Webhook-Timestamp": "9" * 5000, "X-Webhook-Signature": "x"}, "5,000 digits"),
     ],
 )
 async def test_bad_signatures_are_401_and_wake_nothing(
@@ -734,3 +743,165 @@ def test_callback_bodies_are_structured_by_the_converter() -> None:
     )
     assert urls.image_urls == ("https://x.test/1.png",)
     assert urls.code == 200
+
+
+# -- a receiver on the open internet ---------------------------------------------------------
+
+
+async def test_a_replayed_token_wakes_its_handle_once_per_interval(
+    start_world: StartWorld,
+) -> None:
+    """1,000 replays of a valid delivery while the task runs cost one record-info GET."""
+    world = await start_world(callbacks=False, receiver={"wake_interval": 3600.0})
+    async with world.session() as session:
+        handle = await session.vary("parent-1", 0)
+        url = world.callback_url(handle.task_id)
+        waiter = asyncio.create_task(handle.wait())
+        body = json.dumps(callback_body(handle.task_id)).encode()
+        for _ in range(20):
+            statuses = await asyncio.gather(*(world.post(url, body) for _ in range(50)))
+            assert set(statuses) == {200}
+        await until(lambda: world.polls(handle.task_id) >= 1)
+        assert not waiter.done()  # the task runs on: the one GET saw it running
+        waiter.cancel()
+    assert world.polls(handle.task_id) == 1
+
+
+async def test_a_callback_after_a_replay_is_late_not_lost(start_world: StartWorld) -> None:
+    """A delivery within the wake interval of a replay still wakes the handle, once."""
+    world = await start_world(callbacks=False, receiver={"wake_interval": 0.2})
+    async with world.session() as session:
+        handle = await session.vary("parent-1", 0)
+        url = world.callback_url(handle.task_id)
+        waiter = asyncio.create_task(handle.wait())
+        assert await world.post(url, callback_body(handle.task_id)) == 200  # a replay
+        await until(lambda: world.polls(handle.task_id) == 1)
+        world.finish(handle.task_id)
+        assert await world.post(url, callback_body(handle.task_id)) == 200  # the real one
+        assert (await waiter).status is midvary.TaskStatus.SUCCESS
+    assert world.polls(handle.task_id) == 2
+
+
+async def test_the_token_is_checked_before_the_body_is_read(start_world: StartWorld) -> None:
+    """An unknown token is answered 404 while its announced 10 MB body is still unsent."""
+    world = await start_world(callbacks=False)
+    reader, writer = await asyncio.open_connection("127.0.0.1", world.receiver.port)
+    head = (
+        f"POST {world.receiver.path}/not-a-token HTTP/1.1\r\nHost: x\r\n"
+        "Content-Type: application/json\r\nContent-Length: 10000000\r\n\r\n"
+    )
+    writer.write(head.encode())
+    status = await reader.readline()
+    writer.close()
+    assert status.split()[1] == b"404"
+
+
+async def test_compressed_bodies_are_refused_unread(start_world: StartWorld) -> None:
+    """A gzip body to a live token gets 415 and wakes nothing: callbacks are small JSON."""
+    world = await start_world(callbacks=False)
+    async with world.session() as session:
+        handle = await session.vary("parent-1", 0)
+        body = gzip.compress(json.dumps(callback_body(handle.task_id)).encode())
+        url = world.callback_url(handle.task_id)
+        assert await world.post(url, body, {"Content-Encoding": "gzip"}) == 415
+        assert await receiver_handle(world, url, body, {"content-encoding": "gzip"}) == 415
+    assert world.polls(handle.task_id) == 0
+
+
+async def receiver_handle(world: World, url: str, body: bytes, headers: dict[str, str]) -> int:
+    """The framework-free entry's answer for a delivery to ``url``."""
+    return await world.receiver.handle(body, headers, yarl.URL(url).path)
+
+
+async def test_idle_connections_are_closed_after_the_read_timeout() -> None:
+    """A client that connects and sends nothing, or half a request head, is disconnected."""
+    receiver = midvary.CallbackReceiver(read_timeout=0.2)
+    await receiver.start()
+    try:
+        silent = await asyncio.open_connection("127.0.0.1", receiver.port)
+        trickle = await asyncio.open_connection("127.0.0.1", receiver.port)
+        trickle[1].write(f"POST {receiver.path}/x HTTP/1.1\r\nHost: x\r\n".encode())
+        for reader, writer in (silent, trickle):
+            assert await reader.read() == b""  # closed by the receiver, with no answer
+            writer.close()
+    finally:
+        await receiver.stop()
+
+
+async def test_a_flood_of_slow_connections_does_not_stop_the_receiver(
+    start_world: StartWorld, caplog: pytest.LogCaptureFixture
+) -> None:
+    """300 slow clients against a cap of 20: a real delivery is answered; a few log lines."""
+    caplog.set_level(logging.DEBUG, logger="midvary")
+    world = await start_world(
+        callbacks=False, receiver={"max_connections": 20, "read_timeout": 60.0}
+    )
+    port = world.receiver.port
+    slow: list[asyncio.StreamWriter] = []
+    try:
+        async with world.session() as session:
+            handle = await session.vary("parent-1", 0)
+            for _ in range(300):
+                _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(f"POST {world.receiver.path}/x HTTP/1.1\r\nHost: x\r\n".encode())
+                slow.append(writer)
+            world.finish(handle.task_id)
+            url = world.callback_url(handle.task_id)
+            assert await world.post(url, callback_body(handle.task_id)) == 200
+            assert (await handle).status is midvary.TaskStatus.SUCCESS
+    finally:
+        for writer in slow:
+            writer.close()
+    warnings = [entry for entry in caplog.records if entry.levelno >= logging.WARNING]
+    assert len(warnings) == 1
+    assert "limit of 20 connections" in warnings[0].getMessage()
+    assert not [entry for entry in caplog.records if entry.exc_info]
+
+
+_SMALL_RECEIVER = """
+import asyncio, logging, resource, sys
+import midvary
+resource.setrlimit(resource.RLIMIT_NOFILE, (128, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+async def main():
+    receiver = midvary.CallbackReceiver(read_timeout=60.0)
+    await receiver.start()
+    print(receiver.port, flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    await receiver.stop()
+asyncio.run(main())
+"""
+
+
+async def test_a_receiver_with_few_open_files_survives_a_connection_flood() -> None:
+    """With 128 open files, 300 slow clients: answered, no 'Too many open files' spew."""
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _SMALL_RECEIVER,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert child.stdout is not None
+    assert child.stdin is not None
+    slow: list[asyncio.StreamWriter] = []
+    try:
+        port = int(await child.stdout.readline())
+        for _ in range(300):
+            _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"POST /midvary/callback/x HTTP/1.1\r\nHost: x\r\n")
+            slow.append(writer)
+        async with aiohttp.ClientSession() as http:
+            url = f"http://127.0.0.1:{port}/midvary/callback/unknown"
+            async with http.post(url, data=b"{}") as response:
+                assert response.status == 404
+    finally:
+        for writer in slow:
+            writer.close()
+        child.stdin.close()
+        _out, err = await child.communicate()
+    lines = err.decode().splitlines()
+    assert child.returncode == 0, lines[-20:]
+    assert not [line for line in lines if "Traceback" in line or "open files" in line]
+    assert len(lines) <= 4, lines  # serving, one "at its limit" report, stopped

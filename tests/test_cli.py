@@ -81,7 +81,7 @@ async def test_bulk_runs_every_job_downloads_and_writes_results(
     assert all(r["status"] == "done" and r["error"] is None for r in results)
     assert all(len(r["files"]) == 4 and len(r["image_urls"]) == 4 for r in results)
     assert all(is_png(Path(f)) for r in results for f in r["files"])
-    assert {r["vary_task_id"] for r in results} == set(fake.tasks)
+    assert {r["task_id"] for r in results} == set(fake.tasks)
     # When each task was created and finished, as the record said (the gallery's timing).
     assert all(r["created_at"] and r["completed_at"] >= r["created_at"] for r in results)
     assert set(journal_states(tmp_path / "jobs.csv.journal.sqlite").values()) == {"done"}

@@ -244,6 +244,7 @@ def test_gallery_command_writes_the_page_and_warns_about_bad_lines(
 ) -> None:
     """`midvary gallery RESULTS` --out: writes the page, says where, warns about a bad line."""
     results = tmp_path / "r.jsonl"
+    # A line in the format before issue 18 (the parent in task_id): still read.
     line = {"id": "j1", "task_id": "parent-a", "image_index": 0, "status": "done",
             "vary_task_id": "t1", "image_urls": [], "files": [], "error": None}  # fmt: skip
     results.write_text(json.dumps(line) + "\n{broken\n")
@@ -254,3 +255,23 @@ def test_gallery_command_writes_the_page_and_warns_about_bad_lines(
     assert f"{results}:2:" in captured.err
     assert "parent-a" in out.read_text()
     assert main(["gallery", str(tmp_path / "missing.jsonl")]) == 2
+
+
+async def test_status_right_after_no_wait_says_not_visible_yet_and_wait_tolerates_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A task still invisible: `status` says so (exit 0, with the wait hint); `wait` waits."""
+    async with provider(monkeypatch, invisible_for=2.0) as fake:
+        assert await cli("vary", fake.sample_parent_id, "0", "--no-wait") == 0
+        task_id = capsys.readouterr().out.strip()
+        assert await cli("status", task_id) == 0
+        out, err = capsys.readouterr()
+        assert "submitted, not visible yet" in out
+        assert f"midvary wait {task_id}" in err
+        assert await cli("status", task_id, "--json") == 0
+        assert json.loads(capsys.readouterr().out) == {
+            "task_id": task_id,
+            "status": "NOT_VISIBLE_YET",
+        }
+        assert await cli("wait", task_id) == 0
+        assert "status   SUCCESS" in capsys.readouterr().out

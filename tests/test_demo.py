@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -198,3 +199,18 @@ def test_demo_refuses_options_for_a_real_provider(
     """--api-key and --base-url are a usage error: the demo only talks to its own fake."""
     assert main(["demo", "--out", str(tmp_path), *option]) == 2
     assert "fake provider" in capsys.readouterr().err
+
+
+def test_make_demo_installs_only_what_the_demo_needs() -> None:
+    """`make demo` installs midvary[cli] into a venv of its own, not the dev toolchain."""
+    root = Path(__file__).resolve().parent.parent
+    plan = subprocess.run(  # noqa: S603 - make from PATH with fixed arguments, as users run it
+        ["make", "-n", "-B", "-C", str(root), "demo"],  # noqa: S607
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout  # a dry run: prints the commands, runs none
+    installs = [line for line in plan.splitlines() if "pip install" in line]
+    assert installs, plan
+    assert all('".[cli]"' in line for line in installs), installs
+    assert "[dev]" not in plan

@@ -32,7 +32,7 @@ def files(directory: Path) -> list[Path]:
 async def test_download_writes_every_image_without_the_key(tmp_path: Path) -> None:
     """Each image lands at <task_id>_<n>.png; the result host never sees the API key."""
     async with fake_session() as (fake, session):
-        (outcome,) = await session.vary_all(requests(1))
+        (outcome,) = await session.submit_all(requests(1))
         assert outcome.record is not None
         paths = await session.download(outcome.record, tmp_path / "out")
         headers = fake.result_request_headers
@@ -48,7 +48,7 @@ async def test_download_writes_every_image_without_the_key(tmp_path: Path) -> No
 async def test_complete_files_are_skipped(tmp_path: Path) -> None:
     """A second download of the same record sends no request and returns the same paths."""
     async with fake_session() as (fake, session):
-        (outcome,) = await session.vary_all(requests(1))
+        (outcome,) = await session.submit_all(requests(1))
         assert outcome.record is not None
         first = await session.download(outcome.record, tmp_path)
         sent = fake.stats.requests["results"]
@@ -67,7 +67,7 @@ async def test_downloaded_files_get_the_umask_permissions(
     previous = os.umask(umask)
     try:
         async with fake_session() as (_fake, session):
-            (outcome,) = await session.vary_all(requests(1))
+            (outcome,) = await session.submit_all(requests(1))
             assert outcome.record is not None
             paths = await session.download(outcome.record, tmp_path)
     finally:
@@ -77,9 +77,9 @@ async def test_downloaded_files_get_the_umask_permissions(
 
 
 async def test_fanout_downloads_each_success(tmp_path: Path) -> None:
-    """vary_all(download=...) fills outcome.paths for every succeeded job."""
+    """submit_all(download=...) fills outcome.paths for every succeeded job."""
     async with fake_session(images_per_task=2) as (_fake, session):
-        outcomes = await session.vary_all(requests(5), download=tmp_path)
+        outcomes = await session.submit_all(requests(5), download=tmp_path)
     assert all(len(o.paths) == 2 and all(p.is_file() for p in o.paths) for o in outcomes)
     assert len(files(tmp_path)) == 10
 

@@ -22,7 +22,7 @@ async def test_a_refused_result_url_is_fetched_once_through_a_fresh_link(
     The key goes to the API host only: no request to the result host carries it.
     """
     async with fake_session(refuse_direct_downloads=status) as (fake, session):
-        (outcome,) = await session.vary_all(requests(1))
+        (outcome,) = await session.submit_all(requests(1))
         assert outcome.record is not None
         paths = await session.download(outcome.record, tmp_path)
         headers = fake.result_request_headers
@@ -37,7 +37,7 @@ async def test_a_refused_result_url_is_fetched_once_through_a_fresh_link(
 async def test_a_served_result_url_asks_for_no_fresh_link(tmp_path: Path) -> None:
     """Without a refusal, no download-url request is sent."""
     async with fake_session() as (fake, session):
-        (outcome,) = await session.vary_all(requests(1))
+        (outcome,) = await session.submit_all(requests(1))
         assert outcome.record is not None
         await session.download(outcome.record, tmp_path)
         assert fake.stats.requests["download-url"] == 0
@@ -46,7 +46,7 @@ async def test_a_served_result_url_asks_for_no_fresh_link(tmp_path: Path) -> Non
 async def test_a_url_the_api_does_not_know_raises_the_hosts_refusal(tmp_path: Path) -> None:
     """The API's 422 for a foreign URL: the result host's DownloadError, the 422 its cause."""
     async with fake_session(refuse_direct_downloads=410) as (fake, session):
-        (outcome,) = await session.vary_all(requests(1))
+        (outcome,) = await session.submit_all(requests(1))
         assert outcome.record is not None
         foreign = midvary.TaskRecord(
             task_id=outcome.record.task_id,

@@ -40,11 +40,11 @@ def fanout_tasks() -> list[asyncio.Task[object]]:
     ]
 
 
-async def test_vary_all_returns_outcomes_in_input_order() -> None:
-    """vary_all gives one successful outcome per request, in input order, with task ids."""
+async def test_submit_all_returns_outcomes_in_input_order() -> None:
+    """submit_all gives one successful outcome per request, in input order, with task ids."""
     async with fake_session(task_duration=(0.01, 0.3)) as (fake, session):
         jobs = list(requests(24))
-        outcomes = await session.vary_all(jobs, concurrency=8)
+        outcomes = await session.submit_all(jobs, concurrency=8)
     assert [o.index for o in outcomes] == list(range(24))
     assert [o.request for o in outcomes] == jobs
     assert all(o.ok and o.error is None and o.record is not None for o in outcomes)
@@ -53,12 +53,12 @@ async def test_vary_all_returns_outcomes_in_input_order() -> None:
     assert all(o.paths == () for o in outcomes)
 
 
-async def test_vary_many_yields_in_completion_order() -> None:
-    """vary_many hands out outcomes as jobs end: a bad last item comes out first."""
+async def test_submit_many_yields_in_completion_order() -> None:
+    """submit_many hands out outcomes as jobs end: a bad last item comes out first."""
     events: list[midvary.JobEvent] = []
     async with fake_session(task_duration=(0.1, 0.2)) as (_fake, session):
         items: list[object] = [*requests(5), "not a request"]
-        got = [o async for o in session.vary_many(items, on_event=events.append)]  # type: ignore[arg-type]
+        got = [o async for o in session.submit_many(items, on_event=events.append)]  # type: ignore[arg-type]
     assert got[0].index == 5
     assert isinstance(got[0].error, TypeError)
     assert "VaryRequest" in str(got[0].error)
@@ -72,7 +72,7 @@ async def test_failures_are_outcomes_and_never_sink_the_batch() -> None:
     """Failed tasks and final API errors become their jobs' outcomes; the rest succeed."""
     async with fake_session(failure_rate=0.4, seed=3) as (fake, session):
         jobs = [*requests(16), midvary.VaryRequest(task_id="unknown-parent", image_index=0)]
-        outcomes = await session.vary_all(jobs, concurrency=6)
+        outcomes = await session.submit_all(jobs, concurrency=6)
     failed_tasks = [o for o in outcomes if isinstance(o.error, midvary.TaskFailedError)]
     assert failed_tasks  # the seed makes some tasks fail
     assert all(o.task_id is not None and o.record is None for o in failed_tasks)
@@ -87,7 +87,7 @@ async def test_failures_are_outcomes_and_never_sink_the_batch() -> None:
 async def test_uncertain_submissions_are_outcomes_and_never_resent() -> None:
     """Lost submit answers become uncertain outcomes; nothing is submitted twice."""
     async with fake_session(drop_submit_answer_rate=0.3, seed=5) as (fake, session):
-        outcomes = await session.vary_all(requests(20), concurrency=8)
+        outcomes = await session.submit_all(requests(20), concurrency=8)
     uncertain = [o for o in outcomes if o.uncertain]
     assert len(uncertain) == fake.stats.dropped_submit_answers > 0
     assert all(o.task_id is None and o.record is None for o in uncertain)
@@ -111,7 +111,7 @@ async def test_concurrency_bounds_jobs_in_flight() -> None:
             in_flight.discard(event.index)
 
     async with fake_session(task_duration=(0.05, 0.15)) as (_fake, session):
-        outcomes = await session.vary_all(requests(30), concurrency=5, on_event=on_event)
+        outcomes = await session.submit_all(requests(30), concurrency=5, on_event=on_event)
     assert all(o.ok for o in outcomes)
     assert peak == 5
 
@@ -120,7 +120,7 @@ async def test_limiter_keeps_within_the_providers_submit_limit() -> None:
     """Told the provider's limit, the client waits instead of collecting 429s."""
     events: list[midvary.JobEvent] = []
     async with fake_session(submit_limit=(8, 0.5), submit_rate=(8, 0.5)) as (fake, session):
-        outcomes = await session.vary_all(requests(24), concurrency=24, on_event=events.append)
+        outcomes = await session.submit_all(requests(24), concurrency=24, on_event=events.append)
     assert all(o.ok for o in outcomes)
     assert fake.stats.rate_limited == 0
     waits = [e for e in events if e.kind is Kind.RATE_LIMITED]
@@ -133,7 +133,7 @@ async def test_429_slows_the_limiter_down() -> None:
     events: list[midvary.JobEvent] = []
     # The client believes in ten times the provider's real limit.
     async with fake_session(submit_limit=(4, 0.4), submit_rate=(40, 0.4)) as (fake, session):
-        outcomes = await session.vary_all(requests(16), concurrency=16, on_event=events.append)
+        outcomes = await session.submit_all(requests(16), concurrency=16, on_event=events.append)
         assert session._submitter.limiter.allowance < 40
     assert all(o.ok for o in outcomes), [o.error for o in outcomes if o.error]
     told = [e for e in events if e.kind is Kind.RATE_LIMITED and e.error is not None]
@@ -143,7 +143,7 @@ async def test_429_slows_the_limiter_down() -> None:
 
     # Without a limiter to slow down, the same burst spends its retries and jobs fail.
     async with fake_session(submit_limit=(4, 0.4), submit_rate=None) as (_fake, session):
-        unlimited = await session.vary_all(requests(16), concurrency=16)
+        unlimited = await session.submit_all(requests(16), concurrency=16)
     assert any(isinstance(o.error, midvary.RateLimitError) for o in unlimited)
 
 
@@ -159,7 +159,7 @@ async def test_cancelling_the_iteration_cancels_jobs_and_keeps_task_ids() -> Non
                 enough.set()
 
     async with fake_session(task_duration=(30.0, 30.0)) as (fake, session):
-        fanout = session.vary_many(requests(1000), concurrency=4, on_event=on_event)
+        fanout = session.submit_many(requests(1000), concurrency=4, on_event=on_event)
 
         async def consume() -> None:
             async for _outcome in fanout:
@@ -192,8 +192,8 @@ async def test_lazy_input_is_pulled_only_as_slots_free_up() -> None:
             yield request
 
     async with fake_session() as (_fake, session):
-        async with session.vary_many(generate(), concurrency=3) as fanout:
-            first: list[midvary.VaryOutcome] = []
+        async with session.submit_many(generate(), concurrency=3) as fanout:
+            first: list[midvary.JobOutcome] = []
             async for outcome in fanout:
                 first.append(outcome)
                 if len(first) == 5:
@@ -214,7 +214,7 @@ async def test_async_iterable_input() -> None:
             yield request
 
     async with fake_session() as (_fake, session):
-        outcomes = await session.vary_all(generate(), concurrency=2)
+        outcomes = await session.submit_all(generate(), concurrency=2)
     assert [o.index for o in outcomes] == list(range(6))
     assert all(o.ok for o in outcomes)
 
@@ -226,7 +226,7 @@ async def test_input_that_raises_ends_after_the_jobs_already_started() -> None:
         yield from requests(3)
         raise RuntimeError("broken input")
 
-    got: list[midvary.VaryOutcome] = []
+    got: list[midvary.JobOutcome] = []
 
     async def consume(fanout: midvary.FanOut) -> None:
         async for outcome in fanout:
@@ -234,7 +234,7 @@ async def test_input_that_raises_ends_after_the_jobs_already_started() -> None:
 
     async with fake_session() as (_fake, session):
         with pytest.raises(RuntimeError, match="broken input"):
-            await consume(session.vary_many(generate()))
+            await consume(session.submit_many(generate()))
     assert sorted(o.index for o in got) == [0, 1, 2]
     assert all(o.ok for o in got)
 
@@ -247,7 +247,7 @@ async def test_hook_failing_at_submitting_sends_nothing() -> None:
             raise OSError("journal disk full")
 
     async with fake_session() as (fake, session):
-        outcomes = await session.vary_all(requests(3), on_event=on_event)
+        outcomes = await session.submit_all(requests(3), on_event=on_event)
     assert [o.ok for o in outcomes] == [True, False, True]
     assert isinstance(outcomes[1].error, OSError)
     assert outcomes[1].task_id is None
@@ -259,7 +259,7 @@ async def test_events_carry_the_story_of_each_job() -> None:
     """Each job reports SUBMITTING, then SUBMITTED with its task id, then DONE."""
     events: list[midvary.JobEvent] = []
     async with fake_session() as (_fake, session):
-        (outcome,) = await session.vary_all(requests(1), on_event=events.append)
+        (outcome,) = await session.submit_all(requests(1), on_event=events.append)
     assert [e.kind for e in events] == [Kind.SUBMITTING, Kind.SUBMITTED, Kind.DONE]
     assert events[0].task_id is None
     assert events[1].task_id == events[2].task_id == outcome.task_id
@@ -270,8 +270,8 @@ async def test_events_carry_the_story_of_each_job() -> None:
 async def test_reattached_handles_are_awaited_without_submitting() -> None:
     """A TaskHandle item is awaited as is: no new submission."""
     async with fake_session() as (fake, session):
-        first = await session.vary_all(requests(2))
-        again = await session.vary_all([session.task(o.task_id or "") for o in first])
+        first = await session.submit_all(requests(2))
+        again = await session.submit_all([session.task(o.task_id or "") for o in first])
     assert [o.task_id for o in again] == [o.task_id for o in first]
     assert all(o.ok and o.request is None for o in again)
     assert fake.stats.requests["submit"] == 2
@@ -281,7 +281,7 @@ async def test_closing_the_session_cancels_a_running_fanout() -> None:
     """Session close cancels and awaits the fan-out's jobs; iteration then stops."""
     both = Countdown(Kind.SUBMITTED, 2)
     async with fake_session(task_duration=(30.0, 30.0)) as (_fake, session):
-        fanout = session.vary_many(requests(10), concurrency=2, on_event=both)
+        fanout = session.submit_many(requests(10), concurrency=2, on_event=both)
         consumer = asyncio.create_task(anext(fanout, None))
         await both.reached.wait()
         await session.aclose()
@@ -309,7 +309,7 @@ async def test_bad_arguments_raise_before_anything_is_sent(
     async with fake_session() as (fake, session):
         arguments: dict[str, object] = {"requests": list(requests(2)), **kwargs}
         with pytest.raises(error):
-            session.vary_many(**arguments)  # type: ignore[arg-type]
+            session.submit_many(**arguments)  # type: ignore[arg-type]
     assert fake.stats.requests["submit"] == 0
 
 
@@ -324,7 +324,7 @@ async def test_no_outcome_is_lost_when_closed_early() -> None:
     """Outcomes finished but not taken when the fan-out closes are listed as unfinished."""
     all_done = Countdown(Kind.DONE, 3)
     async with fake_session() as (_fake, session):
-        fanout = session.vary_many(requests(3), concurrency=3, on_event=all_done)
+        fanout = session.submit_many(requests(3), concurrency=3, on_event=all_done)
         async with contextlib.aclosing(fanout):
             first = await anext(fanout)
             await all_done.reached.wait()
@@ -342,7 +342,7 @@ async def test_cancelling_during_a_post_reports_it_uncertain() -> None:
             posting.set()
 
     async with fake_session(latency=0.5) as (_fake, session):
-        fanout = session.vary_many(requests(1), on_event=on_event)
+        fanout = session.submit_many(requests(1), on_event=on_event)
         consumer = asyncio.create_task(anext(fanout))
         await posting.wait()
         consumer.cancel()
@@ -365,7 +365,7 @@ async def test_closing_the_session_ends_submissions_waiting_for_the_limiter() ->
             held.set()  # the first job is submitted and the next one waits for the window
 
     async with fake_session(submit_rate=(1, 60.0)) as (fake, session):
-        fanout = session.vary_many(requests(3), on_event=on_event)
+        fanout = session.submit_many(requests(3), on_event=on_event)
         consumer = asyncio.create_task(anext(fanout, None))
         await held.wait()
         await session.aclose()
@@ -375,3 +375,29 @@ async def test_closing_the_session_ends_submissions_waiting_for_the_limiter() ->
         assert not any(job.uncertain for job in fanout.unfinished)
         with pytest.raises(midvary.SessionClosedError):
             await session.vary("parent-1", 3)
+
+
+async def test_the_names_before_the_rename_warn_and_still_work() -> None:
+    """vary_many, vary_all and midvary.VaryOutcome warn, naming the new name, and still work."""
+    with pytest.warns(
+        DeprecationWarning, match=r"midvary\.VaryOutcome is deprecated, use midvary\.JobOutcome"
+    ):
+        assert midvary.VaryOutcome is midvary.JobOutcome
+    async with fake_session() as (fake, session):
+        with pytest.warns(
+            DeprecationWarning, match=r"Session\.vary_all is deprecated, use Session\.submit_all"
+        ) as caught:
+            outcomes = await session.vary_all(list(requests(3)), concurrency=2)
+        assert [o.index for o in outcomes] == [0, 1, 2]
+        assert all(isinstance(o, midvary.JobOutcome) and o.ok for o in outcomes)
+        with pytest.warns(
+            DeprecationWarning, match=r"Session\.vary_many is deprecated, use Session\.submit_many"
+        ):
+            fanout = session.vary_many(list(requests(2)), concurrency=2)
+        async with fanout as stream:
+            more = [outcome async for outcome in stream]
+        assert len(more) == 2
+        assert len(fake.tasks) == 5
+    # The warning points at the caller's line, not at midvary's alias.
+    assert caught[0].filename == __file__
+    assert "VaryOutcome" not in midvary.__all__

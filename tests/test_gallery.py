@@ -53,7 +53,7 @@ def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
                 "parent-A",
                 0,
                 "failed",
-                vary_task_id="vary-job-3",
+                task_id="vary-job-3",
                 error={"type": "TaskFailedError", "message": HOSTILE_ERROR},
                 record={
                     "error_code": 501,
@@ -137,7 +137,7 @@ def test_bad_lines_are_listed_and_the_last_line_of_a_job_wins(run: Path) -> None
     ("line", "reason"),
     [
         (b"[1, 2]", "not a JSON object but list"),
-        (b'{"id": "j"}', "the field 'task_id' is missing"),
+        (b'{"id": "j"}', "the field 'parent_task_id' is missing"),
         (json.dumps(result("j", "p", 0, "done", image_index="2")).encode(), "'image_index' must"),
         (json.dumps(result("j", "p", True, "done")).encode(), "'image_index' must be an integer"),
         (json.dumps(result("", "p", 0, "done")).encode(), "the field 'id' is empty"),
@@ -147,7 +147,10 @@ def test_bad_lines_are_listed_and_the_last_line_of_a_job_wins(run: Path) -> None
         (json.dumps(result("j", "p", 0, "done", duration=-1)).encode(), "'duration' must"),
         (b'{"id": "\xff"}', "not UTF-8"),
         (json.dumps(result("j", None, None, "done", action="generate")).encode(), "'prompt'"),
-        (json.dumps(result("j", None, None, "done", action="vary")).encode(), "'task_id' is"),
+        (
+            json.dumps(result("j", None, None, "done", action="vary")).encode(),
+            "'parent_task_id' is",
+        ),
         (json.dumps(generate_line("j", "done", image_index="1")).encode(), "'image_index' must"),
     ],
 )
@@ -159,6 +162,32 @@ def test_malformed_lines_become_bad_lines(line: bytes, reason: str) -> None:
     (bad,) = results.bad_lines
     assert bad.number == 2
     assert reason in bad.reason
+
+
+def old_format(line: dict[str, Any]) -> dict[str, Any]:
+    """``line`` in the format before issue 18: parent in ``task_id``, task in ``vary_task_id``."""
+    old = {k: v for k, v in line.items() if k not in ("parent_task_id", "task_id")}
+    return old | {"task_id": line["parent_task_id"], "vary_task_id": line["task_id"]}
+
+
+def test_lines_written_before_the_rename_read_the_same(tmp_path: Path) -> None:
+    """An old results file (``vary_task_id``) gives the same jobs as today's format."""
+    today = [
+        done_job(tmp_path, "vary-1", "parent-A", 2, COLOURS[:4]),
+        result("vary-2", "parent-B", 0, "uncertain"),
+        generate_line("grid", "done", task_id="grid-task"),
+        result("up", "grid-task", 1, "failed", action="upscale", task_id="up-task"),
+    ]
+    new = parse_results("".join(json.dumps(line) + "\n" for line in today))
+    old = parse_results("".join(json.dumps(old_format(line)) + "\n" for line in today))
+    assert old == new
+    assert new.bad_lines == ()
+    assert [(j.parent_task_id, j.task_id) for j in new.jobs] == [
+        ("parent-A", "vary-vary-1"),
+        ("parent-B", None),
+        (None, "grid-task"),
+        ("grid-task", "up-task"),
+    ]
 
 
 def test_optional_and_future_fields_are_shown(tmp_path: Path) -> None:
@@ -252,8 +281,8 @@ def test_generate_jobs_head_their_group_with_prompt_grid_and_children(
     """A grid's group: its prompt, its grid, then its varies by index and its upscale."""
     monkeypatch.chdir(tmp_path)
     grid = done_job(tmp_path, "p1", "unused", 0, COLOURS[:4])
-    grid.update(action="generate", prompt="a red fox", task_id=None, image_index=None)
-    grid_task = grid["vary_task_id"]
+    grid.update(action="generate", prompt="a red fox", parent_task_id=None, image_index=None)
+    grid_task = grid["task_id"]
     child = {"action": "vary", "parent": "p1"}
     write_lines(
         tmp_path / "results.jsonl",

@@ -103,7 +103,7 @@ def gallery(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
             "parent-B",
             2,
             "failed",
-            vary_task_id="vary-job-3",
+            task_id="vary-job-3",
             error={"type": "TaskFailedError", "message": HOSTILE_ERROR},
         ),
     ]

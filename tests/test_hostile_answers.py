@@ -103,7 +103,7 @@ async def test_an_undecodable_answer_in_a_fan_out_is_uncertain_not_failed() -> N
         ) as session,
     ):
         requests = [midvary.VaryRequest(task_id="parent-1", image_index=i) for i in range(3)]
-        outcomes = [outcome async for outcome in session.vary_many(requests)]
+        outcomes = [outcome async for outcome in session.submit_many(requests)]
     assert [outcome.uncertain for outcome in outcomes] == [True, True, True]
     assert hostile.posts == 3
 

@@ -59,10 +59,10 @@ def test_public_callables_are_documented() -> None:
     assert missing == []
 
 
-def test_vary_all_takes_the_keyword_arguments_of_vary_many() -> None:
-    """vary_all shows (and accepts) exactly vary_many's parameters, with its own return type."""
-    many = inspect.signature(midvary.Session.vary_many)
-    every = inspect.signature(midvary.Session.vary_all)
+def test_submit_all_takes_the_keyword_arguments_of_submit_many() -> None:
+    """submit_all shows (and accepts) exactly submit_many's parameters, with its own return type."""
+    many = inspect.signature(midvary.Session.submit_many)
+    every = inspect.signature(midvary.Session.submit_all)
     assert list(every.parameters.values()) == list(many.parameters.values())
     assert "concurrency" in every.parameters
     assert every.return_annotation != many.return_annotation

@@ -46,7 +46,7 @@ def test_to_json_dict_of_a_record_an_outcome_and_an_error() -> None:
     assert data["image_index"] == 1
     assert data["status"] == "SUCCESS"
     request = midvary.VaryRequest(task_id="parent-9", image_index=1, id="job-1")
-    outcome = midvary.VaryOutcome(index=0, request=request, task_id="t1", record=found)
+    outcome = midvary.JobOutcome(index=0, request=request, task_id="t1", record=found)
     out = midvary.to_json_dict(outcome)
     assert (out["id"], out["ok"], out["record"]) == ("job-1", True, data)
     assert midvary.to_json_dict(ValueError("bad")) == {"type": "ValueError", "message": "bad"}

@@ -9,6 +9,7 @@ import aiohttp
 import pytest
 
 import midvary
+from midvary.testing import FakeProvider
 
 from .conftest import FAST_POLL, FAST_RETRY
 from .mockapi import BASE, KEY, VARY_URL, MockAPI, record, record_url
@@ -132,3 +133,24 @@ async def test_key_is_not_in_the_aiohttp_error_chained_to_a_malformed_answer() -
     assert KEY not in repr(cause)
     assert KEY not in repr(cause.request_info.headers)
     assert KEY not in repr(cause.args)
+
+
+async def test_run_submits_and_waits_in_one_call(
+    midvary_session: midvary.Session, fake_provider: FakeProvider
+) -> None:
+    """run() returns the final record of the task it submitted; a failed task raises."""
+    record = await midvary_session.run(midvary.GenerateRequest(prompt="a red fox"))
+    assert record.status is midvary.TaskStatus.SUCCESS
+    assert fake_provider.stats.tasks_created == 1
+    fake_provider.update(failure_rate=1.0, create_failure_share=0.0)
+    with pytest.raises(midvary.TaskFailedError) as failed:
+        await midvary_session.run(
+            midvary.VaryRequest(task_id=record.task_id, image_index=1), timeout=10.0
+        )
+    assert failed.value.record.status is midvary.TaskStatus.GENERATE_FAILED
+
+
+def test_a_status_prints_as_a_person_reads_it() -> None:
+    """str(TaskStatus.X) is a lower-case phrase, not the enum's repr."""
+    assert str(midvary.TaskStatus.SUCCESS) == "success"
+    assert f"{midvary.TaskStatus.GENERATE_FAILED}" == "generate failed"

@@ -240,7 +240,7 @@ async def test_unaccepted_posts_give_their_limiter_slot_back(api: MockAPI, refus
         with pytest.raises(midvary.MidvaryError) as refused:
             await session.vary("parent-1", 0)
         assert not isinstance(refused.value, midvary.SubmitUncertainError)
-        (outcome,) = await session.vary_all(
+        (outcome,) = await session.submit_all(
             [midvary.VaryRequest(task_id="parent-1", image_index=1)],
             on_event=lambda event: kinds.append(event.kind),
         )
@@ -262,7 +262,7 @@ async def test_uncertain_posts_keep_their_limiter_slot(api: MockAPI) -> None:
     async with _limited_session() as session:
         with pytest.raises(midvary.SubmitUncertainError):
             await session.vary("parent-1", 0)
-        (outcome,) = await session.vary_all(
+        (outcome,) = await session.submit_all(
             [midvary.VaryRequest(task_id="parent-1", image_index=1)], on_event=stop_at_first_wait
         )
     assert isinstance(outcome.error, _StopError)

@@ -10,8 +10,7 @@ from typing import Any
 import pytest
 
 import midvary
-from midvary._converter import common_record, converter, structure_record
-from midvary._models import TaskRecord
+from midvary._converter import structure_record
 from midvary.testing._state import SubmitParams, SuccessFlag, Task, TimeStyle
 from midvary.testing._wire import parent_record_data, record_data
 
@@ -240,17 +239,15 @@ _WIRE_BODIES = [
 @pytest.mark.parametrize(
     "data", [*_fake_bodies(as_string=False), *_fake_bodies(as_string=True), *_WIRE_BODIES]
 )
-def test_the_common_shape_by_hand_equals_cattrs(data: dict[str, Any]) -> None:
-    """The hand-written path gives the record cattrs gives, or leaves the body to cattrs."""
-    expected = converter.structure(data, TaskRecord)
-    by_hand = common_record(data)
-    assert by_hand is None or by_hand == expected
-    assert structure_record(data) == expected
-
-
-def test_the_common_shape_takes_the_hand_written_path() -> None:
-    """The fake's bodies with resultInfoJson as an object (the documented form) go by hand."""
-    assert all(common_record(body) is not None for body in _fake_bodies(as_string=False))
+def test_every_wire_shape_structures_to_its_task(data: dict[str, Any]) -> None:
+    """Each shape the provider (and the fake) sends becomes a record of the task it names."""
+    parsed = structure_record(data)
+    assert parsed.task_id == data["taskId"]
+    assert parsed.status.value == int(data["successFlag"]) or (
+        parsed.status is midvary.TaskStatus.UNKNOWN
+    )
+    assert isinstance(parsed.params, dict)
+    assert all(url.startswith("http") for url in parsed.image_urls)
 
 
 @pytest.mark.parametrize(
@@ -264,8 +261,7 @@ def test_the_common_shape_takes_the_hand_written_path() -> None:
         record(errorCode=True),
     ],
 )
-def test_unusual_bodies_are_left_to_cattrs(data: dict[str, Any]) -> None:
-    """A body the hand-written path cannot vouch for goes to cattrs, which says what is wrong."""
-    assert common_record(data) is None
+def test_unusable_fields_are_protocol_errors(data: dict[str, Any]) -> None:
+    """A field that cannot be read is a ProtocolError, never a raw cattrs or Python error."""
     with pytest.raises(midvary.ProtocolError):
         structure_record(data)

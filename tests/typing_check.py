@@ -60,7 +60,7 @@ async def fan_out(parents: list[str]) -> list[str]:
 
     requests = (midvary.VaryRequest(task_id=p, image_index=i) for p in parents for i in range(4))
     async with midvary.Session(api_key="k", submit_rate=(20, 10.0)) as session:
-        fanout: midvary.FanOut = session.vary_many(requests, concurrency=8, on_event=on_event)
+        fanout: midvary.FanOut = session.submit_many(requests, concurrency=8, on_event=on_event)
         async with fanout:
             async for outcome in fanout:
                 if outcome.record is not None:
@@ -70,7 +70,7 @@ async def fan_out(parents: list[str]) -> list[str]:
                     pass
         left: tuple[midvary.UnfinishedJob, ...] = fanout.unfinished
         del left
-        outcomes: list[midvary.VaryOutcome] = await session.vary_all([session.task("t")])
+        outcomes: list[midvary.JobOutcome] = await session.submit_all([session.task("t")])
         return [o.task_id or "" for o in outcomes]
 
 
@@ -84,7 +84,7 @@ async def workflow(prompts: list[str]) -> int:
             midvary.GenerateRequest(prompt=p, speed="fast") for p in prompts
         ]
         jobs.append(midvary.UpscaleRequest(task_id=grid.task_id, image_index=0))
-        outcomes = await session.vary_all(jobs)
+        outcomes = await session.submit_all(jobs)
         handle = await session.submit(midvary.GenerateRequest(prompt="p", key="k2"))
         del handle, big
         return len(varied) + len(outcomes)

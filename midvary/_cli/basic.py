@@ -120,7 +120,7 @@ def _vary(args: argparse.Namespace) -> int:
 
 
 def status_options(parser: argparse.ArgumentParser) -> None:
-    """``midvary status TASK_ID``: show a task's record once."""
+    """``midvary status TASK_ID``: show a task's record once (or that it is not visible yet)."""
     parser.set_defaults(handler=_status)
     parser.add_argument("task_id", metavar="TASK_ID")
     parser.add_argument("--json", action="store_true", help="print JSON")
@@ -133,6 +133,20 @@ def _status(args: argparse.Namespace) -> int:
                 record = await session.get_task(args.task_id)
             except (TypeError, ValueError) as exc:
                 raise UsageError(str(exc)) from None
+            except midvary.NotFoundError:
+                # The provider shows a new task only after a moment (the library's waits
+                # tolerate it too): right after `vary --no-wait` this is the normal answer.
+                if args.json:
+                    say(json.dumps({"task_id": args.task_id, "status": "NOT_VISIBLE_YET"}))
+                else:
+                    say(f"task     {args.task_id}")
+                    say("status   submitted, not visible yet")
+                    say(
+                        "a new task shows up within seconds (an id the provider never made "
+                        f"stays unseen); `midvary wait {args.task_id}` waits for it",
+                        stream=sys.stderr,
+                    )
+                return EXIT_OK
         if args.json:
             say(json.dumps(midvary.to_json_dict(record)))
         else:

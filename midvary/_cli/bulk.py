@@ -2,7 +2,7 @@
 
 Flow: read and check the JOBS file (bad rows are reported with their line number and
 skipped), open the ledger (:mod:`.ledger`: the local journal, or with ``--store`` a store
-shared with other runs), then run the jobs through ``Session.vary_many`` with a live
+shared with other runs), then run the jobs through ``Session.submit_many`` with a live
 progress display, placing each job as the fan-out has room for it (:mod:`.placing`: skip it
 if finished earlier, re-attach it if submitted earlier, report it uncertain if its POST was
 in flight when an earlier run stopped, leave it to another run that holds it, or run it),
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -67,7 +68,9 @@ by task id and never submitted again, and jobs whose submission was in flight wh
 stopped are reported as uncertain (re-submitted only with --resubmit-uncertain). Jobs whose
 task failed at the provider are submitted again with --retry-failed.
 
-With --store redis://HOST:PORT/DB, runs of the same JOBS file on several machines share
+With --store redis://HOST:PORT/DB (or MIDVARY_STORE_URL set to it: a password in an
+argument shows in ps and in the shell's history), runs of the same JOBS file on several
+machines share
 its jobs: each takes a job before running it (a claim in the store, renewed while it
 runs), leaves the jobs another live run holds to it, and takes over those of a stopped run
 once its claim lapses (--claim-lease). Its results file has the jobs it ran and those it
@@ -76,6 +79,10 @@ found finished; a run after all others have ended submits nothing and writes eve
 exit codes: 0 every job succeeded; 1 some job failed, is uncertain, or a row was bad;
 2 usage error; 130 interrupted (run again to resume).
 """
+
+
+#: The environment variable ``--store`` defaults to (the arq worker's too).
+STORE_URL_VARIABLE: Final = "MIDVARY_STORE_URL"
 
 
 def options(parser: argparse.ArgumentParser) -> None:
@@ -110,7 +117,9 @@ def options(parser: argparse.ArgumentParser) -> None:
         metavar="URL|PATH",
         help="share the jobs with other runs of the same JOBS file through a store instead "
         "of the local journal: redis://[:PASSWORD@]HOST:PORT/DB (several machines), or an "
-        "SQLite file (several processes on one machine); the password is never printed",
+        "SQLite file (several processes on one machine); the password is never printed. "
+        "Default: $MIDVARY_STORE_URL (as the arq worker reads it) unless --journal is given; "
+        "prefer the variable for a URL with a password (ps and shell history show arguments)",
     )
     parser.add_argument(
         "--claim-lease",
@@ -172,6 +181,9 @@ def _bulk(args: argparse.Namespace) -> int:
     jobs_path: Path = args.jobs
     out_path: Path = args.out or jobs_path.with_name(jobs_path.name + ".results.jsonl")
     rate = _submit_rate(args.submit_rate)
+    if args.store is None and args.journal is None:
+        # A Redis URL with a password is safer in the environment than in argv (ps, history).
+        args.store = os.environ.get(STORE_URL_VARIABLE) or None
     require_api_key(args)  # before the journal: a run that cannot start leaves nothing
     jobs_file = read_jobs(jobs_path)
     for message in jobs_file.bad_rows:
@@ -269,7 +281,7 @@ async def _run_jobs(  # noqa: PLR0917 - one step of _run, given its parts
         progress.event(event)
 
     with progress:
-        async with session.vary_many(
+        async with session.submit_many(
             feed.items(),
             concurrency=args.concurrency,
             timeout=args.timeout if args.timeout is not None else midvary.USE_DEFAULT,

@@ -90,7 +90,7 @@ class Feed:
         else:
             self._orphans.append(job)
 
-    def ended(self, job: BulkJob, outcome: midvary.VaryOutcome) -> None:
+    def ended(self, job: BulkJob, outcome: midvary.JobOutcome) -> None:
         """``job`` ended: queue its waiting children if it succeeded."""
         self.running.discard(job.key)
         if outcome.ok and outcome.task_id is not None:

@@ -116,7 +116,7 @@ def _generate(args: argparse.Namespace) -> int:
             files = await session.download(grid, args.download) if args.download else ()
             _note(f"grid {grid.task_id} ready: {len(grid.image_urls)} images")
             children = [child_request(grid.task_id, step) for step in steps]
-            outcomes = await session.vary_all(
+            outcomes = await session.submit_all(
                 children, timeout=timeout, download=args.download, on_event=_on_event
             )
         _report(args, grid, files, outcomes)
@@ -148,7 +148,7 @@ def _failed_grid(args: argparse.Namespace, exc: midvary.TaskFailedError) -> int:
     return EXIT_FAILED
 
 
-def _child_json(outcome: midvary.VaryOutcome) -> dict[str, Any]:
+def _child_json(outcome: midvary.JobOutcome) -> dict[str, Any]:
     request = outcome.request
     return {
         "action": action_of(request),
@@ -165,7 +165,7 @@ def _report(
     args: argparse.Namespace,
     grid: midvary.TaskRecord,
     files: tuple[Path, ...],
-    outcomes: list[midvary.VaryOutcome],
+    outcomes: list[midvary.JobOutcome],
 ) -> None:
     children = [_child_json(outcome) for outcome in outcomes]
     if args.json:

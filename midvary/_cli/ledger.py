@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import midvary
 
+from .._gallery_lines import line_task_ids
 from .._validate import MAX_KEY_LENGTH
 from ._kit import UsageError, say
 from .journal import JobState, Journal, JournalBusyError, JournaledJob, JournalMismatchError
@@ -258,7 +259,7 @@ def _from_line(job: BulkJob, line: str) -> JournaledJob:
     try:
         data = json.loads(line)
         state = JobState(data["status"])
-        task_id = data.get("vary_task_id")
+        _parent, task_id = line_task_ids(data)
     except (ValueError, KeyError, TypeError):
         raise midvary.StoreError(
             f"the store holds an unreadable result for job {job.key!r}"

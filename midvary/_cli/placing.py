@@ -150,7 +150,7 @@ class Placer:
         task_id = self._parent_task(job)
         return None if task_id is None else self._feed.child_request(job, task_id)
 
-    async def record(self, job: BulkJob, outcome: midvary.VaryOutcome) -> None:
+    async def record(self, job: BulkJob, outcome: midvary.JobOutcome) -> None:
         """Record a job that ended in this run: the ledger, then its results line."""
         summary = self.summary
         ending = Ending.of(outcome)

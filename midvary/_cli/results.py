@@ -82,8 +82,10 @@ def result_line(
     """The JSON line of one finished job; its ``status`` is ``ending``'s word.
 
     ``request`` is what was submitted (a child's is made at run time); ``None``: the job's.
-    ``task_id`` is the parent task for vary and upscale (``None`` for generate);
-    ``vary_task_id`` is the job's own task, whatever its action.
+    ``task_id`` is the task the job made, whatever its action (``None``: it never got one);
+    ``parent_task_id`` is the task a vary or upscale was made from (``None`` for generate).
+    Lines written before the rename (issue 18) named these ``vary_task_id`` and
+    ``task_id``; :func:`midvary._gallery_lines.line_task_ids` reads both formats.
     """
     sent = request if request is not None else job.request
     data: dict[str, Any] = {
@@ -92,11 +94,11 @@ def result_line(
         "action": action_of(sent)
         if sent is not None
         else (job.step.action if job.step else "vary"),
-        "task_id": getattr(sent, "task_id", None),
+        "parent_task_id": getattr(sent, "task_id", None),
         "image_index": getattr(sent, "image_index", None),
         "water_mark": getattr(sent, "water_mark", None),
         "status": ending.value,
-        "vary_task_id": task_id,
+        "task_id": task_id,
         "image_urls": list(record.image_urls) if record is not None else [],
         "files": [str(path) for path in paths],
         "error": midvary.to_json_dict(error) if error is not None else None,

@@ -5,9 +5,9 @@ Bulk's summary (:class:`midvary._cli.summary.BulkSummary`), the live progress
 (:class:`midvary._cli.demo.assess.DemoTally`) and the test campaigns' figures extend or hold a
 :class:`Tally`, so the three words mean the same everywhere:
 
-- ``done``: the job's task succeeded (:attr:`midvary.VaryOutcome.ok`);
+- ``done``: the job's task succeeded (:attr:`midvary.JobOutcome.ok`);
 - ``uncertain``: its submission may or may not have been accepted (and billed), and was not
-  re-sent (:attr:`midvary.VaryOutcome.uncertain`);
+  re-sent (:attr:`midvary.JobOutcome.uncertain`);
 - ``failed``: any other end (refused, the task failed, timed out...).
 
 The values of :class:`Ending` are the ``status`` words of the bulk results file.
@@ -31,7 +31,7 @@ class Ending(enum.Enum):
     UNCERTAIN = "uncertain"
 
     @classmethod
-    def of(cls, outcome: midvary.VaryOutcome) -> Ending:
+    def of(cls, outcome: midvary.JobOutcome) -> Ending:
         """How ``outcome`` ended."""
         if outcome.ok:
             return cls.DONE
@@ -66,13 +66,13 @@ class Tally:
         else:
             self.uncertain += jobs
 
-    def add(self, outcome: midvary.VaryOutcome) -> Ending:
+    def add(self, outcome: midvary.JobOutcome) -> Ending:
         """Count one outcome; return how it ended."""
         ending = Ending.of(outcome)
         self.count(ending)
         return ending
 
-    def add_all(self, outcomes: Iterable[midvary.VaryOutcome]) -> None:
+    def add_all(self, outcomes: Iterable[midvary.JobOutcome]) -> None:
         """Count every outcome of ``outcomes``."""
         for outcome in outcomes:
             self.add(outcome)

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import abc
 import json
-import math
 from collections.abc import Callable
 from typing import Protocol, TypeVar
 
 import attrs
 
+from .._ratelimit import Window
 from ._base import (
     Claim,
     ClaimState,
@@ -43,77 +43,6 @@ class KeyRecord:
     lease_until: float
     task_id: str | None
     expires_at: float
-
-
-@attrs.define(kw_only=True)
-class Window:
-    """One namespace's submission window: slots in flight, stamps, allowance, pause."""
-
-    allowance: int | None = None
-    grown_at: float = 0.0
-    paused_until: float = 0.0
-    stamps: dict[str, float] = attrs.field(factory=dict)
-    flight: dict[str, float] = attrs.field(factory=dict)  # slot id -> lease end
-
-    def tidy(self, now: float, count: int, window: float) -> int:
-        """Expire dead slots into stamps, drop old stamps, grow the allowance; return it."""
-        for slot_id, lease_until in list(self.flight.items()):
-            if lease_until < now:
-                # A dead process's POST may have been accepted up to its lease's end.
-                del self.flight[slot_id]
-                self.stamps[slot_id] = lease_until
-        for slot_id, stamp in list(self.stamps.items()):
-            if stamp <= now - window:
-                del self.stamps[slot_id]
-        allowance = count if self.allowance is None else min(self.allowance, count)
-        if allowance < count:
-            windows = math.floor((now - self.grown_at) / window)
-            if windows > 0:
-                allowance = min(count, allowance + windows)
-                self.grown_at += windows * window
-        self.allowance = allowance
-        return allowance
-
-    def acquire(self, now: float, rate: tuple[int, float], slot_id: str, lease_s: float) -> float:
-        """Take a slot (0.0) or return the seconds to wait."""
-        count, window = rate
-        allowance = self.tidy(now, count, window)
-        if slot_id in self.flight:
-            return 0.0
-        used = len(self.stamps) + len(self.flight)
-        pause = self.paused_until - now
-        if used < allowance and pause <= 0:
-            self.flight[slot_id] = now + lease_s
-            return 0.0
-        if used < allowance:
-            wait = pause
-        else:
-            excess = used - allowance
-            if excess >= len(self.stamps):
-                # Every slot is a POST in flight: poll, at most until the first lease ends.
-                wait = min(max(min(window / count, 0.25), 0.01), min(self.flight.values()) - now)
-            else:
-                wait = sorted(self.stamps.values())[excess] + window - now
-            wait = max(wait, pause)
-        return max(wait, 0.001)
-
-    def end(self, now: float, slot_id: str, *, refunded: bool) -> float | None:
-        """End a slot: a stamp at ``now``, or nothing when refunded."""
-        self.flight.pop(slot_id, None)
-        if refunded:
-            self.stamps.pop(slot_id, None)
-            return None
-        self.stamps[slot_id] = now
-        return now
-
-    def slow_down(self, now: float, rate: tuple[int, float], pause_s: float) -> int:
-        """Halve the allowance (once per pause) and pause."""
-        allowance = self.tidy(now, *rate)
-        if now >= self.paused_until:
-            allowance = self.allowance = max(1, allowance // 2)
-        self.grown_at = now
-        self.paused_until = max(self.paused_until, now + pause_s)
-        return allowance
 
 
 class Tx(Protocol):
@@ -172,6 +101,8 @@ class LocalStore(Store):
             return 0.0
         window = tx.get_window(namespace)
         wait = window.acquire(tx.now, slot.rate, slot.slot_id, slot.lease_s)
+        if wait is None:  # every slot is a POST in flight, maybe another process's
+            wait = window.poll_wait(tx.now, slot.rate)
         tx.put_window(namespace, window)
         return wait
 

@@ -1,43 +1,56 @@
-"""The one Lua script behind RedisStore: every operation, atomic, on the server's clock.
+"""RedisStore's Lua scripts: one per operation, atomic, on the server's clock.
 
-It mirrors ``_local.py`` line for line (the contract tests hold them to one behaviour).
-Times are seconds from the server's ``TIME``, written with 6 decimals.
+They are the Redis twin of ``_local.py`` (the keys) and of ``_ratelimit.Window`` (the
+submission window); the shared contract tests hold the three stores to one behaviour. Each
+script is its operation's body after the shared parts it needs (:data:`WINDOW`,
+:data:`KEYS`), and names its arguments at its top. Times are seconds from the server's
+``TIME``, written with 6 decimals.
 
-KEYS: 1 the namespace's marker, 2 the key's hash (fields fp, rq, st, h, lu, tid),
-3 the window's hash (a allowance, g grown at, p paused until), 4 stamps (zset: slot id ->
-stamp), 5 slots in flight (zset: slot id -> lease end). All share one ``{namespace}`` hash
-tag, so a cluster keeps them in one slot.
+Redis keys, all under one ``{namespace}`` hash tag so that a cluster keeps them in one slot:
 
-ARGV: 1 op, 2 expected marker ('' = none seen yet), 3 fresh marker, 4 holder, 5 lease (s),
-6 key ttl (ms), 7 slot id ('' = no slot), 8 count ('' = no limit), 9 window (s),
-10 slot lease (s), 11 fingerprint / pause (s), 12 request, 13 task id, 14 refunded ('1').
+- ``marker``: the namespace's marker (a random string; a missing or changed one means the
+  server lost its data);
+- ``record``: a submission key's record, a string holding a JSON array. While the key is
+  unfinished: ``[state, fingerprint, task id, holder, lease end, request]``; once done,
+  only ``["done", fingerprint, task id]``. A record written by midvary 0.x as a hash
+  (fields fp, rq, st, h, lu, tid) is read as well and rewritten as a string when changed;
+- ``win``: the window's hash (a allowance, g grown at, p paused until); ``stamps``: a
+  sorted set (slot id -> stamp); ``flight``: a sorted set (slot id -> lease end).
 
-Returns {status, marker, value}: status 'lost' (the marker is missing or changed), 'ok',
-or, for a claim, 'claimed' | 'known' | 'busy' | 'uncertain' | 'conflict'.
+A key operation returns ``{status, marker, value}``: status ``lost`` (the marker is missing
+or changed; ``value`` is empty) or ``ok`` (or, for a claim, ``claimed`` | ``known`` |
+``busy`` | ``uncertain`` | ``conflict``; for a lost claim, ``lost`` with ``value`` "claim").
 """
 
-SCRIPT = r"""
+from typing import Final
+
+#: The window, shared by every script that takes or ends a slot: each script first names
+#: the window's hash, stamps and flight (locals ``W``, ``STAMPS``, ``FLIGHT``).
+WINDOW: Final = r"""
 if redis.replicate_commands then pcall(redis.replicate_commands) end
-local op = ARGV[1]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local WIN_TTL = 86400000
+local MIN_WAIT = 0.001
 local function f(x) return string.format('%.6f', x) end
 
 local function touch()
-  for i = 3, 5 do redis.call('PEXPIRE', KEYS[i], WIN_TTL) end
+  redis.call('PEXPIRE', W, WIN_TTL)
+  redis.call('PEXPIRE', STAMPS, WIN_TTL)
+  redis.call('PEXPIRE', FLIGHT, WIN_TTL)
 end
 
+-- Window.tidy: dead slots become stamps, old stamps leave, the allowance grows back.
 local function tidy(count, window)
-  local dead = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', '(' .. f(now), 'WITHSCORES')
+  local dead = redis.call('ZRANGEBYSCORE', FLIGHT, '-inf', '(' .. f(now), 'WITHSCORES')
   for i = 1, #dead, 2 do
-    redis.call('ZADD', KEYS[4], dead[i + 1], dead[i])
-    redis.call('ZREM', KEYS[5], dead[i])
+    redis.call('ZADD', STAMPS, dead[i + 1], dead[i])
+    redis.call('ZREM', FLIGHT, dead[i])
   end
-  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', f(now - window))
-  local a = tonumber(redis.call('HGET', KEYS[3], 'a')) or count
+  redis.call('ZREMRANGEBYSCORE', STAMPS, '-inf', f(now - window))
+  local a = tonumber(redis.call('HGET', W, 'a')) or count
   if a > count then a = count end
-  local g = tonumber(redis.call('HGET', KEYS[3], 'g')) or 0
+  local g = tonumber(redis.call('HGET', W, 'g')) or 0
   if a < count then
     local w = math.floor((now - g) / window)
     if w > 0 then
@@ -45,19 +58,20 @@ local function tidy(count, window)
       g = g + w * window
     end
   end
-  redis.call('HSET', KEYS[3], 'a', a, 'g', f(g))
+  redis.call('HSET', W, 'a', a, 'g', f(g))
   touch()
   return a
 end
 
+-- Window.acquire, then Window.poll_wait when every slot is a POST in flight.
 local function acquire(sid, count, window, lease)
   local a = tidy(count, window)
-  if redis.call('ZSCORE', KEYS[5], sid) then return 0 end
-  local ns = redis.call('ZCARD', KEYS[4])
-  local used = ns + redis.call('ZCARD', KEYS[5])
-  local pause = (tonumber(redis.call('HGET', KEYS[3], 'p')) or 0) - now
+  if redis.call('ZSCORE', FLIGHT, sid) then return 0 end
+  local ns = redis.call('ZCARD', STAMPS)
+  local used = ns + redis.call('ZCARD', FLIGHT)
+  local pause = (tonumber(redis.call('HGET', W, 'p')) or 0) - now
   if used < a and pause <= 0 then
-    redis.call('ZADD', KEYS[5], f(now + lease), sid)
+    redis.call('ZADD', FLIGHT, f(now + lease), sid)
     return 0
   end
   local wait
@@ -66,147 +80,245 @@ local function acquire(sid, count, window, lease)
   else
     local excess = used - a
     if excess >= ns then
-      local first = redis.call('ZRANGE', KEYS[5], 0, 0, 'WITHSCORES')
+      local first = redis.call('ZRANGE', FLIGHT, 0, 0, 'WITHSCORES')
       wait = math.min(math.max(math.min(window / count, 0.25), 0.01), tonumber(first[2]) - now)
     else
-      local s = redis.call('ZRANGE', KEYS[4], excess, excess, 'WITHSCORES')
+      local s = redis.call('ZRANGE', STAMPS, excess, excess, 'WITHSCORES')
       wait = tonumber(s[2]) + window - now
     end
     if pause > wait then wait = pause end
   end
-  if wait < 0.001 then wait = 0.001 end
+  if wait < MIN_WAIT then wait = MIN_WAIT end
   return wait
 end
 
-local function take_slot()
-  if ARGV[8] == '' then return 0 end
-  return acquire(ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10]))
-end
-
-local function end_slot(refunded)
-  if ARGV[7] == '' then return nil end
-  redis.call('ZREM', KEYS[5], ARGV[7])
+-- Window.end: a stamp now, or nothing when refunded.
+local function end_slot(sid, refunded)
+  if sid == '' then return nil end
+  redis.call('ZREM', FLIGHT, sid)
   if refunded then
-    redis.call('ZREM', KEYS[4], ARGV[7])
+    redis.call('ZREM', STAMPS, sid)
     return nil
   end
-  redis.call('ZADD', KEYS[4], f(now), ARGV[7])
+  redis.call('ZADD', STAMPS, f(now), sid)
   touch()
   return now
 end
 
--- The window's operations need no marker: losing them costs at most one burst.
-if op == 'acquire' then
-  return {'ok', '', f(take_slot())}
-elseif op == 'end' then
-  local stamp = end_slot(ARGV[14] == '1')
-  return {'ok', '', stamp and f(stamp) or ''}
-elseif op == 'slow' then
-  local a = tidy(tonumber(ARGV[8]), tonumber(ARGV[9]))
-  local p = tonumber(redis.call('HGET', KEYS[3], 'p')) or 0
-  if now >= p then
-    a = math.max(1, math.floor(a / 2))
-    redis.call('HSET', KEYS[3], 'a', a)
-  end
-  redis.call('HSET', KEYS[3], 'g', f(now), 'p', f(math.max(p, now + tonumber(ARGV[11]))))
-  return {'ok', '', tostring(a)}
-elseif op == 'allowance' then
-  return {'ok', '', tostring(tidy(tonumber(ARGV[8]), tonumber(ARGV[9])))}
+-- A slot for a key's POST ('' count: no limit, taken at once).
+local function take_slot(sid, count, window, lease)
+  if count == '' then return 0 end
+  return acquire(sid, tonumber(count), tonumber(window), tonumber(lease))
 end
+"""
 
-local epoch = redis.call('GET', KEYS[1])
+#: What every key operation starts with. KEYS: 1 marker, 2 record, 3-5 the window.
+#: ARGV: 1 the marker this process saw ('' = none yet), 2 a fresh marker; then the op's.
+KEYS: Final = (
+    r"""
+local MARKER, RECORD = KEYS[1], KEYS[2]
+local W, STAMPS, FLIGHT = KEYS[3], KEYS[4], KEYS[5]
+"""
+    + WINDOW
+    + r"""
+local epoch = redis.call('GET', MARKER)
 if not epoch then
-  if ARGV[2] ~= '' then return {'lost', '', ''} end
-  epoch = ARGV[3]
-  redis.call('SET', KEYS[1], epoch)
-elseif ARGV[2] ~= '' and ARGV[2] ~= epoch then
+  if ARGV[1] ~= '' then return {'lost', '', ''} end
+  epoch = ARGV[2]
+  redis.call('SET', MARKER, epoch)
+elseif ARGV[1] ~= '' and ARGV[1] ~= epoch then
   return {'lost', '', ''}
 end
 
-local rec = KEYS[2]
-local holder = ARGV[4]
-local st = redis.call('HGET', rec, 'st')
-
-local function held()
-  return st and redis.call('HGET', rec, 'h') == holder and (st == 'claimed' or st == 'sending')
+-- The record as {st, fp, tid, h, lu, rq} (nil when absent), from either encoding.
+local function load()
+  local kind = redis.call('TYPE', RECORD).ok
+  if kind == 'none' then return nil end
+  if kind == 'hash' then
+    local h = redis.call('HGETALL', RECORD)
+    local r = {}
+    for i = 1, #h, 2 do r[h[i]] = h[i + 1] end
+    return {st = r.st, fp = r.fp, tid = r.tid or '', h = r.h or '', lu = r.lu or '0',
+      rq = r.rq or 'null'}
+  end
+  local v = cjson.decode(redis.call('GET', RECORD))
+  return {st = v[1], fp = v[2], tid = v[3], h = v[4] or '', lu = v[5] or '0',
+    rq = v[6] or 'null'}
 end
 
-local function claimed()
-  if ARGV[7] == '' then return {'claimed', epoch, ''} end
-  local wait = take_slot()
-  if wait == 0 then redis.call('HSET', rec, 'st', 'sending') end
-  return {'claimed', epoch, f(wait)}
-end
-
-if op == 'claim' then
-  local lease_until = f(now + tonumber(ARGV[5]))
-  if not st then
-    redis.call('HSET', rec, 'fp', ARGV[11], 'rq', ARGV[12], 'st', 'claimed', 'h', holder,
-      'lu', lease_until)
-    redis.call('PEXPIRE', rec, ARGV[6])
-    return claimed()
-  end
-  if redis.call('HGET', rec, 'fp') ~= ARGV[11] then
-    return {'conflict', epoch, redis.call('HGET', rec, 'rq')}
-  end
-  if st == 'submitted' or st == 'done' then
-    return {'known', epoch, redis.call('HGET', rec, 'tid') or ''}
-  end
-  if st == 'uncertain' then return {'uncertain', epoch, ''} end
-  local lu = tonumber(redis.call('HGET', rec, 'lu'))
-  if redis.call('HGET', rec, 'h') == holder then
-    redis.call('HSET', rec, 'lu', lease_until)
-    if st == 'sending' then return {'claimed', epoch, f(0)} end
-  elseif lu > now then
-    return {'busy', epoch, f(lu - now)}
-  elseif st == 'sending' then
-    redis.call('HSET', rec, 'st', 'uncertain')
-    return {'uncertain', epoch, ''}
+-- Write the record: a done key keeps only its fingerprint and task id. ttl_ms nil keeps
+-- the key's expiry.
+local function save(r, ttl_ms)
+  local v
+  if r.st == 'done' then
+    v = cjson.encode({'done', r.fp, r.tid})
   else
-    redis.call('HSET', rec, 'h', holder, 'lu', lease_until)
+    v = cjson.encode({r.st, r.fp, r.tid, r.h, r.lu, r.rq})
   end
-  return claimed()
-elseif op == 'send' then
-  if not held() then return {'lost', epoch, 'claim'} end
-  redis.call('HSET', rec, 'lu', f(now + tonumber(ARGV[5])))
-  local wait = take_slot()
-  if wait == 0 then redis.call('HSET', rec, 'st', 'sending') end
-  return {'ok', epoch, f(wait)}
-elseif op == 'renew' then
-  if not held() then return {'ok', epoch, '0'} end
-  redis.call('HSET', rec, 'lu', f(now + tonumber(ARGV[5])))
-  return {'ok', epoch, '1'}
-elseif op == 'task' then
-  end_slot(false)
-  if not st then return {'ok', epoch, '0'} end
-  if st == 'submitted' or st == 'done' then
-    return {'ok', epoch, redis.call('HGET', rec, 'tid') == ARGV[13] and '1' or '0'}
+  if ttl_ms then
+    redis.call('SET', RECORD, v, 'PX', ttl_ms)
+  else
+    redis.call('SET', RECORD, v, 'KEEPTTL')
   end
-  if redis.call('HGET', rec, 'h') ~= holder and st ~= 'uncertain' then
-    return {'ok', epoch, '0'}
-  end
-  redis.call('HSET', rec, 'st', 'submitted', 'tid', ARGV[13])
-  redis.call('PEXPIRE', rec, ARGV[6])
-  return {'ok', epoch, '1'}
-elseif op == 'release' then
-  end_slot(true)
-  if not held() then return {'ok', epoch, '0'} end
-  redis.call('DEL', rec)
-  return {'ok', epoch, '1'}
-elseif op == 'unsend' then
-  end_slot(true)
-  if not held() then return {'ok', epoch, '0'} end
-  redis.call('HSET', rec, 'st', 'claimed')
-  return {'ok', epoch, '1'}
-elseif op == 'uncertain' then
-  end_slot(false)
-  if not held() then return {'ok', epoch, '0'} end
-  redis.call('HSET', rec, 'st', 'uncertain')
-  return {'ok', epoch, '1'}
-elseif op == 'done' then
-  if not st or redis.call('HGET', rec, 'tid') ~= ARGV[13] then return {'ok', epoch, '0'} end
-  redis.call('HSET', rec, 'st', 'done')
-  return {'ok', epoch, '1'}
 end
-return redis.error_reply('midvary: unknown store operation ' .. tostring(op))
+
+local rec = load()
+local function held(holder)
+  return rec and rec.h == holder and (rec.st == 'claimed' or rec.st == 'sending')
+end
+"""
+)
+
+
+def _window_op(body: str) -> str:
+    """A window operation: KEYS 1-3 the window; no marker (losing it costs one burst)."""
+    return "local W, STAMPS, FLIGHT = KEYS[1], KEYS[2], KEYS[3]\n" + WINDOW + body
+
+
+def _key_op(body: str) -> str:
+    """A key operation: KEYS 1 marker, 2 record, 3-5 the window; ARGV 1-2 the markers."""
+    return KEYS + body
+
+
+#: Operation name -> script source.
+SCRIPTS: Final = {
+    "acquire": _window_op(r"""
+local slot_id, count, window, lease = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+return f(take_slot(slot_id, count, window, lease))
+"""),
+    "end": _window_op(r"""
+local slot_id, refunded = ARGV[1], ARGV[2] == '1'
+local stamp = end_slot(slot_id, refunded)
+return stamp and f(stamp) or ''
+"""),
+    "slow": _window_op(r"""
+local count, window, pause_s = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local a = tidy(count, window)
+local p = tonumber(redis.call('HGET', W, 'p')) or 0
+if now >= p then
+  a = math.max(1, math.floor(a / 2))
+  redis.call('HSET', W, 'a', a)
+end
+redis.call('HSET', W, 'g', f(now), 'p', f(math.max(p, now + pause_s)))
+return tostring(a)
+"""),
+    "allowance": _window_op(r"""
+local count, window = tonumber(ARGV[1]), tonumber(ARGV[2])
+return tostring(tidy(count, window))
+"""),
+    "claim": _key_op(r"""
+local holder, lease, ttl_ms = ARGV[3], tonumber(ARGV[4]), ARGV[5]
+local fingerprint, request = ARGV[6], ARGV[7]
+local slot_id, count, window, slot_lease = ARGV[8], ARGV[9], ARGV[10], ARGV[11]
+local lease_until = f(now + lease)
+
+local function claimed(ttl)
+  local wait = ''
+  if slot_id ~= '' then
+    local w = take_slot(slot_id, count, window, slot_lease)
+    if w == 0 then rec.st = 'sending' end
+    wait = f(w)
+  end
+  save(rec, ttl)
+  return {'claimed', epoch, wait}
+end
+
+if not rec then
+  rec = {st = 'claimed', fp = fingerprint, tid = '', h = holder, lu = lease_until,
+    rq = request}
+  return claimed(ttl_ms)
+end
+if rec.fp ~= fingerprint then return {'conflict', epoch, rec.rq} end
+if rec.st == 'submitted' or rec.st == 'done' then return {'known', epoch, rec.tid} end
+if rec.st == 'uncertain' then return {'uncertain', epoch, ''} end
+if rec.h == holder then
+  rec.lu = lease_until
+  if rec.st == 'sending' then
+    save(rec)
+    return {'claimed', epoch, f(0)}
+  end
+elseif tonumber(rec.lu) > now then
+  return {'busy', epoch, f(tonumber(rec.lu) - now)}
+elseif rec.st == 'sending' then
+  rec.st = 'uncertain'  -- its sender died with the POST in flight
+  save(rec)
+  return {'uncertain', epoch, ''}
+else  -- claimed, and its holder died before sending: nothing was sent
+  rec.h, rec.lu = holder, lease_until
+end
+return claimed(nil)
+"""),
+    "send": _key_op(r"""
+local holder, lease = ARGV[3], tonumber(ARGV[4])
+local slot_id, count, window, slot_lease = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+if not held(holder) then return {'lost', epoch, 'claim'} end
+rec.lu = f(now + lease)
+local wait = take_slot(slot_id, count, window, slot_lease)
+if wait == 0 then rec.st = 'sending' end
+save(rec)
+return {'ok', epoch, f(wait)}
+"""),
+    "renew": _key_op(r"""
+local holder, lease = ARGV[3], tonumber(ARGV[4])
+if not held(holder) then return {'ok', epoch, '0'} end
+rec.lu = f(now + lease)
+save(rec)
+return {'ok', epoch, '1'}
+"""),
+    "task": _key_op(r"""
+local holder, task_id, ttl_ms, slot_id = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+end_slot(slot_id, false)
+if not rec then return {'ok', epoch, '0'} end
+if rec.st == 'submitted' or rec.st == 'done' then
+  return {'ok', epoch, rec.tid == task_id and '1' or '0'}
+end
+if rec.h ~= holder and rec.st ~= 'uncertain' then return {'ok', epoch, '0'} end
+rec.st, rec.tid, rec.h, rec.lu = 'submitted', task_id, '', '0'
+save(rec, ttl_ms)
+return {'ok', epoch, '1'}
+"""),
+    "release": _key_op(r"""
+local holder, slot_id = ARGV[3], ARGV[4]
+end_slot(slot_id, true)
+if not held(holder) then return {'ok', epoch, '0'} end
+redis.call('DEL', RECORD)
+return {'ok', epoch, '1'}
+"""),
+    "unsend": _key_op(r"""
+local holder, slot_id = ARGV[3], ARGV[4]
+end_slot(slot_id, true)
+if not held(holder) then return {'ok', epoch, '0'} end
+rec.st = 'claimed'
+save(rec)
+return {'ok', epoch, '1'}
+"""),
+    "uncertain": _key_op(r"""
+local holder, slot_id = ARGV[3], ARGV[4]
+end_slot(slot_id, false)
+if not held(holder) then return {'ok', epoch, '0'} end
+rec.st = 'uncertain'
+save(rec)
+return {'ok', epoch, '1'}
+"""),
+    "done": _key_op(r"""
+local task_id = ARGV[3]
+if not rec or rec.tid ~= task_id then return {'ok', epoch, '0'} end
+rec.st = 'done'
+save(rec)
+return {'ok', epoch, '1'}
+"""),
+}
+
+#: Reads one record (KEYS[1]) in either encoding: ``{state, task id, request}``, or an
+#: empty list when the key is gone (the listing of unfinished keys reads them with it).
+READ: Final = r"""
+local kind = redis.call('TYPE', KEYS[1]).ok
+if kind == 'hash' then
+  local r = redis.call('HMGET', KEYS[1], 'st', 'tid', 'rq')
+  return {r[1] or '', r[2] or '', r[3] or 'null'}
+elseif kind == 'string' then
+  local v = cjson.decode(redis.call('GET', KEYS[1]))
+  return {v[1], v[3], v[6] or 'null'}
+end
+return {}
 """

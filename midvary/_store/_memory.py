@@ -10,6 +10,7 @@ from typing import ClassVar, TypeVar
 
 import attrs
 
+from .._ratelimit import Window
 from ._base import (
     DEFAULT_CLAIM_LEASE,
     DEFAULT_KEY_TTL,
@@ -18,7 +19,7 @@ from ._base import (
     check_seconds,
     new_epoch,
 )
-from ._local import KeyRecord, LocalStore, Tx, Window
+from ._local import KeyRecord, LocalStore, Tx
 
 T = TypeVar("T")
 

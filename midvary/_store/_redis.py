@@ -1,8 +1,13 @@
 """RedisStore: keys and the account's submission window shared by many machines.
 
-Every operation is one call of one Lua script (``_lua.py``), atomic on the server and timed
-by the server's ``TIME``, so the hosts' clocks never matter. redis-py (``redis.asyncio``) is
-an optional dependency (``pip install 'midvary[redis]'``), imported when a store is made.
+Every operation is one call of its Lua script (``_lua.py``, run through redis-py's
+``register_script``: ``EVALSHA``, loaded again after ``NOSCRIPT``), atomic on the server and
+timed by the server's ``TIME``, so the hosts' clocks never matter. A call is one round trip;
+a keyed submission makes two (its claim, which also takes its slot, and its task id). A
+connection that breaks is retried by the pool's ``Retry`` (``_retry.redis_retry``), the one
+retry policy: every operation is idempotent for its holder and slot id. redis-py
+(``redis.asyncio``) is an optional dependency (``pip install 'midvary[redis]'``), imported
+when a store is made.
 """
 
 from __future__ import annotations
@@ -11,9 +16,10 @@ import json
 import urllib.parse
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Final, cast
 
 from .._errors import StoreError
+from .._retry import redis_retry
 from ._base import (
     DEFAULT_CLAIM_LEASE,
     DEFAULT_KEY_TTL,
@@ -30,16 +36,45 @@ from ._base import (
     dump_request,
     lost_claim,
     lost_data_error,
+    new_epoch,
 )
-from ._lua import SCRIPT
-from ._redis_args import NO_EXTRA, NO_FINGERPRINT, OPS, PREFIX, Packer, extra, key_names
-from ._redis_pipe import ScriptPipe, bulk
-from ._redis_tokens import RedisTokens
+from ._lua import READ, SCRIPTS
+from ._redis_tokens import RedisTokens, text
 
 if TYPE_CHECKING:
     import redis.asyncio
+    from redis.commands.core import AsyncScript
 
 _STATES: frozenset[str] = frozenset({"claimed", "sending", "submitted", "uncertain", "done"})
+#: Every Redis key of the store starts so; the namespace is the cluster hash tag.
+PREFIX: Final = "midvary:{"
+_text = text
+#: A script argument (redis-py sends each as its text).
+Arg = str | int | float
+
+
+def marker_name(namespace: str) -> str:
+    """The Redis key of ``namespace``'s marker (see ``_lua``)."""
+    return f"{PREFIX}{namespace}}}:epoch"
+
+
+def record_name(namespace: str, key: str) -> str:
+    """The Redis key of the record of submission key ``key``."""
+    return f"{PREFIX}{namespace}}}:k:{key}"
+
+
+def window_names(namespace: str) -> list[str]:
+    """The Redis keys of ``namespace``'s window: its hash, stamps and slots in flight."""
+    base = f"{PREFIX}{namespace}}}:"
+    return [base + "win", base + "stamps", base + "flight"]
+
+
+def _slot(slot: SlotRequest | None) -> tuple[Arg, Arg, Arg, Arg]:
+    """A slot's script arguments: id ('' = none), count and window ('' = no limit), lease (s)."""
+    if slot is None:
+        return ("", "", "", 0.0)
+    count, window = slot.rate if slot.rate is not None else ("", "")
+    return (slot.slot_id, count, window, slot.lease_s)
 
 
 def redact_url(url: str) -> str:
@@ -54,10 +89,6 @@ def redact_url(url: str) -> str:
         return urllib.parse.urlunsplit(parts._replace(netloc=f"***@{host}"))
     except ValueError:
         return "<a Redis URL that could not be parsed>"
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class RedisStore(Store):
@@ -79,12 +110,10 @@ class RedisStore(Store):
             renewed every third of it): how long a key whose submitter died blocks the
             others before it is taken over (never sent) or called uncertain (sending).
         socket_timeout: Seconds to wait for the server on a connection made from a URL
-            (connecting, each answer, and a free connection; for the pipelined script
-            calls, each batch from its write to its last answer); ``None`` waits forever.
+            (connecting, each answer, and a free connection); ``None`` waits forever.
             A borrowed client's own ``socket_timeout`` applies to it instead.
-        max_connections: The most connections a store made from a URL opens for its
-            other commands (more at once wait for a free one); the claims' script calls
-            share one more connection of their own, pipelined.
+        max_connections: The most connections a store made from a URL opens (more calls
+            at once wait for a free one).
 
     """
 
@@ -139,9 +168,13 @@ class RedisStore(Store):
         if max_connections < 1:
             raise ValueError(f"max_connections must be >= 1, got {max_connections}")
         self._max_connections = max_connections
-        self._script: ScriptPipe | None = None
-        self._packer = Packer()  # the script's calls, packed (``_redis_args``)
+        #: Operation -> its script, once open (``None``: closed).
+        self._scripts: dict[str, AsyncScript] | None = None
+        self._read: AsyncScript | None = None
+        #: Namespace -> the marker this store saw in it (a changed one is lost data).
+        self._markers: dict[str, str] = {}
         self._failures: tuple[type[BaseException], ...] = (redis.exceptions.RedisError, OSError)
+        self._timeouts: tuple[type[BaseException], ...] = (redis.exceptions.TimeoutError,)
         self._tokens = RedisTokens(self._open_client, self._error)
 
     def __repr__(self) -> str:
@@ -151,16 +184,15 @@ class RedisStore(Store):
         detail = f"{type(exc).__name__}: {exc}"
         if self._secret:
             detail = detail.replace(self._secret, "***")
+        if isinstance(exc, self._timeouts):
+            detail = f"the store did not answer in time ({detail})"
         return StoreError(f"{what} failed on {self._where}: {detail}")
 
     async def open(self) -> None:
-        """Connect (from a URL) and check the server answers; idempotent."""
+        """Connect (from a URL), check the server answers and load the scripts; idempotent."""
         import redis.asyncio  # noqa: PLC0415 - an optional dependency
-        import redis.exceptions  # noqa: PLC0415
-        from redis.asyncio.retry import Retry  # noqa: PLC0415
-        from redis.backoff import ExponentialBackoff  # noqa: PLC0415
 
-        if self._script is not None:
+        if self._scripts is not None:
             return
         if self._client is None:
             assert self._url is not None  # noqa: S101 - set when no client was given
@@ -174,81 +206,69 @@ class RedisStore(Store):
                     timeout=self._socket_timeout,
                     socket_timeout=self._socket_timeout,
                     socket_connect_timeout=self._socket_timeout,
-                    # A connection the server closed (a restart) is retried on a new one,
-                    # briefly: every operation is idempotent for its holder and slot id.
-                    retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
-                    retry_on_error=[
-                        redis.exceptions.ConnectionError,
-                        redis.exceptions.TimeoutError,
-                    ],
+                    # The one retry policy of the store's calls (``_retry.redis_retry``).
+                    **redis_retry(),
                 )
                 self._client = redis.asyncio.Redis.from_pool(pool)
             except ValueError:
                 raise StoreError(
                     f"not a Redis URL: {self._where} (use redis://, rediss:// or unix://)"
                 ) from None
+        client = self._client
+        scripts = {op: client.register_script(source) for op, source in SCRIPTS.items()}
+        read = client.register_script(READ)
         try:
-            await self._client.ping()
-            await self._client.script_load(SCRIPT)
-        except (redis.exceptions.RedisError, OSError) as exc:
+            await client.ping()
+            # Loaded now so that a server that refuses scripts fails here; a server that
+            # forgets them later (a restart) gets them again from register_script's EVALSHA.
+            async with client.pipeline(transaction=False) as pipe:
+                for script in (*scripts.values(), read):
+                    pipe.script_load(script.script)
+                await pipe.execute()
+        except self._failures as exc:
             if self._owned:
-                client, self._client = self._client, None
+                self._client = None
                 await client.aclose()
             raise self._error("connecting to the store", exc) from exc
-        # The script's calls go on a connection of their own, pipelined (``_redis_pipe``).
-        self._script = ScriptPipe(self._client, SCRIPT, keys=5, args=14)
+        self._scripts, self._read = scripts, read
 
     async def close(self) -> None:
-        """Close the connections it made (and the script's); a borrowed client stays open."""
-        script, self._script = self._script, None
-        if script is not None:
-            await script.close()
+        """Close the connections it made; a borrowed client stays open."""
+        self._scripts = self._read = None
         if self._owned and self._client is not None:
             client, self._client = self._client, None
             await client.aclose()
 
     def _open_client(self, what: str) -> redis.asyncio.Redis:
-        if self._client is None or self._script is None:
+        if self._client is None or self._scripts is None:
             raise StoreError(f"{what}: the Redis store is not open (use `async with store`)")
         return self._client
 
-    async def _call(
-        self,
-        what: str,
-        op: bytes,
-        namespace: str,
-        key: str = "",
-        *,
-        holder: str = "",
-        lease_s: float = 0.0,
-        slot: SlotRequest | None = None,
-        slot_id: str | None = None,
-        extra: bytes = NO_EXTRA,
-        refunded: bool = False,
-    ) -> tuple[bytes, bytes]:
-        """Run the script's ``op``; return (status, value) after checking the marker.
-
-        ``what`` names the operation in an error (``{key!r}`` in it is the key); ``op`` is a
-        row of ``OPS``; ``extra`` is ARGV 11-13 packed (``_redis_args.extra``).
-        """
-        script = self._script
-        if script is None:
-            raise StoreError(
-                f"{what.format(key=key)}: the Redis store is not open (use `async with store`)"
-            )
-        space = self._packer.space(namespace)
-        command = self._packer.command(
-            space, op, key, holder=holder, lease_s=lease_s, key_ttl=self.key_ttl,
-            slot=slot, slot_id=slot_id, extra=extra, refunded=refunded,
-        )  # fmt: skip
+    async def _run(self, what: str, op: str, keys: list[str], args: list[Arg]) -> Any:
+        """Run the script of ``op``; failures become StoreError naming ``what``."""
+        if self._scripts is None:
+            raise StoreError(f"{what}: the Redis store is not open (use `async with store`)")
         try:
-            status, epoch, value = await script.call(command)
+            return await self._scripts[op](keys=keys, args=args)
         except self._failures as exc:
-            raise self._error(what.format(key=key), exc) from exc
-        if status == b"lost" and not value:
+            raise self._error(what, exc) from exc
+
+    async def _window(self, what: str, op: str, namespace: str, *args: Arg) -> str:
+        """Run a window operation (no marker); its answer as text."""
+        return _text(await self._run(what, op, window_names(namespace), list(args)))
+
+    async def _key(
+        self, what: str, op: str, namespace: str, key: str, *args: Arg
+    ) -> tuple[str, str]:
+        """Run a key operation; (status, value) once the namespace's marker is checked."""
+        seen = self._markers.get(namespace)
+        markers = [seen, ""] if seen is not None else ["", new_epoch()]
+        keys = [marker_name(namespace), record_name(namespace, key), *window_names(namespace)]
+        status, epoch, value = map(_text, await self._run(what, op, keys, [*markers, *args]))
+        if status == "lost" and not value:
             raise lost_data_error(namespace)
-        if epoch and epoch != space.epoch:
-            space.learn(epoch)
+        if epoch:
+            self._markers[namespace] = epoch
         return status, value
 
     async def claim(
@@ -263,130 +283,113 @@ class RedisStore(Store):
         slot: SlotRequest | None = None,
     ) -> Claim:
         """See :meth:`Store.claim`."""
-        request_json = dump_request(request)
-        status, value = await self._call(
-            "claim of key {key!r}",
-            OPS["claim"],
-            namespace,
-            key,
-            holder=holder,
-            lease_s=lease_s,
-            slot=slot,
-            extra=extra(fingerprint, request_json),
-        )
-        if status == b"claimed":
+        status, value = await self._key(
+            f"claim of key {key!r}", "claim", namespace, key,
+            holder, lease_s, self._ttl_ms(), fingerprint, dump_request(request), *_slot(slot),
+        )  # fmt: skip
+        if status == "claimed":
             return Claim(state=ClaimState.CLAIMED, slot_wait=float(value) if value else None)
-        if status == b"conflict":
-            raise conflict(key, value.decode())
-        if status == b"known":
-            return Claim(state=ClaimState.KNOWN, task_id=value.decode() or None)
-        if status == b"busy":
+        if status == "conflict":
+            raise conflict(key, value)
+        if status == "known":
+            return Claim(state=ClaimState.KNOWN, task_id=value or None)
+        if status == "busy":
             return Claim(state=ClaimState.BUSY, retry_after=float(value))
-        if status == b"uncertain":
+        if status == "uncertain":
             return Claim(state=ClaimState.UNCERTAIN)
         raise StoreError(f"the Redis store answered a claim with {status!r}")
+
+    def _ttl_ms(self) -> int:
+        return int(self.key_ttl * 1000)
 
     async def mark_sending(
         self, namespace: str, key: str, *, holder: str, lease_s: float, slot: SlotRequest | None
     ) -> float:
         """See :meth:`Store.mark_sending`."""
-        status, value = await self._call(
-            "marking key {key!r} sending", OPS["send"], namespace, key,
-            holder=holder, lease_s=lease_s, slot=slot,
-        )  # fmt: skip
-        if status == b"lost":
+        status, value = await self._key(
+            f"marking key {key!r} sending", "send", namespace, key, holder, lease_s, *_slot(slot)
+        )
+        if status == "lost":
             raise lost_claim(key)
         return float(value)
 
     async def renew(self, namespace: str, key: str, *, holder: str, lease_s: float) -> bool:
         """See :meth:`Store.renew`."""
-        _, value = await self._call(
-            "renewal of key {key!r}", OPS["renew"], namespace, key, holder=holder, lease_s=lease_s
+        _, value = await self._key(
+            f"renewal of key {key!r}", "renew", namespace, key, holder, lease_s
         )
-        return value == b"1"
+        return value == "1"
 
     async def record_task(
         self, namespace: str, key: str, *, holder: str, task_id: str, slot_id: str | None = None
     ) -> bool:
         """See :meth:`Store.record_task`."""
-        _, value = await self._call(
-            "recording the task of key {key!r}", OPS["task"], namespace, key,
-            holder=holder, slot_id=slot_id, extra=NO_FINGERPRINT + bulk(task_id.encode()),
+        _, value = await self._key(
+            f"recording the task of key {key!r}", "task", namespace, key,
+            holder, task_id, self._ttl_ms(), slot_id or "",
         )  # fmt: skip
-        return value == b"1"
+        return value == "1"
 
     async def release(
         self, namespace: str, key: str, *, holder: str, slot_id: str | None = None
     ) -> bool:
         """See :meth:`Store.release`."""
-        _, value = await self._call(
-            "release of key {key!r}",
-            OPS["release"],
-            namespace,
-            key,
-            holder=holder,
-            slot_id=slot_id,
+        _, value = await self._key(
+            f"release of key {key!r}", "release", namespace, key, holder, slot_id or ""
         )
-        return value == b"1"
+        return value == "1"
 
     async def unsend(
         self, namespace: str, key: str, *, holder: str, slot_id: str | None = None
     ) -> bool:
         """See :meth:`Store.unsend`."""
-        _, value = await self._call(
-            "marking key {key!r} claimed", OPS["unsend"], namespace, key,
-            holder=holder, slot_id=slot_id,
-        )  # fmt: skip
-        return value == b"1"
+        _, value = await self._key(
+            f"marking key {key!r} claimed", "unsend", namespace, key, holder, slot_id or ""
+        )
+        return value == "1"
 
     async def mark_uncertain(
         self, namespace: str, key: str, *, holder: str, slot_id: str | None = None
     ) -> bool:
         """See :meth:`Store.mark_uncertain`."""
-        _, value = await self._call(
-            "marking key {key!r} uncertain", OPS["uncertain"], namespace, key,
-            holder=holder, slot_id=slot_id,
-        )  # fmt: skip
-        return value == b"1"
+        _, value = await self._key(
+            f"marking key {key!r} uncertain", "uncertain", namespace, key, holder, slot_id or ""
+        )
+        return value == "1"
 
     async def mark_done(self, namespace: str, key: str, *, task_id: str) -> bool:
         """See :meth:`Store.mark_done`."""
-        _, value = await self._call(
-            "marking key {key!r} done", OPS["done"], namespace, key, extra=extra(task_id=task_id)
-        )
-        return value == b"1"
+        _, value = await self._key(f"marking key {key!r} done", "done", namespace, key, task_id)
+        return value == "1"
 
     async def _scan(self, what: str, pattern: str) -> list[str]:
-        import redis.exceptions  # noqa: PLC0415 - an optional dependency
-
-        if self._client is None or self._script is None:
-            raise StoreError(f"{what}: the Redis store is not open (use `async with store`)")
+        client = self._open_client(what)
         try:
-            return [_text(name) async for name in self._client.scan_iter(match=pattern)]
-        except (redis.exceptions.RedisError, OSError) as exc:
+            return [_text(name) async for name in client.scan_iter(match=pattern)]
+        except self._failures as exc:
             raise self._error(what, exc) from exc
 
     async def unfinished(self, *, namespace: str | None = None) -> list[StoredJob]:
         """See :meth:`Store.unfinished`."""
-        import redis.exceptions  # noqa: PLC0415 - an optional dependency
-
         namespace = namespace if namespace is not None else self.namespace
         what = "listing unfinished keys"
-        names = await self._scan(what, f"{PREFIX}{namespace or '*'}}}:k:*")
-        assert self._client is not None  # noqa: S101 - _scan checked it
+        names = await self._scan(what, record_name(namespace or "*", "*"))
+        client, read = self._open_client(what), self._read
+        assert read is not None  # noqa: S101 - _open_client checked the store is open
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
+            async with client.pipeline(transaction=False) as pipe:
                 for name in names:
-                    pipe.hgetall(name)
+                    await read(keys=[name], client=pipe)
                 rows = await pipe.execute()
-        except (redis.exceptions.RedisError, OSError) as exc:
+        except self._failures as exc:
             raise self._error(what, exc) from exc
         jobs = []
         for name, row in zip(names, rows, strict=True):
-            fields = {_text(k): _text(v) for k, v in row.items()}
-            state = fields.get("st")
-            if state is None or state == "done":
+            if not row:
                 continue  # expired or deleted between the scan and the read
+            state, task_id, request = map(_text, row)
+            if state == "done":
+                continue
             if state not in _STATES:
                 raise StoreError(f"the Redis store is corrupt: a key has the state {state!r}")
             ns, _, key = name[len(PREFIX) :].partition("}:k:")
@@ -394,8 +397,8 @@ class RedisStore(Store):
                 StoredJob(
                     key=key,
                     namespace=ns,
-                    request=json.loads(fields.get("rq", "null")),
-                    task_id=fields.get("tid"),
+                    request=json.loads(request),
+                    task_id=task_id or None,
                     state=_state(state),
                 )
             )
@@ -403,57 +406,52 @@ class RedisStore(Store):
 
     async def forget(self, key: str, *, namespace: str | None = None) -> bool:
         """See :meth:`Store.forget`."""
-        import redis.exceptions  # noqa: PLC0415 - an optional dependency
-
         namespace = namespace if namespace is not None else self.namespace
         what = f"forgetting key {key!r}"
         if namespace is not None:
             namespaces = [namespace]
         else:
-            markers = await self._scan(what, f"{PREFIX}*}}:epoch")
+            markers = await self._scan(what, marker_name("*"))
             namespaces = [name[len(PREFIX) : -len("}:epoch")] for name in markers]
-        assert self._client is not None  # noqa: S101 - open checked below
-        if self._script is None:
-            raise StoreError(f"{what}: the Redis store is not open (use `async with store`)")
+        client = self._open_client(what)
         try:
-            names = [key_names(ns, key)[1] for ns in namespaces]
-            return bool(names) and int(await self._client.delete(*names)) > 0
-        except (redis.exceptions.RedisError, OSError) as exc:
+            names = [record_name(ns, key) for ns in namespaces]
+            return bool(names) and int(await client.delete(*names)) > 0
+        except self._failures as exc:
             raise self._error(what, exc) from exc
 
     async def acquire_slot(
         self, namespace: str, *, rate: tuple[int, float], slot_id: str, lease_s: float
     ) -> float:
         """See :meth:`Store.acquire_slot`."""
-        slot = SlotRequest(slot_id=slot_id, rate=rate, lease_s=lease_s)
-        _, value = await self._call(
-            "taking a submission slot", OPS["acquire"], namespace, slot=slot
+        count, window = rate
+        wait = await self._window(
+            "taking a submission slot", "acquire", namespace, slot_id, count, window, lease_s
         )
-        return float(value)
+        return float(wait)
 
     async def end_slot(self, namespace: str, slot_id: str, *, refunded: bool) -> float | None:
         """See :meth:`Store.end_slot`."""
-        _, value = await self._call(
-            "ending a submission slot", OPS["end"], namespace, slot_id=slot_id, refunded=refunded
+        stamp = await self._window(
+            "ending a submission slot", "end", namespace, slot_id, "1" if refunded else "0"
         )
-        return float(value) if value else None
+        return float(stamp) if stamp else None
 
     async def slow_down(self, namespace: str, *, rate: tuple[int, float], pause_s: float) -> int:
         """See :meth:`Store.slow_down`."""
-        slot = SlotRequest(slot_id="", rate=rate)
-        _, value = await self._call(
-            "slowing the submission window down", OPS["slow"], namespace, slot=slot,
-            extra=extra(str(pause_s)),
-        )  # fmt: skip
-        return int(value)
+        count, window = rate
+        allowance = await self._window(
+            "slowing the submission window down", "slow", namespace, count, window, pause_s
+        )
+        return int(allowance)
 
     async def allowance(self, namespace: str, *, rate: tuple[int, float]) -> int:
         """See :meth:`Store.allowance`."""
-        slot = SlotRequest(slot_id="", rate=rate)
-        _, value = await self._call(
-            "reading the submission allowance", OPS["allowance"], namespace, slot=slot
+        count, window = rate
+        allowance = await self._window(
+            "reading the submission allowance", "allowance", namespace, count, window
         )
-        return int(value)
+        return int(allowance)
 
     # --- callback tokens and wake-ups (``_redis_tokens``) --------------------------------
 

@@ -29,7 +29,8 @@ return left
 _LISTEN_BLOCK: Final = 5.0
 
 
-def _text(value: object) -> str:
+def text(value: object) -> str:
+    """A Redis reply as text (a client may decode its replies or not)."""
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
@@ -93,7 +94,7 @@ class RedisTokens:
             raise self._error(what, exc) from exc
         if value is None:
             return None
-        return TokenRecord(task_id=_text(value) or None)
+        return TokenRecord(task_id=text(value) or None)
 
     async def settle(self, scope: str, token_id: str, grace_s: float) -> None:
         """See :meth:`Store.settle_token`."""
@@ -150,4 +151,4 @@ class RedisTokens:
             except (redis.exceptions.RedisError, OSError) as exc:
                 raise self._error(what, exc) from exc
             if message is not None and message.get("type") == "message":
-                yield _text(message["data"])
+                yield text(message["data"])

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from .._errors import StoreError
+from .._ratelimit import Window
 from ._base import (
     DEFAULT_CLAIM_LEASE,
     DEFAULT_KEY_TTL,
@@ -28,7 +29,7 @@ from ._base import (
     new_epoch,
     store_error,
 )
-from ._local import KeyRecord, LocalStore, Tx, Window
+from ._local import KeyRecord, LocalStore, Tx
 
 T = TypeVar("T")
 

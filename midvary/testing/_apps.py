@@ -431,10 +431,10 @@ class ProviderApps:
             raise web.HTTPNotFound
         match = _RESULT_NAME.fullmatch(name)
         assert match is not None  # noqa: S101 - _result_exists matched it
-        index, media = int(match["index"]), match["media"]
+        task_id, index, media = match["task_id"], int(match["index"]), match["media"]
         if media == "mp4":
             return web.Response(body=mp4_bytes(index), content_type="video/mp4")
-        return web.Response(body=png_bytes(index), content_type="image/png")
+        return web.Response(body=png_bytes(task_id, index), content_type="image/png")
 
 
 @web.middleware

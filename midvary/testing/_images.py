@@ -1,15 +1,13 @@
-"""Tiny valid PNG images for the fake result server, built with zlib and struct (no Pillow)."""
+"""Small valid PNG images for the fake result server, built with zlib and struct (no Pillow)."""
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import struct
 import zlib
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-# One colour per image index, so a test can tell the four results of a task apart.
-_COLOURS = ((224, 82, 64), (64, 160, 96), (64, 112, 208), (232, 184, 48))
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
@@ -17,18 +15,41 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
 
 
-@functools.cache
-def png_bytes(index: int, size: int = 8) -> bytes:
-    """A ``size`` x ``size`` solid-colour 8-bit RGB PNG; the colour depends on ``index``."""
-    red, green, blue = _COLOURS[index % len(_COLOURS)]
-    # Each scanline starts with filter type 0 (None).
-    row = b"\x00" + bytes((red, green, blue)) * size
+def _colour(triple: bytes) -> bytes:
+    # Bright enough to see, never black: each channel in 48..239.
+    return bytes(48 + value % 192 for value in triple)
+
+
+@functools.lru_cache(maxsize=1024)
+def png_bytes(task_id: str, index: int, size: int = 64) -> bytes:
+    """A ``size`` x ``size`` 8-bit RGB PNG of its own for image ``index`` of ``task_id``.
+
+    A diagonal blend of two colours with a disc on it, all drawn from a hash of the task
+    id and the index: every task's images differ, and so do the four of one task (a
+    gallery shows variations as different pictures). Made on the fly, about a kilobyte.
+    """
+    digest = hashlib.sha256(f"{task_id}/{index}".encode()).digest()
+    first, second, disc = _colour(digest[0:3]), _colour(digest[3:6]), _colour(digest[6:9])
+    centre_x = size // 4 + digest[9] % (size // 2)
+    centre_y = size // 4 + digest[10] % (size // 2)
+    radius = size // 8 + digest[11] % (size // 6)
+    rows = bytearray()
+    for y in range(size):
+        rows.append(0)  # each scanline starts with filter type 0 (None)
+        for x in range(size):
+            if (x - centre_x) ** 2 + (y - centre_y) ** 2 <= radius**2:
+                rows += disc
+            else:
+                share = (x + y) / (2 * size - 2)
+                rows += bytes(
+                    round(a + (b - a) * share) for a, b in zip(first, second, strict=True)
+                )
     header = struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0)
     return b"".join(
         (
             PNG_SIGNATURE,
             _chunk(b"IHDR", header),
-            _chunk(b"IDAT", zlib.compress(row * size)),
+            _chunk(b"IDAT", zlib.compress(bytes(rows), 9)),
             _chunk(b"IEND", b""),
         ),
     )

@@ -79,32 +79,111 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Add the fake server's options to ``parser``; unset knobs keep their defaults."""
     where = parser.add_argument_group("where")
     where.add_argument("--host", default="127.0.0.1", help="interface to bind (127.0.0.1)")
-    where.add_argument("--port", type=int, default=0, help="API port; 0 picks a free one")
+    where.add_argument(
+        "--port",
+        type=int,
+        default=0,
+        help="API port (default 0: a free one; give one to keep the export lines valid)",
+    )
     where.add_argument("--results-port", type=int, default=0, help="result CDN port; 0 = free")
-    where.add_argument("--api-key", help="the accepted key (default: a generated fake-... key)")
+    where.add_argument(
+        "--api-key", help="the accepted key (default: a new fake-... key on every start)"
+    )
     where.add_argument("--seed", type=int, default=0, help="seed of every random draw (0)")
 
     knobs = parser.add_argument_group("knobs (seconds; see midvary.testing.FakeSettings)")
-    knobs.add_argument("--duration", nargs=2, type=float, metavar=("LO", "HI"))
-    knobs.add_argument("--invisible-for", type=float, metavar="SECONDS")
-    knobs.add_argument("--failure-rate", type=float, metavar="SHARE")
-    knobs.add_argument("--create-failure-share", type=float, metavar="SHARE")
-    knobs.add_argument("--images-per-task", type=int, choices=range(1, 5))
+    knobs.add_argument(
+        "--duration",
+        nargs=2,
+        type=float,
+        metavar=("LO", "HI"),
+        help="each task takes between LO and HI seconds (default 1 3)",
+    )
+    knobs.add_argument(
+        "--invisible-for",
+        type=float,
+        metavar="SECONDS",
+        help="a new task is 'not found' for this long after creation (default 0.5)",
+    )
+    knobs.add_argument(
+        "--failure-rate", type=float, metavar="SHARE", help="share of tasks that fail (0-1)"
+    )
+    knobs.add_argument(
+        "--create-failure-share",
+        type=float,
+        metavar="SHARE",
+        help="share of the failing tasks that fail at creation, the rest at the end (0.5)",
+    )
+    knobs.add_argument(
+        "--images-per-task",
+        type=int,
+        choices=range(1, 5),
+        help="result images per generate or vary task (default 4)",
+    )
     limit = knobs.add_mutually_exclusive_group()
-    limit.add_argument("--submit-limit", nargs=2, metavar=("N", "WINDOW"))
-    limit.add_argument("--no-submit-limit", action="store_true")
-    knobs.add_argument("--credits", type=int)
-    knobs.add_argument("--latency", nargs="+", type=float, metavar="SECONDS", help="S or LO HI")
-    knobs.add_argument("--fault-rate", type=float, metavar="SHARE")
-    knobs.add_argument("--fault-kinds", nargs="+", choices=sorted(FAULT_KINDS))
-    knobs.add_argument("--fault-endpoints", nargs="+", choices=sorted(ENDPOINTS))
-    knobs.add_argument("--drop-submit-answer-rate", type=float, metavar="SHARE")
-    knobs.add_argument("--time-format", choices=("iso", "epoch_ms", "mixed", "plain"))
-    knobs.add_argument("--not-found-style", choices=("422", "404"))
-    knobs.add_argument("--index-base", type=int, choices=(0, 1))
-    knobs.add_argument("--mirror-http-status", action="store_true", default=None)
-    knobs.add_argument("--result-info-as-string", action="store_true", default=None)
-    knobs.add_argument("--callback-hmac-key")
+    limit.add_argument(
+        "--submit-limit",
+        nargs=2,
+        metavar=("N", "WINDOW"),
+        help="at most N accepted submissions per WINDOW seconds, then HTTP 429 (default 20 10)",
+    )
+    limit.add_argument("--no-submit-limit", action="store_true", help="no submit limit at all")
+    knobs.add_argument(
+        "--credits", type=int, help="credits at start, one per submission; 0 answers 402"
+    )
+    knobs.add_argument(
+        "--latency",
+        nargs="+",
+        type=float,
+        metavar="SECONDS",
+        help="seconds added to every API request: S, or a LO HI range",
+    )
+    knobs.add_argument(
+        "--fault-rate", type=float, metavar="SHARE", help="share of API answers spoiled (0-1)"
+    )
+    knobs.add_argument(
+        "--fault-kinds", nargs="+", choices=sorted(FAULT_KINDS), help="the faults to draw from"
+    )
+    knobs.add_argument(
+        "--fault-endpoints", nargs="+", choices=sorted(ENDPOINTS), help="the endpoints they hit"
+    )
+    knobs.add_argument(
+        "--drop-submit-answer-rate",
+        type=float,
+        metavar="SHARE",
+        help="share of accepted submissions whose answer is lost (the task is still billed)",
+    )
+    knobs.add_argument(
+        "--time-format",
+        choices=("iso", "epoch_ms", "mixed", "plain"),
+        help="how records carry their times (default iso)",
+    )
+    knobs.add_argument(
+        "--not-found-style",
+        choices=("422", "404"),
+        help="how an unknown task is answered: code 422 'recordInfo is null' (default) or 404",
+    )
+    knobs.add_argument(
+        "--index-base",
+        type=int,
+        choices=(0, 1),
+        help="vary's imageIndex is 0..3 (0, the schema; default) or 1..4 (1, the prose)",
+    )
+    knobs.add_argument(
+        "--mirror-http-status",
+        action="store_true",
+        default=None,
+        help="send error codes as the HTTP status too (default: inside HTTP 200)",
+    )
+    knobs.add_argument(
+        "--result-info-as-string",
+        action="store_true",
+        default=None,
+        help="send resultInfoJson as a JSON-encoded string (both were seen)",
+    )
+    knobs.add_argument(
+        "--callback-hmac-key", help="sign callbacks with this key (default: unsigned)"
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> FakeSettings:

@@ -59,7 +59,7 @@ async def main(where: str, jobs: list[str]) -> None:
             poll=FAST_POLL, retry=FAST_RETRY, submit_rate=submit_rate, store=store
         ) as session,  # fmt: skip
     ):
-        async for outcome in session.vary_many(requests, concurrency=8, on_event=on_event):
+        async for outcome in session.submit_many(requests, concurrency=8, on_event=on_event):
             assert outcome.request is not None
             say(
                 done=outcome.request.key,

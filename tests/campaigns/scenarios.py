@@ -195,14 +195,14 @@ def account(
     figures: Figures,
     fake: FakeProvider,
     jobs: Sequence[midvary.VaryRequest],
-    outcomes: Iterable[midvary.VaryOutcome],
-) -> list[midvary.VaryOutcome]:
+    outcomes: Iterable[midvary.JobOutcome],
+) -> list[midvary.JobOutcome]:
     """Fill ``figures`` from the outcomes and the fake's figures; return the outcomes by index.
 
     Raises:
         AssertionError: Two outcomes share an index, or an outcome is about another request.
     """
-    by_index: dict[int, midvary.VaryOutcome] = {}
+    by_index: dict[int, midvary.JobOutcome] = {}
     for outcome in outcomes:
         assert outcome.index not in by_index, f"two outcomes for job {outcome.index}"
         assert outcome.request == jobs[outcome.index], outcome
@@ -255,7 +255,7 @@ async def faulted_polls(
     seed: int,
     concurrency: int,
     maintenance: Sequence[tuple[float, float]],
-    collect: Literal["vary_all", "vary_many"] = "vary_all",
+    collect: Literal["submit_all", "submit_many"] = "submit_all",
 ) -> Figures:
     """``jobs`` jobs with 20% of record-info answers faulted (every kind) and maintenance."""
     figures = Figures(campaign=f"1 faulted polls ({collect})", jobs=jobs)
@@ -272,11 +272,11 @@ async def faulted_polls(
     async with fake_and_session(settings, seed=seed) as (fake, session):
         with counting_retries() as retries:
             started = time.perf_counter()
-            if collect == "vary_all":
-                outcomes = await session.vary_all(work, concurrency=concurrency, on_event=events)
+            if collect == "submit_all":
+                outcomes = await session.submit_all(work, concurrency=concurrency, on_event=events)
             else:
                 outcomes = []
-                async with session.vary_many(
+                async with session.submit_many(
                     _trickle(work), concurrency=concurrency, on_event=events
                 ) as fanout:
                     async for outcome in fanout:
@@ -305,7 +305,7 @@ class StormRun:
     """A submit storm's figures, with what the tests check beyond them."""
 
     figures: Figures
-    outcomes: list[midvary.VaryOutcome]
+    outcomes: list[midvary.JobOutcome]
     events: EventLog
     fake_tasks: dict[tuple[str, int, str | None], list[str]]
     submit_posts: int
@@ -350,7 +350,7 @@ async def submit_storm(
         events = EventLog(then=relax)
         with counting_retries() as retries:
             started = time.perf_counter()
-            outcomes = await session.vary_all(work, concurrency=concurrency, on_event=events)
+            outcomes = await session.submit_all(work, concurrency=concurrency, on_event=events)
             figures.wall = time.perf_counter() - started
         ordered = account(figures, fake, work, outcomes)
         tasks: dict[tuple[str, int, str | None], list[str]] = collections.defaultdict(list)
@@ -476,9 +476,9 @@ async def crash_resume(jobs: int, *, seed: int, kills: int, workdir: Path) -> Cr
         last = {line["id"]: line for line in result_lines(results)}
         for line in last.values():
             figures.count(Ending(line["status"]))
-        claimed = {line["vary_task_id"] for line in last.values()} - {None}
+        claimed = {line["task_id"] for line in last.values()} - {None}
         uncertain = {
-            (line["task_id"], line["image_index"], line["water_mark"])
+            (line["parent_task_id"], line["image_index"], line["water_mark"])
             for line in last.values()
             if line["status"] == "uncertain"
         }
@@ -516,12 +516,12 @@ class CancelRun:
 
     figures: Figures
     unfinished: tuple[midvary.UnfinishedJob, ...]
-    handed_out: list[midvary.VaryOutcome]
+    handed_out: list[midvary.JobOutcome]
     announced: dict[int, str]
 
 
 async def cancelled_fan_out(jobs: int, *, seed: int, concurrency: int, after: int) -> CancelRun:
-    """``vary_many`` over ``jobs`` jobs, its consumer cancelled at the ``after``-th POST.
+    """``submit_many`` over ``jobs`` jobs, its consumer cancelled at the ``after``-th POST.
 
     Tasks take 0.02 to 2 s and POSTs 0 to 20 ms, so the cancellation finds jobs handed out,
     jobs awaiting their task, and POSTs in flight.
@@ -542,9 +542,9 @@ async def cancelled_fan_out(jobs: int, *, seed: int, concurrency: int, after: in
                 enough.set()
 
     events = EventLog(then=stop_after)
-    handed_out: list[midvary.VaryOutcome] = []
+    handed_out: list[midvary.JobOutcome] = []
     async with fake_and_session(settings, seed=seed) as (fake, session):
-        fanout = session.vary_many(requests(jobs), concurrency=concurrency, on_event=events)
+        fanout = session.submit_many(requests(jobs), concurrency=concurrency, on_event=events)
 
         async def consume() -> None:
             async for outcome in fanout:
@@ -582,7 +582,7 @@ async def cancelled_fan_out(jobs: int, *, seed: int, concurrency: int, after: in
 
 async def slow_post_in_batch(
     jobs: int, *, slow: int, timeout: float = 0.2
-) -> tuple[Figures, list[midvary.VaryOutcome]]:
+) -> tuple[Figures, list[midvary.JobOutcome]]:
     """``jobs`` jobs; the POST of job ``slow`` is answered after 3 x ``timeout`` seconds.
 
     The session sends one POST at a time (``submit_rate=(1, 0.001)``), so the latency set
@@ -611,7 +611,7 @@ async def slow_post_in_batch(
         with counting_retries() as retries:
             async with session:
                 started = time.perf_counter()
-                outcomes = await session.vary_all(work, concurrency=6, on_event=on_event)
+                outcomes = await session.submit_all(work, concurrency=6, on_event=on_event)
                 figures.wall = time.perf_counter() - started
         # The slow POST's handler goes on after the client gave up: it creates its task.
         async with asyncio.timeout(10):

@@ -308,14 +308,14 @@ junk_items = st.one_of(
 )
 
 
-async def fan_out(items: list[object]) -> tuple[list[midvary.VaryOutcome], int]:
-    """Run ``items`` through vary_all against a fake; the outcomes and the POSTs sent."""
+async def fan_out(items: list[object]) -> tuple[list[midvary.JobOutcome], int]:
+    """Run ``items`` through submit_all against a fake; the outcomes and the POSTs sent."""
     settings_ = FakeSettings(task_duration=(0.0, 0.01), invisible_for=0.0, submit_limit=None)
     async with FakeProvider(settings=settings_) as fake:
         async with midvary.Session(
             api_key=fake.api_key, base_url=fake.base_url, poll=POLL, submit_rate=None
         ) as session:
-            outcomes = await session.vary_all(items, concurrency=4)  # type: ignore[arg-type]
+            outcomes = await session.submit_all(items, concurrency=4)  # type: ignore[arg-type]
         return outcomes, fake.stats.requests["submit"]
 
 

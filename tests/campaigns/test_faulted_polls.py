@@ -20,7 +20,7 @@ def assert_every_job_done(figures: Figures) -> None:
     assert figures.poll_retries > 0
 
 
-@pytest.mark.parametrize("collect", ["vary_all", "vary_many"])
+@pytest.mark.parametrize("collect", ["submit_all", "submit_many"])
 async def test_faulted_polls_100_jobs(collect: str) -> None:
     """100 jobs through the fan-out under faulted polls and maintenance all succeed, once."""
     figures = await faulted_polls(

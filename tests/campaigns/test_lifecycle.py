@@ -150,7 +150,7 @@ FANOUT_SCRIPT = textwrap.dedent(
 
             requests = [midvary.VaryRequest(task_id=f"parent-{n}", image_index=n % 4)
                         for n in range(40)]
-            fanout = session.vary_many(requests, concurrency=8, on_event=on_event)
+            fanout = session.submit_many(requests, concurrency=8, on_event=on_event)
 
             async def consume():
                 async for outcome in fanout:
@@ -251,10 +251,10 @@ def logged_task_ids(caplog: pytest.LogCaptureFixture) -> str:
     )
 
 
-async def stop_vary_all_mid_way(
+async def stop_submit_all_mid_way(
     how: str, caplog: pytest.LogCaptureFixture
 ) -> tuple[BaseException, Submitted, FakeProvider]:
-    """Run vary_all over 30 jobs (some quick, then slow ones) and stop it once 6 are done."""
+    """Run submit_all over 30 jobs (some quick, then slow ones) and stop it once 6 are done."""
     async with FakeProvider(settings=MIXED_TASKS) as fake:
 
         def slow_down_after_eight(submitted: int) -> None:
@@ -274,7 +274,7 @@ async def stop_vary_all_mid_way(
                         raise RuntimeError("the input broke")
                     yield midvary.VaryRequest(task_id=f"parent-{n}", image_index=n % 4)
 
-            caller = asyncio.create_task(session.vary_all(jobs(), concurrency=10, on_event=hook))
+            caller = asyncio.create_task(session.submit_all(jobs(), concurrency=10, on_event=hook))
             await hook.reached.wait()
             if how == "cancel":
                 caller.cancel()
@@ -285,12 +285,12 @@ async def stop_vary_all_mid_way(
 
 
 @pytest.mark.parametrize("how", ["cancel", "close-session", "input-raises"])
-async def test_vary_all_stopped_mid_way_raises_and_logs_every_task_id(
+async def test_submit_all_stopped_mid_way_raises_and_logs_every_task_id(
     how: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """vary_all stopped early raises (never a short list); every billed task id is logged."""
+    """submit_all stopped early raises (never a short list); every billed task id is logged."""
     caplog.set_level(logging.WARNING, logger="midvary")
-    error, hook, fake = await stop_vary_all_mid_way(how, caplog)
+    error, hook, fake = await stop_submit_all_mid_way(how, caplog)
     expected = {
         "cancel": asyncio.CancelledError,
         "close-session": midvary.SessionClosedError,
@@ -306,7 +306,7 @@ async def test_vary_all_stopped_mid_way_raises_and_logs_every_task_id(
     assert len(unseen) <= logged.count("unknown (uncertain)")
 
 
-async def test_cancelling_vary_many_mid_way_names_every_billed_task() -> None:
+async def test_cancelling_submit_many_mid_way_names_every_billed_task() -> None:
     """200 jobs, cancelled at the 40th POST: every billed task is named or reported cut."""
     run = await cancelled_fan_out(200, seed=6, concurrency=24, after=40)
     figures = run.figures

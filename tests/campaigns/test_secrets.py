@@ -21,6 +21,7 @@ from typing import Any
 
 import attrs
 import pytest
+from aiohttp import web
 
 import midvary
 from midvary._cli import main
@@ -226,7 +227,7 @@ async def test_fan_out_with_every_kind_of_trouble_never_shows_the_key(
         fault_rate=0.3, drop_submit_answer_rate=0.1, failure_rate=0.2, submit_limit=(4, 0.05)
     ) as fake:
         async with session_for(fake, submit_rate=(8, 0.05)) as session:
-            fanout = session.vary_many(
+            fanout = session.submit_many(
                 [*requests(24), "not a request"],  # type: ignore[list-item]
                 concurrency=8,
                 on_event=hook,
@@ -242,7 +243,7 @@ async def test_fan_out_with_every_kind_of_trouble_never_shows_the_key(
             assert {o.uncertain for o in outcomes} == {True, False}
             assert any(isinstance(o.error, midvary.TaskFailedError) for o in outcomes)
             # A fan-out cut short by the session's close.
-            cut = session.vary_many(requests(8, prefix="parent-cut-"), concurrency=4)
+            cut = session.submit_many(requests(8, prefix="parent-cut-"), concurrency=4)
             first = await anext(cut)
             evidence.reprs(first)
         evidence.reprs(cut, *cut.unfinished)
@@ -352,6 +353,82 @@ async def test_a_provider_that_echoes_the_key_cannot_make_midvary_show_it(
                     error = await raises(evidence, call)
                     assert isinstance(error, midvary.MidvaryError), (name, error)
     assert elsewhere_hits == []  # a redirect is never followed
+    evidence.assert_clean(KEY)
+
+
+# -- a hostile provider: it echoes the key into the texts of a failed task's record --------
+
+#: Where the record's JSON holds the key written with \\u escapes (no plain-text match).
+_ESCAPED = "ESCAPED-KEY-HERE"
+
+
+@contextlib.asynccontextmanager
+async def echoing_provider() -> AsyncIterator[str]:
+    """An aiohttp app that accepts every submission and fails it, echoing the key in its record."""
+
+    async def submit(_request: web.Request) -> web.Response:
+        return web.json_response({"code": 200, "msg": "success", "data": {"taskId": "t-echo"}})
+
+    async def record(request: web.Request) -> web.Response:
+        key = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        params = {"taskId": "parent-1", "imageIndex": 0, "echo": key, "list": [key]}
+        data = {
+            "taskId": request.query["taskId"],
+            "taskType": f"mj_vary {key}",
+            "successFlag": 3,
+            "errorCode": 500,
+            "errorMessage": f"invalid api key {key} / {_ESCAPED}",
+            "paramJson": json.dumps(params),
+            "createTime": "2026-01-01T00:00:00Z",
+        }
+        text = json.dumps({"code": 200, "msg": "success", "data": data})
+        escaped = "".join(f"\\u{ord(char):04x}" for char in key)
+        return web.Response(text=text.replace(_ESCAPED, escaped), content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/api/v1/mj/generateVary", submit)
+    app.router.add_get("/api/v1/mj/record-info", record)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{site.port}"
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_key_echoed_in_a_records_texts_is_masked_everywhere(
+    evidence: Evidence,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """errorMessage, taskType, paramJson echo the key: not in the error, JSON, results, gallery."""
+    async with echoing_provider() as url:
+        async with session_for(url) as session:
+            handle = await session.vary("parent-1", 0)
+            error = await raises(evidence, handle)
+            assert isinstance(error, midvary.TaskFailedError)
+            assert "invalid api key *** / ***" in str(error)
+            evidence.reprs(error.record)
+            evidence.text(json.dumps(midvary.to_json_dict(error.record)))
+            evidence.text(json.dumps(midvary.to_json_dict(error)))
+            record = await session.get_task(handle.task_id)
+            assert record.error_message == "invalid api key *** / ***"
+            assert record.params["echo"] == "***"
+            evidence.reprs(record, record.params)
+        monkeypatch.setenv("MIDVARY_API_KEY", KEY)
+        monkeypatch.delenv("KIE_API_KEY", raising=False)
+        monkeypatch.setenv("MIDVARY_BASE_URL", url)
+        monkeypatch.setenv("CI", "true")
+        jobs = tmp_path / "jobs.csv"
+        jobs.write_text("task_id,image_index\nparent-1,0\n")
+        assert await cli(capsys, evidence, "bulk", str(jobs), "--gallery", "-vv") == 1
+    results = (tmp_path / "jobs.csv.results.jsonl").read_text()
+    assert "***" in results
+    assert "invalid api key ***" in (tmp_path / "jobs.csv.results.html").read_text()
+    evidence.files(tmp_path)
     evidence.assert_clean(KEY)
 
 

@@ -268,7 +268,7 @@ async def test_r8_full(fake_provider: FakeProvider, where: str, seed: int) -> No
 
 async def _run_with_outage(
     fake: FakeProvider, server: RedisServer, *, jobs: int, persistent: bool
-) -> tuple[list[midvary.VaryOutcome], list[midvary.VaryOutcome]]:
+) -> tuple[list[midvary.JobOutcome], list[midvary.JobOutcome]]:
     """Run keyed jobs paced by a shared rate; stop Redis mid-run, restart it; re-deliver."""
     requests = [
         midvary.VaryRequest(task_id=f"parent-{i // 4}", image_index=i % 4, key=f"r9/{i}")
@@ -293,10 +293,10 @@ async def _run_with_outage(
             store=store,
         ) as session,
     ):
-        first, _ = await asyncio.gather(session.vary_all(requests, concurrency=8), outage())
+        first, _ = await asyncio.gather(session.submit_all(requests, concurrency=8), outage())
         # The queue re-delivers what failed (the store was down): same keys.
         again = [o.request for o in first if not o.ok and o.request is not None]
-        second = await session.vary_all(again, concurrency=8)
+        second = await session.submit_all(again, concurrency=8)
     return first, second
 
 

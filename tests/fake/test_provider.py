@@ -178,7 +178,7 @@ async def test_runtime_settings_changes() -> None:
 
 def test_png_bytes_are_valid_pngs() -> None:
     """The result images are well-formed PNGs: signature, CRCs, and a decodable IDAT."""
-    data = png_bytes(2)
+    data = png_bytes("task-1", 2)
     assert data.startswith(PNG_SIGNATURE)
     offset, kinds = len(PNG_SIGNATURE), []
     while offset < len(data):
@@ -189,12 +189,18 @@ def test_png_bytes_are_valid_pngs() -> None:
         assert zlib.crc32(kind + body) & 0xFFFFFFFF == crc
         kinds.append(kind)
         if kind == b"IHDR":
-            assert struct.unpack(">IIBBBBB", body) == (8, 8, 8, 2, 0, 0, 0)
+            assert struct.unpack(">IIBBBBB", body) == (64, 64, 8, 2, 0, 0, 0)
         if kind == b"IDAT":
-            assert len(zlib.decompress(body)) == 8 * (1 + 8 * 3)
+            assert len(zlib.decompress(body)) == 64 * (1 + 64 * 3)
         offset += 12 + length
     assert kinds == [b"IHDR", b"IDAT", b"IEND"]
-    assert png_bytes(0) != png_bytes(1)
+
+
+def test_every_task_and_index_has_its_own_picture() -> None:
+    """The four images of a task differ, and so do two tasks' images at the same index."""
+    images = {png_bytes(task, index) for task in ("task-1", "task-2") for index in range(4)}
+    assert len(images) == 8
+    assert png_bytes("task-1", 0) == png_bytes("task-1", 0)
 
 
 def test_all_is_sorted_and_complete() -> None:

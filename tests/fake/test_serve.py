@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from midvary.testing import FakeSettings
-from midvary.testing._serve import add_fake_server_command, settings_from_args
+from midvary.testing._serve import add_fake_server_command, configure_parser, settings_from_args
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -104,3 +104,15 @@ async def test_server_process_serves_then_exits_0_on_sigterm() -> None:
             await process.wait()
     (stats_line,) = [line for line in rest.splitlines() if line.startswith("stats ")]
     assert json.loads(stats_line.removeprefix("stats "))["tasks_created"] == 1
+
+
+def test_every_fake_server_option_says_what_it_does() -> None:
+    """Each option of `midvary fake-server --help` has a description (none is bare)."""
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+    bare = [
+        action.option_strings
+        for action in parser._actions  # argparse exposes no public list of its options
+        if action.option_strings and action.help in (None, "")
+    ]
+    assert bare == []

@@ -119,11 +119,11 @@ async def test_a_key_is_sent_once_and_a_lost_answer_is_never_resent(
 
 
 async def test_extend_jobs_in_a_fan_out(start_fake: StartFake, open_session: OpenSession) -> None:
-    """ExtendRequests run in vary_all beside other kinds; outcomes name the parent video."""
+    """ExtendRequests run in submit_all beside other kinds; outcomes name the parent video."""
     fake = await start_fake()
     session = await open_session(fake)
     video = await _video(session, batch=2)
-    outcomes = await session.vary_all(
+    outcomes = await session.submit_all(
         [midvary.ExtendRequest(video.task_id, index, id=f"v{index}") for index in (0, 1)]
     )
     assert all(outcome.ok for outcome in outcomes)

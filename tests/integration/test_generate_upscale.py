@@ -147,7 +147,7 @@ async def test_an_answer_lost_on_generate_is_uncertain_and_not_resent(
 async def test_fan_out_mixes_the_three_kinds(
     start_fake: StartFake, open_session: OpenSession
 ) -> None:
-    """vary_all takes generate, vary and upscale requests in one list: one outcome each."""
+    """submit_all takes generate, vary and upscale requests in one list: one outcome each."""
     fake = await start_fake()
     session = await open_session(fake)
     parent = fake.sample_parent_id
@@ -157,7 +157,7 @@ async def test_fan_out_mixes_the_three_kinds(
         midvary.UpscaleRequest(task_id=parent, image_index=3, id="u"),
         midvary.UpscaleRequest(task_id="never-made", image_index=0, id="bad"),
     ]
-    outcomes = await session.vary_all(requests)
+    outcomes = await session.submit_all(requests)
     assert [outcome.request for outcome in outcomes] == requests
     kinds = [outcome.record.task_type if outcome.record else None for outcome in outcomes]
     assert kinds == ["mj_txt2img", "mj_vary", "mj_upscale", None]

@@ -83,7 +83,7 @@ async def test_concurrent_jobs_with_one_key_send_once(
     requests = [midvary.VaryRequest(task_id="parent-1", image_index=2, key="same")] * 2
     events: list[midvary.JobEvent] = []
     async with session_for(fake_provider, store) as session:
-        outcomes = await session.vary_all(requests, on_event=events.append)
+        outcomes = await session.submit_all(requests, on_event=events.append)
     assert [o.ok for o in outcomes] == [True, True]
     assert outcomes[0].task_id == outcomes[1].task_id
     submitted = [e for e in events if e.kind is midvary.JobEventKind.SUBMITTED]
@@ -95,19 +95,19 @@ async def test_concurrent_jobs_with_one_key_send_once(
 async def test_another_session_reattaches(
     fake_provider: FakeProvider, make_store: MakeStore
 ) -> None:
-    """A second run of vary_all on the shared store re-attaches every job: no POST."""
+    """A second run of submit_all on the shared store re-attaches every job: no POST."""
     requests = [
         midvary.VaryRequest(task_id="parent-1", image_index=i % 4, key=f"p/{i}") for i in range(8)
     ]
     async with make_store() as store, session_for(fake_provider, store) as session:
-        first = await session.vary_all(requests)
+        first = await session.submit_all(requests)
         jobs = await store.unfinished()
     assert {job.state for job in jobs} == {"submitted"}
     assert {job.key for job in jobs} == {f"p/{i}" for i in range(8)}
     assert {job.task_id for job in jobs} == {o.task_id for o in first}
     events: list[midvary.JobEvent] = []
     async with make_store() as store, session_for(fake_provider, store) as session:
-        second = await session.vary_all(requests, on_event=events.append)
+        second = await session.submit_all(requests, on_event=events.append)
     assert [o.task_id for o in second] == [o.task_id for o in first]
     assert all(o.ok for o in second)
     kinds = [e.kind for e in events]
@@ -185,14 +185,14 @@ async def test_maintenance_retries_then_releases(
     events: list[midvary.JobEvent] = []
     request = midvary.VaryRequest(task_id="parent-1", image_index=0, key="m")
     async with session_for(fake_provider, store) as session:
-        (outcome,) = await session.vary_all([request], on_event=events.append)
+        (outcome,) = await session.submit_all([request], on_event=events.append)
         assert isinstance(outcome.error, midvary.ServiceUnavailableError)
         retries = [e for e in events if e.kind is midvary.JobEventKind.RETRYING]
         assert len(retries) == FAST_RETRY.attempts - 1
         assert all(isinstance(e.error, midvary.ServiceUnavailableError) for e in retries)
         assert all(e.wait is not None and e.wait >= 0 for e in retries)
         fake_provider.set_maintenance(False)
-        (again,) = await session.vary_all([request])
+        (again,) = await session.submit_all([request])
     assert again.ok
     assert fake_provider.stats.tasks_created == 1
 
@@ -203,7 +203,7 @@ async def test_poll_retries_are_reported(fake_provider: FakeProvider) -> None:
     events: list[midvary.JobEvent] = []
     async with session_for(fake_provider, None) as session:
         requests = [midvary.VaryRequest(task_id="parent-1", image_index=i) for i in range(4)]
-        outcomes = await session.vary_all(requests, on_event=events.append)
+        outcomes = await session.submit_all(requests, on_event=events.append)
     assert all(o.ok for o in outcomes)
     retries = [e for e in events if e.kind is midvary.JobEventKind.RETRYING]
     assert retries
@@ -280,7 +280,7 @@ async def test_keyed_and_keyless_submissions_share_the_store_window(
     """Two sessions on one SQLite file and rate (2 per 0.4 s), one keyed: no 429 at the fake."""
     fake_provider.update(submit_limit=(2, 0.4))
 
-    async def run(store: midvary.SQLiteStore, *, keyed: bool) -> list[midvary.VaryOutcome]:
+    async def run(store: midvary.SQLiteStore, *, keyed: bool) -> list[midvary.JobOutcome]:
         requests = [
             midvary.VaryRequest(
                 task_id="parent-1", image_index=i % 4, key=f"w/{i}" if keyed else None
@@ -288,7 +288,7 @@ async def test_keyed_and_keyless_submissions_share_the_store_window(
             for i in range(5)
         ]
         async with session_for(fake_provider, store, submit_rate=(2, 0.4)) as session:
-            return await session.vary_all(requests)
+            return await session.submit_all(requests)
 
     async with (
         midvary.SQLiteStore(tmp_path / "a.sqlite") as one,

@@ -6,7 +6,7 @@ per 2 s shared by generate, vary and upscale, a 2 s maintenance window, a few sp
 answers, a few lost submit answers), then does what a user would do, through the public API
 only: a :class:`midvary.Session` told the provider's limit (``submit_rate``) generates 6
 prompts and, as each grid succeeds, varies its 4 images and upscales one, all in one
-``Session.vary_many(..., download=DIR)`` fed the way ``midvary bulk`` feeds a generate row's
+``Session.submit_many(..., download=DIR)`` fed the way ``midvary bulk`` feeds a generate row's
 ``then`` children (36 jobs), with the live progress of ``midvary bulk``.
 
 At the end it checks that the library behaved and prints a summary, per kind of job:
@@ -55,7 +55,7 @@ FAST_SCALE: Final = 0.1
 _HELP: Final = """\
 Start a fake provider in this process (tasks of 1-3 s, some failing, a submit limit of 8 per
 2 s, a maintenance window, a few spoiled and lost answers), generate 6 prompts and, as each
-grid is ready, vary its 4 images and upscale one, all through one Session.vary_many with
+grid is ready, vary its 4 images and upscale one, all through one Session.submit_many with
 live progress; download the results, check that the library behaved, and print a summary.
 Nothing leaves 127.0.0.1. Takes about 20 s.
 

@@ -55,7 +55,7 @@ class DemoTally(Tally):
     grids: dict[str, str] = attrs.field(factory=dict)
     problems: list[str] = attrs.field(factory=list)
 
-    def check(self, job: BulkJob, outcome: midvary.VaryOutcome, observed: Observed) -> None:
+    def check(self, job: BulkJob, outcome: midvary.JobOutcome, observed: Observed) -> None:
         """Count one outcome; note what is wrong with it, if anything."""
         kind = kind_of(job)
         what = describe(job, outcome)
@@ -94,7 +94,7 @@ class DemoTally(Tally):
             self.problems.append(f"{what} ended with {type(error).__name__}: {error}")
 
     def _check_child(
-        self, job: BulkJob, outcome: midvary.VaryOutcome, task: TaskSnapshot | None, what: str
+        self, job: BulkJob, outcome: midvary.JobOutcome, task: TaskSnapshot | None, what: str
     ) -> Iterator[str]:
         """A vary or upscale must name its own grid's task, and run only once it succeeded."""
         assert job.parent is not None  # noqa: S101 - only children are checked here
@@ -248,7 +248,7 @@ def assess(observed: Observed) -> DemoReport:
 
 
 def _check_files(
-    kind: str, outcome: midvary.VaryOutcome, observed: Observed, what: str
+    kind: str, outcome: midvary.JobOutcome, observed: Observed, what: str
 ) -> Iterator[str]:
     """Problems with the images of one succeeded job (none when all are there)."""
     record = outcome.record

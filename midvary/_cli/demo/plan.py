@@ -42,7 +42,7 @@ class DemoPlan:
             :data:`midvary._cli.demo.FAST_SCALE` with ``--fast``).
         prompts: Prompts generated; each grid, once done, gets its 4 images varied and one
             upscaled (image ``n % 4`` of the ``n``-th prompt, counting from 0).
-        concurrency: Jobs in flight at once (the ``vary_many`` default).
+        concurrency: Jobs in flight at once (the ``submit_many`` default).
         submit_limit: Submissions per window the fake accepts, and the client is told.
         submit_window: The window of ``submit_limit``, in seconds before scaling.
     """
@@ -134,7 +134,7 @@ class DemoPlan:
             f"{fake.drop_submit_answer_rate:.0%} of submit answers lost"
         )
         yield (
-            f"client: Session(submit_rate=({count}, {window:g})) -> vary_many(an async input: "
+            f"client: Session(submit_rate=({count}, {window:g})) -> submit_many(an async input: "
             f"{self.prompts} GenerateRequests, then as each grid succeeds its 4 VaryRequests "
             f"and 1 UpscaleRequest; concurrency={self.concurrency}, download=DIR)"
         )

@@ -1,4 +1,4 @@
-"""Running the demo: start the fake provider, run the workflow through ``vary_many``, observe.
+"""Running the demo: start the fake provider, run the workflow through ``submit_many``, observe.
 
 The fan-out's input is bulk's :class:`~midvary._cli.feed.Feed`: the generate jobs at once,
 then each grid's children (4 varies, 1 upscale) as soon as the grid succeeds, in the same
@@ -52,7 +52,7 @@ class Observed:
 
     plan: DemoPlan
     settings: FakeSettings
-    outcomes: tuple[midvary.VaryOutcome, ...]
+    outcomes: tuple[midvary.JobOutcome, ...]
     jobs: tuple[BulkJob, ...]
     not_run: tuple[BulkJob, ...]
     events: EventCounts
@@ -64,13 +64,13 @@ class Observed:
     unfinished: tuple[midvary.UnfinishedJob, ...] = ()
     timed_out: bool = False
 
-    def job_of(self, outcome: midvary.VaryOutcome) -> BulkJob:
+    def job_of(self, outcome: midvary.JobOutcome) -> BulkJob:
         """The job ``outcome`` is the end of (``jobs`` is in the fan-out's input order)."""
         return self.jobs[outcome.index]
 
 
 async def run_demo(plan: DemoPlan, *, out: Path, seed: int, progress: Progress) -> Observed:
-    """Start the fake provider, run the workflow through ``Session.vary_many``, and observe.
+    """Start the fake provider, run the workflow through ``Session.submit_many``, and observe.
 
     Args:
         plan: The fake's habits and the client's settings.
@@ -99,7 +99,7 @@ async def run_demo(plan: DemoPlan, *, out: Path, seed: int, progress: Progress) 
                 events.retried_429 += 1
         progress.event(event)
 
-    outcomes: list[midvary.VaryOutcome] = []
+    outcomes: list[midvary.JobOutcome] = []
 
     async def place(job: BulkJob) -> bool:
         if job.request is not None:
@@ -121,7 +121,7 @@ async def run_demo(plan: DemoPlan, *, out: Path, seed: int, progress: Progress) 
             submit_rate=plan.submit_rate,  # the provider's limit: wait rather than get 429s
             seed=seed,
         ) as session:
-            fanout = session.vary_many(
+            fanout = session.submit_many(
                 feed.items(),
                 concurrency=plan.concurrency,
                 timeout=JOB_TIMEOUT,
@@ -162,13 +162,13 @@ async def run_demo(plan: DemoPlan, *, out: Path, seed: int, progress: Progress) 
     )
 
 
-def describe(job: BulkJob, outcome: midvary.VaryOutcome) -> str:
+def describe(job: BulkJob, outcome: midvary.JobOutcome) -> str:
     """What the job asked for and its key, e.g. ``vary(fakegen..., image 2) [prompt-1/vary2]``."""
     request = outcome.request
     return request.describe() if request is not None else f"{action_of(job.request)} [{job.key}]"
 
 
-def _show(progress: Progress, job: BulkJob, outcome: midvary.VaryOutcome) -> None:
+def _show(progress: Progress, job: BulkJob, outcome: midvary.JobOutcome) -> None:
     """Count one outcome; describe a failed or uncertain one as it comes."""
     ending = Ending.of(outcome)
     if ending is Ending.DONE:
