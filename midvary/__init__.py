@@ -56,7 +56,7 @@ from ._polling import DEFAULT_SAFETY_POLL
 from ._session import Session
 from ._session import warn_renamed as _warn_renamed
 from ._signature import verify_callback
-from ._store import RedisStore, SQLiteStore, StoredJob
+from ._store import RedisStore, SQLiteStore, Store, StoredJob
 from ._version import VERSION
 
 __version__ = VERSION
@@ -95,6 +95,7 @@ __all__ = [
     "ServiceUnavailableError",
     "Session",
     "SessionClosedError",
+    "Store",
     "StoreError",
     "StoredJob",
     "SubmitUncertainError",

@@ -43,7 +43,7 @@ from ._listener import Doorman, GuardedSite
 from ._polling import DEFAULT_SAFETY_POLL
 from ._relay import CallbackRelay
 from ._signature import signature_problem
-from ._store import Store
+from ._store import Store, TokenStore
 from ._tickets import Ticket, TicketBook
 from ._validate import base_url, callable_or_none, count, instance, positive_seconds
 
@@ -228,7 +228,7 @@ class CallbackReceiver:
             raise TypeError(
                 f"store must be a midvary.RedisStore or None, not {type(store).__name__}"
             )
-        if store is not None and not store.shares_callbacks:
+        if store is not None and not isinstance(store, TokenStore):
             raise TypeError(
                 f"CallbackReceiver(store=...) needs a store that wakes other processes: a "
                 f"RedisStore (or a MemoryStore, within one process), not {type(store).__name__}"

@@ -30,7 +30,7 @@ from ._errors import StoreError
 from ._retry import ask_until_answered, resubscribing
 
 if TYPE_CHECKING:
-    from ._store import Store
+    from ._store import TokenStore
     from ._tickets import Ticket, TicketBook
 
 logger = logging.getLogger("midvary._callbacks")
@@ -60,7 +60,7 @@ class CallbackRelay:
 
     """
 
-    def __init__(self, store: Store, book: TicketBook, *, ttl: float, grace: float) -> None:
+    def __init__(self, store: TokenStore, book: TicketBook, *, ttl: float, grace: float) -> None:
         self._store = store
         self._book = book
         self._ttl = ttl

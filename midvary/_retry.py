@@ -22,6 +22,7 @@ the provider has no idempotency key, so a second POST could start a second bille
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
 
@@ -73,7 +74,20 @@ def is_transient(exc: BaseException) -> bool:
         | StoreError
         | TaskTimeoutError
         | SessionClosedError,
-    )
+    ) or _store_busy(exc)
+
+
+def _store_busy(exc: BaseException) -> bool:
+    """Whether ``exc`` is SQLite saying another connection holds the database (try again).
+
+    SQLite is imported by the stores that use it, never here: an error of it exists only
+    if something imported it.
+    """
+    sqlite3 = sys.modules.get("sqlite3")
+    if sqlite3 is None or not isinstance(exc, sqlite3.OperationalError):
+        return False
+    message = str(exc).lower()
+    return "locked" in message or "busy" in message
 
 
 _RETRY_TRANSIENT = tenacity.retry_if_exception(is_transient)
@@ -269,6 +283,21 @@ async def ask_until_answered(
     )
     answer: T | None = await retrying(ask)
     return answer
+
+
+def retry_blocking(fn: Callable[[], T], *, within_s: float, wait_s: float = 0.05) -> T:
+    """Call ``fn`` again while it fails with a transient error, for at most ``within_s`` s.
+
+    For blocking calls in a worker thread (never on the event loop): tries every ``wait_s``
+    seconds; the last failure is raised.
+    """
+    retrying = tenacity.Retrying(
+        retry=_RETRY_TRANSIENT,
+        wait=tenacity.wait_fixed(wait_s),
+        stop=tenacity.stop_after_delay(within_s),
+        reraise=True,
+    )
+    return retrying(fn)
 
 
 #: A Redis store's calls on a broken connection (a restart): tries after the first.

@@ -127,9 +127,10 @@ class Session:
             With a ``store``, the limit holds for every session sharing the store and the
             account, in every process and on every machine (the store's clock, the slow-down
             shared).
-        store: A :class:`SQLiteStore` or :class:`RedisStore` (opened by you: ``async with
-            store``; the session never closes it). Requests with a ``key`` are then
-            submitted at most once per key across every session and process sharing it,
+        store: A :class:`Store`: a :class:`SQLiteStore` or :class:`RedisStore` (opened by
+            you: ``async with store``; the session never closes it). Requests with a
+            ``key`` are then submitted at most once per key across every session and
+            process sharing it,
             and ``submit_rate`` is one limit for them all. ``None`` means keys deduplicate
             within this session only (an in-memory store) and the limit is this session's.
 
@@ -168,7 +169,7 @@ class Session:
         instance(
             http_session, aiohttp.ClientSession, "http_session", what="an aiohttp.ClientSession"
         )
-        if store is not None and (not isinstance(store, Store) or isinstance(store, MemoryStore)):
+        if store is not None and (not isinstance(store, Store) or not store.cross_process):
             raise TypeError(
                 "store must be a midvary.SQLiteStore or midvary.RedisStore (or None), not "
                 f"{type(store).__name__}"

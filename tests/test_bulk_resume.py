@@ -239,6 +239,7 @@ async def test_ctrl_c_stops_cleanly_and_the_rerun_resumes(tmp_path: Path) -> Non
         out, err = await asyncio.wait_for(process.communicate(), timeout=30)
         assert process.returncode == 130, out.decode() + err.decode()
         assert "run the same command again to resume" in err.decode()
+        assert "fan-out closed with" not in err.decode()  # said once, in the CLI's words
         assert in_flight(journal) == set()
         code, output = await finish(fake, jobs)
         assert code == 0, output

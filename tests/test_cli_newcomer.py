@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import re
+import signal
 import socket
+import sys
 from pathlib import Path
 
 import pytest
 
 from midvary._cli import main
+from midvary._cli.jobs import read_jobs
+from midvary.testing import FakeProvider, FakeSettings
 
 from .test_cli import cli, journal_states, provider, read_results, write_csv
 
@@ -275,3 +282,89 @@ async def test_status_right_after_no_wait_says_not_visible_yet_and_wait_tolerate
         }
         assert await cli("wait", task_id) == 0
         assert "status   SUCCESS" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("jobs.csv", ""),
+        ("jobs.csv", "task_id,image_index\n"),
+        ("jobs.jsonl", ""),
+        ("jobs.jsonl", "\n"),
+    ],
+    ids=["empty-csv", "header-only-csv", "empty-jsonl", "blank-jsonl"],
+)
+def test_a_file_without_jobs_is_a_usage_error_that_creates_nothing(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    name: str,
+    content: str,
+) -> None:
+    """No rows: "no jobs in FILE", exit 2, and no journal, store or results file."""
+    monkeypatch.setenv("MIDVARY_API_KEY", "sk-unused")
+    jobs = tmp_path / name
+    jobs.write_text(content)
+    assert main(["bulk", str(jobs)]) == 2
+    assert f"no jobs in {jobs}" in capsys.readouterr().err
+    assert sorted(path.name for path in tmp_path.iterdir()) == [name]
+
+
+def test_gallery_of_a_jobs_file_names_the_results_file_it_meant(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`midvary gallery jobs.csv`: exit 2, no page, and the results file's name."""
+    jobs = write_csv(tmp_path / "jobs.csv", ["parent-1,0,,", "parent-1,1,,"])
+    assert main(["gallery", str(jobs)]) == 2
+    err = capsys.readouterr().err
+    assert "is not a results file" in err
+    assert f"{jobs}.results.jsonl" in err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["jobs.csv"]
+
+
+async def test_ctrl_c_while_waiting_names_the_task_and_how_to_reattach() -> None:
+    """SIGINT during `midvary vary`'s wait: exit 130, the task id and `midvary wait ID`."""
+    async with FakeProvider(settings=FakeSettings(task_duration=(30.0, 30.0)), seed=3) as fake:
+        env = {k: v for k, v in os.environ.items() if k not in ("KIE_API_KEY",)}
+        env.update(MIDVARY_API_KEY=fake.api_key, MIDVARY_BASE_URL=fake.base_url, CI="true")
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "midvary", "vary", fake.sample_parent_id, "0",
+            env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert process.stderr is not None
+        async with asyncio.timeout(30):
+            line = (await process.stderr.readline()).decode()
+        assert line.startswith("submitted "), line
+        task_id = line.split()[1]
+        process.send_signal(signal.SIGINT)
+        async with asyncio.timeout(30):
+            _out, err = await process.communicate()
+    assert process.returncode == 130
+    assert f"task {task_id} was submitted" in err.decode()
+    assert f"`midvary wait {task_id}`" in err.decode()
+    assert fake.api_key not in err.decode()
+
+
+async def test_failures_are_listed_in_line_order_with_the_way_to_retry_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Failures are listed in the JOBS file's line order, with how to send them again."""
+    rows = [f"parent-{letter},{index},," for letter in "abc" for index in range(3)]
+    jobs = write_csv(tmp_path / "jobs.csv", rows)
+    async with provider(monkeypatch, failure_rate=1.0, task_duration=(0.01, 0.3)):
+        for _run in range(2):
+            assert await cli("bulk", str(jobs)) == 1
+            out = capsys.readouterr().out
+            table = out.split("jobs that did not succeed", 1)[1]
+            lines = [int(match) for match in re.findall(r"^\W*(\d+)\s*│", table, re.MULTILINE)]
+            assert lines == list(range(2, 2 + len(rows))), table
+            assert "the same command with --retry-failed" in out
+
+
+def test_a_generate_column_on_a_vary_row_is_a_bad_row_named_by_its_line(tmp_path: Path) -> None:
+    """A prompt on a vary row would be sent nowhere: the row is refused, with its line."""
+    jobs = tmp_path / "jobs.csv"
+    jobs.write_text("task_id,image_index,prompt\nparent-1,0,a red fox\nparent-1,1,\n")
+    read = read_jobs(jobs)
+    assert [job.line for job in read.jobs] == [3]
+    assert read.bad_rows == (f"{jobs}:2: prompt is only for generate rows, not vary",)

@@ -12,6 +12,7 @@ import midvary
 
 from ._kit import (
     EXIT_FAILED,
+    EXIT_INTERRUPTED,
     EXIT_OK,
     UsageError,
     open_session,
@@ -106,9 +107,12 @@ def _vary(args: argparse.Namespace) -> int:
     except (TypeError, ValueError) as exc:
         raise UsageError(str(exc)) from None
 
+    submitted: list[str] = []
+
     async def run() -> int:
         async with open_session(args) as session:
             handle = await session.submit(request)
+            submitted.append(handle.task_id)
             if args.no_wait:
                 say(json.dumps({"task_id": handle.task_id}) if args.json else handle.task_id)
                 return EXIT_OK
@@ -116,7 +120,18 @@ def _vary(args: argparse.Namespace) -> int:
                 say(f"submitted {handle.task_id}", stream=sys.stderr)
             return await _finish(session, handle, args)
 
-    return asyncio.run(run())
+    try:
+        return asyncio.run(run())
+    except KeyboardInterrupt:
+        if not submitted:
+            raise  # nothing was submitted (or its answer never came): the plain message
+        (task_id,) = submitted
+        say(
+            f"interrupted: task {task_id} was submitted and may still finish; re-attach it "
+            f"with `midvary wait {task_id}`",
+            stream=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
 
 
 def status_options(parser: argparse.ArgumentParser) -> None:
@@ -133,7 +148,9 @@ def _status(args: argparse.Namespace) -> int:
                 record = await session.get_task(args.task_id)
             except (TypeError, ValueError) as exc:
                 raise UsageError(str(exc)) from None
-            except midvary.NotFoundError:
+            except midvary.NotFoundError as exc:
+                if exc.http_status == 404:  # the host has no such endpoint: a wrong base URL
+                    raise
                 # The provider shows a new task only after a moment (the library's waits
                 # tolerate it too): right after `vary --no-wait` this is the normal answer.
                 if args.json:

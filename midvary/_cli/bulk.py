@@ -176,7 +176,32 @@ def _submit_rate(values: Sequence[str] | None) -> tuple[int, float] | None:
         raise UsageError(f"--submit-rate takes N WINDOW (e.g. 20 10) or none ({exc})") from None
 
 
+class _SaidByBulk(logging.Filter):
+    """Drops the fan-out's warning about the jobs it left unfinished.
+
+    bulk's ledger keeps those jobs and their task ids, and its own message on an interrupt
+    says what to do: the CLI says it once, in its own words.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            record.name == "midvary._fanout"
+            and isinstance(record.msg, str)
+            and record.msg.startswith("fan-out closed with")
+        )
+
+
 def _bulk(args: argparse.Namespace) -> int:
+    fanout_log = logging.getLogger("midvary._fanout")
+    quiet = _SaidByBulk()
+    fanout_log.addFilter(quiet)
+    try:
+        return _bulk_run(args)
+    finally:
+        fanout_log.removeFilter(quiet)
+
+
+def _bulk_run(args: argparse.Namespace) -> int:
     require_rich()
     jobs_path: Path = args.jobs
     out_path: Path = args.out or jobs_path.with_name(jobs_path.name + ".results.jsonl")
@@ -216,7 +241,7 @@ def _bulk(args: argparse.Namespace) -> int:
         from .gallery import make_gallery  # noqa: PLC0415 - only when asked
 
         make_gallery(out_path)
-    if summary.failed or summary.uncertain or summary.bad_rows:
+    if summary.failed or summary.uncertain or summary.not_run or summary.bad_rows:
         return EXIT_FAILED
     return EXIT_OK
 
@@ -293,7 +318,7 @@ async def _run_jobs(  # noqa: PLR0917 - one step of _run, given its parts
                 await placer.record(job, outcome)
                 feed.ended(job, outcome)
     for child in feed.orphans():
-        summary.count(Ending.FAILED)
+        summary.count(Ending.NOT_RUN)
         message = f"not run: its parent {child.parent} has not succeeded"
         summary.problems.append((child, "not run", message))
     summary.rate_limited_waits = progress.rate_limited

@@ -55,6 +55,8 @@ def make_gallery(
     """
     try:
         read = _gallery.read_results(results)
+        if not read.jobs and read.bad_lines:
+            raise UsageError(_not_results(results))
         page = _gallery.write_gallery(results, out, files_base=files_base)
     except OSError as exc:
         raise UsageError(f"cannot make the gallery of {results}: {exc}") from None
@@ -63,6 +65,17 @@ def make_gallery(
     if announce:
         say(f"gallery: {page} ({len(read.jobs)} jobs)")
     return page
+
+
+def _not_results(path: Path) -> str:
+    """What to say of a file with lines, none of them a results line (a JOBS file, say)."""
+    guess = path.with_name(path.name + ".results.jsonl")
+    hint = (
+        f"; the results of `midvary bulk {path}` are in {guess}"
+        if guess.exists()
+        else f"; `midvary bulk {path}` writes its results to {guess}"
+    )
+    return f"{path} is not a results file: none of its lines is a results line{hint}"
 
 
 def _gallery_command(args: argparse.Namespace) -> int:

@@ -260,6 +260,10 @@ def _request(row: object, *, jsonl: bool) -> tuple[Request, tuple[Step, ...]]:
 def _child_row(
     row: dict[str, Any], action: str, *, jsonl: bool
 ) -> midvary.VaryRequest | midvary.UpscaleRequest:
+    for name in ("prompt", *GENERATE_COLUMNS):
+        if name != "water_mark" and _text(row, name) is not None:
+            # Sent nowhere: a vary or upscale makes no use of it, so it is a mistake.
+            raise ValueError(f"{name} is only for generate rows, not {action}")
     task_id = row.get("task_id")
     if task_id is None or task_id == "":
         raise ValueError("task_id is missing")
@@ -276,11 +280,19 @@ def _child_row(
     )
 
 
+def _no_jobs(path: Path) -> str:
+    return (
+        f"no jobs in {path}: it has no rows (a CSV needs a header line, then one row per job; "
+        "a JSONL file one JSON object per line)"
+    )
+
+
 def read_jobs(path: Path) -> JobsFile:
     """Read and check the JOBS file.
 
     Raises:
-        UsageError: The file cannot be read, or a CSV file has no usable header.
+        UsageError: The file cannot be read, holds no rows, or a CSV file has no usable
+            header.
 
     """
     try:
@@ -290,6 +302,8 @@ def read_jobs(path: Path) -> JobsFile:
     # A byte that is not UTF-8 spoils its own row only: it is kept as a lone surrogate here
     # and that row is reported by its line number.
     text = raw.decode("utf-8-sig", errors="surrogateescape")
+    if not text.strip():
+        raise UsageError(_no_jobs(path))
     jobs: list[BulkJob] = []
     bad: list[str] = []
     warnings: list[str] = []
@@ -328,6 +342,8 @@ def read_jobs(path: Path) -> JobsFile:
             first_line[content] = line
         job = BulkJob(key=key, line=line, content=content, request=request, then=then)
         jobs.extend((job, *job.children()))
+    if not jobs and not bad:
+        raise UsageError(_no_jobs(path))
     return JobsFile(
         jobs=tuple(jobs),
         bad_rows=tuple(bad),

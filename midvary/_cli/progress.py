@@ -58,6 +58,7 @@ class Progress:
             f"submitted {self.submitted} · running {len(self.running)} · "
             f"done {self.tally.done} · failed {self.tally.failed} · "
             + (f"uncertain {self.tally.uncertain} · " if self.tally.uncertain else "")
+            + (f"not run {self.tally.not_run} · " if self.tally.not_run else "")
             + f"rate-limited waits {self.rate_limited}"
         )
 

@@ -66,6 +66,7 @@ def print_summary(summary: BulkSummary, out_path: Path, journal: str) -> None:
         ("done", summary.done),
         ("failed", summary.failed),
         ("uncertain", summary.uncertain),
+        *((("not run (parent did not succeed)", summary.not_run),) if summary.not_run else ()),
         ("ended in this run", summary.ran),
         ("skipped (finished earlier)", summary.skipped),
         ("re-attached by task id", summary.reattached),
@@ -79,10 +80,19 @@ def print_summary(summary: BulkSummary, out_path: Path, journal: str) -> None:
         problems = Table(title="jobs that did not succeed", show_header=True)
         for column in ("line", "id", "status", "error"):
             problems.add_column(column)
-        for job, status, message in summary.problems[:20]:
+        # In the JOBS file's order, whatever order the jobs ended in (the same every run).
+        ordered = sorted(summary.problems, key=lambda problem: (problem[0].line, problem[0].key))
+        for job, status, message in ordered[:20]:
             problems.add_row(str(job.line), job.key, status, message)
         console.print(problems)
-        if len(summary.problems) > 20:
-            console.print(f"... and {len(summary.problems) - 20} more (see {out_path})")
+        if len(ordered) > 20:
+            console.print(f"... and {len(ordered) - 20} more (see {out_path})")
+        if any(status == "failed" for _job, status, _message in ordered):
+            console.print(
+                "to send the failed jobs again: the same command with --retry-failed "
+                "(uncertain jobs are never re-sent automatically)",
+                markup=False,
+                highlight=False,
+            )
     console.print(f"results: {out_path}", markup=False, highlight=False)
     console.print(f"journal: {journal}", markup=False, highlight=False)

@@ -43,7 +43,7 @@ import json
 import math
 import secrets
 from collections.abc import AsyncIterator
-from typing import Any, ClassVar, Final, Literal, Self
+from typing import Any, ClassVar, Final, Literal, NoReturn, Self
 
 import attrs
 
@@ -248,6 +248,14 @@ def lost_claim(key: str) -> StoreError:
     )
 
 
+def no_callbacks(store: object) -> NoReturn:
+    """Raise the NotImplementedError of a store that cannot share callback tokens."""
+    raise NotImplementedError(
+        f"{type(store).__name__} cannot share callback tokens between processes (it has no "
+        "channel to wake another process): use a RedisStore, or a MemoryStore in one process"
+    )
+
+
 def new_epoch() -> str:
     """A fresh namespace marker."""
     return secrets.token_hex(8)
@@ -259,44 +267,22 @@ def conflict(key: str, stored_request: str) -> KeyConflictError:
     return KeyConflictError(key, f"stored request: {shown}")
 
 
-class Store(abc.ABC):
-    """A shared store of submission keys and of the account's submission window.
+class KeyStore(abc.ABC):
+    """Submission keys: a claim per key, its state and, once accepted, its task id.
 
     Every method raises :class:`~midvary.StoreError` when the store is unreachable, lost
     its data or is corrupt. Times are seconds of the store's own clock. ``holder`` is a
-    unique id of one submission attempt (a fresh ``uuid4().hex`` each time): a claim is
-    only moved on by the holder that made it.
+    unique id of one submission attempt (a fresh id each time): a claim is only moved on by
+    the holder that made it. A ``slot`` (:class:`SlotRequest`) is a place in the store's
+    :class:`SubmitWindow`, taken in the same atomic step as the key's move to sending.
     """
 
     #: The namespace every session on this store uses, or ``None``: one per API key.
     namespace: str | None = None
+    #: Seconds a key is kept (default 15 days, the provider's retention).
     key_ttl: float = DEFAULT_KEY_TTL
     #: Seconds a session's claim on a key lives without renewal (see DEFAULT_CLAIM_LEASE).
     claim_lease: float = DEFAULT_CLAIM_LEASE
-    #: Whether the store keeps callback tokens and carries wake-ups (the ``*_token``
-    #: methods and :meth:`wakes`): across machines for Redis, within one process for memory.
-    shares_callbacks: ClassVar[bool] = False
-
-    def namespace_for(self, api_key: str) -> str:
-        """The namespace a session with ``api_key`` uses: ``namespace=`` or the key's hash."""
-        return self.namespace if self.namespace is not None else account_namespace(api_key)
-
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
-
-    @abc.abstractmethod
-    async def open(self) -> None:
-        """Open the store's connections (idempotent); ``async with store`` calls it."""
-
-    @abc.abstractmethod
-    async def close(self) -> None:
-        """Close what :meth:`open` opened (idempotent). A borrowed client stays open."""
-
-    # --- keys ---------------------------------------------------------------------------
 
     @abc.abstractmethod
     async def claim(
@@ -405,7 +391,14 @@ class Store(abc.ABC):
 
         """
 
-    # --- the account's submission window -------------------------------------------------
+
+class SubmitWindow(abc.ABC):
+    """The account's submission window, shared by every process on the store.
+
+    The store's twin of the in-process limiter's rule (``_ratelimit.Window``): slots in
+    flight with a lease, stamps of answered POSTs, an allowance that a 429 halves and each
+    quiet window grows back by one, and a pause. Seconds of the store's own clock.
+    """
 
     @abc.abstractmethod
     async def acquire_slot(
@@ -438,39 +431,38 @@ class Store(abc.ABC):
     async def allowance(self, namespace: str, *, rate: tuple[int, float]) -> int:
         """Submissions currently allowed per window (``rate``'s count unless slowed down)."""
 
-    # --- callback tokens and wake-ups (only when ``shares_callbacks``) -------------------
 
-    def _no_callbacks(self) -> NotImplementedError:
-        return NotImplementedError(
-            f"{type(self).__name__} cannot share callback tokens between processes (it has no "
-            "channel to wake another process): use a RedisStore, or a MemoryStore in one process"
-        )
+class TokenStore(abc.ABC):
+    """Callback tokens (by their hash) and a channel of wake-ups between processes.
 
+    Stores that have one (Redis: across machines; memory: within one process) are this as
+    well as a :class:`Store`; a :class:`~midvary.CallbackReceiver` given ``store=`` needs it.
+    """
+
+    #: The scope of the tokens when set (else the receiver's default scope).
+    namespace: str | None = None
+
+    @abc.abstractmethod
     async def add_token(self, scope: str, token_id: str, *, ttl_s: float) -> None:
-        """Record a new, unbound token (by its hash ``token_id``) for ``ttl_s`` seconds.
+        """Record a new, unbound token (by its hash ``token_id``) for ``ttl_s`` seconds."""
 
-        Raises:
-            NotImplementedError: The store does not share callbacks (``shares_callbacks``).
-
-        """
-        raise self._no_callbacks()
-
+    @abc.abstractmethod
     async def bind_token(self, scope: str, token_id: str, *, task_id: str) -> bool:
         """Bind a recorded token to its task, keeping its expiry; ``False`` if it is gone."""
-        raise self._no_callbacks()
 
+    @abc.abstractmethod
     async def get_token(self, scope: str, token_id: str) -> TokenRecord | None:
         """The token's record, or ``None`` when it is unknown or expired."""
-        raise self._no_callbacks()
 
+    @abc.abstractmethod
     async def settle_token(self, scope: str, token_id: str, *, grace_s: float) -> None:
         """A delivery was accepted: the token expires within ``grace_s`` seconds (or sooner)."""
-        raise self._no_callbacks()
 
+    @abc.abstractmethod
     async def publish_wake(self, scope: str, token: str) -> None:
         """Tell every process listening on ``scope`` that ``token``'s task may be final."""
-        raise self._no_callbacks()
 
+    @abc.abstractmethod
     def wakes(self, scope: str) -> contextlib.AbstractAsyncContextManager[AsyncIterator[str]]:
         """Listen to ``scope``'s wake-ups: entering subscribes (done once it returns).
 
@@ -478,4 +470,42 @@ class Store(abc.ABC):
         raises :class:`~midvary.StoreError` from the iteration; wake-ups meanwhile are lost
         (the handles' safety polls find those tasks).
         """
-        raise self._no_callbacks()
+
+
+class Store(KeyStore, SubmitWindow):
+    """A shared store: submission keys and the account's submission window.
+
+    What ``Session(store=...)`` takes: a :class:`~midvary.SQLiteStore` (processes on one
+    machine) or a :class:`~midvary.RedisStore` (many machines). Open it (``async with
+    store``) before use; a session never closes a store it was given. Its parts are
+    :class:`KeyStore` (keys) and :class:`SubmitWindow` (the shared window); a store that also
+    carries callback tokens is a :class:`TokenStore` too.
+    """
+
+    #: Whether other processes see this store's keys and window (``False``: one process's
+    #: memory, which ``Session(store=...)`` refuses: a session dedupes within itself anyway).
+    cross_process: ClassVar[bool] = True
+
+    @property
+    def shares_callbacks(self) -> bool:
+        """Whether the store keeps callback tokens and carries wake-ups (a TokenStore)."""
+        return isinstance(self, TokenStore)
+
+    def namespace_for(self, api_key: str) -> str:
+        """The namespace a session with ``api_key`` uses: ``namespace=`` or the key's hash."""
+        return self.namespace if self.namespace is not None else account_namespace(api_key)
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Open the store's connections (idempotent); ``async with store`` calls it."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Close what :meth:`open` opened (idempotent). A borrowed client stays open."""

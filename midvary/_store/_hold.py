@@ -1,19 +1,18 @@
 """What a keyed submission uses a store through: a held claim, renewed while it lives.
 
-:func:`holding` claims a key (waiting out a live holder), keeps the claim alive with a
-renewal task while its body runs (started once the claim has lived a third of its lease,
-by one loop timer for all the claims of a :class:`Renewals`, so a quick submission makes
-no task and no timer), and settles it on exit if the body did not: a claim that never sent
-is released, one that was sending is marked uncertain. The renewal task is cancelled and
-awaited on exit, and the timer cancelled once no claim is left: nothing outlives the
-``async with``. :class:`Hold` is the submission pipeline's ``_submit.Claim``;
+:func:`holding` claims a key (waiting out a live holder), keeps the claim alive while its
+body runs and settles it on exit if the body did not: a claim that never sent is released,
+one that was sending is marked uncertain. Keeping it alive: a ``loop.call_later`` timer
+starts a renewal task once the claim has lived a third of its lease (a quick submission,
+the happy path, never gets that far and makes no task); the task renews it every third of
+its lease. On exit the timer is cancelled and the task cancelled and awaited: nothing
+outlives the ``async with``. :class:`Hold` is the submission pipeline's ``_submit.Claim``;
 :class:`StoreClaims` its ``_submit.SubmitStore``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import itertools
 import logging
@@ -23,6 +22,7 @@ from collections.abc import Callable
 from typing import Final
 
 from .._errors import StoreError
+from .._retry import is_transient
 from ._base import Claim, ClaimState, SlotRequest, Store, check_seconds, lost_claim
 
 logger = logging.getLogger("midvary._store")
@@ -72,11 +72,10 @@ class Hold:
         "_lease_s",
         "_rate",
         "_renewal",
-        "_renewals",
         "_request",
         "_slot_lease_s",
+        "_timer",
         "claim",
-        "ended",
         "holder",
         "key",
         "lost",
@@ -100,7 +99,6 @@ class Hold:
         rate: tuple[int, float] | None,
         slot_lease_s: float,
         busy_poll_s: float | None,
-        renewals: Renewals,
     ) -> None:
         self.store = store
         self.namespace = namespace
@@ -111,14 +109,13 @@ class Hold:
         self.sending = False
         self.settled = False
         self.lost = False
-        self.ended = False  # the ``async with`` was left
         self._fingerprint = fingerprint
         self._request = request
         self._lease_s = lease_s
         self._rate = rate
         self._slot_lease_s = slot_lease_s
         self._busy_poll_s = busy_poll_s
-        self._renewals = renewals
+        self._timer: asyncio.TimerHandle | None = None
         self._renewal: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Hold:
@@ -137,7 +134,9 @@ class Hold:
                     slot=self.new_slot(),
                 )
             except StoreError as exc:
-                if first:
+                # The first claim's failure stops the submission (nothing may be sent);
+                # while waiting out a live holder, a transient one is polled past.
+                if first or not is_transient(exc):
                     raise
                 logger.warning(
                     "waiting for key %r: the store failed (%s); polling on", self.key, exc
@@ -155,13 +154,14 @@ class Hold:
             self.slot_id = None
         # Renewed only if the claim outlives a third of its lease (a quick submission, the
         # happy path, makes no task at all).
-        self._renewals.add(self)
+        self._timer = asyncio.get_running_loop().call_later(self._lease_s / 3, self._start_renewing)
         return self
 
     async def __aexit__(self, *_exc: object) -> None:
         """Stop renewing the claim, and settle it if the body did not."""
-        self.ended = True
-        self._renewals.claim_ended()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._renewal is not None:
             await self._stop_renewing()
         if self.claim.state is ClaimState.CLAIMED and not self.settled:
@@ -274,8 +274,9 @@ class Hold:
             # that was sending becomes uncertain, which is what we would have written.
             logger.warning("could not settle key %r in the store: %s", self.key, exc)
 
-    def start_renewing(self) -> None:
+    def _start_renewing(self) -> None:
         """The claim outlived a third of its lease: renew it from now on (a task)."""
+        self._timer = None
         self._renewal = asyncio.get_running_loop().create_task(
             self._renew_forever(), name=f"midvary-renew-{self.key}"
         )
@@ -297,6 +298,11 @@ class Hold:
                     self.lost = True
                     return
             except StoreError as exc:
+                if not is_transient(exc):
+                    self.lost = True  # nothing to renew any more: do not send
+                    return
+                # The next renewal, a third of a lease later, tries again: the lease has
+                # two more thirds to run.
                 logger.warning("could not renew the claim on key %r: %s", self.key, exc)
             await asyncio.sleep(interval)
 
@@ -318,32 +324,21 @@ class StoreClaims:
         self.store = store
         self.namespace = namespace
         self.rate = rate
-        self._renewals: dict[float, Renewals] = {}  # by lease (s): one queue per lease
 
     def __repr__(self) -> str:
         return f"<StoreClaims store={self.store!r} rate={self.rate!r}>"
 
     def claim(self, key: str, *, fingerprint: str, request: object) -> Hold:
         """Hold ``key`` for one submission; see :func:`holding`."""
-        lease_s = self.store.claim_lease
         return holding(
             self.store,
             self.namespace,
             key,
             fingerprint=fingerprint,
             request=request,
-            lease_s=lease_s,
+            lease_s=self.store.claim_lease,
             rate=self.rate,
-            renewals=self.renewals(lease_s),
         )
-
-    def renewals(self, lease_s: float) -> Renewals:
-        """The queue of this session's claims of ``lease_s`` seconds waiting to be renewed."""
-        try:
-            return self._renewals[lease_s]
-        except KeyError:
-            renewals = self._renewals[lease_s] = Renewals(lease_s / 3)
-            return renewals
 
 
 def holding(
@@ -357,7 +352,6 @@ def holding(
     rate: tuple[int, float] | None = None,
     slot_lease_s: float = SLOT_LEASE,
     busy_poll_s: float | None = BUSY_POLL,
-    renewals: Renewals | None = None,
 ) -> Hold:
     """The hold on ``key`` for one submission: ``async with`` it; see the module docstring.
 
@@ -378,8 +372,6 @@ def holding(
         slot_lease_s: Seconds a slot counts as in flight if never ended (longer than a POST).
         busy_poll_s: Seconds between polls while another live submitter holds the key
             (store errors during those polls are retried); ``None`` yields BUSY at once.
-        renewals: Where the claim waits to be renewed (shared by claims of one lease on
-            one event loop); ``None`` means one of its own.
 
     Raises (on entering):
         StoreError: The first claim failed: nothing may be sent.
@@ -398,64 +390,4 @@ def holding(
         rate=rate,
         slot_lease_s=slot_lease_s,
         busy_poll_s=busy_poll_s,
-        renewals=renewals if renewals is not None else Renewals(lease_s / 3),
     )
-
-
-class Renewals:
-    """The live claims of one lease, each renewed once it outlives ``after`` seconds.
-
-    One event-loop timer serves them all, armed for the oldest claim still live: a
-    ``loop.call_later`` per claim cost a timer handle, its cancel and the loop's heap
-    compares (in Python) for every submission, though a quick one never renews. The claims
-    start in order, so they wait in a queue; a claim that ended leaves it lazily.
-    """
-
-    __slots__ = ("_after", "_holds", "_timer")
-
-    def __init__(self, after: float) -> None:
-        self._after = after
-        self._holds: collections.deque[tuple[float, Hold]] = collections.deque()
-        self._timer: asyncio.TimerHandle | None = None
-
-    @property
-    def waiting(self) -> int:
-        """How many live claims wait for their renewal to be due."""
-        return sum(not hold.ended for _, hold in self._holds)
-
-    @property
-    def armed(self) -> bool:
-        """Whether the timer is set (for the oldest claim still queued)."""
-        return self._timer is not None
-
-    def add(self, hold: Hold) -> None:
-        """Renew ``hold`` once it has lived ``after`` seconds (unless it ended by then)."""
-        loop = asyncio.get_running_loop()
-        holds = self._holds
-        self._drop_ended()
-        holds.append((loop.time() + self._after, hold))
-        if self._timer is None:
-            self._timer = loop.call_at(holds[0][0], self._due, loop)
-
-    def claim_ended(self) -> None:
-        """A claim of the queue ended (its ``ended`` is set): no timer once none is left."""
-        self._drop_ended()
-        if not self._holds and self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _drop_ended(self) -> None:
-        holds = self._holds
-        while holds and holds[0][1].ended:
-            holds.popleft()
-
-    def _due(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._timer = None
-        now = loop.time()
-        holds = self._holds
-        while holds and (holds[0][1].ended or holds[0][0] <= now):
-            _, hold = holds.popleft()
-            if not hold.ended:
-                hold.start_renewing()
-        if holds:
-            self._timer = loop.call_at(holds[0][0], self._due, loop)

@@ -15,6 +15,7 @@ from ._base import (
     DEFAULT_CLAIM_LEASE,
     DEFAULT_KEY_TTL,
     TokenRecord,
+    TokenStore,
     check_namespace,
     check_seconds,
     new_epoch,
@@ -64,7 +65,7 @@ class _MemoryTx:
         self._store._windows[namespace] = window
 
 
-class MemoryStore(LocalStore):
+class MemoryStore(LocalStore, TokenStore):
     """A store in this process's memory: what ``key=`` uses without a shared store.
 
     It also shares callback tokens between the receivers of this one process.
@@ -95,7 +96,8 @@ class MemoryStore(LocalStore):
         self._tokens: dict[tuple[str, str], tuple[str, float]] = {}
         self._listeners: dict[str, set[asyncio.Queue[str]]] = {}
 
-    shares_callbacks: ClassVar[bool] = True
+    #: One process's memory: ``Session(store=...)`` wants a store other processes see.
+    cross_process: ClassVar[bool] = False
 
     def __repr__(self) -> str:
         return f"<MemoryStore keys={len(self._keys)}>"

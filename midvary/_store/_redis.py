@@ -16,7 +16,7 @@ import json
 import urllib.parse
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING, Any, ClassVar, Final, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from .._errors import StoreError
 from .._retry import redis_retry
@@ -30,6 +30,7 @@ from ._base import (
     Store,
     StoredJob,
     TokenRecord,
+    TokenStore,
     check_namespace,
     check_seconds,
     conflict,
@@ -91,7 +92,7 @@ def redact_url(url: str) -> str:
         return "<a Redis URL that could not be parsed>"
 
 
-class RedisStore(Store):
+class RedisStore(Store, TokenStore):
     """A store on a Redis (or Valkey) server, shared by every process on every machine.
 
     Run the server with persistence (``appendonly yes``): a server that loses its data is
@@ -116,8 +117,6 @@ class RedisStore(Store):
             at once wait for a free one).
 
     """
-
-    shares_callbacks: ClassVar[bool] = True
 
     def __init__(
         self,

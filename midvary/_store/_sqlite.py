@@ -17,16 +17,18 @@ import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 from .._errors import StoreError
 from .._ratelimit import Window
+from .._retry import retry_blocking
 from ._base import (
     DEFAULT_CLAIM_LEASE,
     DEFAULT_KEY_TTL,
     check_namespace,
     check_seconds,
     new_epoch,
+    no_callbacks,
     store_error,
 )
 from ._local import KeyRecord, LocalStore, Tx
@@ -211,19 +213,12 @@ class SQLiteStore(LocalStore):
         # SQLite answers "database is locked" at once, without the busy timeout's wait, in a
         # few cases: two processes switching a new file to WAL together (its deadlock rule
         # for a connection that holds a shared lock), a WAL file recovered after a kill.
-        # Opening (every step of which is idempotent) tries again until busy_timeout passed.
-        deadline = time.monotonic() + self._busy_timeout
-        while True:
-            try:
-                return self._connect_once()
-            except sqlite3.OperationalError as exc:
-                if not _busy(exc) or time.monotonic() >= deadline:
-                    raise store_error(
-                        f"cannot open the SQLite store {str(self.path)!r}", exc
-                    ) from exc
-                time.sleep(0.05)
-            except sqlite3.Error as exc:
-                raise store_error(f"cannot open the SQLite store {str(self.path)!r}", exc) from exc
+        # Opening (every step of which is idempotent) tries again until busy_timeout passed
+        # (``_retry.is_transient`` knows SQLite's "locked" and "busy").
+        try:
+            return retry_blocking(self._connect_once, within_s=self._busy_timeout)
+        except sqlite3.Error as exc:
+            raise store_error(f"cannot open the SQLite store {str(self.path)!r}", exc) from exc
 
     def _connect_once(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None)
@@ -249,6 +244,32 @@ class SQLiteStore(LocalStore):
             finally:
                 executor.shutdown(wait=True)
 
+    # --- no callback tokens: no channel wakes another process --------------------------
+
+    async def add_token(self, scope: str, token_id: str, *, ttl_s: float) -> NoReturn:
+        """Refused: see :meth:`no_callbacks`; use a RedisStore for callbacks across processes."""
+        no_callbacks(self)
+
+    async def bind_token(self, scope: str, token_id: str, *, task_id: str) -> NoReturn:
+        """Refused, as :meth:`add_token`."""
+        no_callbacks(self)
+
+    async def get_token(self, scope: str, token_id: str) -> NoReturn:
+        """Refused, as :meth:`add_token`."""
+        no_callbacks(self)
+
+    async def settle_token(self, scope: str, token_id: str, *, grace_s: float) -> NoReturn:
+        """Refused, as :meth:`add_token`."""
+        no_callbacks(self)
+
+    async def publish_wake(self, scope: str, token: str) -> NoReturn:
+        """Refused, as :meth:`add_token`."""
+        no_callbacks(self)
+
+    def wakes(self, scope: str) -> NoReturn:
+        """Refused, as :meth:`add_token`."""
+        no_callbacks(self)
+
     async def _transact(self, what: str, fn: Callable[[Tx], T]) -> T:
         executor, conn = self._executor, self._conn
         if executor is None or conn is None:
@@ -270,9 +291,3 @@ class SQLiteStore(LocalStore):
             return result
 
         return await asyncio.get_running_loop().run_in_executor(executor, run)
-
-
-def _busy(exc: sqlite3.OperationalError) -> bool:
-    """Whether ``exc`` says another connection holds the database (worth trying again)."""
-    message = str(exc).lower()
-    return "locked" in message or "busy" in message

@@ -260,6 +260,10 @@ def test_every_jsonl_line_is_a_job_or_a_bad_row(lines: list[str], crlf: bool) ->
             with pytest.raises(UsageError, match="unknown key"):
                 read_jobs(path)
             return
+        if not any(line.strip() for line in lines):
+            with pytest.raises(UsageError, match="no jobs in"):
+                read_jobs(path)
+            return
         read = read_jobs(path)
     reported = [int(bad.split(":")[1]) for bad in read.bad_rows]
     expected = [n for n, line in enumerate(lines, start=1) if line.strip()]
@@ -283,12 +287,16 @@ def test_every_csv_record_is_a_job_or_a_bad_row(records: list[list[str]]) -> Non
     writer.writerow(FIELDS)
     writer.writerows(records)
     text = buffer.getvalue()
+    # An independent count: the csv module's own records, blank ones aside.
+    written = [row for row in csv.reader(io.StringIO(text, newline="")) if row][1:]
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "jobs.csv"
         path.write_bytes(text.encode())
+        if not written:
+            with pytest.raises(UsageError, match="no jobs in"):
+                read_jobs(path)
+            return
         read = read_jobs(path)
-    # An independent count: the csv module's own records, blank ones aside.
-    written = [row for row in csv.reader(io.StringIO(text, newline="")) if row][1:]
     assert len(read.jobs) + len(read.bad_rows) == len(written)
     for job in read.jobs:
         assert job.request.task_id.strip()

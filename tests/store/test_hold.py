@@ -52,27 +52,24 @@ async def test_renewal_keeps_a_slow_claim(backend: Backend, namespace: str) -> N
     ).state is ClaimState.CLAIMED
 
 
-async def test_claims_of_one_lease_share_one_renewal_timer(namespace: str) -> None:
-    """Quick claims end unrenewed; the one that outlives a third of its lease is renewed.
-
-    The timer is armed while a claim is queued and cancelled once none is left.
-    """
+async def test_only_a_claim_that_outlives_a_third_of_its_lease_is_renewed(
+    namespace: str,
+) -> None:
+    """Quick claims end unrenewed (no task); a slow one is renewed; none is left after exit."""
     store = MemoryStore(claim_lease=0.3)
     claims = StoreClaims(store, namespace, rate=None)
     async with claims.claim("slow", fingerprint="fp", request=REQ) as slow:
         for n in range(20):  # quick submissions, each over before its renewal is due
             async with claims.claim(f"quick-{n}", fingerprint="fp", request=REQ) as quick:
                 await quick.refused()
-        queue = claims.renewals(0.3)
-        assert queue.waiting == 1  # only the slow claim is left waiting
-        assert queue.armed
+        assert _renewals() == set()
         await asyncio.sleep(0.4)  # more than its lease: only a renewal keeps it
         assert {t.get_name() for t in _renewals()} == {"midvary-renew-slow"}
         assert await other_claim_of(store, namespace, "slow") is ClaimState.BUSY
         await slow.refused()
     assert _renewals() == set()
-    assert queue.waiting == 0
-    assert not queue.armed
+    # A quick claim was released on exit: its key is free.
+    assert await other_claim_of(store, namespace, "quick-0") is ClaimState.CLAIMED
 
 
 def _renewals() -> set[asyncio.Task[None]]:
