@@ -246,7 +246,8 @@ async def main():
         api_key=fake.api_key, base_url=fake.base_url
     ) as session:
         record = await session.run(midvary.VaryRequest(task_id="parent-1", image_index=0))
-        outcomes = await session.submit_all([midvary.VaryRequest(task_id="parent-1", image_index=1)])
+        request = midvary.VaryRequest(task_id="parent-1", image_index=1)
+        outcomes = await session.submit_all([request])
         print(record.status, outcomes[0].ok)
 
 asyncio.run(main())
