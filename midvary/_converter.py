@@ -263,6 +263,11 @@ def envelope_message(envelope: Mapping[str, Any]) -> str | None:
     return None
 
 
+#: The most result URLs a record may list: a Midjourney task makes at most 4 (a grid's or a
+#: vary's images, up to 4 videos, 1 upscale); twice that leaves room for a provider change,
+#: and a record beyond it (10,000 URLs: 10,000 files for one vary) is a ProtocolError.
+MAX_RESULT_URLS: Final = 8
+
 #: What a secret echoed by the provider becomes, in every text that comes back.
 REDACTED: Final = "***"
 
@@ -316,7 +321,13 @@ def structure_record(data: object) -> TaskRecord:
         raise ProtocolError(f"record-info data lacks {', '.join(missing)}")
     if not isinstance(data["taskId"], str) or not data["taskId"]:
         raise ProtocolError(f"record-info taskId is not a string: {data['taskId']!r:.80}")
-    return _structure(_callback_failed_as_success(data), TaskRecord, "record-info data")
+    record = _structure(_callback_failed_as_success(data), TaskRecord, "record-info data")
+    if len(record.image_urls) > MAX_RESULT_URLS:
+        raise ProtocolError(
+            f"record of task {record.task_id} lists {len(record.image_urls)} result URLs; "
+            f"a Midjourney task makes at most 4 (over {MAX_RESULT_URLS} is refused)"
+        )
+    return record
 
 
 def _callback_failed_as_success(data: dict[str, Any]) -> dict[str, Any]:

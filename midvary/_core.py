@@ -81,6 +81,7 @@ class SessionCore:
         "fanouts",
         "health",
         "index_base",
+        "max_download_bytes",
         "poll",
         "retry",
         "rng",
@@ -99,6 +100,7 @@ class SessionCore:
         retry: RetryPolicy,
         index_base: int,
         seed: int | None,
+        max_download_bytes: int | None,
     ) -> None:
         self._base_url = base_url
         self._api_key = api_key
@@ -112,6 +114,7 @@ class SessionCore:
         self.poll = poll
         self.retry = retry
         self.index_base = index_base
+        self.max_download_bytes = max_download_bytes
         self.rng = random.Random(seed)
         self.durations = DurationStats()
         self.health = PollHealth()
@@ -226,6 +229,7 @@ class SessionCore:
             timeout=self.timeout,
             retry=self.retry,
             concurrency=concurrency,
+            max_bytes=self.max_download_bytes,
             fresh_url=self.fresh_download_url,
         )
 

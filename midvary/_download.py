@@ -30,6 +30,9 @@ from ._transport import fetch, public_url
 logger = logging.getLogger(__name__)
 
 DEFAULT_EXTENSION: Final = ".png"
+#: The largest result file a download accepts by default, in bytes: far above any image or
+#: video Midjourney makes, far below what fills a disk (a hostile 2 GiB ".png", say).
+DEFAULT_MAX_DOWNLOAD_BYTES: Final = 256 * 1024 * 1024
 #: The statuses of a result URL that expired (the docs give from a day to 15 days) or that
 #: the result host refused to this client: the API's ``download-url`` endpoint then gives a
 #: temporary URL of the same file, fetched once.
@@ -62,15 +65,21 @@ async def download_record(
     timeout: aiohttp.ClientTimeout,
     retry: RetryPolicy,
     concurrency: int,
+    max_bytes: int | None,
     fresh_url: FreshURL | None = None,
 ) -> tuple[Path, ...]:
     """Download every image of ``record`` into ``directory``; return their paths in order.
 
-    A URL answered with a status of :data:`REFRESHABLE` is fetched once more through
-    ``fresh_url(url)`` (``None``: it is not, the :class:`DownloadError` is raised).
+    ``max_bytes`` bounds each file (``None``: no bound). A URL that is not http(s) (a
+    ``file:``, ``ftp:`` or ``javascript:`` one from a hostile answer) is refused at once,
+    before anything is requested or written, and not retried. A URL answered with a
+    status of :data:`REFRESHABLE` is fetched once more through ``fresh_url(url)``
+    (``None``: it is not, the :class:`DownloadError` is raised).
     """
     if not record.image_urls:
         return ()
+    for url in record.image_urls:
+        _check_scheme(url)
     await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
     limit = asyncio.Semaphore(concurrency)
 
@@ -82,12 +91,14 @@ async def download_record(
         async with limit:
             try:
                 await read_retrying(retry, what=f"download of {public_url(url)}")(
-                    _download_file, http, url, target, timeout
+                    _download_file, http, url, target, timeout, max_bytes
                 )
             except DownloadError as refused:
                 if fresh_url is None or refused.http_status not in REFRESHABLE:
                     raise
-                await _download_fresh(http, url, target, timeout, retry, fresh_url, refused)
+                await _download_fresh(
+                    http, url, target, timeout, retry, max_bytes, fresh_url, refused
+                )
         return target
 
     # Every image gets its chance even when another one fails; the first error is raised.
@@ -102,12 +113,27 @@ async def download_record(
     return tuple(paths)
 
 
+def _check_scheme(url: str) -> None:
+    """Refuse a result URL that is not an absolute http(s) URL with a host."""
+    try:
+        parsed = yarl.URL(url)
+        ok = parsed.scheme in ("http", "https") and bool(parsed.host)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        shown = url if len(url) <= 80 else url[:80] + "..."
+        raise DownloadError(
+            shown, None, reason="a result URL must be an absolute http:// or https:// URL"
+        )
+
+
 async def _download_fresh(  # noqa: PLR0917 - one call site, the caller's state
     http: aiohttp.ClientSession,
     url: str,
     target: Path,
     timeout: aiohttp.ClientTimeout,
     retry: RetryPolicy,
+    max_bytes: int | None,
     fresh_url: FreshURL,
     refused: DownloadError,
 ) -> None:
@@ -117,25 +143,29 @@ async def _download_fresh(  # noqa: PLR0917 - one call site, the caller's state
     result host's answer, with the API's error as its cause.
     """
     shown = public_url(url)
-    logger.info("%s answered HTTP %d: asking for a fresh link", shown, refused.http_status)
+    logger.info("%s answered HTTP %s: asking for a fresh link", shown, refused.http_status)
     try:
         fresh: str = await read_retrying(retry, what=f"fresh link for {shown}")(fresh_url, url)
     except APIError as exc:
         raise refused from exc
     await read_retrying(retry, what=f"download of {shown} through a fresh link")(
-        _download_file, http, fresh, target, timeout
+        _download_file, http, fresh, target, timeout, max_bytes
     )
 
 
 async def _download_file(
-    http: aiohttp.ClientSession, url: str, target: Path, timeout: aiohttp.ClientTimeout
+    http: aiohttp.ClientSession,
+    url: str,
+    target: Path,
+    timeout: aiohttp.ClientTimeout,
+    max_bytes: int | None,
 ) -> None:
     """One attempt: stream ``url`` to a temporary file, flush it to disk, rename it."""
     fd, temporary = _create_temporary(target)
     renamed = False
     try:
         with os.fdopen(fd, "wb") as file:
-            size = await fetch(http, url, file.write, timeout=timeout)
+            size = await fetch(http, url, file.write, timeout=timeout, max_bytes=max_bytes)
             file.flush()
             await asyncio.to_thread(os.fsync, file.fileno())
         await asyncio.to_thread(os.replace, temporary, target)

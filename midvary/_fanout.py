@@ -74,6 +74,7 @@ class _Job:
         "outcome",
         "posting",
         "reattached",
+        "recovering",
         "request",
         "task_id",
     )
@@ -85,6 +86,9 @@ class _Job:
         self.task_id: str | None = None
         self.posting = False
         self.reattached = False
+        # Its answer was lost and it waits for the provider's callback (None: it does not;
+        # False: it was not recovered; True: it was).
+        self.recovering: bool | None = None
         self.outcome: JobOutcome | None = None
         # A POST of this job was sent: it counts against max_tasks unless certainly refused.
         self.billable = False
@@ -99,7 +103,8 @@ class _Job:
             uncertain = self.outcome.uncertain
             task_id = self.outcome.task_id
         else:
-            uncertain, task_id = self.posting and self.task_id is None, self.task_id
+            sent = self.posting or self.recovering is not None
+            uncertain, task_id = sent and self.task_id is None, self.task_id
         return UnfinishedJob(
             index=self.index, request=self.request, task_id=task_id, uncertain=uncertain
         )
@@ -131,6 +136,9 @@ class _SubmitHooks:
 
     def reattached(self) -> None:
         self._job.reattached = True
+
+    def recovered(self) -> None:
+        self._job.recovering = True
 
 
 def check_requests(requests: object) -> Requests:
@@ -469,6 +477,7 @@ class FanOut:
             record=record,
             error=error,
             paths=paths,
+            recovered=job.recovering is True,
         )
         kind = JobEventKind.DONE if error is None else JobEventKind.FAILED
         try:
@@ -488,7 +497,19 @@ class FanOut:
                 f"item {job.index} of the requests must be {REQUEST_CLASSES} "
                 f"(or a TaskHandle), not {type(item).__name__}"
             )
-        handle = await self._submitter.submit(item, _SubmitHooks(self, job))
+        try:
+            handle = await self._submitter.submit(item, _SubmitHooks(self, job))
+        except SubmitUncertainError as exc:
+            # Its answer was lost: with a receiver, wait for the provider's callback while
+            # its token lives (the outcome is the error if none confirms a task).
+            recovery = self._submitter.recovery(exc)
+            if recovery is None:
+                raise
+            job.recovering = False
+            recovered = await recovery.wait(None)
+            if recovered is None:
+                raise
+            job.recovering, handle = True, recovered
         job.task_id = handle.task_id
         self._emit(JobEventKind.SUBMITTED, job, reattached=job.reattached)
         return handle

@@ -23,13 +23,17 @@ One submission, in order:
    write fails the task id is logged at WARNING with its key and the handle is returned
    anyway: the key then turns uncertain, never sent twice), the ticket is bound to the
    handle's alarm, and the :class:`TaskHandle` is returned; on a certain refusal the claim
-   is released; an uncertain submission marks the key uncertain.
+   is released (and the ticket dropped); an uncertain submission marks the key uncertain
+   and keeps its ticket, marked lost, for the provider's callback: the error's
+   :class:`~midvary._recovery.Recovery` (:meth:`Submitter.recovery`) waits for it. A key
+   found uncertain gets one too when its token is in the receiver's shared store.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeGuard
 
@@ -57,6 +61,8 @@ from ._models import (
     VaryRequest,
 )
 from ._polling import Alarm
+from ._recovery import Recovery
+from ._relay import link_id, token_id
 from ._retry import is_unaccepted, retry_failed, submit_retrying
 from ._store._base import RequestJSON, canonical_json
 
@@ -143,6 +149,9 @@ class SubmitHooks(Protocol):
     def reattached(self) -> None:
         """The request's key already named a task: its handle is returned, nothing sent."""
 
+    def recovered(self) -> None:
+        """The answer was lost (now or earlier, for a key): the callback named the task."""
+
 
 class Slot(Protocol):
     """One POST's place in a limiter's window (``_ratelimit.Slot``, ``_store.StoreSlot``)."""
@@ -208,6 +217,15 @@ class Claim(Protocol):
 class SubmitStore(Protocol):
     """Where a store plugs into submissions (``_store.StoreClaims``)."""
 
+    @property
+    def namespace(self) -> str:
+        """The account's namespace of keys in the store."""
+        ...
+
+    async def recovered(self, key: str, task_id: str) -> bool:
+        """An uncertain ``key``'s lost answer was recovered as ``task_id``: record it."""
+        ...
+
     def claim(
         self, key: str, *, fingerprint: str, request: object
     ) -> AbstractAsyncContextManager[Claim]:
@@ -232,7 +250,7 @@ class Submitter:
 
     """
 
-    __slots__ = ("_core", "_limiter", "_store", "_tickets")
+    __slots__ = ("_core", "_limiter", "_recoveries", "_store", "_tickets")
 
     def __init__(
         self,
@@ -246,6 +264,19 @@ class Submitter:
         self._limiter = limiter
         self._tickets = tickets
         self._store = store
+        # The recovery of each uncertain submission that has one, by its error (held by
+        # its caller for as long as the caller may ask).
+        self._recoveries: weakref.WeakKeyDictionary[SubmitUncertainError, Recovery] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def recovery(self, error: SubmitUncertainError) -> Recovery | None:
+        """The recovery of the submission that raised ``error``, or ``None`` if it has none.
+
+        Only a submission of this session sent with its receiver's ticket (or, with a
+        receiver on a shared store, a key found uncertain whose token is there) has one.
+        """
+        return self._recoveries.get(error)
 
     @property
     def limiter(self) -> Limiter | None:
@@ -300,12 +331,39 @@ class Submitter:
                 span.accepted(claim.task_id, "reattached")
                 return TaskHandle(self._core, claim.task_id, request=request)
             if claim.known_uncertain:
-                raise SubmitUncertainError(
+                error = SubmitUncertainError(
                     request,
                     f"key {key!r} was sent before and its answer was lost; "
                     "store.forget(key) allows a re-send",
                 )
+                recovery = await self._recovery_of_key(kind, request, key)
+                if recovery is not None:
+                    # A delivery for it may be in the store already: one look, no wait.
+                    handle = await recovery.wait(0.0)
+                    if handle is not None:
+                        if hooks is not None:
+                            hooks.recovered()
+                        return handle
+                    self._recoveries[error] = recovery
+                raise error
             return await self._submit(kind, request, hooks, claim, span)
+
+    async def _recovery_of_key(
+        self, kind: RequestKind, request: SubmitRequest, key: str
+    ) -> Recovery | None:
+        """The recovery of uncertain ``key`` by its earlier token, if the store has it."""
+        relay = self._tickets.relay if self._tickets is not None else None
+        if relay is None or self._store is None:
+            return None
+        try:
+            name = await relay.linked(link_id(self._store.namespace, key))
+        except StoreError as exc:
+            logger.warning("could not look up the callback token of key %r: %s", key, exc)
+            return None
+        if name is None:
+            return None
+        body = kind.body(request, callback_url=None, index_base=self._core.index_base)
+        return self._recovery(request, body, name, None, key)
 
     async def _submit(
         self,
@@ -315,10 +373,7 @@ class Submitter:
         claim: Claim | None,
         span: telemetry.Submission,
     ) -> TaskHandle:
-        tickets = self._tickets
-        ticket = (
-            await tickets.issue() if tickets is not None and request.callback_url is None else None
-        )
+        ticket = await self._ticket(request, claim) if self._tickets is not None else None
         callback_url = request.callback_url if ticket is None else ticket.url
         body = kind.body(request, callback_url=callback_url, index_base=self._core.index_base)
         attempt = _Attempt(self._core, self._limiter, kind.path, body, request, hooks, claim)
@@ -332,7 +387,7 @@ class Submitter:
                 task_id = await retry_failed(attempt, attempt.retrying(), exc)
         except BaseException as exc:
             if ticket is not None:
-                ticket.drop()
+                self._failed(ticket, exc, request, body)
             accepted = attempt.task_id
             if accepted is not None:
                 # Accepted, then something failed on our side: the task is billed, so its id
@@ -356,6 +411,51 @@ class Submitter:
         if ticket is None:  # the common case, without the call
             return TaskHandle(self._core, task_id, request=request, submitted=True)
         return self._handle(task_id, request, ticket)
+
+    async def _ticket(self, request: SubmitRequest, claim: Claim | None) -> Ticket | None:
+        """A callback ticket for ``request`` (its key's link in a shared store), or ``None``."""
+        tickets = self._tickets
+        if tickets is None or request.callback_url is not None:
+            return None  # no receiver, or the request's own URL wins
+        link = None
+        if claim is not None and self._store is not None and tickets.relay is not None:
+            link = link_id(self._store.namespace, request.key or "")
+        return await tickets.issue(link)
+
+    def _failed(
+        self, ticket: Ticket, exc: BaseException, request: SubmitRequest, body: dict[str, Any]
+    ) -> None:
+        """The submission failed: an uncertain one keeps its ticket for the callback."""
+        if isinstance(exc, SubmitUncertainError):
+            ticket.lose()
+            self._recoveries[exc] = self._recovery(
+                request, body, token_id(ticket.token), ticket, request.key
+            )
+        else:
+            ticket.drop()
+
+    def _recovery(
+        self,
+        request: SubmitRequest,
+        body: dict[str, Any],
+        name: str,
+        ticket: Ticket | None,
+        key: str | None,
+    ) -> Recovery:
+        """The recovery of a lost answer by its token's callback (see ``_recovery``)."""
+        tickets = self._tickets
+        assert tickets is not None  # noqa: S101 - only a submission with a receiver has one
+        return Recovery(
+            self._core,
+            request,
+            body,
+            token_name=name,
+            ticket=ticket,
+            relay=tickets.relay,
+            poll=tickets.safety_poll,
+            keys=self._store if key is not None else None,
+            key=key,
+        )
 
     def _handle(self, task_id: str, request: SubmitRequest, ticket: Ticket) -> TaskHandle:
         # A handle waiting on a callback polls slowly, as a safety net.

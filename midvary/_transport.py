@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 import aiohttp
 import yarl
@@ -131,6 +131,23 @@ def _hide_authorization(exc: BaseException) -> None:
         exc.args = tuple(exc.request_info if arg is info else arg for arg in exc.args)
 
 
+#: The most bytes of an API answer that are read: an envelope is a few KiB, so a larger
+#: answer (endless, or a 200 MB one) is a :class:`ProtocolError`, read no further.
+MAX_ANSWER_BYTES: Final = 4 * 1024 * 1024
+
+
+async def read_at_most(content: aiohttp.StreamReader, limit: int) -> bytes | None:
+    """The whole body if it is at most ``limit`` bytes, else ``None`` (read no further)."""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await content.read(limit + 1 - size):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return None
+    return b"".join(chunks)
+
+
 def public_url(url: str | yarl.URL) -> str:
     """``url`` without its query string and fragment (a signed URL's signature stays out)."""
     return str(yarl.URL(url).with_query(None).with_fragment(None))
@@ -142,19 +159,23 @@ async def fetch(
     sink: Callable[[bytes], object],
     *,
     timeout: aiohttp.ClientTimeout,
+    max_bytes: int | None = None,
     chunk_size: int = 64 * 1024,
 ) -> int:
     """Stream a result file: GET ``url`` and pass each chunk of its body to ``sink``.
 
     Result URLs live on another host than the API, so this sends only the User-Agent: never
     the API key. Redirects are followed (there is no secret for them to carry). Errors that
-    ``sink`` raises (a full disk, say) propagate unchanged.
+    ``sink`` raises (a full disk, say) propagate unchanged. ``max_bytes`` bounds the file
+    (``None``: no bound): a larger ``Content-Length`` is refused before a byte is read, and
+    a body that grows past it is cut there.
 
     Returns:
         The number of bytes received.
 
     Raises:
-        DownloadError: The host answered with an HTTP error status.
+        DownloadError: The host answered with an HTTP error status, or a file over
+            ``max_bytes`` (not transient).
         TransportError: The network failed, or the body ended early.
 
     """
@@ -172,6 +193,9 @@ async def fetch(
                 response.status,
                 retry_after=parse_retry_after(response.headers.get("Retry-After")),
             )
+        declared = response.content_length
+        if max_bytes is not None and declared is not None and declared > max_bytes:
+            raise _too_large(url, response.status, f"{declared} bytes", max_bytes)
         size = 0
         while True:
             try:
@@ -181,9 +205,19 @@ async def fetch(
             if not chunk:
                 return size
             size += len(chunk)
+            if max_bytes is not None and size > max_bytes:
+                raise _too_large(url, response.status, "a body longer than that", max_bytes)
             sink(chunk)
     finally:
         response.release()
+
+
+def _too_large(url: str, status: int, size: str, limit: int) -> DownloadError:
+    return DownloadError(
+        public_url(url),
+        status,
+        reason=f"{size}, over the {limit}-byte limit (Session(max_download_bytes=...))",
+    )
 
 
 class _Gate:
@@ -299,9 +333,19 @@ class Transport:
                 # A redirect could carry the key to another host: never follow one.
                 allow_redirects=False,
             ) as response:
-                raw = await response.read()
                 status = response.status
                 headers = response.headers
+                declared = response.content_length
+                body = None
+                if declared is None or declared <= MAX_ANSWER_BYTES:
+                    body = await read_at_most(response.content, MAX_ANSWER_BYTES)
+                if body is None:
+                    raise ProtocolError(
+                        f"{method} {path}: HTTP {status} with an answer over "
+                        f"{MAX_ANSWER_BYTES} bytes (an envelope is a few KiB); not read further",
+                        http_status=status,
+                    )
+                raw = body
         except _TRANSLATED as exc:
             raise translate(exc, f"{method} {path}", self._timeout, self._redact) from exc
         finally:

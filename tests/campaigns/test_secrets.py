@@ -464,9 +464,8 @@ async def test_cli_paths_never_show_the_key(
             == 0
         )
         assert await cli(capsys, evidence, "status", task_id, "--json", "-vv") == 0
-        assert (
-            await cli(capsys, evidence, "-vv", "status", "no-such-task") == 0
-        )  # "not visible yet"
+        # Not visible: a new task, or none; `status` says so (exit 0, see test_cli_newcomer).
+        assert await cli(capsys, evidence, "-vv", "status", "no-such-task") == 0
         assert await cli(capsys, evidence, "-vv", "vary", "unknown-parent", "0") == 1
         # The key on the command line, and a wrong one.
         assert await cli(capsys, evidence, "--api-key", KEY, "-vv", "status", task_id) == 0
