@@ -212,7 +212,7 @@ async def test_a_store_outage_asks_arq_to_retry(
 async def test_every_kind_is_a_keyed_job_with_the_same_result(
     worker_ctx: tuple[dict[str, Any], FakeProvider], namespace: str
 ) -> None:
-    """generate (a video), upscale and extend jobs: the same result dict, each sent once."""
+    """The generate (a video), upscale and extend jobs: the same result dict, each sent once."""
     ctx, fake = worker_ctx
     video = await generate(
         ctx,
@@ -295,5 +295,5 @@ async def test_the_readme_snippet_when_the_job_id_is_enqueued_again(
         finally:
             await pool.aclose()
     assert result["state"] == "succeeded"
-    assert result["task_id"] == list(fake.tasks)[0]
+    assert result["task_id"] == next(iter(fake.tasks))
     assert fake.stats.tasks_created == 1
