@@ -43,7 +43,15 @@ from ._errors import (
 )
 from ._fanout import FanOut
 from ._handle import TaskHandle
-from ._jobs import JobEvent, JobEventKind, JobOutcome, UnfinishedJob
+from ._jobs import (
+    JobEvent,
+    JobEventKind,
+    JobFailed,
+    JobOutcome,
+    JobSucceeded,
+    Outcome,
+    UnfinishedJob,
+)
 from ._models import (
     ExtendRequest,
     GenerateRequest,
@@ -80,10 +88,13 @@ __all__ = [
     "InsufficientCreditsError",
     "JobEvent",
     "JobEventKind",
+    "JobFailed",
     "JobOutcome",
+    "JobSucceeded",
     "KeyConflictError",
     "MidvaryError",
     "NotFoundError",
+    "Outcome",
     "PollPolicy",
     "ProtocolError",
     "RateLimitError",

@@ -30,8 +30,8 @@ from ._jobs import (
     DEFAULT_CONCURRENCY,
     DEFAULT_DOWNLOAD_CONCURRENCY,
     FanOutOptions,
-    JobOutcome,
     OnEvent,
+    Outcome,
 )
 from ._models import (
     ExtendRequest,
@@ -67,6 +67,8 @@ logger = logging.getLogger(__name__)
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
+#: The request type of a fan-out's input (and of its outcomes' ``request``).
+R = TypeVar("R")
 
 
 def warn_renamed(old: str, new: str) -> None:
@@ -486,7 +488,7 @@ class Session:
 
     def submit_many(
         self,
-        requests: Requests,
+        requests: Requests[R],
         *,
         concurrency: int = DEFAULT_CONCURRENCY,
         timeout: float | UseDefault | None = USE_DEFAULT,
@@ -495,7 +497,7 @@ class Session:
         download: str | os.PathLike[str] | None = None,
         download_concurrency: int = DEFAULT_DOWNLOAD_CONCURRENCY,
         max_tasks: int | None = None,
-    ) -> FanOut:
+    ) -> FanOut[R]:
         """Run many jobs of any kind; iterate the result for one :class:`JobOutcome` each.
 
         Outcomes come in completion order; ``outcome.index`` is the job's input position::
@@ -566,7 +568,7 @@ class Session:
         return FanOut(self._core, self._submitter, check_requests(requests), options)
 
     @takes_options_of(submit_many)
-    async def submit_all(self, requests: Requests, **options: Any) -> list[JobOutcome]:
+    async def submit_all(self, requests: Requests[R], **options: Any) -> list[Outcome[R]]:
         """Run every job like :meth:`submit_many` and return the outcomes in input order.
 
         Takes the same arguments. The list holds one outcome per input item; cancelling

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import attrs
 from aiohttp import web
 
@@ -70,7 +72,10 @@ async def fan_out(parents: list[str]) -> list[str]:
                     pass
         left: tuple[midvary.UnfinishedJob, ...] = fanout.unfinished
         del left
-        outcomes: list[midvary.JobOutcome] = await session.submit_all([session.task("t")])
+        outcomes: Sequence[midvary.JobOutcome] = await session.submit_all([session.task("t")])
+        succeeded = [o.record for o in await session.submit_all(list(requests)) if o.ok]
+        records: list[midvary.TaskRecord] = succeeded  # ok narrows: record is a TaskRecord
+        del records
         return [o.task_id or "" for o in outcomes]
 
 
