@@ -18,7 +18,7 @@ from ._config import USE_DEFAULT, PollPolicy, UseDefault
 from ._errors import NotFoundError, SessionClosedError, TaskFailedError, TaskTimeoutError
 from ._models import FAILED_STATUSES, FINAL_STATUSES, TaskRecord, TaskStatus
 from ._polling import Alarm
-from ._retry import is_transient, poll_retrying
+from ._retry import is_transient, next_poll_after_failure
 from ._telemetry import request_kind
 from ._validate import optional_seconds
 
@@ -195,25 +195,33 @@ class TaskHandle:
         self, policy: PollPolicy, on_retry: Callable[[BaseException, float], None] | None
     ) -> TaskRecord:
         # Polling is a schedule, not a retry: this loop asks the policy when to poll next,
-        # and each poll is one call that the retry module carries through its transient
-        # failures, at the schedule's pace. Between polls nothing but a timer is held, which
+        # and a poll that failed transiently is one poll of the schedule (the retry module
+        # says how long to wait after it). Between polls nothing but a timer is held, which
         # keeps 10,000 waiting handles cheap.
         alarm = self._alarm
         attempt = 1
-        retrying = poll_retrying(
-            self._core.retry,
-            sleep=alarm.sleep,
-            delay=lambda retry: self._delay(policy, attempt + retry),
-            what=self.task_id,
-            on_retry=on_retry,
-        )
-        await alarm.sleep(self._delay(policy, attempt))
+        wait = self._delay(policy, attempt)
         while True:
-            record: TaskRecord | None = await retrying(self._poll_once, policy)
+            await alarm.sleep(wait)
+            try:
+                record = await self._poll_once(policy)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                attempt += 1
+                wait = next_poll_after_failure(
+                    exc,
+                    self._delay(policy, attempt),
+                    self._core.retry,
+                    what=self.task_id,
+                    poll=attempt - 1,
+                    on_retry=on_retry,
+                )
+                continue
             if record is not None and record.status in FINAL_STATUSES:
                 return record
-            attempt += retrying.statistics["attempt_number"]
-            await alarm.sleep(self._delay(policy, attempt))
+            attempt += 1
+            wait = self._delay(policy, attempt)
 
     def _delay(self, policy: PollPolicy, attempt: int) -> float:
         core = self._core

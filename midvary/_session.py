@@ -300,7 +300,7 @@ class Session:
             callback_url=callback_url,
             key=key,
         )
-        return await self._submitter.submit(request)  # as submit() does, one coroutine fewer
+        return await self.submit(request)
 
     async def generate(
         self,

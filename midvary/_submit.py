@@ -31,10 +31,11 @@ One submission, in order:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeGuard
 
 import attrs
@@ -63,13 +64,11 @@ from ._models import (
 from ._polling import Alarm
 from ._recovery import Recovery
 from ._relay import link_id, token_id
-from ._retry import is_unaccepted, retry_failed, submit_retrying
+from ._retry import is_unaccepted, submit_retrying
 from ._store._base import RequestJSON, canonical_json
 
 if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
-
-    import tenacity
 
     from ._callbacks import SessionTickets
     from ._core import SessionCore
@@ -379,12 +378,9 @@ class Submitter:
         attempt = _Attempt(self._core, self._limiter, kind.path, body, request, hooks, claim)
         attempt.span = span
         try:
-            try:  # the first attempt bare: tenacity is set up only after a retryable failure
-                task_id: str = await attempt()
-            except Exception as exc:
-                if not is_unaccepted(exc):
-                    raise
-                task_id = await retry_failed(attempt, attempt.retrying(), exc)
+            task_id: str = await submit_retrying(self._core.retry, on_retry=attempt.retrying)(
+                attempt
+            )
         except BaseException as exc:
             if ticket is not None:
                 self._failed(ticket, exc, request, body)
@@ -406,9 +402,8 @@ class Submitter:
         span.accepted(task_id)
         if claim is not None:
             await _record(claim, request, task_id)
-        if logger.isEnabledFor(logging.INFO):  # describe() formats a string: only if it is kept
-            logger.info("submitted %s as task %s", request.describe(), task_id)
-        if ticket is None:  # the common case, without the call
+        logger.info("submitted %s as task %s", request.describe(), task_id)
+        if ticket is None:
             return TaskHandle(self._core, task_id, request=request, submitted=True)
         return self._handle(task_id, request, ticket)
 
@@ -568,11 +563,8 @@ class _Attempt:
         """
         return isinstance(exc, SubmitUncertainError) or self.in_flight
 
-    def retrying(self) -> tenacity.AsyncRetrying:
-        """The retrying of this submission (tenacity's, built only after a failure)."""
-        return submit_retrying(self._core.retry, on_retry=self._on_retry)
-
-    async def _on_retry(self, exc: BaseException, wait: float) -> None:
+    async def retrying(self, exc: BaseException, wait: float) -> None:
+        """A certainly refused attempt (``exc``) is retried after ``wait`` seconds."""
         if self._claim is not None:
             await self._claim.retrying()  # a StoreError here ends the submission, unsent
         hooks = self._hooks
@@ -587,47 +579,29 @@ class _Attempt:
         if hooks is not None:
             hooks.retrying(exc, wait)
 
-    def __call__(self) -> Awaitable[str]:
-        if self._slots is not None:
-            return self._limited(self._slots)
-        if self._hooks is None and self._claim is None:
-            return self._post()  # no slot to take and nobody to tell: no coroutine of its own
-        return self._unslotted()  # no slot, or the claim takes it: no context manager
-
-    async def _unslotted(self) -> str:
-        """:meth:`_limited` without a limiter's slot (none, or the claim's: refunded by it)."""
-        self._core.check_open()
-        hooks = self._hooks
-        if self._claim is not None:
-            await self._claim.before_post(hooks.waiting if hooks is not None else None)
-        if hooks is None:
-            return await self._post()
-        hooks.before_post()
-        try:
-            task_id = await self._post()
-        except Exception:
-            hooks.after_post()  # answered, or certainly lost: no longer in flight
-            raise
-        hooks.after_post()
-        return task_id
-
-    async def _limited(self, slots: Limiter) -> str:
+    async def __call__(self) -> str:
+        """One attempt: a limiter slot, the claim marked sending, the hooks told, the POST."""
         self._core.check_open()
         hooks = self._hooks
         on_wait = hooks.waiting if hooks is not None else None
-        async with slots.slot(on_wait) as slot:
+        slots = self._slots
+        slotted: AbstractAsyncContextManager[Slot | None] = (
+            slots.slot(on_wait) if slots is not None else contextlib.nullcontext()
+        )
+        async with slotted as slot:
             if self._claim is not None:
                 await self._claim.before_post(on_wait)
             if hooks is not None:
                 try:
                     hooks.before_post()
                 except Exception:
-                    slot.refund()  # held back by the caller: nothing was sent
+                    if slot is not None:
+                        slot.refund()  # held back by the caller: nothing was sent
                     raise
             try:
                 task_id = await self._post()
             except Exception as exc:
-                if is_unaccepted(exc):
+                if slot is not None and is_unaccepted(exc):
                     # 429, 455 or never sent: the provider accepted nothing, so nothing of
                     # its budget is used (an uncertain answer keeps its slot).
                     slot.refund()

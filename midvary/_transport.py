@@ -14,7 +14,6 @@ the envelope code (or the HTTP status when the body carries none), a
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import email.utils
 import logging
@@ -88,8 +87,7 @@ def translate(
     aiohttp and socket errors become :class:`TransportError`; anything else is returned
     unchanged. ``sent`` is ``False`` only when the connection could not be opened at all. ``what``
     names the request in messages; ``redact`` cleans an error's text of secrets. The caller
-    raises the result ``from exc`` (a plain ``try``/``except`` costs nothing on success,
-    unlike a context manager around every request).
+    raises the result ``from exc``: the API's transport and the result downloads share it.
     """
     if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
         return TransportError(
@@ -220,45 +218,6 @@ def _too_large(url: str, status: int, size: str, limit: int) -> DownloadError:
     )
 
 
-class _Gate:
-    """A bound on the requests in flight, first come first served: a cheaper semaphore.
-
-    ``asyncio.Semaphore`` costs three coroutines per request; here a free place is taken
-    with no coroutine at all (``free -= 1`` when ``free > 0`` and nobody waits) and only a
-    full gate makes the request wait, in :meth:`enter`. A place given up is handed straight
-    to the first waiter, so nobody overtakes the queue.
-    """
-
-    __slots__ = ("free", "waiters")
-
-    def __init__(self, limit: int) -> None:
-        self.free = limit
-        self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-
-    async def enter(self) -> None:
-        """Wait for a place (the caller found none free)."""
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.waiters.append(waiter)
-        try:
-            await waiter
-        except BaseException:
-            if waiter.done() and not waiter.cancelled():
-                self.leave()  # handed a place, then cancelled before it could be used
-            elif waiter in self.waiters:  # leave() may have dropped it already
-                self.waiters.remove(waiter)
-            raise
-
-    def leave(self) -> None:
-        """Give a place up: to the first waiter still waiting, or back to the free ones."""
-        waiters = self.waiters
-        while waiters:
-            waiter = waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
-        self.free += 1
-
-
 class Transport:
     """Sends requests to the API's base URL with the key; never anywhere else."""
 
@@ -279,12 +238,11 @@ class Transport:
         }
         self._api_key = api_key
         self._timeout = timeout
-        self._urls: dict[str, yarl.URL] = {}
         # Requests beyond the connector's limit would only queue inside aiohttp, each one
         # fully built: 10,000 handles polling at once would hold 10,000 of them. Waiting
         # here first keeps that burst small (and happens before anything is sent).
         limit = http.connector.limit if http.connector is not None else 0
-        self._gate = _Gate(limit) if limit else None
+        self._places = asyncio.Semaphore(limit) if limit else None
 
     def __repr__(self) -> str:
         return f"<Transport base_url={str(self._base_url)!r}>"
@@ -309,30 +267,23 @@ class Transport:
             TransportError: The network failed; ``sent`` says whether it may have arrived.
 
         """
-        # Every request goes through here: one coroutine, no context manager of our own
-        # (each would cost more CPU than the envelope's checks).
-        url = self._urls.get(path)
-        if url is None:
-            url = self._urls[path] = self._base_url / path.lstrip("/")
-        gate = self._gate
-        if gate is not None:
-            if gate.free > 0 and not gate.waiters:
-                gate.free -= 1
-            else:
-                await gate.enter()
-        debug = logger.isEnabledFor(logging.DEBUG)
-        started = time.monotonic() if debug else 0.0
+        url = self._base_url / path.lstrip("/")
+        what = f"{method} {path}"
+        started = time.monotonic()
         try:
-            async with self._http.request(
-                method,
-                url,
-                json=json_body,
-                params=params,
-                headers=self._headers,
-                timeout=self._timeout,
-                # A redirect could carry the key to another host: never follow one.
-                allow_redirects=False,
-            ) as response:
+            async with (
+                self._places or contextlib.nullcontext(),
+                self._http.request(
+                    method,
+                    url,
+                    json=json_body,
+                    params=params,
+                    headers=self._headers,
+                    timeout=self._timeout,
+                    # A redirect could carry the key to another host: never follow one.
+                    allow_redirects=False,
+                ) as response,
+            ):
                 status = response.status
                 headers = response.headers
                 declared = response.content_length
@@ -341,25 +292,16 @@ class Transport:
                     body = await read_at_most(response.content, MAX_ANSWER_BYTES)
                 if body is None:
                     raise ProtocolError(
-                        f"{method} {path}: HTTP {status} with an answer over "
+                        f"{what}: HTTP {status} with an answer over "
                         f"{MAX_ANSWER_BYTES} bytes (an envelope is a few KiB); not read further",
                         http_status=status,
                     )
                 raw = body
         except _TRANSLATED as exc:
-            raise translate(exc, f"{method} {path}", self._timeout, self._redact) from exc
-        finally:
-            if gate is not None:
-                gate.leave()
-        if debug:
-            logger.debug(
-                "%s %s -> HTTP %d (%d bytes, %.3f s)",
-                method,
-                path,
-                status,
-                len(raw),
-                time.monotonic() - started,
-            )
+            raise translate(exc, what, self._timeout, self._redact) from exc
+        logger.debug(
+            "%s -> HTTP %d (%d bytes, %.3f s)", what, status, len(raw), time.monotonic() - started
+        )
         try:
             return self._unwrap(raw, status, headers, method, path)
         except (RateLimitError, ServiceUnavailableError) as exc:

@@ -22,6 +22,7 @@ import asyncio
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -208,6 +209,7 @@ def _bulk_run(args: argparse.Namespace) -> int:
     jobs_path: Path = args.jobs
     out_path: Path = args.out or jobs_path.with_name(jobs_path.name + ".results.jsonl")
     rate = _submit_rate(args.submit_rate)
+    check_writable(out_path, args.download)
     if args.store is None and args.journal is None:
         # A Redis URL with a password is safer in the environment than in argv (ps, history).
         args.store = os.environ.get(STORE_URL_VARIABLE) or None
@@ -231,6 +233,16 @@ def _bulk_run(args: argparse.Namespace) -> int:
                 where=where,
             )
         )
+    except OSError as exc:
+        # A local write failed (a full disk, a read-only folder): what was submitted is in
+        # the ledger, so the one line says where, and that a re-run picks the jobs up.
+        say(
+            f"midvary bulk: error: cannot write {exc.filename or out_path}: "
+            f"{exc.strerror or exc}; free the space or fix the folder and run the same "
+            "command again to resume (submitted jobs are awaited, never submitted twice)",
+            stream=sys.stderr,
+        )
+        return EXIT_FAILED
     except KeyboardInterrupt:
         say(
             "interrupted: the journal is up to date; run the same command again to "
@@ -243,9 +255,45 @@ def _bulk_run(args: argparse.Namespace) -> int:
         from .gallery import make_gallery  # noqa: PLC0415 - only when asked
 
         make_gallery(out_path)
-    if summary.failed or summary.uncertain or summary.not_run or summary.bad_rows:
+    if (
+        summary.failed
+        or summary.uncertain
+        or summary.not_run
+        or summary.unfinished
+        or summary.bad_rows
+    ):
         return EXIT_FAILED
     return EXIT_OK
+
+
+def check_writable(out_path: Path, download: Path | None) -> None:
+    """Refuse, before anything is sent, a results file or download folder that cannot be used.
+
+    A download folder that cannot hold the images would let every billed job end in an
+    error, so it is made (if missing) and a file is created in it and removed.
+
+    Raises:
+        UsageError: ``--out`` is a folder or in a missing folder, or ``--download`` is not
+            a folder or cannot be written; the message names the path.
+
+    """
+    if out_path.is_dir():
+        raise UsageError(f"--out {out_path} is a folder: give the results file's path")
+    if not out_path.parent.is_dir():
+        raise UsageError(f"--out {out_path}: no folder {out_path.parent}")
+    if download is None:
+        return
+    if download.exists() and not download.is_dir():
+        raise UsageError(f"--download {download} is not a folder")
+    try:
+        download.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=download) as probe:
+            probe.write(b"midvary")
+            probe.flush()
+    except OSError as exc:
+        raise UsageError(
+            f"--download {download}: cannot write there ({exc.strerror or exc})"
+        ) from None
 
 
 async def _run(

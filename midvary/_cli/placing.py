@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 from typing import Any
 
 import attrs
@@ -153,6 +154,9 @@ class Placer:
     async def record(self, job: BulkJob, outcome: midvary.JobOutcome) -> None:
         """Record a job that ended in this run: the ledger, then its results line."""
         summary = self.summary
+        if outcome.task_id is not None and _not_saved(outcome.error):
+            self._unfinished(job, outcome.task_id, outcome.error)
+            return
         ending = Ending.of(outcome)
         state = JobState(ending.value)  # done, failed, uncertain: the same words
         line = result_line(
@@ -178,6 +182,37 @@ class Placer:
         message = f"{type(error).__name__}: {error}"
         summary.problems.append((job, ending.value, message))
         self.progress.ended(ending, f"line {job.line} ({job.key}) {ending.value}: {message}")
+
+    def _unfinished(self, job: BulkJob, task_id: str, error: BaseException | None) -> None:
+        """A billed task whose result could not be saved here: left submitted, not failed.
+
+        The ledger keeps the job submitted with its task id (no result, no results line),
+        so the next run re-attaches to the task (no POST) and downloads it again.
+        """
+        self.ledger.submitted(job.key, task_id)  # again, in case the first write failed
+        self.summary.count(Ending.UNFINISHED)
+        self.summary.ran += 1
+        message = (
+            f"task {task_id} made, its result not saved ({type(error).__name__}: {error}); "
+            "run the same command again to finish it"
+        )
+        self.summary.problems.append((job, Ending.UNFINISHED.value, message))
+        self.progress.ended(Ending.UNFINISHED, f"line {job.line} ({job.key}) unfinished: {message}")
+
+
+def _not_saved(error: BaseException | None) -> bool:
+    """Whether ``error``, after the task was made, is a failure to save its result here.
+
+    A local write (``OSError``: a full disk, a read-only folder; ``sqlite3.Error``: the
+    ledger) or a download (the result host's HTTP error, the network); not a download
+    midvary refused for good (a URL that is not http(s), a file over the size limit:
+    ``DownloadError.reason``), nor the submission's uncertainty.
+    """
+    if isinstance(error, midvary.DownloadError):
+        return error.reason is None
+    if isinstance(error, midvary.SubmitUncertainError):
+        return False
+    return isinstance(error, OSError | sqlite3.Error | midvary.TransportError)
 
 
 def _task_failed(result: str | None) -> bool:

@@ -59,6 +59,7 @@ class Progress:
             f"done {self.tally.done} · failed {self.tally.failed} · "
             + (f"uncertain {self.tally.uncertain} · " if self.tally.uncertain else "")
             + (f"not run {self.tally.not_run} · " if self.tally.not_run else "")
+            + (f"unfinished {self.tally.unfinished} · " if self.tally.unfinished else "")
             + f"rate-limited waits {self.rate_limited}"
         )
 

@@ -67,6 +67,11 @@ def print_summary(summary: BulkSummary, out_path: Path, journal: str) -> None:
         ("failed", summary.failed),
         ("uncertain", summary.uncertain),
         *((("not run (parent did not succeed)", summary.not_run),) if summary.not_run else ()),
+        *(
+            (("unfinished (task made, result not saved: run again)", summary.unfinished),)
+            if summary.unfinished
+            else ()
+        ),
         ("ended in this run", summary.ran),
         ("skipped (finished earlier)", summary.skipped),
         ("re-attached by task id", summary.reattached),
