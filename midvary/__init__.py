@@ -60,6 +60,7 @@ from ._models import (
     UpscaleRequest,
     VaryRequest,
 )
+from ._outage import Outage
 from ._polling import DEFAULT_SAFETY_POLL
 from ._session import Session
 from ._session import warn_renamed as _warn_renamed
@@ -94,6 +95,7 @@ __all__ = [
     "KeyConflictError",
     "MidvaryError",
     "NotFoundError",
+    "Outage",
     "Outcome",
     "PollPolicy",
     "ProtocolError",

@@ -124,3 +124,14 @@ async def test_a_download_folder_lost_after_the_posts_leaves_the_jobs_to_finish(
     lines = [json.loads(line) for line in results.read_text().splitlines()]
     assert {line["id"]: line["status"] for line in lines} == {f"job-{n}": "done" for n in range(3)}
     assert all(len(line["files"]) == 4 for line in lines)
+
+
+async def test_a_run_that_cannot_start_creates_no_download_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No API key: exit 2 before the download folder check makes the folder."""
+    monkeypatch.delenv("MIDVARY_API_KEY", raising=False)
+    monkeypatch.delenv("KIE_API_KEY", raising=False)
+    jobs = write_csv(tmp_path / "jobs.csv", ["parent-1,0,,a"])
+    assert await cli("bulk", str(jobs), "--download", str(tmp_path / "images")) == 2
+    assert not (tmp_path / "images").exists()

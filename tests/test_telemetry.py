@@ -257,3 +257,19 @@ asyncio.run(main())
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["success", "True"]
+
+
+async def test_waits_for_the_rate_limiter_are_measured(fake_provider: FakeProvider) -> None:
+    """Submissions held back by the session's limiter record their waits, in seconds."""
+    before = metric_points()
+    async with midvary.Session(
+        api_key=fake_provider.api_key,
+        base_url=fake_provider.base_url,
+        submit_rate=(1, 0.2),
+        poll=midvary.testing.FAST_POLL,
+        retry=midvary.testing.FAST_RETRY,
+    ) as session:
+        for index in range(3):
+            await session.vary("parent-1", index)
+    waits = grown(before, metric_points(), "midvary.limiter.wait")
+    assert sum(waits.values()) >= 2  # the second and third submissions waited

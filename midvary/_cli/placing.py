@@ -53,16 +53,19 @@ class Placer:
         self.known[job.key] = known
         state = known.state
         if (
-            self.args.retry_failed
-            and state is JobState.FAILED
-            and _task_failed(known.result)
+            state is JobState.FAILED
             and job.key not in self._reopened
+            and (_refused(known.result) or (self.args.retry_failed and _task_failed(known.result)))
         ):
+            # Refused (an earlier version recorded a 402, 401, 505, an outage as failed):
+            # nothing was billed, so it is pending, sent by a plain re-run. Failed: only
+            # with --retry-failed.
             self._reopened.add(job.key)
             if not await self.ledger.reopen(job):
                 del self.known[job.key]  # another run runs it again: look later
                 return False
-            self.summary.retried += 1
+            if not _refused(known.result):
+                self.summary.retried += 1
             self._submit(job)
         elif state.finished:
             self._skip(job, known)
@@ -152,7 +155,14 @@ class Placer:
         return None if task_id is None else self._feed.child_request(job, task_id)
 
     async def record(self, job: BulkJob, outcome: midvary.JobOutcome) -> None:
-        """Record a job that ended in this run: the ledger, then its results line."""
+        """Record a job that ended in this run: the ledger, then its results line.
+
+        A job whose submission was certainly refused for now (429 or 455 past its wait, no
+        connection, an account refusal) has no result: it stays pending in the ledger.
+        """
+        if refused_for_now(outcome):
+            await self.pend(job)
+            return
         summary = self.summary
         if outcome.task_id is not None and _not_saved(outcome.error):
             self._unfinished(job, outcome.task_id, outcome.error)
@@ -182,6 +192,11 @@ class Placer:
         message = f"{type(error).__name__}: {error}"
         summary.problems.append((job, ending.value, message))
         self.progress.ended(ending, f"line {job.line} ({job.key}) {ending.value}: {message}")
+
+    async def pend(self, job: BulkJob) -> None:
+        """``job`` was not sent, or certainly refused: pending in the ledger (no result)."""
+        await self.ledger.release(job.key)
+        self._feed.ended(job, None)
 
     def _unfinished(self, job: BulkJob, task_id: str, error: BaseException | None) -> None:
         """A billed task whose result could not be saved here: left submitted, not failed.
@@ -215,13 +230,57 @@ def _not_saved(error: BaseException | None) -> bool:
     return isinstance(error, OSError | sqlite3.Error | midvary.TransportError)
 
 
-def _task_failed(result: str | None) -> bool:
-    """Whether a journaled result line says the job's task failed at the provider."""
-    try:
-        error = json.loads(result or "{}").get("error") or {}
-    except (ValueError, AttributeError):
+#: Errors that fail a job for good (``--retry-failed`` sends it again): the task failed at
+#: the provider, or the request was refused as invalid.
+FAILED_TYPES = frozenset(
+    ("TaskFailedError", "GenerationFailedError", "BadRequestError", "ValidationError")
+)
+#: Errors of a submission certainly refused for now (nothing billed): a plain re-run sends
+#: the job. Only when no task id was recorded (a 401 on a poll is a task's, not a refusal).
+REFUSED_TYPES = frozenset(
+    (
+        "AuthenticationError",
+        "InsufficientCreditsError",
+        "FeatureDisabledError",
+        "RateLimitError",
+        "ServiceUnavailableError",
+        "TransportError",
+    )
+)
+
+
+def refused_for_now(outcome: midvary.JobOutcome) -> bool:
+    """Whether ``outcome`` is a submission certainly refused for now: the job stays pending."""
+    error = outcome.error
+    if error is None or outcome.task_id is not None or outcome.uncertain:
         return False
-    return isinstance(error, dict) and error.get("type") == "TaskFailedError"
+    if isinstance(error, midvary.TransportError):
+        return not error.sent
+    return type(error).__name__ in REFUSED_TYPES
+
+
+def _recorded_error(result: str | None) -> tuple[str | None, str | None]:
+    """The error type and the task id a journaled result line holds."""
+    try:
+        line = json.loads(result or "{}")
+        error = line.get("error") or {}
+    except (ValueError, AttributeError):
+        return None, None
+    if not isinstance(error, dict):
+        return None, None
+    return error.get("type"), line.get("task_id")
+
+
+def _task_failed(result: str | None) -> bool:
+    """Whether a journaled result line says the job failed for good (task or validation)."""
+    kind, _task_id = _recorded_error(result)
+    return kind in FAILED_TYPES
+
+
+def _refused(result: str | None) -> bool:
+    """Whether a journaled "failed" line is in fact a refusal for now (nothing billed)."""
+    kind, task_id = _recorded_error(result)
+    return kind in REFUSED_TYPES and task_id is None
 
 
 def _journaled_error(result: str | None) -> str:
