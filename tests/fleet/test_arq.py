@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -28,6 +29,7 @@ from midvary.arq import (
 )
 from midvary.testing import FakeProvider, FakeSettings
 
+from ..conditions import until
 from ..store.redis_server import RedisServer, free_port
 
 
@@ -297,3 +299,23 @@ async def test_the_readme_snippet_when_the_job_id_is_enqueued_again(
     assert result["state"] == "succeeded"
     assert result["task_id"] == next(iter(fake.tasks))
     assert fake.stats.tasks_created == 1
+
+
+async def test_jobs_wait_for_credits_instead_of_failing(
+    worker_ctx: tuple[dict[str, Any], FakeProvider], namespace: str
+) -> None:
+    """Credits at 0: the jobs wait (one credits check at a time), then succeed after a top-up."""
+    ctx, fake = worker_ctx
+    fake.update(credits=0)
+    jobs = asyncio.gather(
+        *(vary(ctx, "parent-1", n, key=f"{namespace}/wait-{n}") for n in range(3))
+    )
+    await until(lambda: fake.stats.requests["credit"] >= 2)  # the gate is checking
+    refused = fake.stats.codes[402]
+    assert 1 <= refused <= 3  # the first POSTs, in flight together; then nothing is sent
+    fake.update(credits=10)
+    results = await jobs
+    assert [result["state"] for result in results] == ["succeeded"] * 3
+    assert fake.stats.tasks_created == 3
+    assert fake.stats.codes[402] == refused
+    assert fake.credits_left == 7
