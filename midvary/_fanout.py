@@ -641,6 +641,27 @@ class CollectAll(Protocol[Keywords]):
         ...
 
 
+class BlockingCollectAll(Protocol[Keywords]):
+    """``SyncSession.submit_all`` as type checkers see it: :class:`CollectAll`, blocking."""
+
+    def __call__(
+        self, requests: Requests[T], /, *args: Keywords.args, **kwargs: Keywords.kwargs
+    ) -> list[Outcome[T]]:
+        """Run every job; the outcomes in input order."""
+        ...
+
+
+def blocking_options_of(
+    fan_out: Callable[Concatenate[Owner, Any, Keywords], FanOut[Any]],
+) -> Callable[[Callable[..., list[Any]]], BlockingCollectAll[Keywords]]:
+    """Type a blocking ``submit_all`` (``SyncSession``'s) as ``fan_out``'s options take it."""
+
+    def decorate(method: Callable[..., list[Any]]) -> BlockingCollectAll[Keywords]:
+        return cast("BlockingCollectAll[Keywords]", method)
+
+    return decorate
+
+
 def takes_options_of(
     fan_out: Callable[Concatenate[Owner, Any, Keywords], FanOut[Any]],
 ) -> Callable[[Callable[..., Awaitable[list[Any]]]], CollectAll[Keywords]]:
