@@ -403,6 +403,7 @@ class SyncSession(_Blocking[Session]):
     vary = _handing(Session.vary)
     generate = _handing(Session.generate)
     upscale = _handing(Session.upscale)
+    extend = _handing(Session.extend)
     submit = _handing(Session.submit)
     recover = _handing(Session.recover)
     run = _blocking(Session.run)
