@@ -45,6 +45,8 @@ A subclass may set its own ``redis_settings`` or ``max_jobs``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
 import logging
 import os
@@ -59,9 +61,13 @@ from arq.worker import Worker, func
 
 from ._callbacks import CallbackReceiver
 from ._errors import (
+    ACCOUNT_STOPPING,
     APIError,
+    AuthenticationError,
     DownloadError,
+    InsufficientCreditsError,
     KeyConflictError,
+    MidvaryError,
     SubmitUncertainError,
     TaskFailedError,
 )
@@ -200,6 +206,65 @@ class WorkerConfig:
         )
 
 
+class _AccountGate:
+    """Holds a worker's submissions while the account refuses them (401, 402, 505).
+
+    The first refusal closes the gate (one WARNING line); one task checks the credits
+    (``session.credits()``, one cheap GET) at a growing interval, from the retry policy's
+    ``outage_probe`` doubling up to ``outage_probe_max``, and opens the gate once the
+    account answers with credits left (one WARNING line). Jobs wait at the gate instead of
+    failing: nothing was billed for them.
+    """
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+        self._open = asyncio.Event()
+        self._open.set()
+        self._checker: asyncio.Task[None] | None = None
+
+    async def wait_open(self) -> None:
+        """Return once submissions may be sent."""
+        await self._open.wait()
+
+    def refused(self, error: APIError) -> None:
+        """A submission was refused for the account: close the gate and start checking."""
+        if not self._open.is_set():
+            return
+        self._open.clear()
+        logger.warning(
+            "the account refused a submission (%s: %s): this worker's jobs wait, checking "
+            "the credits at a growing interval",
+            type(error).__name__,
+            error,
+        )
+        self._checker = asyncio.get_running_loop().create_task(self._check(error))
+
+    async def _check(self, error: APIError) -> None:
+        policy = self._session.retry
+        delay = policy.outage_probe
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                left = await self._session.credits()
+            except MidvaryError as exc:  # still refused, or not answering: look again later
+                logger.debug("credits check: %s: %s", type(exc).__name__, exc)
+            else:
+                if left > 0 or not isinstance(
+                    error, InsufficientCreditsError | AuthenticationError
+                ):
+                    break
+            delay = min(policy.outage_probe_max, delay * 2)
+        logger.warning("the account is usable again (%d credits): jobs resume", left)
+        self._open.set()
+
+    async def close(self) -> None:
+        """Stop checking (the worker shuts down)."""
+        if self._checker is not None:
+            self._checker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checker
+
+
 @attrs.define
 class _Worker:
     """What :func:`startup` puts in arq's ``ctx``: one worker's store, session and config."""
@@ -208,6 +273,10 @@ class _Worker:
     store: RedisStore
     session: Session
     receiver: CallbackReceiver | None
+    gate: _AccountGate = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.gate = _AccountGate(self.session)
 
 
 async def startup(ctx: dict[str, Any]) -> None:
@@ -244,6 +313,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     if not isinstance(worker, _Worker):
         return
     try:
+        await worker.gate.close()
         await worker.session.aclose()
     finally:
         if worker.receiver is not None:
@@ -330,6 +400,9 @@ async def vary(
         ``paths`` (downloaded files) and ``error`` (``None``, or the error's type and text).
         A failed task, a refused or invalid request and an uncertain submission (sent, its
         answer lost: never re-sent; ``store.forget(key)`` allows that) complete the job.
+        A submission refused for the account (401, 402, 505) does not: the worker's jobs
+        wait until a credits check (at a growing interval) finds the account usable, then
+        send it (within arq's ``job_timeout``; past it arq runs the job again).
         With a callback receiver, a lost answer is first waited for (up to 7 minutes): the
         provider's callback names the task, which the job then awaits (``"succeeded"``),
         and the key records it, for any worker.
@@ -343,12 +416,18 @@ async def vary(
     worker = _worker(ctx)
     session = worker.session
     target = worker.config.download if download is None else download
-    try:
-        handle = await _submitted(session, task_id, image_index, water_mark=water_mark, key=key)
-    except SubmitUncertainError as exc:
-        return _result("uncertain", key=key, error=exc)
-    except Exception as exc:
-        return _settle(ctx, key, exc)
+    while True:
+        await worker.gate.wait_open()
+        try:
+            handle = await _submitted(session, task_id, image_index, water_mark=water_mark, key=key)
+        except SubmitUncertainError as exc:
+            return _result("uncertain", key=key, error=exc)
+        except ACCOUNT_STOPPING as exc:  # nothing billed: wait for the account, send again
+            worker.gate.refused(exc)
+            continue
+        except Exception as exc:
+            return _settle(ctx, key, exc)
+        break
     try:
         record = await handle
         paths: tuple[Path, ...] = ()

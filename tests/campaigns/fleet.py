@@ -55,6 +55,12 @@ class FakeProcess:
         """The fake's (fake) API key."""
         return self.values["api_key"]
 
+    async def maintenance(self, on: bool) -> None:
+        """Switch the fake's maintenance on or off (``POST /_fake/maintenance``)."""
+        url = f"{self.base_url}/_fake/maintenance"
+        async with aiohttp.ClientSession() as http, http.post(url, json={"on": on}) as answer:
+            answer.raise_for_status()
+
     async def stats(self) -> dict[str, Any]:
         """The fake's figures (``GET /_fake/stats``)."""
         async with aiohttp.ClientSession() as http, http.get(self.values["stats_url"]) as answer:
@@ -165,6 +171,8 @@ class ArqFigures:
         rate_limited: HTTP 429 answers of the fake.
         makespan: Seconds from the first enqueue to the last result.
         workers: Worker processes.
+        outage_lines: Per worker life (its log's name): the outage warnings it printed,
+            ``(started, ended)``.
 
     """
 
@@ -178,6 +186,7 @@ class ArqFigures:
     rate_limited: int
     makespan: float
     workers: int
+    outage_lines: dict[str, tuple[int, int]] = attrs.field(factory=dict)
 
     def states(self) -> Counter[str]:
         """How many results per state."""
@@ -201,8 +210,13 @@ async def arq_campaign(
     max_jobs: int = 10,
     settings: str = SETTINGS,
     prefix: str = "r10",
+    maintenance: float | None = None,
 ) -> ArqFigures:
-    """Run ``jobs`` vary jobs on ``workers`` arq workers, SIGKILLing one ``kills`` times."""
+    """Run ``jobs`` vary jobs on ``workers`` arq workers, SIGKILLing one ``kills`` times.
+
+    ``maintenance``: a window of that many seconds (every endpoint answers 455) once a tenth
+    of the jobs' tasks exist; ``None`` for none.
+    """
     rng = random.Random(seed)
     async with fake_process("--invisible-for", "0", "--seed", str(seed), *fake_args) as fake:
         env = os.environ | {
@@ -236,8 +250,15 @@ async def arq_campaign(
                     await asyncio.sleep(0.05)
                 await victim.kill()
                 await victim.start()
+            window = (
+                asyncio.ensure_future(_window(fake, jobs // 10, maintenance))
+                if maintenance is not None
+                else None
+            )
             results, missing = await _collect(enqueued)
             makespan = time.monotonic() - started
+            if window is not None:
+                await window
         finally:
             for worker in fleet:
                 await worker.stop()
@@ -256,7 +277,24 @@ async def arq_campaign(
         rate_limited=int(stats["rate_limited"]),
         makespan=makespan,
         workers=workers,
+        outage_lines={log.name: _outage_lines(log) for worker in fleet for log in worker.lives},
     )
+
+
+async def _window(fake: FakeProcess, after_tasks: int, seconds: float) -> None:
+    """Maintenance for ``seconds`` once ``after_tasks`` tasks exist."""
+    async with asyncio.timeout(60):
+        while (await fake.stats())["tasks_created"] < after_tasks:  # noqa: ASYNC110 - another process
+            await asyncio.sleep(0.02)
+    await fake.maintenance(True)
+    await asyncio.sleep(seconds)  # the window's length
+    await fake.maintenance(False)
+
+
+def _outage_lines(log: Path) -> tuple[int, int]:
+    """The outage warnings a worker's life printed: ``(started, ended)``."""
+    text = log.read_text(errors="replace") if log.exists() else ""
+    return text.count("requests paused, next try in"), text.count("is over after")
 
 
 async def _collect(jobs: list[Job]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
