@@ -36,7 +36,7 @@ HEADER = (
 async def run(redis_url: str, *, quick: bool) -> list[str]:
     """Run R13 at each size and replica count; one table row each."""
     rows: list[str] = []
-    jobs = 40 if quick else 200
+    jobs = 80 if quick else 200
     for replicas in (1, 2):
         for seed in (13,) if quick else (1, 2, 3):
             async with FakeProvider(settings=R13_SETTINGS) as fake:

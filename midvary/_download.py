@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import re
@@ -34,19 +35,35 @@ DEFAULT_EXTENSION: Final = ".png"
 DEFAULT_MAX_DOWNLOAD_BYTES: Final = 256 * 1024 * 1024
 _EXTENSION = re.compile(r"\.[A-Za-z0-9]{1,8}")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+# Characters of a task id kept in its file name: with "~", the hash, the index, the
+# extension and the temporary file's ".<name>.<12 hex>.part", far below the usual 255-byte
+# limit of a file name.
+_MAX_STEM: Final = 100
+# Hex characters of the task id's SHA-256 in a changed name (80 bits: no collision by
+# chance, and a crafted one needs a second preimage).
+_HASH_CHARS: Final = 20
 
 
 def file_name(task_id: str, index: int, url: str) -> str:
     """``<task_id>_<index>.<ext>``: the extension from the URL's path, ``.png`` if none.
 
-    Characters that could leave the directory or upset a file system are replaced by ``_``.
+    A task id made only of ``A-Z a-z 0-9 . _ -`` (not starting with a dot) and at most
+    :data:`_MAX_STEM` characters long is used as is, so normal names stay readable. Any
+    other is changed: unsafe characters become ``_``, it is cut to :data:`_MAX_STEM`
+    characters, and ``~`` and a hash of the whole task id are appended. ``~`` never occurs
+    in an unchanged name, and the hash tells changed ones apart, so two task ids never share
+    a file (``x/y`` and ``x_y`` used to both give ``x_y_0.png``), and no name is too long
+    for the file system (a 300-character task id gave "File name too long").
     """
     try:
         suffix = PurePosixPath(yarl.URL(url).path).suffix
     except (TypeError, ValueError):
         suffix = ""
     extension = suffix.lower() if _EXTENSION.fullmatch(suffix) else DEFAULT_EXTENSION
-    stem = _UNSAFE.sub("_", task_id).lstrip(".") or "task"
+    stem = _UNSAFE.sub("_", task_id).lstrip(".")
+    if stem != task_id or len(stem) > _MAX_STEM:
+        digest = hashlib.sha256(task_id.encode("utf-8", "surrogatepass")).hexdigest()
+        stem = f"{stem[:_MAX_STEM]}~{digest[:_HASH_CHARS]}"
     return f"{stem}_{index}{extension}"
 
 

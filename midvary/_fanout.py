@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Self, TypeVar
 
 from . import _telemetry as telemetry
+from ._config import USE_DEFAULT
 from ._errors import (
     ACCOUNT_STOPPING,
     APIError,
@@ -501,18 +502,27 @@ class FanOut:
             handle = await self._submitter.submit(item, _SubmitHooks(self, job))
         except SubmitUncertainError as exc:
             # Its answer was lost: with a receiver, wait for the provider's callback while
-            # its token lives (the outcome is the error if none confirms a task).
+            # its token lives, within the job's own deadline (the outcome is the error if
+            # none confirms a task).
             recovery = self._submitter.recovery(exc)
             if recovery is None:
                 raise
             job.recovering = False
-            recovered = await recovery.wait(None)
+            recovered = await recovery.wait(self._job_deadline())
             if recovered is None:
                 raise
             job.recovering, handle = True, recovered
         job.task_id = handle.task_id
         self._emit(JobEventKind.SUBMITTED, job, reattached=job.reattached)
         return handle
+
+    def _job_deadline(self) -> float | None:
+        """Seconds each job may wait for its task (``timeout``, else the poll policy's)."""
+        timeout = self._options.timeout
+        if timeout is USE_DEFAULT:
+            poll = self._options.poll if self._options.poll is not None else self._core.poll
+            return poll.timeout
+        return timeout
 
     def _retrying(self, job: _Job, error: BaseException, seconds: float) -> None:
         # JobEvent.error is an Exception; a retried failure always is one.

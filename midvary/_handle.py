@@ -17,6 +17,7 @@ from . import _telemetry as telemetry
 from ._config import USE_DEFAULT, PollPolicy, UseDefault
 from ._errors import NotFoundError, SessionClosedError, TaskFailedError, TaskTimeoutError
 from ._models import FAILED_STATUSES, FINAL_STATUSES, TaskRecord, TaskStatus
+from ._outage import is_outage
 from ._polling import Alarm
 from ._retry import is_transient, next_poll_after_failure
 from ._telemetry import request_kind
@@ -251,7 +252,10 @@ class TaskHandle:
                 if self._failing_since is None:
                     self._failing_since = now
                 self._last_error = exc
-                self._core.health.failed(exc, now, policy.warn_failing_after)
+                if is_outage(exc):  # the outage's own lines say it, once per session
+                    self._core.outage.failed(exc, probe=False)
+                else:
+                    self._core.health.failed(exc, now, policy.warn_failing_after)
             raise
         self._answered()
         if record.status is TaskStatus.UNKNOWN:
@@ -259,10 +263,11 @@ class TaskHandle:
         return self._seen(record)
 
     def _answered(self) -> None:
-        """A poll got an answer: any spell of failing polls is over."""
+        """A poll got an answer: any spell of failing polls (or outage) is over."""
         self._failing_since = None
         self._last_error = None
         self._core.health.succeeded(time.monotonic())
+        self._core.outage.answered()
 
     def _seen(self, record: TaskRecord) -> TaskRecord:
         self._last = record

@@ -4,9 +4,9 @@
 failure                            poll (GET)  submission
 =================================  ==========  ==========
 429 rate limited                   retried     retried
-455 maintenance                    retried     retried
+455 maintenance                    retried     waited out
 500 server error                   retried     uncertain
-connection could not be opened     retried     retried
+connection could not be opened     retried     waited out
 answer lost after sending          retried     uncertain
 HTML / empty / malformed answer    retried     uncertain
 400 401 402 404 422 501 505        final       final
@@ -14,6 +14,9 @@ HTML / empty / malformed answer    retried     uncertain
 
 Result downloads (reads) retry like polls; an HTTP error of the result host
 (:class:`~midvary.DownloadError`) is retried only for 408, 425, 429 and 5xx.
+
+"Waited out": an outage, which the session's :class:`~midvary._outage.OutageWatch` waits out
+(one probe at a time, up to ``RetryPolicy.outage_budget``) instead of counting attempts.
 
 "Uncertain" submissions raise :class:`~midvary.SubmitUncertainError` and are never re-sent:
 the provider has no idempotency key, so a second POST could start a second billed task.
@@ -28,6 +31,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
 
 import tenacity
+from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
 from ._config import RetryPolicy
@@ -43,6 +47,7 @@ from ._errors import (
     TaskTimeoutError,
     TransportError,
 )
+from ._outage import OutageWatch, is_outage
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +128,15 @@ class _HonourRetryAfter(wait_base):
 
 
 def _log_failure(what: str, exc: BaseException, attempt: int, wait: float) -> None:
+    if is_outage(exc):
+        logger.info(
+            "%s failed (%s: %s); attempt %d, waiting out the outage",
+            what,
+            type(exc).__name__,
+            exc,
+            attempt,
+        )
+        return
     logger.info(
         "%s failed (%s: %s); attempt %d, retrying in %.2f s",
         what,
@@ -152,10 +166,44 @@ def _before_sleep(
     return before_sleep
 
 
+class _SubmitStop(stop_base):
+    """Stop after ``attempts`` 429s; an outage (455, no connection) once it outlasts its budget."""
+
+    def __init__(self, attempts: int, outage: OutageWatch) -> None:
+        self._attempts = attempts
+        self._outage = outage
+        self._counted = 0
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
+        outcome = retry_state.outcome
+        exc = outcome.exception() if outcome is not None and outcome.failed else None
+        if exc is not None and is_outage(exc):
+            return not self._outage.active or self._outage.exhausted()
+        self._counted += 1
+        return self._counted >= self._attempts
+
+
+class _SubmitWait(_HonourRetryAfter):
+    """The backoff after a 429; none after an outage error (the outage's admit waits)."""
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+        outcome = retry_state.outcome
+        if outcome is not None and outcome.failed:
+            exc = outcome.exception()
+            if exc is not None and is_outage(exc):
+                return 0.0
+        return super().__call__(retry_state)
+
+
 def submit_retrying(
-    policy: RetryPolicy, *, on_retry: OnRetry | None = None
+    policy: RetryPolicy, outage: OutageWatch, *, on_retry: OnRetry | None = None
 ) -> tenacity.AsyncRetrying:
     """Retrying for one submission: only failures that certainly were not accepted.
+
+    A 429 is tried ``policy.attempts`` times in all, with backoff. An outage (455, or a
+    connection never opened) is waited out by ``outage`` (the session's
+    :class:`~midvary._outage.OutageWatch`: the next attempt waits for its turn there) until
+    it has lasted ``policy.outage_budget`` seconds.
 
     ``await on_retry(exc, wait_seconds)`` runs before each wait (the submitter puts its key
     claim back to claimed there, slows its limiter down after a 429 and tells its hooks);
@@ -163,8 +211,8 @@ def submit_retrying(
     """
     return tenacity.AsyncRetrying(
         retry=tenacity.retry_if_exception(is_unaccepted),
-        wait=_HonourRetryAfter(backoff(policy), policy.max_retry_after),
-        stop=tenacity.stop_after_attempt(policy.attempts),
+        wait=_SubmitWait(backoff(policy), policy.max_retry_after),
+        stop=_SubmitStop(policy.attempts, outage),
         before_sleep=_before_sleep("submission", on_retry),
         reraise=True,
     )

@@ -34,6 +34,7 @@ from ._jobs import (
     OnEvent,
 )
 from ._models import GenerateRequest, SubmitRequest, TaskRecord, UpscaleRequest, VaryRequest
+from ._outage import Outage
 from ._ratelimit import DEFAULT_SUBMIT_RATE, SubmitLimiter
 from ._store import MemoryStore, Store, StoreClaims, StoreLimiter
 from ._submit import Limiter, Submitter
@@ -223,6 +224,18 @@ class Session:
     def base_url(self) -> str:
         """The API's base URL, without a trailing slash."""
         return str(self._core.base_url)
+
+    @property
+    def outage(self) -> Outage | None:
+        """The outage this session is waiting out, or ``None`` when there is none.
+
+        A 455 (maintenance) or a connection that cannot be opened, on a submission or a
+        poll, starts one: submissions pause (one at a time is let through to try, at a
+        growing interval) and give up with their error once it has lasted the retry
+        policy's ``outage_budget`` (30 minutes by default). Any other answer ends it. One
+        WARNING line is logged when it starts and one when it ends.
+        """
+        return self._core.outage.state()
 
     @property
     def closed(self) -> bool:
@@ -541,7 +554,12 @@ class Session:
     vary_all = _renamed(submit_all, "vary_all")
 
     async def download(
-        self, record: TaskRecord, directory: str | os.PathLike[str], *, concurrency: int = 4
+        self,
+        record: TaskRecord,
+        directory: str | os.PathLike[str],
+        *,
+        concurrency: int = 4,
+        max_bytes: int | UseDefault | None = USE_DEFAULT,
     ) -> tuple[Path, ...]:
         """Download a record's images to ``<directory>/<task_id>_<n>.<ext>``.
 
@@ -556,6 +574,8 @@ class Session:
             record: The task's record; a record without image URLs downloads nothing.
             directory: Where to put the files.
             concurrency: The most images downloaded at once (>= 1).
+            max_bytes: The largest file accepted, in bytes (>= 1); by default the session's
+                ``max_download_bytes``; ``None`` means no limit.
 
         Returns:
             The paths of all the record's images, in ``image_urls`` order, whether written
@@ -563,15 +583,18 @@ class Session:
 
         Raises:
             TypeError, ValueError: An argument is invalid.
-            DownloadError: The result host answered an HTTP error (after retries).
+            DownloadError: The result host answered an HTTP error (after retries), a file
+                was over ``max_bytes``, or a URL is not http(s) (``.reason`` says which).
             TransportError: The network failed (after retries).
 
         """
         if not isinstance(record, TaskRecord):
             raise TypeError(f"record must be a midvary.TaskRecord, not {type(record).__name__}")
         path = check_directory(directory)
+        if max_bytes is not None and max_bytes is not USE_DEFAULT:
+            max_bytes = count(max_bytes, "max_bytes")
         return await self._core.download(
-            record, path, concurrency=count(concurrency, "concurrency")
+            record, path, concurrency=count(concurrency, "concurrency"), max_bytes=max_bytes
         )
 
     async def recover(

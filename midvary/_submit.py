@@ -55,6 +55,7 @@ from ._errors import (
 )
 from ._handle import TaskHandle
 from ._models import GenerateRequest, SubmitRequest, UpscaleRequest, VaryRequest
+from ._outage import is_outage
 from ._polling import Alarm
 from ._recovery import Recovery
 from ._relay import link_id, token_id
@@ -334,6 +335,7 @@ class Submitter:
                     if handle is not None:
                         if hooks is not None:
                             hooks.recovered()
+                        span.accepted(handle.task_id, "recovered")
                         return handle
                     self._recoveries[error] = recovery
                 raise error
@@ -370,9 +372,10 @@ class Submitter:
         attempt = _Attempt(self._core, self._limiter, kind.path, body, request, hooks, claim)
         attempt.span = span
         try:
-            task_id: str = await submit_retrying(self._core.retry, on_retry=attempt.retrying)(
-                attempt
+            retrying = submit_retrying(
+                self._core.retry, self._core.outage, on_retry=attempt.retrying
             )
+            task_id: str = await retrying(attempt)
         except BaseException as exc:
             if ticket is not None:
                 self._failed(ticket, exc, request, body)
@@ -513,6 +516,7 @@ class _Attempt:
         "_hooks",
         "_limiter",
         "_path",
+        "_probe",
         "_request",
         "_slots",
         "in_flight",
@@ -545,6 +549,8 @@ class _Attempt:
         self.in_flight = False
         # The task id of the accepted POST (set once, just before the attempt returns it).
         self.task_id: str | None = None
+        # This attempt is the session's outage probe (see _outage.OutageWatch.admit).
+        self._probe = False
         # What the submission's span is told (each POST sent).
         self.span = telemetry.Submission(None, "")
 
@@ -557,6 +563,8 @@ class _Attempt:
 
     async def retrying(self, exc: BaseException, wait: float) -> None:
         """A certainly refused attempt (``exc``) is retried after ``wait`` seconds."""
+        if is_outage(exc):
+            wait = self._core.outage.next_in()  # the outage's schedule, not tenacity's
         if self._claim is not None:
             await self._claim.retrying()  # a StoreError here ends the submission, unsent
         hooks = self._hooks
@@ -572,10 +580,28 @@ class _Attempt:
             hooks.retrying(exc, wait)
 
     async def __call__(self) -> str:
+        """One attempt: its turn in an outage, then :meth:`_attempt`."""
+        outage = self._core.outage
+        if not outage.active:
+            return await self._attempt()
+        # Waits before any slot or claim: nothing is held while the outage lasts.
+        self._probe = await outage.admit()
+        try:
+            return await self._attempt()
+        finally:
+            outage.release(self._probe)  # a probe that got no answer lets the next one go
+            self._probe = False
+
+    async def _attempt(self) -> str:
         """One attempt: a limiter slot, the claim marked sending, the hooks told, the POST."""
         self._core.check_open()
         hooks = self._hooks
-        on_wait = hooks.waiting if hooks is not None else None
+
+        def on_wait(seconds: float, error: RateLimitError | None = None) -> None:
+            telemetry.limiter_waited(seconds)
+            if hooks is not None:
+                hooks.waiting(seconds, error)
+
         slots = self._slots
         slotted: AbstractAsyncContextManager[Slot | None] = (
             slots.slot(on_wait) if slots is not None else contextlib.nullcontext()
@@ -615,6 +641,12 @@ class _Attempt:
             data = await transport.call("POST", self._path, json_body=self._body)
             task_id = structure_task_id(data)
         except Exception as exc:
+            outage = self._core.outage
+            if is_outage(exc):
+                outage.failed(exc, probe=self._probe)
+                self._probe = False
+            elif outage.active:
+                outage.answered()  # any other answer: the provider is there again
             reason = uncertainty(exc)
             if reason is not None:
                 raise SubmitUncertainError(request, reason) from exc
@@ -623,6 +655,8 @@ class _Attempt:
         # A BaseException (a cancellation) leaves in_flight set: the submission is uncertain.
         self.in_flight = False
         self.task_id = task_id
+        if self._core.outage.active:
+            self._core.outage.answered()
         return task_id
 
 

@@ -75,7 +75,8 @@ class Hostile:
             await response.write(b'{"code": 200, "data": {"pad": "')
             while self.record == "endless":
                 await response.write(CHUNK)
-            await request.wait_for_disconnection()
+            # Never finishes: the handler is cancelled when the client hangs up.
+            await asyncio.get_running_loop().create_future()
             return response
         return web.Response(body=envelope(success(task_id, self.urls)))
 
@@ -182,9 +183,14 @@ async def test_a_result_file_over_the_limit_is_refused(hostile: Hostile, tmp_pat
         assert not info.value.transient
         hostile.urls = [f"{hostile.url}/small.png"]
         small = await session.download(await session.get_task("t-1"), tmp_path / "small")
+        with pytest.raises(midvary.DownloadError, match="over the 512-byte limit"):
+            await session.download(await session.get_task("t-1"), tmp_path / "c", max_bytes=512)
+        unbounded = await session.download(record, tmp_path / "all", max_bytes=None)
+    assert [path.stat().st_size for path in unbounded] == [BIG, BIG]
     assert [path.stat().st_size for path in small] == [1024]
     assert await asyncio.to_thread(os.listdir, tmp_path / "big") == []
-    assert hostile.requests["/declared.png"] == hostile.requests["/chunked.png"] == 1
+    # Each refused once (never retried), then fetched once more without a limit.
+    assert hostile.requests["/declared.png"] == hostile.requests["/chunked.png"] == 2
 
 
 def test_max_download_bytes_is_checked() -> None:

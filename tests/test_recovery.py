@@ -18,7 +18,16 @@ from midvary._store import MemoryStore
 from midvary.testing import FakeProvider, FakeSettings
 
 from .conftest import FAST_POLL, FAST_RETRY
-from .test_callbacks import NEVER, StartWorld, World, callback_body, start_world, until
+from .test_callbacks import (
+    HMAC_KEY,
+    NEVER,
+    StartWorld,
+    World,
+    callback_body,
+    signed,
+    start_world,
+    until,
+)
 
 __all__ = ["start_world"]
 
@@ -87,6 +96,26 @@ async def test_a_delivery_naming_another_task_is_not_trusted(start_world: StartW
         world.finish(task_id)
         handle = await recovering
     assert handle.task_id == task_id
+
+
+async def test_a_signed_delivery_to_a_lost_ticket_is_checked_against_its_task(
+    start_world: StartWorld,
+) -> None:
+    """With hmac_key, the signature must cover the task the body names: else 401."""
+    world = await start_world(drop_submit_answer_rate=1.0, callbacks=False, hmac_key=HMAC_KEY)
+    async with world.session() as session:
+        error, task_id = await lost_submission(session, world)
+        url = world.callback_url(task_id)
+        body = callback_body(task_id)
+        assert await world.post(url, body) == 401  # unsigned
+        assert await world.post(url, body, signed("another-task")) == 401
+        assert await world.post(url, b"not json", signed(task_id)) == 400
+        assert world.polls(task_id) == 0
+        assert await world.post(url, body, signed(task_id)) == 200
+        world.finish(task_id)
+        handle = await session.recover(error, timeout=30.0)
+    assert handle.task_id == task_id
+    assert world.polls(task_id) == 1
 
 
 async def test_without_a_receiver_nothing_is_recovered(start_world: StartWorld) -> None:
@@ -216,3 +245,15 @@ async def test_a_fan_out_waits_for_the_callbacks_of_lost_answers(live_fake: Fake
         assert live_fake.task(outcome.task_id or "").image_index == outcome.request.image_index
     assert live_fake.stats.tasks_created == 12
     assert live_fake.stats.duplicate_submissions == 0
+
+
+async def test_a_fan_out_job_waits_no_longer_than_its_timeout(start_world: StartWorld) -> None:
+    """No callback comes (none created, say): the job is uncertain at its own deadline."""
+    world = await start_world(drop_submit_answer_rate=1.0, callbacks=False)
+    request = midvary.VaryRequest(task_id="parent-1", image_index=3)
+    async with world.session() as session:
+        (outcome,) = await session.submit_all([request], timeout=0.05)
+        assert outcome.uncertain
+        assert not outcome.recovered
+        assert outcome.task_id is None
+        assert world.receiver.active_tokens == 1  # session.recover() could still use it

@@ -32,6 +32,9 @@ class Ending(enum.Enum):
     FAILED = "failed"
     UNCERTAIN = "uncertain"
     NOT_RUN = "not run"
+    #: Its task exists (billed) but saving its result here failed (a download, a full
+    #: disk): left submitted, its task id kept, so the next run re-attaches and finishes it.
+    UNFINISHED = "unfinished"
 
     @classmethod
     def of(cls, outcome: midvary.JobOutcome) -> Ending:
@@ -50,17 +53,20 @@ class Tally:
         failed: Jobs that ended otherwise, not uncertain.
         uncertain: Jobs whose submission may have been accepted, never re-sent.
         not_run: Child jobs never sent because their parent did not succeed.
+        unfinished: Jobs whose task exists but whose result could not be saved here: the
+            next run finishes them.
     """
 
     done: int = 0
     failed: int = 0
     uncertain: int = 0
     not_run: int = 0
+    unfinished: int = 0
 
     @property
     def ended(self) -> int:
         """Jobs counted, however they ended."""
-        return self.done + self.failed + self.uncertain + self.not_run
+        return self.done + self.failed + self.uncertain + self.not_run + self.unfinished
 
     def count(self, ending: Ending, jobs: int = 1) -> None:
         """Count ``jobs`` jobs (default 1) that ended as ``ending``."""
@@ -70,6 +76,8 @@ class Tally:
             self.failed += jobs
         elif ending is Ending.UNCERTAIN:
             self.uncertain += jobs
+        elif ending is Ending.UNFINISHED:
+            self.unfinished += jobs
         else:
             self.not_run += jobs
 

@@ -34,7 +34,7 @@ from .scenarios import POLL, requests
 #: A key nobody could mistake for anything else, and another one the provider refuses.
 KEY = f"sk-midvary-CANARY-{secrets.token_hex(8)}"
 WRONG_KEY = f"sk-midvary-WRONG-CANARY-{secrets.token_hex(8)}"
-ONE_TRY = midvary.RetryPolicy(attempts=1)
+ONE_TRY = midvary.RetryPolicy(attempts=1, outage_budget=0.0)
 FAST_FAKE = FakeSettings(task_duration=(0.02, 0.1), invisible_for=0.01, submit_limit=None)
 
 
