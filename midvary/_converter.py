@@ -141,14 +141,24 @@ def flag_number(value: Any) -> int | None:
     ``None`` for any other str (an unknown word, logged by the caller's status). Raises
     :class:`ProtocolError` for a value that is no flag at all (a bool, a list, ``null``...).
     """
-    if type(value) is int:
-        return value
+    number = _integer(value)
+    if number is not None:
+        return number
     if isinstance(value, str):
-        text = value.strip()
-        if text.lstrip("-").isdigit():
-            return int(text)
-        return _FLAG_WORDS.get(text.upper().replace("-", "_").replace(" ", "_"))
+        return _FLAG_WORDS.get(value.strip().upper().replace("-", "_").replace(" ", "_"))
     raise ProtocolError(f"successFlag is not an integer or a status word: {value!r:.40}")
+
+
+def _integer(value: object) -> int | None:
+    """``value`` as an int: an int (not a bool) or a numeric string; ``None`` if neither.
+
+    The provider sends its numbers (``code``, ``successFlag``, ``errorCode``) either way.
+    """
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return None
 
 
 def _structure_status(value: Any, _type: Any) -> TaskStatus:
@@ -198,14 +208,12 @@ def _url_list(items: Any, field: str) -> tuple[str, ...]:
 
 
 def _structure_optional_int(value: Any, _type: Any) -> int | None:
-    # errorCode has been seen as a number and as a numeric string.
     if value is None or value == "":
         return None
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value)
-    raise ProtocolError(f"errorCode is not an integer: {value!r}")
+    code = _integer(value)
+    if code is None:
+        raise ProtocolError(f"errorCode is not an integer: {value!r}")
+    return code
 
 
 def _structure_optional_str(value: Any, _type: Any) -> str | None:
@@ -244,11 +252,7 @@ def _structure(data: Mapping[str, Any], cls: type[T], what: str) -> T:
 
 def envelope_code(value: object) -> int | None:
     """An envelope's ``code`` as an int (also sent as a numeric string); ``None`` if not one."""
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        return None
-    return value
+    return _integer(value)
 
 
 def envelope_message(envelope: Mapping[str, Any]) -> str | None:
