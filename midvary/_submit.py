@@ -44,6 +44,7 @@ from . import _telemetry as telemetry
 from ._bodies import generate_body, upscale_body, vary_body
 from ._converter import structure_task_id
 from ._errors import (
+    ACCOUNT_STOPPING,
     APIError,
     ProtocolError,
     RateLimitError,
@@ -162,6 +163,9 @@ class Limiter(Protocol):
     async def slow_down(self, pause: float) -> int:
         """A 429 got through: slow down, and pause ``pause`` seconds; the new allowance."""
         ...
+
+    async def pause(self, seconds: float) -> None:
+        """An account refusal or an outage: no new slot for ``seconds`` (a store's: shared)."""
 
     def close(self, error: BaseException) -> None:
         """Make every current and later wait for a slot raise ``error``."""
@@ -630,6 +634,15 @@ class _Attempt:
                 hooks.after_post()
             return task_id
 
+    async def _pause(self, seconds: float) -> None:
+        """Pause the account's submissions (every process's, with a store) for ``seconds``."""
+        if self._limiter is None:
+            return
+        try:
+            await self._limiter.pause(seconds)
+        except StoreError as error:  # best effort: this submission's own error is raised
+            logger.warning("could not pause the shared submission window: %s", error)
+
     async def _post(self) -> str:
         request = self._request
         # open() raises SessionClosedError if the session closed (the limiter may have kept
@@ -643,10 +656,16 @@ class _Attempt:
         except Exception as exc:
             outage = self._core.outage
             if is_outage(exc):
+                scheduled = self._probe or not outage.active
                 outage.failed(exc, probe=self._probe)
                 self._probe = False
-            elif outage.active:
-                outage.answered()  # any other answer: the provider is there again
+                if scheduled:  # the outage began, or its probe failed: the next try is set
+                    await self._pause(outage.next_in())
+            else:
+                if outage.active:
+                    outage.answered()  # any other answer: the provider is there again
+                if isinstance(exc, ACCOUNT_STOPPING):
+                    await self._pause(self._core.retry.outage_probe_max)
             reason = uncertainty(exc)
             if reason is not None:
                 raise SubmitUncertainError(request, reason) from exc
