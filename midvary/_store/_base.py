@@ -263,6 +263,8 @@ def new_epoch() -> str:
 
 def conflict(key: str, stored_request: str) -> KeyConflictError:
     """The KeyConflictError for ``key``, quoting (a prefix of) the stored request."""
+    if not stored_request:
+        return KeyConflictError(key, "stored request: not kept once its task was done")
     shown = stored_request if len(stored_request) <= 200 else stored_request[:200] + "..."
     return KeyConflictError(key, f"stored request: {shown}")
 
