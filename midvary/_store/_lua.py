@@ -14,9 +14,9 @@ Redis keys, all under one ``{namespace}`` hash tag so that a cluster keeps them 
   ``[state, fingerprint, task id, holder, lease end, request]``, expiring with the key. A
   record written by midvary 0.x as a hash (fields fp, rq, st, h, lu, tid) is read as well
   and rewritten as a string when it changes;
-- ``done``: one hash of the namespace's done keys, key -> ``[expires at, fingerprint, task
-  id]`` (all a finished key needs: about a tenth of a record's memory, without the key's own
-  Redis key, request and expiry entry). Each key expires by its own time, checked when it is
+- ``done``: one hash of the namespace's done keys, key -> ``"<expiry> <fingerprint> <task
+  id>"`` (expiry in hex seconds, the fingerprint's first 16 hex digits): all a finished key
+  needs, without a Redis key, request and expiry entry of its own. Each key expires by its own time, checked when it is
   read; every move to done also drops the expired ones among a few random fields, and the
   hash expires once its last key would;
 - ``win``: the window's hash (a allowance, g grown at, p paused until); ``stamps``: a
@@ -137,6 +137,11 @@ elseif ARGV[1] ~= '' and ARGV[1] ~= epoch then
   return {'lost', '', ''}
 end
 
+-- A done entry: its expiry (hex seconds), the first FP_KEPT characters of its fingerprint
+-- (hex: no space; 64 bits tell two requests apart) and its task id.
+local DONE_ENTRY = '^(%x+) (%S*) (.*)$'
+local FP_KEPT = 16
+
 -- The key as {st, fp, tid, h, lu, rq} (nil when absent): its record in either encoding,
 -- or its entry in the done hash.
 local function load()
@@ -144,12 +149,12 @@ local function load()
   if kind == 'none' then
     local entry = redis.call('HGET', DONE, KEY)
     if not entry then return nil end
-    local d = cjson.decode(entry)
-    if tonumber(d[1]) <= now then
+    local expires, fp, tid = string.match(entry, DONE_ENTRY)
+    if tonumber(expires, 16) <= now then
       redis.call('HDEL', DONE, KEY)
       return nil
     end
-    return {st = 'done', fp = d[2], tid = d[3], h = '', lu = '0', rq = '', filed = true}
+    return {st = 'done', fp = fp, tid = tid, h = '', lu = '0', rq = '', filed = true}
   end
   if kind == 'hash' then
     local h = redis.call('HGETALL', RECORD)
@@ -170,10 +175,13 @@ local function file_done(r, ttl_ms)
   if left < 0 then left = tonumber(ttl_ms) end
   local expires = now + math.max(left, 0) / 1000
   redis.call('DEL', RECORD)
-  redis.call('HSET', DONE, KEY, cjson.encode({string.format('%.3f', expires), r.fp, r.tid}))
+  local entry = string.format('%x %s %s', math.ceil(expires), string.sub(r.fp, 1, FP_KEPT), r.tid)
+  redis.call('HSET', DONE, KEY, entry)
   local some = redis.call('HRANDFIELD', DONE, 8, 'WITHVALUES')
   for i = 1, #some, 2 do
-    if tonumber(cjson.decode(some[i + 1])[1]) <= now then redis.call('HDEL', DONE, some[i]) end
+    if tonumber(string.match(some[i + 1], DONE_ENTRY), 16) <= now then
+      redis.call('HDEL', DONE, some[i])
+    end
   end
   if redis.call('PTTL', DONE) < (expires - now) * 1000 then
     redis.call('PEXPIREAT', DONE, math.ceil(expires * 1000))
@@ -261,7 +269,9 @@ if not rec then
     rq = request}
   return claimed(ttl_ms)
 end
-if rec.fp ~= fingerprint then return {'conflict', epoch, rec.rq} end
+if rec.fp ~= (rec.filed and string.sub(fingerprint, 1, FP_KEPT) or fingerprint) then
+  return {'conflict', epoch, rec.rq}
+end
 if rec.st == 'submitted' or rec.st == 'done' then return {'known', epoch, rec.tid} end
 if rec.st == 'uncertain' then return {'uncertain', epoch, ''} end
 if rec.h == holder then

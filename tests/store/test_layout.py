@@ -121,7 +121,8 @@ async def test_done_keys_expire_on_their_own(
             await store.claim(namespace, key, fingerprint="fp", request={}, holder="h", lease_s=30)
             await store.record_task(namespace, key, holder="h", task_id=f"t-{key}")
             assert await store.mark_done(namespace, key, task_id=f"t-{key}")
-        await asyncio.sleep(0.3)  # the short key's ttl passes
+        # The short key's ttl passes (a done key's expiry is kept in whole seconds, rounded up).
+        await asyncio.sleep(1.3)
         brief = await long.claim(
             namespace, "brief", fingerprint="fp", request={}, holder="x", lease_s=30
         )
