@@ -50,6 +50,7 @@ demo: $(DEMO_VENV)/.installed
 
 ## Benchmarks report figures; they are never tests.
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
 	$(BIN)/python -m benchmarks
 
 clean:

@@ -129,19 +129,23 @@ class BaselineClient:
     retries, no typed models), which is the least a working client does.
     """
 
-    def __init__(self, http: aiohttp.ClientSession, base_url: str, api_key: str) -> None:
+    def __init__(self, http: Any, base_url: str, api_key: str) -> None:
         self._http = http
         self._submit_url = f"{base_url}{VARY_PATH}"
         self._record_url = f"{base_url}{RECORD_PATH}"
         self._headers = {"Authorization": f"Bearer {api_key}"}
         self.requests = 0
 
+    async def _envelope(self, method: str, url: str, **options: Any) -> dict[str, Any]:
+        async with self._http.request(method, url, headers=self._headers, **options) as answer:
+            envelope: dict[str, Any] = await answer.json(content_type=None)
+        return envelope
+
     async def submit(self, parent: str, index: int) -> str | None:
         """POST one vary; the task id, or ``None`` when rate limited (429)."""
         self.requests += 1
         body = {"taskId": parent, "imageIndex": index}
-        async with self._http.post(self._submit_url, json=body, headers=self._headers) as answer:
-            envelope = await answer.json(content_type=None)
+        envelope = await self._envelope("POST", self._submit_url, json=body)
         if envelope["code"] == 429:
             return None
         if envelope["code"] != 200:
@@ -152,9 +156,7 @@ class BaselineClient:
     async def record(self, task_id: str) -> dict[str, Any] | None:
         """GET one record; ``None`` while the task is not visible yet."""
         self.requests += 1
-        params = {"taskId": task_id}
-        async with self._http.get(self._record_url, params=params, headers=self._headers) as answer:
-            envelope = await answer.json(content_type=None)
+        envelope = await self._envelope("GET", self._record_url, params={"taskId": task_id})
         if envelope["code"] in (404, 422):
             return None
         if envelope["code"] != 200:
@@ -171,6 +173,19 @@ class BaselineClient:
             if data is not None and data["successFlag"] != 0:
                 return data
             attempt += 1
+
+
+class HttpxClient(BaselineClient):
+    """:class:`BaselineClient`'s same calls hand-written on httpx (the ``bench`` extra).
+
+    httpx is the HTTP stack of the fal, Replicate and OpenAI SDKs; B1 compares midvary with
+    it as with raw aiohttp: the same requests, checks and schedule.
+    """
+
+    async def _envelope(self, method: str, url: str, **options: Any) -> dict[str, Any]:
+        answer = await self._http.request(method, url, headers=self._headers, **options)
+        envelope: dict[str, Any] = answer.json()
+        return envelope
 
 
 def fixed(interval: float) -> Callable[[int], float]:

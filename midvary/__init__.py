@@ -44,6 +44,7 @@ from ._fanout import FanOut
 from ._handle import TaskHandle
 from ._jobs import JobEvent, JobEventKind, JobOutcome, UnfinishedJob
 from ._models import GenerateRequest, TaskRecord, TaskStatus, UpscaleRequest, VaryRequest
+from ._outage import Outage
 from ._polling import DEFAULT_SAFETY_POLL
 from ._session import Session
 from ._session import warn_renamed as _warn_renamed
@@ -74,6 +75,7 @@ __all__ = [
     "KeyConflictError",
     "MidvaryError",
     "NotFoundError",
+    "Outage",
     "PollPolicy",
     "ProtocolError",
     "RateLimitError",

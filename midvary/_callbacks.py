@@ -22,6 +22,10 @@ How a submission and its callback meet:
 5. With ``store=``, tokens are also recorded in the shared store and a delivery for another
    replica's token is checked against the store's record and passed on to that replica
    (:mod:`midvary._relay`).
+6. A submission whose answer was lost keeps its ticket, marked lost (it is not bound: no
+   task id is known). A delivery to it is checked the same way, against the task id its
+   body names (the one the signature covers), and that claim is handed to the recovery
+   that waits for it (``_recovery``: one GET confirms it), and kept in the store if any.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from collections.abc import Callable, Mapping
 from typing import Final
 
 import yarl
-from aiohttp import StreamReader, web
+from aiohttp import web
 
 from ._config import PollPolicy
 from ._converter import structure_callback
@@ -45,6 +49,7 @@ from ._relay import CallbackRelay
 from ._signature import signature_problem
 from ._store import Store, TokenStore
 from ._tickets import Ticket, TicketBook
+from ._transport import read_at_most
 from ._validate import base_url, callable_or_none, count, instance, positive_seconds
 
 logger = logging.getLogger(__name__)
@@ -90,10 +95,16 @@ class SessionTickets:
         """The poll policy of handles waiting on a callback (the receiver's)."""
         return self._receiver.safety_poll
 
-    async def issue(self) -> Ticket:
+    @property
+    def relay(self) -> CallbackRelay | None:
+        """The receiver's door to its shared store, or ``None`` when it has no store."""
+        return self._receiver._relay
+
+    async def issue(self, link: str | None = None) -> Ticket:
         """A fresh ticket for one submission; take it before sending the submission.
 
-        With a store, the token is recorded there first (other replicas then recognise it).
+        With a store, the token is recorded there first (other replicas then recognise it),
+        findable from ``link`` (the ``_relay.link_id`` of the submission's key) if given.
 
         Raises:
             ReceiverClosedError: The receiver was stopped.
@@ -106,7 +117,7 @@ class SessionTickets:
         ticket = receiver._book.issue(self)
         if receiver._relay is not None:
             try:
-                await receiver._relay.register(ticket)
+                await receiver._relay.register(ticket, link)
             except BaseException:
                 ticket.drop()
                 raise
@@ -405,7 +416,7 @@ class CallbackReceiver:
             return refused
         try:
             async with asyncio.timeout(self._read_timeout):
-                body = await _read_at_most(request.content, _MAX_BODY)
+                body = await read_at_most(request.content, _MAX_BODY)
         except TimeoutError:
             logger.info(
                 "callback for task %s: body not sent within %g s", admitted[0], self._read_timeout
@@ -413,7 +424,7 @@ class CallbackReceiver:
             return 408
         if body is None:
             return 413
-        return await self._deliver(admitted, body)
+        return await self._deliver(admitted, body, request.headers)
 
     async def handle(self, body: bytes, headers: Mapping[str, str], path: str) -> int:
         """Check one delivery and wake its handle; return the HTTP status to answer.
@@ -446,16 +457,21 @@ class CallbackReceiver:
         refused = _body_refused(headers, len(body))
         if refused is not None:
             return refused
-        return await self._deliver(admitted, bytes(body))
+        return await self._deliver(admitted, bytes(body), headers)
 
-    async def _admit(self, path: str, headers: Mapping[str, str]) -> tuple[str, Ticket | str] | int:
+    async def _admit(
+        self, path: str, headers: Mapping[str, str]
+    ) -> tuple[str | None, Ticket | str] | int:
         """The delivery's task and its local ticket (or remote token), or the status.
 
         Looks at the path and headers only: an unknown token or a bad signature costs no
-        body read.
+        body read. The task is ``None`` for a token whose answer was lost (or, for another
+        replica's, is late past the bind wait): the body names it, and the signature is
+        checked against that (:meth:`_deliver`).
         """
         token = self._token_from(path)
         ticket = self._book.lookup(token) if token is not None else None
+        task_id: str | int | None
         if ticket is None and token is not None and self._relay is not None:
             task_id = await self._relay.task_of(token, bind_wait=_BIND_WAIT)
             if isinstance(task_id, int):
@@ -466,14 +482,16 @@ class CallbackReceiver:
             if isinstance(found, int):
                 return found
             target, task_id = found
-        if self._hmac_key is not None:
+        if task_id is not None and self._hmac_key is not None:
             problem = self._signature_problem(task_id, headers)
             if problem is not None:
                 logger.warning("callback for task %s rejected: %s", task_id, problem)
                 return 401
         return task_id, target
 
-    async def _deliver(self, admitted: tuple[str, Ticket | str], body: bytes) -> int:
+    async def _deliver(
+        self, admitted: tuple[str | None, Ticket | str], body: bytes, headers: Mapping[str, str]
+    ) -> int:
         """Check an admitted delivery's body, then wake its handle (or its replica's)."""
         task_id, target = admitted
         if len(body) > _MAX_BODY:
@@ -483,6 +501,8 @@ class CallbackReceiver:
         except ProtocolError as exc:
             logger.info("callback for task %s rejected: %s", task_id, exc)
             return 400
+        if task_id is None:
+            return await self._deliver_unbound(target, notice.task_id, headers)
         if notice.task_id != task_id:
             logger.warning(
                 "callback for task %s names another task (%.80r): rejected",
@@ -500,8 +520,40 @@ class CallbackReceiver:
             logger.debug("callback for task %s: handle final or woken lately", task_id)
         return 200
 
-    async def _bound_ticket(self, ticket: Ticket | None) -> tuple[Ticket, str] | int:
-        """The live ``ticket`` and its task (once bound), or the status to answer."""
+    async def _deliver_unbound(
+        self, target: Ticket | str, task_id: str, headers: Mapping[str, str]
+    ) -> int:
+        """A checked body names ``task_id`` for a token with no task: keep it for recovery.
+
+        A local ticket's answer was lost: the recovery waiting for it confirms the task
+        (kept in the store first, if any, so a later run can too), 200. Another replica's
+        token may only be late: the task is kept in the store and its owner woken, but 503,
+        so that the provider's retry takes the ordinary path once the answer came.
+        """
+        if self._hmac_key is not None:
+            problem = self._signature_problem(task_id, headers)
+            if problem is not None:
+                logger.warning("callback for task %s rejected: %s", task_id, problem)
+                return 401
+        relay = self._relay
+        if isinstance(target, str):
+            assert relay is not None  # noqa: S101 - a remote token came from the relay
+            logger.info("callback to an unbound token (via the store) names %s: kept, 503", task_id)
+            status = await relay.report(target, task_id, wake=True)
+            return 503 if status == 200 else status
+        if relay is not None:
+            status = await relay.report(target.token, task_id, wake=False)
+            if status != 200:
+                return status
+        logger.info("callback for a lost submission names task %s: confirming it", task_id)
+        target.report(task_id)
+        return 200
+
+    async def _bound_ticket(self, ticket: Ticket | None) -> tuple[Ticket, str | None] | int:
+        """The live ``ticket`` and its task (once bound), or the status to answer.
+
+        The task is ``None`` for a live ticket whose submission's answer was lost.
+        """
         if ticket is None:
             logger.debug("callback to an unknown or expired token: 404")
             return 404
@@ -513,6 +565,8 @@ class CallbackReceiver:
                 logger.info("callback for %r came before its task id: 503", ticket)
                 return 503
         task_id = ticket.task_id
+        if ticket.lost and ticket.alarm is None and ticket.live:
+            return ticket, None
         if task_id is None or ticket.alarm is None or not ticket.live:
             logger.debug("callback for %r, dropped meanwhile: 404", ticket)
             return 404
@@ -558,15 +612,3 @@ def _body_refused(headers: Mapping[str, str], length: int | None) -> int | None:
     if length is not None and length > _MAX_BODY:
         return 413
     return None
-
-
-async def _read_at_most(content: StreamReader, limit: int) -> bytes | None:
-    """The whole body if it is at most ``limit`` bytes, else ``None`` (read no further)."""
-    chunks: list[bytes] = []
-    size = 0
-    while chunk := await content.read(limit + 1 - size):
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > limit:
-            return None
-    return b"".join(chunks)

@@ -141,8 +141,9 @@ class RetryPolicy:
     """Backoff for requests that failed transiently; all times in seconds.
 
     Used for submissions that certainly were not accepted (429, 455, or a connection that
-    could not be opened) and for result downloads. Polls use :class:`PollPolicy` instead,
-    and honour ``max_retry_after`` too.
+    could not be opened) and for result downloads; an outage (455, no connection) is waited
+    out with the ``outage_*`` settings instead of ``attempts``. Polls use
+    :class:`PollPolicy` instead, and honour ``max_retry_after`` too.
 
     Attributes:
         attempts: Total attempts, the first included (>= 1).
@@ -150,6 +151,14 @@ class RetryPolicy:
         wait_max: Cap on the wait between two attempts, in seconds (> 0).
         wait_jitter: Up to this many random seconds added to each wait (>= 0).
         max_retry_after: Cap, in seconds, on a ``Retry-After`` the provider asks for (> 0).
+        outage_budget: Seconds an outage (455 maintenance, or a connection that cannot be
+            opened) is waited out before a submission gives up with its error (>= 0; 0
+            means not at all). It is counted from the start of the outage, not per
+            submission, and replaces ``attempts`` for these failures: real maintenance
+            windows last minutes (default 30 minutes).
+        outage_probe: Seconds before the first try once an outage began (> 0); each
+            further try waits twice as long, up to ``outage_probe_max``.
+        outage_probe_max: Cap on the wait between two tries during an outage (> 0).
 
     """
 
@@ -158,3 +167,6 @@ class RetryPolicy:
     wait_max: float = attrs.field(default=30.0, validator=_positive)
     wait_jitter: float = attrs.field(default=1.0, validator=_non_negative)
     max_retry_after: float = attrs.field(default=60.0, validator=_positive)
+    outage_budget: float = attrs.field(default=1800.0, validator=_non_negative)
+    outage_probe: float = attrs.field(default=2.0, validator=_positive)
+    outage_probe_max: float = attrs.field(default=60.0, validator=_positive)

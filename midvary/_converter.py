@@ -209,6 +209,11 @@ def envelope_code(value: object) -> int | None:
     return value
 
 
+#: The most result URLs a record may list: a Midjourney task makes at most 4 (a grid's or a
+#: vary's images, up to 4 videos, 1 upscale); twice that leaves room for a provider change,
+#: and a record beyond it (10,000 URLs: 10,000 files for one vary) is a ProtocolError.
+MAX_RESULT_URLS: Final = 8
+
 #: What a secret echoed by the provider becomes, in every text that comes back.
 REDACTED: Final = "***"
 
@@ -262,7 +267,13 @@ def structure_record(data: object) -> TaskRecord:
         raise ProtocolError(f"record-info data lacks {', '.join(missing)}")
     if not isinstance(data["taskId"], str) or not data["taskId"]:
         raise ProtocolError(f"record-info taskId is not a string: {data['taskId']!r:.80}")
-    return _structure(data, TaskRecord, "record-info data")
+    record = _structure(data, TaskRecord, "record-info data")
+    if len(record.image_urls) > MAX_RESULT_URLS:
+        raise ProtocolError(
+            f"record of task {record.task_id} lists {len(record.image_urls)} result URLs; "
+            f"a Midjourney task makes at most 4 (over {MAX_RESULT_URLS} is refused)"
+        )
+    return record
 
 
 # A callback's data: plain-string resultUrls and promptJson instead of record-info's

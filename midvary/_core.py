@@ -19,10 +19,11 @@ from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, Self, TypeVar, 
 import aiohttp
 
 from . import _telemetry as telemetry
-from ._config import PollPolicy, RetryPolicy
+from ._config import USE_DEFAULT, PollPolicy, RetryPolicy, UseDefault
 from ._converter import redact_record, structure_credits, structure_record
 from ._download import download_record
 from ._errors import EventLoopError, NotFoundError, ProtocolError, SessionClosedError
+from ._outage import OutageWatch
 from ._polling import DurationStats, PollHealth
 from ._transport import Transport
 
@@ -60,6 +61,7 @@ class SessionCore:
         health: Whether the session's polls keep failing (warned about once).
         waiting: The timeouts of the waits in progress (closing expires them at once).
         fanouts: The fan-outs running (closing ends them first).
+        outage: The outage (455, no connection) the session's requests are waiting out.
 
     """
 
@@ -75,6 +77,8 @@ class SessionCore:
         "fanouts",
         "health",
         "index_base",
+        "max_download_bytes",
+        "outage",
         "poll",
         "retry",
         "rng",
@@ -93,6 +97,7 @@ class SessionCore:
         retry: RetryPolicy,
         index_base: int,
         seed: int | None,
+        max_download_bytes: int | None,
     ) -> None:
         self._base_url = base_url
         self._api_key = api_key
@@ -106,11 +111,13 @@ class SessionCore:
         self.poll = poll
         self.retry = retry
         self.index_base = index_base
+        self.max_download_bytes = max_download_bytes
         self.rng = random.Random(seed)
         self.durations = DurationStats()
         self.health = PollHealth()
         self.waiting: set[asyncio.Timeout] = set()
         self.fanouts: set[Closable] = set()
+        self.outage = OutageWatch(lambda: self.retry)
 
     def __repr__(self) -> str:
         return f"<SessionCore base_url={str(self._base_url)!r} state={self.state}>"
@@ -208,7 +215,12 @@ class SessionCore:
         return structure_credits(await self.open().call("GET", CREDIT_PATH))
 
     async def download(
-        self, record: TaskRecord, directory: Path, *, concurrency: int
+        self,
+        record: TaskRecord,
+        directory: Path,
+        *,
+        concurrency: int,
+        max_bytes: int | UseDefault | None = USE_DEFAULT,
     ) -> tuple[Path, ...]:
         """Download ``record``'s images (arguments already checked); see ``Session.download``."""
         self.open()
@@ -220,6 +232,7 @@ class SessionCore:
             timeout=self.timeout,
             retry=self.retry,
             concurrency=concurrency,
+            max_bytes=self.max_download_bytes if max_bytes is USE_DEFAULT else max_bytes,
         )
 
     async def aclose(self, closing: Callable[[], None]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import re
@@ -21,6 +22,7 @@ import aiohttp
 import yarl
 
 from ._config import RetryPolicy
+from ._errors import DownloadError
 from ._models import TaskRecord
 from ._retry import read_retrying
 from ._transport import fetch, public_url
@@ -28,21 +30,40 @@ from ._transport import fetch, public_url
 logger = logging.getLogger(__name__)
 
 DEFAULT_EXTENSION: Final = ".png"
+#: The largest result file a download accepts by default, in bytes: far above any image or
+#: video Midjourney makes, far below what fills a disk (a hostile 2 GiB ".png", say).
+DEFAULT_MAX_DOWNLOAD_BYTES: Final = 256 * 1024 * 1024
 _EXTENSION = re.compile(r"\.[A-Za-z0-9]{1,8}")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+# Characters of a task id kept in its file name: with "~", the hash, the index, the
+# extension and the temporary file's ".<name>.<12 hex>.part", far below the usual 255-byte
+# limit of a file name.
+_MAX_STEM: Final = 100
+# Hex characters of the task id's SHA-256 in a changed name (80 bits: no collision by
+# chance, and a crafted one needs a second preimage).
+_HASH_CHARS: Final = 20
 
 
 def file_name(task_id: str, index: int, url: str) -> str:
     """``<task_id>_<index>.<ext>``: the extension from the URL's path, ``.png`` if none.
 
-    Characters that could leave the directory or upset a file system are replaced by ``_``.
+    A task id made only of ``A-Z a-z 0-9 . _ -`` (not starting with a dot) and at most
+    :data:`_MAX_STEM` characters long is used as is, so normal names stay readable. Any
+    other is changed: unsafe characters become ``_``, it is cut to :data:`_MAX_STEM`
+    characters, and ``~`` and a hash of the whole task id are appended. ``~`` never occurs
+    in an unchanged name, and the hash tells changed ones apart, so two task ids never share
+    a file (``x/y`` and ``x_y`` used to both give ``x_y_0.png``), and no name is too long
+    for the file system (a 300-character task id gave "File name too long").
     """
     try:
         suffix = PurePosixPath(yarl.URL(url).path).suffix
     except (TypeError, ValueError):
         suffix = ""
     extension = suffix.lower() if _EXTENSION.fullmatch(suffix) else DEFAULT_EXTENSION
-    stem = _UNSAFE.sub("_", task_id).lstrip(".") or "task"
+    stem = _UNSAFE.sub("_", task_id).lstrip(".")
+    if stem != task_id or len(stem) > _MAX_STEM:
+        digest = hashlib.sha256(task_id.encode("utf-8", "surrogatepass")).hexdigest()
+        stem = f"{stem[:_MAX_STEM]}~{digest[:_HASH_CHARS]}"
     return f"{stem}_{index}{extension}"
 
 
@@ -54,10 +75,18 @@ async def download_record(
     timeout: aiohttp.ClientTimeout,
     retry: RetryPolicy,
     concurrency: int,
+    max_bytes: int | None,
 ) -> tuple[Path, ...]:
-    """Download every image of ``record`` into ``directory``; return their paths in order."""
+    """Download every image of ``record`` into ``directory``; return their paths in order.
+
+    ``max_bytes`` bounds each file (``None``: no bound). A URL that is not http(s) (a
+    ``file:``, ``ftp:`` or ``javascript:`` one from a hostile answer) is refused at once,
+    before anything is requested or written, and not retried.
+    """
     if not record.image_urls:
         return ()
+    for url in record.image_urls:
+        _check_scheme(url)
     await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
     limit = asyncio.Semaphore(concurrency)
 
@@ -68,7 +97,7 @@ async def download_record(
             return target
         async with limit:
             await read_retrying(retry, what=f"download of {public_url(url)}")(
-                _download_file, http, url, target, timeout
+                _download_file, http, url, target, timeout, max_bytes
             )
         return target
 
@@ -84,15 +113,33 @@ async def download_record(
     return tuple(paths)
 
 
+def _check_scheme(url: str) -> None:
+    """Refuse a result URL that is not an absolute http(s) URL with a host."""
+    try:
+        parsed = yarl.URL(url)
+        ok = parsed.scheme in ("http", "https") and bool(parsed.host)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        shown = url if len(url) <= 80 else url[:80] + "..."
+        raise DownloadError(
+            shown, None, reason="a result URL must be an absolute http:// or https:// URL"
+        )
+
+
 async def _download_file(
-    http: aiohttp.ClientSession, url: str, target: Path, timeout: aiohttp.ClientTimeout
+    http: aiohttp.ClientSession,
+    url: str,
+    target: Path,
+    timeout: aiohttp.ClientTimeout,
+    max_bytes: int | None,
 ) -> None:
     """One attempt: stream ``url`` to a temporary file, flush it to disk, rename it."""
     fd, temporary = _create_temporary(target)
     renamed = False
     try:
         with os.fdopen(fd, "wb") as file:
-            size = await fetch(http, url, file.write, timeout=timeout)
+            size = await fetch(http, url, file.write, timeout=timeout, max_bytes=max_bytes)
             file.flush()
             await asyncio.to_thread(os.fsync, file.fileno())
         await asyncio.to_thread(os.replace, temporary, target)

@@ -238,25 +238,44 @@ class ProtocolError(MidvaryError):
 
 
 class DownloadError(MidvaryError):
-    """The result host answered a download with an HTTP error status.
+    """A result download failed: an HTTP error status, or a download refused by midvary.
 
-    Network failures of a download raise :class:`TransportError` instead. Result URLs live
-    on another host than the API; midvary never sends the API key there.
+    Refused (``reason`` set, never retried): a result URL that is not http(s), or a file
+    over the session's ``max_download_bytes``. Network failures of a download raise
+    :class:`TransportError` instead. Result URLs live on another host than the API;
+    midvary never sends the API key there.
 
     Attributes:
         url: The URL that failed, without its query string (which may hold a signature).
-        http_status: The HTTP status of the answer.
+        http_status: The HTTP status of the answer, or ``None`` when nothing was requested
+            (a URL that is not http(s)).
         retry_after: Seconds the host asked us to wait (``Retry-After``), or ``None``.
         transient: Whether retrying may help (408, 425, 429 and 5xx statuses).
+        reason: Why midvary refused the download, or ``None`` for an HTTP error status.
 
     """
 
-    def __init__(self, url: str, http_status: int, *, retry_after: float | None = None) -> None:
-        super().__init__(f"download of {url} failed: HTTP {http_status}")
+    def __init__(
+        self,
+        url: str,
+        http_status: int | None,
+        *,
+        retry_after: float | None = None,
+        reason: str | None = None,
+    ) -> None:
+        if reason is None:
+            super().__init__(f"download of {url} failed: HTTP {http_status}")
+        else:
+            super().__init__(f"download of {url} refused: {reason}")
         self.url = url
         self.http_status = http_status
         self.retry_after = retry_after
-        self.transient = http_status in (408, 425, 429) or http_status >= 500
+        self.reason = reason
+        self.transient = (
+            reason is None
+            and http_status is not None
+            and (http_status in (408, 425, 429) or http_status >= 500)
+        )
 
 
 class TaskFailedError(MidvaryError):

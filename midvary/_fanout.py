@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Self, TypeVar
 
 from . import _telemetry as telemetry
+from ._config import USE_DEFAULT
 from ._errors import (
     ACCOUNT_STOPPING,
     APIError,
@@ -74,6 +75,7 @@ class _Job:
         "outcome",
         "posting",
         "reattached",
+        "recovering",
         "request",
         "task_id",
     )
@@ -85,6 +87,9 @@ class _Job:
         self.task_id: str | None = None
         self.posting = False
         self.reattached = False
+        # Its answer was lost and it waits for the provider's callback (None: it does not;
+        # False: it was not recovered; True: it was).
+        self.recovering: bool | None = None
         self.outcome: JobOutcome | None = None
         # A POST of this job was sent: it counts against max_tasks unless certainly refused.
         self.billable = False
@@ -99,7 +104,8 @@ class _Job:
             uncertain = self.outcome.uncertain
             task_id = self.outcome.task_id
         else:
-            uncertain, task_id = self.posting and self.task_id is None, self.task_id
+            sent = self.posting or self.recovering is not None
+            uncertain, task_id = sent and self.task_id is None, self.task_id
         return UnfinishedJob(
             index=self.index, request=self.request, task_id=task_id, uncertain=uncertain
         )
@@ -131,6 +137,9 @@ class _SubmitHooks:
 
     def reattached(self) -> None:
         self._job.reattached = True
+
+    def recovered(self) -> None:
+        self._job.recovering = True
 
 
 def check_requests(requests: object) -> Requests:
@@ -469,6 +478,7 @@ class FanOut:
             record=record,
             error=error,
             paths=paths,
+            recovered=job.recovering is True,
         )
         kind = JobEventKind.DONE if error is None else JobEventKind.FAILED
         try:
@@ -488,10 +498,31 @@ class FanOut:
                 f"item {job.index} of the requests must be {REQUEST_CLASSES} "
                 f"(or a TaskHandle), not {type(item).__name__}"
             )
-        handle = await self._submitter.submit(item, _SubmitHooks(self, job))
+        try:
+            handle = await self._submitter.submit(item, _SubmitHooks(self, job))
+        except SubmitUncertainError as exc:
+            # Its answer was lost: with a receiver, wait for the provider's callback while
+            # its token lives, within the job's own deadline (the outcome is the error if
+            # none confirms a task).
+            recovery = self._submitter.recovery(exc)
+            if recovery is None:
+                raise
+            job.recovering = False
+            recovered = await recovery.wait(self._job_deadline())
+            if recovered is None:
+                raise
+            job.recovering, handle = True, recovered
         job.task_id = handle.task_id
         self._emit(JobEventKind.SUBMITTED, job, reattached=job.reattached)
         return handle
+
+    def _job_deadline(self) -> float | None:
+        """Seconds each job may wait for its task (``timeout``, else the poll policy's)."""
+        timeout = self._options.timeout
+        if timeout is USE_DEFAULT:
+            poll = self._options.poll if self._options.poll is not None else self._core.poll
+            return poll.timeout
+        return timeout
 
     def _retrying(self, job: _Job, error: BaseException, seconds: float) -> None:
         # JobEvent.error is an Exception; a retried failure always is one.

@@ -17,8 +17,9 @@ from . import _telemetry as telemetry
 from ._config import USE_DEFAULT, PollPolicy, UseDefault
 from ._errors import NotFoundError, SessionClosedError, TaskFailedError, TaskTimeoutError
 from ._models import FAILED_STATUSES, FINAL_STATUSES, TaskRecord, TaskStatus
+from ._outage import is_outage
 from ._polling import Alarm
-from ._retry import is_transient, poll_retrying
+from ._retry import is_transient, next_poll_after_failure
 from ._telemetry import request_kind
 from ._validate import optional_seconds
 
@@ -195,25 +196,33 @@ class TaskHandle:
         self, policy: PollPolicy, on_retry: Callable[[BaseException, float], None] | None
     ) -> TaskRecord:
         # Polling is a schedule, not a retry: this loop asks the policy when to poll next,
-        # and each poll is one call that the retry module carries through its transient
-        # failures, at the schedule's pace. Between polls nothing but a timer is held, which
+        # and a poll that failed transiently is one poll of the schedule (the retry module
+        # says how long to wait after it). Between polls nothing but a timer is held, which
         # keeps 10,000 waiting handles cheap.
         alarm = self._alarm
         attempt = 1
-        retrying = poll_retrying(
-            self._core.retry,
-            sleep=alarm.sleep,
-            delay=lambda retry: self._delay(policy, attempt + retry),
-            what=self.task_id,
-            on_retry=on_retry,
-        )
-        await alarm.sleep(self._delay(policy, attempt))
+        wait = self._delay(policy, attempt)
         while True:
-            record: TaskRecord | None = await retrying(self._poll_once, policy)
+            await alarm.sleep(wait)
+            try:
+                record = await self._poll_once(policy)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                attempt += 1
+                wait = next_poll_after_failure(
+                    exc,
+                    self._delay(policy, attempt),
+                    self._core.retry,
+                    what=self.task_id,
+                    poll=attempt - 1,
+                    on_retry=on_retry,
+                )
+                continue
             if record is not None and record.status in FINAL_STATUSES:
                 return record
-            attempt += retrying.statistics["attempt_number"]
-            await alarm.sleep(self._delay(policy, attempt))
+            attempt += 1
+            wait = self._delay(policy, attempt)
 
     def _delay(self, policy: PollPolicy, attempt: int) -> float:
         core = self._core
@@ -243,7 +252,10 @@ class TaskHandle:
                 if self._failing_since is None:
                     self._failing_since = now
                 self._last_error = exc
-                self._core.health.failed(exc, now, policy.warn_failing_after)
+                if is_outage(exc):  # the outage's own lines say it, once per session
+                    self._core.outage.failed(exc, probe=False)
+                else:
+                    self._core.health.failed(exc, now, policy.warn_failing_after)
             raise
         self._answered()
         if record.status is TaskStatus.UNKNOWN:
@@ -251,10 +263,11 @@ class TaskHandle:
         return self._seen(record)
 
     def _answered(self) -> None:
-        """A poll got an answer: any spell of failing polls is over."""
+        """A poll got an answer: any spell of failing polls (or outage) is over."""
         self._failing_since = None
         self._last_error = None
         self._core.health.succeeded(time.monotonic())
+        self._core.outage.answered()
 
     def _seen(self, record: TaskRecord) -> TaskRecord:
         self._last = record

@@ -65,6 +65,9 @@ class JobOutcome:
             exception raised by your ``on_event`` hook.
         paths: The downloaded files, in the order of ``record.image_urls`` (empty unless the
             fan-out downloads).
+        recovered: ``True`` when the submission's answer was lost and its task was found by
+            the provider's callback (the session has a :class:`CallbackReceiver`; confirmed
+            with one GET): ``task_id`` is then that task's, and nothing was sent twice.
 
     """
 
@@ -74,6 +77,7 @@ class JobOutcome:
     record: TaskRecord | None = None
     error: Exception | None = None
     paths: tuple[Path, ...] = ()
+    recovered: bool = False
 
     @property
     def ok(self) -> bool:

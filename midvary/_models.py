@@ -112,13 +112,22 @@ class TaskRecord:
         return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def _checked(
+    checker: Callable[..., object], *args: Any, **kwargs: Any
+) -> Callable[[object, attrs.Attribute[Any], object], None]:
+    """An attrs validator running ``checker(value, field_name, *args, **kwargs)``."""
+
+    def validate(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        checker(value, attribute.name, *args, **kwargs)
+
+    return validate
+
+
 def _check_task_id(_inst: object, attribute: attrs.Attribute[str], value: object) -> None:
     check_task_id(value, name=attribute.name)
 
 
-def _check_image_index(
-    _inst: object, _attribute: attrs.Attribute[Any] | None, value: object
-) -> None:
+def _check_image_index(_inst: object, _attribute: attrs.Attribute[Any], value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(
             f"image_index must be an int from 0 to 3, not {type(value).__name__} {value!r}",
@@ -130,9 +139,7 @@ def _check_image_index(
         )
 
 
-def _check_water_mark(
-    _inst: object, _attribute: attrs.Attribute[Any] | None, value: object
-) -> None:
+def _check_water_mark(_inst: object, _attribute: attrs.Attribute[Any], value: object) -> None:
     if value is not None and not isinstance(value, str):
         raise TypeError(f"water_mark must be a str or None, not {type(value).__name__}")
 
@@ -164,29 +171,12 @@ class VaryRequest:
 
     """
 
-    task_id: str
-    image_index: int
-    water_mark: str | None = None
-    callback_url: str | None = None
+    task_id: str = attrs.field(validator=_check_task_id)
+    image_index: int = attrs.field(validator=_check_image_index)
+    water_mark: str | None = attrs.field(default=None, validator=_check_water_mark)
+    callback_url: str | None = attrs.field(default=None, validator=_check_callback_url)
     id: str | None = None
-    key: str | None = None
-
-    def __attrs_post_init__(self) -> None:
-        # One call checks every field (a request is built per job, on the hot path): the
-        # common valid values pass inline; anything else goes to the field's checker, which
-        # raises the detailed error (fields in declaration order, as attrs validators did).
-        task_id = self.task_id
-        if type(task_id) is not str or not task_id or check.WHITESPACE.search(task_id):
-            check_task_id(task_id, name="task_id")
-        index = self.image_index
-        if type(index) is not int or index not in IMAGE_INDEXES:
-            _check_image_index(self, None, index)
-        if self.water_mark is not None and type(self.water_mark) is not str:
-            _check_water_mark(self, None, self.water_mark)
-        if self.callback_url is not None:
-            check_http_url(self.callback_url, name="callback_url")
-        if self.key is not None:
-            check.submission_key(self.key)
+    key: str | None = attrs.field(default=None, validator=_checked(check.submission_key))
 
     def describe(self) -> str:
         """A short human description, e.g. ``vary(abc123, image 2)``."""
@@ -196,17 +186,6 @@ class VaryRequest:
 def _label(job_id: str | None, key: str | None = None) -> str:
     label = f" [{job_id}]" if job_id is not None else ""
     return label if key is None else f"{label} key={key!r}"
-
-
-def _checked(
-    checker: Callable[..., object], *args: Any, **kwargs: Any
-) -> Callable[[object, attrs.Attribute[Any], object], None]:
-    """An attrs validator running ``checker(value, field_name, *args, **kwargs)``."""
-
-    def validate(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
-        checker(value, attribute.name, *args, **kwargs)
-
-    return validate
 
 
 # The generate endpoint's documented values (docs/provider.md, issue 13).

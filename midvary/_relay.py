@@ -17,6 +17,15 @@ rarely the one whose handle waits. With ``CallbackReceiver(store=...)``:
    the whole fleet, and none once the handle saw its task final.
 
 Deliveries to the receiver that issued the token take the local path (no store I/O).
+
+A submission whose answer was lost (``_recovery``) may have created a task the provider
+will call back: its token stays unbound. A delivery to such a token (here, or at the
+replica that issued it, whose ticket is then marked lost) is checked against the task id
+its body names and that claim is kept in the store's record (:meth:`CallbackRelay.report`)
+until the token expires, so the issuing process, or a later run of the same key (a keyed
+submission's token is findable from the key's hash, :func:`link_id`), confirms it with one
+GET. A replica answers such a delivery 503 all the same: the token's answer may still come,
+and the provider's retry then takes the ordinary path.
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ from ._errors import StoreError
 from ._retry import ask_until_answered, resubscribing
 
 if TYPE_CHECKING:
-    from ._store import TokenStore
+    from ._store import TokenRecord, TokenStore
     from ._tickets import Ticket, TicketBook
 
 logger = logging.getLogger("midvary._callbacks")
@@ -47,6 +56,11 @@ _RESUBSCRIBE: Final = (0.1, 30.0)
 def token_id(token: str) -> str:
     """The name a token is stored under: its SHA-256, so a store dump holds no capability."""
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def link_id(namespace: str, key: str) -> str:
+    """The name a keyed submission's token is found by: the SHA-256 of its account and key."""
+    return hashlib.sha256(f"{namespace}\n{key}".encode()).hexdigest()
 
 
 class CallbackRelay:
@@ -73,15 +87,39 @@ class CallbackRelay:
 
     # --- the issuing side --------------------------------------------------------------
 
-    async def register(self, ticket: Ticket) -> None:
+    async def register(self, ticket: Ticket, link: str | None = None) -> None:
         """Record ``ticket``'s token before its POST, listening to wake-ups first.
+
+        Args:
+            ticket: The new ticket.
+            link: The :func:`link_id` of the submission's key, or ``None`` (no key).
 
         Raises:
             StoreError: The store failed; nothing may be sent with this ticket.
 
         """
         await self._listening()
-        await self._store.add_token(self.scope, token_id(ticket.token), ttl_s=self._ttl)
+        await self._store.add_token(
+            self.scope, token_id(ticket.token), ttl_s=self._ttl, link_id=link
+        )
+
+    async def record(self, name: str) -> TokenRecord | None:
+        """The store's record of the token named ``name`` (a :func:`token_id`), or ``None``.
+
+        Raises:
+            StoreError: The store failed.
+
+        """
+        return await self._store.get_token(self.scope, name)
+
+    async def linked(self, link: str) -> str | None:
+        """The :func:`token_id` issued for the key of ``link`` (a :func:`link_id`), or ``None``.
+
+        Raises:
+            StoreError: The store failed.
+
+        """
+        return await self._store.linked_token(self.scope, link)
 
     def bound(self, ticket: Ticket) -> None:
         """``ticket`` was bound to its task: record that, in the background."""
@@ -136,6 +174,9 @@ class CallbackRelay:
 
     def _wake(self, token: str) -> None:
         ticket = self._book.lookup(token)
+        if ticket is not None and ticket.lost and ticket.alarm is None:
+            ticket.report(None)  # a delivery to its lost answer's task: the store has it
+            return
         if ticket is None or ticket.alarm is None:
             return  # another replica's token, or one this receiver dropped meanwhile
         if ticket.ring():
@@ -147,12 +188,12 @@ class CallbackRelay:
 
     # --- the receiving side ------------------------------------------------------------
 
-    async def task_of(self, token: str, *, bind_wait: float) -> str | int:
+    async def task_of(self, token: str, *, bind_wait: float) -> str | int | None:
         """The task bound to another replica's ``token``, or the HTTP status to answer.
 
-        Waits up to ``bind_wait`` seconds for an unbound token's binding (503 after that),
-        404 for a token the store does not know, 503 when the store fails (the provider
-        retries later).
+        Waits up to ``bind_wait`` seconds for an unbound token's binding (``None`` after
+        that: its answer is late or lost, see :meth:`report`), 404 for a token the store
+        does not know, 503 when the store fails (the provider retries later).
         """
         name = token_id(token)
 
@@ -167,13 +208,27 @@ class CallbackRelay:
                 return 404
             return record.task_id  # None: not bound yet, look again
 
+        # None after the wait: its answer is late or lost (see report).
         answer: str | int | None = await ask_until_answered(
             look, first=_FIRST_LOOK, within=bind_wait
         )
-        if answer is None:
-            logger.info("callback came before its task id (via the store): 503")
-            return 503
         return answer
+
+    async def report(self, token: str, task_id: str, *, wake: bool) -> int:
+        """A checked delivery to the unbound ``token`` named ``task_id``: keep that claim.
+
+        With ``wake``, the replica holding the token is told (it may hold it as lost).
+        Returns 200 once kept, 404 for a token gone meanwhile, 503 when the store fails.
+        """
+        try:
+            if not await self._store.report_token(self.scope, token_id(token), task_id=task_id):
+                return 404
+            if wake:
+                await self._store.publish_wake(self.scope, token)
+        except StoreError as exc:
+            logger.warning("could not keep a callback's task id %s (%s): 503", task_id, exc)
+            return 503
+        return 200
 
     async def forward(self, token: str) -> int:
         """An accepted delivery for another replica's ``token``: wake its owner; the status."""

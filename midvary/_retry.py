@@ -4,9 +4,9 @@
 failure                            poll (GET)  submission
 =================================  ==========  ==========
 429 rate limited                   retried     retried
-455 maintenance                    retried     retried
+455 maintenance                    retried     waited out
 500 server error                   retried     uncertain
-connection could not be opened     retried     retried
+connection could not be opened     retried     waited out
 answer lost after sending          retried     uncertain
 HTML / empty / malformed answer    retried     uncertain
 400 401 402 404 422 501 505        final       final
@@ -15,18 +15,23 @@ HTML / empty / malformed answer    retried     uncertain
 Result downloads (reads) retry like polls; an HTTP error of the result host
 (:class:`~midvary.DownloadError`) is retried only for 408, 425, 429 and 5xx.
 
+"Waited out": an outage, which the session's :class:`~midvary._outage.OutageWatch` waits out
+(one probe at a time, up to ``RetryPolicy.outage_budget``) instead of counting attempts.
+
 "Uncertain" submissions raise :class:`~midvary.SubmitUncertainError` and are never re-sent:
 the provider has no idempotency key, so a second POST could start a second billed task.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
 
 import tenacity
+from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
 from ._config import RetryPolicy
@@ -42,13 +47,13 @@ from ._errors import (
     TaskTimeoutError,
     TransportError,
 )
+from ._outage import OutageWatch, is_outage
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Sleep = Callable[[float], Awaitable[None]]
-BeforeSleep = Callable[[BaseException, float], None]
-AsyncBeforeSleep = Callable[[BaseException, float], Awaitable[None]]
+#: ``on_retry(error, wait_seconds)``, told before each wait; a coroutine function is awaited.
+OnRetry = Callable[[BaseException, float], object]
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -90,9 +95,6 @@ def _store_busy(exc: BaseException) -> bool:
     return "locked" in message or "busy" in message
 
 
-_RETRY_TRANSIENT = tenacity.retry_if_exception(is_transient)
-
-
 def is_unaccepted(exc: BaseException) -> bool:
     """Whether a submission that failed with ``exc`` was certainly not accepted (safe to resend)."""
     if isinstance(exc, RateLimitError | ServiceUnavailableError):
@@ -106,105 +108,120 @@ def retry_after(exc: BaseException | None) -> float | None:
     return value if isinstance(value, int | float) else None
 
 
+def _honour_retry_after(exc: BaseException | None, wait: float, cap: float) -> float:
+    """``wait`` seconds, or what the failed answer asked for (capped at ``cap``) if longer."""
+    asked = retry_after(exc)
+    return wait if asked is None else max(wait, min(max(asked, 0.0), cap))
+
+
 class _HonourRetryAfter(wait_base):
     """Wait at least what the provider asked for, capped; otherwise the fallback backoff."""
 
-    def __init__(self, fallback: Callable[[tenacity.RetryCallState], float], cap: float) -> None:
+    def __init__(self, fallback: wait_base, cap: float) -> None:
         self._fallback = fallback
         self._cap = cap
 
     def __call__(self, retry_state: tenacity.RetryCallState) -> float:
-        wait = self._fallback(retry_state)
         outcome = retry_state.outcome
-        asked = retry_after(outcome.exception()) if outcome is not None and outcome.failed else None
-        if asked is not None:
-            wait = max(wait, min(max(asked, 0.0), self._cap))
-        return wait
+        exc = outcome.exception() if outcome is not None and outcome.failed else None
+        return _honour_retry_after(exc, self._fallback(retry_state), self._cap)
 
 
-def _failure(what: str, state: tenacity.RetryCallState) -> BaseException | None:
-    """The failure tenacity is about to retry (logged), or ``None``."""
-    outcome = state.outcome
-    exc = outcome.exception() if outcome is not None and outcome.failed else None
-    if exc is not None:
+def _log_failure(what: str, exc: BaseException, attempt: int, wait: float) -> None:
+    if is_outage(exc):
         logger.info(
-            "%s failed (%s: %s); attempt %d, retrying in %.2f s",
+            "%s failed (%s: %s); attempt %d, waiting out the outage",
             what,
             type(exc).__name__,
             exc,
-            state.attempt_number,
-            state.upcoming_sleep,
+            attempt,
         )
-    return exc
+        return
+    logger.info(
+        "%s failed (%s: %s); attempt %d, retrying in %.2f s",
+        what,
+        type(exc).__name__,
+        exc,
+        attempt,
+        wait,
+    )
 
 
-def _before_sleep(what: str, hook: BeforeSleep | None) -> Callable[[tenacity.RetryCallState], None]:
-    def before_sleep(state: tenacity.RetryCallState) -> None:
-        exc = _failure(what, state)
-        if exc is not None and hook is not None:
-            hook(exc, state.upcoming_sleep)
-
-    return before_sleep
-
-
-def _before_sleep_async(
-    what: str, hook: AsyncBeforeSleep | None
+def _before_sleep(
+    what: str, hook: OnRetry | None
 ) -> Callable[[tenacity.RetryCallState], Awaitable[None]]:
+    """Log the failure tenacity is about to retry, then tell ``hook`` (awaited if async)."""
+
     async def before_sleep(state: tenacity.RetryCallState) -> None:
-        exc = _failure(what, state)
-        if exc is not None and hook is not None:
-            await hook(exc, state.upcoming_sleep)
+        outcome = state.outcome
+        exc = outcome.exception() if outcome is not None and outcome.failed else None
+        if exc is None:
+            return
+        _log_failure(what, exc, state.attempt_number, state.upcoming_sleep)
+        if hook is not None:
+            told = hook(exc, state.upcoming_sleep)
+            if inspect.isawaitable(told):
+                await told
 
     return before_sleep
 
 
-async def retry_failed(
-    fn: Callable[[], Awaitable[T]], retrying: tenacity.AsyncRetrying, failure: BaseException
-) -> T:
-    """Carry on with ``retrying`` a call of ``fn`` whose first attempt failed with ``failure``.
+class _SubmitStop(stop_base):
+    """Stop after ``attempts`` 429s; an outage (455, no connection) once it outlasts its budget."""
 
-    Tenacity's per-call set-up costs more CPU than parsing a poll's answer, and nearly every
-    call succeeds at once, so callers make the first attempt bare and come here only with a
-    failure that ``retrying``'s own predicate retries. The failure is replayed to
-    ``retrying`` as its first attempt, so waits, ``Retry-After``, hooks and the attempt
-    budget count exactly as if tenacity had made every attempt.
-    """
-    first: BaseException | None = failure
+    def __init__(self, attempts: int, outage: OutageWatch) -> None:
+        self._attempts = attempts
+        self._outage = outage
+        self._counted = 0
 
-    async def replay_then_call() -> T:
-        nonlocal first
-        if first is not None:
-            replayed, first = first, None
-            raise replayed
-        return await fn()
+    def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
+        outcome = retry_state.outcome
+        exc = outcome.exception() if outcome is not None and outcome.failed else None
+        if exc is not None and is_outage(exc):
+            return not self._outage.active or self._outage.exhausted()
+        self._counted += 1
+        return self._counted >= self._attempts
 
-    return await retrying(replay_then_call)
+
+class _SubmitWait(_HonourRetryAfter):
+    """The backoff after a 429; none after an outage error (the outage's admit waits)."""
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+        outcome = retry_state.outcome
+        if outcome is not None and outcome.failed:
+            exc = outcome.exception()
+            if exc is not None and is_outage(exc):
+                return 0.0
+        return super().__call__(retry_state)
 
 
 def submit_retrying(
-    policy: RetryPolicy, *, sleep: Sleep | None = None, on_retry: AsyncBeforeSleep | None = None
+    policy: RetryPolicy, outage: OutageWatch, *, on_retry: OnRetry | None = None
 ) -> tenacity.AsyncRetrying:
     """Retrying for one submission: only failures that certainly were not accepted.
+
+    A 429 is tried ``policy.attempts`` times in all, with backoff. An outage (455, or a
+    connection never opened) is waited out by ``outage`` (the session's
+    :class:`~midvary._outage.OutageWatch`: the next attempt waits for its turn there) until
+    it has lasted ``policy.outage_budget`` seconds.
 
     ``await on_retry(exc, wait_seconds)`` runs before each wait (the submitter puts its key
     claim back to claimed there, slows its limiter down after a 429 and tells its hooks);
     an exception it raises ends the submission with that exception.
     """
-    kwargs: dict[str, Any] = {"sleep": sleep} if sleep is not None else {}
     return tenacity.AsyncRetrying(
         retry=tenacity.retry_if_exception(is_unaccepted),
-        wait=_HonourRetryAfter(backoff(policy), policy.max_retry_after),
-        stop=tenacity.stop_after_attempt(policy.attempts),
-        before_sleep=_before_sleep_async("submission", on_retry),
+        wait=_SubmitWait(backoff(policy), policy.max_retry_after),
+        stop=_SubmitStop(policy.attempts, outage),
+        before_sleep=_before_sleep("submission", on_retry),
         reraise=True,
-        **kwargs,
     )
 
 
 def read_retrying(policy: RetryPolicy, *, what: str) -> tenacity.AsyncRetrying:
     """Retrying for an idempotent read outside polling (a result download)."""
     return tenacity.AsyncRetrying(
-        retry=_RETRY_TRANSIENT,
+        retry=tenacity.retry_if_exception(is_transient),
         wait=_HonourRetryAfter(backoff(policy), policy.max_retry_after),
         stop=tenacity.stop_after_attempt(policy.attempts),
         before_sleep=_before_sleep(what, None),
@@ -218,31 +235,29 @@ def backoff(policy: RetryPolicy) -> wait_base:
     return exponential + tenacity.wait_random(0, policy.wait_jitter)
 
 
-def poll_retrying(
+def next_poll_after_failure(
+    exc: BaseException,
+    scheduled: float,
     retry: RetryPolicy,
     *,
-    sleep: Sleep,
-    delay: Callable[[int], float],
     what: str,
-    on_retry: BeforeSleep | None = None,
-) -> tenacity.AsyncRetrying:
-    """Retrying for ONE poll of task ``what``: again on a transient error, never on a result.
+    poll: int,
+    on_retry: Callable[[BaseException, float], None] | None = None,
+) -> float:
+    """Seconds until the next poll of task ``what``, after a poll that failed transiently.
 
-    Polling itself is a schedule kept by the handle, not a retry; this only carries one poll
-    through 429s, maintenance, 500s and broken answers. ``delay(n)`` is the wait, in seconds,
-    before retry ``n`` (the poll schedule's, so a failing poll keeps the schedule's pace);
-    ``Retry-After`` is honoured up to ``retry.max_retry_after``. No stop condition: the
-    caller's deadline bounds the loop, and also cuts a request in flight. ``on_retry(exc,
-    wait_seconds)`` is called before each wait.
+    Polling is a schedule, not a retry: a poll that failed with ``exc`` (429, maintenance,
+    500, the network, a broken answer: :func:`is_transient`) counts as one poll, and the
+    next one comes at the schedule's time (``scheduled`` seconds), or later if the answer
+    asked for it (``Retry-After``, at most ``retry.max_retry_after``). The caller's deadline
+    bounds the polling. ``poll`` is the failed poll's number (from 1), for the log line;
+    ``on_retry(exc, wait_seconds)`` is told.
     """
-    return tenacity.AsyncRetrying(
-        retry=_RETRY_TRANSIENT,
-        wait=_HonourRetryAfter(lambda state: delay(state.attempt_number), retry.max_retry_after),
-        stop=tenacity.stop_never,
-        sleep=sleep,
-        before_sleep=_before_sleep(f"poll of task {what}", on_retry),
-        reraise=True,
-    )
+    wait = _honour_retry_after(exc, scheduled, retry.max_retry_after)
+    _log_failure(f"poll of task {what}", exc, poll, wait)
+    if on_retry is not None:
+        on_retry(exc, wait)
+    return wait
 
 
 def resubscribing(
@@ -292,7 +307,7 @@ def retry_blocking(fn: Callable[[], T], *, within_s: float, wait_s: float = 0.05
     seconds; the last failure is raised.
     """
     retrying = tenacity.Retrying(
-        retry=_RETRY_TRANSIENT,
+        retry=tenacity.retry_if_exception(is_transient),
         wait=tenacity.wait_fixed(wait_s),
         stop=tenacity.stop_after_delay(within_s),
         reraise=True,

@@ -22,6 +22,8 @@ import attrs
 from ._callbacks import CallbackReceiver, tickets_for
 from ._config import USE_DEFAULT, PollPolicy, RetryPolicy, UseDefault
 from ._core import CorePolicy, SessionCore
+from ._download import DEFAULT_MAX_DOWNLOAD_BYTES
+from ._errors import SubmitUncertainError
 from ._fanout import FanOut, Requests, check_requests, collect_all, takes_options_of
 from ._handle import TaskHandle
 from ._jobs import (
@@ -32,11 +34,19 @@ from ._jobs import (
     OnEvent,
 )
 from ._models import GenerateRequest, SubmitRequest, TaskRecord, UpscaleRequest, VaryRequest
+from ._outage import Outage
 from ._ratelimit import DEFAULT_SUBMIT_RATE, SubmitLimiter
 from ._store import MemoryStore, Store, StoreClaims, StoreLimiter
 from ._submit import Limiter, Submitter
 from ._testmode import default_poll, default_retry
-from ._validate import count, instance, positive_seconds, resolve_api_key, resolve_base_url
+from ._validate import (
+    count,
+    instance,
+    optional_seconds,
+    positive_seconds,
+    resolve_api_key,
+    resolve_base_url,
+)
 from ._validate import (
     directory as check_directory,
 )
@@ -126,6 +136,10 @@ class Session:
             process sharing it,
             and ``submit_rate`` is one limit for them all. ``None`` means keys deduplicate
             within this session only (an in-memory store) and the limit is this session's.
+        max_download_bytes: The largest result file a download accepts, in bytes (>= 1;
+            default 256 MiB); a larger one is a :class:`DownloadError` (a ``Content-Length``
+            over it is refused before a byte is read, a body that grows past it is cut
+            there). ``None`` means no limit.
 
     Raises:
         ReceiverClosedError: ``callbacks`` is a stopped receiver.
@@ -147,6 +161,7 @@ class Session:
         callbacks: CallbackReceiver | None = None,
         submit_rate: tuple[int, float] | None = DEFAULT_SUBMIT_RATE,
         store: Store | None = None,
+        max_download_bytes: int | None = DEFAULT_MAX_DOWNLOAD_BYTES,
     ) -> None:
         api_key = resolve_api_key(api_key)
         rate = check_submit_rate(submit_rate)
@@ -176,6 +191,11 @@ class Session:
             retry=retry if retry is not None else default_retry(),
             index_base=index_base,
             seed=seed,
+            max_download_bytes=(
+                None
+                if max_download_bytes is None
+                else count(max_download_bytes, "max_download_bytes")
+            ),
         )
         limiter: Limiter | None
         if store is None:
@@ -204,6 +224,18 @@ class Session:
     def base_url(self) -> str:
         """The API's base URL, without a trailing slash."""
         return str(self._core.base_url)
+
+    @property
+    def outage(self) -> Outage | None:
+        """The outage this session is waiting out, or ``None`` when there is none.
+
+        A 455 (maintenance) or a connection that cannot be opened, on a submission or a
+        poll, starts one: submissions pause (one at a time is let through to try, at a
+        growing interval) and give up with their error once it has lasted the retry
+        policy's ``outage_budget`` (30 minutes by default). Any other answer ends it. One
+        WARNING line is logged when it starts and one when it ends.
+        """
+        return self._core.outage.state()
 
     @property
     def closed(self) -> bool:
@@ -260,7 +292,8 @@ class Session:
             ReceiverClosedError: The session's callback receiver is stopped; nothing was sent.
             SubmitUncertainError: The answer was lost after sending; the task may exist and
                 be billed. It is never re-sent automatically; for a key, also when an
-                earlier submission of it was: ``store.forget(key)`` allows a re-send.
+                earlier submission of it was: ``store.forget(key)`` allows a re-send. With
+                a :class:`CallbackReceiver`, :meth:`recover` awaits the task by its callback.
             APIError: The provider refused the submission (after retrying 429 and 455).
 
         """
@@ -271,7 +304,7 @@ class Session:
             callback_url=callback_url,
             key=key,
         )
-        return await self._submitter.submit(request)  # as submit() does, one coroutine fewer
+        return await self.submit(request)
 
     async def generate(
         self,
@@ -521,7 +554,12 @@ class Session:
     vary_all = _renamed(submit_all, "vary_all")
 
     async def download(
-        self, record: TaskRecord, directory: str | os.PathLike[str], *, concurrency: int = 4
+        self,
+        record: TaskRecord,
+        directory: str | os.PathLike[str],
+        *,
+        concurrency: int = 4,
+        max_bytes: int | UseDefault | None = USE_DEFAULT,
     ) -> tuple[Path, ...]:
         """Download a record's images to ``<directory>/<task_id>_<n>.<ext>``.
 
@@ -536,6 +574,8 @@ class Session:
             record: The task's record; a record without image URLs downloads nothing.
             directory: Where to put the files.
             concurrency: The most images downloaded at once (>= 1).
+            max_bytes: The largest file accepted, in bytes (>= 1); by default the session's
+                ``max_download_bytes``; ``None`` means no limit.
 
         Returns:
             The paths of all the record's images, in ``image_urls`` order, whether written
@@ -543,16 +583,62 @@ class Session:
 
         Raises:
             TypeError, ValueError: An argument is invalid.
-            DownloadError: The result host answered an HTTP error (after retries).
+            DownloadError: The result host answered an HTTP error (after retries), a file
+                was over ``max_bytes``, or a URL is not http(s) (``.reason`` says which).
             TransportError: The network failed (after retries).
 
         """
         if not isinstance(record, TaskRecord):
             raise TypeError(f"record must be a midvary.TaskRecord, not {type(record).__name__}")
         path = check_directory(directory)
+        if max_bytes is not None and max_bytes is not USE_DEFAULT:
+            max_bytes = count(max_bytes, "max_bytes")
         return await self._core.download(
-            record, path, concurrency=count(concurrency, "concurrency")
+            record, path, concurrency=count(concurrency, "concurrency"), max_bytes=max_bytes
         )
+
+    async def recover(
+        self, error: SubmitUncertainError, *, timeout: float | None = None
+    ) -> TaskHandle:
+        """Wait for the task of a submission whose answer was lost, found by its callback.
+
+        The provider calls back every task it created. When this session has a
+        :class:`CallbackReceiver`, a submission that raised :class:`SubmitUncertainError`
+        keeps its callback token; a delivery to it names a task, which is confirmed with
+        one GET (its echoed request must be the submission's: parent task, image index and
+        the callback URL carrying the token) before its handle is returned. A keyed
+        submission's key then records the task id. Nothing is ever sent again. With a
+        receiver on a shared store, this works for an error raised because a key was found
+        uncertain, too (the provider's callback may reach any replica, or come before).
+
+        Args:
+            error: What a submission of this session raised.
+            timeout: Seconds to wait at most; ``None`` means while the token lives (the
+                receiver's ``token_ttl`` from the submission). Calling again after a
+                timeout goes on waiting.
+
+        Returns:
+            The handle of the recovered task; ``await`` it for the final record.
+
+        Raises:
+            TypeError: ``error`` is not a :class:`SubmitUncertainError`.
+            SubmitUncertainError: ``error`` itself, when no task was confirmed: the session
+                has no receiver (or the submission named its own ``callback_url``), the
+                token expired, or ``timeout`` passed. The task may still exist.
+            SessionClosedError: The session closed while waiting.
+
+        """
+        if not isinstance(error, SubmitUncertainError):
+            raise TypeError(
+                f"error must be a midvary.SubmitUncertainError, not {type(error).__name__}"
+            )
+        limit = optional_seconds(timeout, "timeout")
+        self._core.check_open()
+        recovery = self._submitter.recovery(error)
+        handle = None if recovery is None else await recovery.wait(limit)
+        if handle is None:
+            raise error
+        return handle
 
     async def credits(self) -> int:
         """The account's remaining credits: one ``GET /api/v1/chat/credit``, not retried.

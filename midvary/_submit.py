@@ -23,14 +23,19 @@ One submission, in order:
    write fails the task id is logged at WARNING with its key and the handle is returned
    anyway: the key then turns uncertain, never sent twice), the ticket is bound to the
    handle's alarm, and the :class:`TaskHandle` is returned; on a certain refusal the claim
-   is released; an uncertain submission marks the key uncertain.
+   is released (and the ticket dropped); an uncertain submission marks the key uncertain
+   and keeps its ticket, marked lost, for the provider's callback: the error's
+   :class:`~midvary._recovery.Recovery` (:meth:`Submitter.recovery`) waits for it. A key
+   found uncertain gets one too when its token is in the receiver's shared store.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable
+import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeGuard
 
 import attrs
@@ -50,14 +55,15 @@ from ._errors import (
 )
 from ._handle import TaskHandle
 from ._models import GenerateRequest, SubmitRequest, UpscaleRequest, VaryRequest
+from ._outage import is_outage
 from ._polling import Alarm
-from ._retry import is_unaccepted, retry_failed, submit_retrying
+from ._recovery import Recovery
+from ._relay import link_id, token_id
+from ._retry import is_unaccepted, submit_retrying
 from ._store._base import RequestJSON, canonical_json
 
 if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
-
-    import tenacity
 
     from ._callbacks import SessionTickets
     from ._core import SessionCore
@@ -135,6 +141,9 @@ class SubmitHooks(Protocol):
     def reattached(self) -> None:
         """The request's key already named a task: its handle is returned, nothing sent."""
 
+    def recovered(self) -> None:
+        """The answer was lost (now or earlier, for a key): the callback named the task."""
+
 
 class Slot(Protocol):
     """One POST's place in a limiter's window (``_ratelimit.Slot``, ``_store.StoreSlot``)."""
@@ -200,6 +209,15 @@ class Claim(Protocol):
 class SubmitStore(Protocol):
     """Where a store plugs into submissions (``_store.StoreClaims``)."""
 
+    @property
+    def namespace(self) -> str:
+        """The account's namespace of keys in the store."""
+        ...
+
+    async def recovered(self, key: str, task_id: str) -> bool:
+        """An uncertain ``key``'s lost answer was recovered as ``task_id``: record it."""
+        ...
+
     def claim(
         self, key: str, *, fingerprint: str, request: object
     ) -> AbstractAsyncContextManager[Claim]:
@@ -224,7 +242,7 @@ class Submitter:
 
     """
 
-    __slots__ = ("_core", "_limiter", "_store", "_tickets")
+    __slots__ = ("_core", "_limiter", "_recoveries", "_store", "_tickets")
 
     def __init__(
         self,
@@ -238,6 +256,19 @@ class Submitter:
         self._limiter = limiter
         self._tickets = tickets
         self._store = store
+        # The recovery of each uncertain submission that has one, by its error (held by
+        # its caller for as long as the caller may ask).
+        self._recoveries: weakref.WeakKeyDictionary[SubmitUncertainError, Recovery] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def recovery(self, error: SubmitUncertainError) -> Recovery | None:
+        """The recovery of the submission that raised ``error``, or ``None`` if it has none.
+
+        Only a submission of this session sent with its receiver's ticket (or, with a
+        receiver on a shared store, a key found uncertain whose token is there) has one.
+        """
+        return self._recoveries.get(error)
 
     @property
     def limiter(self) -> Limiter | None:
@@ -292,12 +323,40 @@ class Submitter:
                 span.accepted(claim.task_id, "reattached")
                 return TaskHandle(self._core, claim.task_id, request=request)
             if claim.known_uncertain:
-                raise SubmitUncertainError(
+                error = SubmitUncertainError(
                     request,
                     f"key {key!r} was sent before and its answer was lost; "
                     "store.forget(key) allows a re-send",
                 )
+                recovery = await self._recovery_of_key(kind, request, key)
+                if recovery is not None:
+                    # A delivery for it may be in the store already: one look, no wait.
+                    handle = await recovery.wait(0.0)
+                    if handle is not None:
+                        if hooks is not None:
+                            hooks.recovered()
+                        span.accepted(handle.task_id, "recovered")
+                        return handle
+                    self._recoveries[error] = recovery
+                raise error
             return await self._submit(kind, request, hooks, claim, span)
+
+    async def _recovery_of_key(
+        self, kind: RequestKind, request: SubmitRequest, key: str
+    ) -> Recovery | None:
+        """The recovery of uncertain ``key`` by its earlier token, if the store has it."""
+        relay = self._tickets.relay if self._tickets is not None else None
+        if relay is None or self._store is None:
+            return None
+        try:
+            name = await relay.linked(link_id(self._store.namespace, key))
+        except StoreError as exc:
+            logger.warning("could not look up the callback token of key %r: %s", key, exc)
+            return None
+        if name is None:
+            return None
+        body = kind.body(request, callback_url=None, index_base=self._core.index_base)
+        return self._recovery(request, body, name, None, key)
 
     async def _submit(
         self,
@@ -307,24 +366,19 @@ class Submitter:
         claim: Claim | None,
         span: telemetry.Submission,
     ) -> TaskHandle:
-        tickets = self._tickets
-        ticket = (
-            await tickets.issue() if tickets is not None and request.callback_url is None else None
-        )
+        ticket = await self._ticket(request, claim) if self._tickets is not None else None
         callback_url = request.callback_url if ticket is None else ticket.url
         body = kind.body(request, callback_url=callback_url, index_base=self._core.index_base)
         attempt = _Attempt(self._core, self._limiter, kind.path, body, request, hooks, claim)
         attempt.span = span
         try:
-            try:  # the first attempt bare: tenacity is set up only after a retryable failure
-                task_id: str = await attempt()
-            except Exception as exc:
-                if not is_unaccepted(exc):
-                    raise
-                task_id = await retry_failed(attempt, attempt.retrying(), exc)
+            retrying = submit_retrying(
+                self._core.retry, self._core.outage, on_retry=attempt.retrying
+            )
+            task_id: str = await retrying(attempt)
         except BaseException as exc:
             if ticket is not None:
-                ticket.drop()
+                self._failed(ticket, exc, request, body)
             accepted = attempt.task_id
             if accepted is not None:
                 # Accepted, then something failed on our side: the task is billed, so its id
@@ -343,11 +397,55 @@ class Submitter:
         span.accepted(task_id)
         if claim is not None:
             await _record(claim, request, task_id)
-        if logger.isEnabledFor(logging.INFO):  # describe() formats a string: only if it is kept
-            logger.info("submitted %s as task %s", request.describe(), task_id)
-        if ticket is None:  # the common case, without the call
+        logger.info("submitted %s as task %s", request.describe(), task_id)
+        if ticket is None:
             return TaskHandle(self._core, task_id, request=request, submitted=True)
         return self._handle(task_id, request, ticket)
+
+    async def _ticket(self, request: SubmitRequest, claim: Claim | None) -> Ticket | None:
+        """A callback ticket for ``request`` (its key's link in a shared store), or ``None``."""
+        tickets = self._tickets
+        if tickets is None or request.callback_url is not None:
+            return None  # no receiver, or the request's own URL wins
+        link = None
+        if claim is not None and self._store is not None and tickets.relay is not None:
+            link = link_id(self._store.namespace, request.key or "")
+        return await tickets.issue(link)
+
+    def _failed(
+        self, ticket: Ticket, exc: BaseException, request: SubmitRequest, body: dict[str, Any]
+    ) -> None:
+        """The submission failed: an uncertain one keeps its ticket for the callback."""
+        if isinstance(exc, SubmitUncertainError):
+            ticket.lose()
+            self._recoveries[exc] = self._recovery(
+                request, body, token_id(ticket.token), ticket, request.key
+            )
+        else:
+            ticket.drop()
+
+    def _recovery(
+        self,
+        request: SubmitRequest,
+        body: dict[str, Any],
+        name: str,
+        ticket: Ticket | None,
+        key: str | None,
+    ) -> Recovery:
+        """The recovery of a lost answer by its token's callback (see ``_recovery``)."""
+        tickets = self._tickets
+        assert tickets is not None  # noqa: S101 - only a submission with a receiver has one
+        return Recovery(
+            self._core,
+            request,
+            body,
+            token_name=name,
+            ticket=ticket,
+            relay=tickets.relay,
+            poll=tickets.safety_poll,
+            keys=self._store if key is not None else None,
+            key=key,
+        )
 
     def _handle(self, task_id: str, request: SubmitRequest, ticket: Ticket) -> TaskHandle:
         # A handle waiting on a callback polls slowly, as a safety net.
@@ -418,6 +516,7 @@ class _Attempt:
         "_hooks",
         "_limiter",
         "_path",
+        "_probe",
         "_request",
         "_slots",
         "in_flight",
@@ -450,6 +549,8 @@ class _Attempt:
         self.in_flight = False
         # The task id of the accepted POST (set once, just before the attempt returns it).
         self.task_id: str | None = None
+        # This attempt is the session's outage probe (see _outage.OutageWatch.admit).
+        self._probe = False
         # What the submission's span is told (each POST sent).
         self.span = telemetry.Submission(None, "")
 
@@ -460,11 +561,10 @@ class _Attempt:
         """
         return isinstance(exc, SubmitUncertainError) or self.in_flight
 
-    def retrying(self) -> tenacity.AsyncRetrying:
-        """The retrying of this submission (tenacity's, built only after a failure)."""
-        return submit_retrying(self._core.retry, on_retry=self._on_retry)
-
-    async def _on_retry(self, exc: BaseException, wait: float) -> None:
+    async def retrying(self, exc: BaseException, wait: float) -> None:
+        """A certainly refused attempt (``exc``) is retried after ``wait`` seconds."""
+        if is_outage(exc):
+            wait = self._core.outage.next_in()  # the outage's schedule, not tenacity's
         if self._claim is not None:
             await self._claim.retrying()  # a StoreError here ends the submission, unsent
         hooks = self._hooks
@@ -479,47 +579,47 @@ class _Attempt:
         if hooks is not None:
             hooks.retrying(exc, wait)
 
-    def __call__(self) -> Awaitable[str]:
-        if self._slots is not None:
-            return self._limited(self._slots)
-        if self._hooks is None and self._claim is None:
-            return self._post()  # no slot to take and nobody to tell: no coroutine of its own
-        return self._unslotted()  # no slot, or the claim takes it: no context manager
-
-    async def _unslotted(self) -> str:
-        """:meth:`_limited` without a limiter's slot (none, or the claim's: refunded by it)."""
-        self._core.check_open()
-        hooks = self._hooks
-        if self._claim is not None:
-            await self._claim.before_post(hooks.waiting if hooks is not None else None)
-        if hooks is None:
-            return await self._post()
-        hooks.before_post()
+    async def __call__(self) -> str:
+        """One attempt: its turn in an outage, then :meth:`_attempt`."""
+        outage = self._core.outage
+        if not outage.active:
+            return await self._attempt()
+        # Waits before any slot or claim: nothing is held while the outage lasts.
+        self._probe = await outage.admit()
         try:
-            task_id = await self._post()
-        except Exception:
-            hooks.after_post()  # answered, or certainly lost: no longer in flight
-            raise
-        hooks.after_post()
-        return task_id
+            return await self._attempt()
+        finally:
+            outage.release(self._probe)  # a probe that got no answer lets the next one go
+            self._probe = False
 
-    async def _limited(self, slots: Limiter) -> str:
+    async def _attempt(self) -> str:
+        """One attempt: a limiter slot, the claim marked sending, the hooks told, the POST."""
         self._core.check_open()
         hooks = self._hooks
-        on_wait = hooks.waiting if hooks is not None else None
-        async with slots.slot(on_wait) as slot:
+
+        def on_wait(seconds: float, error: RateLimitError | None = None) -> None:
+            telemetry.limiter_waited(seconds)
+            if hooks is not None:
+                hooks.waiting(seconds, error)
+
+        slots = self._slots
+        slotted: AbstractAsyncContextManager[Slot | None] = (
+            slots.slot(on_wait) if slots is not None else contextlib.nullcontext()
+        )
+        async with slotted as slot:
             if self._claim is not None:
                 await self._claim.before_post(on_wait)
             if hooks is not None:
                 try:
                     hooks.before_post()
                 except Exception:
-                    slot.refund()  # held back by the caller: nothing was sent
+                    if slot is not None:
+                        slot.refund()  # held back by the caller: nothing was sent
                     raise
             try:
                 task_id = await self._post()
             except Exception as exc:
-                if is_unaccepted(exc):
+                if slot is not None and is_unaccepted(exc):
                     # 429, 455 or never sent: the provider accepted nothing, so nothing of
                     # its budget is used (an uncertain answer keeps its slot).
                     slot.refund()
@@ -541,6 +641,12 @@ class _Attempt:
             data = await transport.call("POST", self._path, json_body=self._body)
             task_id = structure_task_id(data)
         except Exception as exc:
+            outage = self._core.outage
+            if is_outage(exc):
+                outage.failed(exc, probe=self._probe)
+                self._probe = False
+            elif outage.active:
+                outage.answered()  # any other answer: the provider is there again
             reason = uncertainty(exc)
             if reason is not None:
                 raise SubmitUncertainError(request, reason) from exc
@@ -549,6 +655,8 @@ class _Attempt:
         # A BaseException (a cancellation) leaves in_flight set: the submission is uncertain.
         self.in_flight = False
         self.task_id = task_id
+        if self._core.outage.active:
+            self._core.outage.answered()
         return task_id
 
 

@@ -36,8 +36,17 @@ FAST_POLL: Final = PollPolicy(
 )
 
 #: Retries in milliseconds and no jitter: 8 attempts, waits from 0.01 s up to 0.05 s (a
-#: ``Retry-After`` the provider sends is still honoured, as in production).
-FAST_RETRY: Final = RetryPolicy(attempts=8, wait_initial=0.01, wait_max=0.05, wait_jitter=0.0)
+#: ``Retry-After`` the provider sends is still honoured, as in production); an outage (455,
+#: no connection) is tried again after 0.01 s, doubling up to 0.1 s, and waited out for 5 s.
+FAST_RETRY: Final = RetryPolicy(
+    attempts=8,
+    wait_initial=0.01,
+    wait_max=0.05,
+    wait_jitter=0.0,
+    outage_budget=5.0,
+    outage_probe=0.01,
+    outage_probe_max=0.1,
+)
 
 
 def is_testing() -> bool:

@@ -11,11 +11,16 @@ replay a valid delivery at will. :meth:`Ticket.ring` therefore wakes its handle 
 ``record-info`` GET) at most once per ``wake_interval`` seconds: the first delivery wakes it
 at once, the later ones within the interval fold into one wake at the interval's end (so a
 genuine callback that follows a replay is late by at most the interval, never lost).
+
+A ticket whose submission's answer was lost is kept, marked :meth:`~Ticket.lose`: the
+provider still calls back the task it may have created, and the task ids those deliveries
+name (:meth:`~Ticket.report`) are what a recovery confirms (``_recovery``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import secrets
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Final
@@ -26,6 +31,8 @@ if TYPE_CHECKING:
 # Seconds between two sweeps of expired tokens (sweeps run lazily, on issue and delivery).
 _SWEEP_EVERY: Final = 30.0
 _TOKEN_BYTES: Final = 32
+# Task ids kept per lost ticket (each a claim that costs one GET to refute).
+_REPORTS_KEPT: Final = 8
 
 
 def short(token: str) -> str:
@@ -41,7 +48,10 @@ class Ticket:
         "book",
         "bound",
         "expires_at",
+        "lost",
+        "news",
         "owner",
+        "reports",
         "settled",
         "task_id",
         "token",
@@ -62,6 +72,13 @@ class Ticket:
         # Whether the duplicate grace is running (a delivery was accepted or the task seen
         # final): the expiry then moves closer.
         self.settled = False
+        # Whether the submission's answer was lost (kept for the provider's callback).
+        self.lost = False
+        # The task ids deliveries to a lost ticket named, the latest few (claims to confirm;
+        # a leaked token's forgeries cannot grow it, nor push the genuine one out for long).
+        self.reports: collections.deque[str] = collections.deque(maxlen=_REPORTS_KEPT)
+        # Set at each report, wake-up through the store and drop: a recovery looks again.
+        self.news = asyncio.Event()
         # When a delivery last woke the handle (the book's clock), and the one wake the
         # deliveries since then are folded into.
         self.woken_at: float | None = None
@@ -79,10 +96,25 @@ class Ticket:
         """The submission was accepted as ``task_id``: deliveries may ring ``alarm`` now."""
         self.task_id = task_id
         self.alarm = alarm
+        self.lost = False  # recovered: later deliveries wake the handle as usual
         alarm.on_final = self.settle
         self.bound.set()
         if self.book.on_bind is not None:
             self.book.on_bind(self)
+
+    def lose(self) -> None:
+        """The submission's answer was lost: keep the ticket for the provider's callback.
+
+        Deliveries that wait for the binding go on at once, as deliveries to a lost ticket.
+        """
+        self.lost = True
+        self.bound.set()
+
+    def report(self, task_id: str | None) -> None:
+        """A checked delivery to this lost ticket named ``task_id`` (``None``: see the store)."""
+        if task_id is not None and task_id not in self.reports:
+            self.reports.append(task_id)
+        self.news.set()
 
     def settle(self) -> None:
         """Start the duplicate grace: a delivery was accepted or the task was seen final."""
@@ -211,6 +243,7 @@ class TicketBook:
             ticket.wake_later.cancel()
             ticket.wake_later = None
         ticket.bound.set()
+        ticket.news.set()
 
     def forget(self, owner: Hashable) -> None:
         """Forget every ticket of ``owner`` (its session is closing)."""

@@ -14,14 +14,13 @@ the envelope code (or the HTTP status when the body carries none), a
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import email.utils
 import logging
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 import aiohttp
 import yarl
@@ -87,8 +86,7 @@ def translate(
     aiohttp and socket errors become :class:`TransportError`; anything else is returned
     unchanged. ``sent`` is ``False`` only when the connection could not be opened at all. ``what``
     names the request in messages; ``redact`` cleans an error's text of secrets. The caller
-    raises the result ``from exc`` (a plain ``try``/``except`` costs nothing on success,
-    unlike a context manager around every request).
+    raises the result ``from exc``: the API's transport and the result downloads share it.
     """
     if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
         return TransportError(
@@ -127,6 +125,23 @@ def _hide_authorization(exc: BaseException) -> None:
         exc.args = tuple(exc.request_info if arg is info else arg for arg in exc.args)
 
 
+#: The most bytes of an API answer that are read: an envelope is a few KiB, so a larger
+#: answer (endless, or a 200 MB one) is a :class:`ProtocolError`, read no further.
+MAX_ANSWER_BYTES: Final = 4 * 1024 * 1024
+
+
+async def read_at_most(content: aiohttp.StreamReader, limit: int) -> bytes | None:
+    """The whole body if it is at most ``limit`` bytes, else ``None`` (read no further)."""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await content.read(limit + 1 - size):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return None
+    return b"".join(chunks)
+
+
 def public_url(url: str | yarl.URL) -> str:
     """``url`` without its query string and fragment (a signed URL's signature stays out)."""
     return str(yarl.URL(url).with_query(None).with_fragment(None))
@@ -138,19 +153,23 @@ async def fetch(
     sink: Callable[[bytes], object],
     *,
     timeout: aiohttp.ClientTimeout,
+    max_bytes: int | None = None,
     chunk_size: int = 64 * 1024,
 ) -> int:
     """Stream a result file: GET ``url`` and pass each chunk of its body to ``sink``.
 
     Result URLs live on another host than the API, so this sends only the User-Agent: never
     the API key. Redirects are followed (there is no secret for them to carry). Errors that
-    ``sink`` raises (a full disk, say) propagate unchanged.
+    ``sink`` raises (a full disk, say) propagate unchanged. ``max_bytes`` bounds the file
+    (``None``: no bound): a larger ``Content-Length`` is refused before a byte is read, and
+    a body that grows past it is cut there.
 
     Returns:
         The number of bytes received.
 
     Raises:
-        DownloadError: The host answered with an HTTP error status.
+        DownloadError: The host answered with an HTTP error status, or a file over
+            ``max_bytes`` (not transient).
         TransportError: The network failed, or the body ended early.
 
     """
@@ -168,6 +187,9 @@ async def fetch(
                 response.status,
                 retry_after=parse_retry_after(response.headers.get("Retry-After")),
             )
+        declared = response.content_length
+        if max_bytes is not None and declared is not None and declared > max_bytes:
+            raise _too_large(url, response.status, f"{declared} bytes", max_bytes)
         size = 0
         while True:
             try:
@@ -177,48 +199,19 @@ async def fetch(
             if not chunk:
                 return size
             size += len(chunk)
+            if max_bytes is not None and size > max_bytes:
+                raise _too_large(url, response.status, "a body longer than that", max_bytes)
             sink(chunk)
     finally:
         response.release()
 
 
-class _Gate:
-    """A bound on the requests in flight, first come first served: a cheaper semaphore.
-
-    ``asyncio.Semaphore`` costs three coroutines per request; here a free place is taken
-    with no coroutine at all (``free -= 1`` when ``free > 0`` and nobody waits) and only a
-    full gate makes the request wait, in :meth:`enter`. A place given up is handed straight
-    to the first waiter, so nobody overtakes the queue.
-    """
-
-    __slots__ = ("free", "waiters")
-
-    def __init__(self, limit: int) -> None:
-        self.free = limit
-        self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-
-    async def enter(self) -> None:
-        """Wait for a place (the caller found none free)."""
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.waiters.append(waiter)
-        try:
-            await waiter
-        except BaseException:
-            if waiter.done() and not waiter.cancelled():
-                self.leave()  # handed a place, then cancelled before it could be used
-            elif waiter in self.waiters:  # leave() may have dropped it already
-                self.waiters.remove(waiter)
-            raise
-
-    def leave(self) -> None:
-        """Give a place up: to the first waiter still waiting, or back to the free ones."""
-        waiters = self.waiters
-        while waiters:
-            waiter = waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
-        self.free += 1
+def _too_large(url: str, status: int, size: str, limit: int) -> DownloadError:
+    return DownloadError(
+        public_url(url),
+        status,
+        reason=f"{size}, over the {limit}-byte limit (Session(max_download_bytes=...))",
+    )
 
 
 class Transport:
@@ -241,12 +234,11 @@ class Transport:
         }
         self._api_key = api_key
         self._timeout = timeout
-        self._urls: dict[str, yarl.URL] = {}
         # Requests beyond the connector's limit would only queue inside aiohttp, each one
         # fully built: 10,000 handles polling at once would hold 10,000 of them. Waiting
         # here first keeps that burst small (and happens before anything is sent).
         limit = http.connector.limit if http.connector is not None else 0
-        self._gate = _Gate(limit) if limit else None
+        self._places = asyncio.Semaphore(limit) if limit else None
 
     def __repr__(self) -> str:
         return f"<Transport base_url={str(self._base_url)!r}>"
@@ -271,49 +263,43 @@ class Transport:
             TransportError: The network failed; ``sent`` says whether it may have arrived.
 
         """
-        # Every request goes through here: one coroutine, no context manager of our own
-        # (each would cost more CPU than the envelope's checks).
-        url = self._urls.get(path)
-        if url is None:
-            url = self._urls[path] = self._base_url / path.lstrip("/")
-        gate = self._gate
-        if gate is not None:
-            if gate.free > 0 and not gate.waiters:
-                gate.free -= 1
-            else:
-                await gate.enter()
-        debug = logger.isEnabledFor(logging.DEBUG)
-        started = time.monotonic() if debug else 0.0
+        url = self._base_url / path.lstrip("/")
+        what = f"{method} {path}"
+        started = time.monotonic()
         try:
-            async with self._http.request(
-                method,
-                url,
-                json=json_body,
-                params=params,
-                headers=self._headers,
-                timeout=self._timeout,
-                # A redirect could carry the key to another host: never follow one.
-                allow_redirects=False,
-            ) as response:
-                raw = await response.read()
+            async with (
+                self._places or contextlib.nullcontext(),
+                self._http.request(
+                    method,
+                    url,
+                    json=json_body,
+                    params=params,
+                    headers=self._headers,
+                    timeout=self._timeout,
+                    # A redirect could carry the key to another host: never follow one.
+                    allow_redirects=False,
+                ) as response,
+            ):
                 status = response.status
                 headers = response.headers
+                declared = response.content_length
+                body = None
+                if declared is None or declared <= MAX_ANSWER_BYTES:
+                    body = await read_at_most(response.content, MAX_ANSWER_BYTES)
+                if body is None:
+                    raise ProtocolError(
+                        f"{what}: HTTP {status} with an answer over "
+                        f"{MAX_ANSWER_BYTES} bytes (an envelope is a few KiB); not read further",
+                        http_status=status,
+                    )
+                raw = body
         except _TRANSLATED as exc:
-            raise translate(exc, f"{method} {path}", self._timeout, self._redact) from exc
-        finally:
-            if gate is not None:
-                gate.leave()
-        if debug:
-            logger.debug(
-                "%s %s -> HTTP %d (%d bytes, %.3f s)",
-                method,
-                path,
-                status,
-                len(raw),
-                time.monotonic() - started,
-            )
+            raise translate(exc, what, self._timeout, self._redact) from exc
+        logger.debug(
+            "%s -> HTTP %d (%d bytes, %.3f s)", what, status, len(raw), time.monotonic() - started
+        )
         try:
-            return self._unwrap(raw, status, headers, f"{method} {path}")
+            return self._unwrap(raw, status, headers, what)
         except (RateLimitError, ServiceUnavailableError) as exc:
             telemetry.throttled(exc.code)
             raise

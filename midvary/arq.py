@@ -50,7 +50,7 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Final, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 
 import attrs
 from arq import Retry
@@ -72,6 +72,9 @@ from ._store import RedisStore
 from ._store._base import DEFAULT_CLAIM_LEASE
 from ._validate import submit_rate as check_submit_rate
 
+if TYPE_CHECKING:
+    from ._handle import TaskHandle
+
 __all__ = [
     "DEFAULT_REDIS_URL",
     "WorkerConfig",
@@ -89,6 +92,10 @@ _DEFAULT_LISTEN: Final = "0.0.0.0:8080"  # the receiver, behind a load balancer
 _CTX_KEY: Final = "midvary"
 # Seconds arq defers a job after transient trouble (doubling per try, up to the last).
 _RETRY_DEFER: Final = (5.0, 300.0)
+# Seconds a job whose answer was lost waits for the provider's callback (with a receiver):
+# a task's callback comes when it ends, and a failed delivery is retried after 1 and 5
+# minutes; within the job's timeout with the task's wait and downloads after it.
+_RECOVER_WAIT: Final = 420.0
 
 # What completes a job as "failed" when it is not transient: a refused or invalid request,
 # a failed task, a result the host will not serve. Anything else is a bug, raised to arq.
@@ -323,6 +330,9 @@ async def vary(
         ``paths`` (downloaded files) and ``error`` (``None``, or the error's type and text).
         A failed task, a refused or invalid request and an uncertain submission (sent, its
         answer lost: never re-sent; ``store.forget(key)`` allows that) complete the job.
+        With a callback receiver, a lost answer is first waited for (up to 7 minutes): the
+        provider's callback names the task, which the job then awaits (``"succeeded"``),
+        and the key records it, for any worker.
 
     Raises:
         arq.Retry: Transient trouble (the store unreachable, the provider in maintenance or
@@ -334,7 +344,7 @@ async def vary(
     session = worker.session
     target = worker.config.download if download is None else download
     try:
-        handle = await session.vary(task_id, image_index, water_mark=water_mark, key=key)
+        handle = await _submitted(session, task_id, image_index, water_mark=water_mark, key=key)
     except SubmitUncertainError as exc:
         return _result("uncertain", key=key, error=exc)
     except Exception as exc:
@@ -349,6 +359,20 @@ async def vary(
     return _result(
         "succeeded", key=key, task_id=record.task_id, image_urls=record.image_urls, paths=paths
     )
+
+
+async def _submitted(
+    session: Session, task_id: str, image_index: int, *, water_mark: str | None, key: str
+) -> TaskHandle:
+    """The handle of the job's task: submitted, re-attached by key, or recovered.
+
+    A submission whose answer was lost waits (with a receiver) for the provider's callback,
+    which names its task (the key then records it): see :meth:`Session.recover`.
+    """
+    try:
+        return await session.vary(task_id, image_index, water_mark=water_mark, key=key)
+    except SubmitUncertainError as exc:
+        return await session.recover(exc, timeout=_RECOVER_WAIT)
 
 
 _WORKER_ARGS: Final = frozenset(inspect.signature(Worker).parameters)

@@ -221,3 +221,28 @@ def test_the_help_counts_the_jobs_the_demo_runs(capsys: pytest.CaptureFixture[st
     assert main(["--help"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert f"upscale: {DemoPlan().jobs} jobs)" in out
+
+
+def test_progress_table_and_log_tell_the_same_tally(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One vocabulary: the progress line's counts are the summary's; a grid's children say why."""
+    code, summary, stderr = run_json(tmp_path, capsys, "--seed", "7")
+    assert code == 0, summary["problems"]
+    last = [line for line in stderr.splitlines() if line.startswith("demo: 36/36 finished")]
+    assert last, stderr
+    counts = dict(re.findall(r"(done|failed|uncertain|not run) (\d+)", last[-1]))
+    assert {word: int(n) for word, n in counts.items() if int(n)} == {
+        word: summary[key]
+        for word, key in (
+            ("done", "done"),
+            ("failed", "failed"),
+            ("uncertain", "uncertain"),
+            ("not run", "not_run"),
+        )
+        if summary[key]
+    }
+    # Each grid that did not succeed: its 5 children not run, saying how the grid ended.
+    grids = summary["kinds"]["generate"]
+    assert stderr.count("not run: its grid is uncertain") == 5 * grids["uncertain"]
+    assert stderr.count("not run: its grid failed") == 5 * grids["failed"]

@@ -8,6 +8,7 @@ import stat
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import attrs
 import pytest
 from aiohttp import web
 
@@ -192,6 +193,37 @@ async def test_bad_download_arguments(tmp_path: Path) -> None:
 
 def test_file_names_are_safe() -> None:
     """Task ids cannot escape the directory; odd suffixes fall back to .png."""
-    assert file_name("../../etc/x", 0, "http://h/a.webp") == "_.._etc_x_0.webp"
+    unsafe = file_name("../../etc/x", 0, "http://h/a.webp")
+    assert unsafe.startswith("_.._etc_x~")
+    assert unsafe.endswith("_0.webp")
+    assert "/" not in unsafe
     assert file_name("t", 2, "http://h/noext") == "t_2.png"
     assert file_name("t", 1, "http://h/a.this-is-not-an-ext") == "t_1.png"
+
+
+def test_file_names_are_readable_collision_free_and_bounded() -> None:
+    """A normal id is kept; ids that had to change get a hash; no name is too long."""
+    url = "http://h/a.png"
+    assert file_name("task-1.A_b", 3, url) == "task-1.A_b_3.png"
+    names = {file_name(task_id, 0, url) for task_id in ("x/y", "x_y", "x y", "x\\y", ".x_y")}
+    assert len(names) == 5
+    assert "x_y_0.png" in names
+    long = file_name("a" * 300, 0, url)
+    assert len(long) < 150
+    assert long != file_name("a" * 301, 0, url)
+    assert long.startswith("a" * 100 + "~")
+
+
+async def test_records_whose_ids_sanitise_alike_get_their_own_files(tmp_path: Path) -> None:
+    """Records x/y, x_y and a 300-character id are each downloaded, none skipped or refused."""
+    async with fake_session() as (fake, session):
+        (outcome,) = await session.submit_all(requests(1))
+        assert outcome.record is not None
+        got: list[Path] = []
+        for task_id in ("x/y", "x_y", "t" * 300):
+            before = fake.stats.requests["results"]
+            record = attrs.evolve(outcome.record, task_id=task_id)
+            got += await session.download(record, tmp_path)
+            assert fake.stats.requests["results"] == before + 4
+    assert len(set(got)) == 12
+    assert sorted(got) == sorted(files(tmp_path))

@@ -148,9 +148,11 @@ class FailingRead(aiohttp.ClientResponse):
 
     failure: type[BaseException] = RuntimeError
 
-    async def read(self) -> bytes:
-        """Fail as the class says."""
-        raise self.failure("injected while reading the answer")
+    async def start(self, connection: Any) -> aiohttp.ClientResponse:
+        """Start as usual; then every read of the body (whole or bounded) fails."""
+        response = await super().start(connection)
+        self.content.set_exception(self.failure("injected while reading the answer"))
+        return response
 
 
 async def submit_with_failing_read(

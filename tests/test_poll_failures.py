@@ -76,7 +76,7 @@ async def test_failing_polls_are_warned_about_once_and_their_end_too(
         ) as session,
     ):
         handle = await session.vary("parent-1", 0)
-        fake.set_maintenance(True)
+        fake.update(fault_rate=1.0, fault_kinds=["server_error"], fault_endpoints=["record-info"])
         warned = asyncio.Event()
         on_warning = _OnRecord(warned)
         logging.getLogger("midvary._polling").addHandler(on_warning)
@@ -84,14 +84,48 @@ async def test_failing_polls_are_warned_about_once_and_their_end_too(
             waiting = asyncio.ensure_future(handle.wait(timeout=10))
             async with asyncio.timeout(5):
                 await warned.wait()
-            fake.set_maintenance(False)
+            fake.update(fault_rate=0.0)
             await waiting
         logging.getLogger("midvary._polling").removeHandler(on_warning)
     messages = [r.message for r in caplog.records if r.name == "midvary._polling"]
     assert len(messages) == 2
     assert messages[0].startswith("every poll has failed for")
-    assert "ServiceUnavailableError" in messages[0]
+    assert "ServerError" in messages[0]
     assert messages[1].startswith("polls succeed again")
+
+
+async def test_maintenance_during_polls_is_one_outage_line_in_and_one_out(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Many waits polling through a 455 window: one WARNING when it starts, one when it ends."""
+    settings = FakeSettings(submit_limit=None, task_duration=(0.3, 0.3), invisible_for=0.0)
+    async with (
+        FakeProvider(settings=settings) as fake,
+        midvary.Session(
+            api_key=fake.api_key, base_url=fake.base_url, poll=FAST_POLL, retry=FAST_RETRY
+        ) as session,
+    ):
+        handles = [await session.vary("parent-1", n) for n in range(4)]
+        began = asyncio.Event()
+        on_warning = _OnRecord(began)
+        logging.getLogger("midvary._outage").addHandler(on_warning)
+        with caplog.at_level(logging.WARNING, logger="midvary"):
+            fake.set_maintenance(True)
+            waits = asyncio.gather(*(handle.wait(timeout=10) for handle in handles))
+            async with asyncio.timeout(5):
+                await began.wait()
+            assert session.outage is not None
+            assert session.outage.what == "maintenance (455)"
+            fake.set_maintenance(False)
+            records = await waits
+        logging.getLogger("midvary._outage").removeHandler(on_warning)
+        assert session.outage is None
+    assert all(record.status is midvary.TaskStatus.SUCCESS for record in records)
+    messages = [r.message for r in caplog.records if r.name.startswith("midvary")]
+    assert len(messages) == 2, messages
+    assert messages[0].startswith("maintenance (455) since ")
+    assert "next try in" in messages[0]
+    assert " is over after " in messages[1]
 
 
 async def test_a_session_used_in_a_second_event_loop_says_it_belongs_to_one() -> None:

@@ -212,7 +212,7 @@ def _limited_session() -> midvary.Session:
         api_key=KEY,
         base_url=BASE,
         poll=FAST_POLL,
-        retry=attrs.evolve(FAST_RETRY, attempts=1),
+        retry=attrs.evolve(FAST_RETRY, attempts=1, outage_budget=0.0),
         submit_rate=(1, 60.0),
     )
 

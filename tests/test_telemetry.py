@@ -167,7 +167,7 @@ async def test_a_fan_out_is_the_parent_of_its_jobs_spans(
     """submit_all: one fan-out span under the caller's, every job's spans under it."""
     requests = [midvary.VaryRequest(task_id="parent-1", image_index=i) for i in range(3)]
     with trace.get_tracer("app").start_as_current_span("batch") as app:
-        outcomes = await midvary_session.vary_all(requests)
+        outcomes = await midvary_session.submit_all(requests)
     assert all(outcome.ok for outcome in outcomes)
     (fan_out,) = by_name(spans, "midvary.fan_out")
     assert fan_out.parent is not None
@@ -246,7 +246,8 @@ async def main():
         api_key=fake.api_key, base_url=fake.base_url
     ) as session:
         record = await session.run(midvary.VaryRequest(task_id="parent-1", image_index=0))
-        outcomes = await session.vary_all([midvary.VaryRequest(task_id="parent-1", image_index=1)])
+        request = midvary.VaryRequest(task_id="parent-1", image_index=1)
+        outcomes = await session.submit_all([request])
         print(record.status, outcomes[0].ok)
 
 asyncio.run(main())
@@ -256,3 +257,19 @@ asyncio.run(main())
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["success", "True"]
+
+
+async def test_waits_for_the_rate_limiter_are_measured(fake_provider: FakeProvider) -> None:
+    """Submissions held back by the session's limiter record their waits, in seconds."""
+    before = metric_points()
+    async with midvary.Session(
+        api_key=fake_provider.api_key,
+        base_url=fake_provider.base_url,
+        submit_rate=(1, 0.2),
+        poll=midvary.testing.FAST_POLL,
+        retry=midvary.testing.FAST_RETRY,
+    ) as session:
+        for index in range(3):
+            await session.vary("parent-1", index)
+    waits = grown(before, metric_points(), "midvary.limiter.wait")
+    assert sum(waits.values()) >= 2  # the second and third submissions waited

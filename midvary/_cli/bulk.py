@@ -21,7 +21,9 @@ import argparse
 import asyncio
 import logging
 import os
+import sqlite3
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -66,7 +68,12 @@ too (each is billed) and is warned about.
 Re-running the same command resumes: finished jobs are skipped, submitted jobs are awaited
 by task id and never submitted again, and jobs whose submission was in flight when the run
 stopped are reported as uncertain (re-submitted only with --resubmit-uncertain). Jobs whose
-task failed at the provider are submitted again with --retry-failed.
+task failed at the provider, or that were refused as invalid (400, 422), are failed:
+submitted again with --retry-failed. Jobs refused for the account (401 key, 402 credits,
+505 feature), or past a rate-limit wait or an outage, or held back by --max-tasks, were not
+billed: they stay pending and a plain re-run sends them. After the first 401, 402 or 505
+the run sends nothing more and stops with one line saying what to do. The account's
+credits are printed before and after the run when the provider tells them.
 
 With --store redis://HOST:PORT/DB (or MIDVARY_STORE_URL set to it: a password in an
 argument shows in ps and in the shell's history), runs of the same JOBS file on several
@@ -141,6 +148,13 @@ def options(parser: argparse.ArgumentParser) -> None:
         help="after the run, write an HTML page of the results beside them (RESULTS.html)",
     )
     parser.add_argument(
+        "--max-tasks",
+        type=positive_int,
+        metavar="N",
+        help="send at most N submissions that may be billed in this run (accepted or "
+        "uncertain); the jobs beyond stay pending for the next run",
+    )
+    parser.add_argument(
         "--resubmit-uncertain",
         action="store_true",
         help="submit again the jobs whose earlier submission may or may not have been accepted "
@@ -187,7 +201,7 @@ class _SaidByBulk(logging.Filter):
         return not (
             record.name == "midvary._fanout"
             and isinstance(record.msg, str)
-            and record.msg.startswith("fan-out closed with")
+            and record.msg.startswith(("fan-out closed with", "the account refused"))
         )
 
 
@@ -211,6 +225,10 @@ def _bulk_run(args: argparse.Namespace) -> int:
         args.store = os.environ.get(STORE_URL_VARIABLE) or None
     require_api_key(args)  # before the journal: a run that cannot start leaves nothing
     jobs_file = read_jobs(jobs_path)
+    # Before the ledger and the first POST, after what else could stop the run (nothing
+    # created for a run that cannot start): a folder that cannot hold the images would let
+    # every billed job end in an error.
+    check_writable(out_path, args.download)
     for message in jobs_file.bad_rows:
         say(f"bad row skipped: {message}", stream=sys.stderr)
     for message in jobs_file.warnings:
@@ -229,6 +247,26 @@ def _bulk_run(args: argparse.Namespace) -> int:
                 where=where,
             )
         )
+    except OSError as exc:
+        # A local write failed (a full disk, a read-only folder): what was submitted is in
+        # the ledger, so the one line says where, and that a re-run picks the jobs up.
+        say(
+            f"midvary bulk: error: cannot write {exc.filename or out_path}: "
+            f"{exc.strerror or exc}; free the space or fix the folder and run the same "
+            "command again to resume (submitted jobs are awaited, never submitted twice)",
+            stream=sys.stderr,
+        )
+        return EXIT_FAILED
+    except sqlite3.Error as exc:
+        # The journal itself could not be written (SQLite says "database or disk is full"):
+        # every POST was journaled before it left, so a re-run finds the jobs as they were.
+        say(
+            f"midvary bulk: error: cannot write the journal {where[0] if where else ''}: "
+            f"{exc}; free the space and run the same command again to resume (submitted jobs "
+            "are awaited, never submitted twice)",
+            stream=sys.stderr,
+        )
+        return EXIT_FAILED
     except KeyboardInterrupt:
         say(
             "interrupted: the journal is up to date; run the same command again to "
@@ -236,14 +274,92 @@ def _bulk_run(args: argparse.Namespace) -> int:
             stream=sys.stderr,
         )
         return EXIT_INTERRUPTED
+    summary.pending = summary.total - summary.ended
     print_summary(summary, out_path, where[0] if where else "")
     if args.gallery:
         from .gallery import make_gallery  # noqa: PLC0415 - only when asked
 
         make_gallery(out_path)
-    if summary.failed or summary.uncertain or summary.bad_rows:
+    for line in account_lines(summary):
+        say(line, stream=sys.stderr if line.startswith("stopped") else None)
+    if (
+        summary.failed
+        or summary.uncertain
+        or summary.not_run
+        or summary.unfinished
+        or summary.bad_rows
+        or summary.pending
+        or summary.stopped_by is not None
+    ):
         return EXIT_FAILED
     return EXIT_OK
+
+
+def account_lines(summary: BulkSummary) -> list[str]:
+    """What the run spent, and why it stopped sending (an account refusal, --max-tasks)."""
+    lines: list[str] = []
+    before, after = summary.credits_before, summary.credits_after
+    if before is not None and after is not None:
+        lines.append(
+            f"credits {before:,} -> {after:,}: {before - after:,} spent on "
+            f"{summary.billable:,} tasks"
+        )
+    stopped = summary.stopped_by
+    tasks = f"{summary.billable:,} {'task' if summary.billable == 1 else 'tasks'} billed"
+    pending = f"{summary.pending:,} {'job' if summary.pending == 1 else 'jobs'} pending"
+    if stopped is not None:
+        lines.append(f"stopped: {_account_problem(stopped)}; {tasks}, {pending}: {_fix(stopped)}")
+    elif summary.capped:
+        lines.append(
+            f"--max-tasks reached: {tasks}, {pending}: run the same command again to send them"
+        )
+    return lines
+
+
+def _account_problem(error: Exception) -> str:
+    if isinstance(error, midvary.InsufficientCreditsError):
+        return "the account is out of credits (402)"
+    if isinstance(error, midvary.AuthenticationError):
+        return "the API key was refused (401)"
+    return f"the provider refused the account ({type(error).__name__}: {error})"
+
+
+def _fix(error: Exception) -> str:
+    if isinstance(error, midvary.InsufficientCreditsError):
+        return "top up, then run the same command again"
+    if isinstance(error, midvary.AuthenticationError):
+        return "check the key (--api-key, MIDVARY_API_KEY), then run the same command again"
+    return "enable the feature for the account, then run the same command again"
+
+
+def check_writable(out_path: Path, download: Path | None) -> None:
+    """Refuse, before anything is sent, a results file or download folder that cannot be used.
+
+    A download folder that cannot hold the images would let every billed job end in an
+    error, so it is made (if missing) and a file is created in it and removed.
+
+    Raises:
+        UsageError: ``--out`` is a folder or in a missing folder, or ``--download`` is not
+            a folder or cannot be written; the message names the path.
+
+    """
+    if out_path.is_dir():
+        raise UsageError(f"--out {out_path} is a folder: give the results file's path")
+    if not out_path.parent.is_dir():
+        raise UsageError(f"--out {out_path}: no folder {out_path.parent}")
+    if download is None:
+        return
+    if download.exists() and not download.is_dir():
+        raise UsageError(f"--download {download} is not a folder")
+    try:
+        download.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=download) as probe:
+            probe.write(b"midvary")
+            probe.flush()
+    except OSError as exc:
+        raise UsageError(
+            f"--download {download}: cannot write there ({exc.strerror or exc})"
+        ) from None
 
 
 async def _run(
@@ -267,6 +383,15 @@ async def _run(
             results.close()
 
 
+async def _credits(session: midvary.Session) -> int | None:
+    """The account's credits, or ``None`` when the provider does not tell them."""
+    try:
+        return await session.credits()
+    except midvary.MidvaryError as exc:  # the run goes on without: it only reports spend
+        logger.debug("the credits could not be read: %s: %s", type(exc).__name__, exc)
+        return None
+
+
 async def _run_jobs(  # noqa: PLR0917 - one step of _run, given its parts
     args: argparse.Namespace,
     session: midvary.Session,
@@ -275,7 +400,8 @@ async def _run_jobs(  # noqa: PLR0917 - one step of _run, given its parts
     results: ResultsFile,
     summary: BulkSummary,
 ) -> None:
-    progress = Progress(len(jobs_file.jobs))
+    summary.credits_before = await _credits(session)
+    progress = Progress(len(jobs_file.jobs), outage=lambda: session.outage)
     placer = Placer(
         session=session,
         args=args,
@@ -312,13 +438,27 @@ async def _run_jobs(  # noqa: PLR0917 - one step of _run, given its parts
             timeout=args.timeout if args.timeout is not None else midvary.USE_DEFAULT,
             on_event=on_event,
             download=args.download,
+            max_tasks=args.max_tasks,
         ) as outcomes:
-            async for outcome in outcomes:
-                job = feed.to_run[outcome.index]
-                await placer.record(job, outcome)
-                feed.ended(job, outcome)
+            try:
+                async for outcome in outcomes:
+                    job = feed.to_run[outcome.index]
+                    await placer.record(job, outcome)
+                    feed.ended(job, outcome)
+            except (
+                midvary.AuthenticationError,
+                midvary.InsufficientCreditsError,
+                midvary.FeatureDisabledError,
+            ) as exc:
+                summary.stopped_by = exc  # the fan-out sent nothing after it
+            for held in outcomes.unfinished:
+                if held.not_sent:  # refused for the account, or beyond --max-tasks
+                    await placer.pend(feed.to_run[held.index])
+            summary.billable = outcomes.billable
+            summary.capped = outcomes.capped
+    summary.credits_after = await _credits(session) if summary.credits_before is not None else None
     for child in feed.orphans():
-        summary.count(Ending.FAILED)
+        summary.count(Ending.NOT_RUN)
         message = f"not run: its parent {child.parent} has not succeeded"
         summary.problems.append((child, "not run", message))
     summary.rate_limited_waits = progress.rate_limited

@@ -90,15 +90,18 @@ class Feed:
         else:
             self._orphans.append(job)
 
-    def ended(self, job: BulkJob, outcome: midvary.JobOutcome) -> None:
-        """``job`` ended: queue its waiting children if it succeeded."""
+    def ended(self, job: BulkJob, outcome: midvary.JobOutcome | None) -> None:
+        """``job`` ended: queue its waiting children if it succeeded.
+
+        ``outcome`` is ``None`` for a job left pending (not sent, or refused for now).
+        """
         self.running.discard(job.key)
-        if outcome.ok and outcome.task_id is not None:
+        if outcome is not None and outcome.ok and outcome.task_id is not None:
             self._succeeded[job.key] = outcome.task_id
         children = self._waiting.pop(job.key, None)
         if children is None:
             return
-        if outcome.ok and outcome.task_id is not None:
+        if outcome is not None and outcome.ok and outcome.task_id is not None:
             for child in children:
                 self.add(child, self.child_request(child, outcome.task_id))
         else:

@@ -80,6 +80,9 @@ class Ledger(Protocol):
     async def finished(self, key: str, state: JobState, task_id: str | None, line: str) -> None:
         """``key`` ended in ``state`` with its result ``line``."""
 
+    async def release(self, key: str) -> None:
+        """``key`` was certainly not accepted (refused, or held back): it stays pending."""
+
 
 class LocalLedger:
     """The local SQLite journal as a :class:`Ledger` (one run at a time: it holds the lock)."""
@@ -118,6 +121,10 @@ class LocalLedger:
     async def finished(self, key: str, state: JobState, task_id: str | None, line: str) -> None:
         """See :meth:`Ledger.finished`."""
         self._journal.finished(key, state, task_id, line)
+
+    async def release(self, key: str) -> None:
+        """See :meth:`Ledger.release`."""
+        self._journal.refused(key)
 
 
 class StoreLedger:
@@ -230,6 +237,14 @@ class StoreLedger:
 
     def refused(self, key: str) -> None:
         """Nothing: the session's store puts the key back."""
+
+    async def release(self, key: str) -> None:
+        """Let go of ``key``'s run claim at once: another run (or the next) may send it."""
+        claim_key = self._claim_key(key)
+        if claim_key in self._held:
+            self._held.discard(claim_key)
+            with contextlib.suppress(midvary.StoreError):
+                await self._store.release(self._namespace, claim_key, holder=self._holder)
 
     async def finished(self, key: str, state: JobState, task_id: str | None, line: str) -> None:
         """Record ``line`` as the job's result, for every later run to read back."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 from typing import Any
 
 import attrs
@@ -52,16 +53,19 @@ class Placer:
         self.known[job.key] = known
         state = known.state
         if (
-            self.args.retry_failed
-            and state is JobState.FAILED
-            and _task_failed(known.result)
+            state is JobState.FAILED
             and job.key not in self._reopened
+            and (_refused(known.result) or (self.args.retry_failed and _task_failed(known.result)))
         ):
+            # Refused (an earlier version recorded a 402, 401, 505, an outage as failed):
+            # nothing was billed, so it is pending, sent by a plain re-run. Failed: only
+            # with --retry-failed.
             self._reopened.add(job.key)
             if not await self.ledger.reopen(job):
                 del self.known[job.key]  # another run runs it again: look later
                 return False
-            self.summary.retried += 1
+            if not _refused(known.result):
+                self.summary.retried += 1
             self._submit(job)
         elif state.finished:
             self._skip(job, known)
@@ -151,8 +155,18 @@ class Placer:
         return None if task_id is None else self._feed.child_request(job, task_id)
 
     async def record(self, job: BulkJob, outcome: midvary.JobOutcome) -> None:
-        """Record a job that ended in this run: the ledger, then its results line."""
+        """Record a job that ended in this run: the ledger, then its results line.
+
+        A job whose submission was certainly refused for now (429 or 455 past its wait, no
+        connection, an account refusal) has no result: it stays pending in the ledger.
+        """
+        if refused_for_now(outcome):
+            await self.pend(job)
+            return
         summary = self.summary
+        if outcome.task_id is not None and _not_saved(outcome.error):
+            self._unfinished(job, outcome.task_id, outcome.error)
+            return
         ending = Ending.of(outcome)
         state = JobState(ending.value)  # done, failed, uncertain: the same words
         line = result_line(
@@ -179,14 +193,94 @@ class Placer:
         summary.problems.append((job, ending.value, message))
         self.progress.ended(ending, f"line {job.line} ({job.key}) {ending.value}: {message}")
 
+    async def pend(self, job: BulkJob) -> None:
+        """``job`` was not sent, or certainly refused: pending in the ledger (no result)."""
+        await self.ledger.release(job.key)
+        self._feed.ended(job, None)
+
+    def _unfinished(self, job: BulkJob, task_id: str, error: BaseException | None) -> None:
+        """A billed task whose result could not be saved here: left submitted, not failed.
+
+        The ledger keeps the job submitted with its task id (no result, no results line),
+        so the next run re-attaches to the task (no POST) and downloads it again.
+        """
+        self.ledger.submitted(job.key, task_id)  # again, in case the first write failed
+        self.summary.count(Ending.UNFINISHED)
+        self.summary.ran += 1
+        message = (
+            f"task {task_id} made, its result not saved ({type(error).__name__}: {error}); "
+            "run the same command again to finish it"
+        )
+        self.summary.problems.append((job, Ending.UNFINISHED.value, message))
+        self.progress.ended(Ending.UNFINISHED, f"line {job.line} ({job.key}) unfinished: {message}")
+
+
+def _not_saved(error: BaseException | None) -> bool:
+    """Whether ``error``, after the task was made, is a failure to save its result here.
+
+    A local write (``OSError``: a full disk, a read-only folder; ``sqlite3.Error``: the
+    ledger) or a download (the result host's HTTP error, the network); not a download
+    midvary refused for good (a URL that is not http(s), a file over the size limit:
+    ``DownloadError.reason``), nor the submission's uncertainty.
+    """
+    if isinstance(error, midvary.DownloadError):
+        return error.reason is None
+    if isinstance(error, midvary.SubmitUncertainError):
+        return False
+    return isinstance(error, OSError | sqlite3.Error | midvary.TransportError)
+
+
+#: Errors that fail a job for good (``--retry-failed`` sends it again): the task failed at
+#: the provider, or the request was refused as invalid.
+FAILED_TYPES = frozenset(
+    ("TaskFailedError", "GenerationFailedError", "BadRequestError", "ValidationError")
+)
+#: Errors of a submission certainly refused for now (nothing billed): a plain re-run sends
+#: the job. Only when no task id was recorded (a 401 on a poll is a task's, not a refusal).
+REFUSED_TYPES = frozenset(
+    (
+        "AuthenticationError",
+        "InsufficientCreditsError",
+        "FeatureDisabledError",
+        "RateLimitError",
+        "ServiceUnavailableError",
+        "TransportError",
+    )
+)
+
+
+def refused_for_now(outcome: midvary.JobOutcome) -> bool:
+    """Whether ``outcome`` is a submission certainly refused for now: the job stays pending."""
+    error = outcome.error
+    if error is None or outcome.task_id is not None or outcome.uncertain:
+        return False
+    if isinstance(error, midvary.TransportError):
+        return not error.sent
+    return type(error).__name__ in REFUSED_TYPES
+
+
+def _recorded_error(result: str | None) -> tuple[str | None, str | None]:
+    """The error type and the task id a journaled result line holds."""
+    try:
+        line = json.loads(result or "{}")
+        error = line.get("error") or {}
+    except (ValueError, AttributeError):
+        return None, None
+    if not isinstance(error, dict):
+        return None, None
+    return error.get("type"), line.get("task_id")
+
 
 def _task_failed(result: str | None) -> bool:
-    """Whether a journaled result line says the job's task failed at the provider."""
-    try:
-        error = json.loads(result or "{}").get("error") or {}
-    except (ValueError, AttributeError):
-        return False
-    return isinstance(error, dict) and error.get("type") == "TaskFailedError"
+    """Whether a journaled result line says the job failed for good (task or validation)."""
+    kind, _task_id = _recorded_error(result)
+    return kind in FAILED_TYPES
+
+
+def _refused(result: str | None) -> bool:
+    """Whether a journaled "failed" line is in fact a refusal for now (nothing billed)."""
+    kind, task_id = _recorded_error(result)
+    return kind in REFUSED_TYPES and task_id is None
 
 
 def _journaled_error(result: str | None) -> str:

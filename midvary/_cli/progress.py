@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import midvary
 
 from .tally import Ending, Tally
@@ -12,10 +14,18 @@ class Progress:
 
     ``label`` names the command in the bar and in the plain lines (``bulk``, ``demo``);
     ``tally`` holds the jobs already finished (by an earlier run), and counts the others as
-    :meth:`ended` reports them.
+    :meth:`ended` reports them. ``outage`` returns the outage the session waits out (shown
+    in the line while it lasts; ``None``: not shown).
     """
 
-    def __init__(self, total: int, *, tally: Tally | None = None, label: str = "bulk") -> None:
+    def __init__(
+        self,
+        total: int,
+        *,
+        tally: Tally | None = None,
+        label: str = "bulk",
+        outage: Callable[[], midvary.Outage | None] | None = None,
+    ) -> None:
         from rich.console import Console  # noqa: PLC0415 - rich is optional
         from rich.progress import (  # noqa: PLC0415
             BarColumn,
@@ -32,6 +42,7 @@ class Progress:
         self.running: set[int] = set()
         self.tally = tally if tally is not None else Tally()
         self.rate_limited = 0
+        self._outage = outage
         self._live = self.console.is_terminal
         self._bar = RichProgress(
             TextColumn(f"[bold]{label}"),
@@ -58,8 +69,19 @@ class Progress:
             f"submitted {self.submitted} · running {len(self.running)} · "
             f"done {self.tally.done} · failed {self.tally.failed} · "
             + (f"uncertain {self.tally.uncertain} · " if self.tally.uncertain else "")
+            + (f"not run {self.tally.not_run} · " if self.tally.not_run else "")
+            + (f"unfinished {self.tally.unfinished} · " if self.tally.unfinished else "")
             + f"rate-limited waits {self.rate_limited}"
+            + self._paused()
         )
+
+    def _paused(self) -> str:
+        """The outage the session waits out, for the line (empty when there is none)."""
+        outage = self._outage() if self._outage is not None else None
+        if outage is None:
+            return ""
+        since = outage.since.strftime("%H:%M:%S")
+        return f" · paused: {outage.what} since {since} UTC, next try {outage.next_try:%H:%M:%S}"
 
     def __enter__(self) -> Progress:
         self._bar.start()

@@ -32,6 +32,18 @@ class BulkSummary(Tally):
     retried: int = 0
     bad_rows: int = 0
     rate_limited_waits: int = 0
+    #: Jobs left pending in this run: not sent (max_tasks, an account refusal) or refused
+    #: for now; nothing was billed for them and the next run sends them.
+    pending: int = 0
+    #: Submissions of this run that may be billed (accepted or uncertain).
+    billable: int = 0
+    #: The account refusal (401, 402, 505) that stopped the run, or ``None``.
+    stopped_by: Exception | None = None
+    #: Whether ``--max-tasks`` held jobs back.
+    capped: bool = False
+    #: The account's credits before and after the run (``None``: the endpoint did not say).
+    credits_before: int | None = None
+    credits_after: int | None = None
     problems: list[tuple[BulkJob, str, str]] = attrs.field(factory=list)
 
 
@@ -66,6 +78,13 @@ def print_summary(summary: BulkSummary, out_path: Path, journal: str) -> None:
         ("done", summary.done),
         ("failed", summary.failed),
         ("uncertain", summary.uncertain),
+        *((("not run (parent did not succeed)", summary.not_run),) if summary.not_run else ()),
+        *((("pending (not sent: run again)", summary.pending),) if summary.pending else ()),
+        *(
+            (("unfinished (task made, result not saved: run again)", summary.unfinished),)
+            if summary.unfinished
+            else ()
+        ),
         ("ended in this run", summary.ran),
         ("skipped (finished earlier)", summary.skipped),
         ("re-attached by task id", summary.reattached),

@@ -1,4 +1,4 @@
-"""One count of how jobs ended: done, failed or uncertain.
+"""One count of how jobs ended: done, failed, uncertain, or not run.
 
 Bulk's summary (:class:`midvary._cli.summary.BulkSummary`), the live progress
 (:class:`midvary._cli.progress.Progress`), the demo's check
@@ -8,7 +8,9 @@ Bulk's summary (:class:`midvary._cli.summary.BulkSummary`), the live progress
 - ``done``: the job's task succeeded (:attr:`midvary.JobOutcome.ok`);
 - ``uncertain``: its submission may or may not have been accepted (and billed), and was not
   re-sent (:attr:`midvary.JobOutcome.uncertain`);
-- ``failed``: any other end (refused, the task failed, timed out...).
+- ``failed``: any other end (refused, the task failed, timed out...);
+- ``not run``: a child job (a generate row's ``then``) never sent, because its parent did
+  not succeed.
 
 The values of :class:`Ending` are the ``status`` words of the bulk results file.
 """
@@ -29,6 +31,10 @@ class Ending(enum.Enum):
     DONE = "done"
     FAILED = "failed"
     UNCERTAIN = "uncertain"
+    NOT_RUN = "not run"
+    #: Its task exists (billed) but saving its result here failed (a download, a full
+    #: disk): left submitted, its task id kept, so the next run re-attaches and finishes it.
+    UNFINISHED = "unfinished"
 
     @classmethod
     def of(cls, outcome: midvary.JobOutcome) -> Ending:
@@ -46,16 +52,21 @@ class Tally:
         done: Jobs whose task succeeded.
         failed: Jobs that ended otherwise, not uncertain.
         uncertain: Jobs whose submission may have been accepted, never re-sent.
+        not_run: Child jobs never sent because their parent did not succeed.
+        unfinished: Jobs whose task exists but whose result could not be saved here: the
+            next run finishes them.
     """
 
     done: int = 0
     failed: int = 0
     uncertain: int = 0
+    not_run: int = 0
+    unfinished: int = 0
 
     @property
     def ended(self) -> int:
         """Jobs counted, however they ended."""
-        return self.done + self.failed + self.uncertain
+        return self.done + self.failed + self.uncertain + self.not_run + self.unfinished
 
     def count(self, ending: Ending, jobs: int = 1) -> None:
         """Count ``jobs`` jobs (default 1) that ended as ``ending``."""
@@ -63,8 +74,12 @@ class Tally:
             self.done += jobs
         elif ending is Ending.FAILED:
             self.failed += jobs
-        else:
+        elif ending is Ending.UNCERTAIN:
             self.uncertain += jobs
+        elif ending is Ending.UNFINISHED:
+            self.unfinished += jobs
+        else:
+            self.not_run += jobs
 
     def add(self, outcome: midvary.JobOutcome) -> Ending:
         """Count one outcome; return how it ended."""

@@ -220,10 +220,14 @@ class TokenRecord:
     Attributes:
         task_id: The task the token was bound to, or ``None`` while its submission has not
             been answered yet.
+        reported: The task a checked delivery to a still unbound token named (see
+            :meth:`Store.report_token`: a claim to confirm with one GET, never trusted on its
+            own), or ``None``.
 
     """
 
     task_id: str | None
+    reported: str | None = None
 
 
 def store_error(what: str, exc: BaseException) -> StoreError:
@@ -446,8 +450,15 @@ class TokenStore(abc.ABC):
     namespace: str | None = None
 
     @abc.abstractmethod
-    async def add_token(self, scope: str, token_id: str, *, ttl_s: float) -> None:
-        """Record a new, unbound token (by its hash ``token_id``) for ``ttl_s`` seconds."""
+    async def add_token(
+        self, scope: str, token_id: str, *, ttl_s: float, link_id: str | None = None
+    ) -> None:
+        """Record a new, unbound token (by its hash ``token_id``) for ``ttl_s`` seconds.
+
+        With ``link_id`` (the hash of a submission key, see :meth:`linked_token`), the
+        token is also findable from that key for as long: a later run of a key whose answer
+        was lost finds the delivery the provider made for it.
+        """
 
     @abc.abstractmethod
     async def bind_token(self, scope: str, token_id: str, *, task_id: str) -> bool:
@@ -456,6 +467,19 @@ class TokenStore(abc.ABC):
     @abc.abstractmethod
     async def get_token(self, scope: str, token_id: str) -> TokenRecord | None:
         """The token's record, or ``None`` when it is unknown or expired."""
+
+    @abc.abstractmethod
+    async def report_token(self, scope: str, token_id: str, *, task_id: str) -> bool:
+        """A checked delivery to the still unbound token named ``task_id``: keep that claim.
+
+        Kept as the record's ``reported`` until the token expires (the submission's answer
+        was lost: whoever waits for it confirms the claim with one GET). ``False`` if the
+        token is gone.
+        """
+
+    @abc.abstractmethod
+    async def linked_token(self, scope: str, link_id: str) -> str | None:
+        """The token id recorded with ``link_id`` (see :meth:`add_token`), or ``None``."""
 
     @abc.abstractmethod
     async def settle_token(self, scope: str, token_id: str, *, grace_s: float) -> None:

@@ -349,6 +349,20 @@ class StoreClaims:
             rate=self.rate,
         )
 
+    async def recovered(self, key: str, task_id: str) -> bool:
+        """A lost answer of ``key`` was recovered as ``task_id``: record key -> task id.
+
+        Accepted for an uncertain key whoever held it (the recovery holds no claim);
+        ``False`` when the key was forgotten meanwhile or names another task.
+
+        Raises:
+            StoreError: The store failed.
+
+        """
+        return await self.store.record_task(
+            self.namespace, key, holder=f"recovery-{new_id()}", task_id=task_id
+        )
+
 
 def holding(
     store: Store,

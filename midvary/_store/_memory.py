@@ -97,6 +97,10 @@ class MemoryStore(LocalStore, TokenStore):
         self._epoch_marks: dict[str, str] = {}
         # (scope, token id) -> (task id or "" while unbound, expiry on the monotonic clock)
         self._tokens: dict[tuple[str, str], tuple[str, float]] = {}
+        # (scope, token id) -> the task a delivery to the unbound token named
+        self._reports: dict[tuple[str, str], str] = {}
+        # (scope, link id) -> the token id recorded with it (it expires with the token)
+        self._links: dict[tuple[str, str], str] = {}
         self._listeners: dict[str, set[asyncio.Queue[str]]] = {}
 
     #: One process's memory: ``Session(store=...)`` wants a store other processes see.
@@ -121,6 +125,8 @@ class MemoryStore(LocalStore, TokenStore):
         self._windows.clear()
         self._epoch_marks.clear()
         self._tokens.clear()
+        self._reports.clear()
+        self._links.clear()
 
     # --- callback tokens, within this process --------------------------------------------
 
@@ -128,16 +134,26 @@ class MemoryStore(LocalStore, TokenStore):
         found = self._tokens.get((scope, token_id))
         if found is not None and found[1] <= time.monotonic():
             del self._tokens[scope, token_id]
+            self._reports.pop((scope, token_id), None)
             return None
         return found
 
-    async def add_token(self, scope: str, token_id: str, *, ttl_s: float) -> None:
+    async def add_token(
+        self, scope: str, token_id: str, *, ttl_s: float, link_id: str | None = None
+    ) -> None:
         """See :meth:`Store.add_token`."""
         now = time.monotonic()
         for name, (_, expires) in tuple(self._tokens.items()):  # bounded by the live tokens
             if expires <= now:
                 del self._tokens[name]
+                self._reports.pop(name, None)
+        live = {name[1] for name in self._tokens}
+        for name, linked in tuple(self._links.items()):
+            if linked not in live:
+                del self._links[name]
         self._tokens[scope, token_id] = ("", now + ttl_s)
+        if link_id is not None:
+            self._links[scope, link_id] = token_id
 
     async def bind_token(self, scope: str, token_id: str, *, task_id: str) -> bool:
         """See :meth:`Store.bind_token`."""
@@ -150,7 +166,23 @@ class MemoryStore(LocalStore, TokenStore):
     async def get_token(self, scope: str, token_id: str) -> TokenRecord | None:
         """See :meth:`Store.get_token`."""
         found = self._token(scope, token_id)
-        return None if found is None else TokenRecord(task_id=found[0] or None)
+        if found is None:
+            return None
+        return TokenRecord(task_id=found[0] or None, reported=self._reports.get((scope, token_id)))
+
+    async def report_token(self, scope: str, token_id: str, *, task_id: str) -> bool:
+        """See :meth:`Store.report_token`."""
+        if self._token(scope, token_id) is None:
+            return False
+        self._reports[scope, token_id] = task_id
+        return True
+
+    async def linked_token(self, scope: str, link_id: str) -> str | None:
+        """See :meth:`Store.linked_token`."""
+        token_id = self._links.get((scope, link_id))
+        if token_id is None or self._token(scope, token_id) is None:
+            return None
+        return token_id
 
     async def settle_token(self, scope: str, token_id: str, *, grace_s: float) -> None:
         """See :meth:`Store.settle_token`."""

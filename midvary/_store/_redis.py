@@ -470,9 +470,11 @@ class RedisStore(Store, TokenStore):
 
     # --- callback tokens and wake-ups (``_redis_tokens``) --------------------------------
 
-    async def add_token(self, scope: str, token_id: str, *, ttl_s: float) -> None:
+    async def add_token(
+        self, scope: str, token_id: str, *, ttl_s: float, link_id: str | None = None
+    ) -> None:
         """See :meth:`Store.add_token`."""
-        await self._tokens.add(scope, token_id, ttl_s)
+        await self._tokens.add(scope, token_id, ttl_s, link_id)
 
     async def bind_token(self, scope: str, token_id: str, *, task_id: str) -> bool:
         """See :meth:`Store.bind_token`."""
@@ -481,6 +483,14 @@ class RedisStore(Store, TokenStore):
     async def get_token(self, scope: str, token_id: str) -> TokenRecord | None:
         """See :meth:`Store.get_token`."""
         return await self._tokens.get(scope, token_id)
+
+    async def report_token(self, scope: str, token_id: str, *, task_id: str) -> bool:
+        """See :meth:`Store.report_token`."""
+        return await self._tokens.report(scope, token_id, task_id)
+
+    async def linked_token(self, scope: str, link_id: str) -> str | None:
+        """See :meth:`Store.linked_token`."""
+        return await self._tokens.linked(scope, link_id)
 
     async def settle_token(self, scope: str, token_id: str, *, grace_s: float) -> None:
         """See :meth:`Store.settle_token`."""

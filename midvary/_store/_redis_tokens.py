@@ -1,7 +1,10 @@
 """The Redis store's callback tokens and wake-ups, shared by every replica.
 
 A token is a string key ``midvary:{cb:<scope>}:t:<token id>`` (its value the bound task id,
-empty until bound) that expires with the token (``PX``; binding keeps the expiry). Wake-ups
+empty until bound) that expires with the token (``PX``; binding keeps the expiry). A
+delivery to an unbound token leaves its claimed task id in ``...:r:<token id>``, and a
+token issued for a submission key is found from the key's hash by ``...:k:<link id>``;
+both expire with the token. Wake-ups
 are Redis pub/sub messages on ``midvary:{cb:<scope>}:wake``: at-most-once, lost while a
 listener is disconnected, which is why the waiting handles keep their slow safety polls.
 """
@@ -24,6 +27,13 @@ _SETTLE: Final = """
 local left = redis.call('PTTL', KEYS[1])
 if left > tonumber(ARGV[1]) then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return left
+"""
+# Keep a delivery's claim for as long as its token lives (nothing for a token gone).
+_REPORT: Final = """
+local left = redis.call('PTTL', KEYS[1])
+if left <= 0 then return 0 end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', left)
+return 1
 """
 # Seconds one read of the subscription blocks before it looks again (no traffic meanwhile).
 _LISTEN_BLOCK: Final = 5.0
@@ -52,22 +62,39 @@ class RedisTokens:
         self._client = client
         self._error = error
         self._settle: Any = None
+        self._report: Any = None
 
     @staticmethod
     def _name(scope: str, token_id: str) -> str:
         return f"midvary:{{cb:{scope}}}:t:{token_id}"
 
     @staticmethod
+    def _report_name(scope: str, token_id: str) -> str:
+        return f"midvary:{{cb:{scope}}}:r:{token_id}"
+
+    @staticmethod
+    def _link_name(scope: str, link_id: str) -> str:
+        return f"midvary:{{cb:{scope}}}:k:{link_id}"
+
+    @staticmethod
     def _channel(scope: str) -> str:
         return f"midvary:{{cb:{scope}}}:wake"
 
-    async def add(self, scope: str, token_id: str, ttl_s: float) -> None:
+    async def add(self, scope: str, token_id: str, ttl_s: float, link_id: str | None) -> None:
         """See :meth:`Store.add_token`."""
         import redis.exceptions  # noqa: PLC0415 - an optional dependency
 
         what = "recording a callback token"
+        ttl_ms = int(ttl_s * 1000)
         try:
-            await self._client(what).set(self._name(scope, token_id), "", px=int(ttl_s * 1000))
+            client = self._client(what)
+            if link_id is None:
+                await client.set(self._name(scope, token_id), "", px=ttl_ms)
+            else:
+                async with client.pipeline(transaction=True) as pipe:
+                    pipe.set(self._name(scope, token_id), "", px=ttl_ms)
+                    pipe.set(self._link_name(scope, link_id), token_id, px=ttl_ms)
+                    await pipe.execute()
         except (redis.exceptions.RedisError, OSError) as exc:
             raise self._error(what, exc) from exc
 
@@ -89,12 +116,42 @@ class RedisTokens:
 
         what = "looking a callback token up"
         try:
-            value = await self._client(what).get(self._name(scope, token_id))
+            value, reported = await self._client(what).mget(
+                [self._name(scope, token_id), self._report_name(scope, token_id)]
+            )
         except (redis.exceptions.RedisError, OSError) as exc:
             raise self._error(what, exc) from exc
         if value is None:
             return None
-        return TokenRecord(task_id=text(value) or None)
+        return TokenRecord(
+            task_id=text(value) or None, reported=None if reported is None else text(reported)
+        )
+
+    async def report(self, scope: str, token_id: str, task_id: str) -> bool:
+        """See :meth:`Store.report_token`."""
+        import redis.exceptions  # noqa: PLC0415 - an optional dependency
+
+        what = "keeping a callback's task id"
+        try:
+            client = self._client(what)
+            if self._report is None or self._report.registered_client is not client:
+                self._report = client.register_script(_REPORT)
+            names = [self._name(scope, token_id), self._report_name(scope, token_id)]
+            done = await self._report(keys=names, args=[task_id])
+        except (redis.exceptions.RedisError, OSError) as exc:
+            raise self._error(what, exc) from exc
+        return bool(done)
+
+    async def linked(self, scope: str, link_id: str) -> str | None:
+        """See :meth:`Store.linked_token`."""
+        import redis.exceptions  # noqa: PLC0415 - an optional dependency
+
+        what = "looking a key's callback token up"
+        try:
+            value = await self._client(what).get(self._link_name(scope, link_id))
+        except (redis.exceptions.RedisError, OSError) as exc:
+            raise self._error(what, exc) from exc
+        return None if value is None else text(value)
 
     async def settle(self, scope: str, token_id: str, grace_s: float) -> None:
         """See :meth:`Store.settle_token`."""

@@ -199,7 +199,9 @@ class FakeSettings:
             ``"generate"``, ``"upscale"``, ``"record-info"``, ``"credit"``.
         drop_submit_answer_rate: Share of accepted submissions (of any of the three
             endpoints) whose answer is lost: the task is created (and billed) but the
-            connection closes without an answer.
+            connection closes without an answer; it is still called back (``callbacks``)
+            at the ``callBackUrl`` it carried, as the real provider calls back every task
+            it created.
         callbacks: Whether a task submitted with a ``callBackUrl`` is POSTed there when it
             finishes (decided when the task is created).
         callback_hmac_key: Sign callbacks like kie.ai's ``webhookHmacKey``; ``None`` means

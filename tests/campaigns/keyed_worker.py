@@ -6,15 +6,21 @@ each JOB is ``key=parent:index``. The provider's address and key come from
 namespace, ``MIDVARY_TEST_LEASE`` the claim lease. It prints one JSON line per event, flushed,
 so that a runner that kills it knows which POSTs were in flight:
 ``{"sending": key}``, ``{"submitted": key, "task_id": ..., "reattached": bool}``,
-``{"done": key, "task_id": ..., "uncertain": bool, "error": ...}``.
+``{"done": key, "task_id": ..., "uncertain": bool, "recovered": bool, "error": ...}``.
+
+With ``MIDVARY_TEST_CALLBACK_URL`` (a load balancer's URL in front of every worker) it also
+serves a :class:`midvary.CallbackReceiver` on the shared Redis store, on a free port it
+prints first (``{"port": N}``), with tokens living ``MIDVARY_TEST_TOKEN_TTL`` seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
+from collections.abc import AsyncIterator
 
 import midvary
 from midvary.testing import FAST_POLL, FAST_RETRY
@@ -44,6 +50,27 @@ def on_event(event: midvary.JobEvent) -> None:
         say(submitted=key, task_id=event.task_id, reattached=event.reattached)
 
 
+@contextlib.asynccontextmanager
+async def receiving(
+    store: midvary.SQLiteStore | midvary.RedisStore,
+) -> AsyncIterator[midvary.CallbackReceiver | None]:
+    """This worker's receiver behind the runner's load balancer, or ``None`` without one."""
+    public_url = os.environ.get("MIDVARY_TEST_CALLBACK_URL")
+    if not public_url or not isinstance(store, midvary.RedisStore):
+        yield None
+        return
+    receiver = midvary.CallbackReceiver(
+        public_url=public_url,
+        store=store,
+        safety_poll=FAST_POLL,
+        token_ttl=float(os.environ.get("MIDVARY_TEST_TOKEN_TTL", "3600")),
+    )
+    async with receiver:
+        await receiver.start("127.0.0.1", 0)
+        say(port=receiver.port)
+        yield receiver
+
+
 async def main(where: str, jobs: list[str]) -> None:
     """Run every job once with its key; print each outcome."""
     requests = []
@@ -55,9 +82,14 @@ async def main(where: str, jobs: list[str]) -> None:
     submit_rate = tuple(json.loads(rate)) if rate else None
     async with (
         open_store(where) as store,
+        receiving(store) as receiver,
         midvary.Session(
-            poll=FAST_POLL, retry=FAST_RETRY, submit_rate=submit_rate, store=store
-        ) as session,  # fmt: skip
+            poll=FAST_POLL,
+            retry=FAST_RETRY,
+            submit_rate=submit_rate,
+            store=store,
+            callbacks=receiver,
+        ) as session,
     ):
         async for outcome in session.submit_many(requests, concurrency=8, on_event=on_event):
             assert outcome.request is not None
@@ -65,6 +97,7 @@ async def main(where: str, jobs: list[str]) -> None:
                 done=outcome.request.key,
                 task_id=outcome.task_id,
                 uncertain=outcome.uncertain,
+                recovered=outcome.recovered,
                 error=None if outcome.ok else repr(outcome.error),
             )
 

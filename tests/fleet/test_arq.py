@@ -15,7 +15,7 @@ import midvary
 from midvary.arq import WorkerConfig, WorkerSettings, session_of, shutdown, startup, vary
 from midvary.testing import FakeProvider, FakeSettings
 
-from ..store.redis_server import RedisServer
+from ..store.redis_server import RedisServer, free_port
 
 
 class Short(WorkerSettings):
@@ -97,10 +97,20 @@ def test_a_bad_variable_is_named(name: str, value: str) -> None:
 
 @pytest.fixture
 async def worker_ctx(
-    redis_session_server: RedisServer, monkeypatch: pytest.MonkeyPatch, namespace: str
+    redis_session_server: RedisServer,
+    monkeypatch: pytest.MonkeyPatch,
+    namespace: str,
+    request: pytest.FixtureRequest,
 ) -> AsyncIterator[tuple[dict[str, Any], FakeProvider]]:
-    """A started worker context (as arq's on_startup makes it) against an in-process fake."""
+    """A started worker context (as arq's on_startup makes it) against an in-process fake.
+
+    Indirectly parametrized with ``True``, the worker serves a callback receiver.
+    """
     del namespace
+    if getattr(request, "param", False):
+        port = free_port()
+        monkeypatch.setenv("MIDVARY_CALLBACK_URL", f"http://127.0.0.1:{port}/midvary/callback")
+        monkeypatch.setenv("MIDVARY_CALLBACK_LISTEN", f"127.0.0.1:{port}")
     fake = FakeProvider(
         settings=FakeSettings(task_duration=(0.05, 0.1), invisible_for=0.0, submit_limit=None)
     )
@@ -153,6 +163,24 @@ async def test_a_failed_task_and_a_lost_answer_complete_the_job(
     again = await vary(ctx, "parent-1", 2, key=f"{namespace}/lost")
     assert again["state"] == "uncertain"
     assert fake.stats.tasks_created == 2  # the failed task and the one lost answer
+
+
+@pytest.mark.parametrize("worker_ctx", [True], indirect=True)
+async def test_with_a_receiver_a_lost_answer_is_recovered(
+    worker_ctx: tuple[dict[str, Any], FakeProvider], namespace: str
+) -> None:
+    """A lost POST answer: the job waits for the task's callback and succeeds; a re-run too."""
+    ctx, fake = worker_ctx
+    fake.settings = attrs.evolve(fake.settings, drop_submit_answer_rate=1.0)
+    key = f"{namespace}/recovered"
+    lost = await vary(ctx, "parent-1", 2, key=key)
+    (task_id,) = fake.tasks
+    assert lost["state"] == "succeeded"
+    assert lost["task_id"] == task_id
+    assert lost["image_urls"] == list(fake.task(task_id).result_urls)
+    again = await vary(ctx, "parent-1", 2, key=key)  # a re-delivery re-attaches by key
+    assert (again["state"], again["task_id"]) == ("succeeded", task_id)
+    assert fake.stats.tasks_created == 1
 
 
 async def test_a_store_outage_asks_arq_to_retry(

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
+import attrs
 import pytest
 
 import midvary
 from midvary.testing import FAULT_KINDS, ManualClock
 
 from ..conditions import until
-from .conftest import OpenSession, StartFake, finish
+from .conftest import FAST_RETRY, OpenSession, StartFake, finish
 
 MIRROR = pytest.mark.parametrize("mirror", [False, True], ids=["http-200", "http-mirrored"])
 #: Enough retries to outlast a maintenance switch or a rate-limit storm in a test.
@@ -65,12 +66,20 @@ async def test_maintenance_on_submit_is_retried_into_one_task(
     assert (await handle).status is midvary.TaskStatus.SUCCESS
 
 
-async def test_maintenance_beyond_the_retry_budget_surfaces_as_455(
+async def test_maintenance_beyond_the_outage_budget_surfaces_as_455(
     start_fake: StartFake, open_session: OpenSession
 ) -> None:
-    """When maintenance outlasts RetryPolicy.attempts, ServiceUnavailableError is raised."""
+    """Maintenance outlasting RetryPolicy.outage_budget (not attempts) raises 455."""
     fake = await start_fake()
-    retry = midvary.RetryPolicy(attempts=3, wait_initial=0.01, wait_max=0.01, wait_jitter=0.0)
+    retry = midvary.RetryPolicy(
+        attempts=2,
+        wait_initial=0.01,
+        wait_max=0.01,
+        wait_jitter=0.0,
+        outage_budget=0.3,
+        outage_probe=0.01,
+        outage_probe_max=0.05,
+    )
     session = await open_session(fake, retry=retry)
     fake.set_maintenance(True)
 
@@ -78,8 +87,22 @@ async def test_maintenance_beyond_the_retry_budget_surfaces_as_455(
         await session.vary("parent-455", 0)
 
     assert info.value.code == 455
-    assert fake.stats.requests["submit"] == 3
+    # More tries than attempts: the outage's budget is time, probed at a growing interval.
+    assert fake.stats.requests["submit"] > retry.attempts
     assert fake.stats.tasks_created == 0
+
+
+async def test_an_outage_budget_of_zero_gives_up_at_the_first_455(
+    start_fake: StartFake, open_session: OpenSession
+) -> None:
+    """outage_budget=0: maintenance is not waited out at all."""
+    fake = await start_fake()
+    session = await open_session(fake, retry=attrs.evolve(FAST_RETRY, outage_budget=0.0))
+    fake.set_maintenance(True)
+
+    with pytest.raises(midvary.ServiceUnavailableError):
+        await session.vary("parent-455", 1)
+    assert fake.stats.requests["submit"] == 1
 
 
 async def test_rate_limit_storm_submits_every_job_exactly_once(

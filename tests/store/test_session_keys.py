@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import attrs
 import pytest
 
 import midvary
@@ -49,9 +50,8 @@ def session_for(
         api_key=fake.api_key,
         base_url=fake.base_url,
         poll=FAST_POLL,
-        retry=FAST_RETRY,
         store=store,
-        **settings,  # type: ignore[arg-type]
+        **{"retry": FAST_RETRY, **settings},  # type: ignore[arg-type]
     )
 
 
@@ -180,15 +180,16 @@ async def test_a_refused_key_is_released(
 async def test_maintenance_retries_then_releases(
     fake_provider: FakeProvider, store: midvary.SQLiteStore
 ) -> None:
-    """455 until the budget is spent: RETRYING events, then the claim is released."""
+    """455 until the outage budget is spent: RETRYING events, then the claim is released."""
     fake_provider.set_maintenance(True)
     events: list[midvary.JobEvent] = []
     request = midvary.VaryRequest(task_id="parent-1", image_index=0, key="m")
-    async with session_for(fake_provider, store) as session:
+    retry = attrs.evolve(FAST_RETRY, outage_budget=0.2)
+    async with session_for(fake_provider, store, retry=retry) as session:
         (outcome,) = await session.submit_all([request], on_event=events.append)
         assert isinstance(outcome.error, midvary.ServiceUnavailableError)
         retries = [e for e in events if e.kind is midvary.JobEventKind.RETRYING]
-        assert len(retries) == FAST_RETRY.attempts - 1
+        assert len(retries) == fake_provider.stats.requests["submit"] - 1
         assert all(isinstance(e.error, midvary.ServiceUnavailableError) for e in retries)
         assert all(e.wait is not None and e.wait >= 0 for e in retries)
         fake_provider.set_maintenance(False)

@@ -51,6 +51,25 @@ async def test_tokens_expire_and_settling_brings_the_end_closer(
 
 
 @SHARING
+async def test_a_delivery_report_and_a_key_link_live_with_their_token(
+    backend: Backend, namespace: str
+) -> None:
+    """A token's reported task and its key link read back, and go when the token expires."""
+    store = backend.store
+    await store.add_token(namespace, "lost", ttl_s=SHORT * 2, link_id="key-hash")
+    assert await store.linked_token(namespace, "key-hash") == "lost"
+    assert await store.linked_token(namespace, "other-key") is None
+    assert await store.report_token(namespace, "lost", task_id="task-9")
+    assert await store.get_token(namespace, "lost") == TokenRecord(task_id=None, reported="task-9")
+    assert not await store.report_token(namespace, "unknown", task_id="task-9")
+    assert await store.get_token(namespace, "unknown") is None
+    await asyncio.sleep(SHORT * 4)
+    assert await store.get_token(namespace, "lost") is None
+    assert await store.linked_token(namespace, "key-hash") is None
+    assert not await store.report_token(namespace, "lost", task_id="task-9")
+
+
+@SHARING
 async def test_a_wake_up_reaches_every_listener_of_its_scope(
     backend: Backend, namespace: str
 ) -> None:

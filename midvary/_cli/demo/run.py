@@ -137,9 +137,10 @@ async def run_demo(plan: DemoPlan, *, out: Path, seed: int, progress: Progress) 
                             _show(progress, job, outcome)
                             feed.ended(job, outcome)
                             if job.then and not outcome.ok:
+                                why = "is uncertain" if outcome.uncertain else "failed"
                                 for child in job.children():
                                     progress.ended(
-                                        Ending.FAILED, f"{child.key} not run: its grid failed"
+                                        Ending.NOT_RUN, f"{child.key} not run: its grid {why}"
                                     )
                 except TimeoutError:
                     timed_out = True
