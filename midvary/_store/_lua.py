@@ -16,9 +16,9 @@ Redis keys, all under one ``{namespace}`` hash tag so that a cluster keeps them 
   and rewritten as a string when it changes;
 - ``done``: one hash of the namespace's done keys, key -> ``"<expiry> <fingerprint> <task
   id>"`` (expiry in hex seconds, the fingerprint's first 16 hex digits): all a finished key
-  needs, without a Redis key, request and expiry entry of its own. Each key expires by its own time, checked when it is
-  read; every move to done also drops the expired ones among a few random fields, and the
-  hash expires once its last key would;
+  needs, without a Redis key, request and expiry entry of its own. Each key expires by its
+  own time, checked when it is read; every move to done also drops the expired ones among a
+  few random fields, and the hash expires once its last key would;
 - ``win``: the window's hash (a allowance, g grown at, p paused until); ``stamps``: a
   sorted set (slot id -> stamp); ``flight``: a sorted set (slot id -> lease end).
 
