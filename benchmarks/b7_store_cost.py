@@ -240,6 +240,7 @@ async def run(redis_url: str | None) -> Report:
     )
     report.say("")
     report.say(NOTE)
+    report.say("")
     report.say(
         f"Footprint: {FOOTPRINT_JOBS:,} keyed jobs (keys `order-<run>-<n>/0`, the namespace of "
         "the API key), bytes per key:"
