@@ -17,6 +17,8 @@ from midvary._cli import main
 from midvary._cli.journal import Journal
 from midvary.testing import PNG_SIGNATURE, FakeProvider, FakeSettings
 
+from .store.redis_server import free_port
+
 #: Short tasks, as the CLI polls with the default policy (first poll 2 s after submission).
 CLI_FAKE: dict[str, Any] = {"task_duration": (0.1, 0.5), "invisible_for": 0.1}
 
@@ -161,6 +163,36 @@ async def test_failed_and_uncertain_jobs_are_reported_and_never_resent(
     last = {r["id"]: r["status"] for r in results}
     assert set(last.values()) == {"done"}
     assert len(results) == 8 + lost  # an uncertain line, then the done line of its re-run
+
+
+async def test_with_a_callback_url_lost_answers_are_recovered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--callback-url: jobs whose answer was lost wait for their callback and succeed."""
+    jobs = write_csv(tmp_path / "jobs.csv", [f"parent-{n},2,," for n in range(8)])
+    port = free_port()
+    async with provider(monkeypatch, drop_submit_answer_rate=0.4) as fake:
+        assert (
+            await cli(
+                "bulk",
+                str(jobs),
+                "--callback-url",
+                f"http://127.0.0.1:{port}/midvary/callback",
+                "--callback-listen",
+                f"127.0.0.1:{port}",
+            )
+            == 0
+        )
+        lost = fake.stats.dropped_submit_answers
+        assert lost > 0
+        assert fake.stats.requests["submit"] == 8
+        results = read_results(tmp_path / "jobs.csv.results.jsonl")
+        assert {r["status"] for r in results} == {"done"}
+        assert sum(1 for r in results if r.get("recovered")) == lost
+        assert {r["task_id"] for r in results} == set(fake.tasks)
+        capsys.readouterr()
+        assert await cli("bulk", str(jobs), "--callback-listen", "nowhere") == 2
+        assert "--callback-listen" in capsys.readouterr().err
 
 
 async def test_journal_of_another_jobs_file_is_refused(

@@ -66,18 +66,43 @@ def chromium(page: Path, profile: Path, *arguments: str) -> subprocess.Completed
         "--disable-sync",
         "--hide-scrollbars",
         f"--user-data-dir={profile}",
-        "--window-size=1200,900",
         *arguments,
         page.as_uri(),
     ]
     return subprocess.run(command, capture_output=True, timeout=60, check=True)  # noqa: S603
 
 
-def screenshot(page: Path, tmp: Path) -> bytes:
-    """A 1200x900 screenshot of ``page`` as PNG bytes."""
-    shot = tmp / f"{page.stem}.png"
-    chromium(page, tmp / f"profile-{page.stem}", f"--screenshot={shot}")
+def screenshot(page: Path, tmp: Path, size: tuple[int, int] = (1200, 900)) -> bytes:
+    """A screenshot of ``page`` in a window of ``size`` (width, height) as PNG bytes."""
+    shot = tmp / f"{page.stem}-{size[0]}.png"
+    chromium(
+        page,
+        tmp / f"profile-{page.stem}-{size[0]}",
+        f"--window-size={size[0]},{size[1]}",
+        f"--screenshot={shot}",
+    )
     return shot.read_bytes()
+
+
+def boxes(png: bytes) -> dict[tuple[int, int, int], tuple[int, int, int, int]]:
+    """Each test colour's bounding box in ``png``: (left, top, right, bottom), in pixels."""
+    width, _height, pixels = decode_png(png)
+    near = {  # every pixel value within 3 of a test colour, in each channel
+        (r + dr, g + dg, b + db): (r, g, b)
+        for r, g, b in COLOURS
+        for dr in range(-3, 4)
+        for dg in range(-3, 4)
+        for db in range(-3, 4)
+    }
+    found: dict[tuple[int, int, int], list[int]] = {}
+    for position, pixel in enumerate(pixels):
+        colour = near.get(pixel)
+        if colour is not None:
+            x, y = position % width, position // width
+            box = found.setdefault(colour, [x, y, x, y])
+            box[0], box[1] = min(box[0], x), min(box[1], y)
+            box[2], box[3] = max(box[2], x), max(box[3], y)
+    return {colour: (box[0], box[1], box[2], box[3]) for colour, box in found.items()}
 
 
 def close(counts: Counter[tuple[int, int, int]], colour: tuple[int, int, int]) -> int:
@@ -120,7 +145,9 @@ def test_the_page_shows_every_image_and_runs_nothing(gallery: Path, tmp_path: Pa
     painted = {colour: close(counts, colour) for colour in COLOURS}
     assert all(pixels >= 2000 for pixels in painted.values()), painted
     assert close(counts, MAGENTA) == 0
-    dom = chromium(gallery, tmp_path / "profile-dom", "--dump-dom").stdout.decode()
+    dom = chromium(
+        gallery, tmp_path / "profile-dom", "--window-size=1200,900", "--dump-dom"
+    ).stdout.decode()
     tree = Tree(dom)
     assert [text(title) for title in tree.find("title")] == [TITLE]
     assert tree.find("script") == []
@@ -137,3 +164,21 @@ def test_the_detector_sees_an_injection(gallery: Path, tmp_path: Path) -> None:
     raw.write_text(page[:escaped] + HOSTILE_MARK + page[end:], encoding="utf-8")
     counts = colour_counts(screenshot(raw, tmp_path))
     assert close(counts, MAGENTA) > 100_000  # a block the size of the parent section
+
+
+def test_the_grid_uses_the_screen_at_two_widths(gallery: Path, tmp_path: Path) -> None:
+    """1400 px: cards side by side; 700 px: one column; thumbnails of 140 px or more."""
+    wide = boxes(screenshot(gallery, tmp_path, (1400, 900)))
+    narrow = boxes(screenshot(gallery, tmp_path, (700, 1600)))
+    for shot in (wide, narrow):
+        assert set(shot) == set(COLOURS), shot
+        assert all(right - left + 1 >= 140 for left, _t, right, _b in shot.values()), shot
+    # job-1's first image (COLOURS[0]) and job-2's (COLOURS[4]).
+    first, second = wide[COLOURS[0]], wide[COLOURS[4]]
+    assert second[0] > first[2]  # job-2's card is to the right of job-1's
+    assert abs(second[1] - first[1]) < 50  # on the same row
+    first, second = narrow[COLOURS[0]], narrow[COLOURS[4]]
+    assert abs(second[0] - first[0]) < 5  # one column: the same left edge
+    assert second[1] > first[3]  # job-2 below job-1
+    row = [narrow[colour][1] for colour in COLOURS[:4]]
+    assert max(row) - min(row) < 5  # job-1's four thumbnails on one row

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import sqlite3
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -148,6 +149,20 @@ def options(parser: argparse.ArgumentParser) -> None:
         help="after the run, write an HTML page of the results beside them (RESULTS.html)",
     )
     parser.add_argument(
+        "--callback-url",
+        metavar="URL",
+        help="serve a callback receiver that the provider reaches at URL (a public http(s) "
+        "URL to this machine, or a proxy in front of it): a job whose submission answer "
+        "was lost then waits for its task's callback and is recovered, not uncertain",
+    )
+    parser.add_argument(
+        "--callback-listen",
+        type=_listen_address,
+        default=("0.0.0.0", 8080),  # noqa: S104 - behind the public URL's proxy
+        metavar="HOST:PORT",
+        help="with --callback-url: the address the receiver listens on (0.0.0.0:8080)",
+    )
+    parser.add_argument(
         "--max-tasks",
         type=positive_int,
         metavar="N",
@@ -160,6 +175,46 @@ def options(parser: argparse.ArgumentParser) -> None:
         help="submit again the jobs whose earlier submission may or may not have been accepted "
         "(each may then be billed twice)",
     )
+
+
+def _listen_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` for ``--callback-listen`` (port 0: any free port)."""
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT (e.g. 0.0.0.0:8080), got {text!r}")
+    return host, int(port)
+
+
+@contextlib.asynccontextmanager
+async def _receiving(
+    args: argparse.Namespace, store: object
+) -> AsyncIterator[midvary.CallbackReceiver | None]:
+    """The run's callback receiver (``--callback-url``), serving; ``None`` without one.
+
+    On a Redis ``--store`` its tokens are kept there too, so a later run (or another
+    machine's) recovers a job whose answer this one lost.
+
+    Raises:
+        UsageError: The URL is not one, or the address cannot be listened on.
+
+    """
+    if args.callback_url is None:
+        yield None
+        return
+    shared = store if isinstance(store, midvary.RedisStore) else None
+    try:
+        receiver = midvary.CallbackReceiver(public_url=args.callback_url, store=shared)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"--callback-url: {exc}") from None
+    async with receiver:
+        host, port = args.callback_listen
+        try:
+            await receiver.start(host, port)
+        except OSError as exc:
+            raise UsageError(
+                f"--callback-listen {host}:{port}: cannot listen there ({exc.strerror or exc})"
+            ) from None
+        yield receiver
 
 
 class _SubmitRate(argparse.Action):
@@ -377,7 +432,10 @@ async def _run(
         where.append(ledger.where)
         results = ResultsFile(out_path)
         try:
-            async with open_session(args, submit_rate=rate, store=store) as session:
+            async with (
+                _receiving(args, store) as receiver,
+                open_session(args, submit_rate=rate, store=store, callbacks=receiver) as session,
+            ):
                 await _run_jobs(args, session, ledger, jobs_file, results, summary)
         finally:
             results.close()

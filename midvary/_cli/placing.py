@@ -177,6 +177,7 @@ class Placer:
             error=outcome.error,
             paths=outcome.paths,
             request=outcome.request or self._feed.request_of(job),
+            recovered=outcome.recovered,
         )
         await self.ledger.finished(job.key, state, outcome.task_id, line)
         self.known[job.key] = JournaledJob(

@@ -78,6 +78,7 @@ def result_line(
     error: BaseException | None = None,
     paths: Sequence[Path] = (),
     request: object = None,
+    recovered: bool = False,
 ) -> str:
     """The JSON line of one finished job; its ``status`` is ``ending``'s word.
 
@@ -86,6 +87,8 @@ def result_line(
     ``parent_task_id`` is the task a vary or upscale was made from (``None`` for generate).
     Lines written before the rename (issue 18) named these ``vary_task_id`` and
     ``task_id``; :func:`midvary._gallery_lines.line_task_ids` reads both formats.
+    ``recovered`` (written only when true): the submission's answer was lost and the
+    provider's callback named its task (``--callback-url``).
     """
     sent = request if request is not None else job.request
     data: dict[str, Any] = {
@@ -107,6 +110,8 @@ def result_line(
         data["prompt"] = sent.prompt
     if job.parent is not None:
         data["parent"] = job.parent
+    if recovered:
+        data["recovered"] = True
     if isinstance(error, midvary.TaskFailedError):
         record = error.record
         data["record"] = midvary.to_json_dict(record)

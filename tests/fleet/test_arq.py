@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import midvary
 from midvary.arq import WorkerConfig, WorkerSettings, session_of, shutdown, startup, vary
 from midvary.testing import FakeProvider, FakeSettings
 
+from ..conditions import until
 from ..store.redis_server import RedisServer, free_port
 
 
@@ -194,3 +196,23 @@ async def test_a_store_outage_asks_arq_to_retry(
         await vary(ctx, "parent-1", 3, key=f"{namespace}/outage")
     assert (caught.value.defer_score or 0) > 0
     assert fake.stats.tasks_created == 0
+
+
+async def test_jobs_wait_for_credits_instead_of_failing(
+    worker_ctx: tuple[dict[str, Any], FakeProvider], namespace: str
+) -> None:
+    """Credits at 0: the jobs wait (one credits check at a time), then succeed after a top-up."""
+    ctx, fake = worker_ctx
+    fake.update(credits=0)
+    jobs = asyncio.gather(
+        *(vary(ctx, "parent-1", n, key=f"{namespace}/wait-{n}") for n in range(3))
+    )
+    await until(lambda: fake.stats.requests["credit"] >= 2)  # the gate is checking
+    refused = fake.stats.codes[402]
+    assert 1 <= refused <= 3  # the first POSTs, in flight together; then nothing is sent
+    fake.update(credits=10)
+    results = await jobs
+    assert [result["state"] for result in results] == ["succeeded"] * 3
+    assert fake.stats.tasks_created == 3
+    assert fake.stats.codes[402] == refused
+    assert fake.credits_left == 7
