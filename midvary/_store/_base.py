@@ -435,6 +435,15 @@ class SubmitWindow(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def pause(self, namespace: str, *, pause_s: float) -> float:
+        """No new slot for anyone for ``pause_s`` seconds; the allowance stays.
+
+        An account refusal (401, 402, 505) or an outage (455, no connection) seen by one
+        process pauses every process's submissions on the account. Returns the seconds left
+        of the pause (a longer one already in effect is kept).
+        """
+
+    @abc.abstractmethod
     async def allowance(self, namespace: str, *, rate: tuple[int, float]) -> int:
         """Submissions currently allowed per window (``rate``'s count unless slowed down)."""
 

@@ -358,6 +358,17 @@ class LocalStore(Store):
 
         return await self._transact("slowing the submission window down", run)
 
+    async def pause(self, namespace: str, *, pause_s: float) -> float:
+        """See :meth:`Store.pause`."""
+
+        def run(tx: Tx) -> float:
+            window = tx.get_window(namespace)
+            left = window.pause(tx.now, pause_s)
+            tx.put_window(namespace, window)
+            return left
+
+        return await self._transact("pausing the submission window", run)
+
     async def allowance(self, namespace: str, *, rate: tuple[int, float]) -> int:
         """See :meth:`Store.allowance`."""
 

@@ -243,6 +243,12 @@ end
 redis.call('HSET', W, 'g', f(now), 'p', f(math.max(p, now + pause_s)))
 return tostring(a)
 """),
+    "pause": _window_op(r"""
+local pause_s = tonumber(ARGV[1])
+local p = math.max(tonumber(redis.call('HGET', W, 'p')) or 0, now + pause_s)
+redis.call('HSET', W, 'p', f(p))
+return f(p - now)
+"""),
     "allowance": _window_op(r"""
 local count, window = tonumber(ARGV[1]), tonumber(ARGV[2])
 return tostring(tidy(count, window))

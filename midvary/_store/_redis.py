@@ -460,6 +460,11 @@ class RedisStore(Store, TokenStore):
         )
         return int(allowance)
 
+    async def pause(self, namespace: str, *, pause_s: float) -> float:
+        """See :meth:`Store.pause`."""
+        left = await self._window("pausing the submission window", "pause", namespace, pause_s)
+        return float(left)
+
     async def allowance(self, namespace: str, *, rate: tuple[int, float]) -> int:
         """See :meth:`Store.allowance`."""
         count, window = rate
