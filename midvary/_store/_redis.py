@@ -98,7 +98,7 @@ def redact_url(url: str) -> str:
 
 
 class RedisStore(Store, TokenStore):
-    """A store on a Redis (or Valkey) server, shared by every process on every machine.
+    """A store on a Redis (6.2 or later) or Valkey server, shared by every process everywhere.
 
     Run the server with persistence (``appendonly yes``): a server that loses its data is
     detected by the processes that used it (their submissions stop with
