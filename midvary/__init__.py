@@ -50,6 +50,7 @@ from ._session import Session
 from ._session import warn_renamed as _warn_renamed
 from ._signature import verify_callback
 from ._store import RedisStore, SQLiteStore, Store, StoredJob
+from ._sync import SyncSession, SyncTaskHandle
 from ._version import VERSION
 
 __version__ = VERSION
@@ -91,6 +92,8 @@ __all__ = [
     "StoreError",
     "StoredJob",
     "SubmitUncertainError",
+    "SyncSession",
+    "SyncTaskHandle",
     "TaskFailedError",
     "TaskHandle",
     "TaskRecord",

@@ -106,15 +106,26 @@ def _from_epoch(value: float) -> datetime:
 _STATUSES = {status.value: status for status in TaskStatus}
 
 
+def _integer(value: object) -> int | None:
+    """``value`` as an int: an int (not a bool) or a numeric string; ``None`` if neither.
+
+    The provider sends its numbers (``code``, ``successFlag``, ``errorCode``) either way.
+    """
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return None
+
+
 def _structure_status(value: Any, _type: Any) -> TaskStatus:
     # Undocumented successFlag values are kept as UNKNOWN (not final) rather than failing.
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
+    flag = _integer(value)
+    if flag is None:
         raise ProtocolError(f"successFlag is not an integer: {value!r}")
-    status = _STATUSES.get(value)
+    status = _STATUSES.get(flag)
     if status is None:
-        logger.warning("undocumented successFlag %r; treating the task as not final", value)
+        logger.warning("undocumented successFlag %r; treating the task as not final", flag)
         return TaskStatus.UNKNOWN
     return status
 
@@ -156,14 +167,12 @@ def _url_list(items: Any, field: str) -> tuple[str, ...]:
 
 
 def _structure_optional_int(value: Any, _type: Any) -> int | None:
-    # errorCode has been seen as a number and as a numeric string.
     if value is None or value == "":
         return None
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value)
-    raise ProtocolError(f"errorCode is not an integer: {value!r}")
+    code = _integer(value)
+    if code is None:
+        raise ProtocolError(f"errorCode is not an integer: {value!r}")
+    return code
 
 
 def _structure_optional_str(value: Any, _type: Any) -> str | None:
@@ -202,11 +211,7 @@ def _structure(data: Mapping[str, Any], cls: type[T], what: str) -> T:
 
 def envelope_code(value: object) -> int | None:
     """An envelope's ``code`` as an int (also sent as a numeric string); ``None`` if not one."""
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        return None
-    return value
+    return _integer(value)
 
 
 #: The most result URLs a record may list: a Midjourney task makes at most 4 (a grid's or a

@@ -238,8 +238,10 @@ class SessionCore:
     async def aclose(self, closing: Callable[[], None]) -> None:
         """Close: end the fan-outs, call ``closing()``, end the waits, close own HTTP session.
 
-        ``closing`` runs once the state is closed and before the waits are woken (the
-        submitter closes its limiter and forgets its callback tokens there). Idempotent.
+        ``closing`` runs once the state is closed and before the waits end (the submitter
+        closes its limiter and forgets its callback tokens there). A wait ends through its
+        own ``asyncio.timeout``, expired now: it raises :class:`SessionClosedError`, and a
+        poll request in flight is cut. Idempotent.
         """
         if self._state is _State.CLOSED:
             return

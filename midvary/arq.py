@@ -45,14 +45,12 @@ A subclass may set its own ``redis_settings`` or ``max_jobs``.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import inspect
 import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
+from typing import Any, ClassVar, Final, Literal
 
 import attrs
 from arq import Retry
@@ -60,26 +58,17 @@ from arq.connections import RedisSettings
 from arq.worker import Worker, func
 
 from ._callbacks import CallbackReceiver
-from ._errors import (
-    ACCOUNT_STOPPING,
-    APIError,
-    AuthenticationError,
-    DownloadError,
-    InsufficientCreditsError,
-    KeyConflictError,
-    MidvaryError,
-    SubmitUncertainError,
-    TaskFailedError,
-)
-from ._ratelimit import DEFAULT_SUBMIT_RATE
-from ._retry import is_transient
 from ._session import Session
 from ._store import RedisStore
 from ._store._base import DEFAULT_CLAIM_LEASE
-from ._validate import submit_rate as check_submit_rate
-
-if TYPE_CHECKING:
-    from ._handle import TaskHandle
+from ._workers import (
+    DEFAULT_REDIS_URL,
+    AccountGate,
+    RetryLater,
+    WorkerConfig,
+    retry_delay,
+    run_job,
+)
 
 __all__ = [
     "DEFAULT_REDIS_URL",
@@ -93,176 +82,13 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_REDIS_URL: Final = "redis://localhost:6379/0"
-_DEFAULT_LISTEN: Final = "0.0.0.0:8080"  # the receiver, behind a load balancer
 _CTX_KEY: Final = "midvary"
-# Seconds arq defers a job after transient trouble (doubling per try, up to the last).
-_RETRY_DEFER: Final = (5.0, 300.0)
-# Seconds a job whose answer was lost waits for the provider's callback (with a receiver):
-# a task's callback comes when it ends, and a failed delivery is retried after 1 and 5
-# minutes; within the job's timeout with the task's wait and downloads after it.
-_RECOVER_WAIT: Final = 420.0
-
-# What completes a job as "failed" when it is not transient: a refused or invalid request,
-# a failed task, a result the host will not serve. Anything else is a bug, raised to arq.
-_FINAL: Final = (APIError, KeyConflictError, TaskFailedError, DownloadError, TypeError, ValueError)
-
-State = Literal["succeeded", "failed", "uncertain"]
-
-
-def _rate(text: str) -> tuple[int, float] | None:
-    if text.lower() == "none":
-        return None
-    count, sep, window = text.partition("/")
-    try:
-        parsed = (int(count), float(window))
-    except ValueError:
-        parsed = None
-    if not sep or parsed is None:
-        raise ValueError(
-            f"MIDVARY_SUBMIT_RATE must be COUNT/SECONDS such as 20/10 (or none), got {text!r}"
-        )
-    try:
-        return check_submit_rate(parsed)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"MIDVARY_SUBMIT_RATE={text!r}: {exc}") from None
 
 
 def _concurrency(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise ValueError(f"MIDVARY_CONCURRENCY must be a whole number >= 1, got {text!r}")
     return int(text)
-
-
-def _seconds(name: str, text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 < value < float("inf"):
-        raise ValueError(f"{name} must be a number of seconds > 0, got {text!r}")
-    return value
-
-
-def _listen(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"MIDVARY_CALLBACK_LISTEN must be HOST:PORT, got {text!r}")
-    return host, int(port)
-
-
-@attrs.frozen(kw_only=True)
-class WorkerConfig:
-    """What one worker process runs with; :meth:`from_env` reads it from the environment.
-
-    Attributes:
-        store_url: The Redis URL of the worker's :class:`RedisStore` (its password never
-            appears in a repr or log line).
-        submit_rate: ``(count, window_seconds)`` of the account, shared by every worker;
-            ``None`` (``MIDVARY_SUBMIT_RATE=none``) means no limit.
-        download: The directory each succeeded job's images go to; ``None`` means none.
-        callback_url: The public callback URL (a load balancer in front of every worker's
-            receiver); ``None`` means the workers poll.
-        callback_listen: ``(host, port)`` each worker's receiver serves on.
-        claim_lease: Seconds a claim on a key lives without renewal (how long the re-run of
-            a dead worker's job waits before it calls the key uncertain); ``None`` means
-            the store's default. Keep arq's ``job_timeout`` above it plus a task's wait.
-
-    """
-
-    store_url: str = attrs.field(repr=False)
-    submit_rate: tuple[int, float] | None = DEFAULT_SUBMIT_RATE
-    download: Path | None = None
-    callback_url: str | None = None
-    callback_listen: tuple[str, int] = _listen(_DEFAULT_LISTEN)
-    claim_lease: float | None = None
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> WorkerConfig:
-        """The configuration the ``MIDVARY_*`` variables give (see the module docstring).
-
-        Args:
-            environ: The variables; ``None`` means ``os.environ``.
-
-        Raises:
-            ValueError: A variable's value is invalid (the message names it).
-
-        """
-        env = os.environ if environ is None else environ
-
-        def get(name: str) -> str | None:
-            return env.get(name, "").strip() or None
-
-        rate = get("MIDVARY_SUBMIT_RATE")
-        download = get("MIDVARY_DOWNLOAD_DIR")
-        lease = get("MIDVARY_CLAIM_LEASE")
-        return cls(
-            store_url=get("MIDVARY_STORE_URL") or get("MIDVARY_REDIS_URL") or DEFAULT_REDIS_URL,
-            submit_rate=_rate(rate) if rate is not None else DEFAULT_SUBMIT_RATE,
-            download=Path(download) if download is not None else None,
-            callback_url=get("MIDVARY_CALLBACK_URL"),
-            callback_listen=_listen(get("MIDVARY_CALLBACK_LISTEN") or _DEFAULT_LISTEN),
-            claim_lease=_seconds("MIDVARY_CLAIM_LEASE", lease) if lease is not None else None,
-        )
-
-
-class _AccountGate:
-    """Holds a worker's submissions while the account refuses them (401, 402, 505).
-
-    The first refusal closes the gate (one WARNING line); one task checks the credits
-    (``session.credits()``, one cheap GET) at a growing interval, from the retry policy's
-    ``outage_probe`` doubling up to ``outage_probe_max``, and opens the gate once the
-    account answers with credits left (one WARNING line). Jobs wait at the gate instead of
-    failing: nothing was billed for them.
-    """
-
-    def __init__(self, session: Session) -> None:
-        self._session = session
-        self._open = asyncio.Event()
-        self._open.set()
-        self._checker: asyncio.Task[None] | None = None
-
-    async def wait_open(self) -> None:
-        """Return once submissions may be sent."""
-        await self._open.wait()
-
-    def refused(self, error: APIError) -> None:
-        """A submission was refused for the account: close the gate and start checking."""
-        if not self._open.is_set():
-            return
-        self._open.clear()
-        logger.warning(
-            "the account refused a submission (%s: %s): this worker's jobs wait, checking "
-            "the credits at a growing interval",
-            type(error).__name__,
-            error,
-        )
-        self._checker = asyncio.get_running_loop().create_task(self._check(error))
-
-    async def _check(self, error: APIError) -> None:
-        policy = self._session.retry
-        delay = policy.outage_probe
-        while True:
-            await asyncio.sleep(delay)
-            try:
-                left = await self._session.credits()
-            except MidvaryError as exc:  # still refused, or not answering: look again later
-                logger.debug("credits check: %s: %s", type(exc).__name__, exc)
-            else:
-                if left > 0 or not isinstance(
-                    error, InsufficientCreditsError | AuthenticationError
-                ):
-                    break
-            delay = min(policy.outage_probe_max, delay * 2)
-        logger.warning("the account is usable again (%d credits): jobs resume", left)
-        self._open.set()
-
-    async def close(self) -> None:
-        """Stop checking (the worker shuts down)."""
-        if self._checker is not None:
-            self._checker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._checker
 
 
 @attrs.define
@@ -273,10 +99,10 @@ class _Worker:
     store: RedisStore
     session: Session
     receiver: CallbackReceiver | None
-    gate: _AccountGate = attrs.field(init=False)
+    gate: AccountGate = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        self.gate = _AccountGate(self.session)
+        self.gate = AccountGate(self.session)
 
 
 async def startup(ctx: dict[str, Any]) -> None:
@@ -340,37 +166,10 @@ def session_of(ctx: Mapping[str, Any]) -> Session:
     return _worker(ctx).session
 
 
-def _result(
-    state: State,
-    *,
-    key: str,
-    task_id: str | None = None,
-    image_urls: tuple[str, ...] = (),
-    paths: tuple[Path, ...] = (),
-    error: BaseException | None = None,
-) -> dict[str, Any]:
-    return {
-        "state": state,
-        "key": key,
-        "task_id": task_id,
-        "image_urls": list(image_urls),
-        "paths": [str(path) for path in paths],
-        "error": None if error is None else f"{type(error).__name__}: {error}",
-    }
-
-
-def _settle(
-    ctx: Mapping[str, Any], key: str, error: Exception, *, task_id: str | None = None
-) -> dict[str, Any]:
-    """The failed job's result; arq runs it again later (raised) if ``error`` is transient."""
-    if is_transient(error):
-        tries = int(ctx.get("job_try") or 1)
-        defer = min(_RETRY_DEFER[1], _RETRY_DEFER[0] * 2 ** (tries - 1))
-        logger.warning("job %s: %s; arq runs it again in %gs", key, error, defer)
-        raise Retry(defer=defer) from error
-    if isinstance(error, _FINAL):
-        return _result("failed", key=key, task_id=task_id, error=error)
-    raise error
+def _retry(ctx: Mapping[str, Any], key: str, error: BaseException) -> Retry:
+    defer = retry_delay(int(ctx.get("job_try") or 1))
+    logger.warning("job %s: %s; arq runs it again in %gs", key, error, defer)
+    return Retry(defer=defer)
 
 
 async def vary(
@@ -414,44 +213,17 @@ async def vary(
 
     """
     worker = _worker(ctx)
-    session = worker.session
     target = worker.config.download if download is None else download
-    while True:
-        await worker.gate.wait_open()
-        try:
-            handle = await _submitted(session, task_id, image_index, water_mark=water_mark, key=key)
-        except SubmitUncertainError as exc:
-            return _result("uncertain", key=key, error=exc)
-        except ACCOUNT_STOPPING as exc:  # nothing billed: wait for the account, send again
-            worker.gate.refused(exc)
-            continue
-        except Exception as exc:
-            return _settle(ctx, key, exc)
-        break
     try:
-        record = await handle
-        paths: tuple[Path, ...] = ()
-        if target is not None and target is not False:
-            paths = await session.download(record, Path(target))
-    except Exception as exc:
-        return _settle(ctx, key, exc, task_id=handle.task_id)
-    return _result(
-        "succeeded", key=key, task_id=record.task_id, image_urls=record.image_urls, paths=paths
-    )
-
-
-async def _submitted(
-    session: Session, task_id: str, image_index: int, *, water_mark: str | None, key: str
-) -> TaskHandle:
-    """The handle of the job's task: submitted, re-attached by key, or recovered.
-
-    A submission whose answer was lost waits (with a receiver) for the provider's callback,
-    which names its task (the key then records it): see :meth:`Session.recover`.
-    """
-    try:
-        return await session.vary(task_id, image_index, water_mark=water_mark, key=key)
-    except SubmitUncertainError as exc:
-        return await session.recover(exc, timeout=_RECOVER_WAIT)
+        return await run_job(
+            worker.session,
+            lambda session: session.vary(task_id, image_index, water_mark=water_mark, key=key),
+            key=key,
+            download=None if target is None or target is False else Path(target),
+            gate=worker.gate,
+        )
+    except RetryLater as later:
+        raise _retry(ctx, key, later.error) from later.error
 
 
 _WORKER_ARGS: Final = frozenset(inspect.signature(Worker).parameters)

@@ -88,3 +88,24 @@ async def workflow(prompts: list[str]) -> int:
         handle = await session.submit(midvary.GenerateRequest(prompt="p", key="k2"))
         del handle, big
         return len(varied) + len(outcomes)
+
+
+def blocking(parents: list[str]) -> list[str]:
+    """The blocking session, as a script or a web view writes it."""
+    with midvary.SyncSession(api_key="k", submit_rate=None) as session:
+        handle: midvary.SyncTaskHandle = session.vary(parents[0], 0, key="order-1/0")
+        record: midvary.TaskRecord = handle.wait(timeout=600.0)
+        again: midvary.TaskRecord = session.task(handle.task_id).wait(timeout=None)
+        snapshot: midvary.TaskRecord = session.get_task(record.task_id)
+        grid = session.generate("a fox", aspect_ratio="3:2").wait()
+        big = session.upscale(grid.task_id, 2).refresh()
+        paths = session.download(record, "images")
+        outcomes: list[midvary.JobOutcome] = session.submit_all(
+            [midvary.VaryRequest(task_id=p, image_index=0) for p in parents], concurrency=4
+        )
+        session.poll = attrs.evolve(session.poll, timeout=60.0)
+        done: midvary.TaskRecord = session.run(midvary.GenerateRequest(prompt="p"), timeout=60.0)
+        credits: int = session.credits()
+        mine: int = session.call(lambda s, n: s.credits(), 1)
+        del again, done, credits, mine, snapshot, big, paths
+        return [o.task_id or "" for o in outcomes]

@@ -186,6 +186,7 @@ class Placer:
         self.results.write(job.key, line)
         summary.count(ending)
         summary.ran += 1
+        summary.recovered += outcome.recovered
         if ending is Ending.DONE:
             self.progress.ended(ending)
             return

@@ -20,7 +20,7 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -97,14 +97,27 @@ async def fake_process(*args: str) -> AsyncIterator[FakeProcess]:
             await process.wait()
 
 
-class ArqWorker:
-    """One arq worker process slot: started, SIGKILLed, restarted; each life logs apart."""
+class WorkerProcess:
+    """One worker process slot: started, SIGKILLed, restarted; each life logs apart.
 
-    def __init__(self, name: str, env: Mapping[str, str], workdir: Path, settings: str) -> None:
+    Each life runs ``command`` in a process group of its own, so that a kill or a stop
+    reaches the processes it started (a Celery pool's) too. ``jobs_in_flight`` reads the
+    job ids a life started and did not end from its log.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        env: Mapping[str, str],
+        workdir: Path,
+        command: Sequence[str],
+        jobs_in_flight: Callable[[Path], set[str]],
+    ) -> None:
         self.name = name
         self.env = dict(env)
         self.workdir = workdir
-        self.settings = settings
+        self.command = tuple(command)
+        self.jobs_in_flight = jobs_in_flight
         self.lives: list[Path] = []
         self.killed: list[Path] = []  # the logs of the lives ended by SIGKILL
         self._process: asyncio.subprocess.Process | None = None
@@ -116,35 +129,45 @@ class ArqWorker:
         self.lives.append(log)
         self._log = log.open("wb")
         self._process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "arq", self.settings,
-            stdout=self._log, stderr=self._log, cwd=ROOT, env=self.env,
+            *self.command,
+            stdout=self._log, stderr=self._log, cwd=ROOT, env=self.env, start_new_session=True,
         )  # fmt: skip
 
-    def running_jobs(self) -> int:
+    def running_jobs(self) -> set[str]:
         """Jobs this life has started and not ended, from its log so far."""
-        return len(in_flight(self.lives[-1])) if self.lives else 0
+        return self.jobs_in_flight(self.lives[-1]) if self.lives else set()
 
     async def kill(self) -> None:
-        """SIGKILL this life (nothing of it runs after this returns)."""
-        assert self._process is not None
-        self._process.kill()
-        await self._process.wait()
+        """SIGKILL this life's process group (nothing of it runs after this returns)."""
+        process, self._process = self._process, None
+        assert process is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        await process.wait()
         self._log.close()
         self.killed.append(self.lives[-1])
 
     async def stop(self) -> None:
-        """Stop this life gracefully (SIGTERM: arq cancels and re-queues its jobs)."""
+        """Stop this life gracefully (SIGTERM), then SIGKILL whatever of its group is left."""
         process, self._process = self._process, None
-        if process is None or process.returncode is not None:
+        if process is None:
             return
-        process.send_signal(signal.SIGTERM)
-        try:
-            async with asyncio.timeout(20):
-                await process.wait()
-        except TimeoutError:
-            process.kill()
-            await process.wait()
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(20):
+                    await process.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        await process.wait()
         self._log.close()
+
+
+class ArqWorker(WorkerProcess):
+    """An arq worker (``python -m arq SETTINGS``); SIGTERM makes arq re-queue its jobs."""
+
+    def __init__(self, name: str, env: Mapping[str, str], workdir: Path, settings: str) -> None:
+        super().__init__(name, env, workdir, (sys.executable, "-m", "arq", settings), in_flight)
 
 
 def in_flight(log: Path) -> set[str]:
@@ -156,8 +179,43 @@ def in_flight(log: Path) -> set[str]:
     return {job for job in started if runs[job] > ended[job]}
 
 
+class Outcomes:
+    """What every kill campaign's figures have: one result dict per job, and the billing."""
+
+    jobs: int
+    results: dict[str, dict[str, Any]]
+    missing: dict[str, str]
+    in_flight_at_kills: frozenset[str]
+    tasks_created: int
+    duplicates: int
+
+    def states(self) -> Counter[str]:
+        """How many results per state."""
+        return Counter(result["state"] for result in self.results.values())
+
+    def uncertain(self) -> set[str]:
+        """The job ids whose result is uncertain."""
+        return {job for job, result in self.results.items() if result["state"] == "uncertain"}
+
+
+def assert_billed_once(figures: Outcomes) -> None:
+    """Every job has a result, nothing billed twice, uncertain only for jobs hit by a kill."""
+    assert figures.missing == {}
+    assert len(figures.results) == figures.jobs
+    assert figures.duplicates == 0
+    assert set(figures.states()) <= {"succeeded", "uncertain"}, figures.states()
+    assert figures.uncertain() <= figures.in_flight_at_kills
+    succeeded = [r for r in figures.results.values() if r["state"] == "succeeded"]
+    task_ids = [r["task_id"] for r in succeeded]
+    assert all(task_ids)
+    assert len(set(task_ids)) == len(task_ids)
+    assert all(r["image_urls"] and r["error"] is None for r in succeeded)
+    # Each uncertain key billed at most once (its POST may or may not have been accepted).
+    assert len(succeeded) <= figures.tasks_created <= len(succeeded) + len(figures.uncertain())
+
+
 @attrs.frozen(kw_only=True)
-class ArqFigures:
+class ArqFigures(Outcomes):
     """What one arq campaign saw.
 
     Attributes:
@@ -187,14 +245,6 @@ class ArqFigures:
     makespan: float
     workers: int
     outage_lines: dict[str, tuple[int, int]] = attrs.field(factory=dict)
-
-    def states(self) -> Counter[str]:
-        """How many results per state."""
-        return Counter(result["state"] for result in self.results.values())
-
-    def uncertain(self) -> set[str]:
-        """The job ids whose result is uncertain."""
-        return {job for job, result in self.results.items() if result["state"] == "uncertain"}
 
 
 async def arq_campaign(
@@ -246,7 +296,7 @@ async def arq_campaign(
                 await asyncio.sleep(rng.uniform(0.3, 1.5))
                 victim = rng.choice(fleet)
                 # Kill mid-run, with jobs on it: its log is a file, not an event to wait on.
-                while victim.running_jobs() == 0:  # noqa: ASYNC110
+                while not victim.running_jobs():  # noqa: ASYNC110
                     await asyncio.sleep(0.05)
                 await victim.kill()
                 await victim.start()

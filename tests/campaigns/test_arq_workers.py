@@ -7,23 +7,12 @@ from pathlib import Path
 import pytest
 
 from ..store.redis_server import RedisServer
-from .fleet import ArqFigures, arq_campaign
+from .fleet import ArqFigures, arq_campaign, assert_billed_once
 
 
 def assert_r10(figures: ArqFigures) -> None:
     """Every job has a result, nothing billed twice, uncertain only for jobs hit by a kill."""
-    assert figures.missing == {}
-    assert len(figures.results) == figures.jobs
-    assert figures.duplicates == 0
-    assert set(figures.states()) <= {"succeeded", "uncertain"}, figures.states()
-    assert figures.uncertain() <= figures.in_flight_at_kills
-    succeeded = [r for r in figures.results.values() if r["state"] == "succeeded"]
-    task_ids = [r["task_id"] for r in succeeded]
-    assert all(task_ids)
-    assert len(set(task_ids)) == len(task_ids)
-    assert all(r["image_urls"] and r["error"] is None for r in succeeded)
-    # Each uncertain key billed at most once (its POST may or may not have been accepted).
-    assert len(succeeded) <= figures.tasks_created <= len(succeeded) + len(figures.uncertain())
+    assert_billed_once(figures)
 
 
 async def test_r10_one_kill(redis_server: RedisServer, tmp_path: Path) -> None:
