@@ -27,6 +27,7 @@ import attrs
 import httpx
 
 import midvary
+from midvary import _telemetry
 
 from ._harness import (
     PARENT,
@@ -152,7 +153,14 @@ async def run() -> Report:
         f"after submission; {ROUNDS} rounds (after a warm-up), one run of each client per "
         "round, the order rotating; a full garbage collection before each run, outside the "
         "measured span. CPU is user + system time of this process (getrusage); the fake runs "
-        f"in another process. aiohttp {aiohttp.__version__}, httpx {httpx.__version__}."
+        f"in another process. aiohttp {aiohttp.__version__}, httpx {httpx.__version__}. "
+        + (
+            "The OpenTelemetry API was importable, so midvary's spans and metrics ran (as the "
+            "API's no-ops: no SDK configured)."
+            if _telemetry.AVAILABLE
+            else "The OpenTelemetry API was not importable (midvary as `pip install midvary` "
+            "installs it, without the `otel` extra): its telemetry calls are its own no-ops."
+        )
     )
     report.say("")
     report.say(

@@ -14,13 +14,18 @@ import enum
 import random
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, Self, TypeVar, overload
+from typing import TYPE_CHECKING, Final, Protocol
 
 import aiohttp
 
 from . import _telemetry as telemetry
 from ._config import USE_DEFAULT, PollPolicy, RetryPolicy, UseDefault
-from ._converter import redact_record, structure_credits, structure_record
+from ._converter import (
+    redact_record,
+    structure_credits,
+    structure_download_url,
+    structure_record,
+)
 from ._download import download_record
 from ._errors import EventLoopError, NotFoundError, ProtocolError, SessionClosedError
 from ._outage import OutageWatch
@@ -33,6 +38,7 @@ if TYPE_CHECKING:
     from ._models import TaskRecord
 
 RECORD_PATH: Final = "/api/v1/mj/record-info"
+DOWNLOAD_URL_PATH: Final = "/api/v1/common/download-url"
 CREDIT_PATH: Final = "/api/v1/chat/credit"
 
 
@@ -233,13 +239,30 @@ class SessionCore:
             retry=self.retry,
             concurrency=concurrency,
             max_bytes=self.max_download_bytes if max_bytes is USE_DEFAULT else max_bytes,
+            fresh_url=self.fresh_download_url,
         )
+
+    async def fresh_download_url(self, url: str) -> str:
+        """One ``common/download-url`` POST: a temporary URL of result file ``url``.
+
+        The API's answer is valid 20 minutes. The request goes to the API host (with the
+        key); the URL it returns is fetched without it.
+
+        Raises:
+            APIError: The API refused (422: ``url`` is not one of its result files).
+            TransportError, ProtocolError: The request failed, or its answer held no URL.
+
+        """
+        data = await self.open().call("POST", DOWNLOAD_URL_PATH, json_body={"url": url})
+        return structure_download_url(data)
 
     async def aclose(self, closing: Callable[[], None]) -> None:
         """Close: end the fan-outs, call ``closing()``, end the waits, close own HTTP session.
 
-        ``closing`` runs once the state is closed and before the waits are woken (the
-        submitter closes its limiter and forgets its callback tokens there). Idempotent.
+        ``closing`` runs once the state is closed and before the waits end (the submitter
+        closes its limiter and forgets its callback tokens there). A wait ends through its
+        own ``asyncio.timeout``, expired now: it raises :class:`SessionClosedError`, and a
+        poll request in flight is cut. Idempotent.
         """
         if self._state is _State.CLOSED:
             return
@@ -254,34 +277,3 @@ class SessionCore:
                 scope.reschedule(now)
         if self._owns_http and self._http is not None:
             await self._http.close()
-
-
-P = TypeVar("P", PollPolicy, RetryPolicy)
-
-
-class CorePolicy(Generic[P]):
-    """A session attribute kept on its core, type-checked when assigned."""
-
-    def __init__(self, cls: type[P], doc: str) -> None:
-        self._cls: type[P] = cls
-        self.__doc__ = doc
-
-    def __set_name__(self, owner: type[Any], name: str) -> None:
-        self._name = name
-
-    @overload
-    def __get__(self, session: None, owner: type[Any]) -> Self: ...
-    @overload
-    def __get__(self, session: Any, owner: type[Any]) -> P: ...
-    def __get__(self, session: Any, owner: type[Any]) -> P | Self:
-        if session is None:
-            return self
-        value: P = getattr(session._core, self._name)
-        return value
-
-    def __set__(self, session: Any, value: P) -> None:
-        if not isinstance(value, self._cls):
-            raise TypeError(
-                f"{self._name} must be a midvary.{self._cls.__name__}, not {type(value).__name__}"
-            )
-        setattr(session._core, self._name, value)

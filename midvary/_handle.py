@@ -83,8 +83,8 @@ class TaskHandle:
         # The default policy of this handle's waits; None means the session's. A handle
         # waiting on a callback polls slowly, as a safety net (CallbackReceiver.safety_poll).
         self._default_poll = poll
-        # What ends this handle's sleeps early: a callback (its ticket holds the same alarm)
-        # or the session's close (the session's registry of waits holds it while one runs).
+        # What ends this handle's sleeps early: a callback (its ticket holds the same alarm).
+        # The session's close ends a wait through the wait's timeout instead.
         self._alarm = alarm if alarm is not None else Alarm()
         # record-info GETs sent by this handle's waits (each wait's span tells its own).
         self._polls = 0

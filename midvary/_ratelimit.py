@@ -141,6 +141,14 @@ class Window:
         self.stamps[slot_id] = now
         return now
 
+    def pause(self, now: float, pause_s: float) -> float:
+        """No new slot for ``pause_s`` seconds (an account refusal, an outage).
+
+        The allowance stays. Returns the seconds left of the pause (a longer one is kept).
+        """
+        self.paused_until = max(self.paused_until, now + max(pause_s, 0.0))
+        return self.paused_until - now
+
     def slow_down(self, now: float, rate: tuple[int, float], pause_s: float) -> int:
         """A 429 got through: halve the allowance (once per pause), pause ``pause_s`` seconds.
 
@@ -253,6 +261,12 @@ class SubmitLimiter:
         """Make every current and later wait for a slot raise ``error`` (the session closed)."""
         self._closed = error
         self._changed.set()
+
+    async def pause(self, seconds: float) -> None:
+        """Nothing: the fan-out's stop and the outage watch hold this process's submissions.
+
+        A store's limiter pauses the other processes too (:meth:`StoreLimiter.pause`).
+        """
 
     async def slow_down(self, pause: float) -> int:
         """React to a 429 that got through: halve the allowance and pause ``pause`` seconds.

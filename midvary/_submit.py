@@ -41,9 +41,10 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, TypeGuard
 import attrs
 
 from . import _telemetry as telemetry
-from ._bodies import generate_body, upscale_body, vary_body
+from ._bodies import extend_body, generate_body, upscale_body, vary_body
 from ._converter import structure_task_id
 from ._errors import (
+    ACCOUNT_STOPPING,
     APIError,
     ProtocolError,
     RateLimitError,
@@ -54,7 +55,13 @@ from ._errors import (
     TransportError,
 )
 from ._handle import TaskHandle
-from ._models import GenerateRequest, SubmitRequest, UpscaleRequest, VaryRequest
+from ._models import (
+    ExtendRequest,
+    GenerateRequest,
+    SubmitRequest,
+    UpscaleRequest,
+    VaryRequest,
+)
 from ._outage import is_outage
 from ._polling import Alarm
 from ._recovery import Recovery
@@ -75,6 +82,7 @@ logger = logging.getLogger(__name__)
 VARY_PATH: Final = "/api/v1/mj/generateVary"
 GENERATE_PATH: Final = "/api/v1/mj/generate"
 UPSCALE_PATH: Final = "/api/v1/mj/generateUpscale"
+EXTEND_PATH: Final = "/api/v1/mj/generateVideoExtend"
 
 
 @attrs.frozen(kw_only=True)
@@ -98,10 +106,11 @@ KINDS: Final[dict[type[Any], RequestKind]] = {
     VaryRequest: RequestKind(path=VARY_PATH, body=vary_body),
     GenerateRequest: RequestKind(path=GENERATE_PATH, body=generate_body),
     UpscaleRequest: RequestKind(path=UPSCALE_PATH, body=upscale_body),
+    ExtendRequest: RequestKind(path=EXTEND_PATH, body=extend_body),
 }
 
 #: What a wrong request type is told it may be.
-REQUEST_CLASSES: Final = "a midvary.VaryRequest, GenerateRequest or UpscaleRequest"
+REQUEST_CLASSES: Final = "a midvary.VaryRequest, GenerateRequest, UpscaleRequest or ExtendRequest"
 
 
 def is_request(item: object) -> TypeGuard[SubmitRequest]:
@@ -162,6 +171,9 @@ class Limiter(Protocol):
     async def slow_down(self, pause: float) -> int:
         """A 429 got through: slow down, and pause ``pause`` seconds; the new allowance."""
         ...
+
+    async def pause(self, seconds: float) -> None:
+        """An account refusal or an outage: no new slot for ``seconds`` (a store's: shared)."""
 
     def close(self, error: BaseException) -> None:
         """Make every current and later wait for a slot raise ``error``."""
@@ -630,6 +642,15 @@ class _Attempt:
                 hooks.after_post()
             return task_id
 
+    async def _pause(self, seconds: float) -> None:
+        """Pause the account's submissions (every process's, with a store) for ``seconds``."""
+        if self._limiter is None:
+            return
+        try:
+            await self._limiter.pause(seconds)
+        except StoreError as error:  # best effort: this submission's own error is raised
+            logger.warning("could not pause the shared submission window: %s", error)
+
     async def _post(self) -> str:
         request = self._request
         # open() raises SessionClosedError if the session closed (the limiter may have kept
@@ -643,10 +664,16 @@ class _Attempt:
         except Exception as exc:
             outage = self._core.outage
             if is_outage(exc):
+                scheduled = self._probe or not outage.active
                 outage.failed(exc, probe=self._probe)
                 self._probe = False
-            elif outage.active:
-                outage.answered()  # any other answer: the provider is there again
+                if scheduled:  # the outage began, or its probe failed: the next try is set
+                    await self._pause(outage.next_in())
+            else:
+                if outage.active:
+                    outage.answered()  # any other answer: the provider is there again
+                if isinstance(exc, ACCOUNT_STOPPING):
+                    await self._pause(self._core.retry.outage_probe_max)
             reason = uncertainty(exc)
             if reason is not None:
                 raise SubmitUncertainError(request, reason) from exc

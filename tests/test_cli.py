@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import fcntl
 import json
+import re
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -185,7 +186,9 @@ async def test_with_a_callback_url_lost_answers_are_recovered(
         assert {r["status"] for r in results} == {"done"}
         assert sum(1 for r in results if r.get("recovered")) == lost
         assert {r["task_id"] for r in results} == set(fake.tasks)
-        capsys.readouterr()
+        out = capsys.readouterr().out
+        assert re.search(rf"recovered \(by callback\) +│ +{lost} ", out), out
+
         assert await cli("bulk", str(jobs), "--callback-listen", "nowhere") == 2
         assert "--callback-listen" in capsys.readouterr().err
 

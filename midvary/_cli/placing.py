@@ -184,6 +184,7 @@ class Placer:
         await self.results.write(job.key, line)
         summary.count(ending)
         summary.ran += 1
+        summary.recovered += outcome.recovered
         if ending is Ending.DONE:
             self.progress.ended(ending)
             return

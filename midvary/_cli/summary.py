@@ -29,6 +29,9 @@ class BulkSummary(Tally):
     skipped: int = 0
     reattached: int = 0
     resubmitted: int = 0
+    #: Jobs of this run whose answer was lost and whose callback named the task
+    #: (``--callback-url``): done, never re-sent.
+    recovered: int = 0
     retried: int = 0
     bad_rows: int = 0
     rate_limited_waits: int = 0
@@ -76,6 +79,7 @@ def print_summary(summary: BulkSummary, out_path: Path, store: str) -> None:
     rows = (
         ("total (valid rows)", summary.total),
         ("done", summary.done),
+        *((("recovered (by callback)", summary.recovered),) if summary.recovered else ()),
         ("failed", summary.failed),
         ("uncertain", summary.uncertain),
         *((("not run (parent did not succeed)", summary.not_run),) if summary.not_run else ()),

@@ -102,6 +102,11 @@ class StoreLimiter:
                 logger.warning("could not end a submission slot in the store: %s", exc)
             self._changed.set()  # wake this process's next waiter at once
 
+    async def pause(self, seconds: float) -> None:
+        """Pause every process's submissions on the account for ``seconds`` (shared)."""
+        left = await self.store.pause(self.namespace, pause_s=max(seconds, 0.0))
+        logger.info("submissions on this account paused for %.3g s (shared)", left)
+
     async def slow_down(self, pause: float) -> int:
         """A 429 got through: halve the shared allowance and pause everyone ``pause`` s.
 

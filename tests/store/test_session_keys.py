@@ -318,3 +318,31 @@ async def test_every_request_kind_takes_a_key(
     assert stats.tasks_by_endpoint["generate"] == 1
     assert stats.tasks_by_endpoint["upscale"] == 1
     assert stats.requests["submit"] == 0
+
+
+@pytest.mark.parametrize("kind", SHARED, indirect=True)
+async def test_one_process_402_pauses_every_session_on_the_account(
+    fake_provider: FakeProvider, make_store: MakeStore
+) -> None:
+    """A 402 seen by one session pauses the shared window: another one waits before its POST."""
+    fake_provider.update(credits=0)
+    pause = 1.0
+    refusing = attrs.evolve(FAST_RETRY, outage_probe_max=pause)
+    async with make_store() as first_store, make_store() as second_store:
+        async with session_for(
+            fake_provider, first_store, submit_rate=(100, 1.0), retry=refusing
+        ) as first:
+            with pytest.raises(midvary.InsufficientCreditsError):
+                await first.vary("parent-1", 0)
+        fake_provider.update(credits=5)  # topped up: the other session is still held back
+        events: list[midvary.JobEvent] = []
+        async with session_for(fake_provider, second_store, submit_rate=(100, 1.0)) as second:
+            (outcome,) = await second.submit_all(
+                [midvary.VaryRequest(task_id="parent-1", image_index=1)], on_event=events.append
+            )
+    assert outcome.ok
+    waits = [e.wait for e in events if e.kind is midvary.JobEventKind.RATE_LIMITED]
+    assert waits
+    assert waits[0] is not None
+    assert 0.0 < waits[0] <= pause
+    assert fake_provider.stats.codes[402] == 1
