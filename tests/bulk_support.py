@@ -39,7 +39,11 @@ def job_rows(path: Path) -> list[tuple[str, str, str | None]]:
         return []
     try:
         with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-            rows = db.execute("SELECT key, state, task_id FROM midvary_keys").fetchall()
+            # Unfinished keys, then finished ones (which keep only their task id).
+            rows = db.execute(
+                "SELECT key, state, task_id FROM midvary_keys "
+                "UNION ALL SELECT key, 'done', task_id FROM midvary_done"
+            ).fetchall()
     except sqlite3.Error:
         return []
     jobs: dict[str, tuple[str, str | None]] = {}
