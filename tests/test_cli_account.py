@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -135,3 +137,29 @@ async def test_bulk_waits_out_maintenance_and_says_so_without_a_terminal(
     assert fake.stats.tasks_created == 8
     assert len([line for line in err.splitlines() if "maintenance (455) since" in line]) == 2
     assert "is over after" in err
+
+
+async def test_a_job_an_earlier_version_recorded_failed_by_402_is_sent_by_a_plain_rerun(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A journal line "failed: InsufficientCreditsError" with no task: pending, sent once."""
+    jobs = write_csv(tmp_path / "jobs.csv", vary_rows(2))
+    journal = tmp_path / "jobs.csv.journal.sqlite"
+    async with provider(monkeypatch, submit_limit=None) as fake:
+        assert await cli("bulk", str(jobs)) == 0
+        # What the journal of an earlier version held for a job refused with 402.
+        line = json.dumps({
+            "id": "job-1", "status": "failed", "task_id": None,
+            "error": {"type": "InsufficientCreditsError", "message": "Insufficient credits"},
+        })  # fmt: skip
+        with contextlib.closing(sqlite3.connect(journal)) as db, db:
+            db.execute(
+                "UPDATE jobs SET state = 'failed', task_id = NULL, result = ? WHERE key = ?",
+                (line, "job-1"),
+            )
+        posts = fake.stats.requests["submit"]
+        assert await cli("bulk", str(jobs)) == 0
+        assert fake.stats.requests["submit"] == posts + 1
+        assert await cli("bulk", str(jobs)) == 0  # and only once
+        assert fake.stats.requests["submit"] == posts + 1
+    capsys.readouterr()

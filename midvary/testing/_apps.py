@@ -297,14 +297,21 @@ class ProviderApps:
                 f"Too many requests: at most {count} submissions per {window:g} s",
             )
 
-    async def _handle_record_info(self, request: web.Request) -> web.Response:
-        spoiled = await self._before("record-info", request)
+    async def _read(self, endpoint: Endpoint, request: web.Request) -> web.Response | None:
+        """A read's fault, 455 or 401 answer (it ends the request), or ``None`` to go on."""
+        spoiled = await self._before(endpoint, request)
         if spoiled is not None:
             return spoiled
         try:
             self._check_access(request)
         except Rejection as rejection:
             return self._reject(rejection)
+        return None
+
+    async def _handle_record_info(self, request: web.Request) -> web.Response:
+        refused = await self._read("record-info", request)
+        if refused is not None:
+            return refused
         task_id = request.query.get("taskId", "")
         if not task_id.strip():
             return self._answer(400, "taskId is required")
@@ -312,13 +319,9 @@ class ProviderApps:
 
     async def _handle_credit(self, request: web.Request) -> web.Response:
         """``GET /api/v1/chat/credit``: the remaining credits (a wrong key: 401 in HTTP 200)."""
-        spoiled = await self._before("credit", request)
-        if spoiled is not None:
-            return spoiled
-        try:
-            self._check_access(request)
-        except Rejection as rejection:
-            return self._reject(rejection)
+        refused = await self._read("credit", request)
+        if refused is not None:
+            return refused
         left = self._account.credits_left
         if left is None:
             left = max(UNLIMITED_BALANCE - self._stats.tasks_created, 0)
