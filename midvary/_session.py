@@ -100,7 +100,7 @@ def _renamed(new: Callable[_P, _R], old: str) -> Callable[_P, _R]:
 
 
 class Session:
-    """An async session with the Midjourney API: generate, vary and upscale.
+    """An async session with the Midjourney API: generate, vary, upscale and extend.
 
     Use it as an async context manager (or call :meth:`aclose` yourself)::
 
