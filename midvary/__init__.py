@@ -20,6 +20,7 @@ from ._errors import (
     BadRequestError,
     CallbackSignatureError,
     DownloadError,
+    EndpointNotServedError,
     EventLoopError,
     FeatureDisabledError,
     GenerationFailedError,
@@ -42,8 +43,23 @@ from ._errors import (
 )
 from ._fanout import FanOut
 from ._handle import TaskHandle
-from ._jobs import JobEvent, JobEventKind, JobOutcome, UnfinishedJob
-from ._models import GenerateRequest, TaskRecord, TaskStatus, UpscaleRequest, VaryRequest
+from ._jobs import (
+    JobEvent,
+    JobEventKind,
+    JobFailed,
+    JobOutcome,
+    JobSucceeded,
+    Outcome,
+    UnfinishedJob,
+)
+from ._models import (
+    ExtendRequest,
+    GenerateRequest,
+    TaskRecord,
+    TaskStatus,
+    UpscaleRequest,
+    VaryRequest,
+)
 from ._outage import Outage
 from ._polling import DEFAULT_SAFETY_POLL
 from ._session import Session
@@ -64,7 +80,9 @@ __all__ = [
     "CallbackReceiver",
     "CallbackSignatureError",
     "DownloadError",
+    "EndpointNotServedError",
     "EventLoopError",
+    "ExtendRequest",
     "FanOut",
     "FeatureDisabledError",
     "GenerateRequest",
@@ -72,11 +90,14 @@ __all__ = [
     "InsufficientCreditsError",
     "JobEvent",
     "JobEventKind",
+    "JobFailed",
     "JobOutcome",
+    "JobSucceeded",
     "KeyConflictError",
     "MidvaryError",
     "NotFoundError",
     "Outage",
+    "Outcome",
     "PollPolicy",
     "ProtocolError",
     "RateLimitError",

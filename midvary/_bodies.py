@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from ._models import GenerateRequest, UpscaleRequest, VaryRequest
+from ._models import ExtendRequest, GenerateRequest, UpscaleRequest, VaryRequest
 
 
 def vary_body(
@@ -81,6 +81,30 @@ def upscale_body(
     """
     del index_base
     body: dict[str, Any] = {"taskId": request.task_id, "imageIndex": request.image_index}
+    if request.water_mark is not None:
+        body["waterMark"] = request.water_mark
+    if callback_url is not None:
+        body["callBackUrl"] = callback_url
+    return body
+
+
+def extend_body(
+    request: ExtendRequest, *, callback_url: str | None, index_base: int = 0
+) -> dict[str, Any]:
+    """The JSON body of ``POST generateVideoExtend`` for ``request``.
+
+    ``index`` is the 0-based video index as is (the docs' example is 0; ``index_base``, a
+    vary-only setting, is ignored). ``taskType`` is always sent (the endpoint requires it:
+    the request resolved it on construction); ``prompt`` only when set (a manual extend).
+    """
+    del index_base
+    body: dict[str, Any] = {
+        "taskId": request.task_id,
+        "index": request.index,
+        "taskType": request.task_type,
+    }
+    if request.prompt is not None:
+        body["prompt"] = request.prompt
     if request.water_mark is not None:
         body["waterMark"] = request.water_mark
     if callback_url is not None:

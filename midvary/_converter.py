@@ -15,12 +15,14 @@ from typing import Any, Final, TypeVar
 
 import attrs
 import cattrs
+import yarl
 from cattrs.gen import make_dict_structure_fn, override
 
 from ._errors import ProtocolError
 from ._jobs import JobOutcome
 from ._models import (
     CallbackNotice,
+    ExtendRequest,
     GenerateRequest,
     TaskRecord,
     TaskStatus,
@@ -98,12 +100,53 @@ def _structure_time(value: Any, _type: Any) -> datetime | None:
 
 def _from_epoch(value: float) -> datetime:
     seconds = value / 1000 if abs(value) >= _EPOCH_MS_THRESHOLD else value
-    return datetime.fromtimestamp(seconds, tz=UTC)
+    try:
+        return datetime.fromtimestamp(seconds, tz=UTC)
+    except (OverflowError, OSError, ValueError) as exc:  # beyond the platform's or year 9999
+        raise ProtocolError(f"a time field is out of range: {value!r}") from exc
 
 
 # successFlag -> TaskStatus; an undocumented value is looked up as None (TaskStatus(value)
 # would raise).
 _STATUSES = {status.value: status for status in TaskStatus}
+
+#: successFlag 4, documented on a sibling record-info page as "generation succeeded but the
+#: callback failed": the results exist, so a record of flag 4 with result URLs is a success
+#: (a wait would otherwise run to its deadline exactly when callbacks fail).
+CALLBACK_FAILED_FLAG = 4
+
+# successFlag as a word, as the provider's sibling APIs send it (upper-cased, "-" and " "
+# as "_"). A word not listed is UNKNOWN (not final, logged), never an error that loses a
+# result.
+_FLAG_WORDS: dict[str, int] = {
+    **dict.fromkeys(
+        ("PENDING", "GENERATING", "WAITING", "QUEUED", "QUEUING", "RUNNING", "PROCESSING",
+         "TEXT_SUCCESS", "FIRST_SUCCESS"),
+        TaskStatus.GENERATING.value,
+    ),
+    **dict.fromkeys(("SUCCESS", "SUCCEEDED", "COMPLETED", "DONE"), TaskStatus.SUCCESS.value),
+    **dict.fromkeys(("CREATE_TASK_FAILED", "CREATE_FAILED"), TaskStatus.CREATE_FAILED.value),
+    **dict.fromkeys(
+        ("GENERATE_FAILED", "GENERATE_AUDIO_FAILED", "GENERATE_VIDEO_FAILED", "FAILED",
+         "SENSITIVE_WORD_ERROR"),
+        TaskStatus.GENERATE_FAILED.value,
+    ),
+    "CALLBACK_EXCEPTION": CALLBACK_FAILED_FLAG,
+}  # fmt: skip
+
+
+def flag_number(value: Any) -> int | None:
+    """A ``successFlag`` as its number: an int, a numeric string or a known word.
+
+    ``None`` for any other str (an unknown word, logged by the caller's status). Raises
+    :class:`ProtocolError` for a value that is no flag at all (a bool, a list, ``null``...).
+    """
+    number = _integer(value)
+    if number is not None:
+        return number
+    if isinstance(value, str):
+        return _FLAG_WORDS.get(value.strip().upper().replace("-", "_").replace(" ", "_"))
+    raise ProtocolError(f"successFlag is not an integer or a status word: {value!r:.40}")
 
 
 def _integer(value: object) -> int | None:
@@ -120,12 +163,10 @@ def _integer(value: object) -> int | None:
 
 def _structure_status(value: Any, _type: Any) -> TaskStatus:
     # Undocumented successFlag values are kept as UNKNOWN (not final) rather than failing.
-    flag = _integer(value)
-    if flag is None:
-        raise ProtocolError(f"successFlag is not an integer: {value!r}")
-    status = _STATUSES.get(flag)
+    number = flag_number(value)
+    status = _STATUSES.get(number) if number is not None else None
     if status is None:
-        logger.warning("undocumented successFlag %r; treating the task as not final", flag)
+        logger.warning("undocumented successFlag %r; treating the task as not final", value)
         return TaskStatus.UNKNOWN
     return status
 
@@ -214,6 +255,18 @@ def envelope_code(value: object) -> int | None:
     return _integer(value)
 
 
+def envelope_message(envelope: Mapping[str, Any]) -> str | None:
+    """An envelope's message: its ``msg``, or ``message`` (one sibling API's spelling).
+
+    ``None`` when neither is a non-empty string.
+    """
+    for name in ("msg", "message"):
+        value = envelope.get(name)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
 #: The most result URLs a record may list: a Midjourney task makes at most 4 (a grid's or a
 #: vary's images, up to 4 videos, 1 upscale); twice that leaves room for a provider change,
 #: and a record beyond it (10,000 URLs: 10,000 files for one vary) is a ProtocolError.
@@ -272,13 +325,29 @@ def structure_record(data: object) -> TaskRecord:
         raise ProtocolError(f"record-info data lacks {', '.join(missing)}")
     if not isinstance(data["taskId"], str) or not data["taskId"]:
         raise ProtocolError(f"record-info taskId is not a string: {data['taskId']!r:.80}")
-    record = _structure(data, TaskRecord, "record-info data")
+    record = _structure(_callback_failed_as_success(data), TaskRecord, "record-info data")
     if len(record.image_urls) > MAX_RESULT_URLS:
         raise ProtocolError(
             f"record of task {record.task_id} lists {len(record.image_urls)} result URLs; "
             f"a Midjourney task makes at most 4 (over {MAX_RESULT_URLS} is refused)"
         )
     return record
+
+
+def _callback_failed_as_success(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with flag 4 as 1 when the record holds result URLs; else ``data`` as is.
+
+    Flag 4 is "generation succeeded but the callback failed": with its result URLs it is a
+    success; without them it stays 4 (UNKNOWN: not final, so the wait goes on until they
+    come). A flag or URLs that cannot be read are left for the structuring to judge.
+    """
+    try:
+        if flag_number(data["successFlag"]) != CALLBACK_FAILED_FLAG:
+            return data
+        urls = _structure_urls(data.get("resultInfoJson"), None)
+    except ProtocolError:
+        return data
+    return {**data, "successFlag": TaskStatus.SUCCESS.value} if urls else data
 
 
 # A callback's data: plain-string resultUrls and promptJson instead of record-info's
@@ -323,7 +392,7 @@ def structure_callback(raw: bytes) -> CallbackNotice:
     task_id = data.get("taskId")
     if not isinstance(task_id, str) or not task_id:
         raise ProtocolError(f"the callback's data holds no taskId: {task_id!r:.80}")
-    fields = {**data, "code": code, "msg": body.get("msg")}
+    fields = {**data, "code": code, "msg": envelope_message(body)}
     return _structure(fields, CallbackNotice, "the callback's data")
 
 
@@ -354,6 +423,23 @@ def structure_credits(data: object) -> int:
     return data
 
 
+def structure_download_url(data: object) -> str:
+    """Return the temporary URL from a ``common/download-url`` answer's ``data`` (a string).
+
+    Raises:
+        ProtocolError: ``data`` is not an absolute http(s) URL.
+
+    """
+    text = data.strip() if isinstance(data, str) else ""
+    try:
+        url = yarl.URL(text) if text else None
+    except (TypeError, ValueError):
+        url = None
+    if url is not None and url.scheme in ("http", "https") and url.host:
+        return text
+    raise ProtocolError(f"the download-url answer holds no http(s) URL: {data!r:.80}")
+
+
 # -- to JSON ---------------------------------------------------------------------------------
 
 
@@ -379,14 +465,18 @@ def _error_json(error: BaseException) -> dict[str, Any]:
 
 def _outcome_json(outcome: JobOutcome) -> dict[str, Any]:
     request = outcome.request
-    # A vary or upscale names the parent image it was made from; a generate has a prompt.
+    # A vary or upscale names the parent image it was made from, an extend the parent
+    # video; a generate (and a manual extend) has a prompt.
     child = request if isinstance(request, VaryRequest | UpscaleRequest) else None
+    extend = request if isinstance(request, ExtendRequest) else None
+    parent = child or extend
     return {
         "index": outcome.index,
         "id": request.id if request is not None else None,
-        "parent_task_id": child.task_id if child is not None else None,
+        "parent_task_id": parent.task_id if parent is not None else None,
         "image_index": child.image_index if child is not None else None,
-        "prompt": request.prompt if isinstance(request, GenerateRequest) else None,
+        "video_index": extend.index if extend is not None else None,
+        "prompt": request.prompt if isinstance(request, GenerateRequest | ExtendRequest) else None,
         "task_id": outcome.task_id,
         "ok": outcome.ok,
         "uncertain": outcome.uncertain,

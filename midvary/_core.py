@@ -20,7 +20,12 @@ import aiohttp
 
 from . import _telemetry as telemetry
 from ._config import USE_DEFAULT, PollPolicy, RetryPolicy, UseDefault
-from ._converter import redact_record, structure_credits, structure_record
+from ._converter import (
+    redact_record,
+    structure_credits,
+    structure_download_url,
+    structure_record,
+)
 from ._download import download_record
 from ._errors import EventLoopError, NotFoundError, ProtocolError, SessionClosedError
 from ._outage import OutageWatch
@@ -33,6 +38,7 @@ if TYPE_CHECKING:
     from ._models import TaskRecord
 
 RECORD_PATH: Final = "/api/v1/mj/record-info"
+DOWNLOAD_URL_PATH: Final = "/api/v1/common/download-url"
 CREDIT_PATH: Final = "/api/v1/chat/credit"
 
 
@@ -233,7 +239,22 @@ class SessionCore:
             retry=self.retry,
             concurrency=concurrency,
             max_bytes=self.max_download_bytes if max_bytes is USE_DEFAULT else max_bytes,
+            fresh_url=self.fresh_download_url,
         )
+
+    async def fresh_download_url(self, url: str) -> str:
+        """One ``common/download-url`` POST: a temporary URL of result file ``url``.
+
+        The API's answer is valid 20 minutes. The request goes to the API host (with the
+        key); the URL it returns is fetched without it.
+
+        Raises:
+            APIError: The API refused (422: ``url`` is not one of its result files).
+            TransportError, ProtocolError: The request failed, or its answer held no URL.
+
+        """
+        data = await self.open().call("POST", DOWNLOAD_URL_PATH, json_body={"url": url})
+        return structure_download_url(data)
 
     async def aclose(self, closing: Callable[[], None]) -> None:
         """Close: end the fan-outs, call ``closing()``, end the waits, close own HTTP session.

@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import secrets
+from collections.abc import Awaitable, Callable
 from pathlib import Path, PurePosixPath
 from typing import Final
 
@@ -22,7 +23,7 @@ import aiohttp
 import yarl
 
 from ._config import RetryPolicy
-from ._errors import DownloadError
+from ._errors import APIError, DownloadError
 from ._models import TaskRecord
 from ._retry import read_retrying
 from ._transport import fetch, public_url
@@ -33,6 +34,12 @@ DEFAULT_EXTENSION: Final = ".png"
 #: The largest result file a download accepts by default, in bytes: far above any image or
 #: video Midjourney makes, far below what fills a disk (a hostile 2 GiB ".png", say).
 DEFAULT_MAX_DOWNLOAD_BYTES: Final = 256 * 1024 * 1024
+#: The statuses of a result URL that expired (the docs give from a day to 15 days) or that
+#: the result host refused to this client: the API's ``download-url`` endpoint then gives a
+#: temporary URL of the same file, fetched once.
+REFRESHABLE: Final = frozenset((401, 403, 404, 410))
+#: ``fresh_url(url)``: a temporary URL of the result file ``url`` (valid 20 minutes).
+FreshURL = Callable[[str], Awaitable[str]]
 _EXTENSION = re.compile(r"\.[A-Za-z0-9]{1,8}")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 # Characters of a task id kept in its file name: with "~", the hash, the index, the
@@ -76,12 +83,15 @@ async def download_record(
     retry: RetryPolicy,
     concurrency: int,
     max_bytes: int | None,
+    fresh_url: FreshURL | None = None,
 ) -> tuple[Path, ...]:
     """Download every image of ``record`` into ``directory``; return their paths in order.
 
     ``max_bytes`` bounds each file (``None``: no bound). A URL that is not http(s) (a
     ``file:``, ``ftp:`` or ``javascript:`` one from a hostile answer) is refused at once,
-    before anything is requested or written, and not retried.
+    before anything is requested or written, and not retried. A URL answered with a
+    status of :data:`REFRESHABLE` is fetched once more through ``fresh_url(url)``
+    (``None``: it is not, the :class:`DownloadError` is raised).
     """
     if not record.image_urls:
         return ()
@@ -96,9 +106,16 @@ async def download_record(
             logger.debug("%s is already complete; not downloading it again", target)
             return target
         async with limit:
-            await read_retrying(retry, what=f"download of {public_url(url)}")(
-                _download_file, http, url, target, timeout, max_bytes
-            )
+            try:
+                await read_retrying(retry, what=f"download of {public_url(url)}")(
+                    _download_file, http, url, target, timeout, max_bytes
+                )
+            except DownloadError as refused:
+                if fresh_url is None or refused.http_status not in REFRESHABLE:
+                    raise
+                await _download_fresh(
+                    http, url, target, timeout, retry, max_bytes, fresh_url, refused
+                )
         return target
 
     # Every image gets its chance even when another one fails; the first error is raised.
@@ -125,6 +142,32 @@ def _check_scheme(url: str) -> None:
         raise DownloadError(
             shown, None, reason="a result URL must be an absolute http:// or https:// URL"
         )
+
+
+async def _download_fresh(  # noqa: PLR0917 - one call site, the caller's state
+    http: aiohttp.ClientSession,
+    url: str,
+    target: Path,
+    timeout: aiohttp.ClientTimeout,
+    retry: RetryPolicy,
+    max_bytes: int | None,
+    fresh_url: FreshURL,
+    refused: DownloadError,
+) -> None:
+    """Ask the API for a temporary URL of ``url`` and fetch that once (retrying transients).
+
+    An API refusal to give one (a URL it does not know: 422) raises ``refused``, the
+    result host's answer, with the API's error as its cause.
+    """
+    shown = public_url(url)
+    logger.info("%s answered HTTP %s: asking for a fresh link", shown, refused.http_status)
+    try:
+        fresh: str = await read_retrying(retry, what=f"fresh link for {shown}")(fresh_url, url)
+    except APIError as exc:
+        raise refused from exc
+    await read_retrying(retry, what=f"download of {shown} through a fresh link")(
+        _download_file, http, fresh, target, timeout, max_bytes
+    )
 
 
 async def _download_file(

@@ -13,7 +13,9 @@
     │   ├── ServiceUnavailableError   455  maintenance                          transient
     │   ├── ServerError               500  server error                         transient
     │   ├── GenerationFailedError     501  generation failed                    final
-    │   └── FeatureDisabledError      505  feature disabled                     final
+    │   ├── FeatureDisabledError      505  feature disabled                     final
+    │   └── EndpointNotServedError    HTTP 404/405 without an envelope on a POST: the host
+    │                                 does not serve that path (nothing created)  final
     ├── TransportError                the network failed (the aiohttp error is chained)
     │   └── SubmitUncertainError      a submission may have been accepted (and billed)
     ├── ProtocolError                 an answer that is not a valid envelope (HTML, empty, ...)
@@ -141,6 +143,38 @@ class FeatureDisabledError(APIError):
     """505: the feature is disabled for this account."""
 
     code_for_class = 505
+
+
+#: Where the same API is documented and served when a host stops serving it.
+MIDAPI_BASE_URL = "https://api.midapi.ai"
+
+
+class EndpointNotServedError(APIError):
+    """HTTP 404 or 405 without an envelope on a POST: the host does not serve that path.
+
+    A certain refusal (nothing was created, nothing is billed): the request reached a
+    server that has no such endpoint. The provider's own docs index stopped listing its
+    Midjourney pages while midapi.ai still documents and serves the same API, so the fix is
+    usually another base URL (``Session(base_url=...)``, ``MIDVARY_BASE_URL``, or
+    ``--base-url`` on the command line).
+
+    Attributes:
+        path: The API path that is not served, e.g. ``/api/v1/mj/generateVary``.
+        base_url: The base URL it was sent to.
+
+    """
+
+    def __init__(self, path: str, base_url: str, *, http_status: int) -> None:
+        super().__init__(
+            f"POST {path}: HTTP {http_status} without an envelope: {base_url} does not serve "
+            f"{path} (nothing was created). {MIDAPI_BASE_URL} serves the same API: pass "
+            f"Session(base_url={MIDAPI_BASE_URL!r}), or set MIDVARY_BASE_URL (--base-url on "
+            "the command line)",
+            code=http_status,
+            http_status=http_status,
+        )
+        self.path = path
+        self.base_url = base_url
 
 
 #: The refusals that stop the account, not one request: a wrong key, no credits left, the

@@ -32,11 +32,25 @@ from collections.abc import (
     AsyncIterator,
     Awaitable,
     Callable,
+    Coroutine,
     Iterable,
     Iterator,
+    Sequence,
 )
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Self, TypeVar
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Concatenate,
+    Generic,
+    ParamSpec,
+    Protocol,
+    Self,
+    TypeAlias,
+    cast,
+)
+
+from typing_extensions import TypeVar
 
 from . import _telemetry as telemetry
 from ._config import USE_DEFAULT
@@ -48,7 +62,16 @@ from ._errors import (
     SubmitUncertainError,
 )
 from ._handle import TaskHandle
-from ._jobs import FanOutOptions, JobEvent, JobEventKind, JobOutcome, UnfinishedJob
+from ._jobs import (
+    FanOutOptions,
+    JobEvent,
+    JobEventKind,
+    JobFailed,
+    JobOutcome,
+    JobSucceeded,
+    Outcome,
+    UnfinishedJob,
+)
 from ._models import SubmitRequest, TaskRecord
 from ._submit import REQUEST_CLASSES, is_request
 
@@ -60,9 +83,13 @@ logger = logging.getLogger(__name__)
 
 Owner = TypeVar("Owner")
 Keywords = ParamSpec("Keywords")
+#: A fan-out's request type (its outcomes' ``request``): what its input holds (``Any`` when
+#: not said: a bare ``FanOut`` annotation).
+R = TypeVar("R", default=Any)
+T = TypeVar("T")
 
 #: The requests a fan-out accepts: any iterable or async iterable of requests (or handles).
-Requests = Iterable[SubmitRequest | TaskHandle] | AsyncIterable[SubmitRequest | TaskHandle]
+Requests: TypeAlias = Iterable[R | TaskHandle] | AsyncIterable[R | TaskHandle]
 
 
 class _Job:
@@ -90,7 +117,7 @@ class _Job:
         # Its answer was lost and it waits for the provider's callback (None: it does not;
         # False: it was not recovered; True: it was).
         self.recovering: bool | None = None
-        self.outcome: JobOutcome | None = None
+        self.outcome: Outcome[Any] | None = None
         # A POST of this job was sent: it counts against max_tasks unless certainly refused.
         self.billable = False
 
@@ -116,7 +143,7 @@ class _SubmitHooks:
 
     __slots__ = ("_fanout", "_job")
 
-    def __init__(self, fanout: FanOut, job: _Job) -> None:
+    def __init__(self, fanout: FanOut[Any], job: _Job) -> None:
         self._fanout = fanout
         self._job = job
 
@@ -142,7 +169,7 @@ class _SubmitHooks:
         self._job.recovering = True
 
 
-def check_requests(requests: object) -> Requests:
+def check_requests(requests: T) -> T:
     """``requests`` if it is an iterable or async iterable of jobs, else raise ``TypeError``."""
     if (
         isinstance(requests, str | bytes | TaskHandle)
@@ -160,8 +187,11 @@ class _NotSent(Exception):  # noqa: N818 - not an error: a job held back, never 
     """A job's POST is held back: the account stopped the fan-out, or ``max_tasks`` is used."""
 
 
-class FanOut:
+class FanOut(Generic[R]):
     """An async iterator of :class:`JobOutcome`, one per job, in completion order.
+
+    Generic in the request type ``R`` of its input: each outcome is an
+    :data:`~midvary.Outcome` (``JobSucceeded[R] | JobFailed[R]``).
 
     Made by :meth:`Session.submit_many` (its keyword arguments become one
     :class:`FanOutOptions`); see there for what they mean. Iterate it with
@@ -179,7 +209,7 @@ class FanOut:
         self,
         core: SessionCore,
         submitter: Submitter,
-        requests: Requests,
+        requests: Requests[R],
         options: FanOutOptions,
     ) -> None:
         self._core = core
@@ -189,7 +219,7 @@ class FanOut:
         self.concurrency = options.concurrency
         self._slots = asyncio.Semaphore(self.concurrency)
         self._driver: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[JobOutcome | None]] = set()
+        self._tasks: set[asyncio.Task[Outcome[R] | None]] = set()
         self._pending: dict[int, _Job] = {}
         self._ready: collections.deque[_Job] = collections.deque()
         self._wakeup = asyncio.Event()
@@ -250,7 +280,7 @@ class FanOut:
     def __aiter__(self) -> Self:
         return self
 
-    async def __anext__(self) -> JobOutcome:
+    async def __anext__(self) -> Outcome[R]:
         """The next outcome, in completion order.
 
         Raises:
@@ -438,7 +468,7 @@ class FanOut:
 
     # -- one job ----------------------------------------------------------------------------
 
-    async def _run(self, job: _Job) -> JobOutcome | None:
+    async def _run(self, job: _Job) -> Outcome[R] | None:
         options = self._options
         record: TaskRecord | None = None
         paths: tuple[Path, ...] = ()
@@ -471,22 +501,36 @@ class FanOut:
         except Exception as exc:  # one job's failure is that job's outcome
             job.posting = False
             record, error = None, exc
-        job.outcome = JobOutcome(
-            index=job.index,
-            request=job.request,
-            task_id=job.task_id,
-            record=record,
-            error=error,
-            paths=paths,
-            recovered=job.recovering is True,
-        )
+        request: Any = job.request  # an item of the input: an R (or None)
+        recovered = job.recovering is True
+        outcome: Outcome[R]
+        if error is None:
+            assert record is not None  # noqa: S101 - no error: the wait returned a record
+            outcome = JobSucceeded(
+                index=job.index,
+                request=request,
+                task_id=job.task_id,
+                record=record,
+                paths=paths,
+                recovered=recovered,
+            )
+        else:
+            outcome = JobFailed(
+                index=job.index,
+                request=request,
+                task_id=job.task_id,
+                error=error,
+                paths=paths,
+                recovered=recovered,
+            )
+        job.outcome = outcome
         kind = JobEventKind.DONE if error is None else JobEventKind.FAILED
         try:
             self._emit(kind, job, error=error, outcome=job.outcome)
         except Exception:
             # The job is over: a hook that fails now cannot change its outcome.
             logger.exception("on_event hook failed for %s of job %d", kind.name, job.index)
-        return job.outcome
+        return outcome
 
     async def _handle(self, job: _Job) -> TaskHandle:
         item = job.item
@@ -543,7 +587,7 @@ class FanOut:
             )
 
 
-async def collect_all(fanout: FanOut) -> list[JobOutcome]:
+async def collect_all(fanout: FanOut[R]) -> list[Outcome[R]]:
     """Every outcome of ``fanout`` in input order (what ``Session.submit_all`` returns).
 
     When the call ends without its list (it is cancelled, the input raises, or the session
@@ -553,7 +597,7 @@ async def collect_all(fanout: FanOut) -> list[JobOutcome]:
         SessionClosedError: The session closed before every job finished.
 
     """
-    outcomes: list[JobOutcome] = []
+    outcomes: list[Outcome[R]] = []
     async with fanout:
         try:
             async for outcome in fanout:
@@ -571,7 +615,7 @@ async def collect_all(fanout: FanOut) -> list[JobOutcome]:
     return outcomes
 
 
-def _log_dropped(outcomes: list[JobOutcome]) -> None:
+def _log_dropped(outcomes: Sequence[JobOutcome[Any]]) -> None:
     """Log the task ids of finished jobs whose outcomes a failing ``submit_all`` drops."""
     dropped = [o for o in outcomes if o.task_id is not None or o.uncertain]
     if dropped:
@@ -582,25 +626,57 @@ def _log_dropped(outcomes: list[JobOutcome]) -> None:
         )
 
 
-def takes_options_of(
-    fan_out: Callable[Concatenate[Owner, Requests, Keywords], FanOut],
-) -> Callable[
-    [Callable[..., Awaitable[list[JobOutcome]]]],
-    Callable[Concatenate[Owner, Requests, Keywords], Awaitable[list[JobOutcome]]],
-]:
-    """Give the decorated method ``fan_out``'s keyword arguments: one list, for both.
+class CollectAll(Protocol[Keywords]):
+    """``Session.submit_all`` as type checkers see it: generic in the request type.
 
-    Type checkers see ``fan_out``'s parameters; ``inspect.signature`` (and ``help()``) shows
-    them too, with the decorated method's return type.
+    It takes ``submit_many``'s keyword arguments (``Keywords``) and returns the outcomes
+    of the requests' type (a list of :class:`VaryRequest` gives outcomes whose ``request``
+    is a :class:`VaryRequest`).
     """
 
-    def decorate(
-        method: Callable[..., Awaitable[list[JobOutcome]]],
-    ) -> Callable[Concatenate[Owner, Requests, Keywords], Awaitable[list[JobOutcome]]]:
+    def __call__(
+        self, requests: Requests[T], /, *args: Keywords.args, **kwargs: Keywords.kwargs
+    ) -> Coroutine[Any, Any, list[Outcome[T]]]:
+        """Run every job; the outcomes in input order."""
+        ...
+
+
+class BlockingCollectAll(Protocol[Keywords]):
+    """``SyncSession.submit_all`` as type checkers see it: :class:`CollectAll`, blocking."""
+
+    def __call__(
+        self, requests: Requests[T], /, *args: Keywords.args, **kwargs: Keywords.kwargs
+    ) -> list[Outcome[T]]:
+        """Run every job; the outcomes in input order."""
+        ...
+
+
+def blocking_options_of(
+    fan_out: Callable[Concatenate[Owner, Any, Keywords], FanOut[Any]],
+) -> Callable[[Callable[..., list[Any]]], BlockingCollectAll[Keywords]]:
+    """Type a blocking ``submit_all`` (``SyncSession``'s) as ``fan_out``'s options take it."""
+
+    def decorate(method: Callable[..., list[Any]]) -> BlockingCollectAll[Keywords]:
+        return cast("BlockingCollectAll[Keywords]", method)
+
+    return decorate
+
+
+def takes_options_of(
+    fan_out: Callable[Concatenate[Owner, Any, Keywords], FanOut[Any]],
+) -> Callable[[Callable[..., Awaitable[list[Any]]]], CollectAll[Keywords]]:
+    """Give the decorated method ``fan_out``'s keyword arguments: one list, for both.
+
+    Type checkers see ``fan_out``'s parameters (and the generic request type, through
+    :class:`CollectAll`); ``inspect.signature`` (and ``help()``) shows them too, with the
+    decorated method's return type.
+    """
+
+    def decorate(method: Callable[..., Awaitable[list[Any]]]) -> CollectAll[Keywords]:
         signature = inspect.signature(fan_out)
         method.__signature__ = signature.replace(  # type: ignore[attr-defined]
             return_annotation=inspect.signature(method).return_annotation
         )
-        return method
+        return cast("CollectAll[Keywords]", method)
 
     return decorate

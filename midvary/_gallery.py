@@ -5,16 +5,19 @@ writes it; the lines are read by :mod:`midvary._gallery_lines`); :func:`render_g
 turns it into one HTML page; :func:`write_gallery` does both and writes the page. The page
 has inline CSS, no script, and a Content-Security-Policy that forbids scripts and any
 network access: images are shown from the downloaded files by paths relative to the page's
-folder (``loading="lazy"``, so 5,000 jobs stay usable). A job whose images were not
-downloaded shows a link to each image URL instead of loading it.
+folder (``loading="lazy"``, so 5,000 jobs stay usable); a video file (a video generate's
+or an extend's ``.mp4``) is shown in a ``<video>`` element with the browser's own controls
+(``preload="metadata"``: still no script). A job whose images were not downloaded shows a
+link to each image URL instead of loading it.
 
 Jobs are grouped by parent, in the order parents first appear. A generate job (``action``
 ``generate``: a prompt, no parent task) heads its own group: its prompt, its grid, then its
-children (the vary and upscale lines whose ``parent`` is its id, or that name its task),
-varies before upscales, by image index. Other jobs are grouped by the parent task they
-name (``task_id``), by image index. Every text taken from the data (ids, water marks, error
-messages, prompts, file names) is HTML-escaped. Lines that cannot be read are listed at the
-top with their line number and the reason (:attr:`GalleryResults.bad_lines`).
+children (the vary, upscale and extend lines whose ``parent`` is its id, or that name its
+task), varies before upscales before extends, by image (or video) index. Other jobs are
+grouped by the parent task they name (``task_id``), by image index. Every text taken from
+the data (ids, water marks, error messages, prompts, file names) is HTML-escaped. Lines that
+cannot be read are listed at the top with their line number and the reason
+(:attr:`GalleryResults.bad_lines`).
 """
 
 from __future__ import annotations
@@ -42,11 +45,13 @@ __all__ = [
     "write_gallery",
 ]
 
-#: The page's policy: no script, no network; images only from the page's own files.
+#: The page's policy: no script, no network; images and videos only from the page's files.
 _CSP: Final = (
-    "default-src 'none'; img-src 'self' file: data:; style-src 'unsafe-inline'; "
-    "base-uri 'none'; form-action 'none'"
+    "default-src 'none'; img-src 'self' file: data:; media-src 'self' file:; "
+    "style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
 )
+#: The file suffixes shown as a video rather than an image.
+VIDEO_SUFFIXES: Final = (".mp4", ".webm", ".mov")
 # Status names bulk writes, mapped to a badge style; any other status is shown neutral.
 _BADGES: Final = {"done": "ok", "failed": "bad", "uncertain": "warn"}
 
@@ -231,11 +236,19 @@ class _Page:
                     )
                     continue
                 src = escape(self._relative(path))
-                tiles.append(
-                    f'<figure><a href="{src}"><img src="{src}" alt="{alt}" loading="lazy" '
-                    f'decoding="async" width="256" height="256"></a>'
-                    f"<figcaption>{caption}</figcaption></figure>"
-                )
+                if path.suffix.lower() in VIDEO_SUFFIXES:
+                    # The browser's own controls: no script on the page, none needed.
+                    shown = (
+                        f'<video src="{src}" controls preload="metadata" width="256" '
+                        f'height="256" aria-label="{escape(f"video {n} of task {what}")}">'
+                        f'<a href="{src}">{caption}</a></video>'
+                    )
+                else:
+                    shown = (
+                        f'<a href="{src}"><img src="{src}" alt="{alt}" loading="lazy" '
+                        f'decoding="async" width="256" height="256"></a>'
+                    )
+                tiles.append(f"<figure>{shown}<figcaption>{caption}</figcaption></figure>")
         else:
             for n, url in enumerate(job.image_urls, start=1):
                 link = (
@@ -266,9 +279,13 @@ class _Page:
         return quote(relative, safe="/")
 
 
+#: The order of a group's children by action (an old line has no action: a vary).
+_ACTION_ORDER: Final = {"upscale": 1, "extend": 2}
+
+
 def _child_order(job: GalleryJob) -> tuple[int, int, int]:
-    """Within a group: varies (an old line has no action) before upscales, by image index."""
-    return (job.action == "upscale", job.image_index or 0, job.number)
+    """Within a group: varies before upscales before extends, by image (or video) index."""
+    return (_ACTION_ORDER.get(job.action or "", 0), job.image_index or 0, job.number)
 
 
 _Group: TypeAlias = tuple["GalleryJob | None", list[GalleryJob]]
@@ -302,6 +319,8 @@ def _what(job: GalleryJob) -> str:
         return "grid"
     if job.action == "upscale":
         return f"upscale of image {job.image_index}"
+    if job.action == "extend":
+        return f"extend of video {job.image_index}"
     return f"index {job.image_index}"
 
 

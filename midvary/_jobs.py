@@ -1,6 +1,7 @@
 """What a fan-out's jobs report: their events and outcomes, and the options of a fan-out.
 
-Public records (:class:`JobEventKind`, :class:`JobEvent`, :class:`JobOutcome`,
+Public records (:class:`JobEventKind`, :class:`JobEvent`, :class:`JobOutcome` and its two
+kinds :class:`JobSucceeded` / :class:`JobFailed`,
 :class:`UnfinishedJob`) and :class:`FanOutOptions`, the one validated copy of the keyword
 arguments of ``Session.submit_many`` and ``Session.submit_all``.
 """
@@ -11,8 +12,10 @@ import enum
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, Generic, Literal, TypeAlias
 
 import attrs
+from typing_extensions import TypeVar
 
 from ._config import USE_DEFAULT, PollPolicy, UseDefault
 from ._errors import SubmitUncertainError
@@ -46,16 +49,26 @@ class JobEventKind(enum.Enum):
     FAILED = "failed"
 
 
+#: The request type of a job's outcome (``Any`` when not said): the outcomes of
+#: ``session.submit_all(list_of_vary_requests)`` have ``request: VaryRequest | None``.
+R_co = TypeVar("R_co", covariant=True, default=Any)
+
+
 @attrs.frozen(kw_only=True)
-class JobOutcome:
+class JobOutcome(Generic[R_co]):
     """The result of one job of a fan-out: exactly one of ``record`` and ``error`` is set.
+
+    A fan-out hands out its two kinds, :class:`JobSucceeded` (``record`` set, ``ok`` is
+    ``True``) and :class:`JobFailed` (``error`` set, ``ok`` is ``False``), typed as
+    :data:`Outcome`: ``if outcome.ok:`` narrows it, so a type checker knows ``record`` is
+    a :class:`TaskRecord` there. Generic in its request type ``R_co``.
 
     Attributes:
         index: The job's position in the input, 0-based.
         request: The job's request; ``None`` when the input item was not a
-            request (:class:`VaryRequest`, :class:`GenerateRequest` or
-            :class:`UpscaleRequest`; then ``error`` is a ``TypeError``) or was a handle
-            re-attached with :meth:`Session.task`.
+            request (:class:`VaryRequest`, :class:`GenerateRequest`,
+            :class:`UpscaleRequest` or :class:`ExtendRequest`; then ``error`` is a
+            ``TypeError``) or was a handle re-attached with :meth:`Session.task`.
         task_id: The provider's id of the job's task, or ``None`` when it was never
             accepted (or its acceptance was lost: see ``uncertain``).
         record: The final record of a task that succeeded, else ``None``.
@@ -72,7 +85,7 @@ class JobOutcome:
     """
 
     index: int
-    request: SubmitRequest | None
+    request: R_co | None
     task_id: str | None = None
     record: TaskRecord | None = None
     error: Exception | None = None
@@ -91,6 +104,36 @@ class JobOutcome:
         Such a job is never re-submitted automatically.
         """
         return isinstance(self.error, SubmitUncertainError)
+
+
+@attrs.frozen(kw_only=True)
+class JobSucceeded(JobOutcome[R_co]):
+    """The outcome of a job that succeeded: ``record`` is its final :class:`TaskRecord`."""
+
+    record: TaskRecord
+    error: None = None
+
+    @property
+    def ok(self) -> Literal[True]:
+        """``True``: the job succeeded (a type checker narrows :data:`Outcome` by it)."""
+        return True
+
+
+@attrs.frozen(kw_only=True)
+class JobFailed(JobOutcome[R_co]):
+    """The outcome of a job that failed: ``error`` says why; ``record`` is ``None``."""
+
+    error: Exception
+    record: None = None
+
+    @property
+    def ok(self) -> Literal[False]:
+        """``False``: the job failed (a type checker narrows :data:`Outcome` by it)."""
+        return False
+
+
+#: What a fan-out hands out per job: ``if outcome.ok:`` narrows it to :class:`JobSucceeded`.
+Outcome: TypeAlias = JobSucceeded[R_co] | JobFailed[R_co]
 
 
 @attrs.frozen(kw_only=True)
@@ -118,7 +161,7 @@ class JobEvent:
     task_id: str | None = None
     wait: float | None = None
     error: Exception | None = None
-    outcome: JobOutcome | None = None
+    outcome: JobOutcome[Any] | None = None
     reattached: bool = False
 
 

@@ -353,8 +353,90 @@ class UpscaleRequest:
         return f"upscale({self.task_id}, image {self.image_index}){_label(self.id, self.key)}"
 
 
+#: The extend endpoint's ``taskType`` values: with a prompt (manual) or without (auto).
+EXTEND_MANUAL: Final = "mj_video_extend_manual"
+EXTEND_AUTO: Final = "mj_video_extend_auto"
+EXTEND_TASK_TYPES: Final = (EXTEND_MANUAL, EXTEND_AUTO)
+#: Which video of the parent an extend names: the docs give example 0 and no range; a
+#: video generate makes at most 4 (``videoBatchSize``), so 0..3, and the provider's refusal
+#: speaks for an index its task does not have.
+VIDEO_INDEXES = range(4)
+
+
+def _check_video_index(_inst: object, _attribute: attrs.Attribute[int], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"index must be an int from 0 to 3, not {type(value).__name__} {value!r}")
+    if value not in VIDEO_INDEXES:
+        raise ValueError(
+            f"index must be 0, 1, 2 or 3 (0-based: which video of the parent task), got {value}"
+        )
+
+
+@attrs.frozen
+class ExtendRequest:
+    """One video extend job: one video of an earlier ``mj_video`` / ``mj_video_hd`` task, longer.
+
+    Validated on construction; an invalid request raises ``TypeError`` or ``ValueError``
+    and is never sent. ``task_id`` and ``index`` may be given by position.
+
+    Attributes:
+        task_id: The id of the earlier video generate task (the parent).
+        index: Which of its videos, 0-based: 0, 1, 2 or 3 (a task with fewer videos is
+            refused by the provider).
+        prompt: The prompt of a manual extend, 1 to 2000 characters; ``None`` for an auto
+            extend (which takes no prompt).
+        task_type: ``"mj_video_extend_manual"`` or ``"mj_video_extend_auto"``. Given as
+            ``None``, it is manual when there is a prompt and auto otherwise; after
+            construction it is always one of the two (never ``None``).
+        water_mark: Watermark text, or ``None`` for none.
+        callback_url: Absolute http(s) URL the provider POSTs the result to, or ``None``.
+        key: Your own submission key (see :class:`VaryRequest`), or ``None``.
+        id: Your own label for this job (echoed in outcomes, never sent), or ``None``.
+
+    """
+
+    task_id: str = attrs.field(validator=_check_task_id)
+    index: int = attrs.field(validator=_check_video_index)
+    prompt: str | None = attrs.field(default=None, kw_only=True)
+    task_type: str | None = attrs.field(
+        default=None, kw_only=True, validator=_checked(check.choice, EXTEND_TASK_TYPES)
+    )
+    water_mark: str | None = attrs.field(default=None, kw_only=True, validator=_check_water_mark)
+    callback_url: str | None = attrs.field(
+        default=None, kw_only=True, validator=_check_callback_url
+    )
+    key: str | None = attrs.field(
+        default=None, kw_only=True, validator=_checked(check.submission_key)
+    )
+    id: str | None = attrs.field(default=None, kw_only=True)
+
+    def __attrs_post_init__(self) -> None:
+        """Resolve ``task_type`` and apply the prompt rule of each type (ValueError)."""
+        task_type = self.task_type
+        if task_type is None:
+            task_type = EXTEND_MANUAL if self.prompt is not None else EXTEND_AUTO
+            object.__setattr__(self, "task_type", task_type)  # frozen: set once, here
+        if task_type == EXTEND_MANUAL:
+            if self.prompt is None:
+                raise ValueError(
+                    "prompt is required with task_type 'mj_video_extend_manual' "
+                    "(1 to 2000 characters); leave task_type None for an auto extend"
+                )
+            check.prompt(self.prompt, "prompt", max_chars=PROMPT_MAX_CHARS)
+        elif self.prompt is not None:
+            raise ValueError(
+                "prompt is not allowed with task_type 'mj_video_extend_auto' (the provider "
+                "refuses it): leave it None, or use 'mj_video_extend_manual'"
+            )
+
+    def describe(self) -> str:
+        """A short human description, e.g. ``extend(abc123, video 0, auto)``."""
+        mode = "manual" if self.task_type == EXTEND_MANUAL else "auto"
+        return f"extend({self.task_id}, video {self.index}, {mode}){_label(self.id, self.key)}"
+
+
 #: Every request class a session can submit (each one is a row of ``_submit.KINDS``).
-SubmitRequest: TypeAlias = VaryRequest | GenerateRequest | UpscaleRequest
+SubmitRequest: TypeAlias = VaryRequest | GenerateRequest | UpscaleRequest | ExtendRequest
 
 
 @attrs.frozen(kw_only=True)

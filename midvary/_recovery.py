@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 #: Seconds between two looks at the store's record of a lost token (doubling to the last).
 RECHECK: Final = (0.25, 5.0)
 #: The fields of a submission's body its record's echo must repeat (those it has).
-ECHOED: Final = ("taskId", "imageIndex", "taskType", "prompt")
+ECHOED: Final = ("taskId", "imageIndex", "index", "taskType", "prompt")
 
 
 def echo_problem(record: TaskRecord, body: Mapping[str, Any], token_name: str) -> str | None:

@@ -30,14 +30,21 @@ from ._jobs import (
     DEFAULT_CONCURRENCY,
     DEFAULT_DOWNLOAD_CONCURRENCY,
     FanOutOptions,
-    JobOutcome,
     OnEvent,
+    Outcome,
 )
-from ._models import GenerateRequest, SubmitRequest, TaskRecord, UpscaleRequest, VaryRequest
+from ._models import (
+    ExtendRequest,
+    GenerateRequest,
+    SubmitRequest,
+    TaskRecord,
+    UpscaleRequest,
+    VaryRequest,
+)
 from ._outage import Outage
 from ._ratelimit import DEFAULT_SUBMIT_RATE, SubmitLimiter
 from ._store import MemoryStore, Store, StoreClaims, StoreLimiter
-from ._submit import Limiter, Submitter
+from ._submit import REQUEST_CLASSES, Limiter, Submitter
 from ._testmode import default_poll, default_retry
 from ._validate import (
     count,
@@ -61,6 +68,8 @@ logger = logging.getLogger(__name__)
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
+#: The request type of a fan-out's input (and of its outcomes' ``request``).
+R = TypeVar("R")
 
 
 def warn_renamed(old: str, new: str) -> None:
@@ -387,12 +396,58 @@ class Session:
         )
         return await self.submit(request)
 
+    async def extend(
+        self,
+        task_id: str,
+        index: int,
+        *,
+        prompt: str | None = None,
+        task_type: str | None = None,
+        water_mark: str | None = None,
+        callback_url: str | None = None,
+        key: str | None = None,
+    ) -> TaskHandle:
+        """Submit one extend of video ``index`` (0..3) of the video task ``task_id``.
+
+        Args:
+            task_id: A finished ``mj_video`` or ``mj_video_hd`` generate task.
+            index: Which of its videos, 0-based.
+            prompt: The prompt of a manual extend (1 to 2000 characters); ``None`` for an
+                auto extend.
+            task_type: ``"mj_video_extend_manual"`` or ``"mj_video_extend_auto"``; ``None``
+                means manual when a prompt is given, auto otherwise.
+            water_mark: Watermark text; ``None`` for none.
+            callback_url: As in :meth:`vary`.
+            key: The submission key, as in :meth:`vary`; ``None`` means no key.
+
+        Returns:
+            A :class:`TaskHandle`; ``await`` it for the final record (its ``image_urls``
+            are the extended video).
+
+        Raises:
+            TypeError, ValueError: An argument is invalid (a manual extend without a
+                prompt, an auto extend with one...); nothing was sent.
+            SubmitUncertainError, APIError: As for :meth:`vary` (a parent that is not a
+                finished video task is refused by the provider).
+
+        """
+        request = ExtendRequest(
+            task_id,
+            index,
+            prompt=prompt,
+            task_type=task_type,
+            water_mark=water_mark,
+            callback_url=callback_url,
+            key=key,
+        )
+        return await self.submit(request)
+
     async def submit(self, request: SubmitRequest, *, key: str | None = None) -> TaskHandle:
         """Submit one request and return its handle; see :meth:`vary`.
 
         Args:
-            request: A :class:`VaryRequest`, :class:`GenerateRequest` or
-                :class:`UpscaleRequest`.
+            request: A :class:`VaryRequest`, :class:`GenerateRequest`,
+                :class:`UpscaleRequest` or :class:`ExtendRequest`.
             key: Its submission key, if the request carries none (``request.key``);
                 ``None`` means the request's own.
 
@@ -403,10 +458,7 @@ class Session:
         """
         if key is not None:
             if not attrs.has(type(request)) or not hasattr(request, "key"):
-                raise TypeError(
-                    "request must be a midvary.VaryRequest, GenerateRequest or UpscaleRequest, "
-                    f"not {type(request).__name__}"
-                )
+                raise TypeError(f"request must be {REQUEST_CLASSES}, not {type(request).__name__}")
             if request.key not in (None, key):
                 raise ValueError(f"key={key!r} differs from the request's own key {request.key!r}")
             request = attrs.evolve(request, key=key)
@@ -449,7 +501,7 @@ class Session:
 
     def submit_many(
         self,
-        requests: Requests,
+        requests: Requests[R],
         *,
         concurrency: int = DEFAULT_CONCURRENCY,
         timeout: float | UseDefault | None = USE_DEFAULT,
@@ -458,7 +510,7 @@ class Session:
         download: str | os.PathLike[str] | None = None,
         download_concurrency: int = DEFAULT_DOWNLOAD_CONCURRENCY,
         max_tasks: int | None = None,
-    ) -> FanOut:
+    ) -> FanOut[R]:
         """Run many jobs of any kind; iterate the result for one :class:`JobOutcome` each.
 
         Outcomes come in completion order; ``outcome.index`` is the job's input position::
@@ -529,7 +581,7 @@ class Session:
         return FanOut(self._core, self._submitter, check_requests(requests), options)
 
     @takes_options_of(submit_many)
-    async def submit_all(self, requests: Requests, **options: Any) -> list[JobOutcome]:
+    async def submit_all(self, requests: Requests[R], **options: Any) -> list[Outcome[R]]:
         """Run every job like :meth:`submit_many` and return the outcomes in input order.
 
         Takes the same arguments. The list holds one outcome per input item; cancelling

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, TypeGuard
 import attrs
 
 from . import _telemetry as telemetry
-from ._bodies import generate_body, upscale_body, vary_body
+from ._bodies import extend_body, generate_body, upscale_body, vary_body
 from ._converter import structure_task_id
 from ._errors import (
     ACCOUNT_STOPPING,
@@ -55,7 +55,13 @@ from ._errors import (
     TransportError,
 )
 from ._handle import TaskHandle
-from ._models import GenerateRequest, SubmitRequest, UpscaleRequest, VaryRequest
+from ._models import (
+    ExtendRequest,
+    GenerateRequest,
+    SubmitRequest,
+    UpscaleRequest,
+    VaryRequest,
+)
 from ._outage import is_outage
 from ._polling import Alarm
 from ._recovery import Recovery
@@ -76,6 +82,7 @@ logger = logging.getLogger(__name__)
 VARY_PATH: Final = "/api/v1/mj/generateVary"
 GENERATE_PATH: Final = "/api/v1/mj/generate"
 UPSCALE_PATH: Final = "/api/v1/mj/generateUpscale"
+EXTEND_PATH: Final = "/api/v1/mj/generateVideoExtend"
 
 
 @attrs.frozen(kw_only=True)
@@ -99,10 +106,11 @@ KINDS: Final[dict[type[Any], RequestKind]] = {
     VaryRequest: RequestKind(path=VARY_PATH, body=vary_body),
     GenerateRequest: RequestKind(path=GENERATE_PATH, body=generate_body),
     UpscaleRequest: RequestKind(path=UPSCALE_PATH, body=upscale_body),
+    ExtendRequest: RequestKind(path=EXTEND_PATH, body=extend_body),
 }
 
 #: What a wrong request type is told it may be.
-REQUEST_CLASSES: Final = "a midvary.VaryRequest, GenerateRequest or UpscaleRequest"
+REQUEST_CLASSES: Final = "a midvary.VaryRequest, GenerateRequest, UpscaleRequest or ExtendRequest"
 
 
 def is_request(item: object) -> TypeGuard[SubmitRequest]:

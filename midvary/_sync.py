@@ -22,9 +22,10 @@ import inspect
 import os
 import threading
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar, cast
 
 from ._errors import EventLoopError, SessionClosedError
+from ._fanout import blocking_options_of
 from ._handle import TaskHandle
 from ._session import Session
 
@@ -402,10 +403,15 @@ class SyncSession(_Blocking[Session]):
     vary = _handing(Session.vary)
     generate = _handing(Session.generate)
     upscale = _handing(Session.upscale)
+    extend = _handing(Session.extend)
     submit = _handing(Session.submit)
     recover = _handing(Session.recover)
     run = _blocking(Session.run)
-    submit_all = _blocking(Session.submit_all)
+    # Generic in the requests' type, as Session.submit_all (a CollectAll) is.
+    submit_all = blocking_options_of(Session.submit_many)(
+        _blocking(cast("Callable[Concatenate[Session, ...], Awaitable[list[Any]]]",
+                       Session.submit_all))
+    )  # fmt: skip
     get_task = _blocking(Session.get_task)
     download = _blocking(Session.download)
     credits = _blocking(Session.credits)

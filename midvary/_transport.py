@@ -27,10 +27,11 @@ import yarl
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from . import _telemetry as telemetry
-from ._converter import decode_json, envelope_code, redact
+from ._converter import decode_json, envelope_code, envelope_message, redact
 from ._errors import (
     ERROR_CLASSES,
     DownloadError,
+    EndpointNotServedError,
     ProtocolError,
     RateLimitError,
     ServiceUnavailableError,
@@ -102,6 +103,9 @@ def translate(
         )
     return exc
 
+
+#: The bare HTTP statuses of a host that does not serve a path (no route, or not for POST).
+_NOT_SERVED = (404, 405)
 
 #: The errors :func:`translate` turns into :class:`TransportError`.
 _TRANSLATED = (aiohttp.ClientError, OSError)  # TimeoutError is an OSError
@@ -299,12 +303,15 @@ class Transport:
             "%s -> HTTP %d (%d bytes, %.3f s)", what, status, len(raw), time.monotonic() - started
         )
         try:
-            return self._unwrap(raw, status, headers, what)
+            return self._unwrap(raw, status, headers, method, path)
         except (RateLimitError, ServiceUnavailableError) as exc:
             telemetry.throttled(exc.code)
             raise
 
-    def _unwrap(self, raw: bytes, status: int, headers: Mapping[str, str], what: str) -> Any:
+    def _unwrap(
+        self, raw: bytes, status: int, headers: Mapping[str, str], method: str, path: str
+    ) -> Any:
+        what = f"{method} {path}"
         retry_after = parse_retry_after(headers.get("Retry-After"))
         envelope: Any = None
         if raw.strip():
@@ -312,6 +319,10 @@ class Transport:
                 envelope = decode_json(raw, what)
         ok_status = 200 <= status < 300
         if not isinstance(envelope, dict) or "code" not in envelope:
+            if status in _NOT_SERVED and method == "POST":
+                # Every POST of the API is answered with an envelope, errors included; a
+                # bare 404/405 comes from a server without that endpoint: nothing was made.
+                raise EndpointNotServedError(path, str(self._base_url), http_status=status)
             if not ok_status and status in ERROR_CLASSES:
                 # e.g. a bare 429 from the CDN: the status is the only signal there is.
                 raise error_for(
@@ -335,6 +346,6 @@ class Transport:
         if code == 200:
             # The envelope claims success but the HTTP status does not: trust the status.
             code = status
-        msg = envelope.get("msg")
-        message = self._redact(msg) if isinstance(msg, str) and msg else f"{what} failed"
+        msg = envelope_message(envelope)
+        message = self._redact(msg) if msg is not None else f"{what} failed"
         raise error_for(code, message, http_status=status, retry_after=retry_after)

@@ -1,14 +1,19 @@
-"""Run vary jobs on arq workers (``pip install 'midvary[arq]'``): one session per worker.
+"""Run midvary jobs on arq workers (``pip install 'midvary[arq]'``): one session per worker.
 
 Start workers on as many machines as you like, all on one Redis::
 
     MIDVARY_API_KEY=... MIDVARY_REDIS_URL=redis://host:6379/0 arq midvary.arq.WorkerSettings
 
-and enqueue jobs from anywhere::
+and enqueue jobs from anywhere: ``"generate"``, ``"vary"``, ``"upscale"`` and ``"extend"``,
+each with its submission ``key`` (also its arq job id, so arq queues it once)::
 
     pool = await arq.create_pool(arq.connections.RedisSettings.from_dsn(url))
     job = await pool.enqueue_job("vary", "parent-id", 0, key="order-42/0", _job_id="order-42/0")
+    if job is None:  # that job id was enqueued before (queued, running or its result kept)
+        job = arq.jobs.Job("order-42/0", pool)
     result = await job.result()  # {"state": "succeeded", "task_id": ..., "image_urls": [...], ...}
+
+Every job kind returns the same result dict (see :func:`vary`).
 
 Each worker process opens one :class:`~midvary.Session` on startup (closed on shutdown)
 with a :class:`~midvary.RedisStore` on the same Redis, so the account's ``submit_rate`` is
@@ -48,7 +53,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Final, Literal
 
@@ -58,6 +63,7 @@ from arq.connections import RedisSettings
 from arq.worker import Worker, func
 
 from ._callbacks import CallbackReceiver
+from ._models import ExtendRequest, GenerateRequest, SubmitRequest, UpscaleRequest, VaryRequest
 from ._session import Session
 from ._store import RedisStore
 from ._store._base import DEFAULT_CLAIM_LEASE
@@ -74,9 +80,12 @@ __all__ = [
     "DEFAULT_REDIS_URL",
     "WorkerConfig",
     "WorkerSettings",
+    "extend",
+    "generate",
     "session_of",
     "shutdown",
     "startup",
+    "upscale",
     "vary",
 ]
 
@@ -195,7 +204,7 @@ async def vary(
 
     Returns:
         A JSON-able dict: ``state`` (``"succeeded"``, ``"failed"`` or ``"uncertain"``),
-        ``key``, ``task_id`` (the vary task's id, ``None`` if none is known), ``image_urls``,
+        ``key``, ``task_id`` (the new task's id, ``None`` if none is known), ``image_urls``,
         ``paths`` (downloaded files) and ``error`` (``None``, or the error's type and text).
         A failed task, a refused or invalid request and an uncertain submission (sent, its
         answer lost: never re-sent; ``store.forget(key)`` allows that) complete the job.
@@ -204,7 +213,7 @@ async def vary(
         send it (within arq's ``job_timeout``; past it arq runs the job again).
         With a callback receiver, a lost answer is first waited for (up to 7 minutes): the
         provider's callback names the task, which the job then awaits (``"succeeded"``),
-        and the key records it, for any worker.
+        and the key records it, for any worker. Every job kind returns this same dict.
 
     Raises:
         arq.Retry: Transient trouble (the store unreachable, the provider in maintenance or
@@ -212,12 +221,114 @@ async def vary(
             worker shutting down): arq runs the job again later, which re-attaches by key.
 
     """
+    return await _job(
+        ctx,
+        key,
+        download,
+        lambda: VaryRequest(
+            task_id=task_id, image_index=image_index, water_mark=water_mark, key=key
+        ),
+    )
+
+
+async def generate(
+    ctx: dict[str, Any],
+    prompt: str,
+    *,
+    key: str,
+    download: str | Literal[False] | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """The ``"generate"`` job: a :class:`~midvary.GenerateRequest` of ``prompt`` and ``options``.
+
+    Args:
+        ctx: arq's job context.
+        prompt: The prompt, 1 to 2000 characters.
+        key: The submission key, as in :func:`vary`.
+        download: As in :func:`vary`.
+        **options: Any other :class:`~midvary.GenerateRequest` field (``task_type``,
+            ``aspect_ratio``, ``speed``, ``file_urls``, ...); an unknown or invalid one
+            completes the job ``"failed"`` with nothing sent.
+
+    Returns:
+        The result dict of :func:`vary`.
+
+    Raises:
+        arq.Retry: As for :func:`vary`.
+
+    """
+    return await _job(
+        ctx, key, download, lambda: GenerateRequest(prompt=prompt, key=key, **options)
+    )
+
+
+async def upscale(
+    ctx: dict[str, Any],
+    task_id: str,
+    image_index: int,
+    *,
+    key: str,
+    water_mark: str | None = None,
+    download: str | Literal[False] | None = None,
+) -> dict[str, Any]:
+    """The ``"upscale"`` job: image ``image_index`` (0..3) of task ``task_id``, upscaled.
+
+    The arguments, the result dict and ``arq.Retry`` are as in :func:`vary`.
+    """
+    return await _job(
+        ctx,
+        key,
+        download,
+        lambda: UpscaleRequest(
+            task_id=task_id, image_index=image_index, water_mark=water_mark, key=key
+        ),
+    )
+
+
+async def extend(
+    ctx: dict[str, Any],
+    task_id: str,
+    index: int,
+    *,
+    key: str,
+    prompt: str | None = None,
+    task_type: str | None = None,
+    water_mark: str | None = None,
+    download: str | Literal[False] | None = None,
+) -> dict[str, Any]:
+    """The ``"extend"`` job: video ``index`` (0..3) of the video task ``task_id``, extended.
+
+    ``prompt`` and ``task_type`` are as in :class:`~midvary.ExtendRequest` (no
+    ``task_type``: manual with a prompt, auto without); the other arguments, the result
+    dict and ``arq.Retry`` as in :func:`vary`.
+    """
+    return await _job(
+        ctx,
+        key,
+        download,
+        lambda: ExtendRequest(
+            task_id, index, prompt=prompt, task_type=task_type, water_mark=water_mark, key=key
+        ),
+    )
+
+
+async def _job(
+    ctx: dict[str, Any],
+    key: str,
+    download: str | Literal[False] | None,
+    make: Callable[[], SubmitRequest],
+) -> dict[str, Any]:
+    """One job of any kind: :func:`run_job` on the request ``make()`` builds.
+
+    An invalid request (``make`` raises ``TypeError`` or ``ValueError``) fails the job with
+    nothing sent.
+    """
     worker = _worker(ctx)
     target = worker.config.download if download is None else download
     try:
         return await run_job(
             worker.session,
-            lambda session: session.vary(task_id, image_index, water_mark=water_mark, key=key),
+            lambda session: session.submit(make()),
             key=key,
             download=None if target is None or target is False else Path(target),
             gate=worker.gate,
@@ -237,7 +348,12 @@ class WorkerSettings:
     only the settings class's own ``__dict__``.
     """
 
-    functions: ClassVar[list[Any]] = [func(vary, name="vary")]
+    functions: ClassVar[list[Any]] = [
+        func(generate, name="generate"),
+        func(vary, name="vary"),
+        func(upscale, name="upscale"),
+        func(extend, name="extend"),
+    ]
     # Plain functions in the class's __dict__, which is what arq reads (never bound).
     on_startup: ClassVar[Any] = startup
     on_shutdown: ClassVar[Any] = shutdown

@@ -130,7 +130,8 @@ async def test_transient_failures_are_retried(tmp_path: Path) -> None:
     assert leftovers(tmp_path) == []
 
 
-@pytest.mark.parametrize(("status", "attempts"), [(404, 1), (500, FAST_RETRY.attempts)])
+# Not 401/403/404/410: those ask the API for a fresh link (tests/test_download_fresh.py).
+@pytest.mark.parametrize(("status", "attempts"), [(400, 1), (500, FAST_RETRY.attempts)])
 async def test_http_errors_become_download_errors(
     tmp_path: Path, status: int, attempts: int
 ) -> None:

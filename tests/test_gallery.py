@@ -337,3 +337,37 @@ def test_hostile_prompt_stays_text(tmp_path: Path) -> None:
     assert all(not name.startswith("on") for e in tree.elements for name in e.attrs)
     (quote,) = tree.find("q")
     assert text(quote) == " ".join(HOSTILE_PROMPT.split())
+
+
+def test_a_video_and_its_extend_show_in_video_elements(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A video generate's .mp4 files and an extend's show as <video controls>, no script."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "images").mkdir()
+    for name in ("gen-v_0.mp4", "gen-v_1.mp4", "ext-1_0.mp4"):
+        (tmp_path / "images" / name).write_bytes(b"\x00\x00\x00\x18ftypmp42")
+    video = generate_line(
+        "v", "done", task_id="gen-v", files=["images/gen-v_0.mp4", "images/gen-v_1.mp4"]
+    )
+    extend = result(
+        "v/extend1", "gen-v", 1, "done", action="extend", task_id="ext-1",
+        files=["images/ext-1_0.mp4"],
+    ) | {"parent": "v"}  # fmt: skip
+    write_lines(tmp_path / "results.jsonl", [video, extend])
+    page = write_gallery(tmp_path / "results.jsonl").read_text(encoding="utf-8")
+    tree = Tree(page)
+    videos = tree.find("video")
+    assert [unquote(v.attrs["src"] or "") for v in videos] == [
+        "images/gen-v_0.mp4",
+        "images/gen-v_1.mp4",
+        "images/ext-1_0.mp4",
+    ]
+    assert all("controls" in v.attrs and v.attrs["preload"] == "metadata" for v in videos)
+    assert tree.find("img") == []
+    assert tree.find("script") == []
+    (section,) = tree.find("section", "parent")
+    cards = [text(tree.inside(a, "span")[1]) for a in tree.inside(section, "article")]
+    assert cards == ["grid", "extend of video 1"]
+    assert "media-src 'self' file:" in page
+    assert {e.tag for e in tree.elements} <= ALLOWED_TAGS | {"video"}

@@ -232,8 +232,10 @@ async def test_upscale_index_is_0_based_whatever_index_base(api: MockAPI, index_
 
 
 async def test_submit_refuses_other_types(session: midvary.Session, api: MockAPI) -> None:
-    """submit() names the three request classes when given something else; 0 requests."""
-    with pytest.raises(TypeError, match="VaryRequest, GenerateRequest or UpscaleRequest"):
+    """submit() names the request classes when given something else; 0 requests."""
+    with pytest.raises(
+        TypeError, match="VaryRequest, GenerateRequest, UpscaleRequest or ExtendRequest"
+    ):
         await session.submit({"prompt": "p"})  # type: ignore[arg-type]
     assert api.count() == 0
 

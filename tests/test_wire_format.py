@@ -81,6 +81,46 @@ def test_undocumented_success_flag_is_unknown_not_final() -> None:
     assert not result.is_final
 
 
+@pytest.mark.parametrize(
+    ("flag", "status"),
+    [
+        ("1", midvary.TaskStatus.SUCCESS),
+        (" 3 ", midvary.TaskStatus.GENERATE_FAILED),
+        ("SUCCESS", midvary.TaskStatus.SUCCESS),
+        ("success", midvary.TaskStatus.SUCCESS),
+        ("PENDING", midvary.TaskStatus.GENERATING),
+        ("CREATE_TASK_FAILED", midvary.TaskStatus.CREATE_FAILED),
+        ("GENERATE_FAILED", midvary.TaskStatus.GENERATE_FAILED),
+        ("generate-audio-failed", midvary.TaskStatus.GENERATE_FAILED),
+        ("SOMETHING_NEW", midvary.TaskStatus.UNKNOWN),
+        ("yes", midvary.TaskStatus.UNKNOWN),
+    ],
+)
+def test_success_flag_as_a_string_is_decoded(flag: str, status: midvary.TaskStatus) -> None:
+    """A numeric string or a status word is its status; an unknown word is UNKNOWN, no error."""
+    found = structure_record(record(flag=1) | {"successFlag": flag})
+    assert found.status is status
+    assert len(found.image_urls) == 4  # the result is kept whatever the flag's spelling
+
+
+@pytest.mark.parametrize("flag", [4, "4", "CALLBACK_EXCEPTION"])
+def test_flag_4_with_result_urls_is_a_success(flag: object) -> None:
+    """Flag 4 ("succeeded, callback failed") with URLs is SUCCESS; without URLs not final."""
+    with_urls = structure_record(record(flag=1) | {"successFlag": flag})
+    assert with_urls.status is midvary.TaskStatus.SUCCESS
+    assert len(with_urls.image_urls) == 4
+    without = structure_record(record(flag=0) | {"successFlag": flag})
+    assert without.status is midvary.TaskStatus.UNKNOWN
+    assert not without.is_final
+
+
+def test_epoch_times_out_of_range_are_protocol_errors() -> None:
+    """An epoch beyond what a datetime holds is a ProtocolError, not an OverflowError."""
+    for value in (10**20, -(10**20), 253402300800000):
+        with pytest.raises(midvary.ProtocolError, match="out of range"):
+            structure_record(record(completeTime=value))
+
+
 def test_failure_fields() -> None:
     """ErrorCode and errorMessage come through; a numeric string code is an int."""
     result = structure_record(record(flag=3, errorCode="501"))
@@ -98,8 +138,9 @@ def test_failure_fields() -> None:
         {"successFlag": 1},
         {"taskId": "t1"},
         {"taskId": 5, "successFlag": 1},
-        record(successFlag="yes"),
+        record(successFlag=[1]),
         record(successFlag=True),
+        record(successFlag=1.0),
         record(createTime="yesterday"),
         record(createTime=[1]),
         record(flag=1, resultInfoJson="{broken"),
@@ -212,7 +253,7 @@ def test_every_wire_shape_structures_to_its_task(data: dict[str, Any]) -> None:
 @pytest.mark.parametrize(
     "data",
     [
-        record(successFlag="yes"),
+        record(successFlag=[1]),
         record(createTime="yesterday"),
         record(flag=1, resultInfoJson={"resultUrls": [{"resultUrl": 3}]}),
         record(flag=1, resultInfoJson={"resultUrls": [{"resultUrl": ""}]}),

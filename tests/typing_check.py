@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import attrs
 from aiohttp import web
 
@@ -70,7 +72,10 @@ async def fan_out(parents: list[str]) -> list[str]:
                     pass
         left: tuple[midvary.UnfinishedJob, ...] = fanout.unfinished
         del left
-        outcomes: list[midvary.JobOutcome] = await session.submit_all([session.task("t")])
+        outcomes: Sequence[midvary.JobOutcome] = await session.submit_all([session.task("t")])
+        succeeded = [o.record for o in await session.submit_all(list(requests)) if o.ok]
+        records: list[midvary.TaskRecord] = succeeded  # ok narrows: record is a TaskRecord
+        del records
         return [o.task_id or "" for o in outcomes]
 
 
@@ -100,7 +105,7 @@ def blocking(parents: list[str]) -> list[str]:
         grid = session.generate("a fox", aspect_ratio="3:2").wait()
         big = session.upscale(grid.task_id, 2).refresh()
         paths = session.download(record, "images")
-        outcomes: list[midvary.JobOutcome] = session.submit_all(
+        outcomes: Sequence[midvary.JobOutcome] = session.submit_all(
             [midvary.VaryRequest(task_id=p, image_index=0) for p in parents], concurrency=4
         )
         session.poll = attrs.evolve(session.poll, timeout=60.0)

@@ -57,9 +57,11 @@ logger = logging.getLogger(__name__)
 _HELP: Final = """\
 JOBS is a CSV file with a header row, or a JSONL file (one JSON object a line), with the
 columns task_id (the parent task) and image_index (0..3), and optionally water_mark and id.
-An action column chooses what a row does: vary (the default), upscale (same columns) or
-generate (a prompt column, optionally aspect_ratio, speed, version, task_type, and then:
-vary:all, upscale:0,2, ... joined by ';'). A generate row's children are submitted when it
+An action column chooses what a row does: vary (the default), upscale (same columns),
+extend (task_id a video task, image_index which of its videos, optionally prompt for a
+manual extend) or generate (a prompt column, optionally aspect_ratio, speed, version,
+task_type, file_urls separated by spaces, and then: vary:all, upscale:0,2, ... joined by
+';'; extend:0 for a video generate). A generate row's children are submitted when it
 succeeds, each journaled like a row, so a resume never submits one twice.
 
 Columns other than these are refused (exit 2). image_index is a whole number: digits in a

@@ -1,4 +1,4 @@
-"""What to do with a finished grid: ``--vary all``, ``--upscale 0,2``, a JOBS row's ``then``.
+"""What to do with a finished grid (``--vary all``, ``--upscale 0,2``) or video (``extend``).
 
 Shared by ``midvary generate`` and ``midvary bulk``: the text forms are parsed here into
 :class:`Step` tuples, and :func:`children` turns them into the requests of a parent task.
@@ -14,15 +14,17 @@ import attrs
 
 import midvary
 
-Action = Literal["vary", "upscale"]
+Action = Literal["vary", "upscale", "extend"]
 #: The child actions, in the order their requests are made.
-CHILD_ACTIONS: Final[tuple[Action, ...]] = ("vary", "upscale")
+CHILD_ACTIONS: Final[tuple[Action, ...]] = ("vary", "upscale", "extend")
+#: The child action of a video generate (the others are for an image grid).
+VIDEO_ACTIONS: Final[tuple[Action, ...]] = ("extend",)
 IMAGE_INDEXES: Final = (0, 1, 2, 3)
 
 
 @attrs.frozen
 class Step:
-    """One child of a grid: ``action`` of image ``image_index`` (0-based)."""
+    """One child of a grid or video: ``action`` of image (or video) ``image_index`` (0-based)."""
 
     action: Action
     image_index: int
@@ -55,10 +57,14 @@ def steps_for(action: Action, indexes: Iterable[int]) -> tuple[Step, ...]:
 
 
 def parse_then(text: str) -> tuple[Step, ...]:
-    """A ``then`` value: ``vary:all``, ``upscale:0,2``, several joined by ``;`` or spaces.
+    """A ``then`` value: ``vary:all``, ``upscale:0,2``, ``extend:0``, joined by ``;`` or spaces.
+
+    ``extend`` (an auto extend of each video named) is for a video generate row; the others
+    for an image grid (the caller checks which the row is).
 
     Raises:
-        ValueError: A part is not ``vary:INDEXES`` or ``upscale:INDEXES``.
+        ValueError: A part is not ``vary:INDEXES``, ``upscale:INDEXES`` or
+            ``extend:INDEXES``.
 
     """
     steps: list[Step] = []
@@ -69,10 +75,10 @@ def parse_then(text: str) -> tuple[Step, ...]:
         action = action.strip().lower()
         if action not in CHILD_ACTIONS or not indexes:
             raise ValueError(
-                "then takes vary:INDEXES and/or upscale:INDEXES (INDEXES: all, or 0..3 "
-                f"separated by commas), joined by ';', got {part!r}"
+                "then takes vary:INDEXES and/or upscale:INDEXES, or extend:INDEXES for a "
+                f"video (INDEXES: all, or 0..3 separated by commas), joined by ';', got {part!r}"
             )
-        kind: Action = "vary" if action == "vary" else "upscale"
+        kind: Action = next(name for name in CHILD_ACTIONS if name == action)
         steps.extend(steps_for(kind, parse_indexes(indexes, what=f"then {kind}")))
     return tuple(dict.fromkeys(steps))
 
@@ -84,8 +90,15 @@ def child_request(
     water_mark: str | None = None,
     label: str | None = None,
     key: str | None = None,
-) -> midvary.VaryRequest | midvary.UpscaleRequest:
-    """The request of ``step`` for the finished task ``parent`` (``key``: its submission key)."""
+) -> midvary.VaryRequest | midvary.UpscaleRequest | midvary.ExtendRequest:
+    """The request of ``step`` for the finished task ``parent`` (``key``: its submission key).
+
+    An ``extend`` step is an auto extend of video ``step.image_index``.
+    """
+    if step.action == "extend":
+        return midvary.ExtendRequest(
+            parent, step.image_index, water_mark=water_mark, id=label, key=key
+        )
     cls = midvary.VaryRequest if step.action == "vary" else midvary.UpscaleRequest
     return cls(
         task_id=parent, image_index=step.image_index, water_mark=water_mark, id=label, key=key
@@ -93,9 +106,11 @@ def child_request(
 
 
 def action_of(request: object) -> str:
-    """``generate``, ``vary`` or ``upscale``: what kind of request ``request`` is."""
+    """``generate``, ``vary``, ``upscale`` or ``extend``: what kind of request ``request`` is."""
     if isinstance(request, midvary.GenerateRequest):
         return "generate"
+    if isinstance(request, midvary.ExtendRequest):
+        return "extend"
     if isinstance(request, midvary.UpscaleRequest):
         return "upscale"
     return "vary"

@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -165,7 +166,7 @@ def _report(
     args: argparse.Namespace,
     grid: midvary.TaskRecord,
     files: tuple[Path, ...],
-    outcomes: list[midvary.JobOutcome],
+    outcomes: Sequence[midvary.JobOutcome],
 ) -> None:
     children = [_child_json(outcome) for outcome in outcomes]
     if args.json:

@@ -8,11 +8,14 @@ one is run and warned about with both line numbers. Each valid row becomes a
 occurrence number among identical rows, see :mod:`midvary._cli.journal`).
 
 A row's ``action`` is ``vary`` (the default: ``task_id``, ``image_index``), ``upscale``
-(the same columns) or ``generate`` (``prompt`` and optionally ``aspect_ratio``, ``speed``,
-``version``, ``task_type``, ``water_mark``, ``then``). A generate row's ``then``
-(``vary:all``, ``upscale:0,2``, several joined by ``;``) adds its children: one
-:class:`BulkJob` each, right after it, keyed ``<parent key>/<action><index>``, whose request
-is made once the parent's task id is known.
+(the same columns), ``extend`` (``task_id`` a video task, ``image_index`` which of its
+videos, optionally ``prompt`` for a manual extend and ``task_type``) or ``generate``
+(``prompt`` and optionally ``aspect_ratio``, ``speed``, ``version``, ``task_type``,
+``water_mark``, ``file_urls``: a JSON list, or URLs separated by spaces in CSV, ``then``).
+A generate row's ``then`` (``vary:all``, ``upscale:0,2``, or for a video generate
+``extend:0``, several joined by ``;``) adds its children: one :class:`BulkJob` each, right
+after it, keyed ``<parent key>/<action><index>``, whose request is made once the parent's
+task id is known.
 
 ``image_index`` is a whole number 0..3: in a CSV file, digits (``2``); in JSONL, a JSON
 integer (``2``), never a string (``"2"``) or a float (``2.0``).
@@ -33,10 +36,14 @@ import attrs
 import midvary
 
 from ._kit import UsageError
-from .chain import Step, child_request, parse_then
+from .chain import VIDEO_ACTIONS, Step, child_request, parse_then
 
-Request = midvary.VaryRequest | midvary.GenerateRequest | midvary.UpscaleRequest
-ACTIONS: Final = ("vary", "generate", "upscale")
+Request = (
+    midvary.VaryRequest | midvary.GenerateRequest | midvary.UpscaleRequest | midvary.ExtendRequest
+)
+ACTIONS: Final = ("vary", "generate", "upscale", "extend")
+#: The generate task types that make videos (whose children are extends).
+VIDEO_TASK_TYPES: Final = ("mj_video", "mj_video_hd")
 #: The optional generate columns, passed to GenerateRequest as they are.
 GENERATE_COLUMNS: Final = ("task_type", "speed", "aspect_ratio", "version", "water_mark")
 
@@ -54,6 +61,7 @@ COLUMNS: Final = (
     "speed",
     "aspect_ratio",
     "version",
+    "file_urls",
 )
 
 
@@ -82,7 +90,7 @@ class BulkJob:
 
     def request_for(
         self, parent_task_id: str, *, key: str | None = None
-    ) -> midvary.VaryRequest | midvary.UpscaleRequest:
+    ) -> midvary.VaryRequest | midvary.UpscaleRequest | midvary.ExtendRequest:
         """A child's request, once its parent task ``parent_task_id`` succeeded.
 
         ``key`` is its submission key (``None``: none).
@@ -252,16 +260,35 @@ def _request(row: object, *, jsonl: bool) -> tuple[Request, tuple[Step, ...]]:
     request = midvary.GenerateRequest(
         prompt=row.get("prompt") or "",
         **{name: value for name, value in columns.items() if value is not None},
+        file_urls=_file_urls(row.get("file_urls")),
         id=str(job_id).strip() if job_id not in (None, "") else None,
     )
-    return request, parse_then(then) if isinstance(then, str) else ()
+    steps = parse_then(then) if isinstance(then, str) else ()
+    video = request.task_type in VIDEO_TASK_TYPES
+    for step in steps:
+        if (step.action in VIDEO_ACTIONS) != video:
+            raise ValueError(
+                f"then {step.action} is for "
+                + ("an image grid: this row makes videos (then extend:INDEXES)" if video else
+                   "a video generate row (task_type mj_video or mj_video_hd)")
+            )  # fmt: skip
+    return request, steps
+
+
+def _file_urls(value: object) -> Any:
+    """A generate row's ``file_urls``: a JSON list, or URLs separated by spaces (CSV)."""
+    if isinstance(value, str):
+        return value.split() or None
+    return value
 
 
 def _child_row(
     row: dict[str, Any], action: str, *, jsonl: bool
-) -> midvary.VaryRequest | midvary.UpscaleRequest:
-    for name in ("prompt", *GENERATE_COLUMNS):
-        if name != "water_mark" and _text(row, name) is not None:
+) -> midvary.VaryRequest | midvary.UpscaleRequest | midvary.ExtendRequest:
+    # An extend takes a prompt (manual) and its own task_type; vary and upscale take neither.
+    allowed = ("water_mark", "prompt", "task_type") if action == "extend" else ("water_mark",)
+    for name in ("prompt", "file_urls", *GENERATE_COLUMNS):
+        if name not in allowed and _text(row, name) is not None:
             # Sent nowhere: a vary or upscale makes no use of it, so it is a mistake.
             raise ValueError(f"{name} is only for generate rows, not {action}")
     task_id = row.get("task_id")
@@ -271,6 +298,15 @@ def _child_row(
     water_mark = row.get("water_mark") or None
     job_id = row.get("id")
     job_id = str(job_id).strip() if job_id not in (None, "") else None
+    if action == "extend":
+        return midvary.ExtendRequest(
+            task_id.strip() if isinstance(task_id, str) else task_id,
+            index,
+            prompt=_text(row, "prompt"),
+            task_type=_text(row, "task_type"),
+            water_mark=water_mark,
+            id=job_id,
+        )
     cls = midvary.UpscaleRequest if action == "upscale" else midvary.VaryRequest
     return cls(
         task_id=task_id.strip() if isinstance(task_id, str) else task_id,
@@ -362,5 +398,12 @@ def _content(request: Request) -> str:
         return _hash([request.task_id, request.image_index, request.water_mark])
     if isinstance(request, midvary.UpscaleRequest):
         return _hash(["upscale", request.task_id, request.image_index, request.water_mark])
+    if isinstance(request, midvary.ExtendRequest):
+        return _hash(
+            ["extend", request.task_id, request.index, request.task_type, request.prompt,
+             request.water_mark]
+        )  # fmt: skip
     fields = {name: getattr(request, name) for name in ("prompt", *GENERATE_COLUMNS)}
+    if request.file_urls:  # only then: the hash of a row without it stays what it was
+        fields["file_urls"] = list(request.file_urls)
     return _hash(["generate", fields])

@@ -98,7 +98,8 @@ def result_line(
         if sent is not None
         else (job.step.action if job.step else "vary"),
         "parent_task_id": getattr(sent, "task_id", None),
-        "image_index": getattr(sent, "image_index", None),
+        # An extend's video index goes where a vary's image index does.
+        "image_index": getattr(sent, "image_index", getattr(sent, "index", None)),
         "water_mark": getattr(sent, "water_mark", None),
         "status": ending.value,
         "task_id": task_id,
@@ -106,7 +107,7 @@ def result_line(
         "files": [str(path) for path in paths],
         "error": midvary.to_json_dict(error) if error is not None else None,
     }
-    if isinstance(sent, midvary.GenerateRequest):
+    if isinstance(sent, midvary.GenerateRequest | midvary.ExtendRequest) and sent.prompt:
         data["prompt"] = sent.prompt
     if job.parent is not None:
         data["parent"] = job.parent

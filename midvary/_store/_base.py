@@ -11,6 +11,7 @@ A store keeps two things per *namespace* (one account, see :func:`account_namesp
                          |  '--(lease expired before sending: the next claim takes it over)
                          '--release (certain refusal, nothing accepted) --> (none)
       sending whose holder stopped renewing --(next claim)--> uncertain (never re-sent)
+      done: only the fingerprint, the task id and the expiry are kept (no request)
       forget(key) --> (none), from any state: the one way to re-send an uncertain key
 
 - **The account's submission window** (the fleet-wide limiter): slots in flight (each with a
@@ -267,6 +268,8 @@ def new_epoch() -> str:
 
 def conflict(key: str, stored_request: str) -> KeyConflictError:
     """The KeyConflictError for ``key``, quoting (a prefix of) the stored request."""
+    if not stored_request:
+        return KeyConflictError(key, "stored request: not kept once its task was done")
     shown = stored_request if len(stored_request) <= 200 else stored_request[:200] + "..."
     return KeyConflictError(key, f"stored request: {shown}")
 

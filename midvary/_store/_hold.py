@@ -216,6 +216,15 @@ class Hold:
                 on_wait(wait)
             await asyncio.sleep(wait)
 
+    def _end_slot(self) -> str | None:
+        """The slot to end with the key's next step (forgotten here), or ``None``.
+
+        Without a rate the slot request only let the claim mark the key sending: no slot
+        was taken, and none is ended (it would leave a stamp that nothing ever tidies).
+        """
+        slot_id, self.slot_id = self.slot_id, None
+        return slot_id if self._rate is not None else None
+
     def _slot(self) -> SlotRequest:
         assert self.slot_id is not None  # noqa: S101 - set by new_slot
         return SlotRequest(slot_id=self.slot_id, rate=self._rate, lease_s=self._slot_lease_s)
@@ -232,7 +241,7 @@ class Hold:
         """
         self._check_claimed()
         self.settled = True
-        slot_id, self.slot_id = self.slot_id, None
+        slot_id = self._end_slot()
         return await self.store.record_task(
             self.namespace, self.key, holder=self.holder, task_id=task_id, slot_id=slot_id
         )
@@ -241,13 +250,13 @@ class Hold:
         """Certainly refused (4xx, budget spent, never sent): release the key, refund the slot."""
         self._check_claimed()
         self.settled = True
-        slot_id, self.slot_id = self.slot_id, None
+        slot_id = self._end_slot()
         await self.store.release(self.namespace, self.key, holder=self.holder, slot_id=slot_id)
 
     async def retrying(self) -> None:
         """Refused with 429/455 and to be retried: back to claimed, slot refunded."""
         self._check_claimed()
-        slot_id, self.slot_id = self.slot_id, None
+        slot_id = self._end_slot()
         self.sending = False
         if not await self.store.unsend(
             self.namespace, self.key, holder=self.holder, slot_id=slot_id
@@ -258,7 +267,7 @@ class Hold:
         """The answer was lost: the key becomes uncertain (its slot keeps its stamp)."""
         self._check_claimed()
         self.settled = True
-        slot_id, self.slot_id = self.slot_id, None
+        slot_id = self._end_slot()
         await self.store.mark_uncertain(
             self.namespace, self.key, holder=self.holder, slot_id=slot_id
         )

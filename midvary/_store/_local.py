@@ -63,7 +63,10 @@ class Tx(Protocol):
         """Delete the key's record; whether it existed."""
 
     def keys(self, namespace: str | None) -> list[tuple[str, str, KeyRecord]]:
-        """Every (namespace, key, record), in one namespace or all."""
+        """Every (namespace, key, record), in one namespace or all; done keys may be left out."""
+
+    def namespaces(self) -> list[str]:
+        """Every namespace that holds keys."""
 
     def get_window(self, namespace: str) -> Window:
         """The namespace's window (a new one if absent)."""
@@ -228,6 +231,7 @@ class LocalStore(Store):
                 return False
             record.state = "submitted"
             record.task_id = task_id
+            record.holder, record.lease_until = "", 0.0  # nobody holds it any more
             record.expires_at = tx.now + self.key_ttl
             tx.put_key(namespace, key, record)
             return True
@@ -290,7 +294,8 @@ class LocalStore(Store):
             record = self._record(tx, namespace, key)
             if record is None or record.task_id != task_id:
                 return False
-            record.state = "done"
+            # A done key needs only its fingerprint and task id (and its expiry).
+            record.state, record.request, record.holder, record.lease_until = "done", "", "", 0.0
             tx.put_key(namespace, key, record)
             return True
 
@@ -316,9 +321,8 @@ class LocalStore(Store):
 
         def run(tx: Tx) -> bool:
             found = False
-            for ns, stored, _ in tx.keys(namespace):
-                if stored == key:
-                    found = tx.delete_key(ns, key) or found
+            for ns in [namespace] if namespace is not None else tx.namespaces():
+                found = tx.delete_key(ns, key) or found
             return found
 
         return await self._transact(f"forgetting key {key!r}", run)

@@ -10,10 +10,15 @@ Redis keys, all under one ``{namespace}`` hash tag so that a cluster keeps them 
 
 - ``marker``: the namespace's marker (a random string; a missing or changed one means the
   server lost its data);
-- ``record``: a submission key's record, a string holding a JSON array. While the key is
-  unfinished: ``[state, fingerprint, task id, holder, lease end, request]``; once done,
-  only ``["done", fingerprint, task id]``. A record written by midvary 0.x as a hash
-  (fields fp, rq, st, h, lu, tid) is read as well and rewritten as a string when changed;
+- ``record``: an unfinished submission key's record, a string holding the JSON array
+  ``[state, fingerprint, task id, holder, lease end, request]``, expiring with the key. A
+  record written by midvary 0.x as a hash (fields fp, rq, st, h, lu, tid) is read as well
+  and rewritten as a string when it changes;
+- ``done``: one hash of the namespace's done keys, key -> ``"<expiry> <fingerprint> <task
+  id>"`` (expiry in hex seconds, the fingerprint's first 16 hex digits): all a finished key
+  needs, without a Redis key, request and expiry entry of its own. Each key expires by its
+  own time, checked when it is read; every move to done also drops the expired ones among a
+  few random fields, and the hash expires once its last key would;
 - ``win``: the window's hash (a allowance, g grown at, p paused until); ``stamps``: a
   sorted set (slot id -> stamp); ``flight``: a sorted set (slot id -> lease end).
 
@@ -112,12 +117,14 @@ local function take_slot(sid, count, window, lease)
 end
 """
 
-#: What every key operation starts with. KEYS: 1 marker, 2 record, 3-5 the window.
-#: ARGV: 1 the marker this process saw ('' = none yet), 2 a fresh marker; then the op's.
+#: What every key operation starts with. KEYS: 1 marker, 2 record, 3 done, 4-6 the window.
+#: ARGV: 1 the marker this process saw ('' = none yet), 2 a fresh marker, 3 the key; then
+#: the operation's own.
 KEYS: Final = (
     r"""
-local MARKER, RECORD = KEYS[1], KEYS[2]
-local W, STAMPS, FLIGHT = KEYS[3], KEYS[4], KEYS[5]
+local MARKER, RECORD, DONE = KEYS[1], KEYS[2], KEYS[3]
+local W, STAMPS, FLIGHT = KEYS[4], KEYS[5], KEYS[6]
+local KEY = ARGV[3]
 """
     + WINDOW
     + r"""
@@ -130,10 +137,25 @@ elseif ARGV[1] ~= '' and ARGV[1] ~= epoch then
   return {'lost', '', ''}
 end
 
--- The record as {st, fp, tid, h, lu, rq} (nil when absent), from either encoding.
+-- A done entry: its expiry (hex seconds), the first FP_KEPT characters of its fingerprint
+-- (hex: no space; 64 bits tell two requests apart) and its task id.
+local DONE_ENTRY = '^(%x+) (%S*) (.*)$'
+local FP_KEPT = 16
+
+-- The key as {st, fp, tid, h, lu, rq} (nil when absent): its record in either encoding,
+-- or its entry in the done hash.
 local function load()
   local kind = redis.call('TYPE', RECORD).ok
-  if kind == 'none' then return nil end
+  if kind == 'none' then
+    local entry = redis.call('HGET', DONE, KEY)
+    if not entry then return nil end
+    local expires, fp, tid = string.match(entry, DONE_ENTRY)
+    if tonumber(expires, 16) <= now then
+      redis.call('HDEL', DONE, KEY)
+      return nil
+    end
+    return {st = 'done', fp = fp, tid = tid, h = '', lu = '0', rq = '', filed = true}
+  end
   if kind == 'hash' then
     local h = redis.call('HGETALL', RECORD)
     local r = {}
@@ -146,15 +168,34 @@ local function load()
     rq = v[6] or 'null'}
 end
 
--- Write the record: a done key keeps only its fingerprint and task id. ttl_ms nil keeps
--- the key's expiry.
-local function save(r, ttl_ms)
-  local v
-  if r.st == 'done' then
-    v = cjson.encode({'done', r.fp, r.tid})
-  else
-    v = cjson.encode({r.st, r.fp, r.tid, r.h, r.lu, r.rq})
+-- A done key moves to the done hash with its expiry; a few random fields of the hash are
+-- looked at and the expired ones dropped, so the hash sheds them as fast as it grows.
+local function file_done(r, ttl_ms)
+  local left = redis.call('PTTL', RECORD)
+  if left < 0 then left = tonumber(ttl_ms) end
+  local expires = now + math.max(left, 0) / 1000
+  redis.call('DEL', RECORD)
+  local entry = string.format('%x %s %s', math.ceil(expires), string.sub(r.fp, 1, FP_KEPT), r.tid)
+  redis.call('HSET', DONE, KEY, entry)
+  local some = redis.call('HRANDFIELD', DONE, 8, 'WITHVALUES')
+  for i = 1, #some, 2 do
+    if tonumber(string.match(some[i + 1], DONE_ENTRY), 16) <= now then
+      redis.call('HDEL', DONE, some[i])
+    end
   end
+  if redis.call('PTTL', DONE) < (expires - now) * 1000 then
+    redis.call('PEXPIREAT', DONE, math.ceil(expires * 1000))
+  end
+end
+
+-- Write the key: a done one is filed (once: its record's expiry, else ttl_ms); else
+-- ttl_ms nil keeps the record's expiry.
+local function save(r, ttl_ms)
+  if r.st == 'done' then
+    if not r.filed then file_done(r, ttl_ms) end
+    return
+  end
+  local v = cjson.encode({r.st, r.fp, r.tid, r.h, r.lu, r.rq})
   if ttl_ms then
     redis.call('SET', RECORD, v, 'PX', ttl_ms)
   else
@@ -176,7 +217,7 @@ def _window_op(body: str) -> str:
 
 
 def _key_op(body: str) -> str:
-    """A key operation: KEYS 1 marker, 2 record, 3-5 the window; ARGV 1-2 the markers."""
+    """A key operation: KEYS 1 marker, 2 record, 3 done, 4-6 the window (see :data:`KEYS`)."""
     return KEYS + body
 
 
@@ -213,9 +254,9 @@ local count, window = tonumber(ARGV[1]), tonumber(ARGV[2])
 return tostring(tidy(count, window))
 """),
     "claim": _key_op(r"""
-local holder, lease, ttl_ms = ARGV[3], tonumber(ARGV[4]), ARGV[5]
-local fingerprint, request = ARGV[6], ARGV[7]
-local slot_id, count, window, slot_lease = ARGV[8], ARGV[9], ARGV[10], ARGV[11]
+local holder, lease, ttl_ms = ARGV[4], tonumber(ARGV[5]), ARGV[6]
+local fingerprint, request = ARGV[7], ARGV[8]
+local slot_id, count, window, slot_lease = ARGV[9], ARGV[10], ARGV[11], ARGV[12]
 local lease_until = f(now + lease)
 
 local function claimed(ttl)
@@ -234,7 +275,9 @@ if not rec then
     rq = request}
   return claimed(ttl_ms)
 end
-if rec.fp ~= fingerprint then return {'conflict', epoch, rec.rq} end
+if rec.fp ~= (rec.filed and string.sub(fingerprint, 1, FP_KEPT) or fingerprint) then
+  return {'conflict', epoch, rec.rq}
+end
 if rec.st == 'submitted' or rec.st == 'done' then return {'known', epoch, rec.tid} end
 if rec.st == 'uncertain' then return {'uncertain', epoch, ''} end
 if rec.h == holder then
@@ -255,8 +298,8 @@ end
 return claimed(nil)
 """),
     "send": _key_op(r"""
-local holder, lease = ARGV[3], tonumber(ARGV[4])
-local slot_id, count, window, slot_lease = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local holder, lease = ARGV[4], tonumber(ARGV[5])
+local slot_id, count, window, slot_lease = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
 if not held(holder) then return {'lost', epoch, 'claim'} end
 rec.lu = f(now + lease)
 local wait = take_slot(slot_id, count, window, slot_lease)
@@ -265,14 +308,14 @@ save(rec)
 return {'ok', epoch, f(wait)}
 """),
     "renew": _key_op(r"""
-local holder, lease = ARGV[3], tonumber(ARGV[4])
+local holder, lease = ARGV[4], tonumber(ARGV[5])
 if not held(holder) then return {'ok', epoch, '0'} end
 rec.lu = f(now + lease)
 save(rec)
 return {'ok', epoch, '1'}
 """),
     "task": _key_op(r"""
-local holder, task_id, ttl_ms, slot_id = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local holder, task_id, ttl_ms, slot_id = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 end_slot(slot_id, false)
 if not rec then return {'ok', epoch, '0'} end
 if rec.st == 'submitted' or rec.st == 'done' then
@@ -284,14 +327,14 @@ save(rec, ttl_ms)
 return {'ok', epoch, '1'}
 """),
     "release": _key_op(r"""
-local holder, slot_id = ARGV[3], ARGV[4]
+local holder, slot_id = ARGV[4], ARGV[5]
 end_slot(slot_id, true)
 if not held(holder) then return {'ok', epoch, '0'} end
 redis.call('DEL', RECORD)
 return {'ok', epoch, '1'}
 """),
     "unsend": _key_op(r"""
-local holder, slot_id = ARGV[3], ARGV[4]
+local holder, slot_id = ARGV[4], ARGV[5]
 end_slot(slot_id, true)
 if not held(holder) then return {'ok', epoch, '0'} end
 rec.st = 'claimed'
@@ -299,7 +342,7 @@ save(rec)
 return {'ok', epoch, '1'}
 """),
     "uncertain": _key_op(r"""
-local holder, slot_id = ARGV[3], ARGV[4]
+local holder, slot_id = ARGV[4], ARGV[5]
 end_slot(slot_id, false)
 if not held(holder) then return {'ok', epoch, '0'} end
 rec.st = 'uncertain'
@@ -307,10 +350,10 @@ save(rec)
 return {'ok', epoch, '1'}
 """),
     "done": _key_op(r"""
-local task_id = ARGV[3]
+local task_id, ttl_ms = ARGV[4], ARGV[5]
 if not rec or rec.tid ~= task_id then return {'ok', epoch, '0'} end
 rec.st = 'done'
-save(rec)
+save(rec, ttl_ms)
 return {'ok', epoch, '1'}
 """),
 }

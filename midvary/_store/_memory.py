@@ -58,6 +58,9 @@ class _MemoryTx:
             if namespace in (None, ns)
         ]
 
+    def namespaces(self) -> list[str]:
+        return sorted({ns for ns, _ in self._store._keys})
+
     def get_window(self, namespace: str) -> Window:
         return self._store._windows.setdefault(namespace, Window())
 

@@ -64,6 +64,11 @@ def record_name(namespace: str, key: str) -> str:
     return f"{PREFIX}{namespace}}}:k:{key}"
 
 
+def done_name(namespace: str) -> str:
+    """The Redis key of ``namespace``'s done keys (a hash: key -> expiry, fingerprint, task)."""
+    return f"{PREFIX}{namespace}}}:done"
+
+
 def window_names(namespace: str) -> list[str]:
     """The Redis keys of ``namespace``'s window: its hash, stamps and slots in flight."""
     base = f"{PREFIX}{namespace}}}:"
@@ -262,8 +267,13 @@ class RedisStore(Store, TokenStore):
         """Run a key operation; (status, value) once the namespace's marker is checked."""
         seen = self._markers.get(namespace)
         markers = [seen, ""] if seen is not None else ["", new_epoch()]
-        keys = [marker_name(namespace), record_name(namespace, key), *window_names(namespace)]
-        status, epoch, value = map(_text, await self._run(what, op, keys, [*markers, *args]))
+        keys = [
+            marker_name(namespace),
+            record_name(namespace, key),
+            done_name(namespace),
+            *window_names(namespace),
+        ]
+        status, epoch, value = map(_text, await self._run(what, op, keys, [*markers, key, *args]))
         if status == "lost" and not value:
             raise lost_data_error(namespace)
         if epoch:
@@ -358,7 +368,9 @@ class RedisStore(Store, TokenStore):
 
     async def mark_done(self, namespace: str, key: str, *, task_id: str) -> bool:
         """See :meth:`Store.mark_done`."""
-        _, value = await self._key(f"marking key {key!r} done", "done", namespace, key, task_id)
+        _, value = await self._key(
+            f"marking key {key!r} done", "done", namespace, key, task_id, self._ttl_ms()
+        )
         return value == "1"
 
     async def _scan(self, what: str, pattern: str) -> list[str]:
@@ -414,10 +426,14 @@ class RedisStore(Store, TokenStore):
             namespaces = [name[len(PREFIX) : -len("}:epoch")] for name in markers]
         client = self._open_client(what)
         try:
-            names = [record_name(ns, key) for ns in namespaces]
-            return bool(names) and int(await client.delete(*names)) > 0
+            async with client.pipeline(transaction=False) as pipe:
+                for ns in namespaces:
+                    pipe.delete(record_name(ns, key))
+                    pipe.hdel(done_name(ns), key)
+                deleted = await pipe.execute()
         except self._failures as exc:
             raise self._error(what, exc) from exc
+        return any(int(count) > 0 for count in deleted)
 
     async def acquire_slot(
         self, namespace: str, *, rate: tuple[int, float], slot_id: str, lease_s: float

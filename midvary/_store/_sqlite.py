@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
+import math
 import os
 import sqlite3
 import time
@@ -41,11 +42,22 @@ CREATE TABLE IF NOT EXISTS midvary_keys (
     state TEXT NOT NULL, holder TEXT NOT NULL, lease_until REAL NOT NULL, task_id TEXT,
     expires_at REAL NOT NULL, PRIMARY KEY (ns, key)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS midvary_done (
+    ns TEXT NOT NULL, key TEXT NOT NULL, fingerprint TEXT NOT NULL, task_id TEXT NOT NULL,
+    expires_at REAL NOT NULL, PRIMARY KEY (ns, key)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS midvary_windows (ns TEXT PRIMARY KEY, state TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS midvary_epochs (ns TEXT PRIMARY KEY, epoch TEXT NOT NULL);
 """
 
 _COLUMNS = "fingerprint, request, state, holder, lease_until, task_id, expires_at"
+# Keys done by an earlier version, kept whole in midvary_keys, move to midvary_done.
+_MOVE_DONE = """
+INSERT OR REPLACE INTO midvary_done
+    SELECT ns, key, fingerprint, task_id, expires_at FROM midvary_keys
+    WHERE state = 'done' AND task_id IS NOT NULL;
+DELETE FROM midvary_keys WHERE state = 'done';
+"""
 
 
 class _SQLiteTx:
@@ -73,9 +85,37 @@ class _SQLiteTx:
             f"SELECT {_COLUMNS} FROM midvary_keys WHERE ns = ? AND key = ?",  # noqa: S608
             (namespace, key),
         ).fetchone()
-        return _record(row) if row is not None else None
+        if row is not None:
+            return _record(row)
+        done = self._conn.execute(
+            "SELECT fingerprint, task_id, expires_at FROM midvary_done WHERE ns = ? AND key = ?",
+            (namespace, key),
+        ).fetchone()
+        if done is None:
+            return None
+        fingerprint, task_id, expires_at = done
+        return KeyRecord(
+            fingerprint=str(fingerprint),
+            request="",
+            state="done",
+            holder="",
+            lease_until=0.0,
+            task_id=str(task_id),
+            expires_at=float(expires_at),
+        )
 
     def put_key(self, namespace: str, key: str, record: KeyRecord) -> None:
+        if record.state == "done":
+            # A done key's own table holds only what it needs: a fifth of a key's row.
+            self._conn.execute(
+                "DELETE FROM midvary_keys WHERE ns = ? AND key = ?", (namespace, key)
+            )
+            self._conn.execute(
+                "INSERT OR REPLACE INTO midvary_done VALUES (?, ?, ?, ?, ?)",
+                # Whole seconds (rounded up) are stored in fewer bytes.
+                (namespace, key, record.fingerprint, record.task_id, math.ceil(record.expires_at)),
+            )
+            return
         self._conn.execute(
             "INSERT OR REPLACE INTO midvary_keys VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
@@ -92,10 +132,20 @@ class _SQLiteTx:
         )
 
     def delete_key(self, namespace: str, key: str) -> bool:
-        cursor = self._conn.execute(
-            "DELETE FROM midvary_keys WHERE ns = ? AND key = ?", (namespace, key)
-        )
-        return cursor.rowcount > 0
+        deleted = 0
+        for table in ("midvary_keys", "midvary_done"):
+            cursor = self._conn.execute(
+                f"DELETE FROM {table} WHERE ns = ? AND key = ?",  # noqa: S608
+                (namespace, key),
+            )
+            deleted += cursor.rowcount
+        return deleted > 0
+
+    def namespaces(self) -> list[str]:
+        rows = self._conn.execute(
+            "SELECT ns FROM midvary_keys UNION SELECT ns FROM midvary_done"
+        ).fetchall()
+        return [str(row[0]) for row in rows]
 
     def keys(self, namespace: str | None) -> list[tuple[str, str, KeyRecord]]:
         rows = self._conn.execute(
@@ -225,8 +275,12 @@ class SQLiteStore(LocalStore):
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
-            conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
-            conn.execute("DELETE FROM midvary_keys WHERE expires_at <= ?", (time.time(),))
+            conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA + _MOVE_DONE + "COMMIT;")
+            for table in ("midvary_keys", "midvary_done"):
+                conn.execute(
+                    f"DELETE FROM {table} WHERE expires_at <= ?",  # noqa: S608
+                    (time.time(),),
+                )
         except BaseException:
             conn.close()  # and with it any transaction the script left open
             raise

@@ -7,6 +7,7 @@ import collections
 import hmac
 import random
 import re
+import secrets
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,9 +18,14 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from ._callbacks import CallbackScheduler
 from ._images import mp4_bytes, png_bytes
 from ._settings import Endpoint, FakeSettings, FaultKind
-from ._state import SubmitParams, SuccessFlag, TaskStore
+from ._state import SubmitParams, SuccessFlag, TaskStore, TimeStyle
 from ._stats import FakeStats
-from ._submit import parse_generate_body, parse_upscale_body, parse_vary_body
+from ._submit import (
+    parse_extend_body,
+    parse_generate_body,
+    parse_upscale_body,
+    parse_vary_body,
+)
 from ._wire import (
     Rejection,
     close_connection,
@@ -32,11 +38,22 @@ from ._wire import (
 SUBMIT_PATH = "/api/v1/mj/generateVary"
 GENERATE_PATH = "/api/v1/mj/generate"
 UPSCALE_PATH = "/api/v1/mj/generateUpscale"
+EXTEND_PATH = "/api/v1/mj/generateVideoExtend"
 RECORD_INFO_PATH = "/api/v1/mj/record-info"
 CREDIT_PATH = "/api/v1/chat/credit"
+DOWNLOAD_URL_PATH = "/api/v1/common/download-url"
+#: Seconds a temporary download link stays valid (the provider's 20 minutes).
+LINK_LIFETIME = 20 * 60.0
 #: What the credit endpoint reports for an account with unlimited credits (``credits=None``),
 #: less one per task created: a balance that is never refused yet still shows the spend.
 UNLIMITED_BALANCE = 1_000_000_000
+#: The time style of the parents the fake did not create, per ``time_format``.
+_PARENT_TIME_STYLES: dict[str, TimeStyle] = {
+    "iso": "iso_z",
+    "mixed": "iso_z",
+    "epoch_ms": "epoch_ms",
+    "plain": "plain",
+}
 _RESULT_NAME = re.compile(r"(?P<task_id>.+)_(?P<index>[0-9])\.(?P<media>png|mp4)")
 
 
@@ -49,7 +66,7 @@ class Account:
         credits_left: Credits left; ``None`` means unlimited.
         maintenance: The ``set_maintenance`` switch.
         recent_submissions: Per key, clock readings of accepted submissions still in the
-            ``submit_limit`` window (one window for all three submission endpoints).
+            ``submit_limit`` window (one window for all the submission endpoints).
     """
 
     api_key: str
@@ -89,15 +106,19 @@ class ProviderApps:
         self._callbacks = callbacks
         #: The headers of every request the result CDN received, oldest first.
         self.result_headers: list[CIMultiDictProxy[str]] = []
+        # Temporary download links handed out: token -> (file name, clock reading it ends).
+        self._links: dict[str, tuple[str, float]] = {}
 
     def api_app(self, extra_routes: Sequence[web.RouteDef] = ()) -> web.Application:
-        """The API: the three submission endpoints, record-info, and ``extra_routes``."""
+        """The API: the submission endpoints, record-info, and ``extra_routes``."""
         app = web.Application(middlewares=[_envelope_for_http_errors])
         app.router.add_post(SUBMIT_PATH, self._handle_vary)
         app.router.add_post(GENERATE_PATH, self._handle_generate)
         app.router.add_post(UPSCALE_PATH, self._handle_upscale)
+        app.router.add_post(EXTEND_PATH, self._handle_extend)
         app.router.add_get(RECORD_INFO_PATH, self._handle_record_info)
         app.router.add_get(CREDIT_PATH, self._handle_credit)
+        app.router.add_post(DOWNLOAD_URL_PATH, self._handle_download_url)
         app.router.add_routes(extra_routes)
         return app
 
@@ -110,12 +131,14 @@ class ProviderApps:
         http_status: int | None = None,
     ) -> web.Response:
         self._stats.codes[code] += 1
+        settings = self._settings()
         return envelope(
             code,
             msg,
             data,
-            mirror=self._settings().mirror_http_status,
+            mirror=settings.mirror_http_status,
             http_status=http_status,
+            message_key=settings.message_key,
         )
 
     def _reject(self, rejection: Rejection) -> web.Response:
@@ -128,6 +151,11 @@ class ProviderApps:
         """Count, delay and maybe spoil a request; a fault's answer ends the request."""
         self._stats.requests[endpoint] += 1
         settings = self._settings()
+        if endpoint in settings.unserved_endpoints:
+            # A host without this endpoint: its web server's bare answer, no envelope.
+            status = settings.unserved_status
+            text = "404 page not found" if status == 404 else "405 method not allowed"
+            return web.Response(status=status, text=text)
         latency = settings.latency
         if isinstance(latency, tuple):
             latency = self._rng.uniform(*latency)
@@ -174,6 +202,9 @@ class ProviderApps:
 
     async def _handle_upscale(self, request: web.Request) -> web.Response:
         return await self._submission("upscale", request, parse_upscale_body)
+
+    async def _handle_extend(self, request: web.Request) -> web.Response:
+        return await self._submission("extend", request, parse_extend_body)
 
     async def _submission(
         self,
@@ -227,7 +258,15 @@ class ProviderApps:
         settings = self._settings()
         params = parse(body)
         now = self._clock()
-        if params.parent_task_id is not None and params.image_index is not None:
+        if params.kind == "extend":
+            assert params.parent_task_id is not None  # noqa: S101 - the parser requires it
+            assert params.image_index is not None  # noqa: S101
+            refusal = self._store.video_parent_refusal(
+                params.parent_task_id, params.image_index, now
+            )
+            if refusal is not None:
+                raise Rejection(422, refusal)
+        elif params.parent_task_id is not None and params.image_index is not None:
             offset = settings.index_base if params.kind == "vary" else 0
             refusal = self._store.parent_refusal(
                 params.parent_task_id,
@@ -288,6 +327,35 @@ class ProviderApps:
             left = max(UNLIMITED_BALANCE - self._stats.tasks_created, 0)
         return self._answer(200, "success", left)
 
+    async def _handle_download_url(self, request: web.Request) -> web.Response:
+        """``POST /api/v1/common/download-url``: a temporary link (20 min) to a result file."""
+        spoiled = await self._before("download-url", request)
+        if spoiled is not None:
+            return spoiled
+        try:
+            self._check_access(request)
+            name = await self._linked_file(request)
+        except Rejection as rejection:
+            return self._reject(rejection)
+        token = secrets.token_urlsafe(16)
+        self._links[token] = (name, self._clock() + LINK_LIFETIME)
+        return self._answer(200, "success", f"{self._results_base()}/results/{name}?token={token}")
+
+    async def _linked_file(self, request: web.Request) -> str:
+        """The result file name a download-url body's ``url`` names (or the refusal)."""
+        try:
+            body = await request.json()
+        except ValueError:
+            raise Rejection(400, "the request body is not valid JSON") from None
+        url = body.get("url") if isinstance(body, dict) else None
+        if not isinstance(url, str) or not url:
+            raise Rejection(400, "url is required")
+        prefix = f"{self._results_base()}/results/"
+        name = url.removeprefix(prefix).partition("?")[0]
+        if not url.startswith(prefix) or not self._result_exists(name):
+            raise Rejection(422, "url is not a result file of this account")
+        return name
+
     def _record_answer(self, task_id: str) -> web.Response:
         settings = self._settings()
         now = self._clock()
@@ -307,6 +375,8 @@ class ProviderApps:
             wall=self._wall,
             results_base=self._results_base(),
             result_info_as_string=settings.result_info_as_string,
+            flag_format=settings.flag_format,
+            callback_failed_flag=settings.callback_failed_flag,
         )
         return self._answer(200, "success", data)
 
@@ -315,7 +385,7 @@ class ProviderApps:
         return parent_record_data(
             task_id,
             epoch=self._epoch(),
-            style="epoch_ms" if settings.time_format == "epoch_ms" else "iso_z",
+            style=_PARENT_TIME_STYLES[settings.time_format],
             results_base=self._results_base(),
             result_info_as_string=settings.result_info_as_string,
         )
@@ -331,28 +401,40 @@ class ProviderApps:
         app.router.add_get("/results/{name}", self._handle_result)
         return app
 
-    async def _handle_result(self, request: web.Request) -> web.Response:
-        self._stats.requests["results"] += 1
-        self.result_headers.append(CIMultiDictProxy(CIMultiDict(request.headers)))
-        match = _RESULT_NAME.fullmatch(request.match_info["name"])
+    def _result_exists(self, name: str) -> bool:
+        """Whether ``name`` (``<taskId>_<n>.<media>``) is a result file the CDN serves now."""
+        match = _RESULT_NAME.fullmatch(name)
         if match is None:
-            raise web.HTTPNotFound
+            return False
         task_id, index, media = match["task_id"], int(match["index"]), match["media"]
         task = self._store.get(task_id)
         if task is not None:
-            exists = (
+            return (
                 task.flag_at(self._clock()) is SuccessFlag.SUCCESS
                 and index < task.image_count
                 and media == task.params.media
             )
-        else:
-            exists = (
-                self._store.is_extra_parent(task_id, self._settings())
-                and index < 4
-                and media == "png"
-            )
-        if not exists:
+        return (
+            self._store.is_extra_parent(task_id, self._settings()) and index < 4 and media == "png"
+        )
+
+    def _link_is_valid(self, name: str, token: str | None) -> bool:
+        link = self._links.get(token) if token is not None else None
+        return link is not None and link[0] == name and self._clock() < link[1]
+
+    async def _handle_result(self, request: web.Request) -> web.Response:
+        self._stats.requests["results"] += 1
+        self.result_headers.append(CIMultiDictProxy(CIMultiDict(request.headers)))
+        name = request.match_info["name"]
+        refusal = self._settings().refuse_direct_downloads
+        if refusal is not None and not self._link_is_valid(name, request.query.get("token")):
+            # An expired URL, or a client the host does not like: only a temporary link works.
+            return web.Response(status=refusal, text=f"{refusal} refused by the result host")
+        if not self._result_exists(name):
             raise web.HTTPNotFound
+        match = _RESULT_NAME.fullmatch(name)
+        assert match is not None  # noqa: S101 - _result_exists matched it
+        task_id, index, media = match["task_id"], int(match["index"]), match["media"]
         if media == "mp4":
             return web.Response(body=mp4_bytes(index), content_type="video/mp4")
         return web.Response(body=png_bytes(task_id, index), content_type="image/png")

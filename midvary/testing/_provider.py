@@ -36,8 +36,9 @@ class FakeProvider:
     """An in-process stand-in for the kie.ai Midjourney API, served over loopback.
 
     It answers ``POST /api/v1/mj/generate``, ``POST /api/v1/mj/generateVary``,
-    ``POST /api/v1/mj/generateUpscale``, ``GET /api/v1/mj/record-info`` and
-    ``GET /api/v1/chat/credit`` (the credits left: ``credits``) as
+    ``POST /api/v1/mj/generateUpscale``, ``POST /api/v1/mj/generateVideoExtend``,
+    ``GET /api/v1/mj/record-info`` and ``GET /api/v1/chat/credit`` (the credits left:
+    ``credits``) as
     ``docs/provider.md`` describes, awkward parts included: errors inside HTTP 200, a new
     task invisible for a while, ``paramJson`` as a JSON string, two time formats, and a
     result CDN on a different origin (``results_base_url``) that must not receive the API
@@ -71,7 +72,12 @@ class FakeProvider:
       without video, no ``fileUrls`` for an image-input type, not exactly one for video;
     - 422 when a vary's or upscale's parent is unknown, still generating, failed, an
       upscale or a video, or has no image at ``imageIndex``;
-    - 429, always as HTTP 429, beyond ``submit_limit`` (one budget for all three);
+    - for an extend: 400 unless ``taskId`` is a non-empty string, ``index`` an int >= 0
+      and ``taskType`` ``mj_video_extend_manual`` or ``mj_video_extend_auto``; 422 for a
+      manual extend without ``prompt`` or an auto one with it; 422 when the parent is not
+      an ``mj_video``/``mj_video_hd`` generate task of the fake that succeeded with a
+      video at ``index`` (an extend makes one ``.mp4``, ``taskType`` the request's);
+    - 429, always as HTTP 429, beyond ``submit_limit`` (one budget for every submission endpoint);
     - 402 when ``credits`` are used up;
     - otherwise 200 with ``data.taskId`` (unknown extra body fields are ignored), unless
       ``drop_submit_answer_rate`` loses the answer of the task it just created.

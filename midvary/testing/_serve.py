@@ -155,7 +155,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     knobs.add_argument(
         "--time-format",
-        choices=("iso", "epoch_ms", "mixed"),
+        choices=("iso", "epoch_ms", "mixed", "plain"),
         help="how records carry their times (default iso)",
     )
     knobs.add_argument(

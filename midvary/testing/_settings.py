@@ -12,17 +12,24 @@ import attrs
 FaultKind: TypeAlias = Literal["html_502", "truncated_json", "empty_body", "reset", "server_error"]
 #: The API endpoints, as named in ``fault_endpoints`` and in the figures: ``"submit"`` is
 #: ``generateVary`` (its name from before the other two existed), ``"generate"`` and
-#: ``"upscale"`` are ``generate`` and ``generateUpscale``; ``"credit"`` is
-#: ``GET /api/v1/chat/credit``.
-Endpoint: TypeAlias = Literal["submit", "generate", "upscale", "record-info", "credit"]
-TimeFormat: TypeAlias = Literal["iso", "epoch_ms", "mixed"]
+#: ``"upscale"`` are ``generate`` and ``generateUpscale``, ``"extend"`` is
+#: ``generateVideoExtend``; ``"credit"`` is ``GET /api/v1/chat/credit``; ``"download-url"``
+#: is ``POST /api/v1/common/download-url``.
+Endpoint: TypeAlias = Literal[
+    "submit", "generate", "upscale", "extend", "record-info", "credit", "download-url"
+]
+TimeFormat: TypeAlias = Literal["iso", "epoch_ms", "mixed", "plain"]
+#: How ``successFlag`` is spelled: the documented int, a numeric string, or a status word.
+FlagFormat: TypeAlias = Literal["int", "str", "word"]
+#: Where an envelope's message goes: ``msg`` (documented) or ``message`` (a sibling's).
+MessageKey: TypeAlias = Literal["msg", "message"]
 NotFoundStyle: TypeAlias = Literal["422", "404"]
 
 FAULT_KINDS: Final[frozenset[FaultKind]] = frozenset(
     ("html_502", "truncated_json", "empty_body", "reset", "server_error"),
 )
 ENDPOINTS: Final[frozenset[Endpoint]] = frozenset(
-    ("submit", "generate", "upscale", "record-info", "credit")
+    ("submit", "generate", "upscale", "extend", "record-info", "credit", "download-url")
 )
 
 
@@ -164,8 +171,27 @@ class FakeSettings:
         not_found_style: How an unknown or invisible task is answered: ``"422"`` (code 422,
             msg ``"recordInfo is null"``, ``data: null``) or ``"404"`` (code 404).
         time_format: ``createTime``/``completeTime`` as ``"iso"`` strings, ``"epoch_ms"``
-            ints, or ``"mixed"``: each record draws one of ISO with ``Z``, ISO with
+            ints, ``"plain"`` ``"YYYY-MM-DD HH:MM:SS"`` strings (UTC, no zone: seen on a
+            sibling API), or ``"mixed"``: each record draws one of ISO with ``Z``, ISO with
             ``+00:00``, or epoch milliseconds.
+        flag_format: ``successFlag`` as the documented ``"int"``, as a numeric ``"str"``
+            (``"1"``), or as a ``"word"`` (``"PENDING"``, ``"SUCCESS"``,
+            ``"CREATE_TASK_FAILED"``, ``"GENERATE_FAILED"``; flag 4 is
+            ``"CALLBACK_EXCEPTION"``), as sibling record-info pages send it.
+        callback_failed_flag: A successful task's record says ``successFlag`` 4 ("generation
+            succeeded but the callback failed", a sibling page's value), with its result
+            URLs, instead of 1.
+        message_key: The name of the envelope's message: ``"msg"`` (documented) or
+            ``"message"`` (one sibling envelope's).
+        unserved_endpoints: Endpoints the API host does not serve: answered with a bare
+            ``unserved_status`` and no envelope (a host that stopped serving
+            ``/api/v1/mj/*``); nothing is created.
+        unserved_status: The bare HTTP status of ``unserved_endpoints``: 404 or 405.
+        refuse_direct_downloads: The result CDN answers every fetch of a result URL with
+            this HTTP status (401, 403, 404 or 410: an expired URL, or a client the host
+            refuses) unless it carries a valid temporary link's token from
+            ``POST /api/v1/common/download-url`` (valid 20 minutes of the provider's
+            clock); ``None`` serves result URLs directly.
         result_info_as_string: Send ``resultInfoJson`` as a JSON-encoded string instead of
             an object (both were seen).
         mirror_http_status: Send the envelope code as the HTTP status too. By default errors
@@ -196,7 +222,8 @@ class FakeSettings:
             body), ``"reset"`` (the connection closes without an answer), ``"server_error"``
             (envelope code 500).
         fault_endpoints: Which endpoints faults hit: ``"submit"`` (generateVary),
-            ``"generate"``, ``"upscale"``, ``"record-info"``, ``"credit"``.
+            ``"generate"``, ``"upscale"``, ``"extend"`` (generateVideoExtend),
+            ``"record-info"``, ``"credit"``, ``"download-url"``.
         drop_submit_answer_rate: Share of accepted submissions (of any of the three
             endpoints) whose answer is lost: the task is created (and billed) but the
             connection closes without an answer; it is still called back (``callbacks``)
@@ -223,7 +250,15 @@ class FakeSettings:
     not_found_style: NotFoundStyle = attrs.field(default="422", validator=_one_of("422", "404"))
     time_format: TimeFormat = attrs.field(
         default="iso",
-        validator=_one_of("iso", "epoch_ms", "mixed"),
+        validator=_one_of("iso", "epoch_ms", "mixed", "plain"),
+    )
+    flag_format: FlagFormat = attrs.field(default="int", validator=_one_of("int", "str", "word"))
+    callback_failed_flag: bool = attrs.field(default=False, validator=_bool)
+    message_key: MessageKey = attrs.field(default="msg", validator=_one_of("msg", "message"))
+    unserved_endpoints: frozenset[Endpoint] = attrs.field(default=frozenset(), converter=_endpoints)
+    unserved_status: int = attrs.field(default=404, validator=_one_of(404, 405))
+    refuse_direct_downloads: int | None = attrs.field(
+        default=None, validator=_one_of(None, 401, 403, 404, 410)
     )
     result_info_as_string: bool = attrs.field(default=False, validator=_bool)
     mirror_http_status: bool = attrs.field(default=False, validator=_bool)
@@ -269,6 +304,7 @@ def settings_as_json(settings: FakeSettings) -> dict[str, Any]:
     data = attrs.asdict(settings)
     data["fault_kinds"] = sorted(settings.fault_kinds)
     data["fault_endpoints"] = sorted(settings.fault_endpoints)
+    data["unserved_endpoints"] = sorted(settings.unserved_endpoints)
     if settings.callback_hmac_key is not None:
         data["callback_hmac_key"] = "***"
     return data

@@ -11,19 +11,21 @@ import enum
 import itertools
 import random
 import uuid
-from typing import Literal, TypeAlias
+from typing import Final, Literal, TypeAlias
 
 import attrs
 
 from ._settings import FakeSettings
 
-#: The three submission endpoints: ``generate``, ``generateVary``, ``generateUpscale``.
-SubmitKind: TypeAlias = Literal["generate", "vary", "upscale"]
+#: The submission endpoints: ``generate``, ``generateVary``, ``generateUpscale``,
+#: ``generateVideoExtend``.
+SubmitKind: TypeAlias = Literal["generate", "vary", "upscale", "extend"]
 #: What a task's result files are: images, or the videos of the ``mj_video*`` types.
 Media: TypeAlias = Literal["png", "mp4"]
 
-#: How one record spells its times: ISO-8601 with ``Z``, with ``+00:00``, or epoch ms.
-TimeStyle: TypeAlias = Literal["iso_z", "iso_offset", "epoch_ms"]
+#: How one record spells its times: ISO-8601 with ``Z``, with ``+00:00``, epoch ms, or
+#: ``"YYYY-MM-DD HH:MM:SS"`` (UTC without a zone).
+TimeStyle: TypeAlias = Literal["iso_z", "iso_offset", "epoch_ms", "plain"]
 
 _STYLES: tuple[TimeStyle, ...] = ("iso_z", "iso_offset", "epoch_ms")
 
@@ -48,7 +50,14 @@ FAILURE_DETAILS: dict[SuccessFlag, tuple[int, str]] = {
 
 
 # The id tag of each kind's tasks ("fakevary..." for vary, as before generate existed).
-_ID_TAGS: dict[SubmitKind, str] = {"generate": "gen", "vary": "vary", "upscale": "ups"}
+_ID_TAGS: dict[SubmitKind, str] = {
+    "generate": "gen",
+    "vary": "vary",
+    "upscale": "ups",
+    "extend": "ext",
+}
+#: The generate task types whose videos an extend may name.
+VIDEO_PARENT_TYPES: Final = ("mj_video", "mj_video_hd")
 
 
 @attrs.frozen(kw_only=True)
@@ -58,8 +67,9 @@ class SubmitParams:
     Attributes:
         kind: Which endpoint accepted it.
         task_type: The ``taskType`` its record shows.
-        parent_task_id: The task varied or upscaled; ``None`` for a generate.
-        image_index: The ``imageIndex`` as sent on the wire; ``None`` for a generate.
+        parent_task_id: The task varied, upscaled or extended; ``None`` for a generate.
+        image_index: The ``imageIndex`` as sent on the wire (an extend's video ``index``);
+            ``None`` for a generate.
         water_mark: The ``waterMark`` sent, or ``None``.
         callback_url: The ``callBackUrl`` sent, or ``None``.
         param_json: The record's ``paramJson``: the request's known fields, JSON-encoded.
@@ -171,6 +181,29 @@ class TaskStore:
             return f"taskId {task_id!r} has {task.image_count} images: no image {image_index}"
         return None
 
+    def video_parent_refusal(self, task_id: str, index: int, now: float) -> str | None:
+        """Why video ``index`` of ``task_id`` cannot be extended now; ``None`` if it can.
+
+        It can when ``task_id`` is an ``mj_video`` or ``mj_video_hd`` generate task of the
+        fake that succeeded with at least ``index + 1`` videos.
+        """
+        task = self._tasks.get(task_id)
+        if task is None:
+            return f"taskId {task_id!r} is not a task of this account"
+        if task.params.kind != "generate" or task.params.task_type not in VIDEO_PARENT_TYPES:
+            return (
+                f"taskId {task_id!r} is a {task.params.task_type} task: only an mj_video or "
+                "mj_video_hd task can be extended"
+            )
+        flag = task.flag_at(now)
+        if flag is SuccessFlag.GENERATING:
+            return f"taskId {task_id!r} is not finished yet (successFlag 0)"
+        if flag is not SuccessFlag.SUCCESS:
+            return f"taskId {task_id!r} failed (successFlag {int(flag)}): it has no videos"
+        if index >= task.image_count:
+            return f"taskId {task_id!r} has {task.image_count} videos: no video {index}"
+        return None
+
     def finished_parents(self, now: float) -> list[str]:
         """Ids of the fake's own tasks that may be varied or upscaled now, oldest first."""
         return [
@@ -209,6 +242,8 @@ class TaskStore:
             time_style = "iso_z"
         elif settings.time_format == "epoch_ms":
             time_style = "epoch_ms"
+        elif settings.time_format == "plain":
+            time_style = "plain"
         else:
             time_style = style
 
@@ -240,12 +275,15 @@ class TaskSnapshot:
 
     Attributes:
         task_id: The task's id.
-        kind: The endpoint that created it: ``"generate"``, ``"vary"`` or ``"upscale"``.
+        kind: The endpoint that created it: ``"generate"``, ``"vary"``, ``"upscale"`` or
+            ``"extend"``.
         task_type: The ``taskType`` its record shows (``"mj_vary"`` for a vary,
-            ``"mj_upscale"`` for an upscale, the request's ``taskType`` for a generate).
-        parent_task_id: The ``taskId`` the vary or upscale was submitted for; ``None`` for
-            a generate.
-        image_index: The ``imageIndex`` as sent on the wire; ``None`` for a generate.
+            ``"mj_upscale"`` for an upscale, the request's ``taskType`` for a generate or
+            an extend).
+        parent_task_id: The ``taskId`` the vary, upscale or extend was submitted for;
+            ``None`` for a generate.
+        image_index: The ``imageIndex`` as sent on the wire (an extend's ``index``);
+            ``None`` for a generate.
         param_json: The record's ``paramJson`` (the request's known fields, JSON-encoded).
         water_mark: The ``waterMark`` sent, or ``None``.
         callback_url: The ``callBackUrl`` sent, or ``None``.

@@ -34,13 +34,13 @@ class FakeStats:
 
     Attributes:
         requests: Requests received per endpoint: ``"submit"`` (generateVary),
-            ``"generate"``, ``"upscale"``, ``"record-info"``, ``"credit"``, ``"results"``
-            (downloads); faulted ones included.
+            ``"generate"``, ``"upscale"``, ``"extend"``, ``"record-info"``, ``"credit"``,
+            ``"results"`` (downloads); faulted ones included.
         codes: Envelope codes answered (200 included); faults are counted in ``faults``.
-        tasks_created: Submissions accepted (of all three endpoints), dropped answers
-            included.
+        tasks_created: Submissions accepted (of every submission endpoint), dropped
+            answers included.
         tasks_by_endpoint: Submissions accepted per endpoint (``"submit"``, ``"generate"``,
-            ``"upscale"``), dropped answers included.
+            ``"upscale"``, ``"extend"``), dropped answers included.
         duplicate_submissions: Accepted submissions the same as one accepted before: a
             vary or upscale of the same parent, image index and watermark, or a generate
             of the same fields (``callBackUrl`` aside).

@@ -1,4 +1,4 @@
-"""The fake's judgement of the three submission bodies: generate, generateVary, generateUpscale.
+"""The fake's judgement of the submission bodies: generate, generateVary, generateUpscale, extend.
 
 Each parser turns a JSON body into :class:`SubmitParams` or raises :class:`Rejection`:
 code 400 for a field that is missing, of the wrong type or outside its allowed values,
@@ -52,9 +52,12 @@ VIDEO_BATCH_SIZES: Final = (1, 2, 4)
 MOTIONS: Final = ("high", "low")
 PROMPT_MAX_CHARS: Final = 2000
 
+#: The ``generateVideoExtend`` endpoint's ``taskType`` values (required).
+EXTEND_TASK_TYPES: Final = ("mj_video_extend_manual", "mj_video_extend_auto")
 #: The request fields each ``paramJson`` echoes, in this order.
 VARY_FIELDS: Final = ("taskId", "imageIndex", "waterMark", "callBackUrl")
 UPSCALE_FIELDS: Final = VARY_FIELDS
+EXTEND_FIELDS: Final = ("taskId", "index", "taskType", "prompt", "waterMark", "callBackUrl")
 GENERATE_FIELDS: Final = (
     "taskType",
     "prompt",
@@ -100,6 +103,50 @@ def _parse_child(body: object, kind: Literal["vary", "upscale"], *, low: int) ->
         param_json=_echo(fields, VARY_FIELDS if vary else UPSCALE_FIELDS),
         image_count=None if vary else 1,  # a vary makes a grid, an upscale one image
         identity=(kind, task_id, image_index, water_mark),
+    )
+
+
+def parse_extend_body(body: object) -> SubmitParams:
+    """Validate a ``generateVideoExtend`` body: one video (``index``) of a video task.
+
+    ``index`` must be a non-negative integer (the docs give no range: whether the parent
+    has that video is the parent check's to say); ``prompt`` is required for a manual
+    extend and refused for an auto one.
+    """
+    fields = _object(body)
+    task_id = _parent_id(fields)
+    index = fields.get("index")
+    if index is None:
+        raise Rejection(400, "index is required")
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        raise Rejection(400, f"index must be a non-negative integer, got {index!r}")
+    task_type = fields.get("taskType")
+    if task_type not in EXTEND_TASK_TYPES:
+        raise Rejection(
+            400, f"taskType must be one of {', '.join(EXTEND_TASK_TYPES)}, got {task_type!r}"
+        )
+    prompt = fields.get("prompt")
+    if task_type == "mj_video_extend_manual":
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise Rejection(422, "prompt is required with taskType mj_video_extend_manual")
+        if len(prompt) > PROMPT_MAX_CHARS:
+            raise Rejection(
+                400, f"prompt must be at most {PROMPT_MAX_CHARS} characters, got {len(prompt)}"
+            )
+    elif prompt is not None:
+        raise Rejection(422, "prompt is not allowed with taskType mj_video_extend_auto")
+    water_mark, callback_url = _common(fields)
+    return SubmitParams(
+        kind="extend",
+        task_type=task_type,
+        parent_task_id=task_id,
+        image_index=index,
+        water_mark=water_mark,
+        callback_url=callback_url,
+        param_json=_echo(fields, EXTEND_FIELDS),
+        image_count=1,
+        media="mp4",
+        identity=("extend", task_id, index, task_type, prompt, water_mark),
     )
 
 
@@ -179,12 +226,17 @@ def _object(body: object) -> Mapping[str, Any]:
     return body
 
 
-def _parent_and_index(fields: Mapping[str, Any], *, low: int) -> tuple[str, int]:
+def _parent_id(fields: Mapping[str, Any]) -> str:
     task_id = fields.get("taskId")
     if task_id is None:
         raise Rejection(400, "taskId is required")
     if not isinstance(task_id, str) or not task_id.strip():
         raise Rejection(400, "taskId must be a non-empty string")
+    return task_id
+
+
+def _parent_and_index(fields: Mapping[str, Any], *, low: int) -> tuple[str, int]:
+    task_id = _parent_id(fields)
     image_index = fields.get("imageIndex")
     if image_index is None:
         raise Rejection(400, "imageIndex is required")

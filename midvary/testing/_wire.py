@@ -12,7 +12,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from ._settings import FaultKind
+from ._settings import FaultKind, FlagFormat, MessageKey
 from ._state import FAILURE_DETAILS, Media, SuccessFlag, Task, TimeStyle
 
 #: The ``taskType`` of parent records the fake did not create.
@@ -41,17 +41,44 @@ def envelope(
     *,
     mirror: bool,
     http_status: int | None = None,
+    message_key: MessageKey = "msg",
 ) -> web.Response:
-    """An envelope answer; its HTTP status is 200 unless mirrored or given."""
+    """An envelope answer; its HTTP status is 200 unless mirrored or given.
+
+    ``message_key`` names the message field (``msg``, or ``message`` as a sibling API).
+    """
     if http_status is None:
         http_status = code if mirror else 200
-    return web.json_response({"code": code, "msg": msg, "data": data}, status=http_status)
+    return web.json_response({"code": code, message_key: msg, "data": data}, status=http_status)
+
+
+#: successFlag as a word, per flag (sibling record-info pages' spelling).
+FLAG_WORDS: Final = {
+    0: "PENDING",
+    1: "SUCCESS",
+    2: "CREATE_TASK_FAILED",
+    3: "GENERATE_FAILED",
+    4: "CALLBACK_EXCEPTION",
+}
+#: successFlag 4: "generation succeeded but the callback failed" (a sibling page's value).
+CALLBACK_FAILED_FLAG: Final = 4
+
+
+def format_flag(flag: int, style: FlagFormat) -> int | str:
+    """``flag`` as ``style`` spells it: an int, a numeric string, or a status word."""
+    if style == "str":
+        return str(flag)
+    if style == "word":
+        return FLAG_WORDS[flag]
+    return flag
 
 
 def format_time(epoch: float, style: TimeStyle) -> str | int:
     """``epoch`` (seconds) as the record's time style."""
     if style == "epoch_ms":
         return round(epoch * 1000)
+    if style == "plain":
+        return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S")
     text = datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")
     return text.replace("+00:00", "Z") if style == "iso_z" else text
 
@@ -78,9 +105,17 @@ def record_data(
     wall: Callable[[float], float],
     results_base: str,
     result_info_as_string: bool,
+    flag_format: FlagFormat = "int",
+    callback_failed_flag: bool = False,
 ) -> dict[str, Any]:
-    """The ``data`` of a ``record-info`` answer for a task the fake created."""
+    """The ``data`` of a ``record-info`` answer for a task the fake created.
+
+    ``flag_format`` spells ``successFlag``; with ``callback_failed_flag`` a success says 4.
+    """
     flag = task.flag_at(now)
+    number = (
+        CALLBACK_FAILED_FLAG if callback_failed_flag and flag is SuccessFlag.SUCCESS else int(flag)
+    )
     error_code, error_message = FAILURE_DETAILS.get(flag, (None, None))
     final = flag is not SuccessFlag.GENERATING
     return {
@@ -97,7 +132,7 @@ def record_data(
             if flag is SuccessFlag.SUCCESS
             else None
         ),
-        "successFlag": int(flag),
+        "successFlag": format_flag(number, flag_format),
         "errorCode": error_code,
         "errorMessage": error_message,
     }

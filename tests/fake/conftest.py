@@ -15,6 +15,7 @@ from midvary.testing import FakeProvider, FakeSettings, ManualClock
 SUBMIT = "/api/v1/mj/generateVary"
 GENERATE = "/api/v1/mj/generate"
 UPSCALE = "/api/v1/mj/generateUpscale"
+EXTEND = "/api/v1/mj/generateVideoExtend"
 RECORD = "/api/v1/mj/record-info"
 #: A generate body every rule accepts.
 GENERATE_BODY: dict[str, Any] = {"taskType": "mj_txt2img", "prompt": "a red fox in the snow"}
@@ -134,6 +135,15 @@ class Client:
     async def upscale_ok(self, **fields: Any) -> str:
         """Upscale, assert it was accepted, and return the new task id."""
         return _accepted(await self.upscale(**fields))
+
+    async def extend(
+        self, body: Any = None, *, key: object = _DEFAULT_KEY, envelope: bool = True, **fields: Any
+    ) -> Answer:
+        """POST generateVideoExtend with ``body``, or an auto extend of ``fields``."""
+        payload = {"index": 0, "taskType": "mj_video_extend_auto", **fields}
+        return await self.request(
+            "POST", EXTEND, key=key, envelope=envelope, json=payload if body is None else body
+        )
 
     async def record(
         self, task_id: str, *, key: object = _DEFAULT_KEY, envelope: bool = True

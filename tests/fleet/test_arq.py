@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -10,10 +11,22 @@ from typing import Any
 import attrs
 import pytest
 from arq import Retry
+from arq.connections import RedisSettings, create_pool
+from arq.jobs import Job
 from arq.worker import create_worker, get_kwargs
 
 import midvary
-from midvary.arq import WorkerConfig, WorkerSettings, session_of, shutdown, startup, vary
+from midvary.arq import (
+    WorkerConfig,
+    WorkerSettings,
+    extend,
+    generate,
+    session_of,
+    shutdown,
+    startup,
+    upscale,
+    vary,
+)
 from midvary.testing import FakeProvider, FakeSettings
 
 from ..conditions import until
@@ -43,7 +56,7 @@ def test_a_subclass_keeps_every_inherited_setting() -> None:
     assert kwargs["job_timeout"] == 7.0
     assert kwargs["on_startup"] is startup
     assert kwargs["on_shutdown"] is shutdown
-    assert [f.name for f in kwargs["functions"]] == ["vary"]
+    assert [f.name for f in kwargs["functions"]] == ["generate", "vary", "upscale", "extend"]
     assert kwargs["redis_settings"] is WorkerSettings.redis_settings
     own = get_kwargs(Own)
     assert own["functions"] == [own_job]
@@ -55,7 +68,7 @@ async def test_arq_builds_a_worker_from_a_subclass() -> None:
     """Arq's own create_worker takes the subclass: the vary job and the timeout are there."""
     worker = create_worker(Short, burst=True)
     try:
-        assert set(worker.functions) == {"vary"}
+        assert set(worker.functions) == {"generate", "vary", "upscale", "extend"}
         assert worker.job_timeout_s == 7.0
         assert worker.on_startup is startup
     finally:
@@ -196,6 +209,96 @@ async def test_a_store_outage_asks_arq_to_retry(
         await vary(ctx, "parent-1", 3, key=f"{namespace}/outage")
     assert (caught.value.defer_score or 0) > 0
     assert fake.stats.tasks_created == 0
+
+
+async def test_every_kind_is_a_keyed_job_with_the_same_result(
+    worker_ctx: tuple[dict[str, Any], FakeProvider], namespace: str
+) -> None:
+    """The generate (a video), upscale and extend jobs: the same result dict, each sent once."""
+    ctx, fake = worker_ctx
+    video = await generate(
+        ctx,
+        "waves",
+        key=f"{namespace}/gen",
+        task_type="mj_video",
+        file_urls=["https://img.test/in.png"],
+        video_batch_size=2,
+    )
+    big = await upscale(ctx, "parent-1", 3, key=f"{namespace}/up")
+    longer = await extend(ctx, video["task_id"], 1, key=f"{namespace}/ext", prompt="more")
+    results = [video, big, longer]
+    assert [result["state"] for result in results] == ["succeeded"] * 3
+    assert all(set(result) == set(big) for result in results)
+    assert [fake.task(result["task_id"]).kind for result in results] == [
+        "generate",
+        "upscale",
+        "extend",
+    ]
+    assert fake.task(longer["task_id"]).task_type == "mj_video_extend_manual"
+    assert [len(result["image_urls"]) for result in results] == [2, 1, 1]
+    again = await extend(ctx, video["task_id"], 1, key=f"{namespace}/ext", prompt="more")
+    assert again["task_id"] == longer["task_id"]  # re-run: re-attached by key, nothing sent
+    assert fake.stats.tasks_created == 3
+
+
+async def test_an_invalid_job_fails_with_nothing_sent(
+    worker_ctx: tuple[dict[str, Any], FakeProvider], namespace: str
+) -> None:
+    """A bad argument of any kind completes the job "failed", naming it; no request."""
+    ctx, fake = worker_ctx
+    results = [
+        await generate(ctx, "a fox", key=f"{namespace}/g", aspect_ratio="4:5"),
+        await generate(ctx, "a fox", key=f"{namespace}/h", colour="red"),
+        await upscale(ctx, "parent-1", 4, key=f"{namespace}/u"),
+        await extend(ctx, "parent-1", 0, key=f"{namespace}/e", task_type="mj_video_extend_manual"),
+    ]
+    assert [result["state"] for result in results] == ["failed"] * 4
+    assert "aspect_ratio" in results[0]["error"]
+    assert "colour" in results[1]["error"]
+    assert "0, 1, 2 or 3" in results[2]["error"]
+    assert "prompt is required" in results[3]["error"]
+    assert sum(fake.stats.requests.values()) == 0
+
+
+async def test_the_readme_snippet_when_the_job_id_is_enqueued_again(
+    redis_session_server: RedisServer, monkeypatch: pytest.MonkeyPatch, namespace: str
+) -> None:
+    """A real arq worker runs the job; enqueued again, arq answers None and Job() has it."""
+    async with FakeProvider(
+        settings=FakeSettings(task_duration=(0.05, 0.1), invisible_for=0.0, submit_limit=None)
+    ) as fake:
+        monkeypatch.setenv("MIDVARY_API_KEY", fake.api_key)
+        monkeypatch.setenv("MIDVARY_BASE_URL", fake.base_url)
+        monkeypatch.setenv("MIDVARY_STORE_URL", redis_session_server.url)
+        monkeypatch.setenv("MIDVARY_SUBMIT_RATE", "none")
+        redis = RedisSettings.from_dsn(redis_session_server.url)
+        queue, job_id = f"{namespace}:queue", f"{namespace}/order-42/0"
+        pool = await create_pool(redis, default_queue_name=queue)
+        try:
+            job = await pool.enqueue_job("vary", "parent-1", 0, key=job_id, _job_id=job_id)
+            assert job is not None
+            worker = create_worker(
+                WorkerSettings, redis_settings=redis, queue_name=queue, burst=True,
+                handle_signals=False, poll_delay=0.01,
+            )  # fmt: skip
+            try:
+                await worker.main()  # burst: runs what is queued, then returns
+            finally:
+                with warnings.catch_warnings():
+                    # arq's Worker.close() calls redis-py's deprecated close(): arq's to fix.
+                    warnings.filterwarnings(
+                        "ignore", "Call to deprecated close", DeprecationWarning
+                    )
+                    await worker.close()
+            # The README's way: the same job id again is None; Job(job_id, pool) has it.
+            again = await pool.enqueue_job("vary", "parent-1", 0, key=job_id, _job_id=job_id)
+            assert again is None
+            result = await Job(job_id, pool, _queue_name=queue).result(timeout=10)
+        finally:
+            await pool.aclose()
+    assert result["state"] == "succeeded"
+    assert result["task_id"] == next(iter(fake.tasks))
+    assert fake.stats.tasks_created == 1
 
 
 async def test_jobs_wait_for_credits_instead_of_failing(

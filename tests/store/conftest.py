@@ -19,7 +19,7 @@ BACKENDS = ["memory", "sqlite", "redis"]
 
 def _wipe_sqlite(path: Path) -> None:
     with sqlite3.connect(path) as conn:
-        for table in ("midvary_keys", "midvary_windows", "midvary_epochs"):
+        for table in ("midvary_keys", "midvary_done", "midvary_windows", "midvary_epochs"):
             conn.execute(f"DELETE FROM {table}")  # noqa: S608
 
 
