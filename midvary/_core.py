@@ -14,7 +14,7 @@ import enum
 import random
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, Self, TypeVar, overload
+from typing import TYPE_CHECKING, Final, Protocol
 
 import aiohttp
 
@@ -277,34 +277,3 @@ class SessionCore:
                 scope.reschedule(now)
         if self._owns_http and self._http is not None:
             await self._http.close()
-
-
-P = TypeVar("P", PollPolicy, RetryPolicy)
-
-
-class CorePolicy(Generic[P]):
-    """A session attribute kept on its core, type-checked when assigned."""
-
-    def __init__(self, cls: type[P], doc: str) -> None:
-        self._cls: type[P] = cls
-        self.__doc__ = doc
-
-    def __set_name__(self, owner: type[Any], name: str) -> None:
-        self._name = name
-
-    @overload
-    def __get__(self, session: None, owner: type[Any]) -> Self: ...
-    @overload
-    def __get__(self, session: Any, owner: type[Any]) -> P: ...
-    def __get__(self, session: Any, owner: type[Any]) -> P | Self:
-        if session is None:
-            return self
-        value: P = getattr(session._core, self._name)
-        return value
-
-    def __set__(self, session: Any, value: P) -> None:
-        if not isinstance(value, self._cls):
-            raise TypeError(
-                f"{self._name} must be a midvary.{self._cls.__name__}, not {type(value).__name__}"
-            )
-        setattr(session._core, self._name, value)

@@ -244,7 +244,7 @@ class SubmitUncertainError(TransportError):
     (or submit again yourself if you accept a possible second charge).
 
     Attributes:
-        request: The request (vary, generate or upscale) whose fate is unknown.
+        request: The request (vary, generate, upscale or extend) whose fate is unknown.
 
     """
 

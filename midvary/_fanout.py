@@ -501,28 +501,19 @@ class FanOut(Generic[R]):
         except Exception as exc:  # one job's failure is that job's outcome
             job.posting = False
             record, error = None, exc
-        request: Any = job.request  # an item of the input: an R (or None)
-        recovered = job.recovering is True
+        common: dict[str, Any] = {  # the request: an item of the input, an R (or None)
+            "index": job.index,
+            "request": job.request,
+            "task_id": job.task_id,
+            "paths": paths,
+            "recovered": job.recovering is True,
+        }
         outcome: Outcome[R]
         if error is None:
             assert record is not None  # noqa: S101 - no error: the wait returned a record
-            outcome = JobSucceeded(
-                index=job.index,
-                request=request,
-                task_id=job.task_id,
-                record=record,
-                paths=paths,
-                recovered=recovered,
-            )
+            outcome = JobSucceeded(record=record, **common)
         else:
-            outcome = JobFailed(
-                index=job.index,
-                request=request,
-                task_id=job.task_id,
-                error=error,
-                paths=paths,
-                recovered=recovered,
-            )
+            outcome = JobFailed(error=error, **common)
         job.outcome = outcome
         kind = JobEventKind.DONE if error is None else JobEventKind.FAILED
         try:

@@ -21,7 +21,7 @@ import attrs
 
 from ._callbacks import CallbackReceiver, tickets_for
 from ._config import USE_DEFAULT, PollPolicy, RetryPolicy, UseDefault
-from ._core import CorePolicy, SessionCore
+from ._core import SessionCore
 from ._download import DEFAULT_MAX_DOWNLOAD_BYTES
 from ._errors import SubmitUncertainError
 from ._fanout import FanOut, Requests, check_requests, collect_all, takes_options_of
@@ -100,7 +100,7 @@ def _renamed(new: Callable[_P, _R], old: str) -> Callable[_P, _R]:
 
 
 class Session:
-    """An async session with the Midjourney API: generate, vary and upscale.
+    """An async session with the Midjourney API: generate, vary, upscale and extend.
 
     Use it as an async context manager (or call :meth:`aclose` yourself)::
 
@@ -218,13 +218,27 @@ class Session:
             self._core, limiter=limiter, tickets=tickets_for(callbacks), store=claims
         )
 
-    poll = CorePolicy(
-        PollPolicy, "The default :class:`PollPolicy` of every wait (assign one to change it)."
-    )
-    retry = CorePolicy(
-        RetryPolicy,
-        "The :class:`RetryPolicy` of submissions and downloads (assign one to change it).",
-    )
+    @property
+    def poll(self) -> PollPolicy:
+        """The default :class:`PollPolicy` of every wait (assign one to change it)."""
+        return self._core.poll
+
+    @poll.setter
+    def poll(self, policy: PollPolicy) -> None:
+        if not isinstance(policy, PollPolicy):
+            raise TypeError(f"poll must be a midvary.PollPolicy, not {type(policy).__name__}")
+        self._core.poll = policy
+
+    @property
+    def retry(self) -> RetryPolicy:
+        """The :class:`RetryPolicy` of submissions and downloads (assign one to change it)."""
+        return self._core.retry
+
+    @retry.setter
+    def retry(self, policy: RetryPolicy) -> None:
+        if not isinstance(policy, RetryPolicy):
+            raise TypeError(f"retry must be a midvary.RetryPolicy, not {type(policy).__name__}")
+        self._core.retry = policy
 
     def __repr__(self) -> str:
         return f"<midvary.Session base_url={self.base_url!r} state={self._core.state}>"

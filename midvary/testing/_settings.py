@@ -205,10 +205,10 @@ class FakeSettings:
         submit_limit: ``(count, window)``: at most ``count`` accepted submissions per
             sliding ``window`` seconds per API key, beyond which HTTP 429 (not queued);
             ``None`` means no limit. Only accepted submissions use the budget, which
-            generate, vary and upscale share (the provider's limit counts every new
+            every submission endpoint shares (the provider's limit counts every new
             generation request).
-        credits: Credits at start; each accepted submission (of any of the three
-            endpoints) uses one, and at 0 submissions get code 402. ``None`` means
+        credits: Credits at start; each accepted submission (of any submission
+            endpoint) uses one, and at 0 submissions get code 402. ``None`` means
             unlimited (``GET /api/v1/chat/credit`` then reports 1,000,000,000 less one per
             task created). Setting it at runtime sets the balance (a top-up).
         maintenance: ``(start, end)`` windows, in seconds since the provider started,
@@ -224,8 +224,8 @@ class FakeSettings:
         fault_endpoints: Which endpoints faults hit: ``"submit"`` (generateVary),
             ``"generate"``, ``"upscale"``, ``"extend"`` (generateVideoExtend),
             ``"record-info"``, ``"credit"``, ``"download-url"``.
-        drop_submit_answer_rate: Share of accepted submissions (of any of the three
-            endpoints) whose answer is lost: the task is created (and billed) but the
+        drop_submit_answer_rate: Share of accepted submissions (of any submission
+            endpoint) whose answer is lost: the task is created (and billed) but the
             connection closes without an answer; it is still called back (``callbacks``)
             at the ``callBackUrl`` it carried, as the real provider calls back every task
             it created.
