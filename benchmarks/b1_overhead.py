@@ -155,8 +155,8 @@ async def run() -> Report:
         "measured span. CPU is user + system time of this process (getrusage); the fake runs "
         f"in another process. aiohttp {aiohttp.__version__}, httpx {httpx.__version__}. "
         + (
-            "The OpenTelemetry API was importable, so midvary's spans and metrics ran (as the "
-            "API's no-ops: no SDK configured)."
+            "The OpenTelemetry API was importable but no SDK was configured, so midvary's "
+            "instrumentation made nothing (it waits for a provider to be set)."
             if _telemetry.AVAILABLE
             else "The OpenTelemetry API was not importable (midvary as `pip install midvary` "
             "installs it, without the `otel` extra): its telemetry calls are its own no-ops."

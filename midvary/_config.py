@@ -116,7 +116,11 @@ class PollPolicy:
         elif attempt <= 1:
             base = 0.0 if elapsed is None else max(0.0, self.initial_delay - elapsed)
         else:
-            base = min(self.max_delay, self.initial_delay * self.factor ** (attempt - 1))
+            try:
+                grown = self.initial_delay * self.factor ** (attempt - 1)
+            except OverflowError:  # a wait long enough for the backoff to pass any float
+                grown = self.max_delay
+            base = min(self.max_delay, grown)
         if self.jitter and base > 0:
             base += (rng or random).uniform(0, self.jitter)
         return base

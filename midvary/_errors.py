@@ -42,14 +42,29 @@ of arguments raises :class:`ValueError` or :class:`TypeError` before any request
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from ._models import SubmitRequest, TaskRecord
 
 
 class MidvaryError(Exception):
-    """Root of every error midvary raises on purpose."""
+    """Root of every error midvary raises on purpose.
+
+    Every midvary error pickles with its class and attributes (a Celery task that failed,
+    an error sent to another process), although most take keyword-only arguments.
+    """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+def _rebuild(cls: type[MidvaryError], args: tuple[Any, ...], state: dict[str, Any]) -> MidvaryError:
+    """An unpickled midvary error: its message and attributes, without calling ``__init__``."""
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 class APIError(MidvaryError):

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -73,6 +74,7 @@ _KINDS: Final = {
 }
 
 
+@functools.lru_cache(maxsize=16)
 def provider_name(base_url: str | yarl.URL) -> str:
     """``gen_ai.provider.name`` for an API base URL: ``kie``, ``midapi``, else the host."""
     host = yarl.URL(str(base_url)).host or ""
@@ -143,9 +145,30 @@ class _Instruments:
 _instruments: _Instruments | None = None
 
 
+#: What the API hands out until an application sets a provider of an SDK (the meter one's
+#: class is private to the API, hence its name).
+_UNSET_METER_PROVIDERS: Final = ("_ProxyMeterProvider", "NoOpMeterProvider")
+
+
+def _configured() -> bool:
+    """Whether the application has set a tracer or a meter provider (an SDK's)."""
+    tracer_provider = otel_trace.get_tracer_provider()
+    if not isinstance(
+        tracer_provider, otel_trace.ProxyTracerProvider | otel_trace.NoOpTracerProvider
+    ):
+        return True
+    return type(otel_metrics.get_meter_provider()).__name__ not in _UNSET_METER_PROVIDERS
+
+
 def _get() -> _Instruments | None:
+    """The instruments, or ``None`` when nothing would receive what they record.
+
+    Without an SDK the API's objects do nothing, but making spans and attributes still costs
+    a good share of a request's CPU: skipped until a provider is set (checked on each call,
+    so one set later is used from then on).
+    """
     global _instruments  # noqa: PLW0603 - one set of instruments per process, made lazily
-    if not AVAILABLE:
+    if not AVAILABLE or not _configured():
         return None
     if _instruments is None:
         _instruments = _Instruments()

@@ -33,7 +33,7 @@ a wait's 900 s plus downloads), and at once when only a pool process died
 ``"uncertain"`` if the first run was killed between sending and reading the answer); it
 never bills twice.
 
-The tasks (``<prefix>.vary``, ``<prefix>.generate``, ``<prefix>.upscale``) return the
+The tasks (``<prefix>.vary``, ``.generate``, ``.upscale``, ``.extend``) return the
 result dict of the arq jobs (:mod:`midvary.arq`): ``state`` (``"succeeded"``, ``"failed"``
 or ``"uncertain"``), ``key``, ``task_id``, ``image_urls``, ``paths``, ``error``. Transient
 trouble (the store or the network down, maintenance, rate limiting past the retry budget, a
@@ -56,14 +56,20 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final, Literal
 
 import attrs
 from celery import Celery, Task, signals
 
-from ._handle import TaskHandle
+from ._models import (
+    ExtendRequest,
+    GenerateRequest,
+    SubmitRequest,
+    UpscaleRequest,
+    VaryRequest,
+)
 from ._session import Session
 from ._store import RedisStore
 from ._store._base import DEFAULT_CLAIM_LEASE
@@ -172,17 +178,19 @@ def _target(config: WorkerConfig, download: Download) -> Path | None:
     return Path(download)
 
 
-def _run(
-    task: Task,
-    key: str,
-    download: Download,
-    submit: Callable[[Session], Awaitable[TaskHandle]],
+def _job(
+    task: Task, key: str, download: Download, make: Callable[[], SubmitRequest]
 ) -> dict[str, Any]:
+    """One job of any kind: :func:`run_job` on the request ``make()`` builds.
+
+    An invalid request (``make`` raises ``TypeError`` or ``ValueError``) fails the job with
+    nothing sent; transient trouble becomes Celery's ``retry`` with a growing countdown.
+    """
     worker = _open()
     try:
         return worker.session.call(
             run_job,
-            submit,
+            lambda session: session.submit(make()),
             key=key,
             download=_target(worker.config, download),
             gate=worker.gate,
@@ -193,36 +201,73 @@ def _run(
         raise task.retry(exc=later.error, countdown=countdown) from later.error
 
 
-def _image_job(kind: Literal["vary", "upscale"]) -> Callable[..., dict[str, Any]]:
-    """The task body of a job on image ``image_index`` of a parent task (vary, upscale)."""
-
-    def job(
-        task: Task,
-        task_id: str,
-        image_index: int,
-        *,
-        key: str,
-        water_mark: str | None = None,
-        download: Download = None,
-    ) -> dict[str, Any]:
-        submit = getattr(Session, kind)
-        return _run(
-            task,
-            key,
-            download,
-            lambda s: submit(s, task_id, image_index, water_mark=water_mark, key=key),
-        )
-
-    job.__name__ = job.__qualname__ = kind
-    job.__doc__ = f"{kind.capitalize()} image ``image_index`` (0..3) of task ``task_id``."
-    return job
+def _vary(
+    task: Task,
+    task_id: str,
+    image_index: int,
+    *,
+    key: str,
+    water_mark: str | None = None,
+    download: Download = None,
+) -> dict[str, Any]:
+    """Vary image ``image_index`` (0..3) of task ``task_id``."""
+    return _job(
+        task,
+        key,
+        download,
+        lambda: VaryRequest(
+            task_id=task_id, image_index=image_index, water_mark=water_mark, key=key
+        ),
+    )
 
 
 def _generate(
     task: Task, prompt: str, *, key: str, download: Download = None, **options: Any
 ) -> dict[str, Any]:
-    """Generate from ``prompt`` (``options``: :meth:`Session.generate`'s); see :func:`register`."""
-    return _run(task, key, download, lambda s: s.generate(prompt, key=key, **options))
+    """Generate from ``prompt``; ``options`` are other :class:`GenerateRequest` fields."""
+    return _job(task, key, download, lambda: GenerateRequest(prompt=prompt, key=key, **options))
+
+
+def _upscale(
+    task: Task,
+    task_id: str,
+    image_index: int,
+    *,
+    key: str,
+    water_mark: str | None = None,
+    download: Download = None,
+) -> dict[str, Any]:
+    """Upscale image ``image_index`` (0..3) of task ``task_id``."""
+    return _job(
+        task,
+        key,
+        download,
+        lambda: UpscaleRequest(
+            task_id=task_id, image_index=image_index, water_mark=water_mark, key=key
+        ),
+    )
+
+
+def _extend(
+    task: Task,
+    task_id: str,
+    index: int,
+    *,
+    key: str,
+    prompt: str | None = None,
+    task_type: str | None = None,
+    water_mark: str | None = None,
+    download: Download = None,
+) -> dict[str, Any]:
+    """Extend video ``index`` (0..3) of the video task ``task_id``."""
+    return _job(
+        task,
+        key,
+        download,
+        lambda: ExtendRequest(
+            task_id, index, prompt=prompt, task_type=task_type, water_mark=water_mark, key=key
+        ),
+    )
 
 
 @attrs.frozen
@@ -234,6 +279,8 @@ class MidvaryTasks:
         generate: ``generate(prompt, *, key, download=None, **options)``, ``options`` those
             of :meth:`Session.generate` (``aspect_ratio``, ``speed``, ...).
         upscale: ``upscale(task_id, image_index, *, key, water_mark=None, download=None)``.
+        extend: ``extend(task_id, index, *, key, prompt=None, task_type=None,
+            water_mark=None, download=None)``: video ``index`` of a video task, extended.
 
     Each takes ``key``, the submission key (sent at most once per key however often Celery
     delivers the job; use it as the Celery ``task_id`` too), and ``download``: a directory
@@ -244,6 +291,7 @@ class MidvaryTasks:
     vary: Task
     generate: Task
     upscale: Task
+    extend: Task
 
 
 def register(
@@ -253,8 +301,8 @@ def register(
 
     Args:
         app: Your Celery app (a Redis broker; any result backend).
-        prefix: The tasks' names are ``<prefix>.vary``, ``<prefix>.generate`` and
-            ``<prefix>.upscale``.
+        prefix: The tasks' names are ``<prefix>.vary``, ``<prefix>.generate``,
+            ``<prefix>.upscale`` and ``<prefix>.extend``.
         max_retries: Times a job is retried after transient trouble (>= 0).
 
     Returns:
@@ -284,7 +332,8 @@ def register(
     signals.worker_process_shutdown.connect(_on_shutdown, weak=False, dispatch_uid=__name__)
     signals.worker_shutdown.connect(_on_shutdown, weak=False, dispatch_uid=__name__)
     return MidvaryTasks(
-        vary=app.task(name=f"{prefix}.vary", **options)(_image_job("vary")),
+        vary=app.task(name=f"{prefix}.vary", **options)(_vary),
         generate=app.task(name=f"{prefix}.generate", **options)(_generate),
-        upscale=app.task(name=f"{prefix}.upscale", **options)(_image_job("upscale")),
+        upscale=app.task(name=f"{prefix}.upscale", **options)(_upscale),
+        extend=app.task(name=f"{prefix}.extend", **options)(_extend),
     )

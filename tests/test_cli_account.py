@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+import midvary
+from midvary._cli.progress import Progress
+
 from .bulk_support import write_old_journal
 from .conditions import until
 from .test_cli import cli, provider, read_results, write_csv
@@ -156,3 +159,28 @@ async def test_a_job_an_earlier_version_recorded_failed_by_402_is_sent_by_a_plai
         assert await cli("bulk", str(jobs)) == 0  # and only once
         assert fake.stats.requests["submit"] == 2
     capsys.readouterr()
+
+
+async def test_the_progress_line_shows_the_outage_while_it_lasts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``paused: maintenance (455) since ..., next try ...`` while the session waits it out."""
+    async with provider(monkeypatch, submit_limit=None) as fake:
+        session = midvary.Session(api_key=fake.api_key, base_url=fake.base_url)
+        async with session:
+            progress = Progress(4, outage=lambda: session.outage)
+            assert "paused" not in progress.counts()
+            fake.set_maintenance(True)
+            with pytest.raises(midvary.ServiceUnavailableError):
+                await session.credits()  # not a submission or a poll: no outage
+            assert "paused" not in progress.counts()
+            waiting = asyncio.ensure_future(session.vary("parent-1", 0))
+            await until(lambda: session.outage is not None)
+            outage = session.outage
+            assert outage is not None
+            line = progress.counts()
+            assert f"paused: maintenance (455) since {outage.since:%H:%M:%S} UTC" in line
+            assert f"next try {outage.next_try:%H:%M:%S}" in line
+            fake.set_maintenance(False)
+            await waiting
+            assert "paused" not in progress.counts()

@@ -273,3 +273,21 @@ async def test_waits_for_the_rate_limiter_are_measured(fake_provider: FakeProvid
             await session.vary("parent-1", index)
     waits = grown(before, metric_points(), "midvary.limiter.wait")
     assert sum(waits.values()) >= 2  # the second and third submissions waited
+
+
+def test_without_an_sdk_nothing_is_made_until_a_provider_is_set() -> None:
+    """API installed, no SDK: no instruments, no spans; a provider set later is then used."""
+    script = """
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from midvary import _telemetry
+assert _telemetry.AVAILABLE and _telemetry._get() is None
+trace.set_tracer_provider(TracerProvider())
+assert _telemetry._get() is not None
+print("ok")
+"""
+    done = subprocess.run(  # noqa: S603 - our own interpreter and script
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"

@@ -67,13 +67,13 @@ def test_register_checks_its_arguments() -> None:
     assert tasks.vary.name == "mj.vary"
     assert tasks.vary.acks_late
     assert tasks.vary.reject_on_worker_lost
-    assert {"mj.vary", "mj.generate", "mj.upscale"} <= set(app.tasks)
+    assert {"mj.vary", "mj.generate", "mj.upscale", "mj.extend"} <= set(app.tasks)
 
 
 def test_each_kind_returns_the_arq_result_and_a_rerun_bills_nothing(
     tasks: midvary.celery.MidvaryTasks, fake: FakeProvider, namespace: str
 ) -> None:
-    """Generate, vary and upscale return the arq jobs' dict; run again, they re-attach."""
+    """Every kind returns the arq jobs' dict; run again with its key, a job re-attaches."""
     grid = tasks.generate.apply(("a fox",), {"key": f"{namespace}/g", "aspect_ratio": "1:1"})
     first = grid.get()
     assert first["state"] == "succeeded"
@@ -85,7 +85,16 @@ def test_each_kind_returns_the_arq_result_and_a_rerun_bills_nothing(
     assert varied["image_urls"] == list(fake.task(varied["task_id"]).result_urls)
     again = tasks.vary.apply((parent, 1), {"key": f"{namespace}/v"}).get()
     assert again["task_id"] == varied["task_id"]
-    assert fake.stats.tasks_created == 3
+    video_options = {"task_type": "mj_video", "file_urls": ["https://img.test/in.png"]}
+    video = tasks.generate.apply(
+        ("a fox running",), {"key": f"{namespace}/video", **video_options}
+    ).get()
+    longer = tasks.extend.apply(
+        (video["task_id"], 0), {"key": f"{namespace}/ext", "prompt": "more"}
+    ).get()
+    assert video["state"] == longer["state"] == "succeeded"
+    assert fake.task(longer["task_id"]).task_type == "mj_video_extend_manual"
+    assert fake.stats.tasks_created == 5
 
 
 def test_a_failed_task_and_bad_input_complete_the_job(
