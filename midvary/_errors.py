@@ -42,6 +42,7 @@ of arguments raises :class:`ValueError` or :class:`TypeError` before any request
 
 from __future__ import annotations
 
+import copyreg
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
@@ -56,15 +57,14 @@ class MidvaryError(Exception):
     """
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (type(self), self.args, self.__dict__))
+        # Rebuilt without calling ``__init__`` (most take keyword-only arguments): the class
+        # made bare, then its message and attributes set; the pickle names only the class.
+        return (copyreg.__newobj__, (type(self),), {**self.__dict__, "args": self.args})  # type: ignore[attr-defined]
 
-
-def _rebuild(cls: type[MidvaryError], args: tuple[Any, ...], state: dict[str, Any]) -> MidvaryError:
-    """An unpickled midvary error: its message and attributes, without calling ``__init__``."""
-    error = cls.__new__(cls)
-    error.args = args
-    error.__dict__.update(state)
-    return error
+    def __setstate__(self, state: dict[str, Any] | None) -> None:
+        attributes = dict(state or {})
+        self.args = attributes.pop("args", ())
+        self.__dict__.update(attributes)
 
 
 class APIError(MidvaryError):
