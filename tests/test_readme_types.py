@@ -1,4 +1,4 @@
-"""The README's Python blocks pass ``mypy --strict``: one run over one generated file."""
+"""Every Python block of the README and the docs passes ``mypy --strict``: one mypy run."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+#: The README and every page of the documentation site.
+PAGES = (README, *sorted((ROOT / "docs").rglob("*.md")))
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
 
 #: What the README's fragments take from the code around them, typed as a user's code
@@ -63,12 +66,17 @@ NOT_INSTALLED = ("prometheus_client", "opentelemetry.exporter.prometheus", "djan
 UNTYPED = ("celery",)
 
 
-def readme_blocks() -> list[tuple[int, str]]:
-    """``(line, code)`` of every Python block of the README."""
-    text = README.read_text(encoding="utf-8")
-    return [
-        (text.count("\n", 0, match.start()) + 2, match.group(1)) for match in BLOCK.finditer(text)
-    ]
+def readme_blocks() -> list[tuple[str, int, str]]:
+    """``(page, line, code)`` of every Python block of the README and the docs."""
+    blocks = []
+    for page in PAGES:
+        text = page.read_text(encoding="utf-8")
+        name = page.relative_to(ROOT).as_posix()
+        blocks += [
+            (name, text.count("\n", 0, match.start()) + 2, match.group(1))
+            for match in BLOCK.finditer(text)
+        ]
+    return blocks
 
 
 def test_every_python_block_of_the_readme_passes_mypy_strict(tmp_path: Path) -> None:
@@ -79,12 +87,12 @@ def test_every_python_block_of_the_readme_passes_mypy_strict(tmp_path: Path) -> 
     blocks = readme_blocks()
     assert len(blocks) >= 10  # the Quickstart, callbacks, fan-out, stores, arq, testing...
     lines = PRELUDE.splitlines()
-    where: dict[int, int] = {}  # generated line -> README line
-    for readme_line, code in blocks:
-        lines += ["", "", f"async def readme_line_{readme_line}() -> None:"]
+    where: dict[int, str] = {}  # generated line -> page:line
+    for number, (page, page_line, code) in enumerate(blocks):
+        lines += ["", "", f"async def block_{number}() -> None:"]
         for offset, text in enumerate(code.splitlines()):
             lines.append(f"    {text}" if text else "")
-            where[len(lines)] = readme_line + offset
+            where[len(lines)] = f"{page}:{page_line + offset}"
     source = tmp_path / "readme_blocks.py"
     source.write_text("\n".join(lines) + "\n", encoding="utf-8")
     config = tmp_path / "mypy.ini"
@@ -110,7 +118,7 @@ def test_every_python_block_of_the_readme_passes_mypy_strict(tmp_path: Path) -> 
     )  # fmt: skip
     report = re.sub(
         rf"{re.escape(str(source))}:(\d+):",
-        lambda match: f"README.md:{where.get(int(match.group(1)), '?')}:",
+        lambda match: f"{where.get(int(match.group(1)), '?')}:",
         result.stdout + result.stderr,
     )
     assert result.returncode == 0, report

@@ -1,4 +1,4 @@
-"""The README's resume recipe, run as written: SIGKILLed once, run again, every job done once."""
+"""The resume recipe of docs/guides/stores.md, run as written: killed, run again, done once."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 
 from midvary.testing import FakeProvider, FakeSettings
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+README = Path(__file__).resolve().parents[2] / "docs" / "guides" / "stores.md"
 MARKER = "<!-- recipe: resume -->"
 
 
