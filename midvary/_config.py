@@ -174,3 +174,12 @@ class RetryPolicy:
     outage_budget: float = attrs.field(default=1800.0, validator=_non_negative)
     outage_probe: float = attrs.field(default=2.0, validator=_positive)
     outage_probe_max: float = attrs.field(default=60.0, validator=_positive)
+
+    def probe_delay(self, tries: int) -> float:
+        """Seconds to wait, during an outage, before the try after ``tries`` failed ones.
+
+        ``outage_probe`` after the first, doubling with each further one, at most
+        ``outage_probe_max``: the one schedule of every look at a provider or an account
+        that is not usable (a session's outage probes, a worker's credits checks).
+        """
+        return min(self.outage_probe_max, self.outage_probe * 2.0 ** min(max(tries, 1) - 1, 64))

@@ -157,8 +157,8 @@ class OutageWatch:
             probe = True
         if probe:
             self._probing = False
-            delay = min(policy.outage_probe_max, policy.outage_probe * 2.0**self._failures)
             self._failures += 1
+            delay = policy.probe_delay(self._failures)
             self._next = now + delay
             if self._failures == 1:
                 logger.warning(

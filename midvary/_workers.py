@@ -183,10 +183,10 @@ class AccountGate:
         self._checker = asyncio.get_running_loop().create_task(self._check(error))
 
     async def _check(self, error: APIError) -> None:
-        policy = self._session.retry
-        delay = policy.outage_probe
+        checks = 0
         while True:
-            await asyncio.sleep(delay)
+            checks += 1
+            await asyncio.sleep(self._session.retry.probe_delay(checks))
             try:
                 left = await self._session.credits()
             except MidvaryError as exc:  # still refused, or not answering: look again later
@@ -196,7 +196,6 @@ class AccountGate:
                     error, InsufficientCreditsError | AuthenticationError
                 ):
                     break
-            delay = min(policy.outage_probe_max, delay * 2)
         logger.warning("the account is usable again (%d credits): jobs resume", left)
         self._open.set()
 
