@@ -466,9 +466,9 @@ async def _run_jobs(  # noqa: PLR0917 - one step of _run, given its parts
     summary: BulkSummary,
 ) -> None:
     summary.credits_before = await _credits(session)
-    progress = Progress(len(jobs_file.jobs), outage=lambda: session.outage)
+    # The progress counts into the summary: one count of how the jobs ended.
+    progress = Progress(len(jobs_file.jobs), tally=summary, outage=lambda: session.outage)
     placer = Placer(
-        session=session,
         args=args,
         ledger=ledger,
         results=results,

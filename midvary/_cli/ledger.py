@@ -41,8 +41,7 @@ from .._submit import KINDS, identity
 from .._validate import MAX_KEY_LENGTH
 from ._kit import UsageError, api_key, exclusive_lock, say
 from .migrate import JournalRow, earlier_journal, lock_journal, read_journal, retire_journal
-from .results import UncertainAtResumeError, line_task_ids, result_line
-from .tally import Ending
+from .results import line_task_ids, uncertain_line
 
 if TYPE_CHECKING:
     from midvary._store import Claim  # the type a store's claim() returns: annotations only
@@ -62,7 +61,6 @@ class JobState(enum.Enum):
 
     PENDING = "pending"
     SUBMITTING = "submitting"
-    SUBMITTED = "submitted"
     DONE = "done"
     FAILED = "failed"
     UNCERTAIN = "uncertain"
@@ -75,13 +73,16 @@ class JobState(enum.Enum):
 
 @attrs.frozen(kw_only=True)
 class KnownJob:
-    """What the ledger knows about one job."""
+    """What the ledger knows about one job.
 
-    key: str
-    content: str
+    ``task_id`` is the task it made, ``result`` its result line and ``error`` that line's
+    ``error`` object (empty when it has none), for a job some run finished.
+    """
+
     state: JobState
-    task_id: str | None
-    result: str | None
+    task_id: str | None = None
+    result: str | None = None
+    error: dict[str, Any] = attrs.field(factory=dict)
 
 
 class Ledger:
@@ -171,9 +172,8 @@ class Ledger:
             state = claim.state.value  # the store's ClaimState: claimed, known, busy, uncertain
             if state == "claimed":
                 self._held.add(key)
-                if job.key in self._cut:
-                    return attrs.evolve(_pending(job), state=JobState.SUBMITTING)
-                return _pending(job)
+                cut = job.key in self._cut
+                return KnownJob(state=JobState.SUBMITTING if cut else JobState.PENDING)
             if state == "known" and claim.task_id:
                 return _from_line(job, claim.task_id)
             if state == "busy":
@@ -203,7 +203,7 @@ class Ledger:
             with contextlib.suppress(midvary.StoreError):
                 await self._store.release(self._namespace, claim_key, holder=self._holder)
 
-    async def finished(self, key: str, state: JobState, task_id: str | None, line: str) -> None:
+    async def finished(self, key: str, line: str) -> None:
         """Record ``line`` as the job's result, for every later run to read back."""
         claim_key = self._claim_key(key)
         recorded = await self._store.record_task(
@@ -259,9 +259,8 @@ class Ledger:
             await self._adopt_line(job, row.result)
         elif row.state in ("submitting", "submitted", "uncertain"):
             request = self._request_of(job, parent_task)
-            await self._adopt_line(
-                job, _uncertain_line(job, request, "a run of an earlier midvary stopped")
-            )
+            message = "its submission was in flight when a run of an earlier midvary stopped"
+            await self._adopt_line(job, uncertain_line(job, message, request))
 
     def _request_of(self, job: BulkJob, parent_task: str | None) -> Any:
         """``job``'s keyed request as this run would send it; ``None``: not known."""
@@ -302,12 +301,6 @@ class Ledger:
         await self._store.record_task(self._namespace, key, holder=self._holder, task_id=task_id)
 
 
-def _uncertain_line(job: BulkJob, request: Any, when: str) -> str:
-    """The result line of a job whose POST was in flight when ``when``."""
-    error = UncertainAtResumeError(f"its submission was in flight when {when}")
-    return result_line(job, Ending.UNCERTAIN, error=error, request=request)
-
-
 def _in_use(job: BulkJob) -> UsageError:
     return UsageError(
         f"the store already holds job {job.key!r} in another state than the journal of an "
@@ -345,12 +338,6 @@ async def migrate_journal(path: Path, ledger: Ledger, jobs_file: JobsFile) -> No
     )
 
 
-def _pending(job: BulkJob) -> KnownJob:
-    return KnownJob(
-        key=job.key, content=job.content, state=JobState.PENDING, task_id=None, result=None
-    )
-
-
 def _from_line(job: BulkJob, line: str) -> KnownJob:
     """What a result line recorded by some run says of ``job``."""
     try:
@@ -361,12 +348,12 @@ def _from_line(job: BulkJob, line: str) -> KnownJob:
         raise midvary.StoreError(
             f"the store holds an unreadable result for job {job.key!r}"
         ) from None
+    error = data.get("error")
     return KnownJob(
-        key=job.key,
-        content=job.content,
         state=state,
         task_id=task_id if isinstance(task_id, str) else None,
         result=line,
+        error=error if isinstance(error, dict) else {},
     )
 
 

@@ -91,12 +91,10 @@ class ResultsFile:
             if isinstance(key, str):
                 self._last[key] = line
 
-    async def ensure(self, results: dict[str, str]) -> int:
-        """Append every result line the store kept that this file lacks; return how many."""
-        missing = [line for key, line in results.items() if self._last.get(key) != line]
-        for line in missing:
-            await self.write(json.loads(line)["id"], line)
-        return len(missing)
+    async def ensure(self, key: str, line: str) -> None:
+        """Append ``line``, the result the store kept for job ``key``, if this file lacks it."""
+        if self._last.get(key) != line:
+            await self.write(key, line)
 
     async def write(self, key: str, line: str) -> None:
         """Append ``line`` (the result of job ``key``)."""
@@ -173,6 +171,13 @@ def result_line(
 
 class UncertainAtResumeError(midvary.MidvaryError):
     """The job's submission was in flight when an earlier run stopped."""
+
+
+def uncertain_line(job: BulkJob, message: str, request: object) -> str:
+    """The result line of a job whose POST was in flight when an earlier run stopped."""
+    return result_line(
+        job, Ending.UNCERTAIN, error=UncertainAtResumeError(message), request=request
+    )
 
 
 # -- reading ---------------------------------------------------------------------------------
