@@ -359,7 +359,7 @@ def _from_line(job: BulkJob, line: str) -> KnownJob:
 
 @contextlib.asynccontextmanager
 async def open_ledger(
-    args: argparse.Namespace, jobs_path: Path, jobs_file: JobsFile
+    args: argparse.Namespace, jobs_file: JobsFile
 ) -> AsyncIterator[tuple[Ledger, Store]]:
     """The run's ledger and the store its session submits through.
 
@@ -374,6 +374,7 @@ async def open_ledger(
             default store (the message names it, never a Redis password).
 
     """
+    jobs_path: Path = args.jobs
     _check_keys(jobs_path, jobs_file)
     journal: Path | None = args.journal
     lease = args.claim_lease

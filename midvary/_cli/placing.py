@@ -21,7 +21,7 @@ from .feed import Feed
 from .jobs import BulkJob
 from .ledger import JobState, KnownJob, Ledger
 from .progress import Progress
-from .results import ResultsFile, result_line, uncertain_line
+from .results import ResultsFile, outcome_line, uncertain_line
 from .summary import BulkSummary
 from .tally import Ending
 
@@ -35,7 +35,7 @@ class Placer:
     results: ResultsFile
     summary: BulkSummary
     progress: Progress
-    feed: Feed | None = None
+    feed: Feed
     #: What this run knows of each job it placed (updated when one ends here).
     known: dict[str, KnownJob] = attrs.field(factory=dict)
     _reopened: set[str] = attrs.field(factory=set)
@@ -78,11 +78,6 @@ class Placer:
             self._submit(job)
         return True
 
-    @property
-    def _feed(self) -> Feed:
-        assert self.feed is not None  # noqa: S101 - set before the first job is placed
-        return self.feed
-
     async def _skip(self, job: BulkJob, known: KnownJob) -> None:
         """A job finished earlier (by this run's predecessors or by another run)."""
         self.summary.skipped += 1
@@ -116,14 +111,14 @@ class Placer:
     def _submit(self, job: BulkJob) -> None:
         """Submit ``job`` in this run: now, once its parent succeeds, or never (orphan)."""
         if job.parent is None:
-            self._feed.add(job, self._request_of(job))
+            self.feed.add(job, self._request_of(job))
         else:
-            self._feed.add_child(job, self._parent_task(job))
+            self.feed.add_child(job, self._parent_task(job))
 
     def _parent_task(self, job: BulkJob) -> str | None:
         """A child's parent task, if the parent succeeded and does not run again here."""
         parent = self.known.get(job.parent or "")
-        if parent is None or parent.state is not JobState.DONE or job.parent in self._feed.running:
+        if parent is None or parent.state is not JobState.DONE or job.parent in self.feed.running:
             return None
         return parent.task_id
 
@@ -133,7 +128,7 @@ class Placer:
             assert job.request is not None  # noqa: S101 - a row has its request
             return attrs.evolve(job.request, key=self.ledger.submission_key(job))
         task_id = self._parent_task(job)
-        return None if task_id is None else self._feed.child_request(job, task_id)
+        return None if task_id is None else self.feed.child_request(job, task_id)
 
     async def record(self, job: BulkJob, outcome: midvary.JobOutcome) -> None:
         """Record a job that ended in this run: the ledger, then its results line.
@@ -148,16 +143,7 @@ class Placer:
             self._unfinished(job, outcome.task_id, outcome.error)
             return
         ending = Ending.of(outcome)
-        line = result_line(
-            job,
-            ending,
-            task_id=outcome.task_id,
-            record=outcome.record,
-            error=outcome.error,
-            paths=outcome.paths,
-            request=outcome.request,
-            recovered=outcome.recovered,
-        )
+        line = outcome_line(job, outcome)
         await self.ledger.finished(job.key, line)
         # done, failed, uncertain: the same words
         self.known[job.key] = KnownJob(
@@ -176,7 +162,7 @@ class Placer:
     async def pend(self, job: BulkJob) -> None:
         """``job`` was not sent, or certainly refused: pending in the ledger (no result)."""
         await self.ledger.release(job.key)
-        self._feed.ended(job, None)
+        self.feed.ended(job, None)
 
     def _unfinished(self, job: BulkJob, task_id: str, error: BaseException | None) -> None:
         """A billed task whose result could not be saved here: left submitted, not failed.

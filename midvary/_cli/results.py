@@ -169,6 +169,20 @@ def result_line(
     return json.dumps(data, ensure_ascii=False)
 
 
+def outcome_line(job: BulkJob, outcome: midvary.JobOutcome) -> str:
+    """The result line of ``job``, ended in this run as ``outcome`` says."""
+    return result_line(
+        job,
+        Ending.of(outcome),
+        task_id=outcome.task_id,
+        record=outcome.record,
+        error=outcome.error,
+        paths=outcome.paths,
+        request=outcome.request,
+        recovered=outcome.recovered,
+    )
+
+
 class UncertainAtResumeError(midvary.MidvaryError):
     """The job's submission was in flight when an earlier run stopped."""
 
@@ -350,8 +364,8 @@ def _job(number: int, line: bytes) -> GalleryJob:
         files=_strings(data, "files"),
         error_type=_text(error, "error.type", key="type"),
         error_message=_field(error, "error.message", str, required=False, key="message"),
-        error_code=_integer(record, "record.error_code", key="error_code"),
-        jobs_line=_integer(data, "line"),
+        error_code=_field(record, "record.error_code", int, required=False, key="error_code"),
+        jobs_line=_field(data, "line", int, required=False),
         action=action,
         prompt=_field(data, "prompt", str, required=generate),
         parent=_text(data, "parent"),
@@ -397,12 +411,6 @@ def _required(data: Mapping[str, Any], name: str) -> str:
     value: str = _field(data, name, str, required=True)
     if not value.strip():
         raise _BadLineError(f"the field {name!r} is empty")
-    return value
-
-
-def _integer(data: Mapping[str, Any], name: str, *, key: str | None = None) -> int | None:
-    """An optional integer field."""
-    value: int | None = _field(data, name, int, required=False, key=key)
     return value
 
 

@@ -48,6 +48,8 @@ class BulkSummary(Tally):
     credits_before: int | None = None
     credits_after: int | None = None
     problems: list[tuple[BulkJob, str, str]] = attrs.field(factory=list)
+    #: The store the run kept its jobs in, for messages (never a password).
+    store: str = ""
 
 
 def summary_table(
@@ -70,7 +72,7 @@ def summary_table(
     return table
 
 
-def print_summary(summary: BulkSummary, out_path: Path, store: str) -> None:
+def print_summary(summary: BulkSummary, out_path: Path) -> None:
     """Print the bulk run's tables: its counts, then the jobs that did not succeed."""
     from rich.console import Console  # noqa: PLC0415 - rich is optional
     from rich.table import Table  # noqa: PLC0415
@@ -117,4 +119,4 @@ def print_summary(summary: BulkSummary, out_path: Path, store: str) -> None:
                 highlight=False,
             )
     console.print(f"results: {out_path}", markup=False, highlight=False)
-    console.print(f"store: {store}", markup=False, highlight=False)
+    console.print(f"store: {summary.store}", markup=False, highlight=False)
