@@ -153,16 +153,21 @@ class Ledger:
         """``<JOBS sha256>/<job key>``: the same job has the same key in every run."""
         return f"{self._scope}/{job.key}"
 
-    async def _claim_run(self, job: BulkJob) -> Claim:
-        """Claim ``job``'s run claim for this run (see the module)."""
+    async def _claim(self, key: str, fingerprint: str, request: Any) -> Claim:
+        """Claim the store key ``key`` for this run."""
         return await self._store.claim(
             self._namespace,
-            self._claim_key(job.key),
-            fingerprint=job.content,
-            request={"bulk": self._scope, "job": job.key},
+            key,
+            fingerprint=fingerprint,
+            request=request,
             holder=self._holder,
             lease_s=self._lease,
         )
+
+    async def _claim_run(self, job: BulkJob) -> Claim:
+        """Claim ``job``'s run claim for this run (see the module)."""
+        request = {"bulk": self._scope, "job": job.key}
+        return await self._claim(self._claim_key(job.key), job.content, request)
 
     async def take(self, job: BulkJob) -> KnownJob | None:
         """Claim ``job`` for this run; its result line if a run finished it already."""
@@ -270,35 +275,26 @@ class Ledger:
         return None if parent_task is None else job.request_for(parent_task, key=key)
 
     async def _adopt_line(self, job: BulkJob, line: str) -> None:
-        key = self._claim_key(job.key)
         claim = await self._claim_run(job)
-        if claim.state.value == "known":
-            return
-        if claim.state.value != "claimed":
+        if claim.state.value == "claimed":
+            await self.finished(job.key, line)
+        elif claim.state.value != "known":
             raise _in_use(job)
-        await self._store.record_task(self._namespace, key, holder=self._holder, task_id=line)
-        await self._store.mark_done(self._namespace, key, task_id=line)
 
     async def _adopt_task(self, job: BulkJob, request: Any, task_id: str) -> None:
         key = self.submission_key(job)
         # The fingerprint the session's own claim of this key checks (see architecture.md).
         fingerprint, stored = identity(KINDS[type(request)], request)
         try:
-            claim = await self._store.claim(
-                self._namespace,
-                key,
-                fingerprint=fingerprint,
-                request=stored,
-                holder=self._holder,
-                lease_s=self._lease,
-            )
+            claim = await self._claim(key, fingerprint, stored)
         except midvary.KeyConflictError:
             raise _in_use(job) from None
-        if claim.state.value == "known":
-            return
-        if claim.state.value != "claimed":
+        if claim.state.value == "claimed":
+            await self._store.record_task(
+                self._namespace, key, holder=self._holder, task_id=task_id
+            )
+        elif claim.state.value != "known":
             raise _in_use(job)
-        await self._store.record_task(self._namespace, key, holder=self._holder, task_id=task_id)
 
 
 def _in_use(job: BulkJob) -> UsageError:

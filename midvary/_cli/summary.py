@@ -78,28 +78,26 @@ def print_summary(summary: BulkSummary, out_path: Path) -> None:
     from rich.table import Table  # noqa: PLC0415
 
     console = Console()
+    # (label, count, shown when 0): the rarer counts show only when they happen.
     rows = (
-        ("total (valid rows)", summary.total),
-        ("done", summary.done),
-        *((("recovered (by callback)", summary.recovered),) if summary.recovered else ()),
-        ("failed", summary.failed),
-        ("uncertain", summary.uncertain),
-        *((("not run (parent did not succeed)", summary.not_run),) if summary.not_run else ()),
-        *((("pending (not sent: run again)", summary.pending),) if summary.pending else ()),
-        *(
-            (("unfinished (task made, result not saved: run again)", summary.unfinished),)
-            if summary.unfinished
-            else ()
-        ),
-        ("ended in this run", summary.ran),
-        ("skipped (finished earlier)", summary.skipped),
-        ("re-attached by task id", summary.reattached),
-        ("re-submitted (were uncertain)", summary.resubmitted),
-        *((("re-submitted (task failed earlier)", summary.retried),) if summary.retried else ()),
-        ("bad rows skipped", summary.bad_rows),
-        ("rate-limited waits", summary.rate_limited_waits),
+        ("total (valid rows)", summary.total, True),
+        ("done", summary.done, True),
+        ("recovered (by callback)", summary.recovered, False),
+        ("failed", summary.failed, True),
+        ("uncertain", summary.uncertain, True),
+        ("not run (parent did not succeed)", summary.not_run, False),
+        ("pending (not sent: run again)", summary.pending, False),
+        ("unfinished (task made, result not saved: run again)", summary.unfinished, False),
+        ("ended in this run", summary.ran, True),
+        ("skipped (finished earlier)", summary.skipped, True),
+        ("re-attached by task id", summary.reattached, True),
+        ("re-submitted (were uncertain)", summary.resubmitted, True),
+        ("re-submitted (task failed earlier)", summary.retried, False),
+        ("bad rows skipped", summary.bad_rows, True),
+        ("rate-limited waits", summary.rate_limited_waits, True),
     )
-    console.print(summary_table("midvary bulk", rows))
+    shown = [(label, count) for label, count, always in rows if always or count]
+    console.print(summary_table("midvary bulk", shown))
     if summary.problems:
         problems = Table(title="jobs that did not succeed", show_header=True)
         for column in ("line", "id", "status", "error"):
