@@ -1,17 +1,7 @@
 """``midvary fake-server``: the fake provider in the foreground, for demos and benchmarks.
 
-It prints ``key value`` lines (``base_url``, ``results_base_url``, ``api_key``,
-``stats_url``, and ``parent_id``: a finished parent task id to vary or upscale), the two
-``export MIDVARY_BASE_URL=...`` / ``export MIDVARY_API_KEY=...`` lines to paste into another
-shell, then a ``ready`` line, serves until SIGINT or SIGTERM, prints a ``stats`` line of JSON
-figures and exits 0. The key is a fake one, so printing it is fine. A port in use or a host
-that cannot be bound is one line on stderr and exit status 2.
-
-A process that drives it reads the figures from ``GET <base_url>/_fake/stats`` and changes
-knobs with ``POST <base_url>/_fake/settings`` (a JSON object of :class:`FakeSettings`
-fields) or ``POST <base_url>/_fake/maintenance`` (``{"on": true}``).
-
-Also runnable without the CLI: ``python -m midvary.testing._serve --port 8000``.
+What it prints and serves is :data:`HELP` (its ``--help``). The key is a fake one, so
+printing it is fine. Also runnable without the CLI: ``python -m midvary.testing._serve``.
 """
 
 from __future__ import annotations
@@ -61,18 +51,6 @@ _PLAIN_KNOBS = (
     "result_info_as_string",
     "callback_hmac_key",
 )
-
-
-def add_fake_server_command(subparsers: argparse._SubParsersAction[Any]) -> None:
-    """Register the ``fake-server`` subcommand; its ``handler`` default is ``run_fake_server``."""
-    parser = subparsers.add_parser(
-        "fake-server",
-        help="serve the fake provider in the foreground (for demos and benchmarks)",
-        description=HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    configure_parser(parser)
-    parser.set_defaults(handler=run_fake_server)
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
