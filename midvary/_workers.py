@@ -283,24 +283,18 @@ async def run_job(
 ) -> dict[str, Any]:
     """Submit the request ``make()`` builds (with ``key``), await the task, optionally download.
 
-    An invalid request (``make`` raises ``TypeError`` or ``ValueError``) fails the job with
-    nothing sent.
-
-    A submission refused for the account (401, 402, 505) does not complete the job: it
-    waits at ``gate`` (the worker's jobs wait until a credits check finds the account
-    usable), then is sent again (nothing was billed for it).
+    A submission refused for the account (401, 402, 505) waits at ``gate``, then is sent
+    again (nothing was billed for it); a lost answer is first recovered through the
+    session's callback receiver, if it has one (:data:`RECOVER_WAIT`).
 
     Returns:
-        The job's result dict (:func:`job_result`; the fields as :func:`midvary.arq.vary`
-        documents them): a failed task, a refused or invalid request and an uncertain
-        submission (never re-sent) complete the job; a lost answer is first recovered
-        through the session's callback receiver, if it has one (:data:`RECOVER_WAIT`).
+        The job's result dict (:func:`job_result`, as :func:`midvary.arq.vary` documents
+        it): a failed task, a refused or invalid request (``make`` raises ``TypeError`` or
+        ``ValueError``: nothing sent) and an uncertain submission complete the job.
 
     Raises:
-        RetryLater: Transient trouble (``_retry.is_transient``: the store unreachable, the
-            provider in maintenance or rate limiting past the retry budget, the network, a
-            wait that timed out, the session closing, a result host's 5xx): run the job
-            again later, which re-attaches by key.
+        RetryLater: Transient trouble (``_retry.is_transient``): run the job again later,
+            which re-attaches by key.
         Exception: Anything else that is neither transient nor a failure of the job (a bug).
 
     """

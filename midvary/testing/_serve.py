@@ -15,6 +15,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+import attrs
+
 from ._provider import FakeProvider
 from ._settings import ENDPOINTS, FAULT_KINDS, FakeSettings
 
@@ -33,24 +35,8 @@ POST <base_url>/_fake/settings (a JSON object of FakeSettings fields) or
 POST <base_url>/_fake/maintenance ({"on": true}).
 """
 
-# Options named like the FakeSettings field they set, taken as parsed.
-_PLAIN_KNOBS = (
-    "invisible_for",
-    "failure_rate",
-    "create_failure_share",
-    "images_per_task",
-    "credits",
-    "fault_rate",
-    "fault_kinds",
-    "fault_endpoints",
-    "drop_submit_answer_rate",
-    "time_format",
-    "not_found_style",
-    "index_base",
-    "mirror_http_status",
-    "result_info_as_string",
-    "callback_hmac_key",
-)
+# The options named like the FakeSettings field they set (the other options are not fields).
+_FIELDS = frozenset(attrs.fields_dict(FakeSettings))
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -170,8 +156,9 @@ def settings_from_args(args: argparse.Namespace) -> FakeSettings:
     Raises:
         ValueError: An option's value is invalid (the message says which).
     """
+    # Taken as parsed, but for latency and submit_limit, made into settings below.
     changes: dict[str, Any] = {
-        name: getattr(args, name) for name in _PLAIN_KNOBS if getattr(args, name) is not None
+        name: value for name, value in vars(args).items() if name in _FIELDS and value is not None
     }
     if args.duration is not None:
         changes["task_duration"] = args.duration
