@@ -275,13 +275,13 @@ def download_dir(config: WorkerConfig, download: Download) -> Path | None:
 
 async def run_job(
     session: Session,
-    make: Callable[[], SubmitRequest],
+    request: Callable[..., SubmitRequest],
     *,
     key: str,
     download: Path | None,
     gate: AccountGate,
 ) -> dict[str, Any]:
-    """Submit the request ``make()`` builds (with ``key``), await the task, optionally download.
+    """Submit ``request(key=key)``, await the task, optionally download.
 
     A submission refused for the account (401, 402, 505) waits at ``gate``, then is sent
     again (nothing was billed for it); a lost answer is first recovered through the
@@ -289,8 +289,8 @@ async def run_job(
 
     Returns:
         The job's result dict (:func:`job_result`, as :func:`midvary.arq.vary` documents
-        it): a failed task, a refused or invalid request (``make`` raises ``TypeError`` or
-        ``ValueError``: nothing sent) and an uncertain submission complete the job.
+        it): a failed task, a refused or invalid request (``request`` raises ``TypeError``
+        or ``ValueError``: nothing sent) and an uncertain submission complete the job.
 
     Raises:
         RetryLater: Transient trouble (``_retry.is_transient``): run the job again later,
@@ -302,7 +302,7 @@ async def run_job(
         await gate.wait_open()
         try:
             try:
-                handle = await session.submit(make())
+                handle = await session.submit(request(key=key))
             except SubmitUncertainError as lost:  # a receiver's callback may still name it
                 handle = await session.recover(lost, timeout=RECOVER_WAIT)
         except SubmitUncertainError as exc:

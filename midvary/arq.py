@@ -310,7 +310,7 @@ async def _job(
     try:
         return await run_job(
             worker.session,
-            partial(request, key=key),
+            request,
             key=key,
             download=download_dir(worker.config, download),
             gate=worker.gate,

@@ -176,10 +176,13 @@ def _job(
     Transient trouble becomes Celery's ``retry`` with a growing countdown.
     """
     worker = _open()
-    make = partial(request, key=key)
     try:
         return worker.session.call(
-            run_job, make, key=key, download=download_dir(worker.config, download), gate=worker.gate
+            run_job,
+            request,
+            key=key,
+            download=download_dir(worker.config, download),
+            gate=worker.gate,
         )
     except RetryLater as later:
         countdown = retry_delay(task.request.retries + 1)
