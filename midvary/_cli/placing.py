@@ -2,9 +2,10 @@
 
 A job is placed when the fan-out has room for it (:class:`~.feed.Feed`): skipped (finished
 earlier, here or by another run: its result line is written to this run's results file),
-re-attached (submitted earlier, by task id), reported uncertain (its POST was in flight when
-an earlier run stopped), or run; a child waits for its parent. A finished job is recorded in
-the ledger first, then in the results file.
+reported uncertain (its POST was in flight when an earlier run stopped), or run (a job an
+earlier run submitted re-attaches to its task through its submission key, with no POST); a
+child waits for its parent. A finished job is recorded in the ledger first, then in the
+results file.
 """
 
 from __future__ import annotations
