@@ -2,7 +2,7 @@
 
 One submission, in order:
 
-1. its kind (:data:`KINDS`: the endpoint and the body of each request class);
+1. its kind (``_bodies.KINDS``: the endpoint and the body of each request class);
 2. for a request with a ``key``, the key's claim in the :class:`SubmitStore`
    (:func:`identity` fingerprints the request's wire body): a key that already names a
    task returns a handle on it, with no POST; a key whose earlier POST is uncertain raises
@@ -35,13 +35,10 @@ import contextlib
 import hashlib
 import logging
 import weakref
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeGuard
 
-import attrs
-
 from . import _telemetry as telemetry
-from ._bodies import extend_body, generate_body, upscale_body, vary_body
+from ._bodies import KINDS, RequestKind
 from ._converter import structure_task_id
 from ._errors import (
     ACCOUNT_STOPPING,
@@ -55,13 +52,7 @@ from ._errors import (
     TransportError,
 )
 from ._handle import TaskHandle
-from ._models import (
-    ExtendRequest,
-    GenerateRequest,
-    SubmitRequest,
-    UpscaleRequest,
-    VaryRequest,
-)
+from ._models import SubmitRequest
 from ._outage import is_outage
 from ._polling import Alarm
 from ._recovery import Recovery
@@ -78,36 +69,6 @@ if TYPE_CHECKING:
     from ._tickets import Ticket
 
 logger = logging.getLogger(__name__)
-
-VARY_PATH: Final = "/api/v1/mj/generateVary"
-GENERATE_PATH: Final = "/api/v1/mj/generate"
-UPSCALE_PATH: Final = "/api/v1/mj/generateUpscale"
-EXTEND_PATH: Final = "/api/v1/mj/generateVideoExtend"
-
-
-@attrs.frozen(kw_only=True)
-class RequestKind:
-    """How one request class goes on the wire.
-
-    Attributes:
-        path: The endpoint the request is POSTed to.
-        body: ``body(request, callback_url=..., index_base=...)``: the JSON body, with the
-            callback URL to send (the request's own or a receiver ticket's; ``None``: none).
-
-    """
-
-    path: str
-    body: Callable[..., dict[str, Any]]
-
-
-#: Request class -> how it is sent. A new kind is a new row (and a body function in the
-#: converter); nothing else in the pipeline changes (its ``key=`` included).
-KINDS: Final[dict[type[Any], RequestKind]] = {
-    VaryRequest: RequestKind(path=VARY_PATH, body=vary_body),
-    GenerateRequest: RequestKind(path=GENERATE_PATH, body=generate_body),
-    UpscaleRequest: RequestKind(path=UPSCALE_PATH, body=upscale_body),
-    ExtendRequest: RequestKind(path=EXTEND_PATH, body=extend_body),
-}
 
 #: What a wrong request type is told it may be.
 REQUEST_CLASSES: Final = "a midvary.VaryRequest, GenerateRequest, UpscaleRequest or ExtendRequest"
