@@ -393,30 +393,20 @@ class FanOut(Generic[R]):
     async def _pull(self) -> AsyncGenerator[object, None]:
         """Yield the items of the input, taking a slot before pulling each one."""
         source, slots = self._source, self._slots
-        item: object
-        if isinstance(source, AsyncIterable):
-            iterator: AsyncIterator[object] = aiter(source)
-            while True:
-                await slots.acquire()
-                self._pulling = True  # the caller's code runs: never cancelled there
-                try:
-                    item = await anext(iterator)
-                except StopAsyncIteration:
-                    slots.release()
-                    return
-                finally:
-                    self._pulling = False
-                yield item
-        else:
-            sync_iterator: Iterator[object] = iter(source)
-            while True:
-                await slots.acquire()
-                try:
-                    item = next(sync_iterator)
-                except StopIteration:
-                    slots.release()
-                    return
-                yield item
+        items: AsyncIterator[object] | Iterator[object] = (
+            aiter(source) if isinstance(source, AsyncIterable) else iter(source)
+        )
+        while True:
+            await slots.acquire()
+            self._pulling = True  # the caller's code runs: never cancelled there
+            try:
+                item = await anext(items) if isinstance(items, AsyncIterator) else next(items)
+            except (StopIteration, StopAsyncIteration):
+                slots.release()
+                return
+            finally:
+                self._pulling = False
+            yield item
 
     def _job_ended(self, task: asyncio.Task[JobOutcome | None]) -> None:
         self._tasks.discard(task)
