@@ -322,8 +322,7 @@ class CallbackReceiver:
             OSError: The address could not be bound.
 
         """
-        if self._state is _State.STOPPED:
-            raise ReceiverClosedError("this CallbackReceiver is stopped; create a new one")
+        self._check_usable()
         if self._runner is not None:
             raise RuntimeError("this CallbackReceiver is already serving")
         if not isinstance(host, str) or not host:
@@ -482,11 +481,8 @@ class CallbackReceiver:
             if isinstance(found, int):
                 return found
             target, task_id = found
-        if task_id is not None and self._hmac_key is not None:
-            problem = self._signature_problem(task_id, headers)
-            if problem is not None:
-                logger.warning("callback for task %s rejected: %s", task_id, problem)
-                return 401
+        if task_id is not None and (refused := self._bad_signature(task_id, headers)):
+            return refused
         return task_id, target
 
     async def _deliver(
@@ -530,11 +526,8 @@ class CallbackReceiver:
         token may only be late: the task is kept in the store and its owner woken, but 503,
         so that the provider's retry takes the ordinary path once the answer came.
         """
-        if self._hmac_key is not None:
-            problem = self._signature_problem(task_id, headers)
-            if problem is not None:
-                logger.warning("callback for task %s rejected: %s", task_id, problem)
-                return 401
+        if refused := self._bad_signature(task_id, headers):
+            return refused
         relay = self._relay
         if isinstance(target, str):
             assert relay is not None  # noqa: S101 - a remote token came from the relay
@@ -582,12 +575,17 @@ class CallbackReceiver:
         token = path[len(prefix) :]
         return token or None
 
-    def _signature_problem(self, task_id: str, headers: Mapping[str, str]) -> str | None:
-        """Why the delivery's signature fails, or ``None`` when it is valid and fresh."""
-        assert self._hmac_key is not None  # noqa: S101  # only called when signing is on
-        return signature_problem(
+    def _bad_signature(self, task_id: str, headers: Mapping[str, str]) -> int | None:
+        """401 when signing is on and the delivery's signature is not valid and fresh."""
+        if self._hmac_key is None:
+            return None
+        problem = signature_problem(
             task_id, headers, key=self._hmac_key, max_age=self._tolerance, now=time.time()
         )
+        if problem is None:
+            return None
+        logger.warning("callback for task %s rejected: %s", task_id, problem)
+        return 401
 
     def _check_usable(self) -> None:
         if self._state is _State.STOPPED:

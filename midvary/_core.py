@@ -59,6 +59,7 @@ class SessionCore:
     """What handles, fan-outs and the submitter need of their session.
 
     Attributes:
+        base_url: The API's base URL, without a trailing slash.
         poll: The default :class:`PollPolicy` of waits.
         retry: The :class:`RetryPolicy` of submissions, polls' retries and downloads.
         index_base: Added to a vary's 0-based image index on the wire (0 or 1).
@@ -73,12 +74,12 @@ class SessionCore:
 
     __slots__ = (
         "_api_key",
-        "_base_url",
         "_http",
         "_loop",
         "_owns_http",
         "_state",
         "_transport",
+        "base_url",
         "durations",
         "fanouts",
         "health",
@@ -105,7 +106,7 @@ class SessionCore:
         seed: int | None,
         max_download_bytes: int | None,
     ) -> None:
-        self._base_url = base_url
+        self.base_url = base_url
         self._api_key = api_key
         self.timeout = timeout
         self._http = http
@@ -126,12 +127,7 @@ class SessionCore:
         self.outage = OutageWatch(lambda: self.retry)
 
     def __repr__(self) -> str:
-        return f"<SessionCore base_url={str(self._base_url)!r} state={self.state}>"
-
-    @property
-    def base_url(self) -> yarl.URL:
-        """The API's base URL, without a trailing slash."""
-        return self._base_url
+        return f"<SessionCore base_url={str(self.base_url)!r} state={self.state}>"
 
     @property
     def state(self) -> str:
@@ -146,7 +142,9 @@ class SessionCore:
     def check_open(self) -> None:
         """Raise :class:`SessionClosedError` if the session closed."""
         if self._state is _State.CLOSED:
-            raise SessionClosedError("this Session is closed; create a new one")
+            raise SessionClosedError(
+                "this Session is closed and cannot be reopened; create a new one"
+            )
 
     def check_loop(self) -> None:
         """Raise :class:`EventLoopError` if the running loop is not the session's first one."""
@@ -170,15 +168,12 @@ class SessionCore:
 
         """
         self.check_loop()
-        if self._state is _State.CLOSED:
-            raise SessionClosedError(
-                "this Session is closed and cannot be reopened; create a new one"
-            )
+        self.check_open()
         if self._transport is None:
             if self._http is None:
                 self._http = aiohttp.ClientSession()
             self._transport = Transport(
-                self._http, base_url=self._base_url, api_key=self._api_key, timeout=self.timeout
+                self._http, base_url=self.base_url, api_key=self._api_key, timeout=self.timeout
             )
             self._state = _State.OPEN
         return self._transport

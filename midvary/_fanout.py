@@ -93,27 +93,34 @@ Requests: TypeAlias = Iterable[R | TaskHandle] | AsyncIterable[R | TaskHandle]
 
 
 class _Job:
-    """The mutable state of one job while its task runs."""
+    """The mutable state of one job while its task runs, and its submission's hooks.
+
+    What the submitter reports about the job's submission attempts (a ``SubmitHooks``)
+    updates it and becomes the fan-out's events.
+    """
 
     __slots__ = (
         "billable",
+        "by_key",
+        "fanout",
         "index",
         "item",
         "outcome",
         "posting",
-        "reattached",
         "recovering",
         "request",
         "task_id",
     )
 
-    def __init__(self, index: int, item: object) -> None:
+    def __init__(self, fanout: FanOut[Any], index: int, item: object) -> None:
+        self.fanout = fanout
         self.index = index
         self.item = item
         self.request: SubmitRequest | None = item if is_request(item) else None
         self.task_id: str | None = None
         self.posting = False
-        self.reattached = False
+        # Its key already named a task: nothing was sent.
+        self.by_key = False
         # Its answer was lost and it waits for the provider's callback (None: it does not;
         # False: it was not recovered; True: it was).
         self.recovering: bool | None = None
@@ -137,36 +144,26 @@ class _Job:
             index=self.index, request=self.request, task_id=task_id, uncertain=uncertain
         )
 
-
-class _SubmitHooks:
-    """What the submitter reports about one job's submission attempts (a ``SubmitHooks``)."""
-
-    __slots__ = ("_fanout", "_job")
-
-    def __init__(self, fanout: FanOut[Any], job: _Job) -> None:
-        self._fanout = fanout
-        self._job = job
-
     def before_post(self) -> None:
         # If the hook raises, nothing is sent: the job is not "posting" then.
-        self._fanout._may_post(self._job)
-        self._fanout._emit(JobEventKind.SUBMITTING, self._job)
-        self._job.posting = True
+        self.fanout._may_post(self)
+        self.fanout._emit(JobEventKind.SUBMITTING, self)
+        self.posting = True
 
     def after_post(self) -> None:
-        self._job.posting = False
+        self.posting = False
 
     def waiting(self, seconds: float, error: RateLimitError | None = None) -> None:
-        self._fanout._emit(JobEventKind.RATE_LIMITED, self._job, wait=seconds, error=error)
+        self.fanout._emit(JobEventKind.RATE_LIMITED, self, wait=seconds, error=error)
 
     def retrying(self, error: BaseException, seconds: float) -> None:
-        self._fanout._retrying(self._job, error, seconds)
+        self.fanout._retrying(self, error, seconds)
 
     def reattached(self) -> None:
-        self._job.reattached = True
+        self.by_key = True
 
     def recovered(self) -> None:
-        self._job.recovering = True
+        self.recovering = True
 
 
 def check_requests(requests: T) -> T:
@@ -370,13 +367,12 @@ class FanOut(Generic[R]):
             async with contextlib.aclosing(self._pull()) as items:
                 index = 0
                 async for item in items:
-                    job = _Job(index, item)
+                    job = _Job(self, index, item)
                     index += 1
-                    if self._holding_back():
-                        self._slots.release()
-                        self._not_sent.append(job.not_sent())
-                        break
                     self._pending[job.index] = job
+                    if self._stop is not None or self.capped:  # no further job may be sent
+                        self._held_back(job)
+                        break
                     self._jobs += 1
                     task = asyncio.get_running_loop().create_task(
                         self._run(job), context=self._span.task_context()
@@ -421,10 +417,6 @@ class FanOut(Generic[R]):
         self._wakeup.set()
 
     # -- what stops sending -----------------------------------------------------------------
-
-    def _holding_back(self) -> bool:
-        """Whether no further job may be sent: the account stopped it, or the cap is used."""
-        return self._stop is not None or self.capped
 
     def _may_post(self, job: _Job) -> None:
         """Raise :class:`_NotSent` if ``job`` may not POST now; else count it as billable."""
@@ -524,7 +516,7 @@ class FanOut(Generic[R]):
                 f"(or a TaskHandle), not {type(item).__name__}"
             )
         try:
-            handle = await self._submitter.submit(item, _SubmitHooks(self, job))
+            handle = await self._submitter.submit(item, job)
         except SubmitUncertainError as exc:
             # Its answer was lost: with a receiver, wait for the provider's callback while
             # its token lives, within the job's own deadline (the outcome is the error if
@@ -538,7 +530,7 @@ class FanOut(Generic[R]):
                 raise
             job.recovering, handle = True, recovered
         job.task_id = handle.task_id
-        self._emit(JobEventKind.SUBMITTED, job, reattached=job.reattached)
+        self._emit(JobEventKind.SUBMITTED, job, reattached=job.by_key)
         return handle
 
     def _job_deadline(self) -> float | None:

@@ -33,22 +33,18 @@ class TaskStatus(enum.Enum):
     @property
     def is_final(self) -> bool:
         """Whether the task will not change any more."""
-        return self in _FINAL
+        return self in FINAL_STATUSES
 
     @property
     def is_failure(self) -> bool:
         """Whether the task ended without images."""
-        return self in _FAILURES
+        return self in FAILED_STATUSES
 
 
-# Built once: each TaskStatus.X inside a property goes through EnumType's attribute hook.
-# Tuples, not sets: membership tests identity first, where a set would call Enum.__hash__.
-_FAILURES = (TaskStatus.CREATE_FAILED, TaskStatus.GENERATE_FAILED)
-_FINAL = (TaskStatus.SUCCESS, *_FAILURES)
-#: The final states (``status in FINAL_STATUSES`` is ``record.is_final`` without two calls).
-FINAL_STATUSES: Final = _FINAL
 #: The failed final states (``status in FAILED_STATUSES`` is ``status.is_failure``).
-FAILED_STATUSES: Final = _FAILURES
+FAILED_STATUSES: Final = (TaskStatus.CREATE_FAILED, TaskStatus.GENERATE_FAILED)
+#: The final states (``status in FINAL_STATUSES`` is ``status.is_final``).
+FINAL_STATUSES: Final = (TaskStatus.SUCCESS, *FAILED_STATUSES)
 
 
 @attrs.frozen(kw_only=True)

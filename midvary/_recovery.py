@@ -26,6 +26,7 @@ it never sends anything.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -149,16 +150,12 @@ class Recovery:
             if not alive or (left is not None and left <= 0):
                 return None
             wait = pause if left is None else min(pause, left)
-            if claims:  # refuted (or unconfirmed): the next GET no sooner than the pause
+            if claims or ticket is None:  # after a refuted claim, no GET before the pause
                 await asyncio.sleep(wait)
-            elif ticket is not None:
-                try:
+            else:
+                with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(wait):
                         await ticket.news.wait()
-                except TimeoutError:
-                    pass
-            else:
-                await asyncio.sleep(wait)
             pause = min(RECHECK[1], pause * 2)
 
     def _left(self, loop: asyncio.AbstractEventLoop, give_up: float | None) -> float | None:

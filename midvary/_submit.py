@@ -339,7 +339,7 @@ class Submitter:
         claim: Claim | None,
         span: telemetry.Submission,
     ) -> TaskHandle:
-        ticket = await self._ticket(request, claim) if self._tickets is not None else None
+        ticket = await self._ticket(request, claim)
         callback_url = request.callback_url if ticket is None else ticket.url
         body = kind.body(request, callback_url=callback_url, index_base=self._core.index_base)
         attempt = _Attempt(self._core, self._limiter, kind.path, body, request, hooks, claim)
@@ -365,7 +365,9 @@ class Submitter:
                 if claim is not None:
                     await _record(claim, request, accepted)
             elif claim is not None:
-                await _settle(claim, request, uncertain=attempt.maybe_accepted(exc))
+                # Only a POST that never left or an answer read as a refusal is certain.
+                uncertain = isinstance(exc, SubmitUncertainError) or attempt.in_flight
+                await _settle(claim, request, uncertain=uncertain)
             raise
         span.accepted(task_id)
         if claim is not None:
@@ -436,28 +438,25 @@ async def _record(claim: Claim, request: SubmitRequest, task_id: str) -> None:
 
     A cancellation while recording is logged the same way, then goes on.
     """
+    problem = ""
     try:
-        recorded = await claim.accepted(task_id)
-        problem = "" if recorded else "the key was forgotten or taken over meanwhile"
+        if not await claim.accepted(task_id):
+            problem = "the key was forgotten or taken over meanwhile"
     except StoreError as exc:
         problem = str(exc)
     except BaseException as exc:
-        _not_recorded(request, task_id, type(exc).__name__)
+        problem = type(exc).__name__
         if not isinstance(exc, Exception):
             raise
-        return
-    if problem:
-        _not_recorded(request, task_id, problem)
-
-
-def _not_recorded(request: SubmitRequest, task_id: str, problem: str) -> None:
-    logger.warning(
-        "submitted %s as task %s, but the store did not record it (%s); the key will be "
-        "uncertain there: never sent again",
-        request.describe(),
-        task_id,
-        problem,
-    )
+    finally:
+        if problem:
+            logger.warning(
+                "submitted %s as task %s, but the store did not record it (%s); the key will "
+                "be uncertain there: never sent again",
+                request.describe(),
+                task_id,
+                problem,
+            )
 
 
 async def _settle(claim: Claim, request: SubmitRequest, *, uncertain: bool) -> None:
@@ -526,13 +525,6 @@ class _Attempt:
         self._probe = False
         # What the submission's span is told (each POST sent).
         self.span = telemetry.Submission(None, "")
-
-    def maybe_accepted(self, exc: BaseException) -> bool:
-        """Whether the submission that ended with ``exc`` may have been accepted.
-
-        Only a POST that never left or an answer positively read as a refusal says no.
-        """
-        return isinstance(exc, SubmitUncertainError) or self.in_flight
 
     async def retrying(self, exc: BaseException, wait: float) -> None:
         """A certainly refused attempt (``exc``) is retried after ``wait`` seconds."""
