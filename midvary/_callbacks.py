@@ -235,14 +235,10 @@ class CallbackReceiver:
         self._hmac_key = hmac_key.encode() if hmac_key is not None else None
         self.safety_poll = safety_poll if safety_poll is not None else DEFAULT_SAFETY_POLL
         self._tolerance = float(positive_seconds(timestamp_tolerance, "timestamp_tolerance"))
-        if store is not None and not isinstance(store, Store):
+        if store is not None and not (isinstance(store, Store) and isinstance(store, TokenStore)):
             raise TypeError(
-                f"store must be a midvary.RedisStore or None, not {type(store).__name__}"
-            )
-        if store is not None and not isinstance(store, TokenStore):
-            raise TypeError(
-                f"CallbackReceiver(store=...) needs a store that wakes other processes: a "
-                f"RedisStore (or a MemoryStore, within one process), not {type(store).__name__}"
+                "store must be a store that wakes other processes: a midvary.RedisStore (or a "
+                f"MemoryStore, within one process) or None, not {type(store).__name__}"
             )
         self._book = TicketBook(
             url_prefix=self._base_url,

@@ -469,12 +469,7 @@ class FanOut(Generic[R]):
                     self._held_back(job)
                     return None
                 raise
-            on_retry = None
-            if options.on_event is not None:
-
-                def on_retry(error: BaseException, seconds: float) -> None:
-                    self._retrying(job, error, seconds)
-
+            on_retry = job.retrying if options.on_event is not None else None
             record = await handle.wait(options.timeout, poll=options.poll, on_retry=on_retry)
             if options.download is not None:
                 paths = await self._core.download(
@@ -536,10 +531,9 @@ class FanOut(Generic[R]):
     def _job_deadline(self) -> float | None:
         """Seconds each job may wait for its task (``timeout``, else the poll policy's)."""
         timeout = self._options.timeout
-        if timeout is USE_DEFAULT:
-            poll = self._options.poll if self._options.poll is not None else self._core.poll
-            return poll.timeout
-        return timeout
+        return (
+            (self._options.poll or self._core.poll).timeout if timeout is USE_DEFAULT else timeout
+        )
 
     def _retrying(self, job: _Job, error: BaseException, seconds: float) -> None:
         # JobEvent.error is an Exception; a retried failure always is one.
