@@ -1,10 +1,7 @@
 """SessionCore: the state a session shares with its handles, fan-outs and submitter.
 
-:class:`~midvary.Session` is the public façade; this object is what the other modules are
-given instead of the session, so that none of them reaches into the session's privates. It
-holds the open/closed state and the transport, the defaults of waits and retries, the
-randomness of jitter, the durations learned, the registries of waits (their alarms) and
-fan-outs that closing must end, and the one ``record-info`` fetch.
+:class:`~midvary.Session` is the public façade; the other modules are given this object
+instead, so that none of them reaches into the session's privates.
 """
 
 from __future__ import annotations

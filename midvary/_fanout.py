@@ -1,22 +1,10 @@
-"""Fan-out: run many jobs (vary, generate, upscale) with bounded concurrency, one outcome each.
+"""Fan-out: many jobs (vary, generate, upscale, extend) with bounded concurrency, one outcome each.
 
-A :class:`FanOut` pulls requests from its input only as slots free up (the input may be a
-lazy iterable or an async iterable of any length), runs each job in its own task (submit
-through the session's rate limiter, then await the handle, then optionally download), and
-hands out one :class:`JobOutcome` per job in completion order. A job's failure is that
-job's outcome; it never cancels the others.
-
-Two things stop a fan-out from sending more, never from finishing what it sent: an
-account-wide refusal (401, 402, 505: ``ACCOUNT_STOPPING``), after which no further POST
-leaves and the iteration raises that error once the jobs in flight have ended, and
-``max_tasks``, the most submissions that may be billed (accepted or uncertain). A job
-stopped before its POST, or refused by the account, is *not sent*: it has no outcome and
-is listed in :attr:`FanOut.unfinished` with ``not_sent=True`` (pending, nothing billed).
-
-Ownership: the fan-out owns its job tasks. Cancelling the coroutine that iterates, calling
-:meth:`FanOut.aclose`, leaving its ``async with`` block, or closing the session cancels the
-jobs still in flight and awaits them; :attr:`FanOut.unfinished` then names every job whose
-outcome was not handed out, with its task id when it was submitted.
+A :class:`FanOut` pulls requests from its input only as slots free up, runs each job in its
+own task (submit, await the handle, download) and hands out one :class:`JobOutcome` per job
+in completion order; a job's failure is its outcome. It owns its job tasks: closing it (or
+its session) cancels and awaits them. What stops it sending (an account-wide refusal,
+``max_tasks``) is told in ``Session.submit_many``; the jobs held back are *not sent*.
 """
 
 from __future__ import annotations
