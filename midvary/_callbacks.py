@@ -486,8 +486,6 @@ class CallbackReceiver:
     ) -> int:
         """Check an admitted delivery's body, then wake its handle (or its replica's)."""
         task_id, target = admitted
-        if len(body) > _MAX_BODY:
-            return 413
         try:
             notice = structure_callback(body)
         except ProtocolError as exc:

@@ -211,7 +211,7 @@ class Submitter:
         core: The session's shared state (open/closed, transport, retry policy).
         limiter: The submission slots; ``None`` means no limit.
         tickets: The session's callback tickets; ``None`` means no receiver.
-        store: The key store of requests with a ``key``; ``None`` means keys are refused.
+        store: The key store of requests with a ``key``.
 
     """
 
@@ -223,7 +223,7 @@ class Submitter:
         *,
         limiter: Limiter | None,
         tickets: SessionTickets | None,
-        store: SubmitStore | None = None,
+        store: SubmitStore,
     ) -> None:
         self._core = core
         self._limiter = limiter
@@ -285,8 +285,6 @@ class Submitter:
         key = request.key
         if key is None:
             return await self._submit(kind, request, hooks, None, span)
-        if self._store is None:
-            raise ValueError(f"{request.describe()} has a key, but this session has no store")
         fingerprint, stored = identity(kind, request)
         async with self._store.claim(key, fingerprint=fingerprint, request=stored) as claim:
             if claim.task_id is not None:
@@ -319,7 +317,7 @@ class Submitter:
     ) -> Recovery | None:
         """The recovery of uncertain ``key`` by its earlier token, if the store has it."""
         relay = self._tickets.relay if self._tickets is not None else None
-        if relay is None or self._store is None:
+        if relay is None:
             return None
         try:
             name = await relay.linked(link_id(self._store.namespace, key))
@@ -383,7 +381,7 @@ class Submitter:
         if tickets is None or request.callback_url is not None:
             return None  # no receiver, or the request's own URL wins
         link = None
-        if claim is not None and self._store is not None and tickets.relay is not None:
+        if claim is not None and tickets.relay is not None:
             link = link_id(self._store.namespace, request.key or "")
         return await tickets.issue(link)
 

@@ -35,11 +35,6 @@ _TOKEN_BYTES: Final = 32
 _REPORTS_KEPT: Final = 8
 
 
-def short(token: str) -> str:
-    """Enough of a token to tell two apart in a log line (tokens are capabilities)."""
-    return f"{token[:4]}..."
-
-
 class Ticket:
     """One submission's token: its URL, and the task and alarm it wakes once they are known."""
 
@@ -85,7 +80,8 @@ class Ticket:
         self.wake_later: asyncio.TimerHandle | None = None
 
     def __repr__(self) -> str:
-        return f"<Ticket token={short(self.token)!r} task_id={self.task_id!r}>"
+        # Enough of the token to tell two apart (tokens are capabilities).
+        return f"<Ticket token={self.token[:4] + '...'!r} task_id={self.task_id!r}>"
 
     @property
     def url(self) -> str:
