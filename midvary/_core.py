@@ -69,27 +69,6 @@ class SessionCore:
 
     """
 
-    __slots__ = (
-        "_api_key",
-        "_http",
-        "_loop",
-        "_owns_http",
-        "_state",
-        "_transport",
-        "base_url",
-        "durations",
-        "fanouts",
-        "health",
-        "index_base",
-        "max_download_bytes",
-        "outage",
-        "poll",
-        "retry",
-        "rng",
-        "timeout",
-        "waiting",
-    )
-
     def __init__(
         self,
         *,

@@ -67,17 +67,6 @@ class OutageWatch:
 
     """
 
-    __slots__ = (
-        "_changed",
-        "_failures",
-        "_next",
-        "_policy",
-        "_probing",
-        "_since",
-        "_wall",
-        "_what",
-    )
-
     def __init__(self, policy: Callable[[], RetryPolicy]) -> None:
         self._policy = policy
         # time.monotonic() readings; _since is None while there is no outage.

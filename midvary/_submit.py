@@ -340,8 +340,7 @@ class Submitter:
         ticket = await self._ticket(request, claim)
         callback_url = request.callback_url if ticket is None else ticket.url
         body = kind.body(request, callback_url=callback_url, index_base=self._core.index_base)
-        attempt = _Attempt(self._core, self._limiter, kind.path, body, request, hooks, claim)
-        attempt.span = span
+        attempt = _Attempt(self._core, self._limiter, kind.path, body, request, hooks, claim, span)
         try:
             retrying = submit_retrying(
                 self._core.retry, self._core.outage, on_retry=attempt.retrying
@@ -489,8 +488,8 @@ class _Attempt:
         "_probe",
         "_request",
         "_slots",
+        "_span",
         "in_flight",
-        "span",
         "task_id",
     )
 
@@ -503,6 +502,7 @@ class _Attempt:
         request: SubmitRequest,
         hooks: SubmitHooks | None,
         claim: Claim | None,
+        span: telemetry.Submission,
     ) -> None:
         self._core = core
         self._limiter = limiter  # slowed down after a 429
@@ -521,8 +521,7 @@ class _Attempt:
         self.task_id: str | None = None
         # This attempt is the session's outage probe (see _outage.OutageWatch.admit).
         self._probe = False
-        # What the submission's span is told (each POST sent).
-        self.span = telemetry.Submission(None, "")
+        self._span = span  # told of each POST sent
 
     async def retrying(self, exc: BaseException, wait: float) -> None:
         """A certainly refused attempt (``exc``) is retried after ``wait`` seconds."""
@@ -608,7 +607,7 @@ class _Attempt:
         # this waiting while it did).
         transport = self._core.open()
         self.in_flight = True
-        self.span.attempt()
+        self._span.attempt()
         try:
             data = await transport.call("POST", self._path, json_body=self._body)
             task_id = structure_task_id(data)

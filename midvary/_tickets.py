@@ -166,18 +166,6 @@ class TicketBook:
 
     """
 
-    __slots__ = (
-        "_by_owner",
-        "_next_sweep",
-        "_tickets",
-        "clock",
-        "grace",
-        "on_bind",
-        "ttl",
-        "url_prefix",
-        "wake_interval",
-    )
-
     def __init__(
         self,
         *,
