@@ -11,7 +11,7 @@ import enum
 import random
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final
 
 import aiohttp
 
@@ -32,6 +32,7 @@ from ._transport import Transport
 if TYPE_CHECKING:
     import yarl
 
+    from ._fanout import FanOut
     from ._models import TaskRecord
 
 RECORD_PATH: Final = "/api/v1/mj/record-info"
@@ -43,13 +44,6 @@ class _State(enum.Enum):
     UNOPENED = "unopened"
     OPEN = "open"
     CLOSED = "closed"
-
-
-class Closable(Protocol):
-    """Something the session's close must end first (a running fan-out)."""
-
-    async def aclose(self) -> None:
-        """Stop and wait until stopped; idempotent."""
 
 
 class SessionCore:
@@ -99,7 +93,7 @@ class SessionCore:
         self.durations = DurationStats()
         self.health = PollHealth()
         self.waiting: set[asyncio.Timeout] = set()
-        self.fanouts: set[Closable] = set()
+        self.fanouts: set[FanOut[Any]] = set()
         self.outage = OutageWatch(lambda: self.retry)
 
     def __repr__(self) -> str:

@@ -415,7 +415,7 @@ class Submitter:
             ticket=ticket,
             relay=tickets.relay,
             poll=tickets.safety_poll,
-            keys=self._store if key is not None else None,
+            keys=self._store,
             key=key,
         )
 

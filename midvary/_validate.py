@@ -18,8 +18,7 @@ import yarl
 
 T = TypeVar("T")
 
-# The characters str.isspace() calls whitespace: re's \s matches exactly those, in one C call.
-#: Any whitespace character (a task id has none).
+#: Any whitespace character (a task id has none): re's ``\s`` is what ``str.isspace()`` says.
 WHITESPACE = re.compile(r"\s")
 
 
