@@ -12,20 +12,14 @@ How a submission and its callback meet:
    HMAC key is configured (401), both before the body is read; then the body: compressed
    (415), over 64 KiB (413), malformed (400), about another task than the token's (400).
    Only then is the handle woken; it confirms with ONE ``record-info`` GET and returns that
-   record, never what the body claims. The request handler does no I/O of its own. A
-   token's deliveries wake its handle at most once per ``wake_interval`` (a leaked token
-   replayed a thousand times costs one or two GETs, not a thousand).
-4. A ticket is forgotten (by the receiver's :class:`~midvary._tickets.TicketBook`) when its
-   session closes, when the receiver stops, ``duplicate_grace`` seconds after its first
-   accepted delivery or after its handle saw the task final, and in any case ``token_ttl``
-   seconds after it was issued.
-5. With ``store=``, tokens are also recorded in the shared store and a delivery for another
+   record, never what the body claims. The request handler does no I/O of its own. How
+   often a token wakes its handle, and when it is forgotten: ``_tickets``.
+4. With ``store=``, tokens are also recorded in the shared store and a delivery for another
    replica's token is checked against the store's record and passed on to that replica
    (:mod:`midvary._relay`).
-6. A submission whose answer was lost keeps its ticket, marked lost (it is not bound: no
-   task id is known). A delivery to it is checked the same way, against the task id its
-   body names (the one the signature covers), and that claim is handed to the recovery
-   that waits for it (``_recovery``: one GET confirms it), and kept in the store if any.
+5. A submission whose answer was lost keeps its ticket, marked lost (no task id is known):
+   a delivery to it is checked against the task id its body names (the one the signature
+   covers), and that claim goes to the recovery that waits for it (``_recovery``).
 """
 
 from __future__ import annotations

@@ -1,10 +1,4 @@
-"""What a fan-out's jobs report: their events and outcomes, and the options of a fan-out.
-
-Public records (:class:`JobEventKind`, :class:`JobEvent`, :class:`JobOutcome` and its two
-kinds :class:`JobSucceeded` / :class:`JobFailed`,
-:class:`UnfinishedJob`) and :class:`FanOutOptions`, the one validated copy of the keyword
-arguments of ``Session.submit_many`` and ``Session.submit_all``.
-"""
+"""What a fan-out's jobs report (their events and outcomes), and the options of a fan-out."""
 
 from __future__ import annotations
 

@@ -11,10 +11,6 @@ replay a valid delivery at will. :meth:`Ticket.ring` therefore wakes its handle 
 ``record-info`` GET) at most once per ``wake_interval`` seconds: the first delivery wakes it
 at once, the later ones within the interval fold into one wake at the interval's end (so a
 genuine callback that follows a replay is late by at most the interval, never lost).
-
-A ticket whose submission's answer was lost is kept, marked :meth:`~Ticket.lose`: the
-provider still calls back the task it may have created, and the task ids those deliveries
-name (:meth:`~Ticket.report`) are what a recovery confirms (``_recovery``).
 """
 
 from __future__ import annotations
