@@ -113,7 +113,7 @@ class SessionTickets:
             try:
                 await receiver._relay.register(ticket, link)
             except BaseException:
-                ticket.drop()
+                ticket.book.drop(ticket)
                 raise
         return ticket
 

@@ -370,9 +370,16 @@ class Submitter:
         if claim is not None:
             await _record(claim, request, task_id)
         logger.info("submitted %s as task %s", request.describe(), task_id)
-        if ticket is None:
+        if ticket is None or self._tickets is None:
             return TaskHandle(self._core, task_id, request=request, submitted=True)
-        return self._handle(task_id, request, ticket)
+        # A handle waiting on a callback polls slowly, as a safety net.
+        alarm = Alarm()
+        poll = self._tickets.safety_poll
+        handle = TaskHandle(
+            self._core, task_id, request=request, submitted=True, poll=poll, alarm=alarm
+        )
+        ticket.bind(task_id, alarm)
+        return handle
 
     async def _ticket(self, request: SubmitRequest, claim: Claim | None) -> Ticket | None:
         """A callback ticket for ``request`` (its key's link in a shared store), or ``None``."""
@@ -394,7 +401,7 @@ class Submitter:
                 request, body, token_id(ticket.token), ticket, request.key
             )
         else:
-            ticket.drop()
+            ticket.book.drop(ticket)
 
     def _recovery(
         self,
@@ -418,16 +425,6 @@ class Submitter:
             keys=self._store,
             key=key,
         )
-
-    def _handle(self, task_id: str, request: SubmitRequest, ticket: Ticket) -> TaskHandle:
-        # A handle waiting on a callback polls slowly, as a safety net.
-        alarm = Alarm()
-        poll = self._tickets.safety_poll if self._tickets is not None else None
-        handle = TaskHandle(
-            self._core, task_id, request=request, submitted=True, poll=poll, alarm=alarm
-        )
-        ticket.bind(task_id, alarm)
-        return handle
 
 
 async def _record(claim: Claim, request: SubmitRequest, task_id: str) -> None:
@@ -463,10 +460,7 @@ async def _settle(claim: Claim, request: SubmitRequest, *, uncertain: bool) -> N
     uncertain when its lease ends (never sent again), one never sent is released.
     """
     try:
-        if uncertain:
-            await claim.uncertain()
-        else:
-            await claim.refused()
+        await (claim.uncertain() if uncertain else claim.refused())
     except Exception as exc:  # best effort: the caller's own error is the one raised
         logger.warning(
             "could not settle the key of %s in the store (%s)",
@@ -602,7 +596,6 @@ class _Attempt:
             logger.warning("could not pause the shared submission window: %s", error)
 
     async def _post(self) -> str:
-        request = self._request
         # open() raises SessionClosedError if the session closed (the limiter may have kept
         # this waiting while it did).
         transport = self._core.open()
@@ -620,20 +613,18 @@ class _Attempt:
                 if scheduled:  # the outage began, or its probe failed: the next try is set
                     await self._pause(outage.next_in())
             else:
-                if outage.active:
-                    outage.answered()  # any other answer: the provider is there again
+                outage.answered()  # any other answer: the provider is there again
                 if isinstance(exc, ACCOUNT_STOPPING):
                     await self._pause(self._core.retry.outage_probe_max)
             reason = uncertainty(exc)
             if reason is not None:
-                raise SubmitUncertainError(request, reason) from exc
+                raise SubmitUncertainError(self._request, reason) from exc
             self.in_flight = False  # certainly refused
             raise
         # A BaseException (a cancellation) leaves in_flight set: the submission is uncertain.
         self.in_flight = False
         self.task_id = task_id
-        if self._core.outage.active:
-            self._core.outage.answered()
+        self._core.outage.answered()
         return task_id
 
 

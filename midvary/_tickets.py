@@ -140,10 +140,6 @@ class Ticket:
             self.woken_at = self.book.clock()
             self.alarm.notify()
 
-    def drop(self) -> None:
-        """Forget this token (the submission failed, or its session closed)."""
-        self.book.drop(self)
-
     @property
     def live(self) -> bool:
         """Whether the book still holds this ticket."""
