@@ -116,11 +116,6 @@ class _Job:
         # A POST of this job was sent: it counts against max_tasks unless certainly refused.
         self.billable = False
 
-    def not_sent(self) -> UnfinishedJob:
-        return UnfinishedJob(
-            index=self.index, request=self.request, task_id=None, uncertain=False, not_sent=True
-        )
-
     def unfinished(self) -> UnfinishedJob:
         if self.outcome is not None:
             uncertain = self.outcome.uncertain
@@ -434,7 +429,11 @@ class FanOut(Generic[R]):
         """``job`` was not sent (or refused for the account): pending, no outcome."""
         del self._pending[job.index]
         self._slots.release()
-        self._not_sent.append(job.not_sent())
+        self._not_sent.append(
+            UnfinishedJob(
+                index=job.index, request=job.request, task_id=None, uncertain=False, not_sent=True
+            )
+        )
 
     # -- one job ----------------------------------------------------------------------------
 
