@@ -66,7 +66,7 @@ from ._outage import is_outage
 from ._polling import Alarm
 from ._recovery import Recovery
 from ._relay import link_id, token_id
-from ._retry import is_unaccepted, submit_retrying
+from ._retry import is_unaccepted, submit_with_retries
 from ._store._base import RequestJSON, canonical_json
 
 if TYPE_CHECKING:
@@ -384,10 +384,9 @@ class Submitter:
         attempt = _Attempt(self._core, self._limiter, kind.path, body, request, hooks, claim)
         attempt.span = span
         try:
-            retrying = submit_retrying(
-                self._core.retry, self._core.outage, on_retry=attempt.retrying
+            task_id = await submit_with_retries(
+                attempt, self._core.retry, self._core.outage, on_retry=attempt.retrying
             )
-            task_id: str = await retrying(attempt)
         except BaseException as exc:
             if ticket is not None:
                 self._failed(ticket, exc, request, body)
