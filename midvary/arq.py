@@ -54,8 +54,8 @@ import inspect
 import logging
 import os
 from collections.abc import Callable, Mapping
-from pathlib import Path
-from typing import Any, ClassVar, Final, Literal
+from functools import partial
+from typing import Any, ClassVar, Final
 
 import attrs
 from arq import Retry
@@ -77,8 +77,10 @@ from ._models import SubmitRequest
 from ._workers import (
     DEFAULT_REDIS_URL,
     AccountGate,
+    Download,
     RetryLater,
     WorkerConfig,
+    download_dir,
     retry_delay,
     run_job,
 )
@@ -130,11 +132,7 @@ async def startup(ctx: dict[str, Any]) -> None:
 
     """
     config = WorkerConfig.from_env()
-    # No lease configured: the store's own default (not a copy of it here).
-    if config.claim_lease is None:
-        store = RedisStore(config.store_url)
-    else:
-        store = RedisStore(config.store_url, claim_lease=config.claim_lease)
+    store = config.store()
     await store.open()
     receiver: CallbackReceiver | None = None
     try:
@@ -198,7 +196,7 @@ async def vary(
     *,
     key: str,
     water_mark: str | None = None,
-    download: str | Literal[False] | None = None,
+    download: Download = None,
 ) -> dict[str, Any]:
     """The ``"vary"`` job: submit with ``key``, await the task, optionally download.
 
@@ -231,14 +229,8 @@ async def vary(
             worker shutting down): arq runs the job again later, which re-attaches by key.
 
     """
-    return await _job(
-        ctx,
-        key,
-        download,
-        lambda: VaryRequest(
-            task_id=task_id, image_index=image_index, water_mark=water_mark, key=key
-        ),
-    )
+    make = partial(VaryRequest, task_id=task_id, image_index=image_index, water_mark=water_mark)
+    return await _job(ctx, key, download, make)
 
 
 async def generate(
@@ -246,7 +238,7 @@ async def generate(
     prompt: str,
     *,
     key: str,
-    download: str | Literal[False] | None = None,
+    download: Download = None,
     **options: Any,
 ) -> dict[str, Any]:
     """The ``"generate"`` job: a :class:`~midvary.GenerateRequest` of ``prompt`` and ``options``.
@@ -267,9 +259,7 @@ async def generate(
         arq.Retry: As for :func:`vary`.
 
     """
-    return await _job(
-        ctx, key, download, lambda: GenerateRequest(prompt=prompt, key=key, **options)
-    )
+    return await _job(ctx, key, download, partial(GenerateRequest, prompt=prompt, **options))
 
 
 async def upscale(
@@ -279,20 +269,14 @@ async def upscale(
     *,
     key: str,
     water_mark: str | None = None,
-    download: str | Literal[False] | None = None,
+    download: Download = None,
 ) -> dict[str, Any]:
     """The ``"upscale"`` job: image ``image_index`` (0..3) of task ``task_id``, upscaled.
 
     The arguments, the result dict and ``arq.Retry`` are as in :func:`vary`.
     """
-    return await _job(
-        ctx,
-        key,
-        download,
-        lambda: UpscaleRequest(
-            task_id=task_id, image_index=image_index, water_mark=water_mark, key=key
-        ),
-    )
+    make = partial(UpscaleRequest, task_id=task_id, image_index=image_index, water_mark=water_mark)
+    return await _job(ctx, key, download, make)
 
 
 async def extend(
@@ -304,7 +288,7 @@ async def extend(
     prompt: str | None = None,
     task_type: str | None = None,
     water_mark: str | None = None,
-    download: str | Literal[False] | None = None,
+    download: Download = None,
 ) -> dict[str, Any]:
     """The ``"extend"`` job: video ``index`` (0..3) of the video task ``task_id``, extended.
 
@@ -312,35 +296,23 @@ async def extend(
     ``task_type``: manual with a prompt, auto without); the other arguments, the result
     dict and ``arq.Retry`` as in :func:`vary`.
     """
-    return await _job(
-        ctx,
-        key,
-        download,
-        lambda: ExtendRequest(
-            task_id, index, prompt=prompt, task_type=task_type, water_mark=water_mark, key=key
-        ),
+    make = partial(
+        ExtendRequest, task_id, index, prompt=prompt, task_type=task_type, water_mark=water_mark
     )
+    return await _job(ctx, key, download, make)
 
 
 async def _job(
-    ctx: dict[str, Any],
-    key: str,
-    download: str | Literal[False] | None,
-    make: Callable[[], SubmitRequest],
+    ctx: dict[str, Any], key: str, download: Download, request: Callable[..., SubmitRequest]
 ) -> dict[str, Any]:
-    """One job of any kind: :func:`run_job` on the request ``make()`` builds.
-
-    An invalid request (``make`` raises ``TypeError`` or ``ValueError``) fails the job with
-    nothing sent.
-    """
+    """One job of any kind: :func:`run_job` on ``request(key=key)``."""
     worker = _worker(ctx)
-    target = worker.config.download if download is None else download
     try:
         return await run_job(
             worker.session,
-            lambda session: session.submit(make()),
+            request,
             key=key,
-            download=None if target is None or target is False else Path(target),
+            download=download_dir(worker.config, download),
             gate=worker.gate,
         )
     except RetryLater as later:

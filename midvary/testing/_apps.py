@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import hmac
 import random
 import re
@@ -18,7 +19,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from ._callbacks import CallbackScheduler
 from ._images import mp4_bytes, png_bytes
 from ._settings import Endpoint, FakeSettings, FaultKind
-from ._state import SubmitParams, SuccessFlag, TaskStore, TimeStyle
+from ._state import TIME_STYLES, SubmitParams, SuccessFlag, TaskStore
 from ._stats import FakeStats
 from ._submit import (
     parse_extend_body,
@@ -47,13 +48,6 @@ LINK_LIFETIME = 20 * 60.0
 #: What the credit endpoint reports for an account with unlimited credits (``credits=None``),
 #: less one per task created: a balance that is never refused yet still shows the spend.
 UNLIMITED_BALANCE = 1_000_000_000
-#: The time style of the parents the fake did not create, per ``time_format``.
-_PARENT_TIME_STYLES: dict[str, TimeStyle] = {
-    "iso": "iso_z",
-    "mixed": "iso_z",
-    "epoch_ms": "epoch_ms",
-    "plain": "plain",
-}
 _RESULT_NAME = re.compile(r"(?P<task_id>.+)_(?P<index>[0-9])\.(?P<media>png|mp4)")
 
 
@@ -112,10 +106,14 @@ class ProviderApps:
     def api_app(self, extra_routes: Sequence[web.RouteDef] = ()) -> web.Application:
         """The API: the submission endpoints, record-info, and ``extra_routes``."""
         app = web.Application(middlewares=[_envelope_for_http_errors])
-        app.router.add_post(SUBMIT_PATH, self._handle_vary)
-        app.router.add_post(GENERATE_PATH, self._handle_generate)
-        app.router.add_post(UPSCALE_PATH, self._handle_upscale)
-        app.router.add_post(EXTEND_PATH, self._handle_extend)
+        submissions: dict[str, tuple[Endpoint, Callable[[object], SubmitParams]]] = {
+            SUBMIT_PATH: ("submit", self._parse_vary),
+            GENERATE_PATH: ("generate", parse_generate_body),
+            UPSCALE_PATH: ("upscale", parse_upscale_body),
+            EXTEND_PATH: ("extend", parse_extend_body),
+        }
+        for path, (endpoint, parse) in submissions.items():
+            app.router.add_post(path, functools.partial(self._submission, endpoint, parse))
         app.router.add_get(RECORD_INFO_PATH, self._handle_record_info)
         app.router.add_get(CREDIT_PATH, self._handle_credit)
         app.router.add_post(DOWNLOAD_URL_PATH, self._handle_download_url)
@@ -190,27 +188,14 @@ class ProviderApps:
         ):
             raise Rejection(401, "Unauthorized: the API key is invalid")
 
-    async def _handle_vary(self, request: web.Request) -> web.Response:
-        return await self._submission(
-            "submit",
-            request,
-            lambda body: parse_vary_body(body, index_base=self._settings().index_base),
-        )
-
-    async def _handle_generate(self, request: web.Request) -> web.Response:
-        return await self._submission("generate", request, parse_generate_body)
-
-    async def _handle_upscale(self, request: web.Request) -> web.Response:
-        return await self._submission("upscale", request, parse_upscale_body)
-
-    async def _handle_extend(self, request: web.Request) -> web.Response:
-        return await self._submission("extend", request, parse_extend_body)
+    def _parse_vary(self, body: object) -> SubmitParams:
+        return parse_vary_body(body, index_base=self._settings().index_base)
 
     async def _submission(
         self,
         endpoint: Endpoint,
-        request: web.Request,
         parse: Callable[[object], SubmitParams],
+        request: web.Request,
     ) -> web.Response:
         """One submission, whichever endpoint: the same checks, budget and answers."""
         spoiled = await self._before(endpoint, request)
@@ -385,7 +370,7 @@ class ProviderApps:
         return parent_record_data(
             task_id,
             epoch=self._epoch(),
-            style=_PARENT_TIME_STYLES[settings.time_format],
+            style=TIME_STYLES.get(settings.time_format, "iso_z"),  # "mixed": ISO with Z
             results_base=self._results_base(),
             result_info_as_string=settings.result_info_as_string,
         )

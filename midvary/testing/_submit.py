@@ -129,10 +129,7 @@ def parse_extend_body(body: object) -> SubmitParams:
     if task_type == "mj_video_extend_manual":
         if not isinstance(prompt, str) or not prompt.strip():
             raise Rejection(422, "prompt is required with taskType mj_video_extend_manual")
-        if len(prompt) > PROMPT_MAX_CHARS:
-            raise Rejection(
-                400, f"prompt must be at most {PROMPT_MAX_CHARS} characters, got {len(prompt)}"
-            )
+        _check_length(prompt)
     elif prompt is not None:
         raise Rejection(422, "prompt is not allowed with taskType mj_video_extend_auto")
     water_mark, callback_url = _common(fields)
@@ -163,10 +160,7 @@ def parse_generate_body(body: object) -> SubmitParams:
         raise Rejection(400, "prompt is required")
     if not isinstance(prompt, str) or not prompt.strip():
         raise Rejection(400, "prompt must be a non-empty string")
-    if len(prompt) > PROMPT_MAX_CHARS:
-        raise Rejection(
-            400, f"prompt must be at most {PROMPT_MAX_CHARS} characters, got {len(prompt)}"
-        )
+    _check_length(prompt)
     _choice(fields, "speed", SPEEDS)
     _choice(fields, "aspectRatio", ASPECT_RATIOS)
     _choice(fields, "version", VERSIONS)
@@ -217,6 +211,13 @@ def _check_type_rules(task_type: str, fields: Mapping[str, Any], file_urls: list
     if video and len(file_urls) != 1:
         raise Rejection(
             422, f"fileUrls must hold exactly one image URL for {task_type}, got {len(file_urls)}"
+        )
+
+
+def _check_length(prompt: str) -> None:
+    if len(prompt) > PROMPT_MAX_CHARS:
+        raise Rejection(
+            400, f"prompt must be at most {PROMPT_MAX_CHARS} characters, got {len(prompt)}"
         )
 
 
