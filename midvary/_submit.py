@@ -57,7 +57,7 @@ from ._outage import is_outage
 from ._polling import Alarm
 from ._recovery import Recovery
 from ._relay import link_id, token_id
-from ._retry import is_unaccepted, submit_retrying
+from ._retry import is_unaccepted, submit_with_retries
 from ._store._base import RequestJSON, canonical_json
 
 if TYPE_CHECKING:
@@ -342,10 +342,9 @@ class Submitter:
         body = kind.body(request, callback_url=callback_url, index_base=self._core.index_base)
         attempt = _Attempt(self._core, self._limiter, kind.path, body, request, hooks, claim, span)
         try:
-            retrying = submit_retrying(
-                self._core.retry, self._core.outage, on_retry=attempt.retrying
+            task_id = await submit_with_retries(
+                attempt, self._core.retry, self._core.outage, on_retry=attempt.retrying
             )
-            task_id: str = await retrying(attempt)
         except BaseException as exc:
             if ticket is not None:
                 self._failed(ticket, exc, request, body)
