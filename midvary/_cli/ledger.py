@@ -37,7 +37,8 @@ import attrs
 
 import midvary
 
-from .._submit import KINDS, identity
+from .._bodies import KINDS
+from .._submit import identity
 from .._validate import MAX_KEY_LENGTH
 from ._kit import UsageError, api_key, exclusive_lock, say
 from .migrate import JournalRow, earlier_journal, lock_journal, read_journal, retire_journal
