@@ -244,19 +244,19 @@ class Ledger:
 
         """
         if row.state == "submitted" and row.task_id is not None:
-            request = self._request_of(job, parent_task)
+            request = self.request_of(job, parent_task)
             if request is not None:
                 await self._adopt_task(job, request, row.task_id)
                 return
         if row.state in ("done", "failed", "uncertain") and row.result is not None:
             await self._adopt_line(job, row.result)
         elif row.state in ("submitting", "submitted", "uncertain"):
-            request = self._request_of(job, parent_task)
+            request = self.request_of(job, parent_task)
             message = "its submission was in flight when a run of an earlier midvary stopped"
             await self._adopt_line(job, uncertain_line(job, message, request))
 
-    def _request_of(self, job: BulkJob, parent_task: str | None) -> Any:
-        """``job``'s keyed request as this run would send it; ``None``: not known."""
+    def request_of(self, job: BulkJob, parent_task: str | None) -> Any:
+        """``job``'s keyed request, a child's made from ``parent_task``; ``None``: not known."""
         key = self.submission_key(job)
         if job.request is not None:
             return attrs.evolve(job.request, key=key)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import sqlite3
-from typing import Any
 
 import attrs
 
@@ -105,14 +104,15 @@ class Placer:
         )
         self.summary.problems.append((job, "uncertain", message))
         if known.sent:
-            line = uncertain_line(job, message, self._request_of(job))
+            request = self.ledger.request_of(job, self._parent_task(job))
+            line = uncertain_line(job, message, request)
             await self.ledger.finished(job.key, line)
             await self.results.write(job.key, line)
 
     def _submit(self, job: BulkJob) -> None:
         """Submit ``job`` in this run: now, once its parent succeeds, or never (orphan)."""
         if job.parent is None:
-            self.feed.add(job, self._request_of(job))
+            self.feed.add(job, self.ledger.request_of(job, None))
         else:
             self.feed.add_child(job, self._parent_task(job))
 
@@ -122,14 +122,6 @@ class Placer:
         if parent is None or parent.ending is not Ending.DONE or job.parent in self.feed.running:
             return None
         return parent.task_id
-
-    def _request_of(self, job: BulkJob) -> Any:
-        """A job's keyed request; a child's once its parent succeeded (else ``None``)."""
-        if job.parent is None:
-            assert job.request is not None  # noqa: S101 - a row has its request
-            return attrs.evolve(job.request, key=self.ledger.submission_key(job))
-        task_id = self._parent_task(job)
-        return None if task_id is None else self.feed.child_request(job, task_id)
 
     async def record(self, job: BulkJob, outcome: midvary.JobOutcome) -> None:
         """Record a job that ended in this run: the ledger, then its results line.
