@@ -23,8 +23,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy midvary tests/typing_check.py
 
+## The suite on PYTEST_WORKERS processes (pytest-xdist; 0 runs it in this process, serially).
+## 4 on 2 cores: the tests mostly wait on sockets and subprocesses. worksteal: the long
+## campaigns are not left to one worker at the end.
+PYTEST_WORKERS ?= 4
 pytest: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow" -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 ## The documentation site, built strictly (a broken link or reference fails); output in .site/.
 docs: $(STAMP)
