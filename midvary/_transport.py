@@ -288,8 +288,11 @@ class Transport:
                 headers = response.headers
                 declared = response.content_length
                 body = None
-                if declared is None or declared <= MAX_ANSWER_BYTES:
+                if declared is None:
                     body = await read_at_most(response.content, MAX_ANSWER_BYTES)
+                elif declared <= MAX_ANSWER_BYTES:
+                    # aiohttp's parser stops at the declared length: the read is bounded.
+                    body = await response.read()
                 if body is None:
                     raise ProtocolError(
                         f"{what}: HTTP {status} with an answer over "
