@@ -462,21 +462,6 @@ async def _settle(claim: Claim, request: SubmitRequest, *, uncertain: bool) -> N
 class _Attempt:
     """One submission's attempts: each takes a slot, tells the hooks, POSTs and classifies."""
 
-    __slots__ = (
-        "_body",
-        "_claim",
-        "_core",
-        "_hooks",
-        "_limiter",
-        "_path",
-        "_probe",
-        "_request",
-        "_slots",
-        "_span",
-        "in_flight",
-        "task_id",
-    )
-
     def __init__(  # noqa: PLR0917 - internal, built in one place
         self,
         core: SessionCore,
