@@ -91,12 +91,10 @@ class ResultsFile:
             if isinstance(key, str):
                 self._last[key] = line
 
-    async def ensure(self, results: dict[str, str]) -> int:
-        """Append every result line the store kept that this file lacks; return how many."""
-        missing = [line for key, line in results.items() if self._last.get(key) != line]
-        for line in missing:
-            await self.write(json.loads(line)["id"], line)
-        return len(missing)
+    async def ensure(self, key: str, line: str) -> None:
+        """Append ``line``, the result the store kept for job ``key``, if this file lacks it."""
+        if self._last.get(key) != line:
+            await self.write(key, line)
 
     async def write(self, key: str, line: str) -> None:
         """Append ``line`` (the result of job ``key``)."""
@@ -171,8 +169,29 @@ def result_line(
     return json.dumps(data, ensure_ascii=False)
 
 
+def outcome_line(job: BulkJob, outcome: midvary.JobOutcome) -> str:
+    """The result line of ``job``, ended in this run as ``outcome`` says."""
+    return result_line(
+        job,
+        Ending.of(outcome),
+        task_id=outcome.task_id,
+        record=outcome.record,
+        error=outcome.error,
+        paths=outcome.paths,
+        request=outcome.request,
+        recovered=outcome.recovered,
+    )
+
+
 class UncertainAtResumeError(midvary.MidvaryError):
     """The job's submission was in flight when an earlier run stopped."""
+
+
+def uncertain_line(job: BulkJob, message: str, request: object) -> str:
+    """The result line of a job whose POST was in flight when an earlier run stopped."""
+    return result_line(
+        job, Ending.UNCERTAIN, error=UncertainAtResumeError(message), request=request
+    )
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -345,8 +364,8 @@ def _job(number: int, line: bytes) -> GalleryJob:
         files=_strings(data, "files"),
         error_type=_text(error, "error.type", key="type"),
         error_message=_field(error, "error.message", str, required=False, key="message"),
-        error_code=_integer(record, "record.error_code", key="error_code"),
-        jobs_line=_integer(data, "line"),
+        error_code=_field(record, "record.error_code", int, required=False, key="error_code"),
+        jobs_line=_field(data, "line", int, required=False),
         action=action,
         prompt=_field(data, "prompt", str, required=generate),
         parent=_text(data, "parent"),
@@ -392,12 +411,6 @@ def _required(data: Mapping[str, Any], name: str) -> str:
     value: str = _field(data, name, str, required=True)
     if not value.strip():
         raise _BadLineError(f"the field {name!r} is empty")
-    return value
-
-
-def _integer(data: Mapping[str, Any], name: str, *, key: str | None = None) -> int | None:
-    """An optional integer field."""
-    value: int | None = _field(data, name, int, required=False, key=key)
     return value
 
 

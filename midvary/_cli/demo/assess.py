@@ -196,16 +196,15 @@ def assess(observed: Observed) -> DemoReport:
     poll_retries = record_info - sum(stats.polls.values())
     submit_455 = posts - stats.tasks_created - stats.rate_limited - submit_faults
     planned = observed.plan.kind_counts()
-    not_run = dict.fromkeys(KINDS, 0)
     for job in observed.not_run:
-        not_run[kind_of(job)] += 1
+        tally.kinds[kind_of(job)].count(Ending.NOT_RUN)
     kinds = {
         kind: {
             "jobs": planned[kind],
             "done": tally.kinds[kind].done,
             "failed": tally.kinds[kind].failed,
             "uncertain": tally.kinds[kind].uncertain,
-            "not_run": not_run[kind],
+            "not_run": tally.kinds[kind].not_run,
             "tasks_billed": stats.tasks_by_endpoint[ENDPOINTS[kind]],
         }
         for kind in KINDS
