@@ -50,6 +50,7 @@ A subclass may set its own ``redis_settings`` or ``max_jobs``.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import os
@@ -109,18 +110,15 @@ def _concurrency(text: str) -> int:
     return int(text)
 
 
-@attrs.define
+@attrs.frozen
 class _Worker:
-    """What :func:`startup` puts in arq's ``ctx``: one worker's store, session and config."""
+    """What :func:`startup` puts in arq's ``ctx``: one worker's session and what it opened."""
 
     config: WorkerConfig
     store: RedisStore
     session: Session
-    receiver: CallbackReceiver | None
-    gate: AccountGate = attrs.field(init=False)
-
-    def __attrs_post_init__(self) -> None:
-        self.gate = AccountGate(self.session)
+    gate: AccountGate
+    opened: contextlib.AsyncExitStack  # closes the gate, session, receiver and store
 
 
 async def startup(ctx: dict[str, Any]) -> None:
@@ -133,35 +131,27 @@ async def startup(ctx: dict[str, Any]) -> None:
     """
     config = WorkerConfig.from_env()
     store = config.store()
-    await store.open()
-    receiver: CallbackReceiver | None = None
-    try:
+    async with contextlib.AsyncExitStack() as opened:  # what is open is closed if one fails
+        await store.open()
+        opened.push_async_callback(store.close)
+        receiver: CallbackReceiver | None = None
         if config.callback_url is not None:
             receiver = CallbackReceiver(public_url=config.callback_url, store=store)
+            opened.push_async_callback(receiver.stop)
             await receiver.start(*config.callback_listen)
         session = Session(store=store, submit_rate=config.submit_rate, callbacks=receiver)
-        await session.__aenter__()
-    except BaseException:
-        if receiver is not None:
-            await receiver.stop()
-        await store.close()
-        raise
-    ctx[_CTX_KEY] = _Worker(config, store, session, receiver)
+        await opened.enter_async_context(session)
+        gate = AccountGate(session)
+        opened.push_async_callback(gate.close)
+        ctx[_CTX_KEY] = _Worker(config, store, session, gate, opened.pop_all())
     logger.info("midvary worker ready on %r", store)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
     """Close what :func:`startup` opened (arq's ``on_shutdown``; unfinished jobs re-run)."""
     worker = ctx.pop(_CTX_KEY, None)
-    if not isinstance(worker, _Worker):
-        return
-    try:
-        await worker.gate.close()
-        await worker.session.aclose()
-    finally:
-        if worker.receiver is not None:
-            await worker.receiver.stop()
-        await worker.store.close()
+    if isinstance(worker, _Worker):
+        await worker.opened.aclose()
 
 
 def _worker(ctx: Mapping[str, Any]) -> _Worker:
@@ -181,12 +171,6 @@ def session_of(ctx: Mapping[str, Any]) -> Session:
 
     """
     return _worker(ctx).session
-
-
-def _retry(ctx: Mapping[str, Any], key: str, error: BaseException) -> Retry:
-    defer = retry_delay(int(ctx.get("job_try") or 1))
-    logger.warning("job %s: %s; arq runs it again in %gs", key, error, defer)
-    return Retry(defer=defer)
 
 
 async def vary(
@@ -305,7 +289,10 @@ async def extend(
 async def _job(
     ctx: dict[str, Any], key: str, download: Download, request: Callable[..., SubmitRequest]
 ) -> dict[str, Any]:
-    """One job of any kind: :func:`run_job` on ``request(key=key)``."""
+    """One job of any kind: :func:`run_job` on ``request(key=key)``.
+
+    Transient trouble becomes arq's ``Retry`` with a growing delay.
+    """
     worker = _worker(ctx)
     try:
         return await run_job(
@@ -316,7 +303,9 @@ async def _job(
             gate=worker.gate,
         )
     except RetryLater as later:
-        raise _retry(ctx, key, later.error) from later.error
+        defer = retry_delay(int(ctx.get("job_try") or 1))
+        logger.warning("job %s: %s; arq runs it again in %gs", key, later.error, defer)
+        raise Retry(defer=defer) from later.error
 
 
 _WORKER_ARGS: Final = frozenset(inspect.signature(Worker).parameters)

@@ -53,22 +53,12 @@ class Feed:
         self._waiting: dict[str, list[BulkJob]] = {}
         self._orphans: list[BulkJob] = []
         self._wake = asyncio.Event()
-        self._requests: dict[str, Any] = {}
         self._succeeded: dict[str, str] = {}
 
-    def add(self, job: BulkJob, item: Any, request: Any = None) -> None:
-        """Queue ``job`` with its fan-out item (a request or a re-attached handle).
-
-        ``request`` is what the job submitted, for a re-attached handle (which has none).
-        """
-        self.queue.append((job, item))
+    def add(self, job: BulkJob, request: Any) -> None:
+        """Queue ``job`` with its request."""
+        self.queue.append((job, request))
         self.running.add(job.key)
-        if request is not None:
-            self._requests[job.key] = request
-
-    def request_of(self, job: BulkJob) -> Any:
-        """What ``job`` submitted, when it is known (else ``None``)."""
-        return self._requests.get(job.key, job.request)
 
     def child_request(self, job: BulkJob, parent_task_id: str) -> Any:
         """A child's request, keyed, once its parent task ``parent_task_id`` succeeded."""

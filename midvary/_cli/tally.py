@@ -70,16 +70,8 @@ class Tally:
 
     def count(self, ending: Ending, jobs: int = 1) -> None:
         """Count ``jobs`` jobs (default 1) that ended as ``ending``."""
-        if ending is Ending.DONE:
-            self.done += jobs
-        elif ending is Ending.FAILED:
-            self.failed += jobs
-        elif ending is Ending.UNCERTAIN:
-            self.uncertain += jobs
-        elif ending is Ending.UNFINISHED:
-            self.unfinished += jobs
-        else:
-            self.not_run += jobs
+        name = ending.name.lower()  # each ending's counter: done, failed, ..., not_run
+        setattr(self, name, getattr(self, name) + jobs)
 
     def add(self, outcome: midvary.JobOutcome) -> Ending:
         """Count one outcome; return how it ended."""

@@ -62,8 +62,6 @@ _ID_TAGS: dict[SubmitKind, str] = {
     "upscale": "ups",
     "extend": "ext",
 }
-#: The generate task types whose videos an extend may name.
-VIDEO_PARENT_TYPES: Final = ("mj_video", "mj_video_hd")
 
 
 @attrs.frozen(kw_only=True)
@@ -189,7 +187,7 @@ class TaskStore:
         task = self._tasks.get(task_id)
         if task is None:
             return f"taskId {task_id!r} is not a task of this account"
-        if task.params.kind != "generate" or task.params.task_type not in VIDEO_PARENT_TYPES:
+        if task.params.kind != "generate" or task.params.media != "mp4":
             return (
                 f"taskId {task_id!r} is a {task.params.task_type} task: only an mj_video or "
                 "mj_video_hd task can be extended"
