@@ -173,12 +173,6 @@ def session_of(ctx: Mapping[str, Any]) -> Session:
     return _worker(ctx).session
 
 
-def _retry(ctx: Mapping[str, Any], key: str, error: BaseException) -> Retry:
-    defer = retry_delay(int(ctx.get("job_try") or 1))
-    logger.warning("job %s: %s; arq runs it again in %gs", key, error, defer)
-    return Retry(defer=defer)
-
-
 async def vary(
     ctx: dict[str, Any],
     task_id: str,
@@ -295,7 +289,10 @@ async def extend(
 async def _job(
     ctx: dict[str, Any], key: str, download: Download, request: Callable[..., SubmitRequest]
 ) -> dict[str, Any]:
-    """One job of any kind: :func:`run_job` on ``request(key=key)``."""
+    """One job of any kind: :func:`run_job` on ``request(key=key)``.
+
+    Transient trouble becomes arq's ``Retry`` with a growing delay.
+    """
     worker = _worker(ctx)
     try:
         return await run_job(
@@ -306,7 +303,9 @@ async def _job(
             gate=worker.gate,
         )
     except RetryLater as later:
-        raise _retry(ctx, key, later.error) from later.error
+        defer = retry_delay(int(ctx.get("job_try") or 1))
+        logger.warning("job %s: %s; arq runs it again in %gs", key, later.error, defer)
+        raise Retry(defer=defer) from later.error
 
 
 _WORKER_ARGS: Final = frozenset(inspect.signature(Worker).parameters)

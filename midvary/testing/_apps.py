@@ -231,29 +231,16 @@ class ProviderApps:
     ) -> SubmitParams:
         """Check a submission in the provider's order; raise the first refusal."""
         self._check_access(request)
-        try:
-            body = await request.json()
-        except ValueError:
-            raise Rejection(400, "the request body is not valid JSON") from None
+        params = parse(await _json_body(request))
         settings = self._settings
-        params = parse(body)
         now = self._clock()
-        if params.kind == "extend":
-            assert params.parent_task_id is not None  # noqa: S101 - the parser requires it
-            assert params.image_index is not None  # noqa: S101
-            refusal = self._store.video_parent_refusal(
-                params.parent_task_id, params.image_index, now
-            )
-            if refusal is not None:
-                raise Rejection(422, refusal)
-        elif params.parent_task_id is not None and params.image_index is not None:
-            offset = settings.index_base if params.kind == "vary" else 0
-            refusal = self._store.parent_refusal(
-                params.parent_task_id,
-                params.image_index - offset,
-                settings,
-                now,
-            )
+        parent, index = params.parent_task_id, params.image_index
+        if parent is not None and index is not None:  # a vary, upscale or extend
+            if params.kind == "extend":
+                refusal = self._store.video_parent_refusal(parent, index, now)
+            else:
+                offset = settings.index_base if params.kind == "vary" else 0
+                refusal = self._store.parent_refusal(parent, index - offset, settings, now)
             if refusal is not None:
                 raise Rejection(422, refusal)
         self._check_submit_limit(self._account.api_key, now)
@@ -323,10 +310,7 @@ class ProviderApps:
 
     async def _linked_file(self, request: web.Request) -> str:
         """The result file name a download-url body's ``url`` names (or the refusal)."""
-        try:
-            body = await request.json()
-        except ValueError:
-            raise Rejection(400, "the request body is not valid JSON") from None
+        body = await _json_body(request)
         url = body.get("url") if isinstance(body, dict) else None
         if not isinstance(url, str) or not url:
             raise Rejection(400, "url is required")
@@ -416,6 +400,14 @@ class ProviderApps:
         if media == "mp4":
             return web.Response(body=mp4_bytes(index), content_type="video/mp4")
         return web.Response(body=png_bytes(task_id, index), content_type="image/png")
+
+
+async def _json_body(request: web.Request) -> Any:
+    """The request's JSON body, or the 400 of one that is not JSON."""
+    try:
+        return await request.json()
+    except ValueError:
+        raise Rejection(400, "the request body is not valid JSON") from None
 
 
 @web.middleware

@@ -54,9 +54,8 @@ PROMPT_MAX_CHARS: Final = 2000
 
 #: The ``generateVideoExtend`` endpoint's ``taskType`` values (required).
 EXTEND_TASK_TYPES: Final = ("mj_video_extend_manual", "mj_video_extend_auto")
-#: The request fields each ``paramJson`` echoes, in this order.
+#: The request fields each ``paramJson`` echoes, in this order (upscale: as vary).
 VARY_FIELDS: Final = ("taskId", "imageIndex", "waterMark", "callBackUrl")
-UPSCALE_FIELDS: Final = VARY_FIELDS
 EXTEND_FIELDS: Final = ("taskId", "index", "taskType", "prompt", "waterMark", "callBackUrl")
 GENERATE_FIELDS: Final = (
     "taskType",
@@ -100,7 +99,7 @@ def _parse_child(body: object, kind: Literal["vary", "upscale"], *, low: int) ->
         image_index=image_index,
         water_mark=water_mark,
         callback_url=callback_url,
-        param_json=_echo(fields, VARY_FIELDS if vary else UPSCALE_FIELDS),
+        param_json=_echo(fields, VARY_FIELDS),
         image_count=None if vary else 1,  # a vary makes a grid, an upscale one image
         identity=(kind, task_id, image_index, water_mark),
     )
