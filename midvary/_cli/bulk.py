@@ -8,12 +8,7 @@ before its POST leaves) with a live progress display, placing each job as the fa
 room for it (:mod:`.placing`: skip it if finished earlier, re-attach it if submitted
 earlier, report it uncertain if its POST was in flight when an earlier run stopped, leave it
 to another run that holds it, or run it), append one JSON line per finished job to the
-results file, and print a summary.
-
-Writes go ledger first, results file second: if a run dies between the two, the next run
-appends the line the ledger kept. A results file may thus hold a second line for a job
-only when an uncertain job was later re-submitted (``--resubmit-uncertain``): the last line
-of a job wins.
+results file (after the ledger: see :mod:`.results`), and print a summary.
 """
 
 from __future__ import annotations

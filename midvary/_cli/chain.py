@@ -17,8 +17,6 @@ import midvary
 Action = Literal["vary", "upscale", "extend"]
 #: The child actions, in the order their requests are made.
 CHILD_ACTIONS: Final[tuple[Action, ...]] = ("vary", "upscale", "extend")
-#: The child action of a video generate (the others are for an image grid).
-VIDEO_ACTIONS: Final[tuple[Action, ...]] = ("extend",)
 IMAGE_INDEXES: Final = (0, 1, 2, 3)
 
 

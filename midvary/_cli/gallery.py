@@ -232,21 +232,18 @@ class _Page:
 
     def _job(self, job: GalleryJob) -> str:
         badge = _BADGES.get(job.status, "other")
-        facts = [("task", job.task_id or "none")]
-        if job.action is not None:
-            facts.append(("action", job.action))
-        if job.water_mark:
-            facts.append(("water mark", job.water_mark))
-        facts.append(
-            ("job", job.id if job.jobs_line is None else f"{job.id} (line {job.jobs_line})")
+        facts = (  # a fact whose value is None is left out
+            ("task", job.task_id or "none"),
+            ("action", job.action),
+            ("water mark", job.water_mark or None),
+            ("job", job.id if job.jobs_line is None else f"{job.id} (line {job.jobs_line})"),
+            ("created", job.created_at),
+            ("completed", job.completed_at),
+            ("took", None if job.duration is None else f"{job.duration:.1f} s"),
         )
-        if job.created_at is not None:
-            facts.append(("created", job.created_at))
-        if job.completed_at is not None:
-            facts.append(("completed", job.completed_at))
-        if job.duration is not None:
-            facts.append(("took", f"{job.duration:.1f} s"))
-        rows = "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in facts)
+        rows = "".join(
+            f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in facts if v is not None
+        )
         parts = [
             f'<article class="job {badge}">\n<header><span class="badge {badge}">'
             f'{escape(job.status)}</span> <span class="index">{_what(job)}</span>'

@@ -36,7 +36,7 @@ import attrs
 import midvary
 
 from ._kit import UsageError
-from .chain import VIDEO_ACTIONS, Step, child_request, parse_then
+from .chain import Step, child_request, parse_then
 
 Request = (
     midvary.VaryRequest | midvary.GenerateRequest | midvary.UpscaleRequest | midvary.ExtendRequest
@@ -262,7 +262,7 @@ def _request(row: object, *, jsonl: bool) -> tuple[Request, tuple[Step, ...]]:
     steps = parse_then(then) if isinstance(then, str) else ()
     video = request.task_type in VIDEO_TASK_TYPES
     for step in steps:
-        if (step.action in VIDEO_ACTIONS) != video:
+        if (step.action == "extend") != video:  # extend is a video's child, the others a grid's
             raise ValueError(
                 f"then {step.action} is for "
                 + ("an image grid: this row makes videos (then extend:INDEXES)" if video else

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import enum
 import json
 import logging
 import sys
@@ -41,8 +40,9 @@ from .._bodies import KINDS
 from .._submit import identity
 from .._validate import MAX_KEY_LENGTH
 from ._kit import UsageError, api_key, exclusive_lock, say
-from .migrate import JournalRow, earlier_journal, lock_journal, read_journal, retire_journal
+from .migrate import JournalRow, earlier_journal, open_journal, retire_journal
 from .results import line_task_ids, uncertain_line
+from .tally import Ending
 
 if TYPE_CHECKING:
     from midvary._store import Claim  # the type a store's claim() returns: annotations only
@@ -57,30 +57,18 @@ logger = logging.getLogger(__name__)
 STORE_SUFFIX: Final = ".store.sqlite"
 
 
-class JobState(enum.Enum):
-    """What is known of a job (the words of the results file's ``status`` and more)."""
-
-    PENDING = "pending"
-    SUBMITTING = "submitting"
-    DONE = "done"
-    FAILED = "failed"
-    UNCERTAIN = "uncertain"
-
-    @property
-    def finished(self) -> bool:
-        """Whether the job has a result line (it is skipped by a resume)."""
-        return self in (JobState.DONE, JobState.FAILED)
-
-
 @attrs.frozen(kw_only=True)
 class KnownJob:
     """What the ledger knows about one job.
 
-    ``task_id`` is the task it made, ``result`` its result line and ``error`` that line's
-    ``error`` object (empty when it has none), for a job some run finished.
+    ``ending`` is how a run finished it (its result line's ``status``; ``None``: no run
+    did), ``task_id`` the task it made, ``result`` its result line and ``error`` that line's
+    ``error`` object (empty when it has none). ``sent``: not finished, but its POST may
+    have left in a run that stopped (so it is uncertain).
     """
 
-    state: JobState
+    ending: Ending | None = None
+    sent: bool = False
     task_id: str | None = None
     result: str | None = None
     error: dict[str, Any] = attrs.field(factory=dict)
@@ -178,8 +166,7 @@ class Ledger:
             state = claim.state.value  # the store's ClaimState: claimed, known, busy, uncertain
             if state == "claimed":
                 self._held.add(key)
-                cut = job.key in self._cut
-                return KnownJob(state=JobState.SUBMITTING if cut else JobState.PENDING)
+                return KnownJob(sent=job.key in self._cut)
             if state == "known" and claim.task_id:
                 return _from_line(job, claim.task_id)
             if state == "busy":
@@ -196,7 +183,7 @@ class Ledger:
         await self._store.forget(key, namespace=self._namespace)
         self._cut.discard(job.key)
         known = await self.take(job)
-        if known is None or known.state is not JobState.PENDING:
+        if known is None or known.ending is not None:
             return False  # another run reopened it first
         await self._store.forget(self.submission_key(job), namespace=self._namespace)
         return True
@@ -257,19 +244,19 @@ class Ledger:
 
         """
         if row.state == "submitted" and row.task_id is not None:
-            request = self._request_of(job, parent_task)
+            request = self.request_of(job, parent_task)
             if request is not None:
                 await self._adopt_task(job, request, row.task_id)
                 return
         if row.state in ("done", "failed", "uncertain") and row.result is not None:
             await self._adopt_line(job, row.result)
         elif row.state in ("submitting", "submitted", "uncertain"):
-            request = self._request_of(job, parent_task)
+            request = self.request_of(job, parent_task)
             message = "its submission was in flight when a run of an earlier midvary stopped"
             await self._adopt_line(job, uncertain_line(job, message, request))
 
-    def _request_of(self, job: BulkJob, parent_task: str | None) -> Any:
-        """``job``'s keyed request as this run would send it; ``None``: not known."""
+    def request_of(self, job: BulkJob, parent_task: str | None) -> Any:
+        """``job``'s keyed request, a child's made from ``parent_task``; ``None``: not known."""
         key = self.submission_key(job)
         if job.request is not None:
             return attrs.evolve(job.request, key=key)
@@ -318,9 +305,8 @@ async def migrate_journal(path: Path, ledger: Ledger, jobs_file: JobsFile) -> No
     """
     jobs = {job.key: job for job in jobs_file.jobs}
     contents = {key: job.content for key, job in jobs.items()}
-    lock = await asyncio.to_thread(lock_journal, path)
+    lock, rows = await asyncio.to_thread(open_journal, path, contents)
     try:
-        rows = await asyncio.to_thread(read_journal, path, contents)
         tasks = {row.key: row.task_id for row in rows if row.state == "done"}
         for row in rows:
             job = jobs[row.key]
@@ -339,7 +325,7 @@ def _from_line(job: BulkJob, line: str) -> KnownJob:
     """What a result line recorded by some run says of ``job``."""
     try:
         data = json.loads(line)
-        state = JobState(data["status"])
+        ending = Ending(data["status"])
         _parent, task_id = line_task_ids(data)
     except (ValueError, KeyError, TypeError):
         raise midvary.StoreError(
@@ -347,7 +333,7 @@ def _from_line(job: BulkJob, line: str) -> KnownJob:
         ) from None
     error = data.get("error")
     return KnownJob(
-        state=state,
+        ending=ending,
         task_id=task_id if isinstance(task_id, str) else None,
         result=line,
         error=error if isinstance(error, dict) else {},

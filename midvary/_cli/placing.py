@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import sqlite3
-from typing import Any
 
 import attrs
 
@@ -20,7 +19,7 @@ import midvary
 
 from .feed import Feed
 from .jobs import BulkJob
-from .ledger import JobState, KnownJob, Ledger
+from .ledger import KnownJob, Ledger
 from .progress import Progress
 from .results import ResultsFile, outcome_line, uncertain_line
 from .summary import BulkSummary
@@ -49,15 +48,15 @@ class Placer:
         if known is None:
             return False
         self.known[job.key] = known
-        state, kind = known.state, known.error.get("type")
+        ending, kind = known.ending, known.error.get("type")
         # Refused (an earlier version recorded a 402, 401, 505, an outage as failed):
         # nothing was billed, so it is pending, sent by a plain re-run. Failed: only with
         # --retry-failed. Uncertain: only with --resubmit-uncertain. Each once a run.
         refused = kind in REFUSED_TYPES and known.task_id is None
-        uncertain = state in (JobState.SUBMITTING, JobState.UNCERTAIN)
+        uncertain = known.sent or ending is Ending.UNCERTAIN
         if job.key in self._reopened:
             again = False
-        elif state is JobState.FAILED:
+        elif ending is Ending.FAILED:
             again = refused or (self.args.retry_failed and kind in FAILED_TYPES)
         else:
             again = uncertain and self.args.resubmit_uncertain
@@ -71,7 +70,7 @@ class Placer:
             elif not refused:
                 self.summary.retried += 1
             self._submit(job)
-        elif state.finished:
+        elif ending in (Ending.DONE, Ending.FAILED):
             await self._skip(job, known)
         elif uncertain:
             await self._uncertain(job, known)
@@ -84,7 +83,7 @@ class Placer:
         self.summary.skipped += 1
         if known.result is not None:
             await self.results.ensure(job.key, known.result)
-        if known.state is JobState.DONE:
+        if known.ending is Ending.DONE:
             self.progress.ended(Ending.DONE)
         else:
             self.summary.problems.append((job, "failed", _recorded_error(known)))
@@ -93,7 +92,7 @@ class Placer:
     async def _uncertain(self, job: BulkJob, known: KnownJob) -> None:
         """A job whose submission may or may not have been accepted: reported, not sent."""
         self.progress.ended(Ending.UNCERTAIN)
-        if known.state is JobState.SUBMITTING:
+        if known.sent:
             why = "its submission was in flight when an earlier run stopped"
         else:  # the earlier run ended it uncertain and kept why in its result line
             why = _recorded_error(known)
@@ -104,32 +103,25 @@ class Placer:
             "dashboard, or run again with --resubmit-uncertain"
         )
         self.summary.problems.append((job, "uncertain", message))
-        if known.state is JobState.SUBMITTING:
-            line = uncertain_line(job, message, self._request_of(job))
+        if known.sent:
+            request = self.ledger.request_of(job, self._parent_task(job))
+            line = uncertain_line(job, message, request)
             await self.ledger.finished(job.key, line)
             await self.results.write(job.key, line)
 
     def _submit(self, job: BulkJob) -> None:
         """Submit ``job`` in this run: now, once its parent succeeds, or never (orphan)."""
         if job.parent is None:
-            self.feed.add(job, self._request_of(job))
+            self.feed.add(job, self.ledger.request_of(job, None))
         else:
             self.feed.add_child(job, self._parent_task(job))
 
     def _parent_task(self, job: BulkJob) -> str | None:
         """A child's parent task, if the parent succeeded and does not run again here."""
         parent = self.known.get(job.parent or "")
-        if parent is None or parent.state is not JobState.DONE or job.parent in self.feed.running:
+        if parent is None or parent.ending is not Ending.DONE or job.parent in self.feed.running:
             return None
         return parent.task_id
-
-    def _request_of(self, job: BulkJob) -> Any:
-        """A job's keyed request; a child's once its parent succeeded (else ``None``)."""
-        if job.parent is None:
-            assert job.request is not None  # noqa: S101 - a row has its request
-            return attrs.evolve(job.request, key=self.ledger.submission_key(job))
-        task_id = self._parent_task(job)
-        return None if task_id is None else self.feed.child_request(job, task_id)
 
     async def record(self, job: BulkJob, outcome: midvary.JobOutcome) -> None:
         """Record a job that ended in this run: the ledger, then its results line.
@@ -146,10 +138,7 @@ class Placer:
         ending = Ending.of(outcome)
         line = outcome_line(job, outcome)
         await self.ledger.finished(job.key, line)
-        # done, failed, uncertain: the same words
-        self.known[job.key] = KnownJob(
-            state=JobState(ending.value), task_id=outcome.task_id, result=line
-        )
+        self.known[job.key] = KnownJob(ending=ending, task_id=outcome.task_id, result=line)
         await self.results.write(job.key, line)
         self.summary.ran += 1
         self.summary.recovered += outcome.recovered

@@ -201,31 +201,12 @@ def uncertain_line(job: BulkJob, message: str, request: object) -> str:
 class GalleryJob:
     """One job of a results file, as the gallery shows it.
 
-    Attributes:
-        number: The line of the results file it came from (1-based).
-        id: The job's id (``id``).
-        parent_task_id: The parent task that was varied or upscaled (``parent_task_id``);
-            ``None`` for a generate job.
-        image_index: The parent's image that was varied or upscaled (``image_index``);
-            ``None`` for a generate job.
-        status: ``done``, ``failed``, ``uncertain`` (``status``; other values are kept).
-        task_id: The id of the task the job made (``task_id``), or ``None`` if it never
-            got one.
-        water_mark: The requested water mark, or ``None``.
-        image_urls: The result URLs (``image_urls``).
-        files: The downloaded files (``files``), as written: relative to where bulk ran,
-            or absolute.
-        error_type: The error's class name (``error.type``), or ``None``.
-        error_message: The error's message (``error.message``), or ``None``.
-        error_code: The provider's error code (``record.error_code``), or ``None``.
-        jobs_line: The line of the JOBS file (``line``), or ``None``.
-        action: ``vary``, ``generate``, ``upscale``... (``action``), or ``None``.
-        prompt: The prompt (``prompt``), or ``None``; a generate job always has one.
-        parent: The id of the generate job a child was made from (``parent``), or ``None``.
-        created_at: When the task was created (``created_at``, else ``record.created_at``).
-        completed_at: When it completed (``completed_at``, else ``record.completed_at``).
-        duration: Seconds it took (``duration``, else completed minus created), or ``None``.
-
+    Each attribute is the line's field of the same name (see the module; ``None`` or empty
+    when absent), but ``number``, the line of the results file (1-based); ``error_type``,
+    ``error_message`` and ``error_code``: ``error.type``, ``error.message`` and
+    ``record.error_code``; ``jobs_line``: ``line``; ``created_at`` and ``completed_at``, else
+    ``record``'s; ``duration``, else completed minus created (seconds). ``files`` are as
+    written: relative to where bulk ran, or absolute.
     """
 
     number: int
