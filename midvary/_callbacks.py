@@ -244,13 +244,11 @@ class CallbackReceiver:
         self._max_connections = count(max_connections, "max_connections")
         self._read_timeout = float(positive_seconds(read_timeout, "read_timeout"))
         self._doorman: Doorman | None = None
-        self._relay = (
-            None
-            if store is None
-            else CallbackRelay(store, self._book, ttl=self._book.ttl, grace=self._book.grace)
-        )
-        if self._relay is not None:
-            self._book.on_bind = self._relay.bound
+        self._relay: CallbackRelay | None = None
+        if store is not None:
+            book = self._book
+            self._relay = CallbackRelay(store, book, ttl=book.ttl, grace=book.grace)
+            book.on_bind = self._relay.bound
         self._state = _State.READY
         self._runner: web.AppRunner | None = None
         self._port: int | None = None

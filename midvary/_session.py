@@ -474,9 +474,9 @@ class Session:
             grid = await session.run(midvary.GenerateRequest(prompt="a red fox"))
 
         Args:
-            request: A :class:`VaryRequest`, :class:`GenerateRequest` or
-                :class:`UpscaleRequest` (its ``key``, if any, is honoured as by
-                :meth:`submit`).
+            request: A :class:`VaryRequest`, :class:`GenerateRequest`,
+                :class:`UpscaleRequest` or :class:`ExtendRequest` (its ``key``, if any, is
+                honoured as by :meth:`submit`).
             timeout: Seconds to wait for the task once it is submitted; ``None`` means no
                 deadline; by default the poll policy's ``timeout``.
 
@@ -534,8 +534,9 @@ class Session:
 
         Args:
             requests: An iterable or async iterable of :class:`VaryRequest`,
-                :class:`GenerateRequest` and :class:`UpscaleRequest` in any mix (or
-                :class:`TaskHandle`). Any other item becomes that job's ``TypeError``.
+                :class:`GenerateRequest`, :class:`UpscaleRequest` and :class:`ExtendRequest`
+                in any mix (or :class:`TaskHandle`). Any other item becomes that job's
+                ``TypeError``.
             concurrency: The most jobs in flight at once (>= 1): submitted or being
                 submitted and not final, or final with their outcome not yet taken.
             timeout: Seconds each job may wait for its task after submission; ``None``

@@ -327,7 +327,7 @@ class Submitter:
         if name is None:
             return None
         body = kind.body(request, callback_url=None, index_base=self._core.index_base)
-        return self._recovery(request, body, name, None, key)
+        return self._recovery(request, body, name, None)
 
     async def _submit(
         self,
@@ -346,8 +346,12 @@ class Submitter:
                 attempt, self._core.retry, self._core.outage, on_retry=attempt.retrying
             )
         except BaseException as exc:
-            if ticket is not None:
-                self._failed(ticket, exc, request, body)
+            if ticket is not None and isinstance(exc, SubmitUncertainError):
+                ticket.lose()  # kept for the provider's callback, which the recovery awaits
+                name = token_id(ticket.token)
+                self._recoveries[exc] = self._recovery(request, body, name, ticket)
+            elif ticket is not None:
+                ticket.book.drop(ticket)
             accepted = attempt.task_id
             if accepted is not None:
                 # Accepted, then something failed on our side: the task is billed, so its id
@@ -390,25 +394,12 @@ class Submitter:
             link = link_id(self._store.namespace, request.key or "")
         return await tickets.issue(link)
 
-    def _failed(
-        self, ticket: Ticket, exc: BaseException, request: SubmitRequest, body: dict[str, Any]
-    ) -> None:
-        """The submission failed: an uncertain one keeps its ticket for the callback."""
-        if isinstance(exc, SubmitUncertainError):
-            ticket.lose()
-            self._recoveries[exc] = self._recovery(
-                request, body, token_id(ticket.token), ticket, request.key
-            )
-        else:
-            ticket.book.drop(ticket)
-
     def _recovery(
         self,
         request: SubmitRequest,
         body: dict[str, Any],
         name: str,
         ticket: Ticket | None,
-        key: str | None,
     ) -> Recovery:
         """The recovery of a lost answer by its token's callback (see ``_recovery``)."""
         tickets = self._tickets
@@ -422,7 +413,7 @@ class Submitter:
             relay=tickets.relay,
             poll=tickets.safety_poll,
             keys=self._store,
-            key=key,
+            key=request.key,
         )
 
 
@@ -470,21 +461,6 @@ async def _settle(claim: Claim, request: SubmitRequest, *, uncertain: bool) -> N
 
 class _Attempt:
     """One submission's attempts: each takes a slot, tells the hooks, POSTs and classifies."""
-
-    __slots__ = (
-        "_body",
-        "_claim",
-        "_core",
-        "_hooks",
-        "_limiter",
-        "_path",
-        "_probe",
-        "_request",
-        "_slots",
-        "_span",
-        "in_flight",
-        "task_id",
-    )
 
     def __init__(  # noqa: PLR0917 - internal, built in one place
         self,
