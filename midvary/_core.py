@@ -148,8 +148,12 @@ class SessionCore:
             self._state = _State.OPEN
         return self._transport
 
-    async def fetch_record(self, task_id: str) -> TaskRecord:
+    async def fetch_record(
+        self, task_id: str, *, polled: Callable[[], None] = telemetry.polled
+    ) -> TaskRecord:
         """One ``record-info`` GET: the task's record, in whatever state it is.
+
+        ``polled()`` is told first (a wait's span counts its own polls).
 
         Raises:
             NotFoundError: No such task is visible (yet); the message names the task.
@@ -157,7 +161,7 @@ class SessionCore:
 
         """
         transport = self.open()
-        telemetry.polled()
+        polled()
         try:
             data = await transport.call("GET", RECORD_PATH, params={"taskId": task_id})
         except NotFoundError as exc:

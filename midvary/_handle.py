@@ -53,7 +53,6 @@ class TaskHandle:
         "_final",
         "_last",
         "_last_error",
-        "_polls",
         "_reattached",
         "request",
         "task_id",
@@ -86,8 +85,6 @@ class TaskHandle:
         # What ends this handle's sleeps early: a callback (its ticket holds the same alarm).
         # The session's close ends a wait through the wait's timeout instead.
         self._alarm = alarm if alarm is not None else Alarm()
-        # record-info GETs sent by this handle's waits (each wait's span tells its own).
-        self._polls = 0
 
     def __repr__(self) -> str:
         state = self._last.status.name if self._last is not None else "unseen"
@@ -153,11 +150,10 @@ class TaskHandle:
         # early (SessionCore.aclose) so that a poll request in flight is cut as well.
         scope = asyncio.timeout(limit)
         with telemetry.wait(self.task_id, core.base_url) as span:
-            polls, notified = self._polls, self._alarm.notified
+            notified = self._alarm.notified
             try:
                 return _outcome(await self._wait(scope, policy, on_retry, limit, span))
             finally:
-                span.polls = self._polls - polls
                 span.callback = self._alarm.notified > notified
 
     async def _wait(
@@ -241,9 +237,8 @@ class TaskHandle:
         )
 
     async def _poll_once(self, policy: PollPolicy, span: telemetry.Wait) -> TaskRecord | None:
-        self._polls += 1
         try:
-            record = await self._core.fetch_record(self.task_id)
+            record = await self._core.fetch_record(self.task_id, polled=span.polled)
         except NotFoundError:
             self._answered()
             if time.monotonic() - self._created < policy.not_found_grace:

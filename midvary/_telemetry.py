@@ -278,6 +278,12 @@ class Wait:
         self.polls = 0
         self.callback = False
 
+    def polled(self) -> None:
+        """One record-info GET of this wait was answered or failed."""
+        self.polls += 1
+        if self._instruments is not None:
+            self._instruments.polls.add(1)
+
     def seen_final(self, record: TaskRecord, kind: str | None) -> None:
         """The wait saw its task final first: see :func:`seen_final`."""
         _record_final(self._instruments, record, kind)

@@ -1,9 +1,7 @@
 """Building blocks shared by the ``midvary`` commands: options, errors, output helpers.
 
-A command is one :class:`Command` line in :data:`midvary._cli.COMMANDS`: its name, its help
-line and the ``module:function`` that adds its options to its parser and sets its
-``handler`` (``(args) -> exit code``). :class:`LazySubParsers` imports that module only when
-the command is chosen, so ``midvary wait`` never loads bulk, rich or the fake provider.
+:class:`Command` and :class:`LazySubParsers` make the table of commands whose modules load
+only when chosen (see :mod:`midvary._cli`).
 """
 
 from __future__ import annotations

@@ -86,17 +86,16 @@ class Feed:
         ``outcome`` is ``None`` for a job left pending (not sent, or refused for now).
         """
         self.running.discard(job.key)
-        if outcome is not None and outcome.ok and outcome.task_id is not None:
-            self._succeeded[job.key] = outcome.task_id
-        children = self._waiting.pop(job.key, None)
-        if children is None:
-            return
-        if outcome is not None and outcome.ok and outcome.task_id is not None:
-            for child in children:
-                self.add(child, self.child_request(child, outcome.task_id))
-        else:
+        task_id = outcome.task_id if outcome is not None and outcome.ok else None
+        children = self._waiting.pop(job.key, [])
+        if task_id is None:
             self._orphans.extend(children)
-        self._wake.set()
+        else:
+            self._succeeded[job.key] = task_id
+            for child in children:
+                self.add(child, self.child_request(child, task_id))
+        if children:  # only then: a wake cuts short the wait for jobs other runs hold
+            self._wake.set()
 
     def orphans(self) -> list[BulkJob]:
         """The children that did not run because their parent did not succeed."""

@@ -7,18 +7,9 @@ one is run and warned about with both line numbers. Each valid row becomes a
 :class:`BulkJob` with a stable key (its own ``id``, else a hash of its content and its
 occurrence number among identical rows): the key of its claims in the store.
 
-A row's ``action`` is ``vary`` (the default: ``task_id``, ``image_index``), ``upscale``
-(the same columns), ``extend`` (``task_id`` a video task, ``image_index`` which of its
-videos, optionally ``prompt`` for a manual extend and ``task_type``) or ``generate``
-(``prompt`` and optionally ``aspect_ratio``, ``speed``, ``version``, ``task_type``,
-``water_mark``, ``file_urls``: a JSON list, or URLs separated by spaces in CSV, ``then``).
-A generate row's ``then`` (``vary:all``, ``upscale:0,2``, or for a video generate
-``extend:0``, several joined by ``;``) adds its children: one :class:`BulkJob` each, right
-after it, keyed ``<parent key>/<action><index>``, whose request is made once the parent's
-task id is known.
-
-``image_index`` is a whole number 0..3: in a CSV file, digits (``2``); in JSONL, a JSON
-integer (``2``), never a string (``"2"``) or a float (``2.0``).
+What each ``action`` takes is the bulk command's help (``bulk._HELP``). A generate row's
+``then`` adds its children: one :class:`BulkJob` each, right after it, keyed
+``<parent key>/<action><index>``, whose request is made once the parent's task id is known.
 """
 
 from __future__ import annotations

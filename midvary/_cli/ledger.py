@@ -217,9 +217,9 @@ class Ledger:
 
         Every holder of a claim of this JOBS file is then a dead run: its run claims are
         dropped, and so are its submission keys never marked sending (nothing was sent);
-        :meth:`take` says a job whose key was sending (its POST may have left) is
-        ``SUBMITTING``, which the run reports uncertain (and records as such) as it would
-        have had it lived. Nothing waits for a lease.
+        :meth:`take` says a job whose key was sending (its POST may have left) was ``sent``,
+        which the run reports uncertain (and records as such) as it would have had it lived.
+        Nothing waits for a lease.
         """
         mine, runs = f"{self._scope}/", self._claim_key("")
         left = await self._store.unfinished(namespace=self._namespace)

@@ -130,9 +130,8 @@ def result_line(
 
     ``request`` is what was submitted (a child's is made at run time); ``None``: the job's.
     ``task_id`` is the task the job made, whatever its action (``None``: it never got one);
-    ``parent_task_id`` is the task a vary or upscale was made from (``None`` for generate).
-    Lines written before the rename (issue 18) named these ``vary_task_id`` and
-    ``task_id``; :func:`line_task_ids` reads both formats.
+    ``parent_task_id`` is the task a vary or upscale was made from (``None`` for generate);
+    :func:`line_task_ids` also reads the names lines had before issue 18.
     ``recovered`` (written only when true): the submission's answer was lost and the
     provider's callback named its task (``--callback-url``).
     """
