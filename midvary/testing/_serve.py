@@ -13,12 +13,12 @@ import shlex
 import signal
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, get_args
 
 import attrs
 
 from ._provider import FakeProvider
-from ._settings import ENDPOINTS, FAULT_KINDS, FakeSettings
+from ._settings import ENDPOINTS, FAULT_KINDS, FakeSettings, NotFoundStyle, TimeFormat
 
 #: The ``--help`` text (plain, unlike the module docstring, which is for Sphinx and pydoc).
 HELP = """\
@@ -119,12 +119,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     knobs.add_argument(
         "--time-format",
-        choices=("iso", "epoch_ms", "mixed", "plain"),
+        choices=get_args(TimeFormat),
         help="how records carry their times (default iso)",
     )
     knobs.add_argument(
         "--not-found-style",
-        choices=("422", "404"),
+        choices=get_args(NotFoundStyle),
         help="how an unknown task is answered: code 422 'recordInfo is null' (default) or 404",
     )
     knobs.add_argument(
