@@ -12,10 +12,10 @@ when a store is made.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import urllib.parse
-from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from .._errors import StoreError
@@ -29,8 +29,6 @@ from ._base import (
     SlotRequest,
     Store,
     StoredJob,
-    TokenRecord,
-    TokenStore,
     check_namespace,
     check_seconds,
     conflict,
@@ -40,7 +38,7 @@ from ._base import (
     new_epoch,
 )
 from ._lua import READ, SCRIPTS
-from ._redis_tokens import RedisTokens, text
+from ._redis_tokens import TOKEN_SCRIPTS, RedisTokens, text
 
 if TYPE_CHECKING:
     import redis.asyncio
@@ -97,7 +95,7 @@ def redact_url(url: str) -> str:
         return "<a Redis URL that could not be parsed>"
 
 
-class RedisStore(Store, TokenStore):
+class RedisStore(Store, RedisTokens):
     """A store on a Redis (6.2 or later) or Valkey server, shared by every process everywhere.
 
     Run the server with persistence (``appendonly yes``): a server that loses its data is
@@ -174,12 +172,10 @@ class RedisStore(Store, TokenStore):
         self._max_connections = max_connections
         #: Operation -> its script, once open (``None``: closed).
         self._scripts: dict[str, AsyncScript] | None = None
-        self._read: AsyncScript | None = None
         #: Namespace -> the marker this store saw in it (a changed one is lost data).
         self._markers: dict[str, str] = {}
         self._failures: tuple[type[BaseException], ...] = (redis.exceptions.RedisError, OSError)
         self._timeouts: tuple[type[BaseException], ...] = (redis.exceptions.TimeoutError,)
-        self._tokens = RedisTokens(self._open_client, self._error)
 
     def __repr__(self) -> str:
         return f"<RedisStore {self._where}>"
@@ -219,14 +215,14 @@ class RedisStore(Store, TokenStore):
                     f"not a Redis URL: {self._where} (use redis://, rediss:// or unix://)"
                 ) from None
         client = self._client
-        scripts = {op: client.register_script(source) for op, source in SCRIPTS.items()}
-        read = client.register_script(READ)
+        sources = {**SCRIPTS, **TOKEN_SCRIPTS, "read": READ}
+        scripts = {op: client.register_script(source) for op, source in sources.items()}
         try:
             await client.ping()
             # Loaded now so that a server that refuses scripts fails here; a server that
             # forgets them later (a restart) gets them again from register_script's EVALSHA.
             async with client.pipeline(transaction=False) as pipe:
-                for script in (*scripts.values(), read):
+                for script in scripts.values():
                     pipe.script_load(script.script)
                 await pipe.execute()
         except self._failures as exc:
@@ -234,28 +230,30 @@ class RedisStore(Store, TokenStore):
                 self._client = None
                 await client.aclose()
             raise self._error("connecting to the store", exc) from exc
-        self._scripts, self._read = scripts, read
+        self._scripts = scripts
 
     async def close(self) -> None:
         """Close the connections it made; a borrowed client stays open."""
-        self._scripts = self._read = None
+        self._scripts = None
         if self._owned and self._client is not None:
             client, self._client = self._client, None
             await client.aclose()
 
-    def _open_client(self, what: str) -> redis.asyncio.Redis:
+    @contextlib.contextmanager
+    def _calling(self, what: str) -> Iterator[redis.asyncio.Redis]:
+        """The open client; its failures in the block become StoreError naming ``what``."""
         if self._client is None or self._scripts is None:
             raise StoreError(f"{what}: the Redis store is not open (use `async with store`)")
-        return self._client
+        try:
+            yield self._client
+        except self._failures as exc:
+            raise self._error(what, exc) from exc
 
     async def _run(self, what: str, op: str, keys: list[str], args: list[Arg]) -> Any:
         """Run the script of ``op``; failures become StoreError naming ``what``."""
-        if self._scripts is None:
-            raise StoreError(f"{what}: the Redis store is not open (use `async with store`)")
-        try:
+        with self._calling(what):
+            assert self._scripts is not None  # noqa: S101 - _calling checked the store is open
             return await self._scripts[op](keys=keys, args=args)
-        except self._failures as exc:
-            raise self._error(what, exc) from exc
 
     async def _window(self, what: str, op: str, namespace: str, *args: Arg) -> str:
         """Run a window operation (no marker); its answer as text."""
@@ -374,26 +372,20 @@ class RedisStore(Store, TokenStore):
         return value == "1"
 
     async def _scan(self, what: str, pattern: str) -> list[str]:
-        client = self._open_client(what)
-        try:
+        with self._calling(what) as client:
             return [_text(name) async for name in client.scan_iter(match=pattern)]
-        except self._failures as exc:
-            raise self._error(what, exc) from exc
 
     async def unfinished(self, *, namespace: str | None = None) -> list[StoredJob]:
         """See :meth:`Store.unfinished`."""
         namespace = namespace if namespace is not None else self.namespace
         what = "listing unfinished keys"
         names = await self._scan(what, record_name(namespace or "*", "*"))
-        client, read = self._open_client(what), self._read
-        assert read is not None  # noqa: S101 - _open_client checked the store is open
-        try:
+        with self._calling(what) as client:
+            assert self._scripts is not None  # noqa: S101 - _calling checked the store is open
             async with client.pipeline(transaction=False) as pipe:
                 for name in names:
-                    await read(keys=[name], client=pipe)
+                    await self._scripts["read"](keys=[name], client=pipe)
                 rows = await pipe.execute()
-        except self._failures as exc:
-            raise self._error(what, exc) from exc
         jobs = []
         for name, row in zip(names, rows, strict=True):
             if not row:
@@ -424,15 +416,12 @@ class RedisStore(Store, TokenStore):
         else:
             markers = await self._scan(what, marker_name("*"))
             namespaces = [name[len(PREFIX) : -len("}:epoch")] for name in markers]
-        client = self._open_client(what)
-        try:
+        with self._calling(what) as client:
             async with client.pipeline(transaction=False) as pipe:
                 for ns in namespaces:
                     pipe.delete(record_name(ns, key))
                     pipe.hdel(done_name(ns), key)
                 deleted = await pipe.execute()
-        except self._failures as exc:
-            raise self._error(what, exc) from exc
         return any(int(count) > 0 for count in deleted)
 
     async def acquire_slot(
@@ -472,42 +461,6 @@ class RedisStore(Store, TokenStore):
             "reading the submission allowance", "allowance", namespace, count, window
         )
         return int(allowance)
-
-    # --- callback tokens and wake-ups (``_redis_tokens``) --------------------------------
-
-    async def add_token(
-        self, scope: str, token_id: str, *, ttl_s: float, link_id: str | None = None
-    ) -> None:
-        """See :meth:`Store.add_token`."""
-        await self._tokens.add(scope, token_id, ttl_s, link_id)
-
-    async def bind_token(self, scope: str, token_id: str, *, task_id: str) -> bool:
-        """See :meth:`Store.bind_token`."""
-        return await self._tokens.bind(scope, token_id, task_id)
-
-    async def get_token(self, scope: str, token_id: str) -> TokenRecord | None:
-        """See :meth:`Store.get_token`."""
-        return await self._tokens.get(scope, token_id)
-
-    async def report_token(self, scope: str, token_id: str, *, task_id: str) -> bool:
-        """See :meth:`Store.report_token`."""
-        return await self._tokens.report(scope, token_id, task_id)
-
-    async def linked_token(self, scope: str, link_id: str) -> str | None:
-        """See :meth:`Store.linked_token`."""
-        return await self._tokens.linked(scope, link_id)
-
-    async def settle_token(self, scope: str, token_id: str, *, grace_s: float) -> None:
-        """See :meth:`Store.settle_token`."""
-        await self._tokens.settle(scope, token_id, grace_s)
-
-    async def publish_wake(self, scope: str, token: str) -> None:
-        """See :meth:`Store.publish_wake`."""
-        await self._tokens.publish(scope, token)
-
-    def wakes(self, scope: str) -> AbstractAsyncContextManager[AsyncIterator[str]]:
-        """See :meth:`Store.wakes`."""
-        return self._tokens.wakes(scope)
 
 
 def _state(value: str) -> KeyStateName:
