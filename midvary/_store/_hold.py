@@ -18,17 +18,14 @@ import itertools
 import logging
 import os
 import uuid
-from collections.abc import Callable
 from typing import Final
 
 from .._errors import StoreError
+from .._ratelimit import OnWait
 from .._retry import is_transient
 from ._base import Claim, ClaimState, SlotRequest, Store, check_seconds, lost_claim
 
 logger = logging.getLogger("midvary._store")
-
-#: Called with the seconds a submission is about to wait for the shared window.
-OnWait = Callable[[float], None]
 
 _ids = itertools.count()
 _process = uuid.uuid4().hex
