@@ -41,7 +41,6 @@ import enum
 import hashlib
 import hmac
 import json
-import math
 import secrets
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar, Final, Literal, NoReturn, Self
@@ -86,18 +85,6 @@ def check_namespace(namespace: object) -> str:
             f"characters (*?[]\\), got {namespace!r}"
         )
     return namespace
-
-
-def check_seconds(name: str, value: object) -> float:
-    """Validate a positive, finite number of seconds."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ValueError(f"{name} must be a finite number of seconds > 0, got {value!r}")
-    return float(value)
 
 
 class RequestJSON(str):

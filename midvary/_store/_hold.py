@@ -20,10 +20,13 @@ import os
 import uuid
 from typing import Final
 
+import attrs
+
 from .._errors import StoreError
 from .._ratelimit import OnWait
 from .._retry import is_transient
-from ._base import Claim, ClaimState, SlotRequest, Store, check_seconds, lost_claim
+from .._validate import finite_seconds
+from ._base import Claim, ClaimState, SlotRequest, Store, lost_claim
 
 logger = logging.getLogger("midvary._store")
 
@@ -53,6 +56,7 @@ BUSY_POLL: Final = 0.5
 _NOT_CLAIMED = Claim(state=ClaimState.BUSY)
 
 
+@attrs.define(kw_only=True, eq=False, repr=False)
 class Hold:
     """A claimed key while its submission runs; see :func:`holding`.
 
@@ -63,57 +67,23 @@ class Hold:
 
     """
 
-    __slots__ = (
-        "_busy_poll_s",
-        "_fingerprint",
-        "_lease_s",
-        "_rate",
-        "_renewal",
-        "_request",
-        "_slot_lease_s",
-        "_timer",
-        "claim",
-        "holder",
-        "key",
-        "lost",
-        "namespace",
-        "sending",
-        "settled",
-        "slot_id",
-        "store",
-    )
-
-    def __init__(
-        self,
-        store: Store,
-        namespace: str,
-        key: str,
-        *,
-        fingerprint: str,
-        request: object,
-        holder: str,
-        lease_s: float,
-        rate: tuple[int, float] | None,
-        slot_lease_s: float,
-        busy_poll_s: float | None,
-    ) -> None:
-        self.store = store
-        self.namespace = namespace
-        self.key = key
-        self.holder = holder
-        self.claim = _NOT_CLAIMED
-        self.slot_id: str | None = None
-        self.sending = False
-        self.settled = False
-        self.lost = False
-        self._fingerprint = fingerprint
-        self._request = request
-        self._lease_s = lease_s
-        self._rate = rate
-        self._slot_lease_s = slot_lease_s
-        self._busy_poll_s = busy_poll_s
-        self._timer: asyncio.TimerHandle | None = None
-        self._renewal: asyncio.Task[None] | None = None
+    store: Store
+    namespace: str
+    key: str
+    holder: str
+    _fingerprint: str
+    _request: object
+    _lease_s: float
+    _rate: tuple[int, float] | None
+    _slot_lease_s: float
+    _busy_poll_s: float | None
+    claim: Claim = attrs.field(default=_NOT_CLAIMED, init=False)
+    slot_id: str | None = attrs.field(default=None, init=False)
+    sending: bool = attrs.field(default=False, init=False)
+    settled: bool = attrs.field(default=False, init=False)
+    lost: bool = attrs.field(default=False, init=False)
+    _timer: asyncio.TimerHandle | None = attrs.field(default=None, init=False)
+    _renewal: asyncio.Task[None] | None = attrs.field(default=None, init=False)
 
     async def __aenter__(self) -> Hold:
         """Claim the key, waiting out a live holder; see :func:`holding`."""
@@ -398,11 +368,11 @@ def holding(
         KeyConflictError: The key is stored for another request.
 
     """
-    check_seconds("lease_s", lease_s)
+    finite_seconds(lease_s, "lease_s")
     return Hold(
-        store,
-        namespace,
-        key,
+        store=store,
+        namespace=namespace,
+        key=key,
         fingerprint=fingerprint,
         request=request,
         holder=new_id(),

@@ -11,7 +11,8 @@ import logging
 
 from .._errors import StoreError
 from .._ratelimit import Slot, WindowLimiter
-from ._base import Store, check_seconds
+from .._validate import finite_seconds
+from ._base import Store
 from ._hold import SLOT_LEASE, new_id
 
 logger = logging.getLogger("midvary._store")
@@ -45,7 +46,7 @@ class StoreLimiter(WindowLimiter):
         super().__init__(rate)
         self.store = store
         self.namespace = namespace
-        self._slot_lease_s = check_seconds("slot_lease_s", slot_lease_s)
+        self._slot_lease_s = finite_seconds(slot_lease_s, "slot_lease_s")
 
     def __repr__(self) -> str:
         return f"<StoreLimiter rate={self.rate!r} store={self.store!r}>"

@@ -11,13 +11,13 @@ from typing import ClassVar, TypeVar
 import attrs
 
 from .._ratelimit import Window
+from .._validate import finite_seconds
 from ._base import (
     DEFAULT_CLAIM_LEASE,
     DEFAULT_KEY_TTL,
     TokenRecord,
     TokenStore,
     check_namespace,
-    check_seconds,
     new_epoch,
 )
 from ._local import KeyRecord, LocalStore, Tx
@@ -90,8 +90,8 @@ class MemoryStore(LocalStore, TokenStore):
     ) -> None:
         super().__init__()
         self.namespace = check_namespace(namespace) if namespace is not None else None
-        self.key_ttl = check_seconds("key_ttl", key_ttl)
-        self.claim_lease = check_seconds("claim_lease", claim_lease)
+        self.key_ttl = finite_seconds(key_ttl, "key_ttl")
+        self.claim_lease = finite_seconds(claim_lease, "claim_lease")
         self._keys: dict[tuple[str, str], KeyRecord] = {}
         self._windows: dict[str, Window] = {}
         self._epoch_marks: dict[str, str] = {}

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Final, cast
 
 from .._errors import StoreError
 from .._retry import redis_retry
+from .._validate import finite_seconds
 from ._base import (
     DEFAULT_CLAIM_LEASE,
     DEFAULT_KEY_TTL,
@@ -30,7 +31,6 @@ from ._base import (
     Store,
     StoredJob,
     check_namespace,
-    check_seconds,
     conflict,
     dump_request,
     lost_claim,
@@ -137,10 +137,10 @@ class RedisStore(Store, RedisTokens):
         except ImportError as exc:  # pragma: no cover - depends on the installation
             raise ImportError("RedisStore needs redis-py: pip install 'midvary[redis]'") from exc
         self.namespace = check_namespace(namespace) if namespace is not None else None
-        self.key_ttl = check_seconds("key_ttl", key_ttl)
-        self.claim_lease = check_seconds("claim_lease", claim_lease)
+        self.key_ttl = finite_seconds(key_ttl, "key_ttl")
+        self.claim_lease = finite_seconds(claim_lease, "claim_lease")
         if socket_timeout is not None:
-            check_seconds("socket_timeout", socket_timeout)
+            finite_seconds(socket_timeout, "socket_timeout")
         self._secret: str | None = None
         if isinstance(url_or_client, str):
             self._where = redact_url(url_or_client)
