@@ -32,7 +32,8 @@ async def run(*, quick: bool) -> list[Figures]:
     rows: list[Figures] = []
     jobs = 1000 if big else 100
     concurrency = 64 if big else 32
-    windows = [(1.0, 2.0), (4.0, 5.0)] if big else [(0.3, 0.5), (0.9, 1.1)]
+    # Maintenance windows as (share of the tasks created when it opens, seconds open).
+    windows = [(0.2, 1.0), (0.6, 1.0)] if big else [(0.2, 0.2), (0.6, 0.2)]
     for collect in ("submit_all", "submit_many"):
         polls = await scenarios.faulted_polls(
             jobs,

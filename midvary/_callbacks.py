@@ -12,20 +12,14 @@ How a submission and its callback meet:
    HMAC key is configured (401), both before the body is read; then the body: compressed
    (415), over 64 KiB (413), malformed (400), about another task than the token's (400).
    Only then is the handle woken; it confirms with ONE ``record-info`` GET and returns that
-   record, never what the body claims. The request handler does no I/O of its own. A
-   token's deliveries wake its handle at most once per ``wake_interval`` (a leaked token
-   replayed a thousand times costs one or two GETs, not a thousand).
-4. A ticket is forgotten (by the receiver's :class:`~midvary._tickets.TicketBook`) when its
-   session closes, when the receiver stops, ``duplicate_grace`` seconds after its first
-   accepted delivery or after its handle saw the task final, and in any case ``token_ttl``
-   seconds after it was issued.
-5. With ``store=``, tokens are also recorded in the shared store and a delivery for another
+   record, never what the body claims. The request handler does no I/O of its own. How
+   often a token wakes its handle, and when it is forgotten: ``_tickets``.
+4. With ``store=``, tokens are also recorded in the shared store and a delivery for another
    replica's token is checked against the store's record and passed on to that replica
    (:mod:`midvary._relay`).
-6. A submission whose answer was lost keeps its ticket, marked lost (it is not bound: no
-   task id is known). A delivery to it is checked the same way, against the task id its
-   body names (the one the signature covers), and that claim is handed to the recovery
-   that waits for it (``_recovery``: one GET confirms it), and kept in the store if any.
+5. A submission whose answer was lost keeps its ticket, marked lost (no task id is known):
+   a delivery to it is checked against the task id its body names (the one the signature
+   covers), and that claim goes to the recovery that waits for it (``_recovery``).
 """
 
 from __future__ import annotations
@@ -119,7 +113,7 @@ class SessionTickets:
             try:
                 await receiver._relay.register(ticket, link)
             except BaseException:
-                ticket.drop()
+                ticket.book.drop(ticket)
                 raise
         return ticket
 
@@ -235,14 +229,10 @@ class CallbackReceiver:
         self._hmac_key = hmac_key.encode() if hmac_key is not None else None
         self.safety_poll = safety_poll if safety_poll is not None else DEFAULT_SAFETY_POLL
         self._tolerance = float(positive_seconds(timestamp_tolerance, "timestamp_tolerance"))
-        if store is not None and not isinstance(store, Store):
+        if store is not None and not (isinstance(store, Store) and isinstance(store, TokenStore)):
             raise TypeError(
-                f"store must be a midvary.RedisStore or None, not {type(store).__name__}"
-            )
-        if store is not None and not isinstance(store, TokenStore):
-            raise TypeError(
-                f"CallbackReceiver(store=...) needs a store that wakes other processes: a "
-                f"RedisStore (or a MemoryStore, within one process), not {type(store).__name__}"
+                "store must be a store that wakes other processes: a midvary.RedisStore (or a "
+                f"MemoryStore, within one process) or None, not {type(store).__name__}"
             )
         self._book = TicketBook(
             url_prefix=self._base_url,
@@ -254,13 +244,11 @@ class CallbackReceiver:
         self._max_connections = count(max_connections, "max_connections")
         self._read_timeout = float(positive_seconds(read_timeout, "read_timeout"))
         self._doorman: Doorman | None = None
-        self._relay = (
-            None
-            if store is None
-            else CallbackRelay(store, self._book, ttl=self._book.ttl, grace=self._book.grace)
-        )
-        if self._relay is not None:
-            self._book.on_bind = self._relay.bound
+        self._relay: CallbackRelay | None = None
+        if store is not None:
+            book = self._book
+            self._relay = CallbackRelay(store, book, ttl=book.ttl, grace=book.grace)
+            book.on_bind = self._relay.bound
         self._state = _State.READY
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
@@ -322,8 +310,7 @@ class CallbackReceiver:
             OSError: The address could not be bound.
 
         """
-        if self._state is _State.STOPPED:
-            raise ReceiverClosedError("this CallbackReceiver is stopped; create a new one")
+        self._check_usable()
         if self._runner is not None:
             raise RuntimeError("this CallbackReceiver is already serving")
         if not isinstance(host, str) or not host:
@@ -482,11 +469,8 @@ class CallbackReceiver:
             if isinstance(found, int):
                 return found
             target, task_id = found
-        if task_id is not None and self._hmac_key is not None:
-            problem = self._signature_problem(task_id, headers)
-            if problem is not None:
-                logger.warning("callback for task %s rejected: %s", task_id, problem)
-                return 401
+        if task_id is not None and (refused := self._bad_signature(task_id, headers)):
+            return refused
         return task_id, target
 
     async def _deliver(
@@ -494,8 +478,6 @@ class CallbackReceiver:
     ) -> int:
         """Check an admitted delivery's body, then wake its handle (or its replica's)."""
         task_id, target = admitted
-        if len(body) > _MAX_BODY:
-            return 413
         try:
             notice = structure_callback(body)
         except ProtocolError as exc:
@@ -530,11 +512,8 @@ class CallbackReceiver:
         token may only be late: the task is kept in the store and its owner woken, but 503,
         so that the provider's retry takes the ordinary path once the answer came.
         """
-        if self._hmac_key is not None:
-            problem = self._signature_problem(task_id, headers)
-            if problem is not None:
-                logger.warning("callback for task %s rejected: %s", task_id, problem)
-                return 401
+        if refused := self._bad_signature(task_id, headers):
+            return refused
         relay = self._relay
         if isinstance(target, str):
             assert relay is not None  # noqa: S101 - a remote token came from the relay
@@ -582,12 +561,17 @@ class CallbackReceiver:
         token = path[len(prefix) :]
         return token or None
 
-    def _signature_problem(self, task_id: str, headers: Mapping[str, str]) -> str | None:
-        """Why the delivery's signature fails, or ``None`` when it is valid and fresh."""
-        assert self._hmac_key is not None  # noqa: S101  # only called when signing is on
-        return signature_problem(
+    def _bad_signature(self, task_id: str, headers: Mapping[str, str]) -> int | None:
+        """401 when signing is on and the delivery's signature is not valid and fresh."""
+        if self._hmac_key is None:
+            return None
+        problem = signature_problem(
             task_id, headers, key=self._hmac_key, max_age=self._tolerance, now=time.time()
         )
+        if problem is None:
+            return None
+        logger.warning("callback for task %s rejected: %s", task_id, problem)
+        return 401
 
     def _check_usable(self) -> None:
         if self._state is _State.STOPPED:

@@ -1,10 +1,7 @@
 """SessionCore: the state a session shares with its handles, fan-outs and submitter.
 
-:class:`~midvary.Session` is the public façade; this object is what the other modules are
-given instead of the session, so that none of them reaches into the session's privates. It
-holds the open/closed state and the transport, the defaults of waits and retries, the
-randomness of jitter, the durations learned, the registries of waits (their alarms) and
-fan-outs that closing must end, and the one ``record-info`` fetch.
+:class:`~midvary.Session` is the public façade; the other modules are given this object
+instead, so that none of them reaches into the session's privates.
 """
 
 from __future__ import annotations
@@ -14,7 +11,7 @@ import enum
 import random
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final
 
 import aiohttp
 
@@ -35,6 +32,7 @@ from ._transport import Transport
 if TYPE_CHECKING:
     import yarl
 
+    from ._fanout import FanOut
     from ._models import TaskRecord
 
 RECORD_PATH: Final = "/api/v1/mj/record-info"
@@ -48,17 +46,11 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
-class Closable(Protocol):
-    """Something the session's close must end first (a running fan-out)."""
-
-    async def aclose(self) -> None:
-        """Stop and wait until stopped; idempotent."""
-
-
 class SessionCore:
     """What handles, fan-outs and the submitter need of their session.
 
     Attributes:
+        base_url: The API's base URL, without a trailing slash.
         poll: The default :class:`PollPolicy` of waits.
         retry: The :class:`RetryPolicy` of submissions, polls' retries and downloads.
         index_base: Added to a vary's 0-based image index on the wire (0 or 1).
@@ -70,27 +62,6 @@ class SessionCore:
         outage: The outage (455, no connection) the session's requests are waiting out.
 
     """
-
-    __slots__ = (
-        "_api_key",
-        "_base_url",
-        "_http",
-        "_loop",
-        "_owns_http",
-        "_state",
-        "_transport",
-        "durations",
-        "fanouts",
-        "health",
-        "index_base",
-        "max_download_bytes",
-        "outage",
-        "poll",
-        "retry",
-        "rng",
-        "timeout",
-        "waiting",
-    )
 
     def __init__(
         self,
@@ -105,7 +76,7 @@ class SessionCore:
         seed: int | None,
         max_download_bytes: int | None,
     ) -> None:
-        self._base_url = base_url
+        self.base_url = base_url
         self._api_key = api_key
         self.timeout = timeout
         self._http = http
@@ -122,16 +93,11 @@ class SessionCore:
         self.durations = DurationStats()
         self.health = PollHealth()
         self.waiting: set[asyncio.Timeout] = set()
-        self.fanouts: set[Closable] = set()
+        self.fanouts: set[FanOut[Any]] = set()
         self.outage = OutageWatch(lambda: self.retry)
 
     def __repr__(self) -> str:
-        return f"<SessionCore base_url={str(self._base_url)!r} state={self.state}>"
-
-    @property
-    def base_url(self) -> yarl.URL:
-        """The API's base URL, without a trailing slash."""
-        return self._base_url
+        return f"<SessionCore base_url={str(self.base_url)!r} state={self.state}>"
 
     @property
     def state(self) -> str:
@@ -146,7 +112,9 @@ class SessionCore:
     def check_open(self) -> None:
         """Raise :class:`SessionClosedError` if the session closed."""
         if self._state is _State.CLOSED:
-            raise SessionClosedError("this Session is closed; create a new one")
+            raise SessionClosedError(
+                "this Session is closed and cannot be reopened; create a new one"
+            )
 
     def check_loop(self) -> None:
         """Raise :class:`EventLoopError` if the running loop is not the session's first one."""
@@ -170,21 +138,22 @@ class SessionCore:
 
         """
         self.check_loop()
-        if self._state is _State.CLOSED:
-            raise SessionClosedError(
-                "this Session is closed and cannot be reopened; create a new one"
-            )
+        self.check_open()
         if self._transport is None:
             if self._http is None:
                 self._http = aiohttp.ClientSession()
             self._transport = Transport(
-                self._http, base_url=self._base_url, api_key=self._api_key, timeout=self.timeout
+                self._http, base_url=self.base_url, api_key=self._api_key, timeout=self.timeout
             )
             self._state = _State.OPEN
         return self._transport
 
-    async def fetch_record(self, task_id: str) -> TaskRecord:
+    async def fetch_record(
+        self, task_id: str, *, polled: Callable[[], None] = telemetry.polled
+    ) -> TaskRecord:
         """One ``record-info`` GET: the task's record, in whatever state it is.
+
+        ``polled()`` is told first (a wait's span counts its own polls).
 
         Raises:
             NotFoundError: No such task is visible (yet); the message names the task.
@@ -192,7 +161,7 @@ class SessionCore:
 
         """
         transport = self.open()
-        telemetry.polled()
+        polled()
         try:
             data = await transport.call("GET", RECORD_PATH, params={"taskId": task_id})
         except NotFoundError as exc:

@@ -22,6 +22,7 @@ from typing import BinaryIO, Final
 import aiohttp
 import yarl
 
+from . import _validate as check
 from ._config import RetryPolicy
 from ._errors import APIError, DownloadError
 from ._models import TaskRecord
@@ -59,8 +60,7 @@ def file_name(task_id: str, index: int, url: str) -> str:
     other is changed: unsafe characters become ``_``, it is cut to :data:`_MAX_STEM`
     characters, and ``~`` and a hash of the whole task id are appended. ``~`` never occurs
     in an unchanged name, and the hash tells changed ones apart, so two task ids never share
-    a file (``x/y`` and ``x_y`` used to both give ``x_y_0.png``), and no name is too long
-    for the file system (a 300-character task id gave "File name too long").
+    a file (as ``x/y`` and ``x_y`` would), and no name is too long for the file system.
     """
     try:
         suffix = PurePosixPath(yarl.URL(url).path).suffix
@@ -133,15 +133,12 @@ async def download_record(
 def _check_scheme(url: str) -> None:
     """Refuse a result URL that is not an absolute http(s) URL with a host."""
     try:
-        parsed = yarl.URL(url)
-        ok = parsed.scheme in ("http", "https") and bool(parsed.host)
+        check.http_url(url, name="a result URL")
     except (TypeError, ValueError):
-        ok = False
-    if not ok:
         shown = url if len(url) <= 80 else url[:80] + "..."
         raise DownloadError(
             shown, None, reason="a result URL must be an absolute http:// or https:// URL"
-        )
+        ) from None
 
 
 async def _download_fresh(  # noqa: PLR0917 - one call site, the caller's state

@@ -43,7 +43,7 @@ of arguments raises :class:`ValueError` or :class:`TypeError` before any request
 from __future__ import annotations
 
 import copyreg
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._models import SubmitRequest, TaskRecord
@@ -79,8 +79,6 @@ class APIError(MidvaryError):
 
     """
 
-    code_for_class: ClassVar[int | None] = None
-
     def __init__(
         self,
         message: str,
@@ -103,61 +101,41 @@ class APIError(MidvaryError):
 class BadRequestError(APIError):
     """400: the provider rejected the request's parameters."""
 
-    code_for_class = 400
-
 
 class AuthenticationError(APIError):
     """401: the API key is missing or invalid."""
-
-    code_for_class = 401
 
 
 class InsufficientCreditsError(APIError):
     """402: the account is out of credits."""
 
-    code_for_class = 402
-
 
 class NotFoundError(APIError):
     """404 (or 422 "recordInfo is null"): no such task is visible to this account."""
-
-    code_for_class = 404
 
 
 class ValidationError(APIError):
     """422: the provider's validation failed."""
 
-    code_for_class = 422
-
 
 class RateLimitError(APIError):
     """429: rate limited. Transient: retried with backoff where that is safe."""
-
-    code_for_class = 429
 
 
 class ServiceUnavailableError(APIError):
     """455: the service is under maintenance. Transient."""
 
-    code_for_class = 455
-
 
 class ServerError(APIError):
     """500: the provider failed. Transient for reads; uncertain for submissions."""
-
-    code_for_class = 500
 
 
 class GenerationFailedError(APIError):
     """501: generation failed."""
 
-    code_for_class = 501
-
 
 class FeatureDisabledError(APIError):
     """505: the feature is disabled for this account."""
-
-    code_for_class = 505
 
 
 #: Where the same API is documented and served when a host stops serving it.
@@ -203,28 +181,17 @@ ACCOUNT_STOPPING: tuple[type[APIError], ...] = (
 
 #: The one table from envelope code to exception class. Unknown codes map to APIError.
 ERROR_CLASSES: dict[int, type[APIError]] = {
-    cls.code_for_class: cls
-    for cls in (
-        BadRequestError,
-        AuthenticationError,
-        InsufficientCreditsError,
-        NotFoundError,
-        ValidationError,
-        RateLimitError,
-        ServiceUnavailableError,
-        ServerError,
-        GenerationFailedError,
-        FeatureDisabledError,
-    )
-    if cls.code_for_class is not None
+    400: BadRequestError,
+    401: AuthenticationError,
+    402: InsufficientCreditsError,
+    404: NotFoundError,
+    422: ValidationError,
+    429: RateLimitError,
+    455: ServiceUnavailableError,
+    500: ServerError,
+    501: GenerationFailedError,
+    505: FeatureDisabledError,
 }
-
-
-#: Codes whose class also depends on the message: the provider answers a ``record-info`` for
-#: a task it does not know (yet) with 422 "recordInfo is null" as well as with 404.
-_MESSAGE_RULES: tuple[tuple[int, str, type[APIError]], ...] = (
-    (422, "recordinfo is null", NotFoundError),
-)
 
 
 def error_for(
@@ -232,9 +199,10 @@ def error_for(
 ) -> APIError:
     """The :class:`APIError` for envelope ``code`` and ``message`` (``APIError`` if unknown)."""
     cls = ERROR_CLASSES.get(code, APIError)
-    for rule_code, words, rule_cls in _MESSAGE_RULES:
-        if code == rule_code and words in message.lower():
-            cls = rule_cls
+    if code == 422 and "recordinfo is null" in message.lower():
+        # The provider answers a record-info for a task it does not know (yet) with 422
+        # "recordInfo is null" as well as with 404.
+        cls = NotFoundError
     return cls(message, code=code, http_status=http_status, retry_after=retry_after)
 
 

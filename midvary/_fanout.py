@@ -1,22 +1,10 @@
-"""Fan-out: run many jobs (vary, generate, upscale) with bounded concurrency, one outcome each.
+"""Fan-out: many jobs (vary, generate, upscale, extend) with bounded concurrency, one outcome each.
 
-A :class:`FanOut` pulls requests from its input only as slots free up (the input may be a
-lazy iterable or an async iterable of any length), runs each job in its own task (submit
-through the session's rate limiter, then await the handle, then optionally download), and
-hands out one :class:`JobOutcome` per job in completion order. A job's failure is that
-job's outcome; it never cancels the others.
-
-Two things stop a fan-out from sending more, never from finishing what it sent: an
-account-wide refusal (401, 402, 505: ``ACCOUNT_STOPPING``), after which no further POST
-leaves and the iteration raises that error once the jobs in flight have ended, and
-``max_tasks``, the most submissions that may be billed (accepted or uncertain). A job
-stopped before its POST, or refused by the account, is *not sent*: it has no outcome and
-is listed in :attr:`FanOut.unfinished` with ``not_sent=True`` (pending, nothing billed).
-
-Ownership: the fan-out owns its job tasks. Cancelling the coroutine that iterates, calling
-:meth:`FanOut.aclose`, leaving its ``async with`` block, or closing the session cancels the
-jobs still in flight and awaits them; :attr:`FanOut.unfinished` then names every job whose
-outcome was not handed out, with its task id when it was submitted.
+A :class:`FanOut` pulls requests from its input only as slots free up, runs each job in its
+own task (submit, await the handle, download) and hands out one :class:`JobOutcome` per job
+in completion order; a job's failure is its outcome. It owns its job tasks: closing it (or
+its session) cancels and awaits them. What stops it sending (an account-wide refusal,
+``max_tasks``) is told in ``Session.submit_many``; the jobs held back are *not sent*.
 """
 
 from __future__ import annotations
@@ -93,38 +81,40 @@ Requests: TypeAlias = Iterable[R | TaskHandle] | AsyncIterable[R | TaskHandle]
 
 
 class _Job:
-    """The mutable state of one job while its task runs."""
+    """The mutable state of one job while its task runs, and its submission's hooks.
+
+    What the submitter reports about the job's submission attempts (a ``SubmitHooks``)
+    updates it and becomes the fan-out's events.
+    """
 
     __slots__ = (
         "billable",
+        "by_key",
+        "fanout",
         "index",
         "item",
         "outcome",
         "posting",
-        "reattached",
         "recovering",
         "request",
         "task_id",
     )
 
-    def __init__(self, index: int, item: object) -> None:
+    def __init__(self, fanout: FanOut[Any], index: int, item: object) -> None:
+        self.fanout = fanout
         self.index = index
         self.item = item
         self.request: SubmitRequest | None = item if is_request(item) else None
         self.task_id: str | None = None
         self.posting = False
-        self.reattached = False
+        # Its key already named a task: nothing was sent.
+        self.by_key = False
         # Its answer was lost and it waits for the provider's callback (None: it does not;
         # False: it was not recovered; True: it was).
         self.recovering: bool | None = None
         self.outcome: Outcome[Any] | None = None
         # A POST of this job was sent: it counts against max_tasks unless certainly refused.
         self.billable = False
-
-    def not_sent(self) -> UnfinishedJob:
-        return UnfinishedJob(
-            index=self.index, request=self.request, task_id=None, uncertain=False, not_sent=True
-        )
 
     def unfinished(self) -> UnfinishedJob:
         if self.outcome is not None:
@@ -137,36 +127,26 @@ class _Job:
             index=self.index, request=self.request, task_id=task_id, uncertain=uncertain
         )
 
-
-class _SubmitHooks:
-    """What the submitter reports about one job's submission attempts (a ``SubmitHooks``)."""
-
-    __slots__ = ("_fanout", "_job")
-
-    def __init__(self, fanout: FanOut[Any], job: _Job) -> None:
-        self._fanout = fanout
-        self._job = job
-
     def before_post(self) -> None:
         # If the hook raises, nothing is sent: the job is not "posting" then.
-        self._fanout._may_post(self._job)
-        self._fanout._emit(JobEventKind.SUBMITTING, self._job)
-        self._job.posting = True
+        self.fanout._may_post(self)
+        self.fanout._emit(JobEventKind.SUBMITTING, self)
+        self.posting = True
 
     def after_post(self) -> None:
-        self._job.posting = False
+        self.posting = False
 
     def waiting(self, seconds: float, error: RateLimitError | None = None) -> None:
-        self._fanout._emit(JobEventKind.RATE_LIMITED, self._job, wait=seconds, error=error)
+        self.fanout._emit(JobEventKind.RATE_LIMITED, self, wait=seconds, error=error)
 
     def retrying(self, error: BaseException, seconds: float) -> None:
-        self._fanout._retrying(self._job, error, seconds)
+        self.fanout._retrying(self, error, seconds)
 
     def reattached(self) -> None:
-        self._job.reattached = True
+        self.by_key = True
 
     def recovered(self) -> None:
-        self._job.recovering = True
+        self.recovering = True
 
 
 def check_requests(requests: T) -> T:
@@ -370,13 +350,12 @@ class FanOut(Generic[R]):
             async with contextlib.aclosing(self._pull()) as items:
                 index = 0
                 async for item in items:
-                    job = _Job(index, item)
+                    job = _Job(self, index, item)
                     index += 1
-                    if self._holding_back():
-                        self._slots.release()
-                        self._not_sent.append(job.not_sent())
-                        break
                     self._pending[job.index] = job
+                    if self._stop is not None or self.capped:  # no further job may be sent
+                        self._held_back(job)
+                        break
                     self._jobs += 1
                     task = asyncio.get_running_loop().create_task(
                         self._run(job), context=self._span.task_context()
@@ -393,30 +372,20 @@ class FanOut(Generic[R]):
     async def _pull(self) -> AsyncGenerator[object, None]:
         """Yield the items of the input, taking a slot before pulling each one."""
         source, slots = self._source, self._slots
-        item: object
-        if isinstance(source, AsyncIterable):
-            iterator: AsyncIterator[object] = aiter(source)
-            while True:
-                await slots.acquire()
-                self._pulling = True  # the caller's code runs: never cancelled there
-                try:
-                    item = await anext(iterator)
-                except StopAsyncIteration:
-                    slots.release()
-                    return
-                finally:
-                    self._pulling = False
-                yield item
-        else:
-            sync_iterator: Iterator[object] = iter(source)
-            while True:
-                await slots.acquire()
-                try:
-                    item = next(sync_iterator)
-                except StopIteration:
-                    slots.release()
-                    return
-                yield item
+        items: AsyncIterator[object] | Iterator[object] = (
+            aiter(source) if isinstance(source, AsyncIterable) else iter(source)
+        )
+        while True:
+            await slots.acquire()
+            self._pulling = True  # the caller's code runs: never cancelled there
+            try:
+                item = await anext(items) if isinstance(items, AsyncIterator) else next(items)
+            except (StopIteration, StopAsyncIteration):
+                slots.release()
+                return
+            finally:
+                self._pulling = False
+            yield item
 
     def _job_ended(self, task: asyncio.Task[JobOutcome | None]) -> None:
         self._tasks.discard(task)
@@ -431,10 +400,6 @@ class FanOut(Generic[R]):
         self._wakeup.set()
 
     # -- what stops sending -----------------------------------------------------------------
-
-    def _holding_back(self) -> bool:
-        """Whether no further job may be sent: the account stopped it, or the cap is used."""
-        return self._stop is not None or self.capped
 
     def _may_post(self, job: _Job) -> None:
         """Raise :class:`_NotSent` if ``job`` may not POST now; else count it as billable."""
@@ -464,7 +429,11 @@ class FanOut(Generic[R]):
         """``job`` was not sent (or refused for the account): pending, no outcome."""
         del self._pending[job.index]
         self._slots.release()
-        self._not_sent.append(job.not_sent())
+        self._not_sent.append(
+            UnfinishedJob(
+                index=job.index, request=job.request, task_id=None, uncertain=False, not_sent=True
+            )
+        )
 
     # -- one job ----------------------------------------------------------------------------
 
@@ -487,12 +456,7 @@ class FanOut(Generic[R]):
                     self._held_back(job)
                     return None
                 raise
-            on_retry = None
-            if options.on_event is not None:
-
-                def on_retry(error: BaseException, seconds: float) -> None:
-                    self._retrying(job, error, seconds)
-
+            on_retry = job.retrying if options.on_event is not None else None
             record = await handle.wait(options.timeout, poll=options.poll, on_retry=on_retry)
             if options.download is not None:
                 paths = await self._core.download(
@@ -534,7 +498,7 @@ class FanOut(Generic[R]):
                 f"(or a TaskHandle), not {type(item).__name__}"
             )
         try:
-            handle = await self._submitter.submit(item, _SubmitHooks(self, job))
+            handle = await self._submitter.submit(item, job)
         except SubmitUncertainError as exc:
             # Its answer was lost: with a receiver, wait for the provider's callback while
             # its token lives, within the job's own deadline (the outcome is the error if
@@ -548,16 +512,15 @@ class FanOut(Generic[R]):
                 raise
             job.recovering, handle = True, recovered
         job.task_id = handle.task_id
-        self._emit(JobEventKind.SUBMITTED, job, reattached=job.reattached)
+        self._emit(JobEventKind.SUBMITTED, job, reattached=job.by_key)
         return handle
 
     def _job_deadline(self) -> float | None:
         """Seconds each job may wait for its task (``timeout``, else the poll policy's)."""
         timeout = self._options.timeout
-        if timeout is USE_DEFAULT:
-            poll = self._options.poll if self._options.poll is not None else self._core.poll
-            return poll.timeout
-        return timeout
+        return (
+            (self._options.poll or self._core.poll).timeout if timeout is USE_DEFAULT else timeout
+        )
 
     def _retrying(self, job: _Job, error: BaseException, seconds: float) -> None:
         # JobEvent.error is an Exception; a retried failure always is one.

@@ -53,7 +53,6 @@ class TaskHandle:
         "_final",
         "_last",
         "_last_error",
-        "_polls",
         "_reattached",
         "request",
         "task_id",
@@ -86,8 +85,6 @@ class TaskHandle:
         # What ends this handle's sleeps early: a callback (its ticket holds the same alarm).
         # The session's close ends a wait through the wait's timeout instead.
         self._alarm = alarm if alarm is not None else Alarm()
-        # record-info GETs sent by this handle's waits (each wait's span tells its own).
-        self._polls = 0
 
     def __repr__(self) -> str:
         state = self._last.status.name if self._last is not None else "unseen"
@@ -111,7 +108,7 @@ class TaskHandle:
         A failed task is returned, not raised. Errors of the request itself (not found,
         transport, ...) are raised.
         """
-        return self._seen(await self._core.fetch_record(self.task_id))
+        return self._seen(await self._core.fetch_record(self.task_id), telemetry.seen_final)
 
     async def wait(
         self,
@@ -153,11 +150,10 @@ class TaskHandle:
         # early (SessionCore.aclose) so that a poll request in flight is cut as well.
         scope = asyncio.timeout(limit)
         with telemetry.wait(self.task_id, core.base_url) as span:
-            polls, notified = self._polls, self._alarm.notified
+            notified = self._alarm.notified
             try:
-                return _outcome(await self._wait(scope, policy, on_retry, limit))
+                return _outcome(await self._wait(scope, policy, on_retry, limit, span))
             finally:
-                span.polls = self._polls - polls
                 span.callback = self._alarm.notified > notified
 
     async def _wait(
@@ -166,12 +162,13 @@ class TaskHandle:
         policy: PollPolicy,
         on_retry: Callable[[BaseException, float], None] | None,
         limit: float | None,
+        span: telemetry.Wait,
     ) -> TaskRecord:
         core = self._core
         try:
             async with scope:
                 core.waiting.add(scope)
-                record = await self._poll(policy, on_retry)
+                record = await self._poll(policy, on_retry, span)
         except TimeoutError:
             if not scope.expired():
                 raise
@@ -193,7 +190,10 @@ class TaskHandle:
         return record
 
     async def _poll(
-        self, policy: PollPolicy, on_retry: Callable[[BaseException, float], None] | None
+        self,
+        policy: PollPolicy,
+        on_retry: Callable[[BaseException, float], None] | None,
+        span: telemetry.Wait,
     ) -> TaskRecord:
         # Polling is a schedule, not a retry: this loop asks the policy when to poll next,
         # and a poll that failed transiently is one poll of the schedule (the retry module
@@ -205,7 +205,7 @@ class TaskHandle:
         while True:
             await alarm.sleep(wait)
             try:
-                record = await self._poll_once(policy)
+                record = await self._poll_once(policy, span)
             except Exception as exc:
                 if not is_transient(exc):
                     raise
@@ -236,10 +236,9 @@ class TaskHandle:
             rng=core.rng,
         )
 
-    async def _poll_once(self, policy: PollPolicy) -> TaskRecord | None:
-        self._polls += 1
+    async def _poll_once(self, policy: PollPolicy, span: telemetry.Wait) -> TaskRecord | None:
         try:
-            record = await self._core.fetch_record(self.task_id)
+            record = await self._core.fetch_record(self.task_id, polled=span.polled)
         except NotFoundError:
             self._answered()
             if time.monotonic() - self._created < policy.not_found_grace:
@@ -260,7 +259,7 @@ class TaskHandle:
         self._answered()
         if record.status is TaskStatus.UNKNOWN:
             logger.warning("task %s reports an undocumented state; polling on", self.task_id)
-        return self._seen(record)
+        return self._seen(record, span.seen_final)
 
     def _answered(self) -> None:
         """A poll got an answer: any spell of failing polls (or outage) is over."""
@@ -269,7 +268,10 @@ class TaskHandle:
         self._core.health.succeeded(time.monotonic())
         self._core.outage.answered()
 
-    def _seen(self, record: TaskRecord) -> TaskRecord:
+    def _seen(
+        self, record: TaskRecord, seen_final: Callable[[TaskRecord, str | None], None]
+    ) -> TaskRecord:
+        """Keep ``record``; the first final one is learned from and told to ``seen_final``."""
         self._last = record
         if record.status in FINAL_STATUSES and self._final is None:
             self._final = record
@@ -277,7 +279,7 @@ class TaskHandle:
                 submitted = None if self._reattached else self._created
                 self._core.durations.learn(record, submitted_at=submitted)
             self._alarm.finished()
-            telemetry.seen_final(record, None if self._reattached else request_kind(self.request))
+            seen_final(record, None if self._reattached else request_kind(self.request))
         return record
 
 

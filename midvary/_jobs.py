@@ -1,10 +1,4 @@
-"""What a fan-out's jobs report: their events and outcomes, and the options of a fan-out.
-
-Public records (:class:`JobEventKind`, :class:`JobEvent`, :class:`JobOutcome` and its two
-kinds :class:`JobSucceeded` / :class:`JobFailed`,
-:class:`UnfinishedJob`) and :class:`FanOutOptions`, the one validated copy of the keyword
-arguments of ``Session.submit_many`` and ``Session.submit_all``.
-"""
+"""What a fan-out's jobs report (their events and outcomes), and the options of a fan-out."""
 
 from __future__ import annotations
 
@@ -20,7 +14,14 @@ from typing_extensions import TypeVar
 from ._config import USE_DEFAULT, PollPolicy, UseDefault
 from ._errors import SubmitUncertainError
 from ._models import SubmitRequest, TaskRecord
-from ._validate import callable_or_none, count, directory, instance, optional_seconds
+from ._validate import (
+    attrs_validator,
+    callable_or_none,
+    count,
+    directory,
+    instance,
+    optional_seconds,
+)
 
 
 class JobEventKind(enum.Enum):
@@ -199,11 +200,7 @@ DEFAULT_CONCURRENCY = 16
 DEFAULT_DOWNLOAD_CONCURRENCY = 4
 
 
-# attrs converters: each checks one option and names it in its error.
-def _concurrency(value: object) -> int:
-    return count(value, "concurrency")
-
-
+# Each checker names its option in its error.
 def _timeout(value: object) -> float | UseDefault | None:
     return USE_DEFAULT if value is USE_DEFAULT else optional_seconds(value, "timeout")
 
@@ -212,45 +209,23 @@ def _poll(value: object) -> PollPolicy | None:
     return instance(value, PollPolicy, "poll", what="a midvary.PollPolicy")
 
 
-def _on_event(value: OnEvent | None) -> OnEvent | None:
-    return callable_or_none(value, "on_event")
-
-
 def _download(value: str | os.PathLike[str] | None) -> Path | None:
     return None if value is None else directory(value, "download")
 
 
-def _download_concurrency(value: object) -> int:
-    return count(value, "download_concurrency")
-
-
-def _max_tasks(value: object) -> int | None:
-    return None if value is None else count(value, "max_tasks")
+_count = attrs_validator(count)
 
 
 @attrs.frozen(kw_only=True)
 class FanOutOptions:
-    """How a fan-out runs its jobs, validated once; see :meth:`Session.submit_many`.
+    """How a fan-out runs its jobs: :meth:`Session.submit_many`'s keyword arguments, checked."""
 
-    Attributes:
-        concurrency: The most jobs in flight at once (>= 1).
-        timeout: Seconds each job may wait for its task; ``None``: no deadline;
-            ``USE_DEFAULT``: the poll policy's.
-        poll: The :class:`PollPolicy` of the waits; ``None`` means the session's.
-        on_event: Called with each :class:`JobEvent`; ``None`` for none.
-        download: The directory to download succeeded jobs' images into; ``None``: none.
-        download_concurrency: The most images of one job downloaded at once (>= 1).
-        max_tasks: The most submissions of this fan-out that may be billed (accepted or
-            uncertain, >= 1); jobs beyond it are not sent. ``None`` means no cap.
-
-    """
-
-    concurrency: int = attrs.field(default=DEFAULT_CONCURRENCY, converter=_concurrency)
+    concurrency: int = attrs.field(default=DEFAULT_CONCURRENCY, validator=_count)
     timeout: float | UseDefault | None = attrs.field(default=USE_DEFAULT, converter=_timeout)
     poll: PollPolicy | None = attrs.field(default=None, converter=_poll)
-    on_event: OnEvent | None = attrs.field(default=None, converter=_on_event)
-    download: Path | None = attrs.field(default=None, converter=_download)
-    download_concurrency: int = attrs.field(
-        default=DEFAULT_DOWNLOAD_CONCURRENCY, converter=_download_concurrency
+    on_event: OnEvent | None = attrs.field(
+        default=None, validator=attrs_validator(callable_or_none)
     )
-    max_tasks: int | None = attrs.field(default=None, converter=_max_tasks)
+    download: Path | None = attrs.field(default=None, converter=_download)
+    download_concurrency: int = attrs.field(default=DEFAULT_DOWNLOAD_CONCURRENCY, validator=_count)
+    max_tasks: int | None = attrs.field(default=None, validator=attrs.validators.optional(_count))

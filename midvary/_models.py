@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final, TypeAlias
 
 import attrs
 
 from . import _validate as check
-from ._validate import http_url as check_http_url
-from ._validate import task_id as check_task_id
-
-IMAGE_INDEXES = range(4)
+from ._validate import attrs_validator as _checked
 
 
 class TaskStatus(enum.Enum):
@@ -36,22 +33,18 @@ class TaskStatus(enum.Enum):
     @property
     def is_final(self) -> bool:
         """Whether the task will not change any more."""
-        return self in _FINAL
+        return self in FINAL_STATUSES
 
     @property
     def is_failure(self) -> bool:
         """Whether the task ended without images."""
-        return self in _FAILURES
+        return self in FAILED_STATUSES
 
 
-# Built once: each TaskStatus.X inside a property goes through EnumType's attribute hook.
-# Tuples, not sets: membership tests identity first, where a set would call Enum.__hash__.
-_FAILURES = (TaskStatus.CREATE_FAILED, TaskStatus.GENERATE_FAILED)
-_FINAL = (TaskStatus.SUCCESS, *_FAILURES)
-#: The final states (``status in FINAL_STATUSES`` is ``record.is_final`` without two calls).
-FINAL_STATUSES: Final = _FINAL
 #: The failed final states (``status in FAILED_STATUSES`` is ``status.is_failure``).
-FAILED_STATUSES: Final = _FAILURES
+FAILED_STATUSES: Final = (TaskStatus.CREATE_FAILED, TaskStatus.GENERATE_FAILED)
+#: The final states (``status in FINAL_STATUSES`` is ``status.is_final``).
+FINAL_STATUSES: Final = (TaskStatus.SUCCESS, *FAILED_STATUSES)
 
 
 @attrs.frozen(kw_only=True)
@@ -112,43 +105,10 @@ class TaskRecord:
         return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _checked(
-    checker: Callable[..., object], *args: Any, **kwargs: Any
-) -> Callable[[object, attrs.Attribute[Any], object], None]:
-    """An attrs validator running ``checker(value, field_name, *args, **kwargs)``."""
-
-    def validate(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
-        checker(value, attribute.name, *args, **kwargs)
-
-    return validate
-
-
-def _check_task_id(_inst: object, attribute: attrs.Attribute[str], value: object) -> None:
-    check_task_id(value, name=attribute.name)
-
-
-def _check_image_index(_inst: object, _attribute: attrs.Attribute[Any], value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(
-            f"image_index must be an int from 0 to 3, not {type(value).__name__} {value!r}",
-        )
-    if value not in IMAGE_INDEXES:
-        raise ValueError(
-            f"image_index must be 0, 1, 2 or 3 (0-based: which of the parent's 4 images), "
-            f"got {value}",
-        )
-
-
-def _check_water_mark(_inst: object, _attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is not None and not isinstance(value, str):
-        raise TypeError(f"water_mark must be a str or None, not {type(value).__name__}")
-
-
-def _check_callback_url(
-    _inst: object, attribute: attrs.Attribute[str | None], value: object
-) -> None:
-    if value is not None:
-        check_http_url(value, name=attribute.name)
+_check_task_id = _checked(check.task_id)
+_check_image_index = _checked(check.index, "which of the parent's 4 images")
+_check_water_mark = _checked(check.optional_str)
+_check_callback_url = attrs.validators.optional(_checked(check.http_url))
 
 
 @attrs.frozen(kw_only=True)
@@ -360,16 +320,7 @@ EXTEND_TASK_TYPES: Final = (EXTEND_MANUAL, EXTEND_AUTO)
 #: Which video of the parent an extend names: the docs give example 0 and no range; a
 #: video generate makes at most 4 (``videoBatchSize``), so 0..3, and the provider's refusal
 #: speaks for an index its task does not have.
-VIDEO_INDEXES = range(4)
-
-
-def _check_video_index(_inst: object, _attribute: attrs.Attribute[int], value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"index must be an int from 0 to 3, not {type(value).__name__} {value!r}")
-    if value not in VIDEO_INDEXES:
-        raise ValueError(
-            f"index must be 0, 1, 2 or 3 (0-based: which video of the parent task), got {value}"
-        )
+_check_video_index = _checked(check.index, "which video of the parent task")
 
 
 @attrs.frozen

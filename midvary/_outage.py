@@ -39,12 +39,6 @@ def is_outage(exc: BaseException) -> bool:
     return type(exc) is TransportError and not exc.sent
 
 
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, ServiceUnavailableError):
-        return "maintenance (455)"
-    return "the provider unreachable (no connection)"
-
-
 @attrs.frozen(kw_only=True)
 class Outage:
     """An outage a session is waiting out (see :attr:`Session.outage`).
@@ -72,17 +66,6 @@ class OutageWatch:
         policy: Returns the session's current :class:`RetryPolicy` (it may be replaced).
 
     """
-
-    __slots__ = (
-        "_changed",
-        "_failures",
-        "_next",
-        "_policy",
-        "_probing",
-        "_since",
-        "_wall",
-        "_what",
-    )
 
     def __init__(self, policy: Callable[[], RetryPolicy]) -> None:
         self._policy = policy
@@ -151,7 +134,12 @@ class OutageWatch:
         now = time.monotonic()
         policy = self._policy()
         if self._since is None:
-            self._since, self._wall, self._what = now, time.time(), _describe(exc)
+            self._since, self._wall = now, time.time()
+            self._what = (
+                "maintenance (455)"
+                if isinstance(exc, ServiceUnavailableError)
+                else "the provider unreachable (no connection)"
+            )
             self._failures = 0
             self._next = now
             probe = True

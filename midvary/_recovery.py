@@ -26,9 +26,10 @@ it never sends anything.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final
 
 from ._errors import APIError, NotFoundError, ProtocolError, StoreError, TransportError
 from ._handle import TaskHandle
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from ._core import SessionCore
     from ._models import SubmitRequest, TaskRecord
     from ._relay import CallbackRelay
+    from ._submit import SubmitStore
     from ._tickets import Ticket
 
 logger = logging.getLogger(__name__)
@@ -69,14 +71,6 @@ def echo_problem(record: TaskRecord, body: Mapping[str, Any], token_name: str) -
     return None
 
 
-class KeyRecorder(Protocol):
-    """Where a recovered key records its task (``_store.StoreClaims``)."""
-
-    async def recovered(self, key: str, task_id: str) -> bool:
-        """Record ``key`` -> ``task_id`` for an uncertain key; ``False`` if not taken."""
-        ...
-
-
 class Recovery:
     """Waits for the callback of one submission whose answer was lost; see the module.
 
@@ -104,7 +98,7 @@ class Recovery:
         ticket: Ticket | None,
         relay: CallbackRelay | None,
         poll: PollPolicy | None,
-        keys: KeyRecorder | None,
+        keys: SubmitStore | None,
         key: str | None,
     ) -> None:
         self._core = core
@@ -149,16 +143,12 @@ class Recovery:
             if not alive or (left is not None and left <= 0):
                 return None
             wait = pause if left is None else min(pause, left)
-            if claims:  # refuted (or unconfirmed): the next GET no sooner than the pause
+            if claims or ticket is None:  # after a refuted claim, no GET before the pause
                 await asyncio.sleep(wait)
-            elif ticket is not None:
-                try:
+            else:
+                with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(wait):
                         await ticket.news.wait()
-                except TimeoutError:
-                    pass
-            else:
-                await asyncio.sleep(wait)
             pause = min(RECHECK[1], pause * 2)
 
     def _left(self, loop: asyncio.AbstractEventLoop, give_up: float | None) -> float | None:
@@ -231,7 +221,7 @@ class Recovery:
         self._handle = handle
         return handle
 
-    async def _record_key(self, keys: KeyRecorder, task_id: str) -> None:
+    async def _record_key(self, keys: SubmitStore, task_id: str) -> None:
         """Record key -> ``task_id``; a failure is logged with both, never raised."""
         try:
             recorded = await keys.recovered(self._key, task_id)

@@ -24,15 +24,14 @@ the provider has no idempotency key, so a second POST could start a second bille
 
 from __future__ import annotations
 
-import inspect
+import asyncio
 import logging
+import random
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
 
 import tenacity
-from tenacity.stop import stop_base
-from tenacity.wait import wait_base
 
 from ._config import RetryPolicy
 from ._errors import (
@@ -52,8 +51,6 @@ from ._outage import OutageWatch, is_outage
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-#: ``on_retry(error, wait_seconds)``, told before each wait; a coroutine function is awaited.
-OnRetry = Callable[[BaseException, float], object]
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -114,17 +111,14 @@ def _honour_retry_after(exc: BaseException | None, wait: float, cap: float) -> f
     return wait if asked is None else max(wait, min(max(asked, 0.0), cap))
 
 
-class _HonourRetryAfter(wait_base):
-    """Wait at least what the provider asked for, capped; otherwise the fallback backoff."""
+def _backoff(policy: RetryPolicy, attempt: int) -> float:
+    """Seconds to wait after failed attempt number ``attempt`` (from 1).
 
-    def __init__(self, fallback: wait_base, cap: float) -> None:
-        self._fallback = fallback
-        self._cap = cap
-
-    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
-        outcome = retry_state.outcome
-        exc = outcome.exception() if outcome is not None and outcome.failed else None
-        return _honour_retry_after(exc, self._fallback(retry_state), self._cap)
+    ``policy.wait_initial`` doubling with each attempt, at most ``policy.wait_max``, plus up
+    to ``policy.wait_jitter`` random seconds.
+    """
+    exponential = policy.wait_initial * 2.0 ** min(attempt - 1, 64)
+    return min(exponential, policy.wait_max) + random.uniform(0, policy.wait_jitter)
 
 
 def _log_failure(what: str, exc: BaseException, attempt: int, wait: float) -> None:
@@ -147,92 +141,80 @@ def _log_failure(what: str, exc: BaseException, attempt: int, wait: float) -> No
     )
 
 
-def _before_sleep(
-    what: str, hook: OnRetry | None
-) -> Callable[[tenacity.RetryCallState], Awaitable[None]]:
-    """Log the failure tenacity is about to retry, then tell ``hook`` (awaited if async)."""
+def _failure(state: tenacity.RetryCallState) -> BaseException | None:
+    """The exception the attempt ``state`` describes ended with, if it failed."""
+    outcome = state.outcome
+    return outcome.exception() if outcome is not None and outcome.failed else None
 
-    async def before_sleep(state: tenacity.RetryCallState) -> None:
-        outcome = state.outcome
-        exc = outcome.exception() if outcome is not None and outcome.failed else None
-        if exc is None:
-            return
-        _log_failure(what, exc, state.attempt_number, state.upcoming_sleep)
-        if hook is not None:
-            told = hook(exc, state.upcoming_sleep)
-            if inspect.isawaitable(told):
-                await told
+
+def _before_sleep(what: str) -> Callable[[tenacity.RetryCallState], None]:
+    """Log the failure tenacity is about to retry."""
+
+    def before_sleep(state: tenacity.RetryCallState) -> None:
+        exc = _failure(state)
+        if exc is not None:
+            _log_failure(what, exc, state.attempt_number, state.upcoming_sleep)
 
     return before_sleep
 
 
-class _SubmitStop(stop_base):
-    """Stop after ``attempts`` 429s; an outage (455, no connection) once it outlasts its budget."""
+async def submit_with_retries(
+    attempt: Callable[[], Awaitable[T]],
+    policy: RetryPolicy,
+    outage: OutageWatch,
+    *,
+    on_retry: Callable[[BaseException, float], Awaitable[object]],
+) -> T:
+    """Await ``attempt()`` until it succeeds, retrying only failures certainly not accepted.
 
-    def __init__(self, attempts: int, outage: OutageWatch) -> None:
-        self._attempts = attempts
-        self._outage = outage
-        self._counted = 0
-
-    def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
-        outcome = retry_state.outcome
-        exc = outcome.exception() if outcome is not None and outcome.failed else None
-        if exc is not None and is_outage(exc):
-            return not self._outage.active or self._outage.exhausted()
-        self._counted += 1
-        return self._counted >= self._attempts
-
-
-class _SubmitWait(_HonourRetryAfter):
-    """The backoff after a 429; none after an outage error (the outage's admit waits)."""
-
-    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
-        outcome = retry_state.outcome
-        if outcome is not None and outcome.failed:
-            exc = outcome.exception()
-            if exc is not None and is_outage(exc):
-                return 0.0
-        return super().__call__(retry_state)
-
-
-def submit_retrying(
-    policy: RetryPolicy, outage: OutageWatch, *, on_retry: OnRetry | None = None
-) -> tenacity.AsyncRetrying:
-    """Retrying for one submission: only failures that certainly were not accepted.
-
-    A 429 is tried ``policy.attempts`` times in all, with backoff. An outage (455, or a
-    connection never opened) is waited out by ``outage`` (the session's
-    :class:`~midvary._outage.OutageWatch`: the next attempt waits for its turn there) until
-    it has lasted ``policy.outage_budget`` seconds.
+    A 429 is tried ``policy.attempts`` times in all, with backoff (or the ``Retry-After``
+    asked for, up to ``policy.max_retry_after``). An outage (455, or a connection never
+    opened) is waited out by ``outage`` (the session's
+    :class:`~midvary._outage.OutageWatch`: the next attempt waits for its turn there, so
+    none is waited here) until it has lasted ``policy.outage_budget`` seconds. Any other
+    failure, an uncertain one above all, is raised at once: it is never sent again.
 
     ``await on_retry(exc, wait_seconds)`` runs before each wait (the submitter puts its key
     claim back to claimed there, slows its limiter down after a 429 and tells its hooks);
     an exception it raises ends the submission with that exception.
     """
-    return tenacity.AsyncRetrying(
-        retry=tenacity.retry_if_exception(is_unaccepted),
-        wait=_SubmitWait(backoff(policy), policy.max_retry_after),
-        stop=_SubmitStop(policy.attempts, outage),
-        before_sleep=_before_sleep("submission", on_retry),
-        reraise=True,
-    )
+    refused = 0
+    number = 0
+    while True:
+        number += 1
+        try:
+            return await attempt()
+        except Exception as exc:
+            if not is_unaccepted(exc):
+                raise
+            if is_outage(exc):
+                if not outage.active or outage.exhausted():
+                    raise
+                wait = 0.0
+            else:
+                refused += 1
+                if refused >= policy.attempts:
+                    raise
+                wait = _honour_retry_after(exc, _backoff(policy, number), policy.max_retry_after)
+            _log_failure("submission", exc, number, wait)
+            await on_retry(exc, wait)
+        await asyncio.sleep(wait)
 
 
 def read_retrying(policy: RetryPolicy, *, what: str) -> tenacity.AsyncRetrying:
     """Retrying for an idempotent read outside polling (a result download)."""
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        backoff = _backoff(policy, state.attempt_number)
+        return _honour_retry_after(_failure(state), backoff, policy.max_retry_after)
+
     return tenacity.AsyncRetrying(
         retry=tenacity.retry_if_exception(is_transient),
-        wait=_HonourRetryAfter(backoff(policy), policy.max_retry_after),
+        wait=wait,
         stop=tenacity.stop_after_attempt(policy.attempts),
-        before_sleep=_before_sleep(what, None),
+        before_sleep=_before_sleep(what),
         reraise=True,
     )
-
-
-def backoff(policy: RetryPolicy) -> wait_base:
-    """Capped exponential backoff with jitter for ``policy``."""
-    exponential = tenacity.wait_exponential(multiplier=policy.wait_initial, max=policy.wait_max)
-    return exponential + tenacity.wait_random(0, policy.wait_jitter)
 
 
 def next_poll_after_failure(
@@ -272,7 +254,7 @@ def resubscribing(
         retry=tenacity.retry_if_exception(retry),
         wait=tenacity.wait_exponential(multiplier=first, max=longest),
         stop=tenacity.stop_never,
-        before_sleep=_before_sleep("subscription", None),
+        before_sleep=_before_sleep("subscription"),
         reraise=True,
     )
 

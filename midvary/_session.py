@@ -9,7 +9,6 @@ ends), the :class:`~midvary._submit.Submitter` (every submission) and
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import warnings
 from collections.abc import Callable, Sequence
@@ -19,12 +18,13 @@ from typing import Any, ParamSpec, TypeVar
 import aiohttp
 import attrs
 
+from . import _validate as check
 from ._callbacks import CallbackReceiver, tickets_for
 from ._config import USE_DEFAULT, PollPolicy, RetryPolicy, UseDefault
 from ._core import SessionCore
 from ._download import DEFAULT_MAX_DOWNLOAD_BYTES
 from ._errors import SubmitUncertainError
-from ._fanout import FanOut, Requests, check_requests, collect_all, takes_options_of
+from ._fanout import FanOut, Requests, collect_all, takes_options_of
 from ._handle import TaskHandle
 from ._jobs import (
     DEFAULT_CONCURRENCY,
@@ -44,27 +44,8 @@ from ._models import (
 from ._outage import Outage
 from ._ratelimit import DEFAULT_SUBMIT_RATE, SubmitLimiter
 from ._store import MemoryStore, Store, StoreClaims, StoreLimiter
-from ._submit import REQUEST_CLASSES, Limiter, Submitter
+from ._submit import REQUEST_CLASSES, Limiter, Submitter, is_request
 from ._testmode import default_poll, default_retry
-from ._validate import (
-    count,
-    instance,
-    optional_seconds,
-    positive_seconds,
-    resolve_api_key,
-    resolve_base_url,
-)
-from ._validate import (
-    directory as check_directory,
-)
-from ._validate import (
-    submit_rate as check_submit_rate,
-)
-from ._validate import (
-    task_id as check_task_id,
-)
-
-logger = logging.getLogger(__name__)
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -172,18 +153,18 @@ class Session:
         store: Store | None = None,
         max_download_bytes: int | None = DEFAULT_MAX_DOWNLOAD_BYTES,
     ) -> None:
-        api_key = resolve_api_key(api_key)
-        rate = check_submit_rate(submit_rate)
-        url = resolve_base_url(base_url)
-        instance(poll, PollPolicy, "poll", what="a midvary.PollPolicy")
-        instance(retry, RetryPolicy, "retry", what="a midvary.RetryPolicy")
+        api_key = check.resolve_api_key(api_key)
+        rate = check.submit_rate(submit_rate)
+        url = check.resolve_base_url(base_url)
+        check.instance(poll, PollPolicy, "poll", what="a midvary.PollPolicy")
+        check.instance(retry, RetryPolicy, "retry", what="a midvary.RetryPolicy")
         timeout = aiohttp.ClientTimeout(
-            total=positive_seconds(request_timeout, "request_timeout"),
-            connect=positive_seconds(connect_timeout, "connect_timeout"),
+            total=check.positive_seconds(request_timeout, "request_timeout"),
+            connect=check.positive_seconds(connect_timeout, "connect_timeout"),
         )
         if index_base not in (0, 1) or isinstance(index_base, bool):
             raise ValueError(f"index_base must be 0 (documented schema) or 1, got {index_base!r}")
-        instance(
+        check.instance(
             http_session, aiohttp.ClientSession, "http_session", what="an aiohttp.ClientSession"
         )
         if store is not None and (not isinstance(store, Store) or not store.cross_process):
@@ -203,7 +184,7 @@ class Session:
             max_download_bytes=(
                 None
                 if max_download_bytes is None
-                else count(max_download_bytes, "max_download_bytes")
+                else check.count(max_download_bytes, "max_download_bytes")
             ),
         )
         limiter: Limiter | None
@@ -471,7 +452,7 @@ class Session:
 
         """
         if key is not None:
-            if not attrs.has(type(request)) or not hasattr(request, "key"):
+            if not is_request(request):
                 raise TypeError(f"request must be {REQUEST_CLASSES}, not {type(request).__name__}")
             if request.key not in (None, key):
                 raise ValueError(f"key={key!r} differs from the request's own key {request.key!r}")
@@ -493,9 +474,9 @@ class Session:
             grid = await session.run(midvary.GenerateRequest(prompt="a red fox"))
 
         Args:
-            request: A :class:`VaryRequest`, :class:`GenerateRequest` or
-                :class:`UpscaleRequest` (its ``key``, if any, is honoured as by
-                :meth:`submit`).
+            request: A :class:`VaryRequest`, :class:`GenerateRequest`,
+                :class:`UpscaleRequest` or :class:`ExtendRequest` (its ``key``, if any, is
+                honoured as by :meth:`submit`).
             timeout: Seconds to wait for the task once it is submitted; ``None`` means no
                 deadline; by default the poll policy's ``timeout``.
 
@@ -553,8 +534,9 @@ class Session:
 
         Args:
             requests: An iterable or async iterable of :class:`VaryRequest`,
-                :class:`GenerateRequest` and :class:`UpscaleRequest` in any mix (or
-                :class:`TaskHandle`). Any other item becomes that job's ``TypeError``.
+                :class:`GenerateRequest`, :class:`UpscaleRequest` and :class:`ExtendRequest`
+                in any mix (or :class:`TaskHandle`). Any other item becomes that job's
+                ``TypeError``.
             concurrency: The most jobs in flight at once (>= 1): submitted or being
                 submitted and not final, or final with their outcome not yet taken.
             timeout: Seconds each job may wait for its task after submission; ``None``
@@ -592,7 +574,7 @@ class Session:
             download_concurrency=download_concurrency,
             max_tasks=max_tasks,
         )
-        return FanOut(self._core, self._submitter, check_requests(requests), options)
+        return FanOut(self._core, self._submitter, requests, options)
 
     @takes_options_of(submit_many)
     async def submit_all(self, requests: Requests[R], **options: Any) -> list[Outcome[R]]:
@@ -656,11 +638,11 @@ class Session:
         """
         if not isinstance(record, TaskRecord):
             raise TypeError(f"record must be a midvary.TaskRecord, not {type(record).__name__}")
-        path = check_directory(directory)
+        path = check.directory(directory)
         if max_bytes is not None and max_bytes is not USE_DEFAULT:
-            max_bytes = count(max_bytes, "max_bytes")
+            max_bytes = check.count(max_bytes, "max_bytes")
         return await self._core.download(
-            record, path, concurrency=count(concurrency, "concurrency"), max_bytes=max_bytes
+            record, path, concurrency=check.count(concurrency, "concurrency"), max_bytes=max_bytes
         )
 
     async def recover(
@@ -698,7 +680,7 @@ class Session:
             raise TypeError(
                 f"error must be a midvary.SubmitUncertainError, not {type(error).__name__}"
             )
-        limit = optional_seconds(timeout, "timeout")
+        limit = check.optional_seconds(timeout, "timeout")
         self._core.check_open()
         recovery = self._submitter.recovery(error)
         handle = None if recovery is None else await recovery.wait(limit)
@@ -730,7 +712,7 @@ class Session:
 
         """
         self._core.check_open()
-        return TaskHandle(self._core, check_task_id(task_id))
+        return TaskHandle(self._core, check.task_id(task_id))
 
     async def get_task(self, task_id: str) -> TaskRecord:
         """Fetch a task's record once (one GET), in whatever state it is.
@@ -740,4 +722,4 @@ class Session:
             APIError, TransportError, ProtocolError: The request failed.
 
         """
-        return await self._core.fetch_record(check_task_id(task_id))
+        return await self._core.fetch_record(check.task_id(task_id))

@@ -2,7 +2,7 @@
 
 One submission, in order:
 
-1. its kind (:data:`KINDS`: the endpoint and the body of each request class);
+1. its kind (``_bodies.KINDS``: the endpoint and the body of each request class);
 2. for a request with a ``key``, the key's claim in the :class:`SubmitStore`
    (:func:`identity` fingerprints the request's wire body): a key that already names a
    task returns a handle on it, with no POST; a key whose earlier POST is uncertain raises
@@ -35,13 +35,10 @@ import contextlib
 import hashlib
 import logging
 import weakref
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeGuard
 
-import attrs
-
 from . import _telemetry as telemetry
-from ._bodies import extend_body, generate_body, upscale_body, vary_body
+from ._bodies import KINDS, RequestKind
 from ._converter import structure_task_id
 from ._errors import (
     ACCOUNT_STOPPING,
@@ -55,18 +52,12 @@ from ._errors import (
     TransportError,
 )
 from ._handle import TaskHandle
-from ._models import (
-    ExtendRequest,
-    GenerateRequest,
-    SubmitRequest,
-    UpscaleRequest,
-    VaryRequest,
-)
+from ._models import SubmitRequest
 from ._outage import is_outage
 from ._polling import Alarm
 from ._recovery import Recovery
 from ._relay import link_id, token_id
-from ._retry import is_unaccepted, submit_retrying
+from ._retry import is_unaccepted, submit_with_retries
 from ._store._base import RequestJSON, canonical_json
 
 if TYPE_CHECKING:
@@ -78,36 +69,6 @@ if TYPE_CHECKING:
     from ._tickets import Ticket
 
 logger = logging.getLogger(__name__)
-
-VARY_PATH: Final = "/api/v1/mj/generateVary"
-GENERATE_PATH: Final = "/api/v1/mj/generate"
-UPSCALE_PATH: Final = "/api/v1/mj/generateUpscale"
-EXTEND_PATH: Final = "/api/v1/mj/generateVideoExtend"
-
-
-@attrs.frozen(kw_only=True)
-class RequestKind:
-    """How one request class goes on the wire.
-
-    Attributes:
-        path: The endpoint the request is POSTed to.
-        body: ``body(request, callback_url=..., index_base=...)``: the JSON body, with the
-            callback URL to send (the request's own or a receiver ticket's; ``None``: none).
-
-    """
-
-    path: str
-    body: Callable[..., dict[str, Any]]
-
-
-#: Request class -> how it is sent. A new kind is a new row (and a body function in the
-#: converter); nothing else in the pipeline changes (its ``key=`` included).
-KINDS: Final[dict[type[Any], RequestKind]] = {
-    VaryRequest: RequestKind(path=VARY_PATH, body=vary_body),
-    GenerateRequest: RequestKind(path=GENERATE_PATH, body=generate_body),
-    UpscaleRequest: RequestKind(path=UPSCALE_PATH, body=upscale_body),
-    ExtendRequest: RequestKind(path=EXTEND_PATH, body=extend_body),
-}
 
 #: What a wrong request type is told it may be.
 REQUEST_CLASSES: Final = "a midvary.VaryRequest, GenerateRequest, UpscaleRequest or ExtendRequest"
@@ -250,7 +211,7 @@ class Submitter:
         core: The session's shared state (open/closed, transport, retry policy).
         limiter: The submission slots; ``None`` means no limit.
         tickets: The session's callback tickets; ``None`` means no receiver.
-        store: The key store of requests with a ``key``; ``None`` means keys are refused.
+        store: The key store of requests with a ``key``.
 
     """
 
@@ -262,7 +223,7 @@ class Submitter:
         *,
         limiter: Limiter | None,
         tickets: SessionTickets | None,
-        store: SubmitStore | None = None,
+        store: SubmitStore,
     ) -> None:
         self._core = core
         self._limiter = limiter
@@ -324,8 +285,6 @@ class Submitter:
         key = request.key
         if key is None:
             return await self._submit(kind, request, hooks, None, span)
-        if self._store is None:
-            raise ValueError(f"{request.describe()} has a key, but this session has no store")
         fingerprint, stored = identity(kind, request)
         async with self._store.claim(key, fingerprint=fingerprint, request=stored) as claim:
             if claim.task_id is not None:
@@ -358,7 +317,7 @@ class Submitter:
     ) -> Recovery | None:
         """The recovery of uncertain ``key`` by its earlier token, if the store has it."""
         relay = self._tickets.relay if self._tickets is not None else None
-        if relay is None or self._store is None:
+        if relay is None:
             return None
         try:
             name = await relay.linked(link_id(self._store.namespace, key))
@@ -368,7 +327,7 @@ class Submitter:
         if name is None:
             return None
         body = kind.body(request, callback_url=None, index_base=self._core.index_base)
-        return self._recovery(request, body, name, None, key)
+        return self._recovery(request, body, name, None)
 
     async def _submit(
         self,
@@ -378,19 +337,21 @@ class Submitter:
         claim: Claim | None,
         span: telemetry.Submission,
     ) -> TaskHandle:
-        ticket = await self._ticket(request, claim) if self._tickets is not None else None
+        ticket = await self._ticket(request, claim)
         callback_url = request.callback_url if ticket is None else ticket.url
         body = kind.body(request, callback_url=callback_url, index_base=self._core.index_base)
-        attempt = _Attempt(self._core, self._limiter, kind.path, body, request, hooks, claim)
-        attempt.span = span
+        attempt = _Attempt(self._core, self._limiter, kind.path, body, request, hooks, claim, span)
         try:
-            retrying = submit_retrying(
-                self._core.retry, self._core.outage, on_retry=attempt.retrying
+            task_id = await submit_with_retries(
+                attempt, self._core.retry, self._core.outage, on_retry=attempt.retrying
             )
-            task_id: str = await retrying(attempt)
         except BaseException as exc:
-            if ticket is not None:
-                self._failed(ticket, exc, request, body)
+            if ticket is not None and isinstance(exc, SubmitUncertainError):
+                ticket.lose()  # kept for the provider's callback, which the recovery awaits
+                name = token_id(ticket.token)
+                self._recoveries[exc] = self._recovery(request, body, name, ticket)
+            elif ticket is not None:
+                ticket.book.drop(ticket)
             accepted = attempt.task_id
             if accepted is not None:
                 # Accepted, then something failed on our side: the task is billed, so its id
@@ -404,15 +365,24 @@ class Submitter:
                 if claim is not None:
                     await _record(claim, request, accepted)
             elif claim is not None:
-                await _settle(claim, request, uncertain=attempt.maybe_accepted(exc))
+                # Only a POST that never left or an answer read as a refusal is certain.
+                uncertain = isinstance(exc, SubmitUncertainError) or attempt.in_flight
+                await _settle(claim, request, uncertain=uncertain)
             raise
         span.accepted(task_id)
         if claim is not None:
             await _record(claim, request, task_id)
         logger.info("submitted %s as task %s", request.describe(), task_id)
-        if ticket is None:
+        if ticket is None or self._tickets is None:
             return TaskHandle(self._core, task_id, request=request, submitted=True)
-        return self._handle(task_id, request, ticket)
+        # A handle waiting on a callback polls slowly, as a safety net.
+        alarm = Alarm()
+        poll = self._tickets.safety_poll
+        handle = TaskHandle(
+            self._core, task_id, request=request, submitted=True, poll=poll, alarm=alarm
+        )
+        ticket.bind(task_id, alarm)
+        return handle
 
     async def _ticket(self, request: SubmitRequest, claim: Claim | None) -> Ticket | None:
         """A callback ticket for ``request`` (its key's link in a shared store), or ``None``."""
@@ -420,21 +390,9 @@ class Submitter:
         if tickets is None or request.callback_url is not None:
             return None  # no receiver, or the request's own URL wins
         link = None
-        if claim is not None and self._store is not None and tickets.relay is not None:
+        if claim is not None and tickets.relay is not None:
             link = link_id(self._store.namespace, request.key or "")
         return await tickets.issue(link)
-
-    def _failed(
-        self, ticket: Ticket, exc: BaseException, request: SubmitRequest, body: dict[str, Any]
-    ) -> None:
-        """The submission failed: an uncertain one keeps its ticket for the callback."""
-        if isinstance(exc, SubmitUncertainError):
-            ticket.lose()
-            self._recoveries[exc] = self._recovery(
-                request, body, token_id(ticket.token), ticket, request.key
-            )
-        else:
-            ticket.drop()
 
     def _recovery(
         self,
@@ -442,7 +400,6 @@ class Submitter:
         body: dict[str, Any],
         name: str,
         ticket: Ticket | None,
-        key: str | None,
     ) -> Recovery:
         """The recovery of a lost answer by its token's callback (see ``_recovery``)."""
         tickets = self._tickets
@@ -455,19 +412,9 @@ class Submitter:
             ticket=ticket,
             relay=tickets.relay,
             poll=tickets.safety_poll,
-            keys=self._store if key is not None else None,
-            key=key,
+            keys=self._store,
+            key=request.key,
         )
-
-    def _handle(self, task_id: str, request: SubmitRequest, ticket: Ticket) -> TaskHandle:
-        # A handle waiting on a callback polls slowly, as a safety net.
-        alarm = Alarm()
-        poll = self._tickets.safety_poll if self._tickets is not None else None
-        handle = TaskHandle(
-            self._core, task_id, request=request, submitted=True, poll=poll, alarm=alarm
-        )
-        ticket.bind(task_id, alarm)
-        return handle
 
 
 async def _record(claim: Claim, request: SubmitRequest, task_id: str) -> None:
@@ -475,28 +422,25 @@ async def _record(claim: Claim, request: SubmitRequest, task_id: str) -> None:
 
     A cancellation while recording is logged the same way, then goes on.
     """
+    problem = ""
     try:
-        recorded = await claim.accepted(task_id)
-        problem = "" if recorded else "the key was forgotten or taken over meanwhile"
+        if not await claim.accepted(task_id):
+            problem = "the key was forgotten or taken over meanwhile"
     except StoreError as exc:
         problem = str(exc)
     except BaseException as exc:
-        _not_recorded(request, task_id, type(exc).__name__)
+        problem = type(exc).__name__
         if not isinstance(exc, Exception):
             raise
-        return
-    if problem:
-        _not_recorded(request, task_id, problem)
-
-
-def _not_recorded(request: SubmitRequest, task_id: str, problem: str) -> None:
-    logger.warning(
-        "submitted %s as task %s, but the store did not record it (%s); the key will be "
-        "uncertain there: never sent again",
-        request.describe(),
-        task_id,
-        problem,
-    )
+    finally:
+        if problem:
+            logger.warning(
+                "submitted %s as task %s, but the store did not record it (%s); the key will "
+                "be uncertain there: never sent again",
+                request.describe(),
+                task_id,
+                problem,
+            )
 
 
 async def _settle(claim: Claim, request: SubmitRequest, *, uncertain: bool) -> None:
@@ -506,10 +450,7 @@ async def _settle(claim: Claim, request: SubmitRequest, *, uncertain: bool) -> N
     uncertain when its lease ends (never sent again), one never sent is released.
     """
     try:
-        if uncertain:
-            await claim.uncertain()
-        else:
-            await claim.refused()
+        await (claim.uncertain() if uncertain else claim.refused())
     except Exception as exc:  # best effort: the caller's own error is the one raised
         logger.warning(
             "could not settle the key of %s in the store (%s)",
@@ -521,21 +462,6 @@ async def _settle(claim: Claim, request: SubmitRequest, *, uncertain: bool) -> N
 class _Attempt:
     """One submission's attempts: each takes a slot, tells the hooks, POSTs and classifies."""
 
-    __slots__ = (
-        "_body",
-        "_claim",
-        "_core",
-        "_hooks",
-        "_limiter",
-        "_path",
-        "_probe",
-        "_request",
-        "_slots",
-        "in_flight",
-        "span",
-        "task_id",
-    )
-
     def __init__(  # noqa: PLR0917 - internal, built in one place
         self,
         core: SessionCore,
@@ -545,6 +471,7 @@ class _Attempt:
         request: SubmitRequest,
         hooks: SubmitHooks | None,
         claim: Claim | None,
+        span: telemetry.Submission,
     ) -> None:
         self._core = core
         self._limiter = limiter  # slowed down after a 429
@@ -563,15 +490,7 @@ class _Attempt:
         self.task_id: str | None = None
         # This attempt is the session's outage probe (see _outage.OutageWatch.admit).
         self._probe = False
-        # What the submission's span is told (each POST sent).
-        self.span = telemetry.Submission(None, "")
-
-    def maybe_accepted(self, exc: BaseException) -> bool:
-        """Whether the submission that ended with ``exc`` may have been accepted.
-
-        Only a POST that never left or an answer positively read as a refusal says no.
-        """
-        return isinstance(exc, SubmitUncertainError) or self.in_flight
+        self._span = span  # told of each POST sent
 
     async def retrying(self, exc: BaseException, wait: float) -> None:
         """A certainly refused attempt (``exc``) is retried after ``wait`` seconds."""
@@ -652,12 +571,11 @@ class _Attempt:
             logger.warning("could not pause the shared submission window: %s", error)
 
     async def _post(self) -> str:
-        request = self._request
         # open() raises SessionClosedError if the session closed (the limiter may have kept
         # this waiting while it did).
         transport = self._core.open()
         self.in_flight = True
-        self.span.attempt()
+        self._span.attempt()
         try:
             data = await transport.call("POST", self._path, json_body=self._body)
             task_id = structure_task_id(data)
@@ -670,20 +588,18 @@ class _Attempt:
                 if scheduled:  # the outage began, or its probe failed: the next try is set
                     await self._pause(outage.next_in())
             else:
-                if outage.active:
-                    outage.answered()  # any other answer: the provider is there again
+                outage.answered()  # any other answer: the provider is there again
                 if isinstance(exc, ACCOUNT_STOPPING):
                     await self._pause(self._core.retry.outage_probe_max)
             reason = uncertainty(exc)
             if reason is not None:
-                raise SubmitUncertainError(request, reason) from exc
+                raise SubmitUncertainError(self._request, reason) from exc
             self.in_flight = False  # certainly refused
             raise
         # A BaseException (a cancellation) leaves in_flight set: the submission is uncertain.
         self.in_flight = False
         self.task_id = task_id
-        if self._core.outage.active:
-            self._core.outage.answered()
+        self._core.outage.answered()
         return task_id
 
 

@@ -299,7 +299,7 @@ class SyncSession(_Blocking[Session]):
         try:
             session = loop.run(start)
         except BaseException:
-            loop.close(_nothing)
+            loop.close(lambda: asyncio.sleep(0))  # no session was made: nothing to close
             raise
         super().__init__(session, loop)
         self._store = store
@@ -415,7 +415,3 @@ class SyncSession(_Blocking[Session]):
     get_task = _blocking(Session.get_task)
     download = _blocking(Session.download)
     credits = _blocking(Session.credits)
-
-
-async def _nothing() -> None:
-    """Nothing to close: the session was never made."""

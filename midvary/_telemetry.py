@@ -178,11 +178,13 @@ def _get() -> _Instruments | None:
 class Submission:
     """What the submitter tells the span of one submission (a no-op without OpenTelemetry)."""
 
-    __slots__ = ("_kind", "_outcome", "_span", "attempts")
+    __slots__ = ("_instruments", "_kind", "_outcome", "_span", "attempts")
 
-    def __init__(self, span: Any, kind: str) -> None:
+    def __init__(self, span: Any, kind: str, instruments: _Instruments | None = None) -> None:
         self._span = span
         self._kind = kind
+        # What records its metrics, looked up once per submission (None: nothing would).
+        self._instruments = instruments
         self._outcome: str | None = None
         self.attempts = 0
 
@@ -195,7 +197,7 @@ class Submission:
         self._outcome = outcome
         if self._span is not None:
             self._span.set_attribute("gen_ai.response.id", task_id)
-        instruments = _get()
+        instruments = self._instruments
         if instruments is not None and outcome != "reattached":
             instruments.in_flight.add(1, {"midvary.request.kind": self._kind})
 
@@ -210,7 +212,7 @@ class Submission:
             elif exc is not None:
                 outcome = "refused"
                 error_type = str(exc.code) if isinstance(exc, APIError) else type(exc).__name__
-        instruments = _get()
+        instruments = self._instruments
         if instruments is None:
             return
         instruments.submissions.add(
@@ -255,7 +257,7 @@ def submission(request: SubmitRequest, base_url: yarl.URL) -> Iterator[Submissio
         record_exception=False,
         set_status_on_exception=False,
     ) as span:
-        state = Submission(span, kind)
+        state = Submission(span, kind, instruments)
         try:
             yield state
         except BaseException as exc:
@@ -267,16 +269,24 @@ def submission(request: SubmitRequest, base_url: yarl.URL) -> Iterator[Submissio
 class Wait:
     """What a handle's wait tells its span (a no-op without OpenTelemetry)."""
 
-    __slots__ = ("_span", "callback", "polls")
+    __slots__ = ("_instruments", "_span", "callback", "polls")
 
-    def __init__(self, span: Any) -> None:
+    def __init__(self, span: Any, instruments: _Instruments | None = None) -> None:
         self._span = span
+        # What records its metrics, looked up once per wait (None: nothing would).
+        self._instruments = instruments
         self.polls = 0
         self.callback = False
 
     def polled(self) -> None:
-        """One record-info GET was sent."""
+        """One record-info GET of this wait was answered or failed."""
         self.polls += 1
+        if self._instruments is not None:
+            self._instruments.polls.add(1)
+
+    def seen_final(self, record: TaskRecord, kind: str | None) -> None:
+        """The wait saw its task final first: see :func:`seen_final`."""
+        _record_final(self._instruments, record, kind)
 
 
 @contextlib.contextmanager
@@ -297,7 +307,7 @@ def wait(task_id: str, base_url: yarl.URL) -> Iterator[Wait]:
         record_exception=False,
         set_status_on_exception=False,
     ) as span:
-        state = Wait(span)
+        state = Wait(span, instruments)
         outcome = "succeeded"
         try:
             yield state
@@ -378,7 +388,10 @@ def throttled(code: int) -> None:
 
 def seen_final(record: TaskRecord, kind: str | None) -> None:
     """A task was first seen final: its duration, the delay to seeing it, one less in flight."""
-    instruments = _get()
+    _record_final(_get(), record, kind)
+
+
+def _record_final(instruments: _Instruments | None, record: TaskRecord, kind: str | None) -> None:
     if instruments is None:
         return
     attributes = {"midvary.request.kind": kind or "unknown", "midvary.status": str(record.status)}

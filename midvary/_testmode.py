@@ -12,7 +12,6 @@ Celery workers) are in the test mode too.
 from __future__ import annotations
 
 import os
-from types import TracebackType
 from typing import Final
 
 from ._config import PollPolicy, RetryPolicy
@@ -90,12 +89,7 @@ class TestingMode:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *_exc: object) -> None:
         if self._previous is None:
             os.environ.pop(TESTING_ENV, None)
         else:

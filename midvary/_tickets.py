@@ -11,10 +11,6 @@ replay a valid delivery at will. :meth:`Ticket.ring` therefore wakes its handle 
 ``record-info`` GET) at most once per ``wake_interval`` seconds: the first delivery wakes it
 at once, the later ones within the interval fold into one wake at the interval's end (so a
 genuine callback that follows a replay is late by at most the interval, never lost).
-
-A ticket whose submission's answer was lost is kept, marked :meth:`~Ticket.lose`: the
-provider still calls back the task it may have created, and the task ids those deliveries
-name (:meth:`~Ticket.report`) are what a recovery confirms (``_recovery``).
 """
 
 from __future__ import annotations
@@ -33,11 +29,6 @@ _SWEEP_EVERY: Final = 30.0
 _TOKEN_BYTES: Final = 32
 # Task ids kept per lost ticket (each a claim that costs one GET to refute).
 _REPORTS_KEPT: Final = 8
-
-
-def short(token: str) -> str:
-    """Enough of a token to tell two apart in a log line (tokens are capabilities)."""
-    return f"{token[:4]}..."
 
 
 class Ticket:
@@ -85,7 +76,8 @@ class Ticket:
         self.wake_later: asyncio.TimerHandle | None = None
 
     def __repr__(self) -> str:
-        return f"<Ticket token={short(self.token)!r} task_id={self.task_id!r}>"
+        # Enough of the token to tell two apart (tokens are capabilities).
+        return f"<Ticket token={self.token[:4] + '...'!r} task_id={self.task_id!r}>"
 
     @property
     def url(self) -> str:
@@ -148,10 +140,6 @@ class Ticket:
             self.woken_at = self.book.clock()
             self.alarm.notify()
 
-    def drop(self) -> None:
-        """Forget this token (the submission failed, or its session closed)."""
-        self.book.drop(self)
-
     @property
     def live(self) -> bool:
         """Whether the book still holds this ticket."""
@@ -169,18 +157,6 @@ class TicketBook:
         wake_interval: Seconds between two wakes of one ticket's handle by deliveries.
 
     """
-
-    __slots__ = (
-        "_by_owner",
-        "_next_sweep",
-        "_tickets",
-        "clock",
-        "grace",
-        "on_bind",
-        "ttl",
-        "url_prefix",
-        "wake_interval",
-    )
 
     def __init__(
         self,

@@ -238,6 +238,8 @@ class Transport:
         }
         self._api_key = api_key
         self._timeout = timeout
+        # The API has a handful of paths: each is joined to the base URL once.
+        self._urls: dict[str, yarl.URL] = {}
         # Requests beyond the connector's limit would only queue inside aiohttp, each one
         # fully built: 10,000 handles polling at once would hold 10,000 of them. Waiting
         # here first keeps that burst small (and happens before anything is sent).
@@ -267,7 +269,9 @@ class Transport:
             TransportError: The network failed; ``sent`` says whether it may have arrived.
 
         """
-        url = self._base_url / path.lstrip("/")
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = self._base_url / path.lstrip("/")
         what = f"{method} {path}"
         started = time.monotonic()
         try:
@@ -288,8 +292,11 @@ class Transport:
                 headers = response.headers
                 declared = response.content_length
                 body = None
-                if declared is None or declared <= MAX_ANSWER_BYTES:
+                if declared is None:
                     body = await read_at_most(response.content, MAX_ANSWER_BYTES)
+                elif declared <= MAX_ANSWER_BYTES:
+                    # aiohttp's parser stops at the declared length: the read is bounded.
+                    body = await response.read()
                 if body is None:
                     raise ProtocolError(
                         f"{what}: HTTP {status} with an answer over "

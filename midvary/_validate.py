@@ -19,8 +19,7 @@ import yarl
 
 T = TypeVar("T")
 
-# The characters str.isspace() calls whitespace: re's \s matches exactly those, in one C call.
-#: Any whitespace character (a task id has none).
+#: Any whitespace character (a task id has none): re's ``\s`` is what ``str.isspace()`` says.
 WHITESPACE = re.compile(r"\s")
 
 
@@ -98,7 +97,7 @@ def directory(value: object, name: str = "directory") -> Path:
     return path
 
 
-def task_id(value: object, *, name: str = "task_id") -> str:
+def task_id(value: object, name: str = "task_id") -> str:
     """``value`` if it is a usable task id: a non-empty str without whitespace."""
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a str (a Midjourney task id), not {type(value).__name__}")
@@ -134,7 +133,7 @@ def submission_key(value: object, name: str = "key") -> str | None:
     return value
 
 
-def http_url(value: object, *, name: str) -> str:
+def http_url(value: object, name: str) -> str:
     """``value`` if it is an absolute http(s) URL with a host."""
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a str URL, not {type(value).__name__}")
@@ -175,16 +174,25 @@ def submit_rate(value: object) -> tuple[int, float] | None:
     return number, float(window)
 
 
-def attrs_validator(check: Callable[[Any, str], object]) -> Callable[..., None]:
-    """An attrs field validator that runs ``check(value, field_name)``."""
+def attrs_validator(check: Callable[..., object], *args: Any, **kwargs: Any) -> Callable[..., None]:
+    """An attrs field validator that runs ``check(value, field_name, *args, **kwargs)``."""
 
     def validate(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
-        check(value, attribute.name)
+        check(value, attribute.name, *args, **kwargs)
 
     return validate
 
 
-# -- request fields (VaryRequest, GenerateRequest, UpscaleRequest) -----------------------------
+# -- request fields (VaryRequest, GenerateRequest, UpscaleRequest, ExtendRequest) -----------
+
+
+def index(value: object, name: str, meaning: str) -> int:
+    """``value`` if it is an int from 0 to 3 (``meaning`` says what it picks)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int from 0 to 3, not {type(value).__name__} {value!r}")
+    if value not in range(4):
+        raise ValueError(f"{name} must be 0, 1, 2 or 3 (0-based: {meaning}), got {value}")
+    return value
 
 
 def optional_str(value: object, name: str) -> str | None:

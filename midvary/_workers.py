@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -31,10 +31,11 @@ from ._errors import (
     SubmitUncertainError,
     TaskFailedError,
 )
-from ._handle import TaskHandle
+from ._models import SubmitRequest
 from ._ratelimit import DEFAULT_SUBMIT_RATE
 from ._retry import is_transient
 from ._session import Session
+from ._store import RedisStore
 from ._validate import submit_rate as check_submit_rate
 
 logger = logging.getLogger(__name__)
@@ -55,6 +56,8 @@ _FINAL: Final = (APIError, KeyConflictError, TaskFailedError, DownloadError, Typ
 RECOVER_WAIT: Final = 420.0
 
 State = Literal["succeeded", "failed", "uncertain"]
+#: A job's ``download`` argument: a directory, ``False`` for none, ``None`` for the worker's.
+Download = str | Literal[False] | None
 
 
 def _rate(text: str) -> tuple[int, float] | None:
@@ -145,6 +148,12 @@ class WorkerConfig:
             callback_listen=_listen(get("MIDVARY_CALLBACK_LISTEN") or DEFAULT_LISTEN),
             claim_lease=_seconds("MIDVARY_CLAIM_LEASE", lease) if lease is not None else None,
         )
+
+    def store(self) -> RedisStore:
+        """A new (unopened) :class:`RedisStore` on ``store_url`` with ``claim_lease``."""
+        if self.claim_lease is None:  # the store's own default, not a copy of it here
+            return RedisStore(self.store_url)
+        return RedisStore(self.store_url, claim_lease=self.claim_lease)
 
 
 class AccountGate:
@@ -255,52 +264,47 @@ def _settle(key: str, error: Exception, *, task_id: str | None = None) -> dict[s
     raise error
 
 
-async def _submitted(
-    session: Session, submit: Callable[[Session], Awaitable[TaskHandle]]
-) -> TaskHandle:
-    """The handle of the job's task: submitted, re-attached by key, or recovered.
+def download_dir(config: WorkerConfig, download: Download) -> Path | None:
+    """Where a job's images go: ``download``, or the worker's directory when it is ``None``.
 
-    A submission whose answer was lost waits (with a receiver) for the provider's callback,
-    which names its task (the key then records it): see :meth:`Session.recover`.
+    ``False`` (or no ``MIDVARY_DOWNLOAD_DIR`` for ``None``) means no download.
     """
-    try:
-        return await submit(session)
-    except SubmitUncertainError as exc:
-        return await session.recover(exc, timeout=RECOVER_WAIT)
+    target = config.download if download is None else download
+    return None if target is None or target is False else Path(target)
 
 
 async def run_job(
     session: Session,
-    submit: Callable[[Session], Awaitable[TaskHandle]],
+    request: Callable[..., SubmitRequest],
     *,
     key: str,
     download: Path | None,
     gate: AccountGate,
 ) -> dict[str, Any]:
-    """Submit (``submit(session)``, with ``key``), await the task, optionally download.
+    """Submit ``request(key=key)``, await the task, optionally download.
 
-    A submission refused for the account (401, 402, 505) does not complete the job: it
-    waits at ``gate`` (the worker's jobs wait until a credits check finds the account
-    usable), then is sent again (nothing was billed for it).
+    A submission refused for the account (401, 402, 505) waits at ``gate``, then is sent
+    again (nothing was billed for it); a lost answer is first recovered through the
+    session's callback receiver, if it has one (:data:`RECOVER_WAIT`).
 
     Returns:
-        The job's result dict (:func:`job_result`; the fields as :func:`midvary.arq.vary`
-        documents them): a failed task, a refused or invalid request and an uncertain
-        submission (never re-sent) complete the job; a lost answer is first recovered
-        through the session's callback receiver, if it has one (:data:`RECOVER_WAIT`).
+        The job's result dict (:func:`job_result`, as :func:`midvary.arq.vary` documents
+        it): a failed task, a refused or invalid request (``request`` raises ``TypeError``
+        or ``ValueError``: nothing sent) and an uncertain submission complete the job.
 
     Raises:
-        RetryLater: Transient trouble (``_retry.is_transient``: the store unreachable, the
-            provider in maintenance or rate limiting past the retry budget, the network, a
-            wait that timed out, the session closing, a result host's 5xx): run the job
-            again later, which re-attaches by key.
+        RetryLater: Transient trouble (``_retry.is_transient``): run the job again later,
+            which re-attaches by key.
         Exception: Anything else that is neither transient nor a failure of the job (a bug).
 
     """
     while True:
         await gate.wait_open()
         try:
-            handle = await _submitted(session, submit)
+            try:
+                handle = await session.submit(request(key=key))
+            except SubmitUncertainError as lost:  # a receiver's callback may still name it
+                handle = await session.recover(lost, timeout=RECOVER_WAIT)
         except SubmitUncertainError as exc:
             return job_result("uncertain", key=key, error=exc)
         except ACCOUNT_STOPPING as exc:  # nothing billed: wait for the account, send again

@@ -50,12 +50,13 @@ A subclass may set its own ``redis_settings`` or ``max_jobs``.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import os
 from collections.abc import Callable, Mapping
-from pathlib import Path
-from typing import Any, ClassVar, Final, Literal
+from functools import partial
+from typing import Any, ClassVar, Final
 
 import attrs
 from arq import Retry
@@ -77,8 +78,10 @@ from ._models import SubmitRequest
 from ._workers import (
     DEFAULT_REDIS_URL,
     AccountGate,
+    Download,
     RetryLater,
     WorkerConfig,
+    download_dir,
     retry_delay,
     run_job,
 )
@@ -107,18 +110,15 @@ def _concurrency(text: str) -> int:
     return int(text)
 
 
-@attrs.define
+@attrs.frozen
 class _Worker:
-    """What :func:`startup` puts in arq's ``ctx``: one worker's store, session and config."""
+    """What :func:`startup` puts in arq's ``ctx``: one worker's session and what it opened."""
 
     config: WorkerConfig
     store: RedisStore
     session: Session
-    receiver: CallbackReceiver | None
-    gate: AccountGate = attrs.field(init=False)
-
-    def __attrs_post_init__(self) -> None:
-        self.gate = AccountGate(self.session)
+    gate: AccountGate
+    opened: contextlib.AsyncExitStack  # closes the gate, session, receiver and store
 
 
 async def startup(ctx: dict[str, Any]) -> None:
@@ -130,40 +130,28 @@ async def startup(ctx: dict[str, Any]) -> None:
 
     """
     config = WorkerConfig.from_env()
-    # No lease configured: the store's own default (not a copy of it here).
-    if config.claim_lease is None:
-        store = RedisStore(config.store_url)
-    else:
-        store = RedisStore(config.store_url, claim_lease=config.claim_lease)
-    await store.open()
-    receiver: CallbackReceiver | None = None
-    try:
+    store = config.store()
+    async with contextlib.AsyncExitStack() as opened:  # what is open is closed if one fails
+        await store.open()
+        opened.push_async_callback(store.close)
+        receiver: CallbackReceiver | None = None
         if config.callback_url is not None:
             receiver = CallbackReceiver(public_url=config.callback_url, store=store)
+            opened.push_async_callback(receiver.stop)
             await receiver.start(*config.callback_listen)
         session = Session(store=store, submit_rate=config.submit_rate, callbacks=receiver)
-        await session.__aenter__()
-    except BaseException:
-        if receiver is not None:
-            await receiver.stop()
-        await store.close()
-        raise
-    ctx[_CTX_KEY] = _Worker(config, store, session, receiver)
+        await opened.enter_async_context(session)
+        gate = AccountGate(session)
+        opened.push_async_callback(gate.close)
+        ctx[_CTX_KEY] = _Worker(config, store, session, gate, opened.pop_all())
     logger.info("midvary worker ready on %r", store)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
     """Close what :func:`startup` opened (arq's ``on_shutdown``; unfinished jobs re-run)."""
     worker = ctx.pop(_CTX_KEY, None)
-    if not isinstance(worker, _Worker):
-        return
-    try:
-        await worker.gate.close()
-        await worker.session.aclose()
-    finally:
-        if worker.receiver is not None:
-            await worker.receiver.stop()
-        await worker.store.close()
+    if isinstance(worker, _Worker):
+        await worker.opened.aclose()
 
 
 def _worker(ctx: Mapping[str, Any]) -> _Worker:
@@ -185,12 +173,6 @@ def session_of(ctx: Mapping[str, Any]) -> Session:
     return _worker(ctx).session
 
 
-def _retry(ctx: Mapping[str, Any], key: str, error: BaseException) -> Retry:
-    defer = retry_delay(int(ctx.get("job_try") or 1))
-    logger.warning("job %s: %s; arq runs it again in %gs", key, error, defer)
-    return Retry(defer=defer)
-
-
 async def vary(
     ctx: dict[str, Any],
     task_id: str,
@@ -198,7 +180,7 @@ async def vary(
     *,
     key: str,
     water_mark: str | None = None,
-    download: str | Literal[False] | None = None,
+    download: Download = None,
 ) -> dict[str, Any]:
     """The ``"vary"`` job: submit with ``key``, await the task, optionally download.
 
@@ -231,14 +213,8 @@ async def vary(
             worker shutting down): arq runs the job again later, which re-attaches by key.
 
     """
-    return await _job(
-        ctx,
-        key,
-        download,
-        lambda: VaryRequest(
-            task_id=task_id, image_index=image_index, water_mark=water_mark, key=key
-        ),
-    )
+    make = partial(VaryRequest, task_id=task_id, image_index=image_index, water_mark=water_mark)
+    return await _job(ctx, key, download, make)
 
 
 async def generate(
@@ -246,7 +222,7 @@ async def generate(
     prompt: str,
     *,
     key: str,
-    download: str | Literal[False] | None = None,
+    download: Download = None,
     **options: Any,
 ) -> dict[str, Any]:
     """The ``"generate"`` job: a :class:`~midvary.GenerateRequest` of ``prompt`` and ``options``.
@@ -267,9 +243,7 @@ async def generate(
         arq.Retry: As for :func:`vary`.
 
     """
-    return await _job(
-        ctx, key, download, lambda: GenerateRequest(prompt=prompt, key=key, **options)
-    )
+    return await _job(ctx, key, download, partial(GenerateRequest, prompt=prompt, **options))
 
 
 async def upscale(
@@ -279,20 +253,14 @@ async def upscale(
     *,
     key: str,
     water_mark: str | None = None,
-    download: str | Literal[False] | None = None,
+    download: Download = None,
 ) -> dict[str, Any]:
     """The ``"upscale"`` job: image ``image_index`` (0..3) of task ``task_id``, upscaled.
 
     The arguments, the result dict and ``arq.Retry`` are as in :func:`vary`.
     """
-    return await _job(
-        ctx,
-        key,
-        download,
-        lambda: UpscaleRequest(
-            task_id=task_id, image_index=image_index, water_mark=water_mark, key=key
-        ),
-    )
+    make = partial(UpscaleRequest, task_id=task_id, image_index=image_index, water_mark=water_mark)
+    return await _job(ctx, key, download, make)
 
 
 async def extend(
@@ -304,7 +272,7 @@ async def extend(
     prompt: str | None = None,
     task_type: str | None = None,
     water_mark: str | None = None,
-    download: str | Literal[False] | None = None,
+    download: Download = None,
 ) -> dict[str, Any]:
     """The ``"extend"`` job: video ``index`` (0..3) of the video task ``task_id``, extended.
 
@@ -312,39 +280,32 @@ async def extend(
     ``task_type``: manual with a prompt, auto without); the other arguments, the result
     dict and ``arq.Retry`` as in :func:`vary`.
     """
-    return await _job(
-        ctx,
-        key,
-        download,
-        lambda: ExtendRequest(
-            task_id, index, prompt=prompt, task_type=task_type, water_mark=water_mark, key=key
-        ),
+    make = partial(
+        ExtendRequest, task_id, index, prompt=prompt, task_type=task_type, water_mark=water_mark
     )
+    return await _job(ctx, key, download, make)
 
 
 async def _job(
-    ctx: dict[str, Any],
-    key: str,
-    download: str | Literal[False] | None,
-    make: Callable[[], SubmitRequest],
+    ctx: dict[str, Any], key: str, download: Download, request: Callable[..., SubmitRequest]
 ) -> dict[str, Any]:
-    """One job of any kind: :func:`run_job` on the request ``make()`` builds.
+    """One job of any kind: :func:`run_job` on ``request(key=key)``.
 
-    An invalid request (``make`` raises ``TypeError`` or ``ValueError``) fails the job with
-    nothing sent.
+    Transient trouble becomes arq's ``Retry`` with a growing delay.
     """
     worker = _worker(ctx)
-    target = worker.config.download if download is None else download
     try:
         return await run_job(
             worker.session,
-            lambda session: session.submit(make()),
+            request,
             key=key,
-            download=None if target is None or target is False else Path(target),
+            download=download_dir(worker.config, download),
             gate=worker.gate,
         )
     except RetryLater as later:
-        raise _retry(ctx, key, later.error) from later.error
+        defer = retry_delay(int(ctx.get("job_try") or 1))
+        logger.warning("job %s: %s; arq runs it again in %gs", key, later.error, defer)
+        raise Retry(defer=defer) from later.error
 
 
 _WORKER_ARGS: Final = frozenset(inspect.signature(Worker).parameters)

@@ -57,8 +57,8 @@ import logging
 import os
 import threading
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any, Final, Literal
+from functools import partial
+from typing import Any, Final
 
 import attrs
 from celery import Celery, Task, signals
@@ -71,10 +71,16 @@ from ._models import (
     VaryRequest,
 )
 from ._session import Session
-from ._store import RedisStore
-from ._store._base import DEFAULT_CLAIM_LEASE
 from ._sync import SyncSession
-from ._workers import AccountGate, RetryLater, WorkerConfig, retry_delay, run_job
+from ._workers import (
+    AccountGate,
+    Download,
+    RetryLater,
+    WorkerConfig,
+    download_dir,
+    retry_delay,
+    run_job,
+)
 
 __all__ = ["DEFAULT_MAX_RETRIES", "MidvaryTasks", "close_session", "register", "session"]
 
@@ -82,8 +88,6 @@ logger = logging.getLogger(__name__)
 
 #: Times a job is retried after transient trouble (5 s doubling up to 300 s: about 35 min).
 DEFAULT_MAX_RETRIES: Final = 10
-
-Download = str | Literal[False] | None
 
 
 @attrs.frozen
@@ -124,8 +128,7 @@ def _open() -> _Worker:
         # None yet, or inherited through fork(): that session's loop thread is not in this
         # process, so it is left alone and this process opens its own.
         config = WorkerConfig.from_env()
-        lease = DEFAULT_CLAIM_LEASE if config.claim_lease is None else config.claim_lease
-        store = RedisStore(config.store_url, claim_lease=lease)
+        store = config.store()
         session = SyncSession(store=store, submit_rate=config.submit_rate)
         worker = _Worker(os.getpid(), config, session, session.call(_gate))
         _worker = worker
@@ -147,13 +150,8 @@ def close_session() -> None:
     with _lock:
         worker, _worker = _worker, None
     if worker is not None and worker.pid == os.getpid():
-        gate = worker.gate
-
-        async def stop_checking(_: Session) -> None:
-            await gate.close()
-
         try:
-            worker.session.call(stop_checking)
+            worker.session.call(lambda _: worker.gate.close())
         finally:
             worker.session.close()
 
@@ -170,29 +168,20 @@ def _on_shutdown(**_: Any) -> None:
     close_session()
 
 
-def _target(config: WorkerConfig, download: Download) -> Path | None:
-    if download is False:
-        return None
-    if download is None:
-        return config.download
-    return Path(download)
-
-
 def _job(
-    task: Task, key: str, download: Download, make: Callable[[], SubmitRequest]
+    task: Task, key: str, download: Download, request: Callable[..., SubmitRequest]
 ) -> dict[str, Any]:
-    """One job of any kind: :func:`run_job` on the request ``make()`` builds.
+    """One job of any kind: :func:`run_job` on ``request(key=key)``.
 
-    An invalid request (``make`` raises ``TypeError`` or ``ValueError``) fails the job with
-    nothing sent; transient trouble becomes Celery's ``retry`` with a growing countdown.
+    Transient trouble becomes Celery's ``retry`` with a growing countdown.
     """
     worker = _open()
     try:
         return worker.session.call(
             run_job,
-            lambda session: session.submit(make()),
+            request,
             key=key,
-            download=_target(worker.config, download),
+            download=download_dir(worker.config, download),
             gate=worker.gate,
         )
     except RetryLater as later:
@@ -211,21 +200,15 @@ def _vary(
     download: Download = None,
 ) -> dict[str, Any]:
     """Vary image ``image_index`` (0..3) of task ``task_id``."""
-    return _job(
-        task,
-        key,
-        download,
-        lambda: VaryRequest(
-            task_id=task_id, image_index=image_index, water_mark=water_mark, key=key
-        ),
-    )
+    make = partial(VaryRequest, task_id=task_id, image_index=image_index, water_mark=water_mark)
+    return _job(task, key, download, make)
 
 
 def _generate(
     task: Task, prompt: str, *, key: str, download: Download = None, **options: Any
 ) -> dict[str, Any]:
     """Generate from ``prompt``; ``options`` are other :class:`GenerateRequest` fields."""
-    return _job(task, key, download, lambda: GenerateRequest(prompt=prompt, key=key, **options))
+    return _job(task, key, download, partial(GenerateRequest, prompt=prompt, **options))
 
 
 def _upscale(
@@ -238,14 +221,8 @@ def _upscale(
     download: Download = None,
 ) -> dict[str, Any]:
     """Upscale image ``image_index`` (0..3) of task ``task_id``."""
-    return _job(
-        task,
-        key,
-        download,
-        lambda: UpscaleRequest(
-            task_id=task_id, image_index=image_index, water_mark=water_mark, key=key
-        ),
-    )
+    make = partial(UpscaleRequest, task_id=task_id, image_index=image_index, water_mark=water_mark)
+    return _job(task, key, download, make)
 
 
 def _extend(
@@ -260,14 +237,10 @@ def _extend(
     download: Download = None,
 ) -> dict[str, Any]:
     """Extend video ``index`` (0..3) of the video task ``task_id``."""
-    return _job(
-        task,
-        key,
-        download,
-        lambda: ExtendRequest(
-            task_id, index, prompt=prompt, task_type=task_type, water_mark=water_mark, key=key
-        ),
+    make = partial(
+        ExtendRequest, task_id, index, prompt=prompt, task_type=task_type, water_mark=water_mark
     )
+    return _job(task, key, download, make)
 
 
 @attrs.frozen

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -21,6 +22,12 @@ pytest_plugins = ["midvary.testing.pytest_plugin"]
 # policies, in this process and in every process a test starts (the CLI, workers), polls and
 # retries in milliseconds. Tests of the production defaults turn it off for their block.
 midvary.testing.set_testing(True)
+
+# The Ctrl-C tests send SIGINT to this process and to the CLI's: a shell that starts the suite
+# in the background without job control (`(make test &)`) makes every process it starts
+# ignore SIGINT, and the xdist workers and the CLI processes would inherit that.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 #: The fast test mode (milliseconds, no jitter), as users of midvary.testing get it.
 FAST_POLL = midvary.testing.FAST_POLL

@@ -23,6 +23,7 @@ import pytest
 from midvary.testing import FakeProvider, FakeSettings
 
 from .bulk_support import job_rows, store_path
+from .conditions import until
 
 JOBS = 10
 
@@ -39,10 +40,13 @@ def command() -> list[str]:
 
 
 @contextlib.asynccontextmanager
-async def provider(**settings: Any) -> AsyncIterator[FakeProvider]:
+async def provider(
+    *, clock: Callable[[], float] | None = None, **settings: Any
+) -> AsyncIterator[FakeProvider]:
     """A fake provider with short tasks and a nearly invisible invisibility window."""
     base = {"task_duration": (0.1, 0.3), "invisible_for": 0.1}
-    async with FakeProvider(settings=FakeSettings(**{**base, **settings}), seed=9) as fake:
+    settings = {**base, **settings}
+    async with FakeProvider(settings=FakeSettings(**settings), seed=9, clock=clock) as fake:
         yield fake
 
 
@@ -192,8 +196,11 @@ async def test_killed_during_a_post_reports_it_uncertain_until_told(tmp_path: Pa
     jobs = write_jobs(tmp_path)
     store = store_path(jobs)
     results = tmp_path / "jobs.csv.results.jsonl"
-    async with provider(latency=3.0) as fake:
+    async with provider() as fake:
         process = await start(fake, jobs, "--concurrency", "1")
+        # Slow answers once the run asked for its balance: a POST hangs, not that question.
+        await until(lambda: fake.stats.requests["credit"] > 0, timeout=30)
+        fake.update(latency=3.0)
         await kill_when(process, lambda: bool(in_flight(store)), "a POST in flight")
         cut = in_flight(store)
         assert len(cut) == 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,6 +43,17 @@ def redis(tmp_path: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+class SkippingClock:
+    """The fake provider's clock: real time plus the seconds a test skips (tasks end early)."""
+
+    def __init__(self) -> None:
+        self.skipped = 0.0
+
+    def __call__(self) -> float:
+        """Seconds (monotonic), ``skipped`` ahead."""
+        return time.monotonic() + self.skipped
 
 
 def write_jobs(path: Path, count: int) -> Path:
@@ -124,8 +136,9 @@ async def test_a_killed_run_leaves_its_jobs_to_a_later_run(
     jobs = write_jobs(tmp_path / "jobs.csv", count)
     # One submission a second, so the kill finds some jobs submitted and one POST hanging.
     store = ("--store", redis.url, "--claim-lease", "2", "-v")
+    clock = SkippingClock()
     async with (
-        provider(task_duration=(8.0, 9.0), submit_limit=None) as fake,
+        provider(task_duration=(20.0, 21.0), submit_limit=None, clock=clock) as fake,
         midvary.RedisStore(redis.url) as view,
     ):
 
@@ -160,6 +173,7 @@ async def test_a_killed_run_leaves_its_jobs_to_a_later_run(
         assert len(submitted) >= 2
         assert len(cut) == 1
         fake.update(latency=0.0, task_duration=(0.2, 0.4))
+        clock.skipped = 21.0  # the first run's tasks end now: the later run need not wait
 
         code, output = await run_bulk(
             fake, jobs, tmp_path / "b.jsonl", *store, "--submit-rate", "1000", "1"

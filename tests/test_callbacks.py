@@ -262,7 +262,8 @@ async def test_delivery_to_a_stopped_receiver_falls_back_to_polling(
 
 async def test_forged_body_with_a_valid_token_is_not_trusted(start_world: StartWorld) -> None:
     """A forged callback's URLs are ignored: the handle returns the provider's record."""
-    world = await start_world(callbacks=False)
+    # The second delivery wakes the handle wake_interval after the first: 0.5 s, not 10.
+    world = await start_world(callbacks=False, receiver={"wake_interval": 0.5})
     async with world.session() as session:
         handle = await session.vary("parent-1", 0)
         url = world.callback_url(handle.task_id)

@@ -82,7 +82,12 @@ async def test_bulk_with_a_wrong_key_stops_after_the_posts_in_flight(
     """50 jobs, a wrong key: at most `concurrency` POSTs and one line; nothing recorded."""
     jobs = write_csv(tmp_path / "jobs.csv", vary_rows(50))
     async with provider(monkeypatch, submit_limit=None) as fake:
-        code = await cli("bulk", str(jobs), "--concurrency", "8", "--api-key", "fake-wrong-bulk")
+        # No client-side limit, like the fake here: at the default 20 per 10 s the second
+        # run would wait 20 s for its window.
+        rate = ("--submit-rate", "none")
+        code = await cli(
+            "bulk", str(jobs), "--concurrency", "8", *rate, "--api-key", "fake-wrong-bulk"
+        )
         out, err = capsys.readouterr()
         assert code == 1
         assert 1 <= fake.stats.requests["submit"] <= 8
@@ -90,7 +95,7 @@ async def test_bulk_with_a_wrong_key_stops_after_the_posts_in_flight(
         assert "fake-wrong-bulk" not in out + err
         assert "credits" not in out  # the endpoint refused the key too: nothing said
         # With the right key the same command sends all 50.
-        assert await cli("bulk", str(jobs), "--concurrency", "8") == 0
+        assert await cli("bulk", str(jobs), "--concurrency", "8", *rate) == 0
     assert fake.stats.tasks_created == 50
 
 

@@ -13,7 +13,7 @@ import attrs
 import pytest
 
 import midvary
-from midvary._submit import VARY_PATH, Submitter
+from midvary._submit import Submitter
 
 from .conftest import FAST_POLL, FAST_RETRY
 from .mockapi import BASE, KEY, VARY_URL, MockAPI, record, record_url
@@ -288,7 +288,7 @@ class _ToyStore:
         # The stored request comes as its canonical JSON text (dumped once, by identity()).
         assert isinstance(request, str)
         assert json.loads(request) == {
-            "path": VARY_PATH,
+            "path": "/api/v1/mj/generateVary",
             "body": {"taskId": "parent-1", "imageIndex": 0},
         }
         assert len(fingerprint) == 32

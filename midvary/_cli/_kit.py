@@ -1,9 +1,7 @@
 """Building blocks shared by the ``midvary`` commands: options, errors, output helpers.
 
-A command is one :class:`Command` line in :data:`midvary._cli.COMMANDS`: its name, its help
-line and the ``module:function`` that adds its options to its parser and sets its
-``handler`` (``(args) -> exit code``). :class:`LazySubParsers` imports that module only when
-the command is chosen, so ``midvary wait`` never loads bulk, rich or the fake provider.
+:class:`Command` and :class:`LazySubParsers` make the table of commands whose modules load
+only when chosen (see :mod:`midvary._cli`).
 """
 
 from __future__ import annotations
@@ -98,11 +96,6 @@ class Command:
     options: str
     common: bool = True
 
-    def configure(self, parser: argparse.ArgumentParser) -> None:
-        """Import the command's module and add its options to ``parser``."""
-        module, _, function = self.options.partition(":")
-        getattr(importlib.import_module(module), function)(parser)
-
 
 if TYPE_CHECKING:
     _SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -139,8 +132,9 @@ class LazySubParsers(_SubParsers):
         if values:
             name = values[0]
             command = self._pending.pop(name, None)
-            if command is not None:
-                command.configure(self._name_parser_map[name])
+            if command is not None:  # import its module; add its options to its parser
+                module, _, function = command.options.partition(":")
+                getattr(importlib.import_module(module), function)(self._name_parser_map[name])
         super().__call__(parser, namespace, values, option_string)
 
 
@@ -164,13 +158,6 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
     return value
-
-
-#: What ``--base-url`` means, for messages.
-BASE_URL_HINT: Final = (
-    "--base-url (or MIDVARY_BASE_URL) is the API's root, scheme and host only, such as "
-    "https://api.kie.ai or https://api.midapi.ai, without a path"
-)
 
 
 def exclusive_lock(path: Path, busy: str) -> IO[bytes]:
@@ -213,15 +200,6 @@ def api_key(args: argparse.Namespace) -> str:
         raise UsageError(str(exc).replace("Session(api_key=...)", "--api-key")) from None
 
 
-def base_url_path(args: argparse.Namespace) -> str | None:
-    """The path of the base URL in use (``--base-url``, else MIDVARY_BASE_URL), or ``None``."""
-    url = args.base_url or os.environ.get("MIDVARY_BASE_URL", "").strip()
-    if not url:
-        return None
-    path = urlsplit(url).path.rstrip("/")
-    return path or None
-
-
 def open_session(args: argparse.Namespace, **options: Any) -> midvary.Session:
     """A :class:`midvary.Session` from the common options.
 
@@ -241,9 +219,15 @@ def explain(command: str, error: midvary.MidvaryError, args: argparse.Namespace)
     if isinstance(error, midvary.TaskTimeoutError):
         return timeout_message(error)
     message = f"midvary {command}: {type(error).__name__}: {error}"
-    path = base_url_path(args)
-    if path is not None and getattr(error, "http_status", None) == 404:
-        message += f" (the base URL has the path {path!r}: {BASE_URL_HINT})"
+    # A 404 from a base URL with a path (--base-url, else MIDVARY_BASE_URL): a wrong base URL.
+    url = args.base_url or os.environ.get("MIDVARY_BASE_URL", "").strip()
+    path = urlsplit(url).path.rstrip("/")
+    if path and getattr(error, "http_status", None) == 404:
+        message += (
+            f" (the base URL has the path {path!r}: --base-url (or MIDVARY_BASE_URL) is the "
+            "API's root, scheme and host only, such as https://api.kie.ai or "
+            "https://api.midapi.ai, without a path)"
+        )
     return message
 
 

@@ -8,12 +8,7 @@ before its POST leaves) with a live progress display, placing each job as the fa
 room for it (:mod:`.placing`: skip it if finished earlier, re-attach it if submitted
 earlier, report it uncertain if its POST was in flight when an earlier run stopped, leave it
 to another run that holds it, or run it), append one JSON line per finished job to the
-results file, and print a summary.
-
-Writes go ledger first, results file second: if a run dies between the two, the next run
-appends the line the ledger kept. A results file may thus hold a second line for a job
-only when an uncertain job was later re-submitted (``--resubmit-uncertain``): the last line
-of a job wins.
+results file (after the ledger: see :mod:`.results`), and print a summary.
 """
 
 from __future__ import annotations
@@ -28,7 +23,7 @@ import sys
 import tempfile
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import midvary
 
@@ -116,7 +111,6 @@ def options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--submit-rate",
         nargs="+",
-        action=_SubmitRate,
         metavar="N WINDOW",
         default=("20", "10"),
         help="at most N submissions per WINDOW seconds (20 10: the provider's limit); "
@@ -226,30 +220,13 @@ async def _receiving(
         yield receiver
 
 
-class _SubmitRate(argparse.Action):
-    """``--submit-rate N WINDOW``, or ``--submit-rate none``."""
-
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: str | Sequence[Any] | None,
-        option_string: str | None = None,
-    ) -> None:
-        words = [values] if isinstance(values, str) else list(values or ())
-        if len(words) == 1 and words[0].lower() == "none":
-            setattr(namespace, self.dest, None)
-            return
-        if len(words) != 2:
-            parser.error(f"{option_string} takes N WINDOW (e.g. 20 10), or none")
-        setattr(namespace, self.dest, tuple(words))
-
-
-def _submit_rate(values: Sequence[str] | None) -> tuple[int, float] | None:
-    if values is None:
+def _submit_rate(words: Sequence[str]) -> tuple[int, float] | None:
+    """``--submit-rate N WINDOW``, or ``none`` (``None``: no client-side limit)."""
+    if len(words) == 1 and words[0].lower() == "none":
         return None
     try:
-        return positive_int(values[0]), positive_float(values[1])
+        count, window = words  # ValueError: not two values
+        return positive_int(count), positive_float(window)
     except (ValueError, argparse.ArgumentTypeError) as exc:
         raise UsageError(f"--submit-rate takes N WINDOW (e.g. 20 10) or none ({exc})") from None
 
@@ -298,19 +275,8 @@ def _bulk_run(args: argparse.Namespace) -> int:
     for message in jobs_file.warnings:
         say(f"warning: {message}", stream=sys.stderr)
     summary = BulkSummary(total=len(jobs_file.jobs), bad_rows=len(jobs_file.bad_rows))
-    where: list[str] = []
     try:
-        asyncio.run(
-            _run(
-                args,
-                rate=rate,
-                jobs_path=jobs_path,
-                jobs_file=jobs_file,
-                out_path=out_path,
-                summary=summary,
-                where=where,
-            )
-        )
+        asyncio.run(_run(args, rate, jobs_file, out_path, summary))
     except OSError as exc:
         # A local write failed (a full disk, a read-only folder): what was submitted is in
         # the ledger, so the one line says where, and that a re-run picks the jobs up.
@@ -326,7 +292,7 @@ def _bulk_run(args: argparse.Namespace) -> int:
         # every POST was recorded sending before it left, so a re-run finds the jobs as
         # they were.
         say(
-            f"midvary bulk: error: cannot write the store {where[0] if where else ''}: "
+            f"midvary bulk: error: cannot write the store {summary.store}: "
             f"{exc}; free the space and run the same command again to resume (submitted jobs "
             "are awaited, never submitted twice)",
             stream=sys.stderr,
@@ -340,24 +306,18 @@ def _bulk_run(args: argparse.Namespace) -> int:
         )
         return EXIT_INTERRUPTED
     summary.pending = summary.total - summary.ended
-    print_summary(summary, out_path, where[0] if where else "")
+    print_summary(summary, out_path)
     if args.gallery:
         from .gallery import make_gallery  # noqa: PLC0415 - only when asked
 
         make_gallery(out_path)
     for line in account_lines(summary):
         say(line, stream=sys.stderr if line.startswith("stopped") else None)
-    if (
-        summary.failed
-        or summary.uncertain
-        or summary.not_run
-        or summary.unfinished
-        or summary.bad_rows
-        or summary.pending
-        or summary.stopped_by is not None
-    ):
-        return EXIT_FAILED
-    return EXIT_OK
+    # Every job done: none ended otherwise (done == ended), none is pending (ended == total).
+    succeeded = summary.done == summary.ended == summary.total
+    if succeeded and not summary.bad_rows and summary.stopped_by is None:
+        return EXIT_OK
+    return EXIT_FAILED
 
 
 def account_lines(summary: BulkSummary) -> list[str]:
@@ -373,7 +333,10 @@ def account_lines(summary: BulkSummary) -> list[str]:
     tasks = f"{summary.billable:,} {'task' if summary.billable == 1 else 'tasks'} billed"
     pending = f"{summary.pending:,} {'job' if summary.pending == 1 else 'jobs'} pending"
     if stopped is not None:
-        lines.append(f"stopped: {_account_problem(stopped)}; {tasks}, {pending}: {_fix(stopped)}")
+        problem, fix = _account_problem(stopped)
+        lines.append(
+            f"stopped: {problem}; {tasks}, {pending}: {fix}, then run the same command again"
+        )
     elif summary.capped:
         lines.append(
             f"--max-tasks reached: {tasks}, {pending}: run the same command again to send them"
@@ -381,20 +344,16 @@ def account_lines(summary: BulkSummary) -> list[str]:
     return lines
 
 
-def _account_problem(error: Exception) -> str:
+def _account_problem(error: Exception) -> tuple[str, str]:
+    """What the account refusal ``error`` means, and what to do before running again."""
     if isinstance(error, midvary.InsufficientCreditsError):
-        return "the account is out of credits (402)"
+        return "the account is out of credits (402)", "top up"
     if isinstance(error, midvary.AuthenticationError):
-        return "the API key was refused (401)"
-    return f"the provider refused the account ({type(error).__name__}: {error})"
-
-
-def _fix(error: Exception) -> str:
-    if isinstance(error, midvary.InsufficientCreditsError):
-        return "top up, then run the same command again"
-    if isinstance(error, midvary.AuthenticationError):
-        return "check the key (--api-key, MIDVARY_API_KEY), then run the same command again"
-    return "enable the feature for the account, then run the same command again"
+        return "the API key was refused (401)", "check the key (--api-key, MIDVARY_API_KEY)"
+    return (
+        f"the provider refused the account ({type(error).__name__}: {error})",
+        "enable the feature for the account",
+    )
 
 
 def check_writable(out_path: Path, download: Path | None) -> None:
@@ -429,17 +388,14 @@ def check_writable(out_path: Path, download: Path | None) -> None:
 
 async def _run(
     args: argparse.Namespace,
-    *,
     rate: tuple[int, float] | None,
-    jobs_path: Path,
     jobs_file: JobsFile,
     out_path: Path,
     summary: BulkSummary,
-    where: list[str],
 ) -> None:
     """Open the ledger, the results file and the session; run every job through the feed."""
-    async with open_ledger(args, jobs_path, jobs_file) as (ledger, store):
-        where.append(ledger.where)
+    async with open_ledger(args, jobs_file) as (ledger, store):
+        summary.store = ledger.where
         async with (
             ResultsFile(out_path) as results,
             _receiving(args, store) as receiver,
@@ -466,22 +422,17 @@ async def _run_jobs(  # noqa: PLR0917 - one step of _run, given its parts
     summary: BulkSummary,
 ) -> None:
     summary.credits_before = await _credits(session)
-    progress = Progress(len(jobs_file.jobs), outage=lambda: session.outage)
-    placer = Placer(
-        session=session,
-        args=args,
-        ledger=ledger,
-        results=results,
-        summary=summary,
-        progress=progress,
-    )
+    # The progress counts into the summary: one count of how the jobs ended.
+    progress = Progress(len(jobs_file.jobs), tally=summary, outage=lambda: session.outage)
     feed = Feed(
         jobs_file.jobs,
-        place=placer.place,
+        place=lambda job: placer.place(job),  # noqa: PLW0108 - made below: each needs the other
         retry_after=lambda: ledger.retry_after,
         key_of=ledger.submission_key,
     )
-    placer.feed = feed
+    placer = Placer(
+        args=args, ledger=ledger, results=results, summary=summary, progress=progress, feed=feed
+    )
 
     def on_event(event: midvary.JobEvent) -> None:
         if event.kind is midvary.JobEventKind.SUBMITTED and event.reattached:

@@ -17,8 +17,6 @@ import midvary
 Action = Literal["vary", "upscale", "extend"]
 #: The child actions, in the order their requests are made.
 CHILD_ACTIONS: Final[tuple[Action, ...]] = ("vary", "upscale", "extend")
-#: The child action of a video generate (the others are for an image grid).
-VIDEO_ACTIONS: Final[tuple[Action, ...]] = ("extend",)
 IMAGE_INDEXES: Final = (0, 1, 2, 3)
 
 
@@ -84,25 +82,16 @@ def parse_then(text: str) -> tuple[Step, ...]:
 
 
 def child_request(
-    parent: str,
-    step: Step,
-    *,
-    water_mark: str | None = None,
-    label: str | None = None,
-    key: str | None = None,
+    parent: str, step: Step, *, label: str | None = None, key: str | None = None
 ) -> midvary.VaryRequest | midvary.UpscaleRequest | midvary.ExtendRequest:
     """The request of ``step`` for the finished task ``parent`` (``key``: its submission key).
 
     An ``extend`` step is an auto extend of video ``step.image_index``.
     """
     if step.action == "extend":
-        return midvary.ExtendRequest(
-            parent, step.image_index, water_mark=water_mark, id=label, key=key
-        )
+        return midvary.ExtendRequest(parent, step.image_index, id=label, key=key)
     cls = midvary.VaryRequest if step.action == "vary" else midvary.UpscaleRequest
-    return cls(
-        task_id=parent, image_index=step.image_index, water_mark=water_mark, id=label, key=key
-    )
+    return cls(task_id=parent, image_index=step.image_index, id=label, key=key)
 
 
 def action_of(request: object) -> str:

@@ -53,22 +53,12 @@ class Feed:
         self._waiting: dict[str, list[BulkJob]] = {}
         self._orphans: list[BulkJob] = []
         self._wake = asyncio.Event()
-        self._requests: dict[str, Any] = {}
         self._succeeded: dict[str, str] = {}
 
-    def add(self, job: BulkJob, item: Any, request: Any = None) -> None:
-        """Queue ``job`` with its fan-out item (a request or a re-attached handle).
-
-        ``request`` is what the job submitted, for a re-attached handle (which has none).
-        """
-        self.queue.append((job, item))
+    def add(self, job: BulkJob, request: Any) -> None:
+        """Queue ``job`` with its request."""
+        self.queue.append((job, request))
         self.running.add(job.key)
-        if request is not None:
-            self._requests[job.key] = request
-
-    def request_of(self, job: BulkJob) -> Any:
-        """What ``job`` submitted, when it is known (else ``None``)."""
-        return self._requests.get(job.key, job.request)
 
     def child_request(self, job: BulkJob, parent_task_id: str) -> Any:
         """A child's request, keyed, once its parent task ``parent_task_id`` succeeded."""
@@ -96,17 +86,16 @@ class Feed:
         ``outcome`` is ``None`` for a job left pending (not sent, or refused for now).
         """
         self.running.discard(job.key)
-        if outcome is not None and outcome.ok and outcome.task_id is not None:
-            self._succeeded[job.key] = outcome.task_id
-        children = self._waiting.pop(job.key, None)
-        if children is None:
-            return
-        if outcome is not None and outcome.ok and outcome.task_id is not None:
-            for child in children:
-                self.add(child, self.child_request(child, outcome.task_id))
-        else:
+        task_id = outcome.task_id if outcome is not None and outcome.ok else None
+        children = self._waiting.pop(job.key, [])
+        if task_id is None:
             self._orphans.extend(children)
-        self._wake.set()
+        else:
+            self._succeeded[job.key] = task_id
+            for child in children:
+                self.add(child, self.child_request(child, task_id))
+        if children:  # only then: a wake cuts short the wait for jobs other runs hold
+            self._wake.set()
 
     def orphans(self) -> list[BulkJob]:
         """The children that did not run because their parent did not succeed."""

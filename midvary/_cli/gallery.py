@@ -22,6 +22,7 @@ that cannot be read are listed at the top with their line number and the reason
 from __future__ import annotations
 
 import argparse
+import collections
 import functools
 import os
 import sys
@@ -53,20 +54,12 @@ def options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def make_gallery(
-    results: Path,
-    out: Path | None = None,
-    *,
-    files_base: Path | None = None,
-    announce: bool = True,
-) -> Path:
+def make_gallery(results: Path, out: Path | None = None, *, announce: bool = True) -> Path:
     """Write the gallery page of ``results``; warn about unreadable lines; say where it is.
 
     Args:
         results: The results file.
         out: The page; ``None`` means beside ``results`` with the suffix ``.html``.
-        files_base: The folder relative file paths in ``results`` are relative to; ``None``
-            means the working directory (where ``bulk`` ran).
         announce: Whether to print ``gallery: <page> (<n> jobs)`` on stdout.
 
     Returns:
@@ -80,7 +73,7 @@ def make_gallery(
         read = read_results(results)
         if not read.jobs and read.bad_lines:
             raise UsageError(_not_results(results))
-        page = write_gallery(results, out, files_base=files_base)
+        page = write_gallery(results, out)
     except OSError as exc:
         raise UsageError(f"cannot make the gallery of {results}: {exc}") from None
     for bad in read.bad_lines:
@@ -106,8 +99,6 @@ def _gallery_command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-# -- the page ------------------------------------------------------------------------------
-
 #: The page's policy: no script, no network; images and videos only from the page's files.
 _CSP: Final = (
     "default-src 'none'; img-src 'self' file: data:; media-src 'self' file:; "
@@ -123,35 +114,28 @@ def render_gallery(
     results: GalleryResults,
     *,
     base_dir: Path,
-    files_base: Path | None = None,
     title: str = "midvary gallery",
+    files_bases: tuple[Path, ...] = (),
 ) -> str:
     """The gallery page of ``results``, as HTML text.
 
     Args:
         results: What :func:`read_results` or :func:`parse_results` returned.
         base_dir: The folder the page will be written to: image paths are relative to it.
-        files_base: The folder relative ``files`` entries are relative to (where ``bulk``
-            ran); ``None`` means the current working directory.
         title: The page's title (escaped like every other text).
+        files_bases: More folders a relative ``files`` entry is looked for in, after the
+            working directory (where ``bulk`` ran).
 
     Returns:
         A complete HTML document.
 
     """
-    page = _Page(
-        base_dir=Path(base_dir).absolute(),
-        files_bases=(Path(files_base).absolute() if files_base is not None else Path.cwd(),),
-    )
+    page = _Page(base_dir=Path(base_dir).absolute(), files_bases=(Path.cwd(), *files_bases))
     return page.render(results, title)
 
 
 def write_gallery(
-    results_jsonl: Path,
-    out: Path | None = None,
-    *,
-    files_base: Path | None = None,
-    title: str | None = None,
+    results_jsonl: Path, out: Path | None = None, *, title: str | None = None
 ) -> Path:
     """Read a results file and write its gallery page; return the page's path.
 
@@ -160,10 +144,10 @@ def write_gallery(
         out: The page to write; ``None`` means beside the results file, with the suffix
             ``.html`` (``jobs.results.jsonl`` -> ``jobs.results.html``). Its folder is
             created if needed.
-        files_base: The folder relative ``files`` entries are relative to; ``None`` means
-            the current working directory (where ``bulk`` ran) and, for a file not found
-            there, the results file's folder.
         title: The page's title; ``None`` means ``midvary gallery: <results file name>``.
+
+    A relative ``files`` entry is looked for in the working directory (where ``bulk`` ran),
+    then in the results file's folder.
 
     Raises:
         OSError: The results file cannot be read, or the page cannot be written.
@@ -171,14 +155,12 @@ def write_gallery(
     """
     source = Path(results_jsonl)
     target = Path(out) if out is not None else source.with_suffix(".html")
-    results = read_results(source)
-    bases = (
-        (Path(files_base).absolute(),)
-        if files_base is not None
-        else (Path.cwd(), source.absolute().parent)
+    text = render_gallery(
+        read_results(source),
+        base_dir=target.absolute().parent,
+        title=title if title is not None else f"midvary gallery: {source.name}",
+        files_bases=(source.absolute().parent,),
     )
-    page = _Page(base_dir=target.absolute().parent, files_bases=bases)
-    text = page.render(results, title if title is not None else f"midvary gallery: {source.name}")
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_name(f".{target.name}.part")
     temporary.write_text(text, encoding="utf-8")
@@ -198,9 +180,7 @@ class _Page:
 
     def render(self, results: GalleryResults, title: str) -> str:
         groups = _groups(results.jobs)
-        counts: dict[str, int] = {}
-        for job in results.jobs:
-            counts[job.status] = counts.get(job.status, 0) + 1
+        counts = collections.Counter(job.status for job in results.jobs)
         grids = sum(1 for grid, _jobs in groups.values() if grid is not None)
         parents = [f"{grids} prompts"] if grids else []
         if grids < len(groups) or not groups:
@@ -252,21 +232,18 @@ class _Page:
 
     def _job(self, job: GalleryJob) -> str:
         badge = _BADGES.get(job.status, "other")
-        facts = [("task", job.task_id or "none")]
-        if job.action is not None:
-            facts.append(("action", job.action))
-        if job.water_mark:
-            facts.append(("water mark", job.water_mark))
-        facts.append(
-            ("job", job.id if job.jobs_line is None else f"{job.id} (line {job.jobs_line})")
+        facts = (  # a fact whose value is None is left out
+            ("task", job.task_id or "none"),
+            ("action", job.action),
+            ("water mark", job.water_mark or None),
+            ("job", job.id if job.jobs_line is None else f"{job.id} (line {job.jobs_line})"),
+            ("created", job.created_at),
+            ("completed", job.completed_at),
+            ("took", None if job.duration is None else f"{job.duration:.1f} s"),
         )
-        if job.created_at is not None:
-            facts.append(("created", job.created_at))
-        if job.completed_at is not None:
-            facts.append(("completed", job.completed_at))
-        if job.duration is not None:
-            facts.append(("took", f"{job.duration:.1f} s"))
-        rows = "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in facts)
+        rows = "".join(
+            f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in facts if v is not None
+        )
         parts = [
             f'<article class="job {badge}">\n<header><span class="badge {badge}">'
             f'{escape(job.status)}</span> <span class="index">{_what(job)}</span>'

@@ -7,18 +7,9 @@ one is run and warned about with both line numbers. Each valid row becomes a
 :class:`BulkJob` with a stable key (its own ``id``, else a hash of its content and its
 occurrence number among identical rows): the key of its claims in the store.
 
-A row's ``action`` is ``vary`` (the default: ``task_id``, ``image_index``), ``upscale``
-(the same columns), ``extend`` (``task_id`` a video task, ``image_index`` which of its
-videos, optionally ``prompt`` for a manual extend and ``task_type``) or ``generate``
-(``prompt`` and optionally ``aspect_ratio``, ``speed``, ``version``, ``task_type``,
-``water_mark``, ``file_urls``: a JSON list, or URLs separated by spaces in CSV, ``then``).
-A generate row's ``then`` (``vary:all``, ``upscale:0,2``, or for a video generate
-``extend:0``, several joined by ``;``) adds its children: one :class:`BulkJob` each, right
-after it, keyed ``<parent key>/<action><index>``, whose request is made once the parent's
-task id is known.
-
-``image_index`` is a whole number 0..3: in a CSV file, digits (``2``); in JSONL, a JSON
-integer (``2``), never a string (``"2"``) or a float (``2.0``).
+What each ``action`` takes is the bulk command's help (``bulk._HELP``). A generate row's
+``then`` adds its children: one :class:`BulkJob` each, right after it, keyed
+``<parent key>/<action><index>``, whose request is made once the parent's task id is known.
 """
 
 from __future__ import annotations
@@ -36,7 +27,7 @@ import attrs
 import midvary
 
 from ._kit import UsageError
-from .chain import VIDEO_ACTIONS, Step, child_request, parse_then
+from .chain import Step, child_request, parse_then
 
 Request = (
     midvary.VaryRequest | midvary.GenerateRequest | midvary.UpscaleRequest | midvary.ExtendRequest
@@ -150,11 +141,6 @@ def _is_jsonl(path: Path, text: str) -> bool:
     )
 
 
-def _rows(path: Path, text: str) -> Iterator[tuple[int, Any]]:
-    """``(line number, row)`` pairs; a row is a dict, or an error message."""
-    return _jsonl_rows(path, text) if _is_jsonl(path, text) else _csv_rows(path, text)
-
-
 def _jsonl_rows(path: Path, text: str) -> Iterator[tuple[int, Any]]:
     """The rows of a JSONL file; raise :class:`UsageError` at the first unknown key."""
     # Only "\n" ends a JSON line: str.splitlines() would also split at U+2028, U+0085
@@ -251,22 +237,23 @@ def _request(row: object, *, jsonl: bool) -> tuple[Request, tuple[Step, ...]]:
     if action not in ACTIONS:
         raise ValueError(f"action must be one of {', '.join(ACTIONS)}, got {action!r}")
     then = _text(row, "then")
+    job_id = row.get("id")
+    job_id = str(job_id).strip() if job_id not in (None, "") else None
     if action != "generate":
         if then is not None:
             raise ValueError(f"then is only for generate rows, not {action}")
-        return _child_row(row, action, jsonl=jsonl), ()
-    job_id = row.get("id")
+        return _child_row(row, action, job_id, jsonl=jsonl), ()
     columns: dict[str, Any] = {name: _text(row, name) for name in GENERATE_COLUMNS}
     request = midvary.GenerateRequest(
         prompt=row.get("prompt") or "",
         **{name: value for name, value in columns.items() if value is not None},
         file_urls=_file_urls(row.get("file_urls")),
-        id=str(job_id).strip() if job_id not in (None, "") else None,
+        id=job_id,
     )
     steps = parse_then(then) if isinstance(then, str) else ()
     video = request.task_type in VIDEO_TASK_TYPES
     for step in steps:
-        if (step.action in VIDEO_ACTIONS) != video:
+        if (step.action == "extend") != video:  # extend is a video's child, the others a grid's
             raise ValueError(
                 f"then {step.action} is for "
                 + ("an image grid: this row makes videos (then extend:INDEXES)" if video else
@@ -283,7 +270,7 @@ def _file_urls(value: object) -> Any:
 
 
 def _child_row(
-    row: dict[str, Any], action: str, *, jsonl: bool
+    row: dict[str, Any], action: str, job_id: str | None, *, jsonl: bool
 ) -> midvary.VaryRequest | midvary.UpscaleRequest | midvary.ExtendRequest:
     # An extend takes a prompt (manual) and its own task_type; vary and upscale take neither.
     allowed = ("water_mark", "prompt", "task_type") if action == "extend" else ("water_mark",)
@@ -294,26 +281,17 @@ def _child_row(
     task_id = row.get("task_id")
     if task_id is None or task_id == "":
         raise ValueError("task_id is missing")
+    if isinstance(task_id, str):
+        task_id = task_id.strip()
     index = _image_index(row.get("image_index"), jsonl=jsonl)
     water_mark = row.get("water_mark") or None
-    job_id = row.get("id")
-    job_id = str(job_id).strip() if job_id not in (None, "") else None
     if action == "extend":
+        prompt, task_type = _text(row, "prompt"), _text(row, "task_type")
         return midvary.ExtendRequest(
-            task_id.strip() if isinstance(task_id, str) else task_id,
-            index,
-            prompt=_text(row, "prompt"),
-            task_type=_text(row, "task_type"),
-            water_mark=water_mark,
-            id=job_id,
+            task_id, index, prompt=prompt, task_type=task_type, water_mark=water_mark, id=job_id
         )
     cls = midvary.UpscaleRequest if action == "upscale" else midvary.VaryRequest
-    return cls(
-        task_id=task_id.strip() if isinstance(task_id, str) else task_id,
-        image_index=index,
-        water_mark=water_mark,
-        id=job_id,
-    )
+    return cls(task_id=task_id, image_index=index, water_mark=water_mark, id=job_id)
 
 
 def _no_jobs(path: Path) -> str:
@@ -347,7 +325,8 @@ def read_jobs(path: Path) -> JobsFile:
     occurrences: dict[str, int] = {}
     first_line: dict[str, int] = {}
     jsonl = _is_jsonl(path, text)
-    for line, row in _rows(path, text):
+    # (line number, row) pairs; a row is a dict, or an error message.
+    for line, row in _jsonl_rows(path, text) if jsonl else _csv_rows(path, text):
         if isinstance(row, str):
             bad.append(f"{path}:{line}: {row}")
             continue

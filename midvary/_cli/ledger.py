@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import enum
 import json
 import logging
 import sys
@@ -37,11 +36,12 @@ import attrs
 
 import midvary
 
-from .._submit import KINDS, identity
+from .._bodies import KINDS
+from .._submit import identity
 from .._validate import MAX_KEY_LENGTH
 from ._kit import UsageError, api_key, exclusive_lock, say
-from .migrate import JournalRow, earlier_journal, lock_journal, read_journal, retire_journal
-from .results import UncertainAtResumeError, line_task_ids, result_line
+from .migrate import JournalRow, earlier_journal, open_journal, retire_journal
+from .results import line_task_ids, uncertain_line
 from .tally import Ending
 
 if TYPE_CHECKING:
@@ -57,31 +57,21 @@ logger = logging.getLogger(__name__)
 STORE_SUFFIX: Final = ".store.sqlite"
 
 
-class JobState(enum.Enum):
-    """What is known of a job (the words of the results file's ``status`` and more)."""
-
-    PENDING = "pending"
-    SUBMITTING = "submitting"
-    SUBMITTED = "submitted"
-    DONE = "done"
-    FAILED = "failed"
-    UNCERTAIN = "uncertain"
-
-    @property
-    def finished(self) -> bool:
-        """Whether the job has a result line (it is skipped by a resume)."""
-        return self in (JobState.DONE, JobState.FAILED)
-
-
 @attrs.frozen(kw_only=True)
 class KnownJob:
-    """What the ledger knows about one job."""
+    """What the ledger knows about one job.
 
-    key: str
-    content: str
-    state: JobState
-    task_id: str | None
-    result: str | None
+    ``ending`` is how a run finished it (its result line's ``status``; ``None``: no run
+    did), ``task_id`` the task it made, ``result`` its result line and ``error`` that line's
+    ``error`` object (empty when it has none). ``sent``: not finished, but its POST may
+    have left in a run that stopped (so it is uncertain).
+    """
+
+    ending: Ending | None = None
+    sent: bool = False
+    task_id: str | None = None
+    result: str | None = None
+    error: dict[str, Any] = attrs.field(factory=dict)
 
 
 class Ledger:
@@ -152,16 +142,21 @@ class Ledger:
         """``<JOBS sha256>/<job key>``: the same job has the same key in every run."""
         return f"{self._scope}/{job.key}"
 
-    async def _claim_run(self, job: BulkJob) -> Claim:
-        """Claim ``job``'s run claim for this run (see the module)."""
+    async def _claim(self, key: str, fingerprint: str, request: Any) -> Claim:
+        """Claim the store key ``key`` for this run."""
         return await self._store.claim(
             self._namespace,
-            self._claim_key(job.key),
-            fingerprint=job.content,
-            request={"bulk": self._scope, "job": job.key},
+            key,
+            fingerprint=fingerprint,
+            request=request,
             holder=self._holder,
             lease_s=self._lease,
         )
+
+    async def _claim_run(self, job: BulkJob) -> Claim:
+        """Claim ``job``'s run claim for this run (see the module)."""
+        request = {"bulk": self._scope, "job": job.key}
+        return await self._claim(self._claim_key(job.key), job.content, request)
 
     async def take(self, job: BulkJob) -> KnownJob | None:
         """Claim ``job`` for this run; its result line if a run finished it already."""
@@ -171,9 +166,7 @@ class Ledger:
             state = claim.state.value  # the store's ClaimState: claimed, known, busy, uncertain
             if state == "claimed":
                 self._held.add(key)
-                if job.key in self._cut:
-                    return attrs.evolve(_pending(job), state=JobState.SUBMITTING)
-                return _pending(job)
+                return KnownJob(sent=job.key in self._cut)
             if state == "known" and claim.task_id:
                 return _from_line(job, claim.task_id)
             if state == "busy":
@@ -190,7 +183,7 @@ class Ledger:
         await self._store.forget(key, namespace=self._namespace)
         self._cut.discard(job.key)
         known = await self.take(job)
-        if known is None or known.state is not JobState.PENDING:
+        if known is None or known.ending is not None:
             return False  # another run reopened it first
         await self._store.forget(self.submission_key(job), namespace=self._namespace)
         return True
@@ -203,7 +196,7 @@ class Ledger:
             with contextlib.suppress(midvary.StoreError):
                 await self._store.release(self._namespace, claim_key, holder=self._holder)
 
-    async def finished(self, key: str, state: JobState, task_id: str | None, line: str) -> None:
+    async def finished(self, key: str, line: str) -> None:
         """Record ``line`` as the job's result, for every later run to read back."""
         claim_key = self._claim_key(key)
         recorded = await self._store.record_task(
@@ -224,9 +217,9 @@ class Ledger:
 
         Every holder of a claim of this JOBS file is then a dead run: its run claims are
         dropped, and so are its submission keys never marked sending (nothing was sent);
-        :meth:`take` says a job whose key was sending (its POST may have left) is
-        ``SUBMITTING``, which the run reports uncertain (and records as such) as it would
-        have had it lived. Nothing waits for a lease.
+        :meth:`take` says a job whose key was sending (its POST may have left) was ``sent``,
+        which the run reports uncertain (and records as such) as it would have had it lived.
+        Nothing waits for a lease.
         """
         mine, runs = f"{self._scope}/", self._claim_key("")
         left = await self._store.unfinished(namespace=self._namespace)
@@ -251,61 +244,45 @@ class Ledger:
 
         """
         if row.state == "submitted" and row.task_id is not None:
-            request = self._request_of(job, parent_task)
+            request = self.request_of(job, parent_task)
             if request is not None:
                 await self._adopt_task(job, request, row.task_id)
                 return
         if row.state in ("done", "failed", "uncertain") and row.result is not None:
             await self._adopt_line(job, row.result)
         elif row.state in ("submitting", "submitted", "uncertain"):
-            request = self._request_of(job, parent_task)
-            await self._adopt_line(
-                job, _uncertain_line(job, request, "a run of an earlier midvary stopped")
-            )
+            request = self.request_of(job, parent_task)
+            message = "its submission was in flight when a run of an earlier midvary stopped"
+            await self._adopt_line(job, uncertain_line(job, message, request))
 
-    def _request_of(self, job: BulkJob, parent_task: str | None) -> Any:
-        """``job``'s keyed request as this run would send it; ``None``: not known."""
+    def request_of(self, job: BulkJob, parent_task: str | None) -> Any:
+        """``job``'s keyed request, a child's made from ``parent_task``; ``None``: not known."""
         key = self.submission_key(job)
         if job.request is not None:
             return attrs.evolve(job.request, key=key)
         return None if parent_task is None else job.request_for(parent_task, key=key)
 
     async def _adopt_line(self, job: BulkJob, line: str) -> None:
-        key = self._claim_key(job.key)
         claim = await self._claim_run(job)
-        if claim.state.value == "known":
-            return
-        if claim.state.value != "claimed":
+        if claim.state.value == "claimed":
+            await self.finished(job.key, line)
+        elif claim.state.value != "known":
             raise _in_use(job)
-        await self._store.record_task(self._namespace, key, holder=self._holder, task_id=line)
-        await self._store.mark_done(self._namespace, key, task_id=line)
 
     async def _adopt_task(self, job: BulkJob, request: Any, task_id: str) -> None:
         key = self.submission_key(job)
         # The fingerprint the session's own claim of this key checks (see architecture.md).
         fingerprint, stored = identity(KINDS[type(request)], request)
         try:
-            claim = await self._store.claim(
-                self._namespace,
-                key,
-                fingerprint=fingerprint,
-                request=stored,
-                holder=self._holder,
-                lease_s=self._lease,
-            )
+            claim = await self._claim(key, fingerprint, stored)
         except midvary.KeyConflictError:
             raise _in_use(job) from None
-        if claim.state.value == "known":
-            return
-        if claim.state.value != "claimed":
+        if claim.state.value == "claimed":
+            await self._store.record_task(
+                self._namespace, key, holder=self._holder, task_id=task_id
+            )
+        elif claim.state.value != "known":
             raise _in_use(job)
-        await self._store.record_task(self._namespace, key, holder=self._holder, task_id=task_id)
-
-
-def _uncertain_line(job: BulkJob, request: Any, when: str) -> str:
-    """The result line of a job whose POST was in flight when ``when``."""
-    error = UncertainAtResumeError(f"its submission was in flight when {when}")
-    return result_line(job, Ending.UNCERTAIN, error=error, request=request)
 
 
 def _in_use(job: BulkJob) -> UsageError:
@@ -328,9 +305,8 @@ async def migrate_journal(path: Path, ledger: Ledger, jobs_file: JobsFile) -> No
     """
     jobs = {job.key: job for job in jobs_file.jobs}
     contents = {key: job.content for key, job in jobs.items()}
-    lock = await asyncio.to_thread(lock_journal, path)
+    lock, rows = await asyncio.to_thread(open_journal, path, contents)
     try:
-        rows = await asyncio.to_thread(read_journal, path, contents)
         tasks = {row.key: row.task_id for row in rows if row.state == "done"}
         for row in rows:
             job = jobs[row.key]
@@ -345,34 +321,28 @@ async def migrate_journal(path: Path, ledger: Ledger, jobs_file: JobsFile) -> No
     )
 
 
-def _pending(job: BulkJob) -> KnownJob:
-    return KnownJob(
-        key=job.key, content=job.content, state=JobState.PENDING, task_id=None, result=None
-    )
-
-
 def _from_line(job: BulkJob, line: str) -> KnownJob:
     """What a result line recorded by some run says of ``job``."""
     try:
         data = json.loads(line)
-        state = JobState(data["status"])
+        ending = Ending(data["status"])
         _parent, task_id = line_task_ids(data)
     except (ValueError, KeyError, TypeError):
         raise midvary.StoreError(
             f"the store holds an unreadable result for job {job.key!r}"
         ) from None
+    error = data.get("error")
     return KnownJob(
-        key=job.key,
-        content=job.content,
-        state=state,
+        ending=ending,
         task_id=task_id if isinstance(task_id, str) else None,
         result=line,
+        error=error if isinstance(error, dict) else {},
     )
 
 
 @contextlib.asynccontextmanager
 async def open_ledger(
-    args: argparse.Namespace, jobs_path: Path, jobs_file: JobsFile
+    args: argparse.Namespace, jobs_file: JobsFile
 ) -> AsyncIterator[tuple[Ledger, Store]]:
     """The run's ledger and the store its session submits through.
 
@@ -387,6 +357,7 @@ async def open_ledger(
             default store (the message names it, never a Redis password).
 
     """
+    jobs_path: Path = args.jobs
     _check_keys(jobs_path, jobs_file)
     journal: Path | None = args.journal
     lease = args.claim_lease

@@ -2,7 +2,7 @@
 
 Before the store beside the JOBS file, ``midvary bulk`` kept a SQLite journal
 (``JOBS.journal.sqlite``, format ``midvary-bulk-journal/1``): one row per job with its
-state, its task id and its result line. :func:`read_journal` reads it (after taking the
+state, its task id and its result line. :func:`open_journal` reads it (after taking the
 lock that journal's runs took, so an earlier midvary still running it is refused), checks
 that it belongs to this JOBS file, and returns what it knew of each job; the ledger then
 records that in the store (:meth:`.ledger.Ledger.adopt`) and :func:`retire_journal`
@@ -46,31 +46,34 @@ def earlier_journal(jobs_path: Path) -> Path | None:
     return path if path.exists() else None
 
 
-def lock_journal(path: Path) -> IO[bytes]:
-    """Take the lock every run of an earlier midvary held on ``path``; close it to release.
+def open_journal(path: Path, contents: Mapping[str, str]) -> tuple[IO[bytes], list[JournalRow]]:
+    """The journal's lock (close it to release) and what it knew of this JOBS file's jobs.
+
+    The lock is the one every run of an earlier midvary held on ``path``; ``contents`` maps
+    this JOBS file's job keys to their contents.
 
     Raises:
-        UsageError: An earlier midvary's run holds it (let it end, then run again).
-
-    """
-    return exclusive_lock(
-        path.with_name(path.name + ".lock"),
-        f"{path} is in use by a bulk run of an earlier midvary: let it end, then run again "
-        "(its jobs are then moved into the store)",
-    )
-
-
-def read_journal(path: Path, contents: Mapping[str, str]) -> list[JournalRow]:
-    """What the journal at ``path`` knew of the jobs of this JOBS file (``key -> content``).
-
-    Raises:
-        UsageError: The file is not such a journal, cannot be read, or belongs to another
-            JOBS file (a key names another job there, or none of its jobs is here): the
-            message says to move it away.
+        UsageError: An earlier midvary's run holds it (let it end, then run again); the file
+            is not such a journal, cannot be read, or belongs to another JOBS file (a key
+            names another job there, or none of its jobs is here): the message says to
+            move it away.
 
     """
     if not path.exists():
         raise UsageError(f"no journal at {path}")
+    lock = exclusive_lock(
+        path.with_name(path.name + ".lock"),
+        f"{path} is in use by a bulk run of an earlier midvary: let it end, then run again "
+        "(its jobs are then moved into the store)",
+    )
+    try:
+        return lock, _read_journal(path, contents)
+    except BaseException:
+        lock.close()
+        raise
+
+
+def _read_journal(path: Path, contents: Mapping[str, str]) -> list[JournalRow]:
     try:
         with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
             # A read-write connection: it replays a WAL left by a killed run, then folds it

@@ -2,17 +2,16 @@
 
 A job is placed when the fan-out has room for it (:class:`~.feed.Feed`): skipped (finished
 earlier, here or by another run: its result line is written to this run's results file),
-re-attached (submitted earlier, by task id), reported uncertain (its POST was in flight when
-an earlier run stopped), or run; a child waits for its parent. A finished job is recorded in
-the ledger first, then in the results file.
+reported uncertain (its POST was in flight when an earlier run stopped), or run (a job an
+earlier run submitted re-attaches to its task through its submission key, with no POST); a
+child waits for its parent. A finished job is recorded in the ledger first, then in the
+results file.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sqlite3
-from typing import Any
 
 import attrs
 
@@ -20,9 +19,9 @@ import midvary
 
 from .feed import Feed
 from .jobs import BulkJob
-from .ledger import JobState, KnownJob, Ledger
+from .ledger import KnownJob, Ledger
 from .progress import Progress
-from .results import ResultsFile, UncertainAtResumeError, line_task_ids, result_line
+from .results import ResultsFile, outcome_line, uncertain_line
 from .summary import BulkSummary
 from .tally import Ending
 
@@ -31,13 +30,12 @@ from .tally import Ending
 class Placer:
     """Places the jobs of one run and records them when they end."""
 
-    session: midvary.Session
     args: argparse.Namespace
     ledger: Ledger
     results: ResultsFile
     summary: BulkSummary
     progress: Progress
-    feed: Feed | None = None
+    feed: Feed
     #: What this run knows of each job it placed (updated when one ends here).
     known: dict[str, KnownJob] = attrs.field(factory=dict)
     _reopened: set[str] = attrs.field(factory=set)
@@ -50,107 +48,80 @@ class Placer:
         if known is None:
             return False
         self.known[job.key] = known
-        state = known.state
-        if (
-            state is JobState.FAILED
-            and job.key not in self._reopened
-            and (_refused(known.result) or (self.args.retry_failed and _task_failed(known.result)))
-        ):
-            # Refused (an earlier version recorded a 402, 401, 505, an outage as failed):
-            # nothing was billed, so it is pending, sent by a plain re-run. Failed: only
-            # with --retry-failed.
+        ending, kind = known.ending, known.error.get("type")
+        # Refused (an earlier version recorded a 402, 401, 505, an outage as failed):
+        # nothing was billed, so it is pending, sent by a plain re-run. Failed: only with
+        # --retry-failed. Uncertain: only with --resubmit-uncertain. Each once a run.
+        refused = kind in REFUSED_TYPES and known.task_id is None
+        uncertain = known.sent or ending is Ending.UNCERTAIN
+        if job.key in self._reopened:
+            again = False
+        elif ending is Ending.FAILED:
+            again = refused or (self.args.retry_failed and kind in FAILED_TYPES)
+        else:
+            again = uncertain and self.args.resubmit_uncertain
+        if again:
             self._reopened.add(job.key)
             if not await self.ledger.reopen(job):
                 del self.known[job.key]  # another run runs it again: look later
                 return False
-            if not _refused(known.result):
+            if uncertain:
+                self.summary.resubmitted += 1
+            elif not refused:
                 self.summary.retried += 1
             self._submit(job)
-        elif state.finished:
+        elif ending in (Ending.DONE, Ending.FAILED):
             await self._skip(job, known)
-        elif state is JobState.SUBMITTED and known.task_id:
-            self.summary.reattached += 1
-            self._feed.add(job, self.session.task(known.task_id), self._request_of(job))
-        elif state in (JobState.SUBMITTING, JobState.UNCERTAIN) and (
-            not self.args.resubmit_uncertain or job.key in self._reopened
-        ):
+        elif uncertain:
             await self._uncertain(job, known)
         else:
-            if state in (JobState.SUBMITTING, JobState.UNCERTAIN):
-                self._reopened.add(job.key)
-                if not await self.ledger.reopen(job):
-                    del self.known[job.key]
-                    return False
-                self.summary.resubmitted += 1
             self._submit(job)
         return True
 
-    @property
-    def _feed(self) -> Feed:
-        assert self.feed is not None  # noqa: S101 - set before the first job is placed
-        return self.feed
-
     async def _skip(self, job: BulkJob, known: KnownJob) -> None:
         """A job finished earlier (by this run's predecessors or by another run)."""
-        summary = self.summary
-        summary.skipped += 1
+        self.summary.skipped += 1
         if known.result is not None:
-            await self.results.ensure({job.key: known.result})
-        if known.state is JobState.DONE:
-            summary.count(Ending.DONE)
+            await self.results.ensure(job.key, known.result)
+        if known.ending is Ending.DONE:
             self.progress.ended(Ending.DONE)
         else:
-            summary.count(Ending.FAILED)
-            summary.problems.append((job, "failed", _recorded_error(known.result)))
+            self.summary.problems.append((job, "failed", _recorded_error(known)))
             self.progress.ended(Ending.FAILED)
 
     async def _uncertain(self, job: BulkJob, known: KnownJob) -> None:
         """A job whose submission may or may not have been accepted: reported, not sent."""
-        summary = self.summary
-        summary.count(Ending.UNCERTAIN)
         self.progress.ended(Ending.UNCERTAIN)
-        if known.state is JobState.SUBMITTING:
+        if known.sent:
             why = "its submission was in flight when an earlier run stopped"
         else:  # the earlier run ended it uncertain and kept why in its result line
-            why = _recorded_error(known.result)
+            why = _recorded_error(known)
             if known.result is not None:
-                await self.results.ensure({job.key: known.result})
+                await self.results.ensure(job.key, known.result)
         message = (
             f"{why}: the task may exist and be billed; check the provider's "
             "dashboard, or run again with --resubmit-uncertain"
         )
-        summary.problems.append((job, "uncertain", message))
-        if known.state is JobState.SUBMITTING:
-            line = result_line(
-                job,
-                Ending.UNCERTAIN,
-                error=UncertainAtResumeError(message),
-                request=self._request_of(job),
-            )
-            await self.ledger.finished(job.key, JobState.UNCERTAIN, None, line)
+        self.summary.problems.append((job, "uncertain", message))
+        if known.sent:
+            request = self.ledger.request_of(job, self._parent_task(job))
+            line = uncertain_line(job, message, request)
+            await self.ledger.finished(job.key, line)
             await self.results.write(job.key, line)
 
     def _submit(self, job: BulkJob) -> None:
         """Submit ``job`` in this run: now, once its parent succeeds, or never (orphan)."""
         if job.parent is None:
-            self._feed.add(job, self._request_of(job))
+            self.feed.add(job, self.ledger.request_of(job, None))
         else:
-            self._feed.add_child(job, self._parent_task(job))
+            self.feed.add_child(job, self._parent_task(job))
 
     def _parent_task(self, job: BulkJob) -> str | None:
         """A child's parent task, if the parent succeeded and does not run again here."""
         parent = self.known.get(job.parent or "")
-        if parent is None or parent.state is not JobState.DONE or job.parent in self._feed.running:
+        if parent is None or parent.ending is not Ending.DONE or job.parent in self.feed.running:
             return None
         return parent.task_id
-
-    def _request_of(self, job: BulkJob) -> Any:
-        """A job's keyed request; a child's once its parent succeeded (else ``None``)."""
-        if job.parent is None:
-            assert job.request is not None  # noqa: S101 - a row has its request
-            return attrs.evolve(job.request, key=self.ledger.submission_key(job))
-        task_id = self._parent_task(job)
-        return None if task_id is None else self._feed.child_request(job, task_id)
 
     async def record(self, job: BulkJob, outcome: midvary.JobOutcome) -> None:
         """Record a job that ended in this run: the ledger, then its results line.
@@ -161,42 +132,27 @@ class Placer:
         if refused_for_now(outcome):
             await self.pend(job)
             return
-        summary = self.summary
         if outcome.task_id is not None and _not_saved(outcome.error):
             self._unfinished(job, outcome.task_id, outcome.error)
             return
         ending = Ending.of(outcome)
-        state = JobState(ending.value)  # done, failed, uncertain: the same words
-        line = result_line(
-            job,
-            ending,
-            task_id=outcome.task_id,
-            record=outcome.record,
-            error=outcome.error,
-            paths=outcome.paths,
-            request=outcome.request or self._feed.request_of(job),
-            recovered=outcome.recovered,
-        )
-        await self.ledger.finished(job.key, state, outcome.task_id, line)
-        self.known[job.key] = KnownJob(
-            key=job.key, content=job.content, state=state, task_id=outcome.task_id, result=line
-        )
+        line = outcome_line(job, outcome)
+        await self.ledger.finished(job.key, line)
+        self.known[job.key] = KnownJob(ending=ending, task_id=outcome.task_id, result=line)
         await self.results.write(job.key, line)
-        summary.count(ending)
-        summary.ran += 1
-        summary.recovered += outcome.recovered
+        self.summary.ran += 1
+        self.summary.recovered += outcome.recovered
         if ending is Ending.DONE:
             self.progress.ended(ending)
             return
-        error = outcome.error
-        message = f"{type(error).__name__}: {error}"
-        summary.problems.append((job, ending.value, message))
+        message = f"{type(outcome.error).__name__}: {outcome.error}"
+        self.summary.problems.append((job, ending.value, message))
         self.progress.ended(ending, f"line {job.line} ({job.key}) {ending.value}: {message}")
 
     async def pend(self, job: BulkJob) -> None:
         """``job`` was not sent, or certainly refused: pending in the ledger (no result)."""
         await self.ledger.release(job.key)
-        self._feed.ended(job, None)
+        self.feed.ended(job, None)
 
     def _unfinished(self, job: BulkJob, task_id: str, error: BaseException | None) -> None:
         """A billed task whose result could not be saved here: left submitted, not failed.
@@ -206,7 +162,6 @@ class Placer:
         it when it ends), so the next run re-attaches to the task (no POST) and downloads
         it again.
         """
-        self.summary.count(Ending.UNFINISHED)
         self.summary.ran += 1
         message = (
             f"task {task_id} made, its result not saved ({type(error).__name__}: {error}); "
@@ -260,34 +215,5 @@ def refused_for_now(outcome: midvary.JobOutcome) -> bool:
     return type(error).__name__ in REFUSED_TYPES
 
 
-def _recorded(result: str | None) -> tuple[str | None, str | None]:
-    """The error type and the task id (the task made) a recorded result line holds."""
-    try:
-        line = json.loads(result or "{}")
-        error = line.get("error") or {}
-        _parent, task_id = line_task_ids(line)  # either format of results line
-    except (ValueError, AttributeError):
-        return None, None
-    if not isinstance(error, dict):
-        return None, None
-    return error.get("type"), task_id
-
-
-def _task_failed(result: str | None) -> bool:
-    """Whether a recorded result line says the job failed for good (task or validation)."""
-    kind, _task_id = _recorded(result)
-    return kind in FAILED_TYPES
-
-
-def _refused(result: str | None) -> bool:
-    """Whether a recorded "failed" line is in fact a refusal for now (nothing billed)."""
-    kind, task_id = _recorded(result)
-    return kind in REFUSED_TYPES and task_id is None
-
-
-def _recorded_error(result: str | None) -> str:
-    try:
-        error = json.loads(result or "{}").get("error") or {}
-        return f"{error.get('type')}: {error.get('message')} (in an earlier run)"
-    except (ValueError, AttributeError):
-        return "failed in an earlier run"
+def _recorded_error(known: KnownJob) -> str:
+    return f"{known.error.get('type')}: {known.error.get('message')} (in an earlier run)"

@@ -13,8 +13,8 @@ class Progress:
     """Counters fed by job events, drawn live by rich on a terminal, as plain lines if not.
 
     ``label`` names the command in the bar and in the plain lines (``bulk``, ``demo``);
-    ``tally`` holds the jobs already finished (by an earlier run), and counts the others as
-    :meth:`ended` reports them. ``outage`` returns the outage the session waits out (shown
+    :meth:`ended` counts into ``tally`` (bulk's summary; ``None``: a tally of its own).
+    ``outage`` returns the outage the session waits out (shown
     in the line while it lasts; ``None``: not shown).
     """
 

@@ -91,12 +91,10 @@ class ResultsFile:
             if isinstance(key, str):
                 self._last[key] = line
 
-    async def ensure(self, results: dict[str, str]) -> int:
-        """Append every result line the store kept that this file lacks; return how many."""
-        missing = [line for key, line in results.items() if self._last.get(key) != line]
-        for line in missing:
-            await self.write(json.loads(line)["id"], line)
-        return len(missing)
+    async def ensure(self, key: str, line: str) -> None:
+        """Append ``line``, the result the store kept for job ``key``, if this file lacks it."""
+        if self._last.get(key) != line:
+            await self.write(key, line)
 
     async def write(self, key: str, line: str) -> None:
         """Append ``line`` (the result of job ``key``)."""
@@ -132,9 +130,8 @@ def result_line(
 
     ``request`` is what was submitted (a child's is made at run time); ``None``: the job's.
     ``task_id`` is the task the job made, whatever its action (``None``: it never got one);
-    ``parent_task_id`` is the task a vary or upscale was made from (``None`` for generate).
-    Lines written before the rename (issue 18) named these ``vary_task_id`` and
-    ``task_id``; :func:`line_task_ids` reads both formats.
+    ``parent_task_id`` is the task a vary or upscale was made from (``None`` for generate);
+    :func:`line_task_ids` also reads the names lines had before issue 18.
     ``recovered`` (written only when true): the submission's answer was lost and the
     provider's callback named its task (``--callback-url``).
     """
@@ -171,8 +168,29 @@ def result_line(
     return json.dumps(data, ensure_ascii=False)
 
 
+def outcome_line(job: BulkJob, outcome: midvary.JobOutcome) -> str:
+    """The result line of ``job``, ended in this run as ``outcome`` says."""
+    return result_line(
+        job,
+        Ending.of(outcome),
+        task_id=outcome.task_id,
+        record=outcome.record,
+        error=outcome.error,
+        paths=outcome.paths,
+        request=outcome.request,
+        recovered=outcome.recovered,
+    )
+
+
 class UncertainAtResumeError(midvary.MidvaryError):
     """The job's submission was in flight when an earlier run stopped."""
+
+
+def uncertain_line(job: BulkJob, message: str, request: object) -> str:
+    """The result line of a job whose POST was in flight when an earlier run stopped."""
+    return result_line(
+        job, Ending.UNCERTAIN, error=UncertainAtResumeError(message), request=request
+    )
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -182,31 +200,12 @@ class UncertainAtResumeError(midvary.MidvaryError):
 class GalleryJob:
     """One job of a results file, as the gallery shows it.
 
-    Attributes:
-        number: The line of the results file it came from (1-based).
-        id: The job's id (``id``).
-        parent_task_id: The parent task that was varied or upscaled (``parent_task_id``);
-            ``None`` for a generate job.
-        image_index: The parent's image that was varied or upscaled (``image_index``);
-            ``None`` for a generate job.
-        status: ``done``, ``failed``, ``uncertain`` (``status``; other values are kept).
-        task_id: The id of the task the job made (``task_id``), or ``None`` if it never
-            got one.
-        water_mark: The requested water mark, or ``None``.
-        image_urls: The result URLs (``image_urls``).
-        files: The downloaded files (``files``), as written: relative to where bulk ran,
-            or absolute.
-        error_type: The error's class name (``error.type``), or ``None``.
-        error_message: The error's message (``error.message``), or ``None``.
-        error_code: The provider's error code (``record.error_code``), or ``None``.
-        jobs_line: The line of the JOBS file (``line``), or ``None``.
-        action: ``vary``, ``generate``, ``upscale``... (``action``), or ``None``.
-        prompt: The prompt (``prompt``), or ``None``; a generate job always has one.
-        parent: The id of the generate job a child was made from (``parent``), or ``None``.
-        created_at: When the task was created (``created_at``, else ``record.created_at``).
-        completed_at: When it completed (``completed_at``, else ``record.completed_at``).
-        duration: Seconds it took (``duration``, else completed minus created), or ``None``.
-
+    Each attribute is the line's field of the same name (see the module; ``None`` or empty
+    when absent), but ``number``, the line of the results file (1-based); ``error_type``,
+    ``error_message`` and ``error_code``: ``error.type``, ``error.message`` and
+    ``record.error_code``; ``jobs_line``: ``line``; ``created_at`` and ``completed_at``, else
+    ``record``'s; ``duration``, else completed minus created (seconds). ``files`` are as
+    written: relative to where bulk ran, or absolute.
     """
 
     number: int
@@ -345,8 +344,8 @@ def _job(number: int, line: bytes) -> GalleryJob:
         files=_strings(data, "files"),
         error_type=_text(error, "error.type", key="type"),
         error_message=_field(error, "error.message", str, required=False, key="message"),
-        error_code=_integer(record, "record.error_code", key="error_code"),
-        jobs_line=_integer(data, "line"),
+        error_code=_field(record, "record.error_code", int, required=False, key="error_code"),
+        jobs_line=_field(data, "line", int, required=False),
         action=action,
         prompt=_field(data, "prompt", str, required=generate),
         parent=_text(data, "parent"),
@@ -392,12 +391,6 @@ def _required(data: Mapping[str, Any], name: str) -> str:
     value: str = _field(data, name, str, required=True)
     if not value.strip():
         raise _BadLineError(f"the field {name!r} is empty")
-    return value
-
-
-def _integer(data: Mapping[str, Any], name: str, *, key: str | None = None) -> int | None:
-    """An optional integer field."""
-    value: int | None = _field(data, name, int, required=False, key=key)
     return value
 
 

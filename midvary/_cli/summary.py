@@ -48,6 +48,8 @@ class BulkSummary(Tally):
     credits_before: int | None = None
     credits_after: int | None = None
     problems: list[tuple[BulkJob, str, str]] = attrs.field(factory=list)
+    #: The store the run kept its jobs in, for messages (never a password).
+    store: str = ""
 
 
 def summary_table(
@@ -70,34 +72,32 @@ def summary_table(
     return table
 
 
-def print_summary(summary: BulkSummary, out_path: Path, store: str) -> None:
+def print_summary(summary: BulkSummary, out_path: Path) -> None:
     """Print the bulk run's tables: its counts, then the jobs that did not succeed."""
     from rich.console import Console  # noqa: PLC0415 - rich is optional
     from rich.table import Table  # noqa: PLC0415
 
     console = Console()
+    # (label, count, shown when 0): the rarer counts show only when they happen.
     rows = (
-        ("total (valid rows)", summary.total),
-        ("done", summary.done),
-        *((("recovered (by callback)", summary.recovered),) if summary.recovered else ()),
-        ("failed", summary.failed),
-        ("uncertain", summary.uncertain),
-        *((("not run (parent did not succeed)", summary.not_run),) if summary.not_run else ()),
-        *((("pending (not sent: run again)", summary.pending),) if summary.pending else ()),
-        *(
-            (("unfinished (task made, result not saved: run again)", summary.unfinished),)
-            if summary.unfinished
-            else ()
-        ),
-        ("ended in this run", summary.ran),
-        ("skipped (finished earlier)", summary.skipped),
-        ("re-attached by task id", summary.reattached),
-        ("re-submitted (were uncertain)", summary.resubmitted),
-        *((("re-submitted (task failed earlier)", summary.retried),) if summary.retried else ()),
-        ("bad rows skipped", summary.bad_rows),
-        ("rate-limited waits", summary.rate_limited_waits),
+        ("total (valid rows)", summary.total, True),
+        ("done", summary.done, True),
+        ("recovered (by callback)", summary.recovered, False),
+        ("failed", summary.failed, True),
+        ("uncertain", summary.uncertain, True),
+        ("not run (parent did not succeed)", summary.not_run, False),
+        ("pending (not sent: run again)", summary.pending, False),
+        ("unfinished (task made, result not saved: run again)", summary.unfinished, False),
+        ("ended in this run", summary.ran, True),
+        ("skipped (finished earlier)", summary.skipped, True),
+        ("re-attached by task id", summary.reattached, True),
+        ("re-submitted (were uncertain)", summary.resubmitted, True),
+        ("re-submitted (task failed earlier)", summary.retried, False),
+        ("bad rows skipped", summary.bad_rows, True),
+        ("rate-limited waits", summary.rate_limited_waits, True),
     )
-    console.print(summary_table("midvary bulk", rows))
+    shown = [(label, count) for label, count, always in rows if always or count]
+    console.print(summary_table("midvary bulk", shown))
     if summary.problems:
         problems = Table(title="jobs that did not succeed", show_header=True)
         for column in ("line", "id", "status", "error"):
@@ -117,4 +117,4 @@ def print_summary(summary: BulkSummary, out_path: Path, store: str) -> None:
                 highlight=False,
             )
     console.print(f"results: {out_path}", markup=False, highlight=False)
-    console.print(f"store: {store}", markup=False, highlight=False)
+    console.print(f"store: {summary.store}", markup=False, highlight=False)

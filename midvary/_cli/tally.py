@@ -1,4 +1,4 @@
-"""One count of how jobs ended: done, failed, uncertain, or not run.
+"""One count of how jobs ended: done, failed, uncertain, not run, or unfinished.
 
 Bulk's summary (:class:`midvary._cli.summary.BulkSummary`), the live progress
 (:class:`midvary._cli.progress.Progress`), the demo's check
@@ -10,7 +10,9 @@ Bulk's summary (:class:`midvary._cli.summary.BulkSummary`), the live progress
   re-sent (:attr:`midvary.JobOutcome.uncertain`);
 - ``failed``: any other end (refused, the task failed, timed out...);
 - ``not run``: a child job (a generate row's ``then``) never sent, because its parent did
-  not succeed.
+  not succeed;
+- ``unfinished``: its task exists (billed) but saving its result here failed (a download, a
+  full disk): left submitted, its task id kept, so the next run re-attaches and finishes it.
 
 The values of :class:`Ending` are the ``status`` words of the bulk results file.
 """
@@ -32,8 +34,6 @@ class Ending(enum.Enum):
     FAILED = "failed"
     UNCERTAIN = "uncertain"
     NOT_RUN = "not run"
-    #: Its task exists (billed) but saving its result here failed (a download, a full
-    #: disk): left submitted, its task id kept, so the next run re-attaches and finishes it.
     UNFINISHED = "unfinished"
 
     @classmethod
@@ -46,16 +46,7 @@ class Ending(enum.Enum):
 
 @attrs.define(kw_only=True)
 class Tally:
-    """Jobs counted by how they ended.
-
-    Attributes:
-        done: Jobs whose task succeeded.
-        failed: Jobs that ended otherwise, not uncertain.
-        uncertain: Jobs whose submission may have been accepted, never re-sent.
-        not_run: Child jobs never sent because their parent did not succeed.
-        unfinished: Jobs whose task exists but whose result could not be saved here: the
-            next run finishes them.
-    """
+    """Jobs counted by how they ended: one counter per :class:`Ending` (see the module)."""
 
     done: int = 0
     failed: int = 0
@@ -70,16 +61,8 @@ class Tally:
 
     def count(self, ending: Ending, jobs: int = 1) -> None:
         """Count ``jobs`` jobs (default 1) that ended as ``ending``."""
-        if ending is Ending.DONE:
-            self.done += jobs
-        elif ending is Ending.FAILED:
-            self.failed += jobs
-        elif ending is Ending.UNCERTAIN:
-            self.uncertain += jobs
-        elif ending is Ending.UNFINISHED:
-            self.unfinished += jobs
-        else:
-            self.not_run += jobs
+        name = ending.name.lower()  # each ending's counter: done, failed, ..., not_run
+        setattr(self, name, getattr(self, name) + jobs)
 
     def add(self, outcome: midvary.JobOutcome) -> Ending:
         """Count one outcome; return how it ended."""

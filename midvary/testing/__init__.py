@@ -23,8 +23,8 @@ environment variable ``MIDVARY_TESTING=1``::
     midvary.testing.set_testing(True)  # in conftest.py
 """
 
+from .._testmode import FAST_POLL, FAST_RETRY, TESTING_ENV, TestingMode, is_testing, set_testing
 from ._clock import ManualClock
-from ._fast import FAST_POLL, FAST_RETRY, TESTING_ENV, TestingMode, is_testing, set_testing
 from ._images import PNG_SIGNATURE
 from ._provider import FakeProvider
 from ._settings import FAULT_KINDS, Endpoint, FakeSettings, FaultKind, TimeFormat

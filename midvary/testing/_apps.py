@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import hmac
 import random
 import re
 import secrets
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from aiohttp import web
@@ -18,7 +19,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from ._callbacks import CallbackScheduler
 from ._images import mp4_bytes, png_bytes
 from ._settings import Endpoint, FakeSettings, FaultKind
-from ._state import SubmitParams, SuccessFlag, TaskStore, TimeStyle
+from ._state import TIME_STYLES, SubmitParams, SuccessFlag, TaskStore
 from ._stats import FakeStats
 from ._submit import (
     parse_extend_body,
@@ -47,13 +48,6 @@ LINK_LIFETIME = 20 * 60.0
 #: What the credit endpoint reports for an account with unlimited credits (``credits=None``),
 #: less one per task created: a balance that is never refused yet still shows the spend.
 UNLIMITED_BALANCE = 1_000_000_000
-#: The time style of the parents the fake did not create, per ``time_format``.
-_PARENT_TIME_STYLES: dict[str, TimeStyle] = {
-    "iso": "iso_z",
-    "mixed": "iso_z",
-    "epoch_ms": "epoch_ms",
-    "plain": "plain",
-}
 _RESULT_NAME = re.compile(r"(?P<task_id>.+)_(?P<index>[0-9])\.(?P<media>png|mp4)")
 
 
@@ -76,46 +70,45 @@ class Account:
 
 
 class ProviderApps:
-    """The handlers of both servers, over the provider's store, figures and account."""
+    """The handlers of both servers: the serving half of :class:`FakeProvider`, its subclass.
 
-    def __init__(
-        self,
-        *,
-        store: TaskStore,
-        stats: FakeStats,
-        account: Account,
-        seed: int,
-        settings: Callable[[], FakeSettings],
-        clock: Callable[[], float],
-        since_start: Callable[[], float],
-        wall: Callable[[float], float],
-        epoch: Callable[[], float],
-        results_base: Callable[[], str],
-        callbacks: Callable[[], CallbackScheduler | None],
-    ) -> None:
-        self._store = store
-        self._stats = stats
-        self._account = account
+    The subclass holds the state they read (declared here) and defines :meth:`now`,
+    :meth:`_wall` and :attr:`results_base_url`.
+    """
+
+    _store: TaskStore
+    _stats: FakeStats
+    _account: Account
+    _settings: FakeSettings
+    _clock: Callable[[], float]
+    _started_wall: float
+    _callbacks: CallbackScheduler | None
+
+    def __init__(self, *, seed: int) -> None:
         self._rng = random.Random(f"{seed}:faults")
-        self._settings = settings
-        self._clock = clock
-        self._since_start = since_start
-        self._wall = wall
-        self._epoch = epoch
-        self._results_base = results_base
-        self._callbacks = callbacks
         #: The headers of every request the result CDN received, oldest first.
-        self.result_headers: list[CIMultiDictProxy[str]] = []
+        self._result_headers: list[CIMultiDictProxy[str]] = []
         # Temporary download links handed out: token -> (file name, clock reading it ends).
         self._links: dict[str, tuple[str, float]] = {}
 
-    def api_app(self, extra_routes: Sequence[web.RouteDef] = ()) -> web.Application:
+    if TYPE_CHECKING:  # FakeProvider's
+
+        def now(self) -> float: ...
+        def _wall(self, reading: float) -> float: ...
+        @property
+        def results_base_url(self) -> str: ...
+
+    def _api_app(self, extra_routes: Sequence[web.RouteDef] = ()) -> web.Application:
         """The API: the submission endpoints, record-info, and ``extra_routes``."""
         app = web.Application(middlewares=[_envelope_for_http_errors])
-        app.router.add_post(SUBMIT_PATH, self._handle_vary)
-        app.router.add_post(GENERATE_PATH, self._handle_generate)
-        app.router.add_post(UPSCALE_PATH, self._handle_upscale)
-        app.router.add_post(EXTEND_PATH, self._handle_extend)
+        submissions: dict[str, tuple[Endpoint, Callable[[object], SubmitParams]]] = {
+            SUBMIT_PATH: ("submit", self._parse_vary),
+            GENERATE_PATH: ("generate", parse_generate_body),
+            UPSCALE_PATH: ("upscale", parse_upscale_body),
+            EXTEND_PATH: ("extend", parse_extend_body),
+        }
+        for path, (endpoint, parse) in submissions.items():
+            app.router.add_post(path, functools.partial(self._submission, endpoint, parse))
         app.router.add_get(RECORD_INFO_PATH, self._handle_record_info)
         app.router.add_get(CREDIT_PATH, self._handle_credit)
         app.router.add_post(DOWNLOAD_URL_PATH, self._handle_download_url)
@@ -131,7 +124,7 @@ class ProviderApps:
         http_status: int | None = None,
     ) -> web.Response:
         self._stats.codes[code] += 1
-        settings = self._settings()
+        settings = self._settings
         return envelope(
             code,
             msg,
@@ -150,7 +143,7 @@ class ProviderApps:
     async def _before(self, endpoint: Endpoint, request: web.Request) -> web.Response | None:
         """Count, delay and maybe spoil a request; a fault's answer ends the request."""
         self._stats.requests[endpoint] += 1
-        settings = self._settings()
+        settings = self._settings
         if endpoint in settings.unserved_endpoints:
             # A host without this endpoint: its web server's bare answer, no envelope.
             status = settings.unserved_status
@@ -178,7 +171,7 @@ class ProviderApps:
 
     def _check_access(self, request: web.Request) -> None:
         """Raise the 455 of maintenance, or the 401 of a missing or wrong key."""
-        if self._account.maintenance or self._settings().in_maintenance(self._since_start()):
+        if self._account.maintenance or self._settings.in_maintenance(self.now()):
             raise Rejection(455, "The service is under maintenance, please try again later")
         header = request.headers.get("Authorization")
         if header is None:
@@ -190,27 +183,14 @@ class ProviderApps:
         ):
             raise Rejection(401, "Unauthorized: the API key is invalid")
 
-    async def _handle_vary(self, request: web.Request) -> web.Response:
-        return await self._submission(
-            "submit",
-            request,
-            lambda body: parse_vary_body(body, index_base=self._settings().index_base),
-        )
-
-    async def _handle_generate(self, request: web.Request) -> web.Response:
-        return await self._submission("generate", request, parse_generate_body)
-
-    async def _handle_upscale(self, request: web.Request) -> web.Response:
-        return await self._submission("upscale", request, parse_upscale_body)
-
-    async def _handle_extend(self, request: web.Request) -> web.Response:
-        return await self._submission("extend", request, parse_extend_body)
+    def _parse_vary(self, body: object) -> SubmitParams:
+        return parse_vary_body(body, index_base=self._settings.index_base)
 
     async def _submission(
         self,
         endpoint: Endpoint,
-        request: web.Request,
         parse: Callable[[object], SubmitParams],
+        request: web.Request,
     ) -> web.Response:
         """One submission, whichever endpoint: the same checks, budget and answers."""
         spoiled = await self._before(endpoint, request)
@@ -222,7 +202,7 @@ class ProviderApps:
             return self._reject(rejection)
 
         # No await since _admit's checks ended, so what they checked still holds.
-        settings = self._settings()
+        settings = self._settings
         now = self._clock()
         task, duplicate = self._store.create(params, settings, now)
         self._stats.tasks_created += 1
@@ -233,7 +213,7 @@ class ProviderApps:
         if settings.submit_limit is not None:
             recent = self._account.recent_submissions
             recent.setdefault(self._account.api_key, collections.deque()).append(now)
-        callbacks = self._callbacks()
+        callbacks = self._callbacks
         if settings.callbacks and params.callback_url is not None and callbacks is not None:
             callbacks.schedule(task, settings.callback_duplicates)
         if (
@@ -251,29 +231,16 @@ class ProviderApps:
     ) -> SubmitParams:
         """Check a submission in the provider's order; raise the first refusal."""
         self._check_access(request)
-        try:
-            body = await request.json()
-        except ValueError:
-            raise Rejection(400, "the request body is not valid JSON") from None
-        settings = self._settings()
-        params = parse(body)
+        params = parse(await _json_body(request))
+        settings = self._settings
         now = self._clock()
-        if params.kind == "extend":
-            assert params.parent_task_id is not None  # noqa: S101 - the parser requires it
-            assert params.image_index is not None  # noqa: S101
-            refusal = self._store.video_parent_refusal(
-                params.parent_task_id, params.image_index, now
-            )
-            if refusal is not None:
-                raise Rejection(422, refusal)
-        elif params.parent_task_id is not None and params.image_index is not None:
-            offset = settings.index_base if params.kind == "vary" else 0
-            refusal = self._store.parent_refusal(
-                params.parent_task_id,
-                params.image_index - offset,
-                settings,
-                now,
-            )
+        parent, index = params.parent_task_id, params.image_index
+        if parent is not None and index is not None:  # a vary, upscale or extend
+            if params.kind == "extend":
+                refusal = self._store.video_parent_refusal(parent, index, now)
+            else:
+                offset = settings.index_base if params.kind == "vary" else 0
+                refusal = self._store.parent_refusal(parent, index - offset, settings, now)
             if refusal is not None:
                 raise Rejection(422, refusal)
         self._check_submit_limit(self._account.api_key, now)
@@ -282,7 +249,7 @@ class ProviderApps:
         return params
 
     def _check_submit_limit(self, api_key: str, now: float) -> None:
-        limit = self._settings().submit_limit
+        limit = self._settings.submit_limit
         if limit is None:
             return
         count, window = limit
@@ -339,25 +306,22 @@ class ProviderApps:
             return self._reject(rejection)
         token = secrets.token_urlsafe(16)
         self._links[token] = (name, self._clock() + LINK_LIFETIME)
-        return self._answer(200, "success", f"{self._results_base()}/results/{name}?token={token}")
+        return self._answer(200, "success", f"{self.results_base_url}/results/{name}?token={token}")
 
     async def _linked_file(self, request: web.Request) -> str:
         """The result file name a download-url body's ``url`` names (or the refusal)."""
-        try:
-            body = await request.json()
-        except ValueError:
-            raise Rejection(400, "the request body is not valid JSON") from None
+        body = await _json_body(request)
         url = body.get("url") if isinstance(body, dict) else None
         if not isinstance(url, str) or not url:
             raise Rejection(400, "url is required")
-        prefix = f"{self._results_base()}/results/"
+        prefix = f"{self.results_base_url}/results/"
         name = url.removeprefix(prefix).partition("?")[0]
         if not url.startswith(prefix) or not self._result_exists(name):
             raise Rejection(422, "url is not a result file of this account")
         return name
 
     def _record_answer(self, task_id: str) -> web.Response:
-        settings = self._settings()
+        settings = self._settings
         now = self._clock()
         task = self._store.get(task_id)
         if task is None:
@@ -373,7 +337,7 @@ class ProviderApps:
             task,
             now,
             wall=self._wall,
-            results_base=self._results_base(),
+            results_base=self.results_base_url,
             result_info_as_string=settings.result_info_as_string,
             flag_format=settings.flag_format,
             callback_failed_flag=settings.callback_failed_flag,
@@ -381,21 +345,21 @@ class ProviderApps:
         return self._answer(200, "success", data)
 
     def _parent_record(self, task_id: str) -> dict[str, Any]:
-        settings = self._settings()
+        settings = self._settings
         return parent_record_data(
             task_id,
-            epoch=self._epoch(),
-            style=_PARENT_TIME_STYLES[settings.time_format],
-            results_base=self._results_base(),
+            epoch=self._started_wall,
+            style=TIME_STYLES.get(settings.time_format, "iso_z"),  # "mixed": ISO with Z
+            results_base=self.results_base_url,
             result_info_as_string=settings.result_info_as_string,
         )
 
     def _not_found(self) -> web.Response:
-        if self._settings().not_found_style == "404":
+        if self._settings.not_found_style == "404":
             return self._answer(404, "Task not found")
         return self._answer(422, "recordInfo is null")
 
-    def results_app(self) -> web.Application:
+    def _results_app(self) -> web.Application:
         """The result CDN: ``/results/<taskId>_<n>.png`` (or ``.mp4`` for videos)."""
         app = web.Application()
         app.router.add_get("/results/{name}", self._handle_result)
@@ -414,9 +378,7 @@ class ProviderApps:
                 and index < task.image_count
                 and media == task.params.media
             )
-        return (
-            self._store.is_extra_parent(task_id, self._settings()) and index < 4 and media == "png"
-        )
+        return self._store.is_extra_parent(task_id, self._settings) and index < 4 and media == "png"
 
     def _link_is_valid(self, name: str, token: str | None) -> bool:
         link = self._links.get(token) if token is not None else None
@@ -424,9 +386,9 @@ class ProviderApps:
 
     async def _handle_result(self, request: web.Request) -> web.Response:
         self._stats.requests["results"] += 1
-        self.result_headers.append(CIMultiDictProxy(CIMultiDict(request.headers)))
+        self._result_headers.append(CIMultiDictProxy(CIMultiDict(request.headers)))
         name = request.match_info["name"]
-        refusal = self._settings().refuse_direct_downloads
+        refusal = self._settings.refuse_direct_downloads
         if refusal is not None and not self._link_is_valid(name, request.query.get("token")):
             # An expired URL, or a client the host does not like: only a temporary link works.
             return web.Response(status=refusal, text=f"{refusal} refused by the result host")
@@ -438,6 +400,14 @@ class ProviderApps:
         if media == "mp4":
             return web.Response(body=mp4_bytes(index), content_type="video/mp4")
         return web.Response(body=png_bytes(task_id, index), content_type="image/png")
+
+
+async def _json_body(request: web.Request) -> Any:
+    """The request's JSON body, or the 400 of one that is not JSON."""
+    try:
+        return await request.json()
+    except ValueError:
+        raise Rejection(400, "the request body is not valid JSON") from None
 
 
 @web.middleware

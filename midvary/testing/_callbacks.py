@@ -8,8 +8,7 @@ import heapq
 import ipaddress
 import itertools
 import logging
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Callable
 
 import aiohttp
 import yarl
@@ -120,16 +119,13 @@ class CallbackScheduler:
             now = self._clock()
             while self._heap and self._heap[0][0] <= now:
                 _, _, task, attempt = heapq.heappop(self._heap)
-                self._spawn(self._deliver(task, attempt))
+                delivery = asyncio.create_task(self._deliver(task, attempt))
+                self._deliveries.add(delivery)
+                delivery.add_done_callback(self._deliveries.discard)
             timeout = self._heap[0][0] - now if self._heap else None
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await self._wake.wait()
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        delivery = asyncio.create_task(coro)
-        self._deliveries.add(delivery)
-        delivery.add_done_callback(self._deliveries.discard)
 
     async def _deliver(self, task: Task, attempt: int) -> None:
         async with self._limit:

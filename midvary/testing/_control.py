@@ -26,10 +26,7 @@ def control_routes(provider: FakeProvider) -> list[web.RouteDef]:
         return web.json_response(figures)
 
     async def settings(request: web.Request) -> web.Response:
-        try:
-            changes = await request.json()
-        except ValueError:
-            changes = None
+        changes = await _json(request)
         if not isinstance(changes, dict):
             error = "the body must be a JSON object of FakeSettings fields"
             return web.json_response({"error": error}, status=400)
@@ -40,10 +37,7 @@ def control_routes(provider: FakeProvider) -> list[web.RouteDef]:
         return web.json_response(settings_as_json(provider.settings))
 
     async def maintenance(request: web.Request) -> web.Response:
-        try:
-            body = await request.json()
-        except ValueError:
-            body = None
+        body = await _json(request)
         if not isinstance(body, dict) or not isinstance(body.get("on"), bool):
             return web.json_response({"error": 'expected {"on": true|false}'}, status=400)
         provider.set_maintenance(body["on"])
@@ -54,3 +48,11 @@ def control_routes(provider: FakeProvider) -> list[web.RouteDef]:
         web.post("/_fake/settings", settings),
         web.post("/_fake/maintenance", maintenance),
     ]
+
+
+async def _json(request: web.Request) -> object:
+    """The request's JSON body, or ``None`` if it is not JSON."""
+    try:
+        return await request.json()
+    except ValueError:
+        return None

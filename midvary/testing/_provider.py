@@ -6,7 +6,6 @@ import enum
 import secrets
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from types import TracebackType
 from typing import Any, Self
 
 import attrs
@@ -32,7 +31,7 @@ class _Phase(enum.Enum):
     CLOSED = "closed"
 
 
-class FakeProvider:
+class FakeProvider(ProviderApps):
     """An in-process stand-in for the kie.ai Midjourney API, served over loopback.
 
     It answers ``POST /api/v1/mj/generate``, ``POST /api/v1/mj/generateVary``,
@@ -132,6 +131,7 @@ class FakeProvider:
         clock: Callable[[], float] | None = None,
         wall_clock: Callable[[], float] | None = None,
     ) -> None:
+        super().__init__(seed=seed)
         self._settings = settings if settings is not None else FakeSettings()
         if not isinstance(self._settings, FakeSettings):
             raise TypeError(f"settings must be a FakeSettings, not {type(settings).__name__}")
@@ -147,19 +147,6 @@ class FakeProvider:
             credits_left=self._settings.credits,
         )
         self._callbacks: CallbackScheduler | None = None
-        self._apps = ProviderApps(
-            store=self._store,
-            stats=self._stats,
-            account=self._account,
-            seed=seed,
-            settings=lambda: self._settings,
-            clock=self._clock,
-            since_start=self.now,
-            wall=self._wall,
-            epoch=lambda: self._started_wall,
-            results_base=lambda: self.results_base_url,
-            callbacks=lambda: self._callbacks,
-        )
         self._phase = _Phase.NEW
         self._runners: list[web.AppRunner] = []
         self._urls: tuple[str, str] | None = None
@@ -177,12 +164,7 @@ class FakeProvider:
         await self.start()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *_exc: object) -> None:
         await self.close()
 
     async def start(self) -> None:
@@ -204,8 +186,8 @@ class FakeProvider:
                 results_base=lambda: self.results_base_url,
                 stats=self._stats,
             )
-            api_url = await self._serve(self._apps.api_app(control_routes(self)), self._ports[0])
-            results_url = await self._serve(self._apps.results_app(), self._ports[1])
+            api_url = await self._serve(self._api_app(control_routes(self)), self._ports[0])
+            results_url = await self._serve(self._results_app(), self._ports[1])
             self._urls = (api_url, results_url)
             self._callbacks.start()
             if isinstance(self._clock, ManualClock):
@@ -368,7 +350,7 @@ class FakeProvider:
     @property
     def result_request_headers(self) -> Sequence[Mapping[str, str]]:
         """The headers of every request the result CDN received, oldest first."""
-        return tuple(self._apps.result_headers)
+        return tuple(self._result_headers)
 
     @property
     def pending_callbacks(self) -> int:

@@ -1,17 +1,7 @@
 """``midvary fake-server``: the fake provider in the foreground, for demos and benchmarks.
 
-It prints ``key value`` lines (``base_url``, ``results_base_url``, ``api_key``,
-``stats_url``, and ``parent_id``: a finished parent task id to vary or upscale), the two
-``export MIDVARY_BASE_URL=...`` / ``export MIDVARY_API_KEY=...`` lines to paste into another
-shell, then a ``ready`` line, serves until SIGINT or SIGTERM, prints a ``stats`` line of JSON
-figures and exits 0. The key is a fake one, so printing it is fine. A port in use or a host
-that cannot be bound is one line on stderr and exit status 2.
-
-A process that drives it reads the figures from ``GET <base_url>/_fake/stats`` and changes
-knobs with ``POST <base_url>/_fake/settings`` (a JSON object of :class:`FakeSettings`
-fields) or ``POST <base_url>/_fake/maintenance`` (``{"on": true}``).
-
-Also runnable without the CLI: ``python -m midvary.testing._serve --port 8000``.
+What it prints and serves is :data:`HELP` (its ``--help``). The key is a fake one, so
+printing it is fine. Also runnable without the CLI: ``python -m midvary.testing._serve``.
 """
 
 from __future__ import annotations
@@ -23,10 +13,12 @@ import shlex
 import signal
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, get_args
+
+import attrs
 
 from ._provider import FakeProvider
-from ._settings import ENDPOINTS, FAULT_KINDS, FakeSettings
+from ._settings import ENDPOINTS, FAULT_KINDS, FakeSettings, NotFoundStyle, TimeFormat
 
 #: The ``--help`` text (plain, unlike the module docstring, which is for Sphinx and pydoc).
 HELP = """\
@@ -43,36 +35,8 @@ POST <base_url>/_fake/settings (a JSON object of FakeSettings fields) or
 POST <base_url>/_fake/maintenance ({"on": true}).
 """
 
-# Options named like the FakeSettings field they set, taken as parsed.
-_PLAIN_KNOBS = (
-    "invisible_for",
-    "failure_rate",
-    "create_failure_share",
-    "images_per_task",
-    "credits",
-    "fault_rate",
-    "fault_kinds",
-    "fault_endpoints",
-    "drop_submit_answer_rate",
-    "time_format",
-    "not_found_style",
-    "index_base",
-    "mirror_http_status",
-    "result_info_as_string",
-    "callback_hmac_key",
-)
-
-
-def add_fake_server_command(subparsers: argparse._SubParsersAction[Any]) -> None:
-    """Register the ``fake-server`` subcommand; its ``handler`` default is ``run_fake_server``."""
-    parser = subparsers.add_parser(
-        "fake-server",
-        help="serve the fake provider in the foreground (for demos and benchmarks)",
-        description=HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    configure_parser(parser)
-    parser.set_defaults(handler=run_fake_server)
+# The options named like the FakeSettings field they set (the other options are not fields).
+_FIELDS = frozenset(attrs.fields_dict(FakeSettings))
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -155,12 +119,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     knobs.add_argument(
         "--time-format",
-        choices=("iso", "epoch_ms", "mixed", "plain"),
+        choices=get_args(TimeFormat),
         help="how records carry their times (default iso)",
     )
     knobs.add_argument(
         "--not-found-style",
-        choices=("422", "404"),
+        choices=get_args(NotFoundStyle),
         help="how an unknown task is answered: code 422 'recordInfo is null' (default) or 404",
     )
     knobs.add_argument(
@@ -192,8 +156,9 @@ def settings_from_args(args: argparse.Namespace) -> FakeSettings:
     Raises:
         ValueError: An option's value is invalid (the message says which).
     """
+    # Taken as parsed, but for latency and submit_limit, made into settings below.
     changes: dict[str, Any] = {
-        name: getattr(args, name) for name in _PLAIN_KNOBS if getattr(args, name) is not None
+        name: value for name, value in vars(args).items() if name in _FIELDS and value is not None
     }
     if args.duration is not None:
         changes["task_duration"] = args.duration

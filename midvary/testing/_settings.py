@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Final, Literal, TypeAlias, cast
+from typing import Any, Final, Literal, TypeAlias, cast, get_args
 
 import attrs
 
@@ -25,12 +25,8 @@ FlagFormat: TypeAlias = Literal["int", "str", "word"]
 MessageKey: TypeAlias = Literal["msg", "message"]
 NotFoundStyle: TypeAlias = Literal["422", "404"]
 
-FAULT_KINDS: Final[frozenset[FaultKind]] = frozenset(
-    ("html_502", "truncated_json", "empty_body", "reset", "server_error"),
-)
-ENDPOINTS: Final[frozenset[Endpoint]] = frozenset(
-    ("submit", "generate", "upscale", "extend", "record-info", "credit", "download-url")
-)
+FAULT_KINDS: Final[frozenset[FaultKind]] = frozenset(get_args(FaultKind))
+ENDPOINTS: Final[frozenset[Endpoint]] = frozenset(get_args(Endpoint))
 
 
 def _number(name: str, value: object) -> float:
@@ -247,14 +243,16 @@ class FakeSettings:
     create_failure_share: float = attrs.field(default=0.5, validator=_rate)
     images_per_task: int = attrs.field(default=4, validator=_int_in(1, 4))
     invisible_for: float = attrs.field(default=0.5, validator=_non_negative)
-    not_found_style: NotFoundStyle = attrs.field(default="422", validator=_one_of("422", "404"))
+    not_found_style: NotFoundStyle = attrs.field(
+        default="422", validator=_one_of(*get_args(NotFoundStyle))
+    )
     time_format: TimeFormat = attrs.field(
         default="iso",
-        validator=_one_of("iso", "epoch_ms", "mixed", "plain"),
+        validator=_one_of(*get_args(TimeFormat)),
     )
-    flag_format: FlagFormat = attrs.field(default="int", validator=_one_of("int", "str", "word"))
+    flag_format: FlagFormat = attrs.field(default="int", validator=_one_of(*get_args(FlagFormat)))
     callback_failed_flag: bool = attrs.field(default=False, validator=_bool)
-    message_key: MessageKey = attrs.field(default="msg", validator=_one_of("msg", "message"))
+    message_key: MessageKey = attrs.field(default="msg", validator=_one_of(*get_args(MessageKey)))
     unserved_endpoints: frozenset[Endpoint] = attrs.field(default=frozenset(), converter=_endpoints)
     unserved_status: int = attrs.field(default=404, validator=_one_of(404, 405))
     refuse_direct_downloads: int | None = attrs.field(

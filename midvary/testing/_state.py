@@ -28,6 +28,12 @@ Media: TypeAlias = Literal["png", "mp4"]
 TimeStyle: TypeAlias = Literal["iso_z", "iso_offset", "epoch_ms", "plain"]
 
 _STYLES: tuple[TimeStyle, ...] = ("iso_z", "iso_offset", "epoch_ms")
+#: The one time style of each ``time_format`` but ``"mixed"``.
+TIME_STYLES: Final[dict[str, TimeStyle]] = {
+    "iso": "iso_z",
+    "epoch_ms": "epoch_ms",
+    "plain": "plain",
+}
 
 # A task whose creation fails gives up after this share of its drawn duration.
 _CREATE_FAILURE_SPEED = 0.1
@@ -56,8 +62,6 @@ _ID_TAGS: dict[SubmitKind, str] = {
     "upscale": "ups",
     "extend": "ext",
 }
-#: The generate task types whose videos an extend may name.
-VIDEO_PARENT_TYPES: Final = ("mj_video", "mj_video_hd")
 
 
 @attrs.frozen(kw_only=True)
@@ -150,7 +154,7 @@ class TaskStore:
         prefix = settings.parent_prefix
         return task_id in self._parents or (prefix is not None and task_id.startswith(prefix))
 
-    def parent_refusal(  # noqa: PLR0911  # one early answer per reason
+    def parent_refusal(
         self,
         task_id: str,
         image_index: int,
@@ -172,14 +176,7 @@ class TaskStore:
                 f"taskId {task_id!r} is a {task.params.task_type} task: only the image grid "
                 "of a generate or vary task can be varied or upscaled"
             )
-        flag = task.flag_at(now)
-        if flag is SuccessFlag.GENERATING:
-            return f"taskId {task_id!r} is not finished yet (successFlag 0)"
-        if flag is not SuccessFlag.SUCCESS:
-            return f"taskId {task_id!r} failed (successFlag {int(flag)}): it has no images"
-        if image_index >= task.image_count:
-            return f"taskId {task_id!r} has {task.image_count} images: no image {image_index}"
-        return None
+        return _result_refusal(task, image_index, "image", now)
 
     def video_parent_refusal(self, task_id: str, index: int, now: float) -> str | None:
         """Why video ``index`` of ``task_id`` cannot be extended now; ``None`` if it can.
@@ -190,19 +187,12 @@ class TaskStore:
         task = self._tasks.get(task_id)
         if task is None:
             return f"taskId {task_id!r} is not a task of this account"
-        if task.params.kind != "generate" or task.params.task_type not in VIDEO_PARENT_TYPES:
+        if task.params.kind != "generate" or task.params.media != "mp4":
             return (
                 f"taskId {task_id!r} is a {task.params.task_type} task: only an mj_video or "
                 "mj_video_hd task can be extended"
             )
-        flag = task.flag_at(now)
-        if flag is SuccessFlag.GENERATING:
-            return f"taskId {task_id!r} is not finished yet (successFlag 0)"
-        if flag is not SuccessFlag.SUCCESS:
-            return f"taskId {task_id!r} failed (successFlag {int(flag)}): it has no videos"
-        if index >= task.image_count:
-            return f"taskId {task_id!r} has {task.image_count} videos: no video {index}"
-        return None
+        return _result_refusal(task, index, "video", now)
 
     def finished_parents(self, now: float) -> list[str]:
         """Ids of the fake's own tasks that may be varied or upscaled now, oldest first."""
@@ -237,15 +227,7 @@ class TaskStore:
             duration *= _CREATE_FAILURE_SPEED
         else:
             outcome = SuccessFlag.GENERATE_FAILED
-        time_style: TimeStyle
-        if settings.time_format == "iso":
-            time_style = "iso_z"
-        elif settings.time_format == "epoch_ms":
-            time_style = "epoch_ms"
-        elif settings.time_format == "plain":
-            time_style = "plain"
-        else:
-            time_style = style
+        time_style = TIME_STYLES.get(settings.time_format, style)  # "mixed": the drawn one
 
         tag = _ID_TAGS[params.kind]
         task = Task(
@@ -264,6 +246,18 @@ class TaskStore:
         duplicate = params.identity in self._accepted
         self._accepted.add(params.identity)
         return task, duplicate
+
+
+def _result_refusal(task: Task, index: int, noun: str, now: float) -> str | None:
+    """Why ``task`` has no ``noun`` ``index`` to start from now; ``None`` if it has."""
+    flag = task.flag_at(now)
+    if flag is SuccessFlag.GENERATING:
+        return f"taskId {task.task_id!r} is not finished yet (successFlag 0)"
+    if flag is not SuccessFlag.SUCCESS:
+        return f"taskId {task.task_id!r} failed (successFlag {int(flag)}): it has no {noun}s"
+    if index >= task.image_count:
+        return f"taskId {task.task_id!r} has {task.image_count} {noun}s: no {noun} {index}"
+    return None
 
 
 @attrs.frozen(kw_only=True)

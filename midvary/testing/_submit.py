@@ -54,9 +54,8 @@ PROMPT_MAX_CHARS: Final = 2000
 
 #: The ``generateVideoExtend`` endpoint's ``taskType`` values (required).
 EXTEND_TASK_TYPES: Final = ("mj_video_extend_manual", "mj_video_extend_auto")
-#: The request fields each ``paramJson`` echoes, in this order.
+#: The request fields each ``paramJson`` echoes, in this order (upscale: as vary).
 VARY_FIELDS: Final = ("taskId", "imageIndex", "waterMark", "callBackUrl")
-UPSCALE_FIELDS: Final = VARY_FIELDS
 EXTEND_FIELDS: Final = ("taskId", "index", "taskType", "prompt", "waterMark", "callBackUrl")
 GENERATE_FIELDS: Final = (
     "taskType",
@@ -100,7 +99,7 @@ def _parse_child(body: object, kind: Literal["vary", "upscale"], *, low: int) ->
         image_index=image_index,
         water_mark=water_mark,
         callback_url=callback_url,
-        param_json=_echo(fields, VARY_FIELDS if vary else UPSCALE_FIELDS),
+        param_json=_echo(fields, VARY_FIELDS),
         image_count=None if vary else 1,  # a vary makes a grid, an upscale one image
         identity=(kind, task_id, image_index, water_mark),
     )
@@ -129,10 +128,7 @@ def parse_extend_body(body: object) -> SubmitParams:
     if task_type == "mj_video_extend_manual":
         if not isinstance(prompt, str) or not prompt.strip():
             raise Rejection(422, "prompt is required with taskType mj_video_extend_manual")
-        if len(prompt) > PROMPT_MAX_CHARS:
-            raise Rejection(
-                400, f"prompt must be at most {PROMPT_MAX_CHARS} characters, got {len(prompt)}"
-            )
+        _check_length(prompt)
     elif prompt is not None:
         raise Rejection(422, "prompt is not allowed with taskType mj_video_extend_auto")
     water_mark, callback_url = _common(fields)
@@ -163,10 +159,7 @@ def parse_generate_body(body: object) -> SubmitParams:
         raise Rejection(400, "prompt is required")
     if not isinstance(prompt, str) or not prompt.strip():
         raise Rejection(400, "prompt must be a non-empty string")
-    if len(prompt) > PROMPT_MAX_CHARS:
-        raise Rejection(
-            400, f"prompt must be at most {PROMPT_MAX_CHARS} characters, got {len(prompt)}"
-        )
+    _check_length(prompt)
     _choice(fields, "speed", SPEEDS)
     _choice(fields, "aspectRatio", ASPECT_RATIOS)
     _choice(fields, "version", VERSIONS)
@@ -217,6 +210,13 @@ def _check_type_rules(task_type: str, fields: Mapping[str, Any], file_urls: list
     if video and len(file_urls) != 1:
         raise Rejection(
             422, f"fileUrls must hold exactly one image URL for {task_type}, got {len(file_urls)}"
+        )
+
+
+def _check_length(prompt: str) -> None:
+    if len(prompt) > PROMPT_MAX_CHARS:
+        raise Rejection(
+            400, f"prompt must be at most {PROMPT_MAX_CHARS} characters, got {len(prompt)}"
         )
 
 

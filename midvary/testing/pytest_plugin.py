@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import pytest
 import pytest_asyncio
 
-from ._fast import FAST_POLL, FAST_RETRY
+from .._testmode import FAST_POLL, FAST_RETRY
 from ._provider import FakeProvider
 from ._settings import FakeSettings
 
@@ -72,5 +72,14 @@ async def midvary_session(fake_provider: FakeProvider) -> AsyncIterator[midvary.
         yield session
 
 
-# For code under test that builds its own Session from the environment.
-from ._env_fixture import midvary_env  # noqa: E402, F401 - a fixture, registered by import
+@pytest.fixture
+def midvary_env(fake_provider: FakeProvider, monkeypatch: pytest.MonkeyPatch) -> FakeProvider:
+    """Point ``MIDVARY_API_KEY`` / ``MIDVARY_BASE_URL`` at ``fake_provider``; return it.
+
+    For code under test that builds its own ``midvary.Session()``. ``KIE_API_KEY`` is
+    removed, so no real key is picked up; all three are restored after the test.
+    """
+    monkeypatch.setenv("MIDVARY_API_KEY", fake_provider.api_key)
+    monkeypatch.setenv("MIDVARY_BASE_URL", fake_provider.base_url)
+    monkeypatch.delenv("KIE_API_KEY", raising=False)
+    return fake_provider

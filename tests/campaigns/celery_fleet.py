@@ -28,7 +28,7 @@ import redis
 import redis.asyncio
 from celery import Celery
 
-from .fleet import Outcomes, WorkerProcess, fake_process
+from .fleet import Outcomes, WorkerProcess, fake_process, stop_all
 
 APP = "tests.campaigns.celery_app"
 VISIBILITY = 3.0  # seconds: the broker's visibility timeout in the campaign
@@ -228,8 +228,7 @@ async def celery_campaign(
             results, missing, resent = await asyncio.to_thread(_settle, client, broker, keys, send)
             makespan = time.monotonic() - started
         finally:
-            for worker in fleet:
-                await worker.stop()
+            await stop_all(fleet)
             client.close()
         stats = await fake.stats()
     logs = [log.read_text(errors="replace") for worker in fleet for log in worker.lives]

@@ -31,6 +31,7 @@ from midvary._cli.tally import Ending, Tally
 from midvary.testing import FakeProvider, FakeSettings
 
 from ..bulk_support import job_rows, store_path
+from ..conditions import until
 from ..test_bulk_resume import command, environment, result_lines
 
 Kind = midvary.JobEventKind
@@ -258,7 +259,12 @@ async def faulted_polls(
     maintenance: Sequence[tuple[float, float]],
     collect: Literal["submit_all", "submit_many"] = "submit_all",
 ) -> Figures:
-    """``jobs`` jobs with 20% of record-info answers faulted (every kind) and maintenance."""
+    """``jobs`` jobs with 20% of record-info answers faulted (every kind) and maintenance.
+
+    ``maintenance``: windows as ``(share, seconds)``: one opens once ``share`` of the jobs'
+    tasks exist and stays open ``seconds`` and until the fake answered a 455 in it (see
+    :func:`maintenance_windows`).
+    """
     figures = Figures(campaign=f"1 faulted polls ({collect})", jobs=jobs)
     settings = FakeSettings(
         task_duration=(0.05, 0.4),
@@ -266,11 +272,11 @@ async def faulted_polls(
         submit_limit=None,
         fault_rate=0.2,
         fault_endpoints=["record-info"],
-        maintenance=maintenance,
     )
     work = requests(jobs)
     events = EventLog()
     async with fake_and_session(settings, seed=seed) as (fake, session):
+        windows = asyncio.create_task(maintenance_windows(fake, jobs, maintenance))
         with counting_retries() as retries:
             started = time.perf_counter()
             if collect == "submit_all":
@@ -283,12 +289,32 @@ async def faulted_polls(
                     async for outcome in fanout:
                         outcomes.append(outcome)
             figures.wall = time.perf_counter() - started
+        await windows  # every window was over before the last task could end
         account(figures, fake, work, outcomes)
     figures.poll_retries = retries.polls
     figures.submit_retries = retries.submissions
     figures.rate_limit_waits = events.rate_limit_waits
     figures.limiter_waits = events.limiter_waits
     return figures
+
+
+async def maintenance_windows(
+    fake: FakeProvider, jobs: int, windows: Sequence[tuple[float, float]]
+) -> None:
+    """Maintenance (every endpoint answers 455) in ``windows`` of the run's progress.
+
+    Each ``(share, seconds)`` opens once ``share`` of the ``jobs`` tasks exist (so jobs are
+    still being submitted and polled) and closes after ``seconds`` once the fake answered a
+    455 in it. Tied to progress, not to the fake's clock, so that a loaded machine (a run
+    slower than planned) still has its windows in the middle of the run.
+    """
+    for share, seconds in windows:
+        await until(lambda: fake.stats.tasks_created >= share * jobs, timeout=300)  # noqa: B023
+        answered = fake.stats.codes[455]
+        fake.set_maintenance(True)
+        await asyncio.sleep(seconds)  # the window's length
+        await until(lambda: fake.stats.codes[455] > answered)  # noqa: B023
+        fake.set_maintenance(False)
 
 
 async def _trickle(items: Iterable[midvary.VaryRequest]) -> AsyncIterator[midvary.VaryRequest]:

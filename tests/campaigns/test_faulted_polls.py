@@ -24,7 +24,7 @@ def assert_every_job_done(figures: Figures) -> None:
 async def test_faulted_polls_100_jobs(collect: str) -> None:
     """100 jobs through the fan-out under faulted polls and maintenance all succeed, once."""
     figures = await faulted_polls(
-        100, seed=1, concurrency=32, maintenance=[(0.3, 0.5), (0.9, 1.1)], collect=collect
+        100, seed=1, concurrency=32, maintenance=[(0.2, 0.2), (0.6, 0.2)], collect=collect
     )
     assert_every_job_done(figures)
 
@@ -34,6 +34,6 @@ async def test_faulted_polls_100_jobs(collect: str) -> None:
 async def test_faulted_polls_1000_jobs() -> None:
     """1,000 jobs under faulted polls and two maintenance windows all succeed, once."""
     figures = await faulted_polls(
-        1000, seed=11, concurrency=64, maintenance=[(1.0, 2.0), (4.0, 5.0)]
+        1000, seed=11, concurrency=64, maintenance=[(0.2, 1.0), (0.6, 1.0)]
     )
     assert_every_job_done(figures)

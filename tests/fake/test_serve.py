@@ -11,15 +11,14 @@ import sys
 import aiohttp
 import pytest
 
+from midvary._cli import build_parser
 from midvary.testing import FakeSettings
-from midvary.testing._serve import add_fake_server_command, configure_parser, settings_from_args
+from midvary.testing._serve import configure_parser, settings_from_args
 
 
 def parse(*argv: str) -> argparse.Namespace:
     """Parse ``midvary fake-server ARGV`` the way the CLI will."""
-    parser = argparse.ArgumentParser(prog="midvary")
-    add_fake_server_command(parser.add_subparsers(dest="command"))
-    return parser.parse_args(["fake-server", *argv])
+    return build_parser().parse_args(["fake-server", *argv])
 
 
 def test_defaults_give_default_settings() -> None:

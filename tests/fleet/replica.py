@@ -1,8 +1,9 @@
 """One replica of a service behind a load balancer: ``python -m tests.fleet.replica ...``.
 
 It serves a :class:`midvary.CallbackReceiver` whose public URL is the *other* replica's (so
-every callback for its tasks lands on the peer), with a shared :class:`midvary.RedisStore`,
-and obeys commands on stdin, one per line, answering JSON lines on stdout:
+every callback for its tasks lands on the peer), with a shared :class:`midvary.RedisStore`
+and the ``wake_interval`` given last on the command line (seconds), and obeys commands on
+stdin, one per line, answering JSON lines on stdout:
 
 - first it prints ``{"port": N}``, reads the peer's port, and prints ``{"ready": true}``
   once its receiver serves;
@@ -44,7 +45,9 @@ async def command() -> list[str]:
     return line.split() or ["stop"]
 
 
-async def main(base_url: str, api_key: str, parent: str, redis_url: str, ns: str) -> None:
+async def main(
+    base_url: str, api_key: str, parent: str, redis_url: str, ns: str, wake_interval: str
+) -> None:
     """Serve, then obey the commands."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -52,7 +55,10 @@ async def main(base_url: str, api_key: str, parent: str, redis_url: str, ns: str
     peer = int((await command())[0])
     async with midvary.RedisStore(redis_url, namespace=ns) as store:
         receiver = midvary.CallbackReceiver(
-            public_url=f"http://127.0.0.1:{peer}/midvary/callback", store=store, safety_poll=SLOW
+            public_url=f"http://127.0.0.1:{peer}/midvary/callback",
+            store=store,
+            safety_poll=SLOW,
+            wake_interval=float(wake_interval),
         )
         app = web.Application()
         receiver.add_routes(app)
@@ -88,4 +94,4 @@ async def main(base_url: str, api_key: str, parent: str, redis_url: str, ns: str
 
 
 if __name__ == "__main__":
-    asyncio.run(main(*sys.argv[1:6]))
+    asyncio.run(main(*sys.argv[1:7]))

@@ -6,9 +6,9 @@ import asyncio
 import json
 import statistics
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import pytest
@@ -56,7 +56,14 @@ class Replica:
         assert self.proc.returncode == 0, err.decode()
 
 
-StartPair = Callable[[FakeProvider], Awaitable[tuple[Replica, Replica]]]
+class StartPair(Protocol):
+    """The type of the ``start_pair`` fixture."""
+
+    def __call__(
+        self, fake: FakeProvider, *, wake_interval: float = ...
+    ) -> Awaitable[tuple[Replica, Replica]]:
+        """Start two replicas against ``fake``; their receivers' ``wake_interval`` (seconds)."""
+        ...
 
 
 @pytest.fixture
@@ -64,12 +71,12 @@ async def start_pair(redis_session_server: RedisServer, namespace: str) -> Async
     """Start two replicas on one Redis, each with the other's URL as its public URL."""
     started: list[Replica] = []
 
-    async def start(fake: FakeProvider) -> tuple[Replica, Replica]:
+    async def start(fake: FakeProvider, *, wake_interval: float = 10.0) -> tuple[Replica, Replica]:
         for _ in range(2):
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "tests.fleet.replica",
                 fake.base_url, fake.api_key, fake.sample_parent_id,
-                redis_session_server.url, namespace,
+                redis_session_server.url, namespace, str(wake_interval),
                 cwd=ROOT, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
             )  # fmt: skip
@@ -138,7 +145,8 @@ async def test_forged_or_replayed_delivery_costs_at_most_one_get_fleet_wide(
         def polls(task_id: str) -> int:
             return fake.stats.polls.get(task_id, 0)
 
-        a, b = await start_pair(fake)
+        # The real delivery comes wake_interval after the forged one's wake: 0.5 s, not 10.
+        a, b = await start_pair(fake, wake_interval=0.5)
         (first,) = (await a.ask("submit", 1))["submitted"]
         url = fake.task(first).callback_url
         assert url is not None

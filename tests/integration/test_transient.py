@@ -14,9 +14,16 @@ from ..conditions import until
 from .conftest import FAST_RETRY, OpenSession, StartFake, finish
 
 MIRROR = pytest.mark.parametrize("mirror", [False, True], ids=["http-200", "http-mirrored"])
-#: Enough retries to outlast a maintenance switch or a rate-limit storm in a test.
+#: Enough retries to outlast a maintenance switch or a rate-limit storm in a test; during an
+#: outage (455) a probe every 0.01 s doubling up to 0.05 s (the default's 2 s doubling to
+#: 60 s made a maintenance switched off at once wait 6 s for its next probe).
 PATIENT_RETRY = midvary.RetryPolicy(
-    attempts=100, wait_initial=0.01, wait_max=0.05, wait_jitter=0.02
+    attempts=100,
+    wait_initial=0.01,
+    wait_max=0.05,
+    wait_jitter=0.02,
+    outage_probe=0.01,
+    outage_probe_max=0.05,
 )
 
 

@@ -37,8 +37,10 @@ async def test_happy_path_is_claim_then_accepted(backend: Backend, namespace: st
 async def test_renewal_keeps_a_slow_claim(backend: Backend, namespace: str) -> None:
     """While the body runs longer than the lease, renewals keep others BUSY."""
     store = backend.store
-    async with holding(store, namespace, "k", fingerprint="fp", request=REQ, lease_s=0.15) as h:
-        await asyncio.sleep(0.5)  # more than three leases: only renewals keep it ours
+    # Renewed every 0.2 s: a renewal may come up to 0.4 s late (a loaded machine, a Redis
+    # round trip) before the claim lapses.
+    async with holding(store, namespace, "k", fingerprint="fp", request=REQ, lease_s=0.6) as h:
+        await asyncio.sleep(2.0)  # more than three leases: only renewals keep it ours
         claim = await store.claim(
             namespace, "k", fingerprint="fp", request=REQ, holder="x", lease_s=30
         )

@@ -8,7 +8,7 @@ from typing import Any, Final
 import attrs
 
 import midvary
-from midvary.testing import PNG_SIGNATURE, SuccessFlag, TaskSnapshot
+from midvary.testing import PNG_SIGNATURE, FakeStats, SuccessFlag, TaskSnapshot
 
 from ..chain import action_of
 from ..jobs import BulkJob
@@ -127,8 +127,7 @@ def _check_totals(observed: Observed, tally: DemoTally) -> Iterator[str]:
         )
         return
     yield from _check_not_run(observed, tally)
-    posts = sum(stats.requests[endpoint] for endpoint in ENDPOINTS.values())
-    submit_faults = sum(stats.faults_by_endpoint[endpoint] for endpoint in ENDPOINTS.values())
+    posts, submit_faults = _submissions(stats)
     lost_answers = submit_faults + stats.dropped_submit_answers
     if tally.uncertain != lost_answers:
         yield (
@@ -181,6 +180,12 @@ def _check_not_run(observed: Observed, tally: DemoTally) -> Iterator[str]:
         yield f"{len(observed.outcomes)} outcomes for {len(ran)} jobs run"
 
 
+def _submissions(stats: FakeStats) -> tuple[int, int]:
+    """The submit POSTs the fake received (every kind), and the answers it spoiled."""
+    posts = sum(stats.requests[endpoint] for endpoint in ENDPOINTS.values())
+    return posts, sum(stats.faults_by_endpoint[endpoint] for endpoint in ENDPOINTS.values())
+
+
 def assess(observed: Observed) -> DemoReport:
     """Check what a run produced against what the fake injected; compute the figures."""
     tally = DemoTally()
@@ -188,24 +193,22 @@ def assess(observed: Observed) -> DemoReport:
         tally.check(observed.job_of(outcome), outcome, observed)
     problems = [*tally.problems, *_check_totals(observed, tally)]
     stats = observed.stats
-    submit_faults = sum(stats.faults_by_endpoint[endpoint] for endpoint in ENDPOINTS.values())
-    posts = sum(stats.requests[endpoint] for endpoint in ENDPOINTS.values())
+    posts, submit_faults = _submissions(stats)
     summary = stats.summary()
     record_info = stats.requests["record-info"]
     poll_faults = stats.faults_by_endpoint["record-info"]
     poll_retries = record_info - sum(stats.polls.values())
     submit_455 = posts - stats.tasks_created - stats.rate_limited - submit_faults
     planned = observed.plan.kind_counts()
-    not_run = dict.fromkeys(KINDS, 0)
     for job in observed.not_run:
-        not_run[kind_of(job)] += 1
+        tally.kinds[kind_of(job)].count(Ending.NOT_RUN)
     kinds = {
         kind: {
             "jobs": planned[kind],
             "done": tally.kinds[kind].done,
             "failed": tally.kinds[kind].failed,
             "uncertain": tally.kinds[kind].uncertain,
-            "not_run": not_run[kind],
+            "not_run": tally.kinds[kind].not_run,
             "tasks_billed": stats.tasks_by_endpoint[ENDPOINTS[kind]],
         }
         for kind in KINDS

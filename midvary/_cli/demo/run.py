@@ -25,7 +25,7 @@ from ..feed import Feed
 from ..gallery import make_gallery
 from ..jobs import BulkJob
 from ..progress import Progress
-from ..results import result_line
+from ..results import outcome_line
 from ..tally import Ending
 from .plan import DemoPlan
 
@@ -171,12 +171,8 @@ def describe(job: BulkJob, outcome: midvary.JobOutcome) -> str:
 
 def _show(progress: Progress, job: BulkJob, outcome: midvary.JobOutcome) -> None:
     """Count one outcome; describe a failed or uncertain one as it comes."""
-    ending = Ending.of(outcome)
-    if ending is Ending.DONE:
-        progress.ended(ending)
-        return
-    error = outcome.error
-    progress.ended(
+    ending, error = Ending.of(outcome), outcome.error
+    progress.ended(  # the message is for a job that is not done
         ending, f"{describe(job, outcome)} {ending.value}: {type(error).__name__}: {error}"
     )
 
@@ -192,18 +188,7 @@ def write_demo_gallery(observed: Observed) -> Path:
         The gallery page's path.
 
     """
-    lines = [
-        result_line(
-            observed.job_of(outcome),
-            Ending.of(outcome),
-            task_id=outcome.task_id,
-            record=outcome.record,
-            error=outcome.error,
-            paths=outcome.paths,
-            request=outcome.request,
-        )
-        for outcome in observed.outcomes
-    ]
+    lines = [outcome_line(observed.job_of(outcome), outcome) for outcome in observed.outcomes]
     observed.out.mkdir(parents=True, exist_ok=True)
     results = observed.out / "results.jsonl"
     results.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
