@@ -43,7 +43,7 @@ import hmac
 import json
 import secrets
 from collections.abc import AsyncIterator
-from typing import Any, ClassVar, Final, Literal, NoReturn, Self
+from typing import Any, ClassVar, Final, Literal, NoReturn, Self, cast, get_args
 
 import attrs
 
@@ -215,6 +215,13 @@ class TokenRecord:
 
     task_id: str | None
     reported: str | None = None
+
+
+def key_state(value: object, where: str) -> KeyStateName:
+    """``value`` as a key's state; a ``where`` store that holds anything else is corrupt."""
+    if value not in get_args(KeyStateName):
+        raise StoreError(f"the {where} store is corrupt: a key has the state {value!r}")
+    return cast(KeyStateName, value)
 
 
 def store_error(what: str, exc: BaseException) -> StoreError:

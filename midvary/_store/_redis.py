@@ -16,7 +16,7 @@ import contextlib
 import json
 import urllib.parse
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final
 
 from .._errors import StoreError
 from .._retry import redis_retry
@@ -26,13 +26,13 @@ from ._base import (
     DEFAULT_KEY_TTL,
     Claim,
     ClaimState,
-    KeyStateName,
     SlotRequest,
     Store,
     StoredJob,
     check_namespace,
     conflict,
     dump_request,
+    key_state,
     lost_claim,
     lost_data_error,
     new_epoch,
@@ -44,10 +44,8 @@ if TYPE_CHECKING:
     import redis.asyncio
     from redis.commands.core import AsyncScript
 
-_STATES: frozenset[str] = frozenset({"claimed", "sending", "submitted", "uncertain", "done"})
 #: Every Redis key of the store starts so; the namespace is the cluster hash tag.
 PREFIX: Final = "midvary:{"
-_text = text
 #: A script argument (redis-py sends each as its text).
 Arg = str | int | float
 
@@ -257,7 +255,7 @@ class RedisStore(Store, RedisTokens):
 
     async def _window(self, what: str, op: str, namespace: str, *args: Arg) -> str:
         """Run a window operation (no marker); its answer as text."""
-        return _text(await self._run(what, op, window_names(namespace), list(args)))
+        return text(await self._run(what, op, window_names(namespace), list(args)))
 
     async def _key(
         self, what: str, op: str, namespace: str, key: str, *args: Arg
@@ -271,7 +269,7 @@ class RedisStore(Store, RedisTokens):
             done_name(namespace),
             *window_names(namespace),
         ]
-        status, epoch, value = map(_text, await self._run(what, op, keys, [*markers, key, *args]))
+        status, epoch, value = map(text, await self._run(what, op, keys, [*markers, key, *args]))
         if status == "lost" and not value:
             raise lost_data_error(namespace)
         if epoch:
@@ -373,7 +371,7 @@ class RedisStore(Store, RedisTokens):
 
     async def _scan(self, what: str, pattern: str) -> list[str]:
         with self._calling(what) as client:
-            return [_text(name) async for name in client.scan_iter(match=pattern)]
+            return [text(name) async for name in client.scan_iter(match=pattern)]
 
     async def unfinished(self, *, namespace: str | None = None) -> list[StoredJob]:
         """See :meth:`Store.unfinished`."""
@@ -390,11 +388,9 @@ class RedisStore(Store, RedisTokens):
         for name, row in zip(names, rows, strict=True):
             if not row:
                 continue  # expired or deleted between the scan and the read
-            state, task_id, request = map(_text, row)
+            state, task_id, request = map(text, row)
             if state == "done":
                 continue
-            if state not in _STATES:
-                raise StoreError(f"the Redis store is corrupt: a key has the state {state!r}")
             ns, _, key = name[len(PREFIX) :].partition("}:k:")
             jobs.append(
                 StoredJob(
@@ -402,7 +398,7 @@ class RedisStore(Store, RedisTokens):
                     namespace=ns,
                     request=json.loads(request),
                     task_id=task_id or None,
-                    state=_state(state),
+                    state=key_state(state, "Redis"),
                 )
             )
         return sorted(jobs, key=lambda job: (job.namespace, job.key))
@@ -461,7 +457,3 @@ class RedisStore(Store, RedisTokens):
             "reading the submission allowance", "allowance", namespace, count, window
         )
         return int(allowance)
-
-
-def _state(value: str) -> KeyStateName:
-    return cast(KeyStateName, value)  # checked against _STATES by the caller

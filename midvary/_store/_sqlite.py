@@ -30,6 +30,7 @@ from ._base import (
     DEFAULT_CLAIM_LEASE,
     DEFAULT_KEY_TTL,
     check_namespace,
+    key_state,
     new_epoch,
     no_callbacks,
     store_error,
@@ -173,12 +174,10 @@ class _SQLiteTx:
 
 def _record(row: tuple[object, ...] | sqlite3.Row) -> KeyRecord:
     fingerprint, request, state, holder, lease_until, task_id, expires_at = tuple(row)
-    if state not in ("claimed", "sending", "submitted", "uncertain", "done"):
-        raise StoreError(f"the SQLite store is corrupt: a key has the state {state!r}")
     return KeyRecord(
         fingerprint=str(fingerprint),
         request=str(request),
-        state=state,
+        state=key_state(state, "SQLite"),
         holder=str(holder),
         lease_until=float(lease_until),
         task_id=None if task_id is None else str(task_id),
