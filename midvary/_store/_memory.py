@@ -18,7 +18,6 @@ from ._base import (
     TokenRecord,
     TokenStore,
     check_namespace,
-    new_epoch,
 )
 from ._local import KeyRecord, LocalStore, Tx
 
@@ -32,14 +31,11 @@ class _MemoryTx:
         self.now = time.time()
         self._store = store
 
-    def epoch(self, namespace: str, expected: str | None) -> str | None:
-        epochs = self._store._epoch_marks
-        current = epochs.get(namespace)
-        if current is None:
-            if expected is not None:
-                return None
-            current = epochs[namespace] = new_epoch()
-        return current if expected in (None, current) else None
+    def get_epoch(self, namespace: str) -> str | None:
+        return self._store._epoch_marks.get(namespace)
+
+    def put_epoch(self, namespace: str, epoch: str) -> None:
+        self._store._epoch_marks[namespace] = epoch
 
     def get_key(self, namespace: str, key: str) -> KeyRecord | None:
         record = self._store._keys.get((namespace, key))

@@ -31,7 +31,6 @@ from ._base import (
     DEFAULT_KEY_TTL,
     check_namespace,
     key_state,
-    new_epoch,
     no_callbacks,
     store_error,
 )
@@ -70,18 +69,14 @@ class _SQLiteTx:
         self.now = time.time()
         self._conn = conn
 
-    def epoch(self, namespace: str, expected: str | None) -> str | None:
+    def get_epoch(self, namespace: str) -> str | None:
         row = self._conn.execute(
             "SELECT epoch FROM midvary_epochs WHERE ns = ?", (namespace,)
         ).fetchone()
-        if row is None:
-            if expected is not None:
-                return None
-            epoch = new_epoch()
-            self._conn.execute("INSERT INTO midvary_epochs VALUES (?, ?)", (namespace, epoch))
-            return epoch
-        current = str(row[0])
-        return current if expected in (None, current) else None
+        return None if row is None else str(row[0])
+
+    def put_epoch(self, namespace: str, epoch: str) -> None:
+        self._conn.execute("INSERT INTO midvary_epochs VALUES (?, ?)", (namespace, epoch))
 
     def get_key(self, namespace: str, key: str) -> KeyRecord | None:
         row = self._conn.execute(
