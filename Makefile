@@ -26,9 +26,12 @@ typecheck: $(STAMP)
 ## The suite on PYTEST_WORKERS processes (pytest-xdist; 0 runs it in this process, serially).
 ## 4 on 2 cores: the tests mostly wait on sockets and subprocesses. worksteal: the long
 ## campaigns are not left to one worker at the end.
+## Bytecode is written even where PYTHONDONTWRITEBYTECODE is set (git ignores __pycache__):
+## otherwise each worker rewrites and compiles every test module, and each of the suite's
+## subprocesses (the CLI, workers, the fake server) compiles midvary again.
 PYTEST_WORKERS ?= 4
 pytest: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow" -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
+	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -m "not slow" -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 ## The documentation site, built strictly (a broken link or reference fails); output in .site/.
 docs: $(STAMP)

@@ -130,7 +130,7 @@ def tickets_for(callbacks: object) -> SessionTickets | None:
         ReceiverClosedError: The receiver was stopped.
 
     """
-    receiver = instance(callbacks, CallbackReceiver, "callbacks", what="a midvary.CallbackReceiver")
+    receiver = instance(callbacks, "callbacks", CallbackReceiver, what="a midvary.CallbackReceiver")
     if receiver is None:
         return None
     receiver._check_usable()
@@ -224,7 +224,7 @@ class CallbackReceiver:
         if hmac_key is not None and (not isinstance(hmac_key, str) or not hmac_key):
             # Never echo the value: it is a secret even when it is malformed.
             raise ValueError("hmac_key must be a non-empty str (kie's webhookHmacKey) or None")
-        instance(safety_poll, PollPolicy, "safety_poll", what="a midvary.PollPolicy")
+        instance(safety_poll, "safety_poll", PollPolicy, what="a midvary.PollPolicy")
         callable_or_none(clock, "clock")
         self._hmac_key = hmac_key.encode() if hmac_key is not None else None
         self.safety_poll = safety_poll if safety_poll is not None else DEFAULT_SAFETY_POLL

@@ -205,10 +205,6 @@ def _timeout(value: object) -> float | UseDefault | None:
     return USE_DEFAULT if value is USE_DEFAULT else optional_seconds(value, "timeout")
 
 
-def _poll(value: object) -> PollPolicy | None:
-    return instance(value, PollPolicy, "poll", what="a midvary.PollPolicy")
-
-
 def _download(value: str | os.PathLike[str] | None) -> Path | None:
     return None if value is None else directory(value, "download")
 
@@ -222,7 +218,9 @@ class FanOutOptions:
 
     concurrency: int = attrs.field(default=DEFAULT_CONCURRENCY, validator=_count)
     timeout: float | UseDefault | None = attrs.field(default=USE_DEFAULT, converter=_timeout)
-    poll: PollPolicy | None = attrs.field(default=None, converter=_poll)
+    poll: PollPolicy | None = attrs.field(
+        default=None, validator=attrs_validator(instance, PollPolicy, what="a midvary.PollPolicy")
+    )
     on_event: OnEvent | None = attrs.field(
         default=None, validator=attrs_validator(callable_or_none)
     )

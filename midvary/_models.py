@@ -107,7 +107,7 @@ class TaskRecord:
 
 _check_task_id = _checked(check.task_id)
 _check_image_index = _checked(check.index, "which of the parent's 4 images")
-_check_water_mark = _checked(check.optional_str)
+_check_water_mark = _checked(check.instance, str, what="a str")
 _check_callback_url = attrs.validators.optional(_checked(check.http_url))
 
 
@@ -232,9 +232,9 @@ class GenerateRequest:
         default=None, validator=_checked(check.int_range, 0, 100, step=5)
     )
     ow: int | None = attrs.field(default=None, validator=_checked(check.int_range, 1, 1000))
-    water_mark: str | None = attrs.field(default=None, validator=_checked(check.optional_str))
+    water_mark: str | None = attrs.field(default=None, validator=_check_water_mark)
     enable_translation: bool | None = attrs.field(
-        default=None, validator=_checked(check.optional_bool)
+        default=None, validator=_checked(check.instance, bool, what="True, False")
     )
     video_batch_size: int | None = attrs.field(
         default=None, validator=_checked(check.choice, VIDEO_BATCH_SIZES)

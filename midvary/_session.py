@@ -156,8 +156,8 @@ class Session:
         api_key = check.resolve_api_key(api_key)
         rate = check.submit_rate(submit_rate)
         url = check.resolve_base_url(base_url)
-        check.instance(poll, PollPolicy, "poll", what="a midvary.PollPolicy")
-        check.instance(retry, RetryPolicy, "retry", what="a midvary.RetryPolicy")
+        check.instance(poll, "poll", PollPolicy, what="a midvary.PollPolicy")
+        check.instance(retry, "retry", RetryPolicy, what="a midvary.RetryPolicy")
         timeout = aiohttp.ClientTimeout(
             total=check.positive_seconds(request_timeout, "request_timeout"),
             connect=check.positive_seconds(connect_timeout, "connect_timeout"),
@@ -165,7 +165,7 @@ class Session:
         if index_base not in (0, 1) or isinstance(index_base, bool):
             raise ValueError(f"index_base must be 0 (documented schema) or 1, got {index_base!r}")
         check.instance(
-            http_session, aiohttp.ClientSession, "http_session", what="an aiohttp.ClientSession"
+            http_session, "http_session", aiohttp.ClientSession, what="an aiohttp.ClientSession"
         )
         if store is not None and (not isinstance(store, Store) or not store.cross_process):
             raise TypeError(

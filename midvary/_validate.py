@@ -73,7 +73,7 @@ def count(value: object, name: str) -> int:
     return value
 
 
-def instance(value: object, cls: type[T], name: str, *, what: str) -> T | None:
+def instance(value: object, name: str, cls: type[T], *, what: str) -> T | None:
     """``value`` if it is ``None`` or an instance of ``cls`` (``what`` names the class)."""
     if value is not None and not isinstance(value, cls):
         raise TypeError(f"{name} must be {what} or None, not {type(value).__name__}")
@@ -192,20 +192,6 @@ def index(value: object, name: str, meaning: str) -> int:
         raise TypeError(f"{name} must be an int from 0 to 3, not {type(value).__name__} {value!r}")
     if value not in range(4):
         raise ValueError(f"{name} must be 0, 1, 2 or 3 (0-based: {meaning}), got {value}")
-    return value
-
-
-def optional_str(value: object, name: str) -> str | None:
-    """``value`` if it is ``None`` or a str."""
-    if value is not None and not isinstance(value, str):
-        raise TypeError(f"{name} must be a str or None, not {type(value).__name__}")
-    return value
-
-
-def optional_bool(value: object, name: str) -> bool | None:
-    """``value`` if it is ``None`` (the provider's default) or a bool."""
-    if value is not None and not isinstance(value, bool):
-        raise TypeError(f"{name} must be True, False or None, not {type(value).__name__}")
     return value
 
 
