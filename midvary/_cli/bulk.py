@@ -231,29 +231,25 @@ def _submit_rate(words: Sequence[str]) -> tuple[int, float] | None:
         raise UsageError(f"--submit-rate takes N WINDOW (e.g. 20 10) or none ({exc})") from None
 
 
-class _SaidByBulk(logging.Filter):
-    """Drops the fan-out's warning about the jobs it left unfinished.
+def _said_by_bulk(record: logging.LogRecord) -> bool:
+    """A filter of the fan-out's log: drops its warning about the jobs it left unfinished.
 
     bulk's ledger keeps those jobs and their task ids, and its own message on an interrupt
     says what to do: the CLI says it once, in its own words.
     """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (
-            record.name == "midvary._fanout"
-            and isinstance(record.msg, str)
-            and record.msg.startswith(("fan-out closed with", "the account refused"))
-        )
+    return not (
+        isinstance(record.msg, str)
+        and record.msg.startswith(("fan-out closed with", "the account refused"))
+    )
 
 
 def _bulk(args: argparse.Namespace) -> int:
     fanout_log = logging.getLogger("midvary._fanout")
-    quiet = _SaidByBulk()
-    fanout_log.addFilter(quiet)
+    fanout_log.addFilter(_said_by_bulk)
     try:
         return _bulk_run(args)
     finally:
-        fanout_log.removeFilter(quiet)
+        fanout_log.removeFilter(_said_by_bulk)
 
 
 def _bulk_run(args: argparse.Namespace) -> int:

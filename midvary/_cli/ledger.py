@@ -111,9 +111,7 @@ class Ledger:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._renewer
         for key in sorted(self._held):
-            with contextlib.suppress(midvary.StoreError):
-                await self._store.release(self._namespace, key, holder=self._holder)
-        self._held.clear()
+            await self._let_go(key)
 
     async def _renew(self) -> None:
         while True:
@@ -192,9 +190,12 @@ class Ledger:
         """Let go of ``key``'s run claim at once: another run (or the next) may send it."""
         claim_key = self._claim_key(key)
         if claim_key in self._held:
-            self._held.discard(claim_key)
-            with contextlib.suppress(midvary.StoreError):
-                await self._store.release(self._namespace, claim_key, holder=self._holder)
+            await self._let_go(claim_key)
+
+    async def _let_go(self, claim_key: str) -> None:
+        self._held.discard(claim_key)
+        with contextlib.suppress(midvary.StoreError):
+            await self._store.release(self._namespace, claim_key, holder=self._holder)
 
     async def finished(self, key: str, line: str) -> None:
         """Record ``line`` as the job's result, for every later run to read back."""
