@@ -26,6 +26,7 @@ The rule:
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import itertools
@@ -164,19 +165,102 @@ class Window:
 
 
 class Slot:
-    """One submission's place in the window; see :meth:`SubmitLimiter.slot`."""
+    """One POST's place in a window; see :meth:`WindowLimiter.slot`."""
 
-    __slots__ = ("refunded",)
+    __slots__ = ("refunded", "slot_id")
 
-    def __init__(self) -> None:
+    def __init__(self, slot_id: str) -> None:
+        self.slot_id = slot_id
         self.refunded = False
 
     def refund(self) -> None:
-        """The POST was refused with 429: it does not count against the window."""
+        """The POST was certainly not accepted (429, never sent): it does not count."""
         self.refunded = True
 
 
-class SubmitLimiter:
+class WindowLimiter(abc.ABC):
+    """The queue of this process's submissions for a window's slots, and its close.
+
+    Submissions of this process take turns, first come, first served; the head asks the
+    window (:meth:`_acquire`) and waits what it says, woken early when one of this process's
+    slots ends or the window slows down. :class:`SubmitLimiter` runs on this process's
+    own :class:`Window`, ``_store.StoreLimiter`` on a store's shared one.
+
+    Args:
+        rate: ``(count, window_seconds)``, or ``None`` to let everything through at once.
+
+    """
+
+    def __init__(self, rate: tuple[int, float] | None) -> None:
+        self.rate = rate
+        self._turn = asyncio.Lock()
+        self._changed = asyncio.Event()
+        self._closed: BaseException | None = None
+
+    @abc.abstractmethod
+    def _new_id(self) -> str:
+        """A fresh slot id."""
+
+    @abc.abstractmethod
+    async def _acquire(self, slot_id: str) -> float | None:
+        """Take the slot: ``0.0``, else seconds to wait (``None``: until a slot ends)."""
+
+    @abc.abstractmethod
+    async def _end(self, slot: Slot) -> None:
+        """End the slot: stamped now, or nothing if it was refunded."""
+
+    def _queued_wait(self) -> float | None:
+        """What ``on_wait`` is told when queued behind a waiting submission (``None``: nothing)."""
+        return None
+
+    @contextlib.asynccontextmanager
+    async def slot(self, on_wait: OnWait | None = None) -> AsyncIterator[Slot]:
+        """Hold one submission slot for the body (one POST); waits for a free one first.
+
+        ``on_wait(seconds)`` is called before each wait the limiter imposes, with the
+        expected wait (at least; ``0.0`` when it waits for a POST in flight to end). The
+        slot is stamped with the time the body ends, unless the body calls
+        :meth:`Slot.refund` (the provider refused the POST: it used none of its budget).
+
+        Raises:
+            BaseException: The error :meth:`close` was given.
+
+        """
+        slot = Slot(self._new_id())
+        if self.rate is None:
+            yield slot
+            return
+        if on_wait is not None and self._turn.locked():
+            queued = self._queued_wait()
+            if queued is not None:
+                on_wait(queued)
+        async with self._turn:
+            while True:
+                if self._closed is not None:
+                    raise self._closed
+                wait = await self._acquire(slot.slot_id)
+                if wait == 0.0:
+                    break
+                if on_wait is not None:
+                    on_wait(wait or 0.0)
+                logger.debug("submission limiter: waiting %s s", wait)
+                self._changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await self._changed.wait()
+        try:
+            yield slot
+        finally:
+            await self._end(slot)
+            self._changed.set()  # wake this process's next waiter at once
+
+    def close(self, error: BaseException) -> None:
+        """Make every current and later wait for a slot raise ``error`` (the session closed)."""
+        self._closed = error
+        self._changed.set()
+
+
+class SubmitLimiter(WindowLimiter):
     """At most ``count`` submissions in any ``window`` seconds, in this process.
 
     Args:
@@ -188,13 +272,10 @@ class SubmitLimiter:
     def __init__(
         self, rate: tuple[int, float] | None, *, clock: Callable[[], float] | None = None
     ) -> None:
-        self.rate = rate
+        super().__init__(rate)
         self._clock = clock
         self._window = Window()
         self._ids = itertools.count()
-        self._turn = asyncio.Lock()
-        self._changed = asyncio.Event()
-        self._closed: BaseException | None = None
 
     def __repr__(self) -> str:
         window = self._window
@@ -213,59 +294,25 @@ class SubmitLimiter:
     def _now(self) -> float:
         return self._clock() if self._clock is not None else asyncio.get_running_loop().time()
 
-    def _acquire(self, slot_id: str) -> float | None:
+    def _new_id(self) -> str:
+        return str(next(self._ids))
+
+    def _queued_wait(self) -> float:
+        assert self.rate is not None  # noqa: S101 - only called when limited
+        return self._window.wait(self._now(), self.rate) or 0.0
+
+    async def _acquire(self, slot_id: str) -> float | None:
         assert self.rate is not None  # noqa: S101 - only called when limited
         # This process's slots end only through ``slot()``: their lease never runs out.
         return self._window.acquire(self._now(), self.rate, slot_id, math.inf)
 
-    @contextlib.asynccontextmanager
-    async def slot(self, on_wait: OnWait | None = None) -> AsyncIterator[Slot]:
-        """Hold one submission slot for the body (one POST); waits for a free one first.
-
-        ``on_wait(seconds)`` is called before each wait the limiter imposes: when queued
-        behind other waiting submissions, and at the head of the queue before each
-        wait (seconds is the expected wait, at least; ``0.0`` when it waits for a POST in
-        flight to end). The slot is stamped with the time the body ends, unless the body
-        calls :meth:`Slot.refund` (the provider refused the POST with 429, so it used none
-        of the provider's budget).
-        """
-        slot = Slot()
-        if self.rate is None:
-            yield slot
-            return
-        slot_id = str(next(self._ids))
-        if on_wait is not None and self._turn.locked():
-            # Queued behind another submission that is waiting: at least its wait.
-            on_wait(self._window.wait(self._now(), self.rate) or 0.0)
-        async with self._turn:
-            while True:
-                if self._closed is not None:
-                    raise self._closed
-                wait = self._acquire(slot_id)
-                if wait == 0.0:
-                    break
-                if on_wait is not None:
-                    on_wait(wait or 0.0)
-                logger.debug("submission limiter: waiting %s s", wait)
-                self._changed.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(wait):
-                        await self._changed.wait()
-        try:
-            yield slot
-        finally:
-            self._window.end(self._now(), slot_id, refunded=slot.refunded)
-            self._changed.set()
-
-    def close(self, error: BaseException) -> None:
-        """Make every current and later wait for a slot raise ``error`` (the session closed)."""
-        self._closed = error
-        self._changed.set()
+    async def _end(self, slot: Slot) -> None:
+        self._window.end(self._now(), slot.slot_id, refunded=slot.refunded)
 
     async def pause(self, seconds: float) -> None:
         """Nothing: the fan-out's stop and the outage watch hold this process's submissions.
 
-        A store's limiter pauses the other processes too (:meth:`StoreLimiter.pause`).
+        A store's limiter pauses the other processes too (``StoreLimiter.pause``).
         """
 
     async def slow_down(self, pause: float) -> int:

@@ -116,7 +116,7 @@ class SubmitHooks(Protocol):
 
 
 class Slot(Protocol):
-    """One POST's place in a limiter's window (``_ratelimit.Slot``, ``_store.StoreSlot``)."""
+    """One POST's place in a limiter's window (``_ratelimit.Slot``)."""
 
     def refund(self) -> None:
         """The POST was certainly not accepted: it does not count against the window."""

@@ -7,6 +7,7 @@ in its message and says what is allowed. They raise before any request is sent. 
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -37,6 +38,11 @@ def _seconds(value: object, name: str, allowed: str, ok: Callable[[float], bool]
 def positive_seconds(value: object, name: str) -> float:
     """``value`` if it is a number of seconds > 0."""
     return _seconds(value, name, "> 0", lambda seconds: seconds > 0)
+
+
+def finite_seconds(value: object, name: str) -> float:
+    """``value`` if it is a finite number of seconds > 0 (a store's times, written as ms)."""
+    return _seconds(value, name, "> 0, finite", lambda seconds: 0 < seconds < math.inf)
 
 
 def non_negative_seconds(value: object, name: str) -> float:

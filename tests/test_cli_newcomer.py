@@ -188,7 +188,7 @@ def test_a_timeout_says_how_to_reattach_and_that_the_provider_was_unreachable(
 ) -> None:
     """`midvary wait` against a refused port: the timeout names `midvary wait ID` and the outage."""
     base = f"http://127.0.0.1:{closed_port()}"
-    code = main(["--api-key", "k", "--base-url", base, "wait", "abc", "--timeout", "2.5"])
+    code = main(["--api-key", "k", "--base-url", base, "wait", "abc", "--timeout", "1"])
     assert code == 1
     err = capsys.readouterr().err
     assert "re-attach it with `midvary wait abc`" in err

@@ -54,6 +54,7 @@ COLUMNS: Final = (
     "version",
     "file_urls",
 )
+_ALLOWED: Final = f"the allowed names are {', '.join(COLUMNS)}"
 
 
 @attrs.frozen(kw_only=True)
@@ -129,10 +130,6 @@ def _unknown(names: Iterable[str]) -> list[str]:
     return [name for name in names if name not in COLUMNS]
 
 
-def _allowed() -> str:
-    return f"the allowed names are {', '.join(COLUMNS)}"
-
-
 def _is_jsonl(path: Path, text: str) -> bool:
     """Whether the JOBS file is JSONL (by its suffix, else by its first character)."""
     suffix = path.suffix.lower()
@@ -160,7 +157,7 @@ def _jsonl_rows(path: Path, text: str) -> Iterator[tuple[int, Any]]:
         unknown = _unknown(row) if isinstance(row, dict) else []
         if unknown:
             raise UsageError(
-                f"{path}:{number}: unknown key {unknown[0]!r}; {_allowed()} (no job was run)"
+                f"{path}:{number}: unknown key {unknown[0]!r}; {_ALLOWED} (no job was run)"
             )
         yield number, row
 
@@ -179,7 +176,7 @@ def _csv_rows(path: Path, text: str) -> Iterator[tuple[int, Any]]:
     unknown = _unknown(fields)
     if unknown:
         raise UsageError(
-            f"{path}: unknown column {unknown[0]!r} in the header; {_allowed()} (no job was run)"
+            f"{path}: unknown column {unknown[0]!r} in the header; {_ALLOWED} (no job was run)"
         )
     reader.fieldnames = fields
     rows = iter(reader)

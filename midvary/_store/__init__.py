@@ -22,7 +22,7 @@ from ._base import (
     account_namespace,
 )
 from ._hold import Hold, StoreClaims, holding
-from ._limiter import StoreLimiter, StoreSlot
+from ._limiter import StoreLimiter
 from ._memory import MemoryStore
 from ._redis import RedisStore
 from ._sqlite import SQLiteStore
@@ -40,7 +40,6 @@ __all__ = [
     "Store",
     "StoreClaims",
     "StoreLimiter",
-    "StoreSlot",
     "StoredJob",
     "SubmitWindow",
     "TokenRecord",

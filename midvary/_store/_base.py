@@ -41,10 +41,9 @@ import enum
 import hashlib
 import hmac
 import json
-import math
 import secrets
 from collections.abc import AsyncIterator
-from typing import Any, ClassVar, Final, Literal, NoReturn, Self
+from typing import Any, ClassVar, Final, Literal, NoReturn, Self, cast, get_args
 
 import attrs
 
@@ -86,18 +85,6 @@ def check_namespace(namespace: object) -> str:
             f"characters (*?[]\\), got {namespace!r}"
         )
     return namespace
-
-
-def check_seconds(name: str, value: object) -> float:
-    """Validate a positive, finite number of seconds."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ValueError(f"{name} must be a finite number of seconds > 0, got {value!r}")
-    return float(value)
 
 
 class RequestJSON(str):
@@ -228,6 +215,13 @@ class TokenRecord:
 
     task_id: str | None
     reported: str | None = None
+
+
+def key_state(value: object, where: str) -> KeyStateName:
+    """``value`` as a key's state; a ``where`` store that holds anything else is corrupt."""
+    if value not in get_args(KeyStateName):
+        raise StoreError(f"the {where} store is corrupt: a key has the state {value!r}")
+    return cast(KeyStateName, value)
 
 
 def store_error(what: str, exc: BaseException) -> StoreError:

@@ -1,13 +1,13 @@
 """What a keyed submission uses a store through: a held claim, renewed while it lives.
 
-:func:`holding` claims a key (waiting out a live holder), keeps the claim alive while its
-body runs and settles it on exit if the body did not: a claim that never sent is released,
-one that was sending is marked uncertain. Keeping it alive: a ``loop.call_later`` timer
-starts a renewal task once the claim has lived a third of its lease (a quick submission,
-the happy path, never gets that far and makes no task); the task renews it every third of
-its lease. On exit the timer is cancelled and the task cancelled and awaited: nothing
-outlives the ``async with``. :class:`Hold` is the submission pipeline's ``_submit.Claim``;
-:class:`StoreClaims` its ``_submit.SubmitStore``.
+A :class:`Hold` (``holding``) claims a key (waiting out a live holder), keeps the claim
+alive while its body runs and settles it on exit if the body did not: a claim that never
+sent is released, one that was sending is marked uncertain. Keeping it alive: a
+``loop.call_later`` timer starts a renewal task once the claim has lived a third of its
+lease (a quick submission, the happy path, never gets that far and makes no task); the task
+renews it every third of its lease. On exit the timer is cancelled and the task cancelled
+and awaited: nothing outlives the ``async with``. :class:`Hold` is the submission
+pipeline's ``_submit.Claim``; :class:`StoreClaims` its ``_submit.SubmitStore``.
 """
 
 from __future__ import annotations
@@ -18,17 +18,17 @@ import itertools
 import logging
 import os
 import uuid
-from collections.abc import Callable
 from typing import Final
 
+import attrs
+
 from .._errors import StoreError
+from .._ratelimit import OnWait
 from .._retry import is_transient
-from ._base import Claim, ClaimState, SlotRequest, Store, check_seconds, lost_claim
+from .._validate import attrs_validator, finite_seconds
+from ._base import Claim, ClaimState, SlotRequest, Store, lost_claim
 
 logger = logging.getLogger("midvary._store")
-
-#: Called with the seconds a submission is about to wait for the shared window.
-OnWait = Callable[[float], None]
 
 _ids = itertools.count()
 _process = uuid.uuid4().hex
@@ -56,81 +56,72 @@ BUSY_POLL: Final = 0.5
 _NOT_CLAIMED = Claim(state=ClaimState.BUSY)
 
 
+@attrs.define(eq=False, repr=False)
 class Hold:
-    """A claimed key while its submission runs; see :func:`holding`.
+    """The hold on ``key`` for one submission: ``async with`` it; see the module docstring.
+
+    Entering claims the key (waiting out a live holder); leaving stops its renewal and
+    settles it if the body did not. The first claim also tries to take a slot of ``rate``
+    and mark the key sending, so a submission on the happy path costs two store calls:
+    this claim and :meth:`accepted`.
+
+    Args:
+        store: The store.
+        namespace: The account's namespace (``store.namespace_for(api_key)``).
+        key: The submission key.
+        fingerprint: What identifies the request (same key, other fingerprint:
+            :class:`~midvary.KeyConflictError`).
+        request: The request as JSON data, recorded with the claim.
+        lease_s: Seconds a claim lives without renewal; renewed every third of it.
+        rate: The account's ``(count, window_seconds)``, or ``None`` for no shared limit.
+        slot_lease_s: Seconds a slot counts as in flight if never ended (longer than a POST).
+        busy_poll_s: Seconds between polls while another live submitter holds the key
+            (store errors during those polls are retried); ``None`` yields BUSY at once.
 
     Attributes:
         claim: The claim's outcome. Only a CLAIMED hold may send.
         holder: This submission attempt's unique id.
         slot_id: The limiter slot of the current POST, or ``None``.
 
+    Raises (on entering):
+        StoreError: The first claim failed: nothing may be sent.
+        KeyConflictError: The key is stored for another request.
+
     """
 
-    __slots__ = (
-        "_busy_poll_s",
-        "_fingerprint",
-        "_lease_s",
-        "_rate",
-        "_renewal",
-        "_request",
-        "_slot_lease_s",
-        "_timer",
-        "claim",
-        "holder",
-        "key",
-        "lost",
-        "namespace",
-        "sending",
-        "settled",
-        "slot_id",
-        "store",
+    store: Store
+    namespace: str
+    key: str
+    fingerprint: str = attrs.field(kw_only=True)
+    request: object = attrs.field(kw_only=True)
+    lease_s: float = attrs.field(
+        kw_only=True, default=30.0, validator=attrs_validator(finite_seconds)
     )
-
-    def __init__(
-        self,
-        store: Store,
-        namespace: str,
-        key: str,
-        *,
-        fingerprint: str,
-        request: object,
-        holder: str,
-        lease_s: float,
-        rate: tuple[int, float] | None,
-        slot_lease_s: float,
-        busy_poll_s: float | None,
-    ) -> None:
-        self.store = store
-        self.namespace = namespace
-        self.key = key
-        self.holder = holder
-        self.claim = _NOT_CLAIMED
-        self.slot_id: str | None = None
-        self.sending = False
-        self.settled = False
-        self.lost = False
-        self._fingerprint = fingerprint
-        self._request = request
-        self._lease_s = lease_s
-        self._rate = rate
-        self._slot_lease_s = slot_lease_s
-        self._busy_poll_s = busy_poll_s
-        self._timer: asyncio.TimerHandle | None = None
-        self._renewal: asyncio.Task[None] | None = None
+    rate: tuple[int, float] | None = attrs.field(kw_only=True, default=None)
+    slot_lease_s: float = attrs.field(kw_only=True, default=SLOT_LEASE)
+    busy_poll_s: float | None = attrs.field(kw_only=True, default=BUSY_POLL)
+    holder: str = attrs.field(init=False, factory=new_id)
+    claim: Claim = attrs.field(default=_NOT_CLAIMED, init=False)
+    slot_id: str | None = attrs.field(default=None, init=False)
+    sending: bool = attrs.field(default=False, init=False)
+    settled: bool = attrs.field(default=False, init=False)
+    lost: bool = attrs.field(default=False, init=False)
+    _timer: asyncio.TimerHandle | None = attrs.field(default=None, init=False)
+    _renewal: asyncio.Task[None] | None = attrs.field(default=None, init=False)
 
     async def __aenter__(self) -> Hold:
-        """Claim the key, waiting out a live holder; see :func:`holding`."""
-        busy_poll_s = self._busy_poll_s
+        """Claim the key, waiting out a live holder; see :class:`Hold`."""
+        busy_poll_s = self.busy_poll_s
         first = True
         while True:
             try:
                 self.claim = await self.store.claim(
                     self.namespace,
                     self.key,
-                    fingerprint=self._fingerprint,
-                    request=self._request,
+                    fingerprint=self.fingerprint,
+                    request=self.request,
                     holder=self.holder,
-                    lease_s=self._lease_s,
+                    lease_s=self.lease_s,
                     slot=self.new_slot(),
                 )
             except StoreError as exc:
@@ -154,7 +145,7 @@ class Hold:
             self.slot_id = None
         # Renewed only if the claim outlives a third of its lease (a quick submission, the
         # happy path, makes no task at all).
-        self._timer = asyncio.get_running_loop().call_later(self._lease_s / 3, self._start_renewing)
+        self._timer = asyncio.get_running_loop().call_later(self.lease_s / 3, self._start_renewing)
         return self
 
     async def __aexit__(self, *_exc: object) -> None:
@@ -183,12 +174,12 @@ class Hold:
     @property
     def takes_slot(self) -> bool:
         """Whether :meth:`before_post` takes the account's slot in the store's window."""
-        return self._rate is not None
+        return self.rate is not None
 
     def new_slot(self) -> SlotRequest:
         """A fresh slot request for the next POST (also remembered as ``slot_id``)."""
         self.slot_id = new_id()
-        return SlotRequest(slot_id=self.slot_id, rate=self._rate, lease_s=self._slot_lease_s)
+        return SlotRequest(slot_id=self.slot_id, rate=self.rate, lease_s=self.slot_lease_s)
 
     async def before_post(self, on_wait: OnWait | None = None) -> None:
         """Return once the key is marked sending (with a slot of ``rate``): POST then.
@@ -207,7 +198,7 @@ class Hold:
         while True:
             slot = self.new_slot() if self.slot_id is None else self._slot()
             wait = await self.store.mark_sending(
-                self.namespace, self.key, holder=self.holder, lease_s=self._lease_s, slot=slot
+                self.namespace, self.key, holder=self.holder, lease_s=self.lease_s, slot=slot
             )
             if wait == 0.0:
                 self.sending = True
@@ -223,11 +214,11 @@ class Hold:
         was taken, and none is ended (it would leave a stamp that nothing ever tidies).
         """
         slot_id, self.slot_id = self.slot_id, None
-        return slot_id if self._rate is not None else None
+        return slot_id if self.rate is not None else None
 
     def _slot(self) -> SlotRequest:
         assert self.slot_id is not None  # noqa: S101 - set by new_slot
-        return SlotRequest(slot_id=self.slot_id, rate=self._rate, lease_s=self._slot_lease_s)
+        return SlotRequest(slot_id=self.slot_id, rate=self.rate, lease_s=self.slot_lease_s)
 
     def _check_claimed(self) -> None:
         if self.claim.state is not ClaimState.CLAIMED or self.settled:
@@ -298,11 +289,11 @@ class Hold:
                 await renewal
 
     async def _renew_forever(self) -> None:
-        interval = self._lease_s / 3
+        interval = self.lease_s / 3
         while True:
             try:
                 if not await self.store.renew(
-                    self.namespace, self.key, holder=self.holder, lease_s=self._lease_s
+                    self.namespace, self.key, holder=self.holder, lease_s=self.lease_s
                 ):
                     self.lost = True
                     return
@@ -338,8 +329,8 @@ class StoreClaims:
         return f"<StoreClaims store={self.store!r} rate={self.rate!r}>"
 
     def claim(self, key: str, *, fingerprint: str, request: object) -> Hold:
-        """Hold ``key`` for one submission; see :func:`holding`."""
-        return holding(
+        """Hold ``key`` for one submission; see :class:`Hold`."""
+        return Hold(
             self.store,
             self.namespace,
             key,
@@ -364,53 +355,5 @@ class StoreClaims:
         )
 
 
-def holding(
-    store: Store,
-    namespace: str,
-    key: str,
-    *,
-    fingerprint: str,
-    request: object,
-    lease_s: float = 30.0,
-    rate: tuple[int, float] | None = None,
-    slot_lease_s: float = SLOT_LEASE,
-    busy_poll_s: float | None = BUSY_POLL,
-) -> Hold:
-    """The hold on ``key`` for one submission: ``async with`` it; see the module docstring.
-
-    Entering claims the key (waiting out a live holder); leaving stops its renewal and
-    settles it if the body did not. The first claim also tries to take a slot of ``rate``
-    and mark the key sending, so a submission on the happy path costs two store calls:
-    this claim and :meth:`Hold.accepted`.
-
-    Args:
-        store: The store.
-        namespace: The account's namespace (``store.namespace_for(api_key)``).
-        key: The submission key.
-        fingerprint: What identifies the request (same key, other fingerprint:
-            :class:`~midvary.KeyConflictError`).
-        request: The request as JSON data, recorded with the claim.
-        lease_s: Seconds a claim lives without renewal; renewed every third of it.
-        rate: The account's ``(count, window_seconds)``, or ``None`` for no shared limit.
-        slot_lease_s: Seconds a slot counts as in flight if never ended (longer than a POST).
-        busy_poll_s: Seconds between polls while another live submitter holds the key
-            (store errors during those polls are retried); ``None`` yields BUSY at once.
-
-    Raises (on entering):
-        StoreError: The first claim failed: nothing may be sent.
-        KeyConflictError: The key is stored for another request.
-
-    """
-    check_seconds("lease_s", lease_s)
-    return Hold(
-        store,
-        namespace,
-        key,
-        fingerprint=fingerprint,
-        request=request,
-        holder=new_id(),
-        lease_s=lease_s,
-        rate=rate,
-        slot_lease_s=slot_lease_s,
-        busy_poll_s=busy_poll_s,
-    )
+#: The hold on a key for one submission (see :class:`Hold`): ``async with holding(...)``.
+holding = Hold

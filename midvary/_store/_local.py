@@ -27,6 +27,7 @@ from ._base import (
     dump_request,
     lost_claim,
     lost_data_error,
+    new_epoch,
 )
 
 T = TypeVar("T")
@@ -50,8 +51,11 @@ class Tx(Protocol):
 
     now: float
 
-    def epoch(self, namespace: str, expected: str | None) -> str | None:
-        """The namespace's marker (created if absent and ``expected`` is None), or None."""
+    def get_epoch(self, namespace: str) -> str | None:
+        """The namespace's marker, or None."""
+
+    def put_epoch(self, namespace: str, epoch: str) -> None:
+        """Write the namespace's (new) marker."""
 
     def get_key(self, namespace: str, key: str) -> KeyRecord | None:
         """The key's record, or None."""
@@ -86,9 +90,15 @@ class LocalStore(Store):
         """Run ``fn`` in one transaction; errors of the backend become StoreError."""
 
     def _live(self, tx: Tx, namespace: str) -> None:
-        """Check the namespace's marker: a store that lost its data raises StoreError."""
-        epoch = tx.epoch(namespace, self._epochs.get(namespace))
-        if epoch is None:
+        """Check the namespace's marker: a store that lost its data raises StoreError.
+
+        A missing marker is made, unless this process saw one (the data was lost).
+        """
+        seen, epoch = self._epochs.get(namespace), tx.get_epoch(namespace)
+        if epoch is None and seen is None:
+            epoch = new_epoch()
+            tx.put_epoch(namespace, epoch)
+        if epoch is None or seen not in (None, epoch):
             raise lost_data_error(namespace)
         self._epochs[namespace] = epoch
 

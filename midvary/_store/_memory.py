@@ -11,14 +11,13 @@ from typing import ClassVar, TypeVar
 import attrs
 
 from .._ratelimit import Window
+from .._validate import finite_seconds
 from ._base import (
     DEFAULT_CLAIM_LEASE,
     DEFAULT_KEY_TTL,
     TokenRecord,
     TokenStore,
     check_namespace,
-    check_seconds,
-    new_epoch,
 )
 from ._local import KeyRecord, LocalStore, Tx
 
@@ -32,14 +31,11 @@ class _MemoryTx:
         self.now = time.time()
         self._store = store
 
-    def epoch(self, namespace: str, expected: str | None) -> str | None:
-        epochs = self._store._epoch_marks
-        current = epochs.get(namespace)
-        if current is None:
-            if expected is not None:
-                return None
-            current = epochs[namespace] = new_epoch()
-        return current if expected in (None, current) else None
+    def get_epoch(self, namespace: str) -> str | None:
+        return self._store._epoch_marks.get(namespace)
+
+    def put_epoch(self, namespace: str, epoch: str) -> None:
+        self._store._epoch_marks[namespace] = epoch
 
     def get_key(self, namespace: str, key: str) -> KeyRecord | None:
         record = self._store._keys.get((namespace, key))
@@ -90,8 +86,8 @@ class MemoryStore(LocalStore, TokenStore):
     ) -> None:
         super().__init__()
         self.namespace = check_namespace(namespace) if namespace is not None else None
-        self.key_ttl = check_seconds("key_ttl", key_ttl)
-        self.claim_lease = check_seconds("claim_lease", claim_lease)
+        self.key_ttl = finite_seconds(key_ttl, "key_ttl")
+        self.claim_lease = finite_seconds(claim_lease, "claim_lease")
         self._keys: dict[tuple[str, str], KeyRecord] = {}
         self._windows: dict[str, Window] = {}
         self._epoch_marks: dict[str, str] = {}

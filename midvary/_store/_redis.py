@@ -12,44 +12,40 @@ when a store is made.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import urllib.parse
-from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING, Any, Final, cast
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, Final
 
 from .._errors import StoreError
 from .._retry import redis_retry
+from .._validate import finite_seconds
 from ._base import (
     DEFAULT_CLAIM_LEASE,
     DEFAULT_KEY_TTL,
     Claim,
     ClaimState,
-    KeyStateName,
     SlotRequest,
     Store,
     StoredJob,
-    TokenRecord,
-    TokenStore,
     check_namespace,
-    check_seconds,
     conflict,
     dump_request,
+    key_state,
     lost_claim,
     lost_data_error,
     new_epoch,
 )
 from ._lua import READ, SCRIPTS
-from ._redis_tokens import RedisTokens, text
+from ._redis_tokens import TOKEN_SCRIPTS, RedisTokens, text
 
 if TYPE_CHECKING:
     import redis.asyncio
     from redis.commands.core import AsyncScript
 
-_STATES: frozenset[str] = frozenset({"claimed", "sending", "submitted", "uncertain", "done"})
 #: Every Redis key of the store starts so; the namespace is the cluster hash tag.
 PREFIX: Final = "midvary:{"
-_text = text
 #: A script argument (redis-py sends each as its text).
 Arg = str | int | float
 
@@ -97,7 +93,7 @@ def redact_url(url: str) -> str:
         return "<a Redis URL that could not be parsed>"
 
 
-class RedisStore(Store, TokenStore):
+class RedisStore(Store, RedisTokens):
     """A store on a Redis (6.2 or later) or Valkey server, shared by every process everywhere.
 
     Run the server with persistence (``appendonly yes``): a server that loses its data is
@@ -139,10 +135,10 @@ class RedisStore(Store, TokenStore):
         except ImportError as exc:  # pragma: no cover - depends on the installation
             raise ImportError("RedisStore needs redis-py: pip install 'midvary[redis]'") from exc
         self.namespace = check_namespace(namespace) if namespace is not None else None
-        self.key_ttl = check_seconds("key_ttl", key_ttl)
-        self.claim_lease = check_seconds("claim_lease", claim_lease)
+        self.key_ttl = finite_seconds(key_ttl, "key_ttl")
+        self.claim_lease = finite_seconds(claim_lease, "claim_lease")
         if socket_timeout is not None:
-            check_seconds("socket_timeout", socket_timeout)
+            finite_seconds(socket_timeout, "socket_timeout")
         self._secret: str | None = None
         if isinstance(url_or_client, str):
             self._where = redact_url(url_or_client)
@@ -174,12 +170,10 @@ class RedisStore(Store, TokenStore):
         self._max_connections = max_connections
         #: Operation -> its script, once open (``None``: closed).
         self._scripts: dict[str, AsyncScript] | None = None
-        self._read: AsyncScript | None = None
         #: Namespace -> the marker this store saw in it (a changed one is lost data).
         self._markers: dict[str, str] = {}
         self._failures: tuple[type[BaseException], ...] = (redis.exceptions.RedisError, OSError)
         self._timeouts: tuple[type[BaseException], ...] = (redis.exceptions.TimeoutError,)
-        self._tokens = RedisTokens(self._open_client, self._error)
 
     def __repr__(self) -> str:
         return f"<RedisStore {self._where}>"
@@ -219,14 +213,14 @@ class RedisStore(Store, TokenStore):
                     f"not a Redis URL: {self._where} (use redis://, rediss:// or unix://)"
                 ) from None
         client = self._client
-        scripts = {op: client.register_script(source) for op, source in SCRIPTS.items()}
-        read = client.register_script(READ)
+        sources = {**SCRIPTS, **TOKEN_SCRIPTS, "read": READ}
+        scripts = {op: client.register_script(source) for op, source in sources.items()}
         try:
             await client.ping()
             # Loaded now so that a server that refuses scripts fails here; a server that
             # forgets them later (a restart) gets them again from register_script's EVALSHA.
             async with client.pipeline(transaction=False) as pipe:
-                for script in (*scripts.values(), read):
+                for script in scripts.values():
                     pipe.script_load(script.script)
                 await pipe.execute()
         except self._failures as exc:
@@ -234,32 +228,34 @@ class RedisStore(Store, TokenStore):
                 self._client = None
                 await client.aclose()
             raise self._error("connecting to the store", exc) from exc
-        self._scripts, self._read = scripts, read
+        self._scripts = scripts
 
     async def close(self) -> None:
         """Close the connections it made; a borrowed client stays open."""
-        self._scripts = self._read = None
+        self._scripts = None
         if self._owned and self._client is not None:
             client, self._client = self._client, None
             await client.aclose()
 
-    def _open_client(self, what: str) -> redis.asyncio.Redis:
+    @contextlib.contextmanager
+    def _calling(self, what: str) -> Iterator[redis.asyncio.Redis]:
+        """The open client; its failures in the block become StoreError naming ``what``."""
         if self._client is None or self._scripts is None:
             raise StoreError(f"{what}: the Redis store is not open (use `async with store`)")
-        return self._client
-
-    async def _run(self, what: str, op: str, keys: list[str], args: list[Arg]) -> Any:
-        """Run the script of ``op``; failures become StoreError naming ``what``."""
-        if self._scripts is None:
-            raise StoreError(f"{what}: the Redis store is not open (use `async with store`)")
         try:
-            return await self._scripts[op](keys=keys, args=args)
+            yield self._client
         except self._failures as exc:
             raise self._error(what, exc) from exc
 
+    async def _run(self, what: str, op: str, keys: list[str], args: list[Arg]) -> Any:
+        """Run the script of ``op``; failures become StoreError naming ``what``."""
+        with self._calling(what):
+            assert self._scripts is not None  # noqa: S101 - _calling checked the store is open
+            return await self._scripts[op](keys=keys, args=args)
+
     async def _window(self, what: str, op: str, namespace: str, *args: Arg) -> str:
         """Run a window operation (no marker); its answer as text."""
-        return _text(await self._run(what, op, window_names(namespace), list(args)))
+        return text(await self._run(what, op, window_names(namespace), list(args)))
 
     async def _key(
         self, what: str, op: str, namespace: str, key: str, *args: Arg
@@ -273,7 +269,7 @@ class RedisStore(Store, TokenStore):
             done_name(namespace),
             *window_names(namespace),
         ]
-        status, epoch, value = map(_text, await self._run(what, op, keys, [*markers, key, *args]))
+        status, epoch, value = map(text, await self._run(what, op, keys, [*markers, key, *args]))
         if status == "lost" and not value:
             raise lost_data_error(namespace)
         if epoch:
@@ -374,35 +370,27 @@ class RedisStore(Store, TokenStore):
         return value == "1"
 
     async def _scan(self, what: str, pattern: str) -> list[str]:
-        client = self._open_client(what)
-        try:
-            return [_text(name) async for name in client.scan_iter(match=pattern)]
-        except self._failures as exc:
-            raise self._error(what, exc) from exc
+        with self._calling(what) as client:
+            return [text(name) async for name in client.scan_iter(match=pattern)]
 
     async def unfinished(self, *, namespace: str | None = None) -> list[StoredJob]:
         """See :meth:`Store.unfinished`."""
         namespace = namespace if namespace is not None else self.namespace
         what = "listing unfinished keys"
         names = await self._scan(what, record_name(namespace or "*", "*"))
-        client, read = self._open_client(what), self._read
-        assert read is not None  # noqa: S101 - _open_client checked the store is open
-        try:
+        with self._calling(what) as client:
+            assert self._scripts is not None  # noqa: S101 - _calling checked the store is open
             async with client.pipeline(transaction=False) as pipe:
                 for name in names:
-                    await read(keys=[name], client=pipe)
+                    await self._scripts["read"](keys=[name], client=pipe)
                 rows = await pipe.execute()
-        except self._failures as exc:
-            raise self._error(what, exc) from exc
         jobs = []
         for name, row in zip(names, rows, strict=True):
             if not row:
                 continue  # expired or deleted between the scan and the read
-            state, task_id, request = map(_text, row)
+            state, task_id, request = map(text, row)
             if state == "done":
                 continue
-            if state not in _STATES:
-                raise StoreError(f"the Redis store is corrupt: a key has the state {state!r}")
             ns, _, key = name[len(PREFIX) :].partition("}:k:")
             jobs.append(
                 StoredJob(
@@ -410,7 +398,7 @@ class RedisStore(Store, TokenStore):
                     namespace=ns,
                     request=json.loads(request),
                     task_id=task_id or None,
-                    state=_state(state),
+                    state=key_state(state, "Redis"),
                 )
             )
         return sorted(jobs, key=lambda job: (job.namespace, job.key))
@@ -424,15 +412,12 @@ class RedisStore(Store, TokenStore):
         else:
             markers = await self._scan(what, marker_name("*"))
             namespaces = [name[len(PREFIX) : -len("}:epoch")] for name in markers]
-        client = self._open_client(what)
-        try:
+        with self._calling(what) as client:
             async with client.pipeline(transaction=False) as pipe:
                 for ns in namespaces:
                     pipe.delete(record_name(ns, key))
                     pipe.hdel(done_name(ns), key)
                 deleted = await pipe.execute()
-        except self._failures as exc:
-            raise self._error(what, exc) from exc
         return any(int(count) > 0 for count in deleted)
 
     async def acquire_slot(
@@ -472,43 +457,3 @@ class RedisStore(Store, TokenStore):
             "reading the submission allowance", "allowance", namespace, count, window
         )
         return int(allowance)
-
-    # --- callback tokens and wake-ups (``_redis_tokens``) --------------------------------
-
-    async def add_token(
-        self, scope: str, token_id: str, *, ttl_s: float, link_id: str | None = None
-    ) -> None:
-        """See :meth:`Store.add_token`."""
-        await self._tokens.add(scope, token_id, ttl_s, link_id)
-
-    async def bind_token(self, scope: str, token_id: str, *, task_id: str) -> bool:
-        """See :meth:`Store.bind_token`."""
-        return await self._tokens.bind(scope, token_id, task_id)
-
-    async def get_token(self, scope: str, token_id: str) -> TokenRecord | None:
-        """See :meth:`Store.get_token`."""
-        return await self._tokens.get(scope, token_id)
-
-    async def report_token(self, scope: str, token_id: str, *, task_id: str) -> bool:
-        """See :meth:`Store.report_token`."""
-        return await self._tokens.report(scope, token_id, task_id)
-
-    async def linked_token(self, scope: str, link_id: str) -> str | None:
-        """See :meth:`Store.linked_token`."""
-        return await self._tokens.linked(scope, link_id)
-
-    async def settle_token(self, scope: str, token_id: str, *, grace_s: float) -> None:
-        """See :meth:`Store.settle_token`."""
-        await self._tokens.settle(scope, token_id, grace_s)
-
-    async def publish_wake(self, scope: str, token: str) -> None:
-        """See :meth:`Store.publish_wake`."""
-        await self._tokens.publish(scope, token)
-
-    def wakes(self, scope: str) -> AbstractAsyncContextManager[AsyncIterator[str]]:
-        """See :meth:`Store.wakes`."""
-        return self._tokens.wakes(scope)
-
-
-def _state(value: str) -> KeyStateName:
-    return cast(KeyStateName, value)  # checked against _STATES by the caller

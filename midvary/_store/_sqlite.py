@@ -20,15 +20,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn, TypeVar
 
+import attrs
+
 from .._errors import StoreError
 from .._ratelimit import Window
 from .._retry import retry_blocking
+from .._validate import finite_seconds
 from ._base import (
     DEFAULT_CLAIM_LEASE,
     DEFAULT_KEY_TTL,
     check_namespace,
-    check_seconds,
-    new_epoch,
+    key_state,
     no_callbacks,
     store_error,
 )
@@ -67,18 +69,14 @@ class _SQLiteTx:
         self.now = time.time()
         self._conn = conn
 
-    def epoch(self, namespace: str, expected: str | None) -> str | None:
+    def get_epoch(self, namespace: str) -> str | None:
         row = self._conn.execute(
             "SELECT epoch FROM midvary_epochs WHERE ns = ?", (namespace,)
         ).fetchone()
-        if row is None:
-            if expected is not None:
-                return None
-            epoch = new_epoch()
-            self._conn.execute("INSERT INTO midvary_epochs VALUES (?, ?)", (namespace, epoch))
-            return epoch
-        current = str(row[0])
-        return current if expected in (None, current) else None
+        return None if row is None else str(row[0])
+
+    def put_epoch(self, namespace: str, epoch: str) -> None:
+        self._conn.execute("INSERT INTO midvary_epochs VALUES (?, ?)", (namespace, epoch))
 
     def get_key(self, namespace: str, key: str) -> KeyRecord | None:
         row = self._conn.execute(
@@ -159,27 +157,11 @@ class _SQLiteTx:
         row = self._conn.execute(
             "SELECT state FROM midvary_windows WHERE ns = ?", (namespace,)
         ).fetchone()
-        if row is None:
-            return Window()
-        data = json.loads(row[0])
-        return Window(
-            allowance=data["allowance"],
-            grown_at=data["grown_at"],
-            paused_until=data["paused_until"],
-            stamps=data["stamps"],
-            flight=data["flight"],
-        )
+        return Window() if row is None else Window(**json.loads(row[0]))
 
     def put_window(self, namespace: str, window: Window) -> None:
-        state = json.dumps(
-            {
-                "allowance": window.allowance,
-                "grown_at": window.grown_at,
-                "paused_until": window.paused_until,
-                "stamps": window.stamps,
-                "flight": window.flight,
-            }
-        )
+        # The window's fields by name, as JSON (what every version wrote).
+        state = json.dumps(attrs.asdict(window))
         self._conn.execute(
             "INSERT OR REPLACE INTO midvary_windows VALUES (?, ?)", (namespace, state)
         )
@@ -187,12 +169,10 @@ class _SQLiteTx:
 
 def _record(row: tuple[object, ...] | sqlite3.Row) -> KeyRecord:
     fingerprint, request, state, holder, lease_until, task_id, expires_at = tuple(row)
-    if state not in ("claimed", "sending", "submitted", "uncertain", "done"):
-        raise StoreError(f"the SQLite store is corrupt: a key has the state {state!r}")
     return KeyRecord(
         fingerprint=str(fingerprint),
         request=str(request),
-        state=state,
+        state=key_state(state, "SQLite"),
         holder=str(holder),
         lease_until=float(lease_until),
         task_id=None if task_id is None else str(task_id),
@@ -233,9 +213,9 @@ class SQLiteStore(LocalStore):
         super().__init__()
         self.path = Path(path)
         self.namespace = check_namespace(namespace) if namespace is not None else None
-        self.key_ttl = check_seconds("key_ttl", key_ttl)
-        self.claim_lease = check_seconds("claim_lease", claim_lease)
-        self._busy_timeout = check_seconds("busy_timeout", busy_timeout)
+        self.key_ttl = finite_seconds(key_ttl, "key_ttl")
+        self.claim_lease = finite_seconds(claim_lease, "claim_lease")
+        self._busy_timeout = finite_seconds(busy_timeout, "busy_timeout")
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
         self._lock = asyncio.Lock()

@@ -6,6 +6,7 @@ import logging
 import threading
 from collections.abc import Iterator
 
+import attrs
 import pytest
 from celery import Celery
 
@@ -120,6 +121,8 @@ def test_transient_trouble_goes_through_celery_retry(
 ) -> None:
     """Maintenance past the retry budget: Celery retries with a growing countdown, then fails."""
     fake.update(maintenance=((0.0, 1e6),))
+    # The session's retry budget runs out after 0.2 s of maintenance rather than 5 s.
+    midvary.celery.session().retry = attrs.evolve(FAST_RETRY, outage_budget=0.2)
     with caplog.at_level(logging.WARNING, logger="midvary.celery"):
         result = tasks.vary.apply(("parent-1", 0), {"key": f"{namespace}/m"})
     assert result.failed()
