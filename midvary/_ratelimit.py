@@ -32,6 +32,8 @@ import contextlib
 import itertools
 import logging
 import math
+import os
+import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Final
 
@@ -164,6 +166,23 @@ class Window:
         return allowance
 
 
+_ids = itertools.count()
+_process = uuid.uuid4().hex
+
+
+def _new_process() -> None:
+    global _process  # noqa: PLW0603 - a forked child must not repeat its parent's ids
+    _process = uuid.uuid4().hex
+
+
+os.register_at_fork(after_in_child=_new_process)
+
+
+def new_id() -> str:
+    """A slot or claim holder id unique across processes (a random id per process, a counter)."""
+    return f"{_process}{next(_ids):x}"
+
+
 class Slot:
     """One POST's place in a window; see :meth:`WindowLimiter.slot`."""
 
@@ -198,10 +217,6 @@ class WindowLimiter(abc.ABC):
         self._closed: BaseException | None = None
 
     @abc.abstractmethod
-    def _new_id(self) -> str:
-        """A fresh slot id."""
-
-    @abc.abstractmethod
     async def _acquire(self, slot_id: str) -> float | None:
         """Take the slot: ``0.0``, else seconds to wait (``None``: until a slot ends)."""
 
@@ -226,7 +241,7 @@ class WindowLimiter(abc.ABC):
             BaseException: The error :meth:`close` was given.
 
         """
-        slot = Slot(self._new_id())
+        slot = Slot(new_id())
         if self.rate is None:
             yield slot
             return
@@ -275,7 +290,6 @@ class SubmitLimiter(WindowLimiter):
         super().__init__(rate)
         self._clock = clock
         self._window = Window()
-        self._ids = itertools.count()
 
     def __repr__(self) -> str:
         window = self._window
@@ -293,9 +307,6 @@ class SubmitLimiter(WindowLimiter):
 
     def _now(self) -> float:
         return self._clock() if self._clock is not None else asyncio.get_running_loop().time()
-
-    def _new_id(self) -> str:
-        return str(next(self._ids))
 
     def _queued_wait(self) -> float:
         assert self.rate is not None  # noqa: S101 - only called when limited

@@ -14,38 +14,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
-import os
-import uuid
 from typing import Final
 
 import attrs
 
 from .._errors import StoreError
-from .._ratelimit import OnWait
+from .._ratelimit import OnWait, new_id
 from .._retry import is_transient
 from .._validate import attrs_validator, finite_seconds
 from ._base import Claim, ClaimState, SlotRequest, Store, lost_claim
 
 logger = logging.getLogger("midvary._store")
-
-_ids = itertools.count()
-_process = uuid.uuid4().hex
-
-
-def _new_process() -> None:
-    global _process  # noqa: PLW0603 - a forked child must not repeat its parent's ids
-    _process = uuid.uuid4().hex
-
-
-os.register_at_fork(after_in_child=_new_process)
-
-
-def new_id() -> str:
-    """A holder or slot id unique across processes (a random id per process, a counter)."""
-    return f"{_process}{next(_ids):x}"
-
 
 #: Seconds a POST's slot counts as in flight if its owner never ends it (> a POST's timeout).
 SLOT_LEASE: Final = 120.0

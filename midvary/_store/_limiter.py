@@ -13,7 +13,7 @@ from .._errors import StoreError
 from .._ratelimit import Slot, WindowLimiter
 from .._validate import finite_seconds
 from ._base import Store
-from ._hold import SLOT_LEASE, new_id
+from ._hold import SLOT_LEASE
 
 logger = logging.getLogger("midvary._store")
 
@@ -50,9 +50,6 @@ class StoreLimiter(WindowLimiter):
 
     def __repr__(self) -> str:
         return f"<StoreLimiter rate={self.rate!r} store={self.store!r}>"
-
-    def _new_id(self) -> str:
-        return new_id()
 
     async def _acquire(self, slot_id: str) -> float:
         assert self.rate is not None  # noqa: S101 - a store's limiter always has a rate

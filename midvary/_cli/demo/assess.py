@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Iterator
 from typing import Any, Final
 
@@ -199,7 +200,7 @@ def assess(observed: Observed) -> DemoReport:
     poll_faults = stats.faults_by_endpoint["record-info"]
     poll_retries = record_info - sum(stats.polls.values())
     submit_455 = posts - stats.tasks_created - stats.rate_limited - submit_faults
-    planned = observed.plan.kind_counts()
+    planned = collections.Counter(kind_of(job) for job in observed.plan.jobs_to_run())
     for job in observed.not_run:
         tally.kinds[kind_of(job)].count(Ending.NOT_RUN)
     kinds = {

@@ -29,8 +29,6 @@ PROMPTS: Final = (
     "a paper crane on a desk, macro",
     "a glass greenhouse full of ferns",
 )
-#: Children per grid: its 4 images varied, one upscaled.
-CHILDREN_PER_GRID: Final = len(IMAGE_INDEXES) + 1
 
 
 @attrs.frozen(kw_only=True)
@@ -56,11 +54,7 @@ class DemoPlan:
     @property
     def jobs(self) -> int:
         """How many jobs in all: per prompt, 1 generate, 4 vary, 1 upscale."""
-        return self.prompts * (1 + CHILDREN_PER_GRID)
-
-    def kind_counts(self) -> dict[str, int]:
-        """How many jobs of each kind (``generate``, ``vary``, ``upscale``)."""
-        return {"generate": self.prompts, "vary": 4 * self.prompts, "upscale": self.prompts}
+        return len(self.jobs_to_run())
 
     @property
     def submit_rate(self) -> tuple[int, float]:
