@@ -83,6 +83,9 @@ async def test_bulk_runs_every_job_downloads_and_writes_results(
     # When each task was created and finished, as the record said (the gallery's timing).
     assert all(r["created_at"] and r["completed_at"] >= r["created_at"] for r in results)
     assert set(job_states(store_path(jobs)).values()) == {"done"}
+    # Every job's submission key is done too: the store lists none of them as unfinished.
+    async with midvary.SQLiteStore(store_path(jobs)) as store:
+        assert await store.unfinished() == []
     out = capsys.readouterr().out
     assert "midvary bulk" in out
     assert "\x1b[" not in out  # no terminal: plain, readable text

@@ -213,6 +213,14 @@ class Ledger:
                 key,
             )
 
+    async def task_final(self, job: BulkJob, task_id: str) -> None:
+        """Mark ``job``'s submission key done: its task ``task_id`` ended and was recorded.
+
+        The key keeps the task id (a re-send still re-attaches), but no longer what
+        :meth:`midvary.Store.unfinished` lists, and the store keeps less for it.
+        """
+        await self._store.mark_done(self._namespace, self.submission_key(job), task_id=task_id)
+
     async def settle(self) -> None:
         """Settle what stopped runs left, when no other run can use the store (its lock).
 

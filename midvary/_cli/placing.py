@@ -140,6 +140,8 @@ class Placer:
         await self.ledger.finished(job.key, line)
         self.known[job.key] = KnownJob(ending=ending, task_id=outcome.task_id, result=line)
         await self.results.write(job.key, line)
+        if outcome.task_id is not None and _task_ended(outcome):
+            await self.ledger.task_final(job, outcome.task_id)
         self.summary.ran += 1
         self.summary.recovered += outcome.recovered
         if ending is Ending.DONE:
@@ -169,6 +171,11 @@ class Placer:
         )
         self.summary.problems.append((job, Ending.UNFINISHED.value, message))
         self.progress.ended(Ending.UNFINISHED, f"line {job.line} ({job.key}) unfinished: {message}")
+
+
+def _task_ended(outcome: midvary.JobOutcome) -> bool:
+    """Whether ``outcome``'s task reached its end at the provider (not a wait given up)."""
+    return outcome.ok or isinstance(outcome.error, midvary.TaskFailedError)
 
 
 def _not_saved(error: BaseException | None) -> bool:
